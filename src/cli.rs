@@ -1,0 +1,93 @@
+//! The `playbookd` command line: one verb per subcommand, each mapped to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::store::{self, StoreError};
+use crate::systemd;
+
+/// Rootless, fail-closed runner of signed incident-response playbooks.
+#[derive(Debug, Parser)]
+#[command(name = "playbookd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
+            CliError::Daemon(error) => error.exit_code(),
+            CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Runs one parsed command line to completion.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    systemd::init_logging();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(async {
+                let daemon = Daemon::build(config).await?;
+                daemon.run_until_stopped(CancellationToken::new()).await?;
+                Ok(())
+            })
+        }
+        Command::Migrate { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(async {
+                let mut client = store::connect_single(&config.postgres_config()).await?;
+                let report = store::migrate::migrate(&mut client).await?;
+                if report.applied.is_empty() {
+                    println!("schema up to date; nothing applied");
+                } else {
+                    for name in report.applied {
+                        println!("applied {name}");
+                    }
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}

@@ -1,0 +1,518 @@
+//! Daemon configuration: one TOML file, read once at start, every key with a safe default,
+//! unknown keys refused.
+//!
+//! `PLAYBOOKD_DATABASE_URL`, when set, replaces `database.url` so that a secret-bearing URL can
+//! come from the environment (systemd `Environment=`/credentials) rather than a world-readable file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variable that overrides `database.url`.
+pub const DATABASE_URL_ENV: &str = "PLAYBOOKD_DATABASE_URL";
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/playbookd/playbookd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML parser's message names the line, the key and what was expected.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+    #[error("invalid {DATABASE_URL_ENV}: {reason}")]
+    DatabaseUrlEnv { reason: String },
+}
+
+/// The whole configuration, as read from the file and checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this host's audit chain; several daemons may share one database, one chain each.
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+    #[serde(default)]
+    pub actions: ActionsConfig,
+    #[serde(default)]
+    pub roles: RolesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq-style URL; never logged because it may carry a password.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    /// Upper bound on pooled connections (the audit writer holds one more of its own).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long to wait for a connection before the operation fails (and nothing runs).
+    #[serde(default = "default_connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    #[serde(default = "default_playbooks_dir")]
+    pub playbooks: PathBuf,
+    #[serde(default = "default_trusted_keys_dir")]
+    pub trusted_keys: PathBuf,
+    #[serde(default = "default_bindings_path")]
+    pub bindings: PathBuf,
+    #[serde(default = "default_decision_socket")]
+    pub decision_socket: PathBuf,
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// `host:port` (loopback by default) or `unix:/path/to/socket`.
+    #[serde(default = "default_status_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// Peers allowed on decisions.sock besides the daemon's own uid.
+    #[serde(default)]
+    pub allowed_uids: BTreeSet<u32>,
+    /// A decision is fresh while `|now - issued_at| <= freshness_seconds`.
+    #[serde(default = "default_freshness_seconds")]
+    pub freshness_seconds: u64,
+    /// Simultaneous connections on decisions.sock; the next one waits.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// Executions running at once on this node.
+    #[serde(default = "default_max_concurrent_runs")]
+    pub max_concurrent_runs: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    #[serde(default)]
+    pub exec: ExecActionConfig,
+    #[serde(default)]
+    pub file: FileActionConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecActionConfig {
+    /// Absolute paths; nothing else may be executed.
+    #[serde(default)]
+    pub allowed_commands: BTreeSet<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileActionConfig {
+    #[serde(default = "default_quarantine_dir")]
+    pub quarantine_dir: PathBuf,
+}
+
+/// Who may do what on control.sock, by peer uid or group name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesConfig {
+    #[serde(default = "default_admin_role")]
+    pub admin: RoleMembers,
+    #[serde(default = "default_approver_role")]
+    pub approver: RoleMembers,
+    #[serde(default)]
+    pub operator: RoleMembers,
+    #[serde(default)]
+    pub viewer: RoleMembers,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMembers {
+    #[serde(default)]
+    pub uids: BTreeSet<u32>,
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`, then applies `PLAYBOOKD_DATABASE_URL`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let env_url = std::env::var_os(DATABASE_URL_ENV);
+        Self::parse(path, &text, env_url)
+    }
+
+    /// Parses `text` as if read from `path`; `env_url` is the value of `PLAYBOOKD_DATABASE_URL`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env_url: Option<std::ffi::OsString>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        if let Some(url) = env_url {
+            config.database.url = url
+                .into_string()
+                .map_err(|_| ConfigError::DatabaseUrlEnv {
+                    reason: "not valid UTF-8".into(),
+                })?;
+        }
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express; each names the key.
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        if !is_valid_node_id(&self.node_id) {
+            return Err(invalid(
+                "node_id",
+                "expected 1-64 characters of [A-Za-z0-9._-]".into(),
+            ));
+        }
+        if self.database.pool_size == 0 || self.database.pool_size > 256 {
+            return Err(invalid(
+                "database.pool_size",
+                "expected an integer from 1 to 256".into(),
+            ));
+        }
+        if self.database.connect_timeout_seconds == 0 {
+            return Err(invalid(
+                "database.connect_timeout_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
+            // The URL may hold a password: say what is wrong, never echo it.
+            return Err(invalid(
+                "database.url",
+                "expected a PostgreSQL connection URL (postgres://…)".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&self.intake.freshness_seconds) {
+            return Err(invalid(
+                "intake.freshness_seconds",
+                "expected an integer from 1 to 86400".into(),
+            ));
+        }
+        if self.intake.max_connections == 0 {
+            return Err(invalid(
+                "intake.max_connections",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.intake.idle_timeout_seconds == 0 {
+            return Err(invalid(
+                "intake.idle_timeout_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.executor.max_concurrent_runs == 0 {
+            return Err(invalid(
+                "executor.max_concurrent_runs",
+                "expected a positive integer".into(),
+            ));
+        }
+        if let Some(command) = self
+            .actions
+            .exec
+            .allowed_commands
+            .iter()
+            .find(|c| !c.is_absolute())
+        {
+            return Err(invalid(
+                "actions.exec.allowed_commands",
+                format!("{} is not an absolute path", command.display()),
+            ));
+        }
+        for (key, dir) in [
+            ("paths.playbooks", &self.paths.playbooks),
+            ("paths.trusted_keys", &self.paths.trusted_keys),
+            ("paths.bindings", &self.paths.bindings),
+            ("paths.decision_socket", &self.paths.decision_socket),
+            ("paths.control_socket", &self.paths.control_socket),
+            ("actions.file.quarantine_dir", &self.actions.file.quarantine_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(key, "expected an absolute path".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database connection settings, parsed (checked in [`Config::parse`]).
+    pub fn postgres_config(&self) -> tokio_postgres::Config {
+        let mut pg: tokio_postgres::Config = self
+            .database
+            .url
+            .parse()
+            .unwrap_or_else(|_| tokio_postgres::Config::new());
+        pg.connect_timeout(self.database.connect_timeout());
+        if pg.get_application_name().is_none() {
+            pg.application_name("playbookd");
+        }
+        pg
+    }
+}
+
+impl DatabaseConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds)
+    }
+}
+
+/// Node ids go into advisory-lock keys, audit rows and journald fields: keep them plain.
+pub fn is_valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn default_node_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| is_valid_node_id(name))
+        .unwrap_or_else(|| "localhost".into())
+}
+fn default_database_url() -> String {
+    "postgres://playbookd@/playbookd?host=/run/postgresql".into()
+}
+fn default_pool_size() -> usize {
+    8
+}
+fn default_connect_timeout_seconds() -> u64 {
+    5
+}
+fn default_playbooks_dir() -> PathBuf {
+    "/var/lib/playbookd/playbooks".into()
+}
+fn default_trusted_keys_dir() -> PathBuf {
+    "/etc/playbookd/trusted-keys".into()
+}
+fn default_bindings_path() -> PathBuf {
+    "/etc/playbookd/bindings.yaml".into()
+}
+fn default_decision_socket() -> PathBuf {
+    "/run/playbookd/decisions.sock".into()
+}
+fn default_control_socket() -> PathBuf {
+    "/run/playbookd/control.sock".into()
+}
+fn default_status_listen() -> String {
+    "127.0.0.1:9470".into()
+}
+fn default_freshness_seconds() -> u64 {
+    300
+}
+fn default_max_connections() -> usize {
+    64
+}
+fn default_idle_timeout_seconds() -> u64 {
+    30
+}
+fn default_max_concurrent_runs() -> usize {
+    64
+}
+fn default_quarantine_dir() -> PathBuf {
+    "/var/lib/playbookd/quarantine".into()
+}
+fn default_admin_role() -> RoleMembers {
+    RoleMembers {
+        uids: BTreeSet::from([0]),
+        groups: BTreeSet::new(),
+    }
+}
+fn default_approver_role() -> RoleMembers {
+    RoleMembers {
+        uids: BTreeSet::new(),
+        groups: BTreeSet::from(["playbookd-approvers".to_owned()]),
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: default_database_url(),
+            pool_size: default_pool_size(),
+            connect_timeout_seconds: default_connect_timeout_seconds(),
+        }
+    }
+}
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            playbooks: default_playbooks_dir(),
+            trusted_keys: default_trusted_keys_dir(),
+            bindings: default_bindings_path(),
+            decision_socket: default_decision_socket(),
+            control_socket: default_control_socket(),
+        }
+    }
+}
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: default_status_listen(),
+        }
+    }
+}
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig {
+            allowed_uids: BTreeSet::new(),
+            freshness_seconds: default_freshness_seconds(),
+            max_connections: default_max_connections(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+        }
+    }
+}
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            max_concurrent_runs: default_max_concurrent_runs(),
+        }
+    }
+}
+impl Default for FileActionConfig {
+    fn default() -> Self {
+        FileActionConfig {
+            quarantine_dir: default_quarantine_dir(),
+        }
+    }
+}
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig {
+            admin: default_admin_role(),
+            approver: default_approver_role(),
+            operator: RoleMembers::default(),
+            viewer: RoleMembers::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/playbookd/playbookd.toml"), text, None)
+    }
+
+    #[test]
+    fn empty_file_takes_safe_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.status.listen, "127.0.0.1:9470");
+        assert_eq!(config.intake.freshness_seconds, 300);
+        assert!(config.intake.allowed_uids.is_empty());
+        assert!(config.actions.exec.allowed_commands.is_empty());
+        assert_eq!(config.roles.admin.uids, BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected_by_name() {
+        let error = parse("node_id = \"a\"\nskip_signatures = true\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("skip_signatures"), "{message}");
+        assert!(message.contains("/etc/playbookd/playbookd.toml"), "{message}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_rejected_by_name() {
+        let error = parse("[intake]\nfreshnes_seconds = 5\n").unwrap_err();
+        assert!(error.to_string().contains("freshnes_seconds"), "{error}");
+    }
+
+    #[test]
+    fn mistyped_value_names_what_was_expected() {
+        let error = parse("[intake]\nfreshness_seconds = \"soon\"\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("freshness_seconds"), "{message}");
+        assert!(message.contains("integer"), "{message}");
+    }
+
+    #[test]
+    fn relative_allowed_command_is_rejected() {
+        let error = parse("[actions.exec]\nallowed_commands = [\"sh\"]\n").unwrap_err();
+        assert!(
+            error.to_string().contains("actions.exec.allowed_commands"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn zero_freshness_window_is_rejected() {
+        let error = parse("[intake]\nfreshness_seconds = 0\n").unwrap_err();
+        assert!(error.to_string().contains("intake.freshness_seconds"));
+    }
+
+    #[test]
+    fn environment_overrides_database_url() {
+        let config = Config::parse(
+            Path::new("/x.toml"),
+            "[database]\nurl = \"postgres://a@h1/db\"\n",
+            Some("postgres://b@h2/other".into()),
+        )
+        .unwrap();
+        assert_eq!(config.database.url, "postgres://b@h2/other");
+    }
+
+    #[test]
+    fn bad_database_url_does_not_echo_the_password() {
+        let error = parse("[database]\nurl = \"nonsense://u:hunter2@@\"\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("database.url"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn node_id_with_spaces_is_rejected() {
+        assert!(parse("node_id = \"a b\"\n").is_err());
+    }
+}

@@ -1,0 +1,572 @@
+//! The hash-chained audit log and the single writer that commits every state change with it.
+//!
+//! # Chain
+//! Each node keeps its own chain in `playbook_audit_log`. Row `seq` (from 1) stores
+//! `hash = SHA-256(prev_hash ‖ canonical(row))` where `prev_hash` is the previous row's hash
+//! (32 zero bytes for seq 1) and `canonical(row)` is the RFC 8785 (JCS) serialization of
+//!
+//! ```json
+//! {"created_at":"2026-11-24T14:54:15.123456Z","event_data":{…},"event_type":"…","node_id":"…","seq":1}
+//! ```
+//!
+//! `created_at` is UTC with exactly six fractional digits, as PostgreSQL stores it.
+//!
+//! # Writer
+//! One task owns one dedicated connection that holds a session advisory lock for the node id,
+//! so there is exactly one writer per chain and chains never fork. Callers send it an
+//! [`Append`]: an optional transactional effect (SQL that changes state) plus the audit event
+//! that describes it. Concurrent appends are batched into one transaction (group commit), each
+//! in its own savepoint so one caller's failed effect does not fail the others. A caller's
+//! future resolves only after COMMIT: when it returns `Ok`, the change and its audit record are
+//! both durable; when it returns `Err`, the caller must not act.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{StoreError, connect_single};
+
+/// Who caused an event: a peer on one of the sockets, or the daemon itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    System,
+    Uid(u32),
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::System => f.write_str("system"),
+            Actor::Uid(uid) => write!(f, "uid:{uid}"),
+        }
+    }
+}
+
+/// One audit event before it is chained. Never put a secret in `data`: hash it.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub event_type: &'static str,
+    pub actor: Actor,
+    pub execution_id: Option<uuid::Uuid>,
+    pub data: Map<String, Value>,
+}
+
+impl AuditEvent {
+    pub fn new(event_type: &'static str, actor: Actor) -> AuditEvent {
+        AuditEvent {
+            event_type,
+            actor,
+            execution_id: None,
+            data: Map::new(),
+        }
+    }
+
+    pub fn execution(mut self, id: uuid::Uuid) -> AuditEvent {
+        self.execution_id = Some(id);
+        self
+    }
+
+    /// Adds one field to the event data.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> AuditEvent {
+        self.data.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The JSON stored in `event_data`: the fields plus `actor` and `execution_id`.
+    pub fn to_event_data(&self) -> Value {
+        let mut data = self.data.clone();
+        data.insert("actor".into(), Value::String(self.actor.to_string()));
+        if let Some(id) = self.execution_id {
+            data.insert("execution_id".into(), Value::String(id.to_string()));
+        }
+        Value::Object(data)
+    }
+}
+
+/// SQL that changes state, run inside the audit transaction; returns the event describing
+/// what it did (which may depend on what it found, e.g. a nonce already used).
+pub type Effect = Box<
+    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>>
+        + Send,
+>;
+
+/// What the writer reports back once the batch holding an append has committed.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub seq: i64,
+    pub hash: [u8; 32],
+    /// The event as written (an effect may have chosen it).
+    pub event: AuditEvent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Nothing was committed for this append; the effect's own error is the source.
+    #[error("the change was refused by the database")]
+    Effect(#[source] StoreError),
+    /// The batch did not commit (or its outcome is unknown): treat as not written.
+    #[error("the audit log is unavailable; nothing was recorded")]
+    Unavailable(#[source] Option<StoreError>),
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStartError {
+    #[error(
+        "another playbookd already writes the audit chain of node `{node_id}` (its advisory lock is held); \
+         give each daemon its own node_id"
+    )]
+    ChainLocked { node_id: String },
+    #[error("failed to open the audit chain of node `{node_id}`")]
+    Store {
+        node_id: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Cheap, cloneable handle to the audit writer task.
+#[derive(Clone)]
+pub struct AuditHandle {
+    sender: mpsc::Sender<Request>,
+    available: Arc<AtomicBool>,
+    node_id: Arc<str>,
+}
+
+impl AuditHandle {
+    /// Appends one event with no other change. Resolves after COMMIT.
+    pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
+        self.append_with(Box::new(move |_tx| Box::pin(async move { Ok(event) })))
+            .await
+    }
+
+    /// Runs `effect` and appends the event it returns, atomically. Resolves after COMMIT.
+    pub async fn append_with(&self, effect: Effect) -> Result<Appended, AppendError> {
+        let (reply, response) = oneshot::channel();
+        self.sender
+            .send(Request { effect, reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        response.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// False while the writer has no working connection: nothing new may start.
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+/// Starts the writer for `node_id`: connects, takes the chain's advisory lock, loads the head.
+/// Fails if another daemon holds the chain. The task stops when `shutdown` fires and the
+/// queue drains.
+pub async fn start_writer(
+    pg: tokio_postgres::Config,
+    node_id: String,
+    shutdown: CancellationToken,
+) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditStartError> {
+    let connection = ChainConnection::open(&pg, &node_id)
+        .await
+        .map_err(|error| error.into_start_error(&node_id))?;
+    let available = Arc::new(AtomicBool::new(true));
+    let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+    let writer = Writer {
+        pg,
+        node_id: node_id.clone(),
+        connection: Some(connection),
+        available: available.clone(),
+    };
+    let task = tokio::spawn(writer.run(receiver, shutdown));
+    let handle = AuditHandle {
+        sender,
+        available,
+        node_id: node_id.into(),
+    };
+    Ok((handle, task))
+}
+
+/// The canonical bytes hashed for one row (see the module docs).
+pub fn canonical_bytes(
+    node_id: &str,
+    seq: i64,
+    event_type: &str,
+    event_data: &Value,
+    created_at: OffsetDateTime,
+) -> Vec<u8> {
+    let row = serde_json::json!({
+        "node_id": node_id,
+        "seq": seq,
+        "event_type": event_type,
+        "event_data": event_data,
+        "created_at": format_timestamp(created_at),
+    });
+    // JCS never fails on a Value built from JSON (no NaN or infinity can be in one).
+    serde_json_canonicalizer::to_vec(&row).unwrap_or_default()
+}
+
+/// `SHA-256(prev_hash ‖ canonical)`.
+pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+/// RFC 3339 in UTC with exactly six fractional digits.
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    )
+}
+
+/// Now, truncated to the microsecond precision PostgreSQL keeps.
+pub fn now_micros() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.microsecond() * 1_000)
+        .unwrap_or(now)
+}
+
+/// The advisory-lock key of a node's chain: the first 8 bytes of SHA-256("playbookd-chain:" ‖ id).
+pub fn chain_lock_key(node_id: &str) -> i64 {
+    let digest = Sha256::digest(format!("playbookd-chain:{node_id}"));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+// ---------------------------------------------------------------------------------------------
+
+struct Request {
+    effect: Effect,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// The connection that holds the chain lock, and the chain head as of its last commit.
+struct ChainConnection {
+    client: tokio_postgres::Client,
+    head_seq: i64,
+    head_hash: [u8; 32],
+}
+
+enum OpenError {
+    Locked,
+    Store(StoreError),
+}
+
+impl OpenError {
+    fn into_start_error(self, node_id: &str) -> AuditStartError {
+        match self {
+            OpenError::Locked => AuditStartError::ChainLocked {
+                node_id: node_id.to_owned(),
+            },
+            OpenError::Store(source) => AuditStartError::Store {
+                node_id: node_id.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for OpenError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        OpenError::Store(StoreError::Query(error))
+    }
+}
+
+impl ChainConnection {
+    async fn open(pg: &tokio_postgres::Config, node_id: &str) -> Result<Self, OpenError> {
+        let client = connect_single(pg).await.map_err(OpenError::Store)?;
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&chain_lock_key(node_id)],
+            )
+            .await?
+            .get(0);
+        if !locked {
+            return Err(OpenError::Locked);
+        }
+        let head = client
+            .query_opt(
+                "SELECT seq, hash FROM playbook_audit_log WHERE node_id = $1 ORDER BY seq DESC LIMIT 1",
+                &[&node_id],
+            )
+            .await?;
+        let (head_seq, head_hash) = match head {
+            None => (0, GENESIS_HASH),
+            Some(row) => {
+                let hash: Vec<u8> = row.get(1);
+                let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                    OpenError::Store(StoreError::Corrupt {
+                        what: "audit chain head",
+                        detail: "hash is not 32 bytes".into(),
+                    })
+                })?;
+                (row.get(0), hash)
+            }
+        };
+        Ok(ChainConnection {
+            client,
+            head_seq,
+            head_hash,
+        })
+    }
+}
+
+struct Writer {
+    pg: tokio_postgres::Config,
+    node_id: String,
+    /// None after a failure: the next batch reconnects, relocks and reloads the head first.
+    connection: Option<ChainConnection>,
+    available: Arc<AtomicBool>,
+}
+
+struct Staged {
+    seq: i64,
+    hash: [u8; 32],
+    event: AuditEvent,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+        let mut closing = false;
+        loop {
+            let first = if closing {
+                match receiver.try_recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                }
+            } else {
+                tokio::select! {
+                    request = receiver.recv() => match request {
+                        Some(request) => request,
+                        None => break,
+                    },
+                    () = shutdown.cancelled() => { closing = true; continue; }
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch).await;
+        }
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<Request>) {
+        if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.connection = None;
+            self.reconnect().await;
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            for request in batch {
+                let _ = request.reply.send(Err(AppendError::Unavailable(None)));
+            }
+            return;
+        };
+        match write_batch(connection, &self.node_id, batch).await {
+            Ok(()) => self.available.store(true, Ordering::Release),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "audit batch failed; reconnecting before the next append");
+                self.connection = None;
+                self.available.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) {
+        self.available.store(false, Ordering::Release);
+        match ChainConnection::open(&self.pg, &self.node_id).await {
+            Ok(connection) => {
+                tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
+                self.connection = Some(connection);
+                self.available.store(true, Ordering::Release);
+            }
+            Err(OpenError::Locked) => {
+                tracing::error!(node_id = %self.node_id, "audit chain lock is held elsewhere; appends refused");
+            }
+            Err(OpenError::Store(error)) => {
+                tracing::warn!(error = %error_chain(&error), "audit database unavailable; appends refused");
+                // Pace reconnect attempts so a dead database is not hammered by every caller.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
+/// batch did not commit.
+async fn write_batch(
+    connection: &mut ChainConnection,
+    node_id: &str,
+    batch: Vec<Request>,
+) -> Result<(), StoreError> {
+    let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
+    let mut refused: Vec<(oneshot::Sender<Result<Appended, AppendError>>, StoreError)> = Vec::new();
+    let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
+
+    let outcome: Result<(), StoreError> = async {
+        let mut tx = connection.client.transaction().await?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO playbook_audit_log (node_id, seq, prev_hash, hash, event_type, event_data, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        for request in batch {
+            let savepoint = tx.savepoint("append").await?;
+            match (request.effect)(&savepoint).await {
+                Ok(event) => {
+                    let next_seq = seq + 1;
+                    let created_at = now_micros();
+                    let data = event.to_event_data();
+                    let canonical =
+                        canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
+                    let hash = chain_hash(&prev_hash, &canonical);
+                    savepoint
+                        .execute(
+                            &insert,
+                            &[&node_id, &next_seq, &prev_hash.as_slice(), &hash.as_slice(), &event.event_type, &data, &created_at],
+                        )
+                        .await?;
+                    savepoint.commit().await?;
+                    (seq, prev_hash) = (next_seq, hash);
+                    staged.push(Staged { seq, hash, event, reply: request.reply });
+                }
+                Err(error) => {
+                    // A dead connection makes the rollback fail too, and the batch with it.
+                    savepoint.rollback().await?;
+                    refused.push((request.reply, error));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+
+    match outcome {
+        Ok(()) => {
+            connection.head_seq = seq;
+            connection.head_hash = prev_hash;
+            metrics::counter!("playbookd_audit_appends_total").increment(staged.len() as u64);
+            for item in staged {
+                let appended = Appended {
+                    seq: item.seq,
+                    hash: item.hash,
+                    event: item.event,
+                };
+                let _ = item.reply.send(Ok(appended));
+            }
+            for (reply, error) in refused {
+                let _ = reply.send(Err(AppendError::Effect(error)));
+            }
+            Ok(())
+        }
+        Err(error) => {
+            for item in staged {
+                let _ = item.reply.send(Err(AppendError::Unavailable(None)));
+            }
+            for (reply, _) in refused {
+                let _ = reply.send(Err(AppendError::Unavailable(None)));
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Formats an error with its whole source chain on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Appends queued before the writer pushes back on callers.
+const QUEUE_DEPTH: usize = 4096;
+/// Appends committed in one transaction at most.
+const MAX_BATCH: usize = 256;
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_six_fraction_digits_in_utc() {
+        let at = time::macros::datetime!(2026-11-24 14:54:15.000123 +02:00);
+        assert_eq!(format_timestamp(at), "2026-11-24T12:54:15.000123Z");
+    }
+
+    #[test]
+    fn canonical_bytes_sort_keys_and_have_no_whitespace() {
+        let at = time::macros::datetime!(2026-01-02 03:04:05.5 UTC);
+        let data = serde_json::json!({"z": 1, "a": "x"});
+        let bytes = canonical_bytes("host-1", 7, "daemon.start", &data, at);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"created_at":"2026-01-02T03:04:05.500000Z","event_data":{"a":"x","z":1},"event_type":"daemon.start","node_id":"host-1","seq":7}"#
+        );
+    }
+
+    #[test]
+    fn chain_hash_depends_on_previous_hash() {
+        let first = chain_hash(&GENESIS_HASH, b"row");
+        let second = chain_hash(&first, b"row");
+        assert_ne!(first, second);
+        // `(head -c 32 /dev/zero; printf row) | sha256sum`
+        assert_eq!(
+            hex::encode(first),
+            "0bfca6cc586a839fe8b58fb65df26a27a5b79de713ffa35ecf7ec733d5d422ce"
+        );
+    }
+
+    #[test]
+    fn lock_keys_differ_per_node() {
+        assert_ne!(chain_lock_key("a"), chain_lock_key("b"));
+        assert_eq!(chain_lock_key("a"), chain_lock_key("a"));
+    }
+
+    #[test]
+    fn event_data_carries_actor_and_execution() {
+        let id = uuid::Uuid::nil();
+        let data = AuditEvent::new("x", Actor::Uid(1000))
+            .execution(id)
+            .with("k", "v")
+            .to_event_data();
+        assert_eq!(data["actor"], "uid:1000");
+        assert_eq!(data["execution_id"], id.to_string());
+        assert_eq!(data["k"], "v");
+    }
+}

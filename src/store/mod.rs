@@ -1,0 +1,147 @@
+//! PostgreSQL: the connection pool for reads, the migrator, and the audit writer through which
+//! every state change is committed together with its audit event.
+
+pub mod audit;
+pub mod migrate;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+/// Failures talking to PostgreSQL. Each variant says which operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to PostgreSQL at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("timed out connecting to PostgreSQL at {endpoint}")]
+    ConnectTimeout { endpoint: String },
+    #[error("no database connection available from the pool")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    #[error("failed to build the database pool")]
+    BuildPool(#[source] deadpool_postgres::BuildError),
+    #[error("database query failed")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("failed to apply migrations")]
+    Migrate(#[source] refinery::Error),
+    #[error("stored {what} is invalid: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// Read access to the database through a bounded pool.
+///
+/// Writes that change state go through [`audit::AuditHandle`] instead, so that each one is
+/// committed together with its audit event.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Builds the pool and proves the database answers, or says which endpoint did not.
+    pub async fn connect(
+        pg: &tokio_postgres::Config,
+        max_size: usize,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                // Verified: a connection that died while idle is noticed before it is handed out.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        // Explicit timeouts: without them a frozen database hangs `pool.get()` forever.
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(StoreError::BuildPool)?;
+        let store = Store { pool };
+        store.ping(pg).await?;
+        Ok(store)
+    }
+
+    /// The pool, for modules that run their own read queries.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A pooled connection, or an error naming why none could be had.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(StoreError::Pool)
+    }
+
+    /// Checks that the database answers a trivial query.
+    pub async fn ping(&self, pg: &tokio_postgres::Config) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(source) => StoreError::Connect {
+                endpoint: endpoint(pg),
+                source,
+            },
+            deadpool_postgres::PoolError::Timeout(_) => StoreError::ConnectTimeout {
+                endpoint: endpoint(pg),
+            },
+            other => StoreError::Pool(other),
+        })?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// Opens one dedicated connection (not pooled), with a deadline, and drives it in the background.
+pub async fn connect_single(
+    pg: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, StoreError> {
+    let deadline = pg.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let attempt = tokio::time::timeout(deadline, pg.connect(NoTls)).await;
+    let (client, connection) = match attempt {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(source)) => {
+            return Err(StoreError::Connect {
+                endpoint: endpoint(pg),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(StoreError::ConnectTimeout {
+                endpoint: endpoint(pg),
+            });
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(error = %error, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// `host:port[,host:port…]` of a connection config, for error messages (never the password).
+pub fn endpoint(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => {
+                    format!("{}/.s.PGSQL.{port}", dir.display())
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
