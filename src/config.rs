@@ -188,14 +188,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            message: error.to_string().trim_end().replace('\n', " "),
+            message: describe_toml_error(text, &error),
         })?;
         if let Some(url) = env_url {
-            config.database.url = url
-                .into_string()
-                .map_err(|_| ConfigError::DatabaseUrlEnv {
-                    reason: "not valid UTF-8".into(),
-                })?;
+            config.database.url = url.into_string().map_err(|_| ConfigError::DatabaseUrlEnv {
+                reason: "not valid UTF-8".into(),
+            })?;
         }
         config.check(path)?;
         Ok(config)
@@ -275,7 +273,10 @@ impl Config {
             ("paths.bindings", &self.paths.bindings),
             ("paths.decision_socket", &self.paths.decision_socket),
             ("paths.control_socket", &self.paths.control_socket),
-            ("actions.file.quarantine_dir", &self.actions.file.quarantine_dir),
+            (
+                "actions.file.quarantine_dir",
+                &self.actions.file.quarantine_dir,
+            ),
         ] {
             if !dir.is_absolute() {
                 return Err(invalid(key, "expected an absolute path".into()));
@@ -303,6 +304,21 @@ impl DatabaseConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_seconds)
     }
+}
+
+/// One line: where (line and source text) and what (the parser's message, in plain words).
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .replace("expected u64", "expected a non-negative integer")
+        .replace("expected usize", "expected a non-negative integer")
+        .replace("expected u32", "expected a non-negative integer");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let line_number = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
+    format!("line {line_number} (`{line}`): {message}")
 }
 
 /// Node ids go into advisory-lock keys, audit rows and journald fields: keep them plain.
@@ -460,7 +476,10 @@ mod tests {
         let error = parse("node_id = \"a\"\nskip_signatures = true\n").unwrap_err();
         let message = error.to_string();
         assert!(message.contains("skip_signatures"), "{message}");
-        assert!(message.contains("/etc/playbookd/playbookd.toml"), "{message}");
+        assert!(
+            message.contains("/etc/playbookd/playbookd.toml"),
+            "{message}"
+        );
     }
 
     #[test]

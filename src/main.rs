@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     match playbookd::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("playbookd: {}", playbookd::store::audit::error_chain(&error));
+            eprintln!(
+                "playbookd: {}",
+                playbookd::store::audit::error_chain(&error)
+            );
             error.exit_code()
         }
     }

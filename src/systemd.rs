@@ -18,13 +18,13 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 pub fn init_logging() {
     let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    if Path::new(JOURNAL_SOCKET).exists() {
-        if let Ok(journald) = tracing_journald::layer() {
-            let _ = registry
-                .with(journald.with_syslog_identifier("playbookd".into()))
-                .try_init();
-            return;
-        }
+    if Path::new(JOURNAL_SOCKET).exists()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = registry
+            .with(journald.with_syslog_identifier("playbookd".into()))
+            .try_init();
+        return;
     }
     let _ = registry
         .with(

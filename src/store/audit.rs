@@ -14,7 +14,7 @@
 //! # Writer
 //! One task owns one dedicated connection that holds a session advisory lock for the node id,
 //! so there is exactly one writer per chain and chains never fork. Callers send it an
-//! [`Append`]: an optional transactional effect (SQL that changes state) plus the audit event
+//! request ([`AuditHandle::append_with`]): an optional transactional effect (SQL that changes state) plus the audit event
 //! that describes it. Concurrent appends are batched into one transaction (group commit), each
 //! in its own savepoint so one caller's failed effect does not fail the others. A caller's
 //! future resolves only after COMMIT: when it returns `Ok`, the change and its audit record are
@@ -94,8 +94,7 @@ impl AuditEvent {
 /// SQL that changes state, run inside the audit transaction; returns the event describing
 /// what it did (which may depend on what it found, e.g. a nonce already used).
 pub type Effect = Box<
-    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>>
-        + Send,
+    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>> + Send,
 >;
 
 /// What the writer reports back once the batch holding an append has committed.
@@ -380,7 +379,11 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, batch: Vec<Request>) {
-        if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|c| c.client.is_closed())
+        {
             self.connection = None;
             self.reconnect().await;
         }

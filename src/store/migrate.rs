@@ -8,7 +8,7 @@ mod embedded {
 }
 
 /// Advisory-lock key held while migrating ("pbd-mig" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x7062_642d_6d69_67;
+const MIGRATION_LOCK_KEY: i64 = 0x0070_6264_2d6d_6967;
 
 /// Outcome of a migration run.
 #[derive(Debug, PartialEq, Eq)]

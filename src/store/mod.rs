@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod migrate;
+pub mod verify;
 
 use std::time::Duration;
 
@@ -101,7 +102,10 @@ impl Store {
 pub async fn connect_single(
     pg: &tokio_postgres::Config,
 ) -> Result<tokio_postgres::Client, StoreError> {
-    let deadline = pg.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let deadline = pg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let attempt = tokio::time::timeout(deadline, pg.connect(NoTls)).await;
     let (client, connection) = match attempt {
         Ok(Ok(pair)) => pair,

@@ -1,0 +1,138 @@
+//! The daemon's life cycle, driven through the real binary.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+
+#[tokio::test]
+async fn serve_migrates_stays_up_and_exits_zero_on_sigterm() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+
+    let client = db.client().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'playbook_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        tables >= 8,
+        "expected the playbook_* tables, found {tables}"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "daemon exited early"
+    );
+    let asked = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("daemon did not exit within 5 s of SIGTERM");
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+    assert!(asked.elapsed() < Duration::from_secs(5));
+
+    let events: Vec<String> = client
+        .query(
+            "SELECT event_type FROM playbook_audit_log WHERE node_id = 'node-a' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(events, ["daemon.start", "daemon.stop"]);
+}
+
+#[tokio::test]
+async fn second_migrate_is_a_no_op() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let config = config.to_str().unwrap();
+
+    let (status, stdout, stderr) = run_cli(&["migrate", "--config", config], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("applied V1__"), "{stdout}");
+
+    let (status, stdout, stderr) = run_cli(&["migrate", "--config", config], &[]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "schema up to date; nothing applied");
+}
+
+#[tokio::test]
+async fn unknown_config_key_exits_78_naming_the_key() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "[intake]\nallow_everyone = true\n");
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("allow_everyone"), "{stderr}");
+    assert!(stderr.contains(config.to_str().unwrap()), "{stderr}");
+}
+
+#[tokio::test]
+async fn unreachable_database_exits_quickly_naming_host_and_port() {
+    let dir = DaemonDir::new();
+    // A port nothing listens on: bind it, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path("unreachable.toml");
+    std::fs::write(
+        &config,
+        format!("node_id = \"x\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:{port}/x\"\n"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+#[tokio::test]
+async fn environment_database_url_overrides_the_file() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.path("wrong-db.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"x\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:1/nothing\"\n",
+    )
+    .unwrap();
+    let (status, stdout, stderr) = run_cli(
+        &["migrate", "--config", config.to_str().unwrap()],
+        &[("PLAYBOOKD_DATABASE_URL", &db.url())],
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("applied"), "{stdout}");
+}
+
+#[tokio::test]
+async fn second_daemon_with_the_same_node_id_refuses_to_start() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "shared-node", "");
+    let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
+    first.wait_for_log("playbookd ready", Duration::from_secs(20));
+
+    let other = DaemonDir::new();
+    let config = other.write_config(&db, "shared-node", "");
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("shared-node"), "{stderr}");
+    assert!(stderr.contains("another playbookd"), "{stderr}");
+}

@@ -1,0 +1,293 @@
+//! Test fixtures: a fresh database per test, and the real `playbookd` binary as a child process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::NoTls;
+
+/// The server the tests use, as a superuser URL. See scripts/test.
+pub const TEST_DATABASE_URL_ENV: &str = "PLAYBOOKD_TEST_DATABASE_URL";
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_config() -> tokio_postgres::Config {
+    let url = std::env::var(TEST_DATABASE_URL_ENV)
+        .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+    url.parse()
+        .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL_ENV} is not a PostgreSQL URL: {e}"))
+}
+
+/// A database of its own for one test, created from scratch and dropped afterwards
+/// (also when the test panics).
+pub struct TestDb {
+    pub name: String,
+    pub config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    /// Creates `pbd_test_<pid>_<uuid>` (not migrated).
+    pub async fn empty() -> TestDb {
+        sweep_stale_databases_once().await;
+        let name = format!(
+            "pbd_test_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let admin = admin_client().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        let mut config = admin_config();
+        config.dbname(&name);
+        TestDb { name, config }
+    }
+
+    /// Creates the database and applies migrations with the production migrator.
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        let mut client = db.client().await;
+        playbookd::store::migrate::migrate(&mut client)
+            .await
+            .expect("migrate");
+        db
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.config).await
+    }
+
+    /// The URL the daemon should use.
+    pub fn url(&self) -> String {
+        url_of(&self.config)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee (maybe during a panic): use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let admin = admin_client().await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to the test PostgreSQL ({TEST_DATABASE_URL_ENV}={}): {e}",
+            url_of(config)
+        )
+    });
+    tokio::spawn(connection);
+    client
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    connect(&admin_config()).await
+}
+
+pub fn url_of(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// Drops databases left by earlier test runs whose process is gone (a crashed or killed run).
+async fn sweep_stale_databases_once() {
+    static SWEPT: Once = Once::new();
+    let mut first = false;
+    SWEPT.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let admin = admin_client().await;
+    let rows = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pbd\\_test\\_%'",
+            &[],
+        )
+        .await
+        .expect("list test databases");
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// The `playbookd` binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_playbookd"))
+}
+
+/// Runs `playbookd ARGS…` to completion and returns (status, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(binary());
+    command.args(args).env_remove("PLAYBOOKD_DATABASE_URL");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run playbookd");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A directory holding a daemon's configuration, keys, playbooks and sockets.
+pub struct DaemonDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DaemonDir {
+    pub fn new() -> DaemonDir {
+        let dir = tempfile::Builder::new()
+            .prefix("pbd-it-")
+            .tempdir()
+            .expect("tempdir");
+        for sub in ["playbooks", "trusted-keys", "quarantine", "run"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        DaemonDir { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a config for `db` with every path inside this directory; `extra` is appended.
+    pub fn write_config(&self, db: &TestDb, node_id: &str, extra: &str) -> PathBuf {
+        let p = |s: &str| self.path(s).display().to_string();
+        let text = format!(
+            r#"node_id = "{node_id}"
+[database]
+url = "{url}"
+pool_size = 4
+[paths]
+playbooks = "{playbooks}"
+trusted_keys = "{keys}"
+bindings = "{bindings}"
+decision_socket = "{decisions}"
+control_socket = "{control}"
+[status]
+listen = "127.0.0.1:0"
+[actions.file]
+quarantine_dir = "{quarantine}"
+{extra}
+"#,
+            url = db.url(),
+            playbooks = p("playbooks"),
+            keys = p("trusted-keys"),
+            bindings = p("bindings.yaml"),
+            decisions = p("run/decisions.sock"),
+            control = p("run/control.sock"),
+            quarantine = p("quarantine"),
+        );
+        let path = self.path("playbookd.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+/// The real daemon as a child process; killed on drop.
+pub struct ChildDaemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl ChildDaemon {
+    /// Starts `playbookd serve --config CONFIG`, logging to `LOG`.
+    pub fn start(config: &Path, log: &Path) -> ChildDaemon {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("PLAYBOOKD_DATABASE_URL")
+            .env_remove("NOTIFY_SOCKET")
+            .env("PLAYBOOKD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn playbookd");
+        ChildDaemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log shows `needle`, or panics with the log after `limit`.
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "playbookd exited with {status} before `{needle}`:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no `{needle}` in the log after {limit:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("kill");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
