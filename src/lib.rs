@@ -17,8 +17,10 @@
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
 //! - [`cli`]: the `playbookd` command line.
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod registry;
 pub mod store;
 pub mod systemd;

@@ -1,0 +1,3 @@
+//! The signed playbook registry: verify → parse strictly → validate → version check.
+
+pub mod model;
