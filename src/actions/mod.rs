@@ -7,6 +7,7 @@
 //! outcome before and after.
 
 pub mod noop;
+pub mod specs;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -124,18 +125,21 @@ pub enum ParamKind {
     Json,
 }
 
+/// What a step using the action may say under `rollback:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undo {
+    /// Nothing can undo it: the step must say `rollback: none`.
     NotUndoable,
-    /// Undone by running this action with the step's rollback parameters.
+    /// Its natural undo is this action (the step may still say `rollback: none`).
     By(&'static str),
+    /// Only the playbook knows (exec, webhooks): any rollback action, or `none`.
+    PlaybookDefined,
 }
 
 /// Every action this build knows, whether or not it is enabled on this host. The registry
 /// validates playbooks against this table; an unknown name is a load-time error.
 pub fn specs() -> &'static [&'static ActionSpec] {
-    static SPECS: &[&ActionSpec] = &[&noop::SPEC];
-    SPECS
+    specs::ALL
 }
 
 pub fn spec(name: &str) -> Option<&'static ActionSpec> {

@@ -1,20 +1,12 @@
 //! `noop`: does nothing and succeeds; for tests and benchmarks.
 
-use super::{Action, ActionContext, ActionFuture, ActionOutput, ActionSpec, Undo};
-use crate::registry::model::RiskTier;
-
-pub static SPEC: ActionSpec = ActionSpec {
-    name: "noop",
-    params: &[],
-    undo: Undo::By("noop"),
-    default_risk: RiskTier::Low,
-};
+use super::{Action, ActionContext, ActionFuture, ActionOutput, ActionSpec};
 
 pub struct Noop;
 
 impl Action for Noop {
     fn spec(&self) -> &'static ActionSpec {
-        &SPEC
+        &super::specs::NOOP
     }
 
     fn execute<'a>(

@@ -1,3 +1,4 @@
 //! The signed playbook registry: verify → parse strictly → validate → version check.
 
 pub mod model;
+pub mod playbook;
