@@ -112,6 +112,15 @@ pub struct IntakeConfig {
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u64,
+    /// Group owning decisions.sock (mode 0660); the daemon's own group when unset.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Global storm cap: decisions accepted per second, across all bindings.
+    #[serde(default = "default_max_accepted_per_second")]
+    pub max_accepted_per_second: u32,
+    /// Ed25519 public keys (SPKI PEM files); when set, every decision must be signed by one.
+    #[serde(default)]
+    pub policy_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +129,15 @@ pub struct ExecutorConfig {
     /// Executions running at once on this node.
     #[serde(default = "default_max_concurrent_runs")]
     pub max_concurrent_runs: usize,
+    /// Executions of one org running at once (0: same as `max_concurrent_runs`).
+    #[serde(default)]
+    pub max_runs_per_org: usize,
+    /// Timeout of a step that sets none.
+    #[serde(default = "default_step_timeout_seconds")]
+    pub default_step_timeout_seconds: u64,
+    /// How often unfinished executions not running here are picked up again.
+    #[serde(default = "default_resume_interval_seconds")]
+    pub resume_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,6 +267,24 @@ impl Config {
                 "expected a positive integer".into(),
             ));
         }
+        if self.intake.max_accepted_per_second == 0 {
+            return Err(invalid(
+                "intake.max_accepted_per_second",
+                "expected a positive integer".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.executor.default_step_timeout_seconds) {
+            return Err(invalid(
+                "executor.default_step_timeout_seconds",
+                "expected an integer from 1 to 3600".into(),
+            ));
+        }
+        if self.executor.resume_interval_seconds == 0 {
+            return Err(invalid(
+                "executor.resume_interval_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
         if self.executor.max_concurrent_runs == 0 {
             return Err(invalid(
                 "executor.max_concurrent_runs",
@@ -367,10 +403,19 @@ fn default_freshness_seconds() -> u64 {
     300
 }
 fn default_max_connections() -> usize {
-    64
+    1024
+}
+fn default_max_accepted_per_second() -> u32 {
+    200
+}
+fn default_step_timeout_seconds() -> u64 {
+    60
+}
+fn default_resume_interval_seconds() -> u64 {
+    10
 }
 fn default_idle_timeout_seconds() -> u64 {
-    30
+    10
 }
 fn default_max_concurrent_runs() -> usize {
     64
@@ -425,6 +470,9 @@ impl Default for IntakeConfig {
             freshness_seconds: default_freshness_seconds(),
             max_connections: default_max_connections(),
             idle_timeout_seconds: default_idle_timeout_seconds(),
+            socket_group: None,
+            max_accepted_per_second: default_max_accepted_per_second(),
+            policy_keys: Vec::new(),
         }
     }
 }
@@ -432,6 +480,9 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
             max_concurrent_runs: default_max_concurrent_runs(),
+            max_runs_per_org: 0,
+            default_step_timeout_seconds: default_step_timeout_seconds(),
+            resume_interval_seconds: default_resume_interval_seconds(),
         }
     }
 }

@@ -9,10 +9,19 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use tokio::net::UnixListener;
+
+use crate::actions::{ActionSetupError, Actions};
+use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
+use crate::intake::{Intake, IntakeParts, IntakeSettings};
+use crate::registry::catalog::SharedCatalog;
+use crate::safe_halt::SafeHalt;
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd;
+use crate::unix_socket::{self, BindError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -24,6 +33,15 @@ pub enum DaemonError {
     Audit(#[from] AuditStartError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Actions(#[from] ActionSetupError),
+    #[error("decision socket")]
+    Socket(#[from] BindError),
+    #[error("policy key {path}: {reason}")]
+    PolicyKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl DaemonError {
@@ -31,11 +49,16 @@ impl DaemonError {
     /// `RestartPreventExitStatus=78` stops a restart loop; 1 when a restart may help.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            DaemonError::Config(_) | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
+            DaemonError::Config(_)
+            | DaemonError::Audit(AuditStartError::ChainLocked { .. })
+            | DaemonError::Actions(_)
+            | DaemonError::PolicyKey { .. }
+            | DaemonError::Socket(BindError::NotASocket { .. } | BindError::UnknownGroup { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             DaemonError::Store(_)
             | DaemonError::Audit(AuditStartError::Store { .. })
+            | DaemonError::Socket(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -50,8 +73,16 @@ pub struct Daemon {
     store: Store,
     audit: AuditHandle,
     audit_task: tokio::task::JoinHandle<()>,
-    /// Cancels every background task; fired by `run_until_stopped` on the way out.
+    /// Stops the audit writer, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
+    /// Stops intake and executor first; unfinished runs stay resumable.
+    work_shutdown: CancellationToken,
+    catalog: SharedCatalog,
+    safe_halt: SafeHalt,
+    approvals: Approvals,
+    executor: Executor,
+    intake: Intake,
+    decision_listener: Option<UnixListener>,
     started: Instant,
 }
 
@@ -86,21 +117,100 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let work_shutdown = CancellationToken::new();
+        let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
+        let catalog = SharedCatalog::default();
+        let approvals = Approvals::new(store.clone(), audit.clone());
+        let executor = Executor::new(
+            ExecutorParts {
+                store: store.clone(),
+                audit: audit.clone(),
+                actions: Actions::from_config(&config.actions)?,
+                catalog: catalog.clone(),
+                safe_halt: safe_halt.clone(),
+                approvals: approvals.clone(),
+                settings: executor_settings(&config),
+            },
+            work_shutdown.clone(),
+        );
+        let intake = Intake::new(IntakeParts {
+            settings: intake_settings(&config)?,
+            audit: audit.clone(),
+            catalog: catalog.clone(),
+            safe_halt: safe_halt.clone(),
+            executor: executor.clone(),
+        });
+        let decision_listener = unix_socket::bind(
+            &config.paths.decision_socket,
+            config.intake.socket_group.as_deref(),
+        )?;
         Ok(Daemon {
             config,
             store,
             audit,
             audit_task,
             tasks_shutdown,
+            work_shutdown,
+            catalog,
+            safe_halt,
+            approvals,
+            executor,
+            intake,
+            decision_listener: Some(decision_listener),
             started: Instant::now(),
         })
     }
 
+    /// The active playbooks and bindings (swapped by the registry on reload).
+    pub fn catalog(&self) -> &SharedCatalog {
+        &self.catalog
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    pub fn safe_halt(&self) -> &SafeHalt {
+        &self.safe_halt
+    }
+
+    pub fn audit(&self) -> &AuditHandle {
+        &self.audit
+    }
+
+    /// Starts serving decisions and resumes unfinished executions.
+    fn start_work(&mut self) {
+        if let Some(listener) = self.decision_listener.take() {
+            tokio::spawn(
+                self.intake
+                    .clone()
+                    .serve(listener, self.work_shutdown.clone()),
+            );
+        }
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            match executor.resume_all().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "resuming unfinished executions"),
+                Err(error) => {
+                    tracing::error!(error = %audit::error_chain(&error), "cannot list unfinished executions")
+                }
+            }
+            executor.resume_loop().await;
+        });
+    }
+
     /// Serves until SIGTERM/SIGINT or `stop` fires; SIGHUP reloads.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), DaemonError> {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> Result<(), DaemonError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+        self.start_work();
+        // READY only now: schema migrated, registry loaded, sockets bound and served.
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
         loop {
@@ -132,6 +242,11 @@ impl Daemon {
     async fn shutdown(self) {
         systemd::notify_stopping();
         tracing::info!("stopping");
+        self.work_shutdown.cancel();
+        if !self.executor.drain(EXECUTOR_DRAIN_LIMIT).await {
+            tracing::warn!("some executions did not pause in time; they resume at the next start");
+        }
+        let _ = std::fs::remove_file(&self.config.paths.decision_socket);
         let uptime = self.started.elapsed().as_secs();
         if let Err(error) = self
             .audit
@@ -156,4 +271,48 @@ impl Daemon {
 }
 
 /// How long shutdown waits for queued audit appends before giving up.
-const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for executions to reach a resumable point.
+const EXECUTOR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+fn executor_settings(config: &Config) -> ExecutorSettings {
+    let executor = &config.executor;
+    ExecutorSettings {
+        max_concurrent_runs: executor.max_concurrent_runs,
+        max_runs_per_org: if executor.max_runs_per_org == 0 {
+            executor.max_concurrent_runs
+        } else {
+            executor.max_runs_per_org
+        },
+        default_step_timeout: Duration::from_secs(executor.default_step_timeout_seconds),
+        resume_interval: Duration::from_secs(executor.resume_interval_seconds),
+    }
+}
+
+fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
+    let intake = &config.intake;
+    let policy_keys = intake
+        .policy_keys
+        .iter()
+        .map(|path| load_policy_key(path))
+        .collect::<Result<_, _>>()?;
+    Ok(IntakeSettings {
+        allowed_uids: intake.allowed_uids.clone(),
+        freshness_seconds: intake.freshness_seconds,
+        max_connections: intake.max_connections,
+        idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
+        max_accepted_per_second: intake.max_accepted_per_second,
+        policy_keys,
+    })
+}
+
+fn load_policy_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let error = |reason: String| DaemonError::PolicyKey {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|_| error("not an Ed25519 public key (SPKI PEM)".into()))
+}

@@ -18,9 +18,15 @@
 //! - [`cli`]: the `playbookd` command line.
 
 pub mod actions;
+pub mod approvals;
+pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod executor;
+pub mod intake;
 pub mod registry;
+pub mod safe_halt;
 pub mod store;
 pub mod systemd;
+pub mod unix_socket;
