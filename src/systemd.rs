@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing_journald::Priority;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,14 +43,8 @@ pub fn init_logging() {
     let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     if Path::new(JOURNAL_SOCKET).exists()
-        && let Ok(journald) = tracing_journald::layer()
+        && let Ok(journald) = journald_layer()
     {
-        // No field prefix: the default `F_` would turn `execution_id` into `F_EXECUTION_ID`,
-        // and operators search by the documented names. tracing-journald drops leading
-        // underscores, so an event field can never forge a trusted `_PID`-style field.
-        let journald = journald
-            .with_syslog_identifier(SYSLOG_IDENTIFIER.into())
-            .with_field_prefix(None);
         let _ = registry.with(journald).try_init();
         return;
     }
@@ -61,6 +56,27 @@ pub fn init_logging() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .try_init();
+}
+
+/// The journald layer exactly as the daemon uses it; fails when journald does not answer.
+pub fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
+    // No field prefix: the default `F_` would turn `execution_id` into `F_EXECUTION_ID`, and
+    // operators search by the documented names. tracing-journald drops leading underscores, so
+    // an event field can never forge a trusted `_PID`-style field.
+    //
+    // Priorities follow syslog usage (info is 6, as `journalctl -p info` expects); the crate's
+    // default shifts every level one step up (info as notice).
+    let priorities = tracing_journald::PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    };
+    Ok(tracing_journald::layer()?
+        .with_syslog_identifier(SYSLOG_IDENTIFIER.into())
+        .with_field_prefix(None)
+        .with_priority_mappings(priorities))
 }
 
 /// Tells systemd the daemon is ready, with a one-line status.
