@@ -241,7 +241,8 @@ async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
     );
     notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(20));
 
-    // A 1 s watchdog: a ping every half second, so at least 4 in 3 s.
+    // A 1 s watchdog: a ping every half second, about 6 in 3 s; at least 3 leaves room for a
+    // loaded machine and still fails if the pings stop after the first.
     let window = Duration::from_secs(3);
     let pings = notify
         .collect_for(window)
@@ -249,7 +250,7 @@ async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
         .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
         .count();
     assert!(
-        pings >= 4,
+        pings >= 3,
         "{pings} WATCHDOG=1 in {window:?}:\n{}",
         daemon.log_text()
     );
