@@ -164,6 +164,35 @@ fn installed_unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
+fn unit_does_not_restart_on_the_daemons_config_exit_code() {
+    let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    for expected in [
+        format!(
+            "RestartPreventExitStatus={}",
+            playbookd::daemon::EXIT_CONFIG
+        ),
+        "Restart=always".into(),
+        "Type=notify".into(),
+        "NotifyAccess=main".into(),
+        "User=playbookd".into(),
+        format!(
+            "ExecStart=/usr/local/bin/playbookd serve --config {}",
+            playbookd::config::DEFAULT_CONFIG_PATH
+        ),
+    ] {
+        assert!(
+            settings.contains(&expected.as_str()),
+            "unit lacks `{expected}`"
+        );
+    }
+}
+
+#[test]
 fn unit_exposure_score_is_ok_and_at_most_2() {
     let output = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
