@@ -20,7 +20,7 @@ use crate::registry::catalog::SharedCatalog;
 use crate::safe_halt::SafeHalt;
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::{self, Store, StoreError};
-use crate::systemd;
+use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,9 @@ pub struct Daemon {
     intake: Intake,
     decision_listener: Option<UnixListener>,
     started: Instant,
+    /// Bumped by the loop that must never stall (the executor's, today the main loop); the
+    /// watchdog stops pinging systemd when it goes quiet.
+    heartbeat: Heartbeat,
 }
 
 impl Daemon {
@@ -158,6 +161,7 @@ impl Daemon {
             intake,
             decision_listener: Some(decision_listener),
             started: Instant::now(),
+            heartbeat: Heartbeat::new(),
         })
     }
 
@@ -204,21 +208,40 @@ impl Daemon {
         });
     }
 
+    /// The liveness heartbeat, for the executor loop to [`Heartbeat::beat`].
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Serves until SIGTERM/SIGINT or `stop` fires; SIGHUP reloads.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) -> Result<(), DaemonError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
         self.start_work();
-        // READY only now: schema migrated, registry loaded, sockets bound and served.
+        // READY=1 goes out here and nowhere earlier: `build` has applied the migrations, opened
+        // the audit chain, loaded the registry and bound every socket (decisions, control,
+        // status), so when systemd (and anything ordered After= us) hears READY, connections
+        // are accepted. Anything that must be up before READY belongs in `build`.
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
+        if let Some(interval) = systemd::watchdog_interval() {
+            let liveness = Liveness::new(self.store.pool().clone(), self.heartbeat(), interval);
+            tokio::spawn(systemd::run_watchdog(
+                interval,
+                liveness,
+                self.tasks_shutdown.clone(),
+            ));
+            tracing::info!(interval_ms = interval.as_millis(), "systemd watchdog armed");
+        }
+        let mut beats = tokio::time::interval(systemd::HEARTBEAT_PERIOD);
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 () = stop.cancelled() => break,
                 _ = hangup.recv() => self.reload().await,
+                _ = beats.tick() => self.heartbeat.beat(),
             }
         }
         self.shutdown().await;
@@ -239,6 +262,10 @@ impl Daemon {
         systemd::notify_ready(&self.status_line());
     }
 
+    /// STOPPING=1 first, so systemd shows "deactivating" while we drain; then a drain bounded by
+    /// [`DRAIN_LIMIT`] per stage, well inside the unit's `TimeoutStopSec=`. Nothing here marks an
+    /// unfinished execution as finished: whatever is still running stays in its persisted state
+    /// and startup recovery resumes it.
     async fn shutdown(self) {
         systemd::notify_stopping();
         tracing::info!("stopping");
@@ -248,12 +275,19 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.config.paths.decision_socket);
         let uptime = self.started.elapsed().as_secs();
-        if let Err(error) = self
-            .audit
-            .append(AuditEvent::new("daemon.stop", Actor::System).with("uptime_seconds", uptime))
-            .await
-        {
-            tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
+        let stop_recorded = tokio::time::timeout(
+            DRAIN_LIMIT,
+            self.audit.append(
+                AuditEvent::new("daemon.stop", Actor::System).with("uptime_seconds", uptime),
+            ),
+        )
+        .await;
+        match stop_recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
+            }
+            Err(_) => tracing::warn!("stop not recorded: audit writer did not answer in time"),
         }
         self.tasks_shutdown.cancel();
         if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)
