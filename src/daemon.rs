@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd;
@@ -22,6 +23,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditStartError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -31,10 +34,11 @@ impl DaemonError {
     /// `RestartPreventExitStatus=78` stops a restart loop; 1 when a restart may help.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            DaemonError::Config(_) | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
-                ExitCode::from(EXIT_CONFIG)
-            }
+            DaemonError::Config(_)
+            | DaemonError::Audit(AuditStartError::ChainLocked { .. })
+            | DaemonError::Status(StatusError::Address { .. }) => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
+            | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
@@ -53,11 +57,19 @@ pub struct Daemon {
     /// Cancels every background task; fired by `run_until_stopped` on the way out.
     tasks_shutdown: CancellationToken,
     started: Instant,
+    /// Bound at build (so a bad address is a start-up error); served by `run_until_stopped`.
+    status_listener: Option<StatusListener>,
+    status_addr: StatusAddr,
+    status_state: StatusState,
+    /// Publishes what the status API shows about the registry; keep it current on every reload.
+    runtime: tokio::sync::watch::Sender<RuntimeSnapshot>,
 }
 
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        let status_listener = status::bind(&config.status.listen).await?;
+        let status_addr = status_listener.local_addr()?;
         let pg = config.postgres_config();
         let store = Store::connect(
             &pg,
@@ -86,6 +98,8 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
             store,
@@ -93,14 +107,36 @@ impl Daemon {
             audit_task,
             tasks_shutdown,
             started: Instant::now(),
+            status_listener: Some(status_listener),
+            status_addr,
+            status_state,
+            runtime,
         })
     }
 
+    /// Where the status API listens (the real port when `status.listen` asked for port 0).
+    pub fn status_addr(&self) -> &StatusAddr {
+        &self.status_addr
+    }
+
+    /// The sender through which the registry publishes what `/v1/health` and `/v1/playbooks` show.
+    pub fn runtime_publisher(&self) -> tokio::sync::watch::Sender<RuntimeSnapshot> {
+        self.runtime.clone()
+    }
+
     /// Serves until SIGTERM/SIGINT or `stop` fires; SIGHUP reloads.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), DaemonError> {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> Result<(), DaemonError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+        let mut status_task = match self.status_listener.take() {
+            Some(listener) => tokio::spawn(status::serve(
+                listener,
+                self.status_state.clone(),
+                self.tasks_shutdown.clone(),
+            )),
+            None => tokio::spawn(async { Ok(()) }),
+        };
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
         loop {
@@ -109,9 +145,26 @@ impl Daemon {
                 _ = interrupt.recv() => break,
                 () = stop.cancelled() => break,
                 _ = hangup.recv() => self.reload().await,
+                served = &mut status_task => {
+                    // The status API is how operators see the daemon: losing it is a failure.
+                    let error = match served {
+                        Ok(Ok(())) => StatusError::Serve(std::io::Error::other("stopped unexpectedly")),
+                        Ok(Err(error)) => error,
+                        Err(join) => StatusError::Serve(std::io::Error::other(join.to_string())),
+                    };
+                    tracing::error!(error = %audit::error_chain(&error), "status API failed");
+                    self.shutdown().await;
+                    return Err(DaemonError::Status(error));
+                }
             }
         }
         self.shutdown().await;
+        if tokio::time::timeout(DRAIN_LIMIT, status_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("status API did not stop in time");
+        }
         Ok(())
     }
 

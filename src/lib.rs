@@ -15,6 +15,8 @@
 //!   state change is committed together with its audit event.
 //! - [`daemon`]: wires the subsystems together (`build`) and runs them (`run_until_stopped`).
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
+//! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
+//!   the `playbookd status` client for it.
 //! - [`cli`]: the `playbookd` command line.
 
 pub mod actions;
@@ -22,5 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod registry;
+pub mod status;
+pub mod status_client;
 pub mod store;
 pub mod systemd;

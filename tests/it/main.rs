@@ -5,3 +5,4 @@ mod helpers;
 
 mod audit;
 mod daemon;
+mod status;
