@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
 use crate::systemd;
 
@@ -26,6 +27,8 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Query the read-only status API (health without a subcommand).
+    Status(StatusArgs),
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -43,6 +46,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Status(#[from] ClientError),
 }
 
 impl CliError {
@@ -51,6 +56,8 @@ impl CliError {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
             CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
+            CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+            CliError::Status(_) => ExitCode::FAILURE,
         }
     }
 }
@@ -67,6 +74,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Status(args) => Ok(status_client::run(args)?),
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {

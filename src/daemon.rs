@@ -18,6 +18,7 @@ use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
 use crate::registry::catalog::SharedCatalog;
 use crate::safe_halt::SafeHalt;
+use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditStartError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -53,10 +56,12 @@ impl DaemonError {
             | DaemonError::Audit(AuditStartError::ChainLocked { .. })
             | DaemonError::Actions(_)
             | DaemonError::PolicyKey { .. }
+            | DaemonError::Status(StatusError::Address { .. })
             | DaemonError::Socket(BindError::NotASocket { .. } | BindError::UnknownGroup { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             DaemonError::Store(_)
+            | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
             | DaemonError::Socket(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
@@ -87,11 +92,19 @@ pub struct Daemon {
     /// Bumped by the loop that must never stall (the executor's, today the main loop); the
     /// watchdog stops pinging systemd when it goes quiet.
     heartbeat: Heartbeat,
+    /// Bound at build (so a bad address is a start-up error); served by `run_until_stopped`.
+    status_listener: Option<StatusListener>,
+    status_addr: StatusAddr,
+    status_state: StatusState,
+    /// Publishes what the status API shows about the registry; keep it current on every reload.
+    runtime: tokio::sync::watch::Sender<RuntimeSnapshot>,
 }
 
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        let status_listener = status::bind(&config.status.listen).await?;
+        let status_addr = status_listener.local_addr()?;
         let pg = config.postgres_config();
         let store = Store::connect(
             &pg,
@@ -147,6 +160,8 @@ impl Daemon {
             &config.paths.decision_socket,
             config.intake.socket_group.as_deref(),
         )?;
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
             store,
@@ -162,7 +177,21 @@ impl Daemon {
             decision_listener: Some(decision_listener),
             started: Instant::now(),
             heartbeat: Heartbeat::new(),
+            status_listener: Some(status_listener),
+            status_addr,
+            status_state,
+            runtime,
         })
+    }
+
+    /// Where the status API listens (the real port when `status.listen` asked for port 0).
+    pub fn status_addr(&self) -> &StatusAddr {
+        &self.status_addr
+    }
+
+    /// The sender through which the registry publishes what `/v1/health` and `/v1/playbooks` show.
+    pub fn runtime_publisher(&self) -> tokio::sync::watch::Sender<RuntimeSnapshot> {
+        self.runtime.clone()
     }
 
     /// The active playbooks and bindings (swapped by the registry on reload).
@@ -223,6 +252,14 @@ impl Daemon {
         // the audit chain, loaded the registry and bound every socket (decisions, control,
         // status), so when systemd (and anything ordered After= us) hears READY, connections
         // are accepted. Anything that must be up before READY belongs in `build`.
+        let mut status_task = match self.status_listener.take() {
+            Some(listener) => tokio::spawn(status::serve(
+                listener,
+                self.status_state.clone(),
+                self.tasks_shutdown.clone(),
+            )),
+            None => tokio::spawn(async { Ok(()) }),
+        };
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
         if let Some(interval) = systemd::watchdog_interval() {
@@ -242,9 +279,26 @@ impl Daemon {
                 () = stop.cancelled() => break,
                 _ = hangup.recv() => self.reload().await,
                 _ = beats.tick() => self.heartbeat.beat(),
+                served = &mut status_task => {
+                    // The status API is how operators see the daemon: losing it is a failure.
+                    let error = match served {
+                        Ok(Ok(())) => StatusError::Serve(std::io::Error::other("stopped unexpectedly")),
+                        Ok(Err(error)) => error,
+                        Err(join) => StatusError::Serve(std::io::Error::other(join.to_string())),
+                    };
+                    tracing::error!(error = %audit::error_chain(&error), "status API failed");
+                    self.shutdown().await;
+                    return Err(DaemonError::Status(error));
+                }
             }
         }
         self.shutdown().await;
+        if tokio::time::timeout(DRAIN_LIMIT, status_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("status API did not stop in time");
+        }
         Ok(())
     }
 

@@ -15,6 +15,8 @@
 //!   state change is committed together with its audit event.
 //! - [`daemon`]: wires the subsystems together (`build`) and runs them (`run_until_stopped`).
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
+//! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
+//!   the `playbookd status` client for it.
 //! - [`cli`]: the `playbookd` command line.
 
 pub mod actions;
@@ -27,6 +29,8 @@ pub mod executor;
 pub mod intake;
 pub mod registry;
 pub mod safe_halt;
+pub mod status;
+pub mod status_client;
 pub mod store;
 pub mod systemd;
 pub mod unix_socket;

@@ -3,6 +3,8 @@
 set -euo pipefail
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# promtool checks the /metrics exposition format (tests/it/status.rs).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests need: ${missing[*]} (install them, or run as root to install automatically)" >&2

@@ -6,3 +6,4 @@ mod helpers;
 mod audit;
 mod daemon;
 mod systemd;
+mod status;
