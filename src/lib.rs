@@ -16,6 +16,7 @@
 //! - [`daemon`]: wires the subsystems together (`build`) and runs them (`run_until_stopped`).
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
 //! - [`cli`]: the `playbookd` command line.
+//! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
 pub mod cli;
@@ -23,4 +24,5 @@ pub mod config;
 pub mod daemon;
 pub mod registry;
 pub mod store;
+pub mod sys;
 pub mod systemd;
