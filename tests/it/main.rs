@@ -3,5 +3,9 @@
 
 mod helpers;
 
+mod actions_exec;
+mod actions_file;
+mod actions_process;
+mod actions_support;
 mod audit;
 mod daemon;
