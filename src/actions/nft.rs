@@ -75,7 +75,11 @@ impl Nft {
             Ok(()) => true,
             // The table and sets were declared in the same script, so the only thing that can
             // be missing is the element itself.
-            Err(NftFailure::Failed(stderr)) if stderr.contains("No such file or directory") => {
+            // nft 1.0.6 says "element does not exist", later versions ENOENT's text.
+            Err(NftFailure::Failed(stderr))
+                if stderr.contains("element does not exist")
+                    || stderr.contains("No such file or directory") =>
+            {
                 false
             }
             Err(failure) => return Err(failure.into_error()),
