@@ -685,6 +685,40 @@ mod tests {
     }
 
     #[test]
+    fn action_defaults_allow_nothing_and_are_safe() {
+        let config = parse("").unwrap();
+        assert!(config.actions.http.allowed_hosts.is_empty());
+        assert_eq!(
+            config.actions.exec.transient_exit_codes,
+            BTreeSet::from([75])
+        );
+        assert_eq!(config.actions.http.breaker_failures, 5);
+        assert_eq!(
+            config.actions.net.nft_command,
+            vec!["/usr/sbin/nft".to_owned()]
+        );
+    }
+
+    #[test]
+    fn loopback_host_must_also_be_allowlisted() {
+        let error = parse("[actions.http]\nallowed_loopback = [\"127.0.0.1\"]\n").unwrap_err();
+        assert!(error.to_string().contains("127.0.0.1"), "{error}");
+    }
+
+    #[test]
+    fn never_block_takes_cidrs_and_rejects_garbage() {
+        let config =
+            parse("[actions.net]\nnever_block = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+        assert_eq!(config.actions.net.never_block.len(), 2);
+        assert!(parse("[actions.net]\nnever_block = [\"10.0.0\"]\n").is_err());
+        let error = parse("[actions.net]\nnft_command = [\"nft\"]\n").unwrap_err();
+        assert!(
+            error.to_string().contains("actions.net.nft_command"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn node_id_with_spaces_is_rejected() {
         assert!(parse("node_id = \"a b\"\n").is_err());
     }
