@@ -18,6 +18,7 @@
 //! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
 //!   the `playbookd status` client for it.
 //! - [`cli`]: the `playbookd` command line.
+//! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
 pub mod approvals;
@@ -32,5 +33,6 @@ pub mod safe_halt;
 pub mod status;
 pub mod status_client;
 pub mod store;
+pub mod sys;
 pub mod systemd;
 pub mod unix_socket;
