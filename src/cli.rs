@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::registry::playbook;
 use crate::store::{self, StoreError};
 use crate::systemd;
 
@@ -26,6 +27,11 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Parse and validate playbook or bindings files offline (signatures are not checked).
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -41,6 +47,8 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{failed} of {total} files failed validation")]
+    Invalid { failed: usize, total: usize },
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -50,7 +58,9 @@ impl CliError {
         match self {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
-            CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
+            CliError::Store(_) | CliError::Runtime(_) | CliError::Invalid { .. } => {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -67,6 +77,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Validate { files } => validate(&files),
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {
@@ -82,6 +93,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+    }
+}
+
+/// `validate FILE…`: one line per file, `FILE: ok (…)` or `FILE: reason`.
+fn validate(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut failed = 0;
+    for file in files {
+        match playbook::load_document(file) {
+            Ok(document) => println!("{}: ok ({})", file.display(), document.summary()),
+            Err(error) => {
+                failed += 1;
+                println!("{}: {error}", file.display());
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Invalid {
+            failed,
+            total: files.len(),
+        })
     }
 }
 

@@ -94,7 +94,7 @@ pub enum Rule {
     UnknownParam,
     MissingParam,
     BadParamValue,
-    MissingRollback,
+    NotUndoable,
     WrongRollbackAction,
     BadTemplate,
     UnknownTemplateRef,
@@ -130,6 +130,55 @@ pub fn parse_bindings(bytes: &[u8]) -> Result<BindingsFile, DocumentError> {
     let bindings: BindingsFile = read_strict(bytes)?;
     validate_bindings(&bindings).map_err(DocumentError::Invalid)?;
     Ok(bindings)
+}
+
+impl Document {
+    /// A one-line summary for `validate`: `id@version, N steps` or `bindings, N bindings`.
+    pub fn summary(&self) -> String {
+        match self {
+            Document::Playbook(playbook) => format!(
+                "{}@{}, {} step{}",
+                playbook.id,
+                playbook.version,
+                playbook.steps.len(),
+                if playbook.steps.len() == 1 { "" } else { "s" }
+            ),
+            Document::Bindings(file) => format!(
+                "bindings, {} binding{}",
+                file.bindings.len(),
+                if file.bindings.len() == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// Why `validate` could not accept a file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+/// Reads a document file (never more than [`MAX_DOCUMENT_BYTES`] + 1 bytes of it) and parses
+/// it with [`parse_document`]. For offline checks: it verifies no signature.
+pub fn load_document(path: &std::path::Path) -> Result<Document, LoadError> {
+    use std::io::Read;
+
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > MAX_DOCUMENT_BYTES as u64 {
+        return Err(DocumentError::TooLarge {
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+        }
+        .into());
+    }
+    let mut bytes = Vec::new();
+    // Bounded even if the file grows between the size check and the read.
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(parse_document(&bytes)?)
 }
 
 /// Parses either document: bindings when the top-level mapping has a `bindings` key.
@@ -426,7 +475,7 @@ fn validate_step(step: &Step, inputs: &BTreeMap<String, InputSpec>) -> Result<()
         (Rollback::Action { .. }, Undo::NotUndoable) => {
             return Err(at.invalid(
                 "rollback",
-                Rule::MissingRollback,
+                Rule::NotUndoable,
                 format!("`{}` cannot be undone: say `rollback: none`", spec.name),
             ));
         }
@@ -609,7 +658,7 @@ fn check_string_param(
                 path,
                 Rule::TemplateTypeMismatch,
                 format!(
-                    "`{reference}` is a {} input, which does not fit a {kind:?} parameter",
+                    "`{reference}` is a {} input, which does not fit a parameter of kind {kind:?}",
                     input_type_name(input)
                 ),
             ));
@@ -710,8 +759,9 @@ fn check_when(
                 "when",
                 Rule::WhenTypeMismatch,
                 format!(
-                    "`subject.{field}` is a {} input, compared with {literal:?}",
-                    input_type_name(input.kind)
+                    "`subject.{field}` is a {} input, compared with {}",
+                    input_type_name(input.kind),
+                    literal.kind()
                 ),
             ));
         }
@@ -874,8 +924,15 @@ fn action_names() -> String {
         .join(", ")
 }
 
+/// A duration in the largest unit that divides it, as authors write them (`90s`, `2h`).
 fn human(duration: Duration) -> String {
-    DurationSpec(duration).to_string()
+    let millis = duration.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
 }
 
 #[cfg(test)]

@@ -225,7 +225,8 @@ impl Op {
 }
 
 impl Literal {
-    fn kind(&self) -> &'static str {
+    /// `a string`, `an integer`, … for messages.
+    pub fn kind(&self) -> &'static str {
         match self {
             Literal::Text(_) => "a string",
             Literal::Integer(_) => "an integer",
