@@ -34,13 +34,13 @@ pub enum DocumentError {
     NotUtf8(String),
     #[error("binary data, not YAML text: {0}")]
     Binary(String),
-    #[error("duplicate key: {0}")]
+    #[error("{0}")]
     DuplicateKey(String),
     #[error("anchors/aliases over the limit (alias-expansion guard): {0}")]
     AliasLimit(String),
-    #[error("unknown field: {0}")]
+    #[error("{0}")]
     UnknownField(String),
-    #[error("missing field: {0}")]
+    #[error("{0}")]
     MissingField(String),
     #[error("not valid YAML for this document: {0}")]
     Syntax(String),
@@ -313,6 +313,10 @@ fn read_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DocumentError> {
         },
         // `yes`/`no`/`on` are strings, not booleans: no Norway problem in a security file.
         strict_booleans: true,
+        // A tag the reader ignores (`!shell`, `!include`) would mean something to a human
+        // reviewer and nothing to us: refuse it rather than drop it silently.
+        reject_unsupported_tags: true,
+        reject_tagged_field_names: true,
         with_snippet: false,
     };
     serde_saphyr::from_str_with_options(text, options).map_err(classify)
@@ -354,7 +358,13 @@ fn classify(error: serde_saphyr::Error) -> DocumentError {
         inner = error;
     }
     match inner {
-        E::DuplicateMappingKey { .. } => DocumentError::DuplicateKey(message),
+        // The library's own message suggests relaxing the policy; authors need the key.
+        E::DuplicateMappingKey { key, location } => DocumentError::DuplicateKey(format!(
+            "duplicate key `{}` at line {}, column {}",
+            key.as_deref().unwrap_or("?"),
+            location.line(),
+            location.column()
+        )),
         E::SerdeUnknownField { .. } => DocumentError::UnknownField(message),
         E::SerdeMissingField { .. } => DocumentError::MissingField(message),
         E::AliasReplayCounterOverflow { .. }

@@ -208,3 +208,22 @@ fn parse_document_tells_bindings_from_playbooks() {
         Document::Playbook(_)
     ));
 }
+
+#[test]
+fn unknown_yaml_tags_are_refused_not_ignored() {
+    for text in [
+        MINIMAL.replace("name: Minimal", "name: !shell Minimal"),
+        MINIMAL.replace("name: Minimal", "!custom name: Minimal"),
+        MINIMAL.replace("name: Minimal", "name: !include other.yaml"),
+    ] {
+        let error = parse_playbook(text.as_bytes()).unwrap_err();
+        assert!(matches!(error, DocumentError::Syntax(_)), "{text}: {error}");
+    }
+    // Standard tags still work.
+    parse_playbook(
+        MINIMAL
+            .replace("name: Minimal", "name: !!str Minimal")
+            .as_bytes(),
+    )
+    .unwrap();
+}
