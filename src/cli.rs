@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::registry::playbook;
 use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
 use crate::systemd;
@@ -29,6 +30,11 @@ pub enum Command {
     },
     /// Query the read-only status API (health without a subcommand).
     Status(StatusArgs),
+    /// Parse and validate playbook or bindings files offline (signatures are not checked).
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -44,6 +50,8 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{failed} of {total} files failed validation")]
+    Invalid { failed: usize, total: usize },
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
@@ -55,9 +63,11 @@ impl CliError {
         match self {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
-            CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
-            CliError::Status(_) => ExitCode::FAILURE,
+            CliError::Store(_)
+            | CliError::Runtime(_)
+            | CliError::Status(_)
+            | CliError::Invalid { .. } => ExitCode::FAILURE,
         }
     }
 }
@@ -75,6 +85,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Status(args) => Ok(status_client::run(args)?),
+        Command::Validate { files } => validate(&files),
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {
@@ -90,6 +101,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+    }
+}
+
+/// `validate FILE…`: one line per file, `FILE: ok (…)` or `FILE: reason`.
+fn validate(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut failed = 0;
+    for file in files {
+        match playbook::load_document(file) {
+            Ok(document) => println!("{}: ok ({})", file.display(), document.summary()),
+            Err(error) => {
+                failed += 1;
+                println!("{}: {error}", file.display());
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Invalid {
+            failed,
+            total: files.len(),
+        })
     }
 }
 

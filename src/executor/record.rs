@@ -9,7 +9,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::state::{RollbackCause, RunState, StepState};
-use crate::registry::template::DecisionFields;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::{Store, StoreError};
 
@@ -23,11 +22,33 @@ pub struct ExecutionRecord {
     pub state: RunState,
     pub org_id: String,
     pub subject: serde_json::Map<String, Value>,
-    pub decision: DecisionFields,
+    pub decision: DecisionInfo,
     pub started_at: OffsetDateTime,
     pub rollback_cause: Option<RollbackCause>,
     pub cancel_requested: bool,
     pub require_approval: bool,
+}
+
+/// The decision fields a template or `when:` may read.
+#[derive(Debug, Clone)]
+pub struct DecisionInfo {
+    pub decision_id: String,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: String,
+}
+
+impl DecisionInfo {
+    pub fn fields(&self) -> crate::registry::template::DecisionFields<'_> {
+        crate::registry::template::DecisionFields {
+            decision_id: &self.decision_id,
+            policy: &self.policy,
+            outcome: &self.outcome,
+            org_id: &self.org_id,
+            severity: &self.severity,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +101,7 @@ pub async fn load_execution(store: &Store, id: Uuid) -> Result<ExecutionRecord, 
                 });
             }
         },
-        decision: DecisionFields {
+        decision: DecisionInfo {
             decision_id: row.get(6),
             policy: row.get(7),
             outcome: row.get(8),

@@ -185,7 +185,7 @@ impl<'a> Runner<'a> {
     fn template_context(&self) -> TemplateContext<'_> {
         TemplateContext {
             subject: &self.record.subject,
-            decision: self.record.decision.clone(),
+            decision: self.record.decision.fields(),
             execution_id: self.record.id,
         }
     }

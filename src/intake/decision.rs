@@ -27,7 +27,7 @@ pub struct Decision {
     pub signature: Option<String>,
 }
 
-pub const SEVERITIES: [&str; 4] = ["low", "moderate", "high", "critical"];
+pub const SEVERITIES: [&str; 5] = ["low", "medium", "moderate", "high", "critical"];
 const MAX_TEXT: usize = 256;
 
 /// Decodes one line; the error is the reason given to the sender.

@@ -11,5 +11,7 @@ mod actions_process;
 mod actions_support;
 mod audit;
 mod daemon;
-mod systemd;
+mod documents;
 mod status;
+mod systemd;
+mod validate;
