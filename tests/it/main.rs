@@ -1,6 +1,7 @@
 //! Integration tests: one binary (links once), each test with its own database.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] functions unwrap too: a panic is a failed test
 
+mod harness;
 mod helpers;
 
 mod actions_exec;
@@ -12,6 +13,8 @@ mod actions_support;
 mod audit;
 mod daemon;
 mod documents;
+mod executor;
+mod intake;
 mod status;
 mod systemd;
 mod validate;

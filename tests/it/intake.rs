@@ -1,0 +1,327 @@
+//! Decision intake over the real socket: every refusal path, replay under concurrency and
+//! across restarts, and service under a barrage of garbage.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::harness::{NOOP_3, Running, bindings, decision};
+
+const WITH_INPUTS: &str = r#"
+id: kill-pid
+version: 2
+name: Needs a pid
+owners: {technical: a@example.org, operational: b@example.org}
+inputs:
+  pid: {type: integer}
+steps:
+  - {id: one, action: noop, rollback: none}
+"#;
+
+fn standard_bindings() -> String {
+    let mut text = bindings(&[
+        ("bench.noop", "run", "noop-3"),
+        ("needs.pid", "run", "kill-pid"),
+        ("gone", "run", "not-loaded"),
+    ]);
+    text.push_str("  - {policy: cool, outcome: run, playbook: noop-3, cooldown_seconds: 60}\n");
+    text
+}
+
+async fn start() -> Running {
+    Running::start("", &[NOOP_3, WITH_INPUTS], &standard_bindings()).await
+}
+
+fn reason(reply: &serde_json::Value) -> &str {
+    reply["reason"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn each_malformed_message_gets_its_own_reason() {
+    let daemon = start().await;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "malformed JSON"),
+        (vec![0xff, 0xfe, 0x00, 0x01], "not valid UTF-8"),
+        (b"[1,2,3]".to_vec(), "invalid decision"),
+        (
+            json!({"nonce": "x"}).to_string().into_bytes(),
+            "missing field",
+        ),
+        (
+            {
+                let mut d = decision("bench.noop", "run", json!({}));
+                d["issued_at"] = json!("last tuesday");
+                d.to_string().into_bytes()
+            },
+            "RFC 3339",
+        ),
+        (
+            {
+                let mut d = decision("bench.noop", "run", json!({}));
+                d["org_id"] = json!(42);
+                d.to_string().into_bytes()
+            },
+            "`org_id`",
+        ),
+        (
+            {
+                let mut d = decision("bench.noop", "run", json!({}));
+                d["nonce"] = json!("abc");
+                d.to_string().into_bytes()
+            },
+            "nonce",
+        ),
+    ];
+    for (line, expected) in cases {
+        let reply = daemon.send(&line).await;
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert!(reason(&reply).contains(expected), "{expected}: {reply}");
+    }
+    let big = vec![b'a'; 1024 * 1024];
+    let reply = daemon.send(&big).await;
+    assert!(reason(&reply).contains("longer than"), "{reply}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn stale_and_future_decisions_are_rejected() {
+    let daemon = start().await;
+    for offset in [-301i64, 301] {
+        let mut d = decision("bench.noop", "run", json!({}));
+        let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset);
+        d["issued_at"] = json!(
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        );
+        let reply = daemon.send_decision(&d).await;
+        assert!(reason(&reply).starts_with("stale"), "{reply}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn bindings_decide_what_runs() {
+    let daemon = start().await;
+    let reply = daemon
+        .send_decision(&decision("unknown.policy", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "no_action");
+    assert!(reason(&reply).starts_with("no binding"), "{reply}");
+
+    let reply = daemon
+        .send_decision(&decision("gone", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "no_action");
+    assert!(
+        reason(&reply).contains("no active version of playbook `not-loaded`"),
+        "{reply}"
+    );
+
+    let mut d = decision("bench.noop", "run", json!({}));
+    d["playbook"] = json!("kill-pid");
+    let reply = daemon.send_decision(&d).await;
+    assert!(reason(&reply).starts_with("binding mismatch"), "{reply}");
+
+    let reply = daemon
+        .send_decision(&decision(
+            "needs.pid",
+            "run",
+            json!({"pid": "not a number"}),
+        ))
+        .await;
+    assert_eq!(reply["status"], "rejected");
+    assert!(reason(&reply).contains("subject.pid"), "{reply}");
+    let reply = daemon
+        .send_decision(&decision("needs.pid", "run", json!({})))
+        .await;
+    assert!(reason(&reply).contains("subject.pid"), "{reply}");
+
+    let reply = daemon
+        .send_decision(&decision("needs.pid", "run", json!({"pid": 4242})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    assert_eq!(reply["playbook"], "kill-pid@2");
+
+    let client = daemon.db.client().await;
+    let refusals: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.received'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refusals, 5, "every refusal is audited");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_cooldown_suppresses_repeats_for_the_same_subject() {
+    let daemon = start().await;
+    let first = daemon
+        .send_decision(&decision("cool", "run", json!({"host": "a"})))
+        .await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let again = daemon
+        .send_decision(&decision("cool", "run", json!({"host": "a"})))
+        .await;
+    assert_eq!(again["status"], "no_action");
+    assert!(reason(&again).starts_with("suppressed"), "{again}");
+    let other = daemon
+        .send_decision(&decision("cool", "run", json!({"host": "b"})))
+        .await;
+    assert_eq!(other["status"], "accepted", "{other}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_nonce_is_accepted_once_even_across_a_restart() {
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    assert_eq!(daemon.send_decision(&d).await["status"], "accepted");
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    let daemon = daemon.restart().await;
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_sends_of_one_nonce_accept_exactly_one() {
+    let daemon = Running::start(
+        "[intake]\nmax_accepted_per_second = 100000\n",
+        &[NOOP_3],
+        &standard_bindings(),
+    )
+    .await;
+    let line = format!("{}\n", decision("bench.noop", "run", json!({})));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = daemon.socket.clone();
+            let line = line.clone();
+            tokio::spawn(async move {
+                let stream = UnixStream::connect(&socket).await.unwrap();
+                let (read, mut write) = stream.into_split();
+                write.write_all(line.repeat(10).as_bytes()).await.unwrap();
+                let mut lines = BufReader::new(read).lines();
+                let mut replies = Vec::new();
+                for _ in 0..10 {
+                    let reply = lines.next_line().await.unwrap().unwrap();
+                    replies.push(serde_json::from_str::<serde_json::Value>(&reply).unwrap());
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut replays = 0;
+    for task in tasks {
+        for reply in task.await.unwrap() {
+            match reply["status"].as_str().unwrap() {
+                "accepted" => accepted += 1,
+                _ if reason(&reply).starts_with("replay") => replays += 1,
+                _ => panic!("unexpected reply {reply}"),
+            }
+        }
+    }
+    assert_eq!((accepted, replays), (1, 999));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_barrage_of_garbage_a_valid_decision_is_answered_within_a_second() {
+    let daemon = start().await;
+    let mut half_open = Vec::new();
+    for _ in 0..200 {
+        let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        stream.write_all(b"{\"decision_id\": \"half").await.unwrap();
+        half_open.push(stream);
+    }
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20 {
+        let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state.to_le_bytes()[0]
+            })
+            .collect();
+        let _ = stream.write_all(&garbage).await;
+        let _ = stream.write_all(b"\n").await;
+    }
+    let mut big = UnixStream::connect(&daemon.socket).await.unwrap();
+    let _ = big.write_all(&vec![b'x'; 1024 * 1024]).await;
+    let started = Instant::now();
+    let reply = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(half_open);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_with_a_disallowed_uid_is_refused_and_audited() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to connect as another uid");
+        return;
+    }
+    let daemon = start().await;
+    std::fs::set_permissions(
+        daemon.dir.path("."),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        daemon.dir.path("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let socket = daemon.socket.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::os::unix::process::CommandExt;
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                      s.sendall(b'{}\\n')\nprint(s.makefile().readline(), end='')";
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply.stdout);
+    let reply: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} {e}"));
+    assert_eq!(reply["status"], "rejected");
+    assert!(reason(&reply).contains("uid 65534"), "{reply}");
+    let client = daemon.db.client().await;
+    let refused: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.peer_refused' \
+             AND event_data->>'actor' = 'uid:65534'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refused, 1);
+    daemon.stop().await;
+}
