@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::playbook;
+use crate::simulate::{self, SimulateError};
 use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
 use crate::systemd;
@@ -35,6 +36,20 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show what a decision would do with a playbook: steps, rendered parameters, approvals.
+    /// Nothing is executed and nothing is written.
+    Simulate {
+        /// A file holding one decision (JSON, as sent on decisions.sock).
+        #[arg(long)]
+        decision: PathBuf,
+        /// The playbook YAML.
+        playbook: PathBuf,
+        /// As if the binding set `require_approval` (gates moderate steps too).
+        #[arg(long)]
+        require_approval: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -56,6 +71,8 @@ pub enum CliError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Status(#[from] ClientError),
+    #[error(transparent)]
+    Simulate(#[from] SimulateError),
 }
 
 impl CliError {
@@ -67,6 +84,7 @@ impl CliError {
             CliError::Store(_)
             | CliError::Runtime(_)
             | CliError::Status(_)
+            | CliError::Simulate(_)
             | CliError::Invalid { .. } => ExitCode::FAILURE,
         }
     }
@@ -86,6 +104,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Status(args) => Ok(status_client::run(args)?),
         Command::Validate { files } => validate(&files),
+        Command::Simulate {
+            decision,
+            playbook,
+            require_approval,
+            json,
+        } => {
+            let plan = simulate::plan(&decision, &playbook, require_approval)?;
+            if json {
+                println!("{plan:#}");
+            } else {
+                print!("{}", simulate::render_text(&plan));
+            }
+            Ok(())
+        }
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {

@@ -30,6 +30,7 @@ pub mod executor;
 pub mod intake;
 pub mod registry;
 pub mod safe_halt;
+pub mod simulate;
 pub mod status;
 pub mod status_client;
 pub mod store;
