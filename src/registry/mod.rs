@@ -2,3 +2,5 @@
 
 pub mod model;
 pub mod playbook;
+pub mod secure_open;
+pub mod signature;
