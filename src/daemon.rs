@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::registry::{Registry, RegistryError, RegistryPaths};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd;
@@ -24,6 +25,8 @@ pub enum DaemonError {
     Audit(#[from] AuditStartError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("failed to load the playbook registry")]
+    Registry(#[source] RegistryError),
 }
 
 impl DaemonError {
@@ -34,8 +37,10 @@ impl DaemonError {
             DaemonError::Config(_) | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
+            DaemonError::Registry(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
             | DaemonError::Audit(AuditStartError::Store { .. })
+            | DaemonError::Registry(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -50,6 +55,7 @@ pub struct Daemon {
     store: Store,
     audit: AuditHandle,
     audit_task: tokio::task::JoinHandle<()>,
+    registry: Registry,
     /// Cancels every background task; fired by `run_until_stopped` on the way out.
     tasks_shutdown: CancellationToken,
     started: Instant,
@@ -86,14 +92,29 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let (registry, summary) = Registry::load(RegistryPaths::from(&config.paths), audit.clone())
+            .await
+            .map_err(DaemonError::Registry)?;
+        tracing::info!(
+            loaded = summary.loaded,
+            rejected = summary.rejections.len(),
+            bindings = summary.bindings,
+            "registry loaded"
+        );
         Ok(Daemon {
             config,
             store,
             audit,
             audit_task,
+            registry,
             tasks_shutdown,
             started: Instant::now(),
         })
+    }
+
+    /// The playbook registry, for the subsystems that run playbooks (cloning is shallow).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Serves until SIGTERM/SIGINT or `stop` fires; SIGHUP reloads.
@@ -119,11 +140,27 @@ impl Daemon {
     async fn reload(&self) {
         systemd::notify_reloading();
         tracing::info!("reload requested");
-        if let Err(error) = self
-            .audit
-            .append(AuditEvent::new("daemon.reload", Actor::System))
-            .await
-        {
+        let event = match self.registry.reload().await {
+            Ok(summary) => {
+                tracing::info!(
+                    loaded = summary.loaded,
+                    rejected = summary.rejections.len(),
+                    bindings = summary.bindings,
+                    "registry reloaded"
+                );
+                AuditEvent::new("daemon.reload", Actor::System)
+                    .with("loaded", summary.loaded)
+                    .with("rejected", summary.rejections.len())
+                    .with("bindings", summary.bindings)
+            }
+            Err(error) => {
+                // The previous snapshot stays in force.
+                let detail = audit::error_chain(&error);
+                tracing::error!(error = %detail, "registry reload failed; previous playbooks stay active");
+                AuditEvent::new("daemon.reload", Actor::System).with("error", detail)
+            }
+        };
+        if let Err(error) = self.audit.append(event).await {
             tracing::error!(error = %audit::error_chain(&error), "reload not recorded");
         }
         systemd::notify_ready(&self.status_line());

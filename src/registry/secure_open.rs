@@ -40,7 +40,9 @@ pub enum OpenError {
     NotRegular { path: PathBuf },
     #[error("{path} is group- or world-writable (mode {mode:o}); only its owner may write it")]
     Writable { path: PathBuf, mode: u32 },
-    #[error("{path} is owned by uid {uid}; only root or the daemon user (uid {daemon_uid}) may own it")]
+    #[error(
+        "{path} is owned by uid {uid}; only root or the daemon user (uid {daemon_uid}) may own it"
+    )]
     Owner {
         path: PathBuf,
         uid: u32,
@@ -157,7 +159,11 @@ impl TrustedDir {
     }
 }
 
-fn check_owner_and_mode(path: &Path, metadata: &Metadata, daemon_uid: u32) -> Result<(), OpenError> {
+fn check_owner_and_mode(
+    path: &Path,
+    metadata: &Metadata,
+    daemon_uid: u32,
+) -> Result<(), OpenError> {
     let mode = metadata.mode();
     if mode & 0o022 != 0 {
         return Err(OpenError::Writable {
@@ -241,15 +247,21 @@ mod tests {
         let trusted = TrustedDir::open(dir.path()).unwrap();
         assert_eq!(trusted.read(&dir.path().join("in.yaml"), 10).unwrap(), b"r");
         let error = trusted.read(&dir.path().join("out.yaml"), 10).unwrap_err();
-        assert!(matches!(error, OpenError::OutsideDirectory { .. }), "{error}");
+        assert!(
+            matches!(error, OpenError::OutsideDirectory { .. }),
+            "{error}"
+        );
     }
 
     #[test]
     fn refuses_a_fifo_without_blocking() {
         let dir = private_dir();
         let fifo = dir.path().join("f.yaml");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR)
-            .unwrap();
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
         let trusted = TrustedDir::open(dir.path()).unwrap();
         assert!(matches!(
             trusted.read(&fifo, 10).unwrap_err(),

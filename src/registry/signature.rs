@@ -40,6 +40,15 @@ impl KeyId {
         KeyId(hex::encode(Sha256::digest(der)))
     }
 
+    /// Parses a stored key id: 64 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<KeyId> {
+        let well_formed = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        well_formed.then(|| KeyId(text.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -285,7 +294,9 @@ impl TrustedKeys {
     /// `dir`'s checks, and returns the bytes with every distinct trusted signer. A second
     /// signature that is present must verify too: a bad one is never silently ignored.
     pub fn verify_file(&self, dir: &TrustedDir, path: &Path) -> Result<VerifiedFile, FileError> {
-        let bytes = dir.read(path, DOCUMENT_LIMIT).map_err(FileError::Document)?;
+        let bytes = dir
+            .read(path, DOCUMENT_LIMIT)
+            .map_err(FileError::Document)?;
         let mut signers: Vec<KeyId> = Vec::with_capacity(2);
         for (suffix, required) in [(".sig", true), (".sig.2", false)] {
             let sig_path = with_suffix(path, suffix);
@@ -297,12 +308,12 @@ impl TrustedKeys {
                 }
                 Err(error) => return Err(FileError::SignatureFile(error)),
             };
-            let signer = self
-                .verify(&bytes, &signature)
-                .map_err(|source| FileError::Signature {
-                    path: sig_path,
-                    source,
-                })?;
+            let signer =
+                self.verify(&bytes, &signature)
+                    .map_err(|source| FileError::Signature {
+                        path: sig_path,
+                        source,
+                    })?;
             if !signers.contains(&signer) {
                 signers.push(signer);
             }
@@ -406,9 +417,7 @@ impl Signer {
                 use ed25519_dalek::Signer as _;
                 key.sign(bytes).to_bytes().to_vec()
             }
-            SignerKind::Rsa(key) => key
-                .sign_with_rng(&mut rand::rngs::OsRng, bytes)
-                .to_vec(),
+            SignerKind::Rsa(key) => key.sign_with_rng(&mut rand::rngs::OsRng, bytes).to_vec(),
         }
     }
 
@@ -533,7 +542,9 @@ pub enum TrustStoreError {
 pub enum SignatureError {
     #[error("signature is {len} bytes, a length no trusted key produces (truncated or corrupt)")]
     Malformed { len: usize },
-    #[error("signature matches no trusted key (the file was changed, or signed by an untrusted key)")]
+    #[error(
+        "signature matches no trusted key (the file was changed, or signed by an untrusted key)"
+    )]
     Invalid,
 }
 
@@ -686,8 +697,8 @@ mod tests {
     fn trust(signers: &[&Signer]) -> TrustedKeys {
         let mut keys = TrustedKeys::default();
         for signer in signers {
-            let key = PublicKey::parse_pem(signer.public_key_pem().as_bytes(), Path::new("t"))
-                .unwrap();
+            let key =
+                PublicKey::parse_pem(signer.public_key_pem().as_bytes(), Path::new("t")).unwrap();
             keys.insert(key, PathBuf::from("t"));
         }
         keys
@@ -698,7 +709,10 @@ mod tests {
         let signer = ed25519();
         let keys = trust(&[&signer]);
         let signature = signer.sign(b"id: a\n");
-        assert_eq!(&keys.verify(b"id: a\n", &signature).unwrap(), signer.key_id());
+        assert_eq!(
+            &keys.verify(b"id: a\n", &signature).unwrap(),
+            signer.key_id()
+        );
     }
 
     #[test]
@@ -732,10 +746,7 @@ mod tests {
         let signer = ed25519();
         let (_, der) =
             rsa::pkcs8::der::pem::decode_vec(signer.public_key_pem().as_bytes()).unwrap();
-        assert_eq!(
-            signer.key_id().as_str(),
-            hex::encode(Sha256::digest(&der))
-        );
+        assert_eq!(signer.key_id().as_str(), hex::encode(Sha256::digest(&der)));
         assert_eq!(signer.key_id().as_str().len(), 64);
     }
 
