@@ -5,3 +5,5 @@ mod helpers;
 
 mod audit;
 mod daemon;
+mod registry;
+mod signature;
