@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
@@ -433,24 +434,43 @@ async fn build_catalog(
             Err(reason) => reject(audit, &mut summary, path, reason).await?,
         }
     }
-    // Highest version first, so that a lower version in the same directory is judged against
-    // the higher one already recorded, the same way on the first load as after a restart.
-    candidates.sort_by(|(path_a, a), (path_b, b)| {
-        (
-            &a.playbook.id,
-            std::cmp::Reverse(a.playbook.version),
-            path_a,
-        )
-            .cmp(&(
-                &b.playbook.id,
-                std::cmp::Reverse(b.playbook.version),
-                path_b,
-            ))
-    });
+    // Per id, highest version first, so that a lower version in the same directory is judged
+    // against the higher one already recorded, the same way on the first load as after a
+    // restart. Different ids are checked concurrently so that the audit writer's group commit
+    // can batch them; the versions of one id go one after the other.
+    let mut by_id: BTreeMap<String, Vec<(PathBuf, Candidate)>> = BTreeMap::new();
+    for (path, candidate) in candidates {
+        by_id
+            .entry(candidate.playbook.id.clone())
+            .or_default()
+            .push((path, candidate));
+    }
+    for group in by_id.values_mut() {
+        group.sort_by(|(path_a, a), (path_b, b)| {
+            (std::cmp::Reverse(a.playbook.version), path_a)
+                .cmp(&(std::cmp::Reverse(b.playbook.version), path_b))
+        });
+    }
+    let checked: Vec<Vec<VersionCheck>> =
+        futures::stream::iter(by_id.into_values().map(|group| async move {
+            let mut results = Vec::with_capacity(group.len());
+            for (path, candidate) in group {
+                let recorded = record_version(audit, &path, &candidate).await;
+                let stop = recorded.is_err();
+                results.push((path, candidate, recorded));
+                if stop {
+                    break;
+                }
+            }
+            results
+        }))
+        .buffer_unordered(CONCURRENT_VERSION_CHECKS)
+        .collect()
+        .await;
 
     let mut playbooks: BTreeMap<String, Arc<ActivePlaybook>> = BTreeMap::new();
-    for (path, candidate) in candidates {
-        match record_version(audit, &path, &candidate).await? {
+    for (path, candidate, recorded) in checked.into_iter().flatten() {
+        match recorded? {
             Recorded::Yes => {
                 summary.loaded += 1;
                 let active = ActivePlaybook {
@@ -479,6 +499,7 @@ async fn build_catalog(
             Recorded::DatabaseRefused(reason) => reject(audit, &mut summary, path, reason).await?,
         }
     }
+    summary.rejections.sort_by(|a, b| a.file.cmp(&b.file));
 
     let bindings = load_bindings(&keys, &paths.bindings, audit, &mut summary).await?;
     summary.bindings = bindings.len();
@@ -490,6 +511,9 @@ async fn build_catalog(
         summary,
     ))
 }
+
+/// One file's version check, in order within its id.
+type VersionCheck = (PathBuf, Candidate, Result<Recorded, RegistryError>);
 
 /// The outcome of the version check.
 enum Recorded {
@@ -740,3 +764,5 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
 }
 
 const REJECTIONS_METRIC: &str = "playbookd_registry_rejections_total";
+/// Version checks in flight at once (each is one savepoint in the audit writer's batch).
+const CONCURRENT_VERSION_CHECKS: usize = 64;
