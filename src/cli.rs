@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::playbook;
+use crate::registry::secure_open::TrustedDir;
+use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
 use crate::simulate::{self, SimulateError};
 use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
@@ -55,6 +57,33 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Generate a signing key: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
+    Keygen {
+        /// `ed25519` or `rsa4096`.
+        #[arg(long, value_parser = parse_algorithm)]
+        algorithm: Algorithm,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign files: writes FILE.sig (raw signature bytes over the exact file bytes).
+    Sign {
+        /// PKCS#8 PEM private key (Ed25519, or RSA of at least 4096 bits).
+        #[arg(long)]
+        key: PathBuf,
+        /// Write the second signature of dual control, FILE.sig.2.
+        #[arg(long)]
+        second: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check files' signatures (FILE.sig, and FILE.sig.2 when present) against trusted keys.
+    Verify {
+        /// Directory of trusted SPKI PEM public keys (`*.pub`).
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +102,43 @@ pub enum CliError {
     Status(#[from] ClientError),
     #[error(transparent)]
     Simulate(#[from] SimulateError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    TrustStore(#[from] TrustStoreError),
+    #[error("no usable trusted key in {0}")]
+    NoTrustedKeys(PathBuf),
+    #[error("failed to read {path}")]
+    ReadInput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write {path}")]
+    WriteOutput {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{failed} of {total} file(s) failed verification")]
+    Unverified { failed: usize, total: usize },
 }
 
 impl CliError {
+    /// The process exit status:
+    /// - 0: success;
+    /// - 1: a failure a retry may fix (database, runtime);
+    /// - 2: bad command line (clap);
+    /// - 65 (EX_DATAERR): a file failed verification (`verify`), or a key is malformed, weak or
+    ///   of an unsupported algorithm (`sign`);
+    /// - 66 (EX_NOINPUT): an input file or key could not be read;
+    /// - 73 (EX_CANTCREAT): an output file could not be written (`keygen` never overwrites);
+    /// - 78 (EX_CONFIG): the configuration, or the trusted-keys directory, must be fixed.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
+            CliError::Config(_) | CliError::TrustStore(_) | CliError::NoTrustedKeys(_) => {
+                ExitCode::from(EXIT_CONFIG)
+            }
             CliError::Daemon(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             CliError::Store(_)
@@ -86,9 +146,23 @@ impl CliError {
             | CliError::Status(_)
             | CliError::Simulate(_)
             | CliError::Invalid { .. } => ExitCode::FAILURE,
+            CliError::Key(KeyError::Write { .. }) | CliError::WriteOutput { .. } => {
+                ExitCode::from(EXIT_CANTCREAT)
+            }
+            CliError::Key(KeyError::Open(_)) | CliError::ReadInput { .. } => {
+                ExitCode::from(EXIT_NOINPUT)
+            }
+            CliError::Key(_) | CliError::Unverified { .. } => ExitCode::from(EXIT_DATAERR),
         }
     }
 }
+
+/// A file failed verification, or a key is unusable.
+pub const EXIT_DATAERR: u8 = 65;
+/// An input could not be read.
+pub const EXIT_NOINPUT: u8 = 66;
+/// An output could not be created.
+pub const EXIT_CANTCREAT: u8 = 73;
 
 /// Runs one parsed command line to completion.
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -133,6 +207,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Keygen { algorithm, out } => {
+            let id = Signer::keygen(algorithm, &out)?;
+            println!(
+                "wrote {} and {}; key id {id}",
+                signature::with_suffix(&out, ".key").display(),
+                signature::with_suffix(&out, ".pub").display()
+            );
+            Ok(())
+        }
+        Command::Sign { key, second, files } => sign(&key, second, &files),
+        Command::Verify {
+            trusted_keys,
+            files,
+        } => verify(&trusted_keys, &files),
     }
 }
 
@@ -156,6 +244,80 @@ fn validate(files: &[PathBuf]) -> Result<(), CliError> {
             total: files.len(),
         })
     }
+}
+
+fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), CliError> {
+    let pem = std::fs::read_to_string(key).map_err(|source| CliError::ReadInput {
+        path: key.to_owned(),
+        source,
+    })?;
+    let pem = rsa::pkcs8::der::zeroize::Zeroizing::new(pem);
+    let signer = Signer::load(&pem, key)?;
+    let suffix = if second { ".sig.2" } else { ".sig" };
+    for file in files {
+        let bytes = std::fs::read(file).map_err(|source| CliError::ReadInput {
+            path: file.clone(),
+            source,
+        })?;
+        let sig_path = signature::with_suffix(file, suffix);
+        std::fs::write(&sig_path, signer.sign(&bytes)).map_err(|source| CliError::WriteOutput {
+            path: sig_path.clone(),
+            source,
+        })?;
+        println!("{}: signed by {}", sig_path.display(), signer.key_id());
+    }
+    Ok(())
+}
+
+fn verify(trusted_keys: &std::path::Path, files: &[PathBuf]) -> Result<(), CliError> {
+    let (keys, refused) = TrustedKeys::load(trusted_keys)?;
+    for refusal in &refused {
+        eprintln!(
+            "playbookd: warning: not trusted: {}",
+            store::audit::error_chain(&refusal.error)
+        );
+    }
+    if keys.is_empty() {
+        return Err(CliError::NoTrustedKeys(trusted_keys.to_owned()));
+    }
+    let mut failed = 0;
+    for file in files {
+        let outcome = TrustedDir::parent_of(file)
+            .map_err(signature::FileError::Document)
+            .and_then(|dir| keys.verify_file(&dir, file));
+        match outcome {
+            Ok(verified) => {
+                let signers: Vec<&str> = verified.signers().iter().map(|k| k.as_str()).collect();
+                println!(
+                    "{}: OK, sha256 {}, signed by {}",
+                    file.display(),
+                    hex::encode(verified.sha256()),
+                    signers.join(" and ")
+                );
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "{}: REJECTED ({}): {}",
+                    file.display(),
+                    error.label(),
+                    store::audit::error_chain(&error)
+                );
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Unverified {
+            failed,
+            total: files.len(),
+        })
+    }
+}
+
+fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(text).map_err(|error| error.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -16,7 +16,7 @@ use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
-use crate::registry::catalog::SharedCatalog;
+use crate::registry::{Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
@@ -45,6 +45,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error("failed to load the playbook registry")]
+    Registry(#[source] RegistryError),
 }
 
 impl DaemonError {
@@ -60,10 +62,12 @@ impl DaemonError {
             | DaemonError::Socket(BindError::NotASocket { .. } | BindError::UnknownGroup { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
+            DaemonError::Registry(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
             | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
             | DaemonError::Socket(_)
+            | DaemonError::Registry(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -78,11 +82,11 @@ pub struct Daemon {
     store: Store,
     audit: AuditHandle,
     audit_task: tokio::task::JoinHandle<()>,
+    registry: Registry,
     /// Stops the audit writer, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
     /// Stops intake and executor first; unfinished runs stay resumable.
     work_shutdown: CancellationToken,
-    catalog: SharedCatalog,
     safe_halt: SafeHalt,
     approvals: Approvals,
     executor: Executor,
@@ -133,16 +137,24 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let (registry, summary) = Registry::load(RegistryPaths::from(&config.paths), audit.clone())
+            .await
+            .map_err(DaemonError::Registry)?;
+        tracing::info!(
+            loaded = summary.loaded,
+            rejected = summary.rejections.len(),
+            bindings = summary.bindings,
+            "registry loaded"
+        );
         let work_shutdown = CancellationToken::new();
         let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
-        let catalog = SharedCatalog::default();
         let approvals = Approvals::new(store.clone(), audit.clone());
         let executor = Executor::new(
             ExecutorParts {
                 store: store.clone(),
                 audit: audit.clone(),
                 actions: Actions::from_config(&config.actions)?,
-                catalog: catalog.clone(),
+                registry: registry.clone(),
                 safe_halt: safe_halt.clone(),
                 approvals: approvals.clone(),
                 settings: executor_settings(&config),
@@ -152,7 +164,7 @@ impl Daemon {
         let intake = Intake::new(IntakeParts {
             settings: intake_settings(&config)?,
             audit: audit.clone(),
-            catalog: catalog.clone(),
+            registry: registry.clone(),
             safe_halt: safe_halt.clone(),
             executor: executor.clone(),
         });
@@ -167,9 +179,9 @@ impl Daemon {
             store,
             audit,
             audit_task,
+            registry,
             tasks_shutdown,
             work_shutdown,
-            catalog,
             safe_halt,
             approvals,
             executor,
@@ -194,9 +206,9 @@ impl Daemon {
         self.runtime.clone()
     }
 
-    /// The active playbooks and bindings (swapped by the registry on reload).
-    pub fn catalog(&self) -> &SharedCatalog {
-        &self.catalog
+    /// The playbook registry, for the subsystems that run playbooks (cloning is shallow).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn executor(&self) -> &Executor {
@@ -247,6 +259,7 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+        self.publish_runtime();
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has applied the migrations, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,
@@ -306,13 +319,30 @@ impl Daemon {
     async fn reload(&self) {
         systemd::notify_reloading();
         tracing::info!("reload requested");
-        if let Err(error) = self
-            .audit
-            .append(AuditEvent::new("daemon.reload", Actor::System))
-            .await
-        {
+        let event = match self.registry.reload().await {
+            Ok(summary) => {
+                tracing::info!(
+                    loaded = summary.loaded,
+                    rejected = summary.rejections.len(),
+                    bindings = summary.bindings,
+                    "registry reloaded"
+                );
+                AuditEvent::new("daemon.reload", Actor::System)
+                    .with("loaded", summary.loaded)
+                    .with("rejected", summary.rejections.len())
+                    .with("bindings", summary.bindings)
+            }
+            Err(error) => {
+                // The previous snapshot stays in force.
+                let detail = audit::error_chain(&error);
+                tracing::error!(error = %detail, "registry reload failed; previous playbooks stay active");
+                AuditEvent::new("daemon.reload", Actor::System).with("error", detail)
+            }
+        };
+        if let Err(error) = self.audit.append(event).await {
             tracing::error!(error = %audit::error_chain(&error), "reload not recorded");
         }
+        self.publish_runtime();
         systemd::notify_ready(&self.status_line());
     }
 
@@ -354,7 +384,38 @@ impl Daemon {
     }
 
     fn status_line(&self) -> String {
-        format!("ready: node {}", self.config.node_id)
+        if let Some(halt) = self.safe_halt.active() {
+            return crate::safe_halt::status_line(&halt);
+        }
+        let catalog = self.registry.catalog();
+        format!(
+            "ready: {} playbooks, {} bindings",
+            catalog.playbooks().count(),
+            catalog.bindings().len()
+        )
+    }
+
+    /// Tells the status API what the registry holds now.
+    fn publish_runtime(&self) {
+        let catalog = self.registry.catalog();
+        let playbooks = catalog
+            .playbooks()
+            .map(|active| status::PlaybookSummary {
+                id: active.id().to_owned(),
+                version: u64::from(active.version()),
+                sha256_hex: hex::encode(active.sha256()),
+                signers: active
+                    .signers()
+                    .iter()
+                    .map(|k| k.as_str().to_owned())
+                    .collect(),
+            })
+            .collect();
+        self.runtime.send_replace(RuntimeSnapshot {
+            registry_loaded: true,
+            playbooks,
+            bindings: catalog.bindings().len(),
+        });
     }
 }
 

@@ -81,12 +81,12 @@ fn steps(playbook: &Playbook, context: &TemplateContext<'_>, require_approval: b
             };
             let risk = playbook::effective_risk(step);
             let approvals = risk.and_then(|risk| required_approvals(risk, require_approval)).unwrap_or(0);
-            let params = template::render(&step.params, context).map_or_else(|e| json!({"error": e.to_string()}), |v| v);
+            let params = template::render(&step.params, context).unwrap_or_else(|e| json!({"error": e.to_string()}));
             let rollback = match &step.rollback {
                 Rollback::None => json!("none"),
                 Rollback::Action { action, params } => json!({
                     "action": action,
-                    "with": template::render(params, context).map_or_else(|e| json!({"error": e.to_string()}), |v| v),
+                    "with": template::render(params, context).unwrap_or_else(|e| json!({"error": e.to_string()})),
                 }),
             };
             json!({

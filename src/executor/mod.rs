@@ -26,7 +26,7 @@ pub use state::{RollbackCause, RunState, StepState};
 
 use crate::actions::Actions;
 use crate::approvals::Approvals;
-use crate::registry::catalog::{ActivePlaybook, SharedCatalog};
+use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::{Store, StoreError};
@@ -68,7 +68,7 @@ struct Inner {
     store: Store,
     audit: AuditHandle,
     actions: Actions,
-    catalog: SharedCatalog,
+    registry: Registry,
     safe_halt: SafeHalt,
     approvals: Approvals,
     settings: ExecutorSettings,
@@ -106,7 +106,7 @@ pub struct ExecutorParts {
     pub store: Store,
     pub audit: AuditHandle,
     pub actions: Actions,
-    pub catalog: SharedCatalog,
+    pub registry: Registry,
     pub safe_halt: SafeHalt,
     pub approvals: Approvals,
     pub settings: ExecutorSettings,
@@ -120,7 +120,7 @@ impl Executor {
                 store: parts.store,
                 audit: parts.audit,
                 actions: parts.actions,
-                catalog: parts.catalog,
+                registry: parts.registry,
                 safe_halt: parts.safe_halt,
                 approvals: parts.approvals,
                 settings: parts.settings,
@@ -304,26 +304,23 @@ impl Inner {
         &self,
         record: &ExecutionRecord,
     ) -> Result<Arc<ActivePlaybook>, RunError> {
-        let snapshot = crate::registry::catalog::snapshot(&self.catalog);
-        if let Some(active) = snapshot.active(&record.playbook_id)
-            && active.sha256 == record.sha256
+        if let Some(active) = self.registry.active(&record.playbook_id)
+            && active.sha256() == record.sha256
         {
             return Ok(active);
         }
-        let client = self.store.client().await?;
-        crate::registry::catalog::load_pinned(
-            &client,
-            &record.playbook_id,
-            record.version,
-            &record.sha256,
-        )
-        .await
-        .map(Arc::new)
-        .map_err(|reason| RunError::Pinned {
+        let pinned_error = |reason: String| RunError::Pinned {
             id: record.playbook_id.clone(),
             version: record.version,
             reason,
-        })
+        };
+        let version = u32::try_from(record.version)
+            .map_err(|_| pinned_error("version out of range".into()))?;
+        let client = self.store.client().await?;
+        crate::registry::load_pinned(&**client, &record.playbook_id, version, &record.sha256)
+            .await
+            .map(Arc::new)
+            .map_err(|error| pinned_error(crate::store::audit::error_chain(&error)))
     }
 }
 

@@ -13,7 +13,7 @@ use super::state::{RollbackCause, RunState, StepState};
 use super::{ExecutionRecord, Inner, RunError, RunHandle};
 use crate::actions::{ActionContext, ActionError, ActionOutput};
 use crate::approvals::{GateRequest, Verdict};
-use crate::registry::catalog::ActivePlaybook;
+use crate::registry::ActivePlaybook;
 use crate::registry::model::{Rollback, Step};
 use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
@@ -57,7 +57,7 @@ impl<'a> Runner<'a> {
         playbook: Arc<ActivePlaybook>,
         run: RunHandle,
     ) -> Runner<'a> {
-        let deadline = playbook.playbook.timeout.map(|timeout| {
+        let deadline = playbook.playbook().timeout.map(|timeout| {
             let elapsed =
                 (time::OffsetDateTime::now_utc() - record.started_at).max(time::Duration::ZERO);
             let elapsed = Duration::try_from(elapsed).unwrap_or_default();
@@ -104,14 +104,18 @@ impl<'a> Runner<'a> {
     async fn set_state(&self, state: RunState, event_type: &'static str) -> Result<(), RunError> {
         let event = AuditEvent::new(event_type, Actor::System).with(
             "playbook",
-            format!("{}@{}", self.playbook.playbook.id, self.playbook.version),
+            format!(
+                "{}@{}",
+                self.playbook.playbook().id,
+                self.playbook.version()
+            ),
         );
         record::set_run_state(&self.inner.audit, self.record.id, state, event).await?;
         if state.is_terminal() {
             metrics::counter!("playbookd_executions_total",
-                "state" => state.as_str(), "playbook" => self.playbook.playbook.id.clone())
+                "state" => state.as_str(), "playbook" => self.playbook.playbook().id.clone())
             .increment(1);
-            tracing::info!(execution_id = %self.record.id, playbook_id = %self.playbook.playbook.id,
+            tracing::info!(execution_id = %self.record.id, playbook_id = %self.playbook.playbook().id,
                 org_id = %self.record.org_id, state = state.as_str(), "execution finished");
         }
         Ok(())
@@ -120,7 +124,7 @@ impl<'a> Runner<'a> {
     async fn forward(&mut self) -> Result<Forward, RunError> {
         let steps = record::load_steps(&self.inner.store, self.record.id).await?;
         let playbook = self.playbook.clone();
-        for (index, step) in playbook.playbook.steps.iter().enumerate() {
+        for (index, step) in playbook.playbook().steps.iter().enumerate() {
             let previous = steps.get(&index).copied();
             match previous.map(|s| s.state) {
                 Some(StepState::Succeeded | StepState::Skipped) => continue,
@@ -224,11 +228,15 @@ impl<'a> Runner<'a> {
             required,
             undoable: !matches!(step.rollback, Rollback::None),
             org_id: self.record.org_id.clone(),
-            playbook: format!("{}@{}", self.playbook.playbook.id, self.playbook.version),
+            playbook: format!(
+                "{}@{}",
+                self.playbook.playbook().id,
+                self.playbook.version()
+            ),
             params,
             expires_after: self
                 .playbook
-                .playbook
+                .playbook()
                 .approval
                 .and_then(|a| a.expires)
                 .map_or(crate::approvals::DEFAULT_EXPIRY, |d| d.0),
@@ -457,7 +465,7 @@ impl<'a> Runner<'a> {
         let steps = record::load_steps(&self.inner.store, self.record.id).await?;
         let undone = record::load_undo_states(&self.inner.store, self.record.id).await?;
         let playbook = self.playbook.clone();
-        for (index, step) in playbook.playbook.steps.iter().enumerate().rev() {
+        for (index, step) in playbook.playbook().steps.iter().enumerate().rev() {
             if steps.get(&index).map(|s| s.state) != Some(StepState::Succeeded) {
                 continue;
             }
@@ -596,7 +604,7 @@ impl<'a> Runner<'a> {
         .await?;
         self.inner.safe_halt.entered(halt);
         metrics::counter!("playbookd_executions_total",
-            "state" => RunState::SafeHalted.as_str(), "playbook" => self.playbook.playbook.id.clone())
+            "state" => RunState::SafeHalted.as_str(), "playbook" => self.playbook.playbook().id.clone())
         .increment(1);
         Ok(())
     }

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use self::decision::Decision;
 use crate::bindings::{self, StormControl, Suppressed};
 use crate::executor::Executor;
-use crate::registry::catalog::{self, ActivePlaybook, SharedCatalog};
 use crate::registry::model::Binding;
+use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::StoreError;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
@@ -123,7 +123,7 @@ pub struct Intake {
 struct Inner {
     settings: IntakeSettings,
     audit: AuditHandle,
-    catalog: SharedCatalog,
+    registry: Registry,
     safe_halt: SafeHalt,
     executor: Executor,
     storm: StormControl,
@@ -133,7 +133,7 @@ struct Inner {
 pub struct IntakeParts {
     pub settings: IntakeSettings,
     pub audit: AuditHandle,
-    pub catalog: SharedCatalog,
+    pub registry: Registry,
     pub safe_halt: SafeHalt,
     pub executor: Executor,
 }
@@ -145,7 +145,7 @@ impl Intake {
             inner: Arc::new(Inner {
                 settings: parts.settings,
                 audit: parts.audit,
-                catalog: parts.catalog,
+                registry: parts.registry,
                 safe_halt: parts.safe_halt,
                 executor: parts.executor,
                 storm,
@@ -279,7 +279,7 @@ impl Intake {
                 "safe_halt: the daemon is in SAFE-HALT; nothing new runs",
             ));
         }
-        let snapshot = catalog::snapshot(&self.inner.catalog);
+        let snapshot = self.inner.registry.catalog();
         let binding = bindings::find(
             snapshot.bindings(),
             &decision.policy,
@@ -307,7 +307,7 @@ impl Intake {
                 binding.playbook
             ))
         })?;
-        decision::check_subject(&decision.subject, &playbook.playbook.inputs)
+        decision::check_subject(&decision.subject, &playbook.playbook().inputs)
             .map_err(Reply::rejected)?;
         let subject = Value::Object(decision.subject.clone());
         self.inner
@@ -334,7 +334,7 @@ impl Intake {
         peer_uid: u32,
     ) -> Reply {
         let execution_id = Uuid::new_v4();
-        let label = format!("{}@{}", playbook.playbook.id, playbook.version);
+        let label = format!("{}@{}", playbook.playbook().id, playbook.version());
         let row = NewExecution::new(
             execution_id,
             decision,
@@ -353,7 +353,7 @@ impl Intake {
         match outcome {
             Ok(_) => {
                 self.inner.executor.submit(execution_id);
-                tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook.id,
+                tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
                     org_id = %decision.org_id, decision_id = %decision.decision_id, "decision accepted");
                 Reply::Accepted {
                     execution_id,
@@ -442,9 +442,9 @@ impl NewExecution {
         NewExecution {
             execution_id,
             node_id: node_id.to_owned(),
-            playbook_id: playbook.playbook.id.clone(),
-            version: i64::from(playbook.version),
-            sha256: playbook.sha256,
+            playbook_id: playbook.playbook().id.clone(),
+            version: i64::from(playbook.version()),
+            sha256: playbook.sha256(),
             decision: decision.clone(),
             binding: json!({
                 "policy": binding.policy, "outcome": binding.outcome, "org_id": binding.org_id,

@@ -1,7 +1,770 @@
 //! The signed playbook registry: verify → parse strictly → validate → version check.
+//!
+//! Each `*.yaml` in the playbook directory goes through [`signature::TrustedKeys::verify_file`]
+//! (secure open, `FILE.sig`, optional `FILE.sig.2`), [`playbook::parse_playbook`] on the verified
+//! bytes, the dual-control rule (a playbook with a `critical` step needs two distinct trusted
+//! signers) and the version check against `playbook_versions`, which runs in the same
+//! transaction as the `playbook.loaded` audit event that records it. A failure rejects that file
+//! only (journald error, `playbook.rejected` audit event, `playbookd_registry_rejections_total`).
+//!
+//! The result is an immutable [`Catalog`] snapshot; [`Registry::reload`] builds a new one and
+//! swaps it in whole, so a reader sees either the old or the new set, never a mix.
 
-pub mod catalog;
 pub mod model;
 pub mod playbook;
+pub mod secure_open;
+pub mod signature;
 pub mod template;
 pub mod when;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio_postgres::GenericClient;
+
+use crate::config::PathsConfig;
+use crate::store::StoreError;
+use crate::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
+use model::{Binding, Playbook, RiskTier};
+use playbook::DocumentError;
+use secure_open::{OpenError, TrustedDir};
+use signature::{FileError, KeyId, TrustStoreError, TrustedKeys, VerifiedFile};
+
+/// Where the registry reads from (the `[paths]` keys of the configuration).
+#[derive(Debug, Clone)]
+pub struct RegistryPaths {
+    pub playbooks: PathBuf,
+    pub trusted_keys: PathBuf,
+    pub bindings: PathBuf,
+}
+
+impl From<&PathsConfig> for RegistryPaths {
+    fn from(paths: &PathsConfig) -> RegistryPaths {
+        RegistryPaths {
+            playbooks: paths.playbooks.clone(),
+            trusted_keys: paths.trusted_keys.clone(),
+            bindings: paths.bindings.clone(),
+        }
+    }
+}
+
+/// The live registry: the current [`Catalog`] and what is needed to build the next one.
+/// Cloning is shallow.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: RegistryPaths,
+    audit: AuditHandle,
+    /// Readers clone the `Arc` and drop the lock at once; a reload replaces the `Arc` whole.
+    current: RwLock<Arc<Catalog>>,
+    /// One reload at a time (SIGHUP and `ctl reload` may race); a tokio mutex because it is
+    /// held across the database round trips of the reload.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads the trusted keys, the playbooks and the bindings, recording every outcome.
+    /// Fails when the trusted-keys or playbook directory is unusable, when no key is
+    /// trusted, or when the audit log is unavailable; a bad file only rejects that file.
+    pub async fn load(
+        paths: RegistryPaths,
+        audit: AuditHandle,
+    ) -> Result<(Registry, LoadSummary), RegistryError> {
+        let (catalog, summary) = build_catalog(&paths, &audit).await?;
+        let registry = Registry {
+            inner: Arc::new(Inner {
+                paths,
+                audit,
+                current: RwLock::new(Arc::new(catalog)),
+                reloading: tokio::sync::Mutex::new(()),
+            }),
+        };
+        Ok((registry, summary))
+    }
+
+    /// The current snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        // A poisoned lock only means a panic while swapping an `Arc`: the value is whole.
+        match self.inner.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The active version of `id` in the current snapshot.
+    pub fn active(&self, id: &str) -> Option<Arc<ActivePlaybook>> {
+        self.catalog().active(id)
+    }
+
+    /// Builds a new snapshot from disk and swaps it in. On error the current snapshot stays
+    /// (a vanished trust directory or a database outage must not silently empty it) and the
+    /// error says why.
+    pub async fn reload(&self) -> Result<LoadSummary, RegistryError> {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let (catalog, summary) = build_catalog(&self.inner.paths, &self.inner.audit).await?;
+        let catalog = Arc::new(catalog);
+        match self.inner.current.write() {
+            Ok(mut guard) => *guard = catalog,
+            Err(poisoned) => *poisoned.into_inner() = catalog,
+        }
+        Ok(summary)
+    }
+}
+
+/// One immutable view of every active playbook and the bindings.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    playbooks: BTreeMap<String, Arc<ActivePlaybook>>,
+    bindings: Vec<Binding>,
+}
+
+impl Catalog {
+    /// The highest valid version of playbook `id`.
+    pub fn active(&self, id: &str) -> Option<Arc<ActivePlaybook>> {
+        self.playbooks.get(id).cloned()
+    }
+
+    /// Every active playbook, by id.
+    pub fn playbooks(&self) -> impl Iterator<Item = &Arc<ActivePlaybook>> {
+        self.playbooks.values()
+    }
+
+    /// The bindings; empty when the bindings file is missing, unsigned or invalid.
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+}
+
+/// A playbook version whose exact bytes were verified and recorded in `playbook_versions`.
+/// Only this module builds one.
+#[derive(Debug)]
+pub struct ActivePlaybook {
+    playbook: Playbook,
+    sha256: [u8; 32],
+    bytes: Arc<[u8]>,
+    signers: Vec<KeyId>,
+}
+
+impl ActivePlaybook {
+    pub fn playbook(&self) -> &Playbook {
+        &self.playbook
+    }
+
+    pub fn id(&self) -> &str {
+        &self.playbook.id
+    }
+
+    pub fn version(&self) -> u32 {
+        self.playbook.version
+    }
+
+    /// SHA-256 of [`ActivePlaybook::bytes`]: what a run is pinned to.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// The verified bytes the playbook was parsed from.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The distinct trusted keys that signed these bytes.
+    pub fn signers(&self) -> &[KeyId] {
+        &self.signers
+    }
+}
+
+/// What one load or reload did.
+#[derive(Debug, Default)]
+pub struct LoadSummary {
+    /// Playbook versions accepted (active or not).
+    pub loaded: usize,
+    /// Every file refused, with its reason.
+    pub rejections: Vec<Rejection>,
+    /// Bindings in force after the load.
+    pub bindings: usize,
+    /// Key files in the trust directory that were not trusted.
+    pub refused_keys: Vec<signature::RefusedKey>,
+}
+
+/// A file the registry refused.
+#[derive(Debug)]
+pub struct Rejection {
+    pub file: PathBuf,
+    pub reason: RejectReason,
+}
+
+/// Why a playbook or bindings file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RejectReason {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("invalid document")]
+    Document(#[from] DocumentError),
+    #[error(
+        "{what} needs signatures from two distinct trusted keys (dual control); it has {signers}"
+    )]
+    DualControl { what: &'static str, signers: usize },
+    #[error(
+        "version {version} of `{id}` is lower than version {highest} already recorded (rollback)"
+    )]
+    Downgrade {
+        id: String,
+        version: u32,
+        highest: i64,
+    },
+    #[error(
+        "version {version} of `{id}` was recorded earlier with different bytes (sha256 {recorded}); a version never changes"
+    )]
+    Equivocation {
+        id: String,
+        version: u32,
+        recorded: String,
+    },
+    #[error("the database refused to record it")]
+    Database(#[source] AppendError),
+}
+
+impl RejectReason {
+    /// A short, stable name for the reason (metric label, audit `reason`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::File(error) => error.label(),
+            RejectReason::Document(_) => "invalid_document",
+            RejectReason::DualControl { .. } => "dual_control",
+            RejectReason::Downgrade { .. } => "downgrade",
+            RejectReason::Equivocation { .. } => "equivocation",
+            RejectReason::Database(_) => "database_refused",
+        }
+    }
+}
+
+/// Why the registry as a whole could not load.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    TrustStore(#[from] TrustStoreError),
+    #[error("no usable trusted key in {dir}: no playbook could ever be accepted")]
+    NoTrustedKeys { dir: PathBuf },
+    #[error("playbook directory {dir} is unusable")]
+    PlaybookDir {
+        dir: PathBuf,
+        #[source]
+        source: OpenError,
+    },
+    #[error("failed to list playbook directory {dir}")]
+    ListPlaybooks {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the audit log is unavailable; the registry cannot record what it loads")]
+    Audit(#[source] AppendError),
+}
+
+impl RegistryError {
+    /// True when an operator must fix the configuration or the files it points at (exit 78).
+    pub fn is_config(&self) -> bool {
+        match self {
+            RegistryError::TrustStore(_)
+            | RegistryError::NoTrustedKeys { .. }
+            | RegistryError::PlaybookDir { .. }
+            | RegistryError::ListPlaybooks { .. } => true,
+            RegistryError::Audit(_) => false,
+        }
+    }
+}
+
+/// A playbook that passed every check that needs no database: secure open, signatures,
+/// strict parsing and dual control.
+#[derive(Debug)]
+pub struct Candidate {
+    playbook: Playbook,
+    verified: VerifiedFile,
+}
+
+impl Candidate {
+    pub fn playbook(&self) -> &Playbook {
+        &self.playbook
+    }
+
+    pub fn sha256(&self) -> [u8; 32] {
+        self.verified.sha256()
+    }
+}
+
+/// Verifies, parses and checks dual control for one playbook file (no database).
+pub fn check_playbook_file(
+    keys: &TrustedKeys,
+    dir: &TrustedDir,
+    path: &Path,
+) -> Result<Candidate, RejectReason> {
+    let verified = keys.verify_file(dir, path)?;
+    let playbook = playbook::parse_playbook(verified.bytes())?;
+    let critical = playbook
+        .steps
+        .iter()
+        .any(|step| step.risk == Some(RiskTier::Critical));
+    if critical && verified.signers().len() < 2 {
+        return Err(RejectReason::DualControl {
+            what: "a playbook with a critical step",
+            signers: verified.signers().len(),
+        });
+    }
+    Ok(Candidate { playbook, verified })
+}
+
+/// Re-loads the exact version a run is pinned to from `playbook_versions` (for resume): the
+/// stored verified bytes, checked against `sha256` and parsed again.
+pub async fn load_pinned<C: GenericClient>(
+    client: &C,
+    id: &str,
+    version: u32,
+    sha256: &[u8; 32],
+) -> Result<ActivePlaybook, PinnedError> {
+    let row = client
+        .query_opt(
+            "SELECT sha256, signer_key_ids, content FROM playbook_versions \
+             WHERE playbook_id = $1 AND version = $2",
+            &[&id, &i64::from(version)],
+        )
+        .await
+        .map_err(|source| PinnedError::Query(StoreError::Query(source)))?;
+    let Some(row) = row else {
+        return Err(PinnedError::NotFound {
+            id: id.to_owned(),
+            version,
+        });
+    };
+    let stored_sha: Vec<u8> = row.get(0);
+    let signer_ids: Vec<String> = row.get(1);
+    let content: Vec<u8> = row.get(2);
+    let actual: [u8; 32] = Sha256::digest(&content).into();
+    if stored_sha.as_slice() != sha256 || &actual != sha256 {
+        return Err(PinnedError::HashMismatch {
+            id: id.to_owned(),
+            version,
+        });
+    }
+    let signers = signer_ids
+        .iter()
+        .map(|text| KeyId::parse(text))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| PinnedError::HashMismatch {
+            id: id.to_owned(),
+            version,
+        })?;
+    let playbook = playbook::parse_playbook(&content).map_err(|source| PinnedError::Parse {
+        id: id.to_owned(),
+        version,
+        source,
+    })?;
+    if playbook.id != id || playbook.version != version {
+        return Err(PinnedError::HashMismatch {
+            id: id.to_owned(),
+            version,
+        });
+    }
+    Ok(ActivePlaybook {
+        playbook,
+        sha256: actual,
+        bytes: content.into(),
+        signers,
+    })
+}
+
+/// Why a pinned version could not be re-loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("version {version} of `{id}` is not recorded")]
+    NotFound { id: String, version: u32 },
+    #[error("recorded version {version} of `{id}` does not match the pinned sha256")]
+    HashMismatch { id: String, version: u32 },
+    #[error("recorded version {version} of `{id}` no longer parses")]
+    Parse {
+        id: String,
+        version: u32,
+        #[source]
+        source: DocumentError,
+    },
+    #[error("failed to read playbook_versions")]
+    Query(#[source] StoreError),
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn build_catalog(
+    paths: &RegistryPaths,
+    audit: &AuditHandle,
+) -> Result<(Catalog, LoadSummary), RegistryError> {
+    let mut summary = LoadSummary::default();
+    let (keys, refused) = TrustedKeys::load(&paths.trusted_keys)?;
+    for refusal in &refused {
+        let detail = audit::error_chain(&refusal.error);
+        tracing::error!(file = %refusal.path.display(), reason = %detail, "trusted key refused");
+        metrics::counter!(REJECTIONS_METRIC, "reason" => "trusted_key_refused").increment(1);
+        audit
+            .append(
+                AuditEvent::new("trusted_key.refused", Actor::System)
+                    .with("file", refusal.path.display().to_string())
+                    .with("detail", detail),
+            )
+            .await
+            .map_err(RegistryError::Audit)?;
+    }
+    summary.refused_keys = refused;
+    if keys.is_empty() {
+        return Err(RegistryError::NoTrustedKeys {
+            dir: paths.trusted_keys.clone(),
+        });
+    }
+
+    let dir = TrustedDir::open(&paths.playbooks).map_err(|source| RegistryError::PlaybookDir {
+        dir: paths.playbooks.clone(),
+        source,
+    })?;
+    let mut candidates = Vec::new();
+    for path in yaml_files(&paths.playbooks)? {
+        match check_playbook_file(&keys, &dir, &path) {
+            Ok(candidate) => candidates.push((path, candidate)),
+            Err(reason) => reject(audit, &mut summary, path, reason).await?,
+        }
+    }
+    // Per id, highest version first, so that a lower version in the same directory is judged
+    // against the higher one already recorded, the same way on the first load as after a
+    // restart. Different ids are checked concurrently so that the audit writer's group commit
+    // can batch them; the versions of one id go one after the other.
+    let mut by_id: BTreeMap<String, Vec<(PathBuf, Candidate)>> = BTreeMap::new();
+    for (path, candidate) in candidates {
+        by_id
+            .entry(candidate.playbook.id.clone())
+            .or_default()
+            .push((path, candidate));
+    }
+    for group in by_id.values_mut() {
+        group.sort_by(|(path_a, a), (path_b, b)| {
+            (std::cmp::Reverse(a.playbook.version), path_a)
+                .cmp(&(std::cmp::Reverse(b.playbook.version), path_b))
+        });
+    }
+    let checked: Vec<Vec<VersionCheck>> =
+        futures::stream::iter(by_id.into_values().map(|group| async move {
+            let mut results = Vec::with_capacity(group.len());
+            for (path, candidate) in group {
+                let recorded = record_version(audit, &path, &candidate).await;
+                let stop = recorded.is_err();
+                results.push((path, candidate, recorded));
+                if stop {
+                    break;
+                }
+            }
+            results
+        }))
+        .buffer_unordered(CONCURRENT_VERSION_CHECKS)
+        .collect()
+        .await;
+
+    let mut playbooks: BTreeMap<String, Arc<ActivePlaybook>> = BTreeMap::new();
+    for (path, candidate, recorded) in checked.into_iter().flatten() {
+        match recorded? {
+            Recorded::Yes => {
+                summary.loaded += 1;
+                let active = ActivePlaybook {
+                    sha256: candidate.verified.sha256(),
+                    signers: candidate.verified.signers().to_vec(),
+                    bytes: candidate.verified.into_bytes().into(),
+                    playbook: candidate.playbook,
+                };
+                tracing::info!(
+                    file = %path.display(),
+                    playbook = %active.id(),
+                    version = active.version(),
+                    "playbook loaded"
+                );
+                let newer = playbooks
+                    .get(active.id())
+                    .is_none_or(|current| current.version() < active.version());
+                if newer {
+                    playbooks.insert(active.id().to_owned(), Arc::new(active));
+                }
+            }
+            Recorded::RefusedAndAudited(reason) => {
+                log_rejection(&path, &reason);
+                summary.rejections.push(Rejection { file: path, reason });
+            }
+            Recorded::DatabaseRefused(reason) => reject(audit, &mut summary, path, reason).await?,
+        }
+    }
+    summary.rejections.sort_by(|a, b| a.file.cmp(&b.file));
+
+    let bindings = load_bindings(&keys, &paths.bindings, audit, &mut summary).await?;
+    summary.bindings = bindings.len();
+    Ok((
+        Catalog {
+            playbooks,
+            bindings,
+        },
+        summary,
+    ))
+}
+
+/// One file's version check, in order within its id.
+type VersionCheck = (PathBuf, Candidate, Result<Recorded, RegistryError>);
+
+/// The outcome of the version check.
+enum Recorded {
+    /// Accepted: recorded now or earlier with the same bytes, `playbook.loaded` committed.
+    Yes,
+    /// Refused (downgrade, equivocation); `playbook.rejected` committed in the same transaction.
+    RefusedAndAudited(RejectReason),
+    /// The database refused the statements; nothing committed, not audited yet.
+    DatabaseRefused(RejectReason),
+}
+
+/// The version check and the `playbook_versions` insert, in the audit transaction.
+/// An error means the audit log is unavailable.
+async fn record_version(
+    audit: &AuditHandle,
+    path: &Path,
+    candidate: &Candidate,
+) -> Result<Recorded, RegistryError> {
+    let id = candidate.playbook.id.clone();
+    let version = candidate.playbook.version;
+    let sha256 = candidate.verified.sha256();
+    let signers: Vec<String> = candidate
+        .verified
+        .signers()
+        .iter()
+        .map(|key| key.as_str().to_owned())
+        .collect();
+    let content = candidate.verified.bytes().to_vec();
+    let file = path.display().to_string();
+    let (verdict_tx, verdict_rx) = std::sync::mpsc::channel::<Result<(), RejectReason>>();
+
+    let effect: audit::Effect = Box::new(move |tx| {
+        Box::pin(async move {
+            let verdict = check_and_insert(tx, &id, version, &sha256, &signers, &content).await?;
+            let event = match &verdict {
+                Ok(first_seen) => AuditEvent::new("playbook.loaded", Actor::System)
+                    .with("file", file)
+                    .with("playbook_id", id.as_str())
+                    .with("version", version)
+                    .with("sha256", hex::encode(sha256))
+                    .with("signers", signers.clone())
+                    .with("first_seen", *first_seen),
+                Err(reason) => rejected_event("playbook.rejected", &file, reason),
+            };
+            // The receiver lives until append_with returns; a send error cannot happen.
+            let _ = verdict_tx.send(verdict.map(|_| ()));
+            Ok(event)
+        })
+    });
+    match audit.append_with(effect).await {
+        Ok(_) => {}
+        Err(AppendError::Effect(source)) => {
+            return Ok(Recorded::DatabaseRefused(RejectReason::Database(
+                AppendError::Effect(source),
+            )));
+        }
+        Err(error) => return Err(RegistryError::Audit(error)),
+    }
+    match verdict_rx.try_recv() {
+        Ok(Ok(())) => Ok(Recorded::Yes),
+        Ok(Err(reason)) => Ok(Recorded::RefusedAndAudited(reason)),
+        // The commit succeeded, so the effect ran and sent its verdict.
+        Err(_) => Err(RegistryError::Audit(AppendError::Stopped)),
+    }
+}
+
+/// Runs the anti-rollback checks and records a new version. `Ok(Ok(first_seen))` accepts it.
+async fn check_and_insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    version: u32,
+    sha256: &[u8; 32],
+    signers: &[String],
+    content: &[u8],
+) -> Result<Result<bool, RejectReason>, StoreError> {
+    let version_db = i64::from(version);
+    let recorded = tx
+        .query_opt(
+            "SELECT sha256 FROM playbook_versions WHERE playbook_id = $1 AND version = $2",
+            &[&id, &version_db],
+        )
+        .await?;
+    if let Some(row) = &recorded {
+        let stored: Vec<u8> = row.get(0);
+        if stored.as_slice() != sha256 {
+            return Ok(Err(RejectReason::Equivocation {
+                id: id.to_owned(),
+                version,
+                recorded: hex::encode(stored),
+            }));
+        }
+    }
+    let highest: Option<i64> = tx
+        .query_one(
+            "SELECT max(version) FROM playbook_versions WHERE playbook_id = $1",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    if let Some(highest) = highest.filter(|highest| *highest > version_db) {
+        return Ok(Err(RejectReason::Downgrade {
+            id: id.to_owned(),
+            version,
+            highest,
+        }));
+    }
+    if recorded.is_some() {
+        return Ok(Ok(false));
+    }
+    // ON CONFLICT: another node may record the same version between our SELECT and INSERT.
+    let inserted = tx
+        .execute(
+            "INSERT INTO playbook_versions \
+             (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
+             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (playbook_id, version) DO NOTHING",
+            &[&id, &version_db, &sha256.as_slice(), &signers, &content],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(Ok(true));
+    }
+    let stored: Vec<u8> = tx
+        .query_one(
+            "SELECT sha256 FROM playbook_versions WHERE playbook_id = $1 AND version = $2",
+            &[&id, &version_db],
+        )
+        .await?
+        .get(0);
+    if stored.as_slice() == sha256 {
+        Ok(Ok(false))
+    } else {
+        Ok(Err(RejectReason::Equivocation {
+            id: id.to_owned(),
+            version,
+            recorded: hex::encode(stored),
+        }))
+    }
+}
+
+/// Loads the bindings file, which always needs two distinct trusted signers; any failure
+/// means no bindings at all.
+async fn load_bindings(
+    keys: &TrustedKeys,
+    path: &Path,
+    audit: &AuditHandle,
+    summary: &mut LoadSummary,
+) -> Result<Vec<Binding>, RegistryError> {
+    let checked = TrustedDir::parent_of(path)
+        .map_err(|error| RejectReason::File(FileError::Document(error)))
+        .and_then(|dir| Ok(keys.verify_file(&dir, path)?))
+        .and_then(|verified| {
+            if verified.signers().len() < 2 {
+                return Err(RejectReason::DualControl {
+                    what: "the bindings file",
+                    signers: verified.signers().len(),
+                });
+            }
+            let parsed = playbook::parse_bindings(verified.bytes())?;
+            Ok((verified, parsed))
+        });
+    match checked {
+        Ok((verified, parsed)) => {
+            let signers: Vec<String> = verified
+                .signers()
+                .iter()
+                .map(|key| key.as_str().to_owned())
+                .collect();
+            audit
+                .append(
+                    AuditEvent::new("bindings.loaded", Actor::System)
+                        .with("file", path.display().to_string())
+                        .with("sha256", hex::encode(verified.sha256()))
+                        .with("signers", signers)
+                        .with("count", parsed.bindings.len()),
+                )
+                .await
+                .map_err(RegistryError::Audit)?;
+            tracing::info!(file = %path.display(), count = parsed.bindings.len(), "bindings loaded");
+            Ok(parsed.bindings)
+        }
+        Err(reason) => {
+            log_rejection(path, &reason);
+            audit
+                .append(rejected_event(
+                    "bindings.rejected",
+                    &path.display().to_string(),
+                    &reason,
+                ))
+                .await
+                .map_err(RegistryError::Audit)?;
+            summary.rejections.push(Rejection {
+                file: path.to_owned(),
+                reason,
+            });
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Logs, counts and audits one rejected playbook file.
+async fn reject(
+    audit: &AuditHandle,
+    summary: &mut LoadSummary,
+    file: PathBuf,
+    reason: RejectReason,
+) -> Result<(), RegistryError> {
+    log_rejection(&file, &reason);
+    audit
+        .append(rejected_event(
+            "playbook.rejected",
+            &file.display().to_string(),
+            &reason,
+        ))
+        .await
+        .map_err(RegistryError::Audit)?;
+    summary.rejections.push(Rejection { file, reason });
+    Ok(())
+}
+
+fn log_rejection(file: &Path, reason: &RejectReason) {
+    let detail = audit::error_chain(reason);
+    tracing::error!(file = %file.display(), reason = reason.label(), detail = %detail, "file rejected");
+    metrics::counter!(REJECTIONS_METRIC, "reason" => reason.label()).increment(1);
+}
+
+fn rejected_event(event_type: &'static str, file: &str, reason: &RejectReason) -> AuditEvent {
+    AuditEvent::new(event_type, Actor::System)
+        .with("file", file)
+        .with("reason", reason.label())
+        .with("detail", audit::error_chain(reason))
+}
+
+/// `*.yaml` files directly in `dir`, sorted.
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
+    let list_error = |source| RegistryError::ListPlaybooks {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(list_error)? {
+        let path = entry.map_err(list_error)?.path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+const REJECTIONS_METRIC: &str = "playbookd_registry_rejections_total";
+/// Version checks in flight at once (each is one savepoint in the audit writer's batch).
+const CONCURRENT_VERSION_CHECKS: usize = 64;

@@ -51,7 +51,8 @@ async fn serve_migrates_stays_up_and_exits_zero_on_sigterm() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(events, ["daemon.start", "daemon.stop"]);
+    // No bindings file in the directory: audited as such, and no bindings at all.
+    assert_eq!(events, ["daemon.start", "bindings.rejected", "daemon.stop"]);
 }
 
 #[tokio::test]
@@ -135,4 +136,54 @@ async fn second_daemon_with_the_same_node_id_refuses_to_start() {
     assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("shared-node"), "{stderr}");
     assert!(stderr.contains("another playbookd"), "{stderr}");
+}
+
+#[tokio::test]
+async fn missing_trusted_keys_dir_exits_78_naming_it() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    std::fs::remove_dir_all(dir.path("trusted-keys")).unwrap();
+    let config = dir.write_config(&db, "node-a", "");
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("trusted-keys"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_registry_and_audits_the_counts() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+
+    dir.write_signed(
+        "playbooks/hello.yaml",
+        "id: hello\nversion: 1\nname: Hello\nowners: {technical: a@example.org, operational: b@example.org}\n\
+         steps:\n  - id: say\n    action: notify\n    with: {message: hi}\n    rollback: none\n",
+        false,
+    );
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("registry reloaded", Duration::from_secs(10));
+
+    let client = db.client().await;
+    let reload: serde_json::Value = client
+        .query_one(
+            "SELECT event_data FROM playbook_audit_log WHERE event_type = 'daemon.reload'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reload["loaded"], 1, "{reload}");
+    assert_eq!(reload["rejected"], 1, "the missing bindings file: {reload}");
+    let versions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_versions WHERE playbook_id = 'hello'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
 }

@@ -2,17 +2,13 @@
 #![allow(dead_code)] // shared by several test modules; not each uses every field
 //! catalog directly (the signed registry has its own tests), and a decision client.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use playbookd::config::Config;
 use playbookd::daemon::{Daemon, DaemonError};
-use playbookd::registry::catalog::{ActivePlaybook, Catalog};
-use playbookd::registry::playbook::{parse_bindings, parse_playbook};
+use playbookd::registry::playbook::parse_playbook;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
@@ -57,10 +53,14 @@ impl Running {
         bindings: String,
     ) -> Running {
         let config_path = dir.write_config(&db, "node-a", &extra);
+        for text in &playbooks {
+            let playbook = parse_playbook(text.as_bytes()).expect("playbook parses");
+            let name = format!("playbooks/{}-v{}.yaml", playbook.id, playbook.version);
+            dir.write_signed(&name, text, true);
+        }
+        dir.write_signed("bindings.yaml", &bindings, true);
         let config = Config::load(&config_path).expect("config");
         let daemon = Daemon::build(config).await.expect("daemon builds");
-        let catalog = load_catalog(&db, &playbooks, &bindings).await;
-        *daemon.catalog().write().unwrap() = Arc::new(catalog);
         let socket = dir.path("run/decisions.sock");
         let (executor, safe_halt, approvals) = (
             daemon.executor().clone(),
@@ -174,38 +174,6 @@ impl Running {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect()
-    }
-}
-
-async fn load_catalog(db: &TestDb, playbooks: &[String], bindings: &str) -> Catalog {
-    let client = db.client().await;
-    let mut active = HashMap::new();
-    for text in playbooks {
-        let playbook = parse_playbook(text.as_bytes()).expect("playbook parses");
-        let sha256: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        client
-            .execute(
-                "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
-                 VALUES ($1, $2, $3, ARRAY['test-key'], $4, now()) ON CONFLICT DO NOTHING",
-                &[&playbook.id, &i64::from(playbook.version), &sha256.as_slice(), &text.as_bytes()],
-            )
-            .await
-            .unwrap();
-        let entry = ActivePlaybook {
-            version: playbook.version,
-            sha256,
-            bytes: text.as_bytes().into(),
-            signers: vec!["test-key".into()],
-            playbook,
-        };
-        active.insert(entry.playbook.id.clone(), Arc::new(entry));
-    }
-    let bindings = parse_bindings(bindings.as_bytes())
-        .expect("bindings parse")
-        .bindings;
-    Catalog {
-        playbooks: active,
-        bindings,
     }
 }
 

@@ -15,6 +15,8 @@ mod daemon;
 mod documents;
 mod executor;
 mod intake;
+mod registry;
+mod signature;
 mod status;
 mod systemd;
 mod validate;

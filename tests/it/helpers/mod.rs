@@ -7,7 +7,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use playbookd::registry::signature::{self, Algorithm, Signer};
 use tokio_postgres::NoTls;
+
+/// The trusted authors every `DaemonDir` has keys for (`keys/NAME.key`, `trusted-keys/NAME.pub`).
+pub const AUTHORS: [&str; 2] = ["author-a", "author-b"];
 
 /// The server the tests use, as a superuser URL. See scripts/test.
 pub const TEST_DATABASE_URL_ENV: &str = "PLAYBOOKD_TEST_DATABASE_URL";
@@ -171,10 +175,43 @@ impl DaemonDir {
             .prefix("pbd-it-")
             .tempdir()
             .expect("tempdir");
-        for sub in ["playbooks", "trusted-keys", "quarantine", "run"] {
+        for sub in ["playbooks", "trusted-keys", "keys", "quarantine", "run"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
         }
+        // Two trusted authors, so that dual control (bindings, critical playbooks) can be met.
+        for author in AUTHORS {
+            let prefix = dir.path().join("keys").join(author);
+            Signer::keygen(Algorithm::Ed25519, &prefix).expect("keygen");
+            std::fs::copy(
+                prefix.with_extension("pub"),
+                dir.path()
+                    .join("trusted-keys")
+                    .join(format!("{author}.pub")),
+            )
+            .expect("trust key");
+        }
         DaemonDir { dir }
+    }
+
+    /// The private key of a trusted author (`AUTHORS`).
+    pub fn signer(&self, author: &str) -> Signer {
+        let path = self.path(&format!("keys/{author}.key"));
+        let pem = std::fs::read_to_string(&path).expect("read key");
+        Signer::load(&pem, &path).expect("load key")
+    }
+
+    /// Writes `text` to `relative` and signs it as `FILE.sig` by the first author and, with
+    /// `dual`, as `FILE.sig.2` by the second.
+    pub fn write_signed(&self, relative: &str, text: &str, dual: bool) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::write(&path, text).expect("write document");
+        let sig = signature::with_suffix(&path, ".sig");
+        std::fs::write(&sig, self.signer(AUTHORS[0]).sign(text.as_bytes())).expect("sign");
+        if dual {
+            let sig2 = signature::with_suffix(&path, ".sig.2");
+            std::fs::write(&sig2, self.signer(AUTHORS[1]).sign(text.as_bytes())).expect("sign");
+        }
+        path
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
