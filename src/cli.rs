@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit_cli::{self, AuditCliError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::store::{self, StoreError};
@@ -31,6 +32,28 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every chain (or one) and check its signed checkpoints.
+    /// Exit 0: intact; 2: a breach was found; 1: could not verify.
+    Verify {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Verify only this node's chain.
+        #[arg(long)]
+        node: Option<String>,
+        /// A node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub); checkpoints must be
+        /// signed by one of the keys given. Repeatable.
+        #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
+        trusted_node_keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +64,8 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditCliError),
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -50,6 +75,7 @@ impl CliError {
         match self {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
+            CliError::Audit(error) => error.exit_code(),
             CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
         }
     }
@@ -82,6 +108,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    node,
+                    trusted_node_keys,
+                },
+        } => runtime()?.block_on(async {
+            audit_cli::verify(&config, node.as_deref(), &trusted_node_keys).await?;
+            Ok(())
+        }),
     }
 }
 

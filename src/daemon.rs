@@ -4,6 +4,7 @@
 //! `run_until_stopped` only serves; tests build a daemon, read its addresses, then run it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
+use crate::store::checkpoint::{Checkpointer, NodeKey, NodeKeyError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd;
 
@@ -24,6 +26,8 @@ pub enum DaemonError {
     Audit(#[from] AuditStartError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    NodeKey(#[from] NodeKeyError),
 }
 
 impl DaemonError {
@@ -31,7 +35,9 @@ impl DaemonError {
     /// `RestartPreventExitStatus=78` stops a restart loop; 1 when a restart may help.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            DaemonError::Config(_) | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
+            DaemonError::Config(_)
+            | DaemonError::NodeKey(_)
+            | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             DaemonError::Store(_)
@@ -50,6 +56,8 @@ pub struct Daemon {
     store: Store,
     audit: AuditHandle,
     audit_task: tokio::task::JoinHandle<()>,
+    /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
+    checkpointer: Checkpointer,
     /// Cancels every background task; fired by `run_until_stopped` on the way out.
     tasks_shutdown: CancellationToken,
     started: Instant,
@@ -58,6 +66,9 @@ pub struct Daemon {
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        // First: a bad key file is an operator error, found before touching the database.
+        let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
+        tracing::info!(key_id = %node_key.key_id(), "node key loaded");
         let pg = config.postgres_config();
         let store = Store::connect(
             &pg,
@@ -86,11 +97,13 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
         Ok(Daemon {
             config,
             store,
             audit,
             audit_task,
+            checkpointer,
             tasks_shutdown,
             started: Instant::now(),
         })
@@ -101,6 +114,10 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+        let checkpoints = self.checkpointer.clone().spawn(
+            self.config.audit.checkpoint_interval(),
+            self.tasks_shutdown.clone(),
+        );
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
         loop {
@@ -111,7 +128,7 @@ impl Daemon {
                 _ = hangup.recv() => self.reload().await,
             }
         }
-        self.shutdown().await;
+        self.shutdown(checkpoints).await;
         Ok(())
     }
 
@@ -129,7 +146,7 @@ impl Daemon {
         systemd::notify_ready(&self.status_line());
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(self, checkpoints: tokio::task::JoinHandle<()>) {
         systemd::notify_stopping();
         tracing::info!("stopping");
         let uptime = self.started.elapsed().as_secs();
@@ -140,7 +157,18 @@ impl Daemon {
         {
             tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
         }
+        // After the last append: the signed head covers the whole run, so cutting off its
+        // tail (up to and including `daemon.stop`) is detectable.
+        if let Err(error) = self.checkpointer.checkpoint().await {
+            tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
+        }
         self.tasks_shutdown.cancel();
+        if tokio::time::timeout(DRAIN_LIMIT, checkpoints)
+            .await
+            .is_err()
+        {
+            tracing::warn!("checkpoint task did not stop in time");
+        }
         if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)
             .await
             .is_err()

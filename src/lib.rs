@@ -15,9 +15,10 @@
 //!   state change is committed together with its audit event.
 //! - [`daemon`]: wires the subsystems together (`build`) and runs them (`run_until_stopped`).
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
-//! - [`cli`]: the `playbookd` command line.
+//! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb.
 
 pub mod actions;
+pub mod audit_cli;
 pub mod cli;
 pub mod config;
 pub mod daemon;
