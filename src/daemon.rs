@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
-use crate::store::checkpoint::{Checkpointer, NodeKey, NodeKeyError};
+use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd;
 
@@ -28,6 +28,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     NodeKey(#[from] NodeKeyError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl DaemonError {
@@ -37,11 +39,13 @@ impl DaemonError {
         match self {
             DaemonError::Config(_)
             | DaemonError::NodeKey(_)
+            | DaemonError::Checkpoint(CheckpointError::ChainTruncated { .. })
             | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             DaemonError::Store(_)
             | DaemonError::Audit(AuditStartError::Store { .. })
+            | DaemonError::Checkpoint(CheckpointError::Store { .. })
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -84,6 +88,8 @@ impl Daemon {
         let tasks_shutdown = CancellationToken::new();
         let (audit, audit_task) =
             audit::start_writer(pg, config.node_id.clone(), tasks_shutdown.clone()).await?;
+        let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
+        checkpointer.ensure_not_truncated().await?;
         audit
             .append(
                 AuditEvent::new("daemon.start", Actor::System)
@@ -97,7 +103,6 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
-        let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
         Ok(Daemon {
             config,
             store,

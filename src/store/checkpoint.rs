@@ -326,6 +326,16 @@ pub enum CheckpointError {
         #[source]
         source: StoreError,
     },
+    #[error(
+        "the audit chain of node `{node_id}` ends at seq {head_seq} but a signed checkpoint covers seq \
+         {checkpoint_seq}: its tail was cut off; appending would reuse signed seqs. \
+         Run `playbookd audit verify` and preserve the database as evidence"
+    )]
+    ChainTruncated {
+        node_id: String,
+        head_seq: i64,
+        checkpoint_seq: i64,
+    },
 }
 
 /// Signs and stores checkpoints of this node's chain.
@@ -341,6 +351,21 @@ impl Checkpointer {
         Checkpointer { audit, store, key }
     }
 
+    /// Refuses a chain that ends before its newest checkpoint. Call before the first append.
+    pub async fn ensure_not_truncated(&self) -> Result<(), CheckpointError> {
+        let head = self.audit.head();
+        let node_id = self.audit.node_id();
+        let last = self.last_checkpoint_seq().await?;
+        if let Some(checkpoint_seq) = last.filter(|&last| last > head.seq) {
+            return Err(CheckpointError::ChainTruncated {
+                node_id: node_id.to_owned(),
+                head_seq: head.seq,
+                checkpoint_seq,
+            });
+        }
+        Ok(())
+    }
+
     /// Signs the committed chain head if it moved past the newest stored checkpoint; returns
     /// the checkpoint written, or None when there was nothing new to sign.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -354,18 +379,14 @@ impl Checkpointer {
         if head.seq == 0 {
             return Ok(None);
         }
-        let client = self.store.client().await.map_err(fail)?;
-        let last: Option<i64> = client
-            .query_one(
-                "SELECT max(seq) FROM audit_checkpoints WHERE node_id = $1",
-                &[&node_id],
-            )
-            .await
-            .map_err(|e| fail(e.into()))?
-            .get(0);
-        if last.is_some_and(|last| last >= head.seq) {
+        if self
+            .last_checkpoint_seq()
+            .await?
+            .is_some_and(|last| last >= head.seq)
+        {
             return Ok(None);
         }
+        let client = self.store.client().await.map_err(fail)?;
         let checkpoint = self.key.sign_head(node_id, head);
         let inserted = client
             .execute(
@@ -396,6 +417,24 @@ impl Checkpointer {
             "audit checkpoint signed"
         );
         Ok(Some(checkpoint))
+    }
+
+    async fn last_checkpoint_seq(&self) -> Result<Option<i64>, CheckpointError> {
+        let node_id = self.audit.node_id();
+        let fail = |source: StoreError| CheckpointError::Store {
+            node_id: node_id.to_owned(),
+            seq: self.audit.head().seq,
+            source,
+        };
+        let client = self.store.client().await.map_err(fail)?;
+        let row = client
+            .query_one(
+                "SELECT max(seq) FROM audit_checkpoints WHERE node_id = $1",
+                &[&node_id],
+            )
+            .await
+            .map_err(|e| fail(e.into()))?;
+        Ok(row.get(0))
     }
 
     /// Checkpoints every `interval` until `shutdown` fires. A failure is logged and retried at

@@ -500,6 +500,30 @@ async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
 }
 
 #[tokio::test]
+async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    stop(&mut daemon);
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             DELETE FROM playbook_audit_log WHERE seq = 2;",
+        )
+        .await
+        .unwrap();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("ends at seq 1 but a signed checkpoint covers seq 2"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_running_daemon_checkpoints_periodically() {
     let db = TestDb::empty().await;
     let dir = DaemonDir::new();
