@@ -68,7 +68,7 @@ pub enum NodeKeyError {
 /// Why a stored checkpoint's signature does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureFault {
-    /// The row carries no public key (written before migration V2, or stripped).
+    /// The row carries no public key (written before migration V3, or stripped).
     NoPublicKey,
     /// The stored public key is not an Ed25519 SubjectPublicKeyInfo.
     BadPublicKey,
