@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::audit_cli::{self, AuditCliError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::registry::playbook;
+use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
 use crate::systemd;
 
@@ -26,6 +28,13 @@ pub enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// Query the read-only status API (health without a subcommand).
+    Status(StatusArgs),
+    /// Parse and validate playbook or bindings files offline (signatures are not checked).
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -66,8 +75,12 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditCliError),
+    #[error("{failed} of {total} files failed validation")]
+    Invalid { failed: usize, total: usize },
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Status(#[from] ClientError),
 }
 
 impl CliError {
@@ -76,7 +89,11 @@ impl CliError {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
-            CliError::Store(_) | CliError::Runtime(_) => ExitCode::FAILURE,
+            CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+            CliError::Store(_)
+            | CliError::Runtime(_)
+            | CliError::Status(_)
+            | CliError::Invalid { .. } => ExitCode::FAILURE,
         }
     }
 }
@@ -93,6 +110,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Status(args) => Ok(status_client::run(args)?),
+        Command::Validate { files } => validate(&files),
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {
@@ -119,6 +138,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             audit_cli::verify(&config, node.as_deref(), &trusted_node_keys).await?;
             Ok(())
         }),
+    }
+}
+
+/// `validate FILE…`: one line per file, `FILE: ok (…)` or `FILE: reason`.
+fn validate(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut failed = 0;
+    for file in files {
+        match playbook::load_document(file) {
+            Ok(document) => println!("{}: ok ({})", file.display(), document.summary()),
+            Err(error) => {
+                failed += 1;
+                println!("{}: {error}", file.display());
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Invalid {
+            failed,
+            total: files.len(),
+        })
     }
 }
 

@@ -126,6 +126,15 @@ pub struct IntakeConfig {
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u64,
+    /// Group owning decisions.sock (mode 0660); the daemon's own group when unset.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Global storm cap: decisions accepted per second, across all bindings.
+    #[serde(default = "default_max_accepted_per_second")]
+    pub max_accepted_per_second: u32,
+    /// Ed25519 public keys (SPKI PEM files); when set, every decision must be signed by one.
+    #[serde(default)]
+    pub policy_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +143,15 @@ pub struct ExecutorConfig {
     /// Executions running at once on this node.
     #[serde(default = "default_max_concurrent_runs")]
     pub max_concurrent_runs: usize,
+    /// Executions of one org running at once (0: same as `max_concurrent_runs`).
+    #[serde(default)]
+    pub max_runs_per_org: usize,
+    /// Timeout of a step that sets none.
+    #[serde(default = "default_step_timeout_seconds")]
+    pub default_step_timeout_seconds: u64,
+    /// How often unfinished executions not running here are picked up again.
+    #[serde(default = "default_resume_interval_seconds")]
+    pub resume_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -143,14 +161,73 @@ pub struct ActionsConfig {
     pub exec: ExecActionConfig,
     #[serde(default)]
     pub file: FileActionConfig,
+    #[serde(default)]
+    pub http: HttpActionConfig,
+    #[serde(default)]
+    pub net: NetActionConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecActionConfig {
     /// Absolute paths; nothing else may be executed.
     #[serde(default)]
     pub allowed_commands: BTreeSet<PathBuf>,
+    /// Exit codes that mean "try again later" (a transient error); any other non-zero exit is
+    /// permanent. Default: `[75]` (EX_TEMPFAIL).
+    #[serde(default = "default_transient_exit_codes")]
+    pub transient_exit_codes: BTreeSet<i32>,
+}
+
+/// `http.post` (and `notify`'s webhook): where the daemon may send requests, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpActionConfig {
+    /// Destination host names (or IP literals) a request may go to; empty: none.
+    #[serde(default)]
+    pub allowed_hosts: BTreeSet<String>,
+    /// Hosts (also in `allowed_hosts`) that may be reached over plain `http://` and may resolve
+    /// to loopback or other non-public addresses: a local receiver. Default: none.
+    #[serde(default)]
+    pub allowed_loopback: BTreeSet<String>,
+    /// Hosts (also in `allowed_hosts`) that may resolve to private (RFC 1918, ULA) addresses,
+    /// still over https. Default: none.
+    #[serde(default)]
+    pub allowed_private: BTreeSet<String>,
+    /// Time allowed to establish the TCP/TLS connection. Default 5.
+    #[serde(default = "default_http_connect_timeout_seconds")]
+    pub connect_timeout_seconds: u64,
+    /// Time allowed for the whole request (never beyond the step's deadline). Default 15.
+    #[serde(default = "default_http_timeout_seconds")]
+    pub timeout_seconds: u64,
+    /// Where secrets named by `secret:` are read from when `$CREDENTIALS_DIRECTORY` (systemd
+    /// `LoadCredential=`) does not hold them; each file must be owned by the daemon's uid and
+    /// readable by it alone.
+    #[serde(default = "default_http_secrets_dir")]
+    pub secrets_dir: PathBuf,
+    /// Consecutive failures (5xx, timeouts, connection errors) after which a destination's
+    /// circuit opens. Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds an open circuit waits before letting one trial request through. Default 30.
+    #[serde(default = "default_breaker_reset_seconds")]
+    pub breaker_reset_seconds: u64,
+}
+
+/// `net.block_ip` / `net.unblock_ip`: the nftables command and addresses never to block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetActionConfig {
+    /// argv prefix that runs `nft` (no shell); the actions append `-f -` and write the script
+    /// on stdin. Default `["/usr/sbin/nft"]`. To act inside a network namespace:
+    /// `["/usr/sbin/ip", "netns", "exec", "NS", "/usr/sbin/nft"]`.
+    #[serde(default = "default_nft_command")]
+    pub nft_command: Vec<String>,
+    /// Networks (CIDR) that must never be blocked, such as management networks; a request to
+    /// block an address or network overlapping one of them is refused. Loopback and
+    /// unspecified addresses are always refused.
+    #[serde(default)]
+    pub never_block: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +340,24 @@ impl Config {
                 "expected a positive integer".into(),
             ));
         }
+        if self.intake.max_accepted_per_second == 0 {
+            return Err(invalid(
+                "intake.max_accepted_per_second",
+                "expected a positive integer".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.executor.default_step_timeout_seconds) {
+            return Err(invalid(
+                "executor.default_step_timeout_seconds",
+                "expected an integer from 1 to 3600".into(),
+            ));
+        }
+        if self.executor.resume_interval_seconds == 0 {
+            return Err(invalid(
+                "executor.resume_interval_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
         if self.executor.max_concurrent_runs == 0 {
             return Err(invalid(
                 "executor.max_concurrent_runs",
@@ -287,6 +382,48 @@ impl Config {
                 format!("{} is not an absolute path", command.display()),
             ));
         }
+        if self.actions.http.connect_timeout_seconds == 0 {
+            return Err(invalid(
+                "actions.http.connect_timeout_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.actions.http.timeout_seconds == 0 {
+            return Err(invalid(
+                "actions.http.timeout_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.actions.http.breaker_failures == 0 {
+            return Err(invalid(
+                "actions.http.breaker_failures",
+                "expected a positive integer".into(),
+            ));
+        }
+        if let Some(host) = self
+            .actions
+            .http
+            .allowed_loopback
+            .iter()
+            .chain(&self.actions.http.allowed_private)
+            .find(|host| !self.actions.http.allowed_hosts.contains(*host))
+        {
+            return Err(invalid(
+                "actions.http.allowed_hosts",
+                format!(
+                    "{host} is allowlisted for loopback/private addresses but not in allowed_hosts"
+                ),
+            ));
+        }
+        match self.actions.net.nft_command.first() {
+            Some(program) if Path::new(program).is_absolute() => {}
+            _ => {
+                return Err(invalid(
+                    "actions.net.nft_command",
+                    "expected a non-empty list starting with an absolute path".into(),
+                ));
+            }
+        }
         for (key, dir) in [
             ("paths.playbooks", &self.paths.playbooks),
             ("paths.trusted_keys", &self.paths.trusted_keys),
@@ -298,6 +435,7 @@ impl Config {
                 "actions.file.quarantine_dir",
                 &self.actions.file.quarantine_dir,
             ),
+            ("actions.http.secrets_dir", &self.actions.http.secrets_dir),
         ] {
             if !dir.is_absolute() {
                 return Err(invalid(key, "expected an absolute path".into()));
@@ -400,16 +538,47 @@ fn default_freshness_seconds() -> u64 {
     300
 }
 fn default_max_connections() -> usize {
-    64
+    1024
+}
+fn default_max_accepted_per_second() -> u32 {
+    200
+}
+fn default_step_timeout_seconds() -> u64 {
+    60
+}
+fn default_resume_interval_seconds() -> u64 {
+    10
 }
 fn default_idle_timeout_seconds() -> u64 {
-    30
+    10
 }
 fn default_max_concurrent_runs() -> usize {
     64
 }
 fn default_quarantine_dir() -> PathBuf {
     "/var/lib/playbookd/quarantine".into()
+}
+fn default_transient_exit_codes() -> BTreeSet<i32> {
+    // EX_TEMPFAIL from sysexits.h: "temporary failure, try again later".
+    BTreeSet::from([75])
+}
+fn default_http_connect_timeout_seconds() -> u64 {
+    5
+}
+fn default_http_timeout_seconds() -> u64 {
+    15
+}
+fn default_http_secrets_dir() -> PathBuf {
+    "/etc/playbookd/secrets".into()
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_reset_seconds() -> u64 {
+    30
+}
+fn default_nft_command() -> Vec<String> {
+    vec!["/usr/sbin/nft".into()]
 }
 fn default_admin_role() -> RoleMembers {
     RoleMembers {
@@ -466,6 +635,9 @@ impl Default for IntakeConfig {
             freshness_seconds: default_freshness_seconds(),
             max_connections: default_max_connections(),
             idle_timeout_seconds: default_idle_timeout_seconds(),
+            socket_group: None,
+            max_accepted_per_second: default_max_accepted_per_second(),
+            policy_keys: Vec::new(),
         }
     }
 }
@@ -473,6 +645,9 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
             max_concurrent_runs: default_max_concurrent_runs(),
+            max_runs_per_org: 0,
+            default_step_timeout_seconds: default_step_timeout_seconds(),
+            resume_interval_seconds: default_resume_interval_seconds(),
         }
     }
 }
@@ -480,6 +655,36 @@ impl Default for FileActionConfig {
     fn default() -> Self {
         FileActionConfig {
             quarantine_dir: default_quarantine_dir(),
+        }
+    }
+}
+impl Default for ExecActionConfig {
+    fn default() -> Self {
+        ExecActionConfig {
+            allowed_commands: BTreeSet::new(),
+            transient_exit_codes: default_transient_exit_codes(),
+        }
+    }
+}
+impl Default for HttpActionConfig {
+    fn default() -> Self {
+        HttpActionConfig {
+            allowed_hosts: BTreeSet::new(),
+            allowed_loopback: BTreeSet::new(),
+            allowed_private: BTreeSet::new(),
+            connect_timeout_seconds: default_http_connect_timeout_seconds(),
+            timeout_seconds: default_http_timeout_seconds(),
+            secrets_dir: default_http_secrets_dir(),
+            breaker_failures: default_breaker_failures(),
+            breaker_reset_seconds: default_breaker_reset_seconds(),
+        }
+    }
+}
+impl Default for NetActionConfig {
+    fn default() -> Self {
+        NetActionConfig {
+            nft_command: default_nft_command(),
+            never_block: Vec::new(),
         }
     }
 }
@@ -569,6 +774,40 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("database.url"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn action_defaults_allow_nothing_and_are_safe() {
+        let config = parse("").unwrap();
+        assert!(config.actions.http.allowed_hosts.is_empty());
+        assert_eq!(
+            config.actions.exec.transient_exit_codes,
+            BTreeSet::from([75])
+        );
+        assert_eq!(config.actions.http.breaker_failures, 5);
+        assert_eq!(
+            config.actions.net.nft_command,
+            vec!["/usr/sbin/nft".to_owned()]
+        );
+    }
+
+    #[test]
+    fn loopback_host_must_also_be_allowlisted() {
+        let error = parse("[actions.http]\nallowed_loopback = [\"127.0.0.1\"]\n").unwrap_err();
+        assert!(error.to_string().contains("127.0.0.1"), "{error}");
+    }
+
+    #[test]
+    fn never_block_takes_cidrs_and_rejects_garbage() {
+        let config =
+            parse("[actions.net]\nnever_block = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+        assert_eq!(config.actions.net.never_block.len(), 2);
+        assert!(parse("[actions.net]\nnever_block = [\"10.0.0\"]\n").is_err());
+        let error = parse("[actions.net]\nnft_command = [\"nft\"]\n").unwrap_err();
+        assert!(
+            error.to_string().contains("actions.net.nft_command"),
+            "{error}"
+        );
     }
 
     #[test]

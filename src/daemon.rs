@@ -10,11 +10,21 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use tokio::net::UnixListener;
+
+use crate::actions::{ActionSetupError, Actions};
+use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
+use crate::intake::{Intake, IntakeParts, IntakeSettings};
+use crate::registry::catalog::SharedCatalog;
+use crate::safe_halt::SafeHalt;
+use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
 use crate::store::{self, Store, StoreError};
-use crate::systemd;
+use crate::systemd::{self, Heartbeat, Liveness};
+use crate::unix_socket::{self, BindError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -24,12 +34,23 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditStartError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     NodeKey(#[from] NodeKeyError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Actions(#[from] ActionSetupError),
+    #[error("decision socket")]
+    Socket(#[from] BindError),
+    #[error("policy key {path}: {reason}")]
+    PolicyKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl DaemonError {
@@ -40,12 +61,18 @@ impl DaemonError {
             DaemonError::Config(_)
             | DaemonError::NodeKey(_)
             | DaemonError::Checkpoint(CheckpointError::ChainTruncated { .. })
-            | DaemonError::Audit(AuditStartError::ChainLocked { .. }) => {
+            | DaemonError::Audit(AuditStartError::ChainLocked { .. })
+            | DaemonError::Actions(_)
+            | DaemonError::PolicyKey { .. }
+            | DaemonError::Status(StatusError::Address { .. })
+            | DaemonError::Socket(BindError::NotASocket { .. } | BindError::UnknownGroup { .. }) => {
                 ExitCode::from(EXIT_CONFIG)
             }
             DaemonError::Store(_)
+            | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
             | DaemonError::Checkpoint(CheckpointError::Store { .. })
+            | DaemonError::Socket(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -62,9 +89,26 @@ pub struct Daemon {
     audit_task: tokio::task::JoinHandle<()>,
     /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
     checkpointer: Checkpointer,
-    /// Cancels every background task; fired by `run_until_stopped` on the way out.
+    /// Stops the audit writer and the checkpoint task, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
+    /// Stops intake and executor first; unfinished runs stay resumable.
+    work_shutdown: CancellationToken,
+    catalog: SharedCatalog,
+    safe_halt: SafeHalt,
+    approvals: Approvals,
+    executor: Executor,
+    intake: Intake,
+    decision_listener: Option<UnixListener>,
     started: Instant,
+    /// Bumped by the loop that must never stall (the executor's, today the main loop); the
+    /// watchdog stops pinging systemd when it goes quiet.
+    heartbeat: Heartbeat,
+    /// Bound at build (so a bad address is a start-up error); served by `run_until_stopped`.
+    status_listener: Option<StatusListener>,
+    status_addr: StatusAddr,
+    status_state: StatusState,
+    /// Publishes what the status API shows about the registry; keep it current on every reload.
+    runtime: tokio::sync::watch::Sender<RuntimeSnapshot>,
 }
 
 impl Daemon {
@@ -73,6 +117,8 @@ impl Daemon {
         // First: a bad key file is an operator error, found before touching the database.
         let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
         tracing::info!(key_id = %node_key.key_id(), "node key loaded");
+        let status_listener = status::bind(&config.status.listen).await?;
+        let status_addr = status_listener.local_addr()?;
         let pg = config.postgres_config();
         let store = Store::connect(
             &pg,
@@ -103,6 +149,35 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
+        let work_shutdown = CancellationToken::new();
+        let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
+        let catalog = SharedCatalog::default();
+        let approvals = Approvals::new(store.clone(), audit.clone());
+        let executor = Executor::new(
+            ExecutorParts {
+                store: store.clone(),
+                audit: audit.clone(),
+                actions: Actions::from_config(&config.actions)?,
+                catalog: catalog.clone(),
+                safe_halt: safe_halt.clone(),
+                approvals: approvals.clone(),
+                settings: executor_settings(&config),
+            },
+            work_shutdown.clone(),
+        );
+        let intake = Intake::new(IntakeParts {
+            settings: intake_settings(&config)?,
+            audit: audit.clone(),
+            catalog: catalog.clone(),
+            safe_halt: safe_halt.clone(),
+            executor: executor.clone(),
+        });
+        let decision_listener = unix_socket::bind(
+            &config.paths.decision_socket,
+            config.intake.socket_group.as_deref(),
+        )?;
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
             store,
@@ -110,30 +185,142 @@ impl Daemon {
             audit_task,
             checkpointer,
             tasks_shutdown,
+            work_shutdown,
+            catalog,
+            safe_halt,
+            approvals,
+            executor,
+            intake,
+            decision_listener: Some(decision_listener),
             started: Instant::now(),
+            heartbeat: Heartbeat::new(),
+            status_listener: Some(status_listener),
+            status_addr,
+            status_state,
+            runtime,
         })
     }
 
+    /// Where the status API listens (the real port when `status.listen` asked for port 0).
+    pub fn status_addr(&self) -> &StatusAddr {
+        &self.status_addr
+    }
+
+    /// The sender through which the registry publishes what `/v1/health` and `/v1/playbooks` show.
+    pub fn runtime_publisher(&self) -> tokio::sync::watch::Sender<RuntimeSnapshot> {
+        self.runtime.clone()
+    }
+
+    /// The active playbooks and bindings (swapped by the registry on reload).
+    pub fn catalog(&self) -> &SharedCatalog {
+        &self.catalog
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    pub fn safe_halt(&self) -> &SafeHalt {
+        &self.safe_halt
+    }
+
+    pub fn audit(&self) -> &AuditHandle {
+        &self.audit
+    }
+
+    /// Starts serving decisions and resumes unfinished executions.
+    fn start_work(&mut self) {
+        if let Some(listener) = self.decision_listener.take() {
+            tokio::spawn(
+                self.intake
+                    .clone()
+                    .serve(listener, self.work_shutdown.clone()),
+            );
+        }
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            match executor.resume_all().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "resuming unfinished executions"),
+                Err(error) => {
+                    tracing::error!(error = %audit::error_chain(&error), "cannot list unfinished executions")
+                }
+            }
+            executor.resume_loop().await;
+        });
+    }
+
+    /// The liveness heartbeat, for the executor loop to [`Heartbeat::beat`].
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
     /// Serves until SIGTERM/SIGINT or `stop` fires; SIGHUP reloads.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), DaemonError> {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> Result<(), DaemonError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        let checkpoints = self.checkpointer.clone().spawn(
+        // Stops with `tasks_shutdown`; shutdown signs the final head itself.
+        self.checkpointer.clone().spawn(
             self.config.audit.checkpoint_interval(),
             self.tasks_shutdown.clone(),
         );
+        self.start_work();
+        // READY=1 goes out here and nowhere earlier: `build` has applied the migrations, opened
+        // the audit chain, loaded the registry and bound every socket (decisions, control,
+        // status), so when systemd (and anything ordered After= us) hears READY, connections
+        // are accepted. Anything that must be up before READY belongs in `build`.
+        let mut status_task = match self.status_listener.take() {
+            Some(listener) => tokio::spawn(status::serve(
+                listener,
+                self.status_state.clone(),
+                self.tasks_shutdown.clone(),
+            )),
+            None => tokio::spawn(async { Ok(()) }),
+        };
         systemd::notify_ready(&self.status_line());
         tracing::info!(node_id = %self.config.node_id, "playbookd ready");
+        if let Some(interval) = systemd::watchdog_interval() {
+            let liveness = Liveness::new(self.store.pool().clone(), self.heartbeat(), interval);
+            tokio::spawn(systemd::run_watchdog(
+                interval,
+                liveness,
+                self.tasks_shutdown.clone(),
+            ));
+            tracing::info!(interval_ms = interval.as_millis(), "systemd watchdog armed");
+        }
+        let mut beats = tokio::time::interval(systemd::HEARTBEAT_PERIOD);
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 () = stop.cancelled() => break,
                 _ = hangup.recv() => self.reload().await,
+                _ = beats.tick() => self.heartbeat.beat(),
+                served = &mut status_task => {
+                    // The status API is how operators see the daemon: losing it is a failure.
+                    let error = match served {
+                        Ok(Ok(())) => StatusError::Serve(std::io::Error::other("stopped unexpectedly")),
+                        Ok(Err(error)) => error,
+                        Err(join) => StatusError::Serve(std::io::Error::other(join.to_string())),
+                    };
+                    tracing::error!(error = %audit::error_chain(&error), "status API failed");
+                    self.shutdown().await;
+                    return Err(DaemonError::Status(error));
+                }
             }
         }
-        self.shutdown(checkpoints).await;
+        self.shutdown().await;
+        if tokio::time::timeout(DRAIN_LIMIT, status_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("status API did not stop in time");
+        }
         Ok(())
     }
 
@@ -151,29 +338,43 @@ impl Daemon {
         systemd::notify_ready(&self.status_line());
     }
 
-    async fn shutdown(self, checkpoints: tokio::task::JoinHandle<()>) {
+    /// STOPPING=1 first, so systemd shows "deactivating" while we drain; then a drain bounded by
+    /// [`DRAIN_LIMIT`] per stage, well inside the unit's `TimeoutStopSec=`. Nothing here marks an
+    /// unfinished execution as finished: whatever is still running stays in its persisted state
+    /// and startup recovery resumes it.
+    async fn shutdown(self) {
         systemd::notify_stopping();
         tracing::info!("stopping");
+        self.work_shutdown.cancel();
+        if !self.executor.drain(EXECUTOR_DRAIN_LIMIT).await {
+            tracing::warn!("some executions did not pause in time; they resume at the next start");
+        }
+        let _ = std::fs::remove_file(&self.config.paths.decision_socket);
         let uptime = self.started.elapsed().as_secs();
-        if let Err(error) = self
-            .audit
-            .append(AuditEvent::new("daemon.stop", Actor::System).with("uptime_seconds", uptime))
-            .await
-        {
-            tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
+        let stop_recorded = tokio::time::timeout(
+            DRAIN_LIMIT,
+            self.audit.append(
+                AuditEvent::new("daemon.stop", Actor::System).with("uptime_seconds", uptime),
+            ),
+        )
+        .await;
+        match stop_recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
+            }
+            Err(_) => tracing::warn!("stop not recorded: audit writer did not answer in time"),
         }
         // After the last append: the signed head covers the whole run, so cutting off its
         // tail (up to and including `daemon.stop`) is detectable.
-        if let Err(error) = self.checkpointer.checkpoint().await {
-            tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
+        match tokio::time::timeout(DRAIN_LIMIT, self.checkpointer.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
+            }
+            Err(_) => tracing::warn!("final audit checkpoint timed out"),
         }
         self.tasks_shutdown.cancel();
-        if tokio::time::timeout(DRAIN_LIMIT, checkpoints)
-            .await
-            .is_err()
-        {
-            tracing::warn!("checkpoint task did not stop in time");
-        }
         if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)
             .await
             .is_err()
@@ -189,4 +390,48 @@ impl Daemon {
 }
 
 /// How long shutdown waits for queued audit appends before giving up.
-const DRAIN_LIMIT: Duration = Duration::from_secs(3);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for executions to reach a resumable point.
+const EXECUTOR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+fn executor_settings(config: &Config) -> ExecutorSettings {
+    let executor = &config.executor;
+    ExecutorSettings {
+        max_concurrent_runs: executor.max_concurrent_runs,
+        max_runs_per_org: if executor.max_runs_per_org == 0 {
+            executor.max_concurrent_runs
+        } else {
+            executor.max_runs_per_org
+        },
+        default_step_timeout: Duration::from_secs(executor.default_step_timeout_seconds),
+        resume_interval: Duration::from_secs(executor.resume_interval_seconds),
+    }
+}
+
+fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
+    let intake = &config.intake;
+    let policy_keys = intake
+        .policy_keys
+        .iter()
+        .map(|path| load_policy_key(path))
+        .collect::<Result<_, _>>()?;
+    Ok(IntakeSettings {
+        allowed_uids: intake.allowed_uids.clone(),
+        freshness_seconds: intake.freshness_seconds,
+        max_connections: intake.max_connections,
+        idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
+        max_accepted_per_second: intake.max_accepted_per_second,
+        policy_keys,
+    })
+}
+
+fn load_policy_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let error = |reason: String| DaemonError::PolicyKey {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|_| error("not an Ed25519 public key (SPKI PEM)".into()))
+}

@@ -15,13 +15,25 @@
 //!   state change is committed together with its audit event.
 //! - [`daemon`]: wires the subsystems together (`build`) and runs them (`run_until_stopped`).
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
+//! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
+//!   the `playbookd status` client for it.
 //! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb.
+//! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
+pub mod approvals;
 pub mod audit_cli;
+pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod executor;
+pub mod intake;
 pub mod registry;
+pub mod safe_halt;
+pub mod status;
+pub mod status_client;
 pub mod store;
+pub mod sys;
 pub mod systemd;
+pub mod unix_socket;

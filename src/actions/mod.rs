@@ -6,7 +6,19 @@
 //! transient (worth a retry) or permanent; the executor imposes the deadline and records the
 //! outcome before and after.
 
+pub mod breaker;
+pub mod exec;
+pub mod file_quarantine;
+pub mod file_restore;
+pub mod http_post;
+pub mod net_block_ip;
+pub mod net_unblock_ip;
+pub mod nft;
 pub mod noop;
+pub mod notify;
+mod params;
+pub mod process_kill;
+pub mod quarantine;
 pub mod specs;
 
 use std::collections::HashMap;
@@ -162,11 +174,34 @@ pub enum ActionSetupError {
 }
 
 impl Actions {
-    pub fn from_config(_config: &ActionsConfig) -> Result<Actions, ActionSetupError> {
+    /// Builds every action. Nothing touches the host here (the quarantine directory and the
+    /// nftables table are created on first use).
+    pub fn from_config(config: &ActionsConfig) -> Result<Actions, ActionSetupError> {
         let mut actions = Actions {
             by_name: HashMap::new(),
         };
+        if config.net.nft_command.is_empty() {
+            return Err(ActionSetupError::Invalid {
+                action: "net.block_ip",
+                reason: "actions.net.nft_command is empty".into(),
+            });
+        }
+        let http = Arc::new(http_post::HttpSender::new(&config.http));
+        let quarantine = Arc::new(quarantine::QuarantineStore::new(
+            config.file.quarantine_dir.clone(),
+        ));
+        let nft = Arc::new(nft::Nft::new(&config.net));
         actions.insert(Arc::new(noop::Noop));
+        actions.insert(Arc::new(exec::Exec::new(&config.exec)));
+        actions.insert(Arc::new(http_post::HttpPost::new(Arc::clone(&http))));
+        actions.insert(Arc::new(notify::Notify::new(http)));
+        actions.insert(Arc::new(file_quarantine::FileQuarantine::new(Arc::clone(
+            &quarantine,
+        ))));
+        actions.insert(Arc::new(file_restore::FileRestore::new(quarantine)));
+        actions.insert(Arc::new(process_kill::ProcessKill));
+        actions.insert(Arc::new(net_block_ip::NetBlockIp::new(Arc::clone(&nft))));
+        actions.insert(Arc::new(net_unblock_ip::NetUnblockIp::new(nft)));
         Ok(actions)
     }
 

@@ -128,6 +128,9 @@ pub enum Rollback {
 }
 
 impl<'de> Deserialize<'de> for Rollback {
+    // A hand-written visitor rather than `#[serde(untagged)]`: untagged enums buffer the
+    // input and replace every inner error (an unknown field, a duplicate key) with "did not
+    // match any variant", which hides the actual reason from the author.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -136,22 +139,37 @@ impl<'de> Deserialize<'de> for Rollback {
             #[serde(default = "empty_map", rename = "with")]
             params: serde_json::Value,
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            Undo(UndoAction),
+
+        struct RollbackVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for RollbackVisitor {
+            type Value = Rollback;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`none` or {action, with}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Rollback, E> {
+                if word == "none" {
+                    Ok(Rollback::None)
+                } else {
+                    Err(E::custom(format!(
+                        "rollback must be `none` or {{action, with}}, not `{word}`"
+                    )))
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Rollback, A::Error> {
+                let undo =
+                    UndoAction::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Rollback::Action {
+                    action: undo.action,
+                    params: undo.params,
+                })
+            }
         }
-        match Raw::deserialize(deserializer)? {
-            Raw::Word(word) if word == "none" => Ok(Rollback::None),
-            Raw::Word(other) => Err(serde::de::Error::custom(format!(
-                "rollback must be `none` or {{action, with}}, not `{other}`"
-            ))),
-            Raw::Undo(undo) => Ok(Rollback::Action {
-                action: undo.action,
-                params: undo.params,
-            }),
-        }
+
+        deserializer.deserialize_any(RollbackVisitor)
     }
 }
 

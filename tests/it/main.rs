@@ -3,5 +3,15 @@
 
 mod helpers;
 
+mod actions_exec;
+mod actions_file;
+mod actions_http;
+mod actions_net;
+mod actions_process;
+mod actions_support;
 mod audit;
 mod daemon;
+mod documents;
+mod status;
+mod systemd;
+mod validate;

@@ -226,13 +226,21 @@ pub struct ChildDaemon {
 impl ChildDaemon {
     /// Starts `playbookd serve --config CONFIG`, logging to `LOG`.
     pub fn start(config: &Path, log: &Path) -> ChildDaemon {
+        ChildDaemon::start_with_env(config, log, &[])
+    }
+
+    /// Like [`ChildDaemon::start`], with extra environment variables (`NOTIFY_SOCKET`, …).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildDaemon {
         let log_file = std::fs::File::create(log).expect("log file");
         let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(config)
             .env_remove("PLAYBOOKD_DATABASE_URL")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env("PLAYBOOKD_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

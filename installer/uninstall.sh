@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Removes playbookd: stops and disables the service, removes the binary, the unit and the samples.
+# Configuration, keys, playbooks, quarantined files and the database are kept unless --purge.
+#
+#   installer/uninstall.sh [--dry-run] [--purge]
+#   DESTDIR=/tmp/root installer/uninstall.sh ...   # remove files below this prefix
+#
+# --dry-run   print each step instead of running it
+# --purge     also remove /etc/playbookd, /var/lib/playbookd and the playbookd user and groups.
+#             The database is never dropped here: it holds the audit log. The SQL to drop it
+#             is printed.
+set -euo pipefail
+
+readonly BIN_PATH=/usr/local/bin/playbookd
+readonly UNIT_PATH=/etc/systemd/system/playbookd.service
+readonly CONFIG_DIR=/etc/playbookd
+readonly STATE_DIR=/var/lib/playbookd
+readonly SHARE_DIR=/usr/share/playbookd
+
+DRY_RUN=0
+PURGE=0
+DESTDIR=${DESTDIR:-}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) DRY_RUN=1 ;;
+        --purge) PURGE=1 ;;
+        -h | --help) sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "uninstall.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+show() {
+    local quoted
+    printf -v quoted '%q ' "$@"
+    printf '%s\n' "${quoted% }"
+}
+
+run() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf '+ '
+        show "$@"
+    else
+        "$@"
+    fi
+}
+
+# A step that changes the host itself: printed instead when DESTDIR is set.
+host() {
+    if [ -n "$DESTDIR" ]; then
+        printf 'skipped (DESTDIR set): '
+        show "$@"
+    else
+        run "$@"
+    fi
+}
+
+note() { printf '%s\n' "$*"; }
+
+if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
+    echo "uninstall.sh: run as root (or set DESTDIR, or use --dry-run)" >&2
+    exit 1
+fi
+
+if [ -n "$DESTDIR" ] || { command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }; then
+    host systemctl disable --now playbookd.service
+else
+    note "systemd is not running here: nothing to stop or disable"
+fi
+
+run rm -f "$DESTDIR$BIN_PATH" "$DESTDIR$UNIT_PATH"
+run rm -rf "$DESTDIR$SHARE_DIR"
+if [ -n "$DESTDIR" ] || { command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }; then
+    host systemctl daemon-reload
+fi
+
+if [ "$PURGE" = 0 ]; then
+    note "kept $CONFIG_DIR, $STATE_DIR and the database (use --purge to remove the files)"
+    exit 0
+fi
+
+run rm -rf "$DESTDIR$CONFIG_DIR" "$DESTDIR$STATE_DIR"
+for account in user:playbookd group:playbookd-approvers group:playbookd; do
+    kind=${account%%:*}
+    name=${account#*:}
+    if [ -n "$DESTDIR" ]; then
+        host "${kind}del" "$name"
+    elif getent "$([ "$kind" = user ] && echo passwd || echo group)" "$name" >/dev/null; then
+        run "${kind}del" "$name"
+    fi
+done
+note "the database was kept: it holds the audit log. To drop it, as a PostgreSQL superuser:"
+note "  DROP DATABASE playbookd;"
+note "  DROP ROLE playbookd;"

@@ -1,0 +1,245 @@
+//! `exec`: runs an allowlisted program with an argv built from the step's parameters, never
+//! through a shell, in a scrubbed environment, in its own process group that is killed at the
+//! deadline or on cancel.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
+use crate::config::ExecActionConfig;
+use crate::sys;
+
+pub struct Exec {
+    allowed_commands: BTreeSet<PathBuf>,
+    transient_exit_codes: BTreeSet<i32>,
+}
+
+impl Exec {
+    pub fn new(config: &ExecActionConfig) -> Exec {
+        Exec {
+            allowed_commands: config.allowed_commands.clone(),
+            transient_exit_codes: config.transient_exit_codes.clone(),
+        }
+    }
+
+    async fn run(
+        &self,
+        params: &serde_json::Value,
+        ctx: &ActionContext,
+    ) -> Result<ActionOutput, ActionError> {
+        let command = params::absolute_path(params, "command")?;
+        if !self.allowed_commands.contains(&command) {
+            return Err(ActionError::Permanent(format!(
+                "command {} is not in actions.exec.allowed_commands",
+                command.display()
+            )));
+        }
+        let args = params::optional_string_list(params, "args")?;
+        if args.iter().any(|arg| arg.contains('\0')) {
+            return Err(ActionError::Permanent(
+                "parameter `args` contains a NUL byte".into(),
+            ));
+        }
+        let env = [
+            ("PLAYBOOKD_IDEMPOTENCY_KEY", ctx.idempotency_key_hex()),
+            ("PLAYBOOKD_EXECUTION_ID", ctx.execution_id.to_string()),
+            ("PLAYBOOKD_STEP_ID", ctx.step_id.clone()),
+        ];
+        let mut cmd = Command::new(&command);
+        cmd.args(&args).envs(env);
+        let finished = run_captured(cmd, None, ctx).await?;
+        let summary = json!({
+            "command": command,
+            "exit_code": finished.status.code(),
+            "stdout": finished.stdout.to_json(),
+            "stderr": finished.stderr.to_json(),
+        });
+        match finished.status.code() {
+            Some(0) => Ok(ActionOutput::new(summary)),
+            Some(code) => {
+                let message = format!(
+                    "{} exited with status {code}{}",
+                    command.display(),
+                    finished.stderr.excerpt()
+                );
+                if self.transient_exit_codes.contains(&code) {
+                    Err(ActionError::Transient(message))
+                } else {
+                    Err(ActionError::Permanent(message))
+                }
+            }
+            None => Err(ActionError::Permanent(format!(
+                "{} was killed by a signal{}",
+                command.display(),
+                finished.stderr.excerpt()
+            ))),
+        }
+    }
+}
+
+impl Action for Exec {
+    fn spec(&self) -> &'static ActionSpec {
+        &super::specs::EXEC
+    }
+
+    fn execute<'a>(
+        &'a self,
+        params: &'a serde_json::Value,
+        ctx: &'a ActionContext,
+    ) -> ActionFuture<'a> {
+        Box::pin(self.run(params, ctx))
+    }
+}
+
+/// What a program printed on one stream: the first [`CAPTURE_LIMIT`] bytes and the total.
+#[derive(Debug, Default)]
+pub(crate) struct Captured {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
+impl Captured {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "text": String::from_utf8_lossy(&self.bytes),
+            "bytes": self.total,
+            "truncated": self.total > self.bytes.len() as u64,
+        })
+    }
+
+    /// The start of the stream for an error message, kept short.
+    pub fn excerpt(&self) -> String {
+        const MAX: usize = 512;
+        let text = String::from_utf8_lossy(&self.bytes[..self.bytes.len().min(MAX)]);
+        let text = text.trim();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        }
+    }
+}
+
+pub(crate) struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+/// Runs `cmd` with a clean environment (a fixed `PATH` plus what the caller set), cwd `/`,
+/// `stdin` (or nothing), captured output, in a new process group. The whole group is killed
+/// with SIGKILL at `ctx.deadline`, on `ctx.cancel`, and after the leader exits (so nothing it
+/// started outlives the step). Deadline or cancel → a transient error.
+pub(crate) async fn run_captured(
+    mut cmd: Command,
+    stdin: Option<Vec<u8>>,
+    ctx: &ActionContext,
+) -> Result<Finished, ActionError> {
+    // Keep only what the caller set explicitly (`envs` before this call), plus PATH.
+    let explicit: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+        .as_std()
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+        .collect();
+    cmd.env_clear()
+        .env("PATH", FIXED_PATH)
+        .envs(explicit)
+        .current_dir("/")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ActionError::Permanent(format!("cannot start {program}: {e}")))?;
+    let Some(pgid) = child.id() else {
+        return Err(ActionError::Transient(format!("{program} exited at once")));
+    };
+    // From here on, every path out kills the group.
+    let group = GroupGuard(pgid);
+
+    let stdout = tokio::spawn(capture(child.stdout.take()));
+    let stderr = tokio::spawn(capture(child.stderr.take()));
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A program that does not read its input must not block us: write in the background.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&input).await;
+        });
+    }
+
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| ActionError::Transient(format!("waiting for {program}: {e}")))?,
+        () = tokio::time::sleep_until(ctx.deadline) => {
+            drop(group);
+            let _ = child.wait().await;
+            return Err(ActionError::Transient(format!("{program} timed out and was killed")));
+        }
+        () = ctx.cancel.cancelled() => {
+            drop(group);
+            let _ = child.wait().await;
+            return Err(ActionError::Transient(format!("{program} was cancelled and killed")));
+        }
+    };
+    drop(group);
+    // The group is dead, so the pipes close; bound the wait anyway (a grandchild that moved to
+    // another group could hold them open).
+    let collect = async { (stdout.await, stderr.await) };
+    let (stdout, stderr) = tokio::time::timeout_at(ctx.deadline, collect)
+        .await
+        .map_err(|_| {
+            ActionError::Transient(format!("{program}: output still open at the deadline"))
+        })?;
+    Ok(Finished {
+        status,
+        stdout: stdout.unwrap_or_default(),
+        stderr: stderr.unwrap_or_default(),
+    })
+}
+
+/// Kills the process group when dropped.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Err(error) = sys::kill_process_group(self.0, Signal::SIGKILL) {
+            tracing::warn!(pgid = self.0, %error, "could not kill process group");
+        }
+    }
+}
+
+/// Keeps the first [`CAPTURE_LIMIT`] bytes and counts (then discards) the rest, so a program
+/// that prints without end costs a fixed amount of memory.
+async fn capture(stream: Option<impl AsyncRead + Unpin>) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut stream) = stream else {
+        return captured;
+    };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return captured,
+            Ok(n) => {
+                let room = CAPTURE_LIMIT.saturating_sub(captured.bytes.len());
+                captured.bytes.extend_from_slice(&buffer[..n.min(room)]);
+                captured.total += n as u64;
+            }
+        }
+    }
+}
+
+/// The only `PATH` a child sees.
+pub(crate) const FIXED_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// Bytes kept of each of stdout and stderr.
+pub const CAPTURE_LIMIT: usize = 64 * 1024;

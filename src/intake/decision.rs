@@ -1,0 +1,253 @@
+//! The decision message: strict decoding and the checks that need no database.
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::registry::model::{InputSpec, InputType};
+
+/// One decision as the policy engine sends it (see `schemas/decision.schema.json`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub decision_id: String,
+    pub nonce: String,
+    pub issued_at: String,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: String,
+    pub subject: Map<String, Value>,
+    #[serde(default)]
+    pub playbook: Option<String>,
+    /// Base64 Ed25519 signature over the canonical (RFC 8785) bytes of the decision without
+    /// this field; required when `intake.policy_keys` is set.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+pub const SEVERITIES: [&str; 5] = ["low", "medium", "moderate", "high", "critical"];
+const MAX_TEXT: usize = 256;
+
+/// Decodes one line; the error is the reason given to the sender.
+pub fn decode(line: &[u8]) -> Result<(Decision, Value), String> {
+    let text = std::str::from_utf8(line).map_err(|_| "malformed: not valid UTF-8".to_owned())?;
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+    let decision: Decision = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("invalid decision: {inner}")
+        } else {
+            format!("invalid decision: `{path}`: {inner}")
+        }
+    })?;
+    check_fields(&decision)?;
+    Ok((decision, value))
+}
+
+fn check_fields(decision: &Decision) -> Result<(), String> {
+    for (name, value) in [
+        ("decision_id", &decision.decision_id),
+        ("policy", &decision.policy),
+        ("outcome", &decision.outcome),
+        ("org_id", &decision.org_id),
+    ] {
+        if value.is_empty() || value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+            return Err(format!(
+                "invalid decision: `{name}` must be 1-{MAX_TEXT} printable characters"
+            ));
+        }
+    }
+    check_nonce(&decision.nonce)?;
+    if !SEVERITIES.contains(&decision.severity.as_str()) {
+        return Err(format!(
+            "invalid decision: `severity` must be one of {}",
+            SEVERITIES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// At least 128 bits: 32+ hex digits, or 22+ base64/base64url characters; at most 256.
+fn check_nonce(nonce: &str) -> Result<(), String> {
+    let is_hex = nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_b64 = nonce
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='));
+    let minimum = if is_hex { 32 } else { 22 };
+    if !is_b64 || nonce.len() < minimum || nonce.len() > 256 {
+        return Err("invalid decision: `nonce` must carry at least 128 bits (32+ hex or 22+ base64 characters)".into());
+    }
+    Ok(())
+}
+
+pub fn issued_at(decision: &Decision) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(
+        &decision.issued_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| {
+        format!(
+            "invalid decision: `issued_at` is not an RFC 3339 time: {:?}",
+            truncate(&decision.issued_at)
+        )
+    })
+}
+
+/// `|now - issued_at| <= window`.
+pub fn is_fresh(issued_at: OffsetDateTime, now: OffsetDateTime, window_seconds: u64) -> bool {
+    let skew = (now - issued_at).abs();
+    skew <= time::Duration::seconds(i64::try_from(window_seconds).unwrap_or(i64::MAX))
+}
+
+/// Checks the decision's signature against the configured policy keys.
+pub fn verify_signature(raw: &Value, keys: &[VerifyingKey]) -> Result<(), String> {
+    let Some(signature) = raw.get("signature").and_then(Value::as_str) else {
+        return Err("unsigned: decisions must be signed by a policy key".into());
+    };
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .map_err(|_| "bad signature: not base64".to_owned())?;
+    let signature = ed25519_dalek::Signature::from_slice(&bytes)
+        .map_err(|_| "bad signature: wrong length".to_owned())?;
+    let mut unsigned = raw.clone();
+    if let Some(object) = unsigned.as_object_mut() {
+        object.remove("signature");
+    }
+    let canonical = serde_json_canonicalizer::to_vec(&unsigned)
+        .map_err(|_| "bad signature: cannot canonicalize".to_owned())?;
+    if keys
+        .iter()
+        .any(|key| key.verify_strict(&canonical, &signature).is_ok())
+    {
+        Ok(())
+    } else {
+        Err("bad signature: no policy key verifies it".into())
+    }
+}
+
+/// Checks the subject against the playbook's declared inputs; the error names the field.
+pub fn check_subject(
+    subject: &Map<String, Value>,
+    inputs: &std::collections::BTreeMap<String, InputSpec>,
+) -> Result<(), String> {
+    for (name, spec) in inputs {
+        let Some(value) = subject.get(name) else {
+            if spec.required {
+                return Err(format!(
+                    "subject.{name}: required by the playbook but missing"
+                ));
+            }
+            continue;
+        };
+        let fits = match spec.kind {
+            InputType::Integer => value.is_i64(),
+            InputType::String => value.as_str().is_some_and(|s| s.len() <= 4096),
+            InputType::Boolean => value.is_boolean(),
+            InputType::Ip => value.as_str().is_some_and(is_ip_or_cidr),
+            InputType::Path => value
+                .as_str()
+                .is_some_and(|s| s.starts_with('/') && !s.contains('\0')),
+        };
+        if !fits {
+            return Err(format!("subject.{name}: expected {}", describe(spec.kind)));
+        }
+    }
+    Ok(())
+}
+
+fn describe(kind: InputType) -> &'static str {
+    match kind {
+        InputType::Integer => "an integer",
+        InputType::String => "a string",
+        InputType::Boolean => "true or false",
+        InputType::Ip => "an IP address or CIDR",
+        InputType::Path => "an absolute path",
+    }
+}
+
+fn is_ip_or_cidr(text: &str) -> bool {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(overrides: &[(&str, Value)]) -> Vec<u8> {
+        let mut value = serde_json::json!({
+            "decision_id": "d-1", "nonce": "0123456789abcdef0123456789abcdef",
+            "issued_at": "2026-11-25T10:00:00Z", "policy": "p", "outcome": "contain",
+            "org_id": "acme", "severity": "high", "subject": {"pid": 42}
+        });
+        for (key, v) in overrides {
+            value[*key] = v.clone();
+        }
+        value.to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_good_decision_decodes() {
+        let (decision, _) = decode(&line(&[])).unwrap();
+        assert_eq!(decision.policy, "p");
+    }
+
+    #[test]
+    fn each_bad_field_gets_its_own_reason() {
+        assert!(decode(b"\xff\xfe").unwrap_err().contains("UTF-8"));
+        assert!(decode(b"{not json").unwrap_err().contains("malformed JSON"));
+        assert!(
+            decode(&line(&[("nonce", "short".into())]))
+                .unwrap_err()
+                .contains("nonce")
+        );
+        assert!(
+            decode(&line(&[("severity", "urgent".into())]))
+                .unwrap_err()
+                .contains("severity")
+        );
+        assert!(
+            decode(&line(&[("org_id", 7.into())]))
+                .unwrap_err()
+                .contains("org_id")
+        );
+        assert!(
+            decode(&line(&[("extra", 1.into())]))
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        let (decision, _) = decode(&line(&[("issued_at", "yesterday".into())])).unwrap();
+        assert!(issued_at(&decision).unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn freshness_is_symmetric() {
+        let now = OffsetDateTime::now_utc();
+        assert!(is_fresh(now - time::Duration::seconds(299), now, 300));
+        assert!(!is_fresh(now - time::Duration::seconds(301), now, 300));
+        assert!(!is_fresh(now + time::Duration::seconds(301), now, 300));
+    }
+
+    #[test]
+    fn ip_inputs_accept_addresses_and_cidrs_only() {
+        assert!(is_ip_or_cidr("10.0.0.1"));
+        assert!(is_ip_or_cidr("2001:db8::/32"));
+        assert!(!is_ip_or_cidr("10.0.0.1/33"));
+        assert!(!is_ip_or_cidr("example.org"));
+    }
+}

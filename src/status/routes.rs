@@ -1,0 +1,474 @@
+//! The router and its handlers. GET (and so HEAD) only: anything else is 405 with `Allow`.
+//!
+//! Every error is JSON `{"error": "<kind>", "detail": "<what and which parameter>"}`. Database
+//! errors say only that the database did not answer: never a URL, a host or a driver message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use axum::{Router, middleware};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::status::StatusState;
+use crate::status::cursor::Cursor;
+use crate::status::queries::{self, ExecutionFilter, RUN_STATES};
+
+/// One route of the API: its path (axum syntax, as in the OpenAPI document) and its handler.
+pub struct Route {
+    pub path: &'static str,
+    method_router: fn() -> MethodRouter<StatusState>,
+}
+
+/// Every route the router serves; `router` is built from this list and nothing else, so the
+/// OpenAPI test that walks it covers the whole API.
+pub const ROUTES: [Route; 7] = [
+    Route {
+        path: "/v1/health",
+        method_router: || get(health),
+    },
+    Route {
+        path: "/v1/playbooks",
+        method_router: || get(playbooks),
+    },
+    Route {
+        path: "/v1/executions",
+        method_router: || get(executions),
+    },
+    Route {
+        path: "/v1/executions/{id}",
+        method_router: || get(execution),
+    },
+    Route {
+        path: "/v1/safe-halt",
+        method_router: || get(safe_halt),
+    },
+    Route {
+        path: "/v1/audit",
+        method_router: || get(audit),
+    },
+    Route {
+        path: "/metrics",
+        method_router: || get(metrics),
+    },
+];
+
+/// The whole API over `state`.
+pub fn router(state: StatusState) -> Router {
+    let mut router = Router::new();
+    for route in &ROUTES {
+        router = router.route(route.path, (route.method_router)());
+    }
+    router
+        .fallback(not_found)
+        .layer(middleware::map_response(finish_response))
+        .with_state(state)
+}
+
+/// A JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn bad_param(name: &str, expected: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            detail: format!("query parameter `{name}`: {expected}"),
+        }
+    }
+
+    fn database() -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "database_unavailable",
+            detail: "the database did not answer in time; try again".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.error, "detail": self.detail})),
+        )
+            .into_response()
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> ApiError {
+        // Logged here, once, with the driver's chain; the client gets a fixed message.
+        tracing::warn!(error = %crate::store::audit::error_chain(&error), "status query failed");
+        ApiError::database()
+    }
+}
+
+type Params = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+async fn health(State(state): State<StatusState>) -> Response {
+    let node_id = state.audit.node_id().to_owned();
+    let audit_writer = state.audit.is_available();
+    let runtime = state.runtime.borrow().clone();
+    let database = tokio::time::timeout(HEALTH_TIMEOUT, async {
+        let client = state
+            .store
+            .client()
+            .await
+            .map_err(|_| ApiError::database())?;
+        let client: &tokio_postgres::Client = &client;
+        let counts = queries::count_by_state(client).await?;
+        let head = queries::chain_head(client, &node_id).await?;
+        let halt = queries::active_halt(client).await?;
+        Ok::<_, ApiError>((counts, head, halt))
+    })
+    .await;
+    let (database_ok, counts, head, halt) = match database {
+        Ok(Ok((counts, head, halt))) => (true, Some(counts), head, Some(halt)),
+        Ok(Err(_)) | Err(_) => (false, None, None, None),
+    };
+    // Unknown halt state (database down) counts as not ready, never as "no halt".
+    let halt_active = halt.as_ref().map(Option::is_some);
+    let mut reasons = Vec::new();
+    if !database_ok {
+        reasons.push("database unreachable");
+    }
+    if !audit_writer {
+        reasons.push("audit writer unavailable");
+    }
+    if !runtime.registry_loaded {
+        reasons.push("playbook registry not loaded");
+    }
+    if halt_active == Some(true) {
+        reasons.push("SAFE-HALT active");
+    }
+    let ready = reasons.is_empty();
+    let body = json!({
+        "ready": ready,
+        "reasons": reasons,
+        "checks": {
+            "database": database_ok,
+            "audit_writer": audit_writer,
+            "registry_loaded": runtime.registry_loaded,
+            "safe_halt_active": halt_active,
+        },
+        "node_id": node_id,
+        "version": state.version,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "executions": counts,
+        "chain_head": head,
+        "safe_halt": halt.flatten(),
+        "playbooks": runtime.playbooks.len(),
+        "bindings": runtime.bindings,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn playbooks(State(state): State<StatusState>) -> Result<Response, ApiError> {
+    let runtime = state.runtime.borrow().clone();
+    let known = with_client(&state, |client| {
+        Box::pin(async move { queries::known_versions(client).await })
+    })
+    .await?;
+    Ok(Json(json!({
+        "registry_loaded": runtime.registry_loaded,
+        "bindings": runtime.bindings,
+        "active": runtime.playbooks,
+        "known_versions": known,
+    }))
+    .into_response())
+}
+
+async fn executions(
+    State(state): State<StatusState>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(
+        params,
+        &[
+            "state", "playbook", "org", "since", "until", "limit", "cursor",
+        ],
+    )?;
+    let state_filter = params.text("state").map(str::to_owned);
+    if let Some(value) = &state_filter
+        && !RUN_STATES.contains(&value.as_str())
+    {
+        return Err(ApiError::bad_param(
+            "state",
+            &format!("expected one of {}", RUN_STATES.join(", ")),
+        ));
+    }
+    let playbook = params.text("playbook").map(str::to_owned);
+    if let Some(value) = &playbook
+        && !is_playbook_id(value)
+    {
+        return Err(ApiError::bad_param(
+            "playbook",
+            "expected a playbook id ([a-z0-9][a-z0-9-]*, at most 128 characters)",
+        ));
+    }
+    let org = params.text("org").map(str::to_owned);
+    if org.as_ref().is_some_and(|o| o.is_empty() || o.len() > 256) {
+        return Err(ApiError::bad_param("org", "expected 1 to 256 characters"));
+    }
+    let since = params.timestamp("since")?;
+    let until = params.timestamp("until")?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(ApiError::bad_param("until", "must not be before `since`"));
+    }
+    let cursor = match params.text("cursor") {
+        None => None,
+        Some(text) => Some(Cursor::parse(text).ok_or_else(|| {
+            ApiError::bad_param(
+                "cursor",
+                "not a cursor returned by this API (pass `next_cursor` back unchanged)",
+            )
+        })?),
+    };
+    let filter = ExecutionFilter {
+        state: state_filter,
+        playbook,
+        org,
+        since,
+        until,
+        cursor,
+        limit: params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?,
+    };
+    let page = with_client(&state, |client| {
+        Box::pin(async move { queries::list_executions(client, &filter).await })
+    })
+    .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn execution(
+    State(state): State<StatusState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            detail: "path parameter `id`: expected an execution id (UUID)".into(),
+        });
+    };
+    let detail = with_client(&state, |client| {
+        Box::pin(async move { queries::execution_detail(client, id).await })
+    })
+    .await?;
+    match detail {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: format!("no execution {id}"),
+        }),
+    }
+}
+
+async fn safe_halt(State(state): State<StatusState>) -> Result<Response, ApiError> {
+    let (active, history) = with_client(&state, |client| {
+        Box::pin(async move {
+            let active = queries::active_halt(client).await?;
+            let history = queries::halt_history(client, HALT_HISTORY_LIMIT).await?;
+            Ok((active, history))
+        })
+    })
+    .await?;
+    Ok(Json(json!({"active": active, "history": history})).into_response())
+}
+
+async fn audit(State(state): State<StatusState>, params: Params) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(params, &["after", "limit"])?;
+    let after = params.integer("after", 0, i64::MAX, 0)?;
+    let limit = params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?;
+    let node_id = state.audit.node_id().to_owned();
+    let rows = {
+        let node_id = node_id.clone();
+        with_client(&state, |client| {
+            Box::pin(async move { queries::audit_rows(client, &node_id, after, limit).await })
+        })
+        .await?
+    };
+    let next_after = match rows.last() {
+        Some(last) if i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit => Some(last.seq),
+        _ => None,
+    };
+    Ok(Json(json!({"node_id": node_id, "rows": rows, "next_after": next_after})).into_response())
+}
+
+async fn metrics(State(state): State<StatusState>) -> Response {
+    state.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        error: "not_found",
+        detail: "no such path; see schemas/openapi.yaml for the API".into(),
+    }
+}
+
+/// Turns axum's bare 405 into our JSON error with `Allow`, and marks every response uncacheable.
+async fn finish_response(response: Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let mut refused = ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            error: "method_not_allowed",
+            detail: "the status API is read-only: use GET or HEAD".into(),
+        }
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        refused
+    } else {
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Runs `work` on a pooled connection, bounded by [`QUERY_TIMEOUT`].
+async fn with_client<T>(
+    state: &StatusState,
+    work: impl for<'c> FnOnce(
+        &'c tokio_postgres::Client,
+    ) -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+) -> Result<T, ApiError> {
+    let attempt = tokio::time::timeout(QUERY_TIMEOUT, async {
+        let client = state.store.client().await.map_err(|error| {
+            tracing::warn!(error = %crate::store::audit::error_chain(&error), "no database connection");
+            ApiError::database()
+        })?;
+        Ok(work(&client).await?)
+    })
+    .await;
+    attempt.unwrap_or_else(|_| Err(ApiError::database()))
+}
+
+/// Query parameters, each at most once, from a known list.
+struct QueryParams(BTreeMap<String, String>);
+
+impl QueryParams {
+    fn parse(params: Params, allowed: &[&str]) -> Result<QueryParams, ApiError> {
+        let Ok(Query(pairs)) = params else {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                error: "bad_request",
+                detail: "the query string is not valid URL encoding".into(),
+            });
+        };
+        let mut map = BTreeMap::new();
+        for (name, value) in pairs {
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    error: "bad_request",
+                    detail: format!(
+                        "unknown query parameter `{}`; expected {}",
+                        printable(&name),
+                        allowed.join(", ")
+                    ),
+                });
+            }
+            if map.insert(name.clone(), value).is_some() {
+                return Err(ApiError::bad_param(&name, "given more than once"));
+            }
+        }
+        Ok(QueryParams(map))
+    }
+
+    /// The value, with an empty `name=` treated as absent (as HTML forms send it).
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn integer(&self, name: &str, min: i64, max: i64, default: i64) -> Result<i64, ApiError> {
+        let Some(text) = self.text(name) else {
+            return Ok(default);
+        };
+        match text.parse::<i64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(value),
+            _ if max == i64::MAX => Err(ApiError::bad_param(
+                name,
+                &format!("expected an integer of at least {min}"),
+            )),
+            _ => Err(ApiError::bad_param(
+                name,
+                &format!("expected an integer from {min} to {max}"),
+            )),
+        }
+    }
+
+    fn timestamp(&self, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+        self.text(name)
+            .map(|text| {
+                OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+                    ApiError::bad_param(
+                        name,
+                        "expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z",
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A parameter name echoed in an error: short and printable, so the error cannot be abused.
+fn printable(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+fn is_playbook_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// `limit` when none is given.
+pub const DEFAULT_LIMIT: i64 = 50;
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: i64 = 500;
+const HALT_HISTORY_LIMIT: i64 = 100;
+/// Readiness must answer fast even when the database hangs.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

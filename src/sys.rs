@@ -1,0 +1,176 @@
+//! The one place for operating-system calls that the standard library does not offer: signals,
+//! `/proc` reads, and the open flags and ownership checks the actions rely on. Everything goes
+//! through `nix` (no `unsafe`); callers get `std::io::Error`s.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// Sends `signal` to every process in the group `pgid`. A group that no longer exists is not
+/// an error (it has nothing left to kill).
+pub fn kill_process_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    let pgid = to_pid(pgid)?;
+    match signal::killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// What happened when a signal was sent to one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOutcome {
+    Delivered,
+    /// No such process (exited and reaped).
+    NoSuchProcess,
+}
+
+/// Sends `signal` to the process `pid` (never a group: `pid` must be positive).
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<SignalOutcome> {
+    match signal::kill(to_pid(pid)?, signal) {
+        Ok(()) => Ok(SignalOutcome::Delivered),
+        Err(Errno::ESRCH) => Ok(SignalOutcome::NoSuchProcess),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// Parses a signal name without the `SIG` prefix (`KILL`, `TERM`, …), limited to the ones a
+/// playbook may send.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    Some(match name {
+        "KILL" => Signal::SIGKILL,
+        "TERM" => Signal::SIGTERM,
+        "INT" => Signal::SIGINT,
+        "HUP" => Signal::SIGHUP,
+        "STOP" => Signal::SIGSTOP,
+        "QUIT" => Signal::SIGQUIT,
+        "USR1" => Signal::SIGUSR1,
+        "USR2" => Signal::SIGUSR2,
+        _ => return None,
+    })
+}
+
+/// The start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+/// `Ok(None)`: no such process.
+pub fn process_start_time(pid: u32) -> io::Result<Option<u64>> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    parse_start_time(&text).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected format of /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// The executable of `pid` (`/proc/PID/exe`). `Ok(None)`: no such process.
+pub fn process_executable(pid: u32) -> io::Result<Option<PathBuf>> {
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(path) => Ok(Some(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn own_pid() -> u32 {
+    std::process::id()
+}
+
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Opens `path` read-only without following a symlink in its last component (`O_NOFOLLOW`);
+/// a symlink fails with `ELOOP`. `O_NONBLOCK` keeps a FIFO from blocking the open; callers
+/// check the file type on the returned handle.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)
+}
+
+/// True when the error is "this is a symlink" from [`open_nofollow`].
+pub fn is_symlink_error(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(Errno::ELOOP as i32)
+}
+
+/// Opens a file that holds a secret: no symlink, a regular file, owned by the daemon's uid,
+/// and readable by it alone (no group or other permission bits).
+pub fn open_private_file(path: &Path) -> io::Result<File> {
+    let file = open_nofollow(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.uid() != effective_uid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not owned by the daemon's uid",
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "mode {:o} lets others read it (expected 0600)",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Flushes a directory's entries (after a rename, create or unlink inside it) to disk.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .map(Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The command name (field 2) is in parentheses and may
+/// itself contain spaces and parentheses, so fields are counted from the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After the name come field 3 (state) onwards: field 22 is the 20th of those.
+    after_comm.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_parentheses_in_the_name() {
+        let stat = "1234 (evil) 1 2 3) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        assert!(process_start_time(own_pid()).unwrap().is_some());
+    }
+
+    #[test]
+    fn pid_zero_is_refused() {
+        assert!(send_signal(0, Signal::SIGTERM).is_err());
+        assert!(kill_process_group(0, Signal::SIGKILL).is_err());
+    }
+}

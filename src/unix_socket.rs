@@ -1,0 +1,183 @@
+//! Unix-socket plumbing shared by decisions.sock and control.sock: safe binding (a stale
+//! socket from a crash is replaced, a live one or a non-socket is not), permissions, peer
+//! credentials, and bounded NDJSON line reading.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::net::UnixListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{path}: another process is already serving on this socket")]
+    InUse { path: PathBuf },
+    #[error("{path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("{path}: unknown group `{group}`")]
+    UnknownGroup { path: PathBuf, group: String },
+    #[error("{path}: {action} failed")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds `path` with mode 0660 and, when given, group `group`.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, BindError> {
+    let io_error = |action: &'static str| {
+        let path = path.to_owned();
+        move |source| BindError::Io {
+            path,
+            action,
+            source,
+        }
+    };
+    remove_stale(path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error("creating its directory"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_error("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_error("chmod 0660"))?;
+    if let Some(name) = group {
+        let gid = nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| BindError::UnknownGroup {
+                path: path.to_owned(),
+                group: name.to_owned(),
+            })?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|errno| BindError::Io {
+            path: path.to_owned(),
+            action: "chgrp",
+            source: errno.into(),
+        })?;
+    }
+    Ok(listener)
+}
+
+/// A socket file left by a crashed daemon refuses connections: only then is it removed.
+fn remove_stale(path: &Path) -> Result<(), BindError> {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(BindError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(BindError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(_) => std::fs::remove_file(path).map_err(|source| BindError::Io {
+            path: path.to_owned(),
+            action: "removing the stale socket",
+            source,
+        }),
+    }
+}
+
+/// One line read from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line (without its newline) is in the buffer.
+    Complete,
+    /// The line exceeded the limit; it was discarded up to its newline.
+    TooLong,
+    /// The peer closed the connection.
+    Closed,
+    /// The peer sent nothing for the idle limit.
+    Idle,
+}
+
+/// Reads one `\n`-terminated line of at most `max` bytes into `buf` (cleared first), never
+/// buffering more than `max` bytes whatever the peer sends.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+    idle: Duration,
+) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = match tokio::time::timeout(idle, reader.fill_buf()).await {
+            Err(_) => return Ok(Line::Idle),
+            Ok(result) => result?,
+        };
+        if available.is_empty() {
+            return Ok(if buf.is_empty() || too_long {
+                Line::Closed
+            } else {
+                Line::Complete
+            });
+        }
+        let (chunk, found_newline) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], true),
+            None => (available, false),
+        };
+        if !too_long && buf.len() + chunk.len() <= max {
+            buf.extend_from_slice(chunk);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        let used = chunk.len() + usize::from(found_newline);
+        reader.consume(used);
+        if found_newline {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<(Line, Vec<u8>)> {
+        let mut reader = tokio::io::BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let line = read_line(&mut reader, &mut buf, max, Duration::from_secs(1))
+                .await
+                .unwrap();
+            if line == Line::Closed {
+                return out;
+            }
+            out.push((line, buf.clone()));
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_refuses_long_ones_without_losing_the_next() {
+        let got = lines(b"abc\n0123456789\nok\n", 5).await;
+        assert_eq!(
+            got,
+            vec![
+                (Line::Complete, b"abc".to_vec()),
+                (Line::TooLong, Vec::new()),
+                (Line::Complete, b"ok".to_vec()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_last_line_without_newline_still_counts() {
+        assert_eq!(
+            lines(b"tail", 10).await,
+            vec![(Line::Complete, b"tail".to_vec())]
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! `exec` against real binaries.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use playbookd::actions::ActionError;
+use playbookd::config::ActionsConfig;
+use serde_json::json;
+
+use crate::actions_support::{ctx, run};
+
+fn config(commands: &[&str]) -> ActionsConfig {
+    let mut config = ActionsConfig::default();
+    config.exec.allowed_commands = commands.iter().map(PathBuf::from).collect();
+    config
+}
+
+#[tokio::test]
+async fn a_command_past_its_deadline_is_killed_with_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("grandchild.pid");
+    let config = config(&["/bin/sleep", "/bin/sh"]);
+    let ctx = ctx(Duration::from_secs(1));
+    let started = Instant::now();
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/sleep", "args": ["30"]}),
+        &ctx,
+    )
+    .await
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(&error, ActionError::Transient(m) if m.contains("timed out")),
+        "{error}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+
+    // A grandchild in the same group dies too.
+    let script = format!("/bin/sleep 30 & echo $! > {}; wait", pid_file.display());
+    let ctx = crate::actions_support::ctx(Duration::from_secs(1));
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/sh", "args": ["-c", script]}),
+        &ctx,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "grandchild {pid} still alive: {state}"
+    );
+}
+
+#[tokio::test]
+async fn ten_megabytes_of_output_are_truncated_to_64_kib() {
+    let config = config(&["/usr/bin/head"]);
+    let output = run(
+        &config,
+        "exec",
+        json!({"command": "/usr/bin/head", "args": ["-c", "10485760", "/dev/zero"]}),
+        &ctx(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let stdout = &output.summary["stdout"];
+    assert_eq!(stdout["bytes"], 10_485_760);
+    assert_eq!(stdout["truncated"], true);
+    assert_eq!(stdout["text"].as_str().unwrap().len(), 64 * 1024);
+}
+
+#[tokio::test]
+async fn the_environment_is_scrubbed_to_path_and_playbookd_variables() {
+    let config = config(&["/usr/bin/env"]);
+    let ctx = ctx(Duration::from_secs(5));
+    let output = run(&config, "exec", json!({"command": "/usr/bin/env"}), &ctx)
+        .await
+        .unwrap();
+    let text = output.summary["stdout"]["text"].as_str().unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    let key = format!("PLAYBOOKD_IDEMPOTENCY_KEY={}", ctx.idempotency_key_hex());
+    let execution = format!("PLAYBOOKD_EXECUTION_ID={}", ctx.execution_id);
+    let mut expected = vec![
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        execution.as_str(),
+        key.as_str(),
+        "PLAYBOOKD_STEP_ID=step-1",
+    ];
+    expected.sort_unstable();
+    assert_eq!(lines, expected);
+}
+
+#[tokio::test]
+async fn each_argument_stays_one_argument() {
+    let config = config(&["/usr/bin/printf"]);
+    let output = run(
+        &config,
+        "exec",
+        json!({"command": "/usr/bin/printf", "args": ["%s|", "a b", "$(id)", "c;d"]}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(output.summary["stdout"]["text"], "a b|$(id)|c;d|");
+    assert_eq!(output.summary["exit_code"], 0);
+}
+
+#[tokio::test]
+async fn a_command_not_allowlisted_is_refused() {
+    let config = config(&["/bin/sleep"]);
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/usr/bin/id"}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("allowed_commands")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn exit_75_is_transient_and_other_failures_permanent() {
+    let config = config(&["/bin/sh"]);
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/sh", "args": ["-c", "echo busy >&2; exit 75"]}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Transient(m) if m.contains("75") && m.contains("busy")),
+        "{error}"
+    );
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/sh", "args": ["-c", "exit 3"]}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("status 3")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_kills_the_command() {
+    let config = config(&["/bin/sleep"]);
+    let ctx = ctx(Duration::from_secs(30));
+    let cancel = ctx.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let started = Instant::now();
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/sleep", "args": ["30"]}),
+        &ctx,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Transient(m) if m.contains("cancelled")),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -1,0 +1,207 @@
+//! `file.quarantine` / `file.restore` on real files, on one filesystem and across two.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use playbookd::actions::ActionError;
+use playbookd::config::ActionsConfig;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::actions_support::{ctx, is_root, must, run};
+
+fn config(quarantine_dir: &Path) -> ActionsConfig {
+    let mut config = ActionsConfig::default();
+    config.file.quarantine_dir = quarantine_dir.to_owned();
+    config
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        must(&[
+            "/usr/bin/mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m,mode=0700",
+            "tmpfs",
+            dir.path().to_str().unwrap(),
+        ]);
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/bin/umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
+    let config = config(&quarantine_dir);
+    let path = work.join("payload.bin");
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let owner = if is_root() {
+        (1234, 2345)
+    } else {
+        (
+            playbookd::sys::effective_uid(),
+            std::fs::metadata(&path).unwrap().gid(),
+        )
+    };
+    std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).unwrap();
+    let expected_hash = hex::encode(Sha256::digest(&content));
+
+    let step = ctx(Duration::from_secs(10));
+    let quarantined = run(&config, "file.quarantine", json!({"path": path}), &step)
+        .await
+        .unwrap();
+    assert_eq!(quarantined.summary["sha256"], expected_hash);
+    assert!(!path.exists(), "the original is still there");
+    let copy = quarantine_dir.join(step.idempotency_key_hex());
+    assert_eq!(std::fs::read(&copy).unwrap(), content);
+    assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o400);
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(quarantine_dir.join(format!("{}.json", step.idempotency_key_hex())))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["original_path"], path.to_str().unwrap());
+    assert_eq!(sidecar["mode"], 0o751);
+    assert_eq!(sidecar["uid"], owner.0);
+
+    // Same key again: same summary, nothing changes.
+    let again = run(&config, "file.quarantine", json!({"path": path}), &step)
+        .await
+        .unwrap();
+    assert_eq!(again, quarantined);
+
+    // The rollback runs with its own key and the same {path}.
+    let rollback = ctx(Duration::from_secs(10));
+    let restored = run(&config, "file.restore", json!({"path": path}), &rollback)
+        .await
+        .unwrap();
+    assert_eq!(restored.summary["sha256"], expected_hash);
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o751);
+    assert_eq!((meta.uid(), meta.gid()), owner);
+    assert!(!copy.exists());
+    let again = run(
+        &config,
+        "file.restore",
+        json!({"path": path}),
+        &ctx(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, restored);
+}
+
+#[tokio::test]
+async fn quarantine_and_restore_round_trip_on_one_filesystem() {
+    let work = tempfile::tempdir().unwrap();
+    round_trip(work.path().join("quarantine"), work.path()).await;
+}
+
+#[tokio::test]
+async fn quarantine_and_restore_round_trip_across_two_filesystems() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let tmpfs = Tmpfs::mount();
+    let work = tempfile::tempdir().unwrap();
+    assert_ne!(
+        std::fs::metadata(tmpfs.0.path()).unwrap().dev(),
+        std::fs::metadata(work.path()).unwrap().dev(),
+        "the test needs two filesystems"
+    );
+    round_trip(tmpfs.0.path().join("quarantine"), work.path()).await;
+}
+
+#[tokio::test]
+async fn a_tampered_quarantined_copy_is_not_restored() {
+    let work = tempfile::tempdir().unwrap();
+    let quarantine_dir = work.path().join("q");
+    let config = config(&quarantine_dir);
+    let path = work.path().join("evil.sh");
+    std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
+    let step = ctx(Duration::from_secs(10));
+    run(&config, "file.quarantine", json!({"path": path}), &step)
+        .await
+        .unwrap();
+    let copy = quarantine_dir.join(step.idempotency_key_hex());
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&copy, b"#!/bin/sh\nrm -rf /\n").unwrap();
+    let error = run(
+        &config,
+        "file.restore",
+        json!({"path": path}),
+        &ctx(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("sha256")),
+        "{error}"
+    );
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let quarantine_dir = work.path().join("q");
+    let config = config(&quarantine_dir);
+    let target = work.path().join("target");
+    std::fs::write(&target, b"x").unwrap();
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::create_dir(work.path().join("dir")).unwrap();
+    std::fs::create_dir_all(&quarantine_dir).unwrap();
+    std::fs::write(quarantine_dir.join("inside"), b"x").unwrap();
+    let linked_dir = work.path().join("linked-dir");
+    std::os::unix::fs::symlink(work.path(), &linked_dir).unwrap();
+
+    for (path, expected) in [
+        (link.clone(), "symlink"),
+        (work.path().join("dir"), "not a regular file"),
+        (quarantine_dir.join("inside"), "inside the quarantine"),
+        (linked_dir.join("target"), "symlink in its directories"),
+        (work.path().join("missing"), "does not exist"),
+    ] {
+        let error = run(
+            &config,
+            "file.quarantine",
+            json!({"path": path}),
+            &ctx(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&error, ActionError::Permanent(m) if m.contains(expected)),
+            "{}: {error}",
+            path.display()
+        );
+    }
+    assert!(target.exists() && link.exists());
+    let error = run(
+        &config,
+        "file.restore",
+        json!({"path": target}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("nothing quarantined"), "{error}");
+}

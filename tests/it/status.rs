@@ -1,0 +1,935 @@
+//! The read-only status API over real HTTP, against a real database filled with SQL fixtures.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use playbookd::status::{self, PlaybookSummary, RuntimeSnapshot, StatusAddr, StatusState};
+use playbookd::status_client::{Endpoint, HttpResponse, request};
+use playbookd::store::Store;
+use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+
+const NODE: &str = "node-s";
+const PLAYBOOK: &str = "contain-host";
+/// Placed where a careless implementation could leak it.
+const SECRET: &str = "hunter2-do-not-leak";
+
+/// A status server on 127.0.0.1:0 over its own database.
+struct Server {
+    endpoint: Endpoint,
+    db: TestDb,
+    audit: AuditHandle,
+    runtime: watch::Sender<RuntimeSnapshot>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_on(TestDb::new().await, "127.0.0.1:0").await
+    }
+
+    async fn start_on(db: TestDb, listen: &str) -> Server {
+        // The pool connects with a password in its config: it must never come back out.
+        let mut pg = db.config.clone();
+        pg.password(SECRET);
+        let store = Store::connect(&pg, 4, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let (audit, _task) = audit::start_writer(pg, NODE.into(), shutdown.clone())
+            .await
+            .unwrap();
+        let (runtime, receiver) = watch::channel(loaded_runtime());
+        let listener = status::bind(listen).await.unwrap();
+        let endpoint = match listener.local_addr().unwrap() {
+            StatusAddr::Tcp(addr) => Endpoint::Tcp(addr),
+            StatusAddr::Unix(path) => Endpoint::Unix(path),
+        };
+        let state = StatusState::new(store, audit.clone(), receiver);
+        tokio::spawn(status::serve(listener, state, shutdown.clone()));
+        Server {
+            endpoint,
+            db,
+            audit,
+            runtime,
+            shutdown,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str) -> HttpResponse {
+        request(&self.endpoint, method, path).await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.call("GET", path).await;
+        let body = response
+            .json()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}: {:?}", response.body));
+        (response.status, body)
+    }
+
+    fn url(&self) -> String {
+        self.endpoint.to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn loaded_runtime() -> RuntimeSnapshot {
+    RuntimeSnapshot {
+        registry_loaded: true,
+        playbooks: vec![PlaybookSummary {
+            id: PLAYBOOK.into(),
+            version: 3,
+            sha256_hex: hex::encode([7u8; 32]),
+            signers: vec!["key-1".into()],
+        }],
+        bindings: 2,
+    }
+}
+
+// ---- SQL fixtures: what intake and the executor will write, inserted directly. ----
+
+fn now() -> OffsetDateTime {
+    audit::now_micros()
+}
+
+async fn insert_version(client: &tokio_postgres::Client, id: &str, version: i64) {
+    client
+        .execute(
+            "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
+             VALUES ($1, $2, $3, ARRAY['key-1'], $4, now()) ON CONFLICT DO NOTHING",
+            &[&id, &version, &vec![7u8; 32], &format!("content with {SECRET}").into_bytes()],
+        )
+        .await
+        .unwrap();
+}
+
+async fn insert_execution(
+    client: &tokio_postgres::Client,
+    started_at: OffsetDateTime,
+    state: &str,
+    playbook: &str,
+    org: &str,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    insert_version(client, playbook, 3).await;
+    let completed = matches!(state, "completed" | "rolled_back").then_some(started_at);
+    client
+        .execute(
+            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+               playbook_sha256, state, current_step, step_results, nonce, policy_decision_id, policy, outcome, \
+               org_id, severity, subject, requested_by_uid, started_at, updated_at, completed_at) \
+             VALUES ($1, $2, $3, 3, $4, $5, 0, $6, $7, 'dec-1', 'ransomware.burst', 'contain', $8, 'high', \
+               $9, 1000, $10, $10, $11)",
+            &[
+                &id,
+                &NODE,
+                &playbook,
+                &vec![7u8; 32],
+                &state,
+                &json!({"internal": SECRET}),
+                &format!("nonce-{id}"),
+                &org,
+                &json!({"pid": 4242, "path": "/tmp/x", "api_token": SECRET}),
+                &started_at,
+                &completed,
+            ],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn insert_step(
+    client: &tokio_postgres::Client,
+    execution: Uuid,
+    index: i32,
+    state: &str,
+    output: Value,
+    error: Option<&str>,
+) {
+    let start = now();
+    client
+        .execute(
+            "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, attempts, \
+               idempotency_key, params_sha256, output, error_class, error, started_at, finished_at) \
+             VALUES ($1, $2, $3, 'exec', $4, 2, $5, $6, $7, $8, $9, $10::timestamptz, $10::timestamptz + interval '1500 milliseconds')",
+            &[
+                &execution,
+                &index,
+                &format!("step-{index}"),
+                &state,
+                &vec![9u8; 32],
+                &vec![1u8; 32],
+                &output,
+                &error.map(|_| "permanent"),
+                &error,
+                &start,
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+async fn insert_halt(client: &tokio_postgres::Client, execution: Option<Uuid>, active: bool) {
+    client
+        .execute(
+            "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, \
+               entered_at, resolved_at, resolved_by, reason) \
+             VALUES ($1, $2, $3, 'rb-1', 'undo of step 1 failed', now(), \
+               CASE WHEN $1 THEN NULL ELSE now() END, CASE WHEN $1 THEN NULL ELSE 0 END, \
+               CASE WHEN $1 THEN NULL ELSE 'fixed by hand' END)",
+            &[&active, &NODE, &execution],
+        )
+        .await
+        .unwrap();
+}
+
+/// Every GET path of the API, with a real execution id for the templated one.
+fn concrete_paths(execution: Uuid) -> Vec<String> {
+    status::routes::ROUTES
+        .iter()
+        .map(|route| route.path.replace("{id}", &execution.to_string()))
+        .collect()
+}
+
+// ---- Tests ----
+
+#[tokio::test]
+async fn health_is_ready_with_counts_chain_head_version_and_uptime() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    insert_execution(&client, now(), "completed", PLAYBOOK, "acme").await;
+    insert_execution(&client, now(), "running", PLAYBOOK, "acme").await;
+    let appended = server
+        .audit
+        .append(AuditEvent::new("test.event", Actor::System))
+        .await
+        .unwrap();
+
+    let (status, body) = server.get("/v1/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["executions"]["completed"], 1);
+    assert_eq!(body["executions"]["running"], 1);
+    assert_eq!(body["executions"]["safe_halted"], 0);
+    assert_eq!(body["chain_head"]["node_id"], NODE);
+    assert_eq!(body["chain_head"]["seq"], appended.seq);
+    assert_eq!(body["chain_head"]["hash"], hex::encode(appended.hash));
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["uptime_seconds"].is_u64());
+    assert_eq!(body["playbooks"], 1);
+    assert_eq!(body["bindings"], 2);
+}
+
+#[tokio::test]
+async fn health_is_503_while_a_safe_halt_is_active() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    insert_halt(&client, None, false).await;
+    assert_eq!(
+        server.get("/v1/health").await.0,
+        200,
+        "a resolved halt does not block"
+    );
+
+    insert_halt(&client, None, true).await;
+    let (status, body) = server.get("/v1/health").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["checks"]["safe_halt_active"], true);
+    assert_eq!(body["safe_halt"]["error_message"], "undo of step 1 failed");
+    assert!(body["reasons"].to_string().contains("SAFE-HALT"), "{body}");
+}
+
+#[tokio::test]
+async fn health_is_503_until_the_registry_is_loaded() {
+    let server = Server::start().await;
+    server.runtime.send_replace(RuntimeSnapshot::default());
+    let (status, body) = server.get("/v1/health").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["registry_loaded"], false);
+    assert!(body["reasons"].to_string().contains("registry"), "{body}");
+
+    server.runtime.send_replace(loaded_runtime());
+    assert_eq!(server.get("/v1/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn every_path_refuses_writes_with_405_json_and_allow() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "completed", PLAYBOOK, "acme").await;
+    for path in concrete_paths(id) {
+        for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            let response = server.call(method, &path).await;
+            assert_eq!(response.status, 405, "{method} {path}");
+            assert_eq!(
+                response.header("allow"),
+                Some("GET, HEAD"),
+                "{method} {path}"
+            );
+            let body = response.json().unwrap();
+            assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+            assert!(body["detail"].is_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn head_answers_every_path_without_a_body() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "completed", PLAYBOOK, "acme").await;
+    for path in concrete_paths(id) {
+        let response = server.call("HEAD", &path).await;
+        assert_eq!(response.status, 200, "HEAD {path}");
+        assert!(response.body.is_empty(), "HEAD {path} sent a body");
+        assert!(response.header("content-type").is_some(), "HEAD {path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_json() {
+    let server = Server::start().await;
+    for path in [
+        "/",
+        "/v1",
+        "/v2/health",
+        "/v1/executions/a/b",
+        "/v1/health/x",
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"], "not_found", "{path}");
+    }
+    let (status, body) = server
+        .get(&format!("/v1/executions/{}", Uuid::new_v4()))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_400_naming_the_parameter() {
+    let server = Server::start().await;
+    for (path, param) in [
+        ("/v1/executions?limit=0", "limit"),
+        ("/v1/executions?limit=501", "limit"),
+        ("/v1/executions?limit=ten", "limit"),
+        ("/v1/executions?state=exploded", "state"),
+        ("/v1/executions?playbook=Bad_Id", "playbook"),
+        ("/v1/executions?since=yesterday", "since"),
+        ("/v1/executions?until=2026-13-01T00:00:00Z", "until"),
+        ("/v1/executions?cursor=abc", "cursor"),
+        ("/v1/executions?limit=5&limit=6", "limit"),
+        ("/v1/executions?colour=red", "colour"),
+        ("/v1/audit?after=-1", "after"),
+        ("/v1/audit?limit=100000", "limit"),
+        ("/v1/executions/not-a-uuid", "id"),
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], "bad_request", "{path}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("`{param}`")), "{path}: {detail}");
+    }
+}
+
+#[tokio::test]
+async fn executions_filter_by_state_playbook_org_and_time() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let base = now();
+    let old = insert_execution(
+        &client,
+        base - time::Duration::hours(2),
+        "completed",
+        PLAYBOOK,
+        "acme",
+    )
+    .await;
+    let other_org = insert_execution(
+        &client,
+        base - time::Duration::hours(1),
+        "completed",
+        PLAYBOOK,
+        "globex",
+    )
+    .await;
+    let running = insert_execution(&client, base, "running", "block-ip", "acme").await;
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["execution_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = server.get("/v1/executions").await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&body), [running, other_org, old].map(|u| u.to_string()));
+    assert_eq!(body["next_cursor"], Value::Null);
+    let first = &body["executions"][0];
+    assert_eq!(first["playbook"]["id"], "block-ip");
+    assert_eq!(first["playbook"]["version"], 3);
+    assert_eq!(first["playbook"]["sha256"], hex::encode([7u8; 32]));
+    assert_eq!(first["org_id"], "acme");
+    assert!(
+        first.get("subject").is_none(),
+        "the list carries no subject"
+    );
+
+    let (_, body) = server.get("/v1/executions?state=running").await;
+    assert_eq!(ids(&body), [running.to_string()]);
+    let (_, body) = server
+        .get(&format!("/v1/executions?playbook={PLAYBOOK}"))
+        .await;
+    assert_eq!(ids(&body), [other_org, old].map(|u| u.to_string()));
+    let (_, body) = server.get("/v1/executions?org=globex").await;
+    assert_eq!(ids(&body), [other_org.to_string()]);
+    let since = audit::format_timestamp(base - time::Duration::minutes(90));
+    let until = audit::format_timestamp(base);
+    let (_, body) = server
+        .get(&format!("/v1/executions?since={since}&until={until}"))
+        .await;
+    assert_eq!(
+        ids(&body),
+        [other_org.to_string()],
+        "since inclusive, until exclusive"
+    );
+}
+
+#[tokio::test]
+async fn pagination_is_stable_while_newer_rows_are_inserted() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let base = now() - time::Duration::hours(1);
+    let mut existing = HashSet::new();
+    for i in 0..120 {
+        // Pairs share a started_at, so the execution_id tie-break is exercised.
+        let at = base - time::Duration::seconds(i / 2);
+        existing.insert(
+            insert_execution(&client, at, "completed", PLAYBOOK, "acme")
+                .await
+                .to_string(),
+        );
+    }
+
+    let writer_db = server.db.client().await;
+    let stop = CancellationToken::new();
+    let inserter = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut inserted = 0;
+            while !stop.is_cancelled() {
+                insert_execution(&writer_db, now(), "running", PLAYBOOK, "acme").await;
+                inserted += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            inserted
+        }
+    });
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/executions?limit=7&cursor={c}"),
+            None => "/v1/executions?limit=7".to_owned(),
+        };
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        for e in body["executions"].as_array().unwrap() {
+            seen.push(e["execution_id"].as_str().unwrap().to_owned());
+        }
+        pages += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    stop.cancel();
+    let inserted = inserter.await.unwrap();
+    assert!(
+        inserted > 0 && pages > 10,
+        "inserted {inserted} during {pages} pages"
+    );
+
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a row appeared twice");
+    let missing: Vec<&String> = existing.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "rows that existed at the start were skipped: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn execution_shows_pinned_version_steps_approvals_rollback_and_audit() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "rolled_back", PLAYBOOK, "acme").await;
+    insert_step(
+        &client,
+        id,
+        0,
+        "rolled_back",
+        json!({"exit_code": 0, "stdout": "ok"}),
+        None,
+    )
+    .await;
+    insert_step(
+        &client,
+        id,
+        1,
+        "failed",
+        json!({"stdout": "x".repeat(10_000)}),
+        Some("exit status 3"),
+    )
+    .await;
+    client
+        .execute(
+            "INSERT INTO playbook_approval_gates (execution_id, step_index, risk, required, state, context, \
+               opened_at, expires_at, resolved_at) \
+             VALUES ($1, 1, 'critical', 2, 'approved', '{\"step\": \"step-1\"}', now(), now() + interval '1 hour', now())",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    for uid in [1001i64, 1002] {
+        client
+            .execute(
+                "INSERT INTO playbook_approvals (execution_id, step_index, approver_uid, verdict, reason, created_at) \
+                 VALUES ($1, 1, $2, 'approve', 'looks right', now())",
+                &[&id, &uid],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, started_at, finished_at) \
+             VALUES ($1, 0, 'succeeded', 1, now(), now())",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let started = server
+        .audit
+        .append(AuditEvent::new("execution.started", Actor::System).execution(id))
+        .await
+        .unwrap();
+    server
+        .audit
+        .append(AuditEvent::new("execution.other", Actor::System).execution(Uuid::new_v4()))
+        .await
+        .unwrap();
+    let ended = server
+        .audit
+        .append(AuditEvent::new("execution.rolled_back", Actor::System).execution(id))
+        .await
+        .unwrap();
+
+    let (status, body) = server.get(&format!("/v1/executions/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["execution_id"], id.to_string());
+    assert_eq!(
+        body["playbook"],
+        json!({"id": PLAYBOOK, "version": 3, "sha256": hex::encode([7u8; 32])})
+    );
+    assert_eq!(body["state"], "rolled_back");
+    assert_eq!(body["subject"]["pid"], 4242);
+    assert_eq!(body["org_id"], "acme");
+    let steps = body["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["output"]["stdout"], "ok");
+    assert_eq!(steps[0]["attempts"], 2);
+    assert_eq!(steps[0]["duration_ms"], 1500);
+    assert_eq!(steps[1]["error"], "exit status 3");
+    assert_eq!(steps[1]["error_class"], "permanent");
+    assert_eq!(
+        steps[1]["output"]["truncated"], true,
+        "large output is bounded"
+    );
+    let gate = &body["approvals"][0];
+    assert_eq!(gate["risk"], "critical");
+    assert_eq!(gate["votes"].as_array().unwrap().len(), 2);
+    assert_eq!(gate["votes"][0]["approver_uid"], 1001);
+    assert_eq!(body["rollback"][0]["state"], "succeeded");
+    let seqs: Vec<i64> = body["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [started.seq, ended.seq]);
+}
+
+#[tokio::test]
+async fn safe_halt_route_shows_the_active_halt_and_history() {
+    let server = Server::start().await;
+    let (status, body) = server.get("/v1/safe-halt").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"active": null, "history": []}));
+
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "safe_halted", PLAYBOOK, "acme").await;
+    insert_halt(&client, None, false).await;
+    insert_halt(&client, Some(id), true).await;
+    let (_, body) = server.get("/v1/safe-halt").await;
+    assert_eq!(body["active"]["execution_id"], id.to_string());
+    assert_eq!(body["active"]["is_active"], true);
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().any(|h| h["reason"] == "fixed by hand"));
+}
+
+#[tokio::test]
+async fn audit_route_pages_through_this_nodes_chain() {
+    let server = Server::start().await;
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        appended.push(
+            server
+                .audit
+                .append(AuditEvent::new("test.event", Actor::System).with("i", i))
+                .await
+                .unwrap(),
+        );
+    }
+    let (status, body) = server.get("/v1/audit?limit=3").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["node_id"], NODE);
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["seq"], appended[0].seq);
+    assert_eq!(rows[0]["prev_hash"], hex::encode([0u8; 32]));
+    assert_eq!(rows[1]["prev_hash"], rows[0]["hash"]);
+    assert_eq!(rows[2]["hash"], hex::encode(appended[2].hash));
+    assert_eq!(body["next_after"], appended[2].seq);
+
+    let (_, body) = server
+        .get(&format!("/v1/audit?after={}", appended[2].seq))
+        .await;
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["event_data"]["i"], 4);
+    assert_eq!(body["next_after"], Value::Null);
+}
+
+#[tokio::test]
+async fn playbooks_route_shows_active_and_known_versions() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    insert_version(&client, PLAYBOOK, 2).await;
+    insert_version(&client, PLAYBOOK, 3).await;
+    let (status, body) = server.get("/v1/playbooks").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["registry_loaded"], true);
+    assert_eq!(body["bindings"], 2);
+    assert_eq!(body["active"][0]["id"], PLAYBOOK);
+    assert_eq!(body["active"][0]["version"], 3);
+    let versions: Vec<i64> = body["known_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 2]);
+    assert!(
+        body.to_string().find("content").is_none(),
+        "playbook bytes are not served"
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_after_every_metric_is_emitted() {
+    use playbookd::status::metrics as m;
+    let server = Server::start().await;
+    metrics::counter!(m::DECISIONS_TOTAL, "status" => "rejected", "reason" => "stale").increment(1);
+    metrics::counter!(m::EXECUTIONS_TOTAL, "state" => "completed", "playbook" => PLAYBOOK)
+        .increment(1);
+    metrics::histogram!(m::STEP_DURATION_SECONDS, "action" => "exec").record(0.25);
+    metrics::counter!(m::STEP_RETRIES_TOTAL, "action" => "exec").increment(2);
+    metrics::gauge!(m::APPROVALS_PENDING).set(1.0);
+    metrics::histogram!(m::APPROVAL_WAIT_SECONDS).record(42.0);
+    metrics::gauge!(m::SAFE_HALT_ACTIVE).set(0.0);
+    metrics::counter!(m::AUDIT_APPENDS_TOTAL).increment(3);
+    metrics::histogram!(m::AUDIT_APPEND_SECONDS).record(0.002);
+    metrics::counter!(m::REGISTRY_REJECTIONS_TOTAL, "reason" => "untrusted_signature").increment(1);
+    metrics::gauge!(m::HTTP_CIRCUIT_OPEN, "host" => "hooks.example.org").set(1.0);
+    metrics::counter!(m::DECISIONS_SUPPRESSED_TOTAL).increment(1);
+
+    let response = server.call("GET", "/metrics").await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(response.body).unwrap();
+    for name in m::ALL {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} not described:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE playbookd_step_duration_seconds histogram"),
+        "histograms, not summaries:\n{text}"
+    );
+
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian package `prometheus`; scripts/lib/install-test-tools.sh installs it)",
+        );
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = promtool.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn openapi_documents_every_route_and_only_those() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.yaml"))
+            .unwrap();
+    let doc: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented: HashSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let served: HashSet<&str> = status::routes::ROUTES.iter().map(|r| r.path).collect();
+    assert_eq!(documented, served);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let methods: Vec<&String> = item.as_object().unwrap().keys().collect();
+        assert_eq!(methods, ["get"], "{path} documents only GET");
+        assert!(
+            item["get"]["responses"]["200"].is_object(),
+            "{path} has no 200 response"
+        );
+    }
+    // Every $ref points at something that exists.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 10);
+    for reference in refs {
+        let pointer = reference.strip_prefix('#').unwrap();
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {reference}");
+    }
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                if key == "$ref" {
+                    out.push(value.as_str().unwrap().to_owned());
+                } else {
+                    collect_refs(value, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn no_response_leaks_a_secret() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "completed", PLAYBOOK, "acme").await;
+    insert_step(
+        &client,
+        id,
+        0,
+        "succeeded",
+        json!({"status": 200, "headers": {"Authorization": format!("Bearer {SECRET}")}, "webhook_secret": SECRET}),
+        None,
+    )
+    .await;
+    let mut paths = concrete_paths(id);
+    paths.push("/nope".into());
+    paths.push(format!("/v1/executions?cursor={SECRET}"));
+    for path in paths {
+        for method in ["GET", "POST"] {
+            let response = server.call(method, &path).await;
+            let text = String::from_utf8_lossy(&response.body);
+            assert!(
+                !text.contains(SECRET),
+                "{method} {path} leaked the secret:\n{text}"
+            );
+            assert!(
+                !text.contains("postgres://"),
+                "{method} {path} leaked a URL:\n{text}"
+            );
+        }
+    }
+    let (_, body) = server.get(&format!("/v1/executions/{id}")).await;
+    assert_eq!(
+        body["steps"][0]["output"]["status"], 200,
+        "non-secret output is kept"
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_listener_serves_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("status.sock");
+    let server = Server::start_on(TestDb::new().await, &format!("unix:{}", socket.display())).await;
+    let (status, body) = server.get("/v1/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.url(), format!("unix:{}", socket.display()));
+}
+
+#[tokio::test]
+async fn status_cli_prints_tables_and_json() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "rolled_back", PLAYBOOK, "acme").await;
+    insert_step(&client, id, 0, "failed", json!({}), Some("exit status 3")).await;
+    insert_halt(&client, Some(id), false).await;
+    server
+        .audit
+        .append(AuditEvent::new("execution.started", Actor::System).execution(id))
+        .await
+        .unwrap();
+    let url = server.url();
+    let id_text = id.to_string();
+    let cli = |args: Vec<&str>| {
+        let url = url.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut full: Vec<&str> = vec!["status", "--url", &url];
+                full.extend(args.iter().map(String::as_str));
+                run_cli(&full, &[])
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    let (status, stdout, stderr) = cli(vec![]).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("ready: yes"), "{stdout}");
+    assert!(stdout.contains("rolled_back 1"), "{stdout}");
+
+    let (status, stdout, stderr) = cli(vec!["executions", "--state", "rolled_back"]).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.starts_with("EXECUTION"), "{stdout}");
+    assert!(
+        stdout.contains(&id_text) && stdout.contains("contain-host@3"),
+        "{stdout}"
+    );
+
+    let (status, stdout, stderr) = cli(vec!["executions", "--json"]).await;
+    assert!(status.success(), "{stderr}");
+    let body: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(body["executions"][0]["execution_id"], id_text);
+
+    let (status, stdout, stderr) = cli(vec!["execution", &id_text]).await;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("step-0") && stdout.contains("exit status 3"),
+        "{stdout}"
+    );
+
+    let (status, stdout, _) = cli(vec!["halt"]).await;
+    assert!(status.success());
+    assert!(
+        stdout.contains("no active SAFE-HALT") && stdout.contains("fixed by hand"),
+        "{stdout}"
+    );
+
+    let (status, stdout, _) = cli(vec!["audit"]).await;
+    assert!(status.success());
+    assert!(stdout.contains("execution.started"), "{stdout}");
+
+    let (status, _, stderr) = cli(vec!["executions", "--state", "bogus"]).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("400") && stderr.contains("`state`"),
+        "{stderr}"
+    );
+
+    server.runtime.send_replace(RuntimeSnapshot::default());
+    let (status, stdout, _) = cli(vec![]).await;
+    assert_eq!(status.code(), Some(1), "not ready is a failure for scripts");
+    assert!(stdout.contains("ready: NO"), "{stdout}");
+}
+
+#[tokio::test]
+async fn daemon_serves_status_and_never_echoes_its_database_password() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-d", "");
+    // Same server and database, now with a password in the URL (trust auth ignores it).
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_password = text.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{SECRET}@"),
+        1,
+    );
+    assert_ne!(text, with_password, "the config must carry the password");
+    std::fs::write(&config, with_password).unwrap();
+
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let log = daemon.log_text();
+    let addr = log
+        .split("status API listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
+    let endpoint = Endpoint::parse(&format!("http://{addr}")).unwrap();
+    let id = Uuid::new_v4();
+    for path in concrete_paths(id) {
+        let response = request(&endpoint, "GET", &path).await.unwrap();
+        let body = String::from_utf8_lossy(&response.body);
+        assert!(
+            !body.contains(SECRET),
+            "GET {path} leaked the password:\n{body}"
+        );
+    }
+    // The daemon does not load a registry yet: not ready, and says why.
+    let health = request(&endpoint, "GET", "/v1/health").await.unwrap();
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json().unwrap()["checks"]["database"], true);
+    assert!(
+        !daemon.log_text().contains(SECRET),
+        "the log leaked the password"
+    );
+}

@@ -1,0 +1,608 @@
+//! The daemon as a systemd service: the installer, the unit file, sd_notify and journald.
+//!
+//! sd_notify: each test binds its own `NOTIFY_SOCKET` (a Unix datagram socket in a temp dir) and
+//! hands it to the real binary, as systemd would.
+//!
+//! journald: tracing-journald always sends to `/run/systemd/journal/socket` (no path override),
+//! so the stand-in journal is a datagram socket in a temp dir, and the daemon runs in a private
+//! mount namespace where that temp dir is bind-mounted over `/run`. This needs root (CAP_SYS_ADMIN).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+
+// ---- installer and unit ---------------------------------------------------------------------
+
+#[test]
+fn installer_into_destdir_lays_out_files_with_their_modes() {
+    let root = tempfile::tempdir().unwrap();
+    let output = install_into(root.path(), &["--no-enable"]);
+    let at = |path: &str| root.path().join(path.trim_start_matches('/'));
+
+    for (path, mode) in [
+        ("/usr/local/bin/playbookd", 0o755),
+        ("/etc/systemd/system/playbookd.service", 0o644),
+        ("/etc/playbookd", 0o750),
+        ("/etc/playbookd/playbookd.toml", 0o640),
+        ("/etc/playbookd/trusted-keys", 0o750),
+        ("/var/lib/playbookd", 0o750),
+        ("/var/lib/playbookd/playbooks", 0o750),
+        ("/var/lib/playbookd/quarantine", 0o700),
+        ("/usr/share/playbookd/samples/README", 0o644),
+    ] {
+        let meta = std::fs::metadata(at(path)).unwrap_or_else(|e| panic!("{path}: {e}\n{output}"));
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            mode,
+            "mode of {path} is {:o}",
+            meta.permissions().mode() & 0o7777
+        );
+    }
+    assert_eq!(
+        std::fs::read(at("/usr/local/bin/playbookd")).unwrap(),
+        std::fs::read(binary()).unwrap(),
+        "installed binary differs from --binary"
+    );
+    assert_eq!(
+        std::fs::read_to_string(at("/etc/systemd/system/playbookd.service")).unwrap(),
+        std::fs::read_to_string(source("systemd/playbookd.service")).unwrap()
+    );
+    // Unsigned samples must never land where the daemon loads playbooks from.
+    let active: Vec<_> = std::fs::read_dir(at("/var/lib/playbookd/playbooks"))
+        .unwrap()
+        .collect();
+    assert!(
+        active.is_empty(),
+        "active playbook dir not empty: {active:?}"
+    );
+
+    // Host changes are printed, not made, under DESTDIR; the unit is left disabled.
+    for printed in [
+        "skipped (DESTDIR set): useradd --system --gid playbookd",
+        "skipped (DESTDIR set): groupadd --system playbookd-approvers",
+        "CREATE DATABASE playbookd OWNER playbookd;",
+        "skipped (DESTDIR set): runuser -u playbookd -- /usr/local/bin/playbookd migrate",
+        "skipped (DESTDIR set): systemctl daemon-reload",
+    ] {
+        assert!(output.contains(printed), "no `{printed}` in:\n{output}");
+    }
+    assert!(!output.contains("systemctl enable"), "{output}");
+
+    // The installed default configuration is one the daemon accepts as it is.
+    playbookd::config::Config::load(&at("/etc/playbookd/playbookd.toml"))
+        .unwrap_or_else(|e| panic!("installed config rejected: {e}"));
+}
+
+#[test]
+fn installer_run_twice_keeps_an_edited_config() {
+    let root = tempfile::tempdir().unwrap();
+    install_into(root.path(), &["--no-enable"]);
+    let config = root.path().join("etc/playbookd/playbookd.toml");
+    std::fs::write(&config, "node_id = \"edited\"\n").unwrap();
+
+    let output = install_into(root.path(), &[]);
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "node_id = \"edited\"\n"
+    );
+    assert!(
+        output.contains("keeping the existing /etc/playbookd/playbookd.toml"),
+        "{output}"
+    );
+    assert!(
+        output.contains("skipped (DESTDIR set): systemctl enable playbookd.service"),
+        "{output}"
+    );
+}
+
+#[test]
+fn installer_dry_run_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let output = install_into(root.path(), &["--dry-run"]);
+    assert!(
+        output.contains("+ install -m 0755"),
+        "dry run printed no steps:\n{output}"
+    );
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+    assert!(left.is_empty(), "dry run wrote {left:?}");
+}
+
+#[test]
+fn uninstall_keeps_config_and_data_unless_purged() {
+    let root = tempfile::tempdir().unwrap();
+    install_into(root.path(), &["--no-enable"]);
+    let at = |path: &str| root.path().join(path);
+
+    let output = run_script("installer/uninstall.sh", root.path(), &[]);
+    assert!(!at("usr/local/bin/playbookd").exists(), "{output}");
+    assert!(!at("etc/systemd/system/playbookd.service").exists());
+    assert!(!at("usr/share/playbookd").exists());
+    assert!(at("etc/playbookd/playbookd.toml").exists(), "{output}");
+    assert!(at("var/lib/playbookd/quarantine").exists());
+    assert!(
+        output.contains("systemctl disable --now playbookd.service"),
+        "{output}"
+    );
+
+    let output = run_script("installer/uninstall.sh", root.path(), &["--purge"]);
+    assert!(!at("etc/playbookd").exists(), "{output}");
+    assert!(!at("var/lib/playbookd").exists(), "{output}");
+    assert!(output.contains("DROP DATABASE playbookd;"), "{output}");
+}
+
+#[test]
+fn installed_unit_passes_systemd_analyze_verify() {
+    let root = tempfile::tempdir().unwrap();
+    install_into(root.path(), &["--no-enable"]);
+    // verify insists that ExecStart= exists: point it at the DESTDIR copy, change nothing else.
+    let installed = root.path().join("usr/local/bin/playbookd");
+    let unit =
+        std::fs::read_to_string(root.path().join("etc/systemd/system/playbookd.service")).unwrap();
+    let exec_start = "ExecStart=/usr/local/bin/playbookd ";
+    assert!(unit.contains(exec_start), "{unit}");
+    let unit = unit.replace(exec_start, &format!("ExecStart={} ", installed.display()));
+    let check = tempfile::tempdir().unwrap();
+    let path = check.path().join("playbookd.service");
+    std::fs::write(&path, unit).unwrap();
+
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed for this test");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "verify failed:\n{stderr}");
+    // verify exits 0 on unknown keys and similar mistakes; it only warns, on stderr.
+    assert!(stderr.trim().is_empty(), "verify warned:\n{stderr}");
+}
+
+#[test]
+fn unit_does_not_restart_on_the_daemons_config_exit_code() {
+    let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    for expected in [
+        format!(
+            "RestartPreventExitStatus={}",
+            playbookd::daemon::EXIT_CONFIG
+        ),
+        "Restart=always".into(),
+        "Type=notify".into(),
+        "NotifyAccess=main".into(),
+        "User=playbookd".into(),
+        format!(
+            "ExecStart=/usr/local/bin/playbookd serve --config {}",
+            playbookd::config::DEFAULT_CONFIG_PATH
+        ),
+    ] {
+        assert!(
+            settings.contains(&expected.as_str()),
+            "unit lacks `{expected}`"
+        );
+    }
+}
+
+#[test]
+fn unit_exposure_score_is_ok_and_at_most_2() {
+    let output = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(source("systemd/playbookd.service"))
+        .output()
+        .expect("systemd-analyze (package systemd) is needed for this test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    println!("systemd-analyze security --offline=yes: {}", line.trim());
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in `{line}`"));
+    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
+    assert!(line.contains(" OK"), "not rated OK: {line}");
+}
+
+// ---- sd_notify ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ready_comes_after_startup_and_stopping_on_sigterm() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-notify", "");
+    let notify = NotifySocket::bind(&dir);
+    let mut daemon = ChildDaemon::start_with_env(
+        &config,
+        &dir.path("daemon.log"),
+        &[("NOTIFY_SOCKET", notify.path_str())],
+    );
+
+    let ready = notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(20));
+    // Checked the moment READY arrives: whatever must be up before READY is up now.
+    assert_startup_done_at_ready(&db, &dir).await;
+    let status = field(&ready, "STATUS").unwrap_or_else(|| panic!("no STATUS with READY: {ready}"));
+    assert!(status.starts_with("ready"), "{status}");
+    // No watchdog was asked for, so none is sent.
+    let early = notify.collect_for(Duration::from_millis(1200));
+    assert!(
+        early.iter().all(|m| !m.contains("WATCHDOG=1")),
+        "watchdog pings without WATCHDOG_USEC: {early:?}"
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    notify.wait_for(&mut daemon, "STOPPING=1", Duration::from_secs(5));
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+}
+
+#[tokio::test]
+async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-watchdog", "");
+    let notify = NotifySocket::bind(&dir);
+    let mut daemon = ChildDaemon::start_with_env(
+        &config,
+        &dir.path("daemon.log"),
+        &[
+            ("NOTIFY_SOCKET", notify.path_str()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(20));
+
+    // A 1 s watchdog: a ping every half second, about 6 in 3 s; at least 3 leaves room for a
+    // loaded machine and still fails if the pings stop after the first.
+    let window = Duration::from_secs(3);
+    let pings = notify
+        .collect_for(window)
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(
+        pings >= 3,
+        "{pings} WATCHDOG=1 in {window:?}:\n{}",
+        daemon.log_text()
+    );
+
+    // Take the database away: the liveness check fails, so the pings must stop and systemd
+    // would restart the daemon.
+    let admin = crate::helpers::connect(&crate::helpers::admin_config()).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
+        .await
+        .unwrap();
+    // One ping may already be on its way.
+    notify.collect_for(Duration::from_millis(700));
+    let after = notify.collect_for(Duration::from_secs(2));
+    assert!(
+        after.iter().all(|m| !m.contains("WATCHDOG=1")),
+        "still pinging without a database: {after:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("liveness check failed"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// Everything that must be true once READY=1 has been sent: the schema is migrated and the
+/// audit chain holds `daemon.start`, and every endpoint the daemon serves accepts connections.
+async fn assert_startup_done_at_ready(db: &TestDb, dir: &DaemonDir) {
+    let client = db.client().await;
+    let starts: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'daemon.start'",
+            &[],
+        )
+        .await
+        .expect("audit log readable at READY (migrations done)")
+        .get(0);
+    assert_eq!(starts, 1, "daemon.start not committed before READY");
+    for socket in sockets_bound_before_ready(dir) {
+        std::os::unix::net::UnixStream::connect(&socket).unwrap_or_else(|e| {
+            panic!("READY=1 sent but {} does not accept: {e}", socket.display())
+        });
+    }
+}
+
+/// The Unix sockets (paths from `DaemonDir::write_config`) that `Daemon::build` binds before
+/// READY. Add each one here as the daemon starts binding it, e.g. `dir.path("run/decisions.sock")`.
+fn sockets_bound_before_ready(dir: &DaemonDir) -> Vec<PathBuf> {
+    let _ = dir;
+    Vec::new()
+}
+
+/// A stand-in for systemd's notification socket.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &DaemonDir) -> NotifySocket {
+        let path = dir.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        NotifySocket { socket, path }
+    }
+
+    fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    fn recv(&self) -> Option<String> {
+        let mut buf = vec![0; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("notify socket: {e}"),
+        }
+    }
+
+    /// The first message with a line equal to `line`, or a panic with the daemon's log.
+    fn wait_for(&self, daemon: &mut ChildDaemon, line: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while start.elapsed() < limit {
+            if let Some(message) = self.recv() {
+                if message.lines().any(|l| l == line) {
+                    return message;
+                }
+                seen.push(message);
+            } else if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "playbookd exited ({status}) before {line}; got {seen:?}\n{}",
+                    daemon.log_text()
+                );
+            }
+        }
+        panic!(
+            "no {line} after {limit:?}; got {seen:?}\n{}",
+            daemon.log_text()
+        );
+    }
+
+    fn collect_for(&self, window: Duration) -> Vec<String> {
+        let start = Instant::now();
+        let mut messages = Vec::new();
+        while start.elapsed() < window {
+            messages.extend(self.recv());
+        }
+        messages
+    }
+}
+
+fn field<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+}
+
+// ---- journald -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn journal_entries_carry_identifier_priority_and_run_fields() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it bind-mounts a stand-in journal over /run in a private mount namespace"
+    );
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-journal", "");
+    let fake_run = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(fake_run.path().join("systemd/journal")).unwrap();
+    let journal = UnixDatagram::bind(fake_run.path().join("systemd/journal/socket")).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+
+    let log = dir.path("daemon.log");
+    let run_dir = fake_run.path().to_owned();
+    let config_path = config.clone();
+    let mut daemon = std::thread::spawn(move || {
+        enter_private_run(&run_dir);
+        // The production journald layer, fed an event inside a span, as the executor will log.
+        let layer = playbookd::systemd::journald_layer().expect("stand-in journal answers");
+        let subscriber =
+            tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let run = tracing::info_span!(
+                "run",
+                execution_id = "0d2c6a52-5bd4-4c0e-9d1e-2f0b8e0f7a11",
+                playbook_id = "contain-host"
+            );
+            let _entered = run.enter();
+            tracing::warn!(step_id = "kill", org_id = "acme", "step failed");
+        });
+        // Spawned from this thread, so the daemon lives in the same private mount namespace.
+        ChildDaemon::start(&config_path, &log)
+    })
+    .join()
+    .expect("namespace thread");
+
+    let start = Instant::now();
+    let mut entries = Vec::new();
+    let mut buf = vec![0; 65536];
+    while start.elapsed() < Duration::from_secs(20) {
+        match journal.recv(&mut buf) {
+            Ok(0) => {} // tracing-journald probes the socket with an empty datagram
+            Ok(n) => {
+                let entry = parse_journal_entry(&buf[..n]);
+                let ready = entry.get("MESSAGE").is_some_and(|m| m == "playbookd ready");
+                entries.push(entry);
+                if ready {
+                    break;
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = daemon.child.try_wait() {
+                    panic!("playbookd exited ({status}):\n{}", daemon.log_text());
+                }
+            }
+        }
+    }
+
+    let step = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").is_some_and(|m| m == "step failed"))
+        .unwrap_or_else(|| panic!("no `step failed` entry in {entries:#?}"));
+    for (name, value) in [
+        ("SYSLOG_IDENTIFIER", "playbookd"),
+        ("PRIORITY", "4"),
+        ("EXECUTION_ID", "0d2c6a52-5bd4-4c0e-9d1e-2f0b8e0f7a11"),
+        ("PLAYBOOK_ID", "contain-host"),
+        ("STEP_ID", "kill"),
+        ("ORG_ID", "acme"),
+    ] {
+        assert_eq!(
+            step.get(name).map(String::as_str),
+            Some(value),
+            "{name} in {step:#?}"
+        );
+    }
+
+    let ready = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").is_some_and(|m| m == "playbookd ready"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the daemon logged no `playbookd ready` to the journal: {entries:#?}\nstderr:\n{}",
+                daemon.log_text()
+            )
+        });
+    for (name, value) in [
+        ("SYSLOG_IDENTIFIER", "playbookd"),
+        ("PRIORITY", "6"),
+        ("NODE_ID", "node-journal"),
+    ] {
+        assert_eq!(
+            ready.get(name).map(String::as_str),
+            Some(value),
+            "{name} in {ready:#?}"
+        );
+    }
+    assert!(
+        !ready.contains_key("F_NODE_ID"),
+        "fields must not carry a prefix: {ready:#?}"
+    );
+    // With a journal, nothing goes to stderr.
+    assert!(
+        !daemon.log_text().contains("playbookd ready"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// Moves the calling thread (and the processes it spawns) into a private mount namespace where
+/// `run_dir` is mounted over /run. Other threads of the test binary are unaffected.
+fn enter_private_run(run_dir: &Path) {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    // Private first, or the bind mount would propagate back to the host's /run.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private");
+    mount(
+        Some(run_dir),
+        "/run",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind the stand-in over /run");
+}
+
+/// Decodes one datagram of the journald native protocol: `NAME=value\n`, or `NAME\n` followed
+/// by a little-endian u64 length, the value bytes and `\n`.
+fn parse_journal_entry(mut data: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    while !data.is_empty() {
+        let end = data
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("field ends with a newline");
+        let line = &data[..end];
+        data = &data[end + 1..];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+        } else {
+            let len = usize::try_from(u64::from_le_bytes(data[..8].try_into().unwrap())).unwrap();
+            let value = &data[8..8 + len];
+            assert_eq!(data[8 + len], b'\n', "binary field not closed by a newline");
+            fields.insert(
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
+            data = &data[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+fn source(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs the installer into `root` with the binary under test; returns stdout and stderr.
+fn install_into(root: &Path, args: &[&str]) -> String {
+    let binary = binary();
+    let mut all = vec!["--binary", binary.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_script("installer/install.sh", root, &all)
+}
+
+fn run_script(script: &str, destdir: &Path, args: &[&str]) -> String {
+    let output = Command::new("bash")
+        .arg(source(script))
+        .args(args)
+        .env("DESTDIR", destdir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script} failed:\n{text}");
+    text
+}

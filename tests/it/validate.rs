@@ -1,0 +1,71 @@
+//! `playbookd validate FILE…`, through the real binary.
+
+use std::path::PathBuf;
+
+use crate::helpers::run_cli;
+
+fn path(relative: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(relative)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn validate_accepts_samples_and_names_each_summary() {
+    let playbook = path("playbooks/contain-ransomware.yaml");
+    let bindings = path("playbooks/bindings.yaml");
+    let (status, stdout, stderr) = run_cli(&["validate", &playbook, &bindings], &[]);
+    assert!(status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains(&format!("{playbook}: ok (contain-ransomware@1, 4 steps)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{bindings}: ok (bindings, 5 bindings)")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_fails_with_the_reason_per_file_and_keeps_checking_the_rest() {
+    let bad = path("tests/fixtures/playbooks/invalid/missing-param.yaml");
+    let good = path("playbooks/noop-3.yaml");
+    let missing = path("tests/fixtures/playbooks/invalid/does-not-exist.yaml");
+    let (status, stdout, stderr) = run_cli(&["validate", &bad, &good, &missing], &[]);
+    assert_eq!(status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{bad}: step `block`, with.address: `net.block_ip` requires `address`"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{good}: ok (noop-3@1, 3 steps)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{missing}: cannot read:")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("2 of 3 files failed validation"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_refuses_an_oversized_file_without_parsing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b'#'; 10 * 1024 * 1024]).unwrap();
+    let big = big.to_string_lossy().into_owned();
+    let (status, stdout, _) = run_cli(&["validate", &big], &[]);
+    assert!(!status.success());
+    assert!(
+        stdout.contains(&format!(
+            "{big}: document is 10485760 bytes; the limit is 1048576"
+        )),
+        "{stdout}"
+    );
+}
