@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit_cli::{self, AuditCliError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::playbook;
@@ -84,6 +85,28 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every chain (or one) and check its signed checkpoints.
+    /// Exit 0: intact; 2: a breach was found; 1: could not verify.
+    Verify {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Verify only this node's chain.
+        #[arg(long)]
+        node: Option<String>,
+        /// A node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub); checkpoints must be
+        /// signed by one of the keys given. Repeatable.
+        #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
+        trusted_node_keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +117,8 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditCliError),
     #[error("{failed} of {total} files failed validation")]
     Invalid { failed: usize, total: usize },
     #[error("failed to start the async runtime")]
@@ -140,6 +165,7 @@ impl CliError {
                 ExitCode::from(EXIT_CONFIG)
             }
             CliError::Daemon(error) => error.exit_code(),
+            CliError::Audit(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             CliError::Store(_)
             | CliError::Runtime(_)
@@ -221,6 +247,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             trusted_keys,
             files,
         } => verify(&trusted_keys, &files),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    node,
+                    trusted_node_keys,
+                },
+        } => runtime()?.block_on(async {
+            audit_cli::verify(&config, node.as_deref(), &trusted_node_keys).await?;
+            Ok(())
+        }),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Config {
     pub actions: ActionsConfig,
     #[serde(default)]
     pub roles: RolesConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +89,18 @@ pub struct PathsConfig {
     pub decision_socket: PathBuf,
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// The node's Ed25519 signing key (PKCS#8 PEM) for audit checkpoints; generated on first
+    /// start, refused when group- or world-accessible.
+    #[serde(default = "default_node_key")]
+    pub node_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the chain head is signed when it moved (and once more at shutdown).
+    #[serde(default = "default_checkpoint_interval_seconds")]
+    pub checkpoint_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +364,12 @@ impl Config {
                 "expected a positive integer".into(),
             ));
         }
+        if !(1..=86_400).contains(&self.audit.checkpoint_interval_seconds) {
+            return Err(invalid(
+                "audit.checkpoint_interval_seconds",
+                "expected an integer from 1 to 86400".into(),
+            ));
+        }
         if let Some(command) = self
             .actions
             .exec
@@ -410,6 +430,7 @@ impl Config {
             ("paths.bindings", &self.paths.bindings),
             ("paths.decision_socket", &self.paths.decision_socket),
             ("paths.control_socket", &self.paths.control_socket),
+            ("paths.node_key", &self.paths.node_key),
             (
                 "actions.file.quarantine_dir",
                 &self.actions.file.quarantine_dir,
@@ -435,6 +456,12 @@ impl Config {
             pg.application_name("playbookd");
         }
         pg
+    }
+}
+
+impl AuditConfig {
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_secs(self.checkpoint_interval_seconds)
     }
 }
 
@@ -497,6 +524,12 @@ fn default_decision_socket() -> PathBuf {
 }
 fn default_control_socket() -> PathBuf {
     "/run/playbookd/control.sock".into()
+}
+fn default_node_key() -> PathBuf {
+    "/var/lib/playbookd/node.key".into()
+}
+fn default_checkpoint_interval_seconds() -> u64 {
+    300
 }
 fn default_status_listen() -> String {
     "127.0.0.1:9470".into()
@@ -577,6 +610,14 @@ impl Default for PathsConfig {
             bindings: default_bindings_path(),
             decision_socket: default_decision_socket(),
             control_socket: default_control_socket(),
+            node_key: default_node_key(),
+        }
+    }
+}
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_interval_seconds: default_checkpoint_interval_seconds(),
         }
     }
 }
@@ -767,6 +808,24 @@ mod tests {
             error.to_string().contains("actions.net.nft_command"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn checkpoint_interval_defaults_to_five_minutes_and_zero_is_rejected() {
+        assert_eq!(parse("").unwrap().audit.checkpoint_interval_seconds, 300);
+        let error = parse("[audit]\ncheckpoint_interval_seconds = 0\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("audit.checkpoint_interval_seconds"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn relative_node_key_path_is_rejected() {
+        let error = parse("[paths]\nnode_key = \"node.key\"\n").unwrap_err();
+        assert!(error.to_string().contains("paths.node_key"), "{error}");
     }
 
     #[test]

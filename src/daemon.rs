@@ -4,6 +4,7 @@
 //! `run_until_stopped` only serves; tests build a daemon, read its addresses, then run it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,6 +21,7 @@ use crate::registry::{Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
+use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError};
@@ -36,6 +38,10 @@ pub enum DaemonError {
     Status(#[from] StatusError),
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    NodeKey(#[from] NodeKeyError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Actions(#[from] ActionSetupError),
     #[error("decision socket")]
@@ -55,6 +61,8 @@ impl DaemonError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             DaemonError::Config(_)
+            | DaemonError::NodeKey(_)
+            | DaemonError::Checkpoint(CheckpointError::ChainTruncated { .. })
             | DaemonError::Audit(AuditStartError::ChainLocked { .. })
             | DaemonError::Actions(_)
             | DaemonError::PolicyKey { .. }
@@ -66,6 +74,7 @@ impl DaemonError {
             DaemonError::Store(_)
             | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
+            | DaemonError::Checkpoint(CheckpointError::Store { .. })
             | DaemonError::Socket(_)
             | DaemonError::Registry(_)
             | DaemonError::Signals(_) => ExitCode::FAILURE,
@@ -84,6 +93,9 @@ pub struct Daemon {
     audit_task: tokio::task::JoinHandle<()>,
     registry: Registry,
     /// Stops the audit writer, last, once everything else has drained.
+    /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
+    checkpointer: Checkpointer,
+    /// Stops the audit writer and the checkpoint task, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
     /// Stops intake and executor first; unfinished runs stay resumable.
     work_shutdown: CancellationToken,
@@ -107,6 +119,9 @@ pub struct Daemon {
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        // First: a bad key file is an operator error, found before touching the database.
+        let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
+        tracing::info!(key_id = %node_key.key_id(), "node key loaded");
         let status_listener = status::bind(&config.status.listen).await?;
         let status_addr = status_listener.local_addr()?;
         let pg = config.postgres_config();
@@ -124,6 +139,8 @@ impl Daemon {
         let tasks_shutdown = CancellationToken::new();
         let (audit, audit_task) =
             audit::start_writer(pg, config.node_id.clone(), tasks_shutdown.clone()).await?;
+        let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
+        checkpointer.ensure_not_truncated().await?;
         audit
             .append(
                 AuditEvent::new("daemon.start", Actor::System)
@@ -180,6 +197,7 @@ impl Daemon {
             audit,
             audit_task,
             registry,
+            checkpointer,
             tasks_shutdown,
             work_shutdown,
             safe_halt,
@@ -260,6 +278,11 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
         self.publish_runtime();
+        // Stops with `tasks_shutdown`; shutdown signs the final head itself.
+        self.checkpointer.clone().spawn(
+            self.config.audit.checkpoint_interval(),
+            self.tasks_shutdown.clone(),
+        );
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has applied the migrations, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,
@@ -372,6 +395,15 @@ impl Daemon {
                 tracing::warn!(error = %audit::error_chain(&error), "stop not recorded");
             }
             Err(_) => tracing::warn!("stop not recorded: audit writer did not answer in time"),
+        }
+        // After the last append: the signed head covers the whole run, so cutting off its
+        // tail (up to and including `daemon.stop`) is detectable.
+        match tokio::time::timeout(DRAIN_LIMIT, self.checkpointer.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
+            }
+            Err(_) => tracing::warn!("final audit checkpoint timed out"),
         }
         self.tasks_shutdown.cancel();
         if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)

@@ -17,11 +17,12 @@
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
 //! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
 //!   the `playbookd status` client for it.
-//! - [`cli`]: the `playbookd` command line.
+//! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb.
 //! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
 pub mod approvals;
+pub mod audit_cli;
 pub mod bindings;
 pub mod cli;
 pub mod config;

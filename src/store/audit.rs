@@ -28,7 +28,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -133,12 +133,23 @@ pub enum AuditStartError {
     },
 }
 
+/// The last committed row of a chain: what a checkpoint signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// 0 for an empty chain.
+    pub seq: i64,
+    /// [`GENESIS_HASH`] for an empty chain.
+    pub hash: [u8; 32],
+}
+
 /// Cheap, cloneable handle to the audit writer task.
 #[derive(Clone)]
 pub struct AuditHandle {
     sender: mpsc::Sender<Request>,
     available: Arc<AtomicBool>,
     node_id: Arc<str>,
+    /// Updated by the writer after each COMMIT (and after reopening the chain), never before.
+    head: watch::Receiver<ChainHead>,
 }
 
 impl AuditHandle {
@@ -166,6 +177,11 @@ impl AuditHandle {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+
+    /// The chain head as of the last COMMIT: every row up to it is durable.
+    pub fn head(&self) -> ChainHead {
+        *self.head.borrow()
+    }
 }
 
 /// Starts the writer for `node_id`: connects, takes the chain's advisory lock, loads the head.
@@ -181,17 +197,20 @@ pub async fn start_writer(
         .map_err(|error| error.into_start_error(&node_id))?;
     let available = Arc::new(AtomicBool::new(true));
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+    let (head_sender, head) = watch::channel(connection.head());
     let writer = Writer {
         pg,
         node_id: node_id.clone(),
         connection: Some(connection),
         available: available.clone(),
+        head: head_sender,
     };
     let task = tokio::spawn(writer.run(receiver, shutdown));
     let handle = AuditHandle {
         sender,
         available,
         node_id: node_id.into(),
+        head,
     };
     Ok((handle, task))
 }
@@ -332,6 +351,13 @@ impl ChainConnection {
             head_hash,
         })
     }
+
+    fn head(&self) -> ChainHead {
+        ChainHead {
+            seq: self.head_seq,
+            hash: self.head_hash,
+        }
+    }
 }
 
 struct Writer {
@@ -340,6 +366,7 @@ struct Writer {
     /// None after a failure: the next batch reconnects, relocks and reloads the head first.
     connection: Option<ChainConnection>,
     available: Arc<AtomicBool>,
+    head: watch::Sender<ChainHead>,
 }
 
 struct Staged {
@@ -393,7 +420,7 @@ impl Writer {
             }
             return;
         };
-        match write_batch(connection, &self.node_id, batch).await {
+        match write_batch(connection, &self.node_id, &self.head, batch).await {
             Ok(()) => self.available.store(true, Ordering::Release),
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "audit batch failed; reconnecting before the next append");
@@ -408,6 +435,7 @@ impl Writer {
         match ChainConnection::open(&self.pg, &self.node_id).await {
             Ok(connection) => {
                 tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
+                self.head.send_replace(connection.head());
                 self.connection = Some(connection);
                 self.available.store(true, Ordering::Release);
             }
@@ -428,6 +456,7 @@ impl Writer {
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
+    head: &watch::Sender<ChainHead>,
     batch: Vec<Request>,
 ) -> Result<(), StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
@@ -478,6 +507,8 @@ async fn write_batch(
         Ok(()) => {
             connection.head_seq = seq;
             connection.head_hash = prev_hash;
+            // Before the replies: a caller that sees its append succeed also sees the new head.
+            head.send_replace(connection.head());
             metrics::counter!("playbookd_audit_appends_total").increment(staged.len() as u64);
             for item in staged {
                 let appended = Appended {

@@ -2,6 +2,7 @@
 //! every state change is committed together with its audit event.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod migrate;
 pub mod verify;
 

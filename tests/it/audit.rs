@@ -1,13 +1,18 @@
 //! The audit writer and chain verification against a real PostgreSQL.
 
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
-use playbookd::store::StoreError;
+use nix::sys::signal::Signal;
 use playbookd::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
+use playbookd::store::checkpoint::{Checkpointer, NodeKey};
 use playbookd::store::verify::{Breach, verify_chain};
+use playbookd::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::TestDb;
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
 
 async fn writer(db: &TestDb, node: &str) -> (AuditHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
@@ -126,83 +131,6 @@ async fn update_delete_and_truncate_are_refused_even_for_the_owner() {
     }
 }
 
-/// Runs `tamper` with the append-only trigger disabled (as the superuser the tests run as),
-/// then verifies the chain.
-async fn tampered(tamper: &str) -> (i64, Breach) {
-    let db = TestDb::new().await;
-    let (handle, _stop) = writer(&db, "n1").await;
-    append_n(&handle, 10).await;
-    let client = db.client().await;
-    client
-        .batch_execute(&format!(
-            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; {tamper}; \
-             ALTER TABLE playbook_audit_log ENABLE TRIGGER USER;"
-        ))
-        .await
-        .unwrap();
-    let report = verify_chain(&client, "n1").await.unwrap();
-    report.breach.expect("tampering must be detected")
-}
-
-#[tokio::test]
-async fn verify_names_a_modified_row() {
-    let breach = tampered(
-        "UPDATE playbook_audit_log SET event_data = jsonb_set(event_data, '{i}', '99') WHERE seq = 4",
-    )
-    .await;
-    assert_eq!(breach, (4, Breach::Modified));
-}
-
-#[tokio::test]
-async fn verify_names_a_deleted_row() {
-    let breach = tampered("DELETE FROM playbook_audit_log WHERE seq = 6").await;
-    assert_eq!(breach, (7, Breach::Missing { expected: 6 }));
-}
-
-#[tokio::test]
-async fn verify_names_an_inserted_row() {
-    // Shift seq 5.. up by one and forge a row at 5 whose own hash is internally consistent.
-    let breach = tampered(
-        "UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq >= 5; \
-         UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq >= 105; \
-         INSERT INTO playbook_audit_log SELECT node_id, 5, prev_hash, hash, event_type, event_data, created_at \
-         FROM playbook_audit_log WHERE seq = 4",
-    )
-    .await;
-    assert_eq!(breach, (5, Breach::BrokenLink));
-}
-
-#[tokio::test]
-async fn verify_names_reordered_rows() {
-    let breach = tampered(
-        "UPDATE playbook_audit_log SET seq = 1000 WHERE seq = 3; \
-         UPDATE playbook_audit_log SET seq = 3 WHERE seq = 4; \
-         UPDATE playbook_audit_log SET seq = 4 WHERE seq = 1000",
-    )
-    .await;
-    assert_eq!(breach, (3, Breach::BrokenLink));
-}
-
-#[tokio::test]
-async fn verify_detects_a_tail_cut_after_a_checkpoint() {
-    let breach = tampered(
-        "INSERT INTO audit_checkpoints (node_id, seq, hash, key_id, signature, created_at) \
-         SELECT node_id, seq, hash, 'k', '\\x00', now() FROM playbook_audit_log WHERE seq = 9; \
-         DELETE FROM playbook_audit_log WHERE seq >= 8",
-    )
-    .await;
-    assert_eq!(
-        breach,
-        (
-            8,
-            Breach::Truncated {
-                checkpoint_seq: 9,
-                last_seq: 7
-            }
-        )
-    );
-}
-
 #[tokio::test]
 async fn a_killed_connection_refuses_the_append_then_recovers() {
     let db = TestDb::new().await;
@@ -243,4 +171,531 @@ async fn a_killed_connection_refuses_the_append_then_recovers() {
     assert!(committed >= 1, "the writer never recovered: {outcomes:?}");
     assert!(handle.is_available());
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `playbookd audit verify` through the real binary, against chains tampered with in SQL.
+
+/// A chain of 10 rows on node `n1` with signed checkpoints at seq 5 and 10, and a config for it.
+struct Fixture {
+    db: TestDb,
+    dir: DaemonDir,
+    config: std::path::PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let db = TestDb::new().await;
+        let dir = DaemonDir::new();
+        let config = dir.write_config(&db, "n1", "");
+        let (handle, _stop) = writer(&db, "n1").await;
+        let store = Store::connect(&db.config, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let key = NodeKey::load_or_generate(&dir.path("node.key")).unwrap();
+        let checkpointer = Checkpointer::new(handle.clone(), store, Arc::new(key));
+        append_n(&handle, 5).await;
+        let first = checkpointer
+            .checkpoint()
+            .await
+            .unwrap()
+            .expect("head moved");
+        assert_eq!(first.seq, 5);
+        assert_eq!(
+            checkpointer.checkpoint().await.unwrap(),
+            None,
+            "head did not move"
+        );
+        append_n(&handle, 5).await;
+        assert_eq!(checkpointer.checkpoint().await.unwrap().unwrap().seq, 10);
+        Fixture { db, dir, config }
+    }
+
+    /// Runs `sql` as superuser with the append-only triggers disabled.
+    async fn tamper(&self, sql: &str) {
+        self.db
+            .client()
+            .await
+            .batch_execute(&format!(
+                "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+                 ALTER TABLE audit_checkpoints DISABLE TRIGGER USER; {sql}; \
+                 ALTER TABLE playbook_audit_log ENABLE TRIGGER USER; \
+                 ALTER TABLE audit_checkpoints ENABLE TRIGGER USER;"
+            ))
+            .await
+            .unwrap();
+    }
+
+    fn verify(&self, extra: &[&str]) -> (ExitStatus, String, String) {
+        let mut args = vec!["audit", "verify", "--config", self.config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run_cli(&args, &[])
+    }
+}
+
+/// Tampers with a fresh fixture, runs `audit verify`, and checks it exits 2 naming `expected`.
+async fn assert_breach(sql: &str, expected: &str) {
+    let fixture = Fixture::new().await;
+    fixture.tamper(sql).await;
+    let (status, stdout, stderr) = fixture.verify(&[]);
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(expected),
+        "expected `{expected}` in:\n{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_passes_an_untouched_chain_with_checkpoints() {
+    let fixture = Fixture::new().await;
+    let (status, stdout, stderr) = fixture.verify(&[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "node n1: 10 rows, last seq 10, 2 checkpoints: ok"
+    );
+    let (status, stdout, _) = fixture.verify(&["--node", "n1"]);
+    assert!(status.success(), "{stdout}");
+    let (status, _, stderr) = fixture.verify(&["--node", "nobody"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nobody"), "{stderr}");
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_modified_row() {
+    assert_breach(
+        "UPDATE playbook_audit_log SET event_data = jsonb_set(event_data, '{i}', '99') WHERE seq = 4",
+        "BREACH at seq 4: modified",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_row_whose_prev_hash_was_edited() {
+    assert_breach(
+        "UPDATE playbook_audit_log SET prev_hash = sha256('x') WHERE seq = 7",
+        "BREACH at seq 7: modified",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_deleted_row() {
+    assert_breach(
+        "DELETE FROM playbook_audit_log WHERE seq = 6",
+        "BREACH at seq 6: deleted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_deleted_row_when_the_rest_was_renumbered() {
+    assert_breach(
+        "DELETE FROM playbook_audit_log WHERE seq = 6; \
+         UPDATE playbook_audit_log SET seq = seq - 1 WHERE seq > 6",
+        "BREACH at seq 6: deleted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_an_inserted_copy_of_a_row() {
+    // Shift seq 5.. up by one and put a copy of row 4 at 5.
+    assert_breach(
+        "UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq >= 5; \
+         UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq >= 105; \
+         INSERT INTO playbook_audit_log SELECT node_id, 5, prev_hash, hash, event_type, event_data, created_at \
+         FROM playbook_audit_log WHERE seq = 4",
+        "BREACH at seq 5: inserted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_an_inserted_forged_row() {
+    // A new row at 3 that links to row 2 but cannot produce a valid hash.
+    assert_breach(
+        "UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq >= 3; \
+         UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq >= 103; \
+         INSERT INTO playbook_audit_log SELECT node_id, 3, hash, sha256('forged'), 'test.event', '{\"i\": 2}', created_at \
+         FROM playbook_audit_log WHERE seq = 2",
+        "BREACH at seq 3: inserted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_swapped_rows() {
+    assert_breach(
+        "UPDATE playbook_audit_log SET seq = 1000 WHERE seq = 3; \
+         UPDATE playbook_audit_log SET seq = 3 WHERE seq = 4; \
+         UPDATE playbook_audit_log SET seq = 4 WHERE seq = 1000",
+        "BREACH at seq 3: reordered",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_row_moved_earlier() {
+    // Row 7 moved to seq 3; rows 3..6 shift up by one.
+    assert_breach(
+        "UPDATE playbook_audit_log SET seq = 1000 WHERE seq = 7; \
+         UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq BETWEEN 3 AND 6; \
+         UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq BETWEEN 103 AND 106; \
+         UPDATE playbook_audit_log SET seq = 3 WHERE seq = 1000",
+        "BREACH at seq 3: reordered",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_tail_cut_after_a_checkpoint() {
+    assert_breach(
+        "DELETE FROM playbook_audit_log WHERE seq >= 8",
+        "BREACH at seq 8: truncated: a checkpoint covers seq 10 but the chain ends at seq 7",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_chain_deleted_whole() {
+    assert_breach(
+        "DELETE FROM playbook_audit_log",
+        "node n1: 0 rows, last seq 0, 2 checkpoints: BREACH at seq 1: truncated",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_forged_checkpoint_signature() {
+    assert_breach(
+        "UPDATE audit_checkpoints SET signature = set_byte(signature, 0, get_byte(signature, 0) # 1) \
+         WHERE seq = 5",
+        "BREACH at seq 5: forged checkpoint: signature does not verify",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_rehashed_chain_through_its_checkpoint() {
+    // Whoever rewrites row 3 and recomputes every later hash gets a self-consistent chain;
+    // only the signed checkpoint at 5 still holds the original hash.
+    let fixture = Fixture::new().await;
+    let client = fixture.db.client().await;
+    let rows = client
+        .query(
+            "SELECT seq, event_type, event_data, created_at FROM playbook_audit_log ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut prev = audit::GENESIS_HASH;
+    let mut sql = String::new();
+    for row in rows {
+        let seq: i64 = row.get(0);
+        let mut data: serde_json::Value = row.get(2);
+        if seq == 3 {
+            data["i"] = serde_json::json!(42);
+        }
+        let canonical = audit::canonical_bytes("n1", seq, row.get(1), &data, row.get(3));
+        let hash = audit::chain_hash(&prev, &canonical);
+        sql.push_str(&format!(
+            "UPDATE playbook_audit_log SET prev_hash = '\\x{}', hash = '\\x{}', event_data = '{}' WHERE seq = {seq};",
+            hex::encode(prev),
+            hex::encode(hash),
+            data
+        ));
+        prev = hash;
+    }
+    fixture.tamper(&sql).await;
+    let (status, stdout, _) = fixture.verify(&[]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("BREACH at seq 5: checkpoint mismatch"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_pins_the_node_key() {
+    let fixture = Fixture::new().await;
+    let own = fixture.dir.path("node.pub");
+    let (status, stdout, stderr) = fixture.verify(&["--trusted-node-key", own.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}{stderr}");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    NodeKey::load_or_generate(&other_dir.path().join("node.key")).unwrap();
+    let other = other_dir.path().join("node.pub");
+    let (status, stdout, _) = fixture.verify(&["--trusted-node-key", other.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("BREACH at seq 5: untrusted checkpoint key"),
+        "{stdout}"
+    );
+
+    let (status, _, stderr) = fixture.verify(&["--trusted-node-key", "/nonexistent.pub"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent.pub"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's own checkpoints.
+
+fn stop(daemon: &mut ChildDaemon) {
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+}
+
+#[tokio::test]
+async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    stop(&mut daemon);
+
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT c.seq, c.signature, l.event_type FROM audit_checkpoints c \
+             JOIN playbook_audit_log l USING (node_id, seq) WHERE node_id = 'node-a'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one checkpoint, at shutdown");
+    let seq: i64 = rows[0].get(0);
+    let signature: Vec<u8> = rows[0].get(1);
+    let event: String = rows[0].get(2);
+    let head = chain_head(&client, "node-a").await;
+    assert_eq!((seq, event.as_str()), (head, "daemon.stop"));
+    // journald's independent copy carries the same signature.
+    let logged = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &signature);
+    let log = daemon.log_text();
+    assert!(log.contains("audit checkpoint signed"), "{log}");
+    assert!(log.contains(&logged), "signature not in the log:\n{log}");
+
+    let mode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(dir.path("node.key")).unwrap());
+    assert_eq!(mode & 0o777, 0o600);
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "audit",
+            "verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--trusted-node-key",
+            dir.path("node.pub").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("node node-a: {head} rows, last seq {head}, 1 checkpoints: ok")
+    );
+}
+
+#[tokio::test]
+async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    stop(&mut daemon);
+    let client = db.client().await;
+    let head = chain_head(&client, "node-a").await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             DELETE FROM playbook_audit_log WHERE seq = {head};"
+        ))
+        .await
+        .unwrap();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    let expected = format!(
+        "ends at seq {} but a signed checkpoint covers seq {head}",
+        head - 1
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_running_daemon_checkpoints_periodically() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "[audit]\ncheckpoint_interval_seconds = 1\n");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("audit checkpoint signed", Duration::from_secs(20));
+    let client = db.client().await;
+    let seqs: Vec<i64> = client
+        .query("SELECT seq FROM audit_checkpoints ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!seqs.is_empty(), "a checkpoint signed while running");
+    let head = chain_head(&client, "node-a").await;
+    assert!(
+        seqs.iter().all(|seq| (1..=head).contains(seq)),
+        "checkpoints cover written rows only: {seqs:?} (head {head})"
+    );
+    stop(&mut daemon);
+}
+
+#[tokio::test]
+async fn a_group_readable_node_key_stops_the_daemon_with_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    NodeKey::load_or_generate(&dir.path("node.key")).unwrap();
+    std::fs::set_permissions(dir.path("node.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("node.key") && stderr.contains("0644"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// tools/verify_chain.py re-verifies what the daemon wrote, independently of this crate.
+
+#[tokio::test]
+async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    stop(&mut daemon);
+    // A second chain with data that exercises the canonical encoding: escapes, non-ASCII keys
+    // (sorted by UTF-16 code unit), floats, big and negative numbers, nesting.
+    {
+        let (handle, _stop) = writer(&db, "node-b").await;
+        let event = AuditEvent::new("test.tricky", Actor::Uid(1000))
+            .with(
+                "text",
+                "quote \" backslash \\ tab \t nl \n bell \u{7} é 😀 \u{2028}",
+            )
+            .with("\u{e9}", 1)
+            .with("\u{1f600}", 2)
+            .with("\u{ff61}", 3)
+            .with(
+                "floats",
+                serde_json::json!([0.1, 1.5, -0.0, 1e21, 1e-7, 123456789012.25, 5e-324]),
+            )
+            .with(
+                "ints",
+                serde_json::json!([0, -1, 9007199254740993_u64, 1_000_000]),
+            )
+            .with(
+                "nested",
+                serde_json::json!({"b": [true, false, null], "a": {"z": "", "y": []}}),
+            );
+        handle.append(event).await.unwrap();
+        append_n(&handle, 3).await;
+    }
+    let verify = |node: &str| {
+        let output = std::process::Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/verify_chain.py"))
+            .args(["--dsn", &db.url(), "--node", node])
+            .arg("--trusted-node-key")
+            .arg(dir.path("node.pub"))
+            .output()
+            .unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (status, stdout, stderr) = verify("node-a");
+    assert!(status.success(), "{stdout}{stderr}");
+    let head = chain_head(&db.client().await, "node-a").await;
+    assert_eq!(
+        stdout.trim(),
+        format!("node node-a: {head} rows, last seq {head}, 1 checkpoints: ok")
+    );
+    let (status, stdout, stderr) = verify("node-b");
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("4 rows, last seq 4, 0 checkpoints: ok"),
+        "{stdout}"
+    );
+    // The Rust verifier agrees, and the Python one fails on what the Rust one fails on.
+    let client = db.client().await;
+    assert_eq!(verify_chain(&client, "node-b").await.unwrap().breach, None);
+    let head = chain_head(&client, "node-a").await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             UPDATE playbook_audit_log SET event_data = event_data || '{{\"text\": \"x\"}}' WHERE node_id = 'node-b' AND seq = 1; \
+             ALTER TABLE audit_checkpoints DISABLE TRIGGER USER; \
+             DELETE FROM playbook_audit_log WHERE node_id = 'node-a' AND seq = {head};"
+        ))
+        .await
+        .unwrap();
+    let (status, stdout, _) = verify("node-b");
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("BREACH at seq 1: modified"), "{stdout}");
+    let (status, stdout, _) = verify("node-a");
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BREACH at seq {head}: truncated")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn verify_chain_reports_the_truncation_structurally() {
+    let fixture = Fixture::new().await;
+    fixture
+        .tamper("DELETE FROM playbook_audit_log WHERE seq >= 9")
+        .await;
+    let report = verify_chain(&fixture.db.client().await, "n1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.rows, report.last_seq, report.checkpoints),
+        (8, 8, 2)
+    );
+    assert_eq!(
+        report.breach,
+        Some((
+            9,
+            Breach::Truncated {
+                checkpoint_seq: 10,
+                last_seq: 8
+            }
+        ))
+    );
+}
+
+/// The last seq of a node's chain.
+async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -94,7 +94,11 @@ async fn unreachable_database_exits_quickly_naming_host_and_port() {
     let config = dir.path("unreachable.toml");
     std::fs::write(
         &config,
-        format!("node_id = \"x\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:{port}/x\"\n"),
+        format!(
+            "node_id = \"x\"\n[database]\nurl = \"postgres://postgres@127.0.0.1:{port}/x\"\n\
+             [paths]\nnode_key = \"{}\"\n",
+            dir.path("node.key").display()
+        ),
     )
     .unwrap();
     let started = Instant::now();

@@ -232,6 +232,7 @@ trusted_keys = "{keys}"
 bindings = "{bindings}"
 decision_socket = "{decisions}"
 control_socket = "{control}"
+node_key = "{node_key}"
 [status]
 listen = "127.0.0.1:0"
 [actions.file]
@@ -244,6 +245,7 @@ quarantine_dir = "{quarantine}"
             bindings = p("bindings.yaml"),
             decisions = p("run/decisions.sock"),
             control = p("run/control.sock"),
+            node_key = p("node.key"),
             quarantine = p("quarantine"),
         );
         let path = self.path("playbookd.toml");

@@ -1,0 +1,172 @@
+//! Audit log throughput, measured in one run against a database of its own:
+//!
+//! - baseline: plain single-row `INSERT` + COMMIT per row on one connection, into a table shaped
+//!   like the audit log but with no chain, no trigger and no lock;
+//! - audit appends/s with 1 and with 64 concurrent writers (group commit batches the latter);
+//! - `verify_chain` rows/s over everything appended.
+//!
+//! `cargo bench --bench audit [-- --quick]` (3 s per phase, 0.5 s with `--quick`; under
+//! `cargo test --all-targets`, a 0.1 s smoke run). The server is `PLAYBOOKD_TEST_DATABASE_URL` (default
+//! postgres://postgres@127.0.0.1:5432/postgres); the bench creates `pbd_bench_<pid>_<uuid>`
+//! and drops it at the end, also when a phase fails.
+#![allow(clippy::unwrap_used)] // a benchmark that cannot reach its database should just stop
+
+use std::time::{Duration, Instant};
+
+use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
+use playbookd::store::verify::verify_chain;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+const DATABASE_URL_ENV: &str = "PLAYBOOKD_TEST_DATABASE_URL";
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const NODE: &str = "bench-node";
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and then a short smoke run proves the benchmark still works without slowing the tests.
+    let args: Vec<String> = std::env::args().collect();
+    let phase = if !args.iter().any(|arg| arg == "--bench") {
+        Duration::from_millis(100)
+    } else if args.iter().any(|arg| arg == "--quick") {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    };
+    let url = std::env::var(DATABASE_URL_ENV).unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+    let admin_config: tokio_postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("{DATABASE_URL_ENV} is not a PostgreSQL URL: {e}"));
+    let admin = connect(&admin_config).await;
+    let name = format!(
+        "pbd_bench_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut config = admin_config.clone();
+    config.dbname(&name);
+
+    let outcome = tokio::spawn(run(config, phase)).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+async fn run(config: tokio_postgres::Config, phase: Duration) {
+    let mut client = connect(&config).await;
+    playbookd::store::migrate::migrate(&mut client)
+        .await
+        .unwrap();
+    println!("audit benchmark: {} s per phase", phase.as_secs_f64());
+
+    let baseline = plain_inserts(&client, phase).await;
+    println!("plain INSERT+COMMIT, 1 connection: {baseline:>10.0} rows/s");
+
+    let shutdown = CancellationToken::new();
+    let (handle, writer) = audit::start_writer(config.clone(), NODE.into(), shutdown.clone())
+        .await
+        .unwrap();
+    for writers in [1, 64] {
+        let rate = appends(&handle, writers, phase).await;
+        println!(
+            "audit append, {writers:>2} writer(s):       {rate:>10.0} appends/s  ({:.2}x baseline)",
+            rate / baseline
+        );
+    }
+    shutdown.cancel();
+    writer.await.unwrap();
+
+    let started = Instant::now();
+    let report = verify_chain(&client, NODE).await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(report.breach, None, "the benchmark chain must verify");
+    println!(
+        "verify_chain:                      {:>10.0} rows/s  ({} rows in {elapsed:.2} s)",
+        report.rows as f64 / elapsed,
+        report.rows
+    );
+}
+
+/// One autocommitted single-row INSERT after another: each is its own transaction and fsync.
+async fn plain_inserts(client: &tokio_postgres::Client, phase: Duration) -> f64 {
+    client
+        .batch_execute(
+            "CREATE TABLE bench_plain (seq bigint PRIMARY KEY, prev_hash bytea NOT NULL, \
+             hash bytea NOT NULL, event_type text NOT NULL, event_data jsonb NOT NULL, \
+             created_at timestamptz NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO bench_plain VALUES ($1, $2, $3, $4, $5, now())")
+        .await
+        .unwrap();
+    let hash = [7u8; 32];
+    let started = Instant::now();
+    let mut seq: i64 = 0;
+    while started.elapsed() < phase {
+        seq += 1;
+        let data = serde_json::json!({"actor": "system", "i": seq});
+        client
+            .execute(
+                &insert,
+                &[
+                    &seq,
+                    &hash.as_slice(),
+                    &hash.as_slice(),
+                    &"bench.event",
+                    &data,
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    seq as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `writers` tasks appending back to back for `phase`.
+async fn appends(handle: &AuditHandle, writers: u32, phase: Duration) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut count: u64 = 0;
+                while started.elapsed() < phase {
+                    handle
+                        .append(
+                            AuditEvent::new("bench.event", Actor::Uid(writer))
+                                .with("writer", writer)
+                                .with("i", count),
+                        )
+                        .await
+                        .unwrap();
+                    count += 1;
+                }
+                count
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
+        panic!("cannot connect to PostgreSQL ({DATABASE_URL_ENV}): {e}");
+    });
+    tokio::spawn(connection);
+    client
+}
