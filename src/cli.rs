@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::playbook;
 use crate::status_client::{self, ClientError, StatusArgs};
@@ -28,6 +29,8 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
+    Ctl(CtlArgs),
     /// Query the read-only status API (health without a subcommand).
     Status(StatusArgs),
     /// Parse and validate playbook or bindings files offline (signatures are not checked).
@@ -56,6 +59,8 @@ pub enum CliError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Status(#[from] ClientError),
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
 }
 
 impl CliError {
@@ -63,6 +68,7 @@ impl CliError {
         match self {
             CliError::Config(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Daemon(error) => error.exit_code(),
+            CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             CliError::Store(_)
             | CliError::Runtime(_)
@@ -85,6 +91,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Status(args) => Ok(status_client::run(args)?),
+        Command::Ctl(args) => Ok(ctl_client::run(args)?),
         Command::Validate { files } => validate(&files),
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
