@@ -10,6 +10,7 @@ mod actions_net;
 mod actions_process;
 mod actions_support;
 mod audit;
+mod control;
 mod daemon;
 mod documents;
 mod status;
