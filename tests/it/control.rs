@@ -3,7 +3,8 @@
 //!
 //! Uids in these tests: 0 and 2000 admin, 2001 and 2002 approvers, 2003 operator, 2004 only a
 //! viewer (through the `users` group every client runs with), 2005 an approver limited to org
-//! `globex`, 2006 in no group that may open the socket.
+//! `globex`, 2006 in no group that may open the socket, 2007 an operator only while it holds
+//! the supplementary group `staff`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -43,7 +44,7 @@ idle_timeout_seconds = 5
 [roles]
 admin = { uids = [0, 2000] }
 approver = { uids = [2001, 2002, 2005] }
-operator = { uids = [2003] }
+operator = { uids = [2003], groups = ["staff"] }
 viewer = { groups = ["users"] }
 [[roles.orgs]]
 uids = [2005]
@@ -270,6 +271,27 @@ async fn ctl_as(socket: &Path, uid: u32, gid: u32, args: &[&str]) -> Ctl {
         reply: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Runs `playbookd ctl --socket SOCKET ARGS…` (human output) as uid 2007, group `users`, with
+/// `staff` as a supplementary group (set by util-linux `setpriv`, since std cannot).
+async fn ctl_with_staff_group(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--reuid=2007", "--regid=100", "--groups=50", "--"])
+        .arg(binary())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 async fn execution_state(client: &tokio_postgres::Client, id: Uuid) -> String {
@@ -896,4 +918,58 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
         .wait_exit(Duration::from_secs(10))
         .expect("daemon stops");
     assert!(!socket.exists(), "control.sock left behind after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
+    let daemon = Running::start("high").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+    let cancel = ["cancel", id_text.as_str(), "--reason", "duplicate incident"];
+
+    // Without `staff`, uid 2007 is only a viewer (through `users`).
+    let reason = daemon.ctl(2007, &cancel).await.refusal().to_owned();
+    assert!(reason.contains("roles: viewer"), "{reason}");
+
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &["pending"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{id_text} step contain: noop, risk high, 0/1 approvals"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("org acme, playbook ctl-test@1, undoable false"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = ctl_with_staff_group(
+        &daemon.control(),
+        &["approve", &id_text, "contain", "--reason", "x"],
+    )
+    .await;
+    assert_eq!(code, Some(77), "{stdout}");
+    assert!(
+        stderr.contains("refused:") && stderr.contains("viewer, operator"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &cancel).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("cancel requested for {id_text}: the run stops and rolls back\n")
+    );
+    wait_for_state(&client, id, "cancelled", Duration::from_secs(20)).await;
+    let cancel_event = audit_events(&client)
+        .await
+        .into_iter()
+        .find(|(kind, data)| kind == "control.cancel" && data["result"] == "ok")
+        .expect("cancel audited");
+    assert_eq!(cancel_event.1["actor"], "uid:2007");
+    assert_eq!(cancel_event.1["gids"], json!([50, 100]));
+    daemon.stop().await;
 }
