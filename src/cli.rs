@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit_cli::{self, AuditCliError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::playbook;
 use crate::registry::secure_open::TrustedDir;
@@ -32,6 +33,8 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
+    Ctl(CtlArgs),
     /// Query the read-only status API (health without a subcommand).
     Status(StatusArgs),
     /// Parse and validate playbook or bindings files offline (signatures are not checked).
@@ -147,6 +150,8 @@ pub enum CliError {
     },
     #[error("{failed} of {total} file(s) failed verification")]
     Unverified { failed: usize, total: usize },
+    #[error(transparent)]
+    Ctl(#[from] CtlError),
 }
 
 impl CliError {
@@ -166,6 +171,7 @@ impl CliError {
             }
             CliError::Daemon(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
+            CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             CliError::Store(_)
             | CliError::Runtime(_)
@@ -203,6 +209,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
         Command::Status(args) => Ok(status_client::run(args)?),
+        Command::Ctl(args) => Ok(ctl_client::run(args)?),
         Command::Validate { files } => validate(&files),
         Command::Simulate {
             decision,

@@ -60,6 +60,7 @@ pub struct Config {
     pub roles: RolesConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    pub control: ControlConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +238,22 @@ pub struct FileActionConfig {
     pub quarantine_dir: PathBuf,
 }
 
+/// control.sock: the operators' socket (approve, deny, cancel, halt-resolve, reload).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Group owning control.sock (mode 0660); the daemon's own group when unset. Only members
+    /// can connect at all; what each may do is still decided by `[roles]`.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_control_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// Simultaneous connections on control.sock; more are refused with a reason.
+    #[serde(default = "default_control_max_connections")]
+    pub max_connections: usize,
+}
+
 /// Who may do what on control.sock, by peer uid or group name.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +266,22 @@ pub struct RolesConfig {
     pub operator: RoleMembers,
     #[serde(default)]
     pub viewer: RoleMembers,
+    /// Org scopes (`[[roles.orgs]]`): a peer matched by one or more entries may approve, deny
+    /// or cancel only executions of the orgs those entries list; a peer matched by none is not
+    /// restricted by org.
+    #[serde(default)]
+    pub orgs: Vec<OrgScope>,
+}
+
+/// One `[[roles.orgs]]` entry: these uids and groups act only on these orgs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgScope {
+    #[serde(default)]
+    pub uids: BTreeSet<u32>,
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+    pub orgs: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -351,6 +384,32 @@ impl Config {
                 "executor.default_step_timeout_seconds",
                 "expected an integer from 1 to 3600".into(),
             ));
+        }
+        if self.control.idle_timeout_seconds == 0 {
+            return Err(invalid(
+                "control.idle_timeout_seconds",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.control.max_connections == 0 {
+            return Err(invalid(
+                "control.max_connections",
+                "expected a positive integer".into(),
+            ));
+        }
+        for scope in &self.roles.orgs {
+            if scope.orgs.is_empty() {
+                return Err(invalid(
+                    "roles.orgs.orgs",
+                    "each [[roles.orgs]] entry must list at least one org".into(),
+                ));
+            }
+            if scope.uids.is_empty() && scope.groups.is_empty() {
+                return Err(invalid(
+                    "roles.orgs",
+                    "each [[roles.orgs]] entry must name uids or groups".into(),
+                ));
+            }
         }
         if self.executor.resume_interval_seconds == 0 {
             return Err(invalid(
@@ -552,6 +611,12 @@ fn default_resume_interval_seconds() -> u64 {
 fn default_idle_timeout_seconds() -> u64 {
     10
 }
+fn default_control_idle_timeout_seconds() -> u64 {
+    60
+}
+fn default_control_max_connections() -> usize {
+    16
+}
 fn default_max_concurrent_runs() -> usize {
     64
 }
@@ -695,6 +760,16 @@ impl Default for RolesConfig {
             approver: default_approver_role(),
             operator: RoleMembers::default(),
             viewer: RoleMembers::default(),
+            orgs: Vec::new(),
+        }
+    }
+}
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket_group: None,
+            idle_timeout_seconds: default_control_idle_timeout_seconds(),
+            max_connections: default_control_max_connections(),
         }
     }
 }
@@ -818,6 +893,30 @@ mod tests {
             error
                 .to_string()
                 .contains("audit.checkpoint_interval_seconds"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn control_and_org_scopes_parse_and_are_checked() {
+        let config = parse(
+            "[control]\nsocket_group = \"soc\"\nidle_timeout_seconds = 5\n\
+             [[roles.orgs]]\nuids = [2001]\norgs = [\"acme\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.control.socket_group.as_deref(), Some("soc"));
+        assert_eq!(config.control.idle_timeout_seconds, 5);
+        assert_eq!(
+            config.roles.orgs[0].orgs,
+            BTreeSet::from(["acme".to_owned()])
+        );
+        let error = parse("[[roles.orgs]]\nuids = [2001]\norgs = []\n").unwrap_err();
+        assert!(error.to_string().contains("roles.orgs.orgs"), "{error}");
+        let error = parse("[[roles.orgs]]\norgs = [\"acme\"]\n").unwrap_err();
+        assert!(error.to_string().contains("uids or groups"), "{error}");
+        let error = parse("[control]\nidle_timeout_seconds = 0\n").unwrap_err();
+        assert!(
+            error.to_string().contains("control.idle_timeout_seconds"),
             "{error}"
         );
     }

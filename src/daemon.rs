@@ -15,6 +15,7 @@ use tokio::net::UnixListener;
 use crate::actions::{ActionSetupError, Actions};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
+use crate::control::{Control, ControlParts, ControlSettings, ReloadRequest, roles::Roles};
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
 use crate::registry::{Registry, RegistryError, RegistryPaths};
@@ -44,7 +45,7 @@ pub enum DaemonError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Actions(#[from] ActionSetupError),
-    #[error("decision socket")]
+    #[error("unix socket")]
     Socket(#[from] BindError),
     #[error("policy key {path}: {reason}")]
     PolicyKey {
@@ -104,6 +105,11 @@ pub struct Daemon {
     executor: Executor,
     intake: Intake,
     decision_listener: Option<UnixListener>,
+    control: Control,
+    /// Bound at build next to decisions.sock; served by `start_work`.
+    control_listener: Option<UnixListener>,
+    /// `reload` requests from control.sock, run by the main loop like SIGHUP.
+    reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     started: Instant,
     /// Bumped by the loop that must never stall (the executor's, today the main loop); the
     /// watchdog stops pinging systemd when it goes quiet.
@@ -189,6 +195,24 @@ impl Daemon {
             &config.paths.decision_socket,
             config.intake.socket_group.as_deref(),
         )?;
+        let control_listener = unix_socket::bind(
+            &config.paths.control_socket,
+            config.control.socket_group.as_deref(),
+        )?;
+        let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
+        let control = Control::new(ControlParts {
+            settings: ControlSettings {
+                idle_timeout: Duration::from_secs(config.control.idle_timeout_seconds),
+                max_connections: config.control.max_connections,
+            },
+            roles: Roles::from_config(&config.roles),
+            store: store.clone(),
+            audit: audit.clone(),
+            approvals: approvals.clone(),
+            executor: executor.clone(),
+            safe_halt: safe_halt.clone(),
+            reload: reload_sender,
+        });
         let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
         let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
@@ -205,6 +229,9 @@ impl Daemon {
             executor,
             intake,
             decision_listener: Some(decision_listener),
+            control,
+            control_listener: Some(control_listener),
+            reload_requests,
             started: Instant::now(),
             heartbeat: Heartbeat::new(),
             status_listener: Some(status_listener),
@@ -250,6 +277,13 @@ impl Daemon {
         if let Some(listener) = self.decision_listener.take() {
             tokio::spawn(
                 self.intake
+                    .clone()
+                    .serve(listener, self.work_shutdown.clone()),
+            );
+        }
+        if let Some(listener) = self.control_listener.take() {
+            tokio::spawn(
+                self.control
                     .clone()
                     .serve(listener, self.work_shutdown.clone()),
             );
@@ -313,7 +347,13 @@ impl Daemon {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 () = stop.cancelled() => break,
-                _ = hangup.recv() => self.reload().await,
+                _ = hangup.recv() => {
+                    let _ = self.reload().await;
+                }
+                Some(request) = self.reload_requests.recv() => {
+                    tracing::info!(uid = request.uid, "reload requested on control.sock");
+                    let _ = request.reply.send(self.reload().await);
+                }
                 _ = beats.tick() => self.heartbeat.beat(),
                 served = &mut status_task => {
                     // The status API is how operators see the daemon: losing it is a failure.
@@ -338,11 +378,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads what can change without a restart.
-    async fn reload(&self) {
+    /// Re-reads what can change without a restart; the summary (or why it failed) goes back to
+    /// a `reload` caller on control.sock.
+    async fn reload(&self) -> Result<String, String> {
         systemd::notify_reloading();
         tracing::info!("reload requested");
-        let event = match self.registry.reload().await {
+        let (event, outcome) = match self.registry.reload().await {
             Ok(summary) => {
                 tracing::info!(
                     loaded = summary.loaded,
@@ -350,23 +391,42 @@ impl Daemon {
                     bindings = summary.bindings,
                     "registry reloaded"
                 );
-                AuditEvent::new("daemon.reload", Actor::System)
+                let text = format!(
+                    "reloaded: {} playbook versions loaded, {} files rejected, {} bindings",
+                    summary.loaded,
+                    summary.rejections.len(),
+                    summary.bindings
+                );
+                let event = AuditEvent::new("daemon.reload", Actor::System)
                     .with("loaded", summary.loaded)
                     .with("rejected", summary.rejections.len())
-                    .with("bindings", summary.bindings)
+                    .with("bindings", summary.bindings);
+                (event, Ok(text))
             }
             Err(error) => {
                 // The previous snapshot stays in force.
                 let detail = audit::error_chain(&error);
                 tracing::error!(error = %detail, "registry reload failed; previous playbooks stay active");
-                AuditEvent::new("daemon.reload", Actor::System).with("error", detail)
+                let event =
+                    AuditEvent::new("daemon.reload", Actor::System).with("error", detail.clone());
+                (
+                    event,
+                    Err(format!(
+                        "reload failed, previous playbooks stay active: {detail}"
+                    )),
+                )
             }
         };
-        if let Err(error) = self.audit.append(event).await {
-            tracing::error!(error = %audit::error_chain(&error), "reload not recorded");
-        }
+        let recorded = self.audit.append(event).await;
         self.publish_runtime();
         systemd::notify_ready(&self.status_line());
+        match recorded {
+            Ok(_) => outcome,
+            Err(error) => {
+                tracing::error!(error = %audit::error_chain(&error), "reload not recorded");
+                Err("audit log unavailable: reload not recorded".to_owned())
+            }
+        }
     }
 
     /// STOPPING=1 first, so systemd shows "deactivating" while we drain; then a drain bounded by
@@ -381,6 +441,7 @@ impl Daemon {
             tracing::warn!("some executions did not pause in time; they resume at the next start");
         }
         let _ = std::fs::remove_file(&self.config.paths.decision_socket);
+        let _ = std::fs::remove_file(&self.config.paths.control_socket);
         let uptime = self.started.elapsed().as_secs();
         let stop_recorded = tokio::time::timeout(
             DRAIN_LIMIT,

@@ -18,6 +18,9 @@
 //! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
 //!   the `playbookd status` client for it.
 //! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb.
+//! - [`cli`]: the `playbookd` command line.
+//! - [`control`]: control.sock, where operators approve, deny, cancel, clear a SAFE-HALT and
+//!   reload, by role from peer credentials; [`ctl_client`] is the `playbookd ctl` client.
 //! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
@@ -26,6 +29,8 @@ pub mod audit_cli;
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod ctl_client;
 pub mod daemon;
 pub mod executor;
 pub mod intake;

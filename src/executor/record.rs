@@ -215,10 +215,23 @@ pub async fn begin_rollback(
                     &[&id, &cause.as_str(), &reason],
                 )
                 .await?;
-                Ok(AuditEvent::new("rollback.begin", Actor::System)
+                // A gate still open (the run was cancelled or timed out while waiting) is
+                // withdrawn with the run: it must neither be listed as pending nor take votes.
+                let withdrawn = tx
+                    .execute(
+                        "UPDATE playbook_approval_gates SET state = 'cancelled', resolved_at = now() \
+                         WHERE execution_id = $1 AND state = 'pending'",
+                        &[&id],
+                    )
+                    .await?;
+                let mut event = AuditEvent::new("rollback.begin", Actor::System)
                     .execution(id)
                     .with("cause", cause.as_str())
-                    .with("reason", reason))
+                    .with("reason", reason);
+                if withdrawn > 0 {
+                    event = event.with("approval_gates_withdrawn", withdrawn);
+                }
+                Ok(event)
             })
         }))
         .await

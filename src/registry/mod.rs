@@ -356,7 +356,7 @@ pub async fn load_pinned<C: GenericClient>(
         .iter()
         .map(|text| KeyId::parse(text))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| PinnedError::HashMismatch {
+        .ok_or_else(|| PinnedError::BadSigners {
             id: id.to_owned(),
             version,
         })?;
@@ -386,6 +386,8 @@ pub enum PinnedError {
     NotFound { id: String, version: u32 },
     #[error("recorded version {version} of `{id}` does not match the pinned sha256")]
     HashMismatch { id: String, version: u32 },
+    #[error("recorded version {version} of `{id}` has malformed signer key ids")]
+    BadSigners { id: String, version: u32 },
     #[error("recorded version {version} of `{id}` no longer parses")]
     Parse {
         id: String,

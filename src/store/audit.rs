@@ -192,7 +192,7 @@ pub async fn start_writer(
     node_id: String,
     shutdown: CancellationToken,
 ) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditStartError> {
-    let connection = ChainConnection::open(&pg, &node_id)
+    let connection = open_with_lock_grace(&pg, &node_id)
         .await
         .map_err(|error| error.into_start_error(&node_id))?;
     let available = Arc::new(AtomicBool::new(true));
@@ -214,6 +214,27 @@ pub async fn start_writer(
     };
     Ok((handle, task))
 }
+
+/// Opens the chain, waiting briefly for its lock: after a crash, PostgreSQL may hold the dead
+/// session's advisory lock until it notices the connection is gone, and a quick systemd
+/// restart must not mistake that for a second live daemon (exit 78 stops the restarts).
+async fn open_with_lock_grace(
+    pg: &tokio_postgres::Config,
+    node_id: &str,
+) -> Result<ChainConnection, OpenError> {
+    let deadline = tokio::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match ChainConnection::open(pg, node_id).await {
+            Err(OpenError::Locked) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How long start-up waits for a chain lock that may belong to a dead session.
+const LOCK_GRACE: Duration = Duration::from_secs(3);
 
 /// The canonical bytes hashed for one row (see the module docs).
 pub fn canonical_bytes(

@@ -329,8 +329,7 @@ async fn assert_startup_done_at_ready(db: &TestDb, dir: &DaemonDir) {
 /// The Unix sockets (paths from `DaemonDir::write_config`) that `Daemon::build` binds before
 /// READY. Add each one here as the daemon starts binding it, e.g. `dir.path("run/decisions.sock")`.
 fn sockets_bound_before_ready(dir: &DaemonDir) -> Vec<PathBuf> {
-    let _ = dir;
-    Vec::new()
+    vec![dir.path("run/control.sock")]
 }
 
 /// A stand-in for systemd's notification socket.

@@ -1,0 +1,458 @@
+//! control.sock: where operators approve, deny, cancel, clear a SAFE-HALT and reload.
+//!
+//! Who is asking comes from the kernel (SO_PEERCRED and the peer's groups), never from the
+//! request. Every request is checked against the peer's roles (and org scope) before anything
+//! happens, and every request, allowed or refused, is audited as `control.<verb>` with the
+//! peer's uid and the result. The state changes themselves (a vote, a cancel, a halt cleared)
+//! are committed together with their own audit events by the subsystem that owns them.
+
+pub mod protocol;
+pub mod roles;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use self::protocol::{MAX_LINE_BYTES, Reply, Request};
+use self::roles::{Grant, Peer, Roles, Verb};
+use crate::approvals::{Approvals, Vote, VoteError};
+use crate::executor::{CancelError, Executor};
+use crate::safe_halt::{ResolveError, SafeHalt};
+use crate::store::Store;
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
+use crate::unix_socket::{self, Line};
+
+/// `[control]` settings, resolved.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// A `reload` asked for on control.sock, handed to the daemon's main loop (which owns what a
+/// reload swaps); the loop answers on `reply` with a summary or the reason it failed.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub uid: u32,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Everything the control server needs from the rest of the daemon.
+pub struct ControlParts {
+    pub settings: ControlSettings,
+    pub roles: Roles,
+    pub store: Store,
+    pub audit: AuditHandle,
+    pub approvals: Approvals,
+    pub executor: Executor,
+    pub safe_halt: SafeHalt,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ControlSettings,
+    roles: Roles,
+    store: Store,
+    audit: AuditHandle,
+    approvals: Approvals,
+    executor: Executor,
+    safe_halt: SafeHalt,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
+impl Control {
+    pub fn new(parts: ControlParts) -> Control {
+        Control {
+            inner: Arc::new(Inner {
+                settings: parts.settings,
+                roles: parts.roles,
+                store: parts.store,
+                audit: parts.audit,
+                approvals: parts.approvals,
+                executor: parts.executor,
+                safe_halt: parts.safe_halt,
+                reload: parts.reload,
+            }),
+        }
+    }
+
+    /// Accepts connections until `shutdown`; each is served by its own task, at most
+    /// `max_connections` at once (more are told so and closed).
+    pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.inner.settings.max_connections));
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "control.sock accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_busy(stream));
+                continue;
+            };
+            let control = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                control.connection(stream, stop).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
+        let credentials = match stream.peer_cred() {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                tracing::warn!(error = %error, "control.sock: no peer credentials; connection dropped");
+                return;
+            }
+        };
+        let peer = Peer::from_credentials(credentials.uid(), credentials.gid(), credentials.pid());
+        let grant = self.inner.roles.grant(&peer);
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = unix_socket::read_line(&mut reader, &mut line, MAX_LINE_BYTES, self.inner.settings.idle_timeout) => read,
+            };
+            let reply = match read {
+                Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(Line::Complete) => self.handle(&line, &peer, &grant).await,
+                Ok(Line::TooLong) => {
+                    let reply = Reply::Error(format!(
+                        "malformed: line longer than {MAX_LINE_BYTES} bytes"
+                    ));
+                    self.record(None, None, &peer, &reply).await;
+                    reply
+                }
+                Ok(Line::Closed | Line::Idle) | Err(_) => return,
+            };
+            if write.write_all(&reply.to_line()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Decodes, authorizes, carries out and audits one request line from `peer`.
+    pub async fn handle(&self, line: &[u8], peer: &Peer, grant: &Grant) -> Reply {
+        let request = match protocol::decode(line) {
+            Ok(request) => request,
+            Err(malformed) => {
+                let reply = Reply::Error(malformed.reason);
+                self.record(malformed.verb, None, peer, &reply).await;
+                return reply;
+            }
+        };
+        let reply = match self.authorize(&request, peer, grant).await {
+            Ok(()) => self.carry_out(&request, peer, grant).await,
+            Err(refusal) => refusal,
+        };
+        let recorded = self
+            .record(Some(request.verb()), Some(&request), peer, &reply)
+            .await;
+        // A read that cannot be audited is not served: every look at pending approvals leaves
+        // a trace. (Changes were audited in their own transaction; their reply stands.)
+        if !recorded && request.verb() == Verb::Pending && matches!(reply, Reply::Ok(_)) {
+            return Reply::Error("audit log unavailable: request not served".into());
+        }
+        reply
+    }
+
+    /// The role check, then (for verbs that act on an execution) the org scope.
+    async fn authorize(&self, request: &Request, peer: &Peer, grant: &Grant) -> Result<(), Reply> {
+        let verb = request.verb();
+        if !grant.permits(verb) {
+            let needed = verb
+                .allowed_roles()
+                .iter()
+                .map(|role| role.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(Reply::Refused(format!(
+                "{peer} (roles: {}) may not {}: it needs the {needed} role",
+                grant.describe_roles(),
+                verb.as_str()
+            )));
+        }
+        let Some(execution_id) = request.execution_id() else {
+            return Ok(());
+        };
+        let Some(allowed) = &grant.orgs else {
+            return Ok(());
+        };
+        let org = self.execution_org(execution_id).await?;
+        if !allowed.contains(&org) {
+            return Err(Reply::Refused(format!(
+                "{peer} may act only on executions of org(s) {}; execution {execution_id} belongs to org `{org}`",
+                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn execution_org(&self, execution_id: Uuid) -> Result<String, Reply> {
+        let unavailable = |error: &dyn std::error::Error| {
+            tracing::error!(error = %error_chain(error), "control.sock: cannot read the execution");
+            Reply::Error("database unavailable: nothing was done".into())
+        };
+        let client = self
+            .inner
+            .store
+            .client()
+            .await
+            .map_err(|error| unavailable(&error))?;
+        let row = client
+            .query_opt(
+                "SELECT org_id FROM playbook_executions WHERE execution_id = $1",
+                &[&execution_id],
+            )
+            .await
+            .map_err(|error| unavailable(&error))?;
+        row.map(|row| row.get(0))
+            .ok_or_else(|| Reply::Error(format!("no execution {execution_id}")))
+    }
+
+    async fn carry_out(&self, request: &Request, peer: &Peer, grant: &Grant) -> Reply {
+        match request {
+            Request::Pending => self.pending(grant).await,
+            Request::Approve {
+                execution_id,
+                step,
+                reason,
+            } => {
+                self.vote(*execution_id, step, peer, Vote::Approve, reason)
+                    .await
+            }
+            Request::Deny {
+                execution_id,
+                step,
+                reason,
+            } => {
+                if reason.is_empty() {
+                    return Reply::Refused(
+                        "a reason is required to deny: it is the evidence for the rollback".into(),
+                    );
+                }
+                self.vote(*execution_id, step, peer, Vote::Deny, reason)
+                    .await
+            }
+            Request::Cancel {
+                execution_id,
+                reason,
+            } => self.cancel(*execution_id, peer, reason).await,
+            Request::HaltResolve { reason } => self.halt_resolve(peer, reason).await,
+            Request::Reload => self.reload(peer).await,
+        }
+    }
+
+    async fn pending(&self, grant: &Grant) -> Reply {
+        match self.inner.approvals.pending().await {
+            Ok(gates) => {
+                let visible: Vec<Value> = gates
+                    .into_iter()
+                    .filter(|gate| {
+                        gate.get("org_id")
+                            .and_then(Value::as_str)
+                            .is_some_and(|org| grant.may_act_on_org(org))
+                    })
+                    .collect();
+                ok([("pending", Value::Array(visible))])
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: cannot list pending approvals");
+                Reply::Error("database unavailable".into())
+            }
+        }
+    }
+
+    async fn vote(
+        &self,
+        execution_id: Uuid,
+        step: &str,
+        peer: &Peer,
+        vote: Vote,
+        reason: &str,
+    ) -> Reply {
+        let outcome = self
+            .inner
+            .approvals
+            .vote(execution_id, step, peer.uid, vote, reason)
+            .await;
+        match outcome {
+            Ok(outcome) => ok([
+                ("execution_id", json!(execution_id)),
+                ("step", json!(step)),
+                ("gate_state", json!(outcome.gate_state)),
+                ("approvals", json!(outcome.approvals)),
+                ("required", json!(outcome.required)),
+            ]),
+            Err(error @ (VoteError::AlreadyVoted(_) | VoteError::ReasonRequired(_))) => {
+                Reply::Refused(error.to_string())
+            }
+            Err(error @ (VoteError::NoPendingGate { .. } | VoteError::Expired)) => {
+                Reply::Error(error.to_string())
+            }
+            Err(error @ (VoteError::Store(_) | VoteError::Audit(_))) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: vote not recorded");
+                Reply::Error(format!("{error}: the vote was not recorded"))
+            }
+        }
+    }
+
+    async fn cancel(&self, execution_id: Uuid, peer: &Peer, reason: &str) -> Reply {
+        match self
+            .inner
+            .executor
+            .cancel(execution_id, peer.uid, reason)
+            .await
+        {
+            Ok(()) => ok([
+                ("execution_id", json!(execution_id)),
+                ("cancel", json!("requested")),
+            ]),
+            Err(CancelError::NoReason) => {
+                Reply::Refused("a reason is required to cancel an execution".into())
+            }
+            Err(CancelError::NotFound) => Reply::Error(format!("no execution {execution_id}")),
+            Err(error @ CancelError::Finished(_)) => Reply::Error(error.to_string()),
+            Err(error @ (CancelError::Store(_) | CancelError::Audit(_))) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: cancel not recorded");
+                Reply::Error(format!("{error}: not cancelled"))
+            }
+        }
+    }
+
+    async fn halt_resolve(&self, peer: &Peer, reason: &str) -> Reply {
+        let halt_id = self.inner.safe_halt.active().map(|halt| halt.halt_id);
+        match self.inner.safe_halt.resolve(peer.uid, reason).await {
+            Ok(()) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!("cleared"))]),
+            Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
+            Err(error @ ResolveError::NotActive) => Reply::Error(error.to_string()),
+            Err(error @ ResolveError::Audit(_)) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: SAFE-HALT not cleared");
+                Reply::Error(error.to_string())
+            }
+        }
+    }
+
+    async fn reload(&self, peer: &Peer) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let request = ReloadRequest {
+            uid: peer.uid,
+            reply,
+        };
+        if self.inner.reload.send(request).await.is_err() {
+            return Reply::Error("the daemon is stopping: not reloaded".into());
+        }
+        match tokio::time::timeout(RELOAD_LIMIT, answer).await {
+            Ok(Ok(Ok(detail))) => ok([("reload", json!("done")), ("detail", json!(detail))]),
+            Ok(Ok(Err(reason))) => Reply::Error(format!("reload failed: {reason}")),
+            Ok(Err(_)) => Reply::Error("the daemon is stopping: not reloaded".into()),
+            Err(_) => Reply::Error(format!(
+                "reload did not finish within {} s; see the journal",
+                RELOAD_LIMIT.as_secs()
+            )),
+        }
+    }
+
+    /// Appends `control.<verb>` (or `control.invalid`); returns whether it was recorded.
+    async fn record(
+        &self,
+        verb: Option<Verb>,
+        request: Option<&Request>,
+        peer: &Peer,
+        reply: &Reply,
+    ) -> bool {
+        let event_type = verb.map_or("control.invalid", Verb::event_type);
+        let mut event = AuditEvent::new(event_type, Actor::Uid(peer.uid))
+            .with("result", reply.status())
+            .with("gids", peer.gids.iter().copied().collect::<Vec<u32>>());
+        if let Some(reason) = reply.reason() {
+            event = event.with("refusal", reason);
+        }
+        if let Some(request) = request {
+            event = describe(event, request);
+        }
+        tracing::info!(
+            uid = peer.uid,
+            verb = verb.map_or("invalid", Verb::as_str),
+            result = reply.status(),
+            reason = reply.reason().unwrap_or(""),
+            "control request"
+        );
+        match self.inner.audit.append(event).await {
+            Ok(_) => true,
+            Err(error) => {
+                log_unrecorded(&error);
+                false
+            }
+        }
+    }
+}
+
+/// Adds what the request named to its audit event.
+fn describe(event: AuditEvent, request: &Request) -> AuditEvent {
+    match request {
+        Request::Pending | Request::Reload => event,
+        Request::Approve {
+            execution_id,
+            step,
+            reason,
+        }
+        | Request::Deny {
+            execution_id,
+            step,
+            reason,
+        } => event
+            .execution(*execution_id)
+            .with("step_id", step.as_str())
+            .with("reason", reason.as_str()),
+        Request::Cancel {
+            execution_id,
+            reason,
+        } => event
+            .execution(*execution_id)
+            .with("reason", reason.as_str()),
+        Request::HaltResolve { reason } => event.with("reason", reason.as_str()),
+    }
+}
+
+fn ok<const N: usize>(fields: [(&str, Value); N]) -> Reply {
+    Reply::Ok(
+        fields
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect::<Map<String, Value>>(),
+    )
+}
+
+fn log_unrecorded(error: &AppendError) {
+    tracing::warn!(error = %error_chain(error), "control request not recorded in the audit log");
+}
+
+async fn refuse_busy(mut stream: UnixStream) {
+    let reply = Reply::Error("busy: too many connections on control.sock; retry".into());
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
+}
+
+/// How long a `reload` request waits for the daemon's main loop.
+const RELOAD_LIMIT: Duration = Duration::from_secs(60);

@@ -1,0 +1,310 @@
+//! `playbookd ctl`: the operators' client for control.sock. One request, one reply; human
+//! output by default, the raw reply with `--json`; a refused or failed request exits non-zero.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError};
+use crate::control::protocol::WireRequest;
+
+/// Where control.sock is when neither `--socket` nor `--config` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/playbookd/control.sock";
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Path of control.sock (default: the config's `paths.control_socket`, else /run/playbookd/control.sock).
+    #[arg(long, conflicts_with = "config")]
+    pub socket: Option<PathBuf>,
+    /// Read the socket path from this daemon config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's reply as JSON, unchanged.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub verb: CtlVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlVerb {
+    /// Approvals waiting, with their context and the votes so far.
+    Pending,
+    /// Approve a waiting step (high and critical steps need a reason).
+    Approve {
+        execution: String,
+        step: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny a waiting step: the step is rejected and the run rolls back.
+    Deny {
+        execution: String,
+        step: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Cancel an execution: it stops and rolls back.
+    Cancel {
+        execution: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Clear the active SAFE-HALT (admin).
+    HaltResolve {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reload what can change without a restart (admin).
+    Reload,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot connect to {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the daemon closed the connection without a reply")]
+    NoReply { path: PathBuf },
+    #[error("{path}: unreadable reply: {detail}")]
+    BadReply { path: PathBuf, detail: String },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("error: {0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    /// 77 (EX_NOPERM) when the daemon refused, 78 for a bad config, 1 otherwise.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CtlError::Refused(_) => ExitCode::from(EXIT_REFUSED),
+            CtlError::Config(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            CtlError::Connect { .. }
+            | CtlError::Io { .. }
+            | CtlError::NoReply { .. }
+            | CtlError::BadReply { .. }
+            | CtlError::Failed(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Exit status of `ctl` when the daemon refused the request.
+pub const EXIT_REFUSED: u8 = 77;
+
+/// Sends the verb, prints the reply, and turns a refusal or error into `Err`.
+pub fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let socket = match (&args.socket, &args.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(config)) => Config::load(config)?.paths.control_socket,
+        (None, None) => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+    };
+    let reply = exchange(&socket, &request(&args.verb))?;
+    let status = reply.get("status").and_then(Value::as_str).unwrap_or("");
+    let reason = || {
+        reply
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given")
+            .to_owned()
+    };
+    if args.json {
+        println!("{reply}");
+    }
+    match status {
+        "ok" => {
+            if !args.json {
+                print!("{}", human(&args.verb, &reply));
+            }
+            Ok(())
+        }
+        "refused" => Err(CtlError::Refused(reason())),
+        "error" => Err(CtlError::Failed(reason())),
+        other => Err(CtlError::BadReply {
+            path: socket,
+            detail: format!("unknown status {other:?}"),
+        }),
+    }
+}
+
+/// The request line for a verb.
+pub fn request(verb: &CtlVerb) -> WireRequest {
+    let base = |name: &str| WireRequest {
+        verb: name.to_owned(),
+        ..WireRequest::default()
+    };
+    match verb {
+        CtlVerb::Pending => base("pending"),
+        CtlVerb::Reload => base("reload"),
+        CtlVerb::Approve {
+            execution,
+            step,
+            reason,
+        } => WireRequest {
+            execution_id: Some(execution.clone()),
+            step: Some(step.clone()),
+            reason: Some(reason.clone()),
+            ..base("approve")
+        },
+        CtlVerb::Deny {
+            execution,
+            step,
+            reason,
+        } => WireRequest {
+            execution_id: Some(execution.clone()),
+            step: Some(step.clone()),
+            reason: Some(reason.clone()),
+            ..base("deny")
+        },
+        CtlVerb::Cancel { execution, reason } => WireRequest {
+            execution_id: Some(execution.clone()),
+            reason: Some(reason.clone()),
+            ..base("cancel")
+        },
+        CtlVerb::HaltResolve { reason } => WireRequest {
+            reason: Some(reason.clone()),
+            ..base("halt-resolve")
+        },
+    }
+}
+
+/// One request line out, one reply line back.
+pub fn exchange(socket: &Path, request: &WireRequest) -> Result<Value, CtlError> {
+    let io = |source| CtlError::Io {
+        path: socket.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| CtlError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(REPLY_LIMIT)).map_err(io)?;
+    stream.set_write_timeout(Some(REPLY_LIMIT)).map_err(io)?;
+    let mut line = serde_json::to_vec(request).map_err(|error| CtlError::BadReply {
+        path: socket.to_owned(),
+        detail: error.to_string(),
+    })?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reply = Vec::new();
+    BufReader::new(stream)
+        .take(MAX_REPLY_BYTES)
+        .read_until(b'\n', &mut reply)
+        .map_err(io)?;
+    if reply.is_empty() {
+        return Err(CtlError::NoReply {
+            path: socket.to_owned(),
+        });
+    }
+    serde_json::from_slice(&reply).map_err(|error| CtlError::BadReply {
+        path: socket.to_owned(),
+        detail: error.to_string(),
+    })
+}
+
+/// The reply for a person to read.
+fn human(verb: &CtlVerb, reply: &Value) -> String {
+    let text = |key: &str| match reply.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "?".to_owned(),
+    };
+    match verb {
+        CtlVerb::Pending => pending_text(reply.get("pending")),
+        CtlVerb::Approve { .. } | CtlVerb::Deny { .. } => match text("gate_state").as_str() {
+            "pending" => format!(
+                "vote recorded: {} of {} approvals; the step keeps waiting\n",
+                text("approvals"),
+                text("required")
+            ),
+            "approved" => "approved: the step continues\n".to_owned(),
+            "denied" => "denied: the step is rejected and the run rolls back\n".to_owned(),
+            other => format!("gate is {other}\n"),
+        },
+        CtlVerb::Cancel { execution, .. } => {
+            format!("cancel requested for {execution}: the run stops and rolls back\n")
+        }
+        CtlVerb::HaltResolve { .. } => format!("SAFE-HALT {} cleared\n", text("halt_id")),
+        CtlVerb::Reload => format!("reload: {}\n", text("detail")),
+    }
+}
+
+fn pending_text(pending: Option<&Value>) -> String {
+    let gates = pending
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if gates.is_empty() {
+        return "no approvals pending\n".to_owned();
+    }
+    let mut out = String::new();
+    for gate in gates {
+        let field = |key: &str| match gate.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => "?".to_owned(),
+        };
+        let votes = gate
+            .get("votes")
+            .and_then(Value::as_array)
+            .map(|votes| {
+                votes
+                    .iter()
+                    .map(|vote| {
+                        format!(
+                            "uid {} {}",
+                            vote["uid"],
+                            vote["verdict"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|text| !text.is_empty())
+            .unwrap_or_else(|| "none".to_owned());
+        let approvals = gate
+            .get("votes")
+            .and_then(Value::as_array)
+            .map_or(0, |votes| {
+                votes.iter().filter(|v| v["verdict"] == "approve").count()
+            });
+        out.push_str(&format!(
+            "{execution} step {step}: {action}, risk {risk}, {approvals}/{required} approvals, expires {expires}\n\
+             \x20 org {org}, playbook {playbook}, undoable {undoable}\n\
+             \x20 parameters {params}\n\
+             \x20 votes: {votes}\n",
+            execution = field("execution_id"),
+            step = field("step_id"),
+            action = field("action"),
+            risk = field("risk"),
+            required = field("required"),
+            expires = field("expires_at"),
+            org = field("org_id"),
+            playbook = field("playbook"),
+            undoable = field("undoable"),
+            params = field("params"),
+        ));
+    }
+    out
+}
+
+/// How long the client waits for the daemon's reply (a reload may take a while).
+const REPLY_LIMIT: Duration = Duration::from_secs(90);
+/// The longest reply read (a long pending list); the rest is cut off and fails to parse.
+const MAX_REPLY_BYTES: u64 = 16 * 1024 * 1024;

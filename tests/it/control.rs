@@ -1,0 +1,959 @@
+//! control.sock through the real socket: the real `playbookd ctl` binary, run under other uids
+//! (the tests run as root), against the daemon in-process or as a child process.
+//!
+//! Uids in these tests: 0 and 2000 admin, 2001 and 2002 approvers, 2003 operator, 2004 only a
+//! viewer (through the `users` group every client runs with), 2005 an approver limited to org
+//! `globex`, 2006 in no group that may open the socket, 2007 an operator only while it holds
+//! the supplementary group `staff`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use playbookd::config::Config;
+use playbookd::daemon::{Daemon, DaemonError};
+use playbookd::registry::playbook::parse_playbook;
+
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+
+const NODE: &str = "node-ctl";
+/// `users`: the group owning control.sock in these tests, and every client's primary group.
+const SOCKET_GID: u32 = 100;
+const ADMIN: u32 = 2000;
+const APPROVER_A: u32 = 2001;
+const APPROVER_B: u32 = 2002;
+const OPERATOR: u32 = 2003;
+const VIEWER: u32 = 2004;
+const GLOBEX_APPROVER: u32 = 2005;
+
+const CONTROL_CONFIG: &str = r#"
+[control]
+socket_group = "users"
+idle_timeout_seconds = 5
+[roles]
+admin = { uids = [0, 2000] }
+approver = { uids = [2001, 2002, 2005] }
+operator = { uids = [2003], groups = ["staff"] }
+viewer = { groups = ["users"] }
+[[roles.orgs]]
+uids = [2005]
+orgs = ["globex"]
+"#;
+
+/// Two steps: an undoable one, then a gated one (`RISK`) that cannot be undone.
+fn playbook_yaml(risk: &str) -> String {
+    format!(
+        r#"id: ctl-test
+version: 1
+name: Control socket test
+owners: {{technical: sec-eng@example.org, operational: soc@example.org}}
+approval: {{expires: 1m}}
+steps:
+  - id: prepare
+    action: noop
+    rollback: {{action: noop}}
+  - id: contain
+    action: noop
+    risk: {risk}
+    rollback: none
+"#
+    )
+}
+
+// ---- fixtures ----
+
+/// A daemon running in this process, with `ctl-test` bound to (test.ctl, run).
+struct Running {
+    db: TestDb,
+    dir: DaemonDir,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Running {
+    async fn start(risk: &str) -> Running {
+        Running::start_with(risk, |_| async {}).await
+    }
+
+    /// Like `start`; `before` runs against the migrated database before the daemon builds.
+    async fn start_with<F, Fut>(risk: &str, before: F) -> Running
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let db = TestDb::new().await;
+        let dir = DaemonDir::new();
+        open_to_clients(&dir);
+        before(db.client().await).await;
+        let path = dir.write_config(&db, NODE, CONTROL_CONFIG);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::parse(&path, &text, None).unwrap();
+        let yaml = playbook_yaml(risk);
+        dir.write_signed("playbooks/ctl-test.yaml", &yaml, true);
+        dir.write_signed(
+            "bindings.yaml",
+            "bindings:\n  - {policy: test.ctl, outcome: run, playbook: ctl-test}\n",
+            true,
+        );
+        let daemon = Daemon::build(config).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(daemon.run_until_stopped(stop.clone()));
+        let running = Running {
+            db,
+            dir,
+            stop,
+            task: Some(task),
+        };
+        wait_for_socket(&running.control()).await;
+        running
+    }
+
+    fn control(&self) -> PathBuf {
+        self.dir.path("run/control.sock")
+    }
+
+    async fn ctl(&self, uid: u32, args: &[&str]) -> Ctl {
+        ctl(&self.control(), uid, args).await
+    }
+
+    /// Sends a decision for `ctl-test` and returns the accepted execution's id.
+    async fn decide(&self) -> Uuid {
+        let reply = send_decision(&self.dir.path("run/decisions.sock"), "acme").await;
+        assert_eq!(reply["status"], "accepted", "{reply}");
+        reply["execution_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sockets' directory must be reachable by the client uids (tempdirs are 0700).
+fn open_to_clients(dir: &DaemonDir) {
+    for path in [dir.dir.path().to_owned(), dir.path("run")] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Stores the version's bytes as the registry would, and returns their sha256.
+async fn store_version(client: &tokio_postgres::Client, bytes: &[u8]) -> [u8; 32] {
+    let playbook = parse_playbook(bytes).unwrap();
+    let sha256: [u8; 32] = Sha256::digest(bytes).into();
+    let signers = vec!["a1".repeat(32), "b2".repeat(32)];
+    client
+        .execute(
+            "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
+             VALUES ($1, $2, $3, $4, $5, now())",
+            &[&playbook.id, &i64::from(playbook.version), &sha256.as_slice(), &signers, &bytes],
+        )
+        .await
+        .unwrap();
+    sha256
+}
+
+async fn send_decision(socket: &Path, org: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let decision = json!({
+        "decision_id": format!("d-{}", Uuid::new_v4()),
+        "nonce": Uuid::new_v4().simple().to_string(),
+        "issued_at": now,
+        "policy": "test.ctl",
+        "outcome": "run",
+        "org_id": org,
+        "severity": "high",
+        "subject": {},
+    });
+    exchange_raw(socket, &decision.to_string()).await
+}
+
+/// One line out, one line back, on a fresh connection (as root).
+async fn exchange_raw(socket: &Path, line: &str) -> Value {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(read).read_line(&mut reply).await.unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+}
+
+async fn wait_for_socket(path: &Path) {
+    let start = Instant::now();
+    while UnixStream::connect(path).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never accepted",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `playbookd ctl --json …` printed and how it exited.
+#[derive(Debug)]
+struct Ctl {
+    code: Option<i32>,
+    reply: Value,
+    stderr: String,
+}
+
+impl Ctl {
+    fn refusal(&self) -> &str {
+        assert_eq!(self.code, Some(77), "expected a refusal: {self:?}");
+        assert_eq!(self.reply["status"], "refused", "{self:?}");
+        self.reply["reason"].as_str().unwrap()
+    }
+
+    fn ok(&self) -> &Value {
+        assert_eq!(self.code, Some(0), "expected success: {self:?}");
+        assert_eq!(self.reply["status"], "ok", "{self:?}");
+        &self.reply
+    }
+}
+
+/// Runs the real `playbookd ctl --json --socket SOCKET ARGS…` as `uid` (primary group `users`).
+async fn ctl(socket: &Path, uid: u32, args: &[&str]) -> Ctl {
+    ctl_as(socket, uid, SOCKET_GID, args).await
+}
+
+async fn ctl_as(socket: &Path, uid: u32, gid: u32, args: &[&str]) -> Ctl {
+    let output = tokio::process::Command::new(binary())
+        .arg("ctl")
+        .arg("--json")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ctl {
+        code: output.status.code(),
+        reply: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `playbookd ctl --socket SOCKET ARGS…` (human output) as uid 2007, group `users`, with
+/// `staff` as a supplementary group (set by util-linux `setpriv`, since std cannot).
+async fn ctl_with_staff_group(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new("setpriv")
+        .args(["--reuid=2007", "--regid=100", "--groups=50", "--"])
+        .arg(binary())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn execution_state(client: &tokio_postgres::Client, id: Uuid) -> String {
+    client
+        .query_one(
+            "SELECT state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_for_state(client: &tokio_postgres::Client, id: Uuid, want: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let state = execution_state(client, id).await;
+        if state == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "execution {id} is `{state}`, not `{want}`, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL ends a killed client's session (and frees its audit-chain lock) only once it
+/// notices the closed connection; a daemon started before that refuses to start (exit 78).
+async fn wait_for_chain_lock_release(client: &tokio_postgres::Client) {
+    let start = Instant::now();
+    loop {
+        let held: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND d.datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !held {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the killed daemon's chain lock is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// (event_type, event_data) of every audit event, in order.
+async fn audit_events(client: &tokio_postgres::Client) -> Vec<(String, Value)> {
+    client
+        .query(
+            "SELECT event_type, event_data FROM playbook_audit_log ORDER BY node_id, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+async fn events_of(client: &tokio_postgres::Client, id: Uuid) -> Vec<(String, Value)> {
+    audit_events(client)
+        .await
+        .into_iter()
+        .filter(|(_, data)| data["execution_id"] == id.to_string())
+        .collect()
+}
+
+// ---- tests ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verb_is_checked_against_the_peers_role_and_org() {
+    let daemon = Running::start("critical").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+    let approve = [
+        "approve",
+        id_text.as_str(),
+        "contain",
+        "--reason",
+        "looks right",
+    ];
+
+    // A viewer sees the context of what waits...
+    let pending = daemon.ctl(VIEWER, &["pending"]).await;
+    let gates = pending.ok()["pending"].as_array().unwrap();
+    assert_eq!(gates.len(), 1, "{pending:?}");
+    let gate = &gates[0];
+    assert_eq!(gate["execution_id"], id_text);
+    assert_eq!(gate["org_id"], "acme");
+    assert_eq!(gate["playbook"], "ctl-test@1");
+    assert_eq!(gate["step_id"], "contain");
+    assert_eq!(gate["action"], "noop");
+    assert_eq!(gate["risk"], "critical");
+    assert_eq!(gate["undoable"], false);
+    assert_eq!(gate["required"], 2);
+
+    // ...but may not act on it; nor may an operator approve, nor an approver cancel.
+    let reason = daemon.ctl(VIEWER, &approve).await.refusal().to_owned();
+    assert!(
+        reason.contains("uid 2004") && reason.contains("viewer"),
+        "{reason}"
+    );
+    assert!(reason.contains("approver or admin"), "{reason}");
+    let reason = daemon.ctl(OPERATOR, &approve).await.refusal().to_owned();
+    assert!(reason.contains("operator"), "{reason}");
+    let cancel = ["cancel", id_text.as_str(), "--reason", "not mine"];
+    let reason = daemon.ctl(APPROVER_A, &cancel).await.refusal().to_owned();
+    assert!(reason.contains("may not cancel"), "{reason}");
+    for admin_only in [&["halt-resolve", "--reason", "x"][..], &["reload"][..]] {
+        let reason = daemon
+            .ctl(APPROVER_A, admin_only)
+            .await
+            .refusal()
+            .to_owned();
+        assert!(reason.contains("admin"), "{reason}");
+    }
+
+    // An approver limited to another org is refused for this org's execution, and sees
+    // nothing pending.
+    let reason = daemon
+        .ctl(GLOBEX_APPROVER, &approve)
+        .await
+        .refusal()
+        .to_owned();
+    assert!(
+        reason.contains("globex") && reason.contains("`acme`"),
+        "{reason}"
+    );
+    let scoped = daemon.ctl(GLOBEX_APPROVER, &["pending"]).await;
+    assert_eq!(scoped.ok()["pending"], json!([]));
+
+    // None of that changed anything.
+    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+    let votes: i64 = client
+        .query_one("SELECT count(*) FROM playbook_approvals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(votes, 0);
+
+    // A client outside the socket's group cannot even connect.
+    let outsider = ctl_as(&daemon.control(), 2006, 65534, &["pending"]).await;
+    assert_eq!(outsider.code, Some(1), "{outsider:?}");
+    assert!(outsider.stderr.contains("cannot connect"), "{outsider:?}");
+
+    // Every request was audited with the peer's uid and its result.
+    let refused: Vec<(String, String)> = audit_events(&client)
+        .await
+        .into_iter()
+        .filter(|(kind, data)| kind.starts_with("control.") && data["result"] == "refused")
+        .map(|(kind, data)| (kind, data["actor"].as_str().unwrap().to_owned()))
+        .collect();
+    for expected in [
+        ("control.approve", "uid:2004"),
+        ("control.approve", "uid:2003"),
+        ("control.cancel", "uid:2001"),
+        ("control.halt_resolve", "uid:2001"),
+        ("control.reload", "uid:2001"),
+        ("control.approve", "uid:2005"),
+    ] {
+        assert!(
+            refused.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} not in {refused:?}"
+        );
+    }
+
+    // The operator may cancel: the run stops and rolls back.
+    let cancelled = daemon
+        .ctl(
+            OPERATOR,
+            &["cancel", id_text.as_str(), "--reason", "false positive"],
+        )
+        .await;
+    cancelled.ok();
+    wait_for_state(&client, id, "cancelled", Duration::from_secs(20)).await;
+    // A cancelled run leaves no gate waiting, and its gate takes no more votes.
+    assert_eq!(
+        daemon.ctl(VIEWER, &["pending"]).await.ok()["pending"],
+        json!([])
+    );
+    let late = daemon.ctl(APPROVER_A, &approve).await;
+    assert_eq!(late.reply["status"], "error", "{late:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_step_needs_two_different_approvers() {
+    let daemon = Running::start("critical").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+
+    let reason = daemon
+        .ctl(APPROVER_A, &["approve", &id_text, "contain"])
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("reason is required"), "{reason}");
+
+    let first = daemon
+        .ctl(
+            APPROVER_A,
+            &[
+                "approve",
+                &id_text,
+                "contain",
+                "--reason",
+                "confirmed on the host",
+            ],
+        )
+        .await;
+    let first = first.ok();
+    assert_eq!(first["gate_state"], "pending");
+    assert_eq!(first["approvals"], 1);
+    assert_eq!(first["required"], 2);
+
+    // The same person twice is not dual control.
+    let reason = daemon
+        .ctl(
+            APPROVER_A,
+            &["approve", &id_text, "contain", "--reason", "really sure"],
+        )
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("already voted"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+
+    let second = daemon
+        .ctl(
+            APPROVER_B,
+            &[
+                "approve",
+                &id_text,
+                "contain",
+                "--reason",
+                "second pair of eyes",
+            ],
+        )
+        .await;
+    assert_eq!(second.ok()["gate_state"], "approved");
+    wait_for_state(&client, id, "completed", Duration::from_secs(20)).await;
+
+    let voters: Vec<i64> = client
+        .query(
+            "SELECT approver_uid FROM playbook_approvals WHERE execution_id = $1 ORDER BY created_at",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(voters, [i64::from(APPROVER_A), i64::from(APPROVER_B)]);
+    let step: String = client
+        .query_one(
+            "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'contain'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(step, "succeeded");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
+    let daemon = Running::start("high").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+
+    let reason = daemon
+        .ctl(APPROVER_A, &["deny", &id_text, "contain"])
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("reason is required"), "{reason}");
+    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+
+    let denied = daemon
+        .ctl(
+            APPROVER_A,
+            &["deny", &id_text, "contain", "--reason", "wrong host"],
+        )
+        .await;
+    assert_eq!(denied.ok()["gate_state"], "denied");
+    wait_for_state(&client, id, "rejected", Duration::from_secs(20)).await;
+
+    let events = events_of(&client, id).await;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
+    let position = |kind: &str| kinds.iter().position(|k| *k == kind);
+    let vote = position("approval.vote").expect("vote audited");
+    let begin = position("rollback.begin").expect("rollback audited");
+    let undone = position("rollback.step_succeeded").expect("undo audited");
+    assert!(vote < begin && begin < undone, "{kinds:?}");
+    assert_eq!(
+        events[undone].1["step_id"], "prepare",
+        "{:?}",
+        events[undone]
+    );
+    let (_, data) = &events[vote];
+    assert_eq!(data["actor"], "uid:2001");
+    assert_eq!(data["reason"], "wrong host");
+
+    let steps: Vec<(String, String)> = client
+        .query(
+            "SELECT step_id, state FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("prepare".to_owned(), "rolled_back".to_owned()),
+            ("contain".to_owned(), "failed".to_owned())
+        ]
+    );
+    // Nothing is left waiting, and a late vote finds no gate.
+    assert_eq!(
+        daemon.ctl(VIEWER, &["pending"]).await.ok()["pending"],
+        json!([])
+    );
+    let late = daemon
+        .ctl(
+            APPROVER_B,
+            &["approve", &id_text, "contain", "--reason", "late"],
+        )
+        .await;
+    assert_eq!(late.code, Some(1), "{late:?}");
+    assert_eq!(late.reply["status"], "error");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_gate_rolls_the_run_back() {
+    let daemon = Running::start("high").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+
+    // The parser's shortest expiry is a minute: move this gate's deadline into the past
+    // instead; the waiting run re-reads its gate at least every 5 s.
+    let moved = client
+        .execute(
+            "UPDATE playbook_approval_gates SET expires_at = now() - interval '1 second' \
+             WHERE execution_id = $1 AND state = 'pending'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    wait_for_state(&client, id, "rejected", Duration::from_secs(20)).await;
+
+    let kinds: Vec<String> = events_of(&client, id)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect();
+    let position = |kind: &str| kinds.iter().position(|k| k == kind);
+    let expired = position("approval.expired").expect("expiry audited");
+    let undone = position("rollback.step_succeeded").expect("undo audited");
+    assert!(expired < undone, "{kinds:?}");
+    let gate: String = client
+        .query_one(
+            "SELECT state FROM playbook_approval_gates WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gate, "expired");
+
+    let late = daemon
+        .ctl(
+            APPROVER_A,
+            &["approve", &id.to_string(), "contain", "--reason", "late"],
+        )
+        .await;
+    assert_eq!(late.code, Some(1), "{late:?}");
+    assert!(
+        late.reply["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no approval is pending"),
+        "{late:?}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halt_resolve_needs_an_admin_and_a_reason() {
+    let daemon = Running::start_with("high", |client| async move {
+        client
+            .execute(
+                "INSERT INTO playbook_safe_halt_state (is_active, node_id, error_message, entered_at) \
+                 VALUES (true, $1, 'rollback of step `x` failed: test', now())",
+                &[&NODE],
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    let client = daemon.db.client().await;
+    let decisions = daemon.dir.path("run/decisions.sock");
+    let refused = send_decision(&decisions, "acme").await;
+    assert!(
+        refused["reason"].as_str().unwrap().starts_with("safe_halt"),
+        "{refused}"
+    );
+
+    let reason = daemon
+        .ctl(OPERATOR, &["halt-resolve", "--reason", "fixed"])
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("admin"), "{reason}");
+    let reason = daemon
+        .ctl(ADMIN, &["halt-resolve"])
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("reason is required"), "{reason}");
+    let still: bool = client
+        .query_one(
+            "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(still, "the halt was cleared without admin and reason");
+
+    let cleared = daemon
+        .ctl(
+            ADMIN,
+            &["halt-resolve", "--reason", "restored the file by hand"],
+        )
+        .await;
+    assert_eq!(cleared.ok()["safe_halt"], "cleared");
+    let row = client
+        .query_one(
+            "SELECT is_active, resolved_by, reason FROM playbook_safe_halt_state",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, Option<i64>>(1), Some(i64::from(ADMIN)));
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("restored the file by hand")
+    );
+    let events = audit_events(&client).await;
+    assert!(
+        events.iter().any(|(kind, data)| kind == "safe_halt.cleared"
+            && data["actor"] == "uid:2000"
+            && data["reason"] == "restored the file by hand"),
+        "{events:?}"
+    );
+
+    let again = daemon
+        .ctl(ADMIN, &["halt-resolve", "--reason", "again"])
+        .await;
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(
+        again.reply["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no SAFE-HALT"),
+        "{again:?}"
+    );
+    assert_eq!(
+        send_decision(&decisions, "acme").await["status"],
+        "accepted"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_is_for_admins_and_runs_the_daemons_reload() {
+    let daemon = Running::start("high").await;
+    let client = daemon.db.client().await;
+    let reason = daemon.ctl(OPERATOR, &["reload"]).await.refusal().to_owned();
+    assert!(reason.contains("admin"), "{reason}");
+    let count_reloads = || async {
+        audit_events(&client)
+            .await
+            .iter()
+            .filter(|(kind, _)| kind == "daemon.reload")
+            .count()
+    };
+    assert_eq!(count_reloads().await, 0);
+    let reloaded = daemon.ctl(ADMIN, &["reload"]).await;
+    assert_eq!(reloaded.ok()["reload"], "done");
+    assert_eq!(count_reloads().await, 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_gets_a_reason_and_the_connection_keeps_serving() {
+    let daemon = Running::start("high").await;
+    let stream = UnixStream::connect(daemon.control()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let long = format!(
+        "{{\"verb\":\"pending\",\"x\":\"{}\"}}",
+        "a".repeat(70 * 1024)
+    );
+    for (request, expected) in [
+        (
+            r#"{"verb":"pending","as_uid":0}"#.to_owned(),
+            "unknown field `as_uid`",
+        ),
+        (
+            r#"{"verb":"approve","step":"x"}"#.to_owned(),
+            "needs `execution_id`",
+        ),
+        (long, "longer than 65536 bytes"),
+        (r#"{"verb":"launch"}"#.to_owned(), "unknown verb `launch`"),
+    ] {
+        write
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+        let reply: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(reply["status"], "error", "{reply}");
+        assert!(
+            reply["reason"].as_str().unwrap().contains(expected),
+            "{reply}"
+        );
+    }
+    write.write_all(b"{\"verb\":\"pending\"}\n").await.unwrap();
+    let reply: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["status"], "ok", "{reply}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    open_to_clients(&dir);
+    let client = db.client().await;
+    // The child cannot be handed a catalog: record the execution as the intake would have,
+    // and let startup recovery pick it up from the stored, hash-checked playbook bytes.
+    let sha256 = store_version(&client, playbook_yaml("critical").as_bytes()).await;
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+               playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+               subject, requested_by_uid, binding, started_at, updated_at) \
+             VALUES ($1, $2, 'ctl-test', 1, $3, 'pending', $4, 'd-restart', 'test.ctl', 'run', 'acme', \
+               'high', '{}'::jsonb, 0, '{}'::jsonb, now(), now())",
+            &[&id, &NODE, &sha256.as_slice(), &Uuid::new_v4().simple().to_string()],
+        )
+        .await
+        .unwrap();
+    let config = dir.write_config(&db, NODE, CONTROL_CONFIG);
+    let socket = dir.path("run/control.sock");
+    let id_text = id.to_string();
+
+    let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
+    first.wait_for_log("playbookd ready", Duration::from_secs(20));
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let vote = ctl(
+        &socket,
+        APPROVER_A,
+        &["approve", &id_text, "contain", "--reason", "checked"],
+    )
+    .await;
+    assert_eq!(vote.ok()["gate_state"], "pending");
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first
+        .wait_exit(Duration::from_secs(5))
+        .expect("killed daemon exits");
+    wait_for_chain_lock_release(&client).await;
+
+    let mut second = ChildDaemon::start(&config, &dir.path("second.log"));
+    second.wait_for_log("playbookd ready", Duration::from_secs(20));
+    // The vote from before the kill still counts: uid 2001 cannot vote again...
+    let again = ctl(
+        &socket,
+        APPROVER_A,
+        &["approve", &id_text, "contain", "--reason", "again"],
+    )
+    .await;
+    assert!(again.refusal().contains("already voted"), "{again:?}");
+    let pending = ctl(&socket, VIEWER, &["pending"]).await;
+    let votes = &pending.ok()["pending"][0]["votes"];
+    assert_eq!(votes, &json!([{"uid": APPROVER_A, "verdict": "approve"}]));
+    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+    // ...and a second approver completes the gate; the resumed run continues.
+    let second_vote = ctl(
+        &socket,
+        APPROVER_B,
+        &["approve", &id_text, "contain", "--reason", "agreed"],
+    )
+    .await;
+    assert_eq!(second_vote.ok()["gate_state"], "approved");
+    wait_for_state(&client, id, "completed", Duration::from_secs(30)).await;
+    second.signal(nix::sys::signal::Signal::SIGTERM);
+    second
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon stops");
+    assert!(!socket.exists(), "control.sock left behind after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
+    let daemon = Running::start("high").await;
+    let client = daemon.db.client().await;
+    let id = daemon.decide().await;
+    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+    let cancel = ["cancel", id_text.as_str(), "--reason", "duplicate incident"];
+
+    // Without `staff`, uid 2007 is only a viewer (through `users`).
+    let reason = daemon.ctl(2007, &cancel).await.refusal().to_owned();
+    assert!(reason.contains("roles: viewer"), "{reason}");
+
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &["pending"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{id_text} step contain: noop, risk high, 0/1 approvals"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("org acme, playbook ctl-test@1, undoable false"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = ctl_with_staff_group(
+        &daemon.control(),
+        &["approve", &id_text, "contain", "--reason", "x"],
+    )
+    .await;
+    assert_eq!(code, Some(77), "{stdout}");
+    assert!(
+        stderr.contains("refused:") && stderr.contains("viewer, operator"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &cancel).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("cancel requested for {id_text}: the run stops and rolls back\n")
+    );
+    wait_for_state(&client, id, "cancelled", Duration::from_secs(20)).await;
+    let cancel_event = audit_events(&client)
+        .await
+        .into_iter()
+        .find(|(kind, data)| kind == "control.cancel" && data["result"] == "ok")
+        .expect("cancel audited");
+    assert_eq!(cancel_event.1["actor"], "uid:2007");
+    assert_eq!(cancel_event.1["gids"], json!([50, 100]));
+    daemon.stop().await;
+}
