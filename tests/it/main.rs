@@ -13,6 +13,7 @@ mod actions_support;
 mod audit;
 mod control;
 mod daemon;
+mod decision_schema;
 mod documents;
 mod executor;
 mod intake;
