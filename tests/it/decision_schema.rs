@@ -37,10 +37,13 @@ fn valid_decisions_pass_both() {
     }
 }
 
+/// One way to break a valid decision.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn invalid_decisions_fail_both() {
     let schema = schema();
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let mutations: Vec<(&str, Mutation)> = vec![
         (
             "missing nonce",
             Box::new(|d| {
