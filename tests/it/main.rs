@@ -19,6 +19,7 @@ mod executor;
 mod intake;
 mod registry;
 mod signature;
+mod simulate;
 mod status;
 mod systemd;
 mod validate;

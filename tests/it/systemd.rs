@@ -306,6 +306,77 @@ async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
     );
 }
 
+#[tokio::test]
+async fn status_turns_to_safe_halt_when_a_rollback_fails() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(
+        &db,
+        "node-halt",
+        "[actions.exec]\nallowed_commands = [\"/bin/true\", \"/bin/false\"]\n",
+    );
+    dir.write_signed(
+        "playbooks/undo-fails.yaml",
+        "id: undo-fails\nversion: 1\nname: The undo fails\n\
+         owners: {technical: a@example.org, operational: b@example.org}\nsteps:\n\
+         \x20 - {id: one, action: exec, with: {command: /bin/true}, risk: low,\n\
+         \x20    retry: {attempts: 1, backoff: 100ms}, rollback: {action: exec, with: {command: /bin/false}}}\n\
+         \x20 - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}\n",
+        true,
+    );
+    dir.write_signed(
+        "bindings.yaml",
+        "bindings:\n  - {policy: p, outcome: o, playbook: undo-fails}\n",
+        true,
+    );
+    let notify = NotifySocket::bind(&dir);
+    let mut daemon = ChildDaemon::start_with_env(
+        &config,
+        &dir.path("daemon.log"),
+        &[("NOTIFY_SOCKET", notify.path_str())],
+    );
+    let ready = notify.wait_for(&mut daemon, "READY=1", Duration::from_secs(20));
+    assert_eq!(
+        field(&ready, "STATUS"),
+        Some("ready: 1 playbooks, 1 bindings")
+    );
+
+    let decision = serde_json::json!({
+        "decision_id": "d-halt", "nonce": uuid::Uuid::new_v4().simple().to_string(),
+        "issued_at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "policy": "p", "outcome": "o", "org_id": "acme", "severity": "high", "subject": {}
+    });
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(dir.path("run/decisions.sock")).unwrap();
+    std::io::Write::write_all(&mut stream, format!("{decision}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut reply).unwrap();
+    assert!(reply.contains("accepted"), "{reply}");
+
+    let start = Instant::now();
+    loop {
+        let message = notify.recv();
+        if let Some(status) = message.as_deref().and_then(|m| field(m, "STATUS"))
+            && status.starts_with("SAFE-HALT since ")
+        {
+            assert!(status.contains("rollback of step `one`"), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no SAFE-HALT status:\n{}",
+            daemon.log_text()
+        );
+    }
+    daemon.signal(Signal::SIGTERM);
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
 /// Everything that must be true once READY=1 has been sent: the schema is migrated and the
 /// audit chain holds `daemon.start`, and every endpoint the daemon serves accepts connections.
 async fn assert_startup_done_at_ready(db: &TestDb, dir: &DaemonDir) {
@@ -329,7 +400,7 @@ async fn assert_startup_done_at_ready(db: &TestDb, dir: &DaemonDir) {
 /// The Unix sockets (paths from `DaemonDir::write_config`) that `Daemon::build` binds before
 /// READY. Add each one here as the daemon starts binding it, e.g. `dir.path("run/decisions.sock")`.
 fn sockets_bound_before_ready(dir: &DaemonDir) -> Vec<PathBuf> {
-    vec![dir.path("run/control.sock")]
+    vec![dir.path("run/decisions.sock"), dir.path("run/control.sock")]
 }
 
 /// A stand-in for systemd's notification socket.

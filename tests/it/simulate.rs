@@ -1,0 +1,68 @@
+//! `playbookd simulate`: the plan a decision would get, with nothing executed or written.
+
+use crate::helpers::run_cli;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn decision(severity: &str) -> String {
+    serde_json::json!({
+        "decision_id": "d-sim", "nonce": "0123456789abcdef0123456789abcdef",
+        "issued_at": "2026-11-25T10:00:00Z", "policy": "ransomware.encryption_burst",
+        "outcome": "contain", "org_id": "acme", "severity": severity,
+        "subject": {"host": "web-1", "pid": 4242, "start_time": 99, "path": "/srv/x.bin",
+                    "c2_address": "203.0.113.9"}
+    })
+    .to_string()
+}
+
+#[test]
+fn simulate_renders_every_step_and_executes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let decision = write(&dir, "d.json", &decision("high"));
+    let playbook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/playbooks/contain-ransomware.yaml"
+    );
+    let (status, stdout, stderr) = run_cli(
+        &["simulate", "--json", "--decision", &decision, playbook],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["executed"], false);
+    let steps = plan["steps"].as_array().unwrap();
+    let kill = &steps[0];
+    assert_eq!(
+        kill["with"]["pid"], 4242,
+        "a standalone template keeps the integer type"
+    );
+    assert_eq!(kill["approvals_needed"], 1, "high risk: one approval");
+    assert_eq!(steps[1]["decision"], "run");
+    assert_eq!(steps[1]["rollback"]["action"], "file.restore");
+    assert_eq!(steps[1]["rollback"]["with"]["path"], "/srv/x.bin");
+}
+
+#[test]
+fn simulate_shows_a_skipped_step_and_refuses_a_bad_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = write(&dir, "low.json", &decision("low"));
+    let playbook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/playbooks/contain-ransomware.yaml"
+    );
+    let (status, stdout, _) = run_cli(&["simulate", "--decision", &low, playbook], &[]);
+    assert!(status.success());
+    assert!(
+        stdout.contains("skip: when `severity >= high` is false"),
+        "{stdout}"
+    );
+
+    let bad = write(&dir, "bad.json", &decision("high").replace("4242", "\"x\""));
+    let (status, _, stderr) = run_cli(&["simulate", "--decision", &bad, playbook], &[]);
+    assert!(!status.success());
+    assert!(stderr.contains("subject.pid"), "{stderr}");
+}
