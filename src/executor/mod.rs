@@ -79,6 +79,12 @@ struct Inner {
     tasks: TaskTracker,
 }
 
+/// Held while a run may act; dropped to release its place.
+struct RunSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _org: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The in-process handle of one running execution.
 #[derive(Clone)]
 struct RunHandle {
@@ -276,19 +282,29 @@ impl Inner {
             run.cancel_requested.store(true, Ordering::SeqCst);
             run.token.cancel();
         }
-        let _global = self
+        let slot = self.acquire_slot(&record.org_id).await?;
+        let mut runner = run::Runner::new(&self, record, playbook, run, slot);
+        runner.run().await
+    }
+
+    /// A place among the runs allowed at once, globally and for `org`. A run gives it back
+    /// while it waits for approval, so parked runs never starve the others.
+    async fn acquire_slot(&self, org: &str) -> Result<RunSlot, RunError> {
+        let global = self
             .global
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| RunError::ShuttingDown)?;
-        let _org = self
-            .org_semaphore(&record.org_id)
+        let org = self
+            .org_semaphore(org)
             .acquire_owned()
             .await
             .map_err(|_| RunError::ShuttingDown)?;
-        let mut runner = run::Runner::new(&self, record, playbook, run);
-        runner.run().await
+        Ok(RunSlot {
+            _global: global,
+            _org: org,
+        })
     }
 
     fn org_semaphore(&self, org: &str) -> Arc<Semaphore> {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::record::{self, StepEnd, StepStart, UndoState};
 use super::state::{RollbackCause, RunState, StepState};
-use super::{ExecutionRecord, Inner, RunError, RunHandle};
+use super::{ExecutionRecord, Inner, RunError, RunHandle, RunSlot};
 use crate::actions::{ActionContext, ActionError, ActionOutput};
 use crate::approvals::{GateRequest, Verdict};
 use crate::registry::ActivePlaybook;
@@ -48,6 +48,8 @@ pub(super) struct Runner<'a> {
     playbook: Arc<ActivePlaybook>,
     run: RunHandle,
     deadline: Option<Instant>,
+    /// None while parked at an approval gate.
+    slot: Option<RunSlot>,
 }
 
 impl<'a> Runner<'a> {
@@ -56,6 +58,7 @@ impl<'a> Runner<'a> {
         record: ExecutionRecord,
         playbook: Arc<ActivePlaybook>,
         run: RunHandle,
+        slot: RunSlot,
     ) -> Runner<'a> {
         let deadline = playbook.playbook().timeout.map(|timeout| {
             let elapsed =
@@ -69,6 +72,7 @@ impl<'a> Runner<'a> {
             playbook,
             run,
             deadline,
+            slot: Some(slot),
         }
     }
 
@@ -207,7 +211,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn pass_gate(&self, index: usize, step: &Step) -> Result<Option<Forward>, RunError> {
+    async fn pass_gate(&mut self, index: usize, step: &Step) -> Result<Option<Forward>, RunError> {
         let Some(spec) = crate::actions::spec(&step.action) else {
             return Ok(Some(self.fail_unknown_action(index, step).await?));
         };
@@ -241,7 +245,9 @@ impl<'a> Runner<'a> {
                 .and_then(|a| a.expires)
                 .map_or(crate::approvals::DEFAULT_EXPIRY, |d| d.0),
         };
+        self.slot = None;
         let verdict = self.inner.approvals.gate(request, &self.run.token).await?;
+        self.slot = Some(self.inner.acquire_slot(&self.record.org_id).await?);
         let reason = match verdict {
             Verdict::Approved => return Ok(None),
             Verdict::Interrupted => {
