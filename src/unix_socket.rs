@@ -7,8 +7,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
-use tokio::net::UnixListener;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -81,6 +86,51 @@ fn remove_stale(path: &Path) -> Result<(), BindError> {
             action: "removing the stale socket",
             source,
         }),
+    }
+}
+
+/// Accepts connections until `shutdown`, each served by `serve` in a task of its own. Beyond
+/// `max_connections` at once, a connection gets `busy_line` and is closed, so idle or
+/// half-open peers can never make a real client wait.
+pub async fn accept_loop<F, Fut>(
+    listener: UnixListener,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    busy_line: Vec<u8>,
+    serve: F,
+) where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let busy_line: Arc<[u8]> = busy_line.into();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // EMFILE and friends: pause rather than spin.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let busy_line = busy_line.clone();
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&busy_line))
+                    .await;
+            });
+            continue;
+        };
+        let connection = serve(stream);
+        tokio::spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
 }
 

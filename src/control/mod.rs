@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -90,30 +90,20 @@ impl Control {
     /// Accepts connections until `shutdown`; each is served by its own task, at most
     /// `max_connections` at once (more are told so and closed).
     pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.inner.settings.max_connections));
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "control.sock accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse_busy(stream));
-                continue;
-            };
-            let control = self.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                control.connection(stream, stop).await;
-                drop(slot);
-            });
-        }
+        let max_connections = self.inner.settings.max_connections;
+        let stop = shutdown.clone();
+        unix_socket::accept_loop(
+            listener,
+            max_connections,
+            shutdown,
+            Reply::Error("busy: too many connections on control.sock; retry".into()).to_line(),
+            move |stream| {
+                let control = self.clone();
+                let stop = stop.clone();
+                async move { control.connection(stream, stop).await }
+            },
+        )
+        .await;
     }
 
     async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
@@ -447,11 +437,6 @@ fn ok<const N: usize>(fields: [(&str, Value); N]) -> Reply {
 
 fn log_unrecorded(error: &AppendError) {
     tracing::warn!(error = %error_chain(error), "control request not recorded in the audit log");
-}
-
-async fn refuse_busy(mut stream: UnixStream) {
-    let reply = Reply::Error("busy: too many connections on control.sock; retry".into());
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
 }
 
 /// How long a `reload` request waits for the daemon's main loop.

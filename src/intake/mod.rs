@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -156,30 +155,20 @@ impl Intake {
 
     /// Accepts connections until `shutdown`; each connection is served by its own task.
     pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.inner.settings.max_connections));
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "decisions.sock accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse_busy(stream));
-                continue;
-            };
-            let intake = self.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                intake.connection(stream, stop).await;
-                drop(slot);
-            });
-        }
+        let max_connections = self.inner.settings.max_connections;
+        let stop = shutdown.clone();
+        unix_socket::accept_loop(
+            listener,
+            max_connections,
+            shutdown,
+            Reply::rejected("busy: too many connections; retry").to_line(),
+            move |stream| {
+                let intake = self.clone();
+                let stop = stop.clone();
+                async move { intake.connection(stream, stop).await }
+            },
+        )
+        .await;
     }
 
     async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
@@ -411,11 +400,6 @@ fn count(reply: &Reply) {
 fn is_unique_violation(error: &AppendError) -> bool {
     matches!(error, AppendError::Effect(StoreError::Query(query))
         if query.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
-}
-
-async fn refuse_busy(mut stream: UnixStream) {
-    let reply = Reply::rejected("busy: too many connections; retry");
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
 }
 
 /// The execution row written when a decision is accepted.
