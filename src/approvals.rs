@@ -20,6 +20,8 @@ use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::{Store, StoreError};
 
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
+/// Escalate when less than 1/N of the gate's lifetime is left.
+const ESCALATE_AT_FRACTION: u32 = 5;
 /// How often a waiting gate re-reads its row even without a wake-up (another process's vote).
 const RECHECK: Duration = Duration::from_secs(5);
 
@@ -127,6 +129,7 @@ impl Approvals {
         let key = (request.execution_id, index);
         let notify = self.waiter(key);
         self.open(&request).await?;
+        let mut escalated = false;
         loop {
             let (state, expires_at) = self.gate_state(request.execution_id, index).await?;
             match state.as_str() {
@@ -152,12 +155,47 @@ impl Approvals {
                 continue;
             }
             let until_expiry = Duration::try_from(expires_at - now).unwrap_or_default();
+            if !escalated && until_expiry <= request.expires_after / ESCALATE_AT_FRACTION {
+                escalated = true;
+                self.escalate(&request, expires_at).await?;
+            }
             tokio::select! {
                 () = notify.notified() => {}
                 () = tokio::time::sleep(until_expiry.min(RECHECK)) => {}
                 () = interrupt.cancelled() => return Ok(Verdict::Interrupted),
             }
         }
+    }
+
+    /// The escalation before expiry: a notify-style journald warning (the record a `notify`
+    /// step writes) and an audit event, so the on-call sees the gate before the run rolls back.
+    async fn escalate(
+        &self,
+        request: &GateRequest,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), AppendError> {
+        let expires = crate::store::audit::format_timestamp(expires_at);
+        tracing::warn!(
+            target: "playbookd::notify",
+            execution_id = %request.execution_id,
+            step_id = %request.step_id,
+            org_id = %request.org_id,
+            playbook_id = %request.playbook,
+            expires_at = %expires,
+            "approval escalation: step `{}` ({} risk) of {} still waits for approval; it expires at {expires}",
+            request.step_id,
+            request.risk.as_str(),
+            request.playbook,
+        );
+        self.audit
+            .append(
+                AuditEvent::new("approval.escalated", Actor::System)
+                    .execution(request.execution_id)
+                    .with("step_id", request.step_id.as_str())
+                    .with("expires_at", expires),
+            )
+            .await
+            .map(|_| ())
     }
 
     fn waiter(&self, key: GateKey) -> Arc<Notify> {

@@ -111,7 +111,7 @@ pub struct Daemon {
     /// `reload` requests from control.sock, run by the main loop like SIGHUP.
     reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     started: Instant,
-    /// Bumped by the loop that must never stall (the executor's, today the main loop); the
+    /// Bumped by the executor's loop, which must never stall; the
     /// watchdog stops pinging systemd when it goes quiet.
     heartbeat: Heartbeat,
     /// Bound at build (so a bad address is a start-up error); served by `run_until_stopped`.
@@ -289,6 +289,7 @@ impl Daemon {
             );
         }
         let executor = self.executor.clone();
+        let heartbeat = self.heartbeat.clone();
         tokio::spawn(async move {
             match executor.resume_all().await {
                 Ok(0) => {}
@@ -297,7 +298,7 @@ impl Daemon {
                     tracing::error!(error = %audit::error_chain(&error), "cannot list unfinished executions")
                 }
             }
-            executor.resume_loop().await;
+            executor.resume_loop(heartbeat).await;
         });
     }
 
@@ -341,7 +342,6 @@ impl Daemon {
             ));
             tracing::info!(interval_ms = interval.as_millis(), "systemd watchdog armed");
         }
-        let mut beats = tokio::time::interval(systemd::HEARTBEAT_PERIOD);
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
@@ -354,7 +354,6 @@ impl Daemon {
                     tracing::info!(uid = request.uid, "reload requested on control.sock");
                     let _ = request.reply.send(self.reload().await);
                 }
-                _ = beats.tick() => self.heartbeat.beat(),
                 served = &mut status_task => {
                     // The status API is how operators see the daemon: losing it is a failure.
                     let error = match served {

@@ -190,11 +190,14 @@ impl Executor {
     }
 
     /// Runs the periodic resume sweep until shutdown.
-    pub async fn resume_loop(self) {
+    /// Also beats `heartbeat`: the systemd watchdog stops pinging when this loop stalls.
+    pub async fn resume_loop(self, heartbeat: crate::systemd::Heartbeat) {
         let mut ticker = tokio::time::interval(self.inner.settings.resume_interval);
+        let mut beats = tokio::time::interval(crate::systemd::HEARTBEAT_PERIOD);
         loop {
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
+                _ = beats.tick() => heartbeat.beat(),
                 _ = ticker.tick() => {
                     if let Err(error) = self.resume_all().await {
                         tracing::warn!(error = %crate::store::audit::error_chain(&error), "resume sweep failed");

@@ -258,3 +258,68 @@ async fn a_transient_error_is_retried_with_growing_delays() {
     assert_eq!(attempts, 3);
     daemon.stop().await;
 }
+
+const GATED: &str = r#"
+id: gated
+version: 1
+name: One high-risk step behind a gate
+owners: {technical: a@example.org, operational: b@example.org}
+approval: {expires: 1m}
+steps:
+  - {id: act, action: noop, risk: high, rollback: none}
+"#;
+
+#[tokio::test]
+async fn a_gate_near_expiry_is_escalated_before_it_expires() {
+    let daemon = Running::start("", &[GATED], &bindings(&[("p", "o", "gated")])).await;
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let client = daemon.db.client().await;
+    let started = Instant::now();
+    while client
+        .query_opt(
+            "SELECT 1 FROM playbook_approval_gates WHERE execution_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no gate opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = daemon.events(&id).await;
+    assert!(
+        !types(&events).contains(&"approval.escalated"),
+        "not yet: a minute is left"
+    );
+    // Less than a fifth of the gate's minute left: the next re-read escalates.
+    client
+        .execute(
+            "UPDATE playbook_approval_gates SET expires_at = now() + interval '9 seconds' \
+             WHERE execution_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let events = daemon.events(&id).await;
+        if types(&events).contains(&"approval.escalated") {
+            assert!(
+                !types(&events).contains(&"approval.expired"),
+                "escalated before expiry"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "no escalation: {:?}",
+            types(&events)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}
