@@ -60,6 +60,7 @@ pub struct Config {
     pub roles: RolesConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
     pub control: ControlConfig,
 }
 
