@@ -99,7 +99,7 @@ def main():
     steps = psql(
         url,
         "SELECT s.execution_id, s.step_id, s.state, encode(s.idempotency_key, 'hex'), "
-        "s.error IS NOT NULL FROM playbook_step_runs s "
+        "s.error IS NOT NULL, s.action FROM playbook_step_runs s "
         f"JOIN playbook_executions e USING (execution_id) WHERE {where}",
     )
     undos = psql(
@@ -120,13 +120,17 @@ def main():
     owner = {}
     succeeded, undone = set(), set()
     failed_with_error = set()
-    for execution_id, step_id, state, key, has_error in steps:
+    for execution_id, step_id, state, key, has_error, action in steps:
+        if state == "failed" and has_error == "t":
+            failed_with_error.add((execution_id, step_id))
+        if action != "exec":
+            continue  # only exec steps run the counter
         owner[(key, "do")] = (execution_id, step_id, "step.started")
         if state in ("succeeded", "rolled_back"):
             succeeded.add(key)
-        if state == "failed" and has_error == "t":
-            failed_with_error.add((execution_id, step_id))
     for execution_id, step_id, state in undos:
+        if step_id == "quarantine":
+            continue  # undone by file.restore, not the counter
         key = undo_key(execution_id, step_id)
         owner[(key, "undo")] = (execution_id, step_id, "rollback.step_started")
         if state == "succeeded":
@@ -182,6 +186,17 @@ def main():
                 inconsistent += 1
                 problems.append(f"{execution_id} ended {e['state']}, expected {want}")
 
+    # Why steps failed, by the start of the message (the fault should show here).
+    failures = collections.Counter(
+        r[0][:70]
+        for r in psql(
+            url,
+            "SELECT regexp_replace(s.error, '/tmp/[^ ]*', 'PATH', 'g') FROM playbook_step_runs s "
+            f"JOIN playbook_executions e USING (execution_id) WHERE {where} AND s.state = 'failed' "
+            "AND s.action <> 'exec'",
+        )
+    )
+
     print(
         json.dumps(
             {
@@ -194,6 +209,7 @@ def main():
                 "inconsistent": inconsistent,
                 "invocations": sum(raw.values()),
                 "distinct_keys": len(raw),
+                "step_failures": dict(failures),
                 "problems": problems[:10],
             }
         )
