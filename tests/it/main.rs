@@ -12,6 +12,7 @@ mod actions_process;
 mod actions_support;
 mod audit;
 mod control;
+mod crash;
 mod daemon;
 mod decision_schema;
 mod documents;
