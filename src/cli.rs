@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit_cli::{self, AuditCliError};
+use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
@@ -88,6 +89,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Benchmark the real daemon over its sockets on a throwaway database, and print a table.
+    Bench(BenchArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -152,6 +155,8 @@ pub enum CliError {
     Unverified { failed: usize, total: usize },
     #[error(transparent)]
     Ctl(#[from] CtlError),
+    #[error(transparent)]
+    Bench(#[from] BenchError),
 }
 
 impl CliError {
@@ -177,6 +182,7 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Status(_)
             | CliError::Simulate(_)
+            | CliError::Bench(_)
             | CliError::Invalid { .. } => ExitCode::FAILURE,
             CliError::Key(KeyError::Write { .. }) | CliError::WriteOutput { .. } => {
                 ExitCode::from(EXIT_CANTCREAT)
@@ -210,6 +216,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Status(args) => Ok(status_client::run(args)?),
         Command::Ctl(args) => Ok(ctl_client::run(args)?),
+        Command::Bench(args) => Ok(bench::run(args)?),
         Command::Validate { files } => validate(&files),
         Command::Simulate {
             decision,

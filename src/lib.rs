@@ -17,7 +17,8 @@
 //! - [`systemd`]: logging to journald or stderr, and sd_notify.
 //! - [`status`]: the read-only HTTP status API and Prometheus metrics; [`status_client`] is
 //!   the `playbookd status` client for it.
-//! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb.
+//! - [`cli`]: the `playbookd` command line; [`audit_cli`]: its `audit verify` verb; [`bench`](mod@bench): its
+//!   `bench` verb (the real daemon under load).
 //! - [`cli`]: the `playbookd` command line.
 //! - [`control`]: control.sock, where operators approve, deny, cancel, clear a SAFE-HALT and
 //!   reload, by role from peer credentials; [`ctl_client`] is the `playbookd ctl` client.
@@ -26,6 +27,7 @@
 pub mod actions;
 pub mod approvals;
 pub mod audit_cli;
+pub mod bench;
 pub mod bindings;
 pub mod cli;
 pub mod config;

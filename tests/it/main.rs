@@ -11,6 +11,7 @@ mod actions_net;
 mod actions_process;
 mod actions_support;
 mod audit;
+mod bench;
 mod control;
 mod crash;
 mod daemon;

@@ -1,0 +1,1203 @@
+//! `playbookd bench`: the real daemon, over its real sockets, against real PostgreSQL.
+//!
+//! One run creates a database of its own (`pbd_bench_<pid>`) on the server given by
+//! `--database-url` (or `PLAYBOOKD_TEST_DATABASE_URL`), a private temporary directory with two
+//! freshly generated Ed25519 author keys, two playbooks and a bindings file signed by both, and a
+//! config; then starts this same executable as `serve` in a child process and measures, phase by
+//! phase:
+//!
+//! 1. baseline: single-row `INSERT` + COMMIT, one connection, on the same server (before the
+//!    daemon starts, so nothing competes with it);
+//! 2. accepted decisions/s and reply latency at 1 and at `--connections` connections, each
+//!    connection sending its next decision as soon as the previous reply arrives (the runs
+//!    execute meanwhile, as they would in production);
+//! 3. end-to-end: `--concurrency` clients each send a decision for the 3-step `noop-3` playbook
+//!    and wait until its execution is `completed` before sending the next; completed runs/s,
+//!    decision-to-completed latency measured by the client (send → completion seen by a poller
+//!    that reads the execution states every 2 ms), and audit rows appended per second;
+//! 4. memory: `--parked` decisions for a playbook whose only step is `risk: high`, so every run
+//!    stops at its approval gate; the daemon's RSS once all of them wait, and its peak RSS.
+//!
+//! Then the daemon gets SIGTERM, and the database and directory are removed, also when a
+//! phase fails. Nothing is mocked: a refused decision or a run that does not complete stops the
+//! benchmark with the reason.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::DATABASE_URL_ENV;
+use crate::registry::signature::{self, Algorithm, KeyError, Signer};
+
+/// Server used when neither `--database-url` nor `PLAYBOOKD_TEST_DATABASE_URL` is given.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Short phases (3 s) and 2,000 parked runs: the whole run takes under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Connections of the second intake phase (the first always uses one).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub connections: u16,
+    /// Runs in flight at once in the end-to-end phase.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub concurrency: u16,
+    /// Seconds per measured phase (default 10; 3 with --quick). Fractions are allowed.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Executions left waiting at an approval gate for the memory figure (default 10000;
+    /// 2000 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub parked: Option<u32>,
+    /// PostgreSQL server (superuser URL) on which the bench creates and drops its database.
+    #[arg(
+        long,
+        env = "PLAYBOOKD_TEST_DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("failed to start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("--database-url: expected a postgres:// or postgresql:// URL")]
+    BadUrl,
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("the daemon did not become ready within {0:?}")]
+    NotReady(Duration),
+    #[error("the daemon exited ({0})")]
+    DaemonExited(String),
+    #[error("decision not accepted: {0}")]
+    Refused(String),
+    #[error("execution {execution_id} ended `{state}`, not `completed`")]
+    NotCompleted { execution_id: Uuid, state: String },
+    #[error("{what}: still not done after {limit:?}")]
+    Timeout { what: String, limit: Duration },
+}
+
+/// Runs the whole benchmark and prints its table on stdout.
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let plan = Plan::from_args(args);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::Runtime)?;
+    let report = runtime.block_on(bench(&plan))?;
+    print!("{report}");
+    Ok(())
+}
+
+/// The parameters of one run, defaults applied.
+#[derive(Debug, Clone)]
+struct Plan {
+    url: String,
+    phase: Duration,
+    connections: usize,
+    concurrency: usize,
+    parked: usize,
+    quick: bool,
+}
+
+impl Plan {
+    fn from_args(args: BenchArgs) -> Plan {
+        let (phase, parked) = if args.quick {
+            (Duration::from_secs(3), 2_000)
+        } else {
+            (Duration::from_secs(10), 10_000)
+        };
+        Plan {
+            url: args.database_url,
+            phase: args.duration.unwrap_or(phase),
+            connections: usize::from(args.connections),
+            concurrency: usize::from(args.concurrency),
+            parked: args.parked.map_or(parked, |n| n as usize),
+            quick: args.quick,
+        }
+    }
+}
+
+async fn bench(plan: &Plan) -> Result<String, BenchError> {
+    let admin_config: tokio_postgres::Config = plan.url.parse().map_err(|_| BenchError::BadUrl)?;
+    let name = format!("pbd_bench_{}", std::process::id());
+    // Checked before anything is created: the daemon is given this URL.
+    let daemon_url = with_database(&plan.url, &name)?;
+    let admin = connect(&admin_config).await?;
+    // A database of that name can only be left over by a dead process that had our pid.
+    let leftover = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?;
+    if leftover.is_some() {
+        admin
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await?;
+    }
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let outcome = phases(plan, &admin_config, &name, &daemon_url).await;
+    let dropped = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    let report = outcome?;
+    dropped?;
+    Ok(report)
+}
+
+async fn phases(
+    plan: &Plan,
+    admin_config: &tokio_postgres::Config,
+    name: &str,
+    daemon_url: &str,
+) -> Result<String, BenchError> {
+    let mut db_config = admin_config.clone();
+    db_config.dbname(name);
+    let client = connect(&db_config).await?;
+    let server_version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+
+    eprintln!("bench: baseline ({:.1} s)", plan.phase.as_secs_f64());
+    let baseline = baseline(&client, plan.phase).await?;
+
+    let dir = BenchDir::create()?;
+    let setup = dir.write_setup(plan, &db_config)?;
+    let mut daemon = ChildDaemon::spawn(&setup, daemon_url)?;
+    let outcome = measure(plan, &setup, &daemon, &client).await;
+    if outcome.is_err() {
+        eprintln!("bench: daemon log (last lines):\n{}", daemon.log_tail(30));
+    }
+    daemon.stop().await;
+    let measured = outcome?;
+
+    let mut table = Table::new(baseline);
+    let one = &measured.intake_one;
+    let many = &measured.intake_many;
+    let n = plan.connections;
+    table.rate(
+        "accepted decisions/s, 1 connection",
+        one.rate(),
+        "decisions/s",
+    );
+    table.millis("  reply latency p50, 1 connection", one.percentile(50));
+    table.millis("  reply latency p99, 1 connection", one.percentile(99));
+    table.rate(
+        &format!("accepted decisions/s, {n} connections"),
+        many.rate(),
+        "decisions/s",
+    );
+    table.millis(
+        &format!("  reply latency p50, {n} connections"),
+        many.percentile(50),
+    );
+    table.millis(
+        &format!("  reply latency p99, {n} connections"),
+        many.percentile(99),
+    );
+    let runs = &measured.runs;
+    let c = plan.concurrency;
+    table.rate(
+        &format!("completed runs/s, noop-3 (3 steps), {c} in flight"),
+        runs.samples.rate(),
+        "runs/s",
+    );
+    for p in [50, 95, 99] {
+        table.millis(
+            &format!("  decision-to-completed p{p}"),
+            runs.samples.percentile(p),
+        );
+    }
+    table.rate(
+        "audit appends/s during the runs phase",
+        runs.audit_rows as f64 / runs.samples.elapsed.as_secs_f64(),
+        "appends/s",
+    );
+    table.mebibytes("daemon peak RSS (VmHWM)", measured.peak_rss_kib);
+    table.mebibytes(
+        "daemon RSS, idle before parking runs",
+        measured.idle_rss_kib,
+    );
+    table.mebibytes(
+        &format!("daemon RSS, {} runs awaiting approval", plan.parked),
+        measured.parked_rss_kib,
+    );
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "playbookd bench{}: {} ({} CPUs), PostgreSQL {server_version}, {:.1} s per phase, \
+         {} parked runs",
+        if plan.quick { " --quick" } else { "" },
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        plan.phase.as_secs_f64(),
+        plan.parked,
+    );
+    report.push('\n');
+    report.push_str(&table.render());
+    let per_run_kib =
+        (measured.parked_rss_kib as f64 - measured.idle_rss_kib as f64) / plan.parked as f64;
+    let _ = writeln!(
+        report,
+        "\nRSS grew by about {:.1} KiB per run awaiting approval; {} runs completed in all \
+         phases; latencies are measured by the client (completion seen by polling every {} ms).",
+        per_run_kib,
+        measured.completed_total,
+        POLL_INTERVAL.as_millis(),
+    );
+    Ok(report)
+}
+
+/// Everything measured while the daemon ran.
+struct Measured {
+    intake_one: Samples,
+    intake_many: Samples,
+    runs: RunsPhase,
+    idle_rss_kib: u64,
+    parked_rss_kib: u64,
+    peak_rss_kib: u64,
+    completed_total: i64,
+}
+
+async fn measure(
+    plan: &Plan,
+    setup: &Setup,
+    daemon: &ChildDaemon,
+    client: &tokio_postgres::Client,
+) -> Result<Measured, BenchError> {
+    daemon.wait_ready(&setup.socket, READY_LIMIT).await?;
+    let drain_limit = Duration::from_secs(120);
+
+    eprintln!("bench: intake, 1 connection");
+    let intake_one = intake_phase(&setup.socket, 1, plan.phase, NOOP_POLICY).await?;
+    wait_all_terminal(client, drain_limit).await?;
+
+    eprintln!("bench: intake, {} connections", plan.connections);
+    let intake_many =
+        intake_phase(&setup.socket, plan.connections, plan.phase, NOOP_POLICY).await?;
+    wait_all_terminal(client, drain_limit).await?;
+
+    eprintln!("bench: end-to-end runs, {} in flight", plan.concurrency);
+    let runs = runs_phase(
+        &setup.socket,
+        &setup.db_config,
+        plan.concurrency,
+        plan.phase,
+    )
+    .await?;
+    wait_all_terminal(client, drain_limit).await?;
+    let completed_total: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_executions WHERE state = 'completed'",
+            &[],
+        )
+        .await?
+        .get(0);
+
+    let idle_rss_kib = daemon.memory_kib("VmRSS")?;
+    eprintln!("bench: parking {} runs at an approval gate", plan.parked);
+    park(&setup.socket, plan.connections, plan.parked).await?;
+    let limit = Duration::from_secs(60) + Duration::from_millis(20) * to_u32(plan.parked);
+    wait_parked(client, plan.parked, limit).await?;
+    let parked_rss_kib = daemon.memory_kib("VmRSS")?;
+    let peak_rss_kib = daemon.memory_kib("VmHWM")?;
+    Ok(Measured {
+        intake_one,
+        intake_many,
+        runs,
+        idle_rss_kib,
+        parked_rss_kib,
+        peak_rss_kib,
+        completed_total,
+    })
+}
+
+/// Latencies of one phase and how long it lasted.
+#[derive(Debug, Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Samples {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile, in milliseconds.
+    fn percentile(&self, percent: usize) -> f64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = (percent * sorted.len()).div_ceil(100).max(1);
+        sorted[rank.min(sorted.len()) - 1].as_secs_f64() * 1000.0
+    }
+
+    fn merge(parts: Vec<Vec<Duration>>, elapsed: Duration) -> Samples {
+        Samples {
+            latencies: parts.into_iter().flatten().collect(),
+            elapsed,
+        }
+    }
+}
+
+/// `connections` clients, each sending its next decision when the previous reply arrives.
+async fn intake_phase(
+    socket: &Path,
+    connections: usize,
+    phase: Duration,
+    policy: &'static str,
+) -> Result<Samples, BenchError> {
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let socket = socket.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&socket).await?;
+            let mut latencies = Vec::new();
+            while started.elapsed() < phase {
+                let sent = Instant::now();
+                conn.submit(policy).await?;
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let parts = join_all(tasks).await?;
+    Ok(Samples::merge(parts, started.elapsed()))
+}
+
+/// What the end-to-end phase measured.
+struct RunsPhase {
+    samples: Samples,
+    audit_rows: i64,
+}
+
+async fn runs_phase(
+    socket: &Path,
+    db_config: &tokio_postgres::Config,
+    concurrency: usize,
+    phase: Duration,
+) -> Result<RunsPhase, BenchError> {
+    let poller_client = connect(db_config).await?;
+    let audit_before = audit_rows(&poller_client).await?;
+    let waiters = Waiters::default();
+    let stop = CancellationToken::new();
+    let poller = tokio::spawn(poll_completions(
+        poller_client,
+        waiters.clone(),
+        stop.clone(),
+    ));
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let socket = socket.to_owned();
+        let waiters = waiters.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&socket).await?;
+            let mut latencies = Vec::new();
+            while started.elapsed() < phase {
+                let sent = Instant::now();
+                let execution_id = conn.submit(NOOP_POLICY).await?;
+                let state = waiters.wait(execution_id).await?;
+                if state != "completed" {
+                    return Err(BenchError::NotCompleted {
+                        execution_id,
+                        state,
+                    });
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let parts = join_all(tasks).await;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    let poller_client = poller
+        .await
+        .map_err(|e| BenchError::DaemonExited(format!("poller task failed: {e}")))??;
+    let parts = parts?;
+    let audit_rows = audit_rows(&poller_client).await? - audit_before;
+    Ok(RunsPhase {
+        samples: Samples::merge(parts, elapsed),
+        audit_rows,
+    })
+}
+
+/// Executions the end-to-end clients wait for, each with the channel that wakes its client.
+#[derive(Clone, Default)]
+struct Waiters {
+    inner: Arc<Mutex<HashMap<Uuid, oneshot::Sender<String>>>>,
+}
+
+impl Waiters {
+    /// Waits until `execution_id` is terminal and returns its state.
+    async fn wait(&self, execution_id: Uuid) -> Result<String, BenchError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner).insert(execution_id, tx);
+        rx.await.map_err(|_| {
+            BenchError::DaemonExited("the completion poller stopped (database unreachable?)".into())
+        })
+    }
+
+    fn pending(&self) -> Vec<Uuid> {
+        lock(&self.inner).keys().copied().collect()
+    }
+
+    fn finish(&self, execution_id: Uuid, state: String) {
+        if let Some(tx) = lock(&self.inner).remove(&execution_id) {
+            let _ = tx.send(state);
+        }
+    }
+}
+
+/// Reads the states of the awaited executions every `POLL_INTERVAL` and wakes their clients.
+async fn poll_completions(
+    client: tokio_postgres::Client,
+    waiters: Waiters,
+    stop: CancellationToken,
+) -> Result<tokio_postgres::Client, BenchError> {
+    let query = client
+        .prepare(
+            "SELECT execution_id, state FROM playbook_executions \
+             WHERE execution_id = ANY($1) AND state = ANY($2)",
+        )
+        .await?;
+    let terminal: Vec<&str> = TERMINAL_STATES.to_vec();
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(client),
+            _ = ticker.tick() => {}
+        }
+        let pending = waiters.pending();
+        if pending.is_empty() {
+            continue;
+        }
+        for row in client.query(&query, &[&pending, &terminal]).await? {
+            waiters.finish(row.get(0), row.get(1));
+        }
+    }
+}
+
+/// Sends `count` decisions for the gated playbook over `connections` connections.
+async fn park(socket: &Path, connections: usize, count: usize) -> Result<(), BenchError> {
+    let connections = connections.min(count).max(1);
+    let mut tasks = Vec::with_capacity(connections);
+    for index in 0..connections {
+        let share = count / connections + usize::from(index < count % connections);
+        let socket = socket.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&socket).await?;
+            for _ in 0..share {
+                conn.submit(GATED_POLICY).await?;
+            }
+            Ok::<_, BenchError>(Vec::new())
+        }));
+    }
+    join_all(tasks).await.map(|_| ())
+}
+
+async fn wait_parked(
+    client: &tokio_postgres::Client,
+    count: usize,
+    limit: Duration,
+) -> Result<(), BenchError> {
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_executions \
+                 WHERE playbook_id = 'bench-gated' AND state = 'awaiting_approval'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if usize::try_from(waiting).unwrap_or(0) >= count {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(BenchError::Timeout {
+                what: format!("{waiting} of {count} runs waiting for approval"),
+                limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until no execution is left unfinished, so one phase's backlog does not run into the next.
+async fn wait_all_terminal(
+    client: &tokio_postgres::Client,
+    limit: Duration,
+) -> Result<(), BenchError> {
+    let terminal: Vec<&str> = TERMINAL_STATES.to_vec();
+    let started = Instant::now();
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_executions WHERE NOT (state = ANY($1))",
+                &[&terminal],
+            )
+            .await?
+            .get(0);
+        if open == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(BenchError::Timeout {
+                what: format!("{open} executions unfinished"),
+                limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn audit_rows(client: &tokio_postgres::Client) -> Result<i64, BenchError> {
+    Ok(client
+        .query_one("SELECT count(*) FROM playbook_audit_log", &[])
+        .await?
+        .get(0))
+}
+
+/// One autocommitted single-row INSERT after another: each its own transaction and WAL flush.
+async fn baseline(client: &tokio_postgres::Client, phase: Duration) -> Result<f64, BenchError> {
+    client
+        .batch_execute(
+            "CREATE TABLE bench_baseline (id bigint PRIMARY KEY, event_type text NOT NULL, \
+             event_data jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let insert = client
+        .prepare("INSERT INTO bench_baseline (id, event_type, event_data) VALUES ($1, $2, $3)")
+        .await?;
+    let started = Instant::now();
+    let mut rows: i64 = 0;
+    while started.elapsed() < phase {
+        rows += 1;
+        let data = json!({"actor": "system", "row": rows});
+        client
+            .execute(&insert, &[&rows, &"bench.baseline", &data])
+            .await?;
+    }
+    client.batch_execute("DROP TABLE bench_baseline").await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One connection to decisions.sock: a line out, a line back.
+struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    reply: String,
+}
+
+impl Conn {
+    async fn open(socket: &Path) -> Result<Conn, BenchError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| BenchError::Io {
+                what: format!("connect {}", socket.display()),
+                source,
+            })?;
+        let (read, writer) = stream.into_split();
+        Ok(Conn {
+            reader: BufReader::new(read),
+            writer,
+            reply: String::with_capacity(256),
+        })
+    }
+
+    /// Sends a fresh decision for `policy` and returns the accepted execution id.
+    async fn submit(&mut self, policy: &str) -> Result<Uuid, BenchError> {
+        let mut line = decision(policy);
+        line.push(b'\n');
+        let io = |source| BenchError::Io {
+            what: "decisions.sock".into(),
+            source,
+        };
+        self.writer.write_all(&line).await.map_err(io)?;
+        self.reply.clear();
+        let read = tokio::time::timeout(REPLY_LIMIT, self.reader.read_line(&mut self.reply))
+            .await
+            .map_err(|_| BenchError::Timeout {
+                what: "reply on decisions.sock".into(),
+                limit: REPLY_LIMIT,
+            })?
+            .map_err(io)?;
+        if read == 0 {
+            return Err(BenchError::DaemonExited(
+                "decisions.sock closed the connection".into(),
+            ));
+        }
+        let reply: Value = serde_json::from_str(&self.reply)
+            .map_err(|_| BenchError::Refused(self.reply.trim().to_owned()))?;
+        match (
+            reply.get("status").and_then(Value::as_str),
+            reply
+                .get("execution_id")
+                .and_then(Value::as_str)
+                .and_then(|id| id.parse::<Uuid>().ok()),
+        ) {
+            (Some("accepted"), Some(id)) => Ok(id),
+            _ => Err(BenchError::Refused(self.reply.trim().to_owned())),
+        }
+    }
+}
+
+/// A fresh decision (new nonce, issued now) for `policy`.
+fn decision(policy: &str) -> Vec<u8> {
+    let issued_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    json!({
+        "decision_id": format!("bench-{}", Uuid::new_v4().simple()),
+        "nonce": Uuid::new_v4().simple().to_string(),
+        "issued_at": issued_at,
+        "policy": policy,
+        "outcome": "run",
+        "org_id": "bench",
+        "severity": "low",
+        "subject": {},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The bench's private directory; removed on drop.
+struct BenchDir {
+    path: PathBuf,
+}
+
+/// What the daemon was given: paths the bench needs again.
+struct Setup {
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    db_config: tokio_postgres::Config,
+}
+
+impl BenchDir {
+    fn create() -> Result<BenchDir, BenchError> {
+        let path = std::env::temp_dir().join(format!(
+            "pbd-bench-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
+        // 0700: the registry refuses playbook and key directories other users could write to.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| BenchError::Io {
+                what: format!("create {}", path.display()),
+                source,
+            })?;
+        Ok(BenchDir { path })
+    }
+
+    /// Keys, signed playbooks and bindings, and the daemon's config.
+    fn write_setup(
+        &self,
+        plan: &Plan,
+        db_config: &tokio_postgres::Config,
+    ) -> Result<Setup, BenchError> {
+        for sub in ["playbooks", "trusted-keys", "keys", "quarantine", "run"] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(self.path.join(sub))
+                .map_err(|source| self.io_error(sub, source))?;
+        }
+        let mut signers = Vec::new();
+        for author in ["author-a", "author-b"] {
+            let prefix = self.path.join("keys").join(author);
+            Signer::keygen(Algorithm::Ed25519, &prefix)?;
+            let key_path = signature::with_suffix(&prefix, ".key");
+            let pem = std::fs::read_to_string(&key_path)
+                .map_err(|source| self.io_error("keys", source))?;
+            let signer = Signer::load(&pem, &key_path)?;
+            self.write(
+                &format!("trusted-keys/{author}.pub"),
+                signer.public_key_pem().as_bytes(),
+            )?;
+            signers.push(signer);
+        }
+        // Dual-signed, as bindings (and critical playbooks) require.
+        for (relative, text) in [
+            ("playbooks/noop-3.yaml", NOOP_3),
+            ("playbooks/bench-gated.yaml", GATED),
+            ("bindings.yaml", BINDINGS),
+        ] {
+            self.write(relative, text.as_bytes())?;
+            self.write(
+                &format!("{relative}.sig"),
+                &signers[0].sign(text.as_bytes()),
+            )?;
+            self.write(
+                &format!("{relative}.sig.2"),
+                &signers[1].sign(text.as_bytes()),
+            )?;
+        }
+        let p = |relative: &str| self.path.join(relative).display().to_string();
+        let config = format!(
+            r#"# Written by `playbookd bench`; the database URL comes from {DATABASE_URL_ENV}.
+node_id = "bench"
+[database]
+url = "postgres://bench@127.0.0.1/overridden"
+pool_size = 16
+[paths]
+playbooks = "{playbooks}"
+trusted_keys = "{keys}"
+bindings = "{bindings}"
+decision_socket = "{decisions}"
+control_socket = "{control}"
+node_key = "{node_key}"
+[status]
+listen = "127.0.0.1:0"
+[intake]
+max_accepted_per_second = 1000000
+max_connections = 2048
+[executor]
+max_concurrent_runs = {runs}
+[actions.file]
+quarantine_dir = "{quarantine}"
+[control]
+"#,
+            playbooks = p("playbooks"),
+            keys = p("trusted-keys"),
+            bindings = p("bindings.yaml"),
+            decisions = p("run/decisions.sock"),
+            control = p("run/control.sock"),
+            node_key = p("node.key"),
+            quarantine = p("quarantine"),
+            // Every parked run holds an executor slot while it waits at its gate.
+            runs = plan.parked + 1024,
+        );
+        self.write("playbookd.toml", config.as_bytes())?;
+        Ok(Setup {
+            config: self.path.join("playbookd.toml"),
+            socket: self.path.join("run/decisions.sock"),
+            log: self.path.join("playbookd.log"),
+            db_config: db_config.clone(),
+        })
+    }
+
+    fn write(&self, relative: &str, bytes: &[u8]) -> Result<(), BenchError> {
+        std::fs::write(self.path.join(relative), bytes)
+            .map_err(|source| self.io_error(relative, source))
+    }
+
+    fn io_error(&self, relative: &str, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            what: format!("write {}", self.path.join(relative).display()),
+            source,
+        }
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `playbookd serve` as a child process; killed on drop if `stop` was not reached.
+struct ChildDaemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ChildDaemon {
+    fn spawn(setup: &Setup, database_url: &str) -> Result<ChildDaemon, BenchError> {
+        let exe = std::env::current_exe().map_err(|source| BenchError::Io {
+            what: "locate the playbookd executable".into(),
+            source,
+        })?;
+        let log = std::fs::File::create(&setup.log).map_err(|source| BenchError::Io {
+            what: format!("create {}", setup.log.display()),
+            source,
+        })?;
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&setup.config)
+            // Through the environment, never the config file: the URL may carry a password.
+            .env(DATABASE_URL_ENV, database_url)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| BenchError::Io {
+                what: "start playbookd serve".into(),
+                source,
+            })?;
+        Ok(ChildDaemon {
+            child,
+            log: setup.log.clone(),
+        })
+    }
+
+    /// Ready once decisions.sock answers: an empty object must come back `rejected`.
+    async fn wait_ready(&self, socket: &Path, limit: Duration) -> Result<(), BenchError> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.exit_status() {
+                return Err(BenchError::DaemonExited(format!(
+                    "{status}; log:\n{}",
+                    self.log_tail(30)
+                )));
+            }
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(2), probe(socket)).await
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BenchError::NotReady(limit))
+    }
+
+    /// A line of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+    fn memory_kib(&self, field: &str) -> Result<u64, BenchError> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Io {
+            what: format!("read {path}"),
+            source,
+        })?;
+        text.lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+                rest.trim().strip_suffix("kB")?.trim().parse().ok()
+            })
+            .ok_or_else(|| BenchError::Io {
+                what: format!("no {field} in {path}"),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            })
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        // A zombie still has its /proc entry; its state letter is Z.
+        match std::fs::read_to_string(path) {
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z')) =>
+            {
+                Some("exited".into())
+            }
+            Ok(_) => None,
+            Err(_) => Some("gone".into()),
+        }
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within `STOP_LIMIT`.
+    async fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let started = Instant::now();
+        while started.elapsed() < STOP_LIMIT {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("bench: the daemon did not stop within {STOP_LIMIT:?} of SIGTERM; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn probe(socket: &Path) -> std::io::Result<bool> {
+    let mut stream = UnixStream::connect(socket).await?;
+    stream.write_all(b"{}\n").await?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).await?;
+    Ok(reply.contains("\"rejected\""))
+}
+
+/// The result table: one number per row, with its ratio to the baseline where it is a rate.
+struct Table {
+    baseline: f64,
+    rows: Vec<(String, String, &'static str, String)>,
+}
+
+impl Table {
+    fn new(baseline: f64) -> Table {
+        let mut table = Table {
+            baseline,
+            rows: Vec::new(),
+        };
+        table.rate(
+            "PostgreSQL single-row INSERT+COMMIT, 1 connection (baseline)",
+            baseline,
+            "rows/s",
+        );
+        table
+    }
+
+    fn rate(&mut self, label: &str, value: f64, unit: &'static str) {
+        let ratio = format!("{:.2}x", value / self.baseline);
+        self.rows
+            .push((label.to_owned(), format!("{value:.0}"), unit, ratio));
+    }
+
+    fn millis(&mut self, label: &str, value: f64) {
+        self.rows
+            .push((label.to_owned(), format!("{value:.2}"), "ms", String::new()));
+    }
+
+    fn mebibytes(&mut self, label: &str, kib: u64) {
+        self.rows.push((
+            label.to_owned(),
+            format!("{:.1}", kib as f64 / 1024.0),
+            "MiB",
+            String::new(),
+        ));
+    }
+
+    /// A Markdown table (it pastes into the README as is).
+    fn render(&self) -> String {
+        let width = self
+            .rows
+            .iter()
+            .map(|row| row.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = format!(
+            "| {:width$} | {:>10} | {:<11} | {:>11} |\n|{}|{}:|{}|{}:|\n",
+            "metric",
+            "value",
+            "unit",
+            "vs baseline",
+            "-".repeat(width + 2),
+            "-".repeat(11),
+            "-".repeat(13),
+            "-".repeat(12),
+        );
+        for (label, value, unit, ratio) in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {label:width$} | {value:>10} | {unit:<11} | {ratio:>11} |"
+            );
+        }
+        out
+    }
+}
+
+/// `url` with its database name replaced by `name`; the rest (user, password, host, options)
+/// is kept byte for byte.
+fn with_database(url: &str, name: &str) -> Result<String, BenchError> {
+    let scheme_end = ["postgres://", "postgresql://"]
+        .iter()
+        .find(|scheme| url.starts_with(*scheme))
+        .map(|scheme| scheme.len())
+        .ok_or(BenchError::BadUrl)?;
+    let rest = &url[scheme_end..];
+    let (before_query, query) = match rest.find('?') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let authority = before_query.split('/').next().unwrap_or_default();
+    Ok(format!("{}{authority}/{name}{query}", &url[..scheme_end]))
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, BenchError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            eprintln!("bench: database connection lost: {error}");
+        }
+    });
+    Ok(client)
+}
+
+async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, BenchError>>>,
+) -> Result<Vec<Vec<Duration>>, BenchError> {
+    let mut parts = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(latencies)) => parts.push(latencies),
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(join) => {
+                first_error.get_or_insert(BenchError::DaemonExited(format!(
+                    "a client task failed: {join}"
+                )));
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(parts),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map only means another client task panicked; its entries are still valid.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err("expected 0.1 to 3600 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+const NOOP_POLICY: &str = "bench.noop";
+const GATED_POLICY: &str = "bench.gated";
+const TERMINAL_STATES: [&str; 6] = [
+    "completed",
+    "rolled_back",
+    "safe_halted",
+    "cancelled",
+    "timed_out",
+    "rejected",
+];
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
+const READY_LIMIT: Duration = Duration::from_secs(60);
+const REPLY_LIMIT: Duration = Duration::from_secs(30);
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+
+const NOOP_3: &str = include_str!("../playbooks/noop-3.yaml");
+/// Its only step is `risk: high`: every run stops at the approval gate and waits there.
+const GATED: &str = "\
+id: bench-gated
+version: 1
+name: One high-risk no-op step behind an approval gate
+owners: {technical: sec-eng@example.org, operational: soc@example.org}
+steps:
+  - {id: gated, action: noop, risk: high, rollback: {action: noop}}
+";
+const BINDINGS: &str = "\
+bindings:
+  - {policy: bench.noop, outcome: run, playbook: noop-3}
+  - {policy: bench.gated, outcome: run, playbook: bench-gated}
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced_and_the_rest_kept() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "pbd_bench_1").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/pbd_bench_1"
+        );
+        assert_eq!(
+            with_database("postgresql://u:p@h/db?sslmode=disable", "x").unwrap(),
+            "postgresql://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://playbookd@/playbookd?host=/run/postgresql", "x").unwrap(),
+            "postgres://playbookd@/x?host=/run/postgresql"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x").unwrap(),
+            "postgres://h:5432/x"
+        );
+        assert!(matches!(
+            with_database("host=/tmp dbname=x", "y"),
+            Err(BenchError::BadUrl)
+        ));
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples = Samples {
+            latencies: (1..=100).map(Duration::from_millis).collect(),
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(samples.percentile(50), 50.0);
+        assert_eq!(samples.percentile(99), 99.0);
+        assert_eq!(samples.percentile(100), 100.0);
+        assert_eq!(samples.rate(), 50.0);
+    }
+
+    #[test]
+    fn the_gated_playbook_parks_at_a_gate_and_the_bindings_parse() {
+        let gated = crate::registry::playbook::parse_playbook(GATED.as_bytes()).unwrap();
+        assert_eq!(
+            crate::registry::playbook::effective_risk(&gated.steps[0]),
+            Some(crate::registry::model::RiskTier::High)
+        );
+        let bindings = crate::registry::playbook::parse_bindings(BINDINGS.as_bytes()).unwrap();
+        assert_eq!(bindings.bindings.len(), 2);
+    }
+}

@@ -1,0 +1,90 @@
+//! `playbookd bench`: a short run of the real benchmark prints every row with a measured number.
+
+use crate::helpers::{TEST_DATABASE_URL_ENV, admin_config, run_cli, url_of};
+
+#[test]
+fn bench_prints_every_row_with_a_positive_number() {
+    let url = url_of(&admin_config());
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "bench",
+            "--duration",
+            "1",
+            "--connections",
+            "4",
+            "--concurrency",
+            "4",
+            "--parked",
+            "50",
+            "--database-url",
+            &url,
+        ],
+        &[(
+            TEST_DATABASE_URL_ENV,
+            "postgres://nobody@127.0.0.1:1/unused",
+        )],
+    );
+    assert!(
+        status.success(),
+        "bench failed: {status}\n{stdout}\n{stderr}"
+    );
+    let rows: Vec<(String, f64)> = stdout
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| metric"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let value = cells[2]
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("not a number in {line:?}"));
+            (cells[1].to_owned(), value)
+        })
+        .collect();
+    let expected = [
+        "PostgreSQL single-row INSERT+COMMIT, 1 connection (baseline)",
+        "accepted decisions/s, 1 connection",
+        "reply latency p50, 1 connection",
+        "reply latency p99, 1 connection",
+        "accepted decisions/s, 4 connections",
+        "reply latency p50, 4 connections",
+        "reply latency p99, 4 connections",
+        "completed runs/s, noop-3 (3 steps), 4 in flight",
+        "decision-to-completed p50",
+        "decision-to-completed p95",
+        "decision-to-completed p99",
+        "audit appends/s during the runs phase",
+        "daemon peak RSS (VmHWM)",
+        "daemon RSS, idle before parking runs",
+        "daemon RSS, 50 runs awaiting approval",
+    ];
+    let labels: Vec<&str> = rows.iter().map(|(label, _)| label.as_str()).collect();
+    assert_eq!(labels, expected, "table rows:\n{stdout}");
+    for (label, value) in &rows {
+        assert!(*value > 0.0, "`{label}` is {value}:\n{stdout}");
+    }
+    // Each run appends several audit rows (accepted, every step, completed), so the audit rate
+    // must exceed the completed-run rate.
+    let rate = |name: &str| rows.iter().find(|(l, _)| l.starts_with(name)).unwrap().1;
+    assert!(
+        rate("audit appends/s") > rate("completed runs/s"),
+        "audit appends/s below runs/s:\n{stdout}"
+    );
+}
+
+#[test]
+fn bench_refuses_a_database_url_it_cannot_use() {
+    let (status, _stdout, stderr) = run_cli(
+        &[
+            "bench",
+            "--duration",
+            "1",
+            "--database-url",
+            "host=/tmp dbname=x",
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("expected a postgres:// or postgresql:// URL"),
+        "{stderr}"
+    );
+}
