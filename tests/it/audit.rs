@@ -699,3 +699,62 @@ async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+#[tokio::test]
+async fn the_daemons_role_may_only_read_and_append_the_evidence() {
+    let admin = crate::helpers::connect(&crate::helpers::admin_config()).await;
+    let role = format!("pbd_role_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
+        .await
+        .unwrap();
+    let mut config = crate::helpers::admin_config();
+    config.user(&role).dbname(&role);
+    let outcome = async {
+        let mut client = crate::helpers::connect(&config).await;
+        playbookd::store::migrate::migrate(&mut client)
+            .await
+            .unwrap();
+        let (handle, _stop) =
+            audit::start_writer(config.clone(), "n1".into(), CancellationToken::new())
+                .await
+                .expect("the owner role may open the chain");
+        handle
+            .append(AuditEvent::new("test.event", Actor::System))
+            .await
+            .expect("and append to it");
+        let mut refused = Vec::new();
+        for statement in [
+            "UPDATE playbook_audit_log SET event_type = 'x'",
+            "DELETE FROM playbook_audit_log",
+            "TRUNCATE playbook_audit_log",
+            "DELETE FROM audit_checkpoints",
+        ] {
+            let outcome = client.batch_execute(statement).await;
+            refused.push(match outcome {
+                Ok(()) => format!("{statement}: allowed"),
+                Err(error) => format!(
+                    "{statement}: {}",
+                    error.as_db_error().map_or("", |e| e.message())
+                ),
+            });
+        }
+        refused
+    }
+    .await;
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {role} WITH (FORCE)"))
+        .await;
+    let _ = admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await;
+    assert_eq!(outcome.len(), 4);
+    for line in &outcome {
+        // The privilege check, not the trigger ("append-only"), refuses each.
+        assert!(line.contains("permission denied"), "{line}");
+    }
+}
