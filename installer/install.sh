@@ -14,6 +14,8 @@ set -euo pipefail
 
 SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly SOURCE
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$SOURCE/installer/lib.sh"
 
 readonly USER_NAME=playbookd
 readonly GROUP_NAME=playbookd
@@ -21,12 +23,8 @@ readonly APPROVERS_GROUP=playbookd-approvers
 readonly DB_NAME=playbookd
 readonly DB_ROLE=playbookd
 
-readonly BIN_PATH=/usr/local/bin/playbookd
-readonly UNIT_PATH=/etc/systemd/system/playbookd.service
-readonly CONFIG_DIR=/etc/playbookd
 readonly CONFIG_PATH=$CONFIG_DIR/playbookd.toml
 readonly KEYS_DIR=$CONFIG_DIR/trusted-keys
-readonly STATE_DIR=/var/lib/playbookd
 readonly PLAYBOOKS_DIR=$STATE_DIR/playbooks
 readonly QUARANTINE_DIR=$STATE_DIR/quarantine
 readonly SAMPLES_DIR=/usr/share/playbookd/samples
@@ -56,34 +54,6 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-# Print a command in a form that can be pasted back into a shell.
-show() {
-    local quoted
-    printf -v quoted '%q ' "$@"
-    printf '%s\n' "${quoted% }"
-}
-
-# Runs a step that only touches files below DESTDIR (or prints it with --dry-run).
-run() {
-    if [ "$DRY_RUN" = 1 ]; then
-        printf '+ '
-        show "$@"
-    else
-        "$@"
-    fi
-}
-
-# Runs a step that changes the host itself: printed instead when DESTDIR is set.
-host() {
-    if [ -n "$DESTDIR" ]; then
-        printf 'skipped (DESTDIR set): '
-        show "$@"
-    else
-        run "$@"
-    fi
-}
-
-note() { printf '%s\n' "$*"; }
 
 die() {
     printf 'install.sh: %s\n' "$*" >&2

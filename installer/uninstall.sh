@@ -11,10 +11,8 @@
 #             is printed.
 set -euo pipefail
 
-readonly BIN_PATH=/usr/local/bin/playbookd
-readonly UNIT_PATH=/etc/systemd/system/playbookd.service
-readonly CONFIG_DIR=/etc/playbookd
-readonly STATE_DIR=/var/lib/playbookd
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 readonly SHARE_DIR=/usr/share/playbookd
 
 DRY_RUN=0
@@ -30,33 +28,6 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-
-show() {
-    local quoted
-    printf -v quoted '%q ' "$@"
-    printf '%s\n' "${quoted% }"
-}
-
-run() {
-    if [ "$DRY_RUN" = 1 ]; then
-        printf '+ '
-        show "$@"
-    else
-        "$@"
-    fi
-}
-
-# A step that changes the host itself: printed instead when DESTDIR is set.
-host() {
-    if [ -n "$DESTDIR" ]; then
-        printf 'skipped (DESTDIR set): '
-        show "$@"
-    else
-        run "$@"
-    fi
-}
-
-note() { printf '%s\n' "$*"; }
 
 if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
     echo "uninstall.sh: run as root (or set DESTDIR, or use --dry-run)" >&2
