@@ -134,6 +134,49 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// One request from a peer, as [`answer_lines`] hands it over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A complete, non-blank line (without its newline).
+    Line(Vec<u8>),
+    /// A line over the limit; it was skipped up to its newline.
+    TooLong,
+}
+
+/// Answers each line the peer sends with the line `answer` returns, in order, until the peer
+/// closes, stays idle for `idle`, the write fails, or `shutdown` fires. Blank lines get no answer.
+pub async fn answer_lines<R, W, F, Fut>(
+    read: R,
+    mut write: W,
+    max: usize,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    mut answer: F,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Vec<u8>>,
+{
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = read_line(&mut reader, &mut line, max, idle) => read,
+        };
+        let request = match read {
+            Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Line::Complete) => Request::Line(std::mem::take(&mut line)),
+            Ok(Line::TooLong) => Request::TooLong,
+            Ok(Line::Closed | Line::Idle) | Err(_) => return,
+        };
+        if write.write_all(&answer(request).await).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// One line read from a peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncWriteExt, BufReader};
+
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::executor::{CancelError, Executor};
 use crate::safe_halt::{ResolveError, SafeHalt};
 use crate::store::Store;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
-use crate::unix_socket::{self, Line};
+use crate::unix_socket;
 
 /// `[control]` settings, resolved.
 #[derive(Debug, Clone)]
@@ -116,30 +116,30 @@ impl Control {
         };
         let peer = Peer::from_credentials(credentials.uid(), credentials.gid(), credentials.pid());
         let grant = self.inner.roles.grant(&peer);
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
-        let mut line = Vec::with_capacity(1024);
-        loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = unix_socket::read_line(&mut reader, &mut line, MAX_LINE_BYTES, self.inner.settings.idle_timeout) => read,
-            };
-            let reply = match read {
-                Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(Line::Complete) => self.handle(&line, &peer, &grant).await,
-                Ok(Line::TooLong) => {
-                    let reply = Reply::Error(format!(
-                        "malformed: line longer than {MAX_LINE_BYTES} bytes"
-                    ));
-                    self.record(None, None, &peer, &reply).await;
-                    reply
-                }
-                Ok(Line::Closed | Line::Idle) | Err(_) => return,
-            };
-            if write.write_all(&reply.to_line()).await.is_err() {
-                return;
-            }
-        }
+        let (read, write) = stream.into_split();
+        let (peer, grant) = (&peer, &grant);
+        let idle = self.inner.settings.idle_timeout;
+        unix_socket::answer_lines(
+            read,
+            write,
+            MAX_LINE_BYTES,
+            idle,
+            &shutdown,
+            |line| async move {
+                let reply = match line {
+                    unix_socket::Request::Line(line) => self.handle(&line, peer, grant).await,
+                    unix_socket::Request::TooLong => {
+                        let reply = Reply::Error(format!(
+                            "malformed: line longer than {MAX_LINE_BYTES} bytes"
+                        ));
+                        self.record(None, None, peer, &reply).await;
+                        reply
+                    }
+                };
+                reply.to_line()
+            },
+        )
+        .await;
     }
 
     /// Decodes, authorizes, carries out and audits one request line from `peer`.

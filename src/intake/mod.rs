@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::StoreError;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
-use crate::unix_socket::{self, Line};
+use crate::unix_socket::{self, Request};
 
 /// Longest accepted line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -184,30 +184,26 @@ impl Intake {
             let _ = write.write_all(&Reply::rejected(reason).to_line()).await;
             return;
         }
-        let mut reader = BufReader::new(read);
-        let mut line = Vec::with_capacity(1024);
-        loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = unix_socket::read_line(&mut reader, &mut line, MAX_LINE_BYTES, self.inner.settings.idle_timeout) => read,
-            };
-            let reply = match read {
-                Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(Line::Complete) => self.handle(&line, peer.uid()).await,
-                Ok(Line::TooLong) => {
-                    self.refuse(
-                        format!("malformed: line longer than {MAX_LINE_BYTES} bytes"),
-                        peer.uid(),
-                        None,
-                    )
-                    .await
-                }
-                Ok(Line::Closed | Line::Idle) | Err(_) => return,
-            };
-            if write.write_all(&reply.to_line()).await.is_err() {
-                return;
-            }
-        }
+        let uid = peer.uid();
+        let idle = self.inner.settings.idle_timeout;
+        unix_socket::answer_lines(
+            read,
+            write,
+            MAX_LINE_BYTES,
+            idle,
+            &shutdown,
+            |request| async move {
+                let reply = match request {
+                    Request::Line(line) => self.handle(&line, uid).await,
+                    Request::TooLong => {
+                        let reason = format!("malformed: line longer than {MAX_LINE_BYTES} bytes");
+                        self.refuse(reason, uid, None).await
+                    }
+                };
+                reply.to_line()
+            },
+        )
+        .await;
     }
 
     async fn check_peer(&self, uid: u32, gid: u32) -> Result<(), String> {
