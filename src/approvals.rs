@@ -223,7 +223,7 @@ impl Approvals {
             "playbook": request.playbook,
             "step_id": request.step_id,
             "action": request.action,
-            "params": redact(request.params.clone()),
+            "params": crate::redact::redact(request.params.clone(), &APPROVAL_SECRET_KEY_PARTS),
             "risk": request.risk.as_str(),
             "undoable": request.undoable,
         });
@@ -505,25 +505,6 @@ fn classify_vote_error(error: AppendError, uid: u32) -> VoteError {
     VoteError::Audit(error)
 }
 
-/// Parameters shown to approvers: anything that names a secret keeps its name, never a value.
-fn redact(params: Value) -> Value {
-    match params {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, value)| {
-                    let lowered = key.to_ascii_lowercase();
-                    if ["password", "token", "authorization"]
-                        .iter()
-                        .any(|s| lowered.contains(s))
-                    {
-                        (key, Value::String("[redacted]".into()))
-                    } else {
-                        (key, redact(value))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
-        other => other,
-    }
-}
+/// Parameters shown to approvers: anything that names a secret keeps its name, never a value
+/// (so `secret: NAME` of http.post stays readable).
+const APPROVAL_SECRET_KEY_PARTS: [&str; 3] = ["password", "token", "authorization"];

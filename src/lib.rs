@@ -36,6 +36,7 @@ pub mod ctl_client;
 pub mod daemon;
 pub mod executor;
 pub mod intake;
+pub mod redact;
 pub mod registry;
 pub mod safe_halt;
 pub mod simulate;

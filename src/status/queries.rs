@@ -524,7 +524,7 @@ pub const RUN_STATES: [&str; 10] = [
 /// Replaces the value of any key that names a credential, at any depth, then caps the size:
 /// a value larger than [`OUTPUT_LIMIT`] bytes becomes `{"truncated": true, "bytes": N, "preview": "…"}`.
 pub fn bounded_json(value: Value) -> Value {
-    let value = redact(value);
+    let value = crate::redact::redact(value, &SECRET_KEY_PARTS);
     let text = value.to_string();
     if text.len() <= OUTPUT_LIMIT {
         return value;
@@ -534,29 +534,6 @@ pub fn bounded_json(value: Value) -> Value {
         "bytes": text.len(),
         "preview": truncate(&text, OUTPUT_LIMIT),
     })
-}
-
-fn redact(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, value)| {
-                    if is_secret_key(&key) {
-                        (key, Value::String(REDACTED.into()))
-                    } else {
-                        (key, redact(value))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
-        other => other,
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
 }
 
 fn bounded_text(text: &str) -> String {
@@ -643,7 +620,6 @@ pub const OUTPUT_LIMIT: usize = 4096;
 /// Largest error or reason text returned as is (bytes).
 pub const TEXT_LIMIT: usize = 2048;
 const AUDIT_REFS_LIMIT: i64 = 1000;
-const REDACTED: &str = "[redacted]";
 const SECRET_KEY_PARTS: [&str; 9] = [
     "secret",
     "password",
