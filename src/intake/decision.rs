@@ -170,15 +170,7 @@ fn describe(kind: InputType) -> &'static str {
 }
 
 fn is_ip_or_cidr(text: &str) -> bool {
-    let (address, prefix) = match text.split_once('/') {
-        Some((address, prefix)) => (address, Some(prefix)),
-        None => (text, None),
-    };
-    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+    crate::registry::playbook::check_ip_or_cidr(text).is_ok()
 }
 
 fn truncate(text: &str) -> String {

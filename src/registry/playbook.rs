@@ -858,7 +858,8 @@ fn check_absolute_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_ip_or_cidr(text: &str) -> Result<(), String> {
+/// An IPv4/IPv6 address, or one with a prefix length that fits it (`10.0.0.0/8`, `2001:db8::/32`).
+pub(crate) fn check_ip_or_cidr(text: &str) -> Result<(), String> {
     let bad = || format!("`{text}` is not an IP address or CIDR");
     let (address, prefix) = match text.split_once('/') {
         Some((address, prefix)) => (address, Some(prefix)),
