@@ -162,7 +162,12 @@ impl Approvals {
             tokio::select! {
                 () = notify.notified() => {}
                 () = tokio::time::sleep(until_expiry.min(RECHECK)) => {}
-                () = interrupt.cancelled() => return Ok(Verdict::Interrupted),
+                () = interrupt.cancelled() => {
+                    // No longer waited on here: a cancel withdraws the gate, a shutdown ends the
+                    // process (a restart counts the gates it re-opens).
+                    metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
+                    return Ok(Verdict::Interrupted);
+                }
             }
         }
     }
