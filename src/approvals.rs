@@ -253,11 +253,11 @@ impl Approvals {
                     )
                     .await?;
                     let event_type = if opened == 1 { "approval.requested" } else { "approval.waiting" };
-                    Ok(AuditEvent::new(event_type, Actor::System)
+                    Ok((AuditEvent::new(event_type, Actor::System)
                         .execution(request.execution_id)
                         .with("step_id", request.step_id)
                         .with("risk", request.risk.as_str())
-                        .with("required", request.required))
+                        .with("required", request.required), ()))
                 })
             }))
             .await?;
@@ -311,9 +311,12 @@ impl Approvals {
                         &[&execution_id, &index],
                     )
                     .await?;
-                    Ok(AuditEvent::new("approval.expired", Actor::System)
-                        .execution(execution_id)
-                        .with("step_id", step_id))
+                    Ok((
+                        AuditEvent::new("approval.expired", Actor::System)
+                            .execution(execution_id)
+                            .with("step_id", step_id),
+                        (),
+                    ))
                 })
             }))
             .await?;
@@ -340,30 +343,24 @@ impl Approvals {
             }));
         }
         let step = step_id.to_owned();
-        let appended = self
+        let (_, outcome) = self
             .audit
             .append_with(Box::new(move |tx| {
                 Box::pin(async move {
                     let outcome = apply_vote(tx, execution_id, index, uid, vote, &reason).await?;
-                    Ok(AuditEvent::new("approval.vote", Actor::Uid(uid))
+                    let event = AuditEvent::new("approval.vote", Actor::Uid(uid))
                         .execution(execution_id)
                         .with("step_id", step)
                         .with("verdict", vote.as_str())
                         .with("reason", reason)
                         .with("gate_state", outcome.gate_state.clone())
                         .with("approvals", outcome.approvals)
-                        .with("required", outcome.required))
+                        .with("required", outcome.required);
+                    Ok((event, outcome))
                 })
             }))
             .await
             .map_err(|error| classify_vote_error(error, uid))?;
-        let data = appended.event.to_event_data();
-        let outcome = VoteOutcome {
-            gate_state: data["gate_state"].as_str().unwrap_or_default().to_owned(),
-            approvals: data["approvals"].as_i64().unwrap_or_default(),
-            required: i32::try_from(data["required"].as_i64().unwrap_or_default())
-                .unwrap_or_default(),
-        };
         if outcome.gate_state != "pending" {
             metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
         }

@@ -45,4 +45,5 @@ pub mod status_client;
 pub mod store;
 pub mod sys;
 pub mod systemd;
+pub mod text;
 pub mod unix_socket;

@@ -117,9 +117,12 @@ impl SafeHalt {
                         &[&halt_id, &i64::from(admin_uid), &reason],
                     )
                     .await?;
-                    Ok(AuditEvent::new("safe_halt.cleared", Actor::Uid(admin_uid))
-                        .with("halt_id", halt_id)
-                        .with("reason", reason))
+                    Ok((
+                        AuditEvent::new("safe_halt.cleared", Actor::Uid(admin_uid))
+                            .with("halt_id", halt_id)
+                            .with("reason", reason),
+                        (),
+                    ))
                 })
             }))
             .await
@@ -152,8 +155,9 @@ pub async fn enter(
     let index = i32::try_from(step_index).unwrap_or(i32::MAX);
     let rollback_id = format!("{execution_id}:{step_id}");
     let node_id = audit.node_id().to_owned();
-    let message = error_message.clone();
-    let appended = audit
+    // Error text may quote an action's output: made storable so the halt can always be written.
+    let message = crate::text::storable(&error_message, crate::text::MAX_FIELD_BYTES);
+    let (_, halt) = audit
         .append_with(Box::new(move |tx| {
             Box::pin(async move {
                 tx.execute(
@@ -194,23 +198,21 @@ pub async fn enter(
                 };
                 let halt_id: i64 = row.get(0);
                 let entered_at: OffsetDateTime = row.get(1);
-                Ok(AuditEvent::new("safe_halt.entered", Actor::System)
+                let event = AuditEvent::new("safe_halt.entered", Actor::System)
                     .execution(execution_id)
                     .with("halt_id", halt_id)
                     .with("step_id", rollback_id)
-                    .with("error", message)
-                    .with("entered_at", crate::store::audit::format_timestamp(entered_at)))
+                    .with("error", message.clone())
+                    .with("entered_at", crate::store::audit::format_timestamp(entered_at));
+                let halt = Halt {
+                    halt_id,
+                    execution_id: Some(execution_id),
+                    error_message: message,
+                    entered_at,
+                };
+                Ok((event, halt))
             })
         }))
         .await?;
-    let data = appended.event.to_event_data();
-    Ok(Halt {
-        halt_id: data
-            .get("halt_id")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(0),
-        execution_id: Some(execution_id),
-        error_message,
-        entered_at: OffsetDateTime::now_utc(),
-    })
+    Ok(halt)
 }

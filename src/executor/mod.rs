@@ -242,9 +242,9 @@ impl Executor {
                         &[&execution_id, &format!("cancelled by uid {uid}: {reason}")],
                     )
                     .await?;
-                    Ok(AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
+                    Ok((AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
                         .execution(execution_id)
-                        .with("reason", reason))
+                        .with("reason", reason), ()))
                 })
             }))
             .await?;

@@ -192,7 +192,7 @@ pub async fn set_run_state(
                     &[&id, &state.as_str(), &completed],
                 )
                 .await?;
-                Ok(event.execution(id).with("state", state.as_str()))
+                Ok((event.execution(id).with("state", state.as_str()), ()))
             })
         }))
         .await
@@ -231,7 +231,7 @@ pub async fn begin_rollback(
                 if withdrawn > 0 {
                     event = event.with("approval_gates_withdrawn", withdrawn);
                 }
-                Ok(event)
+                Ok((event, ()))
             })
         }))
         .await
@@ -280,12 +280,12 @@ pub async fn record_step_start(audit: &AuditHandle, start: StepStart) -> Result<
                     &[&start.execution_id, &index_to_db(start.index)],
                 )
                 .await?;
-                Ok(AuditEvent::new("step.started", Actor::System)
+                Ok((AuditEvent::new("step.started", Actor::System)
                     .execution(start.execution_id)
                     .with("step_id", start.step_id)
                     .with("action", start.action)
                     .with("attempt", start.attempt)
-                    .with("params_sha256", hex::encode(params_sha256)))
+                    .with("params_sha256", hex::encode(params_sha256)), ()))
             })
         }))
         .await
@@ -380,7 +380,7 @@ pub async fn record_step_end(
                 if let Some(output) = output {
                     event = event.with("output_sha256", hex::encode(params_hash(&output)));
                 }
-                Ok(event)
+                Ok((event, ()))
             })
         }))
         .await
@@ -432,7 +432,7 @@ pub async fn record_undo(
                 if let Some(error) = error {
                     event = event.with("error", error);
                 }
-                Ok(event)
+                Ok((event, ()))
             })
         }))
         .await

@@ -332,7 +332,7 @@ impl Intake {
             .inner
             .audit
             .append_with(Box::new(move |tx| {
-                Box::pin(async move { row.insert(tx).await })
+                Box::pin(async move { Ok((row.insert(tx).await?, ())) })
             }))
             .await;
         match outcome {

@@ -547,9 +547,7 @@ async fn record_version(
         .collect();
     let content = candidate.verified.bytes().to_vec();
     let file = path.display().to_string();
-    let (verdict_tx, verdict_rx) = std::sync::mpsc::channel::<Result<(), RejectReason>>();
-
-    let effect: audit::Effect = Box::new(move |tx| {
+    let effect: audit::Effect<Result<(), RejectReason>> = Box::new(move |tx| {
         Box::pin(async move {
             let verdict = check_and_insert(tx, &id, version, &sha256, &signers, &content).await?;
             let event = match &verdict {
@@ -562,25 +560,16 @@ async fn record_version(
                     .with("first_seen", *first_seen),
                 Err(reason) => rejected_event("playbook.rejected", &file, reason),
             };
-            // The receiver lives until append_with returns; a send error cannot happen.
-            let _ = verdict_tx.send(verdict.map(|_| ()));
-            Ok(event)
+            Ok((event, verdict.map(|_| ())))
         })
     });
     match audit.append_with(effect).await {
-        Ok(_) => {}
-        Err(AppendError::Effect(source)) => {
-            return Ok(Recorded::DatabaseRefused(RejectReason::Database(
-                AppendError::Effect(source),
-            )));
-        }
-        Err(error) => return Err(RegistryError::Audit(error)),
-    }
-    match verdict_rx.try_recv() {
-        Ok(Ok(())) => Ok(Recorded::Yes),
-        Ok(Err(reason)) => Ok(Recorded::RefusedAndAudited(reason)),
-        // The commit succeeded, so the effect ran and sent its verdict.
-        Err(_) => Err(RegistryError::Audit(AppendError::Stopped)),
+        Ok((_, Ok(()))) => Ok(Recorded::Yes),
+        Ok((_, Err(reason))) => Ok(Recorded::RefusedAndAudited(reason)),
+        Err(AppendError::Effect(source)) => Ok(Recorded::DatabaseRefused(RejectReason::Database(
+            AppendError::Effect(source),
+        ))),
+        Err(error) => Err(RegistryError::Audit(error)),
     }
 }
 

@@ -80,6 +80,13 @@ impl AuditEvent {
         self
     }
 
+    /// The event with every string of its data made storable ([`crate::text`]): what the
+    /// writer hashes and stores, so no content can make an append fail.
+    pub fn into_storable(mut self) -> AuditEvent {
+        self.data = crate::text::storable_map(self.data);
+        self
+    }
+
     /// The JSON stored in `event_data`: the fields plus `actor` and `execution_id`.
     pub fn to_event_data(&self) -> Value {
         let mut data = self.data.clone();
@@ -91,10 +98,12 @@ impl AuditEvent {
     }
 }
 
-/// SQL that changes state, run inside the audit transaction; returns the event describing
-/// what it did (which may depend on what it found, e.g. a nonce already used).
-pub type Effect = Box<
-    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>> + Send,
+/// SQL that changes state, run inside the audit transaction. It returns the event describing
+/// what it did (which may depend on what it found, e.g. a nonce already used) and a typed
+/// result for the caller, so nothing has to be re-read from the event's JSON.
+pub type Effect<T> = Box<
+    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>>
+        + Send,
 >;
 
 /// What the writer reports back once the batch holding an append has committed.
@@ -155,15 +164,27 @@ pub struct AuditHandle {
 impl AuditHandle {
     /// Appends one event with no other change. Resolves after COMMIT.
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
-        self.append_with(Box::new(move |_tx| Box::pin(async move { Ok(event) })))
-            .await
+        self.append_with(Box::new(move |_tx| {
+            Box::pin(async move { Ok((event, ())) })
+        }))
+        .await
+        .map(|(appended, ())| appended)
     }
 
-    /// Runs `effect` and appends the event it returns, atomically. Resolves after COMMIT.
-    pub async fn append_with(&self, effect: Effect) -> Result<Appended, AppendError> {
+    /// Runs `effect` and appends the event it returns, atomically. Resolves after COMMIT with
+    /// the appended row and the effect's result; on `Err` nothing of it was committed.
+    pub async fn append_with<T: Send + 'static>(
+        &self,
+        effect: Effect<T>,
+    ) -> Result<(Appended, T), AppendError> {
         let (reply, response) = oneshot::channel();
+        let job = TypedJob {
+            effect: Some(effect),
+            value: None,
+            reply,
+        };
         self.sender
-            .send(Request { effect, reply })
+            .send(Request { job: Box::new(job) })
             .await
             .map_err(|_| AppendError::Stopped)?;
         response.await.map_err(|_| AppendError::Stopped)?
@@ -298,8 +319,56 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 // ---------------------------------------------------------------------------------------------
 
 struct Request {
-    effect: Effect,
-    reply: oneshot::Sender<Result<Appended, AppendError>>,
+    job: Box<dyn Job>,
+}
+
+/// One caller's append with its result type erased, so one batch can carry many types.
+trait Job: Send {
+    /// Runs the caller's effect in the batch's savepoint; keeps its typed result for `finish`.
+    fn apply<'t>(
+        &'t mut self,
+        tx: &'t Transaction<'t>,
+    ) -> BoxFuture<'t, Result<AuditEvent, StoreError>>;
+    /// Answers the caller once the batch's outcome is known.
+    fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
+}
+
+struct TypedJob<T> {
+    /// Taken by `apply`, which runs at most once.
+    effect: Option<Effect<T>>,
+    /// Set by `apply` when the effect succeeded; handed over only after COMMIT.
+    value: Option<T>,
+    reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
+}
+
+impl<T: Send + 'static> Job for TypedJob<T> {
+    fn apply<'t>(
+        &'t mut self,
+        tx: &'t Transaction<'t>,
+    ) -> BoxFuture<'t, Result<AuditEvent, StoreError>> {
+        Box::pin(async move {
+            let effect = self.effect.take().ok_or(StoreError::Corrupt {
+                what: "audit append",
+                detail: "effect applied twice".into(),
+            })?;
+            let (event, value) = effect(tx).await?;
+            self.value = Some(value);
+            Ok(event)
+        })
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>) {
+        let TypedJob { value, reply, .. } = *self;
+        let answer = match (outcome, value) {
+            (Ok(appended), Some(value)) => Ok((appended, value)),
+            // Committed without a value cannot happen (apply sets it before the row is
+            // inserted); answer "not recorded" rather than invent one.
+            (Ok(_), None) => Err(AppendError::Unavailable(None)),
+            (Err(error), _) => Err(error),
+        };
+        // The caller may have gone away (its task was cancelled); the append stands.
+        let _ = reply.send(answer);
+    }
 }
 
 /// The connection that holds the chain lock, and the chain head as of its last commit.
@@ -394,7 +463,7 @@ struct Staged {
     seq: i64,
     hash: [u8; 32],
     event: AuditEvent,
-    reply: oneshot::Sender<Result<Appended, AppendError>>,
+    job: Box<dyn Job>,
 }
 
 impl Writer {
@@ -437,7 +506,7 @@ impl Writer {
         }
         let Some(connection) = self.connection.as_mut() else {
             for request in batch {
-                let _ = request.reply.send(Err(AppendError::Unavailable(None)));
+                request.job.finish(Err(AppendError::Unavailable(None)));
             }
             return;
         };
@@ -474,6 +543,10 @@ impl Writer {
 
 /// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
 /// batch did not commit.
+///
+/// Each append runs in its own savepoint, its effect *and* its audit row: whatever one caller's
+/// append does wrong (an effect refused by a constraint, a row the database will not take)
+/// rolls back that append alone and fails only its caller; its neighbours commit.
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
@@ -481,7 +554,7 @@ async fn write_batch(
     batch: Vec<Request>,
 ) -> Result<(), StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
-    let mut refused: Vec<(oneshot::Sender<Result<Appended, AppendError>>, StoreError)> = Vec::new();
+    let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
     let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
 
     let outcome: Result<(), StoreError> = async {
@@ -492,30 +565,35 @@ async fn write_batch(
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .await?;
-        for request in batch {
+        for mut request in batch {
             let savepoint = tx.savepoint("append").await?;
-            match (request.effect)(&savepoint).await {
-                Ok(event) => {
-                    let next_seq = seq + 1;
-                    let created_at = now_micros();
-                    let data = event.to_event_data();
-                    let canonical =
-                        canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
-                    let hash = chain_hash(&prev_hash, &canonical);
-                    savepoint
-                        .execute(
-                            &insert,
-                            &[&node_id, &next_seq, &prev_hash.as_slice(), &hash.as_slice(), &event.event_type, &data, &created_at],
-                        )
-                        .await?;
+            let applied: Result<(AuditEvent, i64, [u8; 32]), StoreError> = async {
+                let event = request.job.apply(&savepoint).await?.into_storable();
+                let next_seq = seq + 1;
+                let created_at = now_micros();
+                let data = event.to_event_data();
+                let canonical =
+                    canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
+                let hash = chain_hash(&prev_hash, &canonical);
+                savepoint
+                    .execute(
+                        &insert,
+                        &[&node_id, &next_seq, &prev_hash.as_slice(), &hash.as_slice(), &event.event_type, &data, &created_at],
+                    )
+                    .await?;
+                Ok((event, next_seq, hash))
+            }
+            .await;
+            match applied {
+                Ok((event, next_seq, hash)) => {
                     savepoint.commit().await?;
                     (seq, prev_hash) = (next_seq, hash);
-                    staged.push(Staged { seq, hash, event, reply: request.reply });
+                    staged.push(Staged { seq, hash, event, job: request.job });
                 }
                 Err(error) => {
                     // A dead connection makes the rollback fail too, and the batch with it.
                     savepoint.rollback().await?;
-                    refused.push((request.reply, error));
+                    refused.push((request.job, error));
                 }
             }
         }
@@ -537,19 +615,19 @@ async fn write_batch(
                     hash: item.hash,
                     event: item.event,
                 };
-                let _ = item.reply.send(Ok(appended));
+                item.job.finish(Ok(appended));
             }
-            for (reply, error) in refused {
-                let _ = reply.send(Err(AppendError::Effect(error)));
+            for (job, error) in refused {
+                job.finish(Err(AppendError::Effect(error)));
             }
             Ok(())
         }
         Err(error) => {
             for item in staged {
-                let _ = item.reply.send(Err(AppendError::Unavailable(None)));
+                item.job.finish(Err(AppendError::Unavailable(None)));
             }
-            for (reply, _) in refused {
-                let _ = reply.send(Err(AppendError::Unavailable(None)));
+            for (job, _) in refused {
+                job.finish(Err(AppendError::Unavailable(None)));
             }
             Err(error)
         }

@@ -79,7 +79,7 @@ async fn a_failed_effect_refuses_only_its_own_append() {
             tx.execute("INSERT INTO no_such_table VALUES (1)", &[])
                 .await
                 .map_err(StoreError::Query)?;
-            Ok(AuditEvent::new("never", Actor::System))
+            Ok((AuditEvent::new("never", Actor::System), ()))
         })
     }));
     let fine = handle.append(AuditEvent::new("fine", Actor::System));
@@ -106,6 +106,45 @@ async fn a_failed_effect_refuses_only_its_own_append() {
         .collect();
     assert_eq!(types, ["fine"]);
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
+#[tokio::test]
+async fn hostile_bytes_in_an_event_are_stored_escaped_beside_their_neighbours() {
+    let db = TestDb::new().await;
+    let (handle, _stop) = writer(&db, "n1").await;
+    let hostile_output = String::from_utf8_lossy(b"out\0put\x1b[2J\xff").into_owned();
+    let hostile = handle.append_with(Box::new(move |_tx| {
+        Box::pin(async move {
+            let event = AuditEvent::new("test.hostile", Actor::Uid(1000))
+                .with("\u{0}", 1)
+                .with("output", hostile_output)
+                .with("nested", serde_json::json!({"k\u{0}": ["\u{202e}x"]}));
+            Ok((event, 42_u32))
+        })
+    }));
+    let before = handle.append(AuditEvent::new("fine.before", Actor::System));
+    let after = handle.append(AuditEvent::new("fine.after", Actor::System));
+    let (hostile, before, after) = tokio::join!(hostile, before, after);
+    let (appended, value) = hostile.expect("content never fails an append");
+    assert_eq!(value, 42, "the effect's typed result reaches the caller");
+    before.expect("neighbour commits");
+    after.expect("neighbour commits");
+
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT event_data FROM playbook_audit_log WHERE node_id = 'n1' AND seq = $1",
+            &[&appended.seq],
+        )
+        .await
+        .unwrap();
+    let data: serde_json::Value = row.get(0);
+    assert_eq!(data["output"], "out\\u{0}put\\u{1b}[2J\u{fffd}");
+    assert_eq!(data["\\u{0}"], 1);
+    assert_eq!(data["nested"]["k\\u{0}"][0], "\\u{202e}x");
+    let report = verify_chain(&client, "n1").await.unwrap();
+    assert_eq!(report.breach, None);
+    assert_eq!(report.rows, 3);
 }
 
 #[tokio::test]
