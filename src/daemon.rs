@@ -204,6 +204,8 @@ impl Daemon {
             settings: ControlSettings {
                 idle_timeout: Duration::from_secs(config.control.idle_timeout_seconds),
                 max_connections: config.control.max_connections,
+                max_connections_per_uid: config.control.max_connections_per_uid,
+                admin_reserved_connections: config.control.admin_reserved_connections,
             },
             roles: Roles::from_config(&config.roles),
             store: store.clone(),
@@ -541,6 +543,7 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
         allowed_uids: intake.allowed_uids.clone(),
         freshness_seconds: intake.freshness_seconds,
         max_connections: intake.max_connections,
+        max_connections_per_uid: intake.max_connections_per_uid,
         idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
         max_accepted_per_second: intake.max_accepted_per_second,
         policy_keys,

@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::StoreError;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
-use crate::unix_socket::{self, Request};
+use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
 
 /// Longest accepted line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -106,9 +106,13 @@ impl Reply {
 /// `[intake]` settings, resolved.
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
+    /// The only peers that may send decisions (SO_PEERCRED uid).
     pub allowed_uids: BTreeSet<u32>,
     pub freshness_seconds: u64,
     pub max_connections: usize,
+    /// Connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Deadline for each request line, from the first byte waited for to its newline.
     pub idle_timeout: Duration,
     pub max_accepted_per_second: u32,
     pub policy_keys: Vec<VerifyingKey>,
@@ -126,7 +130,8 @@ struct Inner {
     safe_halt: SafeHalt,
     executor: Executor,
     storm: StormControl,
-    own_uid: u32,
+    /// Refused peers are recorded at most once per uid per interval.
+    peer_refusals: RefusalThrottle,
 }
 
 pub struct IntakeParts {
@@ -148,55 +153,93 @@ impl Intake {
                 safe_halt: parts.safe_halt,
                 executor: parts.executor,
                 storm,
-                own_uid: nix::unistd::geteuid().as_raw(),
+                peer_refusals: RefusalThrottle::default(),
             }),
         }
     }
 
-    /// Accepts connections until `shutdown`; each connection is served by its own task.
+    /// Accepts connections until `shutdown`; each connection is served by its own task. A peer
+    /// whose uid is not in `intake.allowed_uids` is refused at connect, before it holds a slot.
     pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let max_connections = self.inner.settings.max_connections;
+        let settings = &self.inner.settings;
+        let limits = Limits {
+            max_connections: settings.max_connections,
+            max_per_uid: settings.max_connections_per_uid,
+            reserved_for_privileged: 0,
+        };
         let stop = shutdown.clone();
+        let gate = self.clone();
         unix_socket::accept_loop(
             listener,
-            max_connections,
+            limits,
             shutdown,
-            Reply::rejected("busy: too many connections; retry").to_line(),
-            move |stream| {
+            move |credentials| gate.admit(credentials),
+            |busy| Reply::rejected(busy_reason(busy)).to_line(),
+            move |stream, uid| {
                 let intake = self.clone();
                 let stop = stop.clone();
-                async move { intake.connection(stream, stop).await }
+                async move { intake.connection(stream, uid, stop).await }
             },
         )
         .await;
     }
 
-    async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
-        let peer = match stream.peer_cred() {
-            Ok(cred) => cred,
-            Err(error) => {
-                tracing::warn!(error = %error, "no peer credentials; connection dropped");
-                return;
-            }
-        };
-        let (read, mut write) = stream.into_split();
-        if let Err(reason) = self.check_peer(peer.uid(), peer.gid()).await {
-            let _ = write.write_all(&Reply::rejected(reason).to_line()).await;
-            return;
+    /// Admits a peer whose uid is in `intake.allowed_uids`. The daemon's own uid is not
+    /// implicitly allowed: a program the daemon runs (an `exec` step) would otherwise be a
+    /// policy engine, able to start any bound playbook.
+    fn admit(&self, credentials: UCred) -> Admission<u32> {
+        let (uid, gid) = (credentials.uid(), credentials.gid());
+        if self.inner.settings.allowed_uids.contains(&uid) {
+            return Admission::Serve {
+                peer: uid,
+                privileged: false,
+            };
         }
-        let uid = peer.uid();
-        let idle = self.inner.settings.idle_timeout;
+        let reason = format!(
+            "peer uid {uid} (gid {gid}) is not allowed to send decisions: add it to intake.allowed_uids in playbookd.toml and restart playbookd"
+        );
+        tracing::warn!(uid, gid, "decision peer refused");
+        metrics::counter!("playbookd_decisions_total", "status" => "rejected", "reason" => "peer")
+            .increment(1);
+        if let Some(refusals) = self.inner.peer_refusals.count(uid) {
+            let audit = self.inner.audit.clone();
+            tokio::spawn(async move {
+                let event = AuditEvent::new("decision.peer_refused", Actor::Uid(uid))
+                    .with("gid", gid)
+                    .with("refusals", refusals);
+                if let Err(error) = audit.append(event).await {
+                    tracing::warn!(error = %error, "peer refusal not recorded");
+                }
+            });
+        }
+        Admission::Refuse(Reply::rejected(reason).to_line())
+    }
+
+    async fn connection(&self, stream: UnixStream, uid: u32, shutdown: CancellationToken) {
+        let (read, write) = stream.into_split();
+        let deadline = self.inner.settings.idle_timeout;
         unix_socket::answer_lines(
             read,
             write,
             MAX_LINE_BYTES,
-            idle,
+            deadline,
             &shutdown,
             |request| async move {
                 let reply = match request {
                     Request::Line(line) => self.handle(&line, uid).await,
+                    Request::Blank => {
+                        let reason = "malformed: empty line; send one JSON decision per line";
+                        self.refuse(reason.to_owned(), uid, None).await
+                    }
                     Request::TooLong => {
                         let reason = format!("malformed: line longer than {MAX_LINE_BYTES} bytes");
+                        self.refuse(reason, uid, None).await
+                    }
+                    Request::Incomplete => {
+                        let reason = format!(
+                            "malformed: line not complete within {} s (intake.idle_timeout_seconds); connection closed",
+                            deadline.as_secs()
+                        );
                         self.refuse(reason, uid, None).await
                     }
                 };
@@ -204,21 +247,6 @@ impl Intake {
             },
         )
         .await;
-    }
-
-    async fn check_peer(&self, uid: u32, gid: u32) -> Result<(), String> {
-        if uid == self.inner.own_uid || self.inner.settings.allowed_uids.contains(&uid) {
-            return Ok(());
-        }
-        let reason = format!("peer uid {uid} (gid {gid}) is not allowed to send decisions");
-        tracing::warn!(uid, gid, "decision peer refused");
-        let event = AuditEvent::new("decision.peer_refused", Actor::Uid(uid)).with("gid", gid);
-        if let Err(error) = self.inner.audit.append(event).await {
-            tracing::warn!(error = %error, "peer refusal not recorded");
-        }
-        metrics::counter!("playbookd_decisions_total", "status" => "rejected", "reason" => "peer")
-            .increment(1);
-        Err(reason)
     }
 
     /// Processes one line and returns its reply; every outcome is audited.
@@ -385,6 +413,17 @@ impl Intake {
             tracing::warn!(error = %error, "refused decision not recorded in the audit log");
         }
         tracing::info!(status = reply.status(), reason = %reason, peer_uid, "decision refused");
+    }
+}
+
+fn busy_reason(busy: Busy) -> String {
+    match busy {
+        Busy::PerUid { uid, limit } => format!(
+            "busy: uid {uid} already holds {limit} connections (intake.max_connections_per_uid); reuse one or retry"
+        ),
+        Busy::Full { limit } => {
+            format!("busy: all {limit} connections are in use (intake.max_connections); retry")
+        }
     }
 }
 

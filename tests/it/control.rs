@@ -957,3 +957,195 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
     assert_eq!(cancel_event.1["gids"], json!([50, 100]));
     daemon.stop().await;
 }
+
+/// Opens `count` connections to `socket` as `uid`/`gid` and sends one byte of a line that never
+/// ends on each, every 200 ms, for `seconds`; prints `ready` once every connect returned, then
+/// (at the end) a JSON list of what each connection received.
+const DRIP: &str = r#"
+import json, socket, sys, time
+path, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+conns = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.setblocking(False)
+    conns.append(s)
+print("ready", flush=True)
+received = [b""] * count
+end = time.time() + seconds
+while time.time() < end:
+    for i, s in enumerate(conns):
+        try:
+            s.send(b"{")
+        except OSError:
+            pass
+        try:
+            received[i] += s.recv(4096)
+        except OSError:
+            pass
+    time.sleep(0.2)
+print(json.dumps([r.decode("utf-8", "replace") for r in received]), flush=True)
+"#;
+
+/// A slow-drip client (see [`DRIP`]) running as another uid.
+struct Drip {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Drip {
+    async fn start(socket: &Path, uid: u32, gid: u32, count: usize, seconds: f64) -> Drip {
+        let mut child = tokio::process::Command::new("/usr/bin/python3")
+            .args(["-c", DRIP])
+            .arg(socket)
+            .arg(count.to_string())
+            .arg(seconds.to_string())
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+            .await
+            .expect("drip connects in time")
+            .unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        Drip { child, stdout }
+    }
+
+    /// What each connection received, once the drip ends.
+    async fn received(mut self) -> Vec<String> {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+            .await
+            .expect("drip ends")
+            .unwrap()
+            .unwrap();
+        self.child.wait().await.unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// A uid with no role at all: not in `[roles]`, and not in `users` (gid 100, the viewers).
+const NO_ROLE_UID: u32 = 2006;
+const NO_ROLE_GID: u32 = 65534;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out() {
+    let daemon = Running::start("high").await;
+    // Anyone may open the socket; what a peer may do is decided by its roles.
+    std::fs::set_permissions(daemon.control(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let drip = Drip::start(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, 32, 3.0).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        daemon.ctl(ADMIN, &["pending"]).await.ok();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        daemon.ctl(APPROVER_A, &["pending"]).await.ok();
+    }
+    // Each of the 32 was refused at connect, with the reason and the setting that grants a role.
+    let received = drip.received().await;
+    assert_eq!(received.len(), 32);
+    for text in &received {
+        let reply: Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(reply["status"], "refused", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("uid 2006 has no role") && reason.contains("[roles]"),
+            "{reason}"
+        );
+    }
+    // Recorded, but not once per connection: one record per uid and interval, with a count.
+    let client = daemon.db.client().await;
+    let started = Instant::now();
+    let refusals = loop {
+        let recorded: Vec<Value> = audit_events(&client)
+            .await
+            .into_iter()
+            .filter(|(kind, data)| kind == "control.peer_refused" && data["actor"] == "uid:2006")
+            .map(|(_, data)| data)
+            .collect();
+        if !recorded.is_empty() {
+            break recorded;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["refusals"], 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
+    let daemon = Running::start("high").await;
+    // Four viewers (any uid in `users`) drip 4 connections each: 16 asked, 14 general slots
+    // (16 minus 2 reserved for admins), each uid limited to 4.
+    let mut drips = Vec::new();
+    for uid in 3000..3004 {
+        drips.push(Drip::start(&daemon.control(), uid, SOCKET_GID, 4, 4.0).await);
+    }
+    // A viewer that already holds 4 gets `busy`, naming the per-uid setting.
+    let over = Drip::start(&daemon.control(), 3000, SOCKET_GID, 1, 0.5).await;
+    let over = over.received().await;
+    assert!(
+        over[0].contains("control.max_connections_per_uid"),
+        "{over:?}"
+    );
+    // The general slots are full: an approver is told to retry, an admin gets in.
+    let approver = daemon.ctl(APPROVER_A, &["pending"]).await;
+    let reason = approver.reply["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.starts_with("busy") && reason.contains("control.max_connections"),
+        "{approver:?}"
+    );
+    daemon.ctl(ADMIN, &["pending"]).await.ok();
+    daemon.ctl(0, &["pending"]).await.ok();
+
+    // 14 connections held (they end before any deadline: nothing received), 2 told `busy`.
+    let mut held = 0;
+    let mut busy = 0;
+    for drip in drips {
+        for text in drip.received().await {
+            if text.is_empty() {
+                held += 1;
+            } else {
+                assert!(text.contains("busy"), "{text:?}");
+                busy += 1;
+            }
+        }
+    }
+    assert_eq!((held, busy), (14, 2));
+
+    // The deadline is per line: a drip that sends a byte every 200 ms is closed after
+    // control.idle_timeout_seconds (5 s) all the same, with the reason.
+    let drip = Drip::start(&daemon.control(), 3100, SOCKET_GID, 4, 7.0).await;
+    let started = Instant::now();
+    let received = drip.received().await;
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    for text in &received {
+        let reply: Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(
+            reply["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not complete within 5 s (control.idle_timeout_seconds)"),
+            "{reply}"
+        );
+    }
+    // Once the drips are gone, the approver is served again.
+    daemon.ctl(APPROVER_A, &["pending"]).await.ok();
+    daemon.stop().await;
+}

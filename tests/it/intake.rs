@@ -312,16 +312,86 @@ async fn a_peer_with_a_disallowed_uid_is_refused_and_audited() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} {e}"));
     assert_eq!(reply["status"], "rejected");
     assert!(reason(&reply).contains("uid 65534"), "{reply}");
+    // The refusal is recorded beside the connection (which never held a slot): wait for it.
     let client = daemon.db.client().await;
-    let refused: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.peer_refused' \
-             AND event_data->>'actor' = 'uid:65534'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(refused, 1);
+    let started = Instant::now();
+    loop {
+        let refused: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.peer_refused' \
+                 AND event_data->>'actor' = 'uid:65534'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if refused == 1 {
+            break;
+        }
+        assert_eq!(refused, 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
+    // The test process is the daemon (same uid). With allowed_uids empty, it is refused.
+    let daemon = Running::start(
+        "[intake]\nallowed_uids = []\n",
+        &[NOOP_3],
+        &standard_bindings(),
+    )
+    .await;
+    let uid = nix::unistd::geteuid().as_raw();
+    let reply = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    assert!(
+        reason(&reply).contains(&format!("peer uid {uid}"))
+            && reason(&reply).contains("intake.allowed_uids"),
+        "{reply}"
+    );
+    daemon.stop().await;
+    // Listed, it is served like any policy engine.
+    let daemon = Running::start(
+        &format!("[intake]\nallowed_uids = [{uid}]\n"),
+        &[NOOP_3],
+        &standard_bindings(),
+    )
+    .await;
+    let reply = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_blank_line_gets_a_malformed_reply_and_the_connection_keeps_serving() {
+    let daemon = start().await;
+    let stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"\n  \r\n").await.unwrap();
+    for _ in 0..2 {
+        let reply: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert!(
+            reason(&reply).starts_with("malformed: empty line"),
+            "{reply}"
+        );
+    }
+    let line = format!("{}\n", decision("bench.noop", "run", json!({})));
+    write.write_all(line.as_bytes()).await.unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["status"], "accepted", "{reply}");
     daemon.stop().await;
 }

@@ -219,8 +219,18 @@ impl DaemonDir {
     }
 
     /// Writes a config for `db` with every path inside this directory; `extra` is appended.
+    /// The test process is the policy engine: its uid goes into `intake.allowed_uids` (inside
+    /// the `[intake]` table of `extra` when it has one), unless `extra` sets that key itself.
     pub fn write_config(&self, db: &TestDb, node_id: &str, extra: &str) -> PathBuf {
         let p = |s: &str| self.path(s).display().to_string();
+        let allow = format!("allowed_uids = [{}]\n", nix::unistd::geteuid().as_raw());
+        let extra = if extra.contains("allowed_uids") {
+            extra.to_owned()
+        } else if extra.contains("[intake]\n") {
+            extra.replacen("[intake]\n", &format!("[intake]\n{allow}"), 1)
+        } else {
+            format!("{extra}\n[intake]\n{allow}")
+        };
         let text = format!(
             r#"node_id = "{node_id}"
 [database]
