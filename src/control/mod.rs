@@ -27,6 +27,7 @@ use crate::executor::{CancelError, Executor};
 use crate::safe_halt::{ResolveError, SafeHalt};
 use crate::store::Store;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
+use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
 
 /// `[control]` settings, resolved.
@@ -438,7 +439,7 @@ impl Control {
             uid = peer.uid,
             verb = verb.map_or("invalid", Verb::as_str),
             result = reply.status(),
-            reason = reply.reason().unwrap_or(""),
+            reason = %text::storable(reply.reason().unwrap_or(""), text::MAX_FIELD_BYTES),
             "control request"
         );
         match self.inner.audit.append(event).await {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::registry::model::{InputSpec, InputType};
+use crate::text;
 
 /// One decision as the policy engine sends it (see `schemas/decision.schema.json`).
 #[derive(Debug, Clone, Deserialize)]
@@ -54,9 +55,11 @@ fn check_fields(decision: &Decision) -> Result<(), String> {
         ("outcome", &decision.outcome),
         ("org_id", &decision.org_id),
     ] {
-        if value.is_empty() || value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        // Identifiers end up in the journal, the audit log and the console: refuse (rather than
+        // escape) control, bidirectional and zero-width characters, so what is shown is what was sent.
+        if value.is_empty() || text::check_operator_text(value, MAX_TEXT).is_err() {
             return Err(format!(
-                "invalid decision: `{name}` must be 1-{MAX_TEXT} printable characters"
+                "invalid decision: `{name}` must be 1-{MAX_TEXT} bytes of printable characters (no control, bidirectional or zero-width characters)"
             ));
         }
     }
@@ -90,8 +93,8 @@ pub fn issued_at(decision: &Decision) -> Result<OffsetDateTime, String> {
     )
     .map_err(|_| {
         format!(
-            "invalid decision: `issued_at` is not an RFC 3339 time: {:?}",
-            truncate(&decision.issued_at)
+            "invalid decision: `issued_at` is not an RFC 3339 time: \"{}\"",
+            text::storable(&decision.issued_at, 64)
         )
     })
 }
@@ -145,7 +148,10 @@ pub fn check_subject(
         };
         let fits = match spec.kind {
             InputType::Integer => value.is_i64(),
-            InputType::String => value.as_str().is_some_and(|s| s.len() <= 4096),
+            // NUL is the one character PostgreSQL cannot store in the execution row.
+            InputType::String => value
+                .as_str()
+                .is_some_and(|s| s.len() <= 4096 && !s.contains('\0')),
             InputType::Boolean => value.is_boolean(),
             InputType::Ip => value.as_str().is_some_and(is_ip_or_cidr),
             InputType::Path => value
@@ -162,7 +168,7 @@ pub fn check_subject(
 fn describe(kind: InputType) -> &'static str {
     match kind {
         InputType::Integer => "an integer",
-        InputType::String => "a string",
+        InputType::String => "a string of at most 4096 bytes without NUL",
         InputType::Boolean => "true or false",
         InputType::Ip => "an IP address or CIDR",
         InputType::Path => "an absolute path",
@@ -171,10 +177,6 @@ fn describe(kind: InputType) -> &'static str {
 
 fn is_ip_or_cidr(text: &str) -> bool {
     crate::registry::playbook::check_ip_or_cidr(text).is_ok()
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]
@@ -241,5 +243,33 @@ mod tests {
         assert!(is_ip_or_cidr("2001:db8::/32"));
         assert!(!is_ip_or_cidr("10.0.0.1/33"));
         assert!(!is_ip_or_cidr("example.org"));
+    }
+
+    #[test]
+    fn identifiers_with_bidi_or_zero_width_characters_are_refused() {
+        for hidden in ["acme\u{202e}", "ac\u{200b}me", "acme\u{0}"] {
+            let reason = decode(&line(&[("org_id", hidden.into())])).unwrap_err();
+            assert!(reason.contains("`org_id`"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_string_input_holding_nul_is_refused() {
+        let inputs = std::collections::BTreeMap::from([(
+            "user".to_owned(),
+            InputSpec {
+                kind: InputType::String,
+                required: true,
+            },
+        )]);
+        let subject = |value: &str| {
+            serde_json::json!({ "user": value })
+                .as_object()
+                .cloned()
+                .unwrap()
+        };
+        assert!(check_subject(&subject("alice"), &inputs).is_ok());
+        let reason = check_subject(&subject("al\u{0}ice"), &inputs).unwrap_err();
+        assert!(reason.contains("subject.user") && reason.contains("NUL"), "{reason}");
     }
 }

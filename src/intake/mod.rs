@@ -25,6 +25,7 @@ use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::StoreError;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
 
 /// Longest accepted line, newline excluded.
@@ -47,15 +48,18 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn rejected(reason: impl Into<String>) -> Reply {
+    /// A rejection. The reason may quote the peer (a serde error names the field it sent), so
+    /// it is made storable here, once: the reply, the audit event and the journal say the same.
+    fn rejected(reason: impl AsRef<str>) -> Reply {
         Reply::Rejected {
-            reason: reason.into(),
+            reason: text::storable(reason.as_ref(), text::MAX_FIELD_BYTES),
         }
     }
 
-    fn no_action(reason: impl Into<String>) -> Reply {
+    /// No action, with a reason made storable as for [`Reply::rejected`].
+    fn no_action(reason: impl AsRef<str>) -> Reply {
         Reply::NoAction {
-            reason: reason.into(),
+            reason: text::storable(reason.as_ref(), text::MAX_FIELD_BYTES),
         }
     }
 
@@ -505,5 +509,21 @@ impl NewExecution {
                 .with("playbook_sha256", hex::encode(self.sha256))
                 .with("subject_sha256", hex::encode(subject_hash)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_quoting_a_nul_field_name_is_stored_escaped() {
+        let error = decision::decode(br#"{"\u0000": 1}"#).unwrap_err();
+        assert!(error.contains('\0'), "serde quotes the field as sent: {error:?}");
+        let Reply::Rejected { reason, .. } = Reply::rejected(error) else {
+            panic!("not a rejection");
+        };
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+        assert!(text::is_storable(&reason, text::MAX_FIELD_BYTES));
     }
 }

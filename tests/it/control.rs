@@ -1149,3 +1149,107 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
     daemon.ctl(APPROVER_A, &["pending"]).await.ok();
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_lines_are_served() {
+    const HOSTILE: usize = 100;
+    const VALID: usize = 60;
+    let daemon = Running::start("high").await;
+    let decisions = daemon.dir.path("run/decisions.sock");
+    let control = daemon.control();
+
+    // One hostile peer per socket, repeating a line whose field name is a NUL byte.
+    let hostile = |socket: PathBuf, line: String| {
+        tokio::spawn(async move {
+            let stream = UnixStream::connect(&socket).await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut replies = Vec::new();
+            for _ in 0..HOSTILE {
+                write.write_all(line.as_bytes()).await.unwrap();
+                let reply: Value =
+                    serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+                replies.push(reply);
+            }
+            replies
+        })
+    };
+    let mut nul_decision = serde_json::Map::new();
+    nul_decision.insert("policy".into(), json!("test.ctl"));
+    nul_decision.insert("\0".into(), json!(1));
+    let hostile_decisions = hostile(
+        decisions.clone(),
+        format!("{}\n", Value::Object(nul_decision)),
+    );
+    let hostile_control = hostile(
+        control.clone(),
+        "{\"verb\":\"pending\",\"\\u0000\":1}\n".into(),
+    );
+
+    // Meanwhile, legitimate peers on both sockets.
+    let valid_decisions = tokio::spawn(async move {
+        let mut replies = Vec::new();
+        for _ in 0..VALID {
+            replies.push(send_decision(&decisions, "acme").await);
+        }
+        replies
+    });
+    let valid_control = tokio::spawn(async move {
+        let mut replies = Vec::new();
+        for _ in 0..VALID {
+            replies.push(exchange_raw(&control, r#"{"verb":"pending"}"#).await);
+        }
+        replies
+    });
+
+    for reply in hostile_decisions.await.unwrap() {
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+    }
+    for reply in hostile_control.await.unwrap() {
+        assert_eq!(reply["status"], "error", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+    }
+    for reply in valid_decisions.await.unwrap() {
+        assert_eq!(reply["status"], "accepted", "{reply}");
+    }
+    for reply in valid_control.await.unwrap() {
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+
+    // Every hostile line is in the audit log as a refusal, its reason escaped.
+    let client = daemon.db.client().await;
+    let events = audit_events(&client).await;
+    let refused_decisions = events
+        .iter()
+        .filter(|(kind, data)| {
+            kind == "decision.received"
+                && data["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("unknown field `\\u{0}`"))
+        })
+        .count();
+    let refused_requests = events
+        .iter()
+        .filter(|(kind, data)| {
+            kind == "control.invalid"
+                && data["refusal"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("unknown field `\\u{0}`"))
+        })
+        .count();
+    assert_eq!((refused_decisions, refused_requests), (HOSTILE, HOSTILE));
+    let accepted = events
+        .iter()
+        .filter(|(kind, _)| kind == "decision.accepted")
+        .count();
+    assert_eq!(accepted, VALID);
+    let served = events
+        .iter()
+        .filter(|(kind, data)| kind == "control.pending" && data["result"] == "ok")
+        .count();
+    assert_eq!(served, VALID);
+    daemon.stop().await;
+}
