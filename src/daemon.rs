@@ -186,6 +186,7 @@ impl Daemon {
         );
         let intake = Intake::new(IntakeParts {
             settings: intake_settings(&config)?,
+            store: store.clone(),
             audit: audit.clone(),
             registry: registry.clone(),
             safe_halt: safe_halt.clone(),

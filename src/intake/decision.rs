@@ -13,6 +13,8 @@ use crate::text;
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub decision_id: String,
+    /// After [`decode`], the nonce's canonical form ([`canonical_nonce`]): what is compared
+    /// and stored under the UNIQUE constraint.
     pub nonce: String,
     pub issued_at: String,
     pub policy: String,
@@ -30,6 +32,9 @@ pub struct Decision {
 
 pub const SEVERITIES: [&str; 5] = ["low", "medium", "moderate", "high", "critical"];
 const MAX_TEXT: usize = 256;
+/// 128 bits.
+const MIN_NONCE_BYTES: usize = 16;
+const MAX_NONCE_CHARS: usize = 256;
 
 /// Decodes one line; the error is the reason given to the sender.
 pub fn decode(line: &[u8]) -> Result<(Decision, Value), String> {
@@ -44,7 +49,9 @@ pub fn decode(line: &[u8]) -> Result<(Decision, Value), String> {
             format!("invalid decision: `{path}`: {inner}")
         }
     })?;
+    let mut decision = decision;
     check_fields(&decision)?;
+    decision.nonce = canonical_nonce(&decision.nonce)?;
     Ok((decision, value))
 }
 
@@ -63,7 +70,6 @@ fn check_fields(decision: &Decision) -> Result<(), String> {
             ));
         }
     }
-    check_nonce(&decision.nonce)?;
     if !SEVERITIES.contains(&decision.severity.as_str()) {
         return Err(format!(
             "invalid decision: `severity` must be one of {}",
@@ -73,17 +79,55 @@ fn check_fields(decision: &Decision) -> Result<(), String> {
     Ok(())
 }
 
-/// At least 128 bits: 32+ hex digits, or 22+ base64/base64url characters; at most 256.
-fn check_nonce(nonce: &str) -> Result<(), String> {
-    let is_hex = nonce.bytes().all(|b| b.is_ascii_hexdigit());
-    let is_b64 = nonce
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='));
-    let minimum = if is_hex { 32 } else { 22 };
-    if !is_b64 || nonce.len() < minimum || nonce.len() > 256 {
-        return Err("invalid decision: `nonce` must carry at least 128 bits (32+ hex or 22+ base64 characters)".into());
+/// The nonce's canonical form: the lowercase hex of its bytes, so that one nonce written two
+/// ways (`ABCD…` and `abcd…`, or base64 with and without padding, URL-safe or standard, with
+/// stray low bits in its last character) is one nonce.
+///
+/// A nonce of an even number of hex digits is read as hex; any other nonce must be base64
+/// (standard or URL-safe alphabet, padding optional) and is decoded to its bytes. Either way
+/// it must carry at least 128 bits (16 bytes), and be at most 256 characters long.
+pub fn canonical_nonce(nonce: &str) -> Result<String, String> {
+    let refused = || {
+        "invalid decision: `nonce` must carry at least 128 bits: 32+ hex digits, or 22+ base64 characters".to_owned()
+    };
+    if nonce.len() > MAX_NONCE_CHARS {
+        return Err(refused());
     }
-    Ok(())
+    let bytes = if nonce.len() % 2 == 0 && nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(nonce).map_err(|_| refused())?
+    } else {
+        decode_base64(nonce).ok_or_else(refused)?
+    };
+    if bytes.len() < MIN_NONCE_BYTES {
+        return Err(refused());
+    }
+    Ok(hex::encode(bytes))
+}
+
+/// Standard or URL-safe base64, padding optional, trailing bits ignored.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let unpadded = text.trim_end_matches('=');
+    if text.len() - unpadded.len() > 2 {
+        return None;
+    }
+    let standard: String = unpadded
+        .chars()
+        .map(|c| match c {
+            '-' => Some('+'),
+            '_' => Some('/'),
+            c if c.is_ascii_alphanumeric() || c == '+' || c == '/' => Some(c),
+            _ => None,
+        })
+        .collect::<Option<String>>()?;
+    LENIENT.decode(standard).ok()
 }
 
 pub fn issued_at(decision: &Decision) -> Result<OffsetDateTime, String> {
@@ -270,6 +314,52 @@ mod tests {
         };
         assert!(check_subject(&subject("alice"), &inputs).is_ok());
         let reason = check_subject(&subject("al\u{0}ice"), &inputs).unwrap_err();
-        assert!(reason.contains("subject.user") && reason.contains("NUL"), "{reason}");
+        assert!(
+            reason.contains("subject.user") && reason.contains("NUL"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn one_nonce_written_several_ways_has_one_canonical_form() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let canonical = canonical_nonce(hex).unwrap();
+        assert_eq!(canonical, hex);
+        assert_eq!(canonical_nonce(&hex.to_uppercase()).unwrap(), canonical);
+        // The same 16 bytes in base64: padded or not, standard or URL-safe.
+        use base64::Engine;
+        let bytes = hex::decode(hex).unwrap();
+        let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        assert_eq!(canonical_nonce(&padded).unwrap(), canonical);
+        assert_eq!(canonical_nonce(&url).unwrap(), canonical);
+        assert_eq!(
+            canonical_nonce(padded.trim_end_matches('=')).unwrap(),
+            canonical
+        );
+        // Stray low bits in the last character do not make a new nonce: "…w==" and "…x==".
+        let last = padded.trim_end_matches('=').chars().last().unwrap();
+        assert_eq!(last, 'w');
+        let stray = padded.replacen("w==", "x==", 1);
+        assert_eq!(canonical_nonce(&stray).unwrap(), canonical);
+        let bytes = [0xfbu8; 18];
+        assert_eq!(
+            canonical_nonce(&base64::engine::general_purpose::STANDARD.encode(bytes)).unwrap(),
+            canonical_nonce(&base64::engine::general_purpose::URL_SAFE.encode(bytes)).unwrap(),
+        );
+    }
+
+    #[test]
+    fn a_nonce_under_128_bits_or_not_hex_or_base64_is_refused() {
+        for bad in [
+            "0123456789abcdef0123456789abcd",     // 120 bits of hex
+            "AAAAAAAAAAAAAAAAAAAA",               // 20 base64 characters: 120 bits
+            "0123456789abcdef0123456789abcdef!!", // not base64
+            "AAAA=AAAAAAAAAAAAAAAAAAAAAA",        // padding inside
+            "AAAAAAAAAAAAAAAAAAAAAA====",         // too much padding
+        ] {
+            assert!(canonical_nonce(bad).is_err(), "{bad}");
+        }
+        assert!(canonical_nonce(&"a".repeat(257)).is_err());
     }
 }

@@ -23,8 +23,9 @@ use crate::executor::Executor;
 use crate::registry::model::Binding;
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::StoreError;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::nonces::{self, FirstUse};
+use crate::store::{Store, StoreError};
 use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
 
@@ -44,6 +45,9 @@ pub enum Reply {
     },
     Rejected {
         reason: String,
+        /// On a replay of an accepted decision: the execution its first attempt started.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        execution_id: Option<Uuid>,
     },
 }
 
@@ -53,6 +57,7 @@ impl Reply {
     fn rejected(reason: impl AsRef<str>) -> Reply {
         Reply::Rejected {
             reason: text::storable(reason.as_ref(), text::MAX_FIELD_BYTES),
+            execution_id: None,
         }
     }
 
@@ -75,9 +80,9 @@ impl Reply {
     fn reason_label(&self) -> &'static str {
         let reason = match self {
             Reply::Accepted { .. } => return "accepted",
-            Reply::NoAction { reason } | Reply::Rejected { reason } => reason.as_str(),
+            Reply::NoAction { reason } | Reply::Rejected { reason, .. } => reason.as_str(),
         };
-        const LABELS: [&str; 14] = [
+        const LABELS: [&str; 16] = [
             "malformed",
             "invalid decision",
             "stale",
@@ -92,6 +97,8 @@ impl Reply {
             "bad signature",
             "peer",
             "audit",
+            "database",
+            "unexpected signature",
         ];
         LABELS
             .into_iter()
@@ -129,6 +136,7 @@ pub struct Intake {
 
 struct Inner {
     settings: IntakeSettings,
+    store: Store,
     audit: AuditHandle,
     registry: Registry,
     safe_halt: SafeHalt,
@@ -140,6 +148,8 @@ struct Inner {
 
 pub struct IntakeParts {
     pub settings: IntakeSettings,
+    /// Reads (the nonce table); every write goes through `audit`.
+    pub store: Store,
     pub audit: AuditHandle,
     pub registry: Registry,
     pub safe_halt: SafeHalt,
@@ -152,6 +162,7 @@ impl Intake {
         Intake {
             inner: Arc::new(Inner {
                 settings: parts.settings,
+                store: parts.store,
                 audit: parts.audit,
                 registry: parts.registry,
                 safe_halt: parts.safe_halt,
@@ -259,10 +270,7 @@ impl Intake {
             Ok(decoded) => decoded,
             Err(reason) => return self.refuse(reason, peer_uid, None).await,
         };
-        let reply = match self.evaluate(&decision, &raw) {
-            Ok((binding, playbook)) => self.accept(&decision, &binding, &playbook, peer_uid).await,
-            Err(reply) => reply,
-        };
+        let reply = self.judge(&decision, &raw, peer_uid).await;
         if !matches!(reply, Reply::Accepted { .. }) {
             self.record_refusal(&reply, peer_uid, Some(&decision)).await;
         }
@@ -270,12 +278,24 @@ impl Intake {
         reply
     }
 
-    /// Every check that needs no database, in the order a reason is most useful.
-    fn evaluate(
-        &self,
-        decision: &Decision,
-        raw: &Value,
-    ) -> Result<(Binding, Arc<ActivePlaybook>), Reply> {
+    /// The checks in order; the first that fails gives the reply. Replay comes before SAFE-HALT
+    /// and storm control: an engine that resends a decision after a lost reply must learn that
+    /// its first attempt was accepted (and as which execution), not that a cooldown holds.
+    async fn judge(&self, decision: &Decision, raw: &Value, peer_uid: u32) -> Reply {
+        if let Err(reply) = self.check_origin(decision, raw) {
+            return reply;
+        }
+        if let Some(reply) = self.check_replay(decision).await {
+            return reply;
+        }
+        match self.evaluate(decision) {
+            Ok((binding, playbook)) => self.accept(decision, &binding, &playbook, peer_uid).await,
+            Err(reply) => reply,
+        }
+    }
+
+    /// Signature (when policy keys are configured) and freshness.
+    fn check_origin(&self, decision: &Decision, raw: &Value) -> Result<(), Reply> {
         let settings = &self.inner.settings;
         if !settings.policy_keys.is_empty() {
             decision::verify_signature(raw, &settings.policy_keys).map_err(Reply::rejected)?;
@@ -287,13 +307,33 @@ impl Intake {
             settings.freshness_seconds,
         ) {
             return Err(Reply::rejected(format!(
-                "stale: issued_at is more than {} s from now",
+                "stale: issued_at is more than {} s from now (intake.freshness_seconds); send a new decision with a new nonce",
                 settings.freshness_seconds
             )));
         }
+        Ok(())
+    }
+
+    /// `Some(reply)` when the nonce was used before, or cannot be checked.
+    async fn check_replay(&self, decision: &Decision) -> Option<Reply> {
+        match nonces::first_use(&self.inner.store, &decision.nonce).await {
+            Ok(None) => None,
+            Ok(Some(first)) => Some(replay(decision, Some(first))),
+            Err(error) => {
+                tracing::error!(error = %crate::store::audit::error_chain(&error), "nonce not checked");
+                Some(Reply::rejected(
+                    "database unavailable: the nonce cannot be checked; nothing was started; retry the same line",
+                ))
+            }
+        }
+    }
+
+    /// The checks against this node's state (SAFE-HALT, bindings, registry, storm control), in
+    /// the order a reason is most useful.
+    fn evaluate(&self, decision: &Decision) -> Result<(Binding, Arc<ActivePlaybook>), Reply> {
         if self.inner.safe_halt.is_active() {
             return Err(Reply::rejected(
-                "safe_halt: the daemon is in SAFE-HALT; nothing new runs",
+                "safe_halt: this node is in SAFE-HALT; nothing new runs until an admin clears it with `playbookd ctl halt-resolve --reason …`",
             ));
         }
         let snapshot = self.inner.registry.catalog();
@@ -306,7 +346,7 @@ impl Intake {
         .cloned()
         .ok_or_else(|| {
             Reply::no_action(format!(
-                "no binding for policy `{}`, outcome `{}`, org `{}`",
+                "no binding for policy `{}`, outcome `{}`, org `{}`: add one to the signed bindings file (paths.bindings) and run `playbookd ctl reload`",
                 decision.policy, decision.outcome, decision.org_id
             ))
         })?;
@@ -314,13 +354,13 @@ impl Intake {
             && expected != &binding.playbook
         {
             return Err(Reply::rejected(format!(
-                "binding mismatch: the decision names `{expected}`, the local binding `{}`",
+                "binding mismatch: the decision names `{expected}`, the local binding `{}`; the policy engine and the bindings file (paths.bindings) disagree",
                 binding.playbook
             )));
         }
         let playbook = snapshot.active(&binding.playbook).ok_or_else(|| {
             Reply::no_action(format!(
-                "no active version of playbook `{}`",
+                "no active version of playbook `{}`: `playbookd verify` says why its file was refused; install a signed version and run `playbookd ctl reload`",
                 binding.playbook
             ))
         })?;
@@ -334,9 +374,14 @@ impl Intake {
                 metrics::counter!("playbookd_decisions_suppressed_total").increment(1);
                 Reply::no_action(match suppressed {
                     Suppressed::Cooldown { seconds_left } => {
-                        format!("suppressed: cooldown for this subject, {seconds_left} s left")
+                        format!(
+                            "suppressed: cooldown for this subject (the binding's cooldown_seconds), {seconds_left} s left"
+                        )
                     }
-                    Suppressed::RateLimit => "suppressed: too many decisions per second".to_owned(),
+                    Suppressed::RateLimit => format!(
+                        "suppressed: more than {} decisions accepted this second (intake.max_accepted_per_second); retry",
+                        self.inner.settings.max_accepted_per_second
+                    ),
                 })
             })?;
         Ok((binding, playbook))
@@ -382,10 +427,17 @@ impl Intake {
                     .storm
                     .release(binding, &Value::Object(decision.subject.clone()));
                 if is_unique_violation(&error) {
-                    Reply::rejected("replay: this nonce has been used before")
+                    // A concurrent duplicate: the winner has committed by now.
+                    let first = nonces::first_use(&self.inner.store, &decision.nonce)
+                        .await
+                        .ok()
+                        .flatten();
+                    replay(decision, first)
                 } else {
                     tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
-                    Reply::rejected("audit log unavailable: nothing was started")
+                    Reply::rejected(
+                        "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
+                    )
                 }
             }
         }
@@ -399,7 +451,7 @@ impl Intake {
     }
 
     async fn record_refusal(&self, reply: &Reply, peer_uid: u32, decision: Option<&Decision>) {
-        let (Reply::NoAction { reason } | Reply::Rejected { reason }) = reply else {
+        let (Reply::NoAction { reason } | Reply::Rejected { reason, .. }) = reply else {
             return;
         };
         let mut event = AuditEvent::new("decision.received", Actor::Uid(peer_uid))
@@ -417,6 +469,24 @@ impl Intake {
             tracing::warn!(error = %error, "refused decision not recorded in the audit log");
         }
         tracing::info!(status = reply.status(), reason = %reason, peer_uid, "decision refused");
+    }
+}
+
+/// The reply to a used nonce. The first execution is named only to the same decision (same
+/// `decision_id`): that is the engine retrying after a lost reply, and it may now stop
+/// retrying; a different decision reusing the nonce learns nothing about the first.
+fn replay(decision: &Decision, first: Option<FirstUse>) -> Reply {
+    match first {
+        Some(first) if first.decision_id == decision.decision_id => Reply::Rejected {
+            reason: format!(
+                "replay: this decision was accepted before as execution {}; nothing new was started",
+                first.execution_id
+            ),
+            execution_id: Some(first.execution_id),
+        },
+        Some(_) | None => Reply::rejected(
+            "replay: this nonce has been used before by another decision; send a fresh nonce",
+        ),
     }
 }
 
@@ -519,7 +589,10 @@ mod tests {
     #[test]
     fn a_reason_quoting_a_nul_field_name_is_stored_escaped() {
         let error = decision::decode(br#"{"\u0000": 1}"#).unwrap_err();
-        assert!(error.contains('\0'), "serde quotes the field as sent: {error:?}");
+        assert!(
+            error.contains('\0'),
+            "serde quotes the field as sent: {error:?}"
+        );
         let Reply::Rejected { reason, .. } = Reply::rejected(error) else {
             panic!("not a rejection");
         };

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod checkpoint;
 pub mod migrate;
+pub mod nonces;
 pub mod verify;
 
 use std::time::Duration;

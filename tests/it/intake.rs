@@ -395,3 +395,92 @@ async fn a_blank_line_gets_a_malformed_reply_and_the_connection_keeps_serving() 
     assert_eq!(reply["status"], "accepted", "{reply}");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_resend_after_a_lost_reply_is_a_replay_naming_the_first_execution() {
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    // The engine sends, and its connection dies before the reply arrives.
+    {
+        let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        stream.write_all(format!("{d}\n").as_bytes()).await.unwrap();
+    }
+    // It resends the same line: told it is a replay, and which execution the first started.
+    let replay = daemon.send_decision(&d).await;
+    assert_eq!(replay["status"], "rejected", "{replay}");
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    let first = replay["execution_id"]
+        .as_str()
+        .expect("execution_id in the reply");
+    let client = daemon.db.client().await;
+    let ids: Vec<uuid::Uuid> = client
+        .query(
+            "SELECT execution_id FROM playbook_executions WHERE policy_decision_id = $1",
+            &[&d["decision_id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, vec![first.parse::<uuid::Uuid>().unwrap()]);
+    // Also after a restart; and a different decision reusing the nonce learns nothing.
+    let daemon = daemon.restart().await;
+    let again = daemon.send_decision(&d).await;
+    assert_eq!(again["execution_id"].as_str(), Some(first), "{again}");
+    let mut other = decision("bench.noop", "run", json!({}));
+    other["nonce"] = d["nonce"].clone();
+    let reused = daemon.send_decision(&other).await;
+    assert!(reason(&reused).starts_with("replay"), "{reused}");
+    assert!(reused.get("execution_id").is_none(), "{reused}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_during_a_cooldown_is_a_replay_not_suppressed() {
+    let daemon = start().await;
+    let d = decision("cool", "run", json!({"host": "a"}));
+    let first = daemon.send_decision(&d).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let replay = daemon.send_decision(&d).await;
+    assert_eq!(replay["status"], "rejected", "{replay}");
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    assert_eq!(replay["execution_id"], first["execution_id"]);
+    // A new decision for the same subject is what the cooldown holds back.
+    let fresh = daemon
+        .send_decision(&decision("cool", "run", json!({"host": "a"})))
+        .await;
+    assert!(reason(&fresh).starts_with("suppressed"), "{fresh}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_nonce_written_another_way_is_still_a_replay() {
+    use base64::Engine;
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    let first = daemon.send_decision(&d).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let nonce = d["nonce"].as_str().unwrap();
+    let bytes = hex::decode(nonce).unwrap();
+    for variant in [
+        nonce.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(&bytes),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+    ] {
+        let mut resent = d.clone();
+        resent["nonce"] = json!(variant);
+        let reply = daemon.send_decision(&resent).await;
+        assert!(reason(&reply).starts_with("replay"), "{variant}: {reply}");
+        assert_eq!(reply["execution_id"], first["execution_id"], "{variant}");
+    }
+    // What is stored under the UNIQUE constraint is the canonical form.
+    let client = daemon.db.client().await;
+    let stored: String = client
+        .query_one("SELECT nonce FROM playbook_nonces", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, nonce.to_lowercase());
+    daemon.stop().await;
+}
