@@ -93,7 +93,7 @@ pub fn canonical_nonce(nonce: &str) -> Result<String, String> {
     if nonce.len() > MAX_NONCE_CHARS {
         return Err(refused());
     }
-    let bytes = if nonce.len() % 2 == 0 && nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let bytes = if nonce.len().is_multiple_of(2) && nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(nonce).map_err(|_| refused())?
     } else {
         decode_base64(nonce).ok_or_else(refused)?
