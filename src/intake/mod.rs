@@ -4,13 +4,13 @@
 
 pub mod decision;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::decision::Decision;
-use crate::bindings::{self, StormControl, Suppressed};
+use crate::bindings::{self, CooldownKey, StormControl, Suppressed};
 use crate::executor::Executor;
-use crate::registry::model::Binding;
+use crate::registry::model::{Binding, InputSpec};
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
@@ -31,6 +31,8 @@ use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request
 
 /// Longest accepted line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Undeclared subject keys named in a reply or an audit event.
+pub const MAX_REPORTED_KEYS: usize = 16;
 
 /// The reply to one decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,6 +41,11 @@ pub enum Reply {
     Accepted {
         execution_id: Uuid,
         playbook: String,
+        /// Subject keys the playbook does not declare as inputs: not used, not stored, and
+        /// not part of the cooldown; named here so the engine learns (at most
+        /// [`MAX_REPORTED_KEYS`], each made storable).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ignored_subject_keys: Vec<String>,
     },
     NoAction {
         reason: String,
@@ -289,7 +296,7 @@ impl Intake {
             return reply;
         }
         match self.evaluate(decision) {
-            Ok((binding, playbook)) => self.accept(decision, &binding, &playbook, peer_uid).await,
+            Ok(bound) => self.accept(decision, bound, peer_uid).await,
             Err(reply) => reply,
         }
     }
@@ -299,6 +306,12 @@ impl Intake {
         let settings = &self.inner.settings;
         if !settings.policy_keys.is_empty() {
             decision::verify_signature(raw, &settings.policy_keys).map_err(Reply::rejected)?;
+        } else if decision.signature.is_some() {
+            // The engine signs because it expects its decisions to be authenticated; answering
+            // as if they were would hide that this host checks nothing (fail closed).
+            return Err(Reply::rejected(
+                "unexpected signature: this host has no intake.policy_keys, so it cannot check it; configure intake.policy_keys with the policy engine's public key, or stop signing",
+            ));
         }
         let issued_at = decision::issued_at(decision).map_err(Reply::rejected)?;
         if !decision::is_fresh(
@@ -330,7 +343,7 @@ impl Intake {
 
     /// The checks against this node's state (SAFE-HALT, bindings, registry, storm control), in
     /// the order a reason is most useful.
-    fn evaluate(&self, decision: &Decision) -> Result<(Binding, Arc<ActivePlaybook>), Reply> {
+    fn evaluate(&self, decision: &Decision) -> Result<Bound, Reply> {
         if self.inner.safe_halt.is_active() {
             return Err(Reply::rejected(
                 "safe_halt: this node is in SAFE-HALT; nothing new runs until an admin clears it with `playbookd ctl halt-resolve --reason …`",
@@ -364,12 +377,12 @@ impl Intake {
                 binding.playbook
             ))
         })?;
-        decision::check_subject(&decision.subject, &playbook.playbook().inputs)
-            .map_err(Reply::rejected)?;
-        let subject = Value::Object(decision.subject.clone());
+        let inputs = &playbook.playbook().inputs;
+        decision::check_subject(&decision.subject, inputs).map_err(Reply::rejected)?;
+        let cooldown = CooldownKey::new(&binding, inputs, &decision.subject);
         self.inner
             .storm
-            .admit(&binding, &subject)
+            .admit(&binding, &cooldown)
             .map_err(|suppressed| {
                 metrics::counter!("playbookd_decisions_suppressed_total").increment(1);
                 Reply::no_action(match suppressed {
@@ -384,55 +397,74 @@ impl Intake {
                     ),
                 })
             })?;
-        Ok((binding, playbook))
+        Ok(Bound {
+            binding,
+            playbook,
+            cooldown,
+        })
     }
 
     /// Records nonce, execution and event in one transaction, then hands the run over.
-    async fn accept(
-        &self,
-        decision: &Decision,
-        binding: &Binding,
-        playbook: &Arc<ActivePlaybook>,
-        peer_uid: u32,
-    ) -> Reply {
+    ///
+    /// Only the playbook's declared inputs are kept of the subject: they are all a run can use
+    /// (templates and `when` name declared inputs only), and they were checked. Other keys are
+    /// reported back (`ignored_subject_keys`) and in the journal, never stored, so a key the
+    /// policy engine made up (a NUL byte included) cannot reach the execution row.
+    async fn accept(&self, decision: &Decision, bound: Bound, peer_uid: u32) -> Reply {
+        let Bound {
+            binding,
+            playbook,
+            cooldown,
+        } = bound;
+        let inputs = &playbook.playbook().inputs;
+        let (kept, ignored) = split_subject(&decision.subject, inputs);
+        let mut decision = decision.clone();
+        decision.subject = kept;
         let execution_id = Uuid::new_v4();
         let label = format!("{}@{}", playbook.playbook().id, playbook.version());
         let row = NewExecution::new(
             execution_id,
-            decision,
-            binding,
-            playbook,
+            &decision,
+            &binding,
+            &playbook,
             peer_uid,
             self.inner.audit.node_id(),
         );
+        let ignored_for_event = ignored.clone();
         let outcome = self
             .inner
             .audit
             .append_with(Box::new(move |tx| {
-                Box::pin(async move { Ok((row.insert(tx).await?, ())) })
+                Box::pin(async move {
+                    let mut event = row.insert(tx).await?;
+                    if !ignored_for_event.is_empty() {
+                        event = event.with("ignored_subject_keys", ignored_for_event);
+                    }
+                    Ok((event, ()))
+                })
             }))
             .await;
         match outcome {
             Ok(_) => {
                 self.inner.executor.submit(execution_id);
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
-                    org_id = %decision.org_id, decision_id = %decision.decision_id, "decision accepted");
+                    org_id = %decision.org_id, decision_id = %decision.decision_id,
+                    ignored_subject_keys = %ignored.join(", "), "decision accepted");
                 Reply::Accepted {
                     execution_id,
                     playbook: label,
+                    ignored_subject_keys: ignored,
                 }
             }
             Err(error) => {
-                self.inner
-                    .storm
-                    .release(binding, &Value::Object(decision.subject.clone()));
+                self.inner.storm.release(&cooldown);
                 if is_unique_violation(&error) {
                     // A concurrent duplicate: the winner has committed by now.
                     let first = nonces::first_use(&self.inner.store, &decision.nonce)
                         .await
                         .ok()
                         .flatten();
-                    replay(decision, first)
+                    replay(&decision, first)
                 } else {
                     tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
                     Reply::rejected(
@@ -470,6 +502,30 @@ impl Intake {
         }
         tracing::info!(status = reply.status(), reason = %reason, peer_uid, "decision refused");
     }
+}
+
+/// A decision that passed every check against this node's state, with its storm-control slot.
+struct Bound {
+    binding: Binding,
+    playbook: Arc<ActivePlaybook>,
+    cooldown: CooldownKey,
+}
+
+/// The subject's declared inputs, and the names of the other keys (bounded, storable).
+fn split_subject(
+    subject: &Map<String, Value>,
+    inputs: &BTreeMap<String, InputSpec>,
+) -> (Map<String, Value>, Vec<String>) {
+    let mut kept = Map::new();
+    let mut ignored = Vec::new();
+    for (key, value) in subject {
+        if inputs.contains_key(key) {
+            kept.insert(key.clone(), value.clone());
+        } else if ignored.len() < MAX_REPORTED_KEYS {
+            ignored.push(text::storable(key, 64));
+        }
+    }
+    (kept, ignored)
 }
 
 /// The reply to a used nonce. The first execution is named only to the same decision (same

@@ -20,18 +20,31 @@ steps:
   - {id: one, action: noop, rollback: none}
 "#;
 
+/// A cooldown is per host (and address, when given); nothing else of the subject counts.
+const COOL_HOST: &str = r#"
+id: cool-host
+version: 1
+name: One run per host and cooldown
+owners: {technical: a@example.org, operational: b@example.org}
+inputs:
+  host: {type: string}
+  address: {type: ip, required: false}
+steps:
+  - {id: one, action: noop, rollback: none}
+"#;
+
 fn standard_bindings() -> String {
     let mut text = bindings(&[
         ("bench.noop", "run", "noop-3"),
         ("needs.pid", "run", "kill-pid"),
         ("gone", "run", "not-loaded"),
     ]);
-    text.push_str("  - {policy: cool, outcome: run, playbook: noop-3, cooldown_seconds: 60}\n");
+    text.push_str("  - {policy: cool, outcome: run, playbook: cool-host, cooldown_seconds: 60}\n");
     text
 }
 
 async fn start() -> Running {
-    Running::start("", &[NOOP_3, WITH_INPUTS], &standard_bindings()).await
+    Running::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
 }
 
 fn reason(reply: &serde_json::Value) -> &str {
@@ -482,5 +495,79 @@ async fn a_nonce_written_another_way_is_still_a_replay() {
         .unwrap()
         .get(0);
     assert_eq!(stored, nonce.to_lowercase());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_cooldown_holds_when_extra_subject_keys_are_added() {
+    let daemon = start().await;
+    let first = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "note": "first"}),
+        ))
+        .await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    // Undeclared keys are reported, and not stored.
+    assert_eq!(first["ignored_subject_keys"], json!(["note"]), "{first}");
+    let client = daemon.db.client().await;
+    let id: uuid::Uuid = first["execution_id"].as_str().unwrap().parse().unwrap();
+    let stored: serde_json::Value = client
+        .query_one(
+            "SELECT subject FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, json!({"host": "a"}));
+    // Adding keys the playbook does not declare does not make another subject.
+    for extra in [
+        json!({"host": "a", "event_ts": "2026-11-25T10:00:00Z"}),
+        json!({"host": "a", "nonce2": 1, "\u{0}": true}),
+    ] {
+        let reply = daemon.send_decision(&decision("cool", "run", extra)).await;
+        assert_eq!(reply["status"], "no_action", "{reply}");
+        assert!(
+            reason(&reply).starts_with("suppressed: cooldown"),
+            "{reply}"
+        );
+    }
+    // A declared input does; and spelling it another way does not evade its cooldown.
+    let with_address = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "address": "2001:db8::1"}),
+        ))
+        .await;
+    assert_eq!(with_address["status"], "accepted", "{with_address}");
+    let respelled = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "address": "2001:0db8:0::1", "event_ts": "x"}),
+        ))
+        .await;
+    assert!(
+        reason(&respelled).starts_with("suppressed: cooldown"),
+        "{respelled}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_signature_is_refused_when_no_policy_key_can_check_it() {
+    let daemon = start().await;
+    let mut d = decision("bench.noop", "run", json!({}));
+    d["signature"] = json!("c2lnbmVk");
+    let reply = daemon.send_decision(&d).await;
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    assert!(
+        reason(&reply).starts_with("unexpected signature")
+            && reason(&reply).contains("intake.policy_keys"),
+        "{reply}"
+    );
     daemon.stop().await;
 }
