@@ -10,7 +10,7 @@ use crate::approvals::required_approvals;
 use crate::intake::decision;
 use crate::registry::model::{Playbook, Rollback};
 use crate::registry::playbook::{self, Document};
-use crate::registry::template::{self, DecisionFields, TemplateContext};
+use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +49,8 @@ pub fn plan(
         }
     };
     decision::check_subject(&decision.subject, &playbook.inputs).map_err(decision_error)?;
-    let context = TemplateContext {
-        subject: &decision.subject,
-        decision: DecisionFields {
-            decision_id: &decision.decision_id,
-            policy: &decision.policy,
-            outcome: &decision.outcome,
-            org_id: &decision.org_id,
-            severity: &decision.severity,
-        },
-        execution_id: uuid::Uuid::nil(),
-    };
+    decision::check_exec_arguments(&decision, &playbook).map_err(decision_error)?;
+    let context = decision.template_context();
     Ok(json!({
         "playbook": format!("{}@{}", playbook.id, playbook.version),
         "org_id": decision.org_id,

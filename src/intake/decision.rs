@@ -5,7 +5,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::registry::model::{InputSpec, InputType};
+use crate::actions::exec;
+use crate::registry::model::{InputSpec, InputType, Playbook, Rollback};
+use crate::registry::template::{DecisionFields, Reference, TemplateContext};
 use crate::text;
 
 /// One decision as the policy engine sends it (see `schemas/decision.schema.json`).
@@ -28,6 +30,24 @@ pub struct Decision {
     /// this field; required when `intake.policy_keys` is set.
     #[serde(default)]
     pub signature: Option<String>,
+}
+
+impl Decision {
+    /// What templates read, before the decision is accepted: the execution id is not known
+    /// yet and reads as the nil UUID (for checks and dry runs only).
+    pub fn template_context(&self) -> TemplateContext<'_> {
+        TemplateContext {
+            subject: &self.subject,
+            decision: DecisionFields {
+                decision_id: &self.decision_id,
+                policy: &self.policy,
+                outcome: &self.outcome,
+                org_id: &self.org_id,
+                severity: &self.severity,
+            },
+            execution_id: uuid::Uuid::nil(),
+        }
+    }
 }
 
 pub const SEVERITIES: [&str; 5] = ["low", "medium", "moderate", "high", "critical"];
@@ -204,6 +224,43 @@ pub fn check_subject(
         };
         if !fits {
             return Err(format!("subject.{name}: expected {}", describe(spec.kind)));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a decision that would make an `exec` step or undo of `playbook` start an argument
+/// with `-` (see [`crate::actions::exec`]): the run would hand the decision an option. Checked
+/// here, before the decision is accepted, with the same values the run will render (the
+/// subject and decision are stored with the execution and never change).
+pub fn check_exec_arguments(decision: &Decision, playbook: &Playbook) -> Result<(), String> {
+    // The execution id is not known yet (nil here); a UUID never starts with `-`.
+    let ctx = decision.template_context();
+    for step in &playbook.steps {
+        let undo = match &step.rollback {
+            Rollback::Action { action, params } if action == exec::NAME => Some(params),
+            Rollback::Action { .. } | Rollback::None => None,
+        };
+        let runs = (step.action == exec::NAME)
+            .then_some(("", &step.params))
+            .into_iter()
+            .chain(undo.map(|params| (" (its undo)", params)));
+        for (which, params) in runs {
+            let Some(hit) = exec::find_option_injection(params.get("args"), &ctx) else {
+                continue;
+            };
+            let subject = hit.references.iter().find_map(|reference| match reference {
+                Reference::Subject(name) => Some(name.as_str()),
+                Reference::Decision(_) | Reference::ExecutionId => None,
+            });
+            let prefix = match subject {
+                Some(name) => format!("subject.{name}"),
+                None => "invalid decision".to_owned(),
+            };
+            return Err(format!(
+                "{prefix}: starts with `-`: step `{}`{which} runs `exec` and its {hit}",
+                step.id
+            ));
         }
     }
     Ok(())

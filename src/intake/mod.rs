@@ -379,6 +379,7 @@ impl Intake {
         })?;
         let inputs = &playbook.playbook().inputs;
         decision::check_subject(&decision.subject, inputs).map_err(Reply::rejected)?;
+        decision::check_exec_arguments(decision, playbook.playbook()).map_err(Reply::rejected)?;
         let cooldown = CooldownKey::new(&binding, inputs, &decision.subject);
         self.inner
             .storm

@@ -571,3 +571,78 @@ async fn a_signature_is_refused_when_no_policy_key_can_check_it() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of_options_before_it()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let argv = scratch.path().join("argv");
+    let script = scratch.path().join("show-args");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\n", argv.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let playbook = |id: &str, args: &str| {
+        format!(
+            "id: {id}\nversion: 1\nname: Show args\n\
+             owners: {{technical: a@example.org, operational: b@example.org}}\n\
+             inputs:\n  user: {{type: string}}\nsteps:\n\
+             \x20 - {{id: show, action: exec, with: {{command: {}, args: {args}}}, risk: low, rollback: none}}\n",
+            script.display()
+        )
+    };
+    let exposed = playbook("exposed", r#"["--name", "{{ subject.user }}"]"#);
+    let operand = playbook("operand", r#"["--name", "--", "{{ subject.user }}"]"#);
+    let daemon = Running::start(
+        &format!(
+            "[actions.exec]\nallowed_commands = [\"{}\"]\n",
+            script.display()
+        ),
+        &[&exposed, &operand],
+        &bindings(&[
+            ("show", "exposed", "exposed"),
+            ("show", "operand", "operand"),
+        ]),
+    )
+    .await;
+
+    // The decision would choose an option of the program: refused before anything runs.
+    for hostile in ["--version", "-i", "-"] {
+        let reply = daemon
+            .send_decision(&decision("show", "exposed", json!({"user": hostile})))
+            .await;
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert!(
+            reason(&reply).starts_with("subject.user: starts with `-`")
+                && reason(&reply).contains("step `show`")
+                && reason(&reply).contains("\"--\""),
+            "{reply}"
+        );
+    }
+    let plain = daemon
+        .send_decision(&decision("show", "exposed", json!({"user": "alice"})))
+        .await;
+    assert_eq!(plain["status"], "accepted", "{plain}");
+    let id = plain["execution_id"].as_str().unwrap();
+    assert_eq!(
+        daemon.wait_terminal(id, Duration::from_secs(20)).await,
+        "completed"
+    );
+
+    // After a literal `--`, the same value is an operand: accepted and passed as one argument.
+    let reply = daemon
+        .send_decision(&decision("show", "operand", json!({"user": "-i"})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let id = reply["execution_id"].as_str().unwrap();
+    assert_eq!(
+        daemon.wait_terminal(id, Duration::from_secs(20)).await,
+        "completed"
+    );
+    let seen = std::fs::read_to_string(&argv).unwrap();
+    assert_eq!(seen, "--name\nalice\n--name\n--\n-i\n");
+    daemon.stop().await;
+}
