@@ -938,3 +938,90 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
         "the log leaked the password"
     );
 }
+
+/// Raises this process's open-file limit (soft, and hard when allowed) to at least `want`.
+fn raise_open_files(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft >= want {
+        return;
+    }
+    let hard = hard.max(want);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)
+        .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, hard.min(want), hard))
+        .unwrap_or_else(|e| panic!("cannot raise RLIMIT_NOFILE to {want}: {e}"));
+}
+
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_idle_connections_leave_health_answering_within_a_second() {
+    const IDLE: usize = 5_000;
+    raise_open_files(4 * IDLE as u64);
+    let server = Server::start().await;
+    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+        panic!("the test server listens on TCP");
+    };
+    let before = open_files();
+    let mut held = Vec::with_capacity(IDLE);
+    for index in 0..IDLE {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        // One in ten is a slow-header client: a request line, never the end of its headers.
+        if index % 10 == 0 {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream
+                .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+                .await;
+        }
+        held.push(stream);
+    }
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, body) = server.get("/v1/health").await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(took < Duration::from_secs(1), "health took {took:?}");
+    }
+    // This process holds the 5,000 client ends; the server's ends stay within its cap, which
+    // is far below what was opened.
+    const { assert!(status::MAX_CONNECTIONS * 4 <= IDLE) };
+    let server_side = open_files().saturating_sub(before + IDLE);
+    assert!(
+        server_side <= status::MAX_CONNECTIONS + 32,
+        "the status listener holds {server_side} descriptors beyond the clients'"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+        panic!("the test server listens on TCP");
+    };
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A byte every half second does not extend the deadline: it covers the whole header.
+    let mut closed = false;
+    while started.elapsed() < status::HEADER_TIMEOUT + Duration::from_secs(3) {
+        if stream.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= status::HEADER_TIMEOUT - Duration::from_millis(600));
+}
