@@ -646,3 +646,40 @@ async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of
     assert_eq!(seen, "--name\nalice\n--name\n--\n-i\n");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn every_reply_shape_matches_the_decision_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/decision.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let reply_schema = jsonschema::validator_for(&schema["$defs"]["reply"]).unwrap();
+    let daemon = start().await;
+    let d = decision("cool", "run", json!({"host": "z", "extra": 1}));
+    let mut replies = vec![daemon.send_decision(&d).await];
+    replies.push(daemon.send_decision(&d).await); // replay, with execution_id
+    replies.push(
+        daemon
+            .send_decision(&decision("cool", "run", json!({"host": "z"})))
+            .await,
+    ); // suppressed
+    replies.push(daemon.send(b"\n").await); // malformed
+    assert!(
+        replies[0]["ignored_subject_keys"].is_array(),
+        "{}",
+        replies[0]
+    );
+    assert!(replies[1]["execution_id"].is_string(), "{}", replies[1]);
+    for reply in &replies {
+        let errors: Vec<String> = reply_schema
+            .iter_errors(reply)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{reply}: {errors:?}");
+    }
+    daemon.stop().await;
+}
