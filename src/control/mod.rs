@@ -231,7 +231,7 @@ impl Control {
                 .collect::<Vec<_>>()
                 .join(" or ");
             return Err(Reply::Refused(format!(
-                "{peer} (roles: {}) may not {}: it needs the {needed} role",
+                "{peer} (roles: {}) may not {}: it needs the {needed} role (granted in [roles] of playbookd.toml)",
                 grant.describe_roles(),
                 verb.as_str()
             )));
@@ -245,7 +245,7 @@ impl Control {
         let org = self.execution_org(execution_id).await?;
         if !allowed.contains(&org) {
             return Err(Reply::Refused(format!(
-                "{peer} may act only on executions of org(s) {}; execution {execution_id} belongs to org `{org}`",
+                "{peer} may act only on executions of org(s) {} ([[roles.orgs]] of playbookd.toml); execution {execution_id} belongs to org `{org}`",
                 allowed.iter().cloned().collect::<Vec<_>>().join(", ")
             )));
         }

@@ -1037,6 +1037,9 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
     // Anyone may open the socket; what a peer may do is decided by its roles.
     std::fs::set_permissions(daemon.control(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let drip = Drip::start(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, 32, 3.0).await;
+    // The real client, as that uid, is told why and exits 77 (refused).
+    let refused = ctl_as(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, &["pending"]).await;
+    assert!(refused.refusal().contains("has no role"), "{refused:?}");
     for _ in 0..3 {
         let started = Instant::now();
         daemon.ctl(ADMIN, &["pending"]).await.ok();
