@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::net::UnixListener;
 
+use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
 use crate::control::{Control, ControlParts, ControlSettings, ReloadRequest, roles::Roles};
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
+use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::{Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
@@ -125,6 +127,10 @@ pub struct Daemon {
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        // Before anything emits a metric (a metric recorded without a recorder is lost), so
+        // that a fresh /metrics shows every series at its true value or zero.
+        status::metrics::install();
+        status::metrics::register_http_hosts(&config.actions.http.allowed_hosts);
         // First: a bad key file is an operator error, found before touching the database.
         let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
         tracing::info!(key_id = %node_key.key_id(), "node key loaded");
@@ -160,9 +166,13 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
-        let (registry, summary) = Registry::load(RegistryPaths::from(&config.paths), audit.clone())
-            .await
-            .map_err(DaemonError::Registry)?;
+        let (registry, summary) = Registry::load(
+            RegistryPaths::from(&config.paths),
+            Arc::new(ActionLimits::from_config(&config.actions)),
+            audit.clone(),
+        )
+        .await
+        .map_err(DaemonError::Registry)?;
         tracing::info!(
             loaded = summary.loaded,
             rejected = summary.rejections.len(),
@@ -490,6 +500,7 @@ impl Daemon {
     /// Tells the status API what the registry holds now.
     fn publish_runtime(&self) {
         let catalog = self.registry.catalog();
+        status::metrics::register_playbooks(catalog.playbooks().map(|active| active.id()));
         let playbooks = catalog
             .playbooks()
             .map(|active| status::PlaybookSummary {
@@ -547,13 +558,19 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
     })
 }
 
+/// Reads a policy engine's public key through the registry's secure open: whoever can replace
+/// this file can sign decisions, so it gets the same owner, mode, symlink and size checks as a
+/// trusted playbook key.
 fn load_policy_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
     let error = |reason: String| DaemonError::PolicyKey {
         path: path.to_owned(),
         reason,
     };
-    let pem = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+    let pem = TrustedDir::parent_of(path)
+        .and_then(|dir| dir.read(path, DOCUMENT_LIMIT))
+        .map_err(|e| error(crate::store::audit::error_chain(&e)))?;
+    let pem = std::str::from_utf8(&pem).map_err(|_| error("not PEM text".into()))?;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
         .map_err(|_| error("not an Ed25519 public key (SPKI PEM)".into()))
 }

@@ -10,6 +10,7 @@
 //! The result is an immutable [`Catalog`] snapshot; [`Registry::reload`] builds a new one and
 //! swaps it in whole, so a reader sees either the old or the new set, never a mix.
 
+pub mod limits;
 pub mod model;
 pub mod playbook;
 pub mod secure_open;
@@ -25,9 +26,11 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
+use crate::actions::limits::ActionLimits;
 use crate::config::PathsConfig;
 use crate::store::StoreError;
 use crate::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
+use limits::LimitViolation;
 use model::{Binding, Playbook, RiskTier};
 use playbook::DocumentError;
 use secure_open::{OpenError, TrustedDir};
@@ -60,6 +63,9 @@ pub struct Registry {
 
 struct Inner {
     paths: RegistryPaths,
+    /// What the configuration allows steps to touch; read once at start (a reload re-reads
+    /// the files, not the configuration).
+    limits: Arc<ActionLimits>,
     audit: AuditHandle,
     /// Readers clone the `Arc` and drop the lock at once; a reload replaces the `Arc` whole.
     current: RwLock<Arc<Catalog>>,
@@ -70,16 +76,19 @@ struct Inner {
 
 impl Registry {
     /// Loads the trusted keys, the playbooks and the bindings, recording every outcome.
-    /// Fails when the trusted-keys or playbook directory is unusable, when no key is
-    /// trusted, or when the audit log is unavailable; a bad file only rejects that file.
+    /// Every playbook is checked against `limits` too (what the configuration allows its
+    /// steps to touch). Fails when the trusted-keys or playbook directory is unusable, when no
+    /// key is trusted, or when the audit log is unavailable; a bad file only rejects that file.
     pub async fn load(
         paths: RegistryPaths,
+        limits: Arc<ActionLimits>,
         audit: AuditHandle,
     ) -> Result<(Registry, LoadSummary), RegistryError> {
-        let (catalog, summary) = build_catalog(&paths, &audit).await?;
+        let (catalog, summary) = build_catalog(&paths, &limits, &audit).await?;
         let registry = Registry {
             inner: Arc::new(Inner {
                 paths,
+                limits,
                 audit,
                 current: RwLock::new(Arc::new(catalog)),
                 reloading: tokio::sync::Mutex::new(()),
@@ -107,7 +116,8 @@ impl Registry {
     /// error says why.
     pub async fn reload(&self) -> Result<LoadSummary, RegistryError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
-        let (catalog, summary) = build_catalog(&self.inner.paths, &self.inner.audit).await?;
+        let (catalog, summary) =
+            build_catalog(&self.inner.paths, &self.inner.limits, &self.inner.audit).await?;
         let catalog = Arc::new(catalog);
         match self.inner.current.write() {
             Ok(mut guard) => *guard = catalog,
@@ -227,6 +237,9 @@ pub enum RejectReason {
         version: u32,
         recorded: String,
     },
+    /// A step parameter the configuration does not allow (`actions.exec.allowed_commands`, …).
+    #[error(transparent)]
+    Limit(#[from] LimitViolation),
     #[error("the database refused to record it")]
     Database(#[source] AppendError),
 }
@@ -240,10 +253,44 @@ impl RejectReason {
             RejectReason::DualControl { .. } => "dual_control",
             RejectReason::Downgrade { .. } => "downgrade",
             RejectReason::Equivocation { .. } => "equivocation",
+            RejectReason::Limit(violation) => violation.limit.label(),
             RejectReason::Database(_) => "database_refused",
         }
     }
 }
+
+/// Every label `playbookd_registry_rejections_total` can carry (each exists from the start, at
+/// zero): [`RejectReason::label`], `trusted_key_refused`, and every [`Limit`] label.
+///
+/// [`Limit`]: crate::actions::limits::Limit
+pub const REJECTION_LABELS: [&str; 22] = [
+    // secure_open::OpenError
+    "missing",
+    "read_failed",
+    "symlink_outside_dir",
+    "not_regular_file",
+    "insecure_permissions",
+    "insecure_owner",
+    "too_large",
+    // signature::FileError
+    "signature_missing",
+    "signature_malformed",
+    "signature_invalid",
+    // RejectReason
+    "invalid_document",
+    "dual_control",
+    "downgrade",
+    "equivocation",
+    "database_refused",
+    "trusted_key_refused",
+    // actions::limits::Limit
+    "command_not_allowed",
+    "host_not_allowed",
+    "plain_http_not_allowed",
+    "inside_quarantine_dir",
+    "address_never_blocked",
+    "address_loopback",
+];
 
 /// Why the registry as a whole could not load.
 #[derive(Debug, thiserror::Error)]
@@ -299,14 +346,17 @@ impl Candidate {
     }
 }
 
-/// Verifies, parses and checks dual control for one playbook file (no database).
+/// Verifies, parses, checks dual control and the configuration's limits for one playbook file
+/// (no database).
 pub fn check_playbook_file(
     keys: &TrustedKeys,
+    limits: &ActionLimits,
     dir: &TrustedDir,
     path: &Path,
 ) -> Result<Candidate, RejectReason> {
     let verified = keys.verify_file(dir, path)?;
     let playbook = playbook::parse_playbook(verified.bytes())?;
+    limits::check_playbook_limits(&playbook, limits)?;
     let critical = playbook
         .steps
         .iter()
@@ -403,6 +453,7 @@ pub enum PinnedError {
 
 async fn build_catalog(
     paths: &RegistryPaths,
+    limits: &ActionLimits,
     audit: &AuditHandle,
 ) -> Result<(Catalog, LoadSummary), RegistryError> {
     let mut summary = LoadSummary::default();
@@ -433,7 +484,7 @@ async fn build_catalog(
     })?;
     let mut candidates = Vec::new();
     for path in yaml_files(&paths.playbooks)? {
-        match check_playbook_file(&keys, &dir, &path) {
+        match check_playbook_file(&keys, limits, &dir, &path) {
             Ok(candidate) => candidates.push((path, candidate)),
             Err(reason) => reject(audit, &mut summary, path, reason).await?,
         }

@@ -154,6 +154,32 @@ async fn missing_trusted_keys_dir_exits_78_naming_it() {
 }
 
 #[tokio::test]
+async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    // A valid Ed25519 public key, but anyone may replace it: whoever does signs decisions.
+    let key = dir.path("policy.pub");
+    std::fs::copy(dir.path("trusted-keys/author-a.pub"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let config = dir.write_config(
+        &db,
+        "node-a",
+        &format!("[intake]\npolicy_keys = [\"{}\"]\n", key.display()),
+    );
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("policy.pub") && stderr.contains("group- or world-writable"),
+        "{stderr}"
+    );
+    // The same file, private again, is accepted.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+}
+
+#[tokio::test]
 async fn sighup_reloads_the_registry_and_audits_the_counts() {
     let db = TestDb::empty().await;
     let dir = DaemonDir::new();

@@ -45,6 +45,18 @@ impl Running {
         .await
     }
 
+    /// Like [`Running::start`], with the playbooks and bindings written by `documents` once the
+    /// daemon's directory exists (for documents that name paths inside it).
+    pub async fn start_with(
+        extra_config: &str,
+        documents: impl FnOnce(&DaemonDir) -> (Vec<String>, String),
+    ) -> Running {
+        let db = TestDb::new().await;
+        let dir = DaemonDir::new();
+        let (playbooks, bindings) = documents(&dir);
+        Running::boot(db, dir, extra_config.to_owned(), playbooks, bindings).await
+    }
+
     async fn boot(
         db: TestDb,
         dir: DaemonDir,

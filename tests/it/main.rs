@@ -12,6 +12,7 @@ mod actions_process;
 mod actions_support;
 mod audit;
 mod bench;
+mod config_limits;
 mod control;
 mod crash;
 mod daemon;

@@ -4,6 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use playbookd::actions::limits::ActionLimits;
+use playbookd::config::ActionsConfig;
 use playbookd::registry::signature::{self, Algorithm, Signer};
 use playbookd::registry::{LoadSummary, Registry, RegistryPaths, load_pinned};
 use playbookd::store::audit::{self, AuditHandle};
@@ -45,9 +49,18 @@ impl Fixture {
 
     /// A new registry over the same directory and database (as after a restart).
     async fn load(&self) -> (Registry, LoadSummary) {
-        Registry::load(self.paths(), self.audit.clone())
-            .await
-            .unwrap()
+        self.load_with(ActionsConfig::default()).await
+    }
+
+    /// Like [`Fixture::load`], under the limits of `actions` (the config's `[actions]`).
+    async fn load_with(&self, actions: ActionsConfig) -> (Registry, LoadSummary) {
+        Registry::load(
+            self.paths(),
+            Arc::new(ActionLimits::from_config(&actions)),
+            self.audit.clone(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Writes and signs `playbooks/NAME.yaml`.

@@ -938,3 +938,76 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
         "the log leaked the password"
     );
 }
+
+/// `host:port` of a child daemon's status API, from its log.
+fn status_endpoint(daemon: &ChildDaemon) -> Endpoint {
+    let log = daemon.log_text();
+    let addr = log
+        .split("status API listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
+    Endpoint::parse(&format!("http://{addr}")).unwrap()
+}
+
+#[tokio::test]
+async fn a_fresh_daemon_shows_every_metric_at_zero() {
+    use playbookd::status::metrics as m;
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    dir.write_signed("playbooks/noop-3.yaml", crate::harness::NOOP_3, false);
+    let config = dir.write_config(
+        &db,
+        "node-m",
+        "[actions.http]\nallowed_hosts = [\"hooks.example.org\"]\n",
+    );
+    // A process of its own: nothing emitted before, whatever other tests did.
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let response = request(&status_endpoint(&daemon), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).unwrap();
+    let sample = |prefix: &str| {
+        text.lines()
+            .find(|line| !line.starts_with('#') && line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().to_owned())
+    };
+    for name in m::ALL {
+        assert!(
+            sample(name).is_some(),
+            "{name} has no series on a fresh daemon:\n{text}"
+        );
+    }
+    for (series, value) in [
+        ("playbookd_safe_halt_active ", "0"),
+        ("playbookd_approvals_pending ", "0"),
+        ("playbookd_bindings_without_active_playbook ", "0"),
+        (
+            "playbookd_registry_rejections_total{reason=\"command_not_allowed\"} ",
+            "0",
+        ),
+        ("playbookd_decisions_suppressed_total ", "0"),
+        (
+            "playbookd_http_circuit_open{host=\"hooks.example.org\"} ",
+            "0",
+        ),
+        (
+            "playbookd_executions_total{state=\"completed\",playbook=\"noop-3\"} ",
+            "0",
+        ),
+        (
+            "playbookd_step_duration_seconds_count{action=\"exec\"} ",
+            "0",
+        ),
+    ] {
+        assert_eq!(sample(series).as_deref(), Some(value), "{series}\n{text}");
+    }
+    // The bindings file is missing: counted at start, not lost before the recorder existed.
+    assert_eq!(
+        sample("playbookd_registry_rejections_total{reason=\"missing\"} ").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+}
