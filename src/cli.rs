@@ -6,14 +6,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::limits::ActionLimits;
 use crate::audit_cli::{self, AuditCliError};
 use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
-use crate::registry::playbook;
 use crate::registry::secure_open::TrustedDir;
 use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
+use crate::registry::{self, CheckedFile, RejectReason, playbook};
 use crate::simulate::{self, SimulateError};
 use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
@@ -90,11 +91,20 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Check files' signatures (FILE.sig, and FILE.sig.2 when present) against trusted keys.
+    /// Apply every rule the daemon applies to a signed file, except the version history in its
+    /// database: signatures (FILE.sig, and FILE.sig.2 when present) from trusted keys, each in
+    /// its key's scheme; strict parsing; dual control for critical playbooks and the bindings
+    /// file; and, with --config, the configuration's limits. One line per file: OK with each
+    /// signer and scheme, or REJECTED (label) and the rule that failed. Exit 65 if any failed.
     Verify {
-        /// Directory of trusted SPKI PEM public keys (`*.pub`).
+        /// Directory of trusted SPKI PEM public keys (`*.pub`; `NAME.pss.pub` binds an RSA key
+        /// to RSA-PSS).
         #[arg(long, value_name = "DIR")]
         trusted_keys: PathBuf,
+        /// Also check playbooks against this daemon configuration's [actions.*] limits (allowed
+        /// commands, hosts, quarantine dir, never-block addresses), as the daemon does at load.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Playbook or bindings files, each beside its signature file(s).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
@@ -342,8 +352,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sign { key, second, files } => sign(&key, second, &files),
         Command::Verify {
             trusted_keys,
+            config,
             files,
-        } => verify(&trusted_keys, &files),
+        } => {
+            let limits = match config {
+                Some(path) => Some(ActionLimits::from_config(&Config::load(&path)?.actions)),
+                None => None,
+            };
+            verify(&trusted_keys, limits.as_ref(), &files)
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -412,7 +429,11 @@ fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), Cl
     Ok(())
 }
 
-fn verify(trusted_keys: &std::path::Path, files: &[PathBuf]) -> Result<(), CliError> {
+fn verify(
+    trusted_keys: &std::path::Path,
+    limits: Option<&ActionLimits>,
+    files: &[PathBuf],
+) -> Result<(), CliError> {
     let (keys, refused) = TrustedKeys::load(trusted_keys)?;
     for refusal in &refused {
         eprintln!(
@@ -426,25 +447,42 @@ fn verify(trusted_keys: &std::path::Path, files: &[PathBuf]) -> Result<(), CliEr
     let mut failed = 0;
     for file in files {
         let outcome = TrustedDir::parent_of(file)
-            .map_err(signature::FileError::Document)
-            .and_then(|dir| keys.verify_file(&dir, file));
+            .map_err(|error| RejectReason::File(signature::FileError::Document(error)))
+            .and_then(|dir| registry::check_signed_file(&keys, limits, &dir, file));
         match outcome {
-            Ok(verified) => {
-                let signers: Vec<&str> = verified.signers().iter().map(|k| k.as_str()).collect();
+            Ok(checked) => {
+                let (what, verified) = match &checked {
+                    CheckedFile::Playbook(candidate) => (
+                        format!(
+                            "playbook {}@{}",
+                            candidate.playbook().id,
+                            candidate.playbook().version
+                        ),
+                        candidate.verified(),
+                    ),
+                    CheckedFile::Bindings(verified, bindings) => {
+                        (format!("bindings, {}", bindings.bindings.len()), verified)
+                    }
+                };
+                let signers: Vec<String> = verified
+                    .signatures()
+                    .iter()
+                    .map(|signature| format!("{} ({})", signature.key_id, signature.scheme))
+                    .collect();
                 write_stdout_line(&format!(
-                    "{}: OK, sha256 {}, signed by {}",
+                    "{}: OK ({what}), sha256 {}, signed by {}",
                     file.display(),
                     hex::encode(verified.sha256()),
                     signers.join(" and ")
                 ))?;
             }
-            Err(error) => {
+            Err(reason) => {
                 failed += 1;
                 write_stdout_line(&format!(
                     "{}: REJECTED ({}): {}",
                     file.display(),
-                    error.label(),
-                    store::audit::error_chain(&error)
+                    reason.label(),
+                    store::audit::error_chain(&reason)
                 ))?;
             }
         }

@@ -103,15 +103,20 @@ pub enum CtlError {
     Failed(String),
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Already listed on stdout, one line per file.
+    #[error("reload refused some files; the last verified versions stay active")]
+    ReloadRefusedFiles,
 }
 
 impl CtlError {
-    /// 77 (EX_NOPERM) when the daemon refused, 78 for a bad config, 1 otherwise.
+    /// 77 (EX_NOPERM) when the daemon refused, 65 (EX_DATAERR) when a reload refused files,
+    /// 78 for a bad config, 1 otherwise.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CtlError::Refused(_) => ExitCode::from(EXIT_REFUSED),
             CtlError::Config(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
             CtlError::Output(error) => error.exit_code(),
+            CtlError::ReloadRefusedFiles => ExitCode::from(crate::cli::EXIT_DATAERR),
             CtlError::Connect { .. }
             | CtlError::Io { .. }
             | CtlError::NoReply { .. }
@@ -147,6 +152,14 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
         "ok" => {
             if !args.json {
                 write_stdout(&human(&args.verb, &reply))?;
+            }
+            // A reload that refused files did run, but what is active is not what is on disk:
+            // scripts must notice.
+            let refused = |key: &str| reply[key].as_array().is_some_and(|list| !list.is_empty());
+            if matches!(args.verb, CtlVerb::Reload)
+                && (refused("refused") || refused("refused_keys"))
+            {
+                return Err(CtlError::ReloadRefusedFiles);
             }
             Ok(())
         }
@@ -257,8 +270,32 @@ fn human(verb: &CtlVerb, reply: &Value) -> String {
             format!("cancel requested for {execution}: the run stops and rolls back\n")
         }
         CtlVerb::HaltResolve { .. } => format!("SAFE-HALT {} cleared\n", text("halt_id")),
-        CtlVerb::Reload => format!("reload: {}\n", text("detail")),
+        CtlVerb::Reload => reload_text(reply),
     }
+}
+
+/// `reload: …` then one line per refused file (with its reason) and per version kept.
+fn reload_text(reply: &Value) -> String {
+    let field = |value: &Value, key: &str| value[key].as_str().unwrap_or("?").to_owned();
+    let mut out = format!("reload: {}\n", field(reply, "detail"));
+    for key in ["refused", "refused_keys"] {
+        for refused in reply[key].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  REFUSED {} ({}): {}\n",
+                field(refused, "file"),
+                field(refused, "reason"),
+                field(refused, "detail")
+            ));
+        }
+    }
+    for kept in reply["kept"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  KEPT {} from {}: its replacement was refused\n",
+            field(kept, "what"),
+            field(kept, "file")
+        ));
+    }
+    out
 }
 
 fn pending_text(pending: Option<&Value>) -> String {

@@ -16,11 +16,14 @@ use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
-use crate::control::{Control, ControlParts, ControlSettings, ReloadRequest, roles::Roles};
+use crate::control::{
+    Control, ControlParts, ControlSettings, KeptVersion, RefusedFile, ReloadReport, ReloadRequest,
+    roles::Roles,
+};
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
 use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
-use crate::registry::{Registry, RegistryError, RegistryPaths};
+use crate::registry::{LoadSummary, Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
@@ -387,30 +390,37 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads what can change without a restart; the summary (or why it failed) goes back to
-    /// a `reload` caller on control.sock.
-    async fn reload(&self) -> Result<String, String> {
+    /// Re-reads what can change without a restart (trusted keys, playbooks, bindings; never the
+    /// configuration file); what it did, file by file (or why it failed), goes back to a
+    /// `reload` caller on control.sock.
+    async fn reload(&self) -> Result<ReloadReport, String> {
         systemd::notify_reloading();
         tracing::info!("reload requested");
         let (event, outcome) = match self.registry.reload().await {
             Ok(summary) => {
-                tracing::info!(
-                    loaded = summary.loaded,
-                    rejected = summary.rejections.len(),
-                    bindings = summary.bindings,
-                    "registry reloaded"
-                );
-                let text = format!(
-                    "reloaded: {} playbook versions loaded, {} files rejected, {} bindings",
-                    summary.loaded,
-                    summary.rejections.len(),
-                    summary.bindings
-                );
+                let report = reload_report(&summary);
+                if report.is_clean() {
+                    tracing::info!(
+                        loaded = report.loaded,
+                        bindings = report.bindings,
+                        "registry reloaded"
+                    );
+                } else {
+                    tracing::error!(
+                        loaded = report.loaded,
+                        refused = report.refused.len() + report.refused_keys.len(),
+                        kept = report.kept.len(),
+                        bindings = report.bindings,
+                        "registry reloaded with refused files; the last verified versions stay active"
+                    );
+                }
                 let event = AuditEvent::new("daemon.reload", Actor::System)
-                    .with("loaded", summary.loaded)
-                    .with("rejected", summary.rejections.len())
-                    .with("bindings", summary.bindings);
-                (event, Ok(text))
+                    .with("loaded", report.loaded)
+                    .with("rejected", report.refused.len())
+                    .with("refused_keys", report.refused_keys.len())
+                    .with("kept", report.kept.len())
+                    .with("bindings", report.bindings);
+                (event, Ok(report))
             }
             Err(error) => {
                 // The previous snapshot stays in force.
@@ -514,11 +524,66 @@ impl Daemon {
                     .collect(),
             })
             .collect();
+        let unresolved_bindings: Vec<status::UnresolvedBinding> = catalog
+            .unresolved_bindings()
+            .map(|binding| status::UnresolvedBinding {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+            })
+            .collect();
+        for binding in &unresolved_bindings {
+            tracing::warn!(
+                policy = %binding.policy,
+                outcome = %binding.outcome,
+                playbook = %binding.playbook,
+                "binding has no active playbook: its decisions get no_action"
+            );
+        }
+        #[allow(clippy::cast_precision_loss)] // a count of bindings, far below 2^52
+        metrics::gauge!(status::metrics::BINDINGS_WITHOUT_ACTIVE_PLAYBOOK)
+            .set(unresolved_bindings.len() as f64);
         self.runtime.send_replace(RuntimeSnapshot {
             registry_loaded: true,
             playbooks,
             bindings: catalog.bindings().len(),
+            unresolved_bindings,
         });
+    }
+}
+
+/// The reload reply: every refused file and key with its reason, and what stayed active.
+fn reload_report(summary: &LoadSummary) -> ReloadReport {
+    ReloadReport {
+        loaded: summary.loaded,
+        bindings: summary.bindings,
+        refused: summary
+            .rejections
+            .iter()
+            .map(|rejection| RefusedFile {
+                file: rejection.file.display().to_string(),
+                reason: rejection.reason.label().to_owned(),
+                detail: audit::error_chain(&rejection.reason),
+            })
+            .collect(),
+        refused_keys: summary
+            .refused_keys
+            .iter()
+            .map(|refusal| RefusedFile {
+                file: refusal.path.display().to_string(),
+                reason: "trusted_key_refused".to_owned(),
+                detail: audit::error_chain(&refusal.error),
+            })
+            .collect(),
+        kept: summary
+            .kept
+            .iter()
+            .map(|kept| KeptVersion {
+                what: kept.what.clone(),
+                file: kept.file.display().to_string(),
+            })
+            .collect(),
     }
 }
 

@@ -155,9 +155,30 @@ async fn health(State(state): State<StatusState>) -> Response {
         reasons.push("SAFE-HALT active");
     }
     let ready = reasons.is_empty();
+    // Not a reason to be unready (every other binding still runs), but said loudly: an engine
+    // sending these decisions gets `no_action: no active version`.
+    let warnings: Vec<String> = runtime
+        .unresolved_bindings
+        .iter()
+        .map(|binding| {
+            format!(
+                "binding {}/{}{} -> playbook `{}` has no active version; its decisions get no_action (see `playbookd ctl reload`)",
+                binding.policy,
+                binding.outcome,
+                binding
+                    .org_id
+                    .as_deref()
+                    .map(|org| format!(" (org {org})"))
+                    .unwrap_or_default(),
+                binding.playbook
+            )
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "reasons": reasons,
+        "warnings": warnings,
+        "unresolved_bindings": runtime.unresolved_bindings,
         "checks": {
             "database": database_ok,
             "audit_writer": audit_writer,

@@ -95,6 +95,7 @@ fn loaded_runtime() -> RuntimeSnapshot {
             signers: vec!["key-1".into()],
         }],
         bindings: 2,
+        unresolved_bindings: Vec::new(),
     }
 }
 
@@ -908,13 +909,7 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
 
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
-    let log = daemon.log_text();
-    let addr = log
-        .split("status API listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
-    let endpoint = Endpoint::parse(&format!("http://{addr}")).unwrap();
+    let endpoint = daemon.status_endpoint();
     let id = Uuid::new_v4();
     for path in concrete_paths(id) {
         let response = request(&endpoint, "GET", &path).await.unwrap();
@@ -939,17 +934,6 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
     );
 }
 
-/// `host:port` of a child daemon's status API, from its log.
-fn status_endpoint(daemon: &ChildDaemon) -> Endpoint {
-    let log = daemon.log_text();
-    let addr = log
-        .split("status API listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
-    Endpoint::parse(&format!("http://{addr}")).unwrap()
-}
-
 #[tokio::test]
 async fn a_fresh_daemon_shows_every_metric_at_zero() {
     use playbookd::status::metrics as m;
@@ -964,7 +948,7 @@ async fn a_fresh_daemon_shows_every_metric_at_zero() {
     // A process of its own: nothing emitted before, whatever other tests did.
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
-    let response = request(&status_endpoint(&daemon), "GET", "/metrics")
+    let response = request(&daemon.status_endpoint(), "GET", "/metrics")
         .await
         .unwrap();
     assert_eq!(response.status, 200);
