@@ -221,7 +221,6 @@ async fn sighup_reloads_the_registry_and_audits_the_counts() {
 #[tokio::test]
 async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_stay() {
     use playbookd::status_client::request;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
     let db = TestDb::empty().await;
     let dir = DaemonDir::new();
@@ -286,18 +285,11 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
     assert_eq!(reply["refused"].as_array().unwrap().len(), 2, "{reply}");
 
     // The kept versions still answer decisions.
-    let mut stream = tokio::net::UnixStream::connect(dir.path("run/decisions.sock"))
-        .await
-        .unwrap();
     let decision = crate::harness::decision("p", "o", serde_json::json!({}));
-    stream
-        .write_all(format!("{decision}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    tokio::io::BufReader::new(stream)
-        .read_line(&mut reply)
-        .await
-        .unwrap();
-    assert!(reply.contains("\"accepted\""), "{reply}");
+    let reply = crate::harness::send_line(
+        &dir.path("run/decisions.sock"),
+        decision.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
 }

@@ -10,6 +10,7 @@ mod actions_http;
 mod actions_net;
 mod actions_process;
 mod actions_support;
+mod api_conformance;
 mod audit;
 mod bench;
 mod config_limits;

@@ -183,7 +183,11 @@ async fn insert_step(
         .unwrap();
 }
 
-async fn insert_halt(client: &tokio_postgres::Client, execution: Option<Uuid>, active: bool) {
+pub(crate) async fn insert_halt(
+    client: &tokio_postgres::Client,
+    execution: Option<Uuid>,
+    active: bool,
+) {
     client
         .execute(
             "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, \
@@ -339,6 +343,18 @@ async fn bad_query_parameters_are_400_naming_the_parameter() {
         ("/v1/audit?after=-1", "after"),
         ("/v1/audit?limit=100000", "limit"),
         ("/v1/executions/not-a-uuid", "id"),
+        // Empty values are not "absent": the document types every parameter.
+        ("/v1/executions?since=", "since"),
+        ("/v1/executions?until=", "until"),
+        ("/v1/executions?cursor=", "cursor"),
+        ("/v1/executions?org=", "org"),
+        ("/v1/audit?after=", "after"),
+        // A NUL byte never reaches PostgreSQL (which would refuse it: a 503).
+        ("/v1/executions?org=acme%00", "org"),
+        ("/v1/executions?playbook=%00", "playbook"),
+        ("/v1/executions?cursor=%00", "cursor"),
+        ("/v1/executions?state=%00", "state"),
+        ("/v1/executions?since=%00", "since"),
     ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
