@@ -12,7 +12,7 @@ use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
-use crate::registry::secure_open::TrustedDir;
+use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
 use crate::registry::{self, CheckedFile, RejectReason, playbook};
 use crate::simulate::{self, SimulateError};
@@ -403,12 +403,17 @@ fn validate(files: &[PathBuf]) -> Result<(), CliError> {
 }
 
 fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), CliError> {
-    let pem = std::fs::read_to_string(key).map_err(|source| CliError::ReadInput {
-        path: key.to_owned(),
-        source,
-    })?;
+    // The registry's secure open, as for every file holding key material: a key in a
+    // directory others can write could be swapped for theirs between two signatures.
+    let pem = TrustedDir::parent_of(key)
+        .and_then(|dir| dir.read(key, DOCUMENT_LIMIT))
+        .map_err(KeyError::Open)?;
     let pem = rsa::pkcs8::der::zeroize::Zeroizing::new(pem);
-    let signer = Signer::load(&pem, key)?;
+    let pem = std::str::from_utf8(&pem).map_err(|_| KeyError::Malformed {
+        path: key.to_owned(),
+        detail: "not PEM text".into(),
+    })?;
+    let signer = Signer::load(pem, key)?;
     let suffix = if second { ".sig.2" } else { ".sig" };
     for file in files {
         let bytes = std::fs::read(file).map_err(|source| CliError::ReadInput {
