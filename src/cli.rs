@@ -63,6 +63,10 @@ pub enum Command {
         /// Print the plan as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Refuse, as the daemon would at load, a playbook outside this configuration's
+        /// [actions.*] limits (allowed commands, hosts, quarantine dir, never-block addresses).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -316,7 +320,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             playbook,
             require_approval,
             json,
+            config,
         } => {
+            if let Some(config) = config {
+                check_limits_offline(&playbook, &Config::load(&config)?)?;
+            }
             let plan = simulate::plan(&decision, &playbook, require_approval)?;
             if json {
                 write_stdout_line(&format!("{plan:#}"))?;
@@ -400,6 +408,33 @@ fn validate(files: &[PathBuf]) -> Result<(), CliError> {
             unreadable,
         })
     }
+}
+
+/// `simulate --config`: the configuration's limits, as the registry applies them at load.
+fn check_limits_offline(path: &std::path::Path, config: &Config) -> Result<(), CliError> {
+    let refused = |reason: String| SimulateError::Playbook {
+        path: path.display().to_string(),
+        reason,
+    };
+    let document = match playbook::load_document(path) {
+        Ok(document) => document,
+        Err(playbook::LoadError::Io(source)) => {
+            return Err(SimulateError::Unreadable {
+                path: path.display().to_string(),
+                source,
+            }
+            .into());
+        }
+        Err(error @ playbook::LoadError::Document(_)) => {
+            return Err(refused(error.to_string()).into());
+        }
+    };
+    if let playbook::Document::Playbook(playbook) = document {
+        let limits = ActionLimits::from_config(&config.actions);
+        registry::limits::check_playbook_limits(&playbook, &limits)
+            .map_err(|violation| refused(format!("the daemon would refuse it: {violation}")))?;
+    }
+    Ok(())
 }
 
 fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), CliError> {
@@ -541,8 +576,8 @@ mod tests {
                 &["sign", "a", "b", "--key", "k", "--second"],
             ),
             (
-                &["verify", "--trusted-keys", "d", "a"],
-                &["verify", "a", "--trusted-keys", "d"],
+                &["verify", "--trusted-keys", "d", "--config", "c", "a"],
+                &["verify", "a", "--config", "c", "--trusted-keys", "d"],
             ),
             (&["validate", "a", "b"], &["validate", "a", "b"]),
             (
@@ -552,11 +587,15 @@ mod tests {
                     "d",
                     "--json",
                     "--require-approval",
+                    "--config",
+                    "c",
                     "p",
                 ],
                 &[
                     "simulate",
                     "p",
+                    "--config",
+                    "c",
                     "--decision",
                     "d",
                     "--json",

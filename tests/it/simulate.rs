@@ -112,3 +112,39 @@ fn simulate_into_a_closed_pipe_ends_quietly_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn simulate_with_a_config_refuses_what_the_daemon_would_refuse_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let decision = write(&dir, "d.json", &decision("high"));
+    let playbook = write(
+        &dir,
+        "p.yaml",
+        "id: p\nversion: 1\nname: P\nowners: {technical: a@example.org, operational: b@example.org}\n\
+         steps:\n  - {id: run, action: exec, with: {command: /bin/false}, risk: low, rollback: none}\n",
+    );
+    let config = write(
+        &dir,
+        "c.toml",
+        "[actions.exec]\nallowed_commands = [\"/bin/true\"]\n",
+    );
+    let (status, _, stderr) = run_cli(&["simulate", "--decision", &decision, &playbook], &[]);
+    assert!(status.success(), "without --config: {stderr}");
+    let (status, _, stderr) = run_cli(
+        &[
+            "simulate",
+            "--decision",
+            &decision,
+            &playbook,
+            "--config",
+            &config,
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("step `run`, with.command")
+            && stderr.contains("actions.exec.allowed_commands"),
+        "{stderr}"
+    );
+}
