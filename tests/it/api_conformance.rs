@@ -104,7 +104,10 @@ async fn run(
         .args(["--generation-database", "none", "--no-color"])
         .arg("--report-dir")
         .arg(report)
-        .args(extra);
+        .args(extra)
+        // It keeps a `.schemathesis/` cache in its working directory: the test's own, not the
+        // source tree.
+        .current_dir(report.parent().expect("report dir has a parent"));
     let output = tokio::task::spawn_blocking(move || command.output().expect("run schemathesis"))
         .await
         .unwrap();
