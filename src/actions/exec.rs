@@ -20,7 +20,9 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
+use super::{
+    Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, limits, params,
+};
 use crate::config::ExecActionConfig;
 use crate::registry::template::{self, Reference, Segment, TemplateContext};
 use crate::sys;
@@ -44,12 +46,9 @@ impl Exec {
         ctx: &ActionContext,
     ) -> Result<ActionOutput, ActionError> {
         let command = params::absolute_path(params, "command")?;
-        if !self.allowed_commands.contains(&command) {
-            return Err(ActionError::Permanent(format!(
-                "command {} is not in actions.exec.allowed_commands",
-                command.display()
-            )));
-        }
+        // The same rule the registry applied at load; here on the rendered value.
+        limits::check_exec_command(&command, &self.allowed_commands)
+            .map_err(|refusal| ActionError::Permanent(refusal.to_string()))?;
         let args = params::optional_string_list(params, "args")?;
         if args.iter().any(|arg| arg.contains('\0')) {
             return Err(ActionError::Permanent(

@@ -44,11 +44,51 @@ pub struct ControlSettings {
 }
 
 /// A `reload` asked for on control.sock, handed to the daemon's main loop (which owns what a
-/// reload swaps); the loop answers on `reply` with a summary or the reason it failed.
+/// reload swaps); the loop answers on `reply` with what the reload did or why it failed.
 #[derive(Debug)]
 pub struct ReloadRequest {
     pub uid: u32,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<Result<ReloadReport, String>>,
+}
+
+/// What a reload did, file by file: the `reload` reply on control.sock.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Playbook versions accepted.
+    pub loaded: usize,
+    /// Bindings in force after the reload.
+    pub bindings: usize,
+    /// Every playbook or bindings file refused, with its reason.
+    pub refused: Vec<RefusedFile>,
+    /// Every trusted-key file refused, with its reason.
+    pub refused_keys: Vec<RefusedFile>,
+    /// Versions that stayed active because their replacement was refused.
+    pub kept: Vec<KeptVersion>,
+}
+
+impl ReloadReport {
+    /// True when nothing at all was refused.
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_empty() && self.refused_keys.is_empty()
+    }
+}
+
+/// One refused file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedFile {
+    pub file: String,
+    /// A short, stable name (the `playbookd_registry_rejections_total` label).
+    pub reason: String,
+    /// The whole reason, naming the step, key or signature concerned.
+    pub detail: String,
+}
+
+/// One version kept active.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptVersion {
+    /// `playbook ID@VERSION` or `bindings`.
+    pub what: String,
+    pub file: String,
 }
 
 /// Everything the control server needs from the rest of the daemon.
@@ -407,7 +447,30 @@ impl Control {
             return Reply::Error("the daemon is stopping: not reloaded".into());
         }
         match tokio::time::timeout(RELOAD_LIMIT, answer).await {
-            Ok(Ok(Ok(detail))) => ok([("reload", json!("done")), ("detail", json!(detail))]),
+            Ok(Ok(Ok(report))) => {
+                let detail = format!(
+                    "{} playbook versions loaded, {} files refused, {} bindings",
+                    report.loaded,
+                    report.refused.len() + report.refused_keys.len(),
+                    report.bindings
+                );
+                ok([
+                    (
+                        "reload",
+                        json!(if report.is_clean() {
+                            "done"
+                        } else {
+                            "done_with_refusals"
+                        }),
+                    ),
+                    ("detail", json!(detail)),
+                    ("loaded", json!(report.loaded)),
+                    ("bindings", json!(report.bindings)),
+                    ("refused", json!(report.refused)),
+                    ("refused_keys", json!(report.refused_keys)),
+                    ("kept", json!(report.kept)),
+                ])
+            }
             Ok(Ok(Err(reason))) => Reply::Error(format!("reload failed: {reason}")),
             Ok(Err(_)) => Reply::Error("the daemon is stopping: not reloaded".into()),
             Err(_) => Reply::Error(format!(

@@ -45,6 +45,17 @@ pub struct RuntimeSnapshot {
     pub playbooks: Vec<PlaybookSummary>,
     /// How many bindings the verified bindings file holds (0 when unsigned or invalid).
     pub bindings: usize,
+    /// Bindings whose playbook has no active version (their decisions get `no_action`).
+    pub unresolved_bindings: Vec<UnresolvedBinding>,
+}
+
+/// A binding whose playbook has no active version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnresolvedBinding {
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: Option<String>,
+    pub playbook: String,
 }
 
 /// One active playbook version, as verified by the registry.

@@ -480,7 +480,10 @@ async fn a_critical_step_needs_two_different_approvers() {
     let id_text = id.to_string();
 
     let reason = daemon
-        .ctl(APPROVER_A, &["approve", &id_text, "contain"])
+        .ctl(
+            APPROVER_A,
+            &["approve", &id_text, "contain", "--reason", " "],
+        )
         .await
         .refusal()
         .to_owned();
@@ -563,7 +566,7 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
     let id_text = id.to_string();
 
     let reason = daemon
-        .ctl(APPROVER_A, &["deny", &id_text, "contain"])
+        .ctl(APPROVER_A, &["deny", &id_text, "contain", "--reason", ""])
         .await
         .refusal()
         .to_owned();
@@ -712,7 +715,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         .to_owned();
     assert!(reason.contains("admin"), "{reason}");
     let reason = daemon
-        .ctl(ADMIN, &["halt-resolve"])
+        .ctl(ADMIN, &["halt-resolve", "--reason", ""])
         .await
         .refusal()
         .to_owned();

@@ -45,6 +45,18 @@ impl Running {
         .await
     }
 
+    /// Like [`Running::start`], with the playbooks and bindings written by `documents` once the
+    /// daemon's directory exists (for documents that name paths inside it).
+    pub async fn start_with(
+        extra_config: &str,
+        documents: impl FnOnce(&DaemonDir) -> (Vec<String>, String),
+    ) -> Running {
+        let db = TestDb::new().await;
+        let dir = DaemonDir::new();
+        let (playbooks, bindings) = documents(&dir);
+        Running::boot(db, dir, extra_config.to_owned(), playbooks, bindings).await
+    }
+
     async fn boot(
         db: TestDb,
         dir: DaemonDir,
@@ -108,18 +120,7 @@ impl Running {
 
     /// Sends one decision line on a new connection and returns the parsed reply.
     pub async fn send(&self, line: &[u8]) -> Value {
-        let mut stream = UnixStream::connect(&self.socket)
-            .await
-            .expect("connect decisions.sock");
-        stream.write_all(line).await.unwrap();
-        stream.write_all(b"\n").await.unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut reply = String::new();
-        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+        send_line(&self.socket, line).await
     }
 
     pub async fn send_decision(&self, decision: &Value) -> Value {
@@ -175,6 +176,22 @@ impl Running {
             .map(|row| (row.get(0), row.get(1)))
             .collect()
     }
+}
+
+/// Sends one line on a new connection to decisions.sock at `socket` and returns the parsed reply.
+pub async fn send_line(socket: &std::path::Path, line: &[u8]) -> Value {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .expect("connect decisions.sock");
+    stream.write_all(line).await.unwrap();
+    stream.write_all(b"\n").await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
 }
 
 /// A fresh decision for (policy, outcome) with a random nonce, issued now.

@@ -95,6 +95,7 @@ fn loaded_runtime() -> RuntimeSnapshot {
             signers: vec!["key-1".into()],
         }],
         bindings: 2,
+        unresolved_bindings: Vec::new(),
     }
 }
 
@@ -182,7 +183,11 @@ async fn insert_step(
         .unwrap();
 }
 
-async fn insert_halt(client: &tokio_postgres::Client, execution: Option<Uuid>, active: bool) {
+pub(crate) async fn insert_halt(
+    client: &tokio_postgres::Client,
+    execution: Option<Uuid>,
+    active: bool,
+) {
     client
         .execute(
             "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, \
@@ -338,6 +343,18 @@ async fn bad_query_parameters_are_400_naming_the_parameter() {
         ("/v1/audit?after=-1", "after"),
         ("/v1/audit?limit=100000", "limit"),
         ("/v1/executions/not-a-uuid", "id"),
+        // Empty values are not "absent": the document types every parameter.
+        ("/v1/executions?since=", "since"),
+        ("/v1/executions?until=", "until"),
+        ("/v1/executions?cursor=", "cursor"),
+        ("/v1/executions?org=", "org"),
+        ("/v1/audit?after=", "after"),
+        // A NUL byte never reaches PostgreSQL (which would refuse it: a 503).
+        ("/v1/executions?org=acme%00", "org"),
+        ("/v1/executions?playbook=%00", "playbook"),
+        ("/v1/executions?cursor=%00", "cursor"),
+        ("/v1/executions?state=%00", "state"),
+        ("/v1/executions?since=%00", "since"),
     ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -908,13 +925,7 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
 
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
-    let log = daemon.log_text();
-    let addr = log
-        .split("status API listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
-    let endpoint = Endpoint::parse(&format!("http://{addr}")).unwrap();
+    let endpoint = daemon.status_endpoint();
     let id = Uuid::new_v4();
     for path in concrete_paths(id) {
         let response = request(&endpoint, "GET", &path).await.unwrap();
@@ -1067,4 +1078,66 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     }
     assert!(closed, "still open after {:?}", started.elapsed());
     assert!(started.elapsed() >= status::HEADER_TIMEOUT - Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn a_fresh_daemon_shows_every_metric_at_zero() {
+    use playbookd::status::metrics as m;
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    dir.write_signed("playbooks/noop-3.yaml", crate::harness::NOOP_3, false);
+    let config = dir.write_config(
+        &db,
+        "node-m",
+        "[actions.http]\nallowed_hosts = [\"hooks.example.org\"]\n",
+    );
+    // A process of its own: nothing emitted before, whatever other tests did.
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let response = request(&daemon.status_endpoint(), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).unwrap();
+    let sample = |prefix: &str| {
+        text.lines()
+            .find(|line| !line.starts_with('#') && line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().to_owned())
+    };
+    for name in m::ALL {
+        assert!(
+            sample(name).is_some(),
+            "{name} has no series on a fresh daemon:\n{text}"
+        );
+    }
+    for (series, value) in [
+        ("playbookd_safe_halt_active ", "0"),
+        ("playbookd_approvals_pending ", "0"),
+        ("playbookd_bindings_without_active_playbook ", "0"),
+        (
+            "playbookd_registry_rejections_total{reason=\"command_not_allowed\"} ",
+            "0",
+        ),
+        ("playbookd_decisions_suppressed_total ", "0"),
+        (
+            "playbookd_http_circuit_open{host=\"hooks.example.org\"} ",
+            "0",
+        ),
+        (
+            "playbookd_executions_total{state=\"completed\",playbook=\"noop-3\"} ",
+            "0",
+        ),
+        (
+            "playbookd_step_duration_seconds_count{action=\"exec\"} ",
+            "0",
+        ),
+    ] {
+        assert_eq!(sample(series).as_deref(), Some(value), "{series}\n{text}");
+    }
+    // The bindings file is missing: counted at start, not lost before the recorder existed.
+    assert_eq!(
+        sample("playbookd_registry_rejections_total{reason=\"missing\"} ").as_deref(),
+        Some("1"),
+        "{text}"
+    );
 }

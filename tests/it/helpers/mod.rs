@@ -299,6 +299,17 @@ impl ChildDaemon {
         }
     }
 
+    /// The status API's address, from the `status API listening on` log line.
+    pub fn status_endpoint(&self) -> playbookd::status_client::Endpoint {
+        let log = self.log_text();
+        let addr = log
+            .split("status API listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
+        playbookd::status_client::Endpoint::parse(&format!("http://{addr}")).unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
