@@ -213,7 +213,13 @@ impl Daemon {
             safe_halt: safe_halt.clone(),
             reload: reload_sender,
         });
-        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        // Not loaded until `run_until_stopped` publishes the catalog; what this load refused is
+        // kept from here on, until the next reload replaces it.
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot {
+            refused_files: refused_files(&summary),
+            loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
+            ..RuntimeSnapshot::default()
+        });
         let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
@@ -312,7 +318,7 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        self.publish_runtime();
+        self.publish_runtime(None);
         // Stops with `tasks_shutdown`; shutdown signs the final head itself.
         self.checkpointer.clone().spawn(
             self.config.audit.checkpoint_interval(),
@@ -382,8 +388,10 @@ impl Daemon {
     async fn reload(&self) -> Result<String, String> {
         systemd::notify_reloading();
         tracing::info!("reload requested");
+        let mut refused = None;
         let (event, outcome) = match self.registry.reload().await {
             Ok(summary) => {
+                refused = Some(refused_files(&summary));
                 tracing::info!(
                     loaded = summary.loaded,
                     rejected = summary.rejections.len(),
@@ -417,7 +425,7 @@ impl Daemon {
             }
         };
         let recorded = self.audit.append(event).await;
-        self.publish_runtime();
+        self.publish_runtime(refused);
         systemd::notify_ready(&self.status_line());
         match recorded {
             Ok(_) => outcome,
@@ -487,9 +495,15 @@ impl Daemon {
         )
     }
 
-    /// Tells the status API what the registry holds now.
-    fn publish_runtime(&self) {
+    /// Tells the status API what the registry holds now; `refused` replaces the list of
+    /// refused files after a (re)load, `None` keeps the one published before.
+    fn publish_runtime(&self, refused: Option<Vec<status::RefusedFile>>) {
         let catalog = self.registry.catalog();
+        let previous = self.runtime.borrow().clone();
+        let (refused_files, loaded_at) = match refused {
+            Some(files) => (files, Some(status::queries::Timestamp(audit::now_micros()))),
+            None => (previous.refused_files, previous.loaded_at),
+        };
         let playbooks = catalog
             .playbooks()
             .map(|active| status::PlaybookSummary {
@@ -503,12 +517,48 @@ impl Daemon {
                     .collect(),
             })
             .collect();
+        let binding_rules = catalog
+            .bindings()
+            .iter()
+            .map(|binding| status::BindingSummary {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+                cooldown_seconds: binding.cooldown_seconds,
+                require_approval: binding.require_approval,
+            })
+            .collect();
         self.runtime.send_replace(RuntimeSnapshot {
             registry_loaded: true,
             playbooks,
             bindings: catalog.bindings().len(),
+            binding_rules,
+            refused_files,
+            loaded_at,
         });
     }
+}
+
+/// What a registry load refused, for the console: playbook and bindings files, then key files.
+fn refused_files(summary: &crate::registry::LoadSummary) -> Vec<status::RefusedFile> {
+    let files = summary
+        .rejections
+        .iter()
+        .map(|rejection| status::RefusedFile {
+            path: rejection.file.display().to_string(),
+            label: rejection.reason.label().to_owned(),
+            reason: audit::error_chain(&rejection.reason),
+        });
+    let keys = summary
+        .refused_keys
+        .iter()
+        .map(|refused| status::RefusedFile {
+            path: refused.path.display().to_string(),
+            label: "trusted_key_refused".to_owned(),
+            reason: audit::error_chain(&refused.error),
+        });
+    files.chain(keys).collect()
 }
 
 /// How long shutdown waits for queued audit appends before giving up.

@@ -8,7 +8,9 @@
 //! - [`routes`]: the router, built from [`routes::ROUTES`] (also what the OpenAPI test checks).
 //! - [`queries`]: the SQL, selecting only columns that are secret-free by design.
 //! - [`metrics`]: the Prometheus recorder and the names of every metric the daemon emits.
+//! - [`console`]: the operator console, server-rendered HTML under `/ui/` on the same listener.
 
+pub mod console;
 pub mod cursor;
 pub mod metrics;
 pub mod queries;
@@ -37,6 +39,34 @@ pub struct RuntimeSnapshot {
     pub playbooks: Vec<PlaybookSummary>,
     /// How many bindings the verified bindings file holds (0 when unsigned or invalid).
     pub bindings: usize,
+    /// The bindings in force, for the console's registry page (not served by the JSON API).
+    pub binding_rules: Vec<BindingSummary>,
+    /// Files the last load or reload refused, with the reason (console only).
+    pub refused_files: Vec<RefusedFile>,
+    /// When the registry last finished a load or reload.
+    pub loaded_at: Option<queries::Timestamp>,
+}
+
+/// One binding of the verified bindings file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BindingSummary {
+    pub policy: String,
+    pub outcome: String,
+    /// When set, only decisions of this org match.
+    pub org_id: Option<String>,
+    pub playbook: String,
+    pub cooldown_seconds: Option<u64>,
+    pub require_approval: bool,
+}
+
+/// A file the registry refused at its last load: a playbook, the bindings or a trusted key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    pub path: String,
+    /// A short, stable name for the reason (as in `playbookd_registry_rejections_total`).
+    pub label: String,
+    /// The whole reason, with its causes.
+    pub reason: String,
 }
 
 /// One active playbook version, as verified by the registry.

@@ -12,6 +12,7 @@ mod actions_process;
 mod actions_support;
 mod audit;
 mod bench;
+mod console;
 mod control;
 mod crash;
 mod daemon;

@@ -95,6 +95,7 @@ fn loaded_runtime() -> RuntimeSnapshot {
             signers: vec!["key-1".into()],
         }],
         bindings: 2,
+        ..RuntimeSnapshot::default()
     }
 }
 
