@@ -165,6 +165,9 @@ def main(spec_path):
         evidence = page.eval_on_selector_all("table#events td.evidence", "cells => cells.map(c => c.innerText)")
         checks.check(evidence and all("seq " in e and ("checkpoint seq" in e or "not yet checkpointed" in e) for e in evidence),
                      f"an event lacks its evidence: {evidence[:3]}")
+        covered = [e for e in evidence if "checkpoint seq" in e]
+        checks.check(len(covered) == len(evidence),
+                     f"{len(evidence) - len(covered)} events of a finished run not covered by a checkpoint: {evidence}")
         actors = page.eval_on_selector_all("table#events td.actor", "cells => cells.map(c => c.innerText)")
         checks.check("uid" in " ".join(actors) and "automation" in " ".join(actors), f"actors: {actors}")
         decision = page.inner_text("#decision")

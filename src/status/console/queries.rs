@@ -84,8 +84,9 @@ pub struct RunDetail {
     pub binding: Value,
     pub rollback_cause: Option<String>,
     pub playbook_sha256: [u8; 32],
-    /// The signers of the pinned version (empty if the version row is missing: shown as such).
-    pub signer_key_ids: Vec<String>,
+    /// The signers of the pinned version; `None` if its version row is missing (the foreign
+    /// key forbids it, so the page says so rather than showing no signer).
+    pub signer_key_ids: Option<Vec<String>>,
     pub steps: Vec<StepRow>,
     pub gates: Vec<GateRow>,
     /// Undo records in the order they ran.
@@ -442,9 +443,7 @@ pub async fn run_detail(
         binding: crate::status::queries::bounded_json(row.get("binding")),
         rollback_cause: row.get("rollback_cause"),
         playbook_sha256,
-        signer_key_ids: row
-            .get::<_, Option<Vec<String>>>("signer_key_ids")
-            .unwrap_or_default(),
+        signer_key_ids: row.get("signer_key_ids"),
         steps,
         gates,
         rollback,

@@ -279,7 +279,8 @@ pub struct RunPage {
     pub binding: String,
     pub rollback_cause: String,
     pub playbook_sha256: String,
-    pub signers: Vec<String>,
+    /// `None`: the pinned version's row is missing.
+    pub signers: Option<Vec<String>>,
     pub updated: Stamp,
     pub steps: Vec<StepLine>,
     pub gates: Vec<GateView>,
