@@ -390,3 +390,47 @@ async fn wait_for_state(daemon: &Running, id: &str, want: &str) {
     }
     panic!("{id} never reached {want}");
 }
+
+#[tokio::test]
+async fn without_the_database_the_banner_says_the_halt_state_is_unknown() {
+    use playbookd::status::{self, RuntimeSnapshot, StatusState};
+    use playbookd::store::{Store, audit};
+
+    let db = crate::helpers::TestDb::new().await;
+    let store = Store::connect(&db.config, 2, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (writer, _task) = audit::start_writer(db.config.clone(), "node-u".into(), shutdown.clone())
+        .await
+        .unwrap();
+    let (_runtime, receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+    let listener = status::bind("127.0.0.1:0").await.unwrap();
+    let StatusAddr::Tcp(address) = listener.local_addr().unwrap() else {
+        panic!("TCP listener expected");
+    };
+    tokio::spawn(status::serve(
+        listener,
+        StatusState::new(store, writer, receiver),
+        shutdown.clone(),
+    ));
+    let endpoint = Endpoint::Tcp(address);
+    let fine = request(&endpoint, "GET", "/ui/").await.unwrap();
+    assert_eq!(fine.status, 200);
+    assert!(!String::from_utf8_lossy(&fine.body).contains("SAFE-HALT state unknown"));
+
+    // The database goes away under the console: no page may claim there is no halt.
+    crate::helpers::connect(&crate::helpers::admin_config())
+        .await
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
+        .await
+        .unwrap();
+    for path in ["/ui/", "/ui/approvals", "/ui/registry"] {
+        let response = request(&endpoint, "GET", path).await.unwrap();
+        assert_eq!(response.status, 503, "{path}");
+        let html = String::from_utf8_lossy(&response.body);
+        assert!(html.contains("SAFE-HALT state unknown"), "{path}: {html}");
+        assert!(html.contains("Database unavailable"), "{path}: {html}");
+    }
+    shutdown.cancel();
+}
