@@ -229,7 +229,13 @@ impl Daemon {
             safe_halt: safe_halt.clone(),
             reload: reload_sender,
         });
-        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        // Not loaded until `run_until_stopped` publishes the catalog; what this load refused is
+        // kept from here on, until the next reload replaces it.
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot {
+            refused_files: refused_files(&reload_report(&summary)),
+            loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
+            ..RuntimeSnapshot::default()
+        });
         let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
@@ -328,7 +334,7 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        self.publish_runtime();
+        self.publish_runtime(None);
         // Stops with `tasks_shutdown`; shutdown signs the final head itself.
         self.checkpointer.clone().spawn(
             self.config.audit.checkpoint_interval(),
@@ -399,6 +405,7 @@ impl Daemon {
     async fn reload(&self) -> Result<ReloadReport, String> {
         systemd::notify_reloading();
         tracing::info!("reload requested");
+        let mut refused = None;
         let (event, outcome) = match self.registry.reload().await {
             Ok(summary) => {
                 let report = reload_report(&summary);
@@ -417,6 +424,7 @@ impl Daemon {
                         "registry reloaded with refused files; the last verified versions stay active"
                     );
                 }
+                refused = Some(refused_files(&report));
                 let event = AuditEvent::new("daemon.reload", Actor::System)
                     .with("loaded", report.loaded)
                     .with("rejected", report.refused.len())
@@ -440,7 +448,7 @@ impl Daemon {
             }
         };
         let recorded = self.audit.append(event).await;
-        self.publish_runtime();
+        self.publish_runtime(refused);
         systemd::notify_ready(&self.status_line());
         match recorded {
             Ok(_) => outcome,
@@ -510,10 +518,16 @@ impl Daemon {
         )
     }
 
-    /// Tells the status API what the registry holds now.
-    fn publish_runtime(&self) {
+    /// Tells the status API what the registry holds now; `refused` replaces the list of
+    /// refused files after a (re)load, `None` keeps the one published before.
+    fn publish_runtime(&self, refused: Option<Vec<status::RefusedFile>>) {
         let catalog = self.registry.catalog();
         status::metrics::register_playbooks(catalog.playbooks().map(|active| active.id()));
+        let previous = self.runtime.borrow().clone();
+        let (refused_files, loaded_at) = match refused {
+            Some(files) => (files, Some(status::queries::Timestamp(audit::now_micros()))),
+            None => (previous.refused_files, previous.loaded_at),
+        };
         let playbooks = catalog
             .playbooks()
             .map(|active| status::PlaybookSummary {
@@ -547,11 +561,26 @@ impl Daemon {
         #[allow(clippy::cast_precision_loss)] // a count of bindings, far below 2^52
         metrics::gauge!(status::metrics::BINDINGS_WITHOUT_ACTIVE_PLAYBOOK)
             .set(unresolved_bindings.len() as f64);
+        let binding_rules = catalog
+            .bindings()
+            .iter()
+            .map(|binding| status::BindingSummary {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+                cooldown_seconds: binding.cooldown_seconds,
+                require_approval: binding.require_approval,
+            })
+            .collect();
         self.runtime.send_replace(RuntimeSnapshot {
             registry_loaded: true,
             playbooks,
             bindings: catalog.bindings().len(),
             unresolved_bindings,
+            binding_rules,
+            refused_files,
+            loaded_at,
         });
     }
 }
@@ -588,6 +617,20 @@ fn reload_report(summary: &LoadSummary) -> ReloadReport {
             })
             .collect(),
     }
+}
+
+/// What a registry load refused, for the console: playbook and bindings files, then key files.
+fn refused_files(report: &ReloadReport) -> Vec<status::RefusedFile> {
+    report
+        .refused
+        .iter()
+        .chain(&report.refused_keys)
+        .map(|refused| status::RefusedFile {
+            path: refused.file.clone(),
+            label: refused.reason.clone(),
+            reason: refused.detail.clone(),
+        })
+        .collect()
 }
 
 /// How long shutdown waits for queued audit appends before giving up.

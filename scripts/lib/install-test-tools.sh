@@ -16,6 +16,8 @@ command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 # schemathesis, from PyPI, in a virtualenv of its own.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The console's browser test (tests/it/console.rs, tests/browser/): Debian's Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests need: ${missing[*]} (install them, or run as root to install automatically)" >&2
@@ -36,3 +38,9 @@ fi
 mkdir -p "$tools/bin"
 ln -sfn "$venv/bin/schemathesis" "$tools/bin/schemathesis"
 "$tools/bin/schemathesis" --version >/dev/null
+# Playwright for Python drives that Chromium. Never `playwright install`: it would download a
+# browser of its own; the test launches /usr/bin/chromium.
+if ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
+    python3 -m pip install --quiet playwright ||
+        python3 -m pip install --quiet --break-system-packages playwright
+fi

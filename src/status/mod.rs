@@ -8,7 +8,9 @@
 //! - [`routes`]: the router, built from [`routes::ROUTES`] (also what the OpenAPI test checks).
 //! - [`queries`]: the SQL, selecting only columns that are secret-free by design.
 //! - [`metrics`]: the Prometheus recorder and the names of every metric the daemon emits.
+//! - [`console`]: the operator console, server-rendered HTML under `/ui/` on the same listener.
 
+pub mod console;
 pub mod cursor;
 pub mod metrics;
 pub mod queries;
@@ -47,6 +49,34 @@ pub struct RuntimeSnapshot {
     pub bindings: usize,
     /// Bindings whose playbook has no active version (their decisions get `no_action`).
     pub unresolved_bindings: Vec<UnresolvedBinding>,
+    /// The bindings in force, for the console's registry page (not served by the JSON API).
+    pub binding_rules: Vec<BindingSummary>,
+    /// Files the last load or reload refused, with the reason (console only).
+    pub refused_files: Vec<RefusedFile>,
+    /// When the registry last finished a load or reload.
+    pub loaded_at: Option<queries::Timestamp>,
+}
+
+/// One binding of the verified bindings file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BindingSummary {
+    pub policy: String,
+    pub outcome: String,
+    /// When set, only decisions of this org match.
+    pub org_id: Option<String>,
+    pub playbook: String,
+    pub cooldown_seconds: Option<u64>,
+    pub require_approval: bool,
+}
+
+/// A file the registry refused at its last load: a playbook, the bindings or a trusted key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    pub path: String,
+    /// A short, stable name for the reason (as in `playbookd_registry_rejections_total`).
+    pub label: String,
+    /// The whole reason, with its causes.
+    pub reason: String,
 }
 
 /// A binding whose playbook has no active version.

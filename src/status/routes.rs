@@ -69,6 +69,8 @@ pub fn router(state: StatusState) -> Router {
     router
         .fallback(not_found)
         .layer(middleware::map_response(finish_response))
+        // Merged after the JSON layer: the console answers its own errors in HTML.
+        .merge(crate::status::console::router())
         .with_state(state)
 }
 

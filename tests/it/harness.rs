@@ -22,6 +22,8 @@ pub struct Running {
     pub executor: playbookd::executor::Executor,
     pub safe_halt: playbookd::safe_halt::SafeHalt,
     pub approvals: playbookd::approvals::Approvals,
+    /// Where the status API (and the console) listens.
+    pub status: playbookd::status::StatusAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
     extra: String,
@@ -74,6 +76,7 @@ impl Running {
         let config = Config::load(&config_path).expect("config");
         let daemon = Daemon::build(config).await.expect("daemon builds");
         let socket = dir.path("run/decisions.sock");
+        let status = daemon.status_addr().clone();
         let (executor, safe_halt, approvals) = (
             daemon.executor().clone(),
             daemon.safe_halt().clone(),
@@ -88,6 +91,7 @@ impl Running {
             executor,
             safe_halt,
             approvals,
+            status,
             stop,
             task,
             extra,

@@ -14,6 +14,7 @@ mod api_conformance;
 mod audit;
 mod bench;
 mod config_limits;
+mod console;
 mod control;
 mod crash;
 mod daemon;

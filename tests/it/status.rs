@@ -96,6 +96,7 @@ fn loaded_runtime() -> RuntimeSnapshot {
         }],
         bindings: 2,
         unresolved_bindings: Vec::new(),
+        ..RuntimeSnapshot::default()
     }
 }
 
