@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{Activated, ActivationError};
+use crate::actuator::{self, ActuatorError};
 use crate::audit_cli::{self, AuditCliError};
 use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
@@ -31,6 +33,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// The privileged helper (its own unit): signals, the nftables set and file quarantine,
+    /// for the daemon's uid only, over a closed typed protocol.
+    Actuator {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -157,6 +165,10 @@ pub enum CliError {
     Ctl(#[from] CtlError),
     #[error(transparent)]
     Bench(#[from] BenchError),
+    #[error(transparent)]
+    Actuator(#[from] ActuatorError),
+    #[error("socket activation")]
+    Activation(#[from] ActivationError),
 }
 
 impl CliError {
@@ -175,6 +187,8 @@ impl CliError {
                 ExitCode::from(EXIT_CONFIG)
             }
             CliError::Daemon(error) => error.exit_code(),
+            CliError::Actuator(error) => error.exit_code(),
+            CliError::Activation(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Audit(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
@@ -208,9 +222,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
+            // Before any thread exists: reading LISTEN_FDS clears it from the environment.
+            let activated = Activated::from_env()?;
             runtime()?.block_on(async {
-                let daemon = Daemon::build(config).await?;
+                let daemon = Daemon::build_activated(config, activated).await?;
                 daemon.run_until_stopped(CancellationToken::new()).await?;
+                Ok(())
+            })
+        }
+        Command::Actuator { config } => {
+            let config = Config::load(&config)?;
+            let activated = Activated::from_env()?;
+            runtime()?.block_on(async {
+                actuator::run(config, activated).await?;
                 Ok(())
             })
         }

@@ -1,6 +1,15 @@
 //! `exec`: runs an allowlisted program with an argv built from the step's parameters, never
 //! through a shell, in a scrubbed environment, in its own process group that is killed at the
 //! deadline or on cancel.
+//!
+//! Children get nothing: each runs through `setpriv(1)` as `actions.exec.run_as` (never the
+//! daemon's uid, so it cannot read the node key or the daemon's files, reach its database role
+//! by peer authentication, or pass intake's peer check as the daemon), with no supplementary
+//! groups, empty inheritable, ambient and bounding capability sets, and `no_new_privs` (no
+//! setuid program or file capability can give any back). `setpriv` does in the child what a
+//! `pre_exec` hook would, without `unsafe` in this crate. Switching user needs the daemon to
+//! hold CAP_SETUID/CAP_SETGID (root): a daemon that cannot switch refuses to run the step
+//! rather than run it as itself.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -15,16 +24,21 @@ use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, Acti
 use crate::config::ExecActionConfig;
 use crate::sys;
 
+/// The `exec` action.
 pub struct Exec {
     allowed_commands: BTreeSet<PathBuf>,
     transient_exit_codes: BTreeSet<i32>,
+    /// The user children run as.
+    run_as: String,
 }
 
 impl Exec {
+    /// From `[actions.exec]`.
     pub fn new(config: &ExecActionConfig) -> Exec {
         Exec {
             allowed_commands: config.allowed_commands.clone(),
             transient_exit_codes: config.transient_exit_codes.clone(),
+            run_as: config.run_as.clone(),
         }
     }
 
@@ -51,8 +65,8 @@ impl Exec {
             ("PLAYBOOKD_EXECUTION_ID", ctx.execution_id.to_string()),
             ("PLAYBOOKD_STEP_ID", ctx.step_id.clone()),
         ];
-        let mut cmd = Command::new(&command);
-        cmd.args(&args).envs(env);
+        let mut cmd = unprivileged_command(&self.run_as)?;
+        cmd.arg(&command).args(&args).envs(env);
         let finished = run_captured(cmd, None, ctx).await?;
         let summary = json!({
             "command": command,
@@ -96,6 +110,47 @@ impl Action for Exec {
         Box::pin(self.run(params, ctx))
     }
 }
+
+/// A `setpriv` command line that runs what follows `--` as `user` with no privilege; append
+/// the program and its arguments.
+fn unprivileged_command(user: &str) -> Result<Command, ActionError> {
+    let account = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            ActionError::Permanent(format!(
+                "actions.exec.run_as: no user `{user}` on this host"
+            ))
+        })?;
+    if account.uid.as_raw() == sys::effective_uid() {
+        return Err(ActionError::Permanent(format!(
+            "actions.exec.run_as `{user}` is the daemon's own uid: children must not share it"
+        )));
+    }
+    // Switching uid needs CAP_SETUID and CAP_SETGID (root): without them, refuse here with the
+    // reason rather than let setpriv fail with a bare EPERM.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ActionError::Permanent(format!(
+            "exec children run as `{user}`, and this daemon (uid {}) cannot switch to it; start it as root or with CAP_SETUID and CAP_SETGID",
+            sys::effective_uid()
+        )));
+    }
+    let mut cmd = Command::new(SETPRIV);
+    cmd.arg(format!("--reuid={}", account.uid))
+        .arg(format!("--regid={}", account.gid))
+        .args([
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]);
+    Ok(cmd)
+}
+
+/// util-linux's `setpriv`, present on every Debian system (util-linux is essential).
+const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// What a program printed on one stream: the first [`CAPTURE_LIMIT`] bytes and the total.
 #[derive(Debug, Default)]

@@ -18,6 +18,12 @@ fn config(commands: &[&str]) -> ActionsConfig {
 #[tokio::test]
 async fn a_command_past_its_deadline_is_killed_with_its_group() {
     let dir = tempfile::tempdir().unwrap();
+    // The child runs as `nobody`: give it somewhere to write.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let pid_file = dir.path().join("grandchild.pid");
     let config = config(&["/bin/sleep", "/bin/sh"]);
     let ctx = ctx(Duration::from_secs(1));
@@ -185,4 +191,53 @@ async fn cancel_kills_the_command() {
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_child_runs_as_run_as_with_no_capability_and_no_new_privileges() {
+    let config = config(&["/bin/grep"]);
+    let output = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let text = output.summary["stdout"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("Uid"), vec![nobody.uid.to_string(); 4], "{text}");
+    assert!(field("Groups").is_empty(), "{text}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(set), vec!["0000000000000000"], "{set} in {text}");
+    }
+    assert_eq!(field("NoNewPrivs"), vec!["1"], "{text}");
+}
+
+#[tokio::test]
+async fn run_as_the_daemons_own_uid_is_refused() {
+    let mut config = config(&["/bin/true"]);
+    config.exec.run_as = "root".into();
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/true"}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("daemon's own uid")),
+        "{error}"
+    );
 }
