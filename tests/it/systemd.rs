@@ -676,3 +676,187 @@ fn run_script(script: &str, destdir: &Path, args: &[&str]) -> String {
     assert!(output.status.success(), "{script} failed:\n{text}");
     text
 }
+
+// ---- socket activation ----------------------------------------------------------------------
+
+/// Stands in for systemd's socket units: binds decisions.sock, control.sock and a status port
+/// once, and starts the daemon (again and again) with them as fds 3, 4, 5 and `LISTEN_FDS`,
+/// `LISTEN_PID`, `LISTEN_FDNAMES` set as systemd sets them. bash places the descriptors and sets
+/// `LISTEN_PID=$$` before it execs the daemon (same pid), so no `pre_exec` is needed.
+struct SocketLauncher {
+    decisions: std::os::unix::net::UnixListener,
+    control: std::os::unix::net::UnixListener,
+    status: std::net::TcpListener,
+}
+
+impl SocketLauncher {
+    fn bind(dir: &DaemonDir) -> SocketLauncher {
+        SocketLauncher {
+            decisions: std::os::unix::net::UnixListener::bind(dir.path("run/decisions.sock"))
+                .unwrap(),
+            control: std::os::unix::net::UnixListener::bind(dir.path("run/control.sock")).unwrap(),
+            status: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    fn start(&self, config: &Path, log: &Path) -> ChildDaemon {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::fd::{AsFd, AsRawFd};
+        let fds = [
+            self.decisions.as_fd(),
+            self.control.as_fd(),
+            self.status.as_fd(),
+        ];
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // Inherited only across this one spawn: close-on-exec is cleared, then set again.
+        for fd in &fds {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        }
+        let script = format!(
+            "exec 100<&{a} 101<&{b} 102<&{c} {a}<&- {b}<&- {c}<&-; \
+             exec 3<&100 4<&101 5<&102 100<&- 101<&- 102<&-; \
+             export LISTEN_PID=$$ LISTEN_FDS=3 LISTEN_FDNAMES=decisions:control:status; \
+             exec \"$0\" serve --config \"$1\"",
+            a = raw[0],
+            b = raw[1],
+            c = raw[2]
+        );
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new("/bin/bash")
+            .arg("-c")
+            .arg(script)
+            .arg(binary())
+            .arg(config)
+            .env_remove("PLAYBOOKD_DATABASE_URL")
+            .env_remove("NOTIFY_SOCKET")
+            .env("PLAYBOOKD_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn bash");
+        for fd in &fds {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
+        ChildDaemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+}
+
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[tokio::test]
+async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decision_sent_during_a_restart()
+ {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    dir.write_signed(
+        "playbooks/noop-3.yaml",
+        include_str!("../../playbooks/noop-3.yaml"),
+        true,
+    );
+    dir.write_signed(
+        "bindings.yaml",
+        "bindings:\n  - {policy: bench.noop, outcome: run, playbook: noop-3}\n",
+        true,
+    );
+    let config = dir.write_config(&db, "node-activation", "[intake]\nallowed_uids = [0]\n");
+    let launcher = SocketLauncher::bind(&dir);
+    let decisions = dir.path("run/decisions.sock");
+    let before = inode(&decisions);
+
+    let mut daemon = launcher.start(&config, &dir.path("daemon-1.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let status_port = launcher.status.local_addr().unwrap().port();
+    assert!(
+        daemon
+            .log_text()
+            .contains(&format!("status API listening on 127.0.0.1:{status_port}")),
+        "the daemon did not serve the passed status socket:\n{}",
+        daemon.log_text()
+    );
+    let reply = send_line(&decisions, &noop_decision());
+    assert!(reply.contains("\"accepted\""), "{reply}");
+    assert_eq!(
+        inode(&decisions),
+        before,
+        "the daemon re-bound decisions.sock"
+    );
+
+    // A crash: the socket stays with the launcher, as with systemd. A decision sent now waits
+    // in the backlog and is answered by the next process.
+    daemon.signal(Signal::SIGKILL);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
+    let pending_path = decisions.clone();
+    let pending = std::thread::spawn(move || send_line(&pending_path, &noop_decision()));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut daemon = launcher.start(&config, &dir.path("daemon-2.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let reply = pending.join().unwrap();
+    assert!(
+        reply.contains("\"accepted\""),
+        "decision sent during the restart: {reply}\n{}",
+        daemon.log_text()
+    );
+
+    // A clean stop leaves the sockets to their owner.
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    assert_eq!(
+        inode(&decisions),
+        before,
+        "the daemon removed or replaced decisions.sock"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-mismatch", "");
+    // The launcher binds run/decisions.sock; the configuration names another path.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("run/decisions.sock", "run/elsewhere.sock");
+    std::fs::write(&config, text).unwrap();
+    let launcher = SocketLauncher::bind(&dir);
+    let mut daemon = launcher.start(&config, &dir.path("daemon.log"));
+    let status = daemon.wait_exit(Duration::from_secs(30)).expect("exit");
+    assert_eq!(status.code(), Some(78), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("run/decisions.sock") && log.contains("run/elsewhere.sock"),
+        "{log}"
+    );
+}
+
+fn noop_decision() -> String {
+    serde_json::json!({
+        "decision_id": format!("d-{}", uuid::Uuid::new_v4().simple()),
+        "nonce": uuid::Uuid::new_v4().simple().to_string(),
+        "issued_at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "policy": "bench.noop", "outcome": "run", "org_id": "acme", "severity": "low", "subject": {}
+    })
+    .to_string()
+}
+
+/// Connects (waiting in the backlog if nobody accepts yet), sends one line, reads one line.
+fn send_line(socket: &Path, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .unwrap();
+    reply
+}
