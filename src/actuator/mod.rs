@@ -286,10 +286,15 @@ pub async fn run(config: Config, mut activated: Activated) -> Result<(), Actuato
                 .map_err(|source| BindError::io(&config.actuator.socket, "take", source))?,
             None,
         ),
-        None => (
-            unix_socket::bind(&config.actuator.socket, None)?,
-            Some(config.actuator.socket.clone()),
-        ),
+        None => {
+            // Bound here (not by playbookd-actuator.socket): mode 0660 and the daemon user's
+            // primary group, so the daemon, and only its group, can connect at all.
+            let group = daemon_group(&config.actuator.daemon_user)?;
+            (
+                unix_socket::bind(&config.actuator.socket, Some(&group))?,
+                Some(config.actuator.socket.clone()),
+            )
+        }
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(ActuatorError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ActuatorError::Signals)?;
@@ -403,6 +408,23 @@ async fn blocking(
             transient: true,
         },
     }
+}
+
+/// The name of `user`'s primary group.
+fn daemon_group(user: &str) -> Result<String, ActuatorError> {
+    let unknown = || ActuatorError::UnknownUser {
+        key: "actuator.daemon_user",
+        user: user.to_owned(),
+    };
+    let entry = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(unknown)?;
+    nix::unistd::Group::from_gid(entry.gid)
+        .ok()
+        .flatten()
+        .map(|group| group.name)
+        .ok_or_else(unknown)
 }
 
 fn uid_of(key: &'static str, user: &str) -> Result<u32, ActuatorError> {

@@ -14,20 +14,23 @@ use crate::actions_support::{ActuatorSetup, TestActuator, ctx, is_root, must, ru
 
 /// A namespace joined to the host by a veth pair: host side `.1`, namespace side `.2`.
 /// Deleted (with its veth pair) when dropped.
-struct NetNs {
+pub struct NetNs {
     name: String,
-    host: Ipv4Addr,
+    pub host: Ipv4Addr,
     inside: Ipv4Addr,
 }
 
 impl NetNs {
-    fn create() -> NetNs {
-        let tag = format!("{:05}", std::process::id() % 100_000);
+    /// A namespace of its own for each call (several tests of this binary run at once).
+    pub fn create() -> NetNs {
+        static CREATED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = format!("{:05}{n}", std::process::id() % 100_000);
         let name = format!("pbd-test-{tag}");
         let subnet = 1 + (std::process::id() % 250) as u8;
         let (host, inside) = (
-            Ipv4Addr::new(10, 231, subnet, 1),
-            Ipv4Addr::new(10, 231, subnet, 2),
+            Ipv4Addr::new(10, 231 + n, subnet, 1),
+            Ipv4Addr::new(10, 231 + n, subnet, 2),
         );
         let (outer, inner) = (format!("pbdh{tag}"), format!("pbdn{tag}"));
         let _ = Command::new("/usr/sbin/ip")
@@ -76,7 +79,7 @@ impl NetNs {
         must(&full);
     }
 
-    fn nft_command(&self) -> Vec<String> {
+    pub fn nft_command(&self) -> Vec<String> {
         ["/usr/sbin/ip", "netns", "exec", &self.name, "/usr/sbin/nft"]
             .map(str::to_owned)
             .to_vec()
@@ -84,7 +87,7 @@ impl NetNs {
 
     /// Whether a packet from the host reaches the namespace: a TCP SYN to a closed port is
     /// answered at once with a reset when it arrives, and times out when dropped.
-    fn reachable(&self) -> bool {
+    pub fn reachable(&self) -> bool {
         let ping = Command::new("ping")
             .args(["-c", "1", "-W", "1", &self.inside.to_string()])
             .output()
@@ -103,7 +106,7 @@ impl NetNs {
         ping
     }
 
-    fn ruleset(&self) -> String {
+    pub fn ruleset(&self) -> String {
         let output = Command::new("/usr/sbin/ip")
             .args([
                 "netns",
