@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::exec_runner::{self, RunnerError};
 use crate::activation::{Activated, ActivationError};
 use crate::actuator::{self, ActuatorError};
 use crate::audit_cli::{self, AuditCliError};
@@ -41,6 +42,13 @@ pub enum Command {
     Actuator {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// Runs one `exec` child for the daemon (started by playbookd-exec.socket, Accept=yes, with
+    /// the connection on stdin and stdout).
+    ExecRunner {
+        /// The daemon's user: the only peer served.
+        #[arg(long, default_value = "playbookd")]
+        daemon_user: String,
     },
     /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
     Ctl(CtlArgs),
@@ -169,6 +177,8 @@ pub enum CliError {
     Actuator(#[from] ActuatorError),
     #[error("socket activation")]
     Activation(#[from] ActivationError),
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
 }
 
 impl CliError {
@@ -189,6 +199,7 @@ impl CliError {
             CliError::Daemon(error) => error.exit_code(),
             CliError::Actuator(error) => error.exit_code(),
             CliError::Activation(_) => ExitCode::from(EXIT_CONFIG),
+            CliError::Runner(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
@@ -230,6 +241,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::ExecRunner { daemon_user } => runtime()?.block_on(async {
+            exec_runner::serve_stdin(&daemon_user).await?;
+            Ok(())
+        }),
         Command::Actuator { config } => {
             let config = Config::load(&config)?;
             let activated = Activated::from_env()?;

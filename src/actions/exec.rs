@@ -9,7 +9,9 @@
 //! setuid program or file capability can give any back). `setpriv` does in the child what a
 //! `pre_exec` hook would, without `unsafe` in this crate. Switching user needs the daemon to
 //! hold CAP_SETUID/CAP_SETGID (root): a daemon that cannot switch refuses to run the step
-//! rather than run it as itself.
+//! rather than run it as itself. Under systemd the daemon holds nothing, so children start
+//! through the exec runner instead (`actions.exec.runner_socket`, see [`super::exec_runner`]),
+//! as the runner unit's user.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -28,8 +30,10 @@ use crate::sys;
 pub struct Exec {
     allowed_commands: BTreeSet<PathBuf>,
     transient_exit_codes: BTreeSet<i32>,
-    /// The user children run as.
+    /// The user children run as (when the daemon starts them itself).
     run_as: String,
+    /// The exec runner (`playbookd-exec.socket`); when set, children start there.
+    runner_socket: Option<PathBuf>,
 }
 
 impl Exec {
@@ -39,6 +43,7 @@ impl Exec {
             allowed_commands: config.allowed_commands.clone(),
             transient_exit_codes: config.transient_exit_codes.clone(),
             run_as: config.run_as.clone(),
+            runner_socket: config.runner_socket.clone(),
         }
     }
 
@@ -65,9 +70,30 @@ impl Exec {
             ("PLAYBOOKD_EXECUTION_ID", ctx.execution_id.to_string()),
             ("PLAYBOOKD_STEP_ID", ctx.step_id.clone()),
         ];
-        let mut cmd = unprivileged_command(&self.run_as)?;
-        cmd.arg(&command).args(&args).envs(env);
-        let finished = run_captured(cmd, None, ctx).await?;
+        let finished = match &self.runner_socket {
+            Some(socket) => {
+                let request = super::exec_runner::RunRequest {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                    timeout_ms: u64::try_from(
+                        ctx.deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                };
+                super::exec_runner::run_via(socket, &request, ctx).await?
+            }
+            None => {
+                let mut cmd = unprivileged_command(&self.run_as)?;
+                cmd.arg(&command).args(&args).envs(env);
+                run_captured(cmd, None, ctx).await?
+            }
+        };
         let summary = json!({
             "command": command,
             "exit_code": finished.status.code(),

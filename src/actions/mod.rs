@@ -9,6 +9,7 @@
 pub mod actuator_client;
 pub mod breaker;
 pub mod exec;
+pub mod exec_runner;
 pub mod file_quarantine;
 pub mod file_restore;
 pub mod http_post;
