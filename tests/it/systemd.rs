@@ -34,7 +34,19 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
         ("/etc/playbookd/trusted-keys", 0o750),
         ("/var/lib/playbookd", 0o750),
         ("/var/lib/playbookd/playbooks", 0o750),
-        ("/var/lib/playbookd/quarantine", 0o700),
+        ("/var/lib/playbookd-actuator", 0o700),
+        ("/var/lib/playbookd-actuator/quarantine", 0o700),
+        ("/etc/systemd/system/playbookd.socket", 0o644),
+        ("/etc/systemd/system/playbookd-control.socket", 0o644),
+        ("/etc/systemd/system/playbookd-status.socket", 0o644),
+        ("/etc/systemd/system/playbookd-actuator.service", 0o644),
+        ("/etc/systemd/system/playbookd-actuator.socket", 0o644),
+        ("/etc/systemd/system/playbookd-exec.socket", 0o644),
+        ("/etc/systemd/system/playbookd-exec@.service", 0o644),
+        (
+            "/etc/systemd/system/playbookd-actuator.service.d/file-roots.conf",
+            0o644,
+        ),
         ("/usr/share/playbookd/samples/README", 0o644),
     ] {
         let meta = std::fs::metadata(at(path)).unwrap_or_else(|e| panic!("{path}: {e}\n{output}"));
@@ -67,6 +79,10 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
     for printed in [
         "skipped (DESTDIR set): useradd --system --gid playbookd",
         "skipped (DESTDIR set): groupadd --system playbookd-approvers",
+        "skipped (DESTDIR set): groupadd --system playbookd-policy",
+        "skipped (DESTDIR set): groupadd --system playbookd-operators",
+        "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ actuator playbookd-actuator",
+        "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ exec playbookd-exec",
         "CREATE DATABASE playbookd OWNER playbookd;",
         "skipped (DESTDIR set): runuser -u playbookd -- /usr/local/bin/playbookd migrate",
         "skipped (DESTDIR set): systemctl daemon-reload",
@@ -97,7 +113,11 @@ fn installer_run_twice_keeps_an_edited_config() {
         "{output}"
     );
     assert!(
-        output.contains("skipped (DESTDIR set): systemctl enable playbookd.service"),
+        output.contains(
+            "skipped (DESTDIR set): systemctl enable playbookd.socket playbookd-control.socket \
+             playbookd-status.socket playbookd-actuator.socket playbookd-exec.socket \
+             playbookd-actuator.service playbookd.service"
+        ),
         "{output}"
     );
 }
@@ -122,39 +142,63 @@ fn uninstall_keeps_config_and_data_unless_purged() {
 
     let output = run_script("installer/uninstall.sh", root.path(), &[]);
     assert!(!at("usr/local/bin/playbookd").exists(), "{output}");
-    assert!(!at("etc/systemd/system/playbookd.service").exists());
+    for unit in [
+        "playbookd.service",
+        "playbookd.socket",
+        "playbookd-actuator.service",
+        "playbookd-exec@.service",
+        "playbookd-actuator.service.d",
+    ] {
+        assert!(
+            !at(&format!("etc/systemd/system/{unit}")).exists(),
+            "{unit} left behind"
+        );
+    }
     assert!(!at("usr/share/playbookd").exists());
     assert!(at("etc/playbookd/playbookd.toml").exists(), "{output}");
-    assert!(at("var/lib/playbookd/quarantine").exists());
+    assert!(at("var/lib/playbookd-actuator/quarantine").exists());
     assert!(
-        output.contains("systemctl disable --now playbookd.service"),
+        output.contains("systemctl disable --now playbookd.socket playbookd-control.socket"),
         "{output}"
     );
 
     let output = run_script("installer/uninstall.sh", root.path(), &["--purge"]);
     assert!(!at("etc/playbookd").exists(), "{output}");
     assert!(!at("var/lib/playbookd").exists(), "{output}");
+    assert!(!at("var/lib/playbookd-actuator").exists(), "{output}");
+    assert!(output.contains("userdel playbookd-actuator"), "{output}");
     assert!(output.contains("DROP DATABASE playbookd;"), "{output}");
 }
 
 #[test]
-fn installed_unit_passes_systemd_analyze_verify() {
+fn installed_units_pass_systemd_analyze_verify() {
     let root = tempfile::tempdir().unwrap();
     install_into(root.path(), &["--no-enable"]);
     // verify insists that ExecStart= exists: point it at the DESTDIR copy, change nothing else.
     let installed = root.path().join("usr/local/bin/playbookd");
-    let unit =
-        std::fs::read_to_string(root.path().join("etc/systemd/system/playbookd.service")).unwrap();
-    let exec_start = "ExecStart=/usr/local/bin/playbookd ";
-    assert!(unit.contains(exec_start), "{unit}");
-    let unit = unit.replace(exec_start, &format!("ExecStart={} ", installed.display()));
     let check = tempfile::tempdir().unwrap();
-    let path = check.path().join("playbookd.service");
-    std::fs::write(&path, unit).unwrap();
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(root.path().join("etc/systemd/system")).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        let unit = std::fs::read_to_string(entry.path()).unwrap().replace(
+            "ExecStart=/usr/local/bin/playbookd ",
+            &format!("ExecStart={} ", installed.display()),
+        );
+        let path = check.path().join(entry.file_name());
+        std::fs::write(&path, unit).unwrap();
+        // A template is verified through an instance of it.
+        let name = entry.file_name().to_str().unwrap().replace("@.", "@1.");
+        paths.push(check.path().join(name));
+    }
+    assert!(paths.len() >= 8, "{paths:?}");
 
     let output = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&path)
+        .args(&paths)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", check.path().display()))
         .output()
         .expect("systemd-analyze (package systemd) is needed for this test");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -193,10 +237,62 @@ fn unit_does_not_restart_on_the_daemons_config_exit_code() {
 }
 
 #[test]
-fn unit_exposure_score_is_ok_and_at_most_2() {
+fn daemon_unit_exposure_is_at_most_1_2_and_the_actuators_at_most_2() {
+    for (unit, limit) in [
+        ("playbookd.service", 1.2),
+        ("playbookd-actuator.service", 2.0),
+    ] {
+        let score = exposure(unit);
+        assert!(score <= limit, "{unit}: exposure {score} > {limit}");
+    }
+}
+
+#[test]
+fn daemon_unit_keeps_no_capability_and_no_netlink() {
+    let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    for expected in [
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "ProtectProc=invisible",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ] {
+        assert!(settings.contains(&expected), "unit lacks `{expected}`");
+    }
+    assert!(
+        !unit.contains("AF_NETLINK\n"),
+        "the daemon may not open netlink sockets"
+    );
+    // Every hardening setting is explained by a comment just above it.
+    let hardening = unit
+        .split("# --- Privilege")
+        .nth(1)
+        .and_then(|rest| rest.split("[Install]").next())
+        .expect("a hardening section");
+    let mut previous = "#";
+    for line in hardening.lines().skip(1) {
+        let bare = line.trim();
+        if !bare.is_empty()
+            && !bare.starts_with('#')
+            && !bare.starts_with('[')
+            && previous.is_empty()
+        {
+            panic!("`{bare}` has no comment above it");
+        }
+        previous = bare;
+    }
+}
+
+/// `systemd-analyze security --offline=yes` of a shipped unit: its overall exposure, rated OK.
+fn exposure(unit: &str) -> f64 {
     let output = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(source("systemd/playbookd.service"))
+        .arg(source(&format!("systemd/{unit}")))
         .output()
         .expect("systemd-analyze (package systemd) is needed for this test");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -216,8 +312,8 @@ fn unit_exposure_score_is_ok_and_at_most_2() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|score| score.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the score in `{line}`"));
-    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
     assert!(line.contains(" OK"), "not rated OK: {line}");
+    score
 }
 
 // ---- sd_notify ------------------------------------------------------------------------------
