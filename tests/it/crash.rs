@@ -99,6 +99,9 @@ steps:
 async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
+    // exec children run as `nobody` (actions.exec.run_as): let them reach the counter and
+    // write their effect files here.
+    std::fs::set_permissions(dir.path(""), std::fs::Permissions::from_mode(0o777)).unwrap();
     let counter = dir.path("counter");
     std::fs::write(&counter, COUNTER).unwrap();
     std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o755)).unwrap();
