@@ -253,19 +253,7 @@ fn accept_once(
     std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut command = if unprivileged {
-            let mut c = std::process::Command::new("/usr/bin/setpriv");
-            c.args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--ambient-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-                "--",
-            ])
-            .arg(crate::helpers::binary());
-            c
+            crate::actions_support::as_nobody_with_nothing(&crate::helpers::binary())
         } else {
             std::process::Command::new(crate::helpers::binary())
         };

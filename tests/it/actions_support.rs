@@ -191,3 +191,23 @@ impl Drop for TestActuator {
         let _ = self.child.wait();
     }
 }
+
+/// `program` run as `nobody` with no supplementary group, no capability in any set and
+/// `no_new_privs`, as systemd starts a unit with `User=`, `CapabilityBoundingSet=` and
+/// `NoNewPrivileges=yes`.
+pub fn as_nobody_with_nothing(program: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("/usr/bin/setpriv");
+    command
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(program);
+    command
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::actions_net::NetNs;
-use crate::actions_support::is_root;
+use crate::actions_support::{as_nobody_with_nothing, is_root};
 use crate::harness::{Running, bindings, decision};
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
 
@@ -155,16 +155,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
     let mut victim = Command::new("/bin/sleep").arg("60").spawn().unwrap();
     let execution = send(&dir, &victim, &ns).await;
     assert_eq!(wait_terminal(&db, &execution).await, "rolled_back");
-    let error: String = db
-        .client()
-        .await
-        .query_one(
-            "SELECT error FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'kill'",
-            &[&execution],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let error = kill_error(&db, &execution).await;
     assert!(
         error.contains("actuator unavailable") && error.contains("actuator.sock"),
         "{error}"
@@ -255,16 +246,7 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
         );
         let execution = send_raw(&dir, &d);
         assert_eq!(wait_terminal(&db, &execution).await, "rolled_back");
-        let error: String = db
-            .client()
-            .await
-            .query_one(
-                "SELECT error FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'kill'",
-                &[&execution],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let error = kill_error(&db, &execution).await;
         assert!(
             error.contains("refused by the actuator") && error.contains(expected),
             "{pid}: {error}"
@@ -360,19 +342,7 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
 fn start(binary: &Path, verb: &[&str], config: &Path, log: &Path, drop: bool) -> Child {
     let log = std::fs::File::create(log).unwrap();
     let mut command = if drop {
-        let mut c = Command::new("/usr/bin/setpriv");
-        c.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--ambient-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            "--",
-        ])
-        .arg(binary);
-        c
+        as_nobody_with_nothing(binary)
     } else {
         Command::new(binary)
     };
@@ -465,6 +435,16 @@ async fn wait_terminal(db: &TestDb, execution: &uuid::Uuid) -> String {
         assert!(start.elapsed() < Duration::from_secs(60), "still {state}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Why the `kill` step of `execution` failed.
+async fn kill_error(db: &TestDb, execution: &uuid::Uuid) -> String {
+    step_errors(db, execution)
+        .await
+        .into_iter()
+        .find(|(step, _)| step == "kill")
+        .and_then(|(_, error)| error)
+        .unwrap_or_else(|| panic!("no error recorded for step kill of {execution}"))
 }
 
 async fn step_errors(db: &TestDb, execution: &uuid::Uuid) -> Vec<(String, Option<String>)> {
