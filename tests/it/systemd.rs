@@ -956,3 +956,45 @@ fn send_line(socket: &Path, line: &str) -> String {
         .unwrap();
     reply
 }
+
+#[tokio::test]
+async fn a_socket_group_the_daemon_cannot_use_is_exit_78_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    // The daemon runs as nobody, who is not in group `adm`: it cannot give decisions.sock to it.
+    let config = dir.write_config(&db, "node-group", "[intake]\nsocket_group = \"adm\"\n");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for path in ["", "run", "playbooks", "trusted-keys"] {
+        std::fs::set_permissions(dir.path(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for path in ["", "run"] {
+        nix::unistd::chown(&dir.path(path), Some(nobody.uid), None).unwrap();
+    }
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path("daemon.log");
+    let mut child = crate::actions_support::as_nobody_with_nothing(&binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("group `adm`") && text.contains("usermod -aG adm"),
+        "{text}"
+    );
+}
