@@ -89,20 +89,35 @@ steps:
     risk: high
     rollback: none
 YAML
-cp "$SRC/playbooks/noop-3.yaml" "$keys/noop-3.yaml"
-cat >"$keys/bindings.yaml" <<'YAML'
-bindings:
-  - {policy: nspawn.contain, outcome: run, playbook: nspawn-contain}
-  - {policy: nspawn.noop, outcome: run, playbook: noop-3}
-YAML
-for file in nspawn-contain.yaml noop-3.yaml bindings.yaml; do
-    playbookd sign --key "$keys/a.key" "$keys/$file" >/dev/null
-    playbookd sign --key "$keys/b.key" --second "$keys/$file" >/dev/null
+# Every sample as shipped, plus this scenario's playbook; the samples' bindings plus two more.
+SAMPLES=(contain-ransomware credential-stuffing impossible-travel wipe-and-reimage noop-3)
+for sample in "${SAMPLES[@]}"; do cp "$SRC/playbooks/$sample.yaml" "$keys/"; done
+{
+    cat "$SRC/playbooks/bindings.yaml"
+    echo "  - {policy: nspawn.contain, outcome: run, playbook: nspawn-contain}"
+    echo "  - {policy: nspawn.noop, outcome: run, playbook: noop-3}"
+} >"$keys/bindings.yaml"
+for file in nspawn-contain "${SAMPLES[@]}" bindings; do
+    playbookd sign --key "$keys/a.key" "$keys/$file.yaml" >/dev/null
+    playbookd sign --key "$keys/b.key" --second "$keys/$file.yaml" >/dev/null
 done
-install -m 0644 -g playbookd "$keys"/nspawn-contain.yaml* "$keys"/noop-3.yaml* /var/lib/playbookd/playbooks/
+for file in nspawn-contain "${SAMPLES[@]}"; do
+    install -m 0644 -g playbookd "$keys/$file".yaml* /var/lib/playbookd/playbooks/
+done
 install -m 0640 -g playbookd "$keys"/bindings.yaml* /etc/playbookd/
-sed -i "s|^allowed_uids = \[\]|allowed_uids = [$ENGINE_UID]|; s|^allowed_commands = \[\]|allowed_commands = [\"/usr/bin/id\"]|" \
+# The site's reimage tool that wipe-and-reimage runs (here a stand-in that says what it would do).
+printf '#!/bin/sh\necho "reimage requested: $*"\n' >/usr/local/sbin/reimage-host
+chmod 0755 /usr/local/sbin/reimage-host
+sed -i "s|^allowed_uids = \[\]|allowed_uids = [$ENGINE_UID]|; s|^allowed_commands = \[\]|allowed_commands = [\"/usr/bin/id\", \"/usr/local/sbin/reimage-host\"]|" \
     /etc/playbookd/playbookd.toml
+# A file root for file.quarantine, granted as README "Deploy on a host" says: the drop-in and
+# actions.file.roots.
+mkdir -p /srv/incoming
+chown engine: /srv/incoming
+sed -i 's|^#\[Service\]|[Service]|; s|^#ReadWritePaths=/srv/www|ReadWritePaths=/srv/incoming|' \
+    /etc/systemd/system/playbookd-actuator.service.d/file-roots.conf
+sed -i 's|^roots = \[\]|roots = ["/srv/incoming"]|' /etc/playbookd/playbookd.toml
+systemctl daemon-reload
 grep -q "allowed_uids = \[$ENGINE_UID\]" /etc/playbookd/playbookd.toml || fail "config not edited"
 
 step "start the sockets, the actuator and the daemon"
@@ -143,6 +158,55 @@ wait "$victim" 2>/dev/null && fail "the victim was not killed" || true
 nft list table inet playbookd | grep -q 203.0.113.7 || fail "address not blocked"
 psql_db "SELECT output->'stdout'->>'text' FROM playbook_step_runs WHERE execution_id = '$execution' AND step_id = 'whoami'" \
     | tee /dev/stderr | grep -q 'uid=[0-9]*(playbookd-exec)' || fail "the exec child did not run as playbookd-exec"
+
+step "every sample as shipped, under the shipped units"
+useradd --create-home bob
+usermod -aG playbookd-approvers bob
+send_as_engine() {
+    runuser -u engine -- bash -c "$(declare -f send_line); send_line /run/playbookd/decisions.sock '$1'"
+}
+approve() { # USER EXECUTION STEP
+    wait_state "$2" awaiting_approval
+    runuser -u "$1" -- playbookd ctl --socket /run/playbookd/control.sock approve "$2" "$3" --reason "sample run"
+}
+runuser -u engine -- sleep 300 &
+victim=$!
+sleep 0.2
+victim_pid=$(pgrep -u engine -n -x sleep)
+start_time=$(awk '{print $22}' "/proc/$victim_pid/stat")
+echo "encrypted" >/srv/incoming/locked.bin
+chown engine: /srv/incoming/locked.bin
+reply=$(send_as_engine "$(decision ransomware.encryption_burst contain "{\"host\": \"web-1\", \"pid\": $victim_pid, \"start_time\": $start_time, \"path\": \"/srv/incoming/locked.bin\", \"c2_address\": \"198.51.100.9\"}")")
+echo "$reply"
+ransomware=$(execution_of "$reply")
+approve alice "$ransomware" kill-process
+approve alice "$ransomware" block-c2
+wait_state "$ransomware" completed
+wait "$victim" 2>/dev/null || true
+! kill -0 "$victim_pid" 2>/dev/null || fail "the encrypting process survived"
+[ ! -e /srv/incoming/locked.bin ] || fail "locked.bin not quarantined"
+ls -l /var/lib/playbookd-actuator/quarantine/
+reply=$(send_as_engine "$(decision auth.credential_stuffing block '{"source_ip": "198.51.100.20", "accounts": 50}')")
+stuffing=$(execution_of "$reply")
+approve alice "$stuffing" block-source
+wait_state "$stuffing" completed
+reply=$(send_as_engine "$(decision identity.impossible_travel lock '{"user": "carol", "source_ip": "198.51.100.30", "country": "XX"}')")
+travel=$(execution_of "$reply")
+approve alice "$travel" block-source
+wait_state "$travel" completed
+reply=$(send_as_engine "$(decision host.compromised reimage '{"host": "web-2"}')")
+reimage=$(execution_of "$reply")
+approve alice "$reimage" wipe
+runuser -u bob -- playbookd ctl --socket /run/playbookd/control.sock approve "$reimage" wipe --reason "second approver"
+wait_state "$reimage" completed
+psql_db "SELECT output->'stdout'->>'text' FROM playbook_step_runs WHERE execution_id = '$reimage' AND step_id = 'wipe'" \
+    | grep -q 'reimage requested: --host web-2' || fail "reimage-host did not run"
+reply=$(send_as_engine "$(decision bench.noop run '{}')")
+wait_state "$(execution_of "$reply")" completed
+nft list table inet playbookd | grep -E '198\.51\.100\.(9|20|30)' | head -3
+for address in 198.51.100.9 198.51.100.20 198.51.100.30; do
+    nft list table inet playbookd | grep -q "$address" || fail "$address not blocked"
+done
 
 step "journald fields of the run"
 journalctl --no-pager -o verbose "EXECUTION_ID=$execution" | tee /tmp/run.journal | grep -E '^ *(PLAYBOOK_ID|STEP_ID)=' | sort -u
