@@ -78,9 +78,11 @@ pub struct ActuatorConfig {
     /// The only peer the actuator serves (SO_PEERCRED uid): the daemon's user.
     #[serde(default = "default_daemon_user")]
     pub daemon_user: String,
-    /// Users whose processes are never signalled (their PostgreSQL server, by default).
-    #[serde(default = "default_protected_users")]
-    pub protected_users: BTreeSet<String>,
+    /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
+    /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
+    /// host whose database is elsewhere).
+    #[serde(default)]
+    pub protected_users: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -685,9 +687,6 @@ fn default_actuator_socket() -> PathBuf {
 fn default_daemon_user() -> String {
     "playbookd".into()
 }
-fn default_protected_users() -> BTreeSet<String> {
-    BTreeSet::from(["postgres".to_owned()])
-}
 fn default_exec_run_as() -> String {
     "nobody".into()
 }
@@ -840,7 +839,7 @@ impl Default for ActuatorConfig {
         ActuatorConfig {
             socket: default_actuator_socket(),
             daemon_user: default_daemon_user(),
-            protected_users: default_protected_users(),
+            protected_users: None,
         }
     }
 }

@@ -84,9 +84,24 @@ impl Actuator {
     pub fn from_config(config: &Config) -> Result<Actuator, ActuatorError> {
         let daemon_uid = uid_of("actuator.daemon_user", &config.actuator.daemon_user)?;
         let mut protected_uids = BTreeMap::new();
-        for user in &config.actuator.protected_users {
-            let uid = uid_of("actuator.protected_users", user)?;
-            protected_uids.insert(uid, format!("protected user {user}"));
+        match &config.actuator.protected_users {
+            // Named by the operator: each must exist, or the protection they meant is missing.
+            Some(users) => {
+                for user in users {
+                    let uid = uid_of("actuator.protected_users", user)?;
+                    protected_uids.insert(uid, format!("protected user {user}"));
+                }
+            }
+            // The default: the local PostgreSQL server, when there is one.
+            None => match uid_of("actuator.protected_users", DEFAULT_PROTECTED_USER) {
+                Ok(uid) => {
+                    protected_uids.insert(uid, format!("protected user {DEFAULT_PROTECTED_USER}"));
+                }
+                Err(_) => tracing::info!(
+                    user = DEFAULT_PROTECTED_USER,
+                    "no such user here; no local PostgreSQL server to protect"
+                ),
+            },
         }
         // Root owns too much to protect by uid; the daemon and the actuator are also protected
         // by pid below, whatever their uid.
@@ -436,6 +451,9 @@ fn uid_of(key: &'static str, user: &str) -> Result<u32, ActuatorError> {
         }),
     }
 }
+
+/// Whose processes are protected when `actuator.protected_users` is unset.
+const DEFAULT_PROTECTED_USER: &str = "postgres";
 
 /// Connections served at once (the daemon makes one per step; a few dozen in flight at most).
 const MAX_CONNECTIONS: usize = 64;

@@ -460,3 +460,28 @@ async fn step_errors(db: &TestDb, execution: &uuid::Uuid) -> Vec<(String, Option
         .map(|row| (row.get(0), row.get(1)))
         .collect()
 }
+
+#[test]
+fn an_actuator_configured_with_an_unknown_protected_user_refuses_to_start_with_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("playbookd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[actuator]\nsocket = {:?}\ndaemon_user = \"root\"\nprotected_users = [\"pbd-no-such-user\"]\n",
+            dir.path().join("actuator.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["actuator", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("actuator.protected_users") && stderr.contains("pbd-no-such-user"),
+        "{stderr}"
+    );
+}
