@@ -19,14 +19,14 @@ source "$SOURCE/installer/lib.sh"
 
 readonly USER_NAME=playbookd
 readonly GROUP_NAME=playbookd
-readonly APPROVERS_GROUP=playbookd-approvers
 readonly DB_NAME=playbookd
 readonly DB_ROLE=playbookd
 
 readonly CONFIG_PATH=$CONFIG_DIR/playbookd.toml
 readonly KEYS_DIR=$CONFIG_DIR/trusted-keys
 readonly PLAYBOOKS_DIR=$STATE_DIR/playbooks
-readonly QUARANTINE_DIR=$STATE_DIR/quarantine
+readonly ACTUATOR_STATE_DIR=/var/lib/playbookd-actuator
+readonly QUARANTINE_DIR=$ACTUATOR_STATE_DIR/quarantine
 readonly SAMPLES_DIR=/usr/share/playbookd/samples
 
 DRY_RUN=0
@@ -77,7 +77,7 @@ check_inputs() {
             die "$BINARY is missing or not executable (build with: cargo build --release, or pass --binary PATH)"
         fi
     fi
-    for file in systemd/playbookd.service config/playbookd.toml; do
+    for file in "${UNITS[@]/#/systemd/}" config/playbookd.toml; do
         [ -f "$SOURCE/$file" ] || die "$SOURCE/$file is missing: run the installer from a playbookd source tree"
     done
 }
@@ -94,12 +94,27 @@ create_accounts() {
         host useradd --system --gid "$GROUP_NAME" --home-dir "$STATE_DIR" --no-create-home \
             --shell /usr/sbin/nologin --comment "playbookd daemon" "$USER_NAME"
     fi
-    # Members of this group may approve or deny steps on control.sock (see [roles] in the config).
-    if getent group "$APPROVERS_GROUP" >/dev/null && [ -z "$DESTDIR" ]; then
-        note "group $APPROVERS_GROUP exists"
-    else
-        host groupadd --system "$APPROVERS_GROUP"
-    fi
+    # The actuator (privileged helper) and exec children each have a user of their own, so
+    # neither shares the daemon's uid (its key, its files, its database role).
+    local user
+    for user in playbookd-actuator playbookd-exec; do
+        if getent passwd "$user" >/dev/null && [ -z "$DESTDIR" ]; then
+            note "user $user exists"
+        else
+            host useradd --system --user-group --home-dir / --no-create-home \
+                --shell /usr/sbin/nologin --comment "playbookd ${user#playbookd-}" "$user"
+        fi
+    done
+    # Who reaches which socket: playbookd-policy -> decisions.sock (policy engines),
+    # playbookd-approvers -> control.sock; playbookd-operators is a role in [roles].
+    local group
+    for group in "${SOCKET_GROUPS[@]}"; do
+        if getent group "$group" >/dev/null && [ -z "$DESTDIR" ]; then
+            note "group $group exists"
+        else
+            host groupadd --system "$group"
+        fi
+    done
 }
 
 install_files() {
@@ -112,14 +127,27 @@ install_files() {
     # Playbooks are written by root (admins), only read by the daemon: a compromised daemon
     # cannot plant or swap its own playbooks.
     dir 0750 "root:$GROUP_NAME" "$PLAYBOOKS_DIR"
-    dir 0700 "$USER_NAME:$GROUP_NAME" "$QUARANTINE_DIR"
+    # The quarantine belongs to the actuator: neither the daemon nor an exec child can read it.
+    dir 0700 "playbookd-actuator:playbookd-actuator" "$ACTUATOR_STATE_DIR"
+    dir 0700 "playbookd-actuator:playbookd-actuator" "$QUARANTINE_DIR"
 
     run install -d -m 0755 "$DESTDIR$(dirname "$BIN_PATH")"
     run install -m 0755 "$BINARY" "$DESTDIR$BIN_PATH"
     host chown root:root "$DESTDIR$BIN_PATH"
 
-    run install -d -m 0755 "$DESTDIR$(dirname "$UNIT_PATH")"
-    run install -m 0644 "$SOURCE/systemd/playbookd.service" "$DESTDIR$UNIT_PATH"
+    run install -d -m 0755 "$DESTDIR$UNIT_DIR"
+    local unit
+    for unit in "${UNITS[@]}"; do
+        run install -m 0644 "$SOURCE/systemd/$unit" "$DESTDIR$UNIT_DIR/$unit"
+    done
+    # The commented drop-in that says how to grant a file root; an edited one is kept.
+    run install -d -m 0755 "$DESTDIR$(dirname "$ACTUATOR_DROPIN")"
+    if [ -e "$DESTDIR$ACTUATOR_DROPIN" ]; then
+        note "keeping the existing $ACTUATOR_DROPIN"
+    else
+        run install -m 0644 "$SOURCE/systemd/playbookd-actuator.service.d/file-roots.conf" \
+            "$DESTDIR$ACTUATOR_DROPIN"
+    fi
 
     if [ -e "$DESTDIR$CONFIG_PATH" ]; then
         note "keeping the existing $CONFIG_PATH (the shipped default is $SOURCE/config/playbookd.toml)"
@@ -205,7 +233,7 @@ migrate() {
 enable_unit() {
     if [ -n "$DESTDIR" ]; then
         host systemctl daemon-reload
-        [ "$ENABLE" = 1 ] && host systemctl enable playbookd.service
+        [ "$ENABLE" = 1 ] && host systemctl enable "${ENABLED_UNITS[@]}"
         return 0
     fi
     if ! command -v systemctl >/dev/null; then
@@ -218,10 +246,10 @@ enable_unit() {
     fi
     run systemctl daemon-reload
     if [ "$ENABLE" = 1 ]; then
-        run systemctl enable playbookd.service
-        note "enabled; start it with: systemctl start playbookd"
+        run systemctl enable "${ENABLED_UNITS[@]}"
+        note "enabled; start it with: systemctl start playbookd.socket playbookd-actuator playbookd"
     else
-        note "left disabled (--no-enable); enable it with: systemctl enable --now playbookd"
+        note "left disabled (--no-enable); enable it with: systemctl enable --now ${ENABLED_UNITS[*]}"
     fi
 }
 

@@ -4,7 +4,17 @@
 
 # shellcheck disable=SC2034 # used by the scripts that source this file
 readonly BIN_PATH=/usr/local/bin/playbookd
-readonly UNIT_PATH=/etc/systemd/system/playbookd.service
+readonly UNIT_DIR=/etc/systemd/system
+readonly UNIT_PATH=$UNIT_DIR/playbookd.service
+# Every unit shipped in systemd/, installed side by side; the sockets and the actuator are enabled.
+readonly UNITS=(playbookd.service playbookd.socket playbookd-control.socket playbookd-status.socket
+    playbookd-actuator.service playbookd-actuator.socket playbookd-exec.socket playbookd-exec@.service)
+readonly ENABLED_UNITS=(playbookd.socket playbookd-control.socket playbookd-status.socket
+    playbookd-actuator.socket playbookd-exec.socket playbookd-actuator.service playbookd.service)
+readonly ACTUATOR_DROPIN=$UNIT_DIR/playbookd-actuator.service.d/file-roots.conf
+# Accounts: the daemon, the actuator, exec children; groups that reach the sockets.
+readonly SYSTEM_USERS=(playbookd playbookd-actuator playbookd-exec)
+readonly SOCKET_GROUPS=(playbookd-policy playbookd-approvers playbookd-operators)
 readonly CONFIG_DIR=/etc/playbookd
 readonly STATE_DIR=/var/lib/playbookd
 

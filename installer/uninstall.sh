@@ -6,7 +6,8 @@
 #   DESTDIR=/tmp/root installer/uninstall.sh ...   # remove files below this prefix
 #
 # --dry-run   print each step instead of running it
-# --purge     also remove /etc/playbookd, /var/lib/playbookd and the playbookd user and groups.
+# --purge     also remove /etc/playbookd, /var/lib/playbookd, /var/lib/playbookd-actuator and the
+#             playbookd users and groups.
 #             The database is never dropped here: it holds the audit log. The SQL to drop it
 #             is printed.
 set -euo pipefail
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --dry-run) DRY_RUN=1 ;;
         --purge) PURGE=1 ;;
-        -h | --help) sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "uninstall.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -35,12 +36,13 @@ if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
 fi
 
 if [ -n "$DESTDIR" ] || { command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }; then
-    host systemctl disable --now playbookd.service
+    host systemctl disable --now "${ENABLED_UNITS[@]}"
 else
     note "systemd is not running here: nothing to stop or disable"
 fi
 
-run rm -f "$DESTDIR$BIN_PATH" "$DESTDIR$UNIT_PATH"
+run rm -f "$DESTDIR$BIN_PATH" "${UNITS[@]/#/$DESTDIR$UNIT_DIR/}" "$DESTDIR$ACTUATOR_DROPIN"
+run rm -rf "$DESTDIR$(dirname "$ACTUATOR_DROPIN")"
 run rm -rf "$DESTDIR$SHARE_DIR"
 if [ -n "$DESTDIR" ] || { command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }; then
     host systemctl daemon-reload
@@ -51,8 +53,9 @@ if [ "$PURGE" = 0 ]; then
     exit 0
 fi
 
-run rm -rf "$DESTDIR$CONFIG_DIR" "$DESTDIR$STATE_DIR"
-for account in user:playbookd group:playbookd-approvers group:playbookd; do
+run rm -rf "$DESTDIR$CONFIG_DIR" "$DESTDIR$STATE_DIR" "$DESTDIR/var/lib/playbookd-actuator"
+for account in user:playbookd user:playbookd-actuator user:playbookd-exec \
+    group:playbookd-policy group:playbookd-approvers group:playbookd-operators group:playbookd; do
     kind=${account%%:*}
     name=${account#*:}
     if [ -n "$DESTDIR" ]; then

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::exec_runner::{self, RunnerError};
 use crate::actions::limits::ActionLimits;
+use crate::activation::{Activated, ActivationError};
+use crate::actuator::{self, ActuatorError};
 use crate::audit_cli::{self, AuditCliError};
 use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
@@ -35,6 +38,19 @@ pub enum Command {
         /// The daemon's configuration file (TOML).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+    /// The privileged helper (its own unit): signals, the nftables set and file quarantine,
+    /// for the daemon's uid only, over a closed typed protocol.
+    Actuator {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Runs one `exec` child for the daemon (started by playbookd-exec.socket, Accept=yes, with
+    /// the connection on stdin and stdout).
+    ExecRunner {
+        /// The daemon's user: the only peer served.
+        #[arg(long, default_value = "playbookd")]
+        daemon_user: String,
     },
     /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
     Ctl(CtlArgs),
@@ -189,6 +205,12 @@ pub enum CliError {
     Bench(#[from] BenchError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Actuator(#[from] ActuatorError),
+    #[error("socket activation")]
+    Activation(#[from] ActivationError),
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
 }
 
 impl CliError {
@@ -219,6 +241,9 @@ impl CliError {
                 ExitCode::from(EXIT_CONFIG)
             }
             CliError::Daemon(error) => error.exit_code(),
+            CliError::Actuator(error) => error.exit_code(),
+            CliError::Activation(_) => ExitCode::from(EXIT_CONFIG),
+            CliError::Runner(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
@@ -305,9 +330,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
+            // Before any thread exists: reading LISTEN_FDS clears it from the environment.
+            let activated = Activated::from_env()?;
             runtime()?.block_on(async {
-                let daemon = Daemon::build(config).await?;
+                let daemon = Daemon::build_activated(config, activated).await?;
                 daemon.run_until_stopped(CancellationToken::new()).await?;
+                Ok(())
+            })
+        }
+        Command::ExecRunner { daemon_user } => runtime()?.block_on(async {
+            exec_runner::serve_stdin(&daemon_user).await?;
+            Ok(())
+        }),
+        Command::Actuator { config } => {
+            let config = Config::load(&config)?;
+            let activated = Activated::from_env()?;
+            runtime()?.block_on(async {
+                actuator::run(config, activated).await?;
                 Ok(())
             })
         }

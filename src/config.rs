@@ -62,6 +62,27 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub actuator: ActuatorConfig,
+}
+
+/// `[actuator]`: where the privileged helper listens, and whom it serves (`playbookd actuator`
+/// reads this section; the daemon only reads `socket`, to reach it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActuatorConfig {
+    /// The actuator's socket: the daemon connects here; the actuator binds it when systemd does
+    /// not pass it one (`playbookd-actuator.socket`).
+    #[serde(default = "default_actuator_socket")]
+    pub socket: PathBuf,
+    /// The only peer the actuator serves (SO_PEERCRED uid): the daemon's user.
+    #[serde(default = "default_daemon_user")]
+    pub daemon_user: String,
+    /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
+    /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
+    /// host whose database is elsewhere).
+    #[serde(default)]
+    pub protected_users: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +205,16 @@ pub struct ExecActionConfig {
     /// permanent. Default: `[75]` (EX_TEMPFAIL).
     #[serde(default = "default_transient_exit_codes")]
     pub transient_exit_codes: BTreeSet<i32>,
+    /// The user `exec` children run as when the daemon starts them itself (it must be able to
+    /// switch user, i.e. run as root): never the daemon's own uid, so a child cannot read the
+    /// node key, the daemon's files or reach its database role. Default `nobody`; the shipped
+    /// configuration uses the dedicated `playbookd-exec`.
+    #[serde(default = "default_exec_run_as")]
+    pub run_as: String,
+    /// The exec runner's socket (`playbookd-exec.socket`, `Accept=yes`): when set, systemd
+    /// starts each child as the runner unit's user, so the daemon needs no privilege to switch.
+    #[serde(default)]
+    pub runner_socket: Option<PathBuf>,
 }
 
 /// `http.post` (and `notify`'s webhook): where the daemon may send requests, and how.
@@ -240,8 +271,13 @@ pub struct NetActionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileActionConfig {
+    /// Where the actuator keeps quarantined files (mode 0700, owned by the actuator's user).
     #[serde(default = "default_quarantine_dir")]
     pub quarantine_dir: PathBuf,
+    /// Directories under which the actuator may quarantine and restore files; nothing outside
+    /// them (default: none). Each must also be writable in the actuator's unit (a drop-in).
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
 }
 
 /// control.sock: the operators' socket (approve, deny, cancel, halt-resolve, reload).
@@ -506,6 +542,26 @@ impl Config {
                 ),
             ));
         }
+        if let Some(root) = self.actions.file.roots.iter().find(|r| !r.is_absolute()) {
+            return Err(invalid(
+                "actions.file.roots",
+                format!("{} is not an absolute path", root.display()),
+            ));
+        }
+        if let Some(socket) = &self.actions.exec.runner_socket
+            && !socket.is_absolute()
+        {
+            return Err(invalid(
+                "actions.exec.runner_socket",
+                "expected an absolute path".into(),
+            ));
+        }
+        if self.actions.exec.run_as.is_empty() || self.actuator.daemon_user.is_empty() {
+            return Err(invalid(
+                "actions.exec.run_as",
+                "expected a user name (and actuator.daemon_user too)".into(),
+            ));
+        }
         match self.actions.net.nft_command.first() {
             Some(program) if Path::new(program).is_absolute() => {}
             _ => {
@@ -527,6 +583,7 @@ impl Config {
                 &self.actions.file.quarantine_dir,
             ),
             ("actions.http.secrets_dir", &self.actions.http.secrets_dir),
+            ("actuator.socket", &self.actuator.socket),
         ] {
             if !dir.is_absolute() {
                 return Err(invalid(key, "expected an absolute path".into()));
@@ -662,7 +719,16 @@ fn default_max_concurrent_runs() -> usize {
     64
 }
 fn default_quarantine_dir() -> PathBuf {
-    "/var/lib/playbookd/quarantine".into()
+    "/var/lib/playbookd-actuator/quarantine".into()
+}
+fn default_actuator_socket() -> PathBuf {
+    "/run/playbookd/actuator.sock".into()
+}
+fn default_daemon_user() -> String {
+    "playbookd".into()
+}
+fn default_exec_run_as() -> String {
+    "nobody".into()
 }
 fn default_transient_exit_codes() -> BTreeSet<i32> {
     // EX_TEMPFAIL from sysexits.h: "temporary failure, try again later".
@@ -762,6 +828,7 @@ impl Default for FileActionConfig {
     fn default() -> Self {
         FileActionConfig {
             quarantine_dir: default_quarantine_dir(),
+            roots: Vec::new(),
         }
     }
 }
@@ -770,6 +837,8 @@ impl Default for ExecActionConfig {
         ExecActionConfig {
             allowed_commands: BTreeSet::new(),
             transient_exit_codes: default_transient_exit_codes(),
+            run_as: default_exec_run_as(),
+            runner_socket: None,
         }
     }
 }
@@ -803,6 +872,15 @@ impl Default for RolesConfig {
             operator: RoleMembers::default(),
             viewer: RoleMembers::default(),
             orgs: Vec::new(),
+        }
+    }
+}
+impl Default for ActuatorConfig {
+    fn default() -> Self {
+        ActuatorConfig {
+            socket: default_actuator_socket(),
+            daemon_user: default_daemon_user(),
+            protected_users: None,
         }
     }
 }

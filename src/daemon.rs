@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 
 use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
+use crate::activation::{self, Activated, ActivationError};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
 use crate::control::{
@@ -52,6 +53,17 @@ pub enum DaemonError {
     Actions(#[from] ActionSetupError),
     #[error("unix socket")]
     Socket(#[from] BindError),
+    #[error("socket activation")]
+    Activation(#[from] ActivationError),
+    #[error(
+        "systemd passed `{name}` listening on {passed}, but the configuration says {configured}; make the socket unit and {key} agree"
+    )]
+    ActivatedMismatch {
+        name: &'static str,
+        key: &'static str,
+        passed: String,
+        configured: String,
+    },
     #[error("policy key {path}: {reason}")]
     PolicyKey {
         path: std::path::PathBuf,
@@ -72,10 +84,10 @@ impl DaemonError {
             | DaemonError::Audit(AuditStartError::ChainLocked { .. })
             | DaemonError::Actions(_)
             | DaemonError::PolicyKey { .. }
-            | DaemonError::Status(StatusError::Address { .. })
-            | DaemonError::Socket(BindError::NotASocket { .. } | BindError::UnknownGroup { .. }) => {
-                ExitCode::from(EXIT_CONFIG)
-            }
+            | DaemonError::Status(StatusError::Address { .. } | StatusError::Activated { .. })
+            | DaemonError::Activation(_)
+            | DaemonError::ActivatedMismatch { .. } => ExitCode::from(EXIT_CONFIG),
+            DaemonError::Socket(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Registry(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
             | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
@@ -110,6 +122,9 @@ pub struct Daemon {
     executor: Executor,
     intake: Intake,
     decision_listener: Option<UnixListener>,
+    /// The socket files this process bound (and removes at shutdown); sockets passed by systemd
+    /// belong to their socket units and stay.
+    bound_paths: Vec<std::path::PathBuf>,
     control: Control,
     /// Bound at build next to decisions.sock; served by `start_work`.
     control_listener: Option<UnixListener>,
@@ -128,8 +143,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Connects, migrates, opens the audit chain and records the start.
+    /// Connects, migrates, opens the audit chain and records the start; binds every socket
+    /// itself (no socket activation).
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        Daemon::build_activated(config, Activated::default()).await
+    }
+
+    /// Like [`Daemon::build`], taking the sockets systemd passed (`playbookd.socket` and its
+    /// siblings, by `FileDescriptorName=`) and binding only the ones it did not pass.
+    pub async fn build_activated(
+        config: Config,
+        mut activated: Activated,
+    ) -> Result<Daemon, DaemonError> {
         // Before anything emits a metric (a metric recorded without a recorder is lost), so
         // that a fresh /metrics shows every series at its true value or zero.
         status::metrics::install();
@@ -137,7 +162,10 @@ impl Daemon {
         // First: a bad key file is an operator error, found before touching the database.
         let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
         tracing::info!(key_id = %node_key.key_id(), "node key loaded");
-        let status_listener = status::bind(&config.status.listen).await?;
+        let status_listener = match activated.take_tcp(activation::STATUS)? {
+            Some(listener) => status::from_activated(listener, &config.status.listen)?,
+            None => status::bind(&config.status.listen).await?,
+        };
         let status_addr = status_listener.local_addr()?;
         let pg = config.postgres_config();
         let store = Store::connect(
@@ -189,7 +217,7 @@ impl Daemon {
             ExecutorParts {
                 store: store.clone(),
                 audit: audit.clone(),
-                actions: Actions::from_config(&config.actions)?,
+                actions: Actions::with_actuator(&config.actions, &config.actuator.socket)?,
                 registry: registry.clone(),
                 safe_halt: safe_halt.clone(),
                 approvals: approvals.clone(),
@@ -205,14 +233,24 @@ impl Daemon {
             safe_halt: safe_halt.clone(),
             executor: executor.clone(),
         });
-        let decision_listener = unix_socket::bind(
+        let mut bound_paths = Vec::new();
+        let decision_listener = take_or_bind(
+            &mut activated,
+            activation::DECISIONS,
             &config.paths.decision_socket,
             config.intake.socket_group.as_deref(),
+            &mut bound_paths,
         )?;
-        let control_listener = unix_socket::bind(
+        let control_listener = take_or_bind(
+            &mut activated,
+            activation::CONTROL,
             &config.paths.control_socket,
             config.control.socket_group.as_deref(),
+            &mut bound_paths,
         )?;
+        for name in activated.untaken() {
+            tracing::warn!(name = %name, "systemd passed a socket the daemon does not use; check the socket units' FileDescriptorName=");
+        }
         let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
         let control = Control::new(ControlParts {
             settings: ControlSettings {
@@ -251,6 +289,7 @@ impl Daemon {
             executor,
             intake,
             decision_listener: Some(decision_listener),
+            bound_paths,
             control,
             control_listener: Some(control_listener),
             reload_requests,
@@ -470,8 +509,9 @@ impl Daemon {
         if !self.executor.drain(EXECUTOR_DRAIN_LIMIT).await {
             tracing::warn!("some executions did not pause in time; they resume at the next start");
         }
-        let _ = std::fs::remove_file(&self.config.paths.decision_socket);
-        let _ = std::fs::remove_file(&self.config.paths.control_socket);
+        for path in &self.bound_paths {
+            let _ = std::fs::remove_file(path);
+        }
         let uptime = self.started.elapsed().as_secs();
         let stop_recorded = tokio::time::timeout(
             DRAIN_LIMIT,
@@ -637,6 +677,43 @@ fn refused_files(report: &ReloadReport) -> Vec<status::RefusedFile> {
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for executions to reach a resumable point.
 const EXECUTOR_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// The Unix listener systemd passed under `name` (checked to be the configured path), or one
+/// bound here at `path` (then recorded in `bound`, to be removed at shutdown).
+fn take_or_bind(
+    activated: &mut Activated,
+    name: &'static str,
+    path: &std::path::Path,
+    group: Option<&str>,
+    bound: &mut Vec<std::path::PathBuf>,
+) -> Result<UnixListener, DaemonError> {
+    let Some(listener) = activated.take_unix(name)? else {
+        let listener = unix_socket::bind(path, group)?;
+        bound.push(path.to_owned());
+        return Ok(listener);
+    };
+    let passed = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_pathname().map(std::path::Path::to_owned));
+    if passed.as_deref() != Some(path) {
+        return Err(DaemonError::ActivatedMismatch {
+            name,
+            key: if name == activation::DECISIONS {
+                "paths.decision_socket"
+            } else {
+                "paths.control_socket"
+            },
+            passed: passed.map_or_else(
+                || "an unnamed socket".to_owned(),
+                |p| p.display().to_string(),
+            ),
+            configured: path.display().to_string(),
+        });
+    }
+    unix_socket::listener_from_std(listener)
+        .map_err(|source| BindError::io(path, "take", source).into())
+}
 
 fn executor_settings(config: &Config) -> ExecutorSettings {
     let executor = &config.executor;

@@ -25,6 +25,8 @@
 //! - [`actions`]: what a step can do to the host; [`sys`] holds the few raw system calls they need.
 
 pub mod actions;
+pub mod activation;
+pub mod actuator;
 pub mod approvals;
 pub mod audit_cli;
 pub mod bench;

@@ -39,22 +39,6 @@ pub fn send_signal(pid: u32, signal: Signal) -> io::Result<SignalOutcome> {
     }
 }
 
-/// Parses a signal name without the `SIG` prefix (`KILL`, `TERM`, …), limited to the ones a
-/// playbook may send.
-pub fn parse_signal(name: &str) -> Option<Signal> {
-    Some(match name {
-        "KILL" => Signal::SIGKILL,
-        "TERM" => Signal::SIGTERM,
-        "INT" => Signal::SIGINT,
-        "HUP" => Signal::SIGHUP,
-        "STOP" => Signal::SIGSTOP,
-        "QUIT" => Signal::SIGQUIT,
-        "USR1" => Signal::SIGUSR1,
-        "USR2" => Signal::SIGUSR2,
-        _ => return None,
-    })
-}
-
 /// The start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
 /// `Ok(None)`: no such process.
 pub fn process_start_time(pid: u32) -> io::Result<Option<u64>> {
@@ -71,6 +55,68 @@ pub fn process_start_time(pid: u32) -> io::Result<Option<u64>> {
     })
 }
 
+/// What `/proc/PID/status` says about a process or thread: who it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStatus {
+    /// The command name (`comm`, at most 15 bytes; any process can set its own).
+    pub name: String,
+    /// The thread group: the pid of the process this task (maybe a thread) belongs to.
+    pub tgid: u32,
+    /// The real uid.
+    pub uid: u32,
+}
+
+/// Reads `/proc/PID/status` (PID may be a thread id). `Ok(None)`: no such process or thread.
+pub fn process_status(pid: u32) -> io::Result<Option<ProcessStatus>> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // ESRCH: the task exited between open and read.
+        Err(e) if e.raw_os_error() == Some(Errno::ESRCH as i32) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    parse_status(&text).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected format of /proc/{pid}/status"),
+        )
+    })
+}
+
+/// The capability sets and `no_new_privs` of this process, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+}
+
+/// Reads this process's capability sets and `no_new_privs`.
+pub fn own_privileges() -> io::Result<Privileges> {
+    let text = std::fs::read_to_string("/proc/self/status")?;
+    let hex = |name: &str| {
+        field(&text, name)
+            .and_then(|value| u64::from_str_radix(value, 16).ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no {name} in /proc/self/status"),
+                )
+            })
+    };
+    Ok(Privileges {
+        inheritable: hex("CapInh")?,
+        permitted: hex("CapPrm")?,
+        effective: hex("CapEff")?,
+        bounding: hex("CapBnd")?,
+        ambient: hex("CapAmb")?,
+        no_new_privs: field(&text, "NoNewPrivs") == Some("1"),
+    })
+}
+
 /// The executable of `pid` (`/proc/PID/exe`). `Ok(None)`: no such process.
 pub fn process_executable(pid: u32) -> io::Result<Option<PathBuf>> {
     match std::fs::read_link(format!("/proc/{pid}/exe")) {
@@ -80,10 +126,12 @@ pub fn process_executable(pid: u32) -> io::Result<Option<PathBuf>> {
     }
 }
 
+/// This process's pid.
 pub fn own_pid() -> u32 {
     std::process::id()
 }
 
+/// This process's effective uid.
 pub fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
@@ -145,6 +193,24 @@ fn to_pid(pid: u32) -> io::Result<Pid> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))
 }
 
+fn parse_status(text: &str) -> Option<ProcessStatus> {
+    Some(ProcessStatus {
+        name: field(text, "Name")?.to_owned(),
+        tgid: field(text, "Tgid")?.parse().ok()?,
+        uid: field(text, "Uid")?
+            .split_ascii_whitespace()
+            .next()?
+            .parse()
+            .ok()?,
+    })
+}
+
+/// The value of `Name:\tvalue` in a `/proc/.../status` text.
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+}
+
 /// Field 22 of a `/proc/PID/stat` line. The command name (field 2) is in parentheses and may
 /// itself contain spaces and parentheses, so fields are counted from the last `)`.
 fn parse_start_time(stat: &str) -> Option<u64> {
@@ -161,6 +227,23 @@ mod tests {
     fn start_time_is_field_22_even_with_parentheses_in_the_name() {
         let stat = "1234 (evil) 1 2 3) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_time(stat), Some(987_654));
+    }
+
+    #[test]
+    fn status_names_the_thread_group_and_the_real_uid() {
+        let own = process_status(own_pid()).unwrap().unwrap();
+        assert_eq!(own.tgid, own_pid());
+        assert_eq!(own.uid, nix::unistd::getuid().as_raw());
+        let text =
+            "Name:\tsystemd-journal\nUmask:\t0022\nTgid:\t371\nPid:\t372\nUid:\t0\t0\t0\t0\n";
+        assert_eq!(
+            parse_status(text),
+            Some(ProcessStatus {
+                name: "systemd-journal".into(),
+                tgid: 371,
+                uid: 0
+            })
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum BindError {
     NotASocket { path: PathBuf },
     #[error("{path}: unknown group `{group}`")]
     UnknownGroup { path: PathBuf, group: String },
+    #[error(
+        "{path}: cannot give the socket to group `{group}`: the daemon's user is not a member; add it (`usermod -aG {group} USER`) or let systemd create the socket (playbookd.socket sets SocketGroup=)"
+    )]
+    GroupNotPermitted { path: PathBuf, group: String },
     #[error("{path}: {action} failed")]
     Io {
         path: PathBuf,
@@ -32,6 +36,39 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
+}
+
+impl BindError {
+    /// An error from `action` on `path`.
+    pub fn io(path: &Path, action: &'static str, source: io::Error) -> BindError {
+        BindError::Io {
+            path: path.to_owned(),
+            action,
+            source,
+        }
+    }
+
+    /// True when an operator must change something (a path, a group, a membership) before a
+    /// restart can help: such errors exit 78 so systemd does not loop.
+    pub fn is_config(&self) -> bool {
+        match self {
+            BindError::NotASocket { .. }
+            | BindError::UnknownGroup { .. }
+            | BindError::GroupNotPermitted { .. } => true,
+            BindError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound
+            ),
+            BindError::InUse { .. } => false,
+        }
+    }
+}
+
+/// A listener systemd passed (socket activation), made ready for tokio. Nothing about its path,
+/// owner or mode is changed: the socket unit decided those.
+pub fn listener_from_std(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 /// Binds `path` with mode 0660 and, when given, group `group`.
@@ -60,10 +97,16 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, BindError>
                 group: name.to_owned(),
             })?
             .gid;
-        nix::unistd::chown(path, None, Some(gid)).map_err(|errno| BindError::Io {
-            path: path.to_owned(),
-            action: "chgrp",
-            source: errno.into(),
+        nix::unistd::chown(path, None, Some(gid)).map_err(|errno| match errno {
+            nix::errno::Errno::EPERM => BindError::GroupNotPermitted {
+                path: path.to_owned(),
+                group: name.to_owned(),
+            },
+            errno => BindError::Io {
+                path: path.to_owned(),
+                action: "chgrp",
+                source: errno.into(),
+            },
         })?;
     }
     Ok(listener)

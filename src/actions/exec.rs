@@ -10,6 +10,17 @@
 //! reads only operands (POSIX utility syntax guideline 10). [`find_option_injection`] finds the
 //! first violation; intake refuses a decision that would cause one, before anything runs.
 //! There is deliberately no way to let a decision choose an option.
+//!
+//! Children get nothing: each runs through `setpriv(1)` as `actions.exec.run_as` (never the
+//! daemon's uid, so it cannot read the node key or the daemon's files, reach its database role
+//! by peer authentication, or pass intake's peer check as the daemon), with no supplementary
+//! groups, empty inheritable, ambient and bounding capability sets, and `no_new_privs` (no
+//! setuid program or file capability can give any back). `setpriv` does in the child what a
+//! `pre_exec` hook would, without `unsafe` in this crate. Switching user needs the daemon to
+//! hold CAP_SETUID/CAP_SETGID (root): a daemon that cannot switch refuses to run the step
+//! rather than run it as itself. Under systemd the daemon holds nothing, so children start
+//! through the exec runner instead (`actions.exec.runner_socket`, see [`super::exec_runner`]),
+//! as the runner unit's user.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -27,16 +38,24 @@ use crate::config::ExecActionConfig;
 use crate::registry::template::{self, Reference, Segment, TemplateContext};
 use crate::sys;
 
+/// The `exec` action.
 pub struct Exec {
     allowed_commands: BTreeSet<PathBuf>,
     transient_exit_codes: BTreeSet<i32>,
+    /// The user children run as (when the daemon starts them itself).
+    run_as: String,
+    /// The exec runner (`playbookd-exec.socket`); when set, children start there.
+    runner_socket: Option<PathBuf>,
 }
 
 impl Exec {
+    /// From `[actions.exec]`.
     pub fn new(config: &ExecActionConfig) -> Exec {
         Exec {
             allowed_commands: config.allowed_commands.clone(),
             transient_exit_codes: config.transient_exit_codes.clone(),
+            run_as: config.run_as.clone(),
+            runner_socket: config.runner_socket.clone(),
         }
     }
 
@@ -60,9 +79,30 @@ impl Exec {
             ("PLAYBOOKD_EXECUTION_ID", ctx.execution_id.to_string()),
             ("PLAYBOOKD_STEP_ID", ctx.step_id.clone()),
         ];
-        let mut cmd = Command::new(&command);
-        cmd.args(&args).envs(env);
-        let finished = run_captured(cmd, None, ctx).await?;
+        let finished = match &self.runner_socket {
+            Some(socket) => {
+                let request = super::exec_runner::RunRequest {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                    timeout_ms: u64::try_from(
+                        ctx.deadline
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                };
+                super::exec_runner::run_via(socket, &request, ctx).await?
+            }
+            None => {
+                let mut cmd = unprivileged_command(&self.run_as)?;
+                cmd.arg(&command).args(&args).envs(env);
+                run_captured(cmd, None, ctx).await?
+            }
+        };
         let summary = json!({
             "command": command,
             "exit_code": finished.status.code(),
@@ -176,6 +216,47 @@ pub const NAME: &str = "exec";
 
 /// The argument after which a program reads only operands.
 pub const END_OF_OPTIONS: &str = "--";
+
+/// A `setpriv` command line that runs what follows `--` as `user` with no privilege; append
+/// the program and its arguments.
+fn unprivileged_command(user: &str) -> Result<Command, ActionError> {
+    let account = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            ActionError::Permanent(format!(
+                "actions.exec.run_as: no user `{user}` on this host"
+            ))
+        })?;
+    if account.uid.as_raw() == sys::effective_uid() {
+        return Err(ActionError::Permanent(format!(
+            "actions.exec.run_as `{user}` is the daemon's own uid: children must not share it"
+        )));
+    }
+    // Switching uid needs CAP_SETUID and CAP_SETGID (root): without them, refuse here with the
+    // reason rather than let setpriv fail with a bare EPERM.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ActionError::Permanent(format!(
+            "exec children run as `{user}`, and this daemon (uid {}) cannot switch to it; start it as root or with CAP_SETUID and CAP_SETGID",
+            sys::effective_uid()
+        )));
+    }
+    let mut cmd = Command::new(SETPRIV);
+    cmd.arg(format!("--reuid={}", account.uid))
+        .arg(format!("--regid={}", account.gid))
+        .args([
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]);
+    Ok(cmd)
+}
+
+/// util-linux's `setpriv`, present on every Debian system (util-linux is essential).
+const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// What a program printed on one stream: the first [`CAPTURE_LIMIT`] bytes and the total.
 #[derive(Debug, Default)]

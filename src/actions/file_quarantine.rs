@@ -1,20 +1,22 @@
-//! `file.quarantine`: moves a regular file into the quarantine directory (see
-//! [`super::quarantine`]). Undo: `file.restore`. Idempotent under the step's key.
+//! `file.quarantine`: asks the actuator to move a regular file into its quarantine directory
+//! (see [`crate::actuator::quarantine`]), keeping owner, mode and hash; only files under
+//! `actions.file.roots`. Undo: `file.restore`. Idempotent under the step's key.
 
-use std::sync::Arc;
+use serde_json::{Value, json};
 
-use serde_json::Value;
-
-use super::quarantine::QuarantineStore;
+use super::actuator_client::{ActuatorClient, unexpected};
 use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
+use crate::actuator::protocol::{QuarantineKey, QuarantineRequest, Reply, Request};
 
+/// `file.quarantine`, a client of the actuator.
 pub struct FileQuarantine {
-    store: Arc<QuarantineStore>,
+    actuator: ActuatorClient,
 }
 
 impl FileQuarantine {
-    pub fn new(store: Arc<QuarantineStore>) -> FileQuarantine {
-        FileQuarantine { store }
+    /// Sends its requests to `actuator`.
+    pub fn new(actuator: ActuatorClient) -> FileQuarantine {
+        FileQuarantine { actuator }
     }
 }
 
@@ -26,13 +28,23 @@ impl Action for FileQuarantine {
     fn execute<'a>(&'a self, params: &'a Value, ctx: &'a ActionContext) -> ActionFuture<'a> {
         Box::pin(async move {
             let path = params::absolute_path(params, "path")?;
-            let key = ctx.idempotency_key_hex();
-            let store = Arc::clone(&self.store);
-            // Copies and hashes can take a while: off the async threads.
-            tokio::task::spawn_blocking(move || store.quarantine(&path, &key))
-                .await
-                .map_err(|e| ActionError::Transient(format!("quarantine task failed: {e}")))?
-                .map(ActionOutput::new)
+            let key = QuarantineKey::try_from(ctx.idempotency_key_hex())
+                .map_err(ActionError::Permanent)?;
+            let request = Request::Quarantine(QuarantineRequest { path, key });
+            match self.actuator.call(&request, ctx).await? {
+                Reply::Quarantined {
+                    path,
+                    stored_as,
+                    sha256,
+                    size,
+                } => Ok(ActionOutput::new(json!({
+                    "path": path,
+                    "quarantined_as": stored_as,
+                    "sha256": sha256,
+                    "size": size,
+                }))),
+                other => Err(unexpected("quarantine", &other)),
+            }
         })
     }
 }

@@ -1,21 +1,23 @@
-//! `file.restore`: puts a quarantined file back where it came from, found by its original
-//! path, with its mode and owner, after checking its sha256 (see [`super::quarantine`]).
-//! Undo: `file.quarantine`. Already restored → success with the same summary.
+//! `file.restore`: asks the actuator to put a quarantined file back where it came from, found
+//! by its original path, with its mode and owner, after checking its sha256 (see
+//! [`crate::actuator::quarantine`]). Undo: `file.quarantine`. Already restored → success with
+//! the same summary.
 
-use std::sync::Arc;
+use serde_json::{Value, json};
 
-use serde_json::Value;
+use super::actuator_client::{ActuatorClient, unexpected};
+use super::{Action, ActionContext, ActionFuture, ActionOutput, ActionSpec, params};
+use crate::actuator::protocol::{Reply, Request, RestoreRequest};
 
-use super::quarantine::QuarantineStore;
-use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
-
+/// `file.restore`, a client of the actuator.
 pub struct FileRestore {
-    store: Arc<QuarantineStore>,
+    actuator: ActuatorClient,
 }
 
 impl FileRestore {
-    pub fn new(store: Arc<QuarantineStore>) -> FileRestore {
-        FileRestore { store }
+    /// Sends its requests to `actuator`.
+    pub fn new(actuator: ActuatorClient) -> FileRestore {
+        FileRestore { actuator }
     }
 }
 
@@ -24,14 +26,24 @@ impl Action for FileRestore {
         &super::specs::FILE_RESTORE
     }
 
-    fn execute<'a>(&'a self, params: &'a Value, _ctx: &'a ActionContext) -> ActionFuture<'a> {
+    fn execute<'a>(&'a self, params: &'a Value, ctx: &'a ActionContext) -> ActionFuture<'a> {
         Box::pin(async move {
             let path = params::absolute_path(params, "path")?;
-            let store = Arc::clone(&self.store);
-            tokio::task::spawn_blocking(move || store.restore(&path))
-                .await
-                .map_err(|e| ActionError::Transient(format!("restore task failed: {e}")))?
-                .map(ActionOutput::new)
+            let request = Request::Restore(RestoreRequest { path });
+            match self.actuator.call(&request, ctx).await? {
+                Reply::Restored {
+                    path,
+                    restored_from,
+                    sha256,
+                    size,
+                } => Ok(ActionOutput::new(json!({
+                    "path": path,
+                    "restored_from": restored_from,
+                    "sha256": sha256,
+                    "size": size,
+                }))),
+                other => Err(unexpected("restore", &other)),
+            }
         })
     }
 }

@@ -6,20 +6,21 @@
 //! transient (worth a retry) or permanent; the executor imposes the deadline and records the
 //! outcome before and after.
 
+pub mod actuator_client;
 pub mod breaker;
 pub mod exec;
+pub mod exec_runner;
 pub mod file_quarantine;
 pub mod file_restore;
 pub mod http_post;
 pub mod limits;
+mod net;
 pub mod net_block_ip;
 pub mod net_unblock_ip;
-pub mod nft;
 pub mod noop;
 pub mod notify;
 mod params;
 pub mod process_kill;
-pub mod quarantine;
 pub mod specs;
 
 use std::collections::HashMap;
@@ -175,9 +176,17 @@ pub enum ActionSetupError {
 }
 
 impl Actions {
-    /// Builds every action. Nothing touches the host here (the quarantine directory and the
-    /// nftables table are created on first use).
+    /// [`Actions::with_actuator`] with the actuator at its default socket.
     pub fn from_config(config: &ActionsConfig) -> Result<Actions, ActionSetupError> {
+        Actions::with_actuator(config, &crate::config::ActuatorConfig::default().socket)
+    }
+
+    /// Builds every action. Nothing touches the host here; `process.kill`, `net.*` and
+    /// `file.*` are clients of the actuator at `actuator_socket` (connected per step).
+    pub fn with_actuator(
+        config: &ActionsConfig,
+        actuator_socket: &std::path::Path,
+    ) -> Result<Actions, ActionSetupError> {
         let mut actions = Actions {
             by_name: HashMap::new(),
         };
@@ -188,21 +197,25 @@ impl Actions {
             });
         }
         let http = Arc::new(http_post::HttpSender::new(&config.http));
-        let quarantine = Arc::new(quarantine::QuarantineStore::new(
-            config.file.quarantine_dir.clone(),
-        ));
-        let nft = Arc::new(nft::Nft::new(&config.net));
+        let actuator = actuator_client::ActuatorClient::new(actuator_socket.to_owned());
+        let never_block = config.net.never_block.clone();
         actions.insert(Arc::new(noop::Noop));
         actions.insert(Arc::new(exec::Exec::new(&config.exec)));
         actions.insert(Arc::new(http_post::HttpPost::new(Arc::clone(&http))));
         actions.insert(Arc::new(notify::Notify::new(http)));
-        actions.insert(Arc::new(file_quarantine::FileQuarantine::new(Arc::clone(
-            &quarantine,
-        ))));
-        actions.insert(Arc::new(file_restore::FileRestore::new(quarantine)));
-        actions.insert(Arc::new(process_kill::ProcessKill));
-        actions.insert(Arc::new(net_block_ip::NetBlockIp::new(Arc::clone(&nft))));
-        actions.insert(Arc::new(net_unblock_ip::NetUnblockIp::new(nft)));
+        actions.insert(Arc::new(file_quarantine::FileQuarantine::new(
+            actuator.clone(),
+        )));
+        actions.insert(Arc::new(file_restore::FileRestore::new(actuator.clone())));
+        actions.insert(Arc::new(process_kill::ProcessKill::new(actuator.clone())));
+        actions.insert(Arc::new(net_block_ip::NetBlockIp::new(
+            actuator.clone(),
+            never_block.clone(),
+        )));
+        actions.insert(Arc::new(net_unblock_ip::NetUnblockIp::new(
+            actuator,
+            never_block,
+        )));
         Ok(actions)
     }
 

@@ -1,20 +1,26 @@
-//! `net.unblock_ip`: removes an address or network from the daemon's nftables sets (see
-//! [`super::nft`]). Undo: `net.block_ip`. Removing an element that is not there succeeds.
+//! `net.unblock_ip`: asks the actuator to remove an address or network from its nftables set
+//! (see [`crate::actuator::nft`]). Undo: `net.block_ip`. Removing an element that is not there
+//! succeeds.
 
-use std::sync::Arc;
+use serde_json::{Value, json};
 
-use serde_json::Value;
+use super::actuator_client::{ActuatorClient, unexpected};
+use super::{Action, ActionContext, ActionFuture, ActionSpec, net};
+use crate::actuator::protocol::{Reply, Request, UnblockRequest};
 
-use super::nft::Nft;
-use super::{Action, ActionContext, ActionFuture, ActionSpec, params};
-
+/// `net.unblock_ip`, a client of the actuator.
 pub struct NetUnblockIp {
-    nft: Arc<Nft>,
+    actuator: ActuatorClient,
+    never_block: Vec<ipnet::IpNet>,
 }
 
 impl NetUnblockIp {
-    pub fn new(nft: Arc<Nft>) -> NetUnblockIp {
-        NetUnblockIp { nft }
+    /// Checks the address first, then asks `actuator`.
+    pub fn new(actuator: ActuatorClient, never_block: Vec<ipnet::IpNet>) -> NetUnblockIp {
+        NetUnblockIp {
+            actuator,
+            never_block,
+        }
     }
 }
 
@@ -25,8 +31,20 @@ impl Action for NetUnblockIp {
 
     fn execute<'a>(&'a self, params: &'a Value, ctx: &'a ActionContext) -> ActionFuture<'a> {
         Box::pin(async move {
-            let address = params::string(params, "address")?;
-            self.nft.unblock(address, ctx).await
+            let net = net::target(params, &self.never_block)?;
+            let request = Request::Unblock(UnblockRequest { net });
+            match self.actuator.call(&request, ctx).await? {
+                Reply::Unblocked {
+                    net,
+                    set,
+                    was_blocked,
+                } => Ok(super::ActionOutput::new(json!({
+                    "address": net.to_string(),
+                    "set": set,
+                    "was_blocked": was_blocked,
+                }))),
+                other => Err(unexpected("unblock", &other)),
+            }
         })
     }
 }

@@ -123,13 +123,26 @@ impl Peer {
                         "peer's /proc status does not match its credentials; supplementary groups ignored"
                     ),
                 },
-                Err(error) => {
-                    tracing::warn!(uid, pid, error = %error, "cannot read the peer's groups; only its primary gid counts");
-                }
+                // Under the shipped unit (ProtectProc=invisible) other users' processes are
+                // hidden: take the peer user's groups from the group database instead.
+                Err(error) => match groups_of_user(uid, gid) {
+                    Some(groups) => gids.extend(groups),
+                    None => {
+                        tracing::warn!(uid, pid, error = %error, "cannot read the peer's groups; only its primary gid counts")
+                    }
+                },
             }
         }
         Peer { uid, gids }
     }
+}
+
+/// The groups the user `uid` belongs to in the group database (`getgrouplist(3)`).
+fn groups_of_user(uid: u32, gid: u32) -> Option<BTreeSet<u32>> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+    let name = std::ffi::CString::new(user.name).ok()?;
+    let groups = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()?;
+    Some(groups.into_iter().map(|g| g.as_raw()).collect())
 }
 
 /// What one peer may do.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::model::{Playbook, Rollback};
 use super::template::{self, Segment};
 use crate::actions::limits::{ActionLimits, Limit, Refusal};
-use crate::actions::nft;
+use crate::actuator::nft;
 
 /// A step parameter the configuration does not allow: where, and which limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,7 +20,8 @@ use super::model::{
 };
 use super::template::{self, Reference, Segment};
 use super::when;
-use crate::actions::{self, ActionSpec, ParamKind, Undo, nft};
+use crate::actions::{self, ActionSpec, ParamKind, Undo};
+use crate::actuator::nft;
 
 /// The largest document accepted, checked before any parsing.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

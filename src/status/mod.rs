@@ -144,6 +144,10 @@ pub enum StatusError {
     },
     #[error("the status API server failed")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "systemd passed the status socket on {passed}, but status.listen is `{listen}`; make playbookd-status.socket and status.listen agree"
+    )]
+    Activated { passed: String, listen: String },
 }
 
 /// A bound status listener: TCP, or a Unix socket whose file is removed when it is dropped.
@@ -220,6 +224,30 @@ pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
             Ok(StatusListener::Unix { listener, path })
         }
     }
+}
+
+/// Takes the TCP listener systemd passed for the status API (`playbookd-status.socket`); it must
+/// listen where `status.listen` says, so the documented address stays true.
+pub fn from_activated(
+    listener: std::net::TcpListener,
+    listen: &str,
+) -> Result<StatusListener, StatusError> {
+    let configured = parse_listen(listen)?;
+    let passed = listener.local_addr().map_err(StatusError::Serve)?;
+    let matches = match &configured {
+        StatusAddr::Tcp(addr) => *addr == passed || (addr.port() == 0 && addr.ip() == passed.ip()),
+        StatusAddr::Unix(_) => false,
+    };
+    if !matches {
+        return Err(StatusError::Activated {
+            passed: passed.to_string(),
+            listen: listen.to_owned(),
+        });
+    }
+    listener.set_nonblocking(true).map_err(StatusError::Serve)?;
+    TcpListener::from_std(listener)
+        .map(StatusListener::Tcp)
+        .map_err(StatusError::Serve)
 }
 
 impl StatusListener {

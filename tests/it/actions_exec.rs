@@ -18,6 +18,12 @@ fn config(commands: &[&str]) -> ActionsConfig {
 #[tokio::test]
 async fn a_command_past_its_deadline_is_killed_with_its_group() {
     let dir = tempfile::tempdir().unwrap();
+    // The child runs as `nobody`: give it somewhere to write.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let pid_file = dir.path().join("grandchild.pid");
     let config = config(&["/bin/sleep", "/bin/sh"]);
     let ctx = ctx(Duration::from_secs(1));
@@ -185,4 +191,158 @@ async fn cancel_kills_the_command() {
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_child_runs_as_run_as_with_no_capability_and_no_new_privileges() {
+    let config = config(&["/bin/grep"]);
+    let output = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let text = output.summary["stdout"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("Uid"), vec![nobody.uid.to_string(); 4], "{text}");
+    assert!(field("Groups").is_empty(), "{text}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(set), vec!["0000000000000000"], "{set} in {text}");
+    }
+    assert_eq!(field("NoNewPrivs"), vec!["1"], "{text}");
+}
+
+#[tokio::test]
+async fn run_as_the_daemons_own_uid_is_refused() {
+    let mut config = config(&["/bin/true"]);
+    config.exec.run_as = "root".into();
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/true"}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("daemon's own uid")),
+        "{error}"
+    );
+}
+
+/// Stands in for `playbookd-exec.socket` (`Accept=yes`): accepts one connection and starts
+/// `playbookd exec-runner` on it, through `setpriv` as systemd would start the runner unit
+/// (as `nobody`, no capability, `no_new_privs`), or as it is when `unprivileged` is false.
+fn accept_once(
+    socket: &std::path::Path,
+    unprivileged: bool,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut command = if unprivileged {
+            crate::actions_support::as_nobody_with_nothing(&crate::helpers::binary())
+        } else {
+            std::process::Command::new(crate::helpers::binary())
+        };
+        let input = std::os::fd::OwnedFd::from(stream.try_clone().unwrap());
+        command
+            .args(["exec-runner", "--daemon-user", "root"])
+            .stdin(std::process::Stdio::from(input))
+            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                stream,
+            )))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn through_the_exec_runner_a_child_runs_as_the_runners_user_with_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("exec.sock");
+    let runner = accept_once(&socket, true);
+    let mut config = config(&["/bin/grep"]);
+    config.exec.runner_socket = Some(socket);
+    let output = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]}),
+        &ctx(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    let finished = runner.join().unwrap();
+    assert!(finished.status.success(), "{finished:?}");
+    let text = output.summary["stdout"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert!(
+        text.contains(&format!("Uid:\t{0}\t{0}", nobody.uid)),
+        "{text}"
+    );
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            text.contains(&format!("{set}:\t0000000000000000")),
+            "{set}: {text}"
+        );
+    }
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert_eq!(output.summary["exit_code"], 0);
+}
+
+#[tokio::test]
+async fn an_exec_runner_holding_capabilities_refuses_to_run_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("exec.sock");
+    let runner = accept_once(&socket, false);
+    let mut config = config(&["/bin/true"]);
+    config.exec.runner_socket = Some(socket);
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/true"}),
+        &ctx(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    let finished = runner.join().unwrap();
+    assert_eq!(finished.status.code(), Some(78), "{finished:?}");
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(stderr.contains("no capability"), "{stderr}");
+}
+
+#[tokio::test]
+async fn without_the_exec_runner_an_exec_step_fails_transiently_naming_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&["/bin/true"]);
+    config.exec.runner_socket = Some(dir.path().join("absent.sock"));
+    let error = run(
+        &config,
+        "exec",
+        json!({"command": "/bin/true"}),
+        &ctx(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Transient(m) if m.contains("exec runner unavailable") && m.contains("absent.sock")),
+        "{error}"
+    );
 }

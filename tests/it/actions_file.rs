@@ -1,4 +1,5 @@
-//! `file.quarantine` / `file.restore` on real files, on one filesystem and across two.
+//! `file.quarantine` / `file.restore` through a real actuator on real files, on one filesystem
+//! and across two, confined to the actuator's file roots.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -9,12 +10,15 @@ use playbookd::config::ActionsConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::actions_support::{ctx, is_root, must, run};
+use crate::actions_support::{ActuatorSetup, TestActuator, ctx, is_root, must};
 
-fn config(quarantine_dir: &Path) -> ActionsConfig {
-    let mut config = ActionsConfig::default();
-    config.file.quarantine_dir = quarantine_dir.to_owned();
-    config
+/// An actuator keeping its quarantine in `quarantine_dir`, allowed to act under `root`.
+fn actuator(quarantine_dir: &Path, root: &Path) -> TestActuator {
+    TestActuator::start(ActuatorSetup {
+        quarantine_dir: Some(quarantine_dir.to_owned()),
+        roots: vec![root.to_owned()],
+        ..ActuatorSetup::default()
+    })
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -45,7 +49,8 @@ impl Drop for Tmpfs {
 }
 
 async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
-    let config = config(&quarantine_dir);
+    let config = ActionsConfig::default();
+    let actuator = actuator(&quarantine_dir, work);
     let path = work.join("payload.bin");
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &content).unwrap();
@@ -62,7 +67,8 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
     let expected_hash = hex::encode(Sha256::digest(&content));
 
     let step = ctx(Duration::from_secs(10));
-    let quarantined = run(&config, "file.quarantine", json!({"path": path}), &step)
+    let quarantined = actuator
+        .run(&config, "file.quarantine", json!({"path": path}), &step)
         .await
         .unwrap();
     assert_eq!(quarantined.summary["sha256"], expected_hash);
@@ -80,14 +86,16 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
     assert_eq!(sidecar["uid"], owner.0);
 
     // Same key again: same summary, nothing changes.
-    let again = run(&config, "file.quarantine", json!({"path": path}), &step)
+    let again = actuator
+        .run(&config, "file.quarantine", json!({"path": path}), &step)
         .await
         .unwrap();
     assert_eq!(again, quarantined);
 
     // The rollback runs with its own key and the same {path}.
     let rollback = ctx(Duration::from_secs(10));
-    let restored = run(&config, "file.restore", json!({"path": path}), &rollback)
+    let restored = actuator
+        .run(&config, "file.restore", json!({"path": path}), &rollback)
         .await
         .unwrap();
     assert_eq!(restored.summary["sha256"], expected_hash);
@@ -96,14 +104,15 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
     assert_eq!(meta.mode() & 0o7777, 0o751);
     assert_eq!((meta.uid(), meta.gid()), owner);
     assert!(!copy.exists());
-    let again = run(
-        &config,
-        "file.restore",
-        json!({"path": path}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    let again = actuator
+        .run(
+            &config,
+            "file.restore",
+            json!({"path": path}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     assert_eq!(again, restored);
 }
 
@@ -133,24 +142,27 @@ async fn quarantine_and_restore_round_trip_across_two_filesystems() {
 async fn a_tampered_quarantined_copy_is_not_restored() {
     let work = tempfile::tempdir().unwrap();
     let quarantine_dir = work.path().join("q");
-    let config = config(&quarantine_dir);
+    let config = ActionsConfig::default();
+    let actuator = actuator(&quarantine_dir, work.path());
     let path = work.path().join("evil.sh");
     std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
     let step = ctx(Duration::from_secs(10));
-    run(&config, "file.quarantine", json!({"path": path}), &step)
+    actuator
+        .run(&config, "file.quarantine", json!({"path": path}), &step)
         .await
         .unwrap();
     let copy = quarantine_dir.join(step.idempotency_key_hex());
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&copy, b"#!/bin/sh\nrm -rf /\n").unwrap();
-    let error = run(
-        &config,
-        "file.restore",
-        json!({"path": path}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap_err();
+    let error = actuator
+        .run(
+            &config,
+            "file.restore",
+            json!({"path": path}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap_err();
     assert!(
         matches!(&error, ActionError::Permanent(m) if m.contains("sha256")),
         "{error}"
@@ -162,7 +174,8 @@ async fn a_tampered_quarantined_copy_is_not_restored() {
 async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
     let work = tempfile::tempdir().unwrap();
     let quarantine_dir = work.path().join("q");
-    let config = config(&quarantine_dir);
+    let config = ActionsConfig::default();
+    let actuator = actuator(&quarantine_dir, work.path());
     let target = work.path().join("target");
     std::fs::write(&target, b"x").unwrap();
     let link = work.path().join("link");
@@ -180,14 +193,15 @@ async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
         (linked_dir.join("target"), "symlink in its directories"),
         (work.path().join("missing"), "does not exist"),
     ] {
-        let error = run(
-            &config,
-            "file.quarantine",
-            json!({"path": path}),
-            &ctx(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap_err();
+        let error = actuator
+            .run(
+                &config,
+                "file.quarantine",
+                json!({"path": path}),
+                &ctx(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap_err();
         assert!(
             matches!(&error, ActionError::Permanent(m) if m.contains(expected)),
             "{}: {error}",
@@ -195,13 +209,38 @@ async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
         );
     }
     assert!(target.exists() && link.exists());
-    let error = run(
-        &config,
-        "file.restore",
-        json!({"path": target}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
+    let error = actuator
+        .run(
+            &config,
+            "file.restore",
+            json!({"path": target}),
+            &ctx(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("nothing quarantined"), "{error}");
+}
+
+#[tokio::test]
+async fn a_file_outside_the_roots_is_refused_and_left_in_place() {
+    let work = tempfile::tempdir().unwrap();
+    let granted = work.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    let actuator = actuator(&work.path().join("q"), &granted);
+    let outside = work.path().join("payload");
+    std::fs::write(&outside, b"secret").unwrap();
+    let error = actuator
+        .run(
+            &ActionsConfig::default(),
+            "file.quarantine",
+            json!({"path": outside}),
+            &ctx(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("outside the file roots")),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
 }

@@ -1,5 +1,6 @@
-//! `net.block_ip` / `net.unblock_ip` with the real `nft`, inside a network namespace made for
-//! the test (root only): the packets are really dropped, then pass again.
+//! `net.block_ip` / `net.unblock_ip` through a real actuator running the real `nft` inside a
+//! network namespace made for the test (root only): the packets are really dropped, then pass
+//! again. The actuator's own refusals are shown with raw requests.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
@@ -9,24 +10,27 @@ use playbookd::actions::ActionError;
 use playbookd::config::ActionsConfig;
 use serde_json::json;
 
-use crate::actions_support::{ctx, is_root, must, run};
+use crate::actions_support::{ActuatorSetup, TestActuator, ctx, is_root, must, run};
 
 /// A namespace joined to the host by a veth pair: host side `.1`, namespace side `.2`.
 /// Deleted (with its veth pair) when dropped.
-struct NetNs {
+pub struct NetNs {
     name: String,
-    host: Ipv4Addr,
+    pub host: Ipv4Addr,
     inside: Ipv4Addr,
 }
 
 impl NetNs {
-    fn create() -> NetNs {
-        let tag = format!("{:05}", std::process::id() % 100_000);
+    /// A namespace of its own for each call (several tests of this binary run at once).
+    pub fn create() -> NetNs {
+        static CREATED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = format!("{:05}{n}", std::process::id() % 100_000);
         let name = format!("pbd-test-{tag}");
         let subnet = 1 + (std::process::id() % 250) as u8;
         let (host, inside) = (
-            Ipv4Addr::new(10, 231, subnet, 1),
-            Ipv4Addr::new(10, 231, subnet, 2),
+            Ipv4Addr::new(10, 231 + n, subnet, 1),
+            Ipv4Addr::new(10, 231 + n, subnet, 2),
         );
         let (outer, inner) = (format!("pbdh{tag}"), format!("pbdn{tag}"));
         let _ = Command::new("/usr/sbin/ip")
@@ -75,18 +79,15 @@ impl NetNs {
         must(&full);
     }
 
-    fn config(&self, never_block: &[&str]) -> ActionsConfig {
-        let mut config = ActionsConfig::default();
-        config.net.nft_command = ["/usr/sbin/ip", "netns", "exec", &self.name, "/usr/sbin/nft"]
+    pub fn nft_command(&self) -> Vec<String> {
+        ["/usr/sbin/ip", "netns", "exec", &self.name, "/usr/sbin/nft"]
             .map(str::to_owned)
-            .to_vec();
-        config.net.never_block = never_block.iter().map(|n| n.parse().unwrap()).collect();
-        config
+            .to_vec()
     }
 
     /// Whether a packet from the host reaches the namespace: a TCP SYN to a closed port is
     /// answered at once with a reset when it arrives, and times out when dropped.
-    fn reachable(&self) -> bool {
+    pub fn reachable(&self) -> bool {
         let ping = Command::new("ping")
             .args(["-c", "1", "-W", "1", &self.inside.to_string()])
             .output()
@@ -105,7 +106,7 @@ impl NetNs {
         ping
     }
 
-    fn ruleset(&self) -> String {
+    pub fn ruleset(&self) -> String {
         let output = Command::new("/usr/sbin/ip")
             .args([
                 "netns",
@@ -139,21 +140,23 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
         return;
     }
     let ns = NetNs::create();
-    let config = ns.config(&["192.0.2.0/24"]);
+    let actuator = TestActuator::start(ActuatorSetup {
+        nft_command: ns.nft_command(),
+        never_block: &["192.0.2.0/24"],
+        ..ActuatorSetup::default()
+    });
+    let config = ActionsConfig::default();
     let host = ns.host.to_string();
     assert!(
         ns.reachable(),
         "the namespace is not reachable before any block"
     );
 
-    let block = run(
-        &config,
-        "net.block_ip",
-        json!({"address": host}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    let step = ctx(Duration::from_secs(10));
+    let block = actuator
+        .run(&config, "net.block_ip", json!({"address": host}), &step)
+        .await
+        .unwrap();
     assert_eq!(block.summary["set"], "blocked_v4");
     assert!(ns.ruleset().contains(&host), "{}", ns.ruleset());
     assert!(
@@ -161,55 +164,60 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
         "packets from a blocked address still arrive"
     );
     // Blocking again is a success and changes nothing.
-    run(
-        &config,
-        "net.block_ip",
-        json!({"address": host}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    actuator
+        .run(
+            &config,
+            "net.block_ip",
+            json!({"address": host}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     assert!(!ns.reachable());
 
-    let unblock = run(
-        &config,
-        "net.unblock_ip",
-        json!({"address": host}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    let unblock = actuator
+        .run(
+            &config,
+            "net.unblock_ip",
+            json!({"address": host}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     assert_eq!(unblock.summary["was_blocked"], true);
     assert!(ns.reachable(), "packets still dropped after unblock");
-    let again = run(
-        &config,
-        "net.unblock_ip",
-        json!({"address": host}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    let again = actuator
+        .run(
+            &config,
+            "net.unblock_ip",
+            json!({"address": host}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     assert_eq!(again.summary["was_blocked"], false);
 
     // A timed block of a network; the element carries its timeout.
-    run(
-        &config,
-        "net.block_ip",
-        json!({"address": "198.51.100.0/24", "timeout": "10m"}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    actuator
+        .run(
+            &config,
+            "net.block_ip",
+            json!({"address": "198.51.100.0/24", "timeout": "10m"}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     let ruleset = ns.ruleset();
     assert!(ruleset.contains("198.51.100.0/24 timeout 10m"), "{ruleset}");
-    run(
-        &config,
-        "net.block_ip",
-        json!({"address": "2001:db8::1"}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    actuator
+        .run(
+            &config,
+            "net.block_ip",
+            json!({"address": "2001:db8::1"}),
+            &ctx(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     assert!(ns.ruleset().contains("2001:db8::1"));
 }
 
@@ -243,14 +251,57 @@ async fn loopback_never_block_and_malformed_addresses_are_refused() {
             "{address}: {error}"
         );
     }
-    // A valid address reaches nft (here /bin/false), which fails.
-    let error = run(
-        &config,
-        "net.block_ip",
-        json!({"address": "203.0.113.9"}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
+    // A valid address reaches the actuator, whose nft (here /bin/false) fails.
+    let actuator = TestActuator::start(ActuatorSetup {
+        nft_command: vec!["/bin/false".into()],
+        ..ActuatorSetup::default()
+    });
+    let error = actuator
+        .run(
+            &config,
+            "net.block_ip",
+            json!({"address": "203.0.113.9"}),
+            &ctx(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("nft failed"), "{error}");
+}
+
+#[tokio::test]
+async fn the_actuator_itself_refuses_loopback_and_never_block_addresses() {
+    // nft would succeed (/bin/true): only the actuator's own checks can refuse.
+    let actuator = TestActuator::start(ActuatorSetup {
+        nft_command: vec!["/bin/true".into()],
+        never_block: &["10.20.0.0/16"],
+        ..ActuatorSetup::default()
+    });
+    for net in [
+        "127.0.0.1/32",
+        "127.0.0.0/8",
+        "::1/128",
+        "0.0.0.0/0",
+        "10.20.5.5/32",
+        "10.0.0.0/8",
+        "::ffff:8.8.8.8/128",
+    ] {
+        for op in ["block", "unblock"] {
+            let line = if op == "block" {
+                json!({"block": {"net": net, "timeout_seconds": null}})
+            } else {
+                json!({"unblock": {"net": net}})
+            };
+            let reply = actuator.raw(line.to_string().as_bytes());
+            assert!(
+                reply.contains("\"refused\"") && reply.contains("refusing to block"),
+                "{op} {net}: {reply}"
+            );
+        }
+    }
+    let reply = actuator.raw(
+        json!({"block": {"net": "203.0.113.9/32", "timeout_seconds": 60}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(reply.contains("\"blocked\""), "{reply}");
 }

@@ -1,4 +1,5 @@
-//! `process.kill` against real child processes.
+//! `process.kill` through a real actuator against real child processes, and the actuator's own
+//! refusals (raw protocol, so the daemon-side checks in front of it are bypassed).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
@@ -8,60 +9,70 @@ use playbookd::actions::ActionError;
 use playbookd::config::ActionsConfig;
 use serde_json::json;
 
-use crate::actions_support::{ctx, run};
+use crate::actions_support::{ActuatorSetup, TestActuator, ctx};
 
-async fn kill(params: serde_json::Value) -> Result<serde_json::Value, ActionError> {
-    run(
-        &ActionsConfig::default(),
-        "process.kill",
-        params,
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .map(|output| output.summary)
+async fn kill(
+    actuator: &TestActuator,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, ActionError> {
+    actuator
+        .run(
+            &ActionsConfig::default(),
+            "process.kill",
+            params,
+            &ctx(Duration::from_secs(5)),
+        )
+        .await
+        .map(|output| output.summary)
+}
+
+fn signal_line(pid: u32, start_time: Option<u64>) -> String {
+    json!({"signal": {"pid": pid, "signal": "KILL", "start_time": start_time, "executable": null}})
+        .to_string()
 }
 
 #[tokio::test]
 async fn a_spawned_child_is_killed_when_its_start_time_matches() {
+    let actuator = TestActuator::start(ActuatorSetup::default());
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = child.id();
     let start = playbookd::sys::process_start_time(pid).unwrap().unwrap();
-    let exe = playbookd::sys::process_executable(pid).unwrap().unwrap();
-    assert!(exe.ends_with("sleep"), "{}", exe.display());
-    let summary =
-        kill(json!({"pid": pid, "signal": "KILL", "start_time": start, "executable": exe}))
-            .await
-            .unwrap();
+    let summary = kill(
+        &actuator,
+        json!({"pid": pid, "signal": "KILL", "start_time": start}),
+    )
+    .await
+    .unwrap();
     assert_eq!(summary["already_gone"], false);
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(9));
 
     // Reaped: now it is gone, which is success.
-    let summary = kill(json!({"pid": pid, "start_time": start}))
+    let summary = kill(&actuator, json!({"pid": pid, "start_time": start}))
         .await
         .unwrap();
-    assert_eq!(summary["already_gone"], true);
-    let summary = kill(json!({"pid": pid})).await.unwrap();
     assert_eq!(summary["already_gone"], true);
 }
 
 #[tokio::test]
-async fn a_reused_pid_is_refused_and_left_alone() {
+async fn a_pid_whose_start_time_changed_is_refused_by_the_actuator_and_left_alone() {
+    let actuator = TestActuator::start(ActuatorSetup::default());
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = child.id();
     let start = playbookd::sys::process_start_time(pid).unwrap().unwrap();
-    let error = kill(json!({"pid": pid, "signal": "KILL", "start_time": start + 1}))
-        .await
-        .unwrap_err();
+    let reply = actuator.raw(signal_line(pid, Some(start + 1)).as_bytes());
     assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("pid reused")),
-        "{error}"
+        reply.contains("\"refused\"") && reply.contains("pid reused"),
+        "{reply}"
     );
-    let error = kill(json!({"pid": pid, "signal": "KILL", "executable": "/usr/sbin/sshd"}))
-        .await
-        .unwrap_err();
+    let error = kill(
+        &actuator,
+        json!({"pid": pid, "signal": "KILL", "start_time": start + 1}),
+    )
+    .await
+    .unwrap_err();
     assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("pid reused")),
+        matches!(&error, ActionError::Permanent(m) if m.contains("refused by the actuator") && m.contains("pid reused")),
         "{error}"
     );
     assert!(
@@ -73,16 +84,143 @@ async fn a_reused_pid_is_refused_and_left_alone() {
 }
 
 #[tokio::test]
-async fn init_the_daemon_itself_and_unknown_signals_are_refused() {
-    for pid in [0, 1, std::process::id()] {
-        let error = kill(json!({"pid": pid})).await.unwrap_err();
+async fn the_actuator_refuses_pid_1_itself_and_the_callers_threads() {
+    let actuator = TestActuator::start(ActuatorSetup::default());
+    // This test process is the "daemon" here: its pid and every thread id are refused.
+    let threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(threads.len() > 1, "expected a multi-threaded test process");
+    let mut targets = vec![
+        (1, "init"),
+        (actuator.pid(), "the actuator"),
+        (std::process::id(), "the daemon"),
+    ];
+    for tid in threads.iter().filter(|t| **t != std::process::id()) {
+        targets.push((*tid, "a thread of the daemon"));
+    }
+    for (pid, expected) in targets {
+        let reply = actuator.raw(signal_line(pid, None).as_bytes());
         assert!(
-            matches!(&error, ActionError::Permanent(m) if m.contains("refusing")),
-            "{pid}: {error}"
+            reply.contains("\"refused\"") && reply.contains(expected),
+            "{pid}: {reply}"
         );
     }
-    let error = kill(json!({"pid": 999_999, "signal": "SEGV"}))
+    assert!(
+        actuator.child.id() > 0
+            && std::path::Path::new(&format!("/proc/{}", actuator.pid())).exists()
+    );
+}
+
+#[tokio::test]
+async fn the_daemons_postgresql_backend_is_refused() {
+    let actuator = TestActuator::start(ActuatorSetup::default());
+    let db = crate::helpers::TestDb::empty().await;
+    let client = db.client().await;
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid = u32::try_from(backend).unwrap();
+    let error = kill(&actuator, json!({"pid": pid, "signal": "KILL"}))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("SEGV"), "{error}");
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("protected user postgres")),
+        "{error}"
+    );
+    // The backend still answers.
+    client.query_one("SELECT 1", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_the_daemons_uid_is_refused() {
+    let actuator = TestActuator::start(ActuatorSetup {
+        daemon_user: "nobody",
+        ..ActuatorSetup::default()
+    });
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let error = kill(&actuator, json!({"pid": child.id(), "signal": "KILL"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Permanent(m) if m.contains("is not the daemon's uid")),
+        "{error}"
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        actuator.log_text().contains("refused a peer"),
+        "{}",
+        actuator.log_text()
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_requests_are_refused() {
+    let actuator = TestActuator::start(ActuatorSetup::default());
+    for line in [
+        "not json",
+        r#"{"exec":{"command":"/bin/sh","args":["-c","id"]}}"#,
+        r#"{"signal":{"pid":4242,"signal":"KILL","start_time":null,"executable":null,"as_root":true}}"#,
+        r#"{"signal":{"pid":"{{ subject.pid }}","signal":"KILL","start_time":null,"executable":null}}"#,
+        r#"{"quarantine":{"path":"/etc/shadow","key":"../../x"}}"#,
+    ] {
+        let reply = actuator.raw(line.as_bytes());
+        assert!(
+            reply.contains("\"refused\"") && reply.contains("malformed request"),
+            "{line}: {reply}"
+        );
+    }
+    let long = vec![b'x'; 20_000];
+    let reply = actuator.raw(&long);
+    assert!(reply.contains("longer than"), "{reply}");
+}
+
+#[tokio::test]
+async fn without_an_actuator_process_kill_fails_transiently_naming_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let actions =
+        playbookd::actions::Actions::with_actuator(&ActionsConfig::default(), &socket).unwrap();
+    let error = actions
+        .get("process.kill")
+        .unwrap()
+        .execute(&json!({"pid": 4242}), &ctx(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ActionError::Transient(m) if m.contains("actuator unavailable") && m.contains("absent.sock")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn init_the_daemon_itself_and_unknown_signals_are_refused_before_the_actuator() {
+    let dir = tempfile::tempdir().unwrap();
+    let actions = playbookd::actions::Actions::with_actuator(
+        &ActionsConfig::default(),
+        &dir.path().join("absent.sock"),
+    )
+    .unwrap();
+    for (params, expected) in [
+        (json!({"pid": 0}), "refusing"),
+        (json!({"pid": 1}), "refusing"),
+        (json!({"pid": std::process::id()}), "refusing"),
+        (json!({"pid": 999_999, "signal": "SEGV"}), "SEGV"),
+    ] {
+        let error = actions
+            .get("process.kill")
+            .unwrap()
+            .execute(&params, &ctx(Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ActionError::Permanent(m) if m.contains(expected)),
+            "{params}: {error}"
+        );
+    }
 }

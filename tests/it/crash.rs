@@ -99,10 +99,17 @@ steps:
 async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
-    let counter = dir.path("counter");
+    // exec children run as `nobody` (actions.exec.run_as): the counter and its effect files
+    // live where they can reach them (not in the daemon's own directory).
+    let scratch = tempfile::Builder::new()
+        .prefix("pbd-crash-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let counter = scratch.path().join("counter");
     std::fs::write(&counter, COUNTER).unwrap();
     std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let effects = dir.path("effects");
+    let effects = scratch.path().join("effects");
     let playbook = COUNTED
         .replace("COUNTER", &counter.display().to_string())
         .replace("EFFECTS", &effects.display().to_string());

@@ -10,6 +10,7 @@ mod actions_http;
 mod actions_net;
 mod actions_process;
 mod actions_support;
+mod actuator;
 mod api_conformance;
 mod audit;
 mod bench;

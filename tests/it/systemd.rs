@@ -34,7 +34,19 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
         ("/etc/playbookd/trusted-keys", 0o750),
         ("/var/lib/playbookd", 0o750),
         ("/var/lib/playbookd/playbooks", 0o750),
-        ("/var/lib/playbookd/quarantine", 0o700),
+        ("/var/lib/playbookd-actuator", 0o700),
+        ("/var/lib/playbookd-actuator/quarantine", 0o700),
+        ("/etc/systemd/system/playbookd.socket", 0o644),
+        ("/etc/systemd/system/playbookd-control.socket", 0o644),
+        ("/etc/systemd/system/playbookd-status.socket", 0o644),
+        ("/etc/systemd/system/playbookd-actuator.service", 0o644),
+        ("/etc/systemd/system/playbookd-actuator.socket", 0o644),
+        ("/etc/systemd/system/playbookd-exec.socket", 0o644),
+        ("/etc/systemd/system/playbookd-exec@.service", 0o644),
+        (
+            "/etc/systemd/system/playbookd-actuator.service.d/file-roots.conf",
+            0o644,
+        ),
         ("/usr/share/playbookd/samples/README", 0o644),
     ] {
         let meta = std::fs::metadata(at(path)).unwrap_or_else(|e| panic!("{path}: {e}\n{output}"));
@@ -67,6 +79,10 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
     for printed in [
         "skipped (DESTDIR set): useradd --system --gid playbookd",
         "skipped (DESTDIR set): groupadd --system playbookd-approvers",
+        "skipped (DESTDIR set): groupadd --system playbookd-policy",
+        "skipped (DESTDIR set): groupadd --system playbookd-operators",
+        "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ actuator playbookd-actuator",
+        "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ exec playbookd-exec",
         "CREATE DATABASE playbookd OWNER playbookd;",
         "skipped (DESTDIR set): runuser -u playbookd -- /usr/local/bin/playbookd migrate",
         "skipped (DESTDIR set): systemctl daemon-reload",
@@ -97,7 +113,11 @@ fn installer_run_twice_keeps_an_edited_config() {
         "{output}"
     );
     assert!(
-        output.contains("skipped (DESTDIR set): systemctl enable playbookd.service"),
+        output.contains(
+            "skipped (DESTDIR set): systemctl enable playbookd.socket playbookd-control.socket \
+             playbookd-status.socket playbookd-actuator.socket playbookd-exec.socket \
+             playbookd-actuator.service playbookd.service"
+        ),
         "{output}"
     );
 }
@@ -122,39 +142,63 @@ fn uninstall_keeps_config_and_data_unless_purged() {
 
     let output = run_script("installer/uninstall.sh", root.path(), &[]);
     assert!(!at("usr/local/bin/playbookd").exists(), "{output}");
-    assert!(!at("etc/systemd/system/playbookd.service").exists());
+    for unit in [
+        "playbookd.service",
+        "playbookd.socket",
+        "playbookd-actuator.service",
+        "playbookd-exec@.service",
+        "playbookd-actuator.service.d",
+    ] {
+        assert!(
+            !at(&format!("etc/systemd/system/{unit}")).exists(),
+            "{unit} left behind"
+        );
+    }
     assert!(!at("usr/share/playbookd").exists());
     assert!(at("etc/playbookd/playbookd.toml").exists(), "{output}");
-    assert!(at("var/lib/playbookd/quarantine").exists());
+    assert!(at("var/lib/playbookd-actuator/quarantine").exists());
     assert!(
-        output.contains("systemctl disable --now playbookd.service"),
+        output.contains("systemctl disable --now playbookd.socket playbookd-control.socket"),
         "{output}"
     );
 
     let output = run_script("installer/uninstall.sh", root.path(), &["--purge"]);
     assert!(!at("etc/playbookd").exists(), "{output}");
     assert!(!at("var/lib/playbookd").exists(), "{output}");
+    assert!(!at("var/lib/playbookd-actuator").exists(), "{output}");
+    assert!(output.contains("userdel playbookd-actuator"), "{output}");
     assert!(output.contains("DROP DATABASE playbookd;"), "{output}");
 }
 
 #[test]
-fn installed_unit_passes_systemd_analyze_verify() {
+fn installed_units_pass_systemd_analyze_verify() {
     let root = tempfile::tempdir().unwrap();
     install_into(root.path(), &["--no-enable"]);
     // verify insists that ExecStart= exists: point it at the DESTDIR copy, change nothing else.
     let installed = root.path().join("usr/local/bin/playbookd");
-    let unit =
-        std::fs::read_to_string(root.path().join("etc/systemd/system/playbookd.service")).unwrap();
-    let exec_start = "ExecStart=/usr/local/bin/playbookd ";
-    assert!(unit.contains(exec_start), "{unit}");
-    let unit = unit.replace(exec_start, &format!("ExecStart={} ", installed.display()));
     let check = tempfile::tempdir().unwrap();
-    let path = check.path().join("playbookd.service");
-    std::fs::write(&path, unit).unwrap();
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(root.path().join("etc/systemd/system")).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        let unit = std::fs::read_to_string(entry.path()).unwrap().replace(
+            "ExecStart=/usr/local/bin/playbookd ",
+            &format!("ExecStart={} ", installed.display()),
+        );
+        let path = check.path().join(entry.file_name());
+        std::fs::write(&path, unit).unwrap();
+        // A template is verified through an instance of it.
+        let name = entry.file_name().to_str().unwrap().replace("@.", "@1.");
+        paths.push(check.path().join(name));
+    }
+    assert!(paths.len() >= 8, "{paths:?}");
 
     let output = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&path)
+        .args(&paths)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", check.path().display()))
         .output()
         .expect("systemd-analyze (package systemd) is needed for this test");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -221,10 +265,62 @@ fn the_units_open_file_limit_covers_every_bounded_listener_at_its_default() {
 }
 
 #[test]
-fn unit_exposure_score_is_ok_and_at_most_2() {
+fn daemon_unit_exposure_is_at_most_1_2_and_the_actuators_at_most_2() {
+    for (unit, limit) in [
+        ("playbookd.service", 1.2),
+        ("playbookd-actuator.service", 2.0),
+    ] {
+        let score = exposure(unit);
+        assert!(score <= limit, "{unit}: exposure {score} > {limit}");
+    }
+}
+
+#[test]
+fn daemon_unit_keeps_no_capability_and_no_netlink() {
+    let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    for expected in [
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "ProtectProc=invisible",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ] {
+        assert!(settings.contains(&expected), "unit lacks `{expected}`");
+    }
+    assert!(
+        !unit.contains("AF_NETLINK\n"),
+        "the daemon may not open netlink sockets"
+    );
+    // Every hardening setting is explained by a comment just above it.
+    let hardening = unit
+        .split("# --- Privilege")
+        .nth(1)
+        .and_then(|rest| rest.split("[Install]").next())
+        .expect("a hardening section");
+    let mut previous = "#";
+    for line in hardening.lines().skip(1) {
+        let bare = line.trim();
+        if !bare.is_empty()
+            && !bare.starts_with('#')
+            && !bare.starts_with('[')
+            && previous.is_empty()
+        {
+            panic!("`{bare}` has no comment above it");
+        }
+        previous = bare;
+    }
+}
+
+/// `systemd-analyze security --offline=yes` of a shipped unit: its overall exposure, rated OK.
+fn exposure(unit: &str) -> f64 {
     let output = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(source("systemd/playbookd.service"))
+        .arg(source(&format!("systemd/{unit}")))
         .output()
         .expect("systemd-analyze (package systemd) is needed for this test");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -244,8 +340,8 @@ fn unit_exposure_score_is_ok_and_at_most_2() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|score| score.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the score in `{line}`"));
-    assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
     assert!(line.contains(" OK"), "not rated OK: {line}");
+    score
 }
 
 // ---- sd_notify ------------------------------------------------------------------------------
@@ -703,4 +799,230 @@ fn run_script(script: &str, destdir: &Path, args: &[&str]) -> String {
     );
     assert!(output.status.success(), "{script} failed:\n{text}");
     text
+}
+
+// ---- socket activation ----------------------------------------------------------------------
+
+/// Stands in for systemd's socket units: binds decisions.sock, control.sock and a status port
+/// once, and starts the daemon (again and again) with them as fds 3, 4, 5 and `LISTEN_FDS`,
+/// `LISTEN_PID`, `LISTEN_FDNAMES` set as systemd sets them. bash places the descriptors and sets
+/// `LISTEN_PID=$$` before it execs the daemon (same pid), so no `pre_exec` is needed.
+struct SocketLauncher {
+    decisions: std::os::unix::net::UnixListener,
+    control: std::os::unix::net::UnixListener,
+    status: std::net::TcpListener,
+}
+
+impl SocketLauncher {
+    fn bind(dir: &DaemonDir) -> SocketLauncher {
+        SocketLauncher {
+            decisions: std::os::unix::net::UnixListener::bind(dir.path("run/decisions.sock"))
+                .unwrap(),
+            control: std::os::unix::net::UnixListener::bind(dir.path("run/control.sock")).unwrap(),
+            status: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    fn start(&self, config: &Path, log: &Path) -> ChildDaemon {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::fd::{AsFd, AsRawFd};
+        let fds = [
+            self.decisions.as_fd(),
+            self.control.as_fd(),
+            self.status.as_fd(),
+        ];
+        let raw: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        // Inherited only across this one spawn: close-on-exec is cleared, then set again.
+        for fd in &fds {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        }
+        let script = format!(
+            "exec 100<&{a} 101<&{b} 102<&{c} {a}<&- {b}<&- {c}<&-; \
+             exec 3<&100 4<&101 5<&102 100<&- 101<&- 102<&-; \
+             export LISTEN_PID=$$ LISTEN_FDS=3 LISTEN_FDNAMES=decisions:control:status; \
+             exec \"$0\" serve --config \"$1\"",
+            a = raw[0],
+            b = raw[1],
+            c = raw[2]
+        );
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new("/bin/bash")
+            .arg("-c")
+            .arg(script)
+            .arg(binary())
+            .arg(config)
+            .env_remove("PLAYBOOKD_DATABASE_URL")
+            .env_remove("NOTIFY_SOCKET")
+            .env("PLAYBOOKD_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn bash");
+        for fd in &fds {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
+        ChildDaemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+}
+
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[tokio::test]
+async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decision_sent_during_a_restart()
+ {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    dir.write_signed(
+        "playbooks/noop-3.yaml",
+        include_str!("../../playbooks/noop-3.yaml"),
+        true,
+    );
+    dir.write_signed(
+        "bindings.yaml",
+        "bindings:\n  - {policy: bench.noop, outcome: run, playbook: noop-3}\n",
+        true,
+    );
+    let config = dir.write_config(&db, "node-activation", "[intake]\nallowed_uids = [0]\n");
+    let launcher = SocketLauncher::bind(&dir);
+    let decisions = dir.path("run/decisions.sock");
+    let before = inode(&decisions);
+
+    let mut daemon = launcher.start(&config, &dir.path("daemon-1.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let status_port = launcher.status.local_addr().unwrap().port();
+    assert!(
+        daemon
+            .log_text()
+            .contains(&format!("status API listening on 127.0.0.1:{status_port}")),
+        "the daemon did not serve the passed status socket:\n{}",
+        daemon.log_text()
+    );
+    let reply = send_line(&decisions, &noop_decision());
+    assert!(reply.contains("\"accepted\""), "{reply}");
+    assert_eq!(
+        inode(&decisions),
+        before,
+        "the daemon re-bound decisions.sock"
+    );
+
+    // A crash: the socket stays with the launcher, as with systemd. A decision sent now waits
+    // in the backlog and is answered by the next process.
+    daemon.signal(Signal::SIGKILL);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
+    let pending_path = decisions.clone();
+    let pending = std::thread::spawn(move || send_line(&pending_path, &noop_decision()));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut daemon = launcher.start(&config, &dir.path("daemon-2.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let reply = pending.join().unwrap();
+    assert!(
+        reply.contains("\"accepted\""),
+        "decision sent during the restart: {reply}\n{}",
+        daemon.log_text()
+    );
+
+    // A clean stop leaves the sockets to their owner.
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15)).expect("exit");
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    assert_eq!(
+        inode(&decisions),
+        before,
+        "the daemon removed or replaced decisions.sock"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-mismatch", "");
+    // The launcher binds run/decisions.sock; the configuration names another path.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("run/decisions.sock", "run/elsewhere.sock");
+    std::fs::write(&config, text).unwrap();
+    let launcher = SocketLauncher::bind(&dir);
+    let mut daemon = launcher.start(&config, &dir.path("daemon.log"));
+    let status = daemon.wait_exit(Duration::from_secs(30)).expect("exit");
+    assert_eq!(status.code(), Some(78), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("run/decisions.sock") && log.contains("run/elsewhere.sock"),
+        "{log}"
+    );
+}
+
+fn noop_decision() -> String {
+    serde_json::json!({
+        "decision_id": format!("d-{}", uuid::Uuid::new_v4().simple()),
+        "nonce": uuid::Uuid::new_v4().simple().to_string(),
+        "issued_at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "policy": "bench.noop", "outcome": "run", "org_id": "acme", "severity": "low", "subject": {}
+    })
+    .to_string()
+}
+
+/// Connects (waiting in the backlog if nobody accepts yet), sends one line, reads one line.
+fn send_line(socket: &Path, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn a_socket_group_the_daemon_cannot_use_is_exit_78_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    // The daemon runs as nobody, who is not in group `adm`: it cannot give decisions.sock to it.
+    let config = dir.write_config(&db, "node-group", "[intake]\nsocket_group = \"adm\"\n");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for path in ["", "run", "playbooks", "trusted-keys"] {
+        std::fs::set_permissions(dir.path(path), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for path in ["", "run"] {
+        nix::unistd::chown(&dir.path(path), Some(nobody.uid), None).unwrap();
+    }
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path("daemon.log");
+    let mut child = crate::actions_support::as_nobody_with_nothing(&binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("group `adm`") && text.contains("usermod -aG adm"),
+        "{text}"
+    );
 }

@@ -1,4 +1,5 @@
-//! The daemon's own nftables table, shared by `net.block_ip` and `net.unblock_ip`.
+//! The actuator's nftables table, behind the `block` and `unblock` requests (`net.block_ip`,
+//! `net.unblock_ip`).
 //!
 //! Table `inet playbookd` holds two sets, `blocked_v4` and `blocked_v6` (intervals, so networks
 //! too, with optional per-element timeouts), and three base chains that drop traffic from
@@ -7,22 +8,24 @@
 //! same atomic transaction — so a missing or partly deleted table heals itself.
 //! `nft` runs from a configurable argv prefix (no shell) with the script on stdin.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::exec::run_captured;
-use super::{ActionContext, ActionError, ActionOutput, limits};
+use super::protocol::Reply;
 use crate::config::NetActionConfig;
 
+/// Runs `nft` for the actuator's `block` and `unblock`.
 pub struct Nft {
     command: Vec<String>,
     never_block: Vec<IpNet>,
 }
 
 impl Nft {
+    /// From `[actions.net]`: the argv prefix that runs nft, and the networks never to block.
     pub fn new(config: &NetActionConfig) -> Nft {
         Nft {
             command: config.nft_command.clone(),
@@ -31,47 +34,41 @@ impl Nft {
     }
 
     /// Adds `target` to its set, with an optional timeout; already present → success.
-    pub async fn block(
-        &self,
-        address: &str,
-        timeout: Option<Duration>,
-        ctx: &ActionContext,
-    ) -> Result<ActionOutput, ActionError> {
-        let target = self.check(address)?;
+    pub async fn block(&self, target: IpNet, timeout_seconds: Option<u64>) -> Reply {
+        if let Err(reason) = check_target(&target, &self.never_block) {
+            return Reply::Refused { reason };
+        }
         let set = set_for(&target);
-        let timeout_seconds = timeout.map(|t| t.as_secs().max(1) + u64::from(t.subsec_nanos() > 0));
         let element = match timeout_seconds {
-            Some(seconds) => format!("{} timeout {seconds}s", element_text(&target)),
+            Some(seconds) => format!("{} timeout {}s", element_text(&target), seconds.max(1)),
             None => element_text(&target),
         };
         let script = format!(
             "{}add element inet {TABLE} {set} {{ {element} }}\n",
             declare()
         );
-        self.run(script, ctx)
-            .await
-            .map_err(|failure| failure.into_error())?;
-        Ok(ActionOutput::new(json!({
-            "address": target.to_string(),
-            "set": set,
-            "timeout_seconds": timeout_seconds,
-        })))
+        match self.run(script).await {
+            Ok(()) => Reply::Blocked {
+                net: target,
+                set: set.to_owned(),
+                timeout_seconds: timeout_seconds.map(|s| s.max(1)),
+            },
+            Err(failure) => failure.into_reply(),
+        }
     }
 
     /// Removes `target` from its set; not present → success.
-    pub async fn unblock(
-        &self,
-        address: &str,
-        ctx: &ActionContext,
-    ) -> Result<ActionOutput, ActionError> {
-        let target = self.check(address)?;
+    pub async fn unblock(&self, target: IpNet) -> Reply {
+        if let Err(reason) = check_target(&target, &self.never_block) {
+            return Reply::Refused { reason };
+        }
         let set = set_for(&target);
         let script = format!(
             "{}delete element inet {TABLE} {set} {{ {} }}\n",
             declare(),
             element_text(&target)
         );
-        let was_blocked = match self.run(script, ctx).await {
+        let was_blocked = match self.run(script).await {
             Ok(()) => true,
             // The table and sets were declared in the same script, so the only thing that can
             // be missing is the element itself.
@@ -82,62 +79,110 @@ impl Nft {
             {
                 false
             }
-            Err(failure) => return Err(failure.into_error()),
+            Err(failure) => return failure.into_reply(),
         };
-        Ok(ActionOutput::new(json!({
-            "address": target.to_string(),
-            "set": set,
-            "was_blocked": was_blocked,
-        })))
+        Reply::Unblocked {
+            net: target,
+            set: set.to_owned(),
+            was_blocked,
+        }
     }
 
-    fn check(&self, address: &str) -> Result<IpNet, ActionError> {
-        let target = parse_target(address).map_err(ActionError::Permanent)?;
-        // The same rule the registry applied at load; here on the rendered value.
-        limits::check_network_target(&target, &self.never_block).map_err(|refusal| {
-            ActionError::Permanent(format!("refusing to block {target}: {refusal}"))
-        })?;
-        Ok(target)
-    }
-
-    async fn run(&self, script: String, ctx: &ActionContext) -> Result<(), NftFailure> {
+    async fn run(&self, script: String) -> Result<(), NftFailure> {
         let Some((program, prefix_args)) = self.command.split_first() else {
-            return Err(NftFailure::Other(ActionError::Permanent(
-                "actions.net.nft_command is empty".into(),
-            )));
+            return Err(NftFailure::Other("actions.net.nft_command is empty".into()));
         };
-        let mut cmd = Command::new(program);
-        cmd.args(prefix_args).args(["-f", "-"]);
-        let finished = run_captured(cmd, Some(script.into_bytes()), ctx)
+        let mut child = Command::new(program)
+            .args(prefix_args)
+            .args(["-f", "-"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NftFailure::Other(format!("cannot start {program}: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A few hundred bytes: fits the pipe, so this cannot block on a stuck nft.
+            let _ = stdin.write_all(script.as_bytes()).await;
+        }
+        let output = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
             .await
-            .map_err(NftFailure::Other)?;
-        if finished.status.success() {
+            .map_err(|_| {
+                NftFailure::Transient(format!("{program} did not finish in {NFT_TIMEOUT:?}"))
+            })?
+            .map_err(|e| NftFailure::Transient(format!("waiting for {program}: {e}")))?;
+        if output.status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&finished.stderr.bytes).into_owned();
-        Err(NftFailure::Failed(stderr))
+        Err(NftFailure::Failed(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
     }
 }
+
+/// How long one nft run may take.
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum NftFailure {
     /// nft ran and said no; its stderr.
     Failed(String),
-    Other(ActionError),
+    /// nft could not be run at all.
+    Other(String),
+    /// nft hung or its wait failed: a retry may do better.
+    Transient(String),
 }
 
 impl NftFailure {
-    fn into_error(self) -> ActionError {
+    fn into_reply(self) -> Reply {
         match self {
             NftFailure::Failed(stderr) if stderr.contains("Operation not permitted") => {
-                ActionError::Permanent("nft: operation not permitted (needs CAP_NET_ADMIN)".into())
+                Reply::Failed {
+                    reason: "nft: operation not permitted (the actuator needs CAP_NET_ADMIN)"
+                        .into(),
+                    transient: false,
+                }
             }
             NftFailure::Failed(stderr) => {
                 let excerpt: String = stderr.trim().chars().take(512).collect();
-                ActionError::Permanent(format!("nft failed: {excerpt}"))
+                Reply::Failed {
+                    reason: format!("nft failed: {excerpt}"),
+                    transient: false,
+                }
             }
-            NftFailure::Other(error) => error,
+            NftFailure::Other(reason) => Reply::Failed {
+                reason,
+                transient: false,
+            },
+            NftFailure::Transient(reason) => Reply::Failed {
+                reason,
+                transient: true,
+            },
         }
     }
+}
+
+/// Refuses loopback, unspecified and `never_block` addresses, whoever asks (the daemon checks
+/// first with its own list; the actuator checks again with its own).
+pub fn check_target(target: &IpNet, never_block: &[IpNet]) -> Result<(), String> {
+    if let IpNet::V6(v6) = target
+        && v6.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "refusing to block {target}: an IPv4-mapped IPv6 address; use the IPv4 form"
+        ));
+    }
+    if target.trunc() != *target {
+        return Err(format!(
+            "refusing to block {target}: host bits set; the network is {}",
+            target.trunc()
+        ));
+    }
+    // The rule the registry applies at load, here on the rendered (or requested) value.
+    crate::actions::limits::check_network_target(target, never_block)
+        .map_err(|refusal| format!("refusing to block {target}: {refusal}"))
 }
 
 /// An address (`192.0.2.7`, `2001:db8::1`) or a network in CIDR form with no host bits set
@@ -218,26 +263,13 @@ fn declare() -> String {
 /// The daemon's own table; nothing else in the ruleset is touched.
 pub const TABLE: &str = "playbookd";
 
-/// Reads the optional `timeout` parameter (`10m`, `1h`, …).
-pub fn timeout_param(params: &Value) -> Result<Option<Duration>, ActionError> {
-    super::params::optional_string(params, "timeout")?
-        .map(|text| {
-            crate::registry::model::DurationSpec::parse(text)
-                .map(|spec| spec.0)
-                .map_err(|e| ActionError::Permanent(format!("parameter `timeout`: {e}")))
-        })
-        .transpose()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn nft(never: &[&str]) -> Nft {
-        Nft {
-            command: vec!["/usr/sbin/nft".into()],
-            never_block: never.iter().map(|n| n.parse().unwrap()).collect(),
-        }
+    fn check(never: &[&str], address: &str) -> Result<(), String> {
+        let never: Vec<IpNet> = never.iter().map(|n| n.parse().unwrap()).collect();
+        check_target(&parse_target(address)?, &never)
     }
 
     #[test]
@@ -264,7 +296,7 @@ mod tests {
 
     #[test]
     fn loopback_unspecified_and_never_block_are_refused() {
-        let nft = nft(&["10.10.0.0/16"]);
+        let never = ["10.10.0.0/16"];
         for refused in [
             "127.0.0.1",
             "0.0.0.0",
@@ -274,13 +306,10 @@ mod tests {
             "10.10.3.4",
             "10.0.0.0/8",
         ] {
-            let error = nft.check(refused).unwrap_err();
-            assert!(
-                error.to_string().contains("refusing to block"),
-                "{refused}: {error}"
-            );
+            let error = check(&never, refused).unwrap_err();
+            assert!(error.contains("refusing to block"), "{refused}: {error}");
         }
-        assert!(nft.check("10.11.0.1").is_ok());
-        assert!(nft.check("2001:db8::1").is_ok());
+        assert!(check(&never, "10.11.0.1").is_ok());
+        assert!(check(&never, "2001:db8::1").is_ok());
     }
 }

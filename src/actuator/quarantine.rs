@@ -1,4 +1,7 @@
-//! The quarantine directory behind `file.quarantine` and `file.restore`.
+//! The quarantine directory behind the actuator's `quarantine` and `restore` requests
+//! (`file.quarantine`, `file.restore`). Only files under the configured roots
+//! (`actions.file.roots`) are touched; the directory belongs to the actuator's user, so neither
+//! the daemon nor an `exec` child can read or change what it holds.
 //!
 //! Layout: `<dir>/<key>` is the quarantined file (mode 0400) and `<dir>/<key>.json` its sidecar
 //! (original path, sha256, size, mode, owner, state), where `<key>` is the quarantine step's
@@ -15,14 +18,45 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{ActionError, limits};
+use super::protocol::Reply;
+use crate::actions::limits;
 use crate::sys;
 
+/// Why a quarantine or restore did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// Never allowed: a path outside the roots, a symlink, not a regular file.
+    Refused(String),
+    /// Failed; a retry will fail again.
+    Permanent(String),
+    /// Failed; a retry may succeed (the file changed under us).
+    Transient(String),
+}
+
+impl ActionError {
+    /// The actuator's reply for this error.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            ActionError::Refused(reason) => Reply::Refused { reason },
+            ActionError::Permanent(reason) => Reply::Failed {
+                reason,
+                transient: false,
+            },
+            ActionError::Transient(reason) => Reply::Failed {
+                reason,
+                transient: true,
+            },
+        }
+    }
+}
+
+/// The quarantine directory and the roots files may be taken from.
 pub struct QuarantineStore {
     dir: PathBuf,
+    /// Directories (absolute, no symlink) under which files may be quarantined and restored.
+    roots: Vec<PathBuf>,
     /// Quarantine and restore read-modify-write the sidecars: one at a time.
     lock: Mutex<()>,
 }
@@ -50,22 +84,24 @@ enum State {
 }
 
 impl QuarantineStore {
-    pub fn new(dir: PathBuf) -> QuarantineStore {
+    /// A store in `dir` for files under `roots`; nothing is touched until the first request.
+    pub fn new(dir: PathBuf, roots: Vec<PathBuf>) -> QuarantineStore {
         QuarantineStore {
             dir,
+            roots,
             lock: Mutex::new(()),
         }
     }
 
     /// Moves `path` into quarantine under `key`. Repeating with the same key and path returns
     /// the same summary.
-    pub fn quarantine(&self, path: &Path, key: &str) -> Result<Value, ActionError> {
+    pub fn quarantine(&self, path: &Path, key: &str) -> Result<Reply, ActionError> {
         let _guard = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = self.ensure_dir()?;
-        check_target_path(path, &dir)?;
+        check_target_path(path, &dir, &self.roots)?;
         let content = dir.join(key);
         let sidecar_path = sidecar_path(&dir, key);
         if let Some(existing) = read_sidecar(&sidecar_path)? {
@@ -88,7 +124,7 @@ impl QuarantineStore {
         let source = sys::open_nofollow(path).map_err(|e| open_error(path, &e))?;
         let meta = source.metadata().map_err(|e| io_error("stat", path, &e))?;
         if !meta.file_type().is_file() {
-            return Err(ActionError::Permanent(format!(
+            return Err(ActionError::Refused(format!(
                 "{} is not a regular file",
                 path.display()
             )));
@@ -110,13 +146,13 @@ impl QuarantineStore {
 
     /// Puts the file quarantined from `path` back, with its mode and owner, after checking its
     /// hash. Already restored (and unchanged) → the same summary.
-    pub fn restore(&self, path: &Path) -> Result<Value, ActionError> {
+    pub fn restore(&self, path: &Path) -> Result<Reply, ActionError> {
         let _guard = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = self.ensure_dir()?;
-        check_target_path(path, &dir)?;
+        check_target_path(path, &dir, &self.roots)?;
         let sidecars = list_sidecars(&dir)?;
         let mine = sidecars.iter().filter(|s| s.original_path == path);
         let quarantined = mine.clone().find(|s| {
@@ -173,7 +209,7 @@ impl QuarantineStore {
         mut sidecar: Sidecar,
         dir: &Path,
         content: &Path,
-    ) -> Result<Value, ActionError> {
+    ) -> Result<Reply, ActionError> {
         // Hash what actually landed in the 0700 directory, where nobody else can change it.
         sidecar.sha256 = hash_path(content).map_err(|e| io_error("hash", content, &e))?;
         sidecar.size = fs::metadata(content)
@@ -206,7 +242,7 @@ impl QuarantineStore {
             return Err(fail("not a directory (or a symlink)".into()));
         }
         if meta.uid() != sys::effective_uid() {
-            return Err(fail("not owned by the daemon's uid".into()));
+            return Err(fail("not owned by the actuator's uid".into()));
         }
         if meta.mode() & 0o077 != 0 {
             fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
@@ -216,15 +252,20 @@ impl QuarantineStore {
     }
 }
 
-/// Absolute, no `.`/`..`, no symlink anywhere in its directories, and not inside the quarantine.
-fn check_target_path(path: &Path, quarantine_dir: &Path) -> Result<(), ActionError> {
+/// Absolute, no `.`/`..`, no symlink anywhere in its directories, under one of `roots`, and
+/// not inside the quarantine.
+fn check_target_path(
+    path: &Path,
+    quarantine_dir: &Path,
+    roots: &[PathBuf],
+) -> Result<(), ActionError> {
     let plain = path.is_absolute()
         && path
             .components()
             .skip(1)
             .all(|c| matches!(c, Component::Normal(_)));
     if !plain {
-        return Err(ActionError::Permanent(format!(
+        return Err(ActionError::Refused(format!(
             "{} must be an absolute path without `.` or `..`",
             path.display()
         )));
@@ -232,7 +273,7 @@ fn check_target_path(path: &Path, quarantine_dir: &Path) -> Result<(), ActionErr
     let parent = parent_of(path)?;
     let canonical = fs::canonicalize(parent).map_err(|e| io_error("resolve", parent, &e))?;
     if canonical != parent {
-        return Err(ActionError::Permanent(format!(
+        return Err(ActionError::Refused(format!(
             "{} has a symlink in its directories (resolves to {})",
             path.display(),
             canonical.display()
@@ -243,7 +284,28 @@ fn check_target_path(path: &Path, quarantine_dir: &Path) -> Result<(), ActionErr
         .and_then(|()| {
             limits::check_outside_quarantine(&canonical.join(file_name(path)), quarantine_dir)
         })
-        .map_err(|refusal| ActionError::Permanent(refusal.to_string()))
+        .map_err(|refusal| ActionError::Refused(refusal.to_string()))?;
+    // The roots are the operator's grant (see the actuator's drop-in): nothing outside them,
+    // whatever the daemon asks, so a compromised daemon cannot move /etc/shadow away.
+    if !roots
+        .iter()
+        .any(|root| fs::canonicalize(root).is_ok_and(|root| canonical.starts_with(root)))
+    {
+        return Err(ActionError::Refused(format!(
+            "{} is outside the file roots the actuator may act in ({}); grant its directory in actions.file.roots",
+            path.display(),
+            if roots.is_empty() {
+                "none configured".to_owned()
+            } else {
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// The last component of a path `parent_of` accepted.
@@ -412,27 +474,27 @@ fn list_sidecars(dir: &Path) -> Result<Vec<Sidecar>, ActionError> {
     Ok(sidecars)
 }
 
-fn quarantine_summary(sidecar: &Sidecar, content: &Path) -> Value {
-    json!({
-        "path": sidecar.original_path,
-        "quarantined_as": content,
-        "sha256": sidecar.sha256,
-        "size": sidecar.size,
-    })
+fn quarantine_summary(sidecar: &Sidecar, content: &Path) -> Reply {
+    Reply::Quarantined {
+        path: sidecar.original_path.clone(),
+        stored_as: content.to_owned(),
+        sha256: sidecar.sha256.clone(),
+        size: sidecar.size,
+    }
 }
 
-fn restore_summary(sidecar: &Sidecar, dir: &Path) -> Value {
-    json!({
-        "path": sidecar.original_path,
-        "restored_from": dir.join(&sidecar.key),
-        "sha256": sidecar.sha256,
-        "size": sidecar.size,
-    })
+fn restore_summary(sidecar: &Sidecar, dir: &Path) -> Reply {
+    Reply::Restored {
+        path: sidecar.original_path.clone(),
+        restored_from: dir.join(&sidecar.key),
+        sha256: sidecar.sha256.clone(),
+        size: sidecar.size,
+    }
 }
 
 fn open_error(path: &Path, error: &io::Error) -> ActionError {
     if sys::is_symlink_error(error) {
-        ActionError::Permanent(format!("{} is a symlink: refused", path.display()))
+        ActionError::Refused(format!("{} is a symlink: refused", path.display()))
     } else if error.kind() == io::ErrorKind::NotFound {
         ActionError::Permanent(format!("{} does not exist", path.display()))
     } else {
