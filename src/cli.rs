@@ -42,6 +42,7 @@ pub enum Command {
     /// The privileged helper (its own unit): signals, the nftables set and file quarantine,
     /// for the daemon's uid only, over a closed typed protocol.
     Actuator {
+        /// Configuration file (its `[actuator]`, `[actions.net]` and `[actions.file]` sections).
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -736,6 +737,14 @@ mod tests {
             (
                 &["bench", "--quick", "--connections", "2"],
                 &["bench", "--connections", "2", "--quick"],
+            ),
+            (
+                &["actuator", "--config", "c"],
+                &["actuator", "--config", "c"],
+            ),
+            (
+                &["exec-runner", "--daemon-user", "u"],
+                &["exec-runner", "--daemon-user", "u"],
             ),
         ];
         for (before, after) in pairs {

@@ -577,7 +577,12 @@ async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of
 {
     use std::os::unix::fs::PermissionsExt;
     let scratch = tempfile::tempdir().unwrap();
+    // exec children run as `actions.exec.run_as` (nobody): they must reach the script and
+    // append to the record.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let argv = scratch.path().join("argv");
+    std::fs::write(&argv, "").unwrap();
+    std::fs::set_permissions(&argv, std::fs::Permissions::from_mode(0o666)).unwrap();
     let script = scratch.path().join("show-args");
     std::fs::write(
         &script,
