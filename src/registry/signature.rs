@@ -298,6 +298,7 @@ impl TrustedKeys {
             .read(path, DOCUMENT_LIMIT)
             .map_err(FileError::Document)?;
         let mut signers: Vec<KeyId> = Vec::with_capacity(2);
+        let mut signatures: Vec<(KeyId, Vec<u8>)> = Vec::with_capacity(2);
         for (suffix, required) in [(".sig", true), (".sig.2", false)] {
             let sig_path = with_suffix(path, suffix);
             let signature = match dir.read(&sig_path, SIGNATURE_LIMIT) {
@@ -315,7 +316,8 @@ impl TrustedKeys {
                         source,
                     })?;
             if !signers.contains(&signer) {
-                signers.push(signer);
+                signers.push(signer.clone());
+                signatures.push((signer, signature));
             }
         }
         let sha256 = Sha256::digest(&bytes).into();
@@ -323,6 +325,7 @@ impl TrustedKeys {
             bytes,
             sha256,
             signers,
+            signatures,
         })
     }
 }
@@ -334,6 +337,9 @@ pub struct VerifiedFile {
     bytes: Vec<u8>,
     sha256: [u8; 32],
     signers: Vec<KeyId>,
+    /// The signature bytes that verified, one per signer: stored beside the version so a
+    /// resumed run can be verified again.
+    signatures: Vec<(KeyId, Vec<u8>)>,
 }
 
 impl VerifiedFile {
@@ -353,6 +359,11 @@ impl VerifiedFile {
     /// Distinct trusted signers (one or two).
     pub fn signers(&self) -> &[KeyId] {
         &self.signers
+    }
+
+    /// The signature bytes that verified, with their signer (one per signer).
+    pub fn signatures(&self) -> &[(KeyId, Vec<u8>)] {
+        &self.signatures
     }
 }
 

@@ -23,5 +23,6 @@ mod registry;
 mod signature;
 mod simulate;
 mod status;
+mod store;
 mod systemd;
 mod validate;
