@@ -265,6 +265,10 @@ pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, 
                     HaltCause::UnusableRun { .. } => {}
                 }
                 let marked = executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
+                if marked {
+                    // A gate of a stopped run must neither be listed as pending nor take votes.
+                    crate::store::gates::withdraw_pending(tx, execution_id).await?;
+                }
                 event = event.with("execution_state", if marked { RunState::SafeHalted.as_str() } else { "unchanged" });
                 let rollback_id = match &cause {
                     HaltCause::FailedUndo { step_id, .. } => Some(format!("{execution_id}:{step_id}")),

@@ -18,6 +18,7 @@ mod daemon;
 mod decision_schema;
 mod documents;
 mod executor;
+mod halt;
 mod intake;
 mod registry;
 mod signature;
