@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Evidence, NOOP_3, Running, bindings, decision};
+use crate::harness::{Evidence, NOOP_3, Running, UNDO_FAILS, bindings, decision, exec_config};
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
@@ -25,21 +25,6 @@ steps:
   - {id: one, action: noop, rollback: {action: noop}}
   - {id: two, action: noop, rollback: {action: noop}}
   - {id: three, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
-"#;
-
-const UNDO_FAILS: &str = r#"
-id: undo-fails
-version: 1
-name: The undo of the first step fails
-owners: {technical: a@example.org, operational: b@example.org}
-steps:
-  - id: one
-    action: exec
-    with: {command: /bin/true}
-    risk: low
-    retry: {attempts: 1, backoff: 100ms}
-    rollback: {action: exec, with: {command: /bin/false}}
-  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
 "#;
 
 const SLEEPS: &str = r#"
@@ -333,21 +318,6 @@ fn invocations(files: &Evidence, name: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn exec_config_with(scripts: &[&std::path::Path]) -> String {
-    let mut commands = vec![
-        "/bin/true".to_owned(),
-        "/bin/false".to_owned(),
-        "/bin/sleep".to_owned(),
-        "/usr/bin/touch".to_owned(),
-        "/bin/rm".to_owned(),
-    ];
-    commands.extend(scripts.iter().map(|p| p.display().to_string()));
-    format!(
-        "[executor]\nresume_interval_seconds = 1\n[actions.exec]\nallowed_commands = {}\n",
-        serde_json::to_string(&commands).unwrap()
-    )
-}
-
 #[tokio::test]
 async fn an_undo_failing_with_nul_and_escape_bytes_enters_safe_halt_and_runs_once() {
     let files = Evidence::new();
@@ -375,7 +345,7 @@ steps:
         undo = undo.display()
     ));
     let daemon = Running::start(
-        &exec_config_with(&[&undo]),
+        &exec_config(&[&undo], "", ""),
         &[&playbook, NOOP_3],
         &bindings(&[("p", "o", "hostile-undo"), ("bench.noop", "run", "noop-3")]),
     )
@@ -443,7 +413,7 @@ steps:
         evidence = evidence.display()
     );
     let daemon = Running::start(
-        &exec_config_with(&[&evidence]),
+        &exec_config(&[&evidence], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "nul-output")]),
     )
@@ -497,7 +467,7 @@ steps:
 "#,
     );
     let daemon = Running::start(
-        &exec_config_with(&[]),
+        &exec_config(&[], "", ""),
         &[&playbook],
         &bindings(&[("p", "o", "unevaluable")]),
     )
@@ -549,7 +519,7 @@ steps:
         counter = counter.display()
     );
     let daemon = Running::start(
-        &exec_config_with(&[&counter]),
+        &exec_config(&[&counter], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "unrecordable")]),
     )
@@ -614,7 +584,7 @@ steps:
         slow = slow.display()
     );
     let daemon = Running::start(
-        &exec_config_with(&[&slow]),
+        &exec_config(&[&slow], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "slow-create")]),
     )
@@ -674,7 +644,7 @@ steps:
         counter = counter.display()
     );
     let daemon = Running::start(
-        &exec_config_with(&[&counter]),
+        &exec_config(&[&counter], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "unrecordable-undo")]),
     )

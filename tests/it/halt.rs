@@ -7,58 +7,23 @@
 //! Also: what votes and cancels do while halted, and two nodes on one database, each with its
 //! own halt and its own runs.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Evidence, Running, bindings, decision};
+use crate::harness::{Evidence, Running, UNDO_FAILS, bindings, decision, exec_config};
 use crate::helpers::TestDb;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Its first step's undo fails three times: the daemon enters SAFE-HALT about 0.4 s after the
-/// decision.
-const HALTER: &str = r#"
-id: halter
-version: 1
-name: The undo of the first step fails
-owners: {technical: a@example.org, operational: b@example.org}
-steps:
-  - id: one
-    action: exec
-    with: {command: /bin/true}
-    risk: low
-    retry: {attempts: 1, backoff: 100ms}
-    rollback: {action: exec, with: {command: /bin/false}}
-  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
-"#;
-
-/// Exec allowlist with the commands these playbooks use and `scripts`, a one-second resume
-/// sweep; `executor` is added to `[executor]`, `exec` to `[actions.exec]`.
-fn config(scripts: &[&Path], executor: &str, exec: &str) -> String {
-    let mut commands = vec![
-        "/bin/true".to_owned(),
-        "/bin/false".to_owned(),
-        "/bin/sleep".to_owned(),
-        "/usr/bin/touch".to_owned(),
-        "/bin/rm".to_owned(),
-    ];
-    commands.extend(scripts.iter().map(|p| p.display().to_string()));
-    format!(
-        "[executor]\nresume_interval_seconds = 1\n{executor}\n[actions.exec]\nallowed_commands = {}\n{exec}\n",
-        serde_json::to_string(&commands).unwrap()
-    )
-}
 
 fn accepted(reply: &Value) -> String {
     assert_eq!(reply["status"], "accepted", "{reply}");
     reply["execution_id"].as_str().unwrap().to_owned()
 }
 
-/// Sends a decision for `halter` and waits until the daemon is in SAFE-HALT because of it.
+/// Sends a decision for `undo-fails` and waits until the daemon is in SAFE-HALT because of it.
 async fn enter_halt(daemon: &Running) -> String {
     let mut d = decision("halt", "now", json!({}));
     d["org_id"] = json!("other");
@@ -115,9 +80,9 @@ steps:
 /// A run between its steps when the halt commits: its next step does not start.
 async fn start_between_steps(files: &Evidence) -> (Running, String) {
     let daemon = Running::start(
-        &config(&[], "", ""),
-        &[HALTER, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "slow-touch")]),
+        &exec_config(&[], "", ""),
+        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
+        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
     )
     .await;
     let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
@@ -201,9 +166,9 @@ steps:
         flaky = flaky.display()
     );
     let daemon = Running::start(
-        &config(&[&flaky], "", "transient_exit_codes = [1]"),
-        &[HALTER, &files.playbook(&playbook)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "flaky-touch")]),
+        &exec_config(&[&flaky], "", "transient_exit_codes = [1]"),
+        &[UNDO_FAILS, &files.playbook(&playbook)],
+        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "flaky-touch")]),
     )
     .await;
     let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
@@ -252,10 +217,10 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
     // One run at a time per org: the approved run waits for the slot the sleeper holds, and the
     // halt commits meanwhile (the halter runs in another org).
     let daemon = Running::start(
-        &config(&[], "max_runs_per_org = 1", ""),
-        &[HALTER, SLEEPER, &files.playbook(GATED_TOUCH)],
+        &exec_config(&[], "max_runs_per_org = 1", ""),
+        &[UNDO_FAILS, SLEEPER, &files.playbook(GATED_TOUCH)],
         &bindings(&[
-            ("halt", "now", "halter"),
+            ("halt", "now", "undo-fails"),
             ("p", "gated", "gated-touch"),
             ("p", "sleep", "sleeper"),
         ]),
@@ -327,9 +292,9 @@ steps:
 async fn during_safe_halt_an_approval_is_refused_and_a_denied_runs_undos_wait_for_the_clear() {
     let files = Evidence::new();
     let daemon = Running::start(
-        &config(&[], "", ""),
-        &[HALTER, &files.playbook(PREPARED_GATE)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "prepared-gate")]),
+        &exec_config(&[], "", ""),
+        &[UNDO_FAILS, &files.playbook(PREPARED_GATE)],
+        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "prepared-gate")]),
     )
     .await;
     let first = accepted(
@@ -402,9 +367,12 @@ steps:
 async fn the_rollback_of_another_run_does_not_undo_anything_during_safe_halt() {
     let files = Evidence::new();
     let daemon = Running::start(
-        &config(&[], "", ""),
-        &[HALTER, &files.playbook(TOUCH_THEN_SLEEP)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "touch-then-sleep")]),
+        &exec_config(&[], "", ""),
+        &[UNDO_FAILS, &files.playbook(TOUCH_THEN_SLEEP)],
+        &bindings(&[
+            ("halt", "now", "undo-fails"),
+            ("p", "o", "touch-then-sleep"),
+        ]),
     )
     .await;
     let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
@@ -447,19 +415,26 @@ async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (Running, Running) {
     let texts: Vec<String> = playbooks.iter().map(|p| files.playbook(p)).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let bound = bindings(&[
-        ("halt", "now", "halter"),
+        ("halt", "now", "undo-fails"),
         ("p", "o", "touch-then-sleep"),
         ("p", "gated", "gated-noop"),
     ]);
-    let a = Running::start_on(db.clone(), "node-a", &config(&[], "", ""), &texts, &bound).await;
-    let b = Running::start_on(db, "node-b", &config(&[], "", ""), &texts, &bound).await;
+    let a = Running::start_on(
+        db.clone(),
+        "node-a",
+        &exec_config(&[], "", ""),
+        &texts,
+        &bound,
+    )
+    .await;
+    let b = Running::start_on(db, "node-b", &exec_config(&[], "", ""), &texts, &bound).await;
     (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
     let files = Evidence::new();
-    let (a, b) = two_nodes(&files, &[HALTER, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
+    let (a, b) = two_nodes(&files, &[UNDO_FAILS, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
     enter_halt(&a).await;
     assert!(!b.safe_halt.is_active(), "a halt on node-a halted node-b");
     let on_b = accepted(&b.send_decision(&decision("p", "gated", json!({}))).await);
@@ -501,7 +476,7 @@ async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_nothing() {
     let files = Evidence::new();
-    let (a, b) = two_nodes(&files, &[HALTER, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
+    let (a, b) = two_nodes(&files, &[UNDO_FAILS, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
     let run = accepted(&a.send_decision(&decision("p", "o", json!({}))).await);
     wait_count(&a, &run, "step.started", 2).await;
     assert!(files.exists("touched"));
@@ -552,7 +527,7 @@ async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_no
 async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_of_acting() {
     let files = Evidence::new();
     let daemon = Running::start(
-        &config(&[], "", ""),
+        &exec_config(&[], "", ""),
         &[&files.playbook(GATED_TOUCH)],
         &bindings(&[("p", "gated", "gated-touch")]),
     )
@@ -610,9 +585,9 @@ async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_
 async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return() {
     let files = Evidence::new();
     let daemon = Running::start(
-        &config(&[], "", ""),
-        &[HALTER, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "slow-touch")]),
+        &exec_config(&[], "", ""),
+        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
+        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
     )
     .await;
     let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
@@ -661,9 +636,9 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
 async fn a_halt_that_cannot_be_written_yet_still_stops_everything_and_is_written_later() {
     let files = Evidence::new();
     let daemon = Running::start(
-        &config(&[], "", ""),
-        &[HALTER, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "halter"), ("p", "o", "slow-touch")]),
+        &exec_config(&[], "", ""),
+        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
+        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
     )
     .await;
     let client = daemon.db.client().await;

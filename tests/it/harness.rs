@@ -348,3 +348,37 @@ pub fn bindings(entries: &[(&str, &str, &str)]) -> String {
 }
 
 pub const NOOP_3: &str = include_str!("../../playbooks/noop-3.yaml");
+
+/// Its first step's undo fails three times (about 0.4 s after the decision): SAFE-HALT.
+pub const UNDO_FAILS: &str = r#"
+id: undo-fails
+version: 1
+name: The undo of the first step fails
+owners: {technical: a@example.org, operational: b@example.org}
+steps:
+  - id: one
+    action: exec
+    with: {command: /bin/true}
+    risk: low
+    retry: {attempts: 1, backoff: 100ms}
+    rollback: {action: exec, with: {command: /bin/false}}
+  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
+"#;
+
+/// Configuration allowing the commands the tests' playbooks use (`true`, `false`, `sleep`,
+/// `touch`, `rm`) and `scripts`, with a one-second resume sweep; `executor` is added to
+/// `[executor]`, `exec` to `[actions.exec]`.
+pub fn exec_config(scripts: &[&std::path::Path], executor: &str, exec: &str) -> String {
+    let mut commands = vec![
+        "/bin/true".to_owned(),
+        "/bin/false".to_owned(),
+        "/bin/sleep".to_owned(),
+        "/usr/bin/touch".to_owned(),
+        "/bin/rm".to_owned(),
+    ];
+    commands.extend(scripts.iter().map(|p| p.display().to_string()));
+    format!(
+        "[executor]\nresume_interval_seconds = 1\n{executor}\n[actions.exec]\nallowed_commands = {}\n{exec}\n",
+        serde_json::to_string(&commands).unwrap()
+    )
+}
