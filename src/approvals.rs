@@ -5,6 +5,9 @@
 //! so a waiting step keeps waiting across restarts and continues once approved. A gate
 //! expires (default 15 min) and the run rolls back.
 
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -338,7 +341,9 @@ fn classify_vote_error(error: AppendError, execution_id: Uuid, uid: u32) -> Vote
             execution_id,
             owner,
         },
-        other => VoteError::Audit(other),
+        other @ (AppendError::Effect(_) | AppendError::Unavailable(_) | AppendError::Stopped) => {
+            VoteError::Audit(other)
+        }
     }
 }
 

@@ -9,6 +9,9 @@
 //! cannot be written; the row is then written, and if that fails it is retried in the
 //! background until the database takes it (the full record first, then the bare halt row).
 
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 use std::time::Duration;
 
 use crate::store::audit::{AppendError, AuditHandle, error_chain, format_timestamp};

@@ -7,6 +7,9 @@
 //! Database or audit failures stop the task and leave the execution resumable; the periodic
 //! sweep picks it up again once the database answers.
 
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 mod run;
 
 use std::collections::HashMap;
@@ -178,7 +181,10 @@ impl Executor {
                     RunError::ShuttingDown => {
                         tracing::info!(execution_id = %execution_id, "run paused for shutdown");
                     }
-                    other => tracing::error!(
+                    other @ (RunError::Store(_)
+                    | RunError::Audit(_)
+                    | RunError::Pinned { .. }
+                    | RunError::Halted(_)) => tracing::error!(
                         execution_id = %execution_id,
                         error = %crate::store::audit::error_chain(&other),
                         "run stopped; it stays resumable"
@@ -243,7 +249,9 @@ impl Executor {
                 AppendError::Effect(StoreError::Transition { from, .. }) => {
                     CancelError::Finished(from)
                 }
-                other => CancelError::Audit(other),
+                other @ (AppendError::Effect(_)
+                | AppendError::Unavailable(_)
+                | AppendError::Stopped) => CancelError::Audit(other),
             })?;
         tracing::warn!(execution_id = %execution_id, uid, reason = %logged, "cancel requested");
         let handle = lock(&self.inner.active).get(&execution_id).cloned();

@@ -357,7 +357,9 @@ pub async fn resolve(
             AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::NotActive {
                 node_id: audit.node_id().to_owned(),
             },
-            other => ResolveError::Audit(other),
+            other @ (AppendError::Effect(_)
+            | AppendError::Unavailable(_)
+            | AppendError::Stopped) => ResolveError::Audit(other),
         })?;
     Ok(cleared)
 }
