@@ -27,6 +27,7 @@ use crate::store::model::GateState;
 pub use crate::store::model::Vote;
 use crate::store::{Store, StoreError};
 
+/// How long a gate waits when the playbook does not say.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// Escalate when less than 1/N of the gate's lifetime is left.
 const ESCALATE_AT_FRACTION: u32 = 5;
@@ -115,6 +116,7 @@ pub struct Approvals {
 type GateKey = (Uuid, usize);
 
 impl Approvals {
+    /// Gates over `store`, recorded through `audit`; votes read `halt` (this node's SAFE-HALT).
     pub fn new(store: Store, audit: AuditHandle, halt: HaltWatch) -> Approvals {
         Approvals {
             store,

@@ -75,10 +75,12 @@ impl SafeHalt {
         &self.watch
     }
 
+    /// This node's halt, if one is in force.
     pub fn active(&self) -> Option<ActiveHalt> {
         self.watch.current()
     }
 
+    /// Whether this node is halted.
     pub fn is_active(&self) -> bool {
         self.watch.is_active()
     }

@@ -139,6 +139,7 @@ pub struct ExecutorParts {
 }
 
 impl Executor {
+    /// An executor with nothing running yet; `shutdown` pauses every run at a resumable point.
     pub fn new(parts: ExecutorParts, shutdown: CancellationToken) -> Executor {
         let global = Arc::new(Semaphore::new(parts.settings.max_concurrent_runs));
         Executor {

@@ -21,7 +21,6 @@ use crate::registry::model::{Rollback, Step};
 use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 use crate::safe_halt::Entered;
-use crate::store::StoreError;
 use crate::store::audit::{Actor, AuditEvent};
 use crate::store::executions;
 use crate::store::halts::{ActiveHalt, HaltCause};
@@ -104,12 +103,17 @@ impl<'a> Runner<'a> {
 
     pub(super) async fn run(&mut self) -> Result<(), RunError> {
         let cause = match self.record.state {
-            RunState::RollingBack => self.record.rollback_cause.ok_or_else(|| {
-                RunError::Store(StoreError::Corrupt {
-                    what: "rollback cause",
-                    detail: "missing on a run that is rolling back".into(),
-                })
-            })?,
+            RunState::RollingBack => match self.record.rollback_cause {
+                Some(cause) => cause,
+                // Written with the state in one transaction: missing means the row was changed.
+                None => {
+                    let reason = "its stored rollback cause is missing although it is rolling back";
+                    return Err(self
+                        .inner
+                        .halt_unusable(self.record.id, reason.into())
+                        .await);
+                }
+            },
             RunState::Pending | RunState::Running | RunState::AwaitingApproval => {
                 if self.record.state == RunState::Pending {
                     self.set_state(RunState::Running, "execution.started")

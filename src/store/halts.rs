@@ -73,6 +73,7 @@ impl HaltWatch {
         self.state.borrow().clone()
     }
 
+    /// Whether a halt is in force.
     pub fn is_active(&self) -> bool {
         self.state.borrow().is_some()
     }

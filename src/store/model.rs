@@ -1,6 +1,6 @@
 //! The states and labels stored as text, decoded once at the database boundary.
 //!
-//! Each enum is declared once, with its stored spelling, by [`db_enum!`]: `as_str` and
+//! Each enum is declared once, with its stored spelling, by `db_enum!`: `as_str` and
 //! `decode` are generated from the same list, so the two directions cannot drift, and `ALL`
 //! lists every variant for tests and for the transition table. Decoding an unknown (or
 //! missing) value is [`StoreError::Corrupt`], never a default: an unrecognised state must not
