@@ -67,10 +67,16 @@ pub async fn admit(
     let outcome = audit
         .append_with(Box::new(move |tx| {
             Box::pin(async move {
-                if let Some(halt) = halts::refuse_if_halted(tx, &node_id, &watch).await? {
+                if let Some(halt) = watch.current() {
                     return Err(StoreError::Halted(Box::new(halt)));
                 }
-                nonces::insert(tx, &new.nonce, new.execution_id).await?;
+                if !nonces::insert_unless_halted(tx, &new.nonce, new.execution_id, &node_id).await? {
+                    let halt = halts::active_in(tx, &node_id).await?.ok_or(StoreError::NotFound {
+                        what: "SAFE-HALT",
+                        detail: "that refused the nonce (cleared meanwhile)".into(),
+                    })?;
+                    return Err(StoreError::Halted(Box::new(halt)));
+                }
                 let binding = json!({
                     "policy": new.binding.policy, "outcome": new.binding.outcome,
                     "org_id": new.binding.org_id, "playbook": new.binding.playbook,
@@ -373,6 +379,40 @@ pub(crate) async fn transition(
     } else {
         Err(explain_refusal(tx, id, node_id, to.as_str()).await)
     }
+}
+
+/// The run's side of a step start: `running` at step `index`, guarded by the transition table
+/// and this node, **and by the absence of an active SAFE-HALT of this node or the fleet, read
+/// in the same statement**. `Ok(Some(halt))` when a halt refused it; an error when the run may
+/// not start a step.
+pub(crate) async fn start_step(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    index: usize,
+) -> Result<Option<halts::ActiveHalt>, StoreError> {
+    let updated = tx
+        .execute(
+            "UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
+             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
+             AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                             WHERE is_active AND (node_id = $2 OR scope = 'fleet'))",
+            &[
+                &id,
+                &node_id,
+                &RunState::Running.as_str(),
+                &index_to_db(index),
+                &transitions::run_sources(RunState::Running),
+            ],
+        )
+        .await?;
+    if updated == 1 {
+        return Ok(None);
+    }
+    if let Some(halt) = halts::active_in(tx, node_id).await? {
+        return Ok(Some(halt));
+    }
+    Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
 }
 
 /// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the

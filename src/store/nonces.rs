@@ -10,19 +10,26 @@ use uuid::Uuid;
 
 use crate::store::StoreError;
 
-/// Records `nonce` as used by `execution_id`; [`StoreError::Replay`] when it was used before.
-pub async fn insert(
+/// Records `nonce` as used by `execution_id` unless a SAFE-HALT of `node_id` (or the fleet) is
+/// active, read in the same statement: `Ok(false)` when a halt refused it.
+/// [`StoreError::Replay`] when the nonce was used before.
+pub async fn insert_unless_halted(
     tx: &Transaction<'_>,
     nonce: &str,
     execution_id: Uuid,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO playbook_nonces (nonce, used_at, execution_id) VALUES ($1, now(), $2)",
-        &[&nonce, &execution_id],
-    )
-    .await
-    .map_err(replay_or_query)?;
-    Ok(())
+    node_id: &str,
+) -> Result<bool, StoreError> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
+             SELECT $1::text, now(), $2::uuid \
+             WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                               WHERE is_active AND (node_id = $3 OR scope = 'fleet'))",
+            &[&nonce, &execution_id, &node_id],
+        )
+        .await
+        .map_err(replay_or_query)?;
+    Ok(inserted == 1)
 }
 
 /// A unique violation on a nonce is a replay; anything else is a failed query.

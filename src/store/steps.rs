@@ -94,13 +94,18 @@ pub async fn record_start(
     let (_, outcome) = audit
         .append_with(Box::new(move |tx| {
             Box::pin(async move {
-                if let Some(halt) = halts::refuse_if_halted(tx, &node_id, &watch).await? {
+                // The halt known in memory (possibly not written yet), then the database's, read
+                // by the very statement that moves the run on.
+                let halted = match watch.current() {
+                    Some(halt) => Some(halt),
+                    None => executions::start_step(tx, start.execution_id, &node_id, start.index).await?,
+                };
+                if let Some(halt) = halted {
                     let event = refused_event("step.start_refused", start.execution_id, &start.step_id, &halt)
                         .with("action", start.action)
                         .with("attempt", start.attempt);
                     return Ok((event, StartOutcome::Refused(halt)));
                 }
-                executions::transition(tx, start.execution_id, &node_id, RunState::Running).await?;
                 let written = tx
                     .execute(
                         "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
@@ -208,15 +213,18 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                     StepEnd::Skipped { reason } => (None, None, None, Some(text::storable(reason, text::MAX_FIELD_BYTES))),
                 };
                 let finished = !matches!(end, StepEnd::Retrying { .. });
-                // The run must be this node's and still moving forward.
-                require_open_run(tx, execution_id, &node_id).await?;
                 let sources = transitions::step_sources(to);
+                let open = transitions::open_run_states();
                 let written = if matches!(end, StepEnd::Failed { .. } | StepEnd::Skipped { .. }) {
-                    // A step may end before it ever started (its row is created here).
+                    // A step may end before it ever started (its row is created here). Only for
+                    // this node's run, still open: checked in the same statement.
                     tx.execute(
                         "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
                             attempts, idempotency_key, skip_reason, output, error_class, error, finished_at) \
-                         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9, $10, CASE WHEN $11 THEN now() END) \
+                         SELECT $1::uuid, $2::int4, $3::text, $4::text, $5::text, 0, $6::bytea, $7::text, \
+                            $8::jsonb, $9::text, $10::text, CASE WHEN $11::bool THEN now() END \
+                         FROM playbook_executions e \
+                         WHERE e.execution_id = $1 AND e.node_id = $13 AND e.state = ANY($14) \
                          ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
                             skip_reason = EXCLUDED.skip_reason, output = EXCLUDED.output, \
                             error_class = EXCLUDED.error_class, error = EXCLUDED.error, \
@@ -235,6 +243,8 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                             &error,
                             &finished,
                             &sources,
+                            &node_id,
+                            &open,
                         ],
                     )
                     .await?
@@ -243,7 +253,9 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                     tx.execute(
                         "UPDATE playbook_step_runs SET state = $3, output = $4, error_class = $5, error = $6, \
                             finished_at = CASE WHEN $7 THEN now() END \
-                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)",
+                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8) \
+                         AND EXISTS (SELECT 1 FROM playbook_executions e WHERE e.execution_id = $1 \
+                                     AND e.node_id = $9 AND e.state = ANY($10))",
                         &[
                             &execution_id,
                             &index_to_db(index),
@@ -253,11 +265,15 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                             &error,
                             &finished,
                             &sources,
+                            &node_id,
+                            &open,
                         ],
                     )
                     .await?
                 };
                 if written != 1 {
+                    // Not this node's run, or it ended; else the step's state refused it.
+                    require_open_run(tx, execution_id, &node_id).await?;
                     return Err(step_refusal(tx, execution_id, index, to).await);
                 }
                 let mut event = AuditEvent::new(end.event_type(), Actor::System)
