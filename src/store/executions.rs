@@ -415,6 +415,23 @@ pub(crate) async fn start_step(
     Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
 }
 
+/// The run's side of a gate opening: `awaiting_approval` at step `index`, guarded by the
+/// transition table and this node.
+pub(crate) async fn await_approval(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    index: usize,
+) -> Result<(), StoreError> {
+    transition(tx, id, node_id, RunState::AwaitingApproval).await?;
+    tx.execute(
+        "UPDATE playbook_executions SET current_step = $2 WHERE execution_id = $1",
+        &[&id, &index_to_db(index)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the
 /// run had already ended (or is not this node's): the halt is entered all the same.
 pub(crate) async fn mark_safe_halted(

@@ -16,7 +16,7 @@ use crate::registry::model::RiskTier;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
 use crate::store::executions::{self, index_to_db};
 use crate::store::halts::{self, HaltWatch};
-use crate::store::model::{GateState, RunState, Vote, decode_risk};
+use crate::store::model::{GateState, Vote, decode_risk};
 use crate::store::steps::require_open_run;
 use crate::store::{Store, StoreError};
 
@@ -55,12 +55,7 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
                     )
                     .await?
                     == 1;
-                executions::transition(tx, gate.execution_id, &node_id, RunState::AwaitingApproval).await?;
-                tx.execute(
-                    "UPDATE playbook_executions SET current_step = $2 WHERE execution_id = $1",
-                    &[&gate.execution_id, &index],
-                )
-                .await?;
+                executions::await_approval(tx, gate.execution_id, &node_id, gate.step_index).await?;
                 let event_type = if opened { "approval.requested" } else { "approval.waiting" };
                 Ok((AuditEvent::new(event_type, Actor::System)
                     .execution(gate.execution_id)

@@ -18,8 +18,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
-use crate::store::model::{HaltScope, RunState, StepState, UndoState};
-use crate::store::{Store, StoreError, executions, transitions};
+use crate::store::model::{HaltScope, RunState};
+use crate::store::{Store, StoreError, executions, undos};
 use crate::text;
 
 /// The command an admin runs to clear a node's SAFE-HALT; every halt message names it.
@@ -239,43 +239,40 @@ pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, 
                         error,
                         ..
                     } => {
-                        let index = executions::index_to_db(*step_index);
                         let error = text::storable(error, text::MAX_FIELD_BYTES);
-                        tx.execute(
-                            "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, \
-                                error, started_at, finished_at) \
-                             VALUES ($1, $2, $3, 1, $4, now(), now()) \
-                             ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
-                                error = EXCLUDED.error, finished_at = now()",
-                            &[&execution_id, &index, &UndoState::Failed.as_str(), &error],
-                        )
-                        .await?;
-                        tx.execute(
-                            "UPDATE playbook_step_runs SET state = $3 \
-                             WHERE execution_id = $1 AND step_index = $2 AND state = ANY($4)",
-                            &[
-                                &execution_id,
-                                &index,
-                                &StepState::RollbackFailed.as_str(),
-                                &transitions::step_sources(StepState::RollbackFailed),
-                            ],
-                        )
-                        .await?;
+                        undos::record_failed(tx, execution_id, *step_index, &error).await?;
                         event = event.with("step_id", format!("{execution_id}:{step_id}"));
                     }
                     HaltCause::UnusableRun { .. } => {}
                 }
-                let marked = executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
+                let marked =
+                    executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
                 if marked {
                     // A gate of a stopped run must neither be listed as pending nor take votes.
                     crate::store::gates::withdraw_pending(tx, execution_id).await?;
                 }
-                event = event.with("execution_state", if marked { RunState::SafeHalted.as_str() } else { "unchanged" });
+                event = event.with(
+                    "execution_state",
+                    if marked {
+                        RunState::SafeHalted.as_str()
+                    } else {
+                        "unchanged"
+                    },
+                );
                 let rollback_id = match &cause {
-                    HaltCause::FailedUndo { step_id, .. } => Some(format!("{execution_id}:{step_id}")),
+                    HaltCause::FailedUndo { step_id, .. } => {
+                        Some(format!("{execution_id}:{step_id}"))
+                    }
                     HaltCause::UnusableRun { .. } => None,
                 };
-                let halt = insert_or_find(tx, &node_id, Some(execution_id), rollback_id.as_deref(), &message).await?;
+                let halt = insert_or_find(
+                    tx,
+                    &node_id,
+                    Some(execution_id),
+                    rollback_id.as_deref(),
+                    &message,
+                )
+                .await?;
                 let event = event
                     .with("halt_id", halt.halt_id)
                     .with("error", message)

@@ -302,6 +302,29 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
         .map(|_| ())
 }
 
+/// Marks step `index` of run `id` undone (`rolled_back`) or not (`rollback_failed`), guarded
+/// by the transition table; the number of rows changed (0 when the step is in no state the
+/// table allows that from).
+pub(crate) async fn mark_undone(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+    index: usize,
+    to: StepState,
+) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "UPDATE playbook_step_runs SET state = $3 \
+             WHERE execution_id = $1 AND step_index = $2 AND state = ANY($4)",
+            &[
+                &id,
+                &index_to_db(index),
+                &to.as_str(),
+                &transitions::step_sources(to),
+            ],
+        )
+        .await?)
+}
+
 /// A step's output as stored: every string made storable, then bounded to
 /// [`MAX_OUTPUT_BYTES`] of JSON (a larger one is replaced by its size and head).
 pub fn storable_output(output: Value) -> Value {

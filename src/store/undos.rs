@@ -12,8 +12,8 @@ use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::executions::{index_from_db, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
-use crate::store::steps::{StartOutcome, refused_event, require_open_run, step_refusal};
-use crate::store::{Store, StoreError, transitions};
+use crate::store::steps::{self, StartOutcome, refused_event, require_open_run, step_refusal};
+use crate::store::{Store, StoreError};
 
 /// An undo's stored state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +119,7 @@ pub async fn record_end(
                 match end {
                     UndoEnd::Succeeded => {
                         let to = StepState::RolledBack;
-                        let updated = tx
-                            .execute(
-                                "UPDATE playbook_step_runs SET state = $3 \
-                                 WHERE execution_id = $1 AND step_index = $2 AND state = ANY($4)",
-                                &[&execution_id, &index_to_db(index), &to.as_str(), &transitions::step_sources(to)],
-                            )
-                            .await?;
-                        if updated != 1 {
+                        if steps::mark_undone(tx, execution_id, index, to).await? != 1 {
                             return Err(step_refusal(tx, execution_id, index, to).await);
                         }
                     }
@@ -142,6 +135,33 @@ pub async fn record_end(
         }))
         .await
         .map(|_| ())
+}
+
+/// Records a failed undo (with its storable error) and its step `rollback_failed`, inside the
+/// transaction that enters SAFE-HALT for it. Never refuses on the step's state: the halt must
+/// be written whatever it finds.
+pub(crate) async fn record_failed(
+    tx: &tokio_postgres::Transaction<'_>,
+    execution_id: Uuid,
+    index: usize,
+    error: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, \
+            error, started_at, finished_at) \
+         VALUES ($1, $2, $3, 1, $4, now(), now()) \
+         ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+            error = EXCLUDED.error, finished_at = now()",
+        &[
+            &execution_id,
+            &index_to_db(index),
+            &UndoState::Failed.as_str(),
+            &error,
+        ],
+    )
+    .await?;
+    steps::mark_undone(tx, execution_id, index, StepState::RollbackFailed).await?;
+    Ok(())
 }
 
 async fn require_rolling_back(
