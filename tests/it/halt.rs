@@ -289,7 +289,8 @@ steps:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn during_safe_halt_an_approval_is_refused_and_a_denied_runs_undos_wait_for_the_clear() {
+async fn during_safe_halt_an_approval_is_refused_and_denied_or_expired_runs_undos_wait_for_the_clear()
+ {
     let files = Evidence::new();
     let daemon = Running::start(
         &exec_config(&[], "", ""),
@@ -307,9 +308,26 @@ async fn during_safe_halt_an_approval_is_refused_and_a_denied_runs_undos_wait_fo
             .send_decision(&decision("p", "o", json!({"name": "second"})))
             .await,
     );
+    let third = accepted(
+        &daemon
+            .send_decision(&decision("p", "o", json!({"name": "third"})))
+            .await,
+    );
     daemon.wait_state(&first, "awaiting_approval", LIMIT).await;
     daemon.wait_state(&second, "awaiting_approval", LIMIT).await;
+    daemon.wait_state(&third, "awaiting_approval", LIMIT).await;
     enter_halt(&daemon).await;
+
+    // A gate that expires during the halt: the run rolls back, its undo waits too.
+    let client = daemon.db.client().await;
+    client
+        .execute(
+            "UPDATE playbook_approval_gates SET expires_at = now() - interval '1 second' \
+             WHERE execution_id = $1::text::uuid",
+            &[&third],
+        )
+        .await
+        .unwrap();
 
     // An approval would fire the moment the halt is cleared: refused, naming the command.
     let approve = daemon
@@ -336,10 +354,19 @@ async fn during_safe_halt_an_approval_is_refused_and_a_denied_runs_undos_wait_fo
     );
     assert_eq!(daemon.state(&second).await, "rolling_back");
     assert!(!files.exists("first.contained"));
+    daemon
+        .wait_event(&third, "rollback.step_start_refused", LIMIT)
+        .await;
+    assert!(
+        files.exists("third.prepared"),
+        "the undo ran during SAFE-HALT"
+    );
 
     clear_halt(&daemon).await;
     daemon.wait_state(&second, "rejected", LIMIT).await;
+    daemon.wait_state(&third, "rejected", LIMIT).await;
     assert!(!files.exists("second.prepared"), "undone once cleared");
+    assert!(!files.exists("third.prepared"), "undone once cleared");
     let approve = daemon
         .control(&json!({"verb": "approve", "execution_id": first, "step": "contain", "reason": "looks fine"}))
         .await;
