@@ -55,6 +55,43 @@ async fn the_databases_transition_table_is_the_codes() {
         rows, code,
         "migration V5 and src/store/transitions.rs differ"
     );
+
+    // The triggers' WHEN clauses name the terminal states: the same as the code's.
+    for (trigger, terminal) in [
+        (
+            "playbook_executions_transition",
+            RunState::ALL
+                .iter()
+                .filter(|state| state.is_terminal())
+                .map(|state| state.as_str())
+                .collect::<BTreeSet<_>>(),
+        ),
+        (
+            "playbook_step_runs_transition",
+            StepState::ALL
+                .iter()
+                .filter(|state| playbookd::store::transitions::step_is_terminal(**state))
+                .map(|state| state.as_str())
+                .collect::<BTreeSet<_>>(),
+        ),
+    ] {
+        let definition: String = client
+            .query_one(
+                "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = $1",
+                &[&trigger],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let when =
+            &definition[definition.find("WHEN").unwrap()..definition.find("EXECUTE").unwrap()];
+        let listed: BTreeSet<&str> = when
+            .split(['\'', ' ', '(', ')', ','])
+            .filter(|word| !word.is_empty())
+            .filter(|word| StepState::decode(word).is_ok() || RunState::decode(word).is_ok())
+            .collect();
+        assert_eq!(listed, terminal, "{definition}");
+    }
 }
 
 #[tokio::test]
