@@ -2,11 +2,10 @@
 //!
 //! Every UPDATE that changes a run's or a step's state is guarded by
 //! `state = ANY(sources(target))` (computed from these tables) and its row count is checked
-//! inside the same audit transaction; migration V5 writes the same pairs as the SQL functions
-//! `playbook_transition_allowed` and `playbook_state_is_terminal`, which the triggers on
-//! `playbook_executions` and `playbook_step_runs` evaluate, so the database refuses an illegal
-//! change whoever makes it. `tests/it/store.rs` asks those functions about every pair of states
-//! and compares the answers with these tables.
+//! inside the same audit transaction; migration V5 writes the same pairs into the WHEN clauses of
+//! the triggers on `playbook_executions` and `playbook_step_runs`, so the database refuses an
+//! illegal change whoever makes it. `tests/it/store.rs` tries every pair of states against those
+//! triggers and compares what the database allows with these tables.
 //!
 //! A pair `(s, s)` says "a state-preserving write is allowed in `s`" (a step started again
 //! with the same idempotency key, a gate re-opened after a restart); a state with no pair

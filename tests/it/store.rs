@@ -27,49 +27,110 @@ use crate::helpers::{OwnerRoleDb, TestDb};
 const NODE: &str = "node-store";
 const PLAYBOOK: &str = "id: store-test\nversion: 1\n";
 
+/// Tries every change of state (and every same-state write) against the triggers of migration
+/// V5 and compares what the database allows with `src/store/transitions.rs`: a change is
+/// allowed exactly when the table lists it; a write that keeps the state is allowed exactly
+/// when the state is not terminal.
 #[tokio::test]
-async fn the_databases_transition_table_is_the_codes() {
+async fn the_databases_transition_rules_are_the_codes() {
     let db = TestDb::new().await;
-    let client = db.client().await;
-    let ask = |machine: &'static str, from: &'static str, to: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    "SELECT playbook_transition_allowed($1, $2, $3), playbook_state_is_terminal($1, $2)",
-                    &[&machine, &from, &to],
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let mut client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
+             VALUES ('p', 1, sha256('x'), ARRAY['k'], 'x', now())",
+            &[],
+        )
+        .await
+        .unwrap();
     let mut differences = Vec::new();
     for from in RunState::ALL {
+        let id = Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+                   playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+                   subject, requested_by_uid, started_at, updated_at) \
+                 VALUES ($1, 'n', 'p', 1, sha256('x'), $2, $3, 'd', 'p', 'o', 'acme', 'high', '{}', 0, now(), now())",
+                &[&id, &from.as_str(), &id.to_string()],
+            )
+            .await
+            .unwrap();
         for to in RunState::ALL {
-            let row = ask("run", from.as_str(), to.as_str()).await;
-            if row.get::<_, bool>(0) != RUN_TRANSITIONS.contains(&(*from, *to)) {
-                differences.push(format!("run {from} -> {to}"));
-            }
-            if row.get::<_, bool>(1) != from.is_terminal() {
-                differences.push(format!("run {from} terminal"));
+            let allowed = try_update(&mut client, "playbook_executions", id, to.as_str()).await;
+            let expected = if from == to {
+                !from.is_terminal()
+            } else {
+                RUN_TRANSITIONS.contains(&(*from, *to))
+            };
+            if allowed != expected {
+                differences.push(format!("run {from} -> {to}: database allows {allowed}"));
             }
         }
     }
-    for from in StepState::ALL {
+    let run = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+               playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+               subject, requested_by_uid, started_at, updated_at) \
+             VALUES ($1, 'n', 'p', 1, sha256('x'), 'running', $2, 'd', 'p', 'o', 'acme', 'high', '{}', 0, now(), now())",
+            &[&run, &run.to_string()],
+        )
+        .await
+        .unwrap();
+    for (index, from) in (0i32..).zip(StepState::ALL) {
+        client
+            .execute(
+                "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, idempotency_key) \
+                 VALUES ($1, $2, $3, 'noop', $4, sha256('k'))",
+                &[&run, &index, &format!("s{index}"), &from.as_str()],
+            )
+            .await
+            .unwrap();
         for to in StepState::ALL {
-            let row = ask("step", from.as_str(), to.as_str()).await;
-            if row.get::<_, bool>(0) != STEP_TRANSITIONS.contains(&(*from, *to)) {
-                differences.push(format!("step {from} -> {to}"));
-            }
-            if row.get::<_, bool>(1) != playbookd::store::transitions::step_is_terminal(*from) {
-                differences.push(format!("step {from} terminal"));
+            let tx = client.transaction().await.unwrap();
+            let allowed = tx
+                .execute(
+                    "UPDATE playbook_step_runs SET state = $3 WHERE execution_id = $1 AND step_index = $2",
+                    &[&run, &index, &to.as_str()],
+                )
+                .await
+                .is_ok();
+            tx.rollback().await.unwrap();
+            let expected = if from == to {
+                !playbookd::store::transitions::step_is_terminal(*from)
+            } else {
+                STEP_TRANSITIONS.contains(&(*from, *to))
+            };
+            if allowed != expected {
+                differences.push(format!("step {from} -> {to}: database allows {allowed}"));
             }
         }
     }
     assert!(
         differences.is_empty(),
-        "migration V5 and src/store/transitions.rs differ: {differences:?}"
+        "migration V5 and src/store/transitions.rs differ: {differences:#?}"
     );
+}
+
+/// Whether the database lets run `id` be set to `state` (rolled back either way).
+async fn try_update(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    id: Uuid,
+    state: &str,
+) -> bool {
+    let tx = client.transaction().await.unwrap();
+    let allowed = tx
+        .execute(
+            &format!("UPDATE {table} SET state = $2 WHERE execution_id = $1"),
+            &[&id, &state],
+        )
+        .await
+        .is_ok();
+    tx.rollback().await.unwrap();
+    allowed
 }
 
 #[tokio::test]
