@@ -13,8 +13,8 @@ CREATE UNIQUE INDEX playbook_safe_halt_one_active_fleet_idx
 
 -- 2. The allowed state changes of runs and steps: the same pairs as src/store/transitions.rs
 -- (tests/it/store.rs tries every pair of states against these triggers and compares). They are
--- written as literals in the triggers' WHEN clauses, which PostgreSQL keeps parsed: a legal write
--- is checked by a few comparisons and calls no function; only a refused one reaches
+-- written as constant arrays in the triggers' WHEN clauses, which PostgreSQL keeps parsed: a legal
+-- write is checked by two array lookups and calls no function; only a refused one reaches
 -- playbook_refuse_transition(), which says why. A state no pair leaves is terminal: every UPDATE
 -- of a row in it is refused.
 CREATE FUNCTION playbook_refuse_transition() RETURNS trigger
@@ -32,44 +32,44 @@ $$;
 CREATE TRIGGER playbook_executions_transition
     BEFORE UPDATE ON playbook_executions
     FOR EACH ROW
-    WHEN (OLD.state IN ('completed', 'rolled_back', 'safe_halted', 'cancelled', 'timed_out', 'rejected')
-          OR (OLD.state IS DISTINCT FROM NEW.state AND (OLD.state, NEW.state) NOT IN (
-              ('pending', 'running'),
-              ('pending', 'rolling_back'),
-              ('pending', 'safe_halted'),
-              ('running', 'running'),
-              ('running', 'awaiting_approval'),
-              ('running', 'completed'),
-              ('running', 'rolling_back'),
-              ('running', 'safe_halted'),
-              ('awaiting_approval', 'awaiting_approval'),
-              ('awaiting_approval', 'running'),
-              ('awaiting_approval', 'rolling_back'),
-              ('awaiting_approval', 'safe_halted'),
-              ('rolling_back', 'rolled_back'),
-              ('rolling_back', 'cancelled'),
-              ('rolling_back', 'timed_out'),
-              ('rolling_back', 'rejected'),
-              ('rolling_back', 'safe_halted'))))
+    WHEN (OLD.state = ANY (ARRAY['completed', 'rolled_back', 'safe_halted', 'cancelled', 'timed_out', 'rejected'])
+          OR (OLD.state IS DISTINCT FROM NEW.state
+              AND NOT (OLD.state || ' -> ' || NEW.state) = ANY (ARRAY['pending -> running',
+              'pending -> rolling_back',
+              'pending -> safe_halted',
+              'running -> running',
+              'running -> awaiting_approval',
+              'running -> completed',
+              'running -> rolling_back',
+              'running -> safe_halted',
+              'awaiting_approval -> awaiting_approval',
+              'awaiting_approval -> running',
+              'awaiting_approval -> rolling_back',
+              'awaiting_approval -> safe_halted',
+              'rolling_back -> rolled_back',
+              'rolling_back -> cancelled',
+              'rolling_back -> timed_out',
+              'rolling_back -> rejected',
+              'rolling_back -> safe_halted'])))
     EXECUTE FUNCTION playbook_refuse_transition('run');
 
 CREATE TRIGGER playbook_step_runs_transition
     BEFORE UPDATE ON playbook_step_runs
     FOR EACH ROW
-    WHEN (OLD.state IN ('skipped', 'rolled_back', 'rollback_failed')
-          OR (OLD.state IS DISTINCT FROM NEW.state AND (OLD.state, NEW.state) NOT IN (
-              ('pending', 'running'),
-              ('pending', 'skipped'),
-              ('pending', 'failed'),
-              ('running', 'running'),
-              ('running', 'succeeded'),
-              ('running', 'failed'),
-              ('running', 'rolled_back'),
-              ('running', 'rollback_failed'),
-              ('succeeded', 'rolled_back'),
-              ('succeeded', 'rollback_failed'),
-              ('failed', 'rolled_back'),
-              ('failed', 'rollback_failed'))))
+    WHEN (OLD.state = ANY (ARRAY['skipped', 'rolled_back', 'rollback_failed'])
+          OR (OLD.state IS DISTINCT FROM NEW.state
+              AND NOT (OLD.state || ' -> ' || NEW.state) = ANY (ARRAY['pending -> running',
+              'pending -> skipped',
+              'pending -> failed',
+              'running -> running',
+              'running -> succeeded',
+              'running -> failed',
+              'running -> rolled_back',
+              'running -> rollback_failed',
+              'succeeded -> rolled_back',
+              'succeeded -> rollback_failed',
+              'failed -> rolled_back',
+              'failed -> rollback_failed'])))
     EXECUTE FUNCTION playbook_refuse_transition('step');
 
 -- 3. Re-verify what is resumed: the signature bytes that verified each version, beside it,

@@ -202,7 +202,16 @@ async fn illegal_transitions_are_refused_by_the_database_even_for_the_daemons_ro
     for line in &outcomes {
         assert!(line.contains("refused"), "{outcomes:#?}");
     }
-    assert!(outcomes[0].contains("terminal"), "{}", outcomes[0]);
+    assert!(
+        outcomes[0].contains("run state change completed -> running is not allowed"),
+        "{}",
+        outcomes[0]
+    );
+    assert!(
+        outcomes[1].contains("run state completed is terminal"),
+        "{}",
+        outcomes[1]
+    );
     assert!(
         outcomes[2].contains("succeeded -> running"),
         "{}",
