@@ -249,13 +249,13 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                     )
                     .await?
                 } else {
-                    // Success and a retry end an attempt that started: the row exists.
+                    // Success and a retry end an attempt whose start this node recorded (its
+                    // transaction checked the run's owner and state): the row exists, and its
+                    // state guards the change.
                     tx.execute(
                         "UPDATE playbook_step_runs SET state = $3, output = $4, error_class = $5, error = $6, \
                             finished_at = CASE WHEN $7 THEN now() END \
-                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8) \
-                         AND EXISTS (SELECT 1 FROM playbook_executions e WHERE e.execution_id = $1 \
-                                     AND e.node_id = $9 AND e.state = ANY($10))",
+                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)",
                         &[
                             &execution_id,
                             &index_to_db(index),
@@ -265,8 +265,6 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                             &error,
                             &finished,
                             &sources,
-                            &node_id,
-                            &open,
                         ],
                     )
                     .await?
