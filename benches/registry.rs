@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use playbookd::actions::limits::ActionLimits;
+use playbookd::config::ActionsConfig;
 use playbookd::registry::secure_open::TrustedDir;
 use playbookd::registry::signature::{self, Algorithm, Signer, TrustedKeys};
 use playbookd::registry::{Registry, RegistryPaths, check_playbook_file};
@@ -64,13 +66,14 @@ fn main() {
 
 fn verify_and_parse_all(root: &Path) -> usize {
     let (keys, refused) = TrustedKeys::load(&root.join("trusted-keys")).expect("trusted keys");
+    let limits = ActionLimits::from_config(&ActionsConfig::default());
     assert!(refused.is_empty());
     let dir = TrustedDir::open(&root.join("playbooks")).expect("playbook dir");
     let mut loaded = 0;
     for entry in std::fs::read_dir(root.join("playbooks")).expect("list") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|ext| ext == "yaml") {
-            check_playbook_file(&keys, &dir, &path).expect("valid playbook");
+            check_playbook_file(&keys, &limits, &dir, &path).expect("valid playbook");
             loaded += 1;
         }
     }
@@ -78,6 +81,7 @@ fn verify_and_parse_all(root: &Path) -> usize {
 }
 
 fn with_database(root: &Path, url: &str) {
+    let limits = ActionLimits::from_config(&ActionsConfig::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,9 +123,13 @@ fn with_database(root: &Path, url: &str) {
             "second load (all known)",
         ] {
             let started = Instant::now();
-            let (_registry, summary) = Registry::load(paths.clone(), audit.clone())
-                .await
-                .expect("load");
+            let (_registry, summary) = Registry::load(
+                paths.clone(),
+                std::sync::Arc::new(limits.clone()),
+                audit.clone(),
+            )
+            .await
+            .expect("load");
             let elapsed = started.elapsed();
             assert_eq!(summary.loaded, COUNT);
             println!("Registry::load, {pass}: {:.3} s", elapsed.as_secs_f64());

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::cli::{OutputError, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::store::checkpoint::{NodeKeyError, load_public_key_id};
 use crate::store::verify::{self, ChainReport};
@@ -24,6 +25,8 @@ pub enum AuditCliError {
     /// Already reported on stdout, one line per node.
     #[error("audit chain breach found in {count} node(s)")]
     Breach { count: usize },
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 impl AuditCliError {
@@ -31,6 +34,7 @@ impl AuditCliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             AuditCliError::Breach { .. } => ExitCode::from(EXIT_BREACH),
+            AuditCliError::Output(error) => error.exit_code(),
             AuditCliError::Config(_)
             | AuditCliError::TrustedKey(_)
             | AuditCliError::Store(_)
@@ -72,13 +76,13 @@ pub async fn verify(
         None => nodes,
     };
     if nodes.is_empty() {
-        println!("no audit chains in this database");
+        write_stdout_line("no audit chains in this database")?;
         return Ok(());
     }
     let mut breaches = 0;
     for node in &nodes {
         let report = verify::verify_chain_with(&client, node, pinned.as_ref()).await?;
-        println!("{}", report_line(&report));
+        write_stdout_line(&report_line(&report))?;
         if report.breach.is_some() {
             breaches += 1;
         }

@@ -783,8 +783,10 @@ node_key = "{node_key}"
 [status]
 listen = "127.0.0.1:0"
 [intake]
+allowed_uids = [{uid}]
 max_accepted_per_second = 1000000
 max_connections = 2048
+max_connections_per_uid = 2048
 [executor]
 max_concurrent_runs = {runs}
 [actions.file]
@@ -798,6 +800,8 @@ quarantine_dir = "{quarantine}"
             control = p("run/control.sock"),
             node_key = p("node.key"),
             quarantine = p("quarantine"),
+            // The bench drives decisions.sock from this process: it is the policy engine.
+            uid = nix::unistd::geteuid().as_raw(),
             // Every parked run holds an executor slot while it waits at its gate.
             runs = plan.parked + 1024,
         );

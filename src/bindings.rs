@@ -5,14 +5,21 @@
 //! a flood of identical decisions from starting a flood of runs: a per-(binding, subject)
 //! cooldown and a global cap on accepted decisions per second. Both are in memory (a restart
 //! forgets them); replay protection, which must never forget, is the nonce table.
+//!
+//! The cooldown's "same subject" means the same values of the playbook's declared inputs
+//! ([`CooldownKey`]), written the same way: keys the playbook does not declare are not part of
+//! it, so adding one (`event_ts`) cannot evade a cooldown, nor can spelling an address or a
+//! path differently.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::registry::model::Binding;
+use crate::registry::model::{Binding, InputSpec, InputType};
 
 /// The binding for a decision, if any.
 pub fn find<'a>(
@@ -60,9 +67,9 @@ impl StormControl {
     }
 
     /// Admits one decision (counting it) or says why not.
-    pub fn admit(&self, binding: &Binding, subject: &serde_json::Value) -> Result<(), Suppressed> {
+    pub fn admit(&self, binding: &Binding, key: &CooldownKey) -> Result<(), Suppressed> {
         let now = Instant::now();
-        let key = cooldown_key(binding, subject);
+        let key = key.0;
         let mut state = self
             .state
             .lock()
@@ -99,27 +106,83 @@ impl StormControl {
     }
 
     /// Gives back an admission whose decision was not accepted after all (replay, database).
-    pub fn release(&self, binding: &Binding, subject: &serde_json::Value) {
-        let key = cooldown_key(binding, subject);
+    pub fn release(&self, key: &CooldownKey) {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.last_run.remove(&key);
+        state.last_run.remove(&key.0);
         state.accepted_in_window = state.accepted_in_window.saturating_sub(1);
     }
 }
 
-fn cooldown_key(binding: &Binding, subject: &serde_json::Value) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for part in [&binding.policy, &binding.outcome, &binding.playbook] {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
+/// What a cooldown is keyed on: the binding, and the value of each input the playbook declares
+/// (absent ones included, as absent), in a canonical spelling. Nothing else of the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CooldownKey([u8; 32]);
+
+impl CooldownKey {
+    /// The key of `subject` (already checked against `inputs`) under `binding`.
+    pub fn new(
+        binding: &Binding,
+        inputs: &BTreeMap<String, InputSpec>,
+        subject: &Map<String, Value>,
+    ) -> CooldownKey {
+        let mut hasher = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            // Length-prefixed, so that no two sequences of parts hash alike.
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        for field in [&binding.policy, &binding.outcome, &binding.playbook] {
+            part(field.as_bytes());
+        }
+        part(binding.org_id.as_deref().unwrap_or("").as_bytes());
+        for (name, spec) in inputs {
+            part(name.as_bytes());
+            match subject.get(name) {
+                None => part(b"\0absent"),
+                Some(value) => part(canonical_value(spec.kind, value).as_bytes()),
+            }
+        }
+        CooldownKey(hasher.finalize().into())
     }
-    hasher.update(binding.org_id.as_deref().unwrap_or("").as_bytes());
-    hasher.update([0]);
-    hasher.update(serde_json_canonicalizer::to_vec(subject).unwrap_or_default());
-    hasher.finalize().into()
+}
+
+/// One spelling per value: an address as the standard library prints it (`::1`, not
+/// `0:0::1`), a path without repeated `/` or `.` components, a number in decimal.
+fn canonical_value(kind: InputType, value: &Value) -> String {
+    match (kind, value) {
+        (InputType::Ip, Value::String(text)) => canonical_ip(text),
+        (InputType::Path, Value::String(text)) => canonical_path(text),
+        (_, Value::String(text)) => text.clone(),
+        // Integers and booleans print one way already; anything else was refused by the
+        // subject check, and is keyed by its JSON text all the same.
+        (_, other) => other.to_string(),
+    }
+}
+
+fn canonical_ip(text: &str) -> String {
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let Ok(address) = address.parse::<IpAddr>() else {
+        return text.to_owned();
+    };
+    match prefix.map(str::parse::<u8>) {
+        None => address.to_string(),
+        Some(Ok(prefix)) => format!("{address}/{prefix}"),
+        Some(Err(_)) => text.to_owned(),
+    }
+}
+
+fn canonical_path(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]
@@ -154,29 +217,103 @@ mod tests {
         assert!(find(&bindings, "p", "x", "acme").is_none());
     }
 
+    fn inputs(fields: &[(&str, InputType)]) -> BTreeMap<String, InputSpec> {
+        fields
+            .iter()
+            .map(|(name, kind)| {
+                (
+                    (*name).to_owned(),
+                    InputSpec {
+                        kind: *kind,
+                        required: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn key(b: &Binding, inputs: &BTreeMap<String, InputSpec>, subject: Value) -> CooldownKey {
+        CooldownKey::new(b, inputs, subject.as_object().unwrap())
+    }
+
     #[test]
     fn cooldown_suppresses_the_same_subject_only() {
         let storm = StormControl::new(100);
         let b = binding(None, "x", Some(60));
-        let one = serde_json::json!({"pid": 1});
+        let pid = inputs(&[("pid", InputType::Integer)]);
+        let one = key(&b, &pid, serde_json::json!({"pid": 1}));
         assert_eq!(storm.admit(&b, &one), Ok(()));
         assert!(matches!(
             storm.admit(&b, &one),
             Err(Suppressed::Cooldown { .. })
         ));
-        assert_eq!(storm.admit(&b, &serde_json::json!({"pid": 2})), Ok(()));
-        storm.release(&b, &one);
+        let two = key(&b, &pid, serde_json::json!({"pid": 2}));
+        assert_eq!(storm.admit(&b, &two), Ok(()));
+        storm.release(&one);
         assert_eq!(storm.admit(&b, &one), Ok(()));
+    }
+
+    #[test]
+    fn undeclared_keys_and_other_spellings_are_the_same_subject() {
+        let b = binding(None, "x", Some(60));
+        let declared = inputs(&[
+            ("address", InputType::Ip),
+            ("path", InputType::Path),
+            ("user", InputType::String),
+        ]);
+        let base = key(
+            &b,
+            &declared,
+            serde_json::json!({"address": "2001:db8::1", "path": "/srv/x", "user": "a"}),
+        );
+        let noisy = key(
+            &b,
+            &declared,
+            serde_json::json!({"address": "2001:0db8:0:0::1", "path": "//srv/./x", "user": "a",
+                               "event_ts": "2026-11-25T10:00:00Z", "\u{0}": 1}),
+        );
+        assert_eq!(base, noisy);
+        let other_user = key(
+            &b,
+            &declared,
+            serde_json::json!({"address": "2001:db8::1", "path": "/srv/x", "user": "b"}),
+        );
+        assert_ne!(base, other_user);
+        // An absent optional input differs from any value, and bindings do not share keys.
+        let absent = key(
+            &b,
+            &declared,
+            serde_json::json!({"path": "/srv/x", "user": "a"}),
+        );
+        assert_ne!(base, absent);
+        let other_binding = binding(Some("acme"), "x", Some(60));
+        assert_ne!(
+            base,
+            key(
+                &other_binding,
+                &declared,
+                serde_json::json!({"address": "2001:db8::1", "path": "/srv/x", "user": "a"})
+            )
+        );
     }
 
     #[test]
     fn the_global_cap_counts_per_second() {
         let storm = StormControl::new(2);
         let b = binding(None, "x", None);
-        assert!(storm.admit(&b, &serde_json::json!(1)).is_ok());
-        assert!(storm.admit(&b, &serde_json::json!(2)).is_ok());
+        let n = inputs(&[("n", InputType::Integer)]);
+        assert!(
+            storm
+                .admit(&b, &key(&b, &n, serde_json::json!({"n": 1})))
+                .is_ok()
+        );
+        assert!(
+            storm
+                .admit(&b, &key(&b, &n, serde_json::json!({"n": 2})))
+                .is_ok()
+        );
         assert_eq!(
-            storm.admit(&b, &serde_json::json!(3)),
+            storm.admit(&b, &key(&b, &n, serde_json::json!({"n": 3}))),
             Err(Suppressed::RateLimit)
         );
     }

@@ -6,14 +6,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::limits::ActionLimits;
 use crate::audit_cli::{self, AuditCliError};
 use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
-use crate::registry::playbook;
-use crate::registry::secure_open::TrustedDir;
+use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
+use crate::registry::{self, CheckedFile, RejectReason, playbook};
 use crate::simulate::{self, SimulateError};
 use crate::status_client::{self, ClientError, StatusArgs};
 use crate::store::{self, StoreError};
@@ -31,7 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        /// The daemon's configuration file (TOML).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
@@ -39,27 +41,37 @@ pub enum Command {
     /// Query the read-only status API (health without a subcommand).
     Status(StatusArgs),
     /// Parse and validate playbook or bindings files offline (signatures are not checked).
+    /// Exit 0: every file is valid; 65: a file is invalid; 66: a file could not be read.
     Validate {
-        #[arg(required = true)]
+        /// Playbook or bindings files (YAML); each is reported on its own line.
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
     /// Show what a decision would do with a playbook: steps, rendered parameters, approvals.
     /// Nothing is executed and nothing is written.
+    /// Exit 0: planned; 65: the decision or playbook is invalid; 66: a file could not be read.
     Simulate {
         /// A file holding one decision (JSON, as sent on decisions.sock).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         decision: PathBuf,
         /// The playbook YAML.
+        #[arg(value_name = "PLAYBOOK")]
         playbook: PathBuf,
         /// As if the binding set `require_approval` (gates moderate steps too).
         #[arg(long)]
         require_approval: bool,
+        /// Print the plan as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Refuse, as the daemon would at load, a playbook outside this configuration's
+        /// [actions.*] limits (allowed commands, hosts, quarantine dir, never-block addresses).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Apply pending database migrations and exit.
     Migrate {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        /// The daemon's configuration file (its `[database]` is used).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Generate a signing key: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
@@ -67,26 +79,38 @@ pub enum Command {
         /// `ed25519` or `rsa4096`.
         #[arg(long, value_parser = parse_algorithm)]
         algorithm: Algorithm,
-        #[arg(long)]
+        /// Path prefix of the two files written (never over an existing file).
+        #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
     /// Sign files: writes FILE.sig (raw signature bytes over the exact file bytes).
     Sign {
         /// PKCS#8 PEM private key (Ed25519, or RSA of at least 4096 bits).
-        #[arg(long)]
+        #[arg(long, value_name = "KEY")]
         key: PathBuf,
         /// Write the second signature of dual control, FILE.sig.2.
         #[arg(long)]
         second: bool,
-        #[arg(required = true)]
+        /// The files to sign, byte for byte.
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Check files' signatures (FILE.sig, and FILE.sig.2 when present) against trusted keys.
+    /// Apply every rule the daemon applies to a signed file, except the version history in its
+    /// database: signatures (FILE.sig, and FILE.sig.2 when present) from trusted keys, each in
+    /// its key's scheme; strict parsing; dual control for critical playbooks and the bindings
+    /// file; and, with --config, the configuration's limits. One line per file: OK with each
+    /// signer and scheme, or REJECTED (label) and the rule that failed. Exit 65 if any failed.
     Verify {
-        /// Directory of trusted SPKI PEM public keys (`*.pub`).
-        #[arg(long)]
+        /// Directory of trusted SPKI PEM public keys (`*.pub`; `NAME.pss.pub` binds an RSA key
+        /// to RSA-PSS).
+        #[arg(long, value_name = "DIR")]
         trusted_keys: PathBuf,
-        #[arg(required = true)]
+        /// Also check playbooks against this daemon configuration's [actions.*] limits (allowed
+        /// commands, hosts, quarantine dir, never-block addresses), as the daemon does at load.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Playbook or bindings files, each beside its signature file(s).
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
     /// Benchmark the real daemon over its sockets on a throwaway database, and print a table.
@@ -103,10 +127,11 @@ pub enum AuditCommand {
     /// Recompute every chain (or one) and check its signed checkpoints.
     /// Exit 0: intact; 2: a breach was found; 1: could not verify.
     Verify {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        /// The daemon's configuration file (its `[database]` is used).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Verify only this node's chain.
-        #[arg(long)]
+        #[arg(long, value_name = "NODE_ID")]
         node: Option<String>,
         /// A node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub); checkpoints must be
         /// signed by one of the keys given. Repeatable.
@@ -126,7 +151,12 @@ pub enum CliError {
     #[error(transparent)]
     Audit(#[from] AuditCliError),
     #[error("{failed} of {total} files failed validation")]
-    Invalid { failed: usize, total: usize },
+    Invalid {
+        failed: usize,
+        total: usize,
+        /// At least one of them could not be read at all (exit 66 rather than 65).
+        unreadable: bool,
+    },
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
@@ -157,6 +187,8 @@ pub enum CliError {
     Ctl(#[from] CtlError),
     #[error(transparent)]
     Bench(#[from] BenchError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 impl CliError {
@@ -164,13 +196,25 @@ impl CliError {
     /// - 0: success;
     /// - 1: a failure a retry may fix (database, runtime);
     /// - 2: bad command line (clap);
-    /// - 65 (EX_DATAERR): a file failed verification (`verify`), or a key is malformed, weak or
-    ///   of an unsupported algorithm (`sign`);
+    /// - 65 (EX_DATAERR): a file failed its checks (`verify`, `validate`, `simulate`), or a key
+    ///   is malformed, weak or of an unsupported algorithm (`sign`);
     /// - 66 (EX_NOINPUT): an input file or key could not be read;
     /// - 73 (EX_CANTCREAT): an output file could not be written (`keygen` never overwrites);
+    /// - 74 (EX_IOERR): standard output failed (a reader that went away is not a failure: 0);
     /// - 78 (EX_CONFIG): the configuration, or the trusted-keys directory, must be fixed.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            CliError::Output(error) => error.exit_code(),
+            CliError::Invalid {
+                unreadable: true, ..
+            } => ExitCode::from(EXIT_NOINPUT),
+            CliError::Invalid {
+                unreadable: false, ..
+            } => ExitCode::from(EXIT_DATAERR),
+            CliError::Simulate(SimulateError::Unreadable { .. }) => ExitCode::from(EXIT_NOINPUT),
+            CliError::Simulate(SimulateError::Decision { .. } | SimulateError::Playbook { .. }) => {
+                ExitCode::from(EXIT_DATAERR)
+            }
             CliError::Config(_) | CliError::TrustStore(_) | CliError::NoTrustedKeys(_) => {
                 ExitCode::from(EXIT_CONFIG)
             }
@@ -181,9 +225,7 @@ impl CliError {
             CliError::Store(_)
             | CliError::Runtime(_)
             | CliError::Status(_)
-            | CliError::Simulate(_)
-            | CliError::Bench(_)
-            | CliError::Invalid { .. } => ExitCode::FAILURE,
+            | CliError::Bench(_) => ExitCode::FAILURE,
             CliError::Key(KeyError::Write { .. }) | CliError::WriteOutput { .. } => {
                 ExitCode::from(EXIT_CANTCREAT)
             }
@@ -195,12 +237,67 @@ impl CliError {
     }
 }
 
-/// A file failed verification, or a key is unusable.
+impl CliError {
+    /// True when the only problem is that whoever read our output went away (`| head`):
+    /// nothing to report, and nobody to report it to.
+    pub fn is_closed_output(&self) -> bool {
+        let output = match self {
+            CliError::Output(error) => error,
+            CliError::Ctl(CtlError::Output(error)) => error,
+            CliError::Status(ClientError::Output(error)) => error,
+            CliError::Audit(AuditCliError::Output(error)) => error,
+            _ => return false,
+        };
+        output.is_closed_pipe()
+    }
+}
+
+/// Standard output could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output")]
+pub struct OutputError(#[source] std::io::Error);
+
+impl OutputError {
+    /// The reader closed the pipe (`playbookd … | head`): not a failure of ours.
+    pub fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+
+    /// 0 for a closed pipe (as `cat` or `grep` end when `head` has read enough), 74 otherwise.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.is_closed_pipe() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_IOERR)
+        }
+    }
+}
+
+/// Writes `text` to standard output and flushes it. `print!` would panic when the reader has
+/// gone away; this returns the error instead, so each verb ends cleanly (see
+/// [`OutputError::exit_code`]).
+pub fn write_stdout(text: &str) -> Result<(), OutputError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(OutputError)
+}
+
+/// [`write_stdout`] with a newline.
+pub fn write_stdout_line(text: &str) -> Result<(), OutputError> {
+    write_stdout(&format!("{text}\n"))
+}
+
+/// A file failed its checks, or a key is unusable.
 pub const EXIT_DATAERR: u8 = 65;
 /// An input could not be read.
 pub const EXIT_NOINPUT: u8 = 66;
 /// An output could not be created.
 pub const EXIT_CANTCREAT: u8 = 73;
+/// Standard output failed (other than a closed pipe).
+pub const EXIT_IOERR: u8 = 74;
 
 /// Runs one parsed command line to completion.
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -223,12 +320,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             playbook,
             require_approval,
             json,
+            config,
         } => {
+            if let Some(config) = config {
+                check_limits_offline(&playbook, &Config::load(&config)?)?;
+            }
             let plan = simulate::plan(&decision, &playbook, require_approval)?;
             if json {
-                println!("{plan:#}");
+                write_stdout_line(&format!("{plan:#}"))?;
             } else {
-                print!("{}", simulate::render_text(&plan));
+                write_stdout(&simulate::render_text(&plan))?;
             }
             Ok(())
         }
@@ -238,10 +339,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 let mut client = store::connect_single(&config.postgres_config()).await?;
                 let report = store::migrate::migrate(&mut client).await?;
                 if report.applied.is_empty() {
-                    println!("schema up to date; nothing applied");
+                    write_stdout_line("schema up to date; nothing applied")?;
                 } else {
                     for name in report.applied {
-                        println!("applied {name}");
+                        write_stdout_line(&format!("applied {name}"))?;
                     }
                 }
                 Ok(())
@@ -249,18 +350,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Keygen { algorithm, out } => {
             let id = Signer::keygen(algorithm, &out)?;
-            println!(
+            write_stdout_line(&format!(
                 "wrote {} and {}; key id {id}",
                 signature::with_suffix(&out, ".key").display(),
                 signature::with_suffix(&out, ".pub").display()
-            );
+            ))?;
             Ok(())
         }
         Command::Sign { key, second, files } => sign(&key, second, &files),
         Command::Verify {
             trusted_keys,
+            config,
             files,
-        } => verify(&trusted_keys, &files),
+        } => {
+            let limits = match config {
+                Some(path) => Some(ActionLimits::from_config(&Config::load(&path)?.actions)),
+                None => None,
+            };
+            verify(&trusted_keys, limits.as_ref(), &files)
+        }
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -278,12 +386,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 /// `validate FILE…`: one line per file, `FILE: ok (…)` or `FILE: reason`.
 fn validate(files: &[PathBuf]) -> Result<(), CliError> {
     let mut failed = 0;
+    let mut unreadable = false;
     for file in files {
         match playbook::load_document(file) {
-            Ok(document) => println!("{}: ok ({})", file.display(), document.summary()),
+            Ok(document) => {
+                write_stdout_line(&format!("{}: ok ({})", file.display(), document.summary()))?;
+            }
             Err(error) => {
                 failed += 1;
-                println!("{}: {error}", file.display());
+                unreadable |= matches!(error, playbook::LoadError::Io(_));
+                write_stdout_line(&format!("{}: {error}", file.display()))?;
             }
         }
     }
@@ -293,17 +405,50 @@ fn validate(files: &[PathBuf]) -> Result<(), CliError> {
         Err(CliError::Invalid {
             failed,
             total: files.len(),
+            unreadable,
         })
     }
 }
 
+/// `simulate --config`: the configuration's limits, as the registry applies them at load.
+fn check_limits_offline(path: &std::path::Path, config: &Config) -> Result<(), CliError> {
+    let refused = |reason: String| SimulateError::Playbook {
+        path: path.display().to_string(),
+        reason,
+    };
+    let document = match playbook::load_document(path) {
+        Ok(document) => document,
+        Err(playbook::LoadError::Io(source)) => {
+            return Err(SimulateError::Unreadable {
+                path: path.display().to_string(),
+                source,
+            }
+            .into());
+        }
+        Err(error @ playbook::LoadError::Document(_)) => {
+            return Err(refused(error.to_string()).into());
+        }
+    };
+    if let playbook::Document::Playbook(playbook) = document {
+        let limits = ActionLimits::from_config(&config.actions);
+        registry::limits::check_playbook_limits(&playbook, &limits)
+            .map_err(|violation| refused(format!("the daemon would refuse it: {violation}")))?;
+    }
+    Ok(())
+}
+
 fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), CliError> {
-    let pem = std::fs::read_to_string(key).map_err(|source| CliError::ReadInput {
-        path: key.to_owned(),
-        source,
-    })?;
+    // The registry's secure open, as for every file holding key material: a key in a
+    // directory others can write could be swapped for theirs between two signatures.
+    let pem = TrustedDir::parent_of(key)
+        .and_then(|dir| dir.read(key, DOCUMENT_LIMIT))
+        .map_err(KeyError::Open)?;
     let pem = rsa::pkcs8::der::zeroize::Zeroizing::new(pem);
-    let signer = Signer::load(&pem, key)?;
+    let pem = std::str::from_utf8(&pem).map_err(|_| KeyError::Malformed {
+        path: key.to_owned(),
+        detail: "not PEM text".into(),
+    })?;
+    let signer = Signer::load(pem, key)?;
     let suffix = if second { ".sig.2" } else { ".sig" };
     for file in files {
         let bytes = std::fs::read(file).map_err(|source| CliError::ReadInput {
@@ -315,12 +460,20 @@ fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), Cl
             path: sig_path.clone(),
             source,
         })?;
-        println!("{}: signed by {}", sig_path.display(), signer.key_id());
+        write_stdout_line(&format!(
+            "{}: signed by {}",
+            sig_path.display(),
+            signer.key_id()
+        ))?;
     }
     Ok(())
 }
 
-fn verify(trusted_keys: &std::path::Path, files: &[PathBuf]) -> Result<(), CliError> {
+fn verify(
+    trusted_keys: &std::path::Path,
+    limits: Option<&ActionLimits>,
+    files: &[PathBuf],
+) -> Result<(), CliError> {
     let (keys, refused) = TrustedKeys::load(trusted_keys)?;
     for refusal in &refused {
         eprintln!(
@@ -334,26 +487,43 @@ fn verify(trusted_keys: &std::path::Path, files: &[PathBuf]) -> Result<(), CliEr
     let mut failed = 0;
     for file in files {
         let outcome = TrustedDir::parent_of(file)
-            .map_err(signature::FileError::Document)
-            .and_then(|dir| keys.verify_file(&dir, file));
+            .map_err(|error| RejectReason::File(signature::FileError::Document(error)))
+            .and_then(|dir| registry::check_signed_file(&keys, limits, &dir, file));
         match outcome {
-            Ok(verified) => {
-                let signers: Vec<&str> = verified.signers().iter().map(|k| k.as_str()).collect();
-                println!(
-                    "{}: OK, sha256 {}, signed by {}",
+            Ok(checked) => {
+                let (what, verified) = match &checked {
+                    CheckedFile::Playbook(candidate) => (
+                        format!(
+                            "playbook {}@{}",
+                            candidate.playbook().id,
+                            candidate.playbook().version
+                        ),
+                        candidate.verified(),
+                    ),
+                    CheckedFile::Bindings(verified, bindings) => {
+                        (format!("bindings, {}", bindings.bindings.len()), verified)
+                    }
+                };
+                let signers: Vec<String> = verified
+                    .signatures()
+                    .iter()
+                    .map(|signature| format!("{} ({})", signature.key_id, signature.scheme))
+                    .collect();
+                write_stdout_line(&format!(
+                    "{}: OK ({what}), sha256 {}, signed by {}",
                     file.display(),
                     hex::encode(verified.sha256()),
                     signers.join(" and ")
-                );
+                ))?;
             }
-            Err(error) => {
+            Err(reason) => {
                 failed += 1;
-                println!(
+                write_stdout_line(&format!(
                     "{}: REJECTED ({}): {}",
                     file.display(),
-                    error.label(),
-                    store::audit::error_chain(&error)
-                );
+                    reason.label(),
+                    store::audit::error_chain(&reason)
+                ))?;
             }
         }
     }
@@ -376,4 +546,213 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(std::iter::once("playbookd").chain(args.iter().copied()))
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        format!("{:?}", cli.command)
+    }
+
+    /// Each pair is one command line with its options before and after the positional
+    /// arguments (and, for `ctl` and `status`, before and after the sub-verb).
+    #[test]
+    fn options_come_before_or_after_arguments_on_every_verb() {
+        let pairs: &[(&[&str], &[&str])] = &[
+            (&["serve", "--config", "c"], &["serve", "--config", "c"]),
+            (&["migrate", "--config", "c"], &["migrate", "--config", "c"]),
+            (
+                &["keygen", "--algorithm", "ed25519", "--out", "k"],
+                &["keygen", "--out", "k", "--algorithm", "ed25519"],
+            ),
+            (
+                &["sign", "--key", "k", "--second", "a", "b"],
+                &["sign", "a", "b", "--key", "k", "--second"],
+            ),
+            (
+                &["verify", "--trusted-keys", "d", "--config", "c", "a"],
+                &["verify", "a", "--config", "c", "--trusted-keys", "d"],
+            ),
+            (&["validate", "a", "b"], &["validate", "a", "b"]),
+            (
+                &[
+                    "simulate",
+                    "--decision",
+                    "d",
+                    "--json",
+                    "--require-approval",
+                    "--config",
+                    "c",
+                    "p",
+                ],
+                &[
+                    "simulate",
+                    "p",
+                    "--config",
+                    "c",
+                    "--decision",
+                    "d",
+                    "--json",
+                    "--require-approval",
+                ],
+            ),
+            (
+                &[
+                    "audit",
+                    "verify",
+                    "--config",
+                    "c",
+                    "--node",
+                    "n",
+                    "--trusted-node-key",
+                    "k",
+                ],
+                &[
+                    "audit",
+                    "verify",
+                    "--trusted-node-key",
+                    "k",
+                    "--node",
+                    "n",
+                    "--config",
+                    "c",
+                ],
+            ),
+            (
+                &[
+                    "ctl", "--config", "c", "--json", "approve", "e", "s", "--reason", "r",
+                ],
+                &[
+                    "ctl", "approve", "e", "s", "--reason", "r", "--config", "c", "--json",
+                ],
+            ),
+            (
+                &["ctl", "--socket", "s", "deny", "--reason", "r", "e", "st"],
+                &["ctl", "deny", "e", "st", "--socket", "s", "--reason", "r"],
+            ),
+            (
+                &["ctl", "--json", "cancel", "--reason", "r", "e"],
+                &["ctl", "cancel", "e", "--json", "--reason", "r"],
+            ),
+            (
+                &["ctl", "--config", "c", "halt-resolve", "--reason", "r"],
+                &["ctl", "halt-resolve", "--reason", "r", "--config", "c"],
+            ),
+            (&["ctl", "--json", "pending"], &["ctl", "pending", "--json"]),
+            (
+                &["ctl", "--config", "c", "reload"],
+                &["ctl", "reload", "--config", "c"],
+            ),
+            (
+                &[
+                    "status",
+                    "--url",
+                    "http://127.0.0.1:1",
+                    "--json",
+                    "execution",
+                    "i",
+                ],
+                &[
+                    "status",
+                    "execution",
+                    "i",
+                    "--json",
+                    "--url",
+                    "http://127.0.0.1:1",
+                ],
+            ),
+            (
+                &[
+                    "status",
+                    "--config",
+                    "c",
+                    "executions",
+                    "--limit",
+                    "5",
+                    "--since",
+                    "t",
+                ],
+                &[
+                    "status",
+                    "executions",
+                    "--since",
+                    "t",
+                    "--limit",
+                    "5",
+                    "--config",
+                    "c",
+                ],
+            ),
+            (
+                &["status", "--json", "audit", "--after", "3"],
+                &["status", "audit", "--after", "3", "--json"],
+            ),
+            (&["status", "--json", "halt"], &["status", "halt", "--json"]),
+            (
+                &["bench", "--quick", "--connections", "2"],
+                &["bench", "--connections", "2", "--quick"],
+            ),
+        ];
+        for (before, after) in pairs {
+            assert_eq!(parse(before), parse(after), "{before:?} vs {after:?}");
+        }
+        // Every verb of the CLI appears above.
+        let listed: std::collections::BTreeSet<&str> =
+            pairs.iter().map(|(before, _)| before[0]).collect();
+        for verb in Cli::command().get_subcommands() {
+            assert!(
+                listed.contains(verb.get_name()),
+                "{} untested",
+                verb.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_reason_is_required_where_the_daemon_requires_one() {
+        for args in [
+            &["ctl", "approve", "e", "s"][..],
+            &["ctl", "deny", "e", "s"],
+            &["ctl", "cancel", "e"],
+            &["ctl", "halt-resolve"],
+        ] {
+            let error =
+                Cli::try_parse_from(std::iter::once("playbookd").chain(args.iter().copied()))
+                    .unwrap_err();
+            assert!(error.to_string().contains("--reason"), "{args:?}: {error}");
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("ctl")
+            .and_then(|ctl| ctl.find_subcommand_mut("approve"))
+            .map(|approve| approve.render_long_help().to_string())
+            .unwrap();
+        assert!(!help.contains("[default: ]"), "{help}");
+    }
+
+    #[test]
+    fn every_option_and_argument_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "playbookd", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }

@@ -116,16 +116,21 @@ pub struct StatusConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
-    /// Peers allowed on decisions.sock besides the daemon's own uid.
+    /// The only peers allowed on decisions.sock (SO_PEERCRED uid). The daemon's own uid is
+    /// not implicitly allowed: a program it runs must not be able to act as a policy engine.
     #[serde(default)]
     pub allowed_uids: BTreeSet<u32>,
     /// A decision is fresh while `|now - issued_at| <= freshness_seconds`.
     #[serde(default = "default_freshness_seconds")]
     pub freshness_seconds: u64,
-    /// Simultaneous connections on decisions.sock; the next one waits.
+    /// Simultaneous connections on decisions.sock; more get `busy` and are closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// A connection that sends nothing for this long is closed.
+    /// Simultaneous connections one uid may hold on decisions.sock.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// Each request line must arrive complete within this many seconds (counted from when
+    /// the daemon starts waiting for it, not reset by each byte); otherwise the connection closes.
     #[serde(default = "default_idle_timeout_seconds")]
     pub idle_timeout_seconds: u64,
     /// Group owning decisions.sock (mode 0660); the daemon's own group when unset.
@@ -247,12 +252,20 @@ pub struct ControlConfig {
     /// can connect at all; what each may do is still decided by `[roles]`.
     #[serde(default)]
     pub socket_group: Option<String>,
-    /// A connection that sends nothing for this long is closed.
+    /// Each request line must arrive complete within this many seconds (counted from when
+    /// the daemon starts waiting for it, not reset by each byte); otherwise the connection closes.
     #[serde(default = "default_control_idle_timeout_seconds")]
     pub idle_timeout_seconds: u64,
     /// Simultaneous connections on control.sock; more are refused with a reason.
     #[serde(default = "default_control_max_connections")]
     pub max_connections: usize,
+    /// Simultaneous connections one uid may hold on control.sock.
+    #[serde(default = "default_control_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` that only admins may take, so that no flood of other peers
+    /// can keep an admin from clearing a SAFE-HALT.
+    #[serde(default = "default_control_admin_reserved_connections")]
+    pub admin_reserved_connections: usize,
 }
 
 /// Who may do what on control.sock, by peer uid or group name.
@@ -368,6 +381,12 @@ impl Config {
                 "expected a positive integer".into(),
             ));
         }
+        if self.intake.max_connections_per_uid == 0 {
+            return Err(invalid(
+                "intake.max_connections_per_uid",
+                "expected a positive integer".into(),
+            ));
+        }
         if self.intake.idle_timeout_seconds == 0 {
             return Err(invalid(
                 "intake.idle_timeout_seconds",
@@ -396,6 +415,18 @@ impl Config {
             return Err(invalid(
                 "control.max_connections",
                 "expected a positive integer".into(),
+            ));
+        }
+        if self.control.max_connections_per_uid == 0 {
+            return Err(invalid(
+                "control.max_connections_per_uid",
+                "expected a positive integer".into(),
+            ));
+        }
+        if self.control.admin_reserved_connections >= self.control.max_connections {
+            return Err(invalid(
+                "control.admin_reserved_connections",
+                "expected fewer than control.max_connections (others need a slot too)".into(),
             ));
         }
         for scope in &self.roles.orgs {
@@ -618,6 +649,15 @@ fn default_control_idle_timeout_seconds() -> u64 {
 fn default_control_max_connections() -> usize {
     16
 }
+fn default_control_max_connections_per_uid() -> usize {
+    4
+}
+fn default_control_admin_reserved_connections() -> usize {
+    2
+}
+fn default_max_connections_per_uid() -> usize {
+    256
+}
 fn default_max_concurrent_runs() -> usize {
     64
 }
@@ -700,6 +740,7 @@ impl Default for IntakeConfig {
             allowed_uids: BTreeSet::new(),
             freshness_seconds: default_freshness_seconds(),
             max_connections: default_max_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
             idle_timeout_seconds: default_idle_timeout_seconds(),
             socket_group: None,
             max_accepted_per_second: default_max_accepted_per_second(),
@@ -771,6 +812,8 @@ impl Default for ControlConfig {
             socket_group: None,
             idle_timeout_seconds: default_control_idle_timeout_seconds(),
             max_connections: default_control_max_connections(),
+            max_connections_per_uid: default_control_max_connections_per_uid(),
+            admin_reserved_connections: default_control_admin_reserved_connections(),
         }
     }
 }

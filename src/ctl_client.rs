@@ -10,22 +10,25 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::control::protocol::WireRequest;
 
 /// Where control.sock is when neither `--socket` nor `--config` says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/playbookd/control.sock";
 
+/// `playbookd ctl [OPTIONS] VERB …`; the options may come before or after the verb and its
+/// arguments (`ctl approve E S --reason R --config F`).
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// Path of control.sock (default: the config's `paths.control_socket`, else /run/playbookd/control.sock).
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "config")]
     pub socket: Option<PathBuf>,
     /// Read the socket path from this daemon config.
-    #[arg(long)]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print the daemon's reply as JSON, unchanged.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub verb: CtlVerb,
@@ -35,32 +38,42 @@ pub struct CtlArgs {
 pub enum CtlVerb {
     /// Approvals waiting, with their context and the votes so far.
     Pending,
-    /// Approve a waiting step (high and critical steps need a reason).
+    /// Approve a waiting step.
     Approve {
+        /// The execution id (UUID), as `ctl pending` shows it.
         execution: String,
+        /// The step id waiting at its gate.
         step: String,
-        #[arg(long, default_value = "")]
+        /// Why; recorded in the audit log with your uid.
+        #[arg(long)]
         reason: String,
     },
     /// Deny a waiting step: the step is rejected and the run rolls back.
     Deny {
+        /// The execution id (UUID), as `ctl pending` shows it.
         execution: String,
+        /// The step id waiting at its gate.
         step: String,
-        #[arg(long, default_value = "")]
+        /// Why; recorded in the audit log with your uid.
+        #[arg(long)]
         reason: String,
     },
     /// Cancel an execution: it stops and rolls back.
     Cancel {
+        /// The execution id (UUID).
         execution: String,
-        #[arg(long, default_value = "")]
+        /// Why; recorded in the audit log with your uid.
+        #[arg(long)]
         reason: String,
     },
     /// Clear the active SAFE-HALT (admin).
     HaltResolve {
-        #[arg(long, default_value = "")]
+        /// What was fixed; recorded in the audit log with your uid.
+        #[arg(long)]
         reason: String,
     },
-    /// Reload what can change without a restart (admin).
+    /// Re-read the playbooks and the bindings file (admin). Lists every refused file; exits 65
+    /// when any was refused (the last verified versions stay active).
     Reload,
 }
 
@@ -88,14 +101,22 @@ pub enum CtlError {
     Refused(String),
     #[error("error: {0}")]
     Failed(String),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// Already listed on stdout, one line per file.
+    #[error("reload refused some files; the last verified versions stay active")]
+    ReloadRefusedFiles,
 }
 
 impl CtlError {
-    /// 77 (EX_NOPERM) when the daemon refused, 78 for a bad config, 1 otherwise.
+    /// 77 (EX_NOPERM) when the daemon refused, 65 (EX_DATAERR) when a reload refused files,
+    /// 78 for a bad config, 1 otherwise.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CtlError::Refused(_) => ExitCode::from(EXIT_REFUSED),
             CtlError::Config(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            CtlError::Output(error) => error.exit_code(),
+            CtlError::ReloadRefusedFiles => ExitCode::from(crate::cli::EXIT_DATAERR),
             CtlError::Connect { .. }
             | CtlError::Io { .. }
             | CtlError::NoReply { .. }
@@ -125,12 +146,20 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
             .to_owned()
     };
     if args.json {
-        println!("{reply}");
+        write_stdout_line(&reply.to_string())?;
     }
     match status {
         "ok" => {
             if !args.json {
-                print!("{}", human(&args.verb, &reply));
+                write_stdout(&human(&args.verb, &reply))?;
+            }
+            // A reload that refused files did run, but what is active is not what is on disk:
+            // scripts must notice.
+            let refused = |key: &str| reply[key].as_array().is_some_and(|list| !list.is_empty());
+            if matches!(args.verb, CtlVerb::Reload)
+                && (refused("refused") || refused("refused_keys"))
+            {
+                return Err(CtlError::ReloadRefusedFiles);
             }
             Ok(())
         }
@@ -241,8 +270,32 @@ fn human(verb: &CtlVerb, reply: &Value) -> String {
             format!("cancel requested for {execution}: the run stops and rolls back\n")
         }
         CtlVerb::HaltResolve { .. } => format!("SAFE-HALT {} cleared\n", text("halt_id")),
-        CtlVerb::Reload => format!("reload: {}\n", text("detail")),
+        CtlVerb::Reload => reload_text(reply),
     }
+}
+
+/// `reload: …` then one line per refused file (with its reason) and per version kept.
+fn reload_text(reply: &Value) -> String {
+    let field = |value: &Value, key: &str| value[key].as_str().unwrap_or("?").to_owned();
+    let mut out = format!("reload: {}\n", field(reply, "detail"));
+    for key in ["refused", "refused_keys"] {
+        for refused in reply[key].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  REFUSED {} ({}): {}\n",
+                field(refused, "file"),
+                field(refused, "reason"),
+                field(refused, "detail")
+            ));
+        }
+    }
+    for kept in reply["kept"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  KEPT {} from {}: its replacement was refused\n",
+            field(kept, "what"),
+            field(kept, "file")
+        ));
+    }
+    out
 }
 
 fn pending_text(pending: Option<&Value>) -> String {

@@ -12,13 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::net::UnixListener;
 
+use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError};
-use crate::control::{Control, ControlParts, ControlSettings, ReloadRequest, roles::Roles};
+use crate::control::{
+    Control, ControlParts, ControlSettings, KeptVersion, RefusedFile, ReloadReport, ReloadRequest,
+    roles::Roles,
+};
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
-use crate::registry::{Registry, RegistryError, RegistryPaths};
+use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
+use crate::registry::{LoadSummary, Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
@@ -125,6 +130,10 @@ pub struct Daemon {
 impl Daemon {
     /// Connects, migrates, opens the audit chain and records the start.
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
+        // Before anything emits a metric (a metric recorded without a recorder is lost), so
+        // that a fresh /metrics shows every series at its true value or zero.
+        status::metrics::install();
+        status::metrics::register_http_hosts(&config.actions.http.allowed_hosts);
         // First: a bad key file is an operator error, found before touching the database.
         let node_key = Arc::new(NodeKey::load_or_generate(&config.paths.node_key)?);
         tracing::info!(key_id = %node_key.key_id(), "node key loaded");
@@ -160,9 +169,13 @@ impl Daemon {
                     detail: audit::error_chain(&error),
                 })
             })?;
-        let (registry, summary) = Registry::load(RegistryPaths::from(&config.paths), audit.clone())
-            .await
-            .map_err(DaemonError::Registry)?;
+        let (registry, summary) = Registry::load(
+            RegistryPaths::from(&config.paths),
+            Arc::new(ActionLimits::from_config(&config.actions)),
+            audit.clone(),
+        )
+        .await
+        .map_err(DaemonError::Registry)?;
         tracing::info!(
             loaded = summary.loaded,
             rejected = summary.rejections.len(),
@@ -186,6 +199,7 @@ impl Daemon {
         );
         let intake = Intake::new(IntakeParts {
             settings: intake_settings(&config)?,
+            store: store.clone(),
             audit: audit.clone(),
             registry: registry.clone(),
             safe_halt: safe_halt.clone(),
@@ -204,6 +218,8 @@ impl Daemon {
             settings: ControlSettings {
                 idle_timeout: Duration::from_secs(config.control.idle_timeout_seconds),
                 max_connections: config.control.max_connections,
+                max_connections_per_uid: config.control.max_connections_per_uid,
+                admin_reserved_connections: config.control.admin_reserved_connections,
             },
             roles: Roles::from_config(&config.roles),
             store: store.clone(),
@@ -213,7 +229,13 @@ impl Daemon {
             safe_halt: safe_halt.clone(),
             reload: reload_sender,
         });
-        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
+        // Not loaded until `run_until_stopped` publishes the catalog; what this load refused is
+        // kept from here on, until the next reload replaces it.
+        let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot {
+            refused_files: refused_files(&reload_report(&summary)),
+            loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
+            ..RuntimeSnapshot::default()
+        });
         let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
         Ok(Daemon {
             config,
@@ -312,7 +334,7 @@ impl Daemon {
         let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        self.publish_runtime();
+        self.publish_runtime(None);
         // Stops with `tasks_shutdown`; shutdown signs the final head itself.
         self.checkpointer.clone().spawn(
             self.config.audit.checkpoint_interval(),
@@ -377,30 +399,39 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads what can change without a restart; the summary (or why it failed) goes back to
-    /// a `reload` caller on control.sock.
-    async fn reload(&self) -> Result<String, String> {
+    /// Re-reads what can change without a restart (trusted keys, playbooks, bindings; never the
+    /// configuration file); what it did, file by file (or why it failed), goes back to a
+    /// `reload` caller on control.sock.
+    async fn reload(&self) -> Result<ReloadReport, String> {
         systemd::notify_reloading();
         tracing::info!("reload requested");
+        let mut refused = None;
         let (event, outcome) = match self.registry.reload().await {
             Ok(summary) => {
-                tracing::info!(
-                    loaded = summary.loaded,
-                    rejected = summary.rejections.len(),
-                    bindings = summary.bindings,
-                    "registry reloaded"
-                );
-                let text = format!(
-                    "reloaded: {} playbook versions loaded, {} files rejected, {} bindings",
-                    summary.loaded,
-                    summary.rejections.len(),
-                    summary.bindings
-                );
+                let report = reload_report(&summary);
+                if report.is_clean() {
+                    tracing::info!(
+                        loaded = report.loaded,
+                        bindings = report.bindings,
+                        "registry reloaded"
+                    );
+                } else {
+                    tracing::error!(
+                        loaded = report.loaded,
+                        refused = report.refused.len() + report.refused_keys.len(),
+                        kept = report.kept.len(),
+                        bindings = report.bindings,
+                        "registry reloaded with refused files; the last verified versions stay active"
+                    );
+                }
+                refused = Some(refused_files(&report));
                 let event = AuditEvent::new("daemon.reload", Actor::System)
-                    .with("loaded", summary.loaded)
-                    .with("rejected", summary.rejections.len())
-                    .with("bindings", summary.bindings);
-                (event, Ok(text))
+                    .with("loaded", report.loaded)
+                    .with("rejected", report.refused.len())
+                    .with("refused_keys", report.refused_keys.len())
+                    .with("kept", report.kept.len())
+                    .with("bindings", report.bindings);
+                (event, Ok(report))
             }
             Err(error) => {
                 // The previous snapshot stays in force.
@@ -417,7 +448,7 @@ impl Daemon {
             }
         };
         let recorded = self.audit.append(event).await;
-        self.publish_runtime();
+        self.publish_runtime(refused);
         systemd::notify_ready(&self.status_line());
         match recorded {
             Ok(_) => outcome,
@@ -487,9 +518,16 @@ impl Daemon {
         )
     }
 
-    /// Tells the status API what the registry holds now.
-    fn publish_runtime(&self) {
+    /// Tells the status API what the registry holds now; `refused` replaces the list of
+    /// refused files after a (re)load, `None` keeps the one published before.
+    fn publish_runtime(&self, refused: Option<Vec<status::RefusedFile>>) {
         let catalog = self.registry.catalog();
+        status::metrics::register_playbooks(catalog.playbooks().map(|active| active.id()));
+        let previous = self.runtime.borrow().clone();
+        let (refused_files, loaded_at) = match refused {
+            Some(files) => (files, Some(status::queries::Timestamp(audit::now_micros()))),
+            None => (previous.refused_files, previous.loaded_at),
+        };
         let playbooks = catalog
             .playbooks()
             .map(|active| status::PlaybookSummary {
@@ -503,12 +541,96 @@ impl Daemon {
                     .collect(),
             })
             .collect();
+        let unresolved_bindings: Vec<status::UnresolvedBinding> = catalog
+            .unresolved_bindings()
+            .map(|binding| status::UnresolvedBinding {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+            })
+            .collect();
+        for binding in &unresolved_bindings {
+            tracing::warn!(
+                policy = %binding.policy,
+                outcome = %binding.outcome,
+                playbook = %binding.playbook,
+                "binding has no active playbook: its decisions get no_action"
+            );
+        }
+        #[allow(clippy::cast_precision_loss)] // a count of bindings, far below 2^52
+        metrics::gauge!(status::metrics::BINDINGS_WITHOUT_ACTIVE_PLAYBOOK)
+            .set(unresolved_bindings.len() as f64);
+        let binding_rules = catalog
+            .bindings()
+            .iter()
+            .map(|binding| status::BindingSummary {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+                cooldown_seconds: binding.cooldown_seconds,
+                require_approval: binding.require_approval,
+            })
+            .collect();
         self.runtime.send_replace(RuntimeSnapshot {
             registry_loaded: true,
             playbooks,
             bindings: catalog.bindings().len(),
+            unresolved_bindings,
+            binding_rules,
+            refused_files,
+            loaded_at,
         });
     }
+}
+
+/// The reload reply: every refused file and key with its reason, and what stayed active.
+fn reload_report(summary: &LoadSummary) -> ReloadReport {
+    ReloadReport {
+        loaded: summary.loaded,
+        bindings: summary.bindings,
+        refused: summary
+            .rejections
+            .iter()
+            .map(|rejection| RefusedFile {
+                file: rejection.file.display().to_string(),
+                reason: rejection.reason.label().to_owned(),
+                detail: audit::error_chain(&rejection.reason),
+            })
+            .collect(),
+        refused_keys: summary
+            .refused_keys
+            .iter()
+            .map(|refusal| RefusedFile {
+                file: refusal.path.display().to_string(),
+                reason: "trusted_key_refused".to_owned(),
+                detail: audit::error_chain(&refusal.error),
+            })
+            .collect(),
+        kept: summary
+            .kept
+            .iter()
+            .map(|kept| KeptVersion {
+                what: kept.what.clone(),
+                file: kept.file.display().to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// What a registry load refused, for the console: playbook and bindings files, then key files.
+fn refused_files(report: &ReloadReport) -> Vec<status::RefusedFile> {
+    report
+        .refused
+        .iter()
+        .chain(&report.refused_keys)
+        .map(|refused| status::RefusedFile {
+            path: refused.file.clone(),
+            label: refused.reason.clone(),
+            reason: refused.detail.clone(),
+        })
+        .collect()
 }
 
 /// How long shutdown waits for queued audit appends before giving up.
@@ -541,19 +663,26 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
         allowed_uids: intake.allowed_uids.clone(),
         freshness_seconds: intake.freshness_seconds,
         max_connections: intake.max_connections,
+        max_connections_per_uid: intake.max_connections_per_uid,
         idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
         max_accepted_per_second: intake.max_accepted_per_second,
         policy_keys,
     })
 }
 
+/// Reads a policy engine's public key through the registry's secure open: whoever can replace
+/// this file can sign decisions, so it gets the same owner, mode, symlink and size checks as a
+/// trusted playbook key.
 fn load_policy_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, DaemonError> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
     let error = |reason: String| DaemonError::PolicyKey {
         path: path.to_owned(),
         reason,
     };
-    let pem = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+    let pem = TrustedDir::parent_of(path)
+        .and_then(|dir| dir.read(path, DOCUMENT_LIMIT))
+        .map_err(|e| error(crate::store::audit::error_chain(&e)))?;
+    let pem = std::str::from_utf8(&pem).map_err(|_| error("not PEM text".into()))?;
+    ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
         .map_err(|_| error("not an Ed25519 public key (SPKI PEM)".into()))
 }

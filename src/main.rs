@@ -8,6 +8,8 @@ fn main() -> ExitCode {
     let cli = playbookd::cli::Cli::parse();
     match playbookd::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing to report and nobody to report it to.
+        Err(error) if error.is_closed_output() => error.exit_code(),
         Err(error) => {
             eprintln!(
                 "playbookd: {}",

@@ -10,11 +10,18 @@ use crate::approvals::required_approvals;
 use crate::intake::decision;
 use crate::registry::model::{Playbook, Rollback};
 use crate::registry::playbook::{self, Document};
-use crate::registry::template::{self, DecisionFields, TemplateContext};
+use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
+    /// The file could not be read at all (exit 66, as opposed to an invalid one).
+    #[error("cannot read {path}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Decision { path: String, reason: String },
     #[error("{path}: {reason}")]
@@ -31,7 +38,10 @@ pub fn plan(
         path: decision_path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(decision_path).map_err(|e| decision_error(e.to_string()))?;
+    let bytes = std::fs::read(decision_path).map_err(|source| SimulateError::Unreadable {
+        path: decision_path.display().to_string(),
+        source,
+    })?;
     let (decision, _) = decision::decode(bytes.trim_ascii()).map_err(decision_error)?;
     let playbook = match playbook::load_document(playbook_path) {
         Ok(Document::Playbook(playbook)) => playbook,
@@ -41,7 +51,13 @@ pub fn plan(
                 reason: "this is a bindings file, not a playbook".into(),
             });
         }
-        Err(error) => {
+        Err(playbook::LoadError::Io(source)) => {
+            return Err(SimulateError::Unreadable {
+                path: playbook_path.display().to_string(),
+                source,
+            });
+        }
+        Err(error @ playbook::LoadError::Document(_)) => {
             return Err(SimulateError::Playbook {
                 path: playbook_path.display().to_string(),
                 reason: error.to_string(),
@@ -49,17 +65,8 @@ pub fn plan(
         }
     };
     decision::check_subject(&decision.subject, &playbook.inputs).map_err(decision_error)?;
-    let context = TemplateContext {
-        subject: &decision.subject,
-        decision: DecisionFields {
-            decision_id: &decision.decision_id,
-            policy: &decision.policy,
-            outcome: &decision.outcome,
-            org_id: &decision.org_id,
-            severity: &decision.severity,
-        },
-        execution_id: uuid::Uuid::nil(),
-    };
+    decision::check_exec_arguments(&decision, &playbook).map_err(decision_error)?;
+    let context = decision.template_context();
     Ok(json!({
         "playbook": format!("{}@{}", playbook.id, playbook.version),
         "org_id": decision.org_id,

@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::status::{StatusAddr, parse_listen};
 
@@ -23,10 +24,10 @@ use crate::status::{StatusAddr, parse_listen};
 pub struct StatusArgs {
     /// The status API: `http://127.0.0.1:9470` or `unix:/path/to/socket`. Default: the
     /// config's `status.listen`.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
     /// The configuration file read for `status.listen` when `--url` is not given.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Print the API's JSON as is.
     #[arg(long, global = true)]
@@ -39,12 +40,22 @@ pub struct StatusArgs {
 pub enum StatusCommand {
     /// List executions, newest first.
     Executions {
+        /// Only executions in this state (pending, running, awaiting_approval, completed, …).
         #[arg(long)]
         state: Option<String>,
+        /// Only executions of this playbook id.
         #[arg(long)]
         playbook: Option<String>,
+        /// Only executions of this org.
         #[arg(long)]
         org: Option<String>,
+        /// Only executions started at or after this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only executions started before this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Rows per page (1-500, default 50).
         #[arg(long)]
         limit: Option<u32>,
         /// `next_cursor` of the previous page.
@@ -52,13 +63,18 @@ pub enum StatusCommand {
         cursor: Option<String>,
     },
     /// One execution: its pinned playbook and a timeline of its steps.
-    Execution { id: String },
+    Execution {
+        /// The execution id (UUID).
+        id: String,
+    },
     /// The active SAFE-HALT, if any, and the halt history.
     Halt,
     /// This node's audit chain.
     Audit {
-        #[arg(long)]
+        /// Show rows with a seq above this one (default 0: from the start).
+        #[arg(long, value_name = "SEQ")]
         after: Option<i64>,
+        /// Rows per page (1-500, default 50).
         #[arg(long)]
         limit: Option<u32>,
     },
@@ -94,6 +110,8 @@ pub enum ClientError {
     Runtime(#[source] std::io::Error),
     #[error("the daemon is not ready")]
     NotReady,
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 /// Where to send requests.
@@ -292,6 +310,8 @@ async fn run_command(
             state,
             playbook,
             org,
+            since,
+            until,
             limit,
             cursor,
         }) => {
@@ -299,6 +319,8 @@ async fn run_command(
                 ("state", state),
                 ("playbook", playbook),
                 ("org", org),
+                ("since", since),
+                ("until", until),
                 ("limit", limit.map(|l| l.to_string())),
                 ("cursor", cursor),
             ]);
@@ -331,12 +353,9 @@ async fn run_command(
     }
     let body = response.json()?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&body).map_err(ClientError::Decode)?
-        );
+        write_stdout_line(&serde_json::to_string_pretty(&body).map_err(ClientError::Decode)?)?;
     } else {
-        print!("{}", render(&body));
+        write_stdout(&render(&body))?;
     }
     if is_health && body["ready"] != Value::Bool(true) {
         return Err(ClientError::NotReady);

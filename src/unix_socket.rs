@@ -1,18 +1,20 @@
 //! Unix-socket plumbing shared by decisions.sock and control.sock: safe binding (a stale
 //! socket from a crash is replaced, a live one or a non-socket is not), permissions, peer
-//! credentials, and bounded NDJSON line reading.
+//! credentials checked at connect, connection slots (per uid, with a reserve for privileged
+//! peers), and bounded NDJSON line reading with a deadline per line.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use std::future::Future;
-use std::sync::Arc;
-
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,21 +91,58 @@ fn remove_stale(path: &Path) -> Result<(), BindError> {
     }
 }
 
-/// Accepts connections until `shutdown`, each served by `serve` in a task of its own. Beyond
-/// `max_connections` at once, a connection gets `busy_line` and is closed, so idle or
-/// half-open peers can never make a real client wait.
-pub async fn accept_loop<F, Fut>(
+/// How many connections a listener holds, and for whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held at once, reserved slots included.
+    pub max_connections: usize,
+    /// Connections one uid may hold at once, so one peer (or one compromised account) cannot
+    /// take every slot from the others.
+    pub max_per_uid: usize,
+    /// Slots only privileged peers (admins on control.sock) may take, so a flood of ordinary
+    /// peers can never lock the people who clear a SAFE-HALT out of the socket.
+    pub reserved_for_privileged: usize,
+}
+
+/// What a listener decided about a peer at connect, from its kernel credentials alone and
+/// before reading a byte: a peer that may not use the socket never holds a slot.
+pub enum Admission<P> {
+    /// Serve the connection; `privileged` peers may use the reserved slots.
+    Serve { peer: P, privileged: bool },
+    /// Refuse the connection with this reply line; the connection is closed at once.
+    Refuse(Vec<u8>),
+}
+
+/// Why a peer allowed on the socket found no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The peer's uid already holds `limit` connections.
+    PerUid { uid: u32, limit: usize },
+    /// Every slot the peer may use is taken.
+    Full { limit: usize },
+}
+
+/// Accepts connections until `shutdown`. Each peer is judged by `admit` from SO_PEERCRED at
+/// connect; an admitted peer that finds a free slot ([`Limits`]) is served by `serve` in a task
+/// of its own, holding the slot until it returns. A refused peer gets its reason and a peer
+/// with no free slot gets `busy(..)`; both lines are written without waiting and the
+/// connection is closed, so neither can make a real client wait.
+pub async fn accept_loop<P, A, B, F, Fut>(
     listener: UnixListener,
-    max_connections: usize,
+    limits: Limits,
     shutdown: CancellationToken,
-    busy_line: Vec<u8>,
+    admit: A,
+    busy: B,
     serve: F,
 ) where
-    F: Fn(UnixStream) -> Fut,
+    P: Send + 'static,
+    A: Fn(UCred) -> Admission<P>,
+    B: Fn(Busy) -> Vec<u8>,
+    F: Fn(UnixStream, P) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let busy_line: Arc<[u8]> = busy_line.into();
+    let slots = Slots::new(limits);
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -117,20 +156,177 @@ pub async fn accept_loop<F, Fut>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let busy_line = busy_line.clone();
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&busy_line))
-                    .await;
-            });
-            continue;
+        let credentials = match stream.peer_cred() {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                tracing::warn!(error = %error, "no peer credentials; connection dropped");
+                continue;
+            }
         };
-        let connection = serve(stream);
+        let (peer, privileged) = match admit(credentials) {
+            Admission::Serve { peer, privileged } => (peer, privileged),
+            Admission::Refuse(line) => {
+                refuse_now(stream, &line, &lingering);
+                continue;
+            }
+        };
+        let slot = match slots.acquire(credentials.uid(), privileged) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse_now(stream, &busy(why), &lingering);
+                continue;
+            }
+        };
+        let connection = serve(stream, peer);
         tokio::spawn(async move {
             connection.await;
             drop(slot);
         });
+    }
+}
+
+/// The connection slots of one listener: a general pool, a reserved pool for privileged
+/// peers, and a count per uid.
+struct Slots {
+    general: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
+    max_per_uid: usize,
+    max_connections: usize,
+}
+
+/// One held slot; dropping it gives the slot (and the uid's share) back.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    uid: u32,
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+impl Slots {
+    fn new(limits: Limits) -> Slots {
+        let reserved = limits
+            .reserved_for_privileged
+            .min(limits.max_connections.saturating_sub(1));
+        Slots {
+            general: Arc::new(Semaphore::new(limits.max_connections - reserved)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            per_uid: Arc::new(Mutex::new(HashMap::new())),
+            max_per_uid: limits.max_per_uid.max(1),
+            max_connections: limits.max_connections,
+        }
+    }
+
+    fn acquire(&self, uid: u32, privileged: bool) -> Result<Slot, Busy> {
+        let mut per_uid = lock(&self.per_uid);
+        let held = per_uid.get(&uid).copied().unwrap_or(0);
+        if held >= self.max_per_uid {
+            return Err(Busy::PerUid {
+                uid,
+                limit: self.max_per_uid,
+            });
+        }
+        let permit = match self.general.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if privileged => {
+                self.reserved
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Busy::Full {
+                        limit: self.max_connections,
+                    })?
+            }
+            Err(_) => {
+                return Err(Busy::Full {
+                    limit: self.max_connections,
+                });
+            }
+        };
+        per_uid.insert(uid, held + 1);
+        Ok(Slot {
+            _permit: permit,
+            uid,
+            per_uid: Arc::clone(&self.per_uid),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_uid = lock(&self.per_uid);
+        if let Some(held) = per_uid.get_mut(&self.uid) {
+            *held -= 1;
+            if *held == 0 {
+                per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold counts only; a panic elsewhere cannot leave them half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes `line` without waiting (a fresh socket's buffer always has room for one short line)
+/// and closes the connection. So that a client that sent its request before reading still
+/// gets the reason rather than a broken pipe, a bounded number of refused connections are
+/// drained for at most [`LINGER`] first; beyond that bound they are closed at once.
+fn refuse_now(stream: UnixStream, line: &[u8], lingering: &Arc<Semaphore>) {
+    use std::io::Write;
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let _ = stream.write(line);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    let Ok(stream) = UnixStream::from_std(stream) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let mut sink = [0u8; 4096];
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+        drop(permit);
+    });
+}
+
+/// Records refused connections at most once per uid per [`REFUSAL_RECORD_INTERVAL`], with the
+/// number refused since, so a peer that reconnects in a loop cannot flood the audit log.
+#[derive(Default)]
+pub struct RefusalThrottle {
+    seen: Mutex<HashMap<u32, (Instant, u64)>>,
+}
+
+impl RefusalThrottle {
+    /// Counts one refusal of `uid`; returns how many refusals (this one included) to record
+    /// now, or `None` when a record for this uid was written less than the interval ago.
+    pub fn count(&self, uid: u32) -> Option<u64> {
+        let now = Instant::now();
+        let mut seen = lock(&self.seen);
+        if seen.len() > 10_000 {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_RECORD_INTERVAL);
+        }
+        match seen.get_mut(&uid) {
+            Some((at, pending)) if now.duration_since(*at) < REFUSAL_RECORD_INTERVAL => {
+                *pending += 1;
+                None
+            }
+            Some((at, pending)) => {
+                let count = *pending + 1;
+                *at = now;
+                *pending = 0;
+                Some(count)
+            }
+            None => {
+                seen.insert(uid, (now, 0));
+                Some(1)
+            }
+        }
     }
 }
 
@@ -139,17 +335,26 @@ pub async fn accept_loop<F, Fut>(
 pub enum Request {
     /// A complete, non-blank line (without its newline).
     Line(Vec<u8>),
+    /// An empty or whitespace-only line.
+    Blank,
     /// A line over the limit; it was skipped up to its newline.
     TooLong,
+    /// Part of a line arrived but not its end within the line deadline; the connection closes
+    /// after the answer.
+    Incomplete,
 }
 
 /// Answers each line the peer sends with the line `answer` returns, in order, until the peer
-/// closes, stays idle for `idle`, the write fails, or `shutdown` fires. Blank lines get no answer.
+/// closes, a line (from the first byte waited for to its newline) takes longer than
+/// `line_deadline`, an answer cannot be written within it, or `shutdown` fires.
+///
+/// The deadline is per line, not per read: a peer dripping one byte at a time cannot hold its
+/// connection (and slot) beyond one deadline per line.
 pub async fn answer_lines<R, W, F, Fut>(
     read: R,
     mut write: W,
     max: usize,
-    idle: Duration,
+    line_deadline: Duration,
     shutdown: &CancellationToken,
     mut answer: F,
 ) where
@@ -163,15 +368,20 @@ pub async fn answer_lines<R, W, F, Fut>(
     loop {
         let read = tokio::select! {
             () = shutdown.cancelled() => return,
-            read = read_line(&mut reader, &mut line, max, idle) => read,
+            read = read_line(&mut reader, &mut line, max, line_deadline) => read,
         };
-        let request = match read {
-            Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Line::Complete) => Request::Line(std::mem::take(&mut line)),
-            Ok(Line::TooLong) => Request::TooLong,
-            Ok(Line::Closed | Line::Idle) | Err(_) => return,
+        let (request, last) = match read {
+            Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => {
+                (Request::Blank, false)
+            }
+            Ok(Line::Complete) => (Request::Line(std::mem::take(&mut line)), false),
+            Ok(Line::TooLong) => (Request::TooLong, false),
+            Ok(Line::TimedOut { partial: true }) => (Request::Incomplete, true),
+            Ok(Line::Closed | Line::TimedOut { partial: false }) | Err(_) => return,
         };
-        if write.write_all(&answer(request).await).await.is_err() {
+        let reply = answer(request).await;
+        let written = tokio::time::timeout(line_deadline, write.write_all(&reply)).await;
+        if last || !matches!(written, Ok(Ok(()))) {
             return;
         }
     }
@@ -186,23 +396,26 @@ pub enum Line {
     TooLong,
     /// The peer closed the connection.
     Closed,
-    /// The peer sent nothing for the idle limit.
-    Idle,
+    /// The line was not complete within the deadline; `partial` when some of it had arrived.
+    TimedOut { partial: bool },
 }
 
 /// Reads one `\n`-terminated line of at most `max` bytes into `buf` (cleared first), never
-/// buffering more than `max` bytes whatever the peer sends.
+/// buffering more than `max` bytes whatever the peer sends, and giving up when the whole line
+/// has not arrived within `deadline` of the call.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
-    idle: Duration,
+    deadline: Duration,
 ) -> io::Result<Line> {
     buf.clear();
+    let until = tokio::time::Instant::now() + deadline;
     let mut too_long = false;
+    let mut received = false;
     loop {
-        let available = match tokio::time::timeout(idle, reader.fill_buf()).await {
-            Err(_) => return Ok(Line::Idle),
+        let available = match tokio::time::timeout_at(until, reader.fill_buf()).await {
+            Err(_) => return Ok(Line::TimedOut { partial: received }),
             Ok(result) => result?,
         };
         if available.is_empty() {
@@ -212,6 +425,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
                 Line::Complete
             });
         }
+        received = true;
         let (chunk, found_newline) = match available.iter().position(|&b| b == b'\n') {
             Some(at) => (&available[..at], true),
             None => (available, false),
@@ -233,6 +447,13 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
         }
     }
 }
+
+/// Refused connections drained at once so their peers can read the reason.
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+/// At most one audit record per refused uid per interval (the count covers the rest).
+pub const REFUSAL_RECORD_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -272,5 +493,73 @@ mod tests {
             lines(b"tail", 10).await,
             vec![(Line::Complete, b"tail".to_vec())]
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_dripped_byte_by_byte_times_out_as_a_whole() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = tokio::io::BufReader::new(server);
+        let drip = tokio::spawn(async move {
+            for _ in 0..100 {
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let mut buf = Vec::new();
+        let started = Instant::now();
+        let line = read_line(&mut reader, &mut buf, 1024, Duration::from_millis(400))
+            .await
+            .unwrap();
+        assert_eq!(line, Line::TimedOut { partial: true });
+        // Each byte came well within the deadline; the line as a whole did not.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drip.abort();
+    }
+
+    #[test]
+    fn slots_limit_each_uid_and_keep_a_reserve_for_privileged_peers() {
+        let slots = Slots::new(Limits {
+            max_connections: 4,
+            max_per_uid: 2,
+            reserved_for_privileged: 1,
+        });
+        let a1 = slots.acquire(1000, false).unwrap();
+        let _a2 = slots.acquire(1000, false).unwrap();
+        assert_eq!(
+            slots.acquire(1000, false).err(),
+            Some(Busy::PerUid {
+                uid: 1000,
+                limit: 2
+            })
+        );
+        let _b1 = slots.acquire(1001, false).unwrap();
+        // Three general slots are taken: an ordinary peer is busy, an admin gets the reserve.
+        assert_eq!(
+            slots.acquire(1002, false).err(),
+            Some(Busy::Full { limit: 4 })
+        );
+        let admin = slots.acquire(0, true).unwrap();
+        assert_eq!(slots.acquire(2, true).err(), Some(Busy::Full { limit: 4 }));
+        drop(a1);
+        assert!(slots.acquire(1000, false).is_ok());
+        drop(admin);
+        assert!(lock(&slots.per_uid).get(&0).is_none());
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_per_interval_with_a_count() {
+        let throttle = RefusalThrottle::default();
+        assert_eq!(throttle.count(7), Some(1));
+        assert_eq!(throttle.count(7), None);
+        assert_eq!(throttle.count(7), None);
+        assert_eq!(throttle.count(8), Some(1));
+        lock(&throttle.seen).get_mut(&7).unwrap().0 -= REFUSAL_RECORD_INTERVAL;
+        assert_eq!(throttle.count(7), Some(3));
     }
 }

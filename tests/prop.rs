@@ -34,6 +34,7 @@ use serde_json::{Map, Value, json};
 use playbookd::control::protocol;
 use playbookd::intake::decision;
 use playbookd::registry::playbook::{parse_bindings, parse_playbook};
+use playbookd::text;
 
 /// Inputs per target in a default `cargo test` run (four targets: a few thousand in all).
 const DEFAULT_INPUTS: u32 = 900;
@@ -151,10 +152,20 @@ fn decision_decoder_survives_structured_lines() {
 
 fn check_decision(bytes: &[u8]) -> Result<bool, TestCaseError> {
     if let Ok((decided, _raw)) = decision::decode(bytes) {
+        // The nonce comes out canonical: the lowercase hex of at least 16 bytes.
         prop_assert!(
-            decided.nonce.len() >= 22,
-            "accepted a short nonce {:?}",
+            decided.nonce.len() >= 32
+                && decided.nonce.len().is_multiple_of(2)
+                && decided
+                    .nonce
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "nonce not canonical: {:?}",
             decided.nonce
+        );
+        prop_assert_eq!(
+            decision::canonical_nonce(&decided.nonce).ok(),
+            Some(decided.nonce.clone())
         );
         prop_assert!(
             decision::SEVERITIES.contains(&decided.severity.as_str()),
@@ -162,7 +173,7 @@ fn check_decision(bytes: &[u8]) -> Result<bool, TestCaseError> {
             decided.severity
         );
         prop_assert!(
-            !decided.policy.is_empty() && !decided.policy.chars().any(char::is_control),
+            !decided.policy.is_empty() && text::check_operator_text(&decided.policy, 256).is_ok(),
             "accepted policy {:?}",
             decided.policy
         );
@@ -197,15 +208,23 @@ fn check_control(bytes: &[u8]) -> Result<bool, TestCaseError> {
             protocol::Request::Approve { step, reason, .. }
             | protocol::Request::Deny { step, reason, .. },
         ) => {
-            prop_assert!(!step.is_empty() && !step.chars().any(char::is_control));
-            prop_assert!(!reason.chars().any(char::is_control));
+            prop_assert!(!step.is_empty() && text::check_operator_text(step, 1024).is_ok());
+            prop_assert!(text::check_operator_text(reason, 4096).is_ok());
         }
         Ok(
             protocol::Request::Cancel { reason, .. } | protocol::Request::HaltResolve { reason },
         ) => {
-            prop_assert!(!reason.chars().any(char::is_control));
+            prop_assert!(text::check_operator_text(reason, 4096).is_ok());
         }
-        Ok(protocol::Request::Pending | protocol::Request::Reload) | Err(_) => {}
+        Ok(protocol::Request::Pending | protocol::Request::Reload) => {}
+        // The reason quotes the peer: it must be storable as it is (no NUL, no escape bytes).
+        Err(malformed) => {
+            prop_assert!(
+                text::is_storable(&malformed.reason, text::MAX_FIELD_BYTES),
+                "reason not storable: {:?}",
+                malformed.reason
+            );
+        }
     }
     Ok(decoded.is_ok())
 }

@@ -1,6 +1,15 @@
 //! `exec`: runs an allowlisted program with an argv built from the step's parameters, never
 //! through a shell, in a scrubbed environment, in its own process group that is killed at the
 //! deadline or on cancel.
+//!
+//! Options are the playbook author's, never the decision's. Each rendered template stays one
+//! argv element (no word splitting), but an element whose first character comes from the
+//! decision could still be read as an option (`--version`, `-i`, `--output=/etc/x`). Such an
+//! element — one that begins with a `{{ … }}` template — must not render to a value starting
+//! with `-` unless a literal `"--"` element comes before it in `args`: after `--` a program
+//! reads only operands (POSIX utility syntax guideline 10). [`find_option_injection`] finds the
+//! first violation; intake refuses a decision that would cause one, before anything runs.
+//! There is deliberately no way to let a decision choose an option.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,8 +20,11 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
+use super::{
+    Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, limits, params,
+};
 use crate::config::ExecActionConfig;
+use crate::registry::template::{self, Reference, Segment, TemplateContext};
 use crate::sys;
 
 pub struct Exec {
@@ -34,12 +46,9 @@ impl Exec {
         ctx: &ActionContext,
     ) -> Result<ActionOutput, ActionError> {
         let command = params::absolute_path(params, "command")?;
-        if !self.allowed_commands.contains(&command) {
-            return Err(ActionError::Permanent(format!(
-                "command {} is not in actions.exec.allowed_commands",
-                command.display()
-            )));
-        }
+        // The same rule the registry applied at load; here on the rendered value.
+        limits::check_exec_command(&command, &self.allowed_commands)
+            .map_err(|refusal| ActionError::Permanent(refusal.to_string()))?;
         let args = params::optional_string_list(params, "args")?;
         if args.iter().any(|arg| arg.contains('\0')) {
             return Err(ActionError::Permanent(
@@ -96,6 +105,77 @@ impl Action for Exec {
         Box::pin(self.run(params, ctx))
     }
 }
+
+/// An `exec` argument whose first character the decision chose and that would be read as an
+/// option (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionInjection {
+    /// Its index in `args`.
+    pub index: usize,
+    /// The references in that argument (what the decision filled in).
+    pub references: Vec<Reference>,
+}
+
+impl std::fmt::Display for OptionInjection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.references.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "args[{}] ({}) would start with `-` and be read as an option; the playbook must put \"--\" before it",
+            self.index,
+            names.join(", ")
+        )
+    }
+}
+
+/// The first element of `args` (the unrendered `with.args` of an `exec` step or undo) that
+/// begins with a template, comes before any literal `"--"` element, and renders in `ctx` to a
+/// value starting with `-`. Elements that do not render (a missing optional input) are left to
+/// fail when the step runs.
+pub fn find_option_injection(
+    args: Option<&serde_json::Value>,
+    ctx: &TemplateContext<'_>,
+) -> Option<OptionInjection> {
+    let items = args?.as_array()?;
+    for (index, item) in items.iter().enumerate() {
+        let Some(text) = item.as_str() else {
+            continue;
+        };
+        if text == END_OF_OPTIONS {
+            return None;
+        }
+        let Ok(segments) = template::segments(text) else {
+            continue;
+        };
+        if !matches!(segments.first(), Some(Segment::Template(_))) {
+            continue;
+        }
+        let rendered = template::render(item, ctx);
+        let starts_with_dash = match &rendered {
+            Ok(serde_json::Value::String(value)) => value.starts_with('-'),
+            // A standalone template of a number renders as a number, which argv cannot take.
+            Ok(other) => other.to_string().starts_with('-'),
+            Err(_) => false,
+        };
+        if starts_with_dash {
+            let references = segments
+                .into_iter()
+                .filter_map(|segment| match segment {
+                    Segment::Template(reference) => Some(reference),
+                    Segment::Text(_) => None,
+                })
+                .collect();
+            return Some(OptionInjection { index, references });
+        }
+    }
+    None
+}
+
+/// The action's name in playbooks.
+pub const NAME: &str = "exec";
+
+/// The argument after which a program reads only operands.
+pub const END_OF_OPTIONS: &str = "--";
 
 /// What a program printed on one stream: the first [`CAPTURE_LIMIT`] bytes and the total.
 #[derive(Debug, Default)]
@@ -243,3 +323,72 @@ async fn capture(stream: Option<impl AsyncRead + Unpin>) -> Captured {
 pub(crate) const FIXED_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Bytes kept of each of stdout and stderr.
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::template::DecisionFields;
+    use serde_json::json;
+
+    fn find(args: serde_json::Value, subject: serde_json::Value) -> Option<OptionInjection> {
+        let subject = subject.as_object().cloned().unwrap();
+        let ctx = TemplateContext {
+            subject: &subject,
+            decision: DecisionFields {
+                decision_id: "-d",
+                policy: "p",
+                outcome: "o",
+                org_id: "acme",
+                severity: "high",
+            },
+            execution_id: uuid::Uuid::nil(),
+        };
+        find_option_injection(Some(&args), &ctx)
+    }
+
+    #[test]
+    fn a_decision_cannot_start_an_argument_with_a_dash() {
+        let hit = find(
+            json!(["--lock", "{{ subject.user }}"]),
+            json!({"user": "--help"}),
+        )
+        .unwrap();
+        assert_eq!(hit.index, 1);
+        assert_eq!(hit.references, vec![Reference::Subject("user".into())]);
+        assert!(hit.to_string().contains("\"--\""));
+        assert!(find(json!(["{{ subject.n }}/x"]), json!({"n": -5})).is_some());
+        assert!(
+            find(
+                json!(["{{ subject.a }}{{ subject.b }}"]),
+                json!({"a": "", "b": "-x"})
+            )
+            .is_some()
+        );
+        assert!(find(json!(["{{ decision.decision_id }}"]), json!({})).is_some());
+    }
+
+    #[test]
+    fn after_end_of_options_or_behind_the_authors_text_a_dash_is_an_operand() {
+        assert_eq!(
+            find(
+                json!(["--lock", "--", "{{ subject.user }}"]),
+                json!({"user": "-x"})
+            ),
+            None
+        );
+        assert_eq!(
+            find(json!(["--user={{ subject.user }}"]), json!({"user": "-x"})),
+            None
+        );
+        assert_eq!(
+            find(json!(["./{{ subject.user }}"]), json!({"user": "-x"})),
+            None
+        );
+        assert_eq!(
+            find(json!(["{{ subject.user }}"]), json!({"user": "alice"})),
+            None
+        );
+        // A missing optional input fails when the step runs, not here.
+        assert_eq!(find(json!(["{{ subject.user }}"]), json!({})), None);
+    }
+}

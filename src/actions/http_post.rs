@@ -12,7 +12,6 @@
 //! - 5xx, timeouts and connection failures are transient and count towards the destination's
 //!   circuit breaker; 4xx is permanent.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -23,6 +22,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
 
 use super::breaker::{Admit, Breakers};
+use super::limits::{self, HttpAllowlists};
 use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
 use crate::config::HttpActionConfig;
 use crate::sys;
@@ -59,9 +59,7 @@ impl Action for HttpPost {
 
 /// Sends requests under the rules above; one per daemon, shared by the actions that post.
 pub struct HttpSender {
-    allowed_hosts: BTreeSet<String>,
-    allowed_loopback: BTreeSet<String>,
-    allowed_private: BTreeSet<String>,
+    allowlists: HttpAllowlists,
     connect_timeout: Duration,
     timeout: Duration,
     secrets_dir: PathBuf,
@@ -70,11 +68,8 @@ pub struct HttpSender {
 
 impl HttpSender {
     pub fn new(config: &HttpActionConfig) -> HttpSender {
-        let lower = |set: &BTreeSet<String>| set.iter().map(|h| h.to_ascii_lowercase()).collect();
         HttpSender {
-            allowed_hosts: lower(&config.allowed_hosts),
-            allowed_loopback: lower(&config.allowed_loopback),
-            allowed_private: lower(&config.allowed_private),
+            allowlists: HttpAllowlists::from_config(config),
             connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
             timeout: Duration::from_secs(config.timeout_seconds),
             secrets_dir: config.secrets_dir.clone(),
@@ -125,37 +120,9 @@ impl HttpSender {
                 "url must not carry credentials (use `secret`)".into(),
             ));
         }
-        // The URL parser has already normalised IP literals (`127.1` → `127.0.0.1`) and put
-        // IPv6 ones in brackets.
-        let raw_host = url
-            .host_str()
-            .ok_or_else(|| ActionError::Permanent("url has no host".into()))?;
-        let unbracketed = raw_host.trim_start_matches('[').trim_end_matches(']');
-        let literal: Option<IpAddr> = unbracketed.parse().ok();
-        let host = match literal {
-            Some(ip) => ip.to_string(),
-            None => raw_host.to_ascii_lowercase(),
-        };
-        if !self.allowed_hosts.contains(&host) {
-            return Err(ActionError::Permanent(format!(
-                "host {host} is not in actions.http.allowed_hosts"
-            )));
-        }
-        let local_allowed = self.allowed_loopback.contains(&host);
-        match url.scheme() {
-            "https" => {}
-            "http" if local_allowed => {}
-            "http" => {
-                return Err(ActionError::Permanent(format!(
-                    "plain http to {host} refused: https only, unless the host is in actions.http.allowed_loopback"
-                )));
-            }
-            other => {
-                return Err(ActionError::Permanent(format!(
-                    "scheme {other} refused: https only"
-                )));
-            }
-        }
+        // The same rule the registry applied at load; here on the rendered URL.
+        let destination = limits::check_http_url(&url, &self.allowlists)
+            .map_err(|refusal| ActionError::Permanent(refusal.to_string()))?;
         let port = url
             .port_or_known_default()
             .ok_or_else(|| ActionError::Permanent("url has no port".into()))?;
@@ -164,11 +131,11 @@ impl HttpSender {
         shown.set_fragment(None);
         Ok(Target {
             allowed: Allowed {
-                private: local_allowed || self.allowed_private.contains(&host),
-                local: local_allowed,
+                private: destination.private,
+                local: destination.local,
             },
-            host,
-            literal,
+            host: destination.host,
+            literal: destination.literal,
             port,
             shown: shown.to_string(),
             url,

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod file_quarantine;
 pub mod file_restore;
 pub mod http_post;
+pub mod limits;
 pub mod net_block_ip;
 pub mod net_unblock_ip;
 pub mod nft;

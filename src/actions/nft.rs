@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use super::exec::run_captured;
-use super::{ActionContext, ActionError, ActionOutput};
+use super::{ActionContext, ActionError, ActionOutput, limits};
 use crate::config::NetActionConfig;
 
 pub struct Nft {
@@ -93,19 +93,10 @@ impl Nft {
 
     fn check(&self, address: &str) -> Result<IpNet, ActionError> {
         let target = parse_target(address).map_err(ActionError::Permanent)?;
-        let refused = |why: String| {
-            Err(ActionError::Permanent(format!(
-                "refusing to block {target}: {why}"
-            )))
-        };
-        for special in always_refused() {
-            if overlaps(&target, &special) {
-                return refused(format!("it overlaps {special} (loopback or unspecified)"));
-            }
-        }
-        if let Some(net) = self.never_block.iter().find(|net| overlaps(&target, net)) {
-            return refused(format!("it overlaps {net} in actions.net.never_block"));
-        }
+        // The same rule the registry applied at load; here on the rendered value.
+        limits::check_network_target(&target, &self.never_block).map_err(|refusal| {
+            ActionError::Permanent(format!("refusing to block {target}: {refusal}"))
+        })?;
         Ok(target)
     }
 
@@ -177,31 +168,6 @@ pub fn parse_target(text: &str) -> Result<IpNet, String> {
         ));
     }
     Ok(net)
-}
-
-fn always_refused() -> [IpNet; 4] {
-    [
-        IpNet::V4(ipnet::Ipv4Net::new_assert(
-            std::net::Ipv4Addr::new(127, 0, 0, 0),
-            8,
-        )),
-        IpNet::V4(ipnet::Ipv4Net::new_assert(
-            std::net::Ipv4Addr::UNSPECIFIED,
-            32,
-        )),
-        IpNet::V6(ipnet::Ipv6Net::new_assert(
-            std::net::Ipv6Addr::LOCALHOST,
-            128,
-        )),
-        IpNet::V6(ipnet::Ipv6Net::new_assert(
-            std::net::Ipv6Addr::UNSPECIFIED,
-            128,
-        )),
-    ]
-}
-
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 fn set_for(target: &IpNet) -> &'static str {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::ActionError;
+use super::{ActionError, limits};
 use crate::sys;
 
 pub struct QuarantineStore {
@@ -238,13 +238,17 @@ fn check_target_path(path: &Path, quarantine_dir: &Path) -> Result<(), ActionErr
             canonical.display()
         )));
     }
-    if canonical.starts_with(quarantine_dir) || path == quarantine_dir {
-        return Err(ActionError::Permanent(format!(
-            "{} is inside the quarantine directory",
-            path.display()
-        )));
-    }
-    Ok(())
+    // The same rule the registry applied at load, on the path as given and as resolved.
+    limits::check_outside_quarantine(path, quarantine_dir)
+        .and_then(|()| {
+            limits::check_outside_quarantine(&canonical.join(file_name(path)), quarantine_dir)
+        })
+        .map_err(|refusal| ActionError::Permanent(refusal.to_string()))
+}
+
+/// The last component of a path `parent_of` accepted.
+fn file_name(path: &Path) -> &std::ffi::OsStr {
+    path.file_name().unwrap_or_default()
 }
 
 fn parent_of(path: &Path) -> Result<&Path, ActionError> {

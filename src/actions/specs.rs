@@ -28,7 +28,7 @@ pub static NOOP: ActionSpec = ActionSpec {
 };
 
 pub static EXEC: ActionSpec = ActionSpec {
-    name: "exec",
+    name: super::exec::NAME,
     params: &[
         required("command", ParamKind::AbsolutePath),
         optional("args", ParamKind::StringList),

@@ -14,33 +14,81 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::protocol::{MAX_LINE_BYTES, Reply, Request};
-use self::roles::{Grant, Peer, Roles, Verb};
+use self::roles::{Grant, Peer, Role, Roles, Verb};
 use crate::approvals::{Approvals, Vote, VoteError};
 use crate::executor::{CancelError, Executor};
 use crate::safe_halt::{ResolveError, SafeHalt};
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
 use crate::store::{Store, executions};
-use crate::unix_socket;
+use crate::text;
+use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
 
 /// `[control]` settings, resolved.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
+    /// Deadline for each request line, from the first byte waited for to its newline.
     pub idle_timeout: Duration,
+    /// Connections held at once, the admins' reserve included.
     pub max_connections: usize,
+    /// Connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` only admins may take.
+    pub admin_reserved_connections: usize,
 }
 
 /// A `reload` asked for on control.sock, handed to the daemon's main loop (which owns what a
-/// reload swaps); the loop answers on `reply` with a summary or the reason it failed.
+/// reload swaps); the loop answers on `reply` with what the reload did or why it failed.
 #[derive(Debug)]
 pub struct ReloadRequest {
     pub uid: u32,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<Result<ReloadReport, String>>,
+}
+
+/// What a reload did, file by file: the `reload` reply on control.sock.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Playbook versions accepted.
+    pub loaded: usize,
+    /// Bindings in force after the reload.
+    pub bindings: usize,
+    /// Every playbook or bindings file refused, with its reason.
+    pub refused: Vec<RefusedFile>,
+    /// Every trusted-key file refused, with its reason.
+    pub refused_keys: Vec<RefusedFile>,
+    /// Versions that stayed active because their replacement was refused.
+    pub kept: Vec<KeptVersion>,
+}
+
+impl ReloadReport {
+    /// True when nothing at all was refused.
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_empty() && self.refused_keys.is_empty()
+    }
+}
+
+/// One refused file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedFile {
+    pub file: String,
+    /// A short, stable name (the `playbookd_registry_rejections_total` label).
+    pub reason: String,
+    /// The whole reason, naming the step, key or signature concerned.
+    pub detail: String,
+}
+
+/// One version kept active.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptVersion {
+    /// `playbook ID@VERSION` or `bindings`.
+    pub what: String,
+    pub file: String,
 }
 
 /// Everything the control server needs from the rest of the daemon.
@@ -69,6 +117,8 @@ struct Inner {
     executor: Executor,
     safe_halt: SafeHalt,
     reload: mpsc::Sender<ReloadRequest>,
+    /// Peers with no role are recorded at most once per uid per interval.
+    peer_refusals: RefusalThrottle,
 }
 
 impl Control {
@@ -83,59 +133,102 @@ impl Control {
                 executor: parts.executor,
                 safe_halt: parts.safe_halt,
                 reload: parts.reload,
+                peer_refusals: RefusalThrottle::default(),
             }),
         }
     }
 
-    /// Accepts connections until `shutdown`; each is served by its own task, at most
-    /// `max_connections` at once (more are told so and closed).
+    /// Accepts connections until `shutdown`; each is served by its own task. The peer's roles
+    /// are looked up at connect: a uid with no role is refused before it can hold a slot, each
+    /// uid holds at most `max_connections_per_uid`, and `admin_reserved_connections` of the
+    /// `max_connections` slots are kept for admins.
     pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let max_connections = self.inner.settings.max_connections;
+        let settings = &self.inner.settings;
+        let limits = Limits {
+            max_connections: settings.max_connections,
+            max_per_uid: settings.max_connections_per_uid,
+            reserved_for_privileged: settings.admin_reserved_connections,
+        };
         let stop = shutdown.clone();
+        let gate = self.clone();
         unix_socket::accept_loop(
             listener,
-            max_connections,
+            limits,
             shutdown,
-            Reply::Error("busy: too many connections on control.sock; retry".into()).to_line(),
-            move |stream| {
+            move |credentials| gate.admit(credentials),
+            |busy| Reply::Error(busy_reason(busy)).to_line(),
+            move |stream, (peer, grant)| {
                 let control = self.clone();
                 let stop = stop.clone();
-                async move { control.connection(stream, stop).await }
+                async move { control.connection(stream, peer, grant, stop).await }
             },
         )
         .await;
     }
 
-    async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
-        let credentials = match stream.peer_cred() {
-            Ok(credentials) => credentials,
-            Err(error) => {
-                tracing::warn!(error = %error, "control.sock: no peer credentials; connection dropped");
-                return;
-            }
-        };
+    /// Looks the peer's roles up from its credentials; no role, no connection.
+    fn admit(&self, credentials: UCred) -> Admission<(Peer, Grant)> {
         let peer = Peer::from_credentials(credentials.uid(), credentials.gid(), credentials.pid());
         let grant = self.inner.roles.grant(&peer);
+        if !grant.roles.is_empty() {
+            let privileged = grant.roles.contains(&Role::Admin);
+            return Admission::Serve {
+                peer: (peer, grant),
+                privileged,
+            };
+        }
+        let reply = Reply::Refused(format!(
+            "{peer} has no role on control.sock: an admin grants one in [roles] of playbookd.toml (then restart playbookd)"
+        ));
+        tracing::warn!(uid = peer.uid, "control.sock: peer with no role refused");
+        if let Some(refusals) = self.inner.peer_refusals.count(peer.uid) {
+            let audit = self.inner.audit.clone();
+            let event = AuditEvent::new("control.peer_refused", Actor::Uid(peer.uid))
+                .with("gids", peer.gids.iter().copied().collect::<Vec<u32>>())
+                .with("refusals", refusals);
+            tokio::spawn(async move {
+                if let Err(error) = audit.append(event).await {
+                    log_unrecorded(&error);
+                }
+            });
+        }
+        Admission::Refuse(reply.to_line())
+    }
+
+    async fn connection(
+        &self,
+        stream: UnixStream,
+        peer: Peer,
+        grant: Grant,
+        shutdown: CancellationToken,
+    ) {
         let (read, write) = stream.into_split();
         let (peer, grant) = (&peer, &grant);
-        let idle = self.inner.settings.idle_timeout;
+        let deadline = self.inner.settings.idle_timeout;
         unix_socket::answer_lines(
             read,
             write,
             MAX_LINE_BYTES,
-            idle,
+            deadline,
             &shutdown,
             |line| async move {
-                let reply = match line {
-                    unix_socket::Request::Line(line) => self.handle(&line, peer, grant).await,
-                    unix_socket::Request::TooLong => {
-                        let reply = Reply::Error(format!(
-                            "malformed: line longer than {MAX_LINE_BYTES} bytes"
-                        ));
-                        self.record(None, None, peer, &reply).await;
-                        reply
+                let malformed = match line {
+                    unix_socket::Request::Line(line) => {
+                        return self.handle(&line, peer, grant).await.to_line();
                     }
+                    unix_socket::Request::Blank => {
+                        "malformed: empty line; send one JSON request per line".to_owned()
+                    }
+                    unix_socket::Request::TooLong => {
+                        format!("malformed: line longer than {MAX_LINE_BYTES} bytes")
+                    }
+                    unix_socket::Request::Incomplete => format!(
+                        "malformed: line not complete within {} s (control.idle_timeout_seconds); connection closed",
+                        deadline.as_secs()
+                    ),
                 };
+                let reply = Reply::Error(malformed);
+                self.record(None, None, peer, &reply).await;
                 reply.to_line()
             },
         )
@@ -178,7 +271,7 @@ impl Control {
                 .collect::<Vec<_>>()
                 .join(" or ");
             return Err(Reply::Refused(format!(
-                "{peer} (roles: {}) may not {}: it needs the {needed} role",
+                "{peer} (roles: {}) may not {}: it needs the {needed} role (granted in [roles] of playbookd.toml)",
                 grant.describe_roles(),
                 verb.as_str()
             )));
@@ -192,7 +285,7 @@ impl Control {
         let org = self.execution_org(execution_id).await?;
         if !allowed.contains(&org) {
             return Err(Reply::Refused(format!(
-                "{peer} may act only on executions of org(s) {}; execution {execution_id} belongs to org `{org}`",
+                "{peer} may act only on executions of org(s) {} ([[roles.orgs]] of playbookd.toml); execution {execution_id} belongs to org `{org}`",
                 allowed.iter().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
@@ -352,7 +445,30 @@ impl Control {
             return Reply::Error("the daemon is stopping: not reloaded".into());
         }
         match tokio::time::timeout(RELOAD_LIMIT, answer).await {
-            Ok(Ok(Ok(detail))) => ok([("reload", json!("done")), ("detail", json!(detail))]),
+            Ok(Ok(Ok(report))) => {
+                let detail = format!(
+                    "{} playbook versions loaded, {} files refused, {} bindings",
+                    report.loaded,
+                    report.refused.len() + report.refused_keys.len(),
+                    report.bindings
+                );
+                ok([
+                    (
+                        "reload",
+                        json!(if report.is_clean() {
+                            "done"
+                        } else {
+                            "done_with_refusals"
+                        }),
+                    ),
+                    ("detail", json!(detail)),
+                    ("loaded", json!(report.loaded)),
+                    ("bindings", json!(report.bindings)),
+                    ("refused", json!(report.refused)),
+                    ("refused_keys", json!(report.refused_keys)),
+                    ("kept", json!(report.kept)),
+                ])
+            }
             Ok(Ok(Err(reason))) => Reply::Error(format!("reload failed: {reason}")),
             Ok(Err(_)) => Reply::Error("the daemon is stopping: not reloaded".into()),
             Err(_) => Reply::Error(format!(
@@ -384,7 +500,7 @@ impl Control {
             uid = peer.uid,
             verb = verb.map_or("invalid", Verb::as_str),
             result = reply.status(),
-            reason = reply.reason().unwrap_or(""),
+            reason = %text::storable(reply.reason().unwrap_or(""), text::MAX_FIELD_BYTES),
             "control request"
         );
         match self.inner.audit.append(event).await {
@@ -421,6 +537,17 @@ fn describe(event: AuditEvent, request: &Request) -> AuditEvent {
             .execution(*execution_id)
             .with("reason", reason.as_str()),
         Request::HaltResolve { reason } => event.with("reason", reason.as_str()),
+    }
+}
+
+fn busy_reason(busy: Busy) -> String {
+    match busy {
+        Busy::PerUid { uid, limit } => format!(
+            "busy: uid {uid} already holds {limit} connections on control.sock (control.max_connections_per_uid); close one or retry"
+        ),
+        Busy::Full { limit } => format!(
+            "busy: all {limit} connections on control.sock are in use (control.max_connections); retry"
+        ),
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::roles::Verb;
+use crate::text;
 
 /// Longest accepted request line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -87,14 +88,15 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
     let malformed = |verb, reason: String| Malformed { verb, reason };
     let text = std::str::from_utf8(line)
         .map_err(|_| malformed(None, "malformed: not valid UTF-8".into()))?;
+    // serde's message quotes what the peer sent (an unknown field's name, NUL included).
     let wire: WireRequest = serde_json::from_str(text)
-        .map_err(|error| malformed(None, format!("malformed request: {error}")))?;
+        .map_err(|error| malformed(None, echo(&format!("malformed request: {error}"))))?;
     let verb = Verb::parse(&wire.verb).ok_or_else(|| {
         malformed(
             None,
             format!(
                 "unknown verb `{}`: expected pending, approve, deny, cancel, halt-resolve or reload",
-                printable(&wire.verb)
+                echo(&wire.verb)
             ),
         )
     })?;
@@ -119,19 +121,18 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
             .execution_id
             .as_deref()
             .ok_or_else(|| fail(format!("`{}` needs `execution_id`", verb.as_str())))?;
-        Uuid::parse_str(text).map_err(|_| {
-            fail(format!(
-                "`execution_id` is not a UUID: {:?}",
-                printable(text)
-            ))
-        })
+        Uuid::parse_str(text)
+            .map_err(|_| fail(format!("`execution_id` is not a UUID: \"{}\"", echo(text))))
     };
     let step = || -> Result<String, Malformed> {
         let step = wire
             .step
             .clone()
             .ok_or_else(|| fail(format!("`{}` needs `step`", verb.as_str())))?;
-        if step.is_empty() || step.chars().count() > MAX_STEP_CHARS || has_control(&step) {
+        if step.is_empty()
+            || step.chars().count() > MAX_STEP_CHARS
+            || text::check_operator_text(&step, MAX_STEP_CHARS * 4).is_err()
+        {
             return Err(fail(format!(
                 "`step` must be 1-{MAX_STEP_CHARS} printable characters"
             )));
@@ -140,11 +141,18 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
     };
     let reason = || -> Result<String, Malformed> {
         let reason = wire.reason.clone().unwrap_or_default();
-        if reason.chars().count() > MAX_REASON_CHARS || has_control(&reason) {
+        if reason.chars().count() > MAX_REASON_CHARS {
             return Err(fail(format!(
                 "`reason` must be at most {MAX_REASON_CHARS} printable characters"
             )));
         }
+        // A reason is evidence a person typed: refuse, rather than escape, anything that would
+        // make it read differently from what it holds (controls, bidi overrides, zero-width).
+        text::check_operator_text(&reason, MAX_REASON_CHARS * 4).map_err(|error| {
+            fail(format!(
+                "`reason` {error}; type it again with printable characters only"
+            ))
+        })?;
         Ok(reason.trim().to_owned())
     };
     Ok(match verb {
@@ -213,14 +221,13 @@ impl Reply {
     }
 }
 
-fn has_control(text: &str) -> bool {
-    text.chars().any(char::is_control)
+/// Untrusted text quoted in a reason: made storable (see [`text::storable`]) and bounded.
+fn echo(input: &str) -> String {
+    text::storable(input, ECHO_BYTES)
 }
 
-/// Echoes at most 64 characters of untrusted text, control characters escaped.
-fn printable(text: &str) -> String {
-    text.chars().take(64).flat_map(char::escape_debug).collect()
-}
+/// How much of an untrusted value a reason quotes.
+const ECHO_BYTES: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -281,6 +288,25 @@ mod tests {
         let line =
             format!(r#"{{"verb":"deny","execution_id":"{id}","step":"s","reason":"a\u001b[31m"}}"#);
         assert!(reason_of(&line).contains("printable"));
+    }
+
+    #[test]
+    fn refuses_bidi_and_zero_width_characters_in_a_reason() {
+        let id = Uuid::new_v4();
+        for hidden in ["\\u202e", "\\u200b", "\\u2066", "\\ufeff"] {
+            let line = format!(
+                r#"{{"verb":"approve","execution_id":"{id}","step":"s","reason":"ok{hidden}evil"}}"#
+            );
+            let reason = reason_of(&line);
+            assert!(reason.contains("bidirectional or zero-width"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_nul_field_name_is_quoted_escaped() {
+        let reason = reason_of(r#"{"verb":"pending","\u0000":1}"#);
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+        assert!(!reason.contains('\0'));
     }
 
     #[test]

@@ -12,6 +12,12 @@
 
 mod run;
 
+/// Run and step states, as decoded at the database boundary (they live in
+/// [`crate::store::model`]; re-exported here for the modules that read them through the executor).
+pub mod state {
+    pub use crate::store::model::{RollbackCause, RunState, StepState};
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

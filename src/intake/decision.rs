@@ -5,13 +5,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::registry::model::{InputSpec, InputType};
+use crate::actions::exec;
+use crate::registry::model::{InputSpec, InputType, Playbook, Rollback};
+use crate::registry::template::{DecisionFields, Reference, TemplateContext};
+use crate::text;
 
 /// One decision as the policy engine sends it (see `schemas/decision.schema.json`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub decision_id: String,
+    /// After [`decode`], the nonce's canonical form ([`canonical_nonce`]): what is compared
+    /// and stored under the UNIQUE constraint.
     pub nonce: String,
     pub issued_at: String,
     pub policy: String,
@@ -27,8 +32,29 @@ pub struct Decision {
     pub signature: Option<String>,
 }
 
+impl Decision {
+    /// What templates read, before the decision is accepted: the execution id is not known
+    /// yet and reads as the nil UUID (for checks and dry runs only).
+    pub fn template_context(&self) -> TemplateContext<'_> {
+        TemplateContext {
+            subject: &self.subject,
+            decision: DecisionFields {
+                decision_id: &self.decision_id,
+                policy: &self.policy,
+                outcome: &self.outcome,
+                org_id: &self.org_id,
+                severity: &self.severity,
+            },
+            execution_id: uuid::Uuid::nil(),
+        }
+    }
+}
+
 pub const SEVERITIES: [&str; 5] = ["low", "medium", "moderate", "high", "critical"];
 const MAX_TEXT: usize = 256;
+/// 128 bits.
+const MIN_NONCE_BYTES: usize = 16;
+const MAX_NONCE_CHARS: usize = 256;
 
 /// Decodes one line; the error is the reason given to the sender.
 pub fn decode(line: &[u8]) -> Result<(Decision, Value), String> {
@@ -43,7 +69,9 @@ pub fn decode(line: &[u8]) -> Result<(Decision, Value), String> {
             format!("invalid decision: `{path}`: {inner}")
         }
     })?;
+    let mut decision = decision;
     check_fields(&decision)?;
+    decision.nonce = canonical_nonce(&decision.nonce)?;
     Ok((decision, value))
 }
 
@@ -54,13 +82,14 @@ fn check_fields(decision: &Decision) -> Result<(), String> {
         ("outcome", &decision.outcome),
         ("org_id", &decision.org_id),
     ] {
-        if value.is_empty() || value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        // Identifiers end up in the journal, the audit log and the console: refuse (rather than
+        // escape) control, bidirectional and zero-width characters, so what is shown is what was sent.
+        if value.is_empty() || text::check_operator_text(value, MAX_TEXT).is_err() {
             return Err(format!(
-                "invalid decision: `{name}` must be 1-{MAX_TEXT} printable characters"
+                "invalid decision: `{name}` must be 1-{MAX_TEXT} bytes of printable characters (no control, bidirectional or zero-width characters)"
             ));
         }
     }
-    check_nonce(&decision.nonce)?;
     if !SEVERITIES.contains(&decision.severity.as_str()) {
         return Err(format!(
             "invalid decision: `severity` must be one of {}",
@@ -70,17 +99,55 @@ fn check_fields(decision: &Decision) -> Result<(), String> {
     Ok(())
 }
 
-/// At least 128 bits: 32+ hex digits, or 22+ base64/base64url characters; at most 256.
-fn check_nonce(nonce: &str) -> Result<(), String> {
-    let is_hex = nonce.bytes().all(|b| b.is_ascii_hexdigit());
-    let is_b64 = nonce
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='));
-    let minimum = if is_hex { 32 } else { 22 };
-    if !is_b64 || nonce.len() < minimum || nonce.len() > 256 {
-        return Err("invalid decision: `nonce` must carry at least 128 bits (32+ hex or 22+ base64 characters)".into());
+/// The nonce's canonical form: the lowercase hex of its bytes, so that one nonce written two
+/// ways (`ABCD…` and `abcd…`, or base64 with and without padding, URL-safe or standard, with
+/// stray low bits in its last character) is one nonce.
+///
+/// A nonce of an even number of hex digits is read as hex; any other nonce must be base64
+/// (standard or URL-safe alphabet, padding optional) and is decoded to its bytes. Either way
+/// it must carry at least 128 bits (16 bytes), and be at most 256 characters long.
+pub fn canonical_nonce(nonce: &str) -> Result<String, String> {
+    let refused = || {
+        "invalid decision: `nonce` must carry at least 128 bits: 32+ hex digits, or 22+ base64 characters".to_owned()
+    };
+    if nonce.len() > MAX_NONCE_CHARS {
+        return Err(refused());
     }
-    Ok(())
+    let bytes = if nonce.len().is_multiple_of(2) && nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(nonce).map_err(|_| refused())?
+    } else {
+        decode_base64(nonce).ok_or_else(refused)?
+    };
+    if bytes.len() < MIN_NONCE_BYTES {
+        return Err(refused());
+    }
+    Ok(hex::encode(bytes))
+}
+
+/// Standard or URL-safe base64, padding optional, trailing bits ignored.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let unpadded = text.trim_end_matches('=');
+    if text.len() - unpadded.len() > 2 {
+        return None;
+    }
+    let standard: String = unpadded
+        .chars()
+        .map(|c| match c {
+            '-' => Some('+'),
+            '_' => Some('/'),
+            c if c.is_ascii_alphanumeric() || c == '+' || c == '/' => Some(c),
+            _ => None,
+        })
+        .collect::<Option<String>>()?;
+    LENIENT.decode(standard).ok()
 }
 
 pub fn issued_at(decision: &Decision) -> Result<OffsetDateTime, String> {
@@ -90,8 +157,8 @@ pub fn issued_at(decision: &Decision) -> Result<OffsetDateTime, String> {
     )
     .map_err(|_| {
         format!(
-            "invalid decision: `issued_at` is not an RFC 3339 time: {:?}",
-            truncate(&decision.issued_at)
+            "invalid decision: `issued_at` is not an RFC 3339 time: \"{}\"",
+            text::storable(&decision.issued_at, 64)
         )
     })
 }
@@ -145,7 +212,10 @@ pub fn check_subject(
         };
         let fits = match spec.kind {
             InputType::Integer => value.is_i64(),
-            InputType::String => value.as_str().is_some_and(|s| s.len() <= 4096),
+            // NUL is the one character PostgreSQL cannot store in the execution row.
+            InputType::String => value
+                .as_str()
+                .is_some_and(|s| s.len() <= 4096 && !s.contains('\0')),
             InputType::Boolean => value.is_boolean(),
             InputType::Ip => value.as_str().is_some_and(is_ip_or_cidr),
             InputType::Path => value
@@ -159,10 +229,47 @@ pub fn check_subject(
     Ok(())
 }
 
+/// Refuses a decision that would make an `exec` step or undo of `playbook` start an argument
+/// with `-` (see [`crate::actions::exec`]): the run would hand the decision an option. Checked
+/// here, before the decision is accepted, with the same values the run will render (the
+/// subject and decision are stored with the execution and never change).
+pub fn check_exec_arguments(decision: &Decision, playbook: &Playbook) -> Result<(), String> {
+    // The execution id is not known yet (nil here); a UUID never starts with `-`.
+    let ctx = decision.template_context();
+    for step in &playbook.steps {
+        let undo = match &step.rollback {
+            Rollback::Action { action, params } if action == exec::NAME => Some(params),
+            Rollback::Action { .. } | Rollback::None => None,
+        };
+        let runs = (step.action == exec::NAME)
+            .then_some(("", &step.params))
+            .into_iter()
+            .chain(undo.map(|params| (" (its undo)", params)));
+        for (which, params) in runs {
+            let Some(hit) = exec::find_option_injection(params.get("args"), &ctx) else {
+                continue;
+            };
+            let subject = hit.references.iter().find_map(|reference| match reference {
+                Reference::Subject(name) => Some(name.as_str()),
+                Reference::Decision(_) | Reference::ExecutionId => None,
+            });
+            let prefix = match subject {
+                Some(name) => format!("subject.{name}"),
+                None => "invalid decision".to_owned(),
+            };
+            return Err(format!(
+                "{prefix}: starts with `-`: step `{}`{which} runs `exec` and its {hit}",
+                step.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn describe(kind: InputType) -> &'static str {
     match kind {
         InputType::Integer => "an integer",
-        InputType::String => "a string",
+        InputType::String => "a string of at most 4096 bytes without NUL",
         InputType::Boolean => "true or false",
         InputType::Ip => "an IP address or CIDR",
         InputType::Path => "an absolute path",
@@ -171,10 +278,6 @@ fn describe(kind: InputType) -> &'static str {
 
 fn is_ip_or_cidr(text: &str) -> bool {
     crate::registry::playbook::check_ip_or_cidr(text).is_ok()
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]
@@ -241,5 +344,79 @@ mod tests {
         assert!(is_ip_or_cidr("2001:db8::/32"));
         assert!(!is_ip_or_cidr("10.0.0.1/33"));
         assert!(!is_ip_or_cidr("example.org"));
+    }
+
+    #[test]
+    fn identifiers_with_bidi_or_zero_width_characters_are_refused() {
+        for hidden in ["acme\u{202e}", "ac\u{200b}me", "acme\u{0}"] {
+            let reason = decode(&line(&[("org_id", hidden.into())])).unwrap_err();
+            assert!(reason.contains("`org_id`"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_string_input_holding_nul_is_refused() {
+        let inputs = std::collections::BTreeMap::from([(
+            "user".to_owned(),
+            InputSpec {
+                kind: InputType::String,
+                required: true,
+            },
+        )]);
+        let subject = |value: &str| {
+            serde_json::json!({ "user": value })
+                .as_object()
+                .cloned()
+                .unwrap()
+        };
+        assert!(check_subject(&subject("alice"), &inputs).is_ok());
+        let reason = check_subject(&subject("al\u{0}ice"), &inputs).unwrap_err();
+        assert!(
+            reason.contains("subject.user") && reason.contains("NUL"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn one_nonce_written_several_ways_has_one_canonical_form() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let canonical = canonical_nonce(hex).unwrap();
+        assert_eq!(canonical, hex);
+        assert_eq!(canonical_nonce(&hex.to_uppercase()).unwrap(), canonical);
+        // The same 16 bytes in base64: padded or not, standard or URL-safe.
+        use base64::Engine;
+        let bytes = hex::decode(hex).unwrap();
+        let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        assert_eq!(canonical_nonce(&padded).unwrap(), canonical);
+        assert_eq!(canonical_nonce(&url).unwrap(), canonical);
+        assert_eq!(
+            canonical_nonce(padded.trim_end_matches('=')).unwrap(),
+            canonical
+        );
+        // Stray low bits in the last character do not make a new nonce: "…w==" and "…x==".
+        let last = padded.trim_end_matches('=').chars().last().unwrap();
+        assert_eq!(last, 'w');
+        let stray = padded.replacen("w==", "x==", 1);
+        assert_eq!(canonical_nonce(&stray).unwrap(), canonical);
+        let bytes = [0xfbu8; 18];
+        assert_eq!(
+            canonical_nonce(&base64::engine::general_purpose::STANDARD.encode(bytes)).unwrap(),
+            canonical_nonce(&base64::engine::general_purpose::URL_SAFE.encode(bytes)).unwrap(),
+        );
+    }
+
+    #[test]
+    fn a_nonce_under_128_bits_or_not_hex_or_base64_is_refused() {
+        for bad in [
+            "0123456789abcdef0123456789abcd",     // 120 bits of hex
+            "AAAAAAAAAAAAAAAAAAAA",               // 20 base64 characters: 120 bits
+            "0123456789abcdef0123456789abcdef!!", // not base64
+            "AAAA=AAAAAAAAAAAAAAAAAAAAAA",        // padding inside
+            "AAAAAAAAAAAAAAAAAAAAAA====",         // too much padding
+        ] {
+            assert!(canonical_nonce(bad).is_err(), "{bad}");
+        }
+        assert!(canonical_nonce(&"a".repeat(257)).is_err());
     }
 }

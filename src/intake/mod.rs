@@ -4,33 +4,38 @@
 
 pub mod decision;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
+use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::decision::Decision;
-use crate::bindings::{self, StormControl, Suppressed};
+use crate::bindings::{self, CooldownKey, StormControl, Suppressed};
 use crate::executor::Executor;
-use crate::registry::model::Binding;
+use crate::registry::model::{Binding, InputSpec};
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
+use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditHandle};
 use crate::store::executions::{self, AdmitError, BindingRecord, NewExecution};
 use crate::store::halts::{ActiveHalt, CLEAR_COMMAND};
 use crate::store::model::Severity;
-use crate::unix_socket::{self, Request};
+use crate::store::nonces::{self, FirstUse};
+use crate::text;
+use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
 
 /// Longest accepted line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Undeclared subject keys named in a reply or an audit event.
+pub const MAX_REPORTED_KEYS: usize = 16;
 
 /// The reply to one decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,25 +44,37 @@ pub enum Reply {
     Accepted {
         execution_id: Uuid,
         playbook: String,
+        /// Subject keys the playbook does not declare as inputs: not used, not stored, and
+        /// not part of the cooldown; named here so the engine learns (at most
+        /// [`MAX_REPORTED_KEYS`], each made storable).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ignored_subject_keys: Vec<String>,
     },
     NoAction {
         reason: String,
     },
     Rejected {
         reason: String,
+        /// On a replay of an accepted decision: the execution its first attempt started.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        execution_id: Option<Uuid>,
     },
 }
 
 impl Reply {
-    fn rejected(reason: impl Into<String>) -> Reply {
+    /// A rejection. The reason may quote the peer (a serde error names the field it sent), so
+    /// it is made storable here, once: the reply, the audit event and the journal say the same.
+    fn rejected(reason: impl AsRef<str>) -> Reply {
         Reply::Rejected {
-            reason: reason.into(),
+            reason: text::storable(reason.as_ref(), text::MAX_FIELD_BYTES),
+            execution_id: None,
         }
     }
 
-    fn no_action(reason: impl Into<String>) -> Reply {
+    /// No action, with a reason made storable as for [`Reply::rejected`].
+    fn no_action(reason: impl AsRef<str>) -> Reply {
         Reply::NoAction {
-            reason: reason.into(),
+            reason: text::storable(reason.as_ref(), text::MAX_FIELD_BYTES),
         }
     }
 
@@ -73,9 +90,9 @@ impl Reply {
     fn reason_label(&self) -> &'static str {
         let reason = match self {
             Reply::Accepted { .. } => return "accepted",
-            Reply::NoAction { reason } | Reply::Rejected { reason } => reason.as_str(),
+            Reply::NoAction { reason } | Reply::Rejected { reason, .. } => reason.as_str(),
         };
-        const LABELS: [&str; 14] = [
+        const LABELS: [&str; 16] = [
             "malformed",
             "invalid decision",
             "stale",
@@ -90,6 +107,8 @@ impl Reply {
             "bad signature",
             "peer",
             "audit",
+            "database",
+            "unexpected signature",
         ];
         LABELS
             .into_iter()
@@ -108,9 +127,13 @@ impl Reply {
 /// `[intake]` settings, resolved.
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
+    /// The only peers that may send decisions (SO_PEERCRED uid).
     pub allowed_uids: BTreeSet<u32>,
     pub freshness_seconds: u64,
     pub max_connections: usize,
+    /// Connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Deadline for each request line, from the first byte waited for to its newline.
     pub idle_timeout: Duration,
     pub max_accepted_per_second: u32,
     pub policy_keys: Vec<VerifyingKey>,
@@ -123,16 +146,20 @@ pub struct Intake {
 
 struct Inner {
     settings: IntakeSettings,
+    store: Store,
     audit: AuditHandle,
     registry: Registry,
     safe_halt: SafeHalt,
     executor: Executor,
     storm: StormControl,
-    own_uid: u32,
+    /// Refused peers are recorded at most once per uid per interval.
+    peer_refusals: RefusalThrottle,
 }
 
 pub struct IntakeParts {
     pub settings: IntakeSettings,
+    /// Reads (the nonce table); every write goes through `audit`.
+    pub store: Store,
     pub audit: AuditHandle,
     pub registry: Registry,
     pub safe_halt: SafeHalt,
@@ -145,60 +172,99 @@ impl Intake {
         Intake {
             inner: Arc::new(Inner {
                 settings: parts.settings,
+                store: parts.store,
                 audit: parts.audit,
                 registry: parts.registry,
                 safe_halt: parts.safe_halt,
                 executor: parts.executor,
                 storm,
-                own_uid: nix::unistd::geteuid().as_raw(),
+                peer_refusals: RefusalThrottle::default(),
             }),
         }
     }
 
-    /// Accepts connections until `shutdown`; each connection is served by its own task.
+    /// Accepts connections until `shutdown`; each connection is served by its own task. A peer
+    /// whose uid is not in `intake.allowed_uids` is refused at connect, before it holds a slot.
     pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let max_connections = self.inner.settings.max_connections;
+        let settings = &self.inner.settings;
+        let limits = Limits {
+            max_connections: settings.max_connections,
+            max_per_uid: settings.max_connections_per_uid,
+            reserved_for_privileged: 0,
+        };
         let stop = shutdown.clone();
+        let gate = self.clone();
         unix_socket::accept_loop(
             listener,
-            max_connections,
+            limits,
             shutdown,
-            Reply::rejected("busy: too many connections; retry").to_line(),
-            move |stream| {
+            move |credentials| gate.admit(credentials),
+            |busy| Reply::rejected(busy_reason(busy)).to_line(),
+            move |stream, uid| {
                 let intake = self.clone();
                 let stop = stop.clone();
-                async move { intake.connection(stream, stop).await }
+                async move { intake.connection(stream, uid, stop).await }
             },
         )
         .await;
     }
 
-    async fn connection(&self, stream: UnixStream, shutdown: CancellationToken) {
-        let peer = match stream.peer_cred() {
-            Ok(cred) => cred,
-            Err(error) => {
-                tracing::warn!(error = %error, "no peer credentials; connection dropped");
-                return;
-            }
-        };
-        let (read, mut write) = stream.into_split();
-        if let Err(reason) = self.check_peer(peer.uid(), peer.gid()).await {
-            let _ = write.write_all(&Reply::rejected(reason).to_line()).await;
-            return;
+    /// Admits a peer whose uid is in `intake.allowed_uids`. The daemon's own uid is not
+    /// implicitly allowed: a program the daemon runs (an `exec` step) would otherwise be a
+    /// policy engine, able to start any bound playbook.
+    fn admit(&self, credentials: UCred) -> Admission<u32> {
+        let (uid, gid) = (credentials.uid(), credentials.gid());
+        if self.inner.settings.allowed_uids.contains(&uid) {
+            return Admission::Serve {
+                peer: uid,
+                privileged: false,
+            };
         }
-        let uid = peer.uid();
-        let idle = self.inner.settings.idle_timeout;
+        let reason = format!(
+            "peer uid {uid} (gid {gid}) is not allowed to send decisions: add it to intake.allowed_uids in playbookd.toml and restart playbookd"
+        );
+        tracing::warn!(uid, gid, "decision peer refused");
+        metrics::counter!("playbookd_decisions_total", "status" => "rejected", "reason" => "peer")
+            .increment(1);
+        if let Some(refusals) = self.inner.peer_refusals.count(uid) {
+            let audit = self.inner.audit.clone();
+            tokio::spawn(async move {
+                let event = AuditEvent::new("decision.peer_refused", Actor::Uid(uid))
+                    .with("gid", gid)
+                    .with("refusals", refusals);
+                if let Err(error) = audit.append(event).await {
+                    tracing::warn!(error = %error, "peer refusal not recorded");
+                }
+            });
+        }
+        Admission::Refuse(Reply::rejected(reason).to_line())
+    }
+
+    async fn connection(&self, stream: UnixStream, uid: u32, shutdown: CancellationToken) {
+        let (read, write) = stream.into_split();
+        let deadline = self.inner.settings.idle_timeout;
         unix_socket::answer_lines(
             read,
             write,
             MAX_LINE_BYTES,
-            idle,
+            deadline,
             &shutdown,
             |request| async move {
                 let reply = match request {
                     Request::Line(line) => self.handle(&line, uid).await,
+                    Request::Blank => {
+                        let reason = "malformed: empty line; send one JSON decision per line";
+                        self.refuse(reason.to_owned(), uid, None).await
+                    }
                     Request::TooLong => {
                         let reason = format!("malformed: line longer than {MAX_LINE_BYTES} bytes");
+                        self.refuse(reason, uid, None).await
+                    }
+                    Request::Incomplete => {
+                        let reason = format!(
+                            "malformed: line not complete within {} s (intake.idle_timeout_seconds); connection closed",
+                            deadline.as_secs()
+                        );
                         self.refuse(reason, uid, None).await
                     }
                 };
@@ -208,31 +274,13 @@ impl Intake {
         .await;
     }
 
-    async fn check_peer(&self, uid: u32, gid: u32) -> Result<(), String> {
-        if uid == self.inner.own_uid || self.inner.settings.allowed_uids.contains(&uid) {
-            return Ok(());
-        }
-        let reason = format!("peer uid {uid} (gid {gid}) is not allowed to send decisions");
-        tracing::warn!(uid, gid, "decision peer refused");
-        let event = AuditEvent::new("decision.peer_refused", Actor::Uid(uid)).with("gid", gid);
-        if let Err(error) = self.inner.audit.append(event).await {
-            tracing::warn!(error = %error, "peer refusal not recorded");
-        }
-        metrics::counter!("playbookd_decisions_total", "status" => "rejected", "reason" => "peer")
-            .increment(1);
-        Err(reason)
-    }
-
     /// Processes one line and returns its reply; every outcome is audited.
     pub async fn handle(&self, line: &[u8], peer_uid: u32) -> Reply {
         let (decision, raw) = match decision::decode(line) {
             Ok(decoded) => decoded,
             Err(reason) => return self.refuse(reason, peer_uid, None).await,
         };
-        let reply = match self.evaluate(&decision, &raw) {
-            Ok((binding, playbook)) => self.accept(&decision, &binding, &playbook, peer_uid).await,
-            Err(reply) => reply,
-        };
+        let reply = self.judge(&decision, &raw, peer_uid).await;
         if !matches!(reply, Reply::Accepted { .. }) {
             self.record_refusal(&reply, peer_uid, Some(&decision)).await;
         }
@@ -240,15 +288,33 @@ impl Intake {
         reply
     }
 
-    /// Every check that needs no database, in the order a reason is most useful.
-    fn evaluate(
-        &self,
-        decision: &Decision,
-        raw: &Value,
-    ) -> Result<(Binding, Arc<ActivePlaybook>), Reply> {
+    /// The checks in order; the first that fails gives the reply. Replay comes before SAFE-HALT
+    /// and storm control: an engine that resends a decision after a lost reply must learn that
+    /// its first attempt was accepted (and as which execution), not that a cooldown holds.
+    async fn judge(&self, decision: &Decision, raw: &Value, peer_uid: u32) -> Reply {
+        if let Err(reply) = self.check_origin(decision, raw) {
+            return reply;
+        }
+        if let Some(reply) = self.check_replay(decision).await {
+            return reply;
+        }
+        match self.evaluate(decision) {
+            Ok(bound) => self.accept(decision, bound, peer_uid).await,
+            Err(reply) => reply,
+        }
+    }
+
+    /// Signature (when policy keys are configured) and freshness.
+    fn check_origin(&self, decision: &Decision, raw: &Value) -> Result<(), Reply> {
         let settings = &self.inner.settings;
         if !settings.policy_keys.is_empty() {
             decision::verify_signature(raw, &settings.policy_keys).map_err(Reply::rejected)?;
+        } else if decision.signature.is_some() {
+            // The engine signs because it expects its decisions to be authenticated; answering
+            // as if they were would hide that this host checks nothing (fail closed).
+            return Err(Reply::rejected(
+                "unexpected signature: this host has no intake.policy_keys, so it cannot check it; configure intake.policy_keys with the policy engine's public key, or stop signing",
+            ));
         }
         let issued_at = decision::issued_at(decision).map_err(Reply::rejected)?;
         if !decision::is_fresh(
@@ -257,10 +323,30 @@ impl Intake {
             settings.freshness_seconds,
         ) {
             return Err(Reply::rejected(format!(
-                "stale: issued_at is more than {} s from now",
+                "stale: issued_at is more than {} s from now (intake.freshness_seconds); send a new decision with a new nonce",
                 settings.freshness_seconds
             )));
         }
+        Ok(())
+    }
+
+    /// `Some(reply)` when the nonce was used before, or cannot be checked.
+    async fn check_replay(&self, decision: &Decision) -> Option<Reply> {
+        match nonces::first_use(&self.inner.store, &decision.nonce).await {
+            Ok(None) => None,
+            Ok(Some(first)) => Some(replay(decision, Some(first))),
+            Err(error) => {
+                tracing::error!(error = %crate::store::audit::error_chain(&error), "nonce not checked");
+                Some(Reply::rejected(
+                    "database unavailable: the nonce cannot be checked; nothing was started; retry the same line",
+                ))
+            }
+        }
+    }
+
+    /// The checks against this node's state (SAFE-HALT, bindings, registry, storm control), in
+    /// the order a reason is most useful. The admitting transaction reads the SAFE-HALT again.
+    fn evaluate(&self, decision: &Decision) -> Result<Bound, Reply> {
         if let Some(halt) = self.inner.safe_halt.active() {
             return Err(Reply::rejected(halted_reason(&halt)));
         }
@@ -274,7 +360,7 @@ impl Intake {
         .cloned()
         .ok_or_else(|| {
             Reply::no_action(format!(
-                "no binding for policy `{}`, outcome `{}`, org `{}`",
+                "no binding for policy `{}`, outcome `{}`, org `{}`: add one to the signed bindings file (paths.bindings) and run `playbookd ctl reload`",
                 decision.policy, decision.outcome, decision.org_id
             ))
         })?;
@@ -282,42 +368,60 @@ impl Intake {
             && expected != &binding.playbook
         {
             return Err(Reply::rejected(format!(
-                "binding mismatch: the decision names `{expected}`, the local binding `{}`",
+                "binding mismatch: the decision names `{expected}`, the local binding `{}`; the policy engine and the bindings file (paths.bindings) disagree",
                 binding.playbook
             )));
         }
         let playbook = snapshot.active(&binding.playbook).ok_or_else(|| {
             Reply::no_action(format!(
-                "no active version of playbook `{}`",
+                "no active version of playbook `{}`: `playbookd verify` says why its file was refused; install a signed version and run `playbookd ctl reload`",
                 binding.playbook
             ))
         })?;
-        decision::check_subject(&decision.subject, &playbook.playbook().inputs)
-            .map_err(Reply::rejected)?;
-        let subject = Value::Object(decision.subject.clone());
+        let inputs = &playbook.playbook().inputs;
+        decision::check_subject(&decision.subject, inputs).map_err(Reply::rejected)?;
+        decision::check_exec_arguments(decision, playbook.playbook()).map_err(Reply::rejected)?;
+        let cooldown = CooldownKey::new(&binding, inputs, &decision.subject);
         self.inner
             .storm
-            .admit(&binding, &subject)
+            .admit(&binding, &cooldown)
             .map_err(|suppressed| {
                 metrics::counter!("playbookd_decisions_suppressed_total").increment(1);
                 Reply::no_action(match suppressed {
                     Suppressed::Cooldown { seconds_left } => {
-                        format!("suppressed: cooldown for this subject, {seconds_left} s left")
+                        format!(
+                            "suppressed: cooldown for this subject (the binding's cooldown_seconds), {seconds_left} s left"
+                        )
                     }
-                    Suppressed::RateLimit => "suppressed: too many decisions per second".to_owned(),
+                    Suppressed::RateLimit => format!(
+                        "suppressed: more than {} decisions accepted this second (intake.max_accepted_per_second); retry",
+                        self.inner.settings.max_accepted_per_second
+                    ),
                 })
             })?;
-        Ok((binding, playbook))
+        Ok(Bound {
+            binding,
+            playbook,
+            cooldown,
+        })
     }
 
     /// Records nonce, execution and event in one transaction, then hands the run over.
-    async fn accept(
-        &self,
-        decision: &Decision,
-        binding: &Binding,
-        playbook: &Arc<ActivePlaybook>,
-        peer_uid: u32,
-    ) -> Reply {
+    ///
+    /// Only the playbook's declared inputs are kept of the subject: they are all a run can use
+    /// (templates and `when` name declared inputs only), and they were checked. Other keys are
+    /// reported back (`ignored_subject_keys`) and in the journal, never stored, so a key the
+    /// policy engine made up (a NUL byte included) cannot reach the execution row.
+    async fn accept(&self, decision: &Decision, bound: Bound, peer_uid: u32) -> Reply {
+        let Bound {
+            binding,
+            playbook,
+            cooldown,
+        } = bound;
+        let inputs = &playbook.playbook().inputs;
+        let (kept, ignored) = split_subject(&decision.subject, inputs);
+        let mut decision = decision.clone();
+        decision.subject = kept;
         let execution_id = Uuid::new_v4();
         let label = format!("{}@{}", playbook.playbook().id, playbook.version());
         let Ok(severity) = Severity::decode(&decision.severity) else {
@@ -346,25 +450,31 @@ impl Intake {
                 playbook: binding.playbook.clone(),
                 require_approval: binding.require_approval,
             },
+            ignored_subject_keys: ignored.clone(),
         };
         let outcome = executions::admit(&self.inner.audit, new, self.inner.safe_halt.watch()).await;
         match outcome {
             Ok(()) => {
                 self.inner.executor.submit(execution_id);
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
-                    org_id = %decision.org_id, decision_id = %decision.decision_id, "decision accepted");
+                    org_id = %decision.org_id, decision_id = %decision.decision_id,
+                    ignored_subject_keys = %ignored.join(", "), "decision accepted");
                 Reply::Accepted {
                     execution_id,
                     playbook: label,
+                    ignored_subject_keys: ignored,
                 }
             }
             Err(error) => {
-                self.inner
-                    .storm
-                    .release(binding, &Value::Object(decision.subject.clone()));
+                self.inner.storm.release(&cooldown);
                 match error {
                     AdmitError::Replay => {
-                        Reply::rejected("replay: this nonce has been used before")
+                        // A concurrent duplicate: the winner has committed by now.
+                        let first = nonces::first_use(&self.inner.store, &decision.nonce)
+                            .await
+                            .ok()
+                            .flatten();
+                        replay(&decision, first)
                     }
                     AdmitError::Halted(halt) => {
                         self.inner.safe_halt.observe(*halt.clone());
@@ -372,7 +482,9 @@ impl Intake {
                     }
                     AdmitError::Unavailable(error) => {
                         tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
-                        Reply::rejected("audit log unavailable: nothing was started")
+                        Reply::rejected(
+                            "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
+                        )
                     }
                 }
             }
@@ -387,7 +499,7 @@ impl Intake {
     }
 
     async fn record_refusal(&self, reply: &Reply, peer_uid: u32, decision: Option<&Decision>) {
-        let (Reply::NoAction { reason } | Reply::Rejected { reason }) = reply else {
+        let (Reply::NoAction { reason } | Reply::Rejected { reason, .. }) = reply else {
             return;
         };
         let mut event = AuditEvent::new("decision.received", Actor::Uid(peer_uid))
@@ -408,6 +520,59 @@ impl Intake {
     }
 }
 
+/// A decision that passed every check against this node's state, with its storm-control slot.
+struct Bound {
+    binding: Binding,
+    playbook: Arc<ActivePlaybook>,
+    cooldown: CooldownKey,
+}
+
+/// The subject's declared inputs, and the names of the other keys (bounded, storable).
+fn split_subject(
+    subject: &Map<String, Value>,
+    inputs: &BTreeMap<String, InputSpec>,
+) -> (Map<String, Value>, Vec<String>) {
+    let mut kept = Map::new();
+    let mut ignored = Vec::new();
+    for (key, value) in subject {
+        if inputs.contains_key(key) {
+            kept.insert(key.clone(), value.clone());
+        } else if ignored.len() < MAX_REPORTED_KEYS {
+            ignored.push(text::storable(key, 64));
+        }
+    }
+    (kept, ignored)
+}
+
+/// The reply to a used nonce. The first execution is named only to the same decision (same
+/// `decision_id`): that is the engine retrying after a lost reply, and it may now stop
+/// retrying; a different decision reusing the nonce learns nothing about the first.
+fn replay(decision: &Decision, first: Option<FirstUse>) -> Reply {
+    match first {
+        Some(first) if first.decision_id == decision.decision_id => Reply::Rejected {
+            reason: format!(
+                "replay: this decision was accepted before as execution {}; nothing new was started",
+                first.execution_id
+            ),
+            execution_id: Some(first.execution_id),
+        },
+        Some(_) | None => Reply::rejected(
+            "replay: this nonce has been used before by another decision; send a fresh nonce",
+        ),
+    }
+}
+
+fn busy_reason(busy: Busy) -> String {
+    match busy {
+        Busy::PerUid { uid, limit } => format!(
+            "busy: uid {uid} already holds {limit} connections (intake.max_connections_per_uid); reuse one or retry"
+        ),
+        Busy::Full { limit } => {
+            format!("busy: all {limit} connections are in use (intake.max_connections); retry")
+        }
+    }
+}
+
 fn count(reply: &Reply) {
     metrics::counter!("playbookd_decisions_total", "status" => reply.status(), "reason" => reply.reason_label())
         .increment(1);
@@ -416,4 +581,23 @@ fn count(reply: &Reply) {
 /// The refusal reason while a SAFE-HALT is in force: what, since when, and how it is cleared.
 fn halted_reason(halt: &ActiveHalt) -> String {
     format!("safe_halt: {halt}; nothing new runs until an admin clears it with `{CLEAR_COMMAND}`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_quoting_a_nul_field_name_is_stored_escaped() {
+        let error = decision::decode(br#"{"\u0000": 1}"#).unwrap_err();
+        assert!(
+            error.contains('\0'),
+            "serde quotes the field as sent: {error:?}"
+        );
+        let Reply::Rejected { reason, .. } = Reply::rejected(error) else {
+            panic!("not a rejection");
+        };
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+        assert!(text::is_storable(&reason, text::MAX_FIELD_BYTES));
+    }
 }

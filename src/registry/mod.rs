@@ -10,6 +10,7 @@
 //! The result is an immutable [`Catalog`] snapshot; [`Registry::reload`] builds a new one and
 //! swaps it in whole, so a reader sees either the old or the new set, never a mix.
 
+pub mod limits;
 pub mod model;
 pub mod playbook;
 pub mod secure_open;
@@ -25,11 +26,13 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
+use crate::actions::limits::ActionLimits;
 use crate::config::PathsConfig;
 use crate::store::StoreError;
 use crate::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::versions::{self, NewVersion, VersionConflict};
-use model::{Binding, Playbook, RiskTier};
+use limits::LimitViolation;
+use model::{Binding, BindingsFile, Playbook, RiskTier};
 use playbook::DocumentError;
 use secure_open::{OpenError, TrustedDir};
 use signature::{FileError, KeyId, TrustStoreError, TrustedKeys, VerifiedFile};
@@ -61,6 +64,9 @@ pub struct Registry {
 
 struct Inner {
     paths: RegistryPaths,
+    /// What the configuration allows steps to touch; read once at start (a reload re-reads
+    /// the files, not the configuration).
+    limits: Arc<ActionLimits>,
     audit: AuditHandle,
     /// Readers clone the `Arc` and drop the lock at once; a reload replaces the `Arc` whole.
     current: RwLock<Arc<Catalog>>,
@@ -71,16 +77,19 @@ struct Inner {
 
 impl Registry {
     /// Loads the trusted keys, the playbooks and the bindings, recording every outcome.
-    /// Fails when the trusted-keys or playbook directory is unusable, when no key is
-    /// trusted, or when the audit log is unavailable; a bad file only rejects that file.
+    /// Every playbook is checked against `limits` too (what the configuration allows its
+    /// steps to touch). Fails when the trusted-keys or playbook directory is unusable, when no
+    /// key is trusted, or when the audit log is unavailable; a bad file only rejects that file.
     pub async fn load(
         paths: RegistryPaths,
+        limits: Arc<ActionLimits>,
         audit: AuditHandle,
     ) -> Result<(Registry, LoadSummary), RegistryError> {
-        let (catalog, summary) = build_catalog(&paths, &audit).await?;
+        let (catalog, summary) = build_catalog(&paths, &limits, &audit, None).await?;
         let registry = Registry {
             inner: Arc::new(Inner {
                 paths,
+                limits,
                 audit,
                 current: RwLock::new(Arc::new(catalog)),
                 reloading: tokio::sync::Mutex::new(()),
@@ -103,12 +112,22 @@ impl Registry {
         self.catalog().active(id)
     }
 
-    /// Builds a new snapshot from disk and swaps it in. On error the current snapshot stays
-    /// (a vanished trust directory or a database outage must not silently empty it) and the
+    /// Builds a new snapshot from disk and swaps it in. A playbook (or the bindings file) whose
+    /// replacement is refused keeps its last verified version, checked again against the
+    /// current trust store and limits (a key removed from the trust store still withdraws
+    /// it); one whose file was removed is retired. On error the current snapshot stays (a
+    /// vanished trust directory or a database outage must not silently empty it) and the
     /// error says why.
     pub async fn reload(&self) -> Result<LoadSummary, RegistryError> {
         let _one_at_a_time = self.inner.reloading.lock().await;
-        let (catalog, summary) = build_catalog(&self.inner.paths, &self.inner.audit).await?;
+        let previous = self.catalog();
+        let (catalog, summary) = build_catalog(
+            &self.inner.paths,
+            &self.inner.limits,
+            &self.inner.audit,
+            Some(&previous),
+        )
+        .await?;
         let catalog = Arc::new(catalog);
         match self.inner.current.write() {
             Ok(mut guard) => *guard = catalog,
@@ -126,6 +145,19 @@ pub struct Catalog {
     /// The trust store this snapshot was verified against: what a resumed run's stored bytes
     /// are verified against again ([`load_pinned`]).
     keys: TrustedKeys,
+    /// The verified bytes of the bindings and where they came from, to check them again if a
+    /// reload refuses their replacement; `None` when there are none.
+    bindings_origin: Option<BindingsSource>,
+}
+
+/// The verified bytes of a bindings file and where they came from.
+type BindingsSource = (Origin, Vec<u8>);
+
+/// Where verified bytes came from: to check them again, later, against another trust store.
+#[derive(Debug, Clone)]
+struct Origin {
+    file: PathBuf,
+    signatures: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Catalog {
@@ -139,7 +171,8 @@ impl Catalog {
         self.playbooks.values()
     }
 
-    /// The bindings; empty when the bindings file is missing, unsigned or invalid.
+    /// The bindings; empty when the bindings file is missing, unsigned or invalid (and no
+    /// verified version was active before it became so).
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
     }
@@ -147,6 +180,14 @@ impl Catalog {
     /// The trusted keys of this snapshot.
     pub fn keys(&self) -> &TrustedKeys {
         &self.keys
+    }
+
+    /// The bindings whose playbook has no active version: decisions for them get
+    /// `no_action: no active version`.
+    pub fn unresolved_bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings
+            .iter()
+            .filter(|binding| !self.playbooks.contains_key(&binding.playbook))
     }
 }
 
@@ -158,6 +199,9 @@ pub struct ActivePlaybook {
     sha256: [u8; 32],
     bytes: Arc<[u8]>,
     signers: Vec<KeyId>,
+    /// The file and signatures it was verified from (`None` for a version re-loaded from the
+    /// database for a resume).
+    origin: Option<Origin>,
 }
 
 impl ActivePlaybook {
@@ -200,13 +244,33 @@ pub struct LoadSummary {
     pub bindings: usize,
     /// Key files in the trust directory that were not trusted.
     pub refused_keys: Vec<signature::RefusedKey>,
+    /// Versions that stayed active because their replacement was refused.
+    pub kept: Vec<Kept>,
+}
+
+impl LoadSummary {
+    /// True when nothing was refused: every file and every key was accepted.
+    pub fn is_clean(&self) -> bool {
+        self.rejections.is_empty() && self.refused_keys.is_empty()
+    }
 }
 
 /// A file the registry refused.
 #[derive(Debug)]
 pub struct Rejection {
     pub file: PathBuf,
+    /// The playbook id, when the file got far enough to say (after its signatures verified).
+    pub playbook: Option<String>,
     pub reason: RejectReason,
+}
+
+/// A verified version a reload kept active because its replacement was refused.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// `playbook ID@VERSION` or `bindings`.
+    pub what: String,
+    /// The file it was verified from.
+    pub file: PathBuf,
 }
 
 /// Why a playbook or bindings file was refused.
@@ -236,6 +300,9 @@ pub enum RejectReason {
         version: u32,
         recorded: String,
     },
+    /// A step parameter the configuration does not allow (`actions.exec.allowed_commands`, …).
+    #[error(transparent)]
+    Limit(#[from] LimitViolation),
     #[error("the database refused to record it")]
     Database(#[source] AppendError),
 }
@@ -249,10 +316,45 @@ impl RejectReason {
             RejectReason::DualControl { .. } => "dual_control",
             RejectReason::Downgrade { .. } => "downgrade",
             RejectReason::Equivocation { .. } => "equivocation",
+            RejectReason::Limit(violation) => violation.limit.label(),
             RejectReason::Database(_) => "database_refused",
         }
     }
 }
+
+/// Every label `playbookd_registry_rejections_total` can carry (each exists from the start, at
+/// zero): [`RejectReason::label`], `trusted_key_refused`, and every [`Limit`] label.
+///
+/// [`Limit`]: crate::actions::limits::Limit
+pub const REJECTION_LABELS: [&str; 23] = [
+    // secure_open::OpenError (also the bindings file's `missing`)
+    "missing",
+    "read_failed",
+    "symlink_outside_dir",
+    "not_regular_file",
+    "insecure_permissions",
+    "insecure_owner",
+    "too_large",
+    // signature::FileError
+    "signature_missing",
+    "signature_malformed",
+    "signature_invalid",
+    "signature_wrong_scheme",
+    // RejectReason
+    "invalid_document",
+    "dual_control",
+    "downgrade",
+    "equivocation",
+    "database_refused",
+    "trusted_key_refused",
+    // actions::limits::Limit
+    "command_not_allowed",
+    "host_not_allowed",
+    "plain_http_not_allowed",
+    "inside_quarantine_dir",
+    "address_never_blocked",
+    "address_loopback",
+];
 
 /// Why the registry as a whole could not load.
 #[derive(Debug, thiserror::Error)]
@@ -306,27 +408,103 @@ impl Candidate {
     pub fn sha256(&self) -> [u8; 32] {
         self.verified.sha256()
     }
+
+    /// The signatures that verified it.
+    pub fn verified(&self) -> &VerifiedFile {
+        &self.verified
+    }
 }
 
-/// Verifies, parses and checks dual control for one playbook file (no database).
+/// Verifies, parses, checks dual control and the configuration's limits for one playbook file
+/// (no database).
 pub fn check_playbook_file(
     keys: &TrustedKeys,
+    limits: &ActionLimits,
     dir: &TrustedDir,
     path: &Path,
 ) -> Result<Candidate, RejectReason> {
     let verified = keys.verify_file(dir, path)?;
-    let playbook = playbook::parse_playbook(verified.bytes())?;
+    check_verified_playbook(verified, Some(limits)).map_err(|(_, reason)| reason)
+}
+
+/// Verifies, parses and checks the bindings file, which always needs two distinct trusted
+/// signers (no database).
+pub fn check_bindings_file(
+    keys: &TrustedKeys,
+    dir: &TrustedDir,
+    path: &Path,
+) -> Result<(VerifiedFile, BindingsFile), RejectReason> {
+    check_verified_bindings(keys.verify_file(dir, path)?)
+}
+
+/// A signed file that passed every check the registry applies without the database.
+#[derive(Debug)]
+pub enum CheckedFile {
+    Playbook(Candidate),
+    Bindings(VerifiedFile, BindingsFile),
+}
+
+/// Every check the registry applies to one signed file, playbook or bindings (told apart by
+/// its top-level `bindings` key), except the version check against the database: secure open,
+/// each signature in its key's own scheme, strict parsing, dual control, and the
+/// configuration's limits when `limits` is given. What `playbookd verify` runs.
+pub fn check_signed_file(
+    keys: &TrustedKeys,
+    limits: Option<&ActionLimits>,
+    dir: &TrustedDir,
+    path: &Path,
+) -> Result<CheckedFile, RejectReason> {
+    let verified = keys.verify_file(dir, path)?;
+    // Verified bytes only: the document kind is read after the signatures checked out.
+    if playbook::parse_value(verified.bytes())?
+        .get("bindings")
+        .is_some()
+    {
+        let (verified, bindings) = check_verified_bindings(verified)?;
+        Ok(CheckedFile::Bindings(verified, bindings))
+    } else {
+        check_verified_playbook(verified, limits)
+            .map(CheckedFile::Playbook)
+            .map_err(|(_, reason)| reason)
+    }
+}
+
+/// The checks after the signatures: parse, the configuration's limits, dual control. A
+/// refusal carries the playbook id once it is known.
+fn check_verified_playbook(
+    verified: VerifiedFile,
+    limits: Option<&ActionLimits>,
+) -> Result<Candidate, (Option<String>, RejectReason)> {
+    let playbook = playbook::parse_playbook(verified.bytes()).map_err(|e| (None, e.into()))?;
+    let refused = |reason: RejectReason| (Some(playbook.id.clone()), reason);
+    if let Some(limits) = limits {
+        limits::check_playbook_limits(&playbook, limits).map_err(|e| refused(e.into()))?;
+    }
     let critical = playbook
         .steps
         .iter()
         .any(|step| step.risk == Some(RiskTier::Critical));
-    if critical && verified.signers().len() < 2 {
-        return Err(RejectReason::DualControl {
-            what: "a playbook with a critical step",
-            signers: verified.signers().len(),
-        });
+    if critical {
+        require_dual_control("a playbook with a critical step", &verified).map_err(refused)?;
     }
     Ok(Candidate { playbook, verified })
+}
+
+fn check_verified_bindings(
+    verified: VerifiedFile,
+) -> Result<(VerifiedFile, BindingsFile), RejectReason> {
+    require_dual_control("the bindings file", &verified)?;
+    let parsed = playbook::parse_bindings(verified.bytes())?;
+    Ok((verified, parsed))
+}
+
+/// Dual control: two distinct trusted keys (the same key twice, in any encoding, is one).
+fn require_dual_control(what: &'static str, verified: &VerifiedFile) -> Result<(), RejectReason> {
+    let signers = verified.signers().len();
+    if signers < 2 {
+        return Err(RejectReason::DualControl { what, signers });
+    }
+    Ok(())
 }
 
 /// Re-loads the exact version a run is pinned to (for resume): the stored verified bytes,
@@ -368,7 +546,7 @@ pub async fn load_pinned<C: GenericClient>(
     let mut signers: Vec<KeyId> = Vec::new();
     for (key_id, signature) in &stored.signatures {
         // The stored key id only says which key to expect; the trust store decides.
-        if let Ok(signer) = keys.verify(&stored.content, signature)
+        if let Ok((signer, _scheme)) = keys.verify(&stored.content, signature)
             && signer.as_str() == key_id
             && !signers.contains(&signer)
         {
@@ -410,6 +588,7 @@ pub async fn load_pinned<C: GenericClient>(
         sha256: actual,
         bytes: stored.content.into(),
         signers,
+        origin: None,
     })
 }
 
@@ -472,7 +651,9 @@ impl PinnedError {
 
 async fn build_catalog(
     paths: &RegistryPaths,
+    limits: &ActionLimits,
     audit: &AuditHandle,
+    previous: Option<&Catalog>,
 ) -> Result<(Catalog, LoadSummary), RegistryError> {
     let mut summary = LoadSummary::default();
     let (keys, refused) = TrustedKeys::load(&paths.trusted_keys)?;
@@ -502,9 +683,13 @@ async fn build_catalog(
     })?;
     let mut candidates = Vec::new();
     for path in yaml_files(&paths.playbooks)? {
-        match check_playbook_file(&keys, &dir, &path) {
+        let checked = keys
+            .verify_file(&dir, &path)
+            .map_err(|error| (None, error.into()))
+            .and_then(|verified| check_verified_playbook(verified, Some(limits)));
+        match checked {
             Ok(candidate) => candidates.push((path, candidate)),
-            Err(reason) => reject(audit, &mut summary, path, reason).await?,
+            Err((playbook, reason)) => reject(audit, &mut summary, path, playbook, reason).await?,
         }
     }
     // Per id, highest version first, so that a lower version in the same directory is judged
@@ -546,11 +731,16 @@ async fn build_catalog(
         match recorded? {
             Recorded::Yes => {
                 summary.loaded += 1;
+                let origin = Origin {
+                    file: path.clone(),
+                    signatures: candidate.verified.signature_files(),
+                };
                 let active = ActivePlaybook {
                     sha256: candidate.verified.sha256(),
-                    signers: candidate.verified.signers().to_vec(),
+                    signers: candidate.verified.signers(),
                     bytes: candidate.verified.into_bytes().into(),
                     playbook: candidate.playbook,
+                    origin: Some(origin),
                 };
                 tracing::info!(
                     file = %path.display(),
@@ -567,23 +757,100 @@ async fn build_catalog(
             }
             Recorded::RefusedAndAudited(reason) => {
                 log_rejection(&path, &reason);
-                summary.rejections.push(Rejection { file: path, reason });
+                summary.rejections.push(Rejection {
+                    file: path,
+                    playbook: Some(candidate.playbook.id),
+                    reason,
+                });
             }
-            Recorded::DatabaseRefused(reason) => reject(audit, &mut summary, path, reason).await?,
+            Recorded::DatabaseRefused(reason) => {
+                let id = Some(candidate.playbook.id);
+                reject(audit, &mut summary, path, id, reason).await?;
+            }
         }
+    }
+    if let Some(previous) = previous {
+        keep_replaced_playbooks(previous, &keys, limits, audit, &mut playbooks, &mut summary)
+            .await?;
     }
     summary.rejections.sort_by(|a, b| a.file.cmp(&b.file));
 
-    let bindings = load_bindings(&keys, &paths.bindings, audit, &mut summary).await?;
+    let (bindings, bindings_origin) = load_bindings(
+        &keys,
+        &paths.bindings,
+        previous.and_then(|p| p.bindings_origin.as_ref()),
+        audit,
+        &mut summary,
+    )
+    .await?;
     summary.bindings = bindings.len();
     Ok((
         Catalog {
             playbooks,
             bindings,
             keys,
+            bindings_origin,
         },
         summary,
     ))
+}
+
+/// A reload keeps the last verified version of a playbook whose replacement was refused (the
+/// same file, or another file of the same id, refused) rather than leave its bindings with
+/// nothing to run: a typo in an edit must not disarm a response. The kept version is checked
+/// again against the current trust store and limits; a key removed from the trust store
+/// still withdraws what only it signed. A playbook whose file is gone, with no refused
+/// replacement, is retired.
+async fn keep_replaced_playbooks(
+    previous: &Catalog,
+    keys: &TrustedKeys,
+    limits: &ActionLimits,
+    audit: &AuditHandle,
+    playbooks: &mut BTreeMap<String, Arc<ActivePlaybook>>,
+    summary: &mut LoadSummary,
+) -> Result<(), RegistryError> {
+    for (id, old) in &previous.playbooks {
+        if playbooks.contains_key(id) {
+            continue;
+        }
+        let Some(origin) = &old.origin else { continue };
+        let replaced_by = summary.rejections.iter().find(|rejection| {
+            rejection.file == origin.file || rejection.playbook.as_deref() == Some(id.as_str())
+        });
+        let Some(replacement) = replaced_by else {
+            tracing::info!(playbook = %id, file = %origin.file.display(), "playbook retired: its file is gone");
+            continue;
+        };
+        let replacement = replacement.file.display().to_string();
+        let rechecked = keys
+            .verify_signatures(old.bytes.to_vec(), origin.signatures.clone())
+            .map_err(|error| (None, error.into()))
+            .and_then(|verified| check_verified_playbook(verified, Some(limits)));
+        if let Err((_, reason)) = rechecked {
+            let detail = audit::error_chain(&reason);
+            tracing::error!(playbook = %id, reason = %detail, "last verified version withdrawn: it no longer passes");
+            continue;
+        }
+        let what = format!("playbook {id}@{}", old.version());
+        tracing::warn!(playbook = %id, version = old.version(), refused = %replacement, "replacement refused; last verified version stays active");
+        audit
+            .append(
+                AuditEvent::new("playbook.kept", Actor::System)
+                    .with("playbook_id", id.as_str())
+                    .with("version", old.version())
+                    .with("sha256", hex::encode(old.sha256()))
+                    .with("file", origin.file.display().to_string())
+                    .with("refused", replacement),
+            )
+            .await
+            .map_err(RegistryError::Audit)?;
+        summary.kept.push(Kept {
+            what,
+            file: origin.file.clone(),
+        });
+        playbooks.insert(id.clone(), Arc::clone(old));
+    }
+    Ok(())
 }
 
 /// One file's version check, in order within its id.
@@ -624,7 +891,12 @@ async fn record_version(
             .verified
             .signatures()
             .iter()
-            .map(|(key, signature)| (key.as_str().to_owned(), signature.clone()))
+            .map(|signature| {
+                (
+                    signature.key_id.as_str().to_owned(),
+                    signature.bytes().to_vec(),
+                )
+            })
             .collect(),
         content: candidate.verified.bytes().to_vec(),
     };
@@ -668,47 +940,21 @@ async fn record_version(
     }
 }
 
-/// Loads the bindings file, which always needs two distinct trusted signers; any failure
-/// means no bindings at all.
+/// Loads the bindings file, which always needs two distinct trusted signers. When it is
+/// refused, the last verified bindings (`previous`, checked again against the current trust
+/// store) stay in force, unless the file itself is gone; otherwise there are no bindings.
 async fn load_bindings(
     keys: &TrustedKeys,
     path: &Path,
+    previous: Option<&BindingsSource>,
     audit: &AuditHandle,
     summary: &mut LoadSummary,
-) -> Result<Vec<Binding>, RegistryError> {
+) -> Result<(Vec<Binding>, Option<BindingsSource>), RegistryError> {
     let checked = TrustedDir::parent_of(path)
         .map_err(|error| RejectReason::File(FileError::Document(error)))
-        .and_then(|dir| Ok(keys.verify_file(&dir, path)?))
-        .and_then(|verified| {
-            if verified.signers().len() < 2 {
-                return Err(RejectReason::DualControl {
-                    what: "the bindings file",
-                    signers: verified.signers().len(),
-                });
-            }
-            let parsed = playbook::parse_bindings(verified.bytes())?;
-            Ok((verified, parsed))
-        });
-    match checked {
-        Ok((verified, parsed)) => {
-            let signers: Vec<String> = verified
-                .signers()
-                .iter()
-                .map(|key| key.as_str().to_owned())
-                .collect();
-            audit
-                .append(
-                    AuditEvent::new("bindings.loaded", Actor::System)
-                        .with("file", path.display().to_string())
-                        .with("sha256", hex::encode(verified.sha256()))
-                        .with("signers", signers)
-                        .with("count", parsed.bindings.len()),
-                )
-                .await
-                .map_err(RegistryError::Audit)?;
-            tracing::info!(file = %path.display(), count = parsed.bindings.len(), "bindings loaded");
-            Ok(parsed.bindings)
-        }
+        .and_then(|dir| check_bindings_file(keys, &dir, path));
+    let (verified, parsed) = match checked {
+        Ok(checked) => checked,
         Err(reason) => {
             log_rejection(path, &reason);
             audit
@@ -719,11 +965,75 @@ async fn load_bindings(
                 ))
                 .await
                 .map_err(RegistryError::Audit)?;
+            let file_gone = matches!(
+                reason,
+                RejectReason::File(FileError::Document(OpenError::Missing { .. }))
+            );
             summary.rejections.push(Rejection {
                 file: path.to_owned(),
+                playbook: None,
                 reason,
             });
-            Ok(Vec::new())
+            let kept = previous
+                .filter(|_| !file_gone)
+                .and_then(|(origin, bytes)| recheck_bindings(keys, origin, bytes));
+            let Some((origin, bindings)) = kept else {
+                return Ok((Vec::new(), None));
+            };
+            tracing::warn!(file = %path.display(), count = bindings.len(), "bindings refused; the last verified bindings stay in force");
+            audit
+                .append(
+                    AuditEvent::new("bindings.kept", Actor::System)
+                        .with("file", path.display().to_string())
+                        .with("count", bindings.len()),
+                )
+                .await
+                .map_err(RegistryError::Audit)?;
+            summary.kept.push(Kept {
+                what: "bindings".into(),
+                file: path.to_owned(),
+            });
+            return Ok((bindings, Some(origin)));
+        }
+    };
+    let signers: Vec<String> = verified
+        .signers()
+        .iter()
+        .map(|key| key.as_str().to_owned())
+        .collect();
+    audit
+        .append(
+            AuditEvent::new("bindings.loaded", Actor::System)
+                .with("file", path.display().to_string())
+                .with("sha256", hex::encode(verified.sha256()))
+                .with("signers", signers)
+                .with("count", parsed.bindings.len()),
+        )
+        .await
+        .map_err(RegistryError::Audit)?;
+    tracing::info!(file = %path.display(), count = parsed.bindings.len(), "bindings loaded");
+    let origin = Origin {
+        file: path.to_owned(),
+        signatures: verified.signature_files(),
+    };
+    Ok((parsed.bindings, Some((origin, verified.into_bytes()))))
+}
+
+/// The last verified bindings, if they still pass against `keys`.
+fn recheck_bindings(
+    keys: &TrustedKeys,
+    origin: &Origin,
+    bytes: &[u8],
+) -> Option<(BindingsSource, Vec<Binding>)> {
+    let rechecked = keys
+        .verify_signatures(bytes.to_vec(), origin.signatures.clone())
+        .map_err(RejectReason::from)
+        .and_then(check_verified_bindings);
+    match rechecked {
+        Ok((_, parsed)) => Some(((origin.clone(), bytes.to_vec()), parsed.bindings)),
+        Err(reason) => {
+            tracing::error!(reason = %audit::error_chain(&reason), "last verified bindings withdrawn: they no longer pass");
+            None
         }
     }
 }
@@ -733,6 +1043,7 @@ async fn reject(
     audit: &AuditHandle,
     summary: &mut LoadSummary,
     file: PathBuf,
+    playbook: Option<String>,
     reason: RejectReason,
 ) -> Result<(), RegistryError> {
     log_rejection(&file, &reason);
@@ -744,7 +1055,11 @@ async fn reject(
         ))
         .await
         .map_err(RegistryError::Audit)?;
-    summary.rejections.push(Rejection { file, reason });
+    summary.rejections.push(Rejection {
+        file,
+        playbook,
+        reason,
+    });
     Ok(())
 }
 

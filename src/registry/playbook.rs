@@ -20,7 +20,7 @@ use super::model::{
 };
 use super::template::{self, Reference, Segment};
 use super::when;
-use crate::actions::{self, ActionSpec, ParamKind, Undo};
+use crate::actions::{self, ActionSpec, ParamKind, Undo, nft};
 
 /// The largest document accepted, checked before any parsing.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -222,7 +222,9 @@ pub fn check_literal(kind: ParamKind, value: &Value) -> Result<(), String> {
             Value::Array(items) if items.iter().all(Value::is_string) => Ok(()),
             _ => Err("must be a list of strings".into()),
         },
-        ParamKind::IpOrCidr => check_ip_or_cidr(text()?),
+        // The parser `net.*` use when they run: a literal it refuses (host bits set, an
+        // IPv4-mapped IPv6 address) is refused now rather than at incident time.
+        ParamKind::IpOrCidr => nft::parse_target(text()?).map(drop),
         ParamKind::Url => check_url(text()?),
         ParamKind::Signal => {
             let name = text()?;

@@ -7,11 +7,19 @@
 //!   PKCS#1 v1.5 or, with `-sigopt rsa_padding_mode:pss`, RSA-PSS with SHA-256 and MGF1-SHA-256
 //!   with any salt length (openssl's default is the maximum: 478 bytes for RSA-4096).
 //!
-//! The algorithm is taken from the trusted key, never from the signature: a signature is only
-//! ever checked against each trusted key with that key's own algorithm.
+//! The algorithm *and the scheme* are taken from the trusted key, never from the signature: a
+//! signature is only ever checked against each trusted key with that key's own scheme (as TUF
+//! pins a scheme per key). An RSA key verifies one padding only:
+//! - a key whose SubjectPublicKeyInfo says RSASSA-PSS (`openssl genpkey -algorithm RSA-PSS`)
+//!   verifies RSA-PSS only (and only within the restrictions its parameters state);
+//! - a plain `rsaEncryption` key verifies PKCS#1 v1.5 only, unless its file in the trust
+//!   directory is named `NAME.pss.pub`, which binds it to RSA-PSS instead.
 //!
 //! `FILE.sig.2` is an optional second signature. Dual control (critical playbooks, the bindings
-//! file) needs two *distinct* trusted keys; the same key twice counts once.
+//! file) needs two *distinct* trusted keys: keys are told apart by their key material (the RSA
+//! modulus and exponent, the Ed25519 point), not by file or encoding, and the trust store
+//! refuses two files holding the same key (one as plain, one as PSS; or one key under two
+//! names), naming both, so one signer can never count twice.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,17 +87,62 @@ impl Algorithm {
     }
 }
 
-/// A public key the trust store accepts: Ed25519, or RSA of at least [`MIN_RSA_BITS`] bits.
+/// The one signature scheme a trusted key verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Ed25519,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RsaPkcs1v15,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, any salt length the key allows.
+    RsaPss,
+}
+
+impl Scheme {
+    /// `ed25519`, `rsa-pkcs1v15-sha256` or `rsa-pss-sha256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Ed25519 => "ed25519",
+            Scheme::RsaPkcs1v15 => "rsa-pkcs1v15-sha256",
+            Scheme::RsaPss => "rsa-pss-sha256",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A public key the trust store accepts: Ed25519, or RSA of at least [`MIN_RSA_BITS`] bits
+/// bound to one padding scheme.
 #[derive(Clone)]
 pub struct PublicKey {
     id: KeyId,
+    /// SHA-256 over the key material alone (algorithm, then the RSA modulus and exponent or
+    /// the Ed25519 point): equal for the same key in any encoding, so dual control can count
+    /// keys rather than files.
+    material: [u8; 32],
     kind: PublicKind,
 }
 
 #[derive(Clone)]
 enum PublicKind {
     Ed25519(ed25519_dalek::VerifyingKey),
-    Rsa(Box<RsaPublicKey>),
+    Rsa {
+        key: Box<RsaPublicKey>,
+        padding: RsaPadding,
+    },
+}
+
+/// The one padding an RSA key verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RsaPadding {
+    Pkcs1v15,
+    /// The shortest salt accepted (the key's own `saltLength` restriction, else 0).
+    Pss {
+        min_salt: usize,
+    },
 }
 
 impl fmt::Debug for PublicKey {
@@ -97,6 +150,7 @@ impl fmt::Debug for PublicKey {
         f.debug_struct("PublicKey")
             .field("id", &self.id)
             .field("algorithm", &self.algorithm_name())
+            .field("scheme", &self.scheme())
             .finish()
     }
 }
@@ -136,7 +190,16 @@ impl PublicKey {
                 return Err(malformed("Ed25519 key of small order".into()));
             }
             PublicKind::Ed25519(key)
-        } else if oid == RSA_OID {
+        } else if oid == RSA_OID || oid == RSA_PSS_OID {
+            // rsaEncryption: PKCS#1 v1.5 (unless the trust store marks it PSS);
+            // id-RSASSA-PSS: PSS only, within the restrictions of its parameters.
+            let padding = if oid == RSA_OID {
+                RsaPadding::Pkcs1v15
+            } else {
+                RsaPadding::Pss {
+                    min_salt: pss_min_salt(spki.algorithm.parameters, origin)?,
+                }
+            };
             let key = rsa::pkcs1::RsaPublicKey::try_from(
                 spki.subject_public_key
                     .as_bytes()
@@ -154,14 +217,62 @@ impl PublicKey {
             }
             let key = RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS)
                 .map_err(|e| malformed(format!("unusable RSA key: {e}")))?;
-            PublicKind::Rsa(Box::new(key))
+            PublicKind::Rsa {
+                key: Box::new(key),
+                padding,
+            }
         } else {
             return Err(KeyError::UnsupportedAlgorithm {
                 path: origin.to_owned(),
                 oid: oid.to_string(),
             });
         };
-        Ok(PublicKey { id, kind })
+        let material = key_material(&kind);
+        Ok(PublicKey { id, material, kind })
+    }
+
+    /// Binds a plain RSA key to RSA-PSS (the trust store's `NAME.pss.pub` marker). An RSA-PSS
+    /// key stays as it is; a key of another algorithm cannot be marked.
+    pub fn bind_to_pss(self, origin: &Path) -> Result<PublicKey, KeyError> {
+        match self.kind {
+            PublicKind::Rsa {
+                key,
+                padding: RsaPadding::Pkcs1v15,
+            } => Ok(PublicKey {
+                kind: PublicKind::Rsa {
+                    key,
+                    padding: RsaPadding::Pss { min_salt: 0 },
+                },
+                ..self
+            }),
+            PublicKind::Rsa {
+                padding: RsaPadding::Pss { .. },
+                ..
+            } => Ok(self),
+            PublicKind::Ed25519(_) => Err(KeyError::PssMarkerOnNonRsa {
+                path: origin.to_owned(),
+            }),
+        }
+    }
+
+    /// The one scheme this key verifies.
+    pub fn scheme(&self) -> Scheme {
+        match &self.kind {
+            PublicKind::Ed25519(_) => Scheme::Ed25519,
+            PublicKind::Rsa {
+                padding: RsaPadding::Pkcs1v15,
+                ..
+            } => Scheme::RsaPkcs1v15,
+            PublicKind::Rsa {
+                padding: RsaPadding::Pss { .. },
+                ..
+            } => Scheme::RsaPss,
+        }
+    }
+
+    /// True when `other` is the same key, whatever its encoding or scheme binding.
+    pub fn same_key_as(&self, other: &PublicKey) -> bool {
+        self.material == other.material
     }
 
     pub fn id(&self) -> &KeyId {
@@ -172,11 +283,12 @@ impl PublicKey {
     pub fn algorithm_name(&self) -> String {
         match &self.kind {
             PublicKind::Ed25519(_) => "ed25519".into(),
-            PublicKind::Rsa(key) => format!("rsa-{}", key.n().bits()),
+            PublicKind::Rsa { key, .. } => format!("rsa-{}", key.n().bits()),
         }
     }
 
-    /// True when `signature` is a valid signature by this key over exactly `bytes`.
+    /// True when `signature` is a valid signature by this key, in the key's own scheme, over
+    /// exactly `bytes`.
     pub fn verifies(&self, bytes: &[u8], signature: &[u8]) -> bool {
         match &self.kind {
             PublicKind::Ed25519(key) => {
@@ -185,7 +297,25 @@ impl PublicKey {
                 };
                 key.verify_strict(bytes, &signature).is_ok()
             }
-            PublicKind::Rsa(key) => rsa_verifies(key, bytes, signature),
+            PublicKind::Rsa { key, padding } => rsa_verifies(key, *padding, bytes, signature),
+        }
+    }
+
+    /// For a signature this key refused: the other RSA padding it would verify under, so the
+    /// error can say "signed with the wrong scheme" rather than "changed or untrusted".
+    fn other_scheme_verifies(&self, bytes: &[u8], signature: &[u8]) -> Option<Scheme> {
+        match &self.kind {
+            PublicKind::Ed25519(_) => None,
+            PublicKind::Rsa {
+                key,
+                padding: RsaPadding::Pkcs1v15,
+            } => rsa_verifies(key, RsaPadding::Pss { min_salt: 0 }, bytes, signature)
+                .then_some(Scheme::RsaPss),
+            PublicKind::Rsa {
+                key,
+                padding: RsaPadding::Pss { .. },
+            } => rsa_verifies(key, RsaPadding::Pkcs1v15, bytes, signature)
+                .then_some(Scheme::RsaPkcs1v15),
         }
     }
 
@@ -193,7 +323,7 @@ impl PublicKey {
     fn signature_len(&self) -> usize {
         match &self.kind {
             PublicKind::Ed25519(_) => ed25519_dalek::SIGNATURE_LENGTH,
-            PublicKind::Rsa(key) => key.size(),
+            PublicKind::Rsa { key, .. } => key.size(),
         }
     }
 }
@@ -212,9 +342,12 @@ pub struct RefusedKey {
 }
 
 impl TrustedKeys {
-    /// Loads every `*.pub` (SPKI PEM) in `dir`. A key file that is unsafe, malformed, of
-    /// another algorithm or a weak RSA key is refused, named in the returned list, and not
-    /// trusted; the others load. Fails only when the directory itself cannot be used.
+    /// Loads every `*.pub` (SPKI PEM) in `dir`; a `NAME.pss.pub` binds a plain RSA key to
+    /// RSA-PSS. A key file that is unsafe, malformed, of another algorithm, a weak RSA key, or
+    /// the same key as another file (in any encoding or scheme) is refused, named in the
+    /// returned list, and not trusted; the others load. Both files of a duplicate are refused:
+    /// which scheme the operator meant is unknown, and a guess could let one signer count
+    /// twice. Fails only when the directory itself cannot be used.
     pub fn load(dir: &Path) -> Result<(TrustedKeys, Vec<RefusedKey>), TrustStoreError> {
         let trusted_dir = TrustedDir::open(dir).map_err(|source| TrustStoreError::Dir {
             dir: dir.to_owned(),
@@ -236,24 +369,64 @@ impl TrustedKeys {
             }
         }
         paths.sort();
-        let mut keys = TrustedKeys::default();
+        let mut parsed: Vec<(PathBuf, PublicKey)> = Vec::new();
         let mut refused = Vec::new();
         for path in paths {
             let loaded = trusted_dir
                 .read(&path, DOCUMENT_LIMIT)
                 .map_err(KeyError::Open)
-                .and_then(|pem| PublicKey::parse_pem(&pem, &path));
+                .and_then(|pem| PublicKey::parse_pem(&pem, &path))
+                .and_then(|key| {
+                    if is_pss_marked(&path) {
+                        key.bind_to_pss(&path)
+                    } else {
+                        Ok(key)
+                    }
+                });
             match loaded {
-                Ok(key) => keys.insert(key, path),
+                Ok(key) => parsed.push((path, key)),
                 Err(error) => refused.push(RefusedKey { path, error }),
             }
         }
+        let mut keys = TrustedKeys::default();
+        for (index, (path, key)) in parsed.iter().enumerate() {
+            let twin = parsed
+                .iter()
+                .enumerate()
+                .find(|(other, (_, candidate))| *other != index && candidate.same_key_as(key));
+            match twin {
+                Some((_, (other, _))) => refused.push(RefusedKey {
+                    path: path.clone(),
+                    error: KeyError::Duplicate {
+                        path: path.clone(),
+                        other: other.clone(),
+                    },
+                }),
+                None => {
+                    keys.keys
+                        .insert(key.id.clone(), (key.clone(), path.clone()));
+                }
+            }
+        }
+        refused.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((keys, refused))
     }
 
-    /// Trusts `key` (tests and tools); `origin` is where it came from.
-    pub fn insert(&mut self, key: PublicKey, origin: PathBuf) {
+    /// Trusts `key` (tests and tools); `origin` is where it came from. Refuses a key that is
+    /// already trusted in any encoding or scheme, as [`TrustedKeys::load`] does.
+    pub fn insert(&mut self, key: PublicKey, origin: PathBuf) -> Result<(), KeyError> {
+        if let Some((_, other)) = self
+            .keys
+            .values()
+            .find(|(known, _)| known.same_key_as(&key))
+        {
+            return Err(KeyError::Duplicate {
+                path: origin,
+                other: other.clone(),
+            });
+        }
         self.keys.insert(key.id.clone(), (key, origin));
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -269,8 +442,13 @@ impl TrustedKeys {
         self.keys.values().map(|(key, path)| (key, path.as_path()))
     }
 
-    /// The id of the trusted key that made `signature` over exactly `bytes`.
-    pub fn verify(&self, bytes: &[u8], signature: &[u8]) -> Result<KeyId, SignatureError> {
+    /// The trusted key that made `signature` over exactly `bytes`, and the scheme it used
+    /// (always that key's own).
+    pub fn verify(
+        &self,
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<(KeyId, Scheme), SignatureError> {
         let mut any_of_this_length = false;
         for (key, _) in self.keys.values() {
             if key.signature_len() != signature.len() {
@@ -278,16 +456,28 @@ impl TrustedKeys {
             }
             any_of_this_length = true;
             if key.verifies(bytes, signature) {
-                return Ok(key.id.clone());
+                return Ok((key.id.clone(), key.scheme()));
             }
         }
-        if any_of_this_length {
-            Err(SignatureError::Invalid)
-        } else {
-            Err(SignatureError::Malformed {
+        if !any_of_this_length {
+            return Err(SignatureError::Malformed {
                 len: signature.len(),
-            })
+            });
         }
+        // Only on the failure path: say so when a trusted key made it with the other padding.
+        for (key, _) in self.keys.values() {
+            if key.signature_len() != signature.len() {
+                continue;
+            }
+            if let Some(used) = key.other_scheme_verifies(bytes, signature) {
+                return Err(SignatureError::WrongScheme {
+                    key_id: key.id.clone(),
+                    bound: key.scheme(),
+                    used,
+                });
+            }
+        }
+        Err(SignatureError::Invalid)
     }
 
     /// Reads `path` (at most 1 MiB) and `path.sig`, plus `path.sig.2` when present, through
@@ -297,49 +487,84 @@ impl TrustedKeys {
         let bytes = dir
             .read(path, DOCUMENT_LIMIT)
             .map_err(FileError::Document)?;
-        let mut signers: Vec<KeyId> = Vec::with_capacity(2);
-        let mut signatures: Vec<(KeyId, Vec<u8>)> = Vec::with_capacity(2);
+        let mut signatures = Vec::with_capacity(2);
         for (suffix, required) in [(".sig", true), (".sig.2", false)] {
             let sig_path = with_suffix(path, suffix);
-            let signature = match dir.read(&sig_path, SIGNATURE_LIMIT) {
-                Ok(signature) => signature,
-                Err(OpenError::Missing { .. }) if !required => continue,
+            match dir.read(&sig_path, SIGNATURE_LIMIT) {
+                Ok(signature) => signatures.push((sig_path, signature)),
+                Err(OpenError::Missing { .. }) if !required => {}
                 Err(OpenError::Missing { .. }) => {
                     return Err(FileError::SignatureMissing { path: sig_path });
                 }
                 Err(error) => return Err(FileError::SignatureFile(error)),
-            };
-            let signer =
-                self.verify(&bytes, &signature)
+            }
+        }
+        self.verify_signatures(bytes, signatures)
+    }
+
+    /// Checks each of `signatures` (signature file, raw bytes) over `bytes`: every one must
+    /// verify. Also how a version verified earlier is checked again against the current
+    /// trust store (a key removed since no longer counts).
+    pub fn verify_signatures(
+        &self,
+        bytes: Vec<u8>,
+        signatures: Vec<(PathBuf, Vec<u8>)>,
+    ) -> Result<VerifiedFile, FileError> {
+        let mut verified: Vec<Signature> = Vec::with_capacity(signatures.len());
+        for (file, raw) in signatures {
+            let (key_id, scheme) =
+                self.verify(&bytes, &raw)
                     .map_err(|source| FileError::Signature {
-                        path: sig_path,
+                        path: file.clone(),
                         source,
                     })?;
-            if !signers.contains(&signer) {
-                signers.push(signer.clone());
-                signatures.push((signer, signature));
-            }
+            verified.push(Signature {
+                key_id,
+                scheme,
+                file,
+                bytes: raw,
+            });
         }
         let sha256 = Sha256::digest(&bytes).into();
         Ok(VerifiedFile {
             bytes,
             sha256,
-            signers,
-            signatures,
+            signatures: verified,
         })
     }
 }
 
+/// True for `NAME.pss.pub`: the operator binds this RSA key to RSA-PSS.
+fn is_pss_marked(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.ends_with(PSS_MARKER_SUFFIX))
+}
+
+/// One signature that verified: by which key, in which scheme, from which file.
+#[derive(Debug, Clone)]
+pub struct Signature {
+    pub key_id: KeyId,
+    pub scheme: Scheme,
+    /// The signature file (`FILE.sig` or `FILE.sig.2`).
+    pub file: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Signature {
+    /// The raw signature bytes, as read.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// A file whose exact bytes carry at least one valid signature by a trusted key.
-/// Only [`TrustedKeys::verify_file`] builds one.
+/// Only [`TrustedKeys::verify_signatures`] builds one.
 #[derive(Debug, Clone)]
 pub struct VerifiedFile {
     bytes: Vec<u8>,
     sha256: [u8; 32],
-    signers: Vec<KeyId>,
-    /// The signature bytes that verified, one per signer: stored beside the version so a
-    /// resumed run can be verified again.
-    signatures: Vec<(KeyId, Vec<u8>)>,
+    signatures: Vec<Signature>,
 }
 
 impl VerifiedFile {
@@ -356,14 +581,30 @@ impl VerifiedFile {
         self.sha256
     }
 
-    /// Distinct trusted signers (one or two).
-    pub fn signers(&self) -> &[KeyId] {
-        &self.signers
+    /// Distinct trusted signers (one or two): the same key twice counts once (the trust store
+    /// holds each key once, whatever its encoding, so distinct ids are distinct keys).
+    pub fn signers(&self) -> Vec<KeyId> {
+        let mut signers: Vec<KeyId> = Vec::with_capacity(self.signatures.len());
+        for signature in &self.signatures {
+            if !signers.contains(&signature.key_id) {
+                signers.push(signature.key_id.clone());
+            }
+        }
+        signers
     }
 
-    /// The signature bytes that verified, with their signer (one per signer).
-    pub fn signatures(&self) -> &[(KeyId, Vec<u8>)] {
+    /// Every signature that verified, in file order.
+    pub fn signatures(&self) -> &[Signature] {
         &self.signatures
+    }
+
+    /// (signature file, raw bytes) of every signature, to check again later with
+    /// [`TrustedKeys::verify_signatures`].
+    pub fn signature_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        self.signatures
+            .iter()
+            .map(|signature| (signature.file.clone(), signature.bytes.clone()))
+            .collect()
     }
 }
 
@@ -519,6 +760,22 @@ pub enum KeyError {
     WeakRsa { path: PathBuf, bits: usize },
     #[error("key {path} uses unsupported algorithm {oid}; only Ed25519 and RSA are accepted")]
     UnsupportedAlgorithm { path: PathBuf, oid: String },
+    #[error(
+        "key {path} is an RSA-PSS key whose parameters restrict it to {detail}; only SHA-256 \
+         with MGF1-SHA-256 is supported (generate it without restrictions, or with \
+         -pkeyopt rsa_pss_keygen_md:sha256 -pkeyopt rsa_pss_keygen_mgf1_md:sha256)"
+    )]
+    UnsupportedPssParameters { path: PathBuf, detail: String },
+    #[error(
+        "key {path} is named *{PSS_MARKER_SUFFIX}, which binds an RSA key to RSA-PSS, but it is \
+         not an RSA key"
+    )]
+    PssMarkerOnNonRsa { path: PathBuf },
+    #[error(
+        "key {path} is the same key as {other} (same key material, in another file, encoding \
+         or scheme); neither is trusted until one is removed: one signer must never count twice"
+    )]
+    Duplicate { path: PathBuf, other: PathBuf },
     #[error("unknown key algorithm `{0}`; use ed25519 or rsa4096")]
     UnknownAlgorithm(String),
     #[error("failed to encode the key: {0}")]
@@ -557,6 +814,15 @@ pub enum SignatureError {
         "signature matches no trusted key (the file was changed, or signed by an untrusted key)"
     )]
     Invalid,
+    #[error(
+        "signature was made with {used} by trusted key {key_id}, which is bound to {bound}; \
+         sign with that scheme (or trust the key for the other one: see the README)"
+    )]
+    WrongScheme {
+        key_id: KeyId,
+        bound: Scheme,
+        used: Scheme,
+    },
 }
 
 /// Why a signed file was not accepted.
@@ -590,35 +856,100 @@ impl FileError {
                 source: SignatureError::Invalid,
                 ..
             } => "signature_invalid",
+            FileError::Signature {
+                source: SignatureError::WrongScheme { .. },
+                ..
+            } => "signature_wrong_scheme",
         }
     }
 }
 
-fn rsa_verifies(key: &RsaPublicKey, bytes: &[u8], signature: &[u8]) -> bool {
-    let Ok(parsed) = rsa::pkcs1v15::Signature::try_from(signature) else {
-        return false;
-    };
-    if rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key.clone())
-        .verify(bytes, &parsed)
-        .is_ok()
-    {
-        return true;
+fn rsa_verifies(key: &RsaPublicKey, padding: RsaPadding, bytes: &[u8], signature: &[u8]) -> bool {
+    match padding {
+        RsaPadding::Pkcs1v15 => {
+            let Ok(parsed) = rsa::pkcs1v15::Signature::try_from(signature) else {
+                return false;
+            };
+            rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key.clone())
+                .verify(bytes, &parsed)
+                .is_ok()
+        }
+        RsaPadding::Pss { min_salt } => {
+            let Ok(parsed) = rsa::pss::Signature::try_from(signature) else {
+                return false;
+            };
+            let pss = |salt_len: usize| {
+                salt_len >= min_salt
+                    && rsa::pss::VerifyingKey::<Sha256>::new_with_salt_len(key.clone(), salt_len)
+                        .verify(bytes, &parsed)
+                        .is_ok()
+            };
+            let max_salt = pss_max_salt_len(key);
+            // The lengths openssl and most libraries use: the digest length and the maximum.
+            if pss(SHA256_LEN) || max_salt.is_some_and(pss) {
+                return true;
+            }
+            // Any other length: read it from the encoded message, then verify properly with it.
+            pss_recover_salt_len(key, signature).is_some_and(pss)
+        }
     }
-    let Ok(parsed) = rsa::pss::Signature::try_from(signature) else {
-        return false;
-    };
-    let pss = |salt_len: usize| {
-        rsa::pss::VerifyingKey::<Sha256>::new_with_salt_len(key.clone(), salt_len)
-            .verify(bytes, &parsed)
-            .is_ok()
-    };
-    let max_salt = pss_max_salt_len(key);
-    // The lengths openssl and most libraries use: the digest length and the maximum.
-    if pss(SHA256_LEN) || max_salt.is_some_and(pss) {
-        return true;
+}
+
+/// SHA-256 over the key material alone: equal for one key in any encoding or scheme binding.
+fn key_material(kind: &PublicKind) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    match kind {
+        PublicKind::Ed25519(key) => {
+            hash.update(b"ed25519\0");
+            hash.update(key.as_bytes());
+        }
+        PublicKind::Rsa { key, .. } => {
+            // Length-prefixed, so (n, e) can never be read as another split of the bytes.
+            for (tag, part) in [
+                (b"rsa-n\0", key.n().to_bytes_be()),
+                (b"rsa-e\0", key.e().to_bytes_be()),
+            ] {
+                hash.update(tag);
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(&part);
+            }
+        }
     }
-    // Any other length: read it from the encoded message, then verify properly with it.
-    pss_recover_salt_len(key, signature).is_some_and(pss)
+    hash.finalize().into()
+}
+
+/// The shortest salt an RSA-PSS key's parameters allow (RFC 4055: `saltLength` in a public
+/// key is a minimum), after checking they name SHA-256 and MGF1-SHA-256; no parameters at all
+/// means an unrestricted key (what `openssl genpkey -algorithm RSA-PSS` makes).
+fn pss_min_salt(
+    parameters: Option<rsa::pkcs8::der::asn1::AnyRef<'_>>,
+    origin: &Path,
+) -> Result<usize, KeyError> {
+    let Some(parameters) = parameters else {
+        return Ok(0);
+    };
+    let unsupported = |detail: String| KeyError::UnsupportedPssParameters {
+        path: origin.to_owned(),
+        detail,
+    };
+    let params: rsa::pkcs1::RsaPssParams<'_> = parameters
+        .decode_as()
+        .map_err(|e| unsupported(format!("parameters that do not decode ({e})")))?;
+    if params.hash.oid != SHA256_OID {
+        return Err(unsupported(format!("hash {}", params.hash.oid)));
+    }
+    let mgf_hash = params.mask_gen.parameters.map(|hash| hash.oid);
+    if params.mask_gen.oid != MGF1_OID || mgf_hash != Some(SHA256_OID) {
+        return Err(unsupported(format!(
+            "mask generation {} with {}",
+            params.mask_gen.oid,
+            mgf_hash.map_or_else(|| "no hash".to_owned(), |oid| oid.to_string())
+        )));
+    }
+    if params.trailer_field != rsa::pkcs1::TrailerField::BC {
+        return Err(unsupported("a trailer field other than 0xBC".into()));
+    }
+    Ok(usize::from(params.salt_len))
 }
 
 /// emLen - hLen - 2, the longest salt that fits (RFC 8017 §9.1.1).
@@ -695,6 +1026,15 @@ const ED25519_OID: rsa::pkcs8::ObjectIdentifier =
     rsa::pkcs8::ObjectIdentifier::new_unwrap("1.3.101.112");
 const RSA_OID: rsa::pkcs8::ObjectIdentifier =
     rsa::pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// id-RSASSA-PSS (RFC 4055): an RSA key for PSS signatures only.
+const RSA_PSS_OID: rsa::pkcs8::ObjectIdentifier =
+    rsa::pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const MGF1_OID: rsa::pkcs8::ObjectIdentifier =
+    rsa::pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8");
+const SHA256_OID: rsa::pkcs8::ObjectIdentifier =
+    rsa::pkcs8::ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+/// A trusted key file named `NAME.pss.pub` binds a plain RSA key to RSA-PSS.
+pub const PSS_MARKER_SUFFIX: &str = ".pss.pub";
 
 #[cfg(test)]
 mod tests {
@@ -710,7 +1050,7 @@ mod tests {
         for signer in signers {
             let key =
                 PublicKey::parse_pem(signer.public_key_pem().as_bytes(), Path::new("t")).unwrap();
-            keys.insert(key, PathBuf::from("t"));
+            keys.insert(key, PathBuf::from("t")).unwrap();
         }
         keys
     }
@@ -721,8 +1061,8 @@ mod tests {
         let keys = trust(&[&signer]);
         let signature = signer.sign(b"id: a\n");
         assert_eq!(
-            &keys.verify(b"id: a\n", &signature).unwrap(),
-            signer.key_id()
+            keys.verify(b"id: a\n", &signature).unwrap(),
+            (signer.key_id().clone(), Scheme::Ed25519)
         );
     }
 

@@ -28,15 +28,20 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Decodes a cursor given back by a client; `None` for anything this code did not make.
+    /// Decodes a cursor given back by a client; `None` for anything not of this shape (what
+    /// [`PATTERN`] describes). Any position of that shape is accepted: a cursor is a place in
+    /// the order, not an authority, so one a client made up just starts a page there. A time
+    /// beyond what a timestamp can hold is taken as the nearest one that can.
     pub fn parse(text: &str) -> Option<Cursor> {
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
         if bytes.len() != LEN || bytes[0] != VERSION {
             return None;
         }
-        let micros = i64::from_be_bytes(bytes[1..9].try_into().ok()?);
-        let started_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()?;
+        // Clamped to what PostgreSQL can compare (it refuses an earlier timestamp outright) and
+        // what a timestamp here can hold.
+        let micros = i64::from_be_bytes(bytes[1..9].try_into().ok()?).max(POSTGRES_MIN_MICROS);
+        let started_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+            .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
         let execution_id = Uuid::from_slice(&bytes[9..]).ok()?;
         Some(Cursor {
             started_at,
@@ -45,8 +50,14 @@ impl Cursor {
     }
 }
 
+/// Every cursor [`Cursor::encode`] makes and [`Cursor::parse`] takes, as the OpenAPI document
+/// states it: base64url of 25 bytes (34 characters, the last carrying 4 zero bits) whose first
+/// byte is the version, 1.
+pub const PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{31}[AQgw]$";
 const VERSION: u8 = 1;
 const LEN: usize = 1 + 8 + 16;
+/// The earliest `timestamptz` PostgreSQL stores, 4713-11-24 BC 00:00 UTC, in Unix microseconds.
+const POSTGRES_MIN_MICROS: i64 = -210_866_803_200_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -59,6 +70,38 @@ mod tests {
             execution_id: Uuid::new_v4(),
         };
         assert_eq!(Cursor::parse(&cursor.encode()), Some(cursor));
+    }
+
+    #[test]
+    fn every_encoded_cursor_matches_the_documented_pattern_and_any_such_text_parses() {
+        let shape = |text: &str| {
+            let bytes = text.as_bytes();
+            text.len() == 34
+                && bytes[0] == b'A'
+                && matches!(bytes[1], b'Q'..=b'Z' | b'a'..=b'f')
+                && bytes[2..33]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                && matches!(bytes[33], b'A' | b'Q' | b'g' | b'w')
+        };
+        assert_eq!(PATTERN, "^A[Q-Za-f][A-Za-z0-9_-]{31}[AQgw]$");
+        for micros in [i64::MIN, -1, 0, 1_700_000_000_000_000, i64::MAX] {
+            let mut bytes = vec![VERSION];
+            bytes.extend_from_slice(&micros.to_be_bytes());
+            bytes.extend_from_slice(Uuid::new_v4().as_bytes());
+            let text = URL_SAFE_NO_PAD.encode(&bytes);
+            assert!(shape(&text), "{text}");
+            assert!(Cursor::parse(&text).is_some(), "{text}");
+        }
+        for text in [
+            "AQ_________________________________",
+            "Af-------------------------------w",
+            "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            if shape(text) {
+                assert!(Cursor::parse(text).is_some(), "{text}");
+            }
+        }
     }
 
     #[test]

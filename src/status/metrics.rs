@@ -34,9 +34,13 @@ pub const REGISTRY_REJECTIONS_TOTAL: &str = "playbookd_registry_rejections_total
 pub const HTTP_CIRCUIT_OPEN: &str = "playbookd_http_circuit_open";
 /// Counter of decisions dropped by storm control (binding cooldown).
 pub const DECISIONS_SUPPRESSED_TOTAL: &str = "playbookd_decisions_suppressed_total";
+/// Gauge of bindings whose playbook has no active version (decisions for them get
+/// `no_action: no active version`); 0 when every binding can run.
+pub const BINDINGS_WITHOUT_ACTIVE_PLAYBOOK: &str = "playbookd_bindings_without_active_playbook";
 
-/// Every metric name, for tests and documentation.
-pub const ALL: [&str; 12] = [
+/// Every metric name, for tests and documentation. Each exists from the start (at zero); the
+/// labelled ones with every label value known then (see [`install`]).
+pub const ALL: [&str; 13] = [
     DECISIONS_TOTAL,
     EXECUTIONS_TOTAL,
     STEP_DURATION_SECONDS,
@@ -49,10 +53,15 @@ pub const ALL: [&str; 12] = [
     REGISTRY_REJECTIONS_TOTAL,
     HTTP_CIRCUIT_OPEN,
     DECISIONS_SUPPRESSED_TOTAL,
+    BINDINGS_WITHOUT_ACTIVE_PLAYBOOK,
 ];
 
-/// Installs the Prometheus recorder as the process-global `metrics` recorder (once) and
-/// describes every metric. Later calls return the same handle, so tests can call it freely.
+/// Installs the Prometheus recorder as the process-global `metrics` recorder (once), describes
+/// every metric and registers each at zero, so that a fresh `/metrics` already shows every
+/// series an alert rule may name (an absent series is not 0 to Prometheus: `rate()` and
+/// `absent()` rules misfire). Later calls return the same handle, so tests can call it freely.
+///
+/// Call it before anything emits a metric: anything recorded before goes nowhere.
 ///
 /// If some other recorder was installed first, metrics go there and this handle renders an
 /// empty page; that is logged, not fatal, because metrics never gate a decision.
@@ -68,12 +77,63 @@ pub fn install() -> PrometheusHandle {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             match metrics::set_global_recorder(recorder) {
-                Ok(()) => describe_all(),
+                Ok(()) => {
+                    describe_all();
+                    register_all_at_zero();
+                }
                 Err(error) => tracing::warn!(error = %error, "metrics recorder not installed"),
             }
             handle
         })
         .clone()
+}
+
+/// Registers the per-playbook series of [`EXECUTIONS_TOTAL`] (one per terminal state) for
+/// playbooks that just became active. Existing values are kept.
+pub fn register_playbooks<'a>(ids: impl IntoIterator<Item = &'a str>) {
+    use std::str::FromStr;
+
+    use crate::executor::state::RunState;
+    // The states in which an execution is counted: the terminal ones.
+    let terminal: Vec<&'static str> = super::queries::RUN_STATES
+        .iter()
+        .copied()
+        .filter(|state| RunState::from_str(state).is_ok_and(RunState::is_terminal))
+        .collect();
+    for id in ids {
+        for state in terminal.iter().copied() {
+            metrics::counter!(EXECUTIONS_TOTAL, "state" => state, "playbook" => id.to_owned())
+                .increment(0);
+        }
+    }
+}
+
+/// Registers [`HTTP_CIRCUIT_OPEN`] for every destination the configuration allows (a breaker
+/// only ever exists for those). Existing values are kept.
+pub fn register_http_hosts<'a>(hosts: impl IntoIterator<Item = &'a String>) {
+    for host in hosts {
+        metrics::gauge!(HTTP_CIRCUIT_OPEN, "host" => host.to_ascii_lowercase()).increment(0.0);
+    }
+}
+
+/// The series whose labels are known before anything happens, at zero. `increment(0)` rather
+/// than `set(0)` so that a value set earlier is never reset.
+fn register_all_at_zero() {
+    metrics::counter!(DECISIONS_TOTAL, "status" => "accepted", "reason" => "accepted").increment(0);
+    for spec in crate::actions::specs() {
+        let _ = metrics::histogram!(STEP_DURATION_SECONDS, "action" => spec.name);
+        metrics::counter!(STEP_RETRIES_TOTAL, "action" => spec.name).increment(0);
+    }
+    metrics::gauge!(APPROVALS_PENDING).increment(0.0);
+    let _ = metrics::histogram!(APPROVAL_WAIT_SECONDS);
+    metrics::gauge!(SAFE_HALT_ACTIVE).increment(0.0);
+    metrics::counter!(AUDIT_APPENDS_TOTAL).increment(0);
+    let _ = metrics::histogram!(AUDIT_APPEND_SECONDS);
+    for reason in crate::registry::REJECTION_LABELS {
+        metrics::counter!(REGISTRY_REJECTIONS_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::counter!(DECISIONS_SUPPRESSED_TOTAL).increment(0);
+    metrics::gauge!(BINDINGS_WITHOUT_ACTIVE_PLAYBOOK).increment(0.0);
 }
 
 /// Histograms (not summaries) so that Prometheus can aggregate them across nodes.
@@ -146,6 +206,11 @@ fn describe_all() {
         DECISIONS_SUPPRESSED_TOTAL,
         Unit::Count,
         "Decisions dropped by a binding's cooldown (storm control)."
+    );
+    describe_gauge!(
+        BINDINGS_WITHOUT_ACTIVE_PLAYBOOK,
+        Unit::Count,
+        "Bindings whose playbook has no active version: their decisions get no_action."
     );
 }
 

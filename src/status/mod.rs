@@ -8,21 +8,31 @@
 //! - [`routes`]: the router, built from [`routes::ROUTES`] (also what the OpenAPI test checks).
 //! - [`queries`]: the SQL, selecting only columns that are secret-free by design.
 //! - [`metrics`]: the Prometheus recorder and the names of every metric the daemon emits.
+//! - [`console`]: the operator console, server-rendered HTML under `/ui/` on the same listener.
 
+pub mod console;
 pub mod cursor;
 pub mod metrics;
 pub mod queries;
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::store::Store;
 use crate::store::audit::AuditHandle;
@@ -37,6 +47,45 @@ pub struct RuntimeSnapshot {
     pub playbooks: Vec<PlaybookSummary>,
     /// How many bindings the verified bindings file holds (0 when unsigned or invalid).
     pub bindings: usize,
+    /// Bindings whose playbook has no active version (their decisions get `no_action`).
+    pub unresolved_bindings: Vec<UnresolvedBinding>,
+    /// The bindings in force, for the console's registry page (not served by the JSON API).
+    pub binding_rules: Vec<BindingSummary>,
+    /// Files the last load or reload refused, with the reason (console only).
+    pub refused_files: Vec<RefusedFile>,
+    /// When the registry last finished a load or reload.
+    pub loaded_at: Option<queries::Timestamp>,
+}
+
+/// One binding of the verified bindings file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BindingSummary {
+    pub policy: String,
+    pub outcome: String,
+    /// When set, only decisions of this org match.
+    pub org_id: Option<String>,
+    pub playbook: String,
+    pub cooldown_seconds: Option<u64>,
+    pub require_approval: bool,
+}
+
+/// A file the registry refused at its last load: a playbook, the bindings or a trusted key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    pub path: String,
+    /// A short, stable name for the reason (as in `playbookd_registry_rejections_total`).
+    pub label: String,
+    /// The whole reason, with its causes.
+    pub reason: String,
+}
+
+/// A binding whose playbook has no active version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnresolvedBinding {
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: Option<String>,
+    pub playbook: String,
 }
 
 /// One active playbook version, as verified by the registry.
@@ -187,6 +236,15 @@ impl StatusListener {
 }
 
 /// Serves the status API on `listener` until `shutdown` fires, then finishes in-flight requests.
+///
+/// Every connection costs the daemon a file descriptor, and the same process needs descriptors
+/// for decisions, the database and running actions, so the listener bounds them:
+/// - at most [`MAX_CONNECTIONS`] at once; when a new connection arrives at the cap, the oldest
+///   connection that is not inside a request (idle, or still sending its headers) is closed
+///   to make room, so thousands of idle or slow-header connections cannot keep `/v1/health`
+///   from answering; when every connection is inside a request, the new one is closed;
+/// - request headers must arrive within [`HEADER_TIMEOUT`] (a slow-header client is cut off);
+/// - a handler gets [`REQUEST_TIMEOUT`], then the request is answered 503.
 pub async fn serve(
     listener: StatusListener,
     state: StatusState,
@@ -195,25 +253,208 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let router = routes::router(state);
     tracing::info!("status API listening on {address}");
-    let stopped = shutdown.clone();
-    let result = match listener {
-        StatusListener::Tcp(listener) => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await
-        }
+    match listener {
+        StatusListener::Tcp(listener) => serve_connections(&listener, router, shutdown).await,
         StatusListener::Unix { listener, path } => {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
+            serve_connections(&listener, router, shutdown).await;
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %error, path = %path.display(), "status socket not removed");
             }
-            result
         }
-    };
-    result.map_err(StatusError::Serve)
+    }
+    Ok(())
 }
+
+/// A listener the status API can accept connections from.
+trait Accept: Sync {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> BoxFuture<'_, std::io::Result<Self::Io>>;
+}
+
+impl Accept for TcpListener {
+    type Io = TcpStream;
+    fn accept_one(&self) -> BoxFuture<'_, std::io::Result<TcpStream>> {
+        Box::pin(async move { self.accept().await.map(|(stream, _)| stream) })
+    }
+}
+
+impl Accept for UnixListener {
+    type Io = UnixStream;
+    fn accept_one(&self) -> BoxFuture<'_, std::io::Result<UnixStream>> {
+        Box::pin(async move { self.accept().await.map(|(stream, _)| stream) })
+    }
+}
+
+async fn serve_connections<L: Accept>(
+    listener: &L,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let table = Arc::new(Connections::new(MAX_CONNECTIONS));
+    let tasks = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept_one() => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    // EMFILE and friends: pause rather than spin.
+                    tracing::warn!(error = %error, "status API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Connections::open(&table) else {
+            tracing::debug!("status API: every connection is inside a request; new one closed");
+            continue;
+        };
+        let service = RequestService {
+            inner: TowerToHyperService::new(router.clone()),
+            busy: Arc::clone(&slot.busy),
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = slot.evict.cancelled() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    tasks.close();
+    if tokio::time::timeout(REQUEST_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("status API: requests still running at shutdown were dropped");
+    }
+}
+
+/// Marks its connection busy while a request is being handled (not evictable then), and
+/// answers 503 when the handler takes longer than [`REQUEST_TIMEOUT`].
+#[derive(Clone)]
+struct RequestService {
+    inner: TowerToHyperService<axum::Router>,
+    busy: Arc<AtomicBool>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for RequestService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.busy.store(true, Ordering::SeqCst);
+        let busy = Arc::clone(&self.busy);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    use axum::response::IntoResponse;
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({
+                            "error": format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs())
+                        })),
+                    )
+                        .into_response()
+                }
+            };
+            busy.store(false, Ordering::SeqCst);
+            Ok(response)
+        })
+    }
+}
+
+/// The open connections, oldest first, so the oldest idle one can be closed to make room.
+struct Connections {
+    max: usize,
+    table: Mutex<ConnectionTable>,
+}
+
+#[derive(Default)]
+struct ConnectionTable {
+    next_id: u64,
+    open: BTreeMap<u64, (Arc<AtomicBool>, CancellationToken)>,
+}
+
+/// One open connection's place in the table; dropping it removes it.
+struct ConnectionSlot {
+    id: u64,
+    busy: Arc<AtomicBool>,
+    /// Cancelled when the connection is evicted to make room for a newer one.
+    evict: CancellationToken,
+    table: Arc<Connections>,
+}
+
+impl Connections {
+    fn new(max: usize) -> Connections {
+        Connections {
+            max,
+            table: Mutex::new(ConnectionTable::default()),
+        }
+    }
+
+    /// Registers a new connection, closing the oldest idle one when at the cap; `None` when
+    /// every open connection is inside a request.
+    fn open(this: &Arc<Connections>) -> Option<ConnectionSlot> {
+        let mut table = this.lock();
+        if table.open.len() >= this.max {
+            let oldest_idle = table
+                .open
+                .iter()
+                .find(|(_, (busy, _))| !busy.load(Ordering::SeqCst))
+                .map(|(id, _)| *id)?;
+            if let Some((_, evict)) = table.open.remove(&oldest_idle) {
+                evict.cancel();
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let busy = Arc::new(AtomicBool::new(false));
+        let evict = CancellationToken::new();
+        table.open.insert(id, (Arc::clone(&busy), evict.clone()));
+        Some(ConnectionSlot {
+            id,
+            busy,
+            evict,
+            table: Arc::clone(this),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnectionTable> {
+        // Only ids and flags: a panic elsewhere cannot leave the table half-updated.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.table.lock().open.remove(&self.id);
+    }
+}
+
+/// Connections the status listener holds at once (see [`serve`]).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a handler has before the request is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const UNIX_PREFIX: &str = "unix:";
 
@@ -243,5 +484,24 @@ mod tests {
             let error = parse_listen(listen).unwrap_err().to_string();
             assert!(error.contains("status.listen"), "{listen}: {error}");
         }
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room() {
+        let table = Arc::new(Connections::new(2));
+        let first = Connections::open(&table).unwrap();
+        let second = Connections::open(&table).unwrap();
+        first.busy.store(true, Ordering::SeqCst);
+        // The first is inside a request: the second (idle) is the one closed.
+        let third = Connections::open(&table).unwrap();
+        assert!(!first.evict.is_cancelled());
+        assert!(second.evict.is_cancelled());
+        drop(second);
+        third.busy.store(true, Ordering::SeqCst);
+        // Everything open is inside a request: the newcomer is refused, nobody evicted.
+        assert!(Connections::open(&table).is_none());
+        assert!(!first.evict.is_cancelled() && !third.evict.is_cancelled());
+        drop(first);
+        assert!(Connections::open(&table).is_some());
     }
 }

@@ -558,7 +558,7 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// Appends `condition` with each `?` numbered after the parameters already bound.
-fn add_condition<'a>(
+pub(crate) fn add_condition<'a>(
     conditions: &mut Vec<String>,
     params: &mut Vec<&'a (dyn ToSql + Sync)>,
     condition: &str,

@@ -69,6 +69,8 @@ pub fn router(state: StatusState) -> Router {
     router
         .fallback(not_found)
         .layer(middleware::map_response(finish_response))
+        // Merged after the JSON layer: the console answers its own errors in HTML.
+        .merge(crate::status::console::router())
         .with_state(state)
 }
 
@@ -155,9 +157,30 @@ async fn health(State(state): State<StatusState>) -> Response {
         reasons.push("SAFE-HALT active");
     }
     let ready = reasons.is_empty();
+    // Not a reason to be unready (every other binding still runs), but said loudly: an engine
+    // sending these decisions gets `no_action: no active version`.
+    let warnings: Vec<String> = runtime
+        .unresolved_bindings
+        .iter()
+        .map(|binding| {
+            format!(
+                "binding {}/{}{} -> playbook `{}` has no active version; its decisions get no_action (see `playbookd ctl reload`)",
+                binding.policy,
+                binding.outcome,
+                binding
+                    .org_id
+                    .as_deref()
+                    .map(|org| format!(" (org {org})"))
+                    .unwrap_or_default(),
+                binding.playbook
+            )
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "reasons": reasons,
+        "warnings": warnings,
+        "unresolved_bindings": runtime.unresolved_bindings,
         "checks": {
             "database": database_ok,
             "audit_writer": audit_writer,
@@ -206,7 +229,7 @@ async fn executions(
             "state", "playbook", "org", "since", "until", "limit", "cursor",
         ],
     )?;
-    let state_filter = params.text("state").map(str::to_owned);
+    let state_filter = params.text("state")?.map(str::to_owned);
     if let Some(value) = &state_filter
         && !RUN_STATES.contains(&value.as_str())
     {
@@ -215,7 +238,7 @@ async fn executions(
             &format!("expected one of {}", RUN_STATES.join(", ")),
         ));
     }
-    let playbook = params.text("playbook").map(str::to_owned);
+    let playbook = params.text("playbook")?.map(str::to_owned);
     if let Some(value) = &playbook
         && !is_playbook_id(value)
     {
@@ -224,18 +247,15 @@ async fn executions(
             "expected a playbook id ([a-z0-9][a-z0-9-]*, at most 128 characters)",
         ));
     }
-    let org = params.text("org").map(str::to_owned);
-    if org.as_ref().is_some_and(|o| o.is_empty() || o.len() > 256) {
+    let org = params.text("org")?.map(str::to_owned);
+    if org.as_ref().is_some_and(|o| o.len() > 256) {
         return Err(ApiError::bad_param("org", "expected 1 to 256 characters"));
     }
+    // `until` before `since` is an empty interval, answered with an empty page: the document
+    // cannot state a relation between two parameters, and nothing is wrong with either.
     let since = params.timestamp("since")?;
     let until = params.timestamp("until")?;
-    if let (Some(since), Some(until)) = (since, until)
-        && since > until
-    {
-        return Err(ApiError::bad_param("until", "must not be before `since`"));
-    }
-    let cursor = match params.text("cursor") {
+    let cursor = match params.text("cursor")? {
         None => None,
         Some(text) => Some(Cursor::parse(text).ok_or_else(|| {
             ApiError::bad_param(
@@ -405,6 +425,14 @@ impl QueryParams {
                     ),
                 });
             }
+            // A NUL byte would reach PostgreSQL, which refuses it (and the client would see a
+            // 503); no parameter holds control characters, so say which one is wrong.
+            if value.chars().any(char::is_control) {
+                return Err(ApiError::bad_param(
+                    &name,
+                    "contains a control character (such as NUL)",
+                ));
+            }
             if map.insert(name.clone(), value).is_some() {
                 return Err(ApiError::bad_param(&name, "given more than once"));
             }
@@ -412,16 +440,20 @@ impl QueryParams {
         Ok(QueryParams(map))
     }
 
-    /// The value, with an empty `name=` treated as absent (as HTML forms send it).
-    fn text(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+    /// The value; an empty `name=` is refused rather than read as absent, since the document
+    /// gives every parameter a type an empty string does not have.
+    fn text(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(name).map(String::as_str) {
+            Some("") => Err(ApiError::bad_param(
+                name,
+                "is empty; omit the parameter or give it a value",
+            )),
+            other => Ok(other),
+        }
     }
 
     fn integer(&self, name: &str, min: i64, max: i64, default: i64) -> Result<i64, ApiError> {
-        let Some(text) = self.text(name) else {
+        let Some(text) = self.text(name)? else {
             return Ok(default);
         };
         match text.parse::<i64>() {
@@ -438,7 +470,7 @@ impl QueryParams {
     }
 
     fn timestamp(&self, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
-        self.text(name)
+        self.text(name)?
             .map(|text| {
                 OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
                     ApiError::bad_param(

@@ -31,6 +31,8 @@ pub struct NewExecution {
     pub subject: Map<String, Value>,
     pub requested_by_uid: u32,
     pub binding: BindingRecord,
+    /// Subject keys the playbook does not declare: reported in the event, never stored.
+    pub ignored_subject_keys: Vec<String>,
 }
 
 /// The binding that admitted a run, as stored with it.
@@ -108,6 +110,11 @@ pub async fn admit(
                     .with("playbook", format!("{}@{}", new.playbook_id, new.version))
                     .with("playbook_sha256", hex::encode(new.sha256))
                     .with("subject_sha256", hex::encode(subject_hash));
+                let event = if new.ignored_subject_keys.is_empty() {
+                    event
+                } else {
+                    event.with("ignored_subject_keys", new.ignored_subject_keys)
+                };
                 Ok((event, ()))
             })
         }))

@@ -2,13 +2,41 @@
 //!
 //! The caller's nonce is inserted under a UNIQUE constraint in the same transaction as the
 //! execution row it admits ([`super::executions::admit`]), so of two concurrent decisions with
-//! one nonce exactly one commits, on any node, across restarts.
+//! one nonce exactly one commits, on any node, across restarts. Outside that transaction this
+//! module only answers "was this nonce used, and by which execution?", so that intake can tell a
+//! policy engine that resends a decision after a lost reply which execution its first attempt
+//! started.
 
 use tokio_postgres::Transaction;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use super::{Store, StoreError};
+
+/// The execution a nonce was first used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstUse {
+    pub execution_id: Uuid,
+    /// The `decision_id` of the decision that used the nonce first.
+    pub decision_id: String,
+}
+
+/// The first use of `nonce` (in its canonical form, as stored), if any, on any node.
+pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
+    let client = store.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT n.execution_id, e.policy_decision_id FROM playbook_nonces n \
+             JOIN playbook_executions e ON e.execution_id = n.execution_id \
+             WHERE n.nonce = $1",
+            &[&nonce],
+        )
+        .await?;
+    Ok(row.map(|row| FirstUse {
+        execution_id: row.get(0),
+        decision_id: row.get(1),
+    }))
+}
 
 /// Records `nonce` as used by `execution_id` unless a SAFE-HALT of `node_id` (or the fleet) is
 /// active, read in the same statement: `Ok(false)` when a halt refused it.

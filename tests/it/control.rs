@@ -498,7 +498,10 @@ async fn a_critical_step_needs_two_different_approvers() {
     let id_text = id.to_string();
 
     let reason = daemon
-        .ctl(APPROVER_A, &["approve", &id_text, "contain"])
+        .ctl(
+            APPROVER_A,
+            &["approve", &id_text, "contain", "--reason", " "],
+        )
         .await
         .refusal()
         .to_owned();
@@ -581,7 +584,7 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
     let id_text = id.to_string();
 
     let reason = daemon
-        .ctl(APPROVER_A, &["deny", &id_text, "contain"])
+        .ctl(APPROVER_A, &["deny", &id_text, "contain", "--reason", ""])
         .await
         .refusal()
         .to_owned();
@@ -730,7 +733,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         .to_owned();
     assert!(reason.contains("admin"), "{reason}");
     let reason = daemon
-        .ctl(ADMIN, &["halt-resolve"])
+        .ctl(ADMIN, &["halt-resolve", "--reason", ""])
         .await
         .refusal()
         .to_owned();
@@ -975,5 +978,321 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
         .expect("cancel audited");
     assert_eq!(cancel_event.1["actor"], "uid:2007");
     assert_eq!(cancel_event.1["gids"], json!([50, 100]));
+    daemon.stop().await;
+}
+
+/// Opens `count` connections to `socket` as `uid`/`gid` and sends one byte of a line that never
+/// ends on each, every 200 ms, for `seconds`; prints `ready` once every connect returned, then
+/// (at the end) a JSON list of what each connection received.
+const DRIP: &str = r#"
+import json, socket, sys, time
+path, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+conns = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.setblocking(False)
+    conns.append(s)
+print("ready", flush=True)
+received = [b""] * count
+end = time.time() + seconds
+while time.time() < end:
+    for i, s in enumerate(conns):
+        try:
+            s.send(b"{")
+        except OSError:
+            pass
+        try:
+            received[i] += s.recv(4096)
+        except OSError:
+            pass
+    time.sleep(0.2)
+print(json.dumps([r.decode("utf-8", "replace") for r in received]), flush=True)
+"#;
+
+/// A slow-drip client (see [`DRIP`]) running as another uid.
+struct Drip {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Drip {
+    async fn start(socket: &Path, uid: u32, gid: u32, count: usize, seconds: f64) -> Drip {
+        let mut child = tokio::process::Command::new("/usr/bin/python3")
+            .args(["-c", DRIP])
+            .arg(socket)
+            .arg(count.to_string())
+            .arg(seconds.to_string())
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+            .await
+            .expect("drip connects in time")
+            .unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        Drip { child, stdout }
+    }
+
+    /// What each connection received, once the drip ends.
+    async fn received(mut self) -> Vec<String> {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.stdout.next_line())
+            .await
+            .expect("drip ends")
+            .unwrap()
+            .unwrap();
+        self.child.wait().await.unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// A uid with no role at all: not in `[roles]`, and not in `users` (gid 100, the viewers).
+const NO_ROLE_UID: u32 = 2006;
+const NO_ROLE_GID: u32 = 65534;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out() {
+    let daemon = Running::start("high").await;
+    // Anyone may open the socket; what a peer may do is decided by its roles.
+    std::fs::set_permissions(daemon.control(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let drip = Drip::start(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, 32, 3.0).await;
+    // The real client, as that uid, is told why and exits 77 (refused).
+    let refused = ctl_as(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, &["pending"]).await;
+    assert!(refused.refusal().contains("has no role"), "{refused:?}");
+    for _ in 0..3 {
+        let started = Instant::now();
+        daemon.ctl(ADMIN, &["pending"]).await.ok();
+        eprintln!(
+            "admin `ctl pending` beside 32 slow drips: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        daemon.ctl(APPROVER_A, &["pending"]).await.ok();
+    }
+    // Each of the 32 was refused at connect, with the reason and the setting that grants a role.
+    let received = drip.received().await;
+    assert_eq!(received.len(), 32);
+    for text in &received {
+        let reply: Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(reply["status"], "refused", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("uid 2006 has no role") && reason.contains("[roles]"),
+            "{reason}"
+        );
+    }
+    // Recorded, but not once per connection: one record per uid and interval, with a count.
+    let client = daemon.db.client().await;
+    let started = Instant::now();
+    let refusals = loop {
+        let recorded: Vec<Value> = audit_events(&client)
+            .await
+            .into_iter()
+            .filter(|(kind, data)| kind == "control.peer_refused" && data["actor"] == "uid:2006")
+            .map(|(_, data)| data)
+            .collect();
+        if !recorded.is_empty() {
+            break recorded;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["refusals"], 1);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
+    let daemon = Running::start("high").await;
+    // The deadline is per line: a drip that sends a byte every 200 ms is closed after
+    // control.idle_timeout_seconds (5 s) all the same, with the reason.
+    let drip = Drip::start(&daemon.control(), 3100, SOCKET_GID, 4, 7.0).await;
+    let started = Instant::now();
+    let received = drip.received().await;
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    for text in &received {
+        let reply: Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(
+            reply["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not complete within 5 s (control.idle_timeout_seconds)"),
+            "{reply}"
+        );
+    }
+
+    // A viewer (any uid in `users`) asking for 6 connections holds 4; the others are told
+    // `busy`, naming the per-uid setting.
+    let one_uid = Drip::start(&daemon.control(), 3000, SOCKET_GID, 6, 0.5).await;
+    let received = one_uid.received().await;
+    let per_uid = received
+        .iter()
+        .filter(|text| text.contains("control.max_connections_per_uid"))
+        .count();
+    assert_eq!(per_uid, 2, "{received:?}");
+    assert_eq!(received.iter().filter(|text| text.is_empty()).count(), 4);
+
+    // Four viewers ask for 4 each: 16 asked, 14 general slots (16 minus 2 kept for admins).
+    let socket = daemon.control();
+    let drips = futures::future::join_all(
+        (3001..3005).map(|uid| Drip::start(&socket, uid, SOCKET_GID, 4, 4.0)),
+    )
+    .await;
+    // The general slots are full: an approver is told to retry, admins get in.
+    let approver = daemon.ctl(APPROVER_A, &["pending"]).await;
+    let reason = approver.reply["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.starts_with("busy") && reason.contains("(control.max_connections)"),
+        "{approver:?}"
+    );
+    daemon.ctl(ADMIN, &["pending"]).await.ok();
+    daemon.ctl(0, &["pending"]).await.ok();
+    let mut held = 0;
+    let mut busy = 0;
+    for drip in drips {
+        for text in drip.received().await {
+            if text.contains("busy") {
+                busy += 1;
+            } else {
+                held += 1;
+            }
+        }
+    }
+    // (A few may have been closed already if uid 3000's slots were still being given back.)
+    assert_eq!(held + busy, 16);
+    assert!(busy >= 2, "held {held}, busy {busy}");
+
+    // Once the drips are gone (each closed connection is answered and recorded first), the
+    // approver is served again.
+    let started = Instant::now();
+    loop {
+        let approver = daemon.ctl(APPROVER_A, &["pending"]).await;
+        if approver.code == Some(0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{approver:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_lines_are_served() {
+    const HOSTILE: usize = 100;
+    const VALID: usize = 60;
+    let daemon = Running::start("high").await;
+    let decisions = daemon.dir.path("run/decisions.sock");
+    let control = daemon.control();
+
+    // One hostile peer per socket, repeating a line whose field name is a NUL byte.
+    let hostile = |socket: PathBuf, line: String| {
+        tokio::spawn(async move {
+            let stream = UnixStream::connect(&socket).await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let mut replies = Vec::new();
+            for _ in 0..HOSTILE {
+                write.write_all(line.as_bytes()).await.unwrap();
+                let reply: Value =
+                    serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+                replies.push(reply);
+            }
+            replies
+        })
+    };
+    let mut nul_decision = serde_json::Map::new();
+    nul_decision.insert("policy".into(), json!("test.ctl"));
+    nul_decision.insert("\0".into(), json!(1));
+    let hostile_decisions = hostile(
+        decisions.clone(),
+        format!("{}\n", Value::Object(nul_decision)),
+    );
+    let hostile_control = hostile(
+        control.clone(),
+        "{\"verb\":\"pending\",\"\\u0000\":1}\n".into(),
+    );
+
+    // Meanwhile, legitimate peers on both sockets.
+    let valid_decisions = tokio::spawn(async move {
+        let mut replies = Vec::new();
+        for _ in 0..VALID {
+            replies.push(send_decision(&decisions, "acme").await);
+        }
+        replies
+    });
+    let valid_control = tokio::spawn(async move {
+        let mut replies = Vec::new();
+        for _ in 0..VALID {
+            replies.push(exchange_raw(&control, r#"{"verb":"pending"}"#).await);
+        }
+        replies
+    });
+
+    for reply in hostile_decisions.await.unwrap() {
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+    }
+    for reply in hostile_control.await.unwrap() {
+        assert_eq!(reply["status"], "error", "{reply}");
+        let reason = reply["reason"].as_str().unwrap();
+        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+    }
+    for reply in valid_decisions.await.unwrap() {
+        assert_eq!(reply["status"], "accepted", "{reply}");
+    }
+    for reply in valid_control.await.unwrap() {
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+
+    // Every hostile line is in the audit log as a refusal, its reason escaped.
+    let client = daemon.db.client().await;
+    let events = audit_events(&client).await;
+    let refused_decisions = events
+        .iter()
+        .filter(|(kind, data)| {
+            kind == "decision.received"
+                && data["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("unknown field `\\u{0}`"))
+        })
+        .count();
+    let refused_requests = events
+        .iter()
+        .filter(|(kind, data)| {
+            kind == "control.invalid"
+                && data["refusal"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("unknown field `\\u{0}`"))
+        })
+        .count();
+    assert_eq!((refused_decisions, refused_requests), (HOSTILE, HOSTILE));
+    let accepted = events
+        .iter()
+        .filter(|(kind, _)| kind == "decision.accepted")
+        .count();
+    assert_eq!(accepted, VALID);
+    let served = events
+        .iter()
+        .filter(|(kind, data)| kind == "control.pending" && data["result"] == "ok")
+        .count();
+    assert_eq!(served, VALID);
     daemon.stop().await;
 }

@@ -154,6 +154,32 @@ async fn missing_trusted_keys_dir_exits_78_naming_it() {
 }
 
 #[tokio::test]
+async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    // A valid Ed25519 public key, but anyone may replace it: whoever does signs decisions.
+    let key = dir.path("policy.pub");
+    std::fs::copy(dir.path("trusted-keys/author-a.pub"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let config = dir.write_config(
+        &db,
+        "node-a",
+        &format!("[intake]\npolicy_keys = [\"{}\"]\n", key.display()),
+    );
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("policy.pub") && stderr.contains("group- or world-writable"),
+        "{stderr}"
+    );
+    // The same file, private again, is accepted.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+}
+
+#[tokio::test]
 async fn sighup_reloads_the_registry_and_audits_the_counts() {
     let db = TestDb::empty().await;
     let dir = DaemonDir::new();
@@ -190,4 +216,80 @@ async fn sighup_reloads_the_registry_and_audits_the_counts() {
         .unwrap()
         .get(0);
     assert_eq!(versions, 1);
+}
+
+#[tokio::test]
+async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_stay() {
+    use playbookd::status_client::request;
+
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let hello = "id: hello\nversion: 1\nname: Hello\nowners: {technical: a@example.org, operational: b@example.org}\n\
+         steps:\n  - id: say\n    action: notify\n    with: {message: hi}\n    rollback: none\n";
+    dir.write_signed("playbooks/hello.yaml", hello, false);
+    dir.write_signed(
+        "bindings.yaml",
+        "bindings:\n  - {policy: p, outcome: o, playbook: hello}\n  - {policy: p, outcome: x, playbook: ghost}\n",
+        true,
+    );
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let endpoint = daemon.status_endpoint();
+
+    // A binding whose playbook has no active version: flagged by health and a metric, while
+    // the daemon stays ready for everything else.
+    let health = request(&endpoint, "GET", "/v1/health").await.unwrap();
+    assert_eq!(health.status, 200);
+    let body = health.json().unwrap();
+    assert_eq!(
+        body["unresolved_bindings"][0]["playbook"], "ghost",
+        "{body}"
+    );
+    assert!(
+        body["warnings"][0].as_str().unwrap().contains("ghost"),
+        "{body}"
+    );
+    let metrics = request(&endpoint, "GET", "/metrics").await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .contains("playbookd_bindings_without_active_playbook 1"),
+        "{}",
+        String::from_utf8_lossy(&metrics.body)
+    );
+
+    // A clean reload (options after the verb) exits 0.
+    let config_arg = config.to_str().unwrap();
+    let (status, stdout, stderr) = run_cli(&["ctl", "reload", "--config", config_arg], &[]);
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+
+    // hello edited without a version bump, the bindings' second signature lost.
+    dir.write_signed(
+        "playbooks/hello.yaml",
+        &hello.replace("message: hi", "message: changed"),
+        false,
+    );
+    std::fs::remove_file(dir.path("bindings.yaml.sig.2")).unwrap();
+    let (status, stdout, stderr) = run_cli(&["ctl", "reload", "--config", config_arg], &[]);
+    assert_eq!(status.code(), Some(65), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("REFUSED") && stdout.contains("hello.yaml (equivocation)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bindings.yaml (dual_control)"), "{stdout}");
+    assert!(stdout.contains("KEPT playbook hello@1"), "{stdout}");
+    assert!(stdout.contains("KEPT bindings"), "{stdout}");
+    let (status, json, _) = run_cli(&["ctl", "reload", "--json", "--config", config_arg], &[]);
+    assert_eq!(status.code(), Some(65));
+    let reply: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(reply["refused"].as_array().unwrap().len(), 2, "{reply}");
+
+    // The kept versions still answer decisions.
+    let decision = crate::harness::decision("p", "o", serde_json::json!({}));
+    let reply = crate::harness::send_line(
+        &dir.path("run/decisions.sock"),
+        decision.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
 }

@@ -339,6 +339,21 @@ fn the_schema_knows_every_action_its_parameters_and_its_undo() {
     }
 }
 
+#[test]
+fn the_schema_states_the_end_of_options_rule_for_exec_args() {
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(root().join("schemas/playbook.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let args = &schema["$defs"]["with.exec"]["properties"]["args"];
+    let description = args["description"].as_str().unwrap_or_default();
+    let marker = format!("\"{}\"", playbookd::actions::exec::END_OF_OPTIONS);
+    assert!(
+        description.contains(&marker) && description.contains("`-`"),
+        "with.exec.args must say how a `-` from the decision is handled: {description}"
+    );
+}
+
 fn check_fixtures(
     kind: &str,
     table: &[(&str, &str, &str, Schema)],

@@ -25,6 +25,8 @@ pub struct Running {
     pub executor: playbookd::executor::Executor,
     pub safe_halt: playbookd::safe_halt::SafeHalt,
     pub approvals: playbookd::approvals::Approvals,
+    /// Where the status API (and the console) listens.
+    pub status: playbookd::status::StatusAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
     extra: String,
@@ -61,6 +63,26 @@ impl Running {
         .await
     }
 
+    /// Like [`Running::start`], with the playbooks and bindings written by `documents` once the
+    /// daemon's directory exists (for documents that name paths inside it).
+    pub async fn start_with(
+        extra_config: &str,
+        documents: impl FnOnce(&DaemonDir) -> (Vec<String>, String),
+    ) -> Running {
+        let db = Arc::new(TestDb::new().await);
+        let dir = DaemonDir::new();
+        let (playbooks, bindings) = documents(&dir);
+        Running::boot(
+            db,
+            dir,
+            "node-a".to_owned(),
+            extra_config.to_owned(),
+            playbooks,
+            bindings,
+        )
+        .await
+    }
+
     async fn boot(
         db: Arc<TestDb>,
         dir: DaemonDir,
@@ -79,6 +101,7 @@ impl Running {
         let config = Config::load(&config_path).expect("config");
         let daemon = Daemon::build(config).await.expect("daemon builds");
         let socket = dir.path("run/decisions.sock");
+        let status = daemon.status_addr().clone();
         let (executor, safe_halt, approvals) = (
             daemon.executor().clone(),
             daemon.safe_halt().clone(),
@@ -94,6 +117,7 @@ impl Running {
             executor,
             safe_halt,
             approvals,
+            status,
             stop,
             task,
             extra,
@@ -215,18 +239,7 @@ impl Running {
 
     /// Sends one decision line on a new connection and returns the parsed reply.
     pub async fn send(&self, line: &[u8]) -> Value {
-        let mut stream = UnixStream::connect(&self.socket)
-            .await
-            .expect("connect decisions.sock");
-        stream.write_all(line).await.unwrap();
-        stream.write_all(b"\n").await.unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut reply = String::new();
-        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+        send_line(&self.socket, line).await
     }
 
     pub async fn send_decision(&self, decision: &Value) -> Value {
@@ -320,6 +333,22 @@ impl Evidence {
     pub fn playbook(&self, text: &str) -> String {
         text.replace("FILES", &self.dir.path().display().to_string())
     }
+}
+
+/// Sends one line on a new connection to decisions.sock at `socket` and returns the parsed reply.
+pub async fn send_line(socket: &std::path::Path, line: &[u8]) -> Value {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .expect("connect decisions.sock");
+    stream.write_all(line).await.unwrap();
+    stream.write_all(b"\n").await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
 }
 
 /// A fresh decision for (policy, outcome) with a random nonce, issued now.

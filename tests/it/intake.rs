@@ -20,18 +20,31 @@ steps:
   - {id: one, action: noop, rollback: none}
 "#;
 
+/// A cooldown is per host (and address, when given); nothing else of the subject counts.
+const COOL_HOST: &str = r#"
+id: cool-host
+version: 1
+name: One run per host and cooldown
+owners: {technical: a@example.org, operational: b@example.org}
+inputs:
+  host: {type: string}
+  address: {type: ip, required: false}
+steps:
+  - {id: one, action: noop, rollback: none}
+"#;
+
 fn standard_bindings() -> String {
     let mut text = bindings(&[
         ("bench.noop", "run", "noop-3"),
         ("needs.pid", "run", "kill-pid"),
         ("gone", "run", "not-loaded"),
     ]);
-    text.push_str("  - {policy: cool, outcome: run, playbook: noop-3, cooldown_seconds: 60}\n");
+    text.push_str("  - {policy: cool, outcome: run, playbook: cool-host, cooldown_seconds: 60}\n");
     text
 }
 
 async fn start() -> Running {
-    Running::start("", &[NOOP_3, WITH_INPUTS], &standard_bindings()).await
+    Running::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
 }
 
 fn reason(reply: &serde_json::Value) -> &str {
@@ -312,16 +325,361 @@ async fn a_peer_with_a_disallowed_uid_is_refused_and_audited() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} {e}"));
     assert_eq!(reply["status"], "rejected");
     assert!(reason(&reply).contains("uid 65534"), "{reply}");
+    // The refusal is recorded beside the connection (which never held a slot): wait for it.
     let client = daemon.db.client().await;
-    let refused: i64 = client
+    let started = Instant::now();
+    loop {
+        let refused: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.peer_refused' \
+                 AND event_data->>'actor' = 'uid:65534'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if refused == 1 {
+            break;
+        }
+        assert_eq!(refused, 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusal not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
+    // The test process is the daemon (same uid). With allowed_uids empty, it is refused.
+    let daemon = Running::start(
+        "[intake]\nallowed_uids = []\n",
+        &[NOOP_3],
+        &standard_bindings(),
+    )
+    .await;
+    let uid = nix::unistd::geteuid().as_raw();
+    let reply = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    assert!(
+        reason(&reply).contains(&format!("peer uid {uid}"))
+            && reason(&reply).contains("intake.allowed_uids"),
+        "{reply}"
+    );
+    daemon.stop().await;
+    // Listed, it is served like any policy engine.
+    let daemon = Running::start(
+        &format!("[intake]\nallowed_uids = [{uid}]\n"),
+        &[NOOP_3],
+        &standard_bindings(),
+    )
+    .await;
+    let reply = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_blank_line_gets_a_malformed_reply_and_the_connection_keeps_serving() {
+    let daemon = start().await;
+    let stream = UnixStream::connect(&daemon.socket).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"\n  \r\n").await.unwrap();
+    for _ in 0..2 {
+        let reply: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert!(
+            reason(&reply).starts_with("malformed: empty line"),
+            "{reply}"
+        );
+    }
+    let line = format!("{}\n", decision("bench.noop", "run", json!({})));
+    write.write_all(line.as_bytes()).await.unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_resend_after_a_lost_reply_is_a_replay_naming_the_first_execution() {
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    // The engine sends, and its connection dies before the reply arrives.
+    {
+        let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        stream.write_all(format!("{d}\n").as_bytes()).await.unwrap();
+    }
+    // It resends the same line: told it is a replay, and which execution the first started.
+    let replay = daemon.send_decision(&d).await;
+    assert_eq!(replay["status"], "rejected", "{replay}");
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    let first = replay["execution_id"]
+        .as_str()
+        .expect("execution_id in the reply");
+    let client = daemon.db.client().await;
+    let ids: Vec<uuid::Uuid> = client
+        .query(
+            "SELECT execution_id FROM playbook_executions WHERE policy_decision_id = $1",
+            &[&d["decision_id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, vec![first.parse::<uuid::Uuid>().unwrap()]);
+    // Also after a restart; and a different decision reusing the nonce learns nothing.
+    let daemon = daemon.restart().await;
+    let again = daemon.send_decision(&d).await;
+    assert_eq!(again["execution_id"].as_str(), Some(first), "{again}");
+    let mut other = decision("bench.noop", "run", json!({}));
+    other["nonce"] = d["nonce"].clone();
+    let reused = daemon.send_decision(&other).await;
+    assert!(reason(&reused).starts_with("replay"), "{reused}");
+    assert!(reused.get("execution_id").is_none(), "{reused}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_during_a_cooldown_is_a_replay_not_suppressed() {
+    let daemon = start().await;
+    let d = decision("cool", "run", json!({"host": "a"}));
+    let first = daemon.send_decision(&d).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let replay = daemon.send_decision(&d).await;
+    assert_eq!(replay["status"], "rejected", "{replay}");
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    assert_eq!(replay["execution_id"], first["execution_id"]);
+    // A new decision for the same subject is what the cooldown holds back.
+    let fresh = daemon
+        .send_decision(&decision("cool", "run", json!({"host": "a"})))
+        .await;
+    assert!(reason(&fresh).starts_with("suppressed"), "{fresh}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_nonce_written_another_way_is_still_a_replay() {
+    use base64::Engine;
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    let first = daemon.send_decision(&d).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let nonce = d["nonce"].as_str().unwrap();
+    let bytes = hex::decode(nonce).unwrap();
+    for variant in [
+        nonce.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(&bytes),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+    ] {
+        let mut resent = d.clone();
+        resent["nonce"] = json!(variant);
+        let reply = daemon.send_decision(&resent).await;
+        assert!(reason(&reply).starts_with("replay"), "{variant}: {reply}");
+        assert_eq!(reply["execution_id"], first["execution_id"], "{variant}");
+    }
+    // What is stored under the UNIQUE constraint is the canonical form.
+    let client = daemon.db.client().await;
+    let stored: String = client
+        .query_one("SELECT nonce FROM playbook_nonces", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, nonce.to_lowercase());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_cooldown_holds_when_extra_subject_keys_are_added() {
+    let daemon = start().await;
+    let first = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "note": "first"}),
+        ))
+        .await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    // Undeclared keys are reported, and not stored.
+    assert_eq!(first["ignored_subject_keys"], json!(["note"]), "{first}");
+    let client = daemon.db.client().await;
+    let id: uuid::Uuid = first["execution_id"].as_str().unwrap().parse().unwrap();
+    let stored: serde_json::Value = client
         .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.peer_refused' \
-             AND event_data->>'actor' = 'uid:65534'",
-            &[],
+            "SELECT subject FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(refused, 1);
+    assert_eq!(stored, json!({"host": "a"}));
+    // Adding keys the playbook does not declare does not make another subject.
+    for extra in [
+        json!({"host": "a", "event_ts": "2026-11-25T10:00:00Z"}),
+        json!({"host": "a", "nonce2": 1, "\u{0}": true}),
+    ] {
+        let reply = daemon.send_decision(&decision("cool", "run", extra)).await;
+        assert_eq!(reply["status"], "no_action", "{reply}");
+        assert!(
+            reason(&reply).starts_with("suppressed: cooldown"),
+            "{reply}"
+        );
+    }
+    // A declared input does; and spelling it another way does not evade its cooldown.
+    let with_address = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "address": "2001:db8::1"}),
+        ))
+        .await;
+    assert_eq!(with_address["status"], "accepted", "{with_address}");
+    let respelled = daemon
+        .send_decision(&decision(
+            "cool",
+            "run",
+            json!({"host": "a", "address": "2001:0db8:0::1", "event_ts": "x"}),
+        ))
+        .await;
+    assert!(
+        reason(&respelled).starts_with("suppressed: cooldown"),
+        "{respelled}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_signature_is_refused_when_no_policy_key_can_check_it() {
+    let daemon = start().await;
+    let mut d = decision("bench.noop", "run", json!({}));
+    d["signature"] = json!("c2lnbmVk");
+    let reply = daemon.send_decision(&d).await;
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    assert!(
+        reason(&reply).starts_with("unexpected signature")
+            && reason(&reply).contains("intake.policy_keys"),
+        "{reply}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of_options_before_it()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let argv = scratch.path().join("argv");
+    let script = scratch.path().join("show-args");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\n", argv.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let playbook = |id: &str, args: &str| {
+        format!(
+            "id: {id}\nversion: 1\nname: Show args\n\
+             owners: {{technical: a@example.org, operational: b@example.org}}\n\
+             inputs:\n  user: {{type: string}}\nsteps:\n\
+             \x20 - {{id: show, action: exec, with: {{command: {}, args: {args}}}, risk: low, rollback: none}}\n",
+            script.display()
+        )
+    };
+    let exposed = playbook("exposed", r#"["--name", "{{ subject.user }}"]"#);
+    let operand = playbook("operand", r#"["--name", "--", "{{ subject.user }}"]"#);
+    let daemon = Running::start(
+        &format!(
+            "[actions.exec]\nallowed_commands = [\"{}\"]\n",
+            script.display()
+        ),
+        &[&exposed, &operand],
+        &bindings(&[
+            ("show", "exposed", "exposed"),
+            ("show", "operand", "operand"),
+        ]),
+    )
+    .await;
+
+    // The decision would choose an option of the program: refused before anything runs.
+    for hostile in ["--version", "-i", "-"] {
+        let reply = daemon
+            .send_decision(&decision("show", "exposed", json!({"user": hostile})))
+            .await;
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert!(
+            reason(&reply).starts_with("subject.user: starts with `-`")
+                && reason(&reply).contains("step `show`")
+                && reason(&reply).contains("\"--\""),
+            "{reply}"
+        );
+    }
+    let plain = daemon
+        .send_decision(&decision("show", "exposed", json!({"user": "alice"})))
+        .await;
+    assert_eq!(plain["status"], "accepted", "{plain}");
+    let id = plain["execution_id"].as_str().unwrap();
+    assert_eq!(
+        daemon.wait_terminal(id, Duration::from_secs(20)).await,
+        "completed"
+    );
+
+    // After a literal `--`, the same value is an operand: accepted and passed as one argument.
+    let reply = daemon
+        .send_decision(&decision("show", "operand", json!({"user": "-i"})))
+        .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let id = reply["execution_id"].as_str().unwrap();
+    assert_eq!(
+        daemon.wait_terminal(id, Duration::from_secs(20)).await,
+        "completed"
+    );
+    let seen = std::fs::read_to_string(&argv).unwrap();
+    assert_eq!(seen, "--name\nalice\n--name\n--\n-i\n");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn every_reply_shape_matches_the_decision_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/decision.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let reply_schema = jsonschema::validator_for(&schema["$defs"]["reply"]).unwrap();
+    let daemon = start().await;
+    let d = decision("cool", "run", json!({"host": "z", "extra": 1}));
+    let mut replies = vec![daemon.send_decision(&d).await];
+    replies.push(daemon.send_decision(&d).await); // replay, with execution_id
+    replies.push(
+        daemon
+            .send_decision(&decision("cool", "run", json!({"host": "z"})))
+            .await,
+    ); // suppressed
+    replies.push(daemon.send(b"\n").await); // malformed
+    assert!(
+        replies[0]["ignored_subject_keys"].is_array(),
+        "{}",
+        replies[0]
+    );
+    assert!(replies[1]["execution_id"].is_string(), "{}", replies[1]);
+    for reply in &replies {
+        let errors: Vec<String> = reply_schema
+            .iter_errors(reply)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{reply}: {errors:?}");
+    }
     daemon.stop().await;
 }

@@ -4,7 +4,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use playbookd::registry::signature::{self, Algorithm, Signer};
+use std::sync::Arc;
+
+use playbookd::actions::limits::ActionLimits;
+use playbookd::config::ActionsConfig;
+use playbookd::registry::signature::{self, Algorithm, PublicKey, Signer, TrustedKeys};
 use playbookd::registry::{LoadSummary, Registry, RegistryPaths, load_pinned};
 use playbookd::store::audit::{self, AuditHandle};
 use tokio_util::sync::CancellationToken;
@@ -45,9 +49,18 @@ impl Fixture {
 
     /// A new registry over the same directory and database (as after a restart).
     async fn load(&self) -> (Registry, LoadSummary) {
-        Registry::load(self.paths(), self.audit.clone())
-            .await
-            .unwrap()
+        self.load_with(ActionsConfig::default()).await
+    }
+
+    /// Like [`Fixture::load`], under the limits of `actions` (the config's `[actions]`).
+    async fn load_with(&self, actions: ActionsConfig) -> (Registry, LoadSummary) {
+        Registry::load(
+            self.paths(),
+            Arc::new(ActionLimits::from_config(&actions)),
+            self.audit.clone(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Writes and signs `playbooks/NAME.yaml`.
@@ -206,7 +219,7 @@ async fn valid_playbooks_load_are_recorded_and_can_be_reloaded_pinned() {
     assert!(untrusted.is_untrusted());
     let mut one_key = playbookd::registry::signature::TrustedKeys::default();
     let (first, origin) = keys.iter().next().unwrap();
-    one_key.insert(first.clone(), origin.to_owned());
+    one_key.insert(first.clone(), origin.to_owned()).unwrap();
     let single = load_pinned(&client, &one_key, "crit", 2, &crit.sha256())
         .await
         .unwrap_err();
@@ -506,4 +519,202 @@ async fn bindings_need_two_distinct_signers() {
     assert_eq!(summary.bindings, 1);
     assert_eq!(registry.catalog().bindings()[0].playbook, "good");
     assert_eq!(f.audit_events("bindings.loaded").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_replacement_keeps_the_last_verified_version_and_a_removed_file_retires_it() {
+    let f = Fixture::new().await;
+    f.playbook("good", "good", 1, "low", false);
+    f.playbook("edited", "edited", 4, "low", false);
+    f.playbook("gone", "gone", 1, "low", false);
+    let (registry, _) = f.load().await;
+    let original = registry.active("edited").unwrap().sha256();
+
+    // Edited without a version bump (equivocation), and `gone` deleted.
+    f.playbook("edited", "edited", 4, "high", false);
+    std::fs::remove_file(f.dir.path("playbooks/gone.yaml")).unwrap();
+    let summary = registry.reload().await.unwrap();
+    assert!(
+        summary
+            .rejections
+            .iter()
+            .any(|r| r.file.ends_with("edited.yaml") && r.reason.label() == "equivocation"),
+        "{:#?}",
+        summary.rejections
+    );
+    let kept = registry
+        .active("edited")
+        .expect("the last verified version stays");
+    assert_eq!(kept.sha256(), original);
+    assert_eq!(summary.kept.len(), 1, "{:?}", summary.kept);
+    assert_eq!(summary.kept[0].what, "playbook edited@4");
+    assert!(
+        registry.active("gone").is_none(),
+        "a deleted file retires its playbook"
+    );
+    assert!(registry.active("good").is_some());
+    let audited = f.audit_events("playbook.kept").await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["playbook_id"], "edited");
+
+    // A newer version that the configuration refuses: the kept one still stays.
+    f.dir.write_signed(
+        "playbooks/edited.yaml",
+        &playbook_text("edited", 5, "low").replace(
+            "action: notify\n    with: {message: \"hello\"}",
+            "action: exec\n    with: {command: /bin/false}",
+        ),
+        false,
+    );
+    let summary = registry.reload().await.unwrap();
+    assert!(
+        summary
+            .rejections
+            .iter()
+            .any(|r| r.reason.label() == "command_not_allowed"),
+        "{:#?}",
+        summary.rejections
+    );
+    assert_eq!(registry.active("edited").unwrap().sha256(), original);
+
+    // Its signing key leaves the trust store: the kept version is withdrawn with it.
+    std::fs::remove_file(f.dir.path("trusted-keys/author-a.pub")).unwrap();
+    f.dir.write_signed(
+        "playbooks/other.yaml",
+        &playbook_text("other", 1, "low"),
+        false,
+    );
+    let summary = registry.reload().await.unwrap();
+    assert!(registry.active("edited").is_none(), "{:?}", summary.kept);
+    assert!(summary.kept.is_empty());
+}
+
+#[tokio::test]
+async fn refused_bindings_keep_the_last_verified_ones_unless_the_file_is_gone() {
+    let f = Fixture::new().await;
+    f.playbook("good", "good", 1, "low", false);
+    let text = "bindings:\n  - {policy: p, outcome: o, playbook: good}\n";
+    f.dir.write_signed("bindings.yaml", text, true);
+    let (registry, _) = f.load().await;
+    assert_eq!(registry.catalog().bindings().len(), 1);
+
+    // The second signature goes missing: refused (dual control), the last verified stay.
+    std::fs::remove_file(f.dir.path("bindings.yaml.sig.2")).unwrap();
+    let summary = registry.reload().await.unwrap();
+    assert!(
+        summary
+            .rejections
+            .iter()
+            .any(|r| r.file.ends_with("bindings.yaml") && r.reason.label() == "dual_control")
+    );
+    assert_eq!(summary.bindings, 1);
+    assert_eq!(registry.catalog().bindings().len(), 1);
+    assert_eq!(summary.kept[0].what, "bindings");
+    assert_eq!(f.audit_events("bindings.kept").await.len(), 1);
+
+    // The file removed: no bindings.
+    std::fs::remove_file(f.dir.path("bindings.yaml")).unwrap();
+    let summary = registry.reload().await.unwrap();
+    assert_eq!(summary.bindings, 0);
+    assert!(registry.catalog().bindings().is_empty());
+}
+
+#[tokio::test]
+async fn a_binding_without_an_active_playbook_is_reported() {
+    let f = Fixture::new().await;
+    f.playbook("good", "good", 1, "low", false);
+    f.dir.write_signed(
+        "bindings.yaml",
+        "bindings:\n  - {policy: p, outcome: o, playbook: good}\n  - {policy: p, outcome: x, playbook: missing}\n",
+        true,
+    );
+    let (registry, _) = f.load().await;
+    let catalog = registry.catalog();
+    let unresolved: Vec<&str> = catalog
+        .unresolved_bindings()
+        .map(|b| b.playbook.as_str())
+        .collect();
+    assert_eq!(unresolved, ["missing"]);
+}
+
+/// A critical playbook signed twice by one RSA key, trusted once as plain (PKCS#1 v1.5) and
+/// once as PSS (`NAME.pss.pub`): one key is one signer, so the trust store refuses both
+/// files and the playbook does not load.
+#[tokio::test]
+async fn one_rsa_key_trusted_as_plain_and_as_pss_never_makes_dual_control() {
+    let f = Fixture::new().await;
+    f.playbook("good", "good", 1, "low", false);
+    let key = f.dir.path("keys/rsa.key");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let k = key.to_str().unwrap();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:4096",
+        "-out",
+        k,
+    ]);
+    let plain = f.dir.path("trusted-keys/rsa.pub");
+    run(&["pkey", "-in", k, "-pubout", "-out", plain.to_str().unwrap()]);
+    std::fs::copy(&plain, f.dir.path("trusted-keys/rsa.pss.pub")).unwrap();
+    let doc = f.dir.path("playbooks/crit.yaml");
+    std::fs::write(&doc, playbook_text("crit", 1, "critical")).unwrap();
+    let d = doc.to_str().unwrap();
+    let sig = format!("{d}.sig");
+    let sig2 = format!("{d}.sig.2");
+    run(&["dgst", "-sha256", "-sign", k, "-out", &sig, d]);
+    run(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        k,
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-out",
+        &sig2,
+        d,
+    ]);
+
+    let (registry, summary) = f.load().await;
+    assert!(registry.active("crit").is_none());
+    assert!(registry.active("good").is_some());
+    let refused: Vec<String> = summary
+        .refused_keys
+        .iter()
+        .map(|r| r.error.to_string())
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|m| m.contains("rsa.pub") && m.contains("rsa.pss.pub")),
+        "{refused:?}"
+    );
+    assert!(
+        summary
+            .rejections
+            .iter()
+            .any(|r| r.file.ends_with("crit.yaml")),
+        "{:#?}",
+        summary.rejections
+    );
+
+    // Even a tool that builds its own trust store cannot trust the key twice.
+    let pem = std::fs::read(&plain).unwrap();
+    let as_plain = PublicKey::parse_pem(&pem, &plain).unwrap();
+    let as_pss = PublicKey::parse_pem(&pem, &plain)
+        .unwrap()
+        .bind_to_pss(&plain)
+        .unwrap();
+    let mut keys = TrustedKeys::default();
+    keys.insert(as_plain, plain.clone()).unwrap();
+    assert!(keys.insert(as_pss, plain.clone()).is_err());
 }

@@ -189,66 +189,111 @@ fn keygen_writes_a_private_key_only_its_owner_can_read() {
     assert_eq!(status.code(), Some(73), "{stderr}");
 }
 
-#[test]
-fn rsa_4096_signatures_interoperate_with_openssl_in_every_padding() {
-    let t = Setup::new();
-    let key = t.path("r.key");
+/// `openssl dgst -sha256 -sign KEY [-sigopt …] -out DOC.sig DOC`.
+fn openssl_sign(key: &Path, doc: &Path, sigopts: &[&str]) {
+    let sig = format!("{}.sig", s(doc));
+    let mut args = vec!["dgst", "-sha256", "-sign", s(key)];
+    for opt in sigopts {
+        args.extend(["-sigopt", opt]);
+    }
+    args.extend(["-out", &sig, s(doc)]);
+    openssl(&args);
+}
+
+/// A 4096-bit RSA key made by openssl: `rsaEncryption` unless `pss` (`-algorithm RSA-PSS`).
+fn openssl_rsa_key(t: &Setup, name: &str, pss: bool) -> std::path::PathBuf {
+    let key = t.path(&format!("{name}.key"));
+    let algorithm = if pss { "RSA-PSS" } else { "RSA" };
     openssl(&[
         "genpkey",
         "-algorithm",
-        "RSA",
+        algorithm,
         "-pkeyopt",
         "rsa_keygen_bits:4096",
         "-out",
         s(&key),
     ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        s(&key),
-        "-pubout",
-        "-out",
-        s(&t.path("trusted/r.pub")),
-    ]);
-    let expected_id = openssl_key_id(&t.path("trusted/r.pub"), &t.path("r.der"));
+    key
+}
+
+fn openssl_public(key: &Path, out: &Path) {
+    openssl(&["pkey", "-in", s(key), "-pubout", "-out", s(out)]);
+}
+
+/// The same RSA public key re-labelled id-RSASSA-PSS (no parameters), as openssl writes the
+/// public half of `genpkey -algorithm RSA-PSS`: openssl refuses to make a PKCS#1 v1.5
+/// signature with such a key, so this is how the test gets one made by it.
+fn as_rsa_pss_spki(plain_pub: &Path, out: &Path) {
+    use rsa::pkcs8::der::asn1::BitStringRef;
+    use rsa::pkcs8::der::{Encode, pem::LineEnding};
+    use rsa::pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
+    let (_, der) = rsa::pkcs8::der::pem::decode_vec(&std::fs::read(plain_pub).unwrap()).unwrap();
+    let plain = SubjectPublicKeyInfoRef::try_from(der.as_slice()).unwrap();
+    let pss = SubjectPublicKeyInfoRef {
+        algorithm: AlgorithmIdentifierRef {
+            oid: rsa::pkcs8::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10"),
+            parameters: None,
+        },
+        subject_public_key: BitStringRef::from_bytes(plain.subject_public_key.raw_bytes()).unwrap(),
+    };
+    let pem =
+        rsa::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &pss.to_der().unwrap())
+            .unwrap();
+    std::fs::write(out, pem).unwrap();
+}
+
+fn wrong_scheme(result: Result<Vec<KeyId>, FileError>) -> bool {
+    matches!(
+        result,
+        Err(FileError::Signature {
+            source: SignatureError::WrongScheme { .. },
+            ..
+        })
+    )
+}
+
+/// Every combination of key kind and signature padding, with keys and signatures made by
+/// stock openssl: a key verifies its own scheme only.
+#[test]
+fn rsa_keys_verify_only_their_own_scheme_with_openssl_signatures() {
+    let t = Setup::new();
+    let plain = openssl_rsa_key(&t, "plain", false);
     let doc = t.path("docs/a.yaml");
     std::fs::write(&doc, "id: a\nversion: 7\n").unwrap();
-    let sig = t.path("docs/a.yaml.sig");
 
-    // PKCS#1 v1.5, openssl defaults.
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        s(&key),
-        "-out",
-        s(&sig),
-        s(&doc),
-    ]);
+    // Plain key: PKCS#1 v1.5 verifies; PSS (any salt) is refused, and the error says why.
+    openssl_public(&plain, &t.path("trusted/r.pub"));
+    let expected_id = openssl_key_id(&t.path("trusted/r.pub"), &t.path("r.der"));
+    openssl_sign(&plain, &doc, &[]);
     assert_eq!(t.verify("a.yaml").unwrap()[0].as_str(), expected_id);
+    for salt in ["rsa_pss_saltlen:max", "rsa_pss_saltlen:32"] {
+        openssl_sign(&plain, &doc, &["rsa_padding_mode:pss", salt]);
+        assert!(
+            wrong_scheme(t.verify("a.yaml")),
+            "plain key took PSS {salt}"
+        );
+    }
 
-    // PSS with openssl's default salt (the maximum, 478 bytes), then 32, then an odd length.
+    // The same key marked PSS in the trust store (`r.pss.pub`): PSS with openssl's default
+    // salt (the maximum), 32 and an odd length verify; PKCS#1 v1.5 is refused.
+    std::fs::rename(t.path("trusted/r.pub"), t.path("trusted/r.pss.pub")).unwrap();
     for extra in [None, Some("rsa_pss_saltlen:32"), Some("rsa_pss_saltlen:17")] {
-        let mut args = vec![
-            "dgst",
-            "-sha256",
-            "-sign",
-            s(&key),
-            "-sigopt",
-            "rsa_padding_mode:pss",
-        ];
-        if let Some(salt) = extra {
-            args.extend(["-sigopt", salt]);
-        }
-        args.extend(["-out", s(&sig), s(&doc)]);
-        openssl(&args);
+        let mut opts = vec!["rsa_padding_mode:pss"];
+        opts.extend(extra);
+        openssl_sign(&plain, &doc, &opts);
         assert_eq!(
             t.verify("a.yaml").map_err(|e| e.to_string()).unwrap()[0].as_str(),
             expected_id,
             "PSS {extra:?}"
         );
     }
-    // A PSS signature over other bytes is refused.
+    openssl_sign(&plain, &doc, &[]);
+    assert!(
+        wrong_scheme(t.verify("a.yaml")),
+        "PSS-marked key took PKCS#1 v1.5"
+    );
+    // A PSS signature over other bytes is plainly invalid.
+    openssl_sign(&plain, &doc, &["rsa_padding_mode:pss"]);
     std::fs::write(&doc, "id: a\nversion: 8\n").unwrap();
     assert!(matches!(
         t.verify("a.yaml"),
@@ -257,10 +302,36 @@ fn rsa_4096_signatures_interoperate_with_openssl_in_every_padding() {
             ..
         })
     ));
+    std::fs::remove_file(t.path("trusted/r.pss.pub")).unwrap();
 
-    // Ours, verified by openssl.
-    std::fs::write(&doc, "id: a\nversion: 9\n").unwrap();
-    let (status, _, stderr) = run_cli(&["sign", "--key", s(&key), s(&doc)], &[]);
+    // A key whose SPKI says RSASSA-PSS: the PKCS#1 v1.5 signature its modulus made is refused.
+    as_rsa_pss_spki(&plain_pub(&t, &plain), &t.path("trusted/p.pub"));
+    openssl_sign(&plain, &doc, &[]);
+    assert!(
+        wrong_scheme(t.verify("a.yaml")),
+        "RSASSA-PSS key took PKCS#1 v1.5"
+    );
+    openssl_sign(&plain, &doc, &["rsa_padding_mode:pss"]);
+    assert!(t.verify("a.yaml").is_ok());
+    std::fs::remove_file(t.path("trusted/p.pub")).unwrap();
+
+    // `openssl genpkey -algorithm RSA-PSS`: openssl signs PSS with it, and it verifies.
+    let pss = openssl_rsa_key(&t, "pss", true);
+    openssl_public(&pss, &t.path("trusted/pss.pub"));
+    openssl_sign(&pss, &doc, &[]);
+    assert!(
+        t.verify("a.yaml").is_ok(),
+        "openssl's RSA-PSS key and signature"
+    );
+    openssl_sign(&pss, &doc, &["rsa_pss_saltlen:32"]);
+    assert!(t.verify("a.yaml").is_ok());
+
+    // Ours (PKCS#1 v1.5 with a plain key), verified by openssl and by `verify`, which names
+    // the scheme.
+    std::fs::remove_file(t.path("trusted/pss.pub")).unwrap();
+    openssl_public(&plain, &t.path("trusted/r.pub"));
+    std::fs::write(&doc, PLAYBOOK).unwrap();
+    let (status, _, stderr) = run_cli(&["sign", "--key", s(&plain), s(&doc)], &[]);
     assert!(status.success(), "{stderr}");
     openssl(&[
         "dgst",
@@ -268,7 +339,7 @@ fn rsa_4096_signatures_interoperate_with_openssl_in_every_padding() {
         "-verify",
         s(&t.path("trusted/r.pub")),
         "-signature",
-        s(&sig),
+        &format!("{}.sig", s(&doc)),
         s(&doc),
     ]);
     let (status, stdout, stderr) = run_cli(
@@ -276,7 +347,67 @@ fn rsa_4096_signatures_interoperate_with_openssl_in_every_padding() {
         &[],
     );
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains(&expected_id), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{expected_id} (rsa-pkcs1v15-sha256)")),
+        "{stdout}"
+    );
+}
+
+/// A valid playbook with one low-risk step.
+const PLAYBOOK: &str = "id: a\nversion: 1\nname: A\nowners: {technical: a@example.org, operational: b@example.org}\n\
+steps:\n  - {id: one, action: noop, rollback: none}\n";
+
+/// The public half of `key` written beside it.
+fn plain_pub(t: &Setup, key: &Path) -> std::path::PathBuf {
+    let out = t.path("plain-public.pem");
+    openssl_public(key, &out);
+    out
+}
+
+#[test]
+fn one_key_under_two_names_or_schemes_is_refused_naming_both_files() {
+    let t = Setup::new();
+    let plain = openssl_rsa_key(&t, "plain", false);
+    openssl_public(&plain, &t.path("trusted/alice.pub"));
+    std::fs::copy(t.path("trusted/alice.pub"), t.path("trusted/alice.pss.pub")).unwrap();
+    let (keys, refused) = TrustedKeys::load(&t.path("trusted")).unwrap();
+    assert!(keys.is_empty(), "neither copy is trusted");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for refusal in &refused {
+        let message = refusal.error.to_string();
+        assert!(
+            message.contains("alice.pub") && message.contains("alice.pss.pub"),
+            "{message}"
+        );
+    }
+    // The same key under another name (same encoding), beside an unrelated Ed25519 key.
+    std::fs::rename(t.path("trusted/alice.pss.pub"), t.path("trusted/bob.pub")).unwrap();
+    run_cli(
+        &[
+            "keygen",
+            "--algorithm",
+            "ed25519",
+            "--out",
+            s(&t.path("carol")),
+        ],
+        &[],
+    );
+    std::fs::copy(t.path("carol.pub"), t.path("trusted/carol.pub")).unwrap();
+    let (keys, refused) = TrustedKeys::load(&t.path("trusted")).unwrap();
+    assert_eq!(keys.len(), 1, "only carol");
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].error.to_string().contains("bob.pub"));
+
+    // `verify` says both are not trusted, and refuses what only they signed.
+    let doc = t.path("docs/a.yaml");
+    std::fs::write(&doc, PLAYBOOK).unwrap();
+    openssl_sign(&plain, &doc, &[]);
+    let (status, stdout, stderr) = run_cli(
+        &["verify", "--trusted-keys", s(&t.path("trusted")), s(&doc)],
+        &[],
+    );
+    assert_eq!(status.code(), Some(65), "{stdout}{stderr}");
+    assert!(stderr.contains("same key as"), "{stderr}");
 }
 
 #[test]
@@ -290,8 +421,8 @@ fn verify_names_each_failing_file_and_exits_65() {
     std::fs::copy(t.path("k.pub"), t.path("trusted/k.pub")).unwrap();
     let good = t.path("docs/good.yaml");
     let unsigned = t.path("docs/unsigned.yaml");
-    std::fs::write(&good, "id: good\n").unwrap();
-    std::fs::write(&unsigned, "id: unsigned\n").unwrap();
+    std::fs::write(&good, PLAYBOOK).unwrap();
+    std::fs::write(&unsigned, PLAYBOOK).unwrap();
     run_cli(&["sign", "--key", s(&t.path("k.key")), s(&good)], &[]);
     let (status, stdout, _) = run_cli(
         &[
@@ -304,7 +435,8 @@ fn verify_names_each_failing_file_and_exits_65() {
         &[],
     );
     assert_eq!(status.code(), Some(65));
-    assert!(stdout.contains("good.yaml: OK"), "{stdout}");
+    assert!(stdout.contains("good.yaml: OK (playbook a@1)"), "{stdout}");
+    assert!(stdout.contains("(ed25519)"), "{stdout}");
     assert!(
         stdout.contains("unsigned.yaml: REJECTED (signature_missing)"),
         "{stdout}"
@@ -346,4 +478,129 @@ fn rsa_2048_key_in_the_trust_dir_is_refused_naming_the_file() {
     let (status, _, stderr) = run_cli(&["sign", "--key", s(&t.path("w.key")), s(&doc)], &[]);
     assert_eq!(status.code(), Some(65), "{stderr}");
     assert!(stderr.contains("2048"), "{stderr}");
+}
+
+/// `verify` applies the registry's rules, not just the signatures: dual control for critical
+/// playbooks and bindings, strict parsing, and with --config the configuration's limits.
+#[test]
+fn verify_applies_every_rule_the_daemon_applies_and_names_the_one_that_failed() {
+    let t = Setup::new();
+    for name in ["k1", "k2"] {
+        run_cli(
+            &[
+                "keygen",
+                "--algorithm",
+                "ed25519",
+                "--out",
+                s(&t.path(name)),
+            ],
+            &[],
+        );
+        std::fs::copy(
+            t.path(&format!("{name}.pub")),
+            t.path(&format!("trusted/{name}.pub")),
+        )
+        .unwrap();
+    }
+    let sign = |doc: &Path, second: bool| {
+        let key = t.path(if second { "k2.key" } else { "k1.key" });
+        let mut args = vec!["sign", "--key", s(&key)];
+        if second {
+            args.push("--second");
+        }
+        args.push(s(doc));
+        let (status, _, stderr) = run_cli(&args, &[]);
+        assert!(status.success(), "{stderr}");
+    };
+    let verify = |extra: &[&str], doc: &Path| {
+        let trusted = t.path("trusted");
+        let mut args = vec!["verify", "--trusted-keys", s(&trusted)];
+        args.extend(extra);
+        args.push(s(doc));
+        run_cli(&args, &[])
+    };
+    let critical = t.path("docs/critical.yaml");
+    std::fs::write(
+        &critical,
+        PLAYBOOK.replace("rollback: none}", "risk: critical, rollback: none}"),
+    )
+    .unwrap();
+    sign(&critical, false);
+    let (status, stdout, _) = verify(&[], &critical);
+    assert_eq!(status.code(), Some(65), "{stdout}");
+    assert!(
+        stdout.contains("critical.yaml: REJECTED (dual_control)")
+            && stdout.contains("two distinct trusted keys"),
+        "{stdout}"
+    );
+    // The same key twice is still one signer.
+    std::fs::copy(
+        format!("{}.sig", s(&critical)),
+        format!("{}.sig.2", s(&critical)),
+    )
+    .unwrap();
+    let (status, stdout, _) = verify(&[], &critical);
+    assert_eq!(status.code(), Some(65), "{stdout}");
+    sign(&critical, true);
+    let (status, stdout, _) = verify(&[], &critical);
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains(" and "), "two signers named: {stdout}");
+
+    let bindings = t.path("docs/bindings.yaml");
+    std::fs::write(
+        &bindings,
+        "bindings:\n  - {policy: p, outcome: o, playbook: a}\n",
+    )
+    .unwrap();
+    sign(&bindings, false);
+    let (status, stdout, _) = verify(&[], &bindings);
+    assert_eq!(status.code(), Some(65), "{stdout}");
+    assert!(
+        stdout.contains("bindings.yaml: REJECTED (dual_control)")
+            && stdout.contains("bindings file"),
+        "{stdout}"
+    );
+    sign(&bindings, true);
+    let (status, stdout, _) = verify(&[], &bindings);
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("OK (bindings, 1)"), "{stdout}");
+
+    // A signed file that is not a valid document.
+    let broken = t.path("docs/broken.yaml");
+    std::fs::write(&broken, "id: broken\n").unwrap();
+    sign(&broken, false);
+    let (status, stdout, _) = verify(&[], &broken);
+    assert_eq!(status.code(), Some(65), "{stdout}");
+    assert!(stdout.contains("REJECTED (invalid_document)"), "{stdout}");
+
+    // With --config: the configuration's limits, as the daemon applies them at load.
+    let exec = t.path("docs/exec.yaml");
+    std::fs::write(
+        &exec,
+        PLAYBOOK.replace(
+            "action: noop, rollback: none",
+            "action: exec, with: {command: /bin/false}, risk: low, rollback: none",
+        ),
+    )
+    .unwrap();
+    sign(&exec, false);
+    let config = t.path("playbookd.toml");
+    std::fs::write(
+        &config,
+        "[actions.exec]\nallowed_commands = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let (status, stdout, _) = verify(&[], &exec);
+    assert!(
+        status.success(),
+        "without --config the limits are not known: {stdout}"
+    );
+    let (status, stdout, _) = verify(&["--config", s(&config)], &exec);
+    assert_eq!(status.code(), Some(65), "{stdout}");
+    assert!(
+        stdout.contains("REJECTED (command_not_allowed)")
+            && stdout.contains("step `one`, with.command")
+            && stdout.contains("actions.exec.allowed_commands"),
+        "{stdout}"
+    );
 }

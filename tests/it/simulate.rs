@@ -66,3 +66,85 @@ fn simulate_shows_a_skipped_step_and_refuses_a_bad_subject() {
     assert!(!status.success());
     assert!(stderr.contains("subject.pid"), "{stderr}");
 }
+
+#[test]
+fn simulate_exits_66_on_an_unreadable_file_and_65_on_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let decision = write(&dir, "d.json", &decision("high"));
+    let playbook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/playbooks/contain-ransomware.yaml"
+    );
+    let missing = dir.path().join("missing.json").display().to_string();
+    let (status, _, stderr) = run_cli(&["simulate", "--decision", &missing, playbook], &[]);
+    assert_eq!(status.code(), Some(66), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    let missing_playbook = dir.path().join("missing.yaml").display().to_string();
+    let (status, _, stderr) = run_cli(
+        &["simulate", "--decision", &decision, &missing_playbook],
+        &[],
+    );
+    assert_eq!(status.code(), Some(66), "{stderr}");
+    let invalid = write(&dir, "bad.yaml", "id: x\n");
+    let (status, _, stderr) = run_cli(&["simulate", "--decision", &decision, &invalid], &[]);
+    assert_eq!(status.code(), Some(65), "{stderr}");
+}
+
+#[test]
+fn simulate_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let decision = write(&dir, "d.json", &decision("high"));
+    let playbook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/playbooks/contain-ransomware.yaml"
+    );
+    let mut child = Command::new(crate::helpers::binary())
+        .args(["simulate", "--json", "--decision", &decision, playbook])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -c0`: the reader is gone before anything is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn simulate_with_a_config_refuses_what_the_daemon_would_refuse_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let decision = write(&dir, "d.json", &decision("high"));
+    let playbook = write(
+        &dir,
+        "p.yaml",
+        "id: p\nversion: 1\nname: P\nowners: {technical: a@example.org, operational: b@example.org}\n\
+         steps:\n  - {id: run, action: exec, with: {command: /bin/false}, risk: low, rollback: none}\n",
+    );
+    let config = write(
+        &dir,
+        "c.toml",
+        "[actions.exec]\nallowed_commands = [\"/bin/true\"]\n",
+    );
+    let (status, _, stderr) = run_cli(&["simulate", "--decision", &decision, &playbook], &[]);
+    assert!(status.success(), "without --config: {stderr}");
+    let (status, _, stderr) = run_cli(
+        &[
+            "simulate",
+            "--decision",
+            &decision,
+            &playbook,
+            "--config",
+            &config,
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("step `run`, with.command")
+            && stderr.contains("actions.exec.allowed_commands"),
+        "{stderr}"
+    );
+}

@@ -95,6 +95,8 @@ fn loaded_runtime() -> RuntimeSnapshot {
             signers: vec!["key-1".into()],
         }],
         bindings: 2,
+        unresolved_bindings: Vec::new(),
+        ..RuntimeSnapshot::default()
     }
 }
 
@@ -182,7 +184,11 @@ async fn insert_step(
         .unwrap();
 }
 
-async fn insert_halt(client: &tokio_postgres::Client, execution: Option<Uuid>, active: bool) {
+pub(crate) async fn insert_halt(
+    client: &tokio_postgres::Client,
+    execution: Option<Uuid>,
+    active: bool,
+) {
     client
         .execute(
             "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, \
@@ -338,6 +344,18 @@ async fn bad_query_parameters_are_400_naming_the_parameter() {
         ("/v1/audit?after=-1", "after"),
         ("/v1/audit?limit=100000", "limit"),
         ("/v1/executions/not-a-uuid", "id"),
+        // Empty values are not "absent": the document types every parameter.
+        ("/v1/executions?since=", "since"),
+        ("/v1/executions?until=", "until"),
+        ("/v1/executions?cursor=", "cursor"),
+        ("/v1/executions?org=", "org"),
+        ("/v1/audit?after=", "after"),
+        // A NUL byte never reaches PostgreSQL (which would refuse it: a 503).
+        ("/v1/executions?org=acme%00", "org"),
+        ("/v1/executions?playbook=%00", "playbook"),
+        ("/v1/executions?cursor=%00", "cursor"),
+        ("/v1/executions?state=%00", "state"),
+        ("/v1/executions?since=%00", "since"),
     ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -908,13 +926,7 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
 
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
-    let log = daemon.log_text();
-    let addr = log
-        .split("status API listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
-    let endpoint = Endpoint::parse(&format!("http://{addr}")).unwrap();
+    let endpoint = daemon.status_endpoint();
     let id = Uuid::new_v4();
     for path in concrete_paths(id) {
         let response = request(&endpoint, "GET", &path).await.unwrap();
@@ -936,5 +948,197 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
     assert!(
         !daemon.log_text().contains(SECRET),
         "the log leaked the password"
+    );
+}
+
+/// Raises this process's open-file limit (soft, and hard when allowed) to at least `want`.
+fn raise_open_files(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft >= want {
+        return;
+    }
+    let hard = hard.max(want);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)
+        .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, hard.min(want), hard))
+        .unwrap_or_else(|e| panic!("cannot raise RLIMIT_NOFILE to {want}: {e}"));
+}
+
+/// Connections this process holds open on the server side of `port` (local port `port`, not
+/// the listener): TCP sockets in `/proc/net/tcp*` whose inode is one of this process's file
+/// descriptors. Other tests running in this process do not count.
+fn server_side_connections(port: u16) -> usize {
+    let inodes: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            let listening = *state == "0A";
+            if local_port == Some(port)
+                && !listening
+                && inode
+                    .parse::<u64>()
+                    .is_ok_and(|inode| inodes.contains(&inode))
+            {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_idle_connections_leave_health_answering_within_a_second() {
+    const IDLE: usize = 5_000;
+    raise_open_files(4 * IDLE as u64);
+    let server = Server::start().await;
+    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+        panic!("the test server listens on TCP");
+    };
+    let mut held = Vec::with_capacity(IDLE);
+    for index in 0..IDLE {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        // One in ten is a slow-header client: a request line, never the end of its headers.
+        if index % 10 == 0 {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream
+                .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+                .await;
+        }
+        held.push(stream);
+    }
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, body) = server.get("/v1/health").await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        eprintln!("/v1/health with {IDLE} idle connections open: {status} in {took:?}");
+        assert!(took < Duration::from_secs(1), "health took {took:?}");
+    }
+    // This process holds the 5,000 client ends; the server's ends stay within its cap, which
+    // is far below what was opened.
+    const { assert!(status::MAX_CONNECTIONS * 4 <= IDLE) };
+    let server_side = server_side_connections(address.port());
+    eprintln!("server side holds {server_side} connections");
+    assert!(
+        server_side <= status::MAX_CONNECTIONS + 32,
+        "the status listener holds {server_side} descriptors beyond the clients'"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+        panic!("the test server listens on TCP");
+    };
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A byte every half second does not extend the deadline: it covers the whole header.
+    let mut closed = false;
+    while started.elapsed() < status::HEADER_TIMEOUT + Duration::from_secs(3) {
+        if stream.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= status::HEADER_TIMEOUT - Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn a_fresh_daemon_shows_every_metric_at_zero() {
+    use playbookd::status::metrics as m;
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    dir.write_signed("playbooks/noop-3.yaml", crate::harness::NOOP_3, false);
+    let config = dir.write_config(
+        &db,
+        "node-m",
+        "[actions.http]\nallowed_hosts = [\"hooks.example.org\"]\n",
+    );
+    // A process of its own: nothing emitted before, whatever other tests did.
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let response = request(&daemon.status_endpoint(), "GET", "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).unwrap();
+    let sample = |prefix: &str| {
+        text.lines()
+            .find(|line| !line.starts_with('#') && line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().to_owned())
+    };
+    for name in m::ALL {
+        assert!(
+            sample(name).is_some(),
+            "{name} has no series on a fresh daemon:\n{text}"
+        );
+    }
+    for (series, value) in [
+        ("playbookd_safe_halt_active ", "0"),
+        ("playbookd_approvals_pending ", "0"),
+        ("playbookd_bindings_without_active_playbook ", "0"),
+        (
+            "playbookd_registry_rejections_total{reason=\"command_not_allowed\"} ",
+            "0",
+        ),
+        ("playbookd_decisions_suppressed_total ", "0"),
+        (
+            "playbookd_http_circuit_open{host=\"hooks.example.org\"} ",
+            "0",
+        ),
+        (
+            "playbookd_executions_total{state=\"completed\",playbook=\"noop-3\"} ",
+            "0",
+        ),
+        (
+            "playbookd_step_duration_seconds_count{action=\"exec\"} ",
+            "0",
+        ),
+    ] {
+        assert_eq!(sample(series).as_deref(), Some(value), "{series}\n{text}");
+    }
+    // The bindings file is missing: counted at start, not lost before the recorder existed.
+    assert_eq!(
+        sample("playbookd_registry_rejections_total{reason=\"missing\"} ").as_deref(),
+        Some("1"),
+        "{text}"
     );
 }

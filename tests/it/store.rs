@@ -480,6 +480,7 @@ async fn admit(audit: &AuditHandle, watch: &HaltWatch) -> Uuid {
                 playbook: "store-test".into(),
                 require_approval: false,
             },
+            ignored_subject_keys: Vec::new(),
         },
         watch,
     )

@@ -193,6 +193,34 @@ fn unit_does_not_restart_on_the_daemons_config_exit_code() {
 }
 
 #[test]
+fn the_units_open_file_limit_covers_every_bounded_listener_at_its_default() {
+    let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
+    let limit: usize = unit
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE")
+        .parse()
+        .unwrap();
+    let config =
+        playbookd::config::Config::parse(Path::new("/etc/playbookd/playbookd.toml"), "", None)
+            .unwrap();
+    // Connections on each listener, refused ones drained for a moment, the database, three
+    // pipes per running exec step, and a margin for files, journald and the listeners.
+    let needed = config.intake.max_connections
+        + config.control.max_connections
+        + playbookd::status::MAX_CONNECTIONS
+        + 2 * 64
+        + config.database.pool_size
+        + 1
+        + 3 * config.executor.max_concurrent_runs
+        + 256;
+    assert!(
+        needed <= limit,
+        "LimitNOFILE={limit} is below the {needed} descriptors the defaults allow"
+    );
+}
+
+#[test]
 fn unit_exposure_score_is_ok_and_at_most_2() {
     let output = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])

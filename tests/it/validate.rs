@@ -33,7 +33,12 @@ fn validate_fails_with_the_reason_per_file_and_keeps_checking_the_rest() {
     let good = path("playbooks/noop-3.yaml");
     let missing = path("tests/fixtures/playbooks/invalid/does-not-exist.yaml");
     let (status, stdout, stderr) = run_cli(&["validate", &bad, &good, &missing], &[]);
-    assert_eq!(status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    // 66 (EX_NOINPUT): one could not be read at all.
+    assert_eq!(
+        status.code(),
+        Some(66),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(
         stdout.contains(&format!(
             "{bad}: step `block`, with.address: `net.block_ip` requires `address`"
@@ -68,4 +73,14 @@ fn validate_refuses_an_oversized_file_without_parsing_it() {
         )),
         "{stdout}"
     );
+}
+
+#[test]
+fn validate_exits_65_on_an_invalid_file_and_66_on_an_unreadable_one() {
+    let bad = path("tests/fixtures/playbooks/invalid/missing-param.yaml");
+    let (status, _, stderr) = run_cli(&["validate", &bad], &[]);
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    let missing = path("tests/fixtures/playbooks/invalid/does-not-exist.yaml");
+    let (status, _, stderr) = run_cli(&["validate", &missing], &[]);
+    assert_eq!(status.code(), Some(66), "{stderr}");
 }

@@ -219,8 +219,18 @@ impl DaemonDir {
     }
 
     /// Writes a config for `db` with every path inside this directory; `extra` is appended.
+    /// The test process is the policy engine: its uid goes into `intake.allowed_uids` (inside
+    /// the `[intake]` table of `extra` when it has one), unless `extra` sets that key itself.
     pub fn write_config(&self, db: &TestDb, node_id: &str, extra: &str) -> PathBuf {
         let p = |s: &str| self.path(s).display().to_string();
+        let allow = format!("allowed_uids = [{}]\n", nix::unistd::geteuid().as_raw());
+        let extra = if extra.contains("allowed_uids") {
+            extra.to_owned()
+        } else if extra.contains("[intake]\n") {
+            extra.replacen("[intake]\n", &format!("[intake]\n{allow}"), 1)
+        } else {
+            format!("{extra}\n[intake]\n{allow}")
+        };
         let text = format!(
             r#"node_id = "{node_id}"
 [database]
@@ -287,6 +297,17 @@ impl ChildDaemon {
             child,
             log: log.to_owned(),
         }
+    }
+
+    /// The status API's address, from the `status API listening on` log line.
+    pub fn status_endpoint(&self) -> playbookd::status_client::Endpoint {
+        let log = self.log_text();
+        let addr = log
+            .split("status API listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
+        playbookd::status_client::Endpoint::parse(&format!("http://{addr}")).unwrap()
     }
 
     pub fn log_text(&self) -> String {

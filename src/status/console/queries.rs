@@ -1,0 +1,627 @@
+//! The console's SQL: SELECT only, every column named, nothing secret-bearing selected
+//! (never `step_results`, idempotency keys or playbook bytes).
+//!
+//! Kept in this one file so that a change of the execution tables (column shapes, node-scoped
+//! SAFE-HALT rows) is adapted here and nowhere else. Each query decodes its rows into the
+//! types below at once; a state or risk string the schema does not allow is
+//! [`ConsoleQueryError::Corrupt`], never shown as something it is not.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::executor::state::{RunState, StepState};
+use crate::registry::model::RiskTier;
+use crate::status::cursor::Cursor;
+use crate::status::queries::add_condition;
+
+/// Why a console query gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleQueryError {
+    #[error("database query failed")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("the database holds {what} `{value}`, which this version does not know")]
+    Corrupt { what: &'static str, value: String },
+}
+
+/// One row of the runs page.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub execution_id: Uuid,
+    pub node_id: String,
+    pub playbook_id: String,
+    pub playbook_version: i64,
+    pub state: RunState,
+    pub current_step: Option<i32>,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: String,
+    pub policy_decision_id: String,
+    pub end_reason: Option<String>,
+    pub started_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// The runs page's filters, already checked by the handler.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub playbook: Option<String>,
+    pub org: Option<String>,
+    pub node: Option<String>,
+    /// Inclusive.
+    pub since: Option<OffsetDateTime>,
+    /// Exclusive.
+    pub until: Option<OffsetDateTime>,
+    /// Start strictly after this row, in (started_at DESC, execution_id DESC).
+    pub cursor: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// One page of runs, newest first.
+#[derive(Debug)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    /// The position after the last row, when an older page exists.
+    pub next: Option<Cursor>,
+}
+
+/// Everything the run page shows.
+#[derive(Debug)]
+pub struct RunDetail {
+    pub summary: RunSummary,
+    pub subject: Value,
+    /// The uid of the policy engine's peer that sent the decision (SO_PEERCRED).
+    pub requested_by_uid: i64,
+    /// The binding that matched, as recorded at intake.
+    pub binding: Value,
+    pub rollback_cause: Option<String>,
+    pub playbook_sha256: [u8; 32],
+    /// The signers of the pinned version; `None` if its version row is missing (the foreign
+    /// key forbids it, so the page says so rather than showing no signer).
+    pub signer_key_ids: Option<Vec<String>>,
+    pub steps: Vec<StepRow>,
+    pub gates: Vec<GateRow>,
+    /// Undo records in the order they ran.
+    pub rollback: Vec<UndoRow>,
+    pub events: Vec<EventRow>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub step_index: i32,
+    pub step_id: String,
+    pub action: String,
+    pub state: StepState,
+    pub attempts: i32,
+    pub skip_reason: Option<String>,
+    /// Redacted and bounded (see [`crate::status::queries::bounded_json`]).
+    pub output: Option<Value>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// The state of an approval gate, as the schema's CHECK lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+}
+
+/// One approval gate with its votes.
+#[derive(Debug, Clone)]
+pub struct GateRow {
+    pub execution_id: Uuid,
+    pub step_index: i32,
+    pub risk: RiskTier,
+    pub required: i32,
+    pub state: GateState,
+    /// Redacted and bounded: step id, action, rendered parameters.
+    pub context: Value,
+    pub opened_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub resolved_at: Option<OffsetDateTime>,
+    pub votes: Vec<VoteRow>,
+}
+
+/// A vote's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// One vote on a gate.
+#[derive(Debug, Clone)]
+pub struct VoteRow {
+    pub approver_uid: i64,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// The state of one undo, as the schema's CHECK lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UndoState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    NotUndoable,
+}
+
+/// One undo of the rollback.
+#[derive(Debug, Clone)]
+pub struct UndoRow {
+    pub step_index: i32,
+    pub state: UndoState,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// One audit event of a run, with its evidence.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub node_id: String,
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    pub event_type: String,
+    /// The event's fields (actor, step_id, reason, …); never secret by construction.
+    pub data: Value,
+    pub created_at: OffsetDateTime,
+    /// The first signed checkpoint of the same chain at or after `seq`, if one was taken.
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+/// A signed chain head that covers an event (its seq is at or after the event's).
+#[derive(Debug, Clone)]
+pub struct CheckpointRef {
+    pub seq: i64,
+    pub key_id: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// An active SAFE-HALT with what the banner shows about it.
+#[derive(Debug, Clone)]
+pub struct ActiveHalt {
+    pub halt_id: i64,
+    pub node_id: String,
+    pub execution_id: Option<Uuid>,
+    /// The step whose undo failed (`rollback_id`).
+    pub rollback_id: Option<String>,
+    pub error_message: String,
+    pub entered_at: OffsetDateTime,
+}
+
+/// A gate waiting now, with the run it belongs to.
+#[derive(Debug, Clone)]
+pub struct WaitingGate {
+    pub gate: GateRow,
+    pub playbook_id: String,
+    pub playbook_version: i64,
+    pub org_id: String,
+    pub node_id: String,
+    pub policy: String,
+    pub outcome: String,
+    pub severity: String,
+}
+
+/// Every active SAFE-HALT, oldest first (one per node once halts are node-scoped).
+pub async fn active_halts(
+    client: &impl GenericClient,
+) -> Result<Vec<ActiveHalt>, ConsoleQueryError> {
+    let rows = client
+        .query(
+            "SELECT halt_id, node_id, execution_id, rollback_id, error_message, entered_at \
+             FROM playbook_safe_halt_state WHERE is_active ORDER BY entered_at, halt_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ActiveHalt {
+            halt_id: row.get(0),
+            node_id: row.get(1),
+            execution_id: row.get(2),
+            rollback_id: row.get(3),
+            error_message: row.get(4),
+            entered_at: row.get(5),
+        })
+        .collect())
+}
+
+/// How many gates wait for a vote (for the navigation).
+pub async fn waiting_gate_count(client: &impl GenericClient) -> Result<i64, ConsoleQueryError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM playbook_approval_gates WHERE state = 'pending'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// One page of runs, newest first, strictly after `filter.cursor`.
+pub async fn runs(
+    client: &impl GenericClient,
+    filter: &RunFilter,
+) -> Result<RunPage, ConsoleQueryError> {
+    // Only the filters present go into the SQL, so the planner sees a plain predicate and can
+    // use the matching (column, started_at DESC, execution_id DESC) index.
+    let fetch = filter.limit + 1;
+    let state = filter.state.map(RunState::as_str);
+    let cursor = filter.cursor.map(|c| (c.started_at, c.execution_id));
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(state) = &state {
+        add_condition(&mut conditions, &mut params, "state = ?", &[state]);
+    }
+    if let Some(playbook) = &filter.playbook {
+        add_condition(&mut conditions, &mut params, "playbook_id = ?", &[playbook]);
+    }
+    if let Some(org) = &filter.org {
+        add_condition(&mut conditions, &mut params, "org_id = ?", &[org]);
+    }
+    if let Some(node) = &filter.node {
+        add_condition(&mut conditions, &mut params, "node_id = ?", &[node]);
+    }
+    if let Some(since) = &filter.since {
+        add_condition(&mut conditions, &mut params, "started_at >= ?", &[since]);
+    }
+    if let Some(until) = &filter.until {
+        add_condition(&mut conditions, &mut params, "started_at < ?", &[until]);
+    }
+    if let Some((started_at, execution_id)) = &cursor {
+        add_condition(
+            &mut conditions,
+            &mut params,
+            "(started_at, execution_id) < (?, ?)",
+            &[started_at, execution_id],
+        );
+    }
+    params.push(&fetch);
+    let where_clause = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM playbook_executions e {where_clause} \
+         ORDER BY started_at DESC, execution_id DESC LIMIT ${}",
+        params.len()
+    );
+    let rows = client.query(&sql, &params).await?;
+    let mut runs = rows
+        .iter()
+        .map(run_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
+    let has_more = runs.len() > limit;
+    runs.truncate(limit);
+    let next = match runs.last() {
+        Some(last) if has_more => Some(Cursor {
+            started_at: last.started_at,
+            execution_id: last.execution_id,
+        }),
+        _ => None,
+    };
+    Ok(RunPage { runs, next })
+}
+
+/// Everything about one run, or `None` when there is no such execution.
+pub async fn run_detail(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<RunDetail>, ConsoleQueryError> {
+    let Some(row) = client
+        .query_opt(
+            &format!(
+                "SELECT {RUN_COLUMNS}, e.subject, e.requested_by_uid, e.binding, e.rollback_cause, \
+                        e.playbook_sha256, v.signer_key_ids \
+                 FROM playbook_executions e \
+                 LEFT JOIN playbook_versions v \
+                   ON v.playbook_id = e.playbook_id AND v.version = e.playbook_version \
+                 WHERE e.execution_id = $1"
+            ),
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let summary = run_from_row(&row)?;
+    let sha: Vec<u8> = row.get("playbook_sha256");
+    let playbook_sha256 = <[u8; 32]>::try_from(sha.as_slice())
+        .map_err(|_| corrupt("playbook sha256", hex::encode(&sha)))?;
+
+    let steps = client
+        .query(
+            "SELECT step_index, step_id, action, state, attempts, skip_reason, output, error_class, \
+                    error, started_at, finished_at \
+             FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(StepRow {
+                step_index: row.get(0),
+                step_id: row.get(1),
+                action: row.get(2),
+                state: StepState::from_str(row.get(3))
+                    .map_err(|_| corrupt("step state", row.get::<_, String>(3)))?,
+                attempts: row.get(4),
+                skip_reason: row.get(5),
+                output: row
+                    .get::<_, Option<Value>>(6)
+                    .map(crate::status::queries::bounded_json),
+                error_class: row.get(7),
+                error: row.get(8),
+                started_at: row.get(9),
+                finished_at: row.get(10),
+            })
+        })
+        .collect::<Result<Vec<_>, ConsoleQueryError>>()?;
+
+    let gates = gates_of(client, &[id], false).await?;
+
+    // In the order the undos ran: an undo that never started (pending) comes last, and undos
+    // that share a start instant keep the reverse step order the rollback engine follows.
+    let rollback = client
+        .query(
+            "SELECT step_index, state, attempts, error, started_at, finished_at \
+             FROM playbook_rollback_states WHERE execution_id = $1 \
+             ORDER BY started_at ASC NULLS LAST, step_index DESC",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(UndoRow {
+                step_index: row.get(0),
+                state: undo_state(row.get(1))?,
+                attempts: row.get(2),
+                error: row.get(3),
+                started_at: row.get(4),
+                finished_at: row.get(5),
+            })
+        })
+        .collect::<Result<Vec<_>, ConsoleQueryError>>()?;
+
+    // `event_data ? 'execution_id'` matches the partial index's predicate, so it is used; the
+    // lateral join finds the first checkpoint of the same chain at or after each event through
+    // the checkpoints' primary key.
+    let events = client
+        .query(
+            "SELECT a.node_id, a.seq, a.hash, a.event_type, a.event_data, a.created_at, \
+                    c.seq, c.key_id, c.created_at \
+             FROM playbook_audit_log a \
+             LEFT JOIN LATERAL ( \
+                 SELECT seq, key_id, created_at FROM audit_checkpoints k \
+                 WHERE k.node_id = a.node_id AND k.seq >= a.seq ORDER BY k.seq LIMIT 1 \
+             ) c ON true \
+             WHERE a.event_data ? 'execution_id' AND a.event_data ->> 'execution_id' = $1 \
+             ORDER BY a.created_at, a.node_id, a.seq LIMIT $2",
+            &[&id.to_string(), &EVENTS_LIMIT],
+        )
+        .await?
+        .iter()
+        .map(|row| EventRow {
+            node_id: row.get(0),
+            seq: row.get(1),
+            hash: row.get(2),
+            event_type: row.get(3),
+            data: row.get(4),
+            created_at: row.get(5),
+            checkpoint: row.get::<_, Option<i64>>(6).map(|seq| CheckpointRef {
+                seq,
+                key_id: row.get(7),
+                created_at: row.get(8),
+            }),
+        })
+        .collect();
+
+    Ok(Some(RunDetail {
+        summary,
+        subject: crate::status::queries::bounded_json(row.get("subject")),
+        requested_by_uid: row.get("requested_by_uid"),
+        binding: crate::status::queries::bounded_json(row.get("binding")),
+        rollback_cause: row.get("rollback_cause"),
+        playbook_sha256,
+        signer_key_ids: row.get("signer_key_ids"),
+        steps,
+        gates,
+        rollback,
+        events,
+    }))
+}
+
+/// Every gate waiting for a vote, the most critical first, then the soonest to expire.
+pub async fn waiting_gates(
+    client: &impl GenericClient,
+) -> Result<Vec<WaitingGate>, ConsoleQueryError> {
+    let rows = client
+        .query(
+            "SELECT g.execution_id, e.playbook_id, e.playbook_version, e.org_id, e.node_id, \
+                    e.policy, e.outcome, e.severity \
+             FROM playbook_approval_gates g JOIN playbook_executions e USING (execution_id) \
+             WHERE g.state = 'pending' LIMIT $1",
+            &[&WAITING_LIMIT],
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+    let runs: BTreeMap<Uuid, &Row> = rows.iter().map(|row| (row.get(0), row)).collect();
+    let gates = gates_of(client, &ids, true).await?;
+    let mut waiting: Vec<WaitingGate> = gates
+        .into_iter()
+        .filter_map(|gate| {
+            let run = runs.get(&gate.execution_id)?;
+            Some(WaitingGate {
+                playbook_id: run.get(1),
+                playbook_version: run.get(2),
+                org_id: run.get(3),
+                node_id: run.get(4),
+                policy: run.get(5),
+                outcome: run.get(6),
+                severity: run.get(7),
+                gate,
+            })
+        })
+        .collect();
+    waiting.sort_by(|a, b| {
+        b.gate
+            .risk
+            .cmp(&a.gate.risk)
+            .then(a.gate.expires_at.cmp(&b.gate.expires_at))
+            .then(a.gate.execution_id.cmp(&b.gate.execution_id))
+            .then(a.gate.step_index.cmp(&b.gate.step_index))
+    });
+    Ok(waiting)
+}
+
+/// The gates (with votes) of `executions`; only pending ones with `only_pending`.
+async fn gates_of(
+    client: &impl GenericClient,
+    executions: &[Uuid],
+    only_pending: bool,
+) -> Result<Vec<GateRow>, ConsoleQueryError> {
+    if executions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut votes: BTreeMap<(Uuid, i32), Vec<VoteRow>> = BTreeMap::new();
+    for row in client
+        .query(
+            "SELECT execution_id, step_index, approver_uid, verdict, reason, created_at \
+             FROM playbook_approvals WHERE execution_id = ANY($1) \
+             ORDER BY execution_id, step_index, created_at, approver_uid",
+            &[&executions],
+        )
+        .await?
+    {
+        let verdict = match row.get::<_, &str>(3) {
+            "approve" => Verdict::Approve,
+            "deny" => Verdict::Deny,
+            other => return Err(corrupt("vote verdict", other)),
+        };
+        votes
+            .entry((row.get(0), row.get(1)))
+            .or_default()
+            .push(VoteRow {
+                approver_uid: row.get(2),
+                verdict,
+                reason: row.get(4),
+                created_at: row.get(5),
+            });
+    }
+    client
+        .query(
+            "SELECT execution_id, step_index, risk, required, state, context, opened_at, \
+                    expires_at, resolved_at \
+             FROM playbook_approval_gates \
+             WHERE execution_id = ANY($1) AND (NOT $2 OR state = 'pending') \
+             ORDER BY execution_id, step_index",
+            &[&executions, &only_pending],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let key: (Uuid, i32) = (row.get(0), row.get(1));
+            Ok(GateRow {
+                execution_id: key.0,
+                step_index: key.1,
+                risk: risk(row.get(2))?,
+                required: row.get(3),
+                state: gate_state(row.get(4))?,
+                context: crate::status::queries::bounded_json(row.get(5)),
+                opened_at: row.get(6),
+                expires_at: row.get(7),
+                resolved_at: row.get(8),
+                votes: votes.remove(&key).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn run_from_row(row: &Row) -> Result<RunSummary, ConsoleQueryError> {
+    let state: &str = row.get("state");
+    Ok(RunSummary {
+        execution_id: row.get("execution_id"),
+        node_id: row.get("node_id"),
+        playbook_id: row.get("playbook_id"),
+        playbook_version: row.get("playbook_version"),
+        state: RunState::from_str(state).map_err(|_| corrupt("run state", state))?,
+        current_step: row.get("current_step"),
+        policy: row.get("policy"),
+        outcome: row.get("outcome"),
+        org_id: row.get("org_id"),
+        severity: row.get("severity"),
+        policy_decision_id: row.get("policy_decision_id"),
+        end_reason: row.get("end_reason"),
+        started_at: row.get("started_at"),
+        updated_at: row.get("updated_at"),
+        completed_at: row.get("completed_at"),
+    })
+}
+
+fn risk(text: &str) -> Result<RiskTier, ConsoleQueryError> {
+    Ok(match text {
+        "low" => RiskTier::Low,
+        "moderate" => RiskTier::Moderate,
+        "high" => RiskTier::High,
+        "critical" => RiskTier::Critical,
+        other => return Err(corrupt("risk tier", other)),
+    })
+}
+
+fn gate_state(text: &str) -> Result<GateState, ConsoleQueryError> {
+    Ok(match text {
+        "pending" => GateState::Pending,
+        "approved" => GateState::Approved,
+        "denied" => GateState::Denied,
+        "expired" => GateState::Expired,
+        "cancelled" => GateState::Cancelled,
+        other => return Err(corrupt("gate state", other)),
+    })
+}
+
+fn undo_state(text: &str) -> Result<UndoState, ConsoleQueryError> {
+    Ok(match text {
+        "pending" => UndoState::Pending,
+        "running" => UndoState::Running,
+        "succeeded" => UndoState::Succeeded,
+        "failed" => UndoState::Failed,
+        "not_undoable" => UndoState::NotUndoable,
+        other => return Err(corrupt("rollback state", other)),
+    })
+}
+
+fn corrupt(what: &'static str, value: impl Into<String>) -> ConsoleQueryError {
+    ConsoleQueryError::Corrupt {
+        what,
+        value: crate::text::storable(&value.into(), 128),
+    }
+}
+
+/// Columns of [`RunSummary`], qualified so they also work in the joined detail query.
+const RUN_COLUMNS: &str = "e.execution_id, e.node_id, e.playbook_id, e.playbook_version, \
+     e.state, e.current_step, e.policy, e.outcome, e.org_id, e.severity, e.policy_decision_id, \
+     e.end_reason, e.started_at, e.updated_at, e.completed_at";
+/// The events shown for one run (a run has a few dozen; the page says when it is cut).
+pub const EVENTS_LIMIT: i64 = 1000;
+/// The waiting gates shown at once.
+pub const WAITING_LIMIT: i64 = 500;
