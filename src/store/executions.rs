@@ -263,12 +263,21 @@ pub async fn scope(store: &Store, id: Uuid) -> Result<Option<ExecutionScope>, St
 
 /// Every run of `node_id` that has not ended, oldest first: what start-up and the sweep resume.
 pub async fn resumable(store: &Store, node_id: &str) -> Result<Vec<Uuid>, StoreError> {
+    // The states as literals (our own spellings, never input), so that the planner can use the
+    // partial index on the open runs (`playbook_executions_active_idx`).
+    let open = transitions::open_run_states()
+        .iter()
+        .map(|state| format!("'{state}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let client = store.client().await?;
     let rows = client
         .query(
-            "SELECT execution_id FROM playbook_executions \
-             WHERE node_id = $1 AND state = ANY($2) ORDER BY started_at",
-            &[&node_id, &transitions::open_run_states()],
+            &format!(
+                "SELECT execution_id FROM playbook_executions \
+                 WHERE node_id = $1 AND state IN ({open}) ORDER BY started_at"
+            ),
+            &[&node_id],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
