@@ -87,7 +87,8 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
     );
     let daemon = Running::start(CONFIG, &[ROLLS_BACK, GATED, UNDO_FAILS], BINDINGS).await;
     let control = daemon.dir.path("run/control.sock");
-    let ctl = |args: Vec<String>| {
+    // `expected` is the exit status: 0, or 65 for a reload that refused a file.
+    let ctl = |args: Vec<String>, expected: i32| {
         let control = control.clone();
         async move {
             let output = tokio::process::Command::new(binary())
@@ -99,8 +100,9 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
                 .output()
                 .await
                 .unwrap();
-            assert!(
-                output.status.success(),
+            assert_eq!(
+                output.status.code(),
+                Some(expected),
                 "ctl {args:?}: {}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
@@ -114,7 +116,7 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
         ROLLS_BACK.replace("rolls-back", "unsigned"),
     )
     .unwrap();
-    ctl(vec!["reload".into()]).await;
+    ctl(vec!["reload".into()], 65).await;
 
     let accepted = |reply: Value| {
         assert_eq!(reply["status"], "accepted", "{reply}");
@@ -152,13 +154,16 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
             .await,
     );
     wait_for_state(&daemon, &gated, "awaiting_approval").await;
-    ctl(vec![
-        "approve".into(),
-        gated.clone(),
-        "contain".into(),
-        "--reason".into(),
-        "host isolated by hand first".into(),
-    ])
+    ctl(
+        vec![
+            "approve".into(),
+            gated.clone(),
+            "contain".into(),
+            "--reason".into(),
+            "host isolated by hand first".into(),
+        ],
+        0,
+    )
     .await;
 
     let halted = accepted(
