@@ -299,8 +299,15 @@ impl ChildDaemon {
         }
     }
 
-    /// The status API's address, from the `status API listening on` log line.
+    /// The status API's address, from the `status API listening on` log line (the listener's
+    /// task may log it just after `playbookd ready`: waited for, briefly).
     pub fn status_endpoint(&self) -> playbookd::status_client::Endpoint {
+        let start = Instant::now();
+        while !self.log_text().contains("status API listening on ")
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let log = self.log_text();
         let addr = log
             .split("status API listening on ")
