@@ -5,6 +5,9 @@
 //! so a waiting step keeps waiting across restarts and continues once approved. A gate
 //! expires (default 15 min) and the run rolls back.
 
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +19,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{AppendError, AuditHandle};
+pub use crate::store::gates::VoteOutcome;
+use crate::store::gates::{self, NewGate, NewVote};
+use crate::store::halts::{ActiveHalt, CLEAR_COMMAND, HaltWatch};
+use crate::store::model::GateState;
+pub use crate::store::model::Vote;
 use crate::store::{Store, StoreError};
 
+/// How long a gate waits when the playbook does not say.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// Escalate when less than 1/N of the gate's lifetime is left.
 const ESCALATE_AT_FRACTION: u32 = 5;
@@ -61,21 +70,7 @@ pub enum Verdict {
     Interrupted,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vote {
-    Approve,
-    Deny,
-}
-
-impl Vote {
-    fn as_str(self) -> &'static str {
-        match self {
-            Vote::Approve => "approve",
-            Vote::Deny => "deny",
-        }
-    }
-}
-
+/// Why a vote was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum VoteError {
     #[error("no approval is pending for execution {execution_id} step `{step}`")]
@@ -86,35 +81,47 @@ pub enum VoteError {
     ReasonRequired(&'static str),
     #[error("the gate has expired")]
     Expired,
+    #[error("the gate is no longer pending (it is {0})")]
+    Closed(String),
+    /// A host acts only for its own runs.
+    #[error(
+        "execution {execution_id} belongs to node `{owner}`; this node cannot vote on it: \
+         send the vote to node `{owner}`"
+    )]
+    OtherNode { execution_id: Uuid, owner: String },
+    /// An approval during SAFE-HALT would fire the moment an admin clears it.
+    #[error(
+        "safe_halt: {0}; approvals are refused until an admin clears it with `{CLEAR_COMMAND}` \
+         (a deny is still recorded)"
+    )]
+    Halted(Box<ActiveHalt>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("audit log unavailable; the vote was not recorded")]
     Audit(#[source] AppendError),
 }
 
-/// The outcome of a vote as the voter sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VoteOutcome {
-    pub gate_state: String,
-    pub approvals: i64,
-    pub required: i32,
-}
-
+/// Approval gates: opened by the executor, decided by votes on control.sock. Cloning is
+/// shallow.
 #[derive(Clone)]
 pub struct Approvals {
     store: Store,
     audit: AuditHandle,
+    /// This node's SAFE-HALT, read by the vote transaction (an approval is refused while halted).
+    halt: HaltWatch,
     waiters: Arc<Mutex<HashMap<GateKey, Arc<Notify>>>>,
 }
 
 /// (execution, step index) of one gate.
-type GateKey = (Uuid, i32);
+type GateKey = (Uuid, usize);
 
 impl Approvals {
-    pub fn new(store: Store, audit: AuditHandle) -> Approvals {
+    /// Gates over `store`, recorded through `audit`; votes read `halt` (this node's SAFE-HALT).
+    pub fn new(store: Store, audit: AuditHandle, halt: HaltWatch) -> Approvals {
         Approvals {
             store,
             audit,
+            halt,
             waiters: Arc::default(),
         }
     }
@@ -125,39 +132,41 @@ impl Approvals {
         request: GateRequest,
         interrupt: &CancellationToken,
     ) -> Result<Verdict, crate::executor::RunError> {
-        let index = i32::try_from(request.step_index).unwrap_or(i32::MAX);
+        let index = request.step_index;
         let key = (request.execution_id, index);
         let notify = self.waiter(key);
         self.open(&request).await?;
         let mut escalated = false;
         loop {
-            let (state, expires_at) = self.gate_state(request.execution_id, index).await?;
-            match state.as_str() {
-                "approved" => {
+            let status = gates::status(&self.store, request.execution_id, index).await?;
+            match status.state {
+                GateState::Approved => {
                     self.forget(key);
                     return Ok(Verdict::Approved);
                 }
-                "denied" => {
+                GateState::Denied => {
                     self.forget(key);
-                    let reason = self.deny_reason(request.execution_id, index).await?;
+                    let reason = gates::deny_reason(&self.store, request.execution_id, index)
+                        .await?
+                        .unwrap_or_else(|| "denied".to_owned());
                     return Ok(Verdict::Denied(reason));
                 }
-                "expired" | "cancelled" => {
+                GateState::Expired | GateState::Cancelled => {
                     self.forget(key);
                     return Ok(Verdict::Expired);
                 }
-                _ => {}
+                GateState::Pending => {}
             }
             let now = OffsetDateTime::now_utc();
-            if now >= expires_at {
+            if now >= status.expires_at {
                 self.expire(request.execution_id, index, &request.step_id)
                     .await?;
                 continue;
             }
-            let until_expiry = Duration::try_from(expires_at - now).unwrap_or_default();
+            let until_expiry = Duration::try_from(status.expires_at - now).unwrap_or_default();
             if !escalated && until_expiry <= request.expires_after / ESCALATE_AT_FRACTION {
                 escalated = true;
-                self.escalate(&request, expires_at).await?;
+                self.escalate(&request, status.expires_at).await?;
             }
             tokio::select! {
                 () = notify.notified() => {}
@@ -192,15 +201,13 @@ impl Approvals {
             request.risk.as_str(),
             request.playbook,
         );
-        self.audit
-            .append(
-                AuditEvent::new("approval.escalated", Actor::System)
-                    .execution(request.execution_id)
-                    .with("step_id", request.step_id.as_str())
-                    .with("expires_at", expires),
-            )
-            .await
-            .map(|_| ())
+        gates::escalated(
+            &self.audit,
+            request.execution_id,
+            &request.step_id,
+            expires_at,
+        )
+        .await
     }
 
     fn waiter(&self, key: GateKey) -> Arc<Notify> {
@@ -220,8 +227,6 @@ impl Approvals {
     }
 
     async fn open(&self, request: &GateRequest) -> Result<(), AppendError> {
-        let request = request.clone();
-        let index = i32::try_from(request.step_index).unwrap_or(i32::MAX);
         let context = json!({
             "execution_id": request.execution_id,
             "org_id": request.org_id,
@@ -232,95 +237,32 @@ impl Approvals {
             "risk": request.risk.as_str(),
             "undoable": request.undoable,
         });
-        let expires_ms = i64::try_from(request.expires_after.as_millis()).unwrap_or(i64::MAX);
-        self.audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    let opened = tx
-                        .execute(
-                            "INSERT INTO playbook_approval_gates (execution_id, step_index, risk, required, state, \
-                                context, opened_at, expires_at) \
-                             VALUES ($1, $2, $3, $4, 'pending', $5, now(), now() + $6 * interval '1 millisecond') \
-                             ON CONFLICT (execution_id, step_index) DO NOTHING",
-                            &[&request.execution_id, &index, &request.risk.as_str(),
-                              &i32::from(request.required), &context, &(expires_ms as f64)],
-                        )
-                        .await?;
-                    tx.execute(
-                        "UPDATE playbook_executions SET state = 'awaiting_approval', current_step = $2, updated_at = now() \
-                         WHERE execution_id = $1 AND state IN ('pending', 'running')",
-                        &[&request.execution_id, &index],
-                    )
-                    .await?;
-                    let event_type = if opened == 1 { "approval.requested" } else { "approval.waiting" };
-                    Ok((AuditEvent::new(event_type, Actor::System)
-                        .execution(request.execution_id)
-                        .with("step_id", request.step_id)
-                        .with("risk", request.risk.as_str())
-                        .with("required", request.required), ()))
-                })
-            }))
-            .await?;
+        gates::open(
+            &self.audit,
+            NewGate {
+                execution_id: request.execution_id,
+                step_index: request.step_index,
+                step_id: request.step_id.clone(),
+                risk: request.risk,
+                required: request.required,
+                context,
+                expires_after: request.expires_after,
+            },
+        )
+        .await?;
         metrics::gauge!("playbookd_approvals_pending").increment(1.0);
         Ok(())
-    }
-
-    async fn gate_state(
-        &self,
-        execution_id: Uuid,
-        index: i32,
-    ) -> Result<(String, OffsetDateTime), StoreError> {
-        let client = self.store.client().await?;
-        let row = client
-            .query_one(
-                "SELECT state, expires_at FROM playbook_approval_gates WHERE execution_id = $1 AND step_index = $2",
-                &[&execution_id, &index],
-            )
-            .await?;
-        Ok((row.get(0), row.get(1)))
-    }
-
-    async fn deny_reason(&self, execution_id: Uuid, index: i32) -> Result<String, StoreError> {
-        let client = self.store.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT approver_uid, reason FROM playbook_approvals \
-                 WHERE execution_id = $1 AND step_index = $2 AND verdict = 'deny' LIMIT 1",
-                &[&execution_id, &index],
-            )
-            .await?;
-        Ok(row.map_or_else(
-            || "denied".to_owned(),
-            |row| format!("uid {}: {}", row.get::<_, i64>(0), row.get::<_, String>(1)),
-        ))
     }
 
     async fn expire(
         &self,
         execution_id: Uuid,
-        index: i32,
+        index: usize,
         step_id: &str,
     ) -> Result<(), AppendError> {
-        let step_id = step_id.to_owned();
-        self.audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.execute(
-                        "UPDATE playbook_approval_gates SET state = 'expired', resolved_at = now() \
-                         WHERE execution_id = $1 AND step_index = $2 AND state = 'pending'",
-                        &[&execution_id, &index],
-                    )
-                    .await?;
-                    Ok((
-                        AuditEvent::new("approval.expired", Actor::System)
-                            .execution(execution_id)
-                            .with("step_id", step_id),
-                        (),
-                    ))
-                })
-            }))
-            .await?;
-        metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
+        if gates::expire(&self.audit, execution_id, index, step_id.to_owned()).await? {
+            metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
+        }
         Ok(())
     }
 
@@ -333,178 +275,78 @@ impl Approvals {
         vote: Vote,
         reason: &str,
     ) -> Result<VoteOutcome, VoteError> {
-        let (index, risk) = self.pending_gate(execution_id, step_id).await?;
+        let node_id = self.audit.node_id();
+        let gate = match gates::find_pending(&self.store, execution_id, step_id, node_id).await {
+            Ok(Some(gate)) => gate,
+            Ok(None) => {
+                return Err(VoteError::NoPendingGate {
+                    execution_id,
+                    step: step_id.to_owned(),
+                });
+            }
+            Err(StoreError::OtherNode { owner, .. }) => {
+                return Err(VoteError::OtherNode {
+                    execution_id,
+                    owner,
+                });
+            }
+            Err(other) => return Err(VoteError::Store(other)),
+        };
+        if gate.expired {
+            return Err(VoteError::Expired);
+        }
         let reason = reason.trim().to_owned();
-        if reason.is_empty() && matches!(risk.as_str(), "high" | "critical") {
-            return Err(VoteError::ReasonRequired(if risk == "high" {
-                "high"
-            } else {
-                "critical"
-            }));
+        match gate.risk {
+            RiskTier::High if reason.is_empty() => return Err(VoteError::ReasonRequired("high")),
+            RiskTier::Critical if reason.is_empty() => {
+                return Err(VoteError::ReasonRequired("critical"));
+            }
+            RiskTier::Low | RiskTier::Moderate | RiskTier::High | RiskTier::Critical => {}
         }
-        let step = step_id.to_owned();
-        let (_, outcome) = self
-            .audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    let outcome = apply_vote(tx, execution_id, index, uid, vote, &reason).await?;
-                    let event = AuditEvent::new("approval.vote", Actor::Uid(uid))
-                        .execution(execution_id)
-                        .with("step_id", step)
-                        .with("verdict", vote.as_str())
-                        .with("reason", reason)
-                        .with("gate_state", outcome.gate_state.clone())
-                        .with("approvals", outcome.approvals)
-                        .with("required", outcome.required);
-                    Ok((event, outcome))
-                })
-            }))
+        let request = NewVote {
+            execution_id,
+            index: gate.index,
+            step_id: step_id.to_owned(),
+            uid,
+            vote,
+            reason,
+        };
+        let outcome = gates::vote(&self.audit, request, &self.halt)
             .await
-            .map_err(|error| classify_vote_error(error, uid))?;
-        if outcome.gate_state != "pending" {
-            metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
+            .map_err(|error| classify_vote_error(error, execution_id, uid))?;
+        match outcome.gate_state {
+            GateState::Pending => {}
+            GateState::Approved | GateState::Denied | GateState::Expired | GateState::Cancelled => {
+                metrics::gauge!("playbookd_approvals_pending").decrement(1.0);
+            }
         }
-        self.waiter((execution_id, index)).notify_one();
+        self.waiter((execution_id, gate.index)).notify_one();
         Ok(outcome)
     }
 
-    async fn pending_gate(
-        &self,
-        execution_id: Uuid,
-        step_id: &str,
-    ) -> Result<(i32, String), VoteError> {
-        let client = self.store.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT g.step_index, g.risk, g.expires_at <= now() FROM playbook_approval_gates g \
-                 JOIN playbook_step_runs s USING (execution_id, step_index) \
-                 WHERE g.execution_id = $1 AND g.state = 'pending' AND g.context->>'step_id' = $2",
-                &[&execution_id, &step_id],
-            )
-            .await
-            .map_err(StoreError::from)?;
-        let row = match row {
-            Some(row) => row,
-            None => client
-                .query_opt(
-                    "SELECT step_index, risk, expires_at <= now() FROM playbook_approval_gates \
-                     WHERE execution_id = $1 AND state = 'pending' AND context->>'step_id' = $2",
-                    &[&execution_id, &step_id],
-                )
-                .await
-                .map_err(StoreError::from)?
-                .ok_or_else(|| VoteError::NoPendingGate {
-                    execution_id,
-                    step: step_id.to_owned(),
-                })?,
-        };
-        if row.get::<_, bool>(2) {
-            return Err(VoteError::Expired);
-        }
-        Ok((row.get(0), row.get(1)))
-    }
-
-    /// Every pending gate with its context and the votes so far.
+    /// Every pending gate of this node's runs with its context and the votes so far.
     pub async fn pending(&self) -> Result<Vec<Value>, StoreError> {
-        let client = self.store.client().await?;
-        let rows = client
-            .query(
-                "SELECT g.context, g.required, g.opened_at, g.expires_at, \
-                    COALESCE((SELECT json_agg(json_build_object('uid', a.approver_uid, 'verdict', a.verdict)) \
-                              FROM playbook_approvals a \
-                              WHERE a.execution_id = g.execution_id AND a.step_index = g.step_index), '[]'::json) \
-                 FROM playbook_approval_gates g WHERE g.state = 'pending' ORDER BY g.opened_at",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let mut context: Value = row.get(0);
-                let votes: Value = row.get(4);
-                context["required"] = json!(row.get::<_, i32>(1));
-                context["opened_at"] = json!(crate::store::audit::format_timestamp(row.get(2)));
-                context["expires_at"] = json!(crate::store::audit::format_timestamp(row.get(3)));
-                context["votes"] = votes;
-                context
-            })
-            .collect())
+        gates::pending(&self.store, self.audit.node_id()).await
     }
 }
 
-async fn apply_vote(
-    tx: &tokio_postgres::Transaction<'_>,
-    execution_id: Uuid,
-    index: i32,
-    uid: u32,
-    vote: Vote,
-    reason: &str,
-) -> Result<VoteOutcome, StoreError> {
-    let gate = tx
-        .query_one(
-            "SELECT state, required FROM playbook_approval_gates \
-             WHERE execution_id = $1 AND step_index = $2 FOR UPDATE",
-            &[&execution_id, &index],
-        )
-        .await?;
-    let state: String = gate.get(0);
-    let required: i32 = gate.get(1);
-    if state != "pending" {
-        return Err(StoreError::Corrupt {
-            what: "gate",
-            detail: format!("gate is {state}"),
-        });
+fn classify_vote_error(error: AppendError, execution_id: Uuid, uid: u32) -> VoteError {
+    match error {
+        AppendError::Effect(StoreError::Query(query))
+            if query.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            VoteError::AlreadyVoted(uid)
+        }
+        AppendError::Effect(StoreError::Transition { from, .. }) => VoteError::Closed(from),
+        AppendError::Effect(StoreError::Halted(halt)) => VoteError::Halted(halt),
+        AppendError::Effect(StoreError::OtherNode { owner, .. }) => VoteError::OtherNode {
+            execution_id,
+            owner,
+        },
+        other @ (AppendError::Effect(_) | AppendError::Unavailable(_) | AppendError::Stopped) => {
+            VoteError::Audit(other)
+        }
     }
-    tx.execute(
-        "INSERT INTO playbook_approvals (execution_id, step_index, approver_uid, verdict, reason, created_at) \
-         VALUES ($1, $2, $3, $4, $5, now())",
-        &[&execution_id, &index, &i64::from(uid), &vote.as_str(), &reason],
-    )
-    .await?;
-    let approvals: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM playbook_approvals WHERE execution_id = $1 AND step_index = $2 AND verdict = 'approve'",
-            &[&execution_id, &index],
-        )
-        .await?
-        .get(0);
-    let gate_state = match vote {
-        Vote::Deny => "denied",
-        Vote::Approve if approvals >= i64::from(required) => "approved",
-        Vote::Approve => "pending",
-    };
-    if gate_state != "pending" {
-        tx.execute(
-            "UPDATE playbook_approval_gates SET state = $3, resolved_at = now() WHERE execution_id = $1 AND step_index = $2",
-            &[&execution_id, &index, &gate_state],
-        )
-        .await?;
-    }
-    if gate_state == "approved" {
-        tx.execute(
-            "UPDATE playbook_executions SET state = 'running', updated_at = now() \
-             WHERE execution_id = $1 AND state = 'awaiting_approval'",
-            &[&execution_id],
-        )
-        .await?;
-    }
-    Ok(VoteOutcome {
-        gate_state: gate_state.to_owned(),
-        approvals,
-        required,
-    })
-}
-
-fn classify_vote_error(error: AppendError, uid: u32) -> VoteError {
-    if let AppendError::Effect(StoreError::Query(query)) = &error
-        && query.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-    {
-        return VoteError::AlreadyVoted(uid);
-    }
-    if let AppendError::Effect(StoreError::Corrupt { .. }) = &error {
-        return VoteError::Expired;
-    }
-    VoteError::Audit(error)
 }
 
 /// Parameters shown to approvers: anything that names a secret keeps its name, never a value

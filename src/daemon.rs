@@ -212,7 +212,7 @@ impl Daemon {
         );
         let work_shutdown = CancellationToken::new();
         let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
-        let approvals = Approvals::new(store.clone(), audit.clone());
+        let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
         let executor = Executor::new(
             ExecutorParts {
                 store: store.clone(),

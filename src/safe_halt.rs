@@ -1,218 +1,225 @@
-//! SAFE-HALT: the persisted "stop acting" state entered when a rollback fails.
+//! SAFE-HALT: the persisted "stop acting" state of this node, entered when a rollback fails
+//! (or a run cannot be continued safely).
 //!
-//! The row in `playbook_safe_halt_state` is the truth; this module keeps a watch channel in
-//! step with it so the intake and the executor can check it without a query, and so tasks can
-//! wait for it to clear. It is loaded at start (a halt survives restarts) and changes only
-//! together with its audit event.
+//! The rows belong to [`crate::store::halts`]; this module keeps the node's in-memory copy
+//! ([`HaltWatch`]) and says so to operators: journald (critical priority), systemd `STATUS=`,
+//! the `playbookd_safe_halt_active` gauge. Every message names the command that clears it.
+//!
+//! Entering is in memory first, at once, so nothing starts on this node even while the row
+//! cannot be written; the row is then written, and if that fails it is retried in the
+//! background until the database takes it (the full record first, then the bare halt row).
 
-use std::sync::Arc;
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
 
-use time::OffsetDateTime;
-use tokio::sync::watch;
+use std::time::Duration;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{AppendError, AuditHandle, error_chain, format_timestamp};
+use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause, HaltWatch};
+use crate::store::model::HaltScope;
 use crate::store::{Store, StoreError};
 use crate::systemd;
 
-/// The active halt, as operators see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Halt {
-    pub halt_id: i64,
-    pub execution_id: Option<uuid::Uuid>,
-    pub error_message: String,
-    pub entered_at: OffsetDateTime,
-}
-
+/// This node's SAFE-HALT. Cloning is shallow.
 #[derive(Clone)]
 pub struct SafeHalt {
-    state: Arc<watch::Sender<Option<Halt>>>,
+    watch: HaltWatch,
     audit: AuditHandle,
 }
 
+/// Why a halt could not be cleared.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("no SAFE-HALT is active")]
-    NotActive,
+    #[error("no SAFE-HALT is active on node `{node_id}`")]
+    NotActive { node_id: String },
+    #[error(
+        "the SAFE-HALT of node `{node_id}` is not written to the database yet (the daemon keeps \
+         trying); retry once it is"
+    )]
+    NotWrittenYet { node_id: String },
     #[error("a reason is required to clear a SAFE-HALT")]
     NoReason,
     #[error("the audit log is unavailable; SAFE-HALT stays active")]
     Audit(#[source] AppendError),
 }
 
+/// Whether a halt entered by [`SafeHalt::enter`] is written yet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entered {
+    /// The halt row (and everything the cause implies) is durable.
+    Written(ActiveHalt),
+    /// Known in memory only; a background task keeps writing it.
+    InMemoryOnly(ActiveHalt),
+}
+
 impl SafeHalt {
-    /// Reads the active halt (if any) from the database.
+    /// Reads this node's active halt (if any) from the database: a halt survives restarts.
     pub async fn load(store: &Store, audit: AuditHandle) -> Result<SafeHalt, StoreError> {
-        let client = store.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT halt_id, execution_id, error_message, entered_at \
-                 FROM playbook_safe_halt_state WHERE is_active",
-                &[],
-            )
-            .await?;
-        let halt = row.map(|row| Halt {
-            halt_id: row.get(0),
-            execution_id: row.get(1),
-            error_message: row.get(2),
-            entered_at: row.get(3),
-        });
+        let halt = halts::load_active(store, audit.node_id())
+            .await?
+            .filter(|halt| is_own(halt, audit.node_id()));
+        metrics::gauge!("playbookd_safe_halt_active").set(if halt.is_some() { 1.0 } else { 0.0 });
         if let Some(halt) = &halt {
-            tracing::error!(halt_id = halt.halt_id, error = %halt.error_message, "SAFE-HALT is active: nothing will run until an admin clears it");
+            tracing::error!(halt_id = ?halt.halt_id, error = %halt.message, priority = "critical",
+                "SAFE-HALT is active: nothing will run until an admin clears it with `{CLEAR_COMMAND}`");
             systemd::notify_status(&status_line(halt));
         }
-        metrics::gauge!("playbookd_safe_halt_active").set(if halt.is_some() { 1.0 } else { 0.0 });
         Ok(SafeHalt {
-            state: Arc::new(watch::channel(halt).0),
+            watch: HaltWatch::new(halt),
             audit,
         })
     }
 
-    pub fn active(&self) -> Option<Halt> {
-        self.state.borrow().clone()
+    /// The in-memory watch the store's transactions read.
+    pub fn watch(&self) -> &HaltWatch {
+        &self.watch
     }
 
+    /// This node's halt, if one is in force.
+    pub fn active(&self) -> Option<ActiveHalt> {
+        self.watch.current()
+    }
+
+    /// Whether this node is halted.
     pub fn is_active(&self) -> bool {
-        self.state.borrow().is_some()
+        self.watch.is_active()
     }
 
-    /// Resolves once no halt is active.
+    /// Resolves once no halt of this node is in force.
     pub async fn wait_clear(&self) {
-        let mut receiver = self.state.subscribe();
-        let _ = receiver.wait_for(Option::is_none).await;
+        self.watch.wait_clear().await;
     }
 
-    /// Records that a halt was entered inside the caller's transaction (see the executor),
-    /// after that transaction committed.
-    pub fn entered(&self, halt: Halt) {
-        tracing::error!(
-            halt_id = halt.halt_id,
-            execution_id = ?halt.execution_id,
-            error = %halt.error_message,
-            priority = "critical",
-            "SAFE-HALT entered: a rollback failed; every new decision and step is refused until an admin clears it"
-        );
-        systemd::notify_status(&status_line(&halt));
-        metrics::gauge!("playbookd_safe_halt_active").set(1.0);
-        self.state.send_replace(Some(halt));
+    /// Takes note of a halt found in the database (a start was refused by it). This node's own
+    /// halt is kept in memory from then on; a fleet halt is re-read by whoever meets it.
+    pub fn observe(&self, halt: ActiveHalt) {
+        if is_own(&halt, self.audit.node_id()) && self.watch.set(halt.clone()) {
+            announce(&halt, "SAFE-HALT found in the database");
+        }
     }
 
-    /// Clears the active halt, with the admin's uid and reason, audited in the same transaction.
-    pub async fn resolve(&self, admin_uid: u32, reason: &str) -> Result<(), ResolveError> {
-        let reason = reason.trim().to_owned();
+    /// Enters SAFE-HALT for `cause`: in memory at once, then written with everything the cause
+    /// implies. When the write fails, a background task retries until it succeeds; meanwhile
+    /// the in-memory halt refuses every start on this node.
+    pub async fn enter(&self, cause: HaltCause) -> Entered {
+        let unwritten = cause.unwritten(self.audit.node_id());
+        if self.watch.set(unwritten.clone()) {
+            announce(&unwritten, "SAFE-HALT entered");
+        }
+        match halts::enter(&self.audit, cause.clone()).await {
+            Ok(halt) => {
+                self.watch.set(halt.clone());
+                tracing::error!(halt_id = ?halt.halt_id, execution_id = ?halt.execution_id, "SAFE-HALT written");
+                Entered::Written(halt)
+            }
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), priority = "critical",
+                    "SAFE-HALT not written yet: it holds in memory (nothing starts) and is retried");
+                let halt = self.active().unwrap_or(unwritten);
+                tokio::spawn(persist_until_written(
+                    self.audit.clone(),
+                    self.watch.clone(),
+                    cause,
+                    halt.clone(),
+                ));
+                Entered::InMemoryOnly(halt)
+            }
+        }
+    }
+
+    /// Clears this node's halt, with the admin's uid and reason, audited in the same
+    /// transaction; fails unless exactly one active row of this node was cleared.
+    pub async fn resolve(&self, admin_uid: u32, reason: &str) -> Result<i64, ResolveError> {
+        let reason = reason.trim();
         if reason.is_empty() {
             return Err(ResolveError::NoReason);
         }
-        let Some(halt) = self.active() else {
-            return Err(ResolveError::NotActive);
-        };
-        let halt_id = halt.halt_id;
-        let logged_reason = reason.clone();
-        self.audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.execute(
-                        "UPDATE playbook_safe_halt_state \
-                         SET is_active = false, resolved_at = now(), resolved_by = $2, reason = $3 \
-                         WHERE halt_id = $1 AND is_active",
-                        &[&halt_id, &i64::from(admin_uid), &reason],
-                    )
-                    .await?;
-                    Ok((
-                        AuditEvent::new("safe_halt.cleared", Actor::Uid(admin_uid))
-                            .with("halt_id", halt_id)
-                            .with("reason", reason),
-                        (),
-                    ))
-                })
-            }))
-            .await
-            .map_err(ResolveError::Audit)?;
-        tracing::warn!(halt_id, admin_uid, reason = %logged_reason, "SAFE-HALT cleared");
-        metrics::gauge!("playbookd_safe_halt_active").set(0.0);
-        systemd::notify_status("ready: SAFE-HALT cleared");
-        self.state.send_replace(None);
-        Ok(())
+        let node_id = self.audit.node_id().to_owned();
+        match halts::resolve(&self.audit, admin_uid, reason).await {
+            Ok(halt_id) => {
+                tracing::warn!(halt_id, admin_uid, reason = %crate::text::storable(reason, 256),
+                    "SAFE-HALT cleared");
+                metrics::gauge!("playbookd_safe_halt_active").set(0.0);
+                systemd::notify_status("ready: SAFE-HALT cleared");
+                self.watch.clear();
+                Ok(halt_id)
+            }
+            Err(halts::ResolveError::NotActive { .. }) => match self.active() {
+                Some(halt) if halt.halt_id.is_none() => {
+                    Err(ResolveError::NotWrittenYet { node_id })
+                }
+                Some(_) | None => {
+                    // The database has none (cleared elsewhere, or never written): memory follows it.
+                    self.watch.clear();
+                    Err(ResolveError::NotActive { node_id })
+                }
+            },
+            Err(halts::ResolveError::Audit(error)) => Err(ResolveError::Audit(error)),
+        }
     }
 }
 
-pub fn status_line(halt: &Halt) -> String {
-    let since = halt
-        .entered_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    format!("SAFE-HALT since {since}: {}", halt.error_message)
+/// `SAFE-HALT since <time>: <message>` (the message ends with how to clear it), one line.
+pub fn status_line(halt: &ActiveHalt) -> String {
+    let message = halt.message.replace(['\n', '\r'], " ");
+    format!(
+        "SAFE-HALT since {}: {message}",
+        format_timestamp(halt.entered_at)
+    )
 }
 
-/// Enters SAFE-HALT for a failed rollback, in one transaction: the undo and step marked
-/// failed, the run `safe_halted`, the halt row (or the already active one), and the event.
-pub async fn enter(
-    audit: &AuditHandle,
-    execution_id: uuid::Uuid,
-    step_index: usize,
-    step_id: &str,
-    error_message: String,
-) -> Result<Halt, AppendError> {
-    let index = i32::try_from(step_index).unwrap_or(i32::MAX);
-    let rollback_id = format!("{execution_id}:{step_id}");
-    let node_id = audit.node_id().to_owned();
-    // Error text may quote an action's output: made storable so the halt can always be written.
-    let message = crate::text::storable(&error_message, crate::text::MAX_FIELD_BYTES);
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            Box::pin(async move {
-                tx.execute(
-                    "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, error, started_at, finished_at) \
-                     VALUES ($1, $2, 'failed', 1, $3, now(), now()) \
-                     ON CONFLICT (execution_id, step_index) DO UPDATE SET state = 'failed', error = $3, finished_at = now()",
-                    &[&execution_id, &index, &message],
-                )
-                .await?;
-                tx.execute(
-                    "UPDATE playbook_step_runs SET state = 'rollback_failed' WHERE execution_id = $1 AND step_index = $2",
-                    &[&execution_id, &index],
-                )
-                .await?;
-                tx.execute(
-                    "UPDATE playbook_executions SET state = 'safe_halted', completed_at = now(), updated_at = now(), \
-                     end_reason = $2 WHERE execution_id = $1",
-                    &[&execution_id, &message],
-                )
-                .await?;
-                let inserted = tx
-                    .query_opt(
-                        "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, entered_at) \
-                         VALUES (true, $1, $2, $3, $4, now()) \
-                         ON CONFLICT (is_active) WHERE is_active DO NOTHING RETURNING halt_id, entered_at",
-                        &[&node_id, &execution_id, &rollback_id, &message],
-                    )
-                    .await?;
-                let row = match inserted {
-                    Some(row) => row,
-                    None => {
-                        tx.query_one(
-                            "SELECT halt_id, entered_at FROM playbook_safe_halt_state WHERE is_active",
-                            &[],
-                        )
-                        .await?
-                    }
-                };
-                let halt_id: i64 = row.get(0);
-                let entered_at: OffsetDateTime = row.get(1);
-                let event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .execution(execution_id)
-                    .with("halt_id", halt_id)
-                    .with("step_id", rollback_id)
-                    .with("error", message.clone())
-                    .with("entered_at", crate::store::audit::format_timestamp(entered_at));
-                let halt = Halt {
-                    halt_id,
-                    execution_id: Some(execution_id),
-                    error_message: message,
-                    entered_at,
-                };
-                Ok((event, halt))
-            })
-        }))
-        .await?;
-    Ok(halt)
+fn is_own(halt: &ActiveHalt, node_id: &str) -> bool {
+    match halt.scope {
+        HaltScope::Node => halt.node_id == node_id,
+        HaltScope::Fleet => false,
+    }
 }
+
+fn announce(halt: &ActiveHalt, what: &'static str) {
+    tracing::error!(
+        halt_id = ?halt.halt_id,
+        execution_id = ?halt.execution_id,
+        error = %halt.message,
+        priority = "critical",
+        "{what}: every new decision, step and undo of node `{}` is refused until an admin clears it with `{CLEAR_COMMAND}`",
+        halt.node_id
+    );
+    systemd::notify_status(&status_line(halt));
+    metrics::gauge!("playbookd_safe_halt_active").set(1.0);
+}
+
+/// Writes a halt known only in memory, as soon as the database takes it: the full record
+/// first; when that keeps failing, the bare halt row (a content or state problem in the full
+/// record must not keep the halt unwritten).
+async fn persist_until_written(
+    audit: AuditHandle,
+    watch: HaltWatch,
+    cause: HaltCause,
+    halt: ActiveHalt,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::time::sleep(PERSIST_RETRY).await;
+        attempt = attempt.saturating_add(1);
+        let written = if attempt <= FULL_RECORD_ATTEMPTS {
+            halts::enter(&audit, cause.clone()).await
+        } else {
+            halts::enter_row_only(&audit, &halt).await
+        };
+        match written {
+            Ok(halt) => {
+                tracing::error!(halt_id = ?halt.halt_id, attempt, "SAFE-HALT written");
+                watch.set(halt);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), attempt, "SAFE-HALT still not written; retrying");
+            }
+        }
+    }
+}
+
+/// Pause between attempts to write a halt known only in memory.
+const PERSIST_RETRY: Duration = Duration::from_secs(1);
+/// Attempts with the full record before falling back to the bare halt row.
+const FULL_RECORD_ATTEMPTS: u32 = 3;

@@ -25,8 +25,8 @@ use self::roles::{Grant, Peer, Role, Roles, Verb};
 use crate::approvals::{Approvals, Vote, VoteError};
 use crate::executor::{CancelError, Executor};
 use crate::safe_halt::{ResolveError, SafeHalt};
-use crate::store::Store;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
+use crate::store::{Store, executions};
 use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
 
@@ -293,25 +293,16 @@ impl Control {
     }
 
     async fn execution_org(&self, execution_id: Uuid) -> Result<String, Reply> {
-        let unavailable = |error: &dyn std::error::Error| {
-            tracing::error!(error = %error_chain(error), "control.sock: cannot read the execution");
-            Reply::Error("database unavailable: nothing was done".into())
-        };
-        let client = self
-            .inner
-            .store
-            .client()
-            .await
-            .map_err(|error| unavailable(&error))?;
-        let row = client
-            .query_opt(
-                "SELECT org_id FROM playbook_executions WHERE execution_id = $1",
-                &[&execution_id],
-            )
-            .await
-            .map_err(|error| unavailable(&error))?;
-        row.map(|row| row.get(0))
-            .ok_or_else(|| Reply::Error(format!("no execution {execution_id}")))
+        match executions::scope(&self.inner.store, execution_id).await {
+            Ok(Some(scope)) => Ok(scope.org_id),
+            Ok(None) => Err(Reply::Error(format!("no execution {execution_id}"))),
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: cannot read the execution");
+                Err(Reply::Error(
+                    "database unavailable: nothing was done".into(),
+                ))
+            }
+        }
     }
 
     async fn carry_out(&self, request: &Request, peer: &Peer, grant: &Grant) -> Reply {
@@ -384,16 +375,21 @@ impl Control {
             Ok(outcome) => ok([
                 ("execution_id", json!(execution_id)),
                 ("step", json!(step)),
-                ("gate_state", json!(outcome.gate_state)),
+                ("gate_state", json!(outcome.gate_state.as_str())),
                 ("approvals", json!(outcome.approvals)),
                 ("required", json!(outcome.required)),
             ]),
-            Err(error @ (VoteError::AlreadyVoted(_) | VoteError::ReasonRequired(_))) => {
-                Reply::Refused(error.to_string())
-            }
-            Err(error @ (VoteError::NoPendingGate { .. } | VoteError::Expired)) => {
-                Reply::Error(error.to_string())
-            }
+            Err(
+                error @ (VoteError::AlreadyVoted(_)
+                | VoteError::ReasonRequired(_)
+                | VoteError::OtherNode { .. }
+                | VoteError::Halted(_)),
+            ) => Reply::Refused(error.to_string()),
+            Err(
+                error @ (VoteError::NoPendingGate { .. }
+                | VoteError::Expired
+                | VoteError::Closed(_)),
+            ) => Reply::Error(error.to_string()),
             Err(error @ (VoteError::Store(_) | VoteError::Audit(_))) => {
                 tracing::error!(error = %error_chain(&error), "control.sock: vote not recorded");
                 Reply::Error(format!("{error}: the vote was not recorded"))
@@ -416,6 +412,7 @@ impl Control {
                 Reply::Refused("a reason is required to cancel an execution".into())
             }
             Err(CancelError::NotFound) => Reply::Error(format!("no execution {execution_id}")),
+            Err(error @ CancelError::OtherNode { .. }) => Reply::Refused(error.to_string()),
             Err(error @ CancelError::Finished(_)) => Reply::Error(error.to_string()),
             Err(error @ (CancelError::Store(_) | CancelError::Audit(_))) => {
                 tracing::error!(error = %error_chain(&error), "control.sock: cancel not recorded");
@@ -425,11 +422,12 @@ impl Control {
     }
 
     async fn halt_resolve(&self, peer: &Peer, reason: &str) -> Reply {
-        let halt_id = self.inner.safe_halt.active().map(|halt| halt.halt_id);
         match self.inner.safe_halt.resolve(peer.uid, reason).await {
-            Ok(()) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!("cleared"))]),
+            Ok(halt_id) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!("cleared"))]),
             Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
-            Err(error @ ResolveError::NotActive) => Reply::Error(error.to_string()),
+            Err(error @ (ResolveError::NotActive { .. } | ResolveError::NotWrittenYet { .. })) => {
+                Reply::Error(error.to_string())
+            }
             Err(error @ ResolveError::Audit(_)) => {
                 tracing::error!(error = %error_chain(&error), "control.sock: SAFE-HALT not cleared");
                 Reply::Error(error.to_string())

@@ -7,9 +7,16 @@
 //! Database or audit failures stop the task and leave the execution resumable; the periodic
 //! sweep picks it up again once the database answers.
 
-mod record;
+// A new state must fail to compile wherever something is decided about it.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 mod run;
-pub mod state;
+
+/// Run and step states, as decoded at the database boundary (they live in
+/// [`crate::store::model`]; re-exported here for the modules that read them through the executor).
+pub mod state {
+    pub use crate::store::model::{RollbackCause, RunState, StepState};
+}
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,15 +28,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use record::{ExecutionRecord, params_hash, step_key, undo_key};
-pub use state::{RollbackCause, RunState, StepState};
+pub use crate::store::executions::{DecisionInfo, ExecutionRecord};
+pub use crate::store::model::{RollbackCause, RunState, StepState};
+pub use crate::store::steps::{params_hash, step_key, undo_key};
 
 use crate::actions::Actions;
 use crate::approvals::Approvals;
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
-use crate::store::{Store, StoreError};
+use crate::store::audit::{AppendError, AuditHandle};
+use crate::store::halts::HaltCause;
+use crate::store::{Store, StoreError, executions};
 
 /// Limits and defaults from `[executor]`.
 #[derive(Debug, Clone)]
@@ -54,9 +63,12 @@ pub enum RunError {
     #[error("pinned playbook {id}@{version} cannot be loaded: {reason}")]
     Pinned {
         id: String,
-        version: i64,
+        version: u32,
         reason: String,
     },
+    /// The run cannot be continued safely; SAFE-HALT was entered for it.
+    #[error("execution stopped in SAFE-HALT: {0}")]
+    Halted(String),
 }
 
 #[derive(Clone)]
@@ -75,9 +87,16 @@ struct Inner {
     global: Arc<Semaphore>,
     per_org: Mutex<HashMap<String, Arc<Semaphore>>>,
     active: Mutex<HashMap<Uuid, RunHandle>>,
+    /// Actions started in this process whose outcome is not recorded yet, by (run, step, phase):
+    /// a count that keeps growing means the outcome cannot be recorded, and the action must not
+    /// be started again and again (see `run::MAX_UNRECORDED_OUTCOMES`).
+    owed: Mutex<HashMap<OwedKey, u32>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// One action whose outcome is owed: (run, step index, is it the step's undo).
+type OwedKey = (Uuid, usize, bool);
 
 /// Held while a run may act; dropped to release its place.
 struct RunSlot {
@@ -93,18 +112,25 @@ struct RunHandle {
     cancel_requested: Arc<AtomicBool>,
 }
 
+/// Why a cancel was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
     #[error("no such execution")]
     NotFound,
     #[error("execution already finished ({0})")]
-    Finished(&'static str),
+    Finished(String),
     #[error("a reason is required")]
     NoReason,
+    /// A host acts only for its own runs.
+    #[error(
+        "execution {execution_id} belongs to node `{owner}`; this node does not act for it: \
+         send the cancel to node `{owner}`"
+    )]
+    OtherNode { execution_id: Uuid, owner: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("audit log unavailable; not cancelled")]
-    Audit(#[from] AppendError),
+    Audit(#[source] AppendError),
 }
 
 /// Everything the executor needs from the rest of the daemon.
@@ -119,6 +145,7 @@ pub struct ExecutorParts {
 }
 
 impl Executor {
+    /// An executor with nothing running yet; `shutdown` pauses every run at a resumable point.
     pub fn new(parts: ExecutorParts, shutdown: CancellationToken) -> Executor {
         let global = Arc::new(Semaphore::new(parts.settings.max_concurrent_runs));
         Executor {
@@ -133,6 +160,7 @@ impl Executor {
                 global,
                 per_org: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
+                owed: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -160,7 +188,10 @@ impl Executor {
                     RunError::ShuttingDown => {
                         tracing::info!(execution_id = %execution_id, "run paused for shutdown");
                     }
-                    other => tracing::error!(
+                    other @ (RunError::Store(_)
+                    | RunError::Audit(_)
+                    | RunError::Pinned { .. }
+                    | RunError::Halted(_)) => tracing::error!(
                         execution_id = %execution_id,
                         error = %crate::store::audit::error_chain(&other),
                         "run stopped; it stays resumable"
@@ -173,18 +204,10 @@ impl Executor {
 
     /// Submits every non-terminal execution of this node (at start, then periodically).
     pub async fn resume_all(&self) -> Result<usize, StoreError> {
-        let client = self.inner.store.client().await?;
-        let rows = client
-            .query(
-                "SELECT execution_id FROM playbook_executions \
-                 WHERE node_id = $1 AND state IN ('pending', 'running', 'awaiting_approval', 'rolling_back') \
-                 ORDER BY started_at",
-                &[&self.inner.audit.node_id()],
-            )
-            .await?;
-        let count = rows.len();
-        for row in rows {
-            self.submit(row.get(0));
+        let ids = executions::resumable(&self.inner.store, self.inner.audit.node_id()).await?;
+        let count = ids.len();
+        for id in ids {
+            self.submit(id);
         }
         Ok(count)
     }
@@ -208,6 +231,7 @@ impl Executor {
     }
 
     /// Records a cancel request durably, then stops the run if it is here; the run rolls back.
+    /// Only this node's runs: another node's is refused, naming its owner.
     pub async fn cancel(
         &self,
         execution_id: Uuid,
@@ -218,36 +242,24 @@ impl Executor {
         if reason.is_empty() {
             return Err(CancelError::NoReason);
         }
-        let client = self.inner.store.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT state FROM playbook_executions WHERE execution_id = $1",
-                &[&execution_id],
-            )
+        let logged = crate::text::storable(&reason, 256);
+        executions::request_cancel(&self.inner.audit, execution_id, uid, reason)
             .await
-            .map_err(StoreError::from)?
-            .ok_or(CancelError::NotFound)?;
-        let state: RunState = row.get::<_, String>(0).parse()?;
-        if state.is_terminal() {
-            return Err(CancelError::Finished(state.as_str()));
-        }
-        let logged = reason.clone();
-        self.inner
-            .audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    tx.execute(
-                        "UPDATE playbook_executions SET cancel_requested_at = now(), \
-                         end_reason = COALESCE(end_reason, $2), updated_at = now() WHERE execution_id = $1",
-                        &[&execution_id, &format!("cancelled by uid {uid}: {reason}")],
-                    )
-                    .await?;
-                    Ok((AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
-                        .execution(execution_id)
-                        .with("reason", reason), ()))
-                })
-            }))
-            .await?;
+            .map_err(|error| match error {
+                AppendError::Effect(StoreError::NotFound { .. }) => CancelError::NotFound,
+                AppendError::Effect(StoreError::OtherNode { owner, .. }) => {
+                    CancelError::OtherNode {
+                        execution_id,
+                        owner,
+                    }
+                }
+                AppendError::Effect(StoreError::Transition { from, .. }) => {
+                    CancelError::Finished(from)
+                }
+                other @ (AppendError::Effect(_)
+                | AppendError::Unavailable(_)
+                | AppendError::Stopped) => CancelError::Audit(other),
+            })?;
         tracing::warn!(execution_id = %execution_id, uid, reason = %logged, "cancel requested");
         let handle = lock(&self.inner.active).get(&execution_id).cloned();
         match handle {
@@ -276,7 +288,15 @@ impl Executor {
 
 impl Inner {
     async fn drive(self: Arc<Self>, id: Uuid, run: RunHandle) -> Result<(), RunError> {
-        let record = record::load_execution(&self.store, id).await?;
+        let record = match executions::load(&self.store, id, self.audit.node_id()).await {
+            Ok(record) => record,
+            Err(StoreError::Corrupt { what, detail }) => {
+                // A row that does not decode cannot be continued (nor rolled back) safely.
+                let reason = format!("its stored {what} is invalid: {detail}");
+                return Err(self.halt_unusable(id, reason).await);
+            }
+            Err(other) => return Err(RunError::Store(other)),
+        };
         if record.state.is_terminal() {
             return Ok(());
         }
@@ -288,6 +308,37 @@ impl Inner {
         let slot = self.acquire_slot(&record.org_id).await?;
         let mut runner = run::Runner::new(&self, record, playbook, run, slot);
         runner.run().await
+    }
+
+    /// Stops run `id` in SAFE-HALT because it cannot be continued safely.
+    async fn halt_unusable(&self, id: Uuid, reason: String) -> RunError {
+        tracing::error!(execution_id = %id, reason = %reason, "execution cannot be continued safely");
+        self.safe_halt
+            .enter(HaltCause::UnusableRun {
+                execution_id: id,
+                reason: reason.clone(),
+            })
+            .await;
+        RunError::Halted(reason)
+    }
+
+    /// Notes that an action starts whose outcome is not recorded yet; returns how many such
+    /// starts in a row there have been.
+    fn owe(&self, key: OwedKey) -> u32 {
+        let mut owed = lock(&self.owed);
+        let count = owed.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// How many starts in a row of this action have no recorded outcome.
+    fn owed(&self, key: OwedKey) -> u32 {
+        lock(&self.owed).get(&key).copied().unwrap_or(0)
+    }
+
+    /// The outcome of this action is recorded.
+    fn settle(&self, key: OwedKey) {
+        lock(&self.owed).remove(&key);
     }
 
     /// A place among the runs allowed at once, globally and for `org`. A run gives it back
@@ -318,28 +369,47 @@ impl Inner {
     }
 
     /// The exact version the run started with: from the catalog when it is still active,
-    /// otherwise from the verified bytes stored when it was accepted.
+    /// otherwise from the bytes stored when it was accepted, verified again against today's
+    /// trust store. Stored bytes that no longer verify run nothing: SAFE-HALT, naming the
+    /// version.
     async fn pinned_playbook(
         &self,
         record: &ExecutionRecord,
     ) -> Result<Arc<ActivePlaybook>, RunError> {
-        if let Some(active) = self.registry.active(&record.playbook_id)
+        let catalog = self.registry.catalog();
+        if let Some(active) = catalog.active(&record.playbook_id)
             && active.sha256() == record.sha256
         {
             return Ok(active);
         }
-        let pinned_error = |reason: String| RunError::Pinned {
-            id: record.playbook_id.clone(),
-            version: record.version,
-            reason,
-        };
-        let version = u32::try_from(record.version)
-            .map_err(|_| pinned_error("version out of range".into()))?;
         let client = self.store.client().await?;
-        crate::registry::load_pinned(&**client, &record.playbook_id, version, &record.sha256)
-            .await
-            .map(Arc::new)
-            .map_err(|error| pinned_error(crate::store::audit::error_chain(&error)))
+        let loaded = crate::registry::load_pinned(
+            &**client,
+            catalog.keys(),
+            &record.playbook_id,
+            record.version,
+            &record.sha256,
+        )
+        .await;
+        drop(client);
+        match loaded {
+            Ok(playbook) => Ok(Arc::new(playbook)),
+            Err(error) if error.is_untrusted() => {
+                let reason = format!(
+                    "its pinned playbook {}@{} (sha256 {}) was not run: {}",
+                    record.playbook_id,
+                    record.version,
+                    hex::encode(record.sha256),
+                    crate::store::audit::error_chain(&error)
+                );
+                Err(self.halt_unusable(record.id, reason).await)
+            }
+            Err(error) => Err(RunError::Pinned {
+                id: record.playbook_id.clone(),
+                version: record.version,
+                reason: crate::store::audit::error_chain(&error),
+            }),
+        }
     }
 }
 

@@ -1,4 +1,9 @@
 //! One execution's life: steps in order, then (if needed) rollback in reverse order.
+//!
+//! Nothing here writes SQL: each transition is one call into `store` (one audit transaction).
+//! Every action (a step's attempt, an undo's attempt) runs only after `store` recorded its
+//! start; that transaction refuses the start while a SAFE-HALT is in force, and the run then
+//! waits for the halt to be cleared (or for a cancel, the deadline, or shutdown).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,8 +13,6 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::record::{self, StepEnd, StepStart, UndoState};
-use super::state::{RollbackCause, RunState, StepState};
 use super::{ExecutionRecord, Inner, RunError, RunHandle, RunSlot};
 use crate::actions::{ActionContext, ActionError, ActionOutput};
 use crate::approvals::{GateRequest, Verdict};
@@ -17,15 +20,31 @@ use crate::registry::ActivePlaybook;
 use crate::registry::model::{Rollback, Step};
 use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
+use crate::safe_halt::Entered;
 use crate::store::audit::{Actor, AuditEvent};
+use crate::store::executions;
+use crate::store::halts::{ActiveHalt, HaltCause};
+use crate::store::model::{ErrorClass, RollbackCause, RunState, StepState, UndoState};
+use crate::store::steps::{self, StartOutcome, StepEnd, StepEndRecord, StepRecord, StepStart};
+use crate::store::undos::{self, UndoEnd};
 
-/// Stored step outputs are cut to this many bytes of JSON.
-const MAX_OUTPUT_BYTES: usize = 8 * 1024;
 /// Undo actions get at least this many attempts before the daemon halts.
 const MIN_UNDO_ATTEMPTS: u32 = 3;
+/// Starts in a row, in this process, of a step (or an undo) whose outcome could not be recorded
+/// (the database refused or lost the end): the next one is not made; the run fails closed
+/// instead (the step fails and is undone; an undo enters SAFE-HALT).
+pub(super) const MAX_UNRECORDED_OUTCOMES: u32 = 3;
+/// The same across restarts, from the persisted attempt counters: starts beyond a step's (or an
+/// undo's) own attempt budget. Generous, because a restart in the middle of an action is
+/// normal and its re-run with the same idempotency key is the design; this only ends a crash
+/// loop that would otherwise act without end.
+const MAX_RESTARTED_STARTS: u32 = 25;
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
 /// Past the step deadline the executor stops waiting even if the action has not.
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+/// While a SAFE-HALT known only from the database (a fleet halt) is in force, a refused start is
+/// tried again this often.
+const HALT_RECHECK: Duration = Duration::from_secs(5);
 
 /// Where the forward pass ended.
 enum Forward {
@@ -40,6 +59,12 @@ enum Invocation {
     PlaybookTimeout,
     Cancelled,
     ShuttingDown,
+}
+
+/// Whether a start was recorded, or the run must stop going forward.
+enum Start {
+    Started,
+    Stop(Forward),
 }
 
 pub(super) struct Runner<'a> {
@@ -78,8 +103,18 @@ impl<'a> Runner<'a> {
 
     pub(super) async fn run(&mut self) -> Result<(), RunError> {
         let cause = match self.record.state {
-            RunState::RollingBack => self.record.rollback_cause.unwrap_or(RollbackCause::Failed),
-            _ => {
+            RunState::RollingBack => match self.record.rollback_cause {
+                Some(cause) => cause,
+                // Written with the state in one transaction: missing means the row was changed.
+                None => {
+                    let reason = "its stored rollback cause is missing although it is rolling back";
+                    return Err(self
+                        .inner
+                        .halt_unusable(self.record.id, reason.into())
+                        .await);
+                }
+            },
+            RunState::Pending | RunState::Running | RunState::AwaitingApproval => {
                 if self.record.state == RunState::Pending {
                     self.set_state(RunState::Running, "execution.started")
                         .await?;
@@ -91,12 +126,23 @@ impl<'a> Runner<'a> {
                         return Ok(());
                     }
                     Forward::RollBack(cause, reason) => {
-                        record::begin_rollback(&self.inner.audit, self.record.id, cause, reason)
-                            .await?;
+                        executions::begin_rollback(
+                            &self.inner.audit,
+                            self.record.id,
+                            cause,
+                            reason,
+                        )
+                        .await?;
                         cause
                     }
                 }
             }
+            RunState::Completed
+            | RunState::RolledBack
+            | RunState::SafeHalted
+            | RunState::Cancelled
+            | RunState::TimedOut
+            | RunState::Rejected => return Ok(()),
         };
         if self.roll_back().await? {
             let state = cause.terminal_state();
@@ -106,15 +152,8 @@ impl<'a> Runner<'a> {
     }
 
     async fn set_state(&self, state: RunState, event_type: &'static str) -> Result<(), RunError> {
-        let event = AuditEvent::new(event_type, Actor::System).with(
-            "playbook",
-            format!(
-                "{}@{}",
-                self.playbook.playbook().id,
-                self.playbook.version()
-            ),
-        );
-        record::set_run_state(&self.inner.audit, self.record.id, state, event).await?;
+        let event = AuditEvent::new(event_type, Actor::System).with("playbook", self.label());
+        executions::set_state(&self.inner.audit, self.record.id, state, event).await?;
         if state.is_terminal() {
             metrics::counter!("playbookd_executions_total",
                 "state" => state.as_str(), "playbook" => self.playbook.playbook().id.clone())
@@ -125,8 +164,16 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    fn label(&self) -> String {
+        format!(
+            "{}@{}",
+            self.playbook.playbook().id,
+            self.playbook.version()
+        )
+    }
+
     async fn forward(&mut self) -> Result<Forward, RunError> {
-        let steps = record::load_steps(&self.inner.store, self.record.id).await?;
+        let steps = steps::load(&self.inner.store, self.record.id).await?;
         let playbook = self.playbook.clone();
         for (index, step) in playbook.playbook().steps.iter().enumerate() {
             let previous = steps.get(&index).copied();
@@ -143,10 +190,14 @@ impl<'a> Runner<'a> {
             if let Some(stop) = self.interruption().await? {
                 return Ok(stop);
             }
-            if let Some(reason) = self.skip_reason(step) {
-                self.end_step(index, step, StepEnd::Skipped { reason })
-                    .await?;
-                continue;
+            match self.condition(step) {
+                Condition::Run => {}
+                Condition::Skip(reason) => {
+                    self.end_step(index, step, StepEnd::Skipped { reason })
+                        .await?;
+                    continue;
+                }
+                Condition::Fail(error) => return self.fail_step(index, step, error).await,
             }
             if let Some(stop) = self.pass_gate(index, step).await? {
                 return Ok(stop);
@@ -159,15 +210,23 @@ impl<'a> Runner<'a> {
         Ok(Forward::Completed)
     }
 
-    /// Waits out a SAFE-HALT; reports a cancel or an expired playbook deadline.
+    /// Reports a cancel or an expired playbook deadline; before the next step, waits out a
+    /// SAFE-HALT of this node (the start itself is refused anyway; waiting here keeps a new
+    /// gate from opening during the halt).
     async fn interruption(&self) -> Result<Option<Forward>, RunError> {
         if self.inner.safe_halt.is_active() {
             tracing::warn!(execution_id = %self.record.id, "SAFE-HALT active: the next step waits");
             tokio::select! {
                 () = self.inner.safe_halt.wait_clear() => {}
                 () = self.run.token.cancelled() => {}
+                () = sleep_until_deadline(self.deadline) => {}
             }
         }
+        self.stopped()
+    }
+
+    /// A cancel, a shutdown or the playbook deadline, if one came.
+    fn stopped(&self) -> Result<Option<Forward>, RunError> {
         if self.run.token.is_cancelled() {
             return if self.run.cancel_requested.load(Ordering::SeqCst) {
                 Ok(Some(Forward::RollBack(
@@ -198,26 +257,49 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// `Some(reason)` when the step's `when:` is false (or cannot be evaluated: fail closed).
-    fn skip_reason(&self, step: &Step) -> Option<String> {
-        let condition = step.when.as_deref()?;
-        let outcome = when::parse(condition).and_then(|expr| expr.eval(&self.template_context()));
-        match outcome {
-            Ok(true) => None,
-            Ok(false) => Some(format!("when `{condition}` is false")),
-            Err(error) => Some(format!(
+    /// The step's `when:`: true runs it, false skips it (with the reason), and a condition
+    /// that cannot be evaluated fails the step: skipping would let the run go on to the next,
+    /// possibly destructive, step on a guess.
+    fn condition(&self, step: &Step) -> Condition {
+        let Some(condition) = step.when.as_deref() else {
+            return Condition::Run;
+        };
+        match when::parse(condition).and_then(|expr| expr.eval(&self.template_context())) {
+            Ok(true) => Condition::Run,
+            Ok(false) => Condition::Skip(format!("when `{condition}` is false")),
+            Err(error) => Condition::Fail(format!(
                 "when `{condition}` could not be evaluated: {error}"
             )),
         }
     }
 
+    async fn fail_step(
+        &self,
+        index: usize,
+        step: &Step,
+        error: String,
+    ) -> Result<Forward, RunError> {
+        let reason = format!("step `{}` failed: {error}", step.id);
+        self.end_step(
+            index,
+            step,
+            StepEnd::Failed {
+                class: ErrorClass::Permanent,
+                error,
+            },
+        )
+        .await?;
+        Ok(Forward::RollBack(RollbackCause::Failed, reason))
+    }
+
     async fn pass_gate(&mut self, index: usize, step: &Step) -> Result<Option<Forward>, RunError> {
         let Some(spec) = crate::actions::spec(&step.action) else {
-            return Ok(Some(self.fail_unknown_action(index, step).await?));
+            let error = format!("action `{}` is not available", step.action);
+            return Ok(Some(self.fail_step(index, step, error).await?));
         };
         let risk = step.risk.unwrap_or(spec.default_risk);
         let Some(required) =
-            crate::approvals::required_approvals(risk, self.record.require_approval)
+            crate::approvals::required_approvals(risk, self.record.binding.require_approval)
         else {
             return Ok(None);
         };
@@ -232,11 +314,7 @@ impl<'a> Runner<'a> {
             required,
             undoable: !matches!(step.rollback, Rollback::None),
             org_id: self.record.org_id.clone(),
-            playbook: format!(
-                "{}@{}",
-                self.playbook.playbook().id,
-                self.playbook.version()
-            ),
+            playbook: self.label(),
             params,
             expires_after: self
                 .playbook
@@ -262,25 +340,11 @@ impl<'a> Runner<'a> {
             Verdict::Expired => "approval expired".to_owned(),
         };
         let end = StepEnd::Failed {
-            class: "permanent",
+            class: ErrorClass::Permanent,
             error: reason.clone(),
         };
         self.end_step(index, step, end).await?;
         Ok(Some(Forward::RollBack(RollbackCause::Rejected, reason)))
-    }
-
-    async fn fail_unknown_action(&self, index: usize, step: &Step) -> Result<Forward, RunError> {
-        let error = format!("action `{}` is not available", step.action);
-        self.end_step(
-            index,
-            step,
-            StepEnd::Failed {
-                class: "permanent",
-                error: error.clone(),
-            },
-        )
-        .await?;
-        Ok(Forward::RollBack(RollbackCause::Failed, error))
     }
 
     /// Runs one step to success or final failure, retrying transient errors.
@@ -290,25 +354,41 @@ impl<'a> Runner<'a> {
         step: &Step,
         prior_attempts: i32,
     ) -> Result<Option<Forward>, RunError> {
+        let max_attempts = step.retry.map_or(1, |r| r.attempts.max(1));
+        let started_before = u32::try_from(prior_attempts).unwrap_or(0);
+        let owed = self.inner.owed((self.record.id, index, false));
+        if owed >= MAX_UNRECORDED_OUTCOMES
+            || started_before >= max_attempts.saturating_add(MAX_RESTARTED_STARTS)
+        {
+            // Started this often without its outcome being recorded: acting again could repeat
+            // forever. Fail closed: the run rolls back (the step counts as possibly done).
+            let error = format!(
+                "started {} times without its outcome being recorded; not run again",
+                owed.max(started_before)
+            );
+            self.end_step(
+                index,
+                step,
+                StepEnd::Failed {
+                    class: ErrorClass::Cancelled,
+                    error: error.clone(),
+                },
+            )
+            .await?;
+            let reason = format!("step `{}` failed: {error}", step.id);
+            return Ok(Some(Forward::RollBack(RollbackCause::Failed, reason)));
+        }
         let params = match template::render(&step.params, &self.template_context()) {
             Ok(params) => params,
             Err(error) => {
-                let error = format!("parameters: {error}");
-                self.end_step(
-                    index,
-                    step,
-                    StepEnd::Failed {
-                        class: "permanent",
-                        error: error.clone(),
-                    },
-                )
-                .await?;
-                return Ok(Some(Forward::RollBack(RollbackCause::Failed, error)));
+                return Ok(Some(
+                    self.fail_step(index, step, format!("parameters: {error}"))
+                        .await?,
+                ));
             }
         };
-        let max_attempts = step.retry.map_or(1, |r| r.attempts.max(1));
         let backoff = step.retry.map_or(DEFAULT_BACKOFF, |r| r.backoff.0);
-        let key = record::step_key(self.record.id, &step.id);
+        let key = steps::step_key(self.record.id, &step.id);
         for (attempt_here, attempt) in (1..=max_attempts).zip(prior_attempts + 1..) {
             let start = StepStart {
                 execution_id: self.record.id,
@@ -317,26 +397,32 @@ impl<'a> Runner<'a> {
                 action: step.action.clone(),
                 attempt,
                 idempotency_key: key,
-                params: params.clone(),
+                params_sha256: steps::params_hash(&params),
             };
-            record::record_step_start(&self.inner.audit, start).await?;
+            match self.start_step(start).await? {
+                Start::Started => {}
+                Start::Stop(stop) => return Ok(Some(stop)),
+            }
+            self.inner.owe((self.record.id, index, false));
             let outcome = self.invoke(&step.action, &params, step, key).await;
             let (class, error) = match outcome {
                 Invocation::Finished(Ok(output)) => {
                     let end = StepEnd::Succeeded {
-                        output: bounded(output.summary),
+                        output: output.summary,
                     };
                     self.end_step(index, step, end).await?;
                     return Ok(None);
                 }
                 Invocation::ShuttingDown => return Err(RunError::ShuttingDown),
                 Invocation::Cancelled => {
+                    // The action was stopped while it ran: it may have acted, so the rollback
+                    // undoes this step too.
                     self.end_step(
                         index,
                         step,
                         StepEnd::Failed {
-                            class: "cancelled",
-                            error: "cancelled".into(),
+                            class: ErrorClass::Cancelled,
+                            error: "cancelled while running".into(),
                         },
                     )
                     .await?;
@@ -351,18 +437,22 @@ impl<'a> Runner<'a> {
                         index,
                         step,
                         StepEnd::Failed {
-                            class: "timeout",
+                            class: ErrorClass::Timeout,
                             error: error.clone(),
                         },
                     )
                     .await?;
                     return Ok(Some(Forward::RollBack(RollbackCause::TimedOut, error)));
                 }
-                Invocation::StepTimeout => ("timeout", "step timed out".to_owned()),
-                Invocation::Finished(Err(ActionError::Transient(error))) => ("transient", error),
-                Invocation::Finished(Err(ActionError::Permanent(error))) => ("permanent", error),
+                Invocation::StepTimeout => (ErrorClass::Timeout, "step timed out".to_owned()),
+                Invocation::Finished(Err(ActionError::Transient(error))) => {
+                    (ErrorClass::Transient, error)
+                }
+                Invocation::Finished(Err(ActionError::Permanent(error))) => {
+                    (ErrorClass::Permanent, error)
+                }
             };
-            if class != "permanent" && attempt_here < max_attempts {
+            if class.is_retryable() && attempt_here < max_attempts {
                 let delay = retry_delay(backoff, attempt_here);
                 let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 self.end_step(
@@ -381,17 +471,71 @@ impl<'a> Runner<'a> {
                     () = tokio::time::sleep(delay) => {}
                     () = self.run.token.cancelled() => {}
                 }
-                if let Some(stop) = self.interruption().await? {
+                if let Some(stop) = self.stopped()? {
                     return Ok(Some(stop));
                 }
                 continue;
             }
-            let reason = format!("step `{}` failed ({class}): {error}", step.id);
+            let reason = format!(
+                "step `{}` failed ({class}): {}",
+                step.id,
+                crate::text::storable(&error, crate::text::MAX_FIELD_BYTES)
+            );
             self.end_step(index, step, StepEnd::Failed { class, error })
                 .await?;
             return Ok(Some(Forward::RollBack(RollbackCause::Failed, reason)));
         }
         Ok(None)
+    }
+
+    /// Records a step's start; while a SAFE-HALT refuses it, waits for the halt to be cleared
+    /// and tries again (or stops for a cancel, the deadline or shutdown).
+    async fn start_step(&self, start: StepStart) -> Result<Start, RunError> {
+        loop {
+            match steps::record_start(
+                &self.inner.audit,
+                start.clone(),
+                self.inner.safe_halt.watch(),
+            )
+            .await?
+            {
+                StartOutcome::Started => return Ok(Start::Started),
+                StartOutcome::Refused(halt) => {
+                    self.wait_for_halt(&halt, &start.step_id, true).await;
+                    if let Some(stop) = self.stopped()? {
+                        return Ok(Start::Stop(stop));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until `halt` may be over: this node's halt is cleared (in memory), or, for a halt
+    /// known only from the database, [`HALT_RECHECK`] passed. A forward step also stops waiting
+    /// for a cancel or the deadline; an undo waits through those (only shutdown ends it).
+    async fn wait_for_halt(&self, halt: &ActiveHalt, step_id: &str, forward: bool) {
+        tracing::warn!(execution_id = %self.record.id, step_id, halt = %halt,
+            "start refused by SAFE-HALT; waiting for an admin to clear it");
+        self.inner.safe_halt.observe(halt.clone());
+        let cleared = async {
+            if self.inner.safe_halt.is_active() {
+                self.inner.safe_halt.wait_clear().await;
+            } else {
+                tokio::time::sleep(HALT_RECHECK).await;
+            }
+        };
+        if forward {
+            tokio::select! {
+                () = cleared => {}
+                () = self.run.token.cancelled() => {}
+                () = sleep_until_deadline(self.deadline) => {}
+            }
+        } else {
+            tokio::select! {
+                () = cleared => {}
+                () = self.inner.shutdown.cancelled() => {}
+            }
+        }
     }
 
     /// Calls the action under the step and playbook deadlines, watching for cancel/shutdown.
@@ -454,45 +598,55 @@ impl<'a> Runner<'a> {
     }
 
     async fn end_step(&self, index: usize, step: &Step, end: StepEnd) -> Result<(), RunError> {
-        record::record_step_end(
-            &self.inner.audit,
-            self.record.id,
+        let record = StepEndRecord {
+            execution_id: self.record.id,
             index,
-            step.id.clone(),
-            step.action.clone(),
+            step_id: step.id.clone(),
+            action: step.action.clone(),
             end,
-        )
-        .await?;
+        };
+        steps::record_end(&self.inner.audit, record).await?;
+        self.inner.settle((self.record.id, index, false));
         Ok(())
     }
 
-    /// Undoes completed steps in reverse order. `Ok(false)` when the daemon entered SAFE-HALT.
+    /// Undoes, in reverse order, every step that may have acted: succeeded, still `running`
+    /// (interrupted by a crash), or stopped while it ran (cancelled, timed out). `Ok(false)`
+    /// when the daemon entered SAFE-HALT.
     async fn roll_back(&self) -> Result<bool, RunError> {
-        let steps = record::load_steps(&self.inner.store, self.record.id).await?;
-        let undone = record::load_undo_states(&self.inner.store, self.record.id).await?;
+        let steps = steps::load(&self.inner.store, self.record.id).await?;
+        let undone = undos::load(&self.inner.store, self.record.id).await?;
         let playbook = self.playbook.clone();
         for (index, step) in playbook.playbook().steps.iter().enumerate().rev() {
-            if steps.get(&index).map(|s| s.state) != Some(StepState::Succeeded) {
+            let Some(record) = steps.get(&index) else {
+                continue;
+            };
+            if !possibly_acted(record) {
                 continue;
             }
-            match undone.get(&index) {
-                Some(UndoState::Succeeded | UndoState::NotUndoable) => continue,
-                Some(UndoState::Failed) => return Ok(false),
-                Some(UndoState::Running) | None => {}
-            }
+            let attempts_so_far = match undone.get(&index) {
+                Some(undo) => match undo.state {
+                    UndoState::Succeeded | UndoState::NotUndoable => continue,
+                    UndoState::Failed => return Ok(false),
+                    UndoState::Running | UndoState::Pending => undo.attempts,
+                },
+                None => 0,
+            };
             let Rollback::Action { action, params } = &step.rollback else {
-                record::record_undo(
+                undos::record_end(
                     &self.inner.audit,
                     self.record.id,
                     index,
                     step.id.clone(),
-                    UndoState::NotUndoable,
-                    None,
+                    UndoEnd::NotUndoable,
                 )
                 .await?;
                 continue;
             };
-            if !self.undo_step(index, step, action, params).await? {
+            if !self
+                .undo_step(index, step, action, params, attempts_so_far)
+                .await?
+            {
                 return Ok(false);
             }
         }
@@ -506,57 +660,78 @@ impl<'a> Runner<'a> {
         step: &Step,
         action: &str,
         params: &Value,
+        attempts_so_far: i32,
     ) -> Result<bool, RunError> {
         let attempts = step
             .retry
             .map_or(MIN_UNDO_ATTEMPTS, |r| r.attempts.max(MIN_UNDO_ATTEMPTS));
+        let started_before = u32::try_from(attempts_so_far).unwrap_or(0);
+        let owed_key = (self.record.id, index, true);
+        let owed = self.inner.owed(owed_key);
+        if owed >= MAX_UNRECORDED_OUTCOMES
+            || started_before >= attempts.saturating_add(MAX_RESTARTED_STARTS)
+        {
+            let error = format!(
+                "the undo was started {} times without its outcome being recorded; not run again",
+                owed.max(started_before)
+            );
+            return self.enter_safe_halt(index, step, error).await;
+        }
+        self.inner.owe(owed_key);
         let backoff = step.retry.map_or(DEFAULT_BACKOFF, |r| r.backoff.0);
-        let key = record::undo_key(self.record.id, &step.id);
+        let key = steps::undo_key(self.record.id, &step.id);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
-            if self.inner.safe_halt.is_active() {
-                tokio::select! {
-                    () = self.inner.safe_halt.wait_clear() => {}
-                    () = self.inner.shutdown.cancelled() => return Err(RunError::ShuttingDown),
-                }
-            }
-            if self.inner.shutdown.is_cancelled() {
-                return Err(RunError::ShuttingDown);
-            }
-            record::record_undo(
-                &self.inner.audit,
-                self.record.id,
-                index,
-                step.id.clone(),
-                UndoState::Running,
-                None,
-            )
-            .await?;
+            self.start_undo(index, step).await?;
             let outcome = match template::render(params, &self.template_context()) {
                 Ok(rendered) => self.invoke_undo(action, &rendered, step, key).await?,
                 Err(error) => Err(format!("parameters: {error}")),
             };
             match outcome {
                 Ok(()) => {
-                    record::record_undo(
+                    undos::record_end(
                         &self.inner.audit,
                         self.record.id,
                         index,
                         step.id.clone(),
-                        UndoState::Succeeded,
-                        None,
+                        UndoEnd::Succeeded,
                     )
                     .await?;
+                    self.inner.settle(owed_key);
                     return Ok(true);
                 }
                 Err(error) => last_error = error,
             }
             if attempt < attempts {
-                tokio::time::sleep(retry_delay(backoff, attempt)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(retry_delay(backoff, attempt)) => {}
+                    () = self.inner.shutdown.cancelled() => return Err(RunError::ShuttingDown),
+                }
             }
         }
-        self.enter_safe_halt(index, step, last_error).await?;
-        Ok(false)
+        self.enter_safe_halt(index, step, last_error).await
+    }
+
+    /// Records an undo's start; while a SAFE-HALT refuses it, waits for the clear. A cancel does
+    /// not stop a rollback half-way; only shutdown does (the rollback resumes at the next start).
+    async fn start_undo(&self, index: usize, step: &Step) -> Result<(), RunError> {
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(RunError::ShuttingDown);
+            }
+            match undos::record_start(
+                &self.inner.audit,
+                self.record.id,
+                index,
+                step.id.clone(),
+                self.inner.safe_halt.watch(),
+            )
+            .await?
+            {
+                StartOutcome::Started => return Ok(()),
+                StartOutcome::Refused(halt) => self.wait_for_halt(&halt, &step.id, false).await,
+            }
+        }
     }
 
     async fn invoke_undo(
@@ -591,28 +766,59 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// SAFE-HALT for a failed undo: always `Ok(false)` once the halt holds in memory; the
+    /// halt's row is written now or, failing that, by a background task.
     async fn enter_safe_halt(
         &self,
         index: usize,
         step: &Step,
         error: String,
-    ) -> Result<(), RunError> {
-        let halt = crate::safe_halt::enter(
-            &self.inner.audit,
-            self.record.id,
-            index,
-            &step.id,
-            format!(
-                "rollback of step `{}` in execution {} failed: {error}",
-                step.id, self.record.id
-            ),
-        )
-        .await?;
-        self.inner.safe_halt.entered(halt);
-        metrics::counter!("playbookd_executions_total",
-            "state" => RunState::SafeHalted.as_str(), "playbook" => self.playbook.playbook().id.clone())
-        .increment(1);
-        Ok(())
+    ) -> Result<bool, RunError> {
+        let cause = HaltCause::FailedUndo {
+            execution_id: self.record.id,
+            step_index: index,
+            step_id: step.id.clone(),
+            error,
+        };
+        let entered = self.inner.safe_halt.enter(cause).await;
+        // The halt holds in memory either way: nothing starts this undo again.
+        self.inner.settle((self.record.id, index, true));
+        match entered {
+            Entered::Written(_) => {
+                metrics::counter!("playbookd_executions_total",
+                    "state" => RunState::SafeHalted.as_str(), "playbook" => self.playbook.playbook().id.clone())
+                .increment(1);
+                Ok(false)
+            }
+            Entered::InMemoryOnly(halt) => Err(RunError::Halted(halt.message)),
+        }
+    }
+}
+
+/// What a step's `when:` decided.
+enum Condition {
+    Run,
+    Skip(String),
+    Fail(String),
+}
+
+/// Whether a step may have acted, so that the rollback must undo it.
+fn possibly_acted(record: &StepRecord) -> bool {
+    match record.state {
+        StepState::Succeeded | StepState::Running => true,
+        StepState::Failed => record.error_class.is_some_and(ErrorClass::possibly_done),
+        StepState::Pending
+        | StepState::Skipped
+        | StepState::RolledBack
+        | StepState::RollbackFailed => false,
+    }
+}
+
+/// Sleeps until the playbook deadline (forever when there is none).
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -621,17 +827,4 @@ fn retry_delay(base: Duration, attempt: u32) -> Duration {
     let exponential = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
     let jitter_ms = rand::thread_rng().gen_range(0..=exponential.as_millis() / 4 + 1);
     exponential + Duration::from_millis(u64::try_from(jitter_ms).unwrap_or(0))
-}
-
-/// Keeps stored outputs small: a large summary is replaced by its size and head.
-fn bounded(summary: Value) -> Value {
-    let text = summary.to_string();
-    if text.len() <= MAX_OUTPUT_BYTES {
-        return summary;
-    }
-    let mut cut = MAX_OUTPUT_BYTES;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    serde_json::json!({"truncated": true, "bytes": text.len(), "head": &text[..cut]})
 }

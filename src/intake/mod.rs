@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
@@ -23,9 +23,12 @@ use crate::executor::Executor;
 use crate::registry::model::{Binding, InputSpec};
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::Store;
+use crate::store::audit::{Actor, AuditEvent, AuditHandle};
+use crate::store::executions::{self, AdmitError, BindingRecord, NewExecution};
+use crate::store::halts::{ActiveHalt, CLEAR_COMMAND};
+use crate::store::model::Severity;
 use crate::store::nonces::{self, FirstUse};
-use crate::store::{Store, StoreError};
 use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
 
@@ -342,12 +345,10 @@ impl Intake {
     }
 
     /// The checks against this node's state (SAFE-HALT, bindings, registry, storm control), in
-    /// the order a reason is most useful.
+    /// the order a reason is most useful. The admitting transaction reads the SAFE-HALT again.
     fn evaluate(&self, decision: &Decision) -> Result<Bound, Reply> {
-        if self.inner.safe_halt.is_active() {
-            return Err(Reply::rejected(
-                "safe_halt: this node is in SAFE-HALT; nothing new runs until an admin clears it with `playbookd ctl halt-resolve --reason …`",
-            ));
+        if let Some(halt) = self.inner.safe_halt.active() {
+            return Err(Reply::rejected(halted_reason(&halt)));
         }
         let snapshot = self.inner.registry.catalog();
         let binding = bindings::find(
@@ -423,30 +424,37 @@ impl Intake {
         decision.subject = kept;
         let execution_id = Uuid::new_v4();
         let label = format!("{}@{}", playbook.playbook().id, playbook.version());
-        let row = NewExecution::new(
+        let Ok(severity) = Severity::decode(&decision.severity) else {
+            return Reply::rejected(format!(
+                "invalid decision: severity `{}` is not one of low, medium, moderate, high, critical",
+                decision.severity
+            ));
+        };
+        let new = NewExecution {
             execution_id,
-            &decision,
-            &binding,
-            &playbook,
-            peer_uid,
-            self.inner.audit.node_id(),
-        );
-        let ignored_for_event = ignored.clone();
-        let outcome = self
-            .inner
-            .audit
-            .append_with(Box::new(move |tx| {
-                Box::pin(async move {
-                    let mut event = row.insert(tx).await?;
-                    if !ignored_for_event.is_empty() {
-                        event = event.with("ignored_subject_keys", ignored_for_event);
-                    }
-                    Ok((event, ()))
-                })
-            }))
-            .await;
+            playbook_id: playbook.playbook().id.clone(),
+            version: playbook.version(),
+            sha256: playbook.sha256(),
+            nonce: decision.nonce.clone(),
+            decision_id: decision.decision_id.clone(),
+            policy: decision.policy.clone(),
+            outcome: decision.outcome.clone(),
+            org_id: decision.org_id.clone(),
+            severity,
+            subject: decision.subject.clone(),
+            requested_by_uid: peer_uid,
+            binding: BindingRecord {
+                policy: binding.policy.clone(),
+                outcome: binding.outcome.clone(),
+                org_id: binding.org_id.clone(),
+                playbook: binding.playbook.clone(),
+                require_approval: binding.require_approval,
+            },
+            ignored_subject_keys: ignored.clone(),
+        };
+        let outcome = executions::admit(&self.inner.audit, new, self.inner.safe_halt.watch()).await;
         match outcome {
-            Ok(_) => {
+            Ok(()) => {
                 self.inner.executor.submit(execution_id);
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
                     org_id = %decision.org_id, decision_id = %decision.decision_id,
@@ -459,18 +467,25 @@ impl Intake {
             }
             Err(error) => {
                 self.inner.storm.release(&cooldown);
-                if is_unique_violation(&error) {
-                    // A concurrent duplicate: the winner has committed by now.
-                    let first = nonces::first_use(&self.inner.store, &decision.nonce)
-                        .await
-                        .ok()
-                        .flatten();
-                    replay(&decision, first)
-                } else {
-                    tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
-                    Reply::rejected(
-                        "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
-                    )
+                match error {
+                    AdmitError::Replay => {
+                        // A concurrent duplicate: the winner has committed by now.
+                        let first = nonces::first_use(&self.inner.store, &decision.nonce)
+                            .await
+                            .ok()
+                            .flatten();
+                        replay(&decision, first)
+                    }
+                    AdmitError::Halted(halt) => {
+                        self.inner.safe_halt.observe(*halt.clone());
+                        Reply::rejected(halted_reason(&halt))
+                    }
+                    AdmitError::Unavailable(error) => {
+                        tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
+                        Reply::rejected(
+                            "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
+                        )
+                    }
                 }
             }
         }
@@ -563,80 +578,9 @@ fn count(reply: &Reply) {
         .increment(1);
 }
 
-fn is_unique_violation(error: &AppendError) -> bool {
-    matches!(error, AppendError::Effect(StoreError::Query(query))
-        if query.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
-}
-
-/// The execution row written when a decision is accepted.
-struct NewExecution {
-    execution_id: Uuid,
-    node_id: String,
-    playbook_id: String,
-    version: i64,
-    sha256: [u8; 32],
-    decision: Decision,
-    binding: Value,
-    peer_uid: u32,
-}
-
-impl NewExecution {
-    fn new(
-        execution_id: Uuid,
-        decision: &Decision,
-        binding: &Binding,
-        playbook: &ActivePlaybook,
-        peer_uid: u32,
-        node_id: &str,
-    ) -> NewExecution {
-        NewExecution {
-            execution_id,
-            node_id: node_id.to_owned(),
-            playbook_id: playbook.playbook().id.clone(),
-            version: i64::from(playbook.version()),
-            sha256: playbook.sha256(),
-            decision: decision.clone(),
-            binding: json!({
-                "policy": binding.policy, "outcome": binding.outcome, "org_id": binding.org_id,
-                "playbook": binding.playbook, "require_approval": binding.require_approval,
-            }),
-            peer_uid,
-        }
-    }
-
-    async fn insert(self, tx: &tokio_postgres::Transaction<'_>) -> Result<AuditEvent, StoreError> {
-        let d = &self.decision;
-        tx.execute(
-            "INSERT INTO playbook_nonces (nonce, used_at, execution_id) VALUES ($1, now(), $2)",
-            &[&d.nonce, &self.execution_id],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, playbook_sha256, \
-                state, nonce, policy_decision_id, policy, outcome, org_id, severity, subject, requested_by_uid, \
-                binding, started_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), now())",
-            &[
-                &self.execution_id, &self.node_id, &self.playbook_id, &self.version, &self.sha256.as_slice(),
-                &d.nonce, &d.decision_id, &d.policy, &d.outcome, &d.org_id, &d.severity,
-                &Value::Object(d.subject.clone()), &i64::from(self.peer_uid), &self.binding,
-            ],
-        )
-        .await?;
-        let subject_hash = crate::executor::params_hash(&Value::Object(d.subject.clone()));
-        Ok(
-            AuditEvent::new("decision.accepted", Actor::Uid(self.peer_uid))
-                .execution(self.execution_id)
-                .with("decision_id", d.decision_id.as_str())
-                .with("policy", d.policy.as_str())
-                .with("outcome", d.outcome.as_str())
-                .with("org_id", d.org_id.as_str())
-                .with("nonce", d.nonce.as_str())
-                .with("playbook", format!("{}@{}", self.playbook_id, self.version))
-                .with("playbook_sha256", hex::encode(self.sha256))
-                .with("subject_sha256", hex::encode(subject_hash)),
-        )
-    }
+/// The refusal reason while a SAFE-HALT is in force: what, since when, and how it is cleared.
+fn halted_reason(halt: &ActiveHalt) -> String {
+    format!("safe_halt: {halt}; nothing new runs until an admin clears it with `{CLEAR_COMMAND}`")
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::actions::limits::ActionLimits;
 use crate::config::PathsConfig;
 use crate::store::StoreError;
 use crate::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::versions::{self, NewVersion, VersionConflict};
 use limits::LimitViolation;
 use model::{Binding, BindingsFile, Playbook, RiskTier};
 use playbook::DocumentError;
@@ -141,6 +142,9 @@ impl Registry {
 pub struct Catalog {
     playbooks: BTreeMap<String, Arc<ActivePlaybook>>,
     bindings: Vec<Binding>,
+    /// The trust store this snapshot was verified against: what a resumed run's stored bytes
+    /// are verified against again ([`load_pinned`]).
+    keys: TrustedKeys,
     /// The verified bytes of the bindings and where they came from, to check them again if a
     /// reload refuses their replacement; `None` when there are none.
     bindings_origin: Option<BindingsSource>,
@@ -171,6 +175,11 @@ impl Catalog {
     /// verified version was active before it became so).
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
+    }
+
+    /// The trusted keys of this snapshot.
+    pub fn keys(&self) -> &TrustedKeys {
+        &self.keys
     }
 
     /// The bindings whose playbook has no active version: decisions for them get
@@ -498,61 +507,86 @@ fn require_dual_control(what: &'static str, verified: &VerifiedFile) -> Result<(
     Ok(())
 }
 
-/// Re-loads the exact version a run is pinned to from `playbook_versions` (for resume): the
-/// stored verified bytes, checked against `sha256` and parsed again.
+/// Re-loads the exact version a run is pinned to (for resume): the stored verified bytes,
+/// checked against `sha256`, **verified again** against `keys` with the signature bytes stored
+/// beside them (dual control included), and parsed again. Whoever can write the database must
+/// not be able to make the daemon act: bytes changed there, or signed by a key no longer
+/// trusted, are refused.
 pub async fn load_pinned<C: GenericClient>(
     client: &C,
+    keys: &TrustedKeys,
     id: &str,
     version: u32,
     sha256: &[u8; 32],
 ) -> Result<ActivePlaybook, PinnedError> {
-    let row = client
-        .query_opt(
-            "SELECT sha256, signer_key_ids, content FROM playbook_versions \
-             WHERE playbook_id = $1 AND version = $2",
-            &[&id, &i64::from(version)],
-        )
+    let stored = versions::load(client, id, version)
         .await
-        .map_err(|source| PinnedError::Query(StoreError::Query(source)))?;
-    let Some(row) = row else {
-        return Err(PinnedError::NotFound {
+        .map_err(PinnedError::Query)?
+        .ok_or_else(|| PinnedError::NotFound {
             id: id.to_owned(),
             version,
-        });
-    };
-    let stored_sha: Vec<u8> = row.get(0);
-    let signer_ids: Vec<String> = row.get(1);
-    let content: Vec<u8> = row.get(2);
-    let actual: [u8; 32] = Sha256::digest(&content).into();
-    if stored_sha.as_slice() != sha256 || &actual != sha256 {
+        })?;
+    let actual: [u8; 32] = Sha256::digest(&stored.content).into();
+    if stored.sha256.as_slice() != sha256 || &actual != sha256 {
         return Err(PinnedError::HashMismatch {
             id: id.to_owned(),
             version,
         });
     }
-    let signers = signer_ids
+    if stored
+        .signer_key_ids
         .iter()
-        .map(|text| KeyId::parse(text))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| PinnedError::BadSigners {
+        .any(|text| KeyId::parse(text).is_none())
+    {
+        return Err(PinnedError::BadSigners {
             id: id.to_owned(),
             version,
+        });
+    }
+    let mut signers: Vec<KeyId> = Vec::new();
+    for (key_id, signature) in &stored.signatures {
+        // The stored key id only says which key to expect; the trust store decides.
+        if let Ok((signer, _scheme)) = keys.verify(&stored.content, signature)
+            && signer.as_str() == key_id
+            && !signers.contains(&signer)
+        {
+            signers.push(signer);
+        }
+    }
+    if signers.is_empty() {
+        return Err(PinnedError::Unverified {
+            id: id.to_owned(),
+            version,
+            stored: stored.signatures.len(),
+        });
+    }
+    let playbook =
+        playbook::parse_playbook(&stored.content).map_err(|source| PinnedError::Parse {
+            id: id.to_owned(),
+            version,
+            source,
         })?;
-    let playbook = playbook::parse_playbook(&content).map_err(|source| PinnedError::Parse {
-        id: id.to_owned(),
-        version,
-        source,
-    })?;
     if playbook.id != id || playbook.version != version {
         return Err(PinnedError::HashMismatch {
             id: id.to_owned(),
             version,
         });
     }
+    let critical = playbook
+        .steps
+        .iter()
+        .any(|step| step.risk == Some(RiskTier::Critical));
+    if critical && signers.len() < 2 {
+        return Err(PinnedError::DualControl {
+            id: id.to_owned(),
+            version,
+            signers: signers.len(),
+        });
+    }
     Ok(ActivePlaybook {
         playbook,
         sha256: actual,
-        bytes: content.into(),
+        bytes: stored.content.into(),
         signers,
         origin: None,
     })
@@ -567,6 +601,25 @@ pub enum PinnedError {
     HashMismatch { id: String, version: u32 },
     #[error("recorded version {version} of `{id}` has malformed signer key ids")]
     BadSigners { id: String, version: u32 },
+    #[error(
+        "recorded version {version} of `{id}` no longer verifies: none of its {stored} stored \
+         signatures is valid under a trusted key (bytes changed in the database, or the key \
+         was revoked)"
+    )]
+    Unverified {
+        id: String,
+        version: u32,
+        stored: usize,
+    },
+    #[error(
+        "recorded version {version} of `{id}` has a critical step and {signers} signature(s) \
+         that still verify; dual control needs two"
+    )]
+    DualControl {
+        id: String,
+        version: u32,
+        signers: usize,
+    },
     #[error("recorded version {version} of `{id}` no longer parses")]
     Parse {
         id: String,
@@ -576,6 +629,22 @@ pub enum PinnedError {
     },
     #[error("failed to read playbook_versions")]
     Query(#[source] StoreError),
+}
+
+impl PinnedError {
+    /// True when the stored version cannot be trusted (as opposed to a database that did not
+    /// answer): nothing may run from it, and an admin must look.
+    pub fn is_untrusted(&self) -> bool {
+        match self {
+            PinnedError::NotFound { .. }
+            | PinnedError::HashMismatch { .. }
+            | PinnedError::BadSigners { .. }
+            | PinnedError::Unverified { .. }
+            | PinnedError::DualControl { .. }
+            | PinnedError::Parse { .. } => true,
+            PinnedError::Query(_) => false,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -719,6 +788,7 @@ async fn build_catalog(
         Catalog {
             playbooks,
             bindings,
+            keys,
             bindings_origin,
         },
         summary,
@@ -812,11 +882,41 @@ async fn record_version(
         .iter()
         .map(|key| key.as_str().to_owned())
         .collect();
-    let content = candidate.verified.bytes().to_vec();
+    let new = NewVersion {
+        playbook_id: id.clone(),
+        version,
+        sha256,
+        signer_key_ids: signers.clone(),
+        signatures: candidate
+            .verified
+            .signatures()
+            .iter()
+            .map(|signature| {
+                (
+                    signature.key_id.as_str().to_owned(),
+                    signature.bytes().to_vec(),
+                )
+            })
+            .collect(),
+        content: candidate.verified.bytes().to_vec(),
+    };
     let file = path.display().to_string();
     let effect: audit::Effect<Result<(), RejectReason>> = Box::new(move |tx| {
         Box::pin(async move {
-            let verdict = check_and_insert(tx, &id, version, &sha256, &signers, &content).await?;
+            let verdict = versions::check_and_record(tx, &new)
+                .await?
+                .map_err(|conflict| match conflict {
+                    VersionConflict::Equivocation { recorded } => RejectReason::Equivocation {
+                        id: id.clone(),
+                        version,
+                        recorded,
+                    },
+                    VersionConflict::Downgrade { highest } => RejectReason::Downgrade {
+                        id: id.clone(),
+                        version,
+                        highest,
+                    },
+                });
             let event = match &verdict {
                 Ok(first_seen) => AuditEvent::new("playbook.loaded", Actor::System)
                     .with("file", file)
@@ -837,79 +937,6 @@ async fn record_version(
             AppendError::Effect(source),
         ))),
         Err(error) => Err(RegistryError::Audit(error)),
-    }
-}
-
-/// Runs the anti-rollback checks and records a new version. `Ok(Ok(first_seen))` accepts it.
-async fn check_and_insert(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: &str,
-    version: u32,
-    sha256: &[u8; 32],
-    signers: &[String],
-    content: &[u8],
-) -> Result<Result<bool, RejectReason>, StoreError> {
-    let version_db = i64::from(version);
-    let recorded = tx
-        .query_opt(
-            "SELECT sha256 FROM playbook_versions WHERE playbook_id = $1 AND version = $2",
-            &[&id, &version_db],
-        )
-        .await?;
-    if let Some(row) = &recorded {
-        let stored: Vec<u8> = row.get(0);
-        if stored.as_slice() != sha256 {
-            return Ok(Err(RejectReason::Equivocation {
-                id: id.to_owned(),
-                version,
-                recorded: hex::encode(stored),
-            }));
-        }
-    }
-    let highest: Option<i64> = tx
-        .query_one(
-            "SELECT max(version) FROM playbook_versions WHERE playbook_id = $1",
-            &[&id],
-        )
-        .await?
-        .get(0);
-    if let Some(highest) = highest.filter(|highest| *highest > version_db) {
-        return Ok(Err(RejectReason::Downgrade {
-            id: id.to_owned(),
-            version,
-            highest,
-        }));
-    }
-    if recorded.is_some() {
-        return Ok(Ok(false));
-    }
-    // ON CONFLICT: another node may record the same version between our SELECT and INSERT.
-    let inserted = tx
-        .execute(
-            "INSERT INTO playbook_versions \
-             (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
-             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (playbook_id, version) DO NOTHING",
-            &[&id, &version_db, &sha256.as_slice(), &signers, &content],
-        )
-        .await?;
-    if inserted == 1 {
-        return Ok(Ok(true));
-    }
-    let stored: Vec<u8> = tx
-        .query_one(
-            "SELECT sha256 FROM playbook_versions WHERE playbook_id = $1 AND version = $2",
-            &[&id, &version_db],
-        )
-        .await?
-        .get(0);
-    if stored.as_slice() == sha256 {
-        Ok(Ok(false))
-    } else {
-        Ok(Err(RejectReason::Equivocation {
-            id: id.to_owned(),
-            version,
-            recorded: hex::encode(stored),
-        }))
     }
 }
 

@@ -220,14 +220,20 @@ pub async fn chain_head(
     }))
 }
 
-/// The active SAFE-HALT, if any (at most one, by a unique index).
+/// The active SAFE-HALT that stops `node_id`, if any: its own (at most one per node, by a
+/// unique index) or the fleet's.
 pub async fn active_halt(
     client: &impl GenericClient,
+    node_id: &str,
 ) -> Result<Option<SafeHalt>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            &format!("SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state WHERE is_active"),
-            &[],
+            &format!(
+                "SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state \
+                 WHERE is_active AND (node_id = $1 OR scope = 'fleet') \
+                 ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
+            ),
+            &[&node_id],
         )
         .await?;
     Ok(row.as_ref().map(halt_from_row))

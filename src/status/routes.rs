@@ -133,7 +133,7 @@ async fn health(State(state): State<StatusState>) -> Response {
         let client: &tokio_postgres::Client = &client;
         let counts = queries::count_by_state(client).await?;
         let head = queries::chain_head(client, &node_id).await?;
-        let halt = queries::active_halt(client).await?;
+        let halt = queries::active_halt(client, &node_id).await?;
         Ok::<_, ApiError>((counts, head, halt))
     })
     .await;
@@ -306,9 +306,10 @@ async fn execution(
 }
 
 async fn safe_halt(State(state): State<StatusState>) -> Result<Response, ApiError> {
+    let node_id = state.audit.node_id().to_owned();
     let (active, history) = with_client(&state, |client| {
         Box::pin(async move {
-            let active = queries::active_halt(client).await?;
+            let active = queries::active_halt(client, &node_id).await?;
             let history = queries::halt_history(client, HALT_HISTORY_LIMIT).await?;
             Ok((active, history))
         })

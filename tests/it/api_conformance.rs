@@ -65,7 +65,7 @@ async fn the_status_api_conforms_to_its_openapi_document() {
     // The one documented 5xx: /v1/health answers 503 while a SAFE-HALT is active. Every other
     // check still holds for it (the status code and the body are the documented ones).
     let client = db.client().await;
-    crate::status::insert_halt(&client, None, true).await;
+    crate::status::insert_halt_of(&client, "node-api", None, true).await;
     let health = playbookd::status_client::request(&endpoint, "GET", "/v1/health")
         .await
         .unwrap();

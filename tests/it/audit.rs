@@ -741,23 +741,10 @@ async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
 
 #[tokio::test]
 async fn the_daemons_role_may_only_read_and_append_the_evidence() {
-    let admin = crate::helpers::connect(&crate::helpers::admin_config()).await;
-    let role = format!("pbd_role_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
-        .await
-        .unwrap();
-    let mut config = crate::helpers::admin_config();
-    config.user(&role).dbname(&role);
+    let db = crate::helpers::OwnerRoleDb::new().await;
+    let config = db.config.clone();
     let outcome = async {
-        let mut client = crate::helpers::connect(&config).await;
-        playbookd::store::migrate::migrate(&mut client)
-            .await
-            .unwrap();
+        let client = db.client().await;
         let (handle, _stop) =
             audit::start_writer(config.clone(), "n1".into(), CancellationToken::new())
                 .await
@@ -785,12 +772,6 @@ async fn the_daemons_role_may_only_read_and_append_the_evidence() {
         refused
     }
     .await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {role} WITH (FORCE)"))
-        .await;
-    let _ = admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-        .await;
     assert_eq!(outcome.len(), 4);
     for line in &outcome {
         // The privilege check, not the trigger ("append-only"), refuses each.

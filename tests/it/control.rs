@@ -151,19 +151,37 @@ fn open_to_clients(dir: &DaemonDir) {
     }
 }
 
-/// Stores the version's bytes as the registry would, and returns their sha256.
-async fn store_version(client: &tokio_postgres::Client, bytes: &[u8]) -> [u8; 32] {
+/// Stores the version's bytes and both authors' signatures as the registry would, and returns
+/// their sha256.
+async fn store_version(client: &tokio_postgres::Client, dir: &DaemonDir, bytes: &[u8]) -> [u8; 32] {
     let playbook = parse_playbook(bytes).unwrap();
     let sha256: [u8; 32] = Sha256::digest(bytes).into();
-    let signers = vec!["a1".repeat(32), "b2".repeat(32)];
+    let signers: Vec<_> = crate::helpers::AUTHORS
+        .iter()
+        .map(|a| dir.signer(a))
+        .collect();
+    let key_ids: Vec<String> = signers
+        .iter()
+        .map(|s| s.key_id().as_str().to_owned())
+        .collect();
     client
         .execute(
             "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
              VALUES ($1, $2, $3, $4, $5, now())",
-            &[&playbook.id, &i64::from(playbook.version), &sha256.as_slice(), &signers, &bytes],
+            &[&playbook.id, &i64::from(playbook.version), &sha256.as_slice(), &key_ids, &bytes],
         )
         .await
         .unwrap();
+    for signer in &signers {
+        client
+            .execute(
+                "INSERT INTO playbook_version_signatures (playbook_id, version, key_id, signature, recorded_at) \
+                 VALUES ($1, $2, $3, $4, now())",
+                &[&playbook.id, &i64::from(playbook.version), &signer.key_id().as_str(), &signer.sign(bytes)],
+            )
+            .await
+            .unwrap();
+    }
     sha256
 }
 
@@ -844,7 +862,7 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
     let client = db.client().await;
     // The child cannot be handed a catalog: record the execution as the intake would have,
     // and let startup recovery pick it up from the stored, hash-checked playbook bytes.
-    let sha256 = store_version(&client, playbook_yaml("critical").as_bytes()).await;
+    let sha256 = store_version(&client, &dir, playbook_yaml("critical").as_bytes()).await;
     let id = Uuid::new_v4();
     client
         .execute(
@@ -852,7 +870,9 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
                playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
                subject, requested_by_uid, binding, started_at, updated_at) \
              VALUES ($1, $2, 'ctl-test', 1, $3, 'pending', $4, 'd-restart', 'test.ctl', 'run', 'acme', \
-               'high', '{}'::jsonb, 0, '{}'::jsonb, now(), now())",
+               'high', '{}'::jsonb, 0, \
+               '{\"policy\": \"test.ctl\", \"outcome\": \"run\", \"org_id\": null, \"playbook\": \"ctl-test\", \"require_approval\": false}'::jsonb, \
+               now(), now())",
             &[&id, &NODE, &sha256.as_slice(), &Uuid::new_v4().simple().to_string()],
         )
         .await

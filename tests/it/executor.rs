@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{NOOP_3, Running, bindings, decision};
+use crate::harness::{Evidence, NOOP_3, Running, UNDO_FAILS, bindings, decision, exec_config};
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
@@ -25,21 +25,6 @@ steps:
   - {id: one, action: noop, rollback: {action: noop}}
   - {id: two, action: noop, rollback: {action: noop}}
   - {id: three, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
-"#;
-
-const UNDO_FAILS: &str = r#"
-id: undo-fails
-version: 1
-name: The undo of the first step fails
-owners: {technical: a@example.org, operational: b@example.org}
-steps:
-  - id: one
-    action: exec
-    with: {command: /bin/true}
-    risk: low
-    retry: {attempts: 1, backoff: 100ms}
-    rollback: {action: exec, with: {command: /bin/false}}
-  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
 "#;
 
 const SLEEPS: &str = r#"
@@ -321,5 +306,372 @@ async fn a_gate_near_expiry_is_escalated_before_it_expires() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    daemon.stop().await;
+}
+
+// ---- hostile bytes, unevaluable conditions, unrecordable outcomes, cancels (#23, #20) ----
+
+/// Invocations a counting script recorded (one line each in `FILE`).
+fn invocations(files: &Evidence, name: &str) -> usize {
+    std::fs::read_to_string(files.path(name))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_undo_failing_with_nul_and_escape_bytes_enters_safe_halt_and_runs_once() {
+    let files = Evidence::new();
+    let undo = files.script(
+        "undo",
+        r#"echo x >> "$1"
+printf 'undo \000 failed \033[2J\033]0;owned\007 here' >&2
+exit 3"#,
+    );
+    let playbook = files.playbook(&format!(
+        r#"
+id: hostile-undo
+version: 1
+name: The undo fails with hostile bytes on stderr
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - id: one
+    action: exec
+    with: {{command: /bin/true}}
+    risk: low
+    retry: {{attempts: 1, backoff: 100ms}}
+    rollback: {{action: exec, with: {{command: {undo}, args: [FILES/undos]}}}}
+  - {{id: two, action: exec, with: {{command: /bin/false}}, risk: low, rollback: none}}
+"#,
+        undo = undo.display()
+    ));
+    let daemon = Running::start(
+        &exec_config(&[&undo], "", ""),
+        &[&playbook, NOOP_3],
+        &bindings(&[("p", "o", "hostile-undo"), ("bench.noop", "run", "noop-3")]),
+    )
+    .await;
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
+        "safe_halted"
+    );
+    assert!(daemon.safe_halt.is_active());
+    // One undo (its three attempts), never started again by the resume sweep.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(invocations(&files, "undos"), 3);
+    let client = daemon.db.client().await;
+    let message: String = client
+        .query_one(
+            "SELECT error_message FROM playbook_safe_halt_state WHERE is_active",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        message.contains("undo \\u{0} failed \\u{1b}[2J\\u{1b}]0;owned\\u{7} here"),
+        "{message}"
+    );
+    assert!(
+        message.contains("playbookd ctl halt-resolve --reason"),
+        "{message}"
+    );
+    let undo_error: String = client
+        .query_one(
+            "SELECT error FROM playbook_rollback_states WHERE execution_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(undo_error.contains("\\u{0}"), "{undo_error}");
+    let refused = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert_eq!(refused["status"], "rejected", "{refused}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_printing_nul_bytes_completes_once_with_its_output_recorded_escaped() {
+    let files = Evidence::new();
+    let evidence = files.script(
+        "evidence",
+        r#"echo x >> "$1"
+printf 'pid\0001234\000cmdline\033[31m'"#,
+    );
+    let playbook = format!(
+        r#"
+id: nul-output
+version: 1
+name: Collects evidence with NUL bytes in it
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - {{id: collect, action: exec, with: {{command: {evidence}, args: [FILES/runs]}}, risk: low, rollback: none}}
+  - {{id: after, action: noop, rollback: none}}
+"#,
+        evidence = evidence.display()
+    );
+    let daemon = Running::start(
+        &exec_config(&[&evidence], "", ""),
+        &[&files.playbook(&playbook)],
+        &bindings(&[("p", "o", "nul-output")]),
+    )
+    .await;
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
+        "completed"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(invocations(&files, "runs"), 1, "run once, never again");
+    let client = daemon.db.client().await;
+    let output: Value = client
+        .query_one(
+            "SELECT output FROM playbook_step_runs WHERE execution_id = $1::text::uuid AND step_id = 'collect'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        output["stdout"]["text"], "pid\\u{0}1234\\u{0}cmdline\\u{1b}[31m",
+        "{output}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_unevaluable_when_fails_the_step_and_rolls_back() {
+    let files = Evidence::new();
+    let playbook = files.playbook(
+        r#"
+id: unevaluable
+version: 1
+name: A condition on an input the decision did not send
+owners: {technical: a@example.org, operational: b@example.org}
+inputs:
+  count: {type: integer, required: false}
+steps:
+  - id: prepare
+    action: exec
+    with: {command: /usr/bin/touch, args: [FILES/prepared]}
+    risk: low
+    rollback: {action: exec, with: {command: /bin/rm, args: ["-f", FILES/prepared]}}
+  - id: destroy
+    when: "subject.count > 10"
+    action: exec
+    with: {command: /usr/bin/touch, args: [FILES/destroyed]}
+    risk: low
+    rollback: none
+"#,
+    );
+    let daemon = Running::start(
+        &exec_config(&[], "", ""),
+        &[&playbook],
+        &bindings(&[("p", "o", "unevaluable")]),
+    )
+    .await;
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
+        "rolled_back"
+    );
+    assert!(
+        !files.exists("destroyed"),
+        "the step after the condition ran"
+    );
+    assert!(!files.exists("prepared"), "the first step was not undone");
+    let client = daemon.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT state, error FROM playbook_step_runs WHERE execution_id = $1::text::uuid AND step_id = 'destroy'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(
+        row.get::<_, String>(1).contains("could not be evaluated"),
+        "{}",
+        row.get::<_, String>(1)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_whose_outcome_cannot_be_recorded_is_not_run_again_and_again() {
+    let files = Evidence::new();
+    let counter = files.script("counter", r#"echo x >> "$1""#);
+    let playbook = format!(
+        r#"
+id: unrecordable
+version: 1
+name: Its success cannot be written
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - id: stubborn
+    action: exec
+    with: {{command: {counter}, args: [FILES/runs]}}
+    risk: low
+    rollback: {{action: exec, with: {{command: {counter}, args: [FILES/undos]}}}}
+"#,
+        counter = counter.display()
+    );
+    let daemon = Running::start(
+        &exec_config(&[&counter], "", ""),
+        &[&files.playbook(&playbook)],
+        &bindings(&[("p", "o", "unrecordable")]),
+    )
+    .await;
+    // The database refuses to record this step's success (whatever the reason: here a
+    // trigger); everything else is recorded.
+    let client = daemon.db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_stubborn() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.step_id = 'stubborn' AND NEW.state = 'succeeded' THEN \
+               RAISE EXCEPTION 'not today'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_stubborn BEFORE UPDATE ON playbook_step_runs \
+               FOR EACH ROW EXECUTE FUNCTION refuse_stubborn();",
+        )
+        .await
+        .unwrap();
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(30)).await,
+        "rolled_back"
+    );
+    assert_eq!(
+        invocations(&files, "runs"),
+        3,
+        "started three times without a recorded outcome, then no more"
+    );
+    assert_eq!(invocations(&files, "undos"), 1, "possibly done: undone");
+    let error: String = client
+        .query_one(
+            "SELECT error FROM playbook_step_runs WHERE execution_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("without its outcome being recorded"),
+        "{error}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_long_exec_step_undoes_what_the_step_did() {
+    let files = Evidence::new();
+    let slow = files.script("slow", r#"touch "$1"; exec sleep 30"#);
+    let playbook = format!(
+        r#"
+id: slow-create
+version: 1
+name: Creates a file, then takes its time
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - id: create
+    action: exec
+    with: {{command: {slow}, args: [FILES/created]}}
+    risk: low
+    timeout: 1m
+    rollback: {{action: exec, with: {{command: /bin/rm, args: ["-f", FILES/created]}}}}
+"#,
+        slow = slow.display()
+    );
+    let daemon = Running::start(
+        &exec_config(&[&slow], "", ""),
+        &[&files.playbook(&playbook)],
+        &bindings(&[("p", "o", "slow-create")]),
+    )
+    .await;
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let start = Instant::now();
+    while !files.exists("created") {
+        assert!(start.elapsed() < Duration::from_secs(10), "never created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancel = daemon
+        .control(&json!({"verb": "cancel", "execution_id": id, "reason": "false positive"}))
+        .await;
+    assert_eq!(cancel["status"], "ok", "{cancel}");
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
+        "cancelled"
+    );
+    assert!(
+        !files.exists("created"),
+        "the cancelled step's effect stayed"
+    );
+    let client = daemon.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT s.state, s.error_class, r.state FROM playbook_step_runs s \
+             JOIN playbook_rollback_states r USING (execution_id, step_index) \
+             WHERE s.execution_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "rolled_back");
+    assert_eq!(row.get::<_, String>(1), "cancelled");
+    assert_eq!(row.get::<_, String>(2), "succeeded");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_undo_whose_outcome_cannot_be_recorded_ends_in_safe_halt_not_in_a_loop() {
+    let files = Evidence::new();
+    let counter = files.script("counter", r#"echo x >> "$1""#);
+    let playbook = format!(
+        r#"
+id: unrecordable-undo
+version: 1
+name: Its undo's success cannot be written
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - id: one
+    action: exec
+    with: {{command: /bin/true}}
+    risk: low
+    rollback: {{action: exec, with: {{command: {counter}, args: [FILES/undos]}}}}
+  - {{id: two, action: exec, with: {{command: /bin/false}}, risk: low, rollback: none}}
+"#,
+        counter = counter.display()
+    );
+    let daemon = Running::start(
+        &exec_config(&[&counter], "", ""),
+        &[&files.playbook(&playbook)],
+        &bindings(&[("p", "o", "unrecordable-undo")]),
+    )
+    .await;
+    let client = daemon.db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_undone() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.state = 'succeeded' THEN RAISE EXCEPTION 'not today'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_undone BEFORE UPDATE ON playbook_rollback_states \
+               FOR EACH ROW EXECUTE FUNCTION refuse_undone();",
+        )
+        .await
+        .unwrap();
+    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(30)).await,
+        "safe_halted"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(invocations(&files, "undos"), 3, "then never again");
+    let halt = daemon.safe_halt.active().expect("halted");
+    assert!(
+        halt.message.contains("without its outcome being recorded"),
+        "{}",
+        halt.message
+    );
     daemon.stop().await;
 }

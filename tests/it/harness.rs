@@ -3,6 +3,7 @@
 //! catalog directly (the signed registry has its own tests), and a decision client.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use playbookd::config::Config;
@@ -16,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{DaemonDir, TestDb};
 
 pub struct Running {
-    pub db: TestDb,
+    /// Shared by the daemons of one test when several nodes use one database.
+    pub db: Arc<TestDb>,
     pub dir: DaemonDir,
+    pub node: String,
     pub socket: PathBuf,
     pub executor: playbookd::executor::Executor,
     pub safe_halt: playbookd::safe_halt::SafeHalt,
@@ -34,12 +37,25 @@ pub struct Running {
 impl Running {
     /// Starts a daemon on a fresh database with `playbooks` (YAML texts) and `bindings`.
     pub async fn start(extra_config: &str, playbooks: &[&str], bindings: &str) -> Running {
-        let db = TestDb::new().await;
+        let db = Arc::new(TestDb::new().await);
+        Running::start_on(db, "node-a", extra_config, playbooks, bindings).await
+    }
+
+    /// Starts a daemon with node id `node` on `db` (which other daemons of the test may share),
+    /// in a directory of its own.
+    pub async fn start_on(
+        db: Arc<TestDb>,
+        node: &str,
+        extra_config: &str,
+        playbooks: &[&str],
+        bindings: &str,
+    ) -> Running {
         let dir = DaemonDir::new();
         let playbooks: Vec<String> = playbooks.iter().map(|p| (*p).to_owned()).collect();
         Running::boot(
             db,
             dir,
+            node.to_owned(),
             extra_config.to_owned(),
             playbooks,
             bindings.to_owned(),
@@ -53,20 +69,29 @@ impl Running {
         extra_config: &str,
         documents: impl FnOnce(&DaemonDir) -> (Vec<String>, String),
     ) -> Running {
-        let db = TestDb::new().await;
+        let db = Arc::new(TestDb::new().await);
         let dir = DaemonDir::new();
         let (playbooks, bindings) = documents(&dir);
-        Running::boot(db, dir, extra_config.to_owned(), playbooks, bindings).await
+        Running::boot(
+            db,
+            dir,
+            "node-a".to_owned(),
+            extra_config.to_owned(),
+            playbooks,
+            bindings,
+        )
+        .await
     }
 
     async fn boot(
-        db: TestDb,
+        db: Arc<TestDb>,
         dir: DaemonDir,
+        node: String,
         extra: String,
         playbooks: Vec<String>,
         bindings: String,
     ) -> Running {
-        let config_path = dir.write_config(&db, "node-a", &extra);
+        let config_path = dir.write_config(&db, &node, &extra);
         for text in &playbooks {
             let playbook = parse_playbook(text.as_bytes()).expect("playbook parses");
             let name = format!("playbooks/{}-v{}.yaml", playbook.id, playbook.version);
@@ -87,6 +112,7 @@ impl Running {
         Running {
             db,
             dir,
+            node,
             socket,
             executor,
             safe_halt,
@@ -105,6 +131,7 @@ impl Running {
         let Running {
             db,
             dir,
+            node,
             stop,
             task,
             extra,
@@ -114,7 +141,95 @@ impl Running {
         } = self;
         stop.cancel();
         task.await.unwrap().expect("clean stop");
-        Running::boot(db, dir, extra, playbooks, bindings).await
+        Running::boot(db, dir, node, extra, playbooks, bindings).await
+    }
+
+    /// Like [`Running::restart`], without the playbook files: the catalog is empty and a run
+    /// resumes from the bytes stored in the database.
+    pub async fn restart_without_playbooks(mut self) -> Running {
+        for text in std::mem::take(&mut self.playbooks) {
+            let playbook = parse_playbook(text.as_bytes()).expect("playbook parses");
+            let name = format!("playbooks/{}-v{}.yaml", playbook.id, playbook.version);
+            for suffix in ["", ".sig", ".sig.2"] {
+                let _ = std::fs::remove_file(self.dir.path(&format!("{name}{suffix}")));
+            }
+        }
+        self.restart().await
+    }
+
+    /// Sends one request line to control.sock (as this test's uid, root: an admin by the
+    /// default roles) and returns the parsed reply.
+    pub async fn control(&self, request: &Value) -> Value {
+        let mut stream = UnixStream::connect(self.dir.path("run/control.sock"))
+            .await
+            .expect("connect control.sock");
+        stream
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
+            .await
+            .expect("control reply in time")
+            .unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+    }
+
+    /// The run's state as stored.
+    pub async fn state(&self, execution_id: &str) -> String {
+        let id: uuid::Uuid = execution_id.parse().unwrap();
+        self.db
+            .client()
+            .await
+            .query_one(
+                "SELECT state FROM playbook_executions WHERE execution_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until the run is in `want`, or panics naming the state it is in.
+    pub async fn wait_state(&self, execution_id: &str, want: &str, limit: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let state = self.state(execution_id).await;
+            if state == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "execution {execution_id} is `{state}`, not `{want}`, after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until an audit event of `event_type` exists for the run.
+    pub async fn wait_event(&self, execution_id: &str, event_type: &str, limit: Duration) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some((_, data)) = self
+                .events(execution_id)
+                .await
+                .into_iter()
+                .find(|(kind, _)| kind == event_type)
+            {
+                return data;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no `{event_type}` for {execution_id} after {limit:?}: {:?}",
+                self.events(execution_id)
+                    .await
+                    .iter()
+                    .map(|(kind, _)| kind.clone())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn stop(self) {
@@ -182,6 +297,44 @@ impl Running {
     }
 }
 
+/// Files for one test: where the playbooks' actions leave their evidence.
+pub struct Evidence {
+    pub dir: tempfile::TempDir,
+}
+
+impl Evidence {
+    pub fn new() -> Evidence {
+        Evidence {
+            dir: tempfile::Builder::new()
+                .prefix("pbd-halt-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.path(name).exists()
+    }
+
+    /// An executable `/bin/sh` script (a test fixture; playbooks never get a shell).
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Replaces `FILES` in a playbook with this test's directory.
+    pub fn playbook(&self, text: &str) -> String {
+        text.replace("FILES", &self.dir.path().display().to_string())
+    }
+}
+
 /// Sends one line on a new connection to decisions.sock at `socket` and returns the parsed reply.
 pub async fn send_line(socket: &std::path::Path, line: &[u8]) -> Value {
     let mut stream = UnixStream::connect(socket)
@@ -224,3 +377,37 @@ pub fn bindings(entries: &[(&str, &str, &str)]) -> String {
 }
 
 pub const NOOP_3: &str = include_str!("../../playbooks/noop-3.yaml");
+
+/// Its first step's undo fails three times (about 0.4 s after the decision): SAFE-HALT.
+pub const UNDO_FAILS: &str = r#"
+id: undo-fails
+version: 1
+name: The undo of the first step fails
+owners: {technical: a@example.org, operational: b@example.org}
+steps:
+  - id: one
+    action: exec
+    with: {command: /bin/true}
+    risk: low
+    retry: {attempts: 1, backoff: 100ms}
+    rollback: {action: exec, with: {command: /bin/false}}
+  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
+"#;
+
+/// Configuration allowing the commands the tests' playbooks use (`true`, `false`, `sleep`,
+/// `touch`, `rm`) and `scripts`, with a one-second resume sweep; `executor` is added to
+/// `[executor]`, `exec` to `[actions.exec]`.
+pub fn exec_config(scripts: &[&std::path::Path], executor: &str, exec: &str) -> String {
+    let mut commands = vec![
+        "/bin/true".to_owned(),
+        "/bin/false".to_owned(),
+        "/bin/sleep".to_owned(),
+        "/usr/bin/touch".to_owned(),
+        "/bin/rm".to_owned(),
+    ];
+    commands.extend(scripts.iter().map(|p| p.display().to_string()));
+    format!(
+        "[executor]\nresume_interval_seconds = 1\n{executor}\n[actions.exec]\nallowed_commands = {}\n{exec}\n",
+        serde_json::to_string(&commands).unwrap()
+    )
+}

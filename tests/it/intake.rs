@@ -418,6 +418,22 @@ async fn a_resend_after_a_lost_reply_is_a_replay_naming_the_first_execution() {
         let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
         stream.write_all(format!("{d}\n").as_bytes()).await.unwrap();
     }
+    // The first attempt is committed (its reply was lost): a resend racing it could come first.
+    let client = daemon.db.client().await;
+    let start = std::time::Instant::now();
+    while client
+        .query_one("SELECT count(*) FROM playbook_nonces", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "first attempt never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // It resends the same line: told it is a replay, and which execution the first started.
     let replay = daemon.send_decision(&d).await;
     assert_eq!(replay["status"], "rejected", "{replay}");
@@ -425,7 +441,6 @@ async fn a_resend_after_a_lost_reply_is_a_replay_naming_the_first_execution() {
     let first = replay["execution_id"]
         .as_str()
         .expect("execution_id in the reply");
-    let client = daemon.db.client().await;
     let ids: Vec<uuid::Uuid> = client
         .query(
             "SELECT execution_id FROM playbook_executions WHERE policy_decision_id = $1",

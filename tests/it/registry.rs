@@ -165,16 +165,70 @@ async fn valid_playbooks_load_are_recorded_and_can_be_reloaded_pinned() {
 
     // Resume: the pinned version comes back from the database even after the file is gone.
     std::fs::remove_file(f.dir.path("playbooks/crit.yaml")).unwrap();
-    let pinned = load_pinned(&client, "crit", 2, &crit.sha256())
+    let catalog = registry.catalog();
+    let keys = catalog.keys();
+    let pinned = load_pinned(&client, keys, "crit", 2, &crit.sha256())
         .await
         .unwrap();
     assert_eq!(pinned.playbook().steps.len(), 1);
     assert_eq!(pinned.sha256(), crit.sha256());
-    assert!(load_pinned(&client, "crit", 2, &[0; 32]).await.is_err());
+    assert_eq!(
+        pinned.signers().len(),
+        2,
+        "both stored signatures verified again"
+    );
     assert!(
-        load_pinned(&client, "crit", 3, &crit.sha256())
+        load_pinned(&client, keys, "crit", 2, &[0; 32])
             .await
             .is_err()
+    );
+    assert!(
+        load_pinned(&client, keys, "crit", 3, &crit.sha256())
+            .await
+            .is_err()
+    );
+
+    // The signature bytes are stored beside the version, and checked again on every resume:
+    // against a trust store without the signers' keys, or with only one of two for a
+    // critical playbook, the stored bytes are refused.
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_version_signatures WHERE playbook_id = 'crit' AND version = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+    let untrusted = load_pinned(
+        &client,
+        &playbookd::registry::signature::TrustedKeys::default(),
+        "crit",
+        2,
+        &crit.sha256(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            untrusted,
+            playbookd::registry::PinnedError::Unverified { .. }
+        ),
+        "{untrusted}"
+    );
+    assert!(untrusted.is_untrusted());
+    let mut one_key = playbookd::registry::signature::TrustedKeys::default();
+    let (first, origin) = keys.iter().next().unwrap();
+    one_key.insert(first.clone(), origin.to_owned()).unwrap();
+    let single = load_pinned(&client, &one_key, "crit", 2, &crit.sha256())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            single,
+            playbookd::registry::PinnedError::DualControl { signers: 1, .. }
+        ),
+        "{single}"
     );
 }
 

@@ -189,6 +189,17 @@ pub(crate) async fn insert_halt(
     execution: Option<Uuid>,
     active: bool,
 ) {
+    insert_halt_of(client, NODE, execution, active).await;
+}
+
+/// A SAFE-HALT row of `node` (a halt belongs to a node: the status API of another node
+/// does not show it as active).
+pub(crate) async fn insert_halt_of(
+    client: &tokio_postgres::Client,
+    node: &str,
+    execution: Option<Uuid>,
+    active: bool,
+) {
     client
         .execute(
             "INSERT INTO playbook_safe_halt_state (is_active, node_id, execution_id, rollback_id, error_message, \
@@ -196,7 +207,7 @@ pub(crate) async fn insert_halt(
              VALUES ($1, $2, $3, 'rb-1', 'undo of step 1 failed', now(), \
                CASE WHEN $1 THEN NULL ELSE now() END, CASE WHEN $1 THEN NULL ELSE 0 END, \
                CASE WHEN $1 THEN NULL ELSE 'fixed by hand' END)",
-            &[&active, &NODE, &execution],
+            &[&active, &node, &execution],
         )
         .await
         .unwrap();

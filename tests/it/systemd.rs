@@ -485,6 +485,11 @@ async fn status_turns_to_safe_halt_when_a_rollback_fails() {
             && status.starts_with("SAFE-HALT since ")
         {
             assert!(status.contains("rollback of step `one`"), "{status}");
+            // The status names the command that clears the halt.
+            assert!(
+                status.contains("playbookd ctl halt-resolve --reason"),
+                "{status}"
+            );
             break;
         }
         assert!(

@@ -299,8 +299,15 @@ impl ChildDaemon {
         }
     }
 
-    /// The status API's address, from the `status API listening on` log line.
+    /// The status API's address, from the `status API listening on` log line (the listener's
+    /// task may log it just after `playbookd ready`: waited for, briefly).
     pub fn status_endpoint(&self) -> playbookd::status_client::Endpoint {
+        let start = Instant::now();
+        while !self.log_text().contains("status API listening on ")
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let log = self.log_text();
         let addr = log
             .split("status API listening on ")
@@ -357,5 +364,68 @@ impl Drop for ChildDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A database owned by a role of its own (LOGIN, not a superuser), migrated as that role: the
+/// privileges the daemon has in production. Dropped, with the role, on drop.
+pub struct OwnerRoleDb {
+    pub role: String,
+    /// Connects as the owner role to its database.
+    pub config: tokio_postgres::Config,
+}
+
+impl OwnerRoleDb {
+    pub async fn new() -> OwnerRoleDb {
+        sweep_stale_databases_once().await;
+        let role = format!(
+            "pbd_test_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let admin = admin_client().await;
+        // Two calls: CREATE DATABASE cannot run in the implicit transaction of a batch.
+        admin
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+            .await
+            .expect("CREATE ROLE");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
+            .await
+            .expect("CREATE DATABASE");
+        let mut config = admin_config();
+        config.user(&role).dbname(&role);
+        let db = OwnerRoleDb { role, config };
+        let mut client = db.client().await;
+        playbookd::store::migrate::migrate(&mut client)
+            .await
+            .expect("migrate as the owner role");
+        db
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.config).await
+    }
+}
+
+impl Drop for OwnerRoleDb {
+    fn drop(&mut self) {
+        let role = self.role.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let admin = admin_client().await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {role} WITH (FORCE)"))
+                    .await;
+                let _ = admin
+                    .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                    .await;
+            });
+        })
+        .join();
     }
 }

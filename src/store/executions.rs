@@ -1,0 +1,578 @@
+//! Runs (`playbook_executions`): admitted with their nonce, loaded for this node only, moved
+//! through [`super::transitions::RUN_TRANSITIONS`] by guarded UPDATEs whose row count is checked
+//! inside the audit transaction.
+//!
+//! Every function that changes a run acts as the audit writer's node and refuses a run of
+//! another node ([`StoreError::OtherNode`]): a host acts only for its own runs.
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::halts::{self, HaltWatch};
+use crate::store::model::{RollbackCause, RunState, Severity};
+use crate::store::{Store, StoreError, gates, nonces, transitions};
+
+/// A run to admit: what intake decided, written with its nonce in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub execution_id: Uuid,
+    pub playbook_id: String,
+    pub version: u32,
+    pub sha256: [u8; 32],
+    pub nonce: String,
+    pub decision_id: String,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: Severity,
+    pub subject: Map<String, Value>,
+    pub requested_by_uid: u32,
+    pub binding: BindingRecord,
+    /// Subject keys the playbook does not declare: reported in the event, never stored.
+    pub ignored_subject_keys: Vec<String>,
+}
+
+/// The binding that admitted a run, as stored with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingRecord {
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: Option<String>,
+    pub playbook: String,
+    /// Gate `moderate` steps too. Stored explicitly: a missing value is corrupt, never `false`.
+    pub require_approval: bool,
+}
+
+/// Why a run was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("replay: this nonce has been used before")]
+    Replay,
+    #[error("{0}")]
+    Halted(Box<halts::ActiveHalt>),
+    #[error("the audit log is unavailable; nothing was admitted")]
+    Unavailable(#[source] AppendError),
+}
+
+/// Records the nonce, the run (`pending`) and `decision.accepted` in one transaction, unless a
+/// SAFE-HALT of this node (or the fleet) is in force, read inside that transaction.
+pub async fn admit(
+    audit: &AuditHandle,
+    new: NewExecution,
+    watch: &HaltWatch,
+) -> Result<(), AdmitError> {
+    let node_id = audit.node_id().to_owned();
+    let watch = watch.clone();
+    let outcome = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                if let Some(halt) = watch.current() {
+                    return Err(StoreError::Halted(Box::new(halt)));
+                }
+                if !nonces::insert_unless_halted(tx, &new.nonce, new.execution_id, &node_id).await? {
+                    let halt = halts::active_in(tx, &node_id).await?.ok_or(StoreError::NotFound {
+                        what: "SAFE-HALT",
+                        detail: "that refused the nonce (cleared meanwhile)".into(),
+                    })?;
+                    return Err(StoreError::Halted(Box::new(halt)));
+                }
+                let binding = json!({
+                    "policy": new.binding.policy, "outcome": new.binding.outcome,
+                    "org_id": new.binding.org_id, "playbook": new.binding.playbook,
+                    "require_approval": new.binding.require_approval,
+                });
+                let subject = Value::Object(new.subject.clone());
+                tx.execute(
+                    "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+                        playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+                        subject, requested_by_uid, binding, started_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), now())",
+                    &[
+                        &new.execution_id, &node_id, &new.playbook_id, &i64::from(new.version),
+                        &new.sha256.as_slice(), &RunState::Pending.as_str(), &new.nonce, &new.decision_id,
+                        &new.policy, &new.outcome, &new.org_id, &new.severity.as_str(), &subject,
+                        &i64::from(new.requested_by_uid), &binding,
+                    ],
+                )
+                .await
+                .map_err(nonces::replay_or_query)?;
+                let subject_hash = crate::store::steps::params_hash(&subject);
+                let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
+                    .execution(new.execution_id)
+                    .with("decision_id", new.decision_id)
+                    .with("policy", new.policy)
+                    .with("outcome", new.outcome)
+                    .with("org_id", new.org_id)
+                    .with("nonce", new.nonce)
+                    .with("playbook", format!("{}@{}", new.playbook_id, new.version))
+                    .with("playbook_sha256", hex::encode(new.sha256))
+                    .with("subject_sha256", hex::encode(subject_hash));
+                let event = if new.ignored_subject_keys.is_empty() {
+                    event
+                } else {
+                    event.with("ignored_subject_keys", new.ignored_subject_keys)
+                };
+                Ok((event, ()))
+            })
+        }))
+        .await;
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(AppendError::Effect(StoreError::Replay)) => Err(AdmitError::Replay),
+        Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
+        Err(other) => Err(AdmitError::Unavailable(other)),
+    }
+}
+
+/// The stored row of one execution, decoded.
+#[derive(Debug, Clone)]
+pub struct ExecutionRecord {
+    pub id: Uuid,
+    pub node_id: String,
+    pub playbook_id: String,
+    pub version: u32,
+    pub sha256: [u8; 32],
+    pub state: RunState,
+    pub org_id: String,
+    pub subject: Map<String, Value>,
+    pub decision: DecisionInfo,
+    pub started_at: OffsetDateTime,
+    pub rollback_cause: Option<RollbackCause>,
+    pub cancel_requested: bool,
+    pub binding: BindingRecord,
+}
+
+/// The decision fields a template or `when:` may read.
+#[derive(Debug, Clone)]
+pub struct DecisionInfo {
+    pub decision_id: String,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: Severity,
+}
+
+impl DecisionInfo {
+    /// The fields as templates and `when:` read them.
+    pub fn fields(&self) -> crate::registry::template::DecisionFields<'_> {
+        crate::registry::template::DecisionFields {
+            decision_id: &self.decision_id,
+            policy: &self.policy,
+            outcome: &self.outcome,
+            org_id: &self.org_id,
+            severity: self.severity.as_str(),
+        }
+    }
+}
+
+/// Loads run `id` for this node (`node_id`); a run of another node is
+/// [`StoreError::OtherNode`], a missing one [`StoreError::NotFound`], an undecodable one
+/// [`StoreError::Corrupt`].
+pub async fn load(store: &Store, id: Uuid, node_id: &str) -> Result<ExecutionRecord, StoreError> {
+    let client = store.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT node_id, playbook_id, playbook_version, playbook_sha256, state, org_id, subject, \
+                    policy_decision_id, policy, outcome, severity, started_at, rollback_cause, \
+                    cancel_requested_at IS NOT NULL, binding \
+             FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let owner: String = row.get(0);
+    if owner != node_id {
+        return Err(other_node(id, owner, node_id));
+    }
+    let sha: Vec<u8> = row.get(3);
+    let version: i64 = row.get(2);
+    let subject: Value = row.get(6);
+    let cause: Option<String> = row.get(12);
+    let binding: Value = row.get(14);
+    let org_id: String = row.get(5);
+    Ok(ExecutionRecord {
+        id,
+        node_id: owner,
+        playbook_id: row.get(1),
+        version: u32::try_from(version).map_err(|_| StoreError::Corrupt {
+            what: "playbook_version",
+            detail: format!("{version} is out of range"),
+        })?,
+        sha256: sha.try_into().map_err(|_| StoreError::Corrupt {
+            what: "playbook_sha256",
+            detail: "not 32 bytes".into(),
+        })?,
+        state: RunState::decode(row.get(4))?,
+        subject: match subject {
+            Value::Object(map) => map,
+            Value::Null
+            | Value::Bool(_)
+            | Value::Number(_)
+            | Value::String(_)
+            | Value::Array(_) => {
+                return Err(StoreError::Corrupt {
+                    what: "execution subject",
+                    detail: "not a JSON object".into(),
+                });
+            }
+        },
+        decision: DecisionInfo {
+            decision_id: row.get(7),
+            policy: row.get(8),
+            outcome: row.get(9),
+            org_id: org_id.clone(),
+            severity: Severity::decode(row.get(10))?,
+        },
+        org_id,
+        started_at: row.get(11),
+        rollback_cause: cause.as_deref().map(RollbackCause::decode).transpose()?,
+        cancel_requested: row.get(13),
+        binding: decode_binding(&binding)?,
+    })
+}
+
+/// Who owns run `id` and for which org: what control.sock checks before it acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionScope {
+    pub node_id: String,
+    pub org_id: String,
+    pub state: RunState,
+}
+
+/// The owner, org and state of run `id`, or `None` when there is no such run.
+pub async fn scope(store: &Store, id: Uuid) -> Result<Option<ExecutionScope>, StoreError> {
+    let client = store.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT node_id, org_id, state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(ExecutionScope {
+            node_id: row.get(0),
+            org_id: row.get(1),
+            state: RunState::decode(row.get(2))?,
+        })
+    })
+    .transpose()
+}
+
+/// Every run of `node_id` that has not ended, oldest first: what start-up and the sweep resume.
+pub async fn resumable(store: &Store, node_id: &str) -> Result<Vec<Uuid>, StoreError> {
+    // The states as literals (our own spellings, never input), so that the planner can use the
+    // partial index on the open runs (`playbook_executions_active_idx`).
+    let open = transitions::open_run_states()
+        .iter()
+        .map(|state| format!("'{state}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let client = store.client().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT execution_id FROM playbook_executions \
+                 WHERE node_id = $1 AND state IN ({open}) ORDER BY started_at"
+            ),
+            &[&node_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Moves run `id` to `to` with `event` (which gets the execution id and the new state).
+pub async fn set_state(
+    audit: &AuditHandle,
+    id: Uuid,
+    to: RunState,
+    event: AuditEvent,
+) -> Result<(), AppendError> {
+    let node_id = audit.node_id().to_owned();
+    audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                transition(tx, id, &node_id, to).await?;
+                Ok((event.execution(id).with("state", to.as_str()), ()))
+            })
+        }))
+        .await
+        .map(|_| ())
+}
+
+/// Marks run `id` as rolling back for `cause`, with the reason, and withdraws a gate still
+/// open, in one transaction.
+pub async fn begin_rollback(
+    audit: &AuditHandle,
+    id: Uuid,
+    cause: RollbackCause,
+    reason: String,
+) -> Result<(), AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
+    audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                transition(tx, id, &node_id, RunState::RollingBack).await?;
+                tx.execute(
+                    "UPDATE playbook_executions SET rollback_cause = $2, \
+                     end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
+                    &[&id, &cause.as_str(), &reason],
+                )
+                .await?;
+                // A gate still open (the run was cancelled or timed out while waiting) is
+                // withdrawn with the run: it must neither be listed as pending nor take votes.
+                let withdrawn = gates::withdraw_pending(tx, id).await?;
+                let mut event = AuditEvent::new("rollback.begin", Actor::System)
+                    .execution(id)
+                    .with("cause", cause.as_str())
+                    .with("reason", reason);
+                if withdrawn > 0 {
+                    event = event.with("approval_gates_withdrawn", withdrawn);
+                }
+                Ok((event, ()))
+            })
+        }))
+        .await
+        .map(|_| ())
+}
+
+/// Records a cancel request for run `id` of this node; the run's task then rolls it back.
+/// Refused for a run that has ended ([`StoreError::Transition`]), another node's run
+/// ([`StoreError::OtherNode`]) or none ([`StoreError::NotFound`]).
+pub async fn request_cancel(
+    audit: &AuditHandle,
+    id: Uuid,
+    uid: u32,
+    reason: String,
+) -> Result<(), AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
+    audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let updated = tx
+                    .execute(
+                        "UPDATE playbook_executions SET cancel_requested_at = now(), \
+                         end_reason = COALESCE(end_reason, $4), updated_at = now() \
+                         WHERE execution_id = $1 AND node_id = $2 AND state = ANY($3)",
+                        &[
+                            &id,
+                            &node_id,
+                            &transitions::open_run_states(),
+                            &format!("cancelled by uid {uid}: {reason}"),
+                        ],
+                    )
+                    .await?;
+                if updated != 1 {
+                    return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
+                }
+                Ok((
+                    AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
+                        .execution(id)
+                        .with("reason", reason),
+                    (),
+                ))
+            })
+        }))
+        .await
+        .map(|_| ())
+}
+
+/// The guarded UPDATE of a run's state: allowed only from the states the transition table
+/// lists for `to`, only for this node's run, and exactly one row; otherwise the error says
+/// what the run's state (or owner) is.
+pub(crate) async fn transition(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    to: RunState,
+) -> Result<(), StoreError> {
+    if guarded_update(tx, id, node_id, to, None).await? == 1 {
+        Ok(())
+    } else {
+        Err(explain_refusal(tx, id, node_id, to.as_str()).await)
+    }
+}
+
+/// The run's side of a step start: `running` at step `index`, guarded by the transition table
+/// and this node, **and by the absence of an active SAFE-HALT of this node or the fleet, read
+/// in the same statement**. `Ok(Some(halt))` when a halt refused it; an error when the run may
+/// not start a step.
+pub(crate) async fn start_step(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    index: usize,
+) -> Result<Option<halts::ActiveHalt>, StoreError> {
+    let updated = tx
+        .execute(
+            "UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
+             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
+             AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                             WHERE is_active AND (node_id = $2 OR scope = 'fleet'))",
+            &[
+                &id,
+                &node_id,
+                &RunState::Running.as_str(),
+                &index_to_db(index),
+                &transitions::run_sources(RunState::Running),
+            ],
+        )
+        .await?;
+    if updated == 1 {
+        return Ok(None);
+    }
+    if let Some(halt) = halts::active_in(tx, node_id).await? {
+        return Ok(Some(halt));
+    }
+    Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
+}
+
+/// The run's side of a gate opening: `awaiting_approval` at step `index`, guarded by the
+/// transition table and this node.
+pub(crate) async fn await_approval(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    index: usize,
+) -> Result<(), StoreError> {
+    transition(tx, id, node_id, RunState::AwaitingApproval).await?;
+    tx.execute(
+        "UPDATE playbook_executions SET current_step = $2 WHERE execution_id = $1",
+        &[&id, &index_to_db(index)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the
+/// run had already ended (or is not this node's): the halt is entered all the same.
+pub(crate) async fn mark_safe_halted(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    message: &str,
+) -> Result<bool, StoreError> {
+    Ok(guarded_update(tx, id, node_id, RunState::SafeHalted, Some(message)).await? == 1)
+}
+
+/// `UPDATE … SET state = to WHERE state = ANY(sources(to))` for this node's run; the row count.
+async fn guarded_update(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    to: RunState,
+    end_reason: Option<&str>,
+) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "UPDATE playbook_executions SET state = $3, updated_at = now(), \
+             completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, \
+             end_reason = COALESCE($6, end_reason) \
+             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5)",
+            &[
+                &id,
+                &node_id,
+                &to.as_str(),
+                &to.is_terminal(),
+                &transitions::run_sources(to),
+                &end_reason,
+            ],
+        )
+        .await?)
+}
+
+/// Why a guarded change of run `id` matched no row.
+async fn explain_refusal(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+    to: &'static str,
+) -> StoreError {
+    let row = match tx
+        .query_opt(
+            "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => return StoreError::Query(error),
+    };
+    match row {
+        None => not_found(id),
+        Some(row) => {
+            let owner: String = row.get(0);
+            if owner != node_id {
+                return other_node(id, owner, node_id);
+            }
+            StoreError::Transition {
+                what: "execution",
+                id: id.to_string(),
+                from: row.get(1),
+                to,
+            }
+        }
+    }
+}
+
+fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt {
+        what: "execution binding",
+        detail: detail.to_owned(),
+    };
+    let text = |key: &str| {
+        binding
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| corrupt(&format!("`{key}` is missing or not a string")))
+    };
+    let org_id = match binding.get("org_id") {
+        Some(Value::Null) => None,
+        Some(Value::String(org)) => Some(org.clone()),
+        Some(_) | None => return Err(corrupt("`org_id` is missing or not a string or null")),
+    };
+    Ok(BindingRecord {
+        policy: text("policy")?,
+        outcome: text("outcome")?,
+        org_id,
+        playbook: text("playbook")?,
+        // Missing is corrupt, never "no approval needed": that would open a gate.
+        require_approval: binding
+            .get("require_approval")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| corrupt("`require_approval` is missing or not a boolean"))?,
+    })
+}
+
+fn not_found(id: Uuid) -> StoreError {
+    StoreError::NotFound {
+        what: "execution",
+        detail: id.to_string(),
+    }
+}
+
+fn other_node(id: Uuid, owner: String, node_id: &str) -> StoreError {
+    StoreError::OtherNode {
+        execution_id: id,
+        owner,
+        node_id: node_id.to_owned(),
+    }
+}
+
+/// A step index as stored (`integer`).
+pub(crate) fn index_to_db(index: usize) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+/// A stored step index; negative is corrupt.
+pub(crate) fn index_from_db(index: i32) -> Result<usize, StoreError> {
+    usize::try_from(index).map_err(|_| StoreError::Corrupt {
+        what: "step index",
+        detail: format!("negative index {index}"),
+    })
+}

@@ -1,0 +1,403 @@
+//! SAFE-HALT rows (`playbook_safe_halt_state`): entered, read and cleared, each with its audit
+//! event in one transaction.
+//!
+//! A halt belongs to a node (`scope = 'node'`, at most one active per node, by a unique index);
+//! the schema also holds a fleet-wide halt (`scope = 'fleet'`, at most one active), which every
+//! node obeys. [`active_in`] is what the point of no return reads: the transaction that records
+//! a step's (or an undo's) start calls it and refuses the start when it finds a halt.
+//!
+//! [`HaltWatch`] is the in-memory copy. It is set *before* a halt is written, so a halt whose
+//! row cannot be written yet still stops this node at once; the transactions that start an
+//! action read it too (see `steps::record_start`).
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
+use crate::store::model::{HaltScope, RunState};
+use crate::store::{Store, StoreError, executions, undos};
+use crate::text;
+
+/// The command an admin runs to clear a node's SAFE-HALT; every halt message names it.
+pub const CLEAR_COMMAND: &str = "playbookd ctl halt-resolve --reason …";
+
+/// A SAFE-HALT that stops this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveHalt {
+    /// The row's id; `None` while the halt is known in memory but not written yet.
+    pub halt_id: Option<i64>,
+    pub scope: HaltScope,
+    /// The node that entered it (for a fleet halt, the node whose admin did).
+    pub node_id: String,
+    pub execution_id: Option<Uuid>,
+    /// Why, made storable; ends with how to clear it.
+    pub message: String,
+    pub entered_at: OffsetDateTime,
+}
+
+impl std::fmt::Display for ActiveHalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = format_timestamp(self.entered_at);
+        match self.scope {
+            HaltScope::Node => write!(f, "node `{}` is in SAFE-HALT since {since}", self.node_id),
+            HaltScope::Fleet => write!(f, "the fleet is in SAFE-HALT since {since}"),
+        }?;
+        match self.halt_id {
+            Some(id) => write!(f, " (halt {id})"),
+            None => f.write_str(" (not yet written to the database)"),
+        }
+    }
+}
+
+/// The in-memory SAFE-HALT of this node: set before the row is written, cleared only after
+/// the row was cleared. Cloning is shallow.
+#[derive(Clone)]
+pub struct HaltWatch {
+    state: Arc<watch::Sender<Option<ActiveHalt>>>,
+}
+
+impl HaltWatch {
+    /// A watch holding `halt` (what was loaded at start).
+    pub fn new(halt: Option<ActiveHalt>) -> HaltWatch {
+        HaltWatch {
+            state: Arc::new(watch::channel(halt).0),
+        }
+    }
+
+    /// The halt in force, if any.
+    pub fn current(&self) -> Option<ActiveHalt> {
+        self.state.borrow().clone()
+    }
+
+    /// Whether a halt is in force.
+    pub fn is_active(&self) -> bool {
+        self.state.borrow().is_some()
+    }
+
+    /// Sets the halt. An active one is kept (the first cause stays visible), except that a
+    /// written row replaces a halt known only in memory. Returns whether anything changed.
+    pub fn set(&self, halt: ActiveHalt) -> bool {
+        self.state.send_if_modified(|current| {
+            let replace = match current {
+                None => true,
+                Some(existing) => existing.halt_id.is_none() && halt.halt_id.is_some(),
+            };
+            if replace {
+                *current = Some(halt);
+            }
+            replace
+        })
+    }
+
+    /// Clears the halt (after its row was cleared).
+    pub fn clear(&self) {
+        self.state.send_replace(None);
+    }
+
+    /// Resolves once no halt is in force.
+    pub async fn wait_clear(&self) {
+        let mut receiver = self.state.subscribe();
+        // An error means the sender is gone: nothing can change any more, so stop waiting.
+        let _ = receiver.wait_for(Option::is_none).await;
+    }
+}
+
+/// Why a halt was entered.
+#[derive(Debug, Clone)]
+pub enum HaltCause {
+    /// The undo of step `step_index` (`step_id`) failed for good.
+    FailedUndo {
+        execution_id: Uuid,
+        step_index: usize,
+        step_id: String,
+        error: String,
+    },
+    /// A run cannot be continued safely (its pinned playbook no longer verifies, its row is
+    /// unreadable, an undo's outcome could not be recorded): it is stopped as `safe_halted`.
+    UnusableRun { execution_id: Uuid, reason: String },
+}
+
+impl HaltCause {
+    fn execution_id(&self) -> Uuid {
+        match self {
+            HaltCause::FailedUndo { execution_id, .. }
+            | HaltCause::UnusableRun { execution_id, .. } => *execution_id,
+        }
+    }
+
+    /// The halt's message: why, then how to clear it; storable and bounded.
+    pub fn message(&self) -> String {
+        let why = match self {
+            HaltCause::FailedUndo {
+                execution_id,
+                step_id,
+                error,
+                ..
+            } => {
+                format!("rollback of step `{step_id}` in execution {execution_id} failed: {error}")
+            }
+            HaltCause::UnusableRun {
+                execution_id,
+                reason,
+            } => format!("execution {execution_id} stopped: {reason}"),
+        };
+        let why = text::storable(&why, text::MAX_FIELD_BYTES);
+        format!("{why}; an admin clears it with `{CLEAR_COMMAND}`")
+    }
+
+    /// The halt as known in memory before (or without) its row.
+    pub fn unwritten(&self, node_id: &str) -> ActiveHalt {
+        ActiveHalt {
+            halt_id: None,
+            scope: HaltScope::Node,
+            node_id: node_id.to_owned(),
+            execution_id: Some(self.execution_id()),
+            message: self.message(),
+            entered_at: crate::store::audit::now_micros(),
+        }
+    }
+}
+
+/// Why a halt could not be cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no SAFE-HALT of node `{node_id}` is active in the database")]
+    NotActive { node_id: String },
+    #[error("the audit log is unavailable; SAFE-HALT stays active")]
+    Audit(#[source] AppendError),
+}
+
+/// The halt in force for `node_id`: its own, or the fleet's. Read inside the transaction that
+/// is about to start an action.
+pub async fn active_in<C: GenericClient>(
+    client: &C,
+    node_id: &str,
+) -> Result<Option<ActiveHalt>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at \
+             FROM playbook_safe_halt_state \
+             WHERE is_active AND (node_id = $1 OR scope = 'fleet') \
+             ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1",
+            &[&node_id],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(ActiveHalt {
+            halt_id: Some(row.get(0)),
+            scope: HaltScope::decode(row.get(1))?,
+            node_id: row.get(2),
+            execution_id: row.get(3),
+            message: row.get(4),
+            entered_at: row.get(5),
+        })
+    })
+    .transpose()
+}
+
+/// [`active_in`] through the pool (at start, and for reads outside a transaction).
+pub async fn load_active(store: &Store, node_id: &str) -> Result<Option<ActiveHalt>, StoreError> {
+    let client = store.client().await?;
+    active_in(&**client, node_id).await
+}
+
+/// Refuses when a halt is in force, in memory or in the database: the check at the point of
+/// no return.
+pub(crate) async fn refuse_if_halted<C: GenericClient>(
+    client: &C,
+    node_id: &str,
+    watch: &HaltWatch,
+) -> Result<Option<ActiveHalt>, StoreError> {
+    if let Some(halt) = watch.current() {
+        return Ok(Some(halt));
+    }
+    active_in(client, node_id).await
+}
+
+/// Enters SAFE-HALT in one transaction with everything `cause` implies: for a failed undo, the
+/// undo `failed`, its step `rollback_failed`, the run `safe_halted`; for an unusable run, the
+/// run `safe_halted` when its state allows it. Then the halt row (or the node's active one) and
+/// `safe_halt.entered`. Every text is storable, so content cannot make this fail.
+pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let (_, halt) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let message = cause.message();
+                let execution_id = cause.execution_id();
+                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                    .execution(execution_id)
+                    .with("clear_with", CLEAR_COMMAND);
+                match &cause {
+                    HaltCause::FailedUndo {
+                        step_index,
+                        step_id,
+                        error,
+                        ..
+                    } => {
+                        let error = text::storable(error, text::MAX_FIELD_BYTES);
+                        undos::record_failed(tx, execution_id, *step_index, &error).await?;
+                        event = event.with("step_id", format!("{execution_id}:{step_id}"));
+                    }
+                    HaltCause::UnusableRun { .. } => {}
+                }
+                let marked =
+                    executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
+                if marked {
+                    // A gate of a stopped run must neither be listed as pending nor take votes.
+                    crate::store::gates::withdraw_pending(tx, execution_id).await?;
+                }
+                event = event.with(
+                    "execution_state",
+                    if marked {
+                        RunState::SafeHalted.as_str()
+                    } else {
+                        "unchanged"
+                    },
+                );
+                let rollback_id = match &cause {
+                    HaltCause::FailedUndo { step_id, .. } => {
+                        Some(format!("{execution_id}:{step_id}"))
+                    }
+                    HaltCause::UnusableRun { .. } => None,
+                };
+                let halt = insert_or_find(
+                    tx,
+                    &node_id,
+                    Some(execution_id),
+                    rollback_id.as_deref(),
+                    &message,
+                )
+                .await?;
+                let event = event
+                    .with("halt_id", halt.halt_id)
+                    .with("error", message)
+                    .with("entered_at", format_timestamp(halt.entered_at));
+                Ok((event, halt))
+            })
+        }))
+        .await?;
+    Ok(halt)
+}
+
+/// Writes only the halt row and its event: the fallback when [`enter`] keeps failing, so that
+/// a halt known in memory is persisted as soon as the database takes anything at all.
+pub async fn enter_row_only(
+    audit: &AuditHandle,
+    halt: &ActiveHalt,
+) -> Result<ActiveHalt, AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let execution_id = halt.execution_id;
+    let message = text::storable(&halt.message, text::MAX_FIELD_BYTES);
+    let (_, halt) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
+                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                    .with("halt_id", halt.halt_id)
+                    .with("error", message)
+                    .with("clear_with", CLEAR_COMMAND)
+                    .with("entered_at", format_timestamp(halt.entered_at));
+                if let Some(id) = execution_id {
+                    event = event.execution(id);
+                }
+                Ok((event, halt))
+            })
+        }))
+        .await?;
+    Ok(halt)
+}
+
+/// Clears this node's active halt, with the admin's uid and reason, audited in the same
+/// transaction. Fails unless exactly one active row of this node was cleared (a fleet halt is
+/// not cleared here).
+pub async fn resolve(
+    audit: &AuditHandle,
+    admin_uid: u32,
+    reason: &str,
+) -> Result<i64, ResolveError> {
+    let node_id = audit.node_id().to_owned();
+    let reason = text::storable(reason, text::MAX_FIELD_BYTES);
+    let (_, cleared) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "UPDATE playbook_safe_halt_state \
+                         SET is_active = false, resolved_at = now(), resolved_by = $2, reason = $3 \
+                         WHERE node_id = $1 AND scope = 'node' AND is_active RETURNING halt_id",
+                        &[&node_id, &i64::from(admin_uid), &reason],
+                    )
+                    .await?;
+                let [row] = rows.as_slice() else {
+                    // None (or, against the unique index, several): clear nothing.
+                    return Err(StoreError::NotFound {
+                        what: "active SAFE-HALT of this node",
+                        detail: format!("{} active rows for node `{node_id}`", rows.len()),
+                    });
+                };
+                let halt_id: i64 = row.get(0);
+                Ok((
+                    AuditEvent::new("safe_halt.cleared", Actor::Uid(admin_uid))
+                        .with("halt_id", halt_id)
+                        .with("node_id", node_id.as_str())
+                        .with("reason", reason),
+                    halt_id,
+                ))
+            })
+        }))
+        .await
+        .map_err(|error| match error {
+            AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::NotActive {
+                node_id: audit.node_id().to_owned(),
+            },
+            other @ (AppendError::Effect(_)
+            | AppendError::Unavailable(_)
+            | AppendError::Stopped) => ResolveError::Audit(other),
+        })?;
+    Ok(cleared)
+}
+
+/// Inserts this node's active halt, or finds the one already active (a second failed undo
+/// while halted joins the first halt).
+async fn insert_or_find(
+    tx: &tokio_postgres::Transaction<'_>,
+    node_id: &str,
+    execution_id: Option<Uuid>,
+    rollback_id: Option<&str>,
+    message: &str,
+) -> Result<ActiveHalt, StoreError> {
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, execution_id, rollback_id, \
+                error_message, entered_at) \
+             VALUES (true, 'node', $1, $2, $3, $4, now()) \
+             ON CONFLICT (node_id) WHERE is_active AND scope = 'node' DO NOTHING \
+             RETURNING halt_id, execution_id, error_message, entered_at",
+            &[&node_id, &execution_id, &rollback_id, &message],
+        )
+        .await?;
+    let row = match inserted {
+        Some(row) => row,
+        None => {
+            tx.query_one(
+                "SELECT halt_id, execution_id, error_message, entered_at FROM playbook_safe_halt_state \
+                 WHERE node_id = $1 AND scope = 'node' AND is_active",
+                &[&node_id],
+            )
+            .await?
+        }
+    };
+    Ok(ActiveHalt {
+        halt_id: Some(row.get(0)),
+        scope: HaltScope::Node,
+        node_id: node_id.to_owned(),
+        execution_id: row.get(1),
+        message: row.get(2),
+        entered_at: row.get(3),
+    })
+}

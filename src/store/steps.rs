@@ -1,0 +1,447 @@
+//! Steps (`playbook_step_runs`): started, ended, read back.
+//!
+//! [`record_start`] is the point of no return: the transaction that writes `running` and
+//! `step.started` first reads this node's (and the fleet's) SAFE-HALT and refuses the start when
+//! one is in force, whatever path led there (an approved gate, a retry after its backoff, a
+//! resumed run, another run between its steps). An action runs only after it returned
+//! [`StartOutcome::Started`].
+//!
+//! Every text a step produces (output, error, skip reason) is made storable by
+//! [`crate::text`] here, and outputs are bounded, so recording a step's end cannot fail on
+//! content.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::executions::{self, index_from_db, index_to_db};
+use crate::store::halts::{self, ActiveHalt, HaltWatch};
+use crate::store::model::{ErrorClass, RunState, StepState};
+use crate::store::{Store, StoreError, transitions};
+use crate::text;
+
+/// A step's stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRecord {
+    pub state: StepState,
+    /// The number of the last attempt started (0 when none was).
+    pub attempts: i32,
+    /// How the last attempt failed, if it did.
+    pub error_class: Option<ErrorClass>,
+}
+
+/// Every recorded step of run `id`, by index.
+pub async fn load(store: &Store, id: Uuid) -> Result<HashMap<usize, StepRecord>, StoreError> {
+    let client = store.client().await?;
+    let rows = client
+        .query(
+            "SELECT step_index, state, attempts, error_class FROM playbook_step_runs \
+             WHERE execution_id = $1",
+            &[&id],
+        )
+        .await?;
+    let mut steps = HashMap::new();
+    for row in rows {
+        let class: Option<&str> = row.get(3);
+        steps.insert(
+            index_from_db(row.get(0))?,
+            StepRecord {
+                state: StepState::decode(row.get(1))?,
+                attempts: row.get(2),
+                error_class: class.map(ErrorClass::decode).transpose()?,
+            },
+        );
+    }
+    Ok(steps)
+}
+
+/// What is written when a step (or an attempt of it) starts.
+#[derive(Debug, Clone)]
+pub struct StepStart {
+    pub execution_id: Uuid,
+    pub index: usize,
+    pub step_id: String,
+    pub action: String,
+    pub attempt: i32,
+    pub idempotency_key: [u8; 32],
+    /// SHA-256 of the rendered parameters (what ran, without storing secrets).
+    pub params_sha256: [u8; 32],
+}
+
+/// Whether an action may start.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum StartOutcome {
+    /// `running` and the start event are durable: the action may run now.
+    Started,
+    /// A SAFE-HALT is in force: nothing was started (the refusal is audited).
+    Refused(ActiveHalt),
+}
+
+/// Records that a step starts, unless a SAFE-HALT is in force (read in memory and in the
+/// database inside this transaction): the run `running`, the step `running` with its attempt
+/// number, and `step.started`, or only `step.start_refused`.
+pub async fn record_start(
+    audit: &AuditHandle,
+    start: StepStart,
+    watch: &HaltWatch,
+) -> Result<StartOutcome, AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let watch = watch.clone();
+    let (_, outcome) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                // The halt known in memory (possibly not written yet), then the database's, read
+                // by the very statement that moves the run on.
+                let halted = match watch.current() {
+                    Some(halt) => Some(halt),
+                    None => executions::start_step(tx, start.execution_id, &node_id, start.index).await?,
+                };
+                if let Some(halt) = halted {
+                    let event = refused_event("step.start_refused", start.execution_id, &start.step_id, &halt)
+                        .with("action", start.action)
+                        .with("attempt", start.attempt);
+                    return Ok((event, StartOutcome::Refused(halt)));
+                }
+                let written = tx
+                    .execute(
+                        "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                            attempts, idempotency_key, params_sha256, started_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
+                         ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+                            attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
+                            error = NULL, error_class = NULL, finished_at = NULL \
+                         WHERE playbook_step_runs.state = ANY($9)",
+                        &[
+                            &start.execution_id,
+                            &index_to_db(start.index),
+                            &start.step_id,
+                            &start.action,
+                            &StepState::Running.as_str(),
+                            &start.attempt,
+                            &start.idempotency_key.as_slice(),
+                            &start.params_sha256.as_slice(),
+                            &transitions::step_sources(StepState::Running),
+                        ],
+                    )
+                    .await?;
+                if written != 1 {
+                    return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
+                }
+                let event = AuditEvent::new("step.started", Actor::System)
+                    .execution(start.execution_id)
+                    .with("step_id", start.step_id)
+                    .with("action", start.action)
+                    .with("attempt", start.attempt)
+                    .with("params_sha256", hex::encode(start.params_sha256));
+                Ok((event, StartOutcome::Started))
+            })
+        }))
+        .await?;
+    Ok(outcome)
+}
+
+/// The end of one attempt.
+#[derive(Debug, Clone)]
+pub enum StepEnd {
+    Succeeded {
+        output: Value,
+    },
+    /// A failure that will be retried after `delay_ms`; the step stays `running`.
+    Retrying {
+        class: ErrorClass,
+        error: String,
+        delay_ms: u64,
+    },
+    Failed {
+        class: ErrorClass,
+        error: String,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+impl StepEnd {
+    fn state(&self) -> StepState {
+        match self {
+            StepEnd::Succeeded { .. } => StepState::Succeeded,
+            StepEnd::Retrying { .. } => StepState::Running,
+            StepEnd::Failed { .. } => StepState::Failed,
+            StepEnd::Skipped { .. } => StepState::Skipped,
+        }
+    }
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            StepEnd::Succeeded { .. } => "step.succeeded",
+            StepEnd::Retrying { .. } => "step.retry",
+            StepEnd::Failed { .. } => "step.failed",
+            StepEnd::Skipped { .. } => "step.skipped",
+        }
+    }
+}
+
+/// Which step ended, and how.
+#[derive(Debug, Clone)]
+pub struct StepEndRecord {
+    pub execution_id: Uuid,
+    pub index: usize,
+    pub step_id: String,
+    pub action: String,
+    pub end: StepEnd,
+}
+
+/// Records the end of an attempt with its event. Output, error and reason are made storable
+/// and bounded first: no content can make this fail. A step that never started (skipped, or
+/// failed before its action: a denied gate, unrenderable parameters) gets its row here.
+pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<(), AppendError> {
+    let node_id = audit.node_id().to_owned();
+    audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let StepEndRecord { execution_id, index, step_id, action, end } = record;
+                let to = end.state();
+                let (output, class, error, reason) = match &end {
+                    StepEnd::Succeeded { output } => (Some(storable_output(output.clone())), None, None, None),
+                    StepEnd::Retrying { class, error, .. } | StepEnd::Failed { class, error } => {
+                        (None, Some(*class), Some(text::storable(error, text::MAX_FIELD_BYTES)), None)
+                    }
+                    StepEnd::Skipped { reason } => (None, None, None, Some(text::storable(reason, text::MAX_FIELD_BYTES))),
+                };
+                let finished = !matches!(end, StepEnd::Retrying { .. });
+                let sources = transitions::step_sources(to);
+                let open = transitions::open_run_states();
+                let written = if matches!(end, StepEnd::Failed { .. } | StepEnd::Skipped { .. }) {
+                    // A step may end before it ever started (its row is created here). Only for
+                    // this node's run, still open: checked in the same statement.
+                    tx.execute(
+                        "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                            attempts, idempotency_key, skip_reason, output, error_class, error, finished_at) \
+                         SELECT $1::uuid, $2::int4, $3::text, $4::text, $5::text, 0, $6::bytea, $7::text, \
+                            $8::jsonb, $9::text, $10::text, CASE WHEN $11::bool THEN now() END \
+                         FROM playbook_executions e \
+                         WHERE e.execution_id = $1 AND e.node_id = $13 AND e.state = ANY($14) \
+                         ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+                            skip_reason = EXCLUDED.skip_reason, output = EXCLUDED.output, \
+                            error_class = EXCLUDED.error_class, error = EXCLUDED.error, \
+                            finished_at = EXCLUDED.finished_at \
+                         WHERE playbook_step_runs.state = ANY($12)",
+                        &[
+                            &execution_id,
+                            &index_to_db(index),
+                            &step_id,
+                            &action,
+                            &to.as_str(),
+                            &step_key(execution_id, &step_id).as_slice(),
+                            &reason,
+                            &output,
+                            &class.map(ErrorClass::as_str),
+                            &error,
+                            &finished,
+                            &sources,
+                            &node_id,
+                            &open,
+                        ],
+                    )
+                    .await?
+                } else {
+                    // Success and a retry end an attempt whose start this node recorded (its
+                    // transaction checked the run's owner and state): the row exists, and its
+                    // state guards the change.
+                    tx.execute(
+                        "UPDATE playbook_step_runs SET state = $3, output = $4, error_class = $5, error = $6, \
+                            finished_at = CASE WHEN $7 THEN now() END \
+                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)",
+                        &[
+                            &execution_id,
+                            &index_to_db(index),
+                            &to.as_str(),
+                            &output,
+                            &class.map(ErrorClass::as_str),
+                            &error,
+                            &finished,
+                            &sources,
+                        ],
+                    )
+                    .await?
+                };
+                if written != 1 {
+                    // Not this node's run, or it ended; else the step's state refused it.
+                    require_open_run(tx, execution_id, &node_id).await?;
+                    return Err(step_refusal(tx, execution_id, index, to).await);
+                }
+                let mut event = AuditEvent::new(end.event_type(), Actor::System)
+                    .execution(execution_id)
+                    .with("step_id", step_id)
+                    .with("action", action);
+                if let Some(class) = class {
+                    event = event.with("error_class", class.as_str());
+                }
+                if let Some(error) = error {
+                    event = event.with("error", error);
+                }
+                if let Some(reason) = reason {
+                    event = event.with("reason", reason);
+                }
+                if let StepEnd::Retrying { delay_ms, .. } = end {
+                    event = event.with("retry_in_ms", delay_ms);
+                }
+                if let Some(output) = output {
+                    event = event.with("output_sha256", hex::encode(params_hash(&output)));
+                }
+                Ok((event, ()))
+            })
+        }))
+        .await
+        .map(|_| ())
+}
+
+/// Marks step `index` of run `id` undone (`rolled_back`) or not (`rollback_failed`), guarded
+/// by the transition table; the number of rows changed (0 when the step is in no state the
+/// table allows that from).
+pub(crate) async fn mark_undone(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+    index: usize,
+    to: StepState,
+) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "UPDATE playbook_step_runs SET state = $3 \
+             WHERE execution_id = $1 AND step_index = $2 AND state = ANY($4)",
+            &[
+                &id,
+                &index_to_db(index),
+                &to.as_str(),
+                &transitions::step_sources(to),
+            ],
+        )
+        .await?)
+}
+
+/// A step's output as stored: every string made storable, then bounded to
+/// [`MAX_OUTPUT_BYTES`] of JSON (a larger one is replaced by its size and head).
+pub fn storable_output(output: Value) -> Value {
+    let output = text::storable_json(output);
+    let serialized = output.to_string();
+    if serialized.len() <= MAX_OUTPUT_BYTES {
+        return output;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "bytes": serialized.len(),
+        "head": text::storable(&serialized, MAX_OUTPUT_BYTES),
+    })
+}
+
+/// SHA-256(execution_id ‖ step_id): a step's idempotency key, the same on every attempt and
+/// after every restart.
+pub fn step_key(execution_id: Uuid, step_id: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(execution_id.as_bytes());
+    hasher.update(step_id.as_bytes());
+    hasher.finalize().into()
+}
+
+/// The key handed to a step's undo action: distinct from the step's own.
+pub fn undo_key(execution_id: Uuid, step_id: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(execution_id.as_bytes());
+    hasher.update(step_id.as_bytes());
+    hasher.update(b"\0rollback");
+    hasher.finalize().into()
+}
+
+/// SHA-256 of the RFC 8785 bytes of a JSON value (rendered parameters, outputs, subjects): proves
+/// what was used without storing it.
+pub fn params_hash(params: &Value) -> [u8; 32] {
+    // JCS cannot fail on a Value (no NaN or infinity can be in one).
+    let canonical = serde_json_canonicalizer::to_vec(params).unwrap_or_default();
+    Sha256::digest(&canonical).into()
+}
+
+/// The event that records a start refused by a SAFE-HALT.
+pub(crate) fn refused_event(
+    event_type: &'static str,
+    execution_id: Uuid,
+    step_id: &str,
+    halt: &ActiveHalt,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(event_type, Actor::System)
+        .execution(execution_id)
+        .with("step_id", step_id)
+        .with("halt_scope", halt.scope.as_str())
+        .with("halt_node_id", halt.node_id.as_str())
+        .with("clear_with", halts::CLEAR_COMMAND);
+    if let Some(id) = halt.halt_id {
+        event = event.with("halt_id", id);
+    }
+    event
+}
+
+/// Refuses unless run `id` is this node's and has not ended.
+pub(crate) async fn require_open_run(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+    node_id: &str,
+) -> Result<RunState, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "execution",
+            detail: id.to_string(),
+        })?;
+    let owner: String = row.get(0);
+    if owner != node_id {
+        return Err(StoreError::OtherNode {
+            execution_id: id,
+            owner,
+            node_id: node_id.to_owned(),
+        });
+    }
+    let state = RunState::decode(row.get(1))?;
+    if state.is_terminal() {
+        return Err(StoreError::Transition {
+            what: "execution",
+            id: id.to_string(),
+            from: state.as_str().to_owned(),
+            to: "a step change",
+        });
+    }
+    Ok(state)
+}
+
+/// Why a guarded change of a step matched no row.
+pub(crate) async fn step_refusal(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+    index: usize,
+    to: StepState,
+) -> StoreError {
+    let found = tx
+        .query_opt(
+            "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = $2",
+            &[&id, &index_to_db(index)],
+        )
+        .await;
+    match found {
+        Ok(row) => StoreError::Transition {
+            what: "step",
+            id: format!("{id}#{index}"),
+            from: row.map_or_else(|| "(none)".to_owned(), |row| row.get(0)),
+            to: to.as_str(),
+        },
+        Err(error) => StoreError::Query(error),
+    }
+}
+
+/// Stored step outputs are cut to this many bytes of JSON.
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024;

@@ -1,0 +1,540 @@
+//! The store's state machines against the real database: the migration's transition table is
+//! the code's, the database refuses illegal changes even from the daemon's own role, and
+//! arbitrary bytes in everything a step can produce are recorded and read back.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use playbookd::store::StoreError;
+use playbookd::store::audit::{self, AppendError, AuditEvent, AuditHandle};
+use playbookd::store::executions::{self, BindingRecord, NewExecution};
+use playbookd::store::halts::{self, HaltCause, HaltWatch};
+use playbookd::store::model::{ErrorClass, RollbackCause, RunState, Severity, StepState};
+use playbookd::store::steps::{self, StartOutcome, StepEnd, StepEndRecord, StepStart};
+use playbookd::store::transitions::{RUN_TRANSITIONS, STEP_TRANSITIONS};
+use playbookd::store::undos;
+use playbookd::store::versions::{self, NewVersion};
+use playbookd::text;
+
+use crate::helpers::{OwnerRoleDb, TestDb};
+
+const NODE: &str = "node-store";
+const PLAYBOOK: &str = "id: store-test\nversion: 1\n";
+
+/// Tries every change of state (and every same-state write) against the triggers of migration
+/// V5 and compares what the database allows with `src/store/transitions.rs`: a change is
+/// allowed exactly when the table lists it; a write that keeps the state is allowed exactly
+/// when the state is not terminal.
+#[tokio::test]
+async fn the_databases_transition_rules_are_the_codes() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
+             VALUES ('p', 1, sha256('x'), ARRAY['k'], 'x', now())",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut differences = Vec::new();
+    for from in RunState::ALL {
+        let id = Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+                   playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+                   subject, requested_by_uid, started_at, updated_at) \
+                 VALUES ($1, 'n', 'p', 1, sha256('x'), $2, $3, 'd', 'p', 'o', 'acme', 'high', '{}', 0, now(), now())",
+                &[&id, &from.as_str(), &id.to_string()],
+            )
+            .await
+            .unwrap();
+        for to in RunState::ALL {
+            let allowed = try_update(&mut client, "playbook_executions", id, to.as_str()).await;
+            let expected = if from == to {
+                !from.is_terminal()
+            } else {
+                RUN_TRANSITIONS.contains(&(*from, *to))
+            };
+            if allowed != expected {
+                differences.push(format!("run {from} -> {to}: database allows {allowed}"));
+            }
+        }
+    }
+    let run = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+               playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+               subject, requested_by_uid, started_at, updated_at) \
+             VALUES ($1, 'n', 'p', 1, sha256('x'), 'running', $2, 'd', 'p', 'o', 'acme', 'high', '{}', 0, now(), now())",
+            &[&run, &run.to_string()],
+        )
+        .await
+        .unwrap();
+    for (index, from) in (0i32..).zip(StepState::ALL) {
+        client
+            .execute(
+                "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, idempotency_key) \
+                 VALUES ($1, $2, $3, 'noop', $4, sha256('k'))",
+                &[&run, &index, &format!("s{index}"), &from.as_str()],
+            )
+            .await
+            .unwrap();
+        for to in StepState::ALL {
+            let tx = client.transaction().await.unwrap();
+            let allowed = tx
+                .execute(
+                    "UPDATE playbook_step_runs SET state = $3 WHERE execution_id = $1 AND step_index = $2",
+                    &[&run, &index, &to.as_str()],
+                )
+                .await
+                .is_ok();
+            tx.rollback().await.unwrap();
+            let expected = if from == to {
+                !playbookd::store::transitions::step_is_terminal(*from)
+            } else {
+                STEP_TRANSITIONS.contains(&(*from, *to))
+            };
+            if allowed != expected {
+                differences.push(format!("step {from} -> {to}: database allows {allowed}"));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "migration V5 and src/store/transitions.rs differ: {differences:#?}"
+    );
+}
+
+/// Whether the database lets run `id` be set to `state` (rolled back either way).
+async fn try_update(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    id: Uuid,
+    state: &str,
+) -> bool {
+    let tx = client.transaction().await.unwrap();
+    let allowed = tx
+        .execute(
+            &format!("UPDATE {table} SET state = $2 WHERE execution_id = $1"),
+            &[&id, &state],
+        )
+        .await
+        .is_ok();
+    tx.rollback().await.unwrap();
+    allowed
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_by_the_database_even_for_the_daemons_role() {
+    let db = OwnerRoleDb::new().await;
+    let shutdown = CancellationToken::new();
+    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
+        .await
+        .unwrap();
+    let watch = HaltWatch::new(None);
+    record_version(&audit).await;
+
+    // A run that completed through the store, step by step.
+    let done = admit(&audit, &watch).await;
+    started(&audit, done).await;
+    start_step(&audit, &watch, done, 0).await;
+    end_step(&audit, done, 0, StepEnd::Succeeded { output: json!({}) })
+        .await
+        .unwrap();
+    executions::set_state(
+        &audit,
+        done,
+        RunState::Completed,
+        AuditEvent::new("execution.completed", audit::Actor::System),
+    )
+    .await
+    .unwrap();
+    // And one still pending.
+    let pending = admit(&audit, &watch).await;
+
+    let client = db.client().await;
+    let mut outcomes = Vec::new();
+    for (what, statement, id) in [
+        (
+            "terminal run back to running",
+            "UPDATE playbook_executions SET state = 'running' WHERE execution_id = $1",
+            done,
+        ),
+        (
+            "any change to a terminal run",
+            "UPDATE playbook_executions SET end_reason = 'rewritten' WHERE execution_id = $1",
+            done,
+        ),
+        (
+            "a succeeded step back to running",
+            "UPDATE playbook_step_runs SET state = 'running' WHERE execution_id = $1",
+            done,
+        ),
+        (
+            "a pending run straight to completed",
+            "UPDATE playbook_executions SET state = 'completed' WHERE execution_id = $1",
+            pending,
+        ),
+        (
+            "a pending run to an unknown state",
+            "UPDATE playbook_executions SET state = 'paused' WHERE execution_id = $1",
+            pending,
+        ),
+    ] {
+        let outcome = client.execute(statement, &[&id]).await;
+        outcomes.push(match outcome {
+            Ok(rows) => format!("{what}: allowed ({rows} rows)"),
+            Err(error) => format!(
+                "{what}: refused: {}",
+                error.as_db_error().map_or("", |e| e.message())
+            ),
+        });
+    }
+    for line in &outcomes {
+        assert!(line.contains("refused"), "{outcomes:#?}");
+    }
+    assert!(
+        outcomes[0].contains("run state change completed -> running is not allowed"),
+        "{}",
+        outcomes[0]
+    );
+    assert!(
+        outcomes[1].contains("run state completed is terminal"),
+        "{}",
+        outcomes[1]
+    );
+    assert!(
+        outcomes[2].contains("succeeded -> running"),
+        "{}",
+        outcomes[2]
+    );
+    // A legal change by hand is still possible (the trigger is not a blanket refusal).
+    client
+        .execute(
+            "UPDATE playbook_executions SET state = 'running' WHERE execution_id = $1",
+            &[&pending],
+        )
+        .await
+        .expect("pending → running is in the table");
+
+    // The same through the store: a guarded change from a state the table does not allow is
+    // refused inside the audit transaction, naming the state found.
+    let refused = executions::set_state(
+        &audit,
+        done,
+        RunState::Running,
+        AuditEvent::new("execution.started", audit::Actor::System),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, AppendError::Effect(StoreError::Transition { from, .. }) if from == "completed"),
+        "{refused:?}"
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn arbitrary_bytes_in_everything_a_step_produces_are_stored_and_read_back() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (db, audit, watch, shutdown) = runtime.block_on(async {
+        let db = TestDb::new().await;
+        let shutdown = CancellationToken::new();
+        let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
+            .await
+            .unwrap();
+        record_version(&audit).await;
+        (db, audit, HaltWatch::new(None), shutdown)
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 40,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let texts = (
+        hostile_text(),
+        hostile_text(),
+        hostile_text(),
+        hostile_text(),
+    );
+    runner
+        .run(&texts, |(output, error, undo_error, halt_reason)| {
+            runtime.block_on(async {
+                record_and_read_back(&db, &audit, &watch, output, error, undo_error, halt_reason)
+                    .await;
+            });
+            Ok(())
+        })
+        .unwrap();
+    shutdown.cancel();
+    drop(runtime);
+}
+
+/// One case: every text a step can produce goes in; what comes back is exactly the storable
+/// form of it, and nothing failed.
+async fn record_and_read_back(
+    db: &TestDb,
+    audit: &AuditHandle,
+    watch: &HaltWatch,
+    output: String,
+    error: String,
+    undo_error: String,
+    halt_reason: String,
+) {
+    let id = admit(audit, watch).await;
+    started(audit, id).await;
+    start_step(audit, watch, id, 0).await;
+    let produced = json!({"stdout": {"text": output}, output.clone(): 1});
+    end_step(
+        audit,
+        id,
+        0,
+        StepEnd::Succeeded {
+            output: produced.clone(),
+        },
+    )
+    .await
+    .expect("a step's output is always recorded");
+    start_step(audit, watch, id, 1).await;
+    end_step(
+        audit,
+        id,
+        1,
+        StepEnd::Failed {
+            class: ErrorClass::Transient,
+            error: error.clone(),
+        },
+    )
+    .await
+    .expect("a step's error is always recorded");
+    executions::begin_rollback(audit, id, RollbackCause::Failed, error.clone())
+        .await
+        .expect("the rollback reason is always recorded");
+    let undo = undos::record_start(audit, id, 0, "s0".into(), watch)
+        .await
+        .unwrap();
+    assert_eq!(undo, StartOutcome::Started);
+    let halt = halts::enter(
+        audit,
+        HaltCause::FailedUndo {
+            execution_id: id,
+            step_index: 0,
+            step_id: "s0".into(),
+            error: undo_error.clone(),
+        },
+    )
+    .await
+    .expect("a failed undo always enters SAFE-HALT");
+    halts::resolve(audit, 0, "case done").await.unwrap();
+
+    // A halt for a run that cannot be continued, with an arbitrary reason.
+    let other = admit(audit, watch).await;
+    let unusable = halts::enter(
+        audit,
+        HaltCause::UnusableRun {
+            execution_id: other,
+            reason: halt_reason.clone(),
+        },
+    )
+    .await
+    .expect("a halt is always entered");
+    halts::resolve(audit, 0, "case done").await.unwrap();
+
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT output FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 0",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Value>(0), steps::storable_output(produced));
+    let row = client
+        .query_one(
+            "SELECT error, error_class, state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        text::storable(&error, text::MAX_FIELD_BYTES)
+    );
+    assert_eq!(row.get::<_, String>(1), "transient");
+    assert_eq!(row.get::<_, String>(2), StepState::Failed.as_str());
+    let row = client
+        .query_one(
+            "SELECT error FROM playbook_rollback_states WHERE execution_id = $1 AND step_index = 0",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        text::storable(&undo_error, text::MAX_FIELD_BYTES)
+    );
+    for (halt, execution) in [(&halt, id), (&unusable, other)] {
+        let row = client
+            .query_one(
+                "SELECT error_message, is_active FROM playbook_safe_halt_state WHERE halt_id = $1",
+                &[&halt.halt_id.unwrap()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), halt.message);
+        assert!(!row.get::<_, bool>(1));
+        let state: String = client
+            .query_one(
+                "SELECT state FROM playbook_executions WHERE execution_id = $1",
+                &[&execution],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "safe_halted");
+    }
+    assert!(
+        halt.message.contains("halt-resolve") && text::is_storable(&halt.message, 16 * 1024),
+        "{}",
+        halt.message
+    );
+    // Read back through the store's decoders too.
+    let store = playbookd::store::Store::connect(&db.config, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let loaded = steps::load(&store, id).await.unwrap();
+    assert_eq!(loaded[&0].state, StepState::RollbackFailed);
+    assert_eq!(loaded[&1].error_class, Some(ErrorClass::Transient));
+}
+
+/// Text as hostile as a process can print: arbitrary bytes (lossily decoded, as actions do),
+/// any Unicode, NUL and escape sequences, and long runs.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512)
+            .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        any::<String>(),
+        "[\\x00\\x1b\\x7f\\u{202e}\\u{200b}a-z\\[\\]]{0,64}",
+        (any::<u8>(), 5_000usize..20_000)
+            .prop_map(|(byte, len)| String::from_utf8_lossy(&vec![byte; len]).into_owned()),
+    ]
+}
+
+async fn record_version(audit: &AuditHandle) {
+    let sha256: [u8; 32] = Sha256::digest(PLAYBOOK).into();
+    let new = NewVersion {
+        playbook_id: "store-test".into(),
+        version: 1,
+        sha256,
+        signer_key_ids: vec!["a".repeat(64)],
+        signatures: vec![("a".repeat(64), vec![1; 64])],
+        content: PLAYBOOK.as_bytes().to_vec(),
+    };
+    audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let recorded = versions::check_and_record(tx, &new).await?;
+                assert_eq!(recorded, Ok(true));
+                Ok((AuditEvent::new("playbook.loaded", audit::Actor::System), ()))
+            })
+        }))
+        .await
+        .unwrap();
+}
+
+async fn admit(audit: &AuditHandle, watch: &HaltWatch) -> Uuid {
+    let id = Uuid::new_v4();
+    let sha256: [u8; 32] = Sha256::digest(PLAYBOOK).into();
+    executions::admit(
+        audit,
+        NewExecution {
+            execution_id: id,
+            playbook_id: "store-test".into(),
+            version: 1,
+            sha256,
+            nonce: Uuid::new_v4().simple().to_string(),
+            decision_id: "d-1".into(),
+            policy: "p".into(),
+            outcome: "o".into(),
+            org_id: "acme".into(),
+            severity: Severity::High,
+            subject: serde_json::Map::new(),
+            requested_by_uid: 0,
+            binding: BindingRecord {
+                policy: "p".into(),
+                outcome: "o".into(),
+                org_id: None,
+                playbook: "store-test".into(),
+                require_approval: false,
+            },
+            ignored_subject_keys: Vec::new(),
+        },
+        watch,
+    )
+    .await
+    .unwrap();
+    id
+}
+
+async fn started(audit: &AuditHandle, id: Uuid) {
+    executions::set_state(
+        audit,
+        id,
+        RunState::Running,
+        AuditEvent::new("execution.started", audit::Actor::System),
+    )
+    .await
+    .unwrap();
+}
+
+async fn start_step(audit: &AuditHandle, watch: &HaltWatch, id: Uuid, index: usize) {
+    let step_id = format!("s{index}");
+    let outcome = steps::record_start(
+        audit,
+        StepStart {
+            execution_id: id,
+            index,
+            step_id: step_id.clone(),
+            action: "exec".into(),
+            attempt: 1,
+            idempotency_key: steps::step_key(id, &step_id),
+            params_sha256: [0; 32],
+        },
+        watch,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, StartOutcome::Started);
+}
+
+async fn end_step(
+    audit: &AuditHandle,
+    id: Uuid,
+    index: usize,
+    end: StepEnd,
+) -> Result<(), AppendError> {
+    steps::record_end(
+        audit,
+        StepEndRecord {
+            execution_id: id,
+            index,
+            step_id: format!("s{index}"),
+            action: "exec".into(),
+            end,
+        },
+    )
+    .await
+}
