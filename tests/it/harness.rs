@@ -304,12 +304,15 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn new() -> Evidence {
-        Evidence {
-            dir: tempfile::Builder::new()
-                .prefix("pbd-halt-")
-                .tempdir()
-                .unwrap(),
-        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("pbd-halt-")
+            .tempdir()
+            .unwrap();
+        // exec children run as `actions.exec.run_as` (nobody), never as the daemon: they must
+        // be able to leave their evidence here (sticky, like /tmp).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Evidence { dir }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
