@@ -213,7 +213,12 @@ async fn a_step_timeout_kills_the_child_within_a_second_of_the_deadline() {
     assert!(class == "timeout" || class == "transient", "{class}");
     // Only this process's children: other test runs on the machine may run the same playbook.
     let sleepers = std::process::Command::new("pgrep")
-        .args(["-P", &std::process::id().to_string(), "-f", "^/bin/sleep 60$"])
+        .args([
+            "-P",
+            &std::process::id().to_string(),
+            "-f",
+            "^/bin/sleep 60$",
+        ])
         .output()
         .unwrap();
     assert!(sleepers.stdout.is_empty(), "sleep 60 still running");
