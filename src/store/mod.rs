@@ -9,6 +9,7 @@
 //! | [`gates`] | `playbook_approval_gates`, `playbook_approvals` |
 //! | [`halts`] | `playbook_safe_halt_state` |
 //! | [`nonces`] | `playbook_nonces` |
+//! | [`nodes`] | `playbook_nodes` |
 //! | [`versions`] | `playbook_versions`, `playbook_version_signatures` |
 //!
 //! States are decoded once, here, into the enums of [`model`]; every state change is a guarded
@@ -24,6 +25,7 @@ pub mod gates;
 pub mod halts;
 pub mod migrate;
 pub mod model;
+pub mod nodes;
 pub mod nonces;
 pub mod steps;
 pub mod transitions;

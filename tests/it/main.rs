@@ -22,6 +22,7 @@ mod daemon;
 mod decision_schema;
 mod documents;
 mod executor;
+mod fleet;
 mod halt;
 mod intake;
 mod registry;
