@@ -327,6 +327,14 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
         refused["reason"].as_str().unwrap().contains("SAFE-HALT"),
         "{refused}"
     );
+    // The console of either node shows the fleet banner with the fleet's clear command.
+    let page = request(&endpoint(&b), "GET", "/ui/").await.unwrap();
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("FLEET SAFE-HALT"), "{html}");
+    assert!(
+        html.contains("playbookd ctl halt-resolve --fleet --reason"),
+        "{html}"
+    );
     // The fleet halt is not a node's halt: halt-resolve without --fleet clears nothing.
     let wrong = b
         .control(&json!({"verb": "halt-resolve", "reason": "x"}))
@@ -520,5 +528,19 @@ async fn three_daemons_on_one_database() {
         .collect();
     assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
     assert_eq!(stale, ["node-b", "node-c"], "{body}");
+    // The console's node page says the same.
+    let page = request(&endpoint(&a), "GET", "/ui/nodes").await.unwrap();
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body).unwrap();
+    for (node, state) in [
+        ("node-a", "alive"),
+        ("node-b", "stopped"),
+        ("node-c", "stopped"),
+    ] {
+        assert!(
+            html.contains(&format!(r#"<tr id="node-{node}" class="node-{state}">"#)),
+            "{node} not {state}:\n{html}"
+        );
+    }
     a.stop().await;
 }
