@@ -544,3 +544,79 @@ async fn three_daemons_on_one_database() {
     }
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_halt_fleet_on_rollback_failure_a_nodes_failed_undo_halts_every_node() {
+    let db = Arc::new(TestDb::new().await);
+    let slow = "[fleet]\nheartbeat_interval_seconds = 30\nstale_after_seconds = 60\n";
+    let bound = bindings(&[("halt", "now", "undo-fails"), ("p", "o", "one-noop")]);
+    let texts = [crate::harness::UNDO_FAILS, NOOP];
+    let spreading = format!(
+        "{}\n{slow}halt_fleet_on_rollback_failure = true\n",
+        exec_config(&[], "", "")
+    );
+    let plain = format!("{}\n{slow}", exec_config(&[], "", ""));
+    let a = Running::start_on(db.clone(), "node-a", &spreading, &texts, &bound).await;
+    let b = Running::start_on(db.clone(), "node-b", &plain, &texts, &bound).await;
+    let c = Running::start_on(db.clone(), "node-c", &plain, &texts, &bound).await;
+
+    // node-b's own failed undo stays on node-b (its key is off).
+    let failing = accepted(&b.send_decision(&decision("halt", "now", json!({}))).await);
+    b.wait_state(&failing, "safe_halted", LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!a.safe_halt.is_active() && !c.safe_halt.is_active());
+    let clear = b
+        .control(&json!({"verb": "halt-resolve", "reason": "undone by hand"}))
+        .await;
+    assert_eq!(clear["status"], "ok", "{clear}");
+
+    // node-a's spreads to the whole fleet.
+    let failing = accepted(&a.send_decision(&decision("halt", "now", json!({}))).await);
+    a.wait_state(&failing, "safe_halted", LIMIT).await;
+    for node in [&b, &c] {
+        wait_until(
+            &format!("{} to be halted", node.node),
+            Duration::from_secs(2),
+            async || node.safe_halt.is_active(),
+        )
+        .await;
+        let refused = node.send_decision(&decision("p", "o", json!({}))).await;
+        assert_eq!(refused["status"], "rejected", "{refused}");
+    }
+    let fleet = db
+        .client()
+        .await
+        .query_one(
+            "SELECT node_id, error_message FROM playbook_safe_halt_state WHERE is_active AND scope = 'fleet'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fleet.get::<_, String>(0), "node-a");
+    assert!(
+        fleet
+            .get::<_, String>(1)
+            .contains("SAFE-HALT of node `node-a`"),
+        "{}",
+        fleet.get::<_, String>(1)
+    );
+    // Clearing the fleet halt leaves node-a's own halt in force.
+    let cleared = c
+        .control(&json!({"verb": "halt-resolve-fleet", "reason": "node-a isolated"}))
+        .await;
+    assert_eq!(cleared["status"], "ok", "{cleared}");
+    wait_until(
+        "node-b to learn of the clear",
+        Duration::from_secs(2),
+        async || !b.safe_halt.is_active(),
+    )
+    .await;
+    assert!(
+        a.safe_halt.is_active(),
+        "node-a's own halt went with the fleet's"
+    );
+    accepted(&b.send_decision(&decision("p", "o", json!({}))).await);
+    for node in [a, b, c] {
+        node.stop().await;
+    }
+}
