@@ -39,6 +39,16 @@ pub struct ActiveHalt {
     pub entered_at: OffsetDateTime,
 }
 
+impl ActiveHalt {
+    /// The command that clears this halt: the node's, or the fleet's.
+    pub fn clear_command(&self) -> &'static str {
+        match self.scope {
+            HaltScope::Node => CLEAR_COMMAND,
+            HaltScope::Fleet => CLEAR_FLEET_COMMAND,
+        }
+    }
+}
+
 impl std::fmt::Display for ActiveHalt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let since = format_timestamp(self.entered_at);

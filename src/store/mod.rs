@@ -84,7 +84,7 @@ pub enum StoreError {
     #[error("replay: this nonce has been used before")]
     Replay,
     /// A SAFE-HALT is in force; the change was refused inside its transaction.
-    #[error("{0}; an admin clears it with `{cmd}`", cmd = halts::CLEAR_COMMAND)]
+    #[error("{0}; an admin clears it with `{cmd}`", cmd = .0.clear_command())]
     Halted(Box<halts::ActiveHalt>),
 }
 

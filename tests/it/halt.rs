@@ -643,6 +643,10 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
 
     let refused = daemon.wait_event(&run, "step.start_refused", LIMIT).await;
     assert_eq!(refused["halt_scope"], "fleet");
+    assert_eq!(
+        refused["clear_with"],
+        "playbookd ctl halt-resolve --fleet --reason …"
+    );
     let reply = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert!(
         reply["reason"]
