@@ -308,10 +308,22 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
         .control(&json!({"verb": "halt-fleet", "reason": " "}))
         .await;
     assert_eq!(no_reason["status"], "refused", "{no_reason}");
-    let halted = a
-        .control(&json!({"verb": "halt-fleet", "reason": "suspected compromise of the engine"}))
-        .await;
-    assert_eq!(halted["status"], "ok", "{halted}");
+    // Through the operator's client, as an admin would.
+    let socket = a.dir.path("run/control.sock").display().to_string();
+    let (status, stdout, stderr) = crate::helpers::run_cli(
+        &[
+            "ctl",
+            "--socket",
+            &socket,
+            "halt",
+            "--fleet",
+            "--reason",
+            "suspected compromise of the engine",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("fleet SAFE-HALT"), "{stdout}");
     let at = Instant::now();
     wait_until(
         "node-b to learn of the fleet halt",
@@ -528,6 +540,15 @@ async fn three_daemons_on_one_database() {
         .collect();
     assert_eq!(body["nodes"].as_array().unwrap().len(), 3, "{body}");
     assert_eq!(stale, ["node-b", "node-c"], "{body}");
+    // So does `playbookd status nodes`.
+    let url = endpoint(&a).to_string();
+    let (status, stdout, stderr) =
+        crate::helpers::run_cli(&["status", "--url", &url, "nodes"], &[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("3 nodes, 2 stale"), "{stdout}");
+    let line = |node: &str| stdout.lines().find(|l| l.starts_with(node)).unwrap_or("");
+    assert!(line("node-a ").contains("alive"), "{stdout}");
+    assert!(line("node-b ").contains("stopped"), "{stdout}");
     // The console's node page says the same.
     let page = request(&endpoint(&a), "GET", "/ui/nodes").await.unwrap();
     assert_eq!(page.status, 200);
