@@ -83,8 +83,11 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
         "skipped (DESTDIR set): groupadd --system playbookd-operators",
         "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ actuator playbookd-actuator",
         "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ exec playbookd-exec",
-        "CREATE DATABASE playbookd OWNER playbookd;",
-        "skipped (DESTDIR set): runuser -u playbookd -- /usr/local/bin/playbookd migrate",
+        // Two roles: the schema's owner, and the daemon's role that owns nothing.
+        "CREATE ROLE playbookd_owner NOLOGIN;",
+        "CREATE ROLE playbookd LOGIN;",
+        "CREATE DATABASE playbookd OWNER playbookd_owner;",
+        "skipped (DESTDIR set): runuser -u postgres -- env PLAYBOOKD_OWNER_DATABASE_URL=postgres://postgres@/playbookd\\?host=/run/postgresql /usr/local/bin/playbookd migrate --owner-role playbookd_owner --runtime-role playbookd",
         "skipped (DESTDIR set): systemctl daemon-reload",
     ] {
         assert!(output.contains(printed), "no `{printed}` in:\n{output}");
