@@ -30,12 +30,17 @@ pub async fn check_runtime_role(client: &tokio_postgres::Client) -> Result<Strin
         .await
         .map_err(PrivilegeError::Query)?
         .get(0);
-    let problems: Vec<String> = client
+    let rows = client
         .query(PROBLEMS_QUERY, &[&EVIDENCE_TABLES.as_slice()])
         .await
-        .map_err(PrivilegeError::Query)?
-        .iter()
-        .map(|row| row.get(0))
+        .map_err(PrivilegeError::Query)?;
+    let all: Vec<(bool, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    // A superuser may do everything; listing each consequence would bury the one fix.
+    let superuser = all.iter().any(|(is_superuser, _)| *is_superuser);
+    let problems: Vec<String> = all
+        .into_iter()
+        .filter(|(is_superuser, _)| *is_superuser || !superuser)
+        .map(|(_, problem)| problem)
         .collect();
     if problems.is_empty() {
         Ok(role)
@@ -44,7 +49,7 @@ pub async fn check_runtime_role(client: &tokio_postgres::Client) -> Result<Strin
     }
 }
 
-/// One row per problem. `mine` is every role the connected role is a member of (itself
+/// One row per problem: (is it superuser power, what). `mine` is every role the connected role is a member of (itself
 /// included; `pg_has_role(…, 'MEMBER')` counts memberships it does not inherit, too).
 const PROBLEMS_QUERY: &str = "
 WITH mine AS (
@@ -61,29 +66,31 @@ playbookd_tables AS (
 evidence AS (
     SELECT oid, relname FROM playbookd_tables WHERE relname = ANY ($1::text[])
 )
-SELECT format('%s is a superuser', CASE WHEN m.rolname = current_user THEN 'it' ELSE 'its role ' || m.rolname END)
+SELECT true, format('%s is a superuser', CASE WHEN m.rolname = current_user THEN 'it' ELSE 'its role ' || m.rolname END)
     FROM mine m WHERE m.rolsuper
 UNION ALL
-SELECT format('%s may create roles (CREATEROLE), so it can make itself a member of the owner',
+SELECT false, format('%s may create roles (CREATEROLE), so it can make itself a member of the owner',
               CASE WHEN m.rolname = current_user THEN 'it' ELSE 'its role ' || m.rolname END)
     FROM mine m WHERE m.rolcreaterole AND NOT m.rolsuper
 UNION ALL
-SELECT format('it owns table %s%s', t.relname,
+SELECT false, format('it owns %s %s%s', CASE WHEN count(*) = 1 THEN 'table' ELSE 'tables' END,
+              string_agg(t.relname, ', ' ORDER BY t.relname),
               CASE WHEN m.rolname = current_user THEN '' ELSE ' (through role ' || m.rolname || ')' END)
     FROM playbookd_tables t JOIN mine m ON m.oid = t.relowner
+    GROUP BY m.rolname
 UNION ALL
-SELECT format('it owns schema %s (through role %s), so it can drop the evidence tables',
+SELECT false, format('it owns schema %s (through role %s), so it can drop the evidence tables',
               n.nspname, pg_get_userbyid(n.nspowner))
     FROM pg_namespace n
     WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'playbook_audit_log'::regclass)
       AND pg_has_role(current_user, n.nspowner, 'MEMBER')
 UNION ALL
-SELECT format('it owns database %s%s', d.datname,
+SELECT false, format('it owns database %s%s', d.datname,
               CASE WHEN m.rolname = current_user THEN '' ELSE ' (through role ' || m.rolname || ')' END)
     FROM pg_database d JOIN mine m ON m.oid = d.datdba
     WHERE d.datname = current_database()
 UNION ALL
-SELECT format('%s may %s on %s',
+SELECT false, format('%s may %s on %s',
               CASE WHEN m.rolname = current_user THEN 'it' ELSE 'its role ' || m.rolname END,
               p.privilege, e.relname)
     FROM mine m CROSS JOIN evidence e
@@ -92,4 +99,4 @@ SELECT format('%s may %s on %s',
                THEN has_any_column_privilege(m.oid, e.oid, p.privilege)
                ELSE has_table_privilege(m.oid, e.oid, p.privilege) END
       AND NOT m.rolsuper
-ORDER BY 1";
+ORDER BY 2";

@@ -143,6 +143,10 @@ async fn the_daemon_refuses_to_start_as_a_superuser_with_the_fix_in_the_message(
     );
     assert!(stderr.contains("it is a superuser"), "{stderr}");
     assert!(
+        !stderr.contains("it owns"),
+        "a superuser is told that, not each consequence: {stderr}"
+    );
+    assert!(
         stderr.contains("playbookd migrate --runtime-role"),
         "{stderr}"
     );
@@ -160,8 +164,13 @@ async fn the_daemon_refuses_to_start_as_the_owner_role_with_the_fix_in_the_messa
         stderr.contains(&format!("database role `{}`", db.owner)),
         "{stderr}"
     );
+    let owned = stderr
+        .split("it owns tables ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no `it owns tables` in {stderr}"));
     assert!(
-        stderr.contains("it owns table playbook_audit_log"),
+        owned.contains("audit_checkpoints, ") && owned.contains("playbook_audit_log, "),
         "{stderr}"
     );
     assert!(stderr.contains("it owns database"), "{stderr}");
@@ -295,4 +304,53 @@ async fn audit_verify_works_as_a_read_only_role() {
         .unwrap();
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("node-a"), "{stdout}");
+}
+
+/// The upgrade README "Database roles" gives an operator of an install from before the two
+/// roles, where the daemon's role owned the database and every table: refused at start until
+/// the SQL and `migrate` are run, then it starts as the same role.
+#[tokio::test]
+async fn an_install_owned_by_the_daemons_role_is_refused_until_the_documented_upgrade() {
+    let db = TestDb::empty().await;
+    let admin_db = db.client().await;
+    // The old layout: one role, owner of the database and of everything the migrations made.
+    crate::helpers::connect(&crate::helpers::admin_config())
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            db.name, db.runtime
+        ))
+        .await
+        .unwrap();
+    let mut old = connect(&db.runtime_config()).await;
+    playbookd::store::migrate::migrate(&mut old).await.unwrap();
+    drop(old);
+    let dir = DaemonDir::new();
+    let (code, stderr) = serve_as(&db, &dir, &db.url());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("it owns tables audit_checkpoints, "),
+        "{stderr}"
+    );
+
+    // README: as a superuser, in the database (the owner role exists here already).
+    admin_db
+        .batch_execute(&format!("REASSIGN OWNED BY {} TO {}", db.runtime, db.owner))
+        .await
+        .unwrap();
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "migrate",
+            "--owner-role",
+            &db.owner,
+            "--runtime-role",
+            &db.runtime,
+        ],
+        &[("PLAYBOOKD_OWNER_DATABASE_URL", &db.admin_url())],
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = crate::helpers::ChildDaemon::start(&config, &dir.path("upgraded.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
 }
