@@ -59,7 +59,7 @@ pub fn spawn(parts: FleetParts, shutdown: CancellationToken) {
 /// Marks this node stopped (a clean shutdown), so it shows as stale at once.
 pub async fn mark_stopped(parts: &FleetParts) {
     if let Err(error) = nodes::mark_stopped(&parts.store, parts.audit.node_id()).await {
-        tracing::warn!(error = %error_chain(&error), "node stop not recorded in playbook_nodes");
+        tracing::warn!(error = %error_chain(&error), "node stop not recorded in the node list");
     }
 }
 
