@@ -400,7 +400,7 @@ async fn audit_verify_detects_a_tail_cut_after_a_checkpoint() {
 async fn audit_verify_detects_a_chain_deleted_whole() {
     assert_breach(
         "DELETE FROM playbook_audit_log",
-        "node n1: 0 rows, last seq 0, 2 checkpoints: BREACH at seq 1: truncated",
+        "node n1: 0 rows stored (last seq 0), none verified, 2 checkpoints: BREACH at seq 1: truncated",
     )
     .await;
 }
@@ -672,10 +672,13 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
         stdout.trim(),
         format!("node node-a: {head} rows, last seq {head}, 1 checkpoints: ok")
     );
+    // node-b has no checkpoint: its rows verify, but the pinned key was not checked (exit 3).
     let (status, stdout, stderr) = verify("node-b");
-    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(status.code(), Some(3), "{stdout}{stderr}");
     assert!(
-        stdout.contains("4 rows, last seq 4, 0 checkpoints: ok"),
+        stdout.contains(
+            "4 rows, last seq 4, 0 checkpoints: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet"
+        ),
         "{stdout}"
     );
     // The Rust verifier agrees, and the Python one fails on what the Rust one fails on.
