@@ -155,7 +155,12 @@ impl SafeHalt {
                 entered_at: crate::store::audit::now_micros(),
             };
             if watch.set(halt.clone()) {
-                announce(&halt, "SAFE-HALT entered: the audit chain was cut");
+                tracing::error!(node_id = %halt.node_id, missing_seqs = %loss.seqs(), error = %halt.message,
+                    priority = "critical",
+                    "SAFE-HALT entered: the audit chain was cut; every new decision, step and undo is refused \
+                     until an admin stops the daemon and runs `{}`", crate::store::anchor::ACCEPT_COMMAND);
+                systemd::notify_status(&status_line(&halt));
+                metrics::gauge!("playbookd_safe_halt_active").set(1.0);
             }
         });
     }

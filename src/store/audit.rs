@@ -604,6 +604,15 @@ impl Writer {
     }
 
     async fn commit_batch(&mut self, batch: Vec<Request>) {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|c| c.client.is_closed())
+        {
+            self.connection = None;
+            self.reconnect().await;
+        }
+        // After the reconnect: it is what finds a cut.
         let loss = self.chain_loss.borrow().clone();
         if let Some(loss) = loss {
             // Nothing goes on top of a cut chain; the connection (and its lock) is kept so no
@@ -612,14 +621,6 @@ impl Writer {
                 request.job.finish(Err(AppendError::chain_cut(&loss)));
             }
             return;
-        }
-        if self
-            .connection
-            .as_ref()
-            .is_none_or(|c| c.client.is_closed())
-        {
-            self.connection = None;
-            self.reconnect().await;
         }
         let Some(connection) = self.connection.as_mut() else {
             for request in batch {
