@@ -80,6 +80,12 @@ impl ChainLoss {
 impl std::fmt::Display for ChainLoss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
+            LossKind::Missing { first, last } if first == last => write!(
+                f,
+                "the audit chain of node `{}` lost a committed row: seq {first} is missing \
+                 (the database ends at seq {}; this node committed up to seq {})",
+                self.node_id, self.database.seq, self.committed.seq
+            ),
             LossKind::Missing { first, last } => write!(
                 f,
                 "the audit chain of node `{}` lost committed rows: seq {first}..={last} are missing \

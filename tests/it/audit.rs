@@ -558,6 +558,17 @@ async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
         .unwrap();
     let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(78), "{stderr}");
+    // The chain anchor (outside the database) names the lost row before the database's own
+    // checkpoints are consulted.
+    let expected = format!(
+        "seq {head} is missing (the database ends at seq {}",
+        head - 1
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // Without the anchor (lost with the state directory), the checkpoint still catches it.
+    std::fs::remove_file(dir.path("chain-anchor.json")).unwrap();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
     let expected = format!(
         "ends at seq {} but a signed checkpoint covers seq {head}",
         head - 1
