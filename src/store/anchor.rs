@@ -471,7 +471,10 @@ impl Anchor {
     /// event that records the acknowledgment.
     pub fn record_head(&self, head: ChainHead, durable: bool) -> Result<(), AnchorError> {
         self.update(durable, |state| {
-            state.head = head;
+            // Heads only move forward (a checkpoint may have recorded a later one already).
+            if head.seq >= state.head.seq {
+                state.head = head;
+            }
             if state.cut.as_ref().is_some_and(|cut| cut.accepted.is_some()) {
                 state.cut = None;
             }
@@ -828,3 +831,4 @@ mod tests {
         ));
     }
 }
+

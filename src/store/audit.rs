@@ -316,6 +316,9 @@ pub async fn start_writer_anchored(
     let available = Arc::new(AtomicBool::new(true));
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let (head_sender, head) = watch::channel(connection.head());
+    if let Some(anchor) = &anchor {
+        tokio::spawn(anchor_heads(anchor.clone(), head_sender.subscribe()));
+    }
     let (loss_sender, chain_loss) = watch::channel(None);
     let checkpoint_wanted = Arc::new(tokio::sync::Notify::new());
     let writer = Writer {
@@ -339,6 +342,24 @@ pub async fn start_writer_anchored(
         checkpoint_wanted,
     };
     Ok((handle, task, accepted))
+}
+
+/// Writes each committed head to the anchor (rename, no fsync: see [`crate::store::anchor`]),
+/// off the writer's path: under load, heads that follow each other quickly coalesce into one
+/// write. Ends when the writer does.
+async fn anchor_heads(anchor: Arc<Anchor>, mut heads: watch::Receiver<ChainHead>) {
+    while heads.changed().await.is_ok() {
+        let head = *heads.borrow_and_update();
+        let anchor = anchor.clone();
+        match tokio::task::spawn_blocking(move || anchor.record_head(head, false)).await {
+            Ok(Ok(())) => {}
+            // The head stays in memory; the next commit or checkpoint writes it again.
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error_chain(&error), "chain anchor not updated");
+            }
+            Err(error) => tracing::warn!(error = %error, "chain anchor update did not run"),
+        }
+    }
 }
 
 /// Opens the chain, waiting briefly for its lock: after a crash, PostgreSQL may hold the dead
@@ -630,9 +651,7 @@ impl Writer {
         };
         match write_batch(connection, &self.node_id, &self.head, batch).await {
             Ok(wants_checkpoint) => {
-                let head = connection.head();
                 self.available.store(true, Ordering::Release);
-                self.anchor_head(head);
                 if wants_checkpoint {
                     self.checkpoint_wanted.notify_one();
                 }
@@ -642,16 +661,6 @@ impl Writer {
                 self.connection = None;
                 self.available.store(false, Ordering::Release);
             }
-        }
-    }
-
-    /// Writes the committed head to the anchor (rename, no fsync: see [`crate::store::anchor`]).
-    fn anchor_head(&self, head: ChainHead) {
-        if let Some(anchor) = &self.anchor
-            && let Err(error) = anchor.record_head(head, false)
-        {
-            // The head stays in memory and the next batch or checkpoint writes it again.
-            tracing::warn!(error = %error_chain(&error), "chain anchor not updated");
         }
     }
 
