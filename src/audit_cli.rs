@@ -181,9 +181,7 @@ pub fn report_line(report: &ChainReport, unchecked: bool) -> String {
                 report.node_id, report.rows, report.last_seq, report.checkpoints
             );
             if unchecked {
-                format!(
-                    "{counts}: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet"
-                )
+                format!("{counts}: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet")
             } else {
                 format!("{counts}: ok")
             }
@@ -315,7 +313,8 @@ mod tests {
         );
         report.checkpoints = 0;
         assert!(
-            report_line(&report, true).ends_with("pinned node key NOT CHECKED: no checkpoint signed yet"),
+            report_line(&report, true)
+                .ends_with("pinned node key NOT CHECKED: no checkpoint signed yet"),
             "{}",
             report_line(&report, true)
         );

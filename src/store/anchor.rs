@@ -254,7 +254,9 @@ pub enum AnchorError {
     },
     #[error("chain anchor {path} is not a regular file")]
     NotRegular { path: PathBuf },
-    #[error("chain anchor {path} has mode {mode:04o}: only its owner may read or write it; run `chmod 600 {path}`")]
+    #[error(
+        "chain anchor {path} has mode {mode:04o}: only its owner may read or write it; run `chmod 600 {path}`"
+    )]
     Exposed { path: PathBuf, mode: u32 },
     #[error("chain anchor {path} belongs to uid {owner}, not to the daemon (uid {daemon})")]
     WrongOwner {
@@ -504,7 +506,11 @@ impl Anchor {
         })
     }
 
-    fn update(&self, durable: bool, change: impl FnOnce(&mut AnchorState)) -> Result<(), AnchorError> {
+    fn update(
+        &self,
+        durable: bool,
+        change: impl FnOnce(&mut AnchorState),
+    ) -> Result<(), AnchorError> {
         let mut guard = self.lock();
         let mut state = guard.clone().unwrap_or_else(|| AnchorState {
             node_id: self.node_id.clone(),
@@ -558,9 +564,10 @@ pub fn accept_cut(path: &Path, uid: u32, reason: &str) -> Result<RecordedCut, Ac
     if reason.is_empty() {
         return Err(AcceptError::NoReason);
     }
-    let mut state = read_anchor(path, OwnerCheck::Daemon)?.ok_or_else(|| AcceptError::NoAnchor {
-        path: path.to_owned(),
-    })?;
+    let mut state =
+        read_anchor(path, OwnerCheck::Daemon)?.ok_or_else(|| AcceptError::NoAnchor {
+            path: path.to_owned(),
+        })?;
     let cut = state.cut.as_mut().ok_or_else(|| AcceptError::NoCut {
         path: path.to_owned(),
     })?;
@@ -577,7 +584,9 @@ pub fn accept_cut(path: &Path, uid: u32, reason: &str) -> Result<RecordedCut, Ac
     let cut = cut.clone();
     // What the node committed is gone; from here on the database's head is the chain.
     state.head = cut.loss.database;
-    state.checkpoint = state.checkpoint.filter(|cp| cp.seq <= cut.loss.database.seq);
+    state.checkpoint = state
+        .checkpoint
+        .filter(|cp| cp.seq <= cut.loss.database.seq);
     write_anchor(path, &state, true)?;
     Ok(cut)
 }
@@ -787,7 +796,10 @@ mod tests {
         write_anchor(&path, &state(), true).unwrap();
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(read_anchor(&path, OwnerCheck::Daemon).unwrap(), Some(state()));
+        assert_eq!(
+            read_anchor(&path, OwnerCheck::Daemon).unwrap(),
+            Some(state())
+        );
     }
 
     #[test]
@@ -797,7 +809,11 @@ mod tests {
         let missing = good.replace("\"checkpoint\"", "\"checkpointx\"");
         assert!(decode(missing.as_bytes()).is_err());
         let short_hash = good.replacen(&"03".repeat(32), "03", 1);
-        assert!(decode(short_hash.as_bytes()).unwrap_err().contains("32 bytes"));
+        assert!(
+            decode(short_hash.as_bytes())
+                .unwrap_err()
+                .contains("32 bytes")
+        );
         assert!(decode(b"").is_err());
     }
 
@@ -809,7 +825,10 @@ mod tests {
         write_anchor(&path, &state(), false).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let error = read_anchor(&path, OwnerCheck::Daemon).unwrap_err();
-        assert!(matches!(error, AnchorError::Exposed { mode: 0o640, .. }), "{error}");
+        assert!(
+            matches!(error, AnchorError::Exposed { mode: 0o640, .. }),
+            "{error}"
+        );
         // An auditor reading it as evidence does not need to own it.
         assert!(read_anchor(&path, OwnerCheck::Evidence).unwrap().is_some());
     }
@@ -819,7 +838,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ANCHOR_FILE_NAME);
         write_anchor(&path, &state(), true).unwrap();
-        assert!(matches!(accept_cut(&path, 0, " "), Err(AcceptError::NoReason)));
+        assert!(matches!(
+            accept_cut(&path, 0, " "),
+            Err(AcceptError::NoReason)
+        ));
         let cut = accept_cut(&path, 0, "failover lost rows 5..9").unwrap();
         assert_eq!(cut.loss.seqs(), "5..9");
         let after = read_anchor(&path, OwnerCheck::Daemon).unwrap().unwrap();
@@ -831,4 +853,3 @@ mod tests {
         ));
     }
 }
-

@@ -143,8 +143,10 @@ pub enum AuditStartError {
     )]
     ChainLocked { node_id: String },
     /// The database lost rows this node committed; the cut is recorded in the anchor file.
-    #[error("SAFE-HALT: {loss}: nothing is appended on top of it. Preserve the database as evidence, run \
-             `playbookd audit verify --anchor {anchor}`, then, with the daemon stopped, `{accept}`")]
+    #[error(
+        "SAFE-HALT: {loss}: nothing is appended on top of it. Preserve the database as evidence, run \
+             `playbookd audit verify --anchor {anchor}`, then, with the daemon stopped, `{accept}`"
+    )]
     ChainCut {
         loss: Box<ChainLoss>,
         anchor: String,
@@ -275,7 +277,11 @@ pub async fn start_writer(
 
 /// What [`start_writer_anchored`] returns: the handle, the writer task, and the cut an admin
 /// accepted (if any), which the caller's first append must record.
-pub type AnchoredWriter = (AuditHandle, tokio::task::JoinHandle<()>, Option<RecordedCut>);
+pub type AnchoredWriter = (
+    AuditHandle,
+    tokio::task::JoinHandle<()>,
+    Option<RecordedCut>,
+);
 
 /// Like [`start_writer`], checking the chain against `anchor` first (see
 /// [`crate::store::anchor`]): a database that lost rows this node committed is refused with
@@ -686,7 +692,13 @@ impl Writer {
                 // database that lost it (a cut, a failover to a lagging standby) is not appended to.
                 let mut committed = vec![*self.head.borrow()];
                 committed.extend(self.anchor.as_ref().and_then(|a| a.checkpoint_head()));
-                match crate::store::anchor::find_chain_loss(&connection.client, &self.node_id, &committed).await {
+                match crate::store::anchor::find_chain_loss(
+                    &connection.client,
+                    &self.node_id,
+                    &committed,
+                )
+                .await
+                {
                     Ok(None) => {}
                     Ok(Some(loss)) => {
                         self.enter_cut(loss);

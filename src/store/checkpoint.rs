@@ -327,7 +327,9 @@ pub enum CheckpointError {
         #[source]
         source: StoreError,
     },
-    #[error("failed to record the audit checkpoint of node `{node_id}` at seq {seq} in the chain anchor")]
+    #[error(
+        "failed to record the audit checkpoint of node `{node_id}` at seq {seq} in the chain anchor"
+    )]
     Anchor {
         node_id: String,
         seq: i64,

@@ -162,7 +162,10 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         daemon.log_text()
     );
     let cut = &anchor(&dir)["cut"];
-    assert_eq!(cut["loss"], json!({"kind": "missing", "first": early + 1, "last": committed}));
+    assert_eq!(
+        cut["loss"],
+        json!({"kind": "missing", "first": early + 1, "last": committed})
+    );
     let body = health(&daemon);
     assert_eq!(body["ready"], false, "{body}");
     assert_eq!(
@@ -171,7 +174,11 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         "{body}"
     );
     stop(&mut daemon);
-    assert_eq!(chain_head(&client, "node-a").await, early, "nothing appended at shutdown");
+    assert_eq!(
+        chain_head(&client, "node-a").await,
+        early,
+        "nothing appended at shutdown"
+    );
 
     // The database alone looks intact; the anchor says otherwise.
     let (status, stdout, stderr) = verify(&config, &[]);
@@ -217,7 +224,10 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     assert_eq!(event_type, "audit.cut_accepted");
     assert_eq!(data["first_lost_seq"], early + 1, "{data}");
     assert_eq!(data["last_lost_seq"], committed, "{data}");
-    assert!(data["reason"].as_str().unwrap().contains("incident 42"), "{data}");
+    assert!(
+        data["reason"].as_str().unwrap().contains("incident 42"),
+        "{data}"
+    );
     stop(&mut daemon);
     assert!(anchor(&dir)["cut"].is_null(), "{}", anchor(&dir));
     let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
@@ -363,7 +373,10 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     let path = dir.path("chain-anchor.json");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let stderr = serve_refused(&config);
-    assert!(stderr.contains("chain-anchor.json") && stderr.contains("0644"), "{stderr}");
+    assert!(
+        stderr.contains("chain-anchor.json") && stderr.contains("0644"),
+        "{stderr}"
+    );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&path, b"{\"format\": 1}").unwrap();
     let stderr = serve_refused(&config);
