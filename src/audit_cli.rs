@@ -6,14 +6,14 @@
 //! breach or a cut is found; 3 when the rows are intact but a pinned node key could not be
 //! checked (no checkpoint yet); 1 when the verification itself could not be done.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::cli::{OutputError, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::store::anchor::{self, AcceptError, AnchorError, AnchorState, OwnerCheck};
-use crate::store::audit::{chain_lock_key, format_timestamp};
+use crate::store::audit::{ChainHead, chain_lock_key, format_timestamp};
 use crate::store::checkpoint::{NodeKeyError, load_public_key_id};
 use crate::store::verify::{self, ChainReport};
 use crate::store::{self, StoreError};
@@ -26,6 +26,12 @@ pub enum AuditCliError {
     TrustedKey(#[source] NodeKeyError),
     #[error("cannot use --anchor")]
     Anchor(#[source] AnchorError),
+    #[error("cannot read the checkpoint log {path}")]
+    CheckpointLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("there is no chain anchor at {path}")]
     NoAnchor { path: PathBuf },
     #[error("the anchor {path} belongs to node `{anchor_node}`, not to `{node_id}`")]
@@ -69,6 +75,7 @@ impl AuditCliError {
             AuditCliError::Config(_)
             | AuditCliError::TrustedKey(_)
             | AuditCliError::NoAnchor { .. }
+            | AuditCliError::CheckpointLog { .. }
             | AuditCliError::Store(_)
             | AuditCliError::UnknownNode { .. }
             | AuditCliError::Accept(_)
@@ -90,8 +97,19 @@ pub async fn verify(
     node: Option<&str>,
     trusted_node_keys: &[PathBuf],
     anchor: Option<&Path>,
+    checkpoint_logs: &[PathBuf],
 ) -> Result<(), AuditCliError> {
     let config = Config::load(config)?;
+    let mut logged: BTreeMap<String, Vec<ChainHead>> = BTreeMap::new();
+    for path in checkpoint_logs {
+        let text = std::fs::read(path).map_err(|source| AuditCliError::CheckpointLog {
+            path: path.clone(),
+            source,
+        })?;
+        for (node_id, head) in logged_checkpoints(&String::from_utf8_lossy(&text)) {
+            logged.entry(node_id).or_default().push(head);
+        }
+    }
     let pinned = if trusted_node_keys.is_empty() {
         None
     } else {
@@ -129,6 +147,11 @@ pub async fn verify(
         // A chain deleted whole, checkpoints and all: the anchor still knows it.
         nodes.push(state.node_id.clone());
     }
+    for node_id in logged.keys() {
+        if !nodes.contains(node_id) {
+            nodes.push(node_id.clone());
+        }
+    }
     let nodes = match node {
         Some(node) if nodes.iter().any(|n| n == node) => vec![node.to_owned()],
         Some(node) => {
@@ -159,6 +182,23 @@ pub async fn verify(
         write_stdout_line(&line)?;
         if breach {
             breaches += 1;
+        }
+    }
+    for (node_id, heads) in logged.iter().filter(|(n, _)| nodes.contains(n)) {
+        let last = heads.iter().map(|h| h.seq).max().unwrap_or(0);
+        let prefix = format!(
+            "node {node_id}: {} logged checkpoints (last seq {last})",
+            heads.len()
+        );
+        match anchor::find_chain_loss(&client, node_id, heads).await? {
+            None => write_stdout_line(&format!("{prefix}: ok"))?,
+            Some(loss) => {
+                breaches += 1;
+                write_stdout_line(&format!(
+                    "{prefix}: BREACH at seq {}: cut: {loss}",
+                    first_seq(&loss)
+                ))?;
+            }
         }
     }
     if breaches > 0 {
@@ -251,6 +291,43 @@ async fn anchor_line(
     }
 }
 
+/// The (node, seq, hash) of every `audit checkpoint signed` line in a log: journald's JSON
+/// export (`journalctl -u playbookd -o json`: fields `NODE_ID`, `SEQ`, `HASH`) or the daemon's
+/// text lines on stderr (`node_id=… seq=… hash=…`). Lines that do not carry all three are
+/// skipped. The signatures are not checked here: the log is evidence the auditor brings.
+pub fn logged_checkpoints(log: &str) -> Vec<(String, ChainHead)> {
+    let hash_of = |text: &str| -> Option<[u8; 32]> {
+        let bytes = hex::decode(text).ok()?;
+        <[u8; 32]>::try_from(bytes.as_slice()).ok()
+    };
+    log.lines()
+        .filter(|line| line.contains(CHECKPOINT_MESSAGE))
+        .filter_map(|line| {
+            let (node, seq, hash) = if line.trim_start().starts_with('{') {
+                let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                let field =
+                    |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+                (field("NODE_ID")?, field("SEQ")?, field("HASH")?)
+            } else {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|token| token.strip_prefix(name))
+                        .map(|v| v.trim_matches('"').to_owned())
+                };
+                (field("node_id=")?, field("seq=")?, field("hash=")?)
+            };
+            let head = ChainHead {
+                seq: seq.parse().ok().filter(|seq: &i64| *seq > 0)?,
+                hash: hash_of(&hash)?,
+            };
+            Some((node, head))
+        })
+        .collect()
+}
+
+/// The message of the daemon's checkpoint log line.
+const CHECKPOINT_MESSAGE: &str = "audit checkpoint signed";
+
 fn first_seq(loss: &anchor::ChainLoss) -> i64 {
     match loss.kind {
         anchor::LossKind::Missing { first, .. } => first,
@@ -295,6 +372,35 @@ pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError
 mod tests {
     use super::*;
     use crate::store::verify::Breach;
+
+    #[test]
+    fn checkpoints_are_read_from_journal_json_and_from_text_lines() {
+        let hash = "ab".repeat(32);
+        let log = format!(
+            "{{\"MESSAGE\":\"audit checkpoint signed\",\"NODE_ID\":\"host-1\",\"SEQ\":\"12\",\"HASH\":\"{hash}\"}}\n\
+             2026-11-30T16:17:11Z  INFO audit checkpoint signed node_id=host-2 seq=7 hash={hash} key_id=x\n\
+             2026-11-30T16:17:11Z  INFO audit checkpoint signed node_id=host-3 seq=7 hash=zz\n\
+             2026-11-30T16:17:11Z  INFO playbookd ready node_id=host-1\n"
+        );
+        let found = logged_checkpoints(&log);
+        let expected: Vec<(String, ChainHead)> = vec![
+            (
+                "host-1".into(),
+                ChainHead {
+                    seq: 12,
+                    hash: [0xab; 32],
+                },
+            ),
+            (
+                "host-2".into(),
+                ChainHead {
+                    seq: 7,
+                    hash: [0xab; 32],
+                },
+            ),
+        ];
+        assert_eq!(found, expected);
+    }
 
     #[test]
     fn report_lines_name_the_seq_and_the_kind() {

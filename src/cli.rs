@@ -160,6 +160,11 @@ pub enum AuditCommand {
         /// database that lost either is reported as a cut.
         #[arg(long, value_name = "FILE")]
         anchor: Option<PathBuf>,
+        /// The daemon's log of signed checkpoints (`journalctl -u playbookd -o json`, or its
+        /// stderr lines): each `audit checkpoint signed` (node, seq, hash) the database no
+        /// longer holds is reported as a cut. Repeatable.
+        #[arg(long = "checkpoint-log", value_name = "FILE")]
+        checkpoint_logs: Vec<PathBuf>,
     },
     /// Acknowledge a cut the daemon found (it stopped appending): run with the daemon stopped,
     /// as the daemon's user. The next start records the acknowledgment as its first audit
@@ -433,6 +438,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     node,
                     trusted_node_keys,
                     anchor,
+                    checkpoint_logs,
                 },
         } => runtime()?.block_on(async {
             audit_cli::verify(
@@ -440,6 +446,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 node.as_deref(),
                 &trusted_node_keys,
                 anchor.as_deref(),
+                &checkpoint_logs,
             )
             .await?;
             Ok(())

@@ -260,6 +260,21 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("BREACH at seq 4: cut:"), "{stdout}");
+    // The log's copy of the shutdown checkpoint is an external anchor too.
+    let (status, stdout, _) = verify(&config, &[]);
+    assert!(
+        status.success(),
+        "the database alone looks intact: {stdout}"
+    );
+    let log = dir.path("daemon.log");
+    let (status, stdout, _) = verify(&config, &["--checkpoint-log", log.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "node node-a: 1 logged checkpoints (last seq {committed}): BREACH at seq 4: cut:"
+        )),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
