@@ -173,6 +173,13 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         format!("{}..{committed}", early + 1),
         "{body}"
     );
+    let endpoint = daemon.status_endpoint().to_string();
+    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
+        "{stdout}"
+    );
     stop(&mut daemon);
     assert_eq!(
         chain_head(&client, "node-a").await,
