@@ -404,3 +404,67 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     let stderr = serve_refused(&config);
     assert!(stderr.contains("does not decode"), "{stderr}");
 }
+
+async fn signed(client: &tokio_postgres::Client, node: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM audit_checkpoints WHERE node_id = $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const GATED_NOOP: &str = r#"
+id: gated-noop
+version: 1
+name: One high-risk step behind a gate
+owners: {technical: a@example.org, operational: b@example.org}
+approval: {expires: 5m}
+steps:
+  - {id: act, action: noop, risk: high, rollback: none}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_decision_is_checkpointed_at_once() {
+    use crate::harness::Running;
+    let daemon = Running::start(
+        "[audit]\ncheckpoint_interval_seconds = 3600\n",
+        &[GATED_NOOP],
+        &bindings(&[("p", "o", "gated-noop")]),
+    )
+    .await;
+    let reply = daemon.send_decision(&decision("p", "o", json!({}))).await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let run = reply["execution_id"].as_str().unwrap().to_owned();
+    daemon.wait_event(&run, "approval.requested", LIMIT).await;
+    let client = daemon.db.client().await;
+    // No periodic checkpoint for an hour: nothing is signed while the run waits.
+    assert_eq!(signed(&client, "node-a").await, 0);
+    let approved = daemon
+        .control(
+            &json!({"verb": "approve", "execution_id": run, "step": "act", "reason": "checked"}),
+        )
+        .await;
+    assert_eq!(approved["gate_state"], "approved", "{approved}");
+    let vote: i64 = client
+        .query_one(
+            "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'approval.vote'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let start = std::time::Instant::now();
+    while signed(&client, "node-a").await < vote {
+        assert!(
+            start.elapsed() < LIMIT,
+            "no checkpoint covers the vote at seq {vote}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let anchored = &anchor(&daemon.dir)["checkpoint"]["seq"];
+    assert!(anchored.as_i64() >= Some(vote), "{anchored}");
+    daemon.stop().await;
+}
