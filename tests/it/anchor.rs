@@ -100,7 +100,7 @@ fn health(daemon: &ChildDaemon) -> Value {
 
 #[tokio::test]
 async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     // An early checkpoint: the first run's, at shutdown.
@@ -243,7 +243,7 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
 
 #[tokio::test]
 async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -286,7 +286,7 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
 
 #[tokio::test]
 async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -312,7 +312,7 @@ async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
 
 #[tokio::test]
 async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let extra = format!(
         "[audit]\ncheckpoint_interval_seconds = 3600\n{}",
@@ -386,7 +386,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
 #[tokio::test]
 async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
