@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Once;
@@ -312,6 +314,12 @@ impl DaemonDir {
     /// The test process is the policy engine: its uid goes into `intake.allowed_uids` (inside
     /// the `[intake]` table of `extra` when it has one), unless `extra` sets that key itself.
     pub fn write_config(&self, db: &TestDb, node_id: &str, extra: &str) -> PathBuf {
+        self.write_config_url(&db.url(), node_id, extra)
+    }
+
+    /// Like [`DaemonDir::write_config`], for the database at `url` (any form `database.url`
+    /// takes, e.g. a multi-host connection string).
+    pub fn write_config_url(&self, url: &str, node_id: &str, extra: &str) -> PathBuf {
         let p = |s: &str| self.path(s).display().to_string();
         let allow = format!("allowed_uids = [{}]\n", nix::unistd::geteuid().as_raw());
         let extra = if extra.contains("allowed_uids") {
@@ -339,7 +347,7 @@ listen = "127.0.0.1:0"
 quarantine_dir = "{quarantine}"
 {extra}
 "#,
-            url = db.url(),
+            url = url.replace('\\', "\\\\").replace('"', "\\\""),
             playbooks = p("playbooks"),
             keys = p("trusted-keys"),
             bindings = p("bindings.yaml"),

@@ -1,0 +1,364 @@
+//! A database failover under a running daemon (issue #18): a real primary and a streaming
+//! standby started by the test (`pg_basebackup -R`), the primary killed as a crash would, the
+//! standby promoted with `pg_ctl promote` (what an HA manager does). The daemon's URL names both
+//! servers with `target_session_attrs=read-write`, so its next connection lands on the promoted
+//! one. With synchronous replication nothing accepted is lost and the chain verifies there;
+//! with asynchronous replication and rows lost, the writer's off-database chain head (the
+//! anchor of issue #21) finds the gap: nothing is appended, SAFE-HALT names the missing seqs.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{NOOP_3, bindings, decision};
+use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
+use crate::helpers::{ChildDaemon, DaemonDir, run_cli};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const NODE: &str = "node-a";
+
+/// A daemon directory for `url`, with noop-3 bound to (p, o).
+fn daemon_dir(url: &str) -> (DaemonDir, std::path::PathBuf) {
+    let dir = DaemonDir::new();
+    dir.write_signed("playbooks/noop-3-v1.yaml", NOOP_3, true);
+    dir.write_signed("bindings.yaml", &bindings(&[("p", "o", "noop-3")]), true);
+    // Pace the resume sweep so runs cut by the failover go on soon after it.
+    let config = dir.write_config_url(url, NODE, "[executor]\nresume_interval_seconds = 1\n");
+    (dir, config)
+}
+
+/// Sends one decision; None when the daemon did not answer (a failover may be under way).
+async fn try_send(socket: &Path, decision: &Value) -> Option<Value> {
+    let attempt = async {
+        let mut stream = UnixStream::connect(socket).await.ok()?;
+        stream
+            .write_all(format!("{decision}\n").as_bytes())
+            .await
+            .ok()?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).await.ok()?;
+        serde_json::from_str(&reply).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(15), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn chain_head(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
+            &[&NODE],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn anchor(dir: &DaemonDir) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.path("chain-anchor.json")).unwrap()).unwrap()
+}
+
+fn stop(daemon: &mut ChildDaemon) {
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+}
+
+/// GET `path` of a child daemon's status API, as JSON.
+fn get(daemon: &ChildDaemon, path: &str) -> Value {
+    let addr = daemon.status_endpoint().to_string();
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+fn verify(config: &Path, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(&args, &[])
+}
+
+/// Decisions from `senders` concurrent policy engines until `stop`; the accepted runs' ids.
+fn load(
+    socket: &Path,
+    senders: usize,
+    stop: &CancellationToken,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..senders)
+        .map(|_| {
+            let (socket, stop, accepted) = (socket.to_owned(), stop.clone(), accepted.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    match try_send(&socket, &decision("p", "o", json!({}))).await {
+                        Some(reply) if reply["status"] == "accepted" => accepted
+                            .lock()
+                            .unwrap()
+                            .push(reply["execution_id"].as_str().unwrap().to_owned()),
+                        // Refused while no primary answers: the daemon says so and goes on.
+                        Some(_) | None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    (accepted, tasks)
+}
+
+async fn wait_accepted(accepted: &Mutex<Vec<String>>, count: usize, daemon: &ChildDaemon) {
+    let start = Instant::now();
+    while accepted.lock().unwrap().len() < count {
+        assert!(
+            start.elapsed() < LIMIT,
+            "{} accepted, not {count}:\n{}",
+            accepted.lock().unwrap().len(),
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_synchronous_replication_a_failover_loses_nothing_and_the_chain_verifies() {
+    let primary = Cluster::primary(&[("synchronous_commit", "on")]);
+    primary.create_playbookd_database().await;
+    let standby = Cluster::standby_of(&primary, &[]);
+    // Synchronous from here on: a commit returns once the standby has flushed it. (Only on the
+    // primary: once promoted, the standby has no standby of its own to wait for.)
+    primary.set("synchronous_standby_names", "*").await;
+    primary
+        .wait_until(
+            "postgres",
+            "SELECT EXISTS (SELECT FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming')",
+            LIMIT,
+        )
+        .await;
+    let (dir, config) = daemon_dir(&multi_host_url(&[&primary, &standby]));
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+
+    let stop_load = CancellationToken::new();
+    let (accepted, senders) = load(&dir.path("run/decisions.sock"), 3, &stop_load);
+    wait_accepted(&accepted, 15, &daemon).await;
+    // Under load: the primary dies as in a crash, the standby is promoted.
+    primary.kill();
+    let before = accepted.lock().unwrap().len();
+    standby.promote();
+    // The daemon reconnects to the promoted server and goes on accepting.
+    wait_accepted(&accepted, before + 15, &daemon).await;
+    stop_load.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+
+    let client = standby.client(DATABASE).await;
+    // Nothing accepted is lost: every accepted run's decision.accepted row is on the new primary.
+    let rows = client
+        .query(
+            "SELECT event_data->>'execution_id' FROM playbook_audit_log \
+             WHERE node_id = $1 AND event_type = 'decision.accepted'",
+            &[&NODE],
+        )
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&String> = accepted.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted runs lost: {lost:?}",
+        lost.len(),
+        accepted.len()
+    );
+    // Every run, also those cut mid-step by the failover, ends (resumed on the new primary).
+    let start = Instant::now();
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_executions WHERE node_id = $1 \
+                 AND state NOT IN ('completed', 'rolled_back', 'cancelled', 'timed_out', 'rejected')",
+                &[&NODE],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{open} runs still open:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = get(&daemon, "/v1/health");
+    assert_eq!(health["ready"], true, "{health}");
+    assert!(health["chain_cut"].is_null(), "{health}");
+    let halt = get(&daemon, "/v1/safe-halt");
+    assert!(halt["active"].is_null(), "{halt}");
+    stop(&mut daemon);
+
+    // The chain verifies on the promoted server, also against the daemon's anchor.
+    let (status, stdout, stderr) = verify(&config, &[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let anchor_path = dir.path("chain-anchor.json");
+    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(anchor(&dir)["head"]["seq"], chain_head(&client).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_and_nothing_forks() {
+    let primary = Cluster::primary(&[]);
+    primary.create_playbookd_database().await;
+    let standby = Cluster::standby_of(&primary, &[]);
+    let (dir, config) = daemon_dir(&multi_host_url(&[&primary, &standby]));
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    let socket = dir.path("run/decisions.sock");
+    for _ in 0..3 {
+        let reply = try_send(&socket, &decision("p", "o", json!({}))).await;
+        assert_eq!(
+            reply.as_ref().map(|r| &r["status"]),
+            Some(&json!("accepted")),
+            "{reply:?}"
+        );
+    }
+
+    // Replication stops (the standby is down), the primary goes on committing.
+    standby.stop();
+    for _ in 0..3 {
+        let reply = try_send(&socket, &decision("unbound", "x", json!({}))).await;
+        assert_eq!(
+            reply.as_ref().map(|r| &r["status"]),
+            Some(&json!("no_action")),
+            "{reply:?}"
+        );
+    }
+    let primary_client = primary.client(DATABASE).await;
+    let committed = chain_head(&primary_client).await;
+    // The anchor holds what the daemon committed last (it follows each commit, off the writer's path).
+    let start = Instant::now();
+    while anchor(&dir)["head"]["seq"] != committed {
+        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(primary_client);
+
+    // The primary crashes; the lagging standby comes back and is promoted.
+    primary.kill();
+    standby.start();
+    standby.promote();
+    let client = standby.client(DATABASE).await;
+    let kept = chain_head(&client).await;
+    assert!(kept < committed, "no row was lost: {kept} {committed}");
+
+    // The writer reconnects for the next append, to the promoted server, and finds the gap.
+    let missing = format!("seq {}..={committed} are missing", kept + 1);
+    let start = Instant::now();
+    while !daemon.log_text().contains(&missing) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "no `{missing}`:\n{}",
+            daemon.log_text()
+        );
+        let _ = try_send(&socket, &decision("unbound", "x", json!({}))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.wait_for_log("SAFE-HALT entered: the audit chain was cut", LIMIT);
+    // Nothing goes on top of the gap, whatever arrives.
+    let reply = try_send(&socket, &decision("p", "o", json!({}))).await;
+    assert_eq!(
+        reply.as_ref().map(|r| &r["status"]),
+        Some(&json!("rejected")),
+        "{reply:?}"
+    );
+    assert_eq!(chain_head(&client).await, kept, "{}", daemon.log_text());
+    assert_eq!(
+        anchor(&dir)["cut"]["loss"],
+        json!({"kind": "missing", "first": kept + 1, "last": committed})
+    );
+    let health = get(&daemon, "/v1/health");
+    assert_eq!(health["ready"], false, "{health}");
+    assert_eq!(
+        health["chain_cut"]["lost_seqs"],
+        format!("{}..{committed}", kept + 1),
+        "{health}"
+    );
+    let endpoint = daemon.status_endpoint().to_string();
+    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
+        "{stdout}"
+    );
+    stop(&mut daemon);
+    assert_eq!(
+        chain_head(&client).await,
+        kept,
+        "nothing appended at shutdown"
+    );
+
+    // `audit verify --anchor` names the gap; the database alone cannot show it.
+    let (status, stdout, stderr) = verify(&config, &[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let anchor_path = dir.path("chain-anchor.json");
+    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BREACH at seq {}: cut:", kept + 1)) && stdout.contains(&missing),
+        "{stdout}"
+    );
+
+    // The operator's way out (README "Running a fleet"): accept the cut with a reason; the
+    // next start appends again, first of all the acknowledgment, and the chain verifies.
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "audit",
+            "accept-cut",
+            "--config",
+            config.to_str().unwrap(),
+            "--reason",
+            "failover to a lagging standby; lost rows preserved from the old primary",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    let event_type: String = client
+        .query_one(
+            "SELECT event_type FROM playbook_audit_log WHERE node_id = $1 AND seq = $2",
+            &[&NODE, &(kept + 1)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(event_type, "audit.cut_accepted");
+    stop(&mut daemon);
+    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}{stderr}");
+}
