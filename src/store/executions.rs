@@ -5,9 +5,9 @@
 //! Every function that changes a run acts as the audit writer's node and refuses a run of
 //! another node ([`StoreError::OtherNode`]): a host acts only for its own runs.
 
+use crate::store::audit::Tx;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
@@ -73,7 +73,7 @@ pub async fn admit(
                     return Err(StoreError::Halted(Box::new(halt)));
                 }
                 if !nonces::insert_unless_halted(tx, &new.nonce, new.execution_id, &node_id).await? {
-                    let halt = halts::active_in(tx, &node_id).await?.ok_or(StoreError::NotFound {
+                    let halt = halts::active_in(&**tx, &node_id).await?.ok_or(StoreError::NotFound {
                         what: "SAFE-HALT",
                         detail: "that refused the nonce (cleared meanwhile)".into(),
                     })?;
@@ -385,7 +385,7 @@ pub async fn request_cancel(
 /// lists for `to`, only for this node's run, and exactly one row; otherwise the error says
 /// what the run's state (or owner) is.
 pub(crate) async fn transition(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     to: RunState,
@@ -402,7 +402,7 @@ pub(crate) async fn transition(
 /// in the same statement**. `Ok(Some(halt))` when a halt refused it; an error when the run may
 /// not start a step.
 pub(crate) async fn start_step(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     index: usize,
@@ -425,7 +425,7 @@ pub(crate) async fn start_step(
     if updated == 1 {
         return Ok(None);
     }
-    if let Some(halt) = halts::active_in(tx, node_id).await? {
+    if let Some(halt) = halts::active_in(&**tx, node_id).await? {
         return Ok(Some(halt));
     }
     Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
@@ -434,7 +434,7 @@ pub(crate) async fn start_step(
 /// The run's side of a gate opening: `awaiting_approval` at step `index`, guarded by the
 /// transition table and this node.
 pub(crate) async fn await_approval(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     index: usize,
@@ -451,7 +451,7 @@ pub(crate) async fn await_approval(
 /// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the
 /// run had already ended (or is not this node's): the halt is entered all the same.
 pub(crate) async fn mark_safe_halted(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     message: &str,
@@ -461,7 +461,7 @@ pub(crate) async fn mark_safe_halted(
 
 /// `UPDATE … SET state = to WHERE state = ANY(sources(to))` for this node's run; the row count.
 async fn guarded_update(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     to: RunState,
@@ -486,12 +486,7 @@ async fn guarded_update(
 }
 
 /// Why a guarded change of run `id` matched no row.
-async fn explain_refusal(
-    tx: &Transaction<'_>,
-    id: Uuid,
-    node_id: &str,
-    to: &'static str,
-) -> StoreError {
+async fn explain_refusal(tx: &Tx<'_>, id: Uuid, node_id: &str, to: &'static str) -> StoreError {
     let row = match tx
         .query_opt(
             "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",

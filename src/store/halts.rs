@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
 use crate::store::model::{HaltScope, RunState};
 use crate::store::{Store, StoreError, executions, undos};
 use crate::text;
@@ -365,7 +365,7 @@ pub async fn resolve(
 /// Inserts this node's active halt, or finds the one already active (a second failed undo
 /// while halted joins the first halt).
 async fn insert_or_find(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     node_id: &str,
     execution_id: Option<Uuid>,
     rollback_id: Option<&str>,

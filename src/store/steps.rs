@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx};
 use crate::store::executions::{self, index_from_db, index_to_db};
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -304,7 +304,7 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
 /// by the transition table; the number of rows changed (0 when the step is in no state the
 /// table allows that from).
 pub(crate) async fn mark_undone(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     index: usize,
     to: StepState,
@@ -385,7 +385,7 @@ pub(crate) fn refused_event(
 
 /// Refuses unless run `id` is this node's and has not ended.
 pub(crate) async fn require_open_run(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
 ) -> Result<RunState, StoreError> {
@@ -420,12 +420,7 @@ pub(crate) async fn require_open_run(
 }
 
 /// Why a guarded change of a step matched no row.
-pub(crate) async fn step_refusal(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: Uuid,
-    index: usize,
-    to: StepState,
-) -> StoreError {
+pub(crate) async fn step_refusal(tx: &Tx<'_>, id: Uuid, index: usize, to: StepState) -> StoreError {
     let found = tx
         .query_opt(
             "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = $2",
