@@ -243,6 +243,18 @@ pub struct ChainHead {
     pub hash: [u8; 32],
 }
 
+/// An append prepared by [`AuditHandle::defer`], not sent yet.
+pub struct Deferred {
+    job: Box<dyn Job>,
+    response: oneshot::Receiver<Result<(Appended, ()), AppendError>>,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
 /// Cheap, cloneable handle to the audit writer task.
 #[derive(Clone)]
 pub struct AuditHandle {
@@ -269,17 +281,66 @@ impl AuditHandle {
         &self,
         effect: Effect<T>,
     ) -> Result<(Appended, T), AppendError> {
-        let (reply, response) = oneshot::channel();
-        let job = TypedJob {
-            effect: Some(effect),
-            value: None,
-            reply,
-        };
+        self.append_after(Vec::new(), effect).await
+    }
+
+    /// Prepares an append that is sent later, with the caller's next append ([`Self::append_after`])
+    /// or alone ([`Self::flush`]). For a record with no side effect after it (a step's end, a
+    /// run's start): it can share the next record's transaction, one COMMIT instead of two.
+    /// Nothing of it is written until it is sent; dropped unsent, it is never written.
+    pub fn defer(&self, effect: Effect<()>) -> Deferred {
+        let (job, response) = TypedJob::new(effect);
+        Deferred {
+            job: Box::new(job),
+            response,
+        }
+    }
+
+    /// Appends `before` (in order), then `effect`, in one transaction: each with its own
+    /// savepoint as usual, but each attempted only if everything before it succeeded.
+    /// Resolves after COMMIT; the first failure among `before` is returned as the outcome.
+    pub async fn append_after<T: Send + 'static>(
+        &self,
+        before: Vec<Deferred>,
+        effect: Effect<T>,
+    ) -> Result<(Appended, T), AppendError> {
+        let (job, response) = TypedJob::new(effect);
+        let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(before.len() + 1);
+        let mut earlier = Vec::with_capacity(before.len());
+        for deferred in before {
+            jobs.push(deferred.job);
+            earlier.push(deferred.response);
+        }
+        jobs.push(Box::new(job));
         self.sender
-            .send(Request { job: Box::new(job) })
+            .send(Request { jobs })
             .await
             .map_err(|_| AppendError::Stopped)?;
+        for response in earlier {
+            response.await.map_err(|_| AppendError::Stopped)??;
+        }
         response.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Sends deferred appends on their own, in one transaction. `Ok` once all have committed.
+    pub async fn flush(&self, deferred: Vec<Deferred>) -> Result<(), AppendError> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(deferred.len());
+        let mut responses = Vec::with_capacity(deferred.len());
+        for deferred in deferred {
+            jobs.push(deferred.job);
+            responses.push(deferred.response);
+        }
+        self.sender
+            .send(Request { jobs })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        for response in responses {
+            response.await.map_err(|_| AppendError::Stopped)??;
+        }
+        Ok(())
     }
 
     /// False while the writer has no working connection: nothing new may start.
@@ -410,8 +471,10 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 // ---------------------------------------------------------------------------------------------
 
+/// Appends sent together: one transaction, in order, and each only if the ones before it in
+/// the request succeeded (a later record may depend on an earlier one).
 struct Request {
-    job: Box<dyn Job>,
+    jobs: Vec<Box<dyn Job>>,
 }
 
 /// One caller's append with its result type erased, so one batch can carry many types.
@@ -428,6 +491,24 @@ struct TypedJob<T> {
     /// Set by `apply` when the effect succeeded; handed over only after COMMIT.
     value: Option<T>,
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
+}
+
+/// What [`TypedJob::new`] returns: the job, and where its answer arrives.
+type NewJob<T> = (
+    TypedJob<T>,
+    oneshot::Receiver<Result<(Appended, T), AppendError>>,
+);
+
+impl<T: Send + 'static> TypedJob<T> {
+    fn new(effect: Effect<T>) -> NewJob<T> {
+        let (reply, response) = oneshot::channel();
+        let job = TypedJob {
+            effect: Some(effect),
+            value: None,
+            reply,
+        };
+        (job, response)
+    }
 }
 
 impl<T: Send + 'static> Job for TypedJob<T> {
@@ -593,8 +674,8 @@ impl Writer {
             self.reconnect().await;
         }
         let Some(connection) = self.connection.as_mut() else {
-            for request in batch {
-                request.job.finish(Err(AppendError::Unavailable(None)));
+            for job in batch.into_iter().flat_map(|request| request.jobs) {
+                job.finish(Err(AppendError::Unavailable(None)));
             }
             return;
         };
@@ -646,6 +727,7 @@ async fn write_batch(
 ) -> Result<(), StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
     let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
+    let mut not_attempted: Vec<Box<dyn Job>> = Vec::new();
     let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
 
     let outcome: Result<(), StoreError> = async {
@@ -657,40 +739,48 @@ async fn write_batch(
         // What closes the previous effect's savepoint, sent ahead of the next command.
         let mut close = "";
         let mut rows = AuditRows::with_capacity(batch.len());
-        for mut request in batch {
-            let open = format!("{close}SAVEPOINT append");
-            let (opened, applied) =
-                futures::join!(transaction.batch_execute(&open), request.job.apply(&tx));
-            opened?;
-            match applied {
-                Ok(event) => {
-                    let event = event.into_storable();
-                    let next_seq = seq + 1;
-                    let created_at = now_micros();
-                    let data = event.to_event_data();
-                    let canonical =
-                        canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
-                    let hash = chain_hash(&prev_hash, &canonical);
-                    rows.push(
-                        next_seq,
-                        prev_hash,
-                        hash,
-                        event.event_type,
-                        data,
-                        created_at,
-                    );
-                    (seq, prev_hash) = (next_seq, hash);
-                    staged.push(Staged {
-                        seq,
-                        hash,
-                        event,
-                        job: request.job,
-                    });
-                    close = "RELEASE SAVEPOINT append; ";
+        for request in batch {
+            let mut earlier_failed = false;
+            for mut job in request.jobs {
+                if earlier_failed {
+                    not_attempted.push(job);
+                    continue;
                 }
-                Err(error) => {
-                    refused.push((request.job, error));
-                    close = "ROLLBACK TO SAVEPOINT append; RELEASE SAVEPOINT append; ";
+                let open = format!("{close}SAVEPOINT append");
+                let (opened, applied) =
+                    futures::join!(transaction.batch_execute(&open), job.apply(&tx));
+                opened?;
+                match applied {
+                    Ok(event) => {
+                        let event = event.into_storable();
+                        let next_seq = seq + 1;
+                        let created_at = now_micros();
+                        let data = event.to_event_data();
+                        let canonical =
+                            canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
+                        let hash = chain_hash(&prev_hash, &canonical);
+                        rows.push(
+                            next_seq,
+                            prev_hash,
+                            hash,
+                            event.event_type,
+                            data,
+                            created_at,
+                        );
+                        (seq, prev_hash) = (next_seq, hash);
+                        staged.push(Staged {
+                            seq,
+                            hash,
+                            event,
+                            job,
+                        });
+                        close = "RELEASE SAVEPOINT append; ";
+                    }
+                    Err(error) => {
+                        refused.push((job, error));
+                        earlier_failed = true;
+                        close = "ROLLBACK TO SAVEPOINT append; RELEASE SAVEPOINT append; ";
+                    }
                 }
             }
         }
@@ -747,6 +837,9 @@ async fn write_batch(
             for (job, error) in refused {
                 job.finish(Err(AppendError::Effect(error)));
             }
+            for job in not_attempted {
+                job.finish(Err(AppendError::Unavailable(None)));
+            }
             Ok(())
         }
         Err(error) => {
@@ -754,6 +847,9 @@ async fn write_batch(
                 item.job.finish(Err(AppendError::Unavailable(None)));
             }
             for (job, _) in refused {
+                job.finish(Err(AppendError::Unavailable(None)));
+            }
+            for job in not_attempted {
                 job.finish(Err(AppendError::Unavailable(None)));
             }
             Err(error)

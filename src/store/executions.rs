@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
 use crate::store::{Store, StoreError, gates, nonces, transitions};
@@ -290,16 +290,35 @@ pub async fn set_state(
     to: RunState,
     event: AuditEvent,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
-    audit
-        .append_with(Box::new(move |tx| {
-            Box::pin(async move {
-                transition(tx, id, &node_id, to).await?;
-                Ok((event.execution(id).with("state", to.as_str()), ()))
-            })
-        }))
-        .await
-        .map(|_| ())
+    set_state_after(audit, Vec::new(), id, to, event).await
+}
+
+/// [`set_state`] in one transaction with `before` (records with no side effect since, e.g. the
+/// last step's end), after them; not attempted unless all of them committed.
+pub async fn set_state_after(
+    audit: &AuditHandle,
+    before: Vec<Deferred>,
+    id: Uuid,
+    to: RunState,
+    event: AuditEvent,
+) -> Result<(), AppendError> {
+    let effect = state_effect(audit.node_id().to_owned(), id, to, event);
+    audit.append_after(before, effect).await.map(|_| ())
+}
+
+/// [`set_state`], written with the caller's next append (see [`AuditHandle::defer`]): for a
+/// change with no side effect before the next record (a run's start before its first step's).
+pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Deferred {
+    audit.defer(state_effect(audit.node_id().to_owned(), id, to, event))
+}
+
+fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
+    Box::new(move |tx| {
+        Box::pin(async move {
+            transition(tx, id, &node_id, to).await?;
+            Ok((event.execution(id).with("state", to.as_str()), ()))
+        })
+    })
 }
 
 /// Marks run `id` as rolling back for `cause`, with the reason, and withdraws a gate still
