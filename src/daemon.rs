@@ -743,6 +743,7 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
         max_connections_per_uid: intake.max_connections_per_uid,
         idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
         max_accepted_per_second: intake.max_accepted_per_second,
+        max_backlog: intake.max_backlog,
         policy_keys,
     })
 }
