@@ -180,6 +180,8 @@ impl Daemon {
         tracing::info!(applied = ?report.applied, "schema up to date");
 
         let tasks_shutdown = CancellationToken::new();
+        // LISTENs for changes made elsewhere (gates); its subscribers end when it stops.
+        let wakeups = crate::store::wakeups::spawn(pg.clone(), tasks_shutdown.clone());
         let (audit, audit_task) =
             audit::start_writer(pg, config.node_id.clone(), tasks_shutdown.clone()).await?;
         let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
@@ -213,6 +215,7 @@ impl Daemon {
         let work_shutdown = CancellationToken::new();
         let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
         let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
+        approvals.follow(wakeups.subscribe());
         let executor = Executor::new(
             ExecutorParts {
                 store: store.clone(),
