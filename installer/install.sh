@@ -20,7 +20,11 @@ source "$SOURCE/installer/lib.sh"
 readonly USER_NAME=playbookd
 readonly GROUP_NAME=playbookd
 readonly DB_NAME=playbookd
+# Two roles (README "Database roles"): the daemon connects as DB_ROLE, which owns nothing and
+# may only read and append the evidence; the schema belongs to DB_OWNER, a NOLOGIN role that
+# `playbookd migrate` (run here as the postgres superuser) acts as.
 readonly DB_ROLE=playbookd
+readonly DB_OWNER=playbookd_owner
 
 readonly CONFIG_PATH=$CONFIG_DIR/playbookd.toml
 readonly KEYS_DIR=$CONFIG_DIR/trusted-keys
@@ -189,15 +193,21 @@ EOF
     [ "$found" = 1 ] || note "no sample playbooks in $SOURCE/playbooks; only the README was installed"
 }
 
-# Prints the SQL that creates the role and database (for a remote or unreachable PostgreSQL).
+# Prints the SQL that creates the roles and database (for a remote or unreachable PostgreSQL).
 database_sql() {
     cat <<EOF
+CREATE ROLE $DB_OWNER NOLOGIN;
 CREATE ROLE $DB_ROLE LOGIN;
-CREATE DATABASE $DB_NAME OWNER $DB_ROLE;
+CREATE DATABASE $DB_NAME OWNER $DB_OWNER;
 EOF
 }
 
-# Creates the role and database in the local PostgreSQL if it answers; returns 1 otherwise.
+# The command that migrates as the owner and grants the daemon's role its privileges.
+migrate_command() {
+    printf '%s\n' "runuser -u postgres -- env PLAYBOOKD_OWNER_DATABASE_URL='postgres://postgres@/$DB_NAME?host=/run/postgresql' $BIN_PATH migrate --owner-role $DB_OWNER --runtime-role $DB_ROLE"
+}
+
+# Creates the roles and database in the local PostgreSQL if it answers; returns 1 otherwise.
 setup_database() {
     if [ -n "$DESTDIR" ]; then
         note "skipped (DESTDIR set): create the database; the SQL is:"
@@ -209,25 +219,40 @@ setup_database() {
         || ! runuser -u postgres -- psql -XAtqc 'SELECT 1' >/dev/null 2>&1; then
         note "no local PostgreSQL answered as the postgres user; run this SQL as a superuser:"
         database_sql
-        note "then: runuser -u $USER_NAME -- $BIN_PATH migrate --config $CONFIG_PATH"
+        note "then, as a superuser: $(migrate_command)"
         return 1
     fi
     local psql=(runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -Atq)
-    if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$DB_ROLE'")" = 1 ]; then
-        note "database role $DB_ROLE exists"
+    local role login
+    for role in "$DB_OWNER" "$DB_ROLE"; do
+        login=LOGIN
+        [ "$role" = "$DB_OWNER" ] && login=NOLOGIN
+        if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" = 1 ]; then
+            note "database role $role exists"
+        else
+            run "${psql[@]}" -c "CREATE ROLE $role $login"
+        fi
+    done
+    local owner
+    owner=$("${psql[@]}" -c "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$DB_NAME'")
+    if [ -z "$owner" ]; then
+        run "${psql[@]}" -c "CREATE DATABASE $DB_NAME OWNER $DB_OWNER"
+    elif [ "$owner" = "$DB_ROLE" ]; then
+        # An install from before the two roles: the daemon's role owns everything, so it could
+        # grant itself DELETE on its own evidence. Hand the database and all it holds to the owner.
+        note "database $DB_NAME belongs to the daemon's role $DB_ROLE: moving it to $DB_OWNER"
+        run "${psql[@]}" -d "$DB_NAME" -c "REASSIGN OWNED BY $DB_ROLE TO $DB_OWNER"
     else
-        run "${psql[@]}" -c "CREATE ROLE $DB_ROLE LOGIN"
-    fi
-    if [ "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" = 1 ]; then
-        note "database $DB_NAME exists"
-    else
-        run "${psql[@]}" -c "CREATE DATABASE $DB_NAME OWNER $DB_ROLE"
+        note "database $DB_NAME exists (owner $owner)"
     fi
 }
 
 migrate() {
-    # As the daemon's user: the default URL authenticates by peer over the Unix socket.
-    host runuser -u "$USER_NAME" -- "$BIN_PATH" migrate --config "$CONFIG_PATH"
+    # As the postgres superuser (peer authentication), acting as the owner role; the daemon's
+    # role is granted exactly what it needs, and nothing else it held on the schema survives.
+    host runuser -u postgres -- env \
+        "PLAYBOOKD_OWNER_DATABASE_URL=postgres://postgres@/$DB_NAME?host=/run/postgresql" \
+        "$BIN_PATH" migrate --owner-role "$DB_OWNER" --runtime-role "$DB_ROLE"
 }
 
 enable_unit() {
@@ -262,7 +287,7 @@ main() {
     elif [ -z "$DESTDIR" ]; then
         note "skipping migrate until the database exists"
     else
-        host runuser -u "$USER_NAME" -- "$BIN_PATH" migrate --config "$CONFIG_PATH"
+        migrate
     fi
     enable_unit
     note "playbookd installed${DESTDIR:+ under $DESTDIR}."

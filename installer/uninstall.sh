@@ -67,3 +67,4 @@ done
 note "the database was kept: it holds the audit log. To drop it, as a PostgreSQL superuser:"
 note "  DROP DATABASE playbookd;"
 note "  DROP ROLE playbookd;"
+note "  DROP ROLE playbookd_owner;"

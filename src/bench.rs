@@ -90,6 +90,8 @@ pub enum BenchError {
     BadUrl,
     #[error("PostgreSQL: {0}")]
     Database(#[from] tokio_postgres::Error),
+    #[error("failed to prepare the bench database")]
+    Store(#[from] crate::store::StoreError),
     #[error("{what}")]
     Io {
         what: String,
@@ -156,28 +158,59 @@ impl Plan {
 async fn bench(plan: &Plan) -> Result<String, BenchError> {
     let admin_config: tokio_postgres::Config = plan.url.parse().map_err(|_| BenchError::BadUrl)?;
     let name = format!("pbd_bench_{}", std::process::id());
+    // Two roles, as installed: the schema belongs to `_owner`, the daemon runs as `_rt`.
+    let owner = format!("{name}_owner");
+    let runtime = format!("{name}_rt");
     // Checked before anything is created: the daemon is given this URL.
-    let daemon_url = with_database(&plan.url, &name)?;
+    let daemon_url = with_user(&with_database(&plan.url, &name)?, &runtime);
     let admin = connect(&admin_config).await?;
-    // A database of that name can only be left over by a dead process that had our pid.
-    let leftover = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?;
-    if leftover.is_some() {
-        admin
-            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .await?;
-    }
+    // A database or roles of these names can only be left over by a dead process that had our pid.
+    drop_throwaway(&admin, &name, &[&owner, &runtime]).await?;
     admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .batch_execute(&format!(
+            "CREATE ROLE {owner} NOLOGIN; CREATE ROLE {runtime} LOGIN"
+        ))
         .await?;
-    let outcome = phases(plan, &admin_config, &name, &daemon_url).await;
-    let dropped = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
+        .await?;
+    let mut db_config = admin_config.clone();
+    db_config.dbname(&name);
+    let migrated = async {
+        let mut migrator = connect(&db_config).await?;
+        let roles = crate::store::migrate::Roles {
+            owner: Some(&owner),
+            runtime: Some(&runtime),
+        };
+        crate::store::migrate::migrate_with_roles(&mut migrator, &roles).await?;
+        Ok::<(), BenchError>(())
+    }
+    .await;
+    let outcome = match migrated {
+        Ok(()) => phases(plan, &admin_config, &name, &daemon_url).await,
+        Err(error) => Err(error),
+    };
+    let dropped = drop_throwaway(&admin, &name, &[&owner, &runtime]).await;
     let report = outcome?;
     dropped?;
     Ok(report)
+}
+
+/// Drops the bench's database, then its roles (a role cannot go while its database exists).
+async fn drop_throwaway(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    roles: &[&str],
+) -> Result<(), BenchError> {
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    for role in roles {
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+            .await?;
+    }
+    Ok(())
 }
 
 async fn phases(
@@ -1373,6 +1406,12 @@ fn with_database(url: &str, name: &str) -> Result<String, BenchError> {
     };
     let authority = before_query.split('/').next().unwrap_or_default();
     Ok(format!("{}{authority}/{name}{query}", &url[..scheme_end]))
+}
+
+/// `url` connecting as `user` (a `user=` parameter overrides the URL's user name).
+fn with_user(url: &str, user: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}user={user}")
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, BenchError> {

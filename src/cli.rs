@@ -12,7 +12,7 @@ use crate::activation::{Activated, ActivationError};
 use crate::actuator::{self, ActuatorError};
 use crate::audit_cli::{self, AuditCliError};
 use crate::bench::{self, BenchArgs, BenchError};
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, OWNER_DATABASE_URL_ENV};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
 use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
@@ -85,11 +85,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations as the schema's owner, grant the daemon's runtime role
+    /// its privileges, and exit. Connects with PLAYBOOKD_OWNER_DATABASE_URL when set (the
+    /// configuration is then not read), otherwise with the configuration's `[database]`.
     Migrate {
-        /// The daemon's configuration file (its `[database]` is used).
+        /// The daemon's configuration file (its `[database]` is used without PLAYBOOKD_OWNER_DATABASE_URL).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Grant exactly the daemon's privileges to this role (and revoke anything else it held on the schema).
+        #[arg(long, value_name = "ROLE")]
+        runtime_role: Option<String>,
+        /// SET ROLE to this role before migrating, so that the schema belongs to it (for a
+        /// superuser connecting by peer authentication).
+        #[arg(long, value_name = "ROLE")]
+        owner_role: Option<String>,
     },
     /// Generate a signing key: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
     Keygen {
@@ -212,6 +221,8 @@ pub enum CliError {
     Activation(#[from] ActivationError),
     #[error(transparent)]
     Runner(#[from] RunnerError),
+    #[error("{OWNER_DATABASE_URL_ENV} is not a PostgreSQL URL")]
+    OwnerUrl,
 }
 
 impl CliError {
@@ -248,6 +259,13 @@ impl CliError {
             CliError::Audit(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+            // `migrate`: the roles named do not fit (missing, not the owner's, unsafe).
+            CliError::Store(
+                StoreError::SetRole { .. }
+                | StoreError::NoSuchRole { .. }
+                | StoreError::Grant { .. },
+            )
+            | CliError::OwnerUrl => ExitCode::from(EXIT_CONFIG),
             CliError::Store(_)
             | CliError::Runtime(_)
             | CliError::Status(_)
@@ -373,17 +391,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Migrate { config } => {
-            let config = Config::load(&config)?;
+        Command::Migrate {
+            config,
+            runtime_role,
+            owner_role,
+        } => {
+            let pg = match std::env::var(OWNER_DATABASE_URL_ENV) {
+                Ok(url) => url
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|_| CliError::OwnerUrl)?,
+                Err(_) => Config::load(&config)?.postgres_config(),
+            };
+            let roles = store::migrate::Roles {
+                owner: owner_role.as_deref(),
+                runtime: runtime_role.as_deref(),
+            };
             runtime()?.block_on(async {
-                let mut client = store::connect_single(&config.postgres_config()).await?;
-                let report = store::migrate::migrate(&mut client).await?;
+                let mut client = store::connect_single(&pg).await?;
+                let report = store::migrate::migrate_with_roles(&mut client, &roles).await?;
                 if report.applied.is_empty() {
                     write_stdout_line("schema up to date; nothing applied")?;
                 } else {
                     for name in report.applied {
                         write_stdout_line(&format!("applied {name}"))?;
                     }
+                }
+                match roles.runtime {
+                    Some(role) => write_stdout_line(&format!(
+                        "granted the runtime privileges to role {role}"
+                    ))?,
+                    None => write_stdout_line(
+                        "no --runtime-role: no role was granted the daemon's privileges",
+                    )?,
                 }
                 Ok(())
             })

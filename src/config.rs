@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// Environment variable that overrides `database.url`.
 pub const DATABASE_URL_ENV: &str = "PLAYBOOKD_DATABASE_URL";
+/// The owner's URL for `playbookd migrate` only; `serve` never reads it (it never migrates).
+pub const OWNER_DATABASE_URL_ENV: &str = "PLAYBOOKD_OWNER_DATABASE_URL";
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/playbookd/playbookd.toml";

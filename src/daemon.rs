@@ -29,6 +29,8 @@ use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
+use crate::store::migrate::SchemaError;
+use crate::store::privileges::PrivilegeError;
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError};
@@ -71,6 +73,10 @@ pub enum DaemonError {
     },
     #[error("failed to load the playbook registry")]
     Registry(#[source] RegistryError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
 }
 
 impl DaemonError {
@@ -88,6 +94,8 @@ impl DaemonError {
             | DaemonError::Activation(_)
             | DaemonError::ActivatedMismatch { .. } => ExitCode::from(EXIT_CONFIG),
             DaemonError::Socket(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
+            DaemonError::Schema(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
+            DaemonError::Privileges(PrivilegeError::Unsafe { .. }) => ExitCode::from(EXIT_CONFIG),
             DaemonError::Registry(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
             | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
@@ -95,6 +103,8 @@ impl DaemonError {
             | DaemonError::Checkpoint(CheckpointError::Store { .. })
             | DaemonError::Socket(_)
             | DaemonError::Registry(_)
+            | DaemonError::Schema(_)
+            | DaemonError::Privileges(PrivilegeError::Query(_))
             | DaemonError::Signals(_) => ExitCode::FAILURE,
         }
     }
@@ -143,7 +153,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Connects, migrates, opens the audit chain and records the start; binds every socket
+    /// Connects, checks the schema version and the database role, opens the audit chain and records the start; binds every socket
     /// itself (no socket activation).
     pub async fn build(config: Config) -> Result<Daemon, DaemonError> {
         Daemon::build_activated(config, Activated::default()).await
@@ -174,10 +184,14 @@ impl Daemon {
             config.database.connect_timeout(),
         )
         .await?;
-        let mut migrator = store::connect_single(&pg).await?;
-        let report = store::migrate::migrate(&mut migrator).await?;
-        drop(migrator);
-        tracing::info!(applied = ?report.applied, "schema up to date");
+        // Before anything acts: the schema is the one this binary knows (the daemon never
+        // migrates; its role cannot), and the role cannot erase the evidence it writes.
+        {
+            let client = store.pool().get().await.map_err(StoreError::Pool)?;
+            let version = store::migrate::check_schema(&client).await?;
+            let role = store::privileges::check_runtime_role(&client).await?;
+            tracing::info!(version, role = %role, "schema current; the database role owns nothing and cannot alter the evidence");
+        }
 
         let tasks_shutdown = CancellationToken::new();
         // LISTENs for changes made elsewhere (gates); its subscribers end when it stops.
@@ -383,7 +397,7 @@ impl Daemon {
             self.tasks_shutdown.clone(),
         );
         self.start_work();
-        // READY=1 goes out here and nowhere earlier: `build` has applied the migrations, opened
+        // READY=1 goes out here and nowhere earlier: `build` has checked the schema and the role, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,
         // status), so when systemd (and anything ordered After= us) hears READY, connections
         // are accepted. Anything that must be up before READY belongs in `build`.

@@ -4,6 +4,11 @@
 #   pg_use_or_start_throwaway   sets PG_ADMIN_URL (a superuser URL on database `postgres`)
 #   pg_start_throwaway          always starts a throwaway cluster and sets PG_ADMIN_URL
 #   pg_stop_throwaway           stops and deletes the throwaway cluster, if any (safe to call twice)
+#   pg_url USER DB              a URL for USER on DB, on the server of PG_ADMIN_URL
+#   pg_create_database_with_roles DB OWNER RUNTIME
+#                               the two roles of an install (README "Database roles") and DB
+#   pg_migrate BIN DB OWNER RUNTIME
+#                               `playbookd migrate` as OWNER, granting RUNTIME the daemon's privileges
 
 PG_THROWAWAY_DIR=""
 PG_THROWAWAY_BIN=""
@@ -84,4 +89,32 @@ pg_use_or_start_throwaway() {
         pg_log "nothing answers on 127.0.0.1:5432"
         pg_start_throwaway
     fi
+}
+
+pg_psql() {
+    local psql=psql
+    if [ -n "$PG_THROWAWAY_BIN" ] && [ -x "$PG_THROWAWAY_BIN/psql" ]; then psql=$PG_THROWAWAY_BIN/psql; fi
+    "$psql" -X -q -v ON_ERROR_STOP=1 "$@"
+}
+
+pg_url() {
+    local rest=${PG_ADMIN_URL#*://}
+    rest=${rest#*@}
+    printf 'postgres://%s@%s/%s\n' "$1" "${rest%%/*}" "$2"
+}
+
+# OWNER owns DB and the schema and is NOLOGIN: nobody connects as it, the migrator (a superuser
+# here) SETs ROLE to it. RUNTIME is the daemon's LOGIN role and owns nothing. Kept if they exist.
+pg_create_database_with_roles() {
+    local db=$1 owner=$2 runtime=$3
+    pg_psql "$PG_ADMIN_URL" <<SQL
+SELECT 'CREATE ROLE $owner NOLOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$owner') \gexec
+SELECT 'CREATE ROLE $runtime LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$runtime') \gexec
+SELECT 'CREATE DATABASE $db OWNER $owner' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db') \gexec
+SQL
+}
+
+pg_migrate() {
+    local bin=$1 db=$2 owner=$3 runtime=$4
+    PLAYBOOKD_OWNER_DATABASE_URL=$(pg_url postgres "$db") "$bin" migrate --owner-role "$owner" --runtime-role "$runtime"
 }

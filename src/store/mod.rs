@@ -25,6 +25,7 @@ pub mod halts;
 pub mod migrate;
 pub mod model;
 pub mod nonces;
+pub mod privileges;
 pub mod steps;
 pub mod transitions;
 pub mod undos;
@@ -56,6 +57,24 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("failed to apply migrations")]
     Migrate(#[source] refinery::Error),
+    #[error(
+        "cannot act as the owner role `{role}` (SET ROLE); the connected role must be a member of it"
+    )]
+    SetRole {
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "runtime role `{role}` does not exist; create it first, as a superuser: CREATE ROLE {role} LOGIN"
+    )]
+    NoSuchRole { role: String },
+    #[error("failed to grant the runtime privileges to `{role}`")]
+    Grant {
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("stored {what} is invalid: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("no {what} {detail}")]

@@ -116,7 +116,7 @@ async fn the_actuator_refuses_pid_1_itself_and_the_callers_threads() {
 #[tokio::test]
 async fn the_daemons_postgresql_backend_is_refused() {
     let actuator = TestActuator::start(ActuatorSetup::default());
-    let db = crate::helpers::TestDb::empty().await;
+    let db = crate::helpers::TestDb::new().await;
     let client = db.client().await;
     let backend: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])

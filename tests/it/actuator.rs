@@ -49,7 +49,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
         "this test needs root: it drops the daemon's privileges and makes a network namespace"
     );
     let ns = NetNs::create();
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     dir.write_signed("playbooks/contain-no-caps.yaml", CONTAIN, true);
     dir.write_signed(

@@ -593,7 +593,7 @@ fn stop(daemon: &mut ChildDaemon) {
 
 #[tokio::test]
 async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -644,7 +644,7 @@ async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
 
 #[tokio::test]
 async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -670,7 +670,7 @@ async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
 
 #[tokio::test]
 async fn a_running_daemon_checkpoints_periodically() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "[audit]\ncheckpoint_interval_seconds = 1\n");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -695,7 +695,7 @@ async fn a_running_daemon_checkpoints_periodically() {
 #[tokio::test]
 async fn a_group_readable_node_key_stops_the_daemon_with_78() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     NodeKey::load_or_generate(&dir.path("node.key")).unwrap();
@@ -721,7 +721,7 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
         println!("SKIPPED: python3 is not installed");
         return;
     }
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));

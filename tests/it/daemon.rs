@@ -7,8 +7,8 @@ use nix::sys::signal::Signal;
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
 
 #[tokio::test]
-async fn serve_migrates_stays_up_and_exits_zero_on_sigterm() {
-    let db = TestDb::empty().await;
+async fn serve_stays_up_and_exits_zero_on_sigterm() {
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -58,22 +58,36 @@ async fn serve_migrates_stays_up_and_exits_zero_on_sigterm() {
 #[tokio::test]
 async fn second_migrate_is_a_no_op() {
     let db = TestDb::empty().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let config = config.to_str().unwrap();
+    // No configuration needed: the owner's URL comes from the environment.
+    let owner = [("PLAYBOOKD_OWNER_DATABASE_URL", db.owner_url())];
+    let env: Vec<(&str, &str)> = owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "migrate",
+        "--config",
+        "/nonexistent/playbookd.toml",
+        "--runtime-role",
+        &db.runtime,
+    ];
 
-    let (status, stdout, stderr) = run_cli(&["migrate", "--config", config], &[]);
+    let (status, stdout, stderr) = run_cli(&args, &env);
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("applied V1__"), "{stdout}");
+    assert!(stdout.contains("applied V6__runtime_role"), "{stdout}");
 
-    let (status, stdout, stderr) = run_cli(&["migrate", "--config", config], &[]);
+    let (status, stdout, stderr) = run_cli(&args, &env);
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout.trim(), "schema up to date; nothing applied");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "schema up to date; nothing applied\ngranted the runtime privileges to role {}",
+            db.runtime
+        )
+    );
 }
 
 #[tokio::test]
 async fn unknown_config_key_exits_78_naming_the_key() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "[intake]\nallow_everyone = true\n");
     let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
@@ -120,7 +134,7 @@ async fn environment_database_url_overrides_the_file() {
     .unwrap();
     let (status, stdout, stderr) = run_cli(
         &["migrate", "--config", config.to_str().unwrap()],
-        &[("PLAYBOOKD_DATABASE_URL", &db.url())],
+        &[("PLAYBOOKD_DATABASE_URL", &db.owner_url())],
     );
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("applied"), "{stdout}");
@@ -128,7 +142,7 @@ async fn environment_database_url_overrides_the_file() {
 
 #[tokio::test]
 async fn second_daemon_with_the_same_node_id_refuses_to_start() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "shared-node", "");
     let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
@@ -144,7 +158,7 @@ async fn second_daemon_with_the_same_node_id_refuses_to_start() {
 
 #[tokio::test]
 async fn missing_trusted_keys_dir_exits_78_naming_it() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     std::fs::remove_dir_all(dir.path("trusted-keys")).unwrap();
     let config = dir.write_config(&db, "node-a", "");
@@ -156,7 +170,7 @@ async fn missing_trusted_keys_dir_exits_78_naming_it() {
 #[tokio::test]
 async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     // A valid Ed25519 public key, but anyone may replace it: whoever does signs decisions.
     let key = dir.path("policy.pub");
@@ -181,7 +195,7 @@ async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
 
 #[tokio::test]
 async fn sighup_reloads_the_registry_and_audits_the_counts() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -222,7 +236,7 @@ async fn sighup_reloads_the_registry_and_audits_the_counts() {
 async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_stay() {
     use playbookd::status_client::request;
 
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let hello = "id: hello\nversion: 1\nname: Hello\nowners: {technical: a@example.org, operational: b@example.org}\n\
          steps:\n  - id: say\n    action: notify\n    with: {message: hi}\n    rollback: none\n";

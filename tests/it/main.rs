@@ -25,6 +25,7 @@ mod executor;
 mod halt;
 mod intake;
 mod registry;
+mod roles;
 mod signature;
 mod simulate;
 mod status;

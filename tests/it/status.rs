@@ -928,8 +928,8 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
     // Same server and database, now with a password in the URL (trust auth ignores it).
     let text = std::fs::read_to_string(&config).unwrap();
     let with_password = text.replacen(
-        "postgres://postgres@",
-        &format!("postgres://postgres:{SECRET}@"),
+        &format!("postgres://{}@", db.runtime),
+        &format!("postgres://{}:{SECRET}@", db.runtime),
         1,
     );
     assert_ne!(text, with_password, "the config must carry the password");

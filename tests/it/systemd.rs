@@ -83,8 +83,11 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
         "skipped (DESTDIR set): groupadd --system playbookd-operators",
         "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ actuator playbookd-actuator",
         "skipped (DESTDIR set): useradd --system --user-group --home-dir / --no-create-home --shell /usr/sbin/nologin --comment playbookd\\ exec playbookd-exec",
-        "CREATE DATABASE playbookd OWNER playbookd;",
-        "skipped (DESTDIR set): runuser -u playbookd -- /usr/local/bin/playbookd migrate",
+        // Two roles: the schema's owner, and the daemon's role that owns nothing.
+        "CREATE ROLE playbookd_owner NOLOGIN;",
+        "CREATE ROLE playbookd LOGIN;",
+        "CREATE DATABASE playbookd OWNER playbookd_owner;",
+        "skipped (DESTDIR set): runuser -u postgres -- env PLAYBOOKD_OWNER_DATABASE_URL=postgres://postgres@/playbookd\\?host=/run/postgresql /usr/local/bin/playbookd migrate --owner-role playbookd_owner --runtime-role playbookd",
         "skipped (DESTDIR set): systemctl daemon-reload",
     ] {
         assert!(output.contains(printed), "no `{printed}` in:\n{output}");
@@ -348,7 +351,7 @@ fn exposure(unit: &str) -> f64 {
 
 #[tokio::test]
 async fn ready_comes_after_startup_and_stopping_on_sigterm() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-notify", "");
     let notify = NotifySocket::bind(&dir);
@@ -380,7 +383,7 @@ async fn ready_comes_after_startup_and_stopping_on_sigterm() {
 
 #[tokio::test]
 async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-watchdog", "");
     let notify = NotifySocket::bind(&dir);
@@ -432,7 +435,7 @@ async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
 
 #[tokio::test]
 async fn status_turns_to_safe_halt_when_a_rollback_fails() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(
         &db,
@@ -615,7 +618,7 @@ async fn journal_entries_carry_identifier_priority_and_run_fields() {
         nix::unistd::geteuid().is_root(),
         "this test needs root: it bind-mounts a stand-in journal over /run in a private mount namespace"
     );
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-journal", "");
     let fake_run = tempfile::tempdir().unwrap();
@@ -881,7 +884,7 @@ fn inode(path: &Path) -> u64 {
 #[tokio::test]
 async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decision_sent_during_a_restart()
  {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     dir.write_signed(
         "playbooks/noop-3.yaml",
@@ -945,7 +948,7 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
 
 #[tokio::test]
 async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both() {
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-mismatch", "");
     // The launcher binds run/decisions.sock; the configuration names another path.
@@ -993,7 +996,7 @@ fn send_line(socket: &Path, line: &str) -> String {
 #[tokio::test]
 async fn a_socket_group_the_daemon_cannot_use_is_exit_78_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::empty().await;
+    let db = TestDb::new().await;
     let dir = DaemonDir::new();
     // The daemon runs as nobody, who is not in group `adm`: it cannot give decisions.sock to it.
     let config = dir.write_config(&db, "node-group", "[intake]\nsocket_group = \"adm\"\n");

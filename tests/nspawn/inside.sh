@@ -51,6 +51,20 @@ for unit in playbookd.socket playbookd-control.socket playbookd-status.socket \
     [ "$(systemctl is-enabled "$unit")" = enabled ] || fail "$unit not enabled"
 done
 
+step "database roles: the daemon's role owns nothing and cannot erase the evidence"
+[ "$(psql_db "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'playbookd'")" = playbookd_owner ] \
+    || fail "the database does not belong to playbookd_owner"
+[ "$(psql_db "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> 'playbookd_owner'")" = 0 ] \
+    || fail "a table does not belong to playbookd_owner"
+for sql in "DELETE FROM playbook_audit_log" "TRUNCATE audit_checkpoints" \
+    "ALTER TABLE playbook_audit_log DISABLE TRIGGER ALL"; do
+    # As the daemon's own OS user, through peer authentication: exactly the daemon's role.
+    if out=$(runuser -u playbookd -- psql -XAtq -v ON_ERROR_STOP=1 -d playbookd -c "$sql" 2>&1); then
+        fail "the daemon's role was allowed: $sql"
+    fi
+    grep -Eq "permission denied|must be owner" <<<"$out" || fail "$sql: $out"
+done
+
 step "users: a policy engine and an approver, each only in its group"
 useradd --create-home engine
 usermod -aG playbookd-policy engine

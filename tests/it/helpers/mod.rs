@@ -25,14 +25,22 @@ pub fn admin_config() -> tokio_postgres::Config {
 }
 
 /// A database of its own for one test, created from scratch and dropped afterwards
-/// (also when the test panics).
+/// (also when the test panics), with the two roles of a real install (issue 21): `owner`
+/// owns the database and the schema and runs the migrations; `runtime` is what the daemon
+/// connects as ([`TestDb::url`]) and owns nothing. Roles are cluster-wide, so each test has its
+/// own, named after its database, and they are dropped with it.
 pub struct TestDb {
     pub name: String,
+    /// A superuser connection to this database: what the tests read (and tamper) with.
     pub config: tokio_postgres::Config,
+    /// Owns the database and the schema (LOGIN, so a test can try to run the daemon as it).
+    pub owner: String,
+    /// The daemon's role: granted exactly the runtime privileges by [`TestDb::new`].
+    pub runtime: String,
 }
 
 impl TestDb {
-    /// Creates `pbd_test_<pid>_<uuid>` (not migrated).
+    /// Creates `pbd_test_<pid>_<uuid>` owned by `<name>_owner`, and `<name>_rt` (not migrated).
     pub async fn empty() -> TestDb {
         sweep_stale_databases_once().await;
         let name = format!(
@@ -40,54 +48,118 @@ impl TestDb {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
+        let owner = format!("{name}_owner");
+        let runtime = format!("{name}_rt");
         let admin = admin_client().await;
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!(
+                "CREATE ROLE {owner} LOGIN; CREATE ROLE {runtime} LOGIN"
+            ))
+            .await
+            .expect("CREATE ROLE");
+        // A call of its own: CREATE DATABASE cannot run in the implicit transaction of a batch.
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
             .await
             .expect("CREATE DATABASE");
         let mut config = admin_config();
         config.dbname(&name);
-        TestDb { name, config }
+        TestDb {
+            name,
+            config,
+            owner,
+            runtime,
+        }
     }
 
-    /// Creates the database and applies migrations with the production migrator.
+    /// Creates the database, applies the migrations as the owner with the production migrator
+    /// and grants the runtime role its privileges (what `playbookd migrate --runtime-role` does).
     pub async fn new() -> TestDb {
         let db = TestDb::empty().await;
-        let mut client = db.client().await;
-        playbookd::store::migrate::migrate(&mut client)
-            .await
-            .expect("migrate");
+        db.migrate().await;
         db
     }
 
+    /// Migrates as the owner and grants the runtime privileges.
+    pub async fn migrate(&self) {
+        let mut client = connect(&self.owner_config()).await;
+        playbookd::store::migrate::migrate_with_roles(
+            &mut client,
+            &playbookd::store::migrate::Roles {
+                owner: None,
+                runtime: Some(&self.runtime),
+            },
+        )
+        .await
+        .expect("migrate as the owner role");
+    }
+
+    /// A superuser client on this database.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.config).await
     }
 
-    /// The URL the daemon should use.
+    /// The URL the daemon uses: the runtime role.
     pub fn url(&self) -> String {
+        url_of(&self.runtime_config())
+    }
+
+    /// Connects as the runtime role.
+    pub fn runtime_config(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        config.user(&self.runtime);
+        config
+    }
+
+    /// Connects as the owner role.
+    pub fn owner_config(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        config.user(&self.owner);
+        config
+    }
+
+    /// The owner's URL (for `playbookd migrate`, and to show that the daemon refuses it).
+    pub fn owner_url(&self) -> String {
+        url_of(&self.owner_config())
+    }
+
+    /// A superuser URL on this database (to show that the daemon refuses it).
+    pub fn admin_url(&self) -> String {
         url_of(&self.config)
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee (maybe during a panic): use a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let admin = admin_client().await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
+        drop_database_and_roles(
+            self.name.clone(),
+            vec![self.owner.clone(), self.runtime.clone()],
+        );
     }
+}
+
+/// Drops a test's database, then its roles (a role cannot go while it owns a database or holds
+/// privileges in one). Runs outside any runtime guarantee (maybe during a panic): a thread of
+/// its own.
+fn drop_database_and_roles(name: String, roles: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let admin = admin_client().await;
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            for role in roles {
+                let _ = admin
+                    .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                    .await;
+            }
+        });
+    })
+    .join();
 }
 
 pub async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
@@ -139,6 +211,24 @@ async fn sweep_stale_databases_once() {
         if !alive {
             let _ = admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+    // Then the roles of those tests (every database they had privileges in is gone).
+    let roles = admin
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pbd\\_test\\_%'",
+            &[],
+        )
+        .await
+        .expect("list test roles");
+    for row in roles {
+        let role: String = row.get(0);
+        let pid = role.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
                 .await;
         }
     }
@@ -410,22 +500,6 @@ impl OwnerRoleDb {
 
 impl Drop for OwnerRoleDb {
     fn drop(&mut self) {
-        let role = self.role.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let admin = admin_client().await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {role} WITH (FORCE)"))
-                    .await;
-                let _ = admin
-                    .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-                    .await;
-            });
-        })
-        .join();
+        drop_database_and_roles(self.role.clone(), vec![self.role.clone()]);
     }
 }

@@ -1,0 +1,356 @@
+//! Two database roles (issue 21): the daemon's runtime role cannot erase or rewrite the
+//! evidence, and the daemon refuses to start as any role that could.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::harness::Running;
+use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
+
+const EVIDENCE: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
+
+/// A daemon ran and stopped on `db`: audit rows and a shutdown checkpoint exist.
+async fn db_with_evidence() -> (std::sync::Arc<TestDb>, DaemonDir) {
+    let running = Running::start("", &[], "bindings: []\n").await;
+    let db = running.db.clone();
+    running.stop().await;
+    (db, DaemonDir::new())
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Runs `sql` as the runtime role and returns the error PostgreSQL gave it (panics if it
+/// succeeded).
+async fn refused(client: &tokio_postgres::Client, sql: &str) -> tokio_postgres::Error {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("the runtime role was allowed: {sql}"),
+        Err(error) => error,
+    }
+}
+
+fn message(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|db| db.message().to_owned())
+        .unwrap_or_else(|| error.to_string())
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_evidence() {
+    let (db, _dir) = db_with_evidence().await;
+    let rows = count(&db, "playbook_audit_log").await;
+    let checkpoints = count(&db, "audit_checkpoints").await;
+    assert!(
+        rows >= 2 && checkpoints >= 1,
+        "{rows} rows, {checkpoints} checkpoints"
+    );
+
+    let runtime = connect(&db.runtime_config()).await;
+    for table in EVIDENCE {
+        // The attack of issue 21, step by step: each is refused by the privilege system
+        // (not by the append-only triggers, which an owner could have disabled).
+        for sql in [
+            format!("ALTER TABLE {table} DISABLE TRIGGER ALL"),
+            format!("ALTER TABLE {table} DISABLE TRIGGER USER"),
+            format!("ALTER TABLE {table} OWNER TO {}", db.runtime),
+            format!("DROP TABLE {table}"),
+        ] {
+            let error = refused(&runtime, &sql).await;
+            assert_eq!(
+                error.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{sql}: {error}"
+            );
+            assert!(message(&error).contains("must be owner"), "{sql}: {error}");
+        }
+        for sql in [
+            format!("DELETE FROM {table}"),
+            format!("DELETE FROM {table} WHERE seq > 1"),
+            format!("UPDATE {table} SET seq = seq"),
+            format!("TRUNCATE {table}"),
+            format!(
+                "CREATE TRIGGER sneak BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION playbook_refuse_transition()"
+            ),
+        ] {
+            let error = refused(&runtime, &sql).await;
+            assert_eq!(
+                error.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{sql}: {error}"
+            );
+            assert!(
+                message(&error).contains("permission denied"),
+                "refused by the privilege system, not a trigger: {sql}: {error}"
+            );
+        }
+        // A GRANT by a role without the grant option is a warning that grants nothing.
+        let _ = runtime
+            .batch_execute(&format!(
+                "GRANT DELETE, UPDATE, TRUNCATE, TRIGGER ON {table} TO {}",
+                db.runtime
+            ))
+            .await;
+        for privilege in ["DELETE", "UPDATE", "TRUNCATE", "TRIGGER"] {
+            let has: bool = runtime
+                .query_one(
+                    "SELECT has_table_privilege(current_user, $1, $2)",
+                    &[&table, &privilege],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(
+                !has,
+                "the runtime role granted itself {privilege} on {table}"
+            );
+        }
+    }
+    // Nor can it become the owner.
+    let error = refused(&runtime, &format!("SET ROLE {}", db.owner)).await;
+    assert!(message(&error).contains("permission denied"), "{error}");
+
+    assert_eq!(count(&db, "playbook_audit_log").await, rows);
+    assert_eq!(count(&db, "audit_checkpoints").await, checkpoints);
+}
+
+/// Runs `playbookd serve` connecting with `url` and returns (exit code, stderr).
+fn serve_as(db: &TestDb, dir: &DaemonDir, url: &str) -> (Option<i32>, String) {
+    let config = dir.write_config(db, "node-a", "");
+    let (status, _, stderr) = run_cli(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("PLAYBOOKD_DATABASE_URL", url)],
+    );
+    (status.code(), stderr)
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_to_start_as_a_superuser_with_the_fix_in_the_message() {
+    let (db, dir) = db_with_evidence().await;
+    let rows = count(&db, "playbook_audit_log").await;
+    let (code, stderr) = serve_as(&db, &dir, &db.admin_url());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("refusing to run as database role `postgres`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it is a superuser"), "{stderr}");
+    assert!(
+        !stderr.contains("it owns"),
+        "a superuser is told that, not each consequence: {stderr}"
+    );
+    assert!(
+        stderr.contains("playbookd migrate --runtime-role"),
+        "{stderr}"
+    );
+    // Nothing acted: not even a daemon.start row.
+    assert_eq!(count(&db, "playbook_audit_log").await, rows);
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_to_start_as_the_owner_role_with_the_fix_in_the_message() {
+    let (db, dir) = db_with_evidence().await;
+    let rows = count(&db, "playbook_audit_log").await;
+    let (code, stderr) = serve_as(&db, &dir, &db.owner_url());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("database role `{}`", db.owner)),
+        "{stderr}"
+    );
+    let owned = stderr
+        .split("it owns tables ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no `it owns tables` in {stderr}"));
+    assert!(
+        owned.contains("audit_checkpoints, ") && owned.contains("playbook_audit_log, "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it owns database"), "{stderr}");
+    assert!(
+        stderr.contains("playbookd migrate --runtime-role"),
+        "{stderr}"
+    );
+    assert_eq!(count(&db, "playbook_audit_log").await, rows);
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_a_role_that_may_delete_evidence_through_a_membership() {
+    let (db, dir) = db_with_evidence().await;
+    let admin = db.client().await;
+    // A role the runtime role is a member of without inheriting it (it may still SET ROLE).
+    let cleaner = format!("{}_cleaner", db.name);
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {cleaner} NOLOGIN; GRANT DELETE ON audit_checkpoints TO {cleaner}; \
+             GRANT UPDATE (event_type) ON playbook_audit_log TO {cleaner}; \
+             GRANT {cleaner} TO {rt}; ALTER ROLE {rt} NOINHERIT",
+            rt = db.runtime
+        ))
+        .await
+        .unwrap();
+    let (code, stderr) = serve_as(&db, &dir, &db.url());
+    let cleanup = format!(
+        "REVOKE ALL ON audit_checkpoints, playbook_audit_log FROM {cleaner}; \
+         REVOKE UPDATE (event_type) ON playbook_audit_log FROM {cleaner}; DROP ROLE {cleaner}"
+    );
+    admin.batch_execute(&cleanup).await.unwrap();
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "its role {cleaner} may DELETE on audit_checkpoints"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "its role {cleaner} may UPDATE on playbook_audit_log"
+        )),
+        "a column privilege counts too: {stderr}"
+    );
+    // Without that membership the same role starts.
+    let (code, stderr) = {
+        let config = dir.write_config(&db, "node-a", "");
+        let mut daemon = crate::helpers::ChildDaemon::start(&config, &dir.path("ok.log"));
+        daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+        (status.code(), daemon.log_text())
+    };
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_daemon_never_migrates_and_names_the_command_that_does() {
+    let db = TestDb::empty().await;
+    let dir = DaemonDir::new();
+    let (code, stderr) = serve_as(&db, &dir, &db.url());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("no playbookd schema"), "{stderr}");
+    assert!(
+        stderr.contains("playbookd migrate --runtime-role"),
+        "{stderr}"
+    );
+    let tables: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "serve created tables");
+}
+
+#[tokio::test]
+async fn migrate_refuses_to_make_the_owner_or_a_superuser_the_runtime_role() {
+    let db = TestDb::empty().await;
+    let owner_url = db.owner_url();
+    for (role, why) in [
+        (db.owner.as_str(), "is the owner role"),
+        ("postgres", "is the owner role"), // the superuser is a member of every role
+    ] {
+        let (status, _, stderr) = run_cli(
+            &["migrate", "--runtime-role", role],
+            &[("PLAYBOOKD_OWNER_DATABASE_URL", &owner_url)],
+        );
+        assert_eq!(status.code(), Some(78), "{role}: {stderr}");
+        assert!(stderr.contains(why), "{role}: {stderr}");
+    }
+    let (status, _, stderr) = run_cli(
+        &["migrate", "--runtime-role", "pbd_no_such_role"],
+        &[("PLAYBOOKD_OWNER_DATABASE_URL", &owner_url)],
+    );
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("CREATE ROLE pbd_no_such_role LOGIN"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_works_as_a_read_only_role() {
+    let (db, dir) = db_with_evidence().await;
+    let reader = format!("{}_reader", db.name);
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {reader} LOGIN; GRANT SELECT ON playbook_audit_log, audit_checkpoints TO {reader}"
+        ))
+        .await
+        .unwrap();
+    let mut config = db.config.clone();
+    config.user(&reader);
+    let url = crate::helpers::url_of(&config);
+    let config_path = dir.write_config(&db, "node-a", "");
+    let (status, stdout, stderr) = run_cli(
+        &["audit", "verify", "--config", config_path.to_str().unwrap()],
+        &[("PLAYBOOKD_DATABASE_URL", &url)],
+    );
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON playbook_audit_log, audit_checkpoints FROM {reader}; DROP ROLE {reader}"
+        ))
+        .await
+        .unwrap();
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("node-a"), "{stdout}");
+}
+
+/// The upgrade README "Database roles" gives an operator of an install from before the two
+/// roles, where the daemon's role owned the database and every table: refused at start until
+/// the SQL and `migrate` are run, then it starts as the same role.
+#[tokio::test]
+async fn an_install_owned_by_the_daemons_role_is_refused_until_the_documented_upgrade() {
+    let db = TestDb::empty().await;
+    let admin_db = db.client().await;
+    // The old layout: one role, owner of the database and of everything the migrations made.
+    crate::helpers::connect(&crate::helpers::admin_config())
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            db.name, db.runtime
+        ))
+        .await
+        .unwrap();
+    let mut old = connect(&db.runtime_config()).await;
+    playbookd::store::migrate::migrate(&mut old).await.unwrap();
+    drop(old);
+    let dir = DaemonDir::new();
+    let (code, stderr) = serve_as(&db, &dir, &db.url());
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("it owns tables audit_checkpoints, "),
+        "{stderr}"
+    );
+
+    // README: as a superuser, in the database (the owner role exists here already).
+    admin_db
+        .batch_execute(&format!("REASSIGN OWNED BY {} TO {}", db.runtime, db.owner))
+        .await
+        .unwrap();
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "migrate",
+            "--owner-role",
+            &db.owner,
+            "--runtime-role",
+            &db.runtime,
+        ],
+        &[("PLAYBOOKD_OWNER_DATABASE_URL", &db.admin_url())],
+    );
+    assert!(status.success(), "{stdout}\n{stderr}");
+
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = crate::helpers::ChildDaemon::start(&config, &dir.path("upgraded.log"));
+    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+}
