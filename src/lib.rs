@@ -37,6 +37,7 @@ pub mod control;
 pub mod ctl_client;
 pub mod daemon;
 pub mod executor;
+pub mod fleet;
 pub mod intake;
 pub mod redact;
 pub mod registry;

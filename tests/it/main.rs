@@ -23,6 +23,7 @@ mod daemon;
 mod decision_schema;
 mod documents;
 mod executor;
+mod fleet;
 mod halt;
 mod intake;
 mod registry;
