@@ -4,6 +4,10 @@
 //! critical → two approvals from distinct uids. The gate row and every vote are persisted,
 //! so a waiting step keeps waiting across restarts and continues once approved. A gate
 //! expires (default 15 min) and the run rolls back.
+//!
+//! A waiting gate costs no queries: it re-reads its row when something wakes it (a vote here,
+//! a change made elsewhere heard through LISTEN, see [`crate::store::wakeups`]), at its
+//! escalation point and at its expiry; a cancel or shutdown interrupts it.
 
 // A new state must fail to compile wherever something is decided about it.
 #![deny(clippy::wildcard_enum_match_arm)]
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,14 +29,13 @@ use crate::store::gates::{self, NewGate, NewVote};
 use crate::store::halts::{ActiveHalt, HaltWatch};
 use crate::store::model::GateState;
 pub use crate::store::model::Vote;
+use crate::store::wakeups::Wakeup;
 use crate::store::{Store, StoreError};
 
 /// How long a gate waits when the playbook does not say.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// Escalate when less than 1/N of the gate's lifetime is left.
 const ESCALATE_AT_FRACTION: u32 = 5;
-/// How often a waiting gate re-reads its row even without a wake-up (another process's vote).
-const RECHECK: Duration = Duration::from_secs(5);
 
 /// Approvals needed before a step of `risk` may run.
 pub fn required_approvals(risk: RiskTier, binding_requires_approval: bool) -> Option<u8> {
@@ -165,13 +168,16 @@ impl Approvals {
                 continue;
             }
             let until_expiry = Duration::try_from(status.expires_at - now).unwrap_or_default();
-            if !escalated && until_expiry <= request.expires_after / ESCALATE_AT_FRACTION {
+            let escalate_in =
+                until_expiry.saturating_sub(request.expires_after / ESCALATE_AT_FRACTION);
+            if !escalated && escalate_in.is_zero() {
                 escalated = true;
                 self.escalate(&request, status.expires_at).await?;
             }
+            let next_deadline = if escalated { until_expiry } else { escalate_in };
             tokio::select! {
                 () = notify.notified() => {}
-                () = tokio::time::sleep(until_expiry.min(RECHECK)) => {}
+                () = tokio::time::sleep(next_deadline) => {}
                 () = interrupt.cancelled() => {
                     // No longer waited on here: a cancel withdraws the gate, a shutdown ends the
                     // process (a restart counts the gates it re-opens).
@@ -209,6 +215,35 @@ impl Approvals {
             expires_at,
         )
         .await
+    }
+
+    /// Wakes the gates that `wakeups` names (changes made by another process or node); after a
+    /// gap in listening, every waiting gate re-reads once.
+    pub fn follow(&self, mut wakeups: broadcast::Receiver<Wakeup>) {
+        let waiters = self.waiters.clone();
+        tokio::spawn(async move {
+            loop {
+                let wakeup = match wakeups.recv().await {
+                    Ok(wakeup) => wakeup,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Wakeup::Resync,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let waiters = waiters
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match wakeup {
+                    Wakeup::Gate {
+                        execution_id,
+                        step_index,
+                    } => {
+                        if let Some(waiter) = waiters.get(&(execution_id, step_index)) {
+                            waiter.notify_one();
+                        }
+                    }
+                    Wakeup::Resync => waiters.values().for_each(|waiter| waiter.notify_one()),
+                }
+            }
+        });
     }
 
     fn waiter(&self, key: GateKey) -> Arc<Notify> {

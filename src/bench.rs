@@ -6,17 +6,22 @@
 //! config; then starts this same executable as `serve` in a child process and measures, phase by
 //! phase:
 //!
-//! 1. baseline: single-row `INSERT` + COMMIT, one connection, on the same server (before the
-//!    daemon starts, so nothing competes with it);
+//! 1. baseline: single-row `INSERT` + COMMIT on the same server, one connection (rate and
+//!    latency) and 16 connections (before the daemon starts, so nothing competes with it);
 //! 2. accepted decisions/s and reply latency at 1 and at `--connections` connections, each
 //!    connection sending its next decision as soon as the previous reply arrives (the runs
 //!    execute meanwhile, as they would in production);
 //! 3. end-to-end: `--concurrency` clients each send a decision for the 3-step `noop-3` playbook
 //!    and wait until its execution is `completed` before sending the next; completed runs/s,
-//!    decision-to-completed latency measured by the client (send → completion seen by a poller
-//!    that reads the execution states every 2 ms), and audit rows appended per second;
-//! 4. memory: `--parked` decisions for a playbook whose only step is `risk: high`, so every run
-//!    stops at its approval gate; the daemon's RSS once all of them wait, and its peak RSS.
+//!    decision-to-completed latency measured by the client (send → the completion's NOTIFY,
+//!    from a trigger the bench adds to its own database: no polling), and audit rows appended
+//!    per second;
+//! 4. open loop: decisions offered at a fixed `--open-rate` (100/s) whatever the replies do,
+//!    decision-to-completed latency from each decision's scheduled send time;
+//! 5. memory and idle cost: `--parked` decisions for a playbook whose only step is `risk: high`,
+//!    so every run stops at its approval gate; the daemon's RSS once all of them wait, its peak
+//!    RSS, and the transactions per second its database sees while nothing happens
+//!    (`pg_stat_database` xact_commit + xact_rollback, read from another database).
 //!
 //! Then the daemon gets SIGTERM, and the database and directory are removed, also when a
 //! phase fails. Nothing is mocked: a refused decision or a run that does not complete stops the
@@ -64,6 +69,9 @@ pub struct BenchArgs {
     /// 2000 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub parked: Option<u32>,
+    /// Decisions per second offered in the open-loop phase.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub open_rate: u32,
     /// PostgreSQL server (superuser URL) on which the bench creates and drops its database.
     #[arg(
         long,
@@ -124,6 +132,7 @@ struct Plan {
     connections: usize,
     concurrency: usize,
     parked: usize,
+    open_rate: u32,
     quick: bool,
 }
 
@@ -140,6 +149,7 @@ impl Plan {
             connections: usize::from(args.connections),
             concurrency: usize::from(args.concurrency),
             parked: args.parked.map_or(parked, |n| n as usize),
+            open_rate: args.open_rate,
             quick: args.quick,
         }
     }
@@ -216,18 +226,30 @@ async fn phases(
 
     eprintln!("bench: baseline ({:.1} s)", plan.phase.as_secs_f64());
     let baseline = baseline(&client, plan.phase).await?;
+    eprintln!("bench: baseline, {BASELINE_CONNECTIONS} connections");
+    let baseline_many = baseline_many(&db_config, BASELINE_CONNECTIONS, plan.phase).await?;
 
     let dir = BenchDir::create()?;
     let setup = dir.write_setup(plan, &db_config)?;
     let mut daemon = ChildDaemon::spawn(&setup, daemon_url)?;
-    let outcome = measure(plan, &setup, &daemon, &client).await;
+    let admin = connect(admin_config).await?;
+    let outcome = measure(plan, &setup, &daemon, &client, &admin, name).await;
     if outcome.is_err() {
         eprintln!("bench: daemon log (last lines):\n{}", daemon.log_tail(30));
     }
     daemon.stop().await;
     let measured = outcome?;
 
-    let mut table = Table::new(baseline);
+    let mut table = Table::new(baseline.rate());
+    table.millis(
+        "  INSERT+COMMIT latency p50, 1 connection",
+        baseline.percentile(50),
+    );
+    table.rate(
+        &format!("PostgreSQL single-row INSERT+COMMIT, {BASELINE_CONNECTIONS} connections"),
+        baseline_many,
+        "rows/s",
+    );
     let one = &measured.intake_one;
     let many = &measured.intake_many;
     let n = plan.connections;
@@ -264,11 +286,35 @@ async fn phases(
             runs.samples.percentile(p),
         );
     }
+    let appends = runs.audit_rows as f64 / runs.samples.elapsed.as_secs_f64();
     table.rate(
         "audit appends/s during the runs phase",
-        runs.audit_rows as f64 / runs.samples.elapsed.as_secs_f64(),
+        appends,
         "appends/s",
     );
+    table.ratio(
+        &format!("  audit appends/s ÷ {BASELINE_CONNECTIONS}-connection INSERT+COMMIT rate"),
+        appends / baseline_many,
+    );
+    table.ratio(
+        "  1-connection reply p50 ÷ INSERT+COMMIT latency p50",
+        one.percentile(50) / baseline.percentile(50),
+    );
+    let open = &measured.open_loop;
+    table.rate(
+        &format!(
+            "open loop: completed runs/s, noop-3, {} offered/s",
+            plan.open_rate
+        ),
+        open.rate(),
+        "runs/s",
+    );
+    for p in [50, 99] {
+        table.millis(
+            &format!("  open loop decision-to-completed p{p}"),
+            open.percentile(p),
+        );
+    }
     table.mebibytes("daemon peak RSS (VmHWM)", measured.peak_rss_kib);
     table.mebibytes(
         "daemon RSS, idle before parking runs",
@@ -277,6 +323,14 @@ async fn phases(
     table.mebibytes(
         &format!("daemon RSS, {} runs awaiting approval", plan.parked),
         measured.parked_rss_kib,
+    );
+    table.plain(
+        &format!(
+            "transactions/s, {} runs parked, nothing happening",
+            plan.parked
+        ),
+        measured.parked_xacts_per_second,
+        "xact/s",
     );
 
     let mut report = String::new();
@@ -297,10 +351,9 @@ async fn phases(
     let _ = writeln!(
         report,
         "\nRSS grew by about {:.1} KiB per run awaiting approval; {} runs completed in all \
-         phases; latencies are measured by the client (completion seen by polling every {} ms).",
-        per_run_kib,
-        measured.completed_total,
-        POLL_INTERVAL.as_millis(),
+         phases; latencies are measured by the client (completion seen through a NOTIFY at its \
+         COMMIT; open-loop latencies count from each decision's scheduled send time).",
+        per_run_kib, measured.completed_total,
     );
     Ok(report)
 }
@@ -314,6 +367,8 @@ struct Measured {
     parked_rss_kib: u64,
     peak_rss_kib: u64,
     completed_total: i64,
+    open_loop: Samples,
+    parked_xacts_per_second: f64,
 }
 
 async fn measure(
@@ -321,8 +376,12 @@ async fn measure(
     setup: &Setup,
     daemon: &ChildDaemon,
     client: &tokio_postgres::Client,
+    admin: &tokio_postgres::Client,
+    db_name: &str,
 ) -> Result<Measured, BenchError> {
     daemon.wait_ready(&setup.socket, READY_LIMIT).await?;
+    // The daemon has migrated the schema: completions now NOTIFY the bench (its own database).
+    client.batch_execute(COMPLETION_TRIGGER).await?;
     let drain_limit = Duration::from_secs(120);
 
     eprintln!("bench: intake, 1 connection");
@@ -343,6 +402,11 @@ async fn measure(
     )
     .await?;
     wait_all_terminal(client, drain_limit).await?;
+
+    eprintln!("bench: open loop, {} decisions/s offered", plan.open_rate);
+    let open_loop =
+        open_loop_phase(&setup.socket, &setup.db_config, plan.open_rate, plan.phase).await?;
+    wait_all_terminal(client, drain_limit).await?;
     let completed_total: i64 = client
         .query_one(
             "SELECT count(*) FROM playbook_executions WHERE state = 'completed'",
@@ -358,6 +422,8 @@ async fn measure(
     wait_parked(client, plan.parked, limit).await?;
     let parked_rss_kib = daemon.memory_kib("VmRSS")?;
     let peak_rss_kib = daemon.memory_kib("VmHWM")?;
+    eprintln!("bench: transactions while {} runs are parked", plan.parked);
+    let parked_xacts_per_second = idle_transactions(admin, db_name, plan.phase).await?;
     Ok(Measured {
         intake_one,
         intake_many,
@@ -366,6 +432,8 @@ async fn measure(
         parked_rss_kib,
         peak_rss_kib,
         completed_total,
+        open_loop,
+        parked_xacts_per_second,
     })
 }
 
@@ -438,15 +506,16 @@ async fn runs_phase(
     concurrency: usize,
     phase: Duration,
 ) -> Result<RunsPhase, BenchError> {
-    let poller_client = connect(db_config).await?;
-    let audit_before = audit_rows(&poller_client).await?;
+    let counter = connect(db_config).await?;
+    let audit_before = audit_rows(&counter).await?;
     let waiters = Waiters::default();
     let stop = CancellationToken::new();
-    let poller = tokio::spawn(poll_completions(
-        poller_client,
+    let listener = tokio::spawn(listen_completions(
+        db_config.clone(),
         waiters.clone(),
         stop.clone(),
     ));
+    waiters.ready().await?;
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -459,14 +528,14 @@ async fn runs_phase(
             while started.elapsed() < phase {
                 let sent = Instant::now();
                 let execution_id = conn.submit(NOOP_POLICY).await?;
-                let state = waiters.wait(execution_id).await?;
+                let (state, at) = waiters.wait(execution_id).await?;
                 if state != "completed" {
                     return Err(BenchError::NotCompleted {
                         execution_id,
                         state,
                     });
                 }
-                latencies.push(sent.elapsed());
+                latencies.push(at.saturating_duration_since(sent));
             }
             Ok::<_, BenchError>(latencies)
         }));
@@ -474,72 +543,257 @@ async fn runs_phase(
     let parts = join_all(tasks).await;
     let elapsed = started.elapsed();
     stop.cancel();
-    let poller_client = poller
+    listener
         .await
-        .map_err(|e| BenchError::DaemonExited(format!("poller task failed: {e}")))??;
+        .map_err(|e| BenchError::DaemonExited(format!("listener task failed: {e}")))??;
     let parts = parts?;
-    let audit_rows = audit_rows(&poller_client).await? - audit_before;
+    let audit_rows = audit_rows(&counter).await? - audit_before;
     Ok(RunsPhase {
         samples: Samples::merge(parts, elapsed),
         audit_rows,
     })
 }
 
-/// Executions the end-to-end clients wait for, each with the channel that wakes its client.
+/// Executions the clients wait for, each with the channel that wakes its client; completions
+/// heard before their client asked (a run can finish before its reply is read) are kept.
 #[derive(Clone, Default)]
 struct Waiters {
-    inner: Arc<Mutex<HashMap<Uuid, oneshot::Sender<String>>>>,
+    inner: Arc<Mutex<WaiterState>>,
+    listening: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct WaiterState {
+    waiting: HashMap<Uuid, oneshot::Sender<(String, Instant)>>,
+    early: HashMap<Uuid, (String, Instant)>,
+    listening: bool,
+    failed: Option<String>,
 }
 
 impl Waiters {
-    /// Waits until `execution_id` is terminal and returns its state.
-    async fn wait(&self, execution_id: Uuid) -> Result<String, BenchError> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner).insert(execution_id, tx);
+    /// Waits until `execution_id` is terminal; its state and when its COMMIT was heard.
+    async fn wait(&self, execution_id: Uuid) -> Result<(String, Instant), BenchError> {
+        let rx = {
+            let mut state = lock(&self.inner);
+            if let Some(done) = state.early.remove(&execution_id) {
+                return Ok(done);
+            }
+            if let Some(failed) = &state.failed {
+                return Err(BenchError::DaemonExited(failed.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiting.insert(execution_id, tx);
+            rx
+        };
         rx.await.map_err(|_| {
-            BenchError::DaemonExited("the completion poller stopped (database unreachable?)".into())
+            BenchError::DaemonExited(
+                "the completion listener stopped (database unreachable?)".into(),
+            )
         })
     }
 
-    fn pending(&self) -> Vec<Uuid> {
-        lock(&self.inner).keys().copied().collect()
+    fn finish(&self, execution_id: Uuid, run_state: String, at: Instant) {
+        let mut state = lock(&self.inner);
+        match state.waiting.remove(&execution_id) {
+            Some(tx) => {
+                let _ = tx.send((run_state, at));
+            }
+            None => {
+                state.early.insert(execution_id, (run_state, at));
+            }
+        }
     }
 
-    fn finish(&self, execution_id: Uuid, state: String) {
-        if let Some(tx) = lock(&self.inner).remove(&execution_id) {
-            let _ = tx.send(state);
+    /// Resolves once LISTEN is in effect (or the listener failed).
+    async fn ready(&self) -> Result<(), BenchError> {
+        loop {
+            let notified = self.listening.notified();
+            {
+                let state = lock(&self.inner);
+                if let Some(failed) = &state.failed {
+                    return Err(BenchError::DaemonExited(failed.clone()));
+                }
+                if state.listening {
+                    return Ok(());
+                }
+            }
+            notified.await;
         }
+    }
+
+    fn set_listening(&self, failed: Option<String>) {
+        let mut state = lock(&self.inner);
+        match failed {
+            None => state.listening = true,
+            Some(reason) => {
+                state.failed = Some(reason);
+                // Dropping the senders wakes every waiting client with the error.
+                state.waiting.clear();
+            }
+        }
+        drop(state);
+        self.listening.notify_waiters();
     }
 }
 
-/// Reads the states of the awaited executions every `POLL_INTERVAL` and wakes their clients.
-async fn poll_completions(
-    client: tokio_postgres::Client,
+/// LISTENs for the completion trigger's NOTIFY and wakes the waiting clients, each with the
+/// instant its notification arrived (no polling interval in the measured latency).
+async fn listen_completions(
+    db_config: tokio_postgres::Config,
     waiters: Waiters,
     stop: CancellationToken,
-) -> Result<tokio_postgres::Client, BenchError> {
-    let query = client
-        .prepare(
-            "SELECT execution_id, state FROM playbook_executions \
-             WHERE execution_id = ANY($1) AND state = ANY($2)",
-        )
-        .await?;
-    let terminal: Vec<&str> = TERMINAL_STATES.to_vec();
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+) -> Result<(), BenchError> {
+    use futures::StreamExt;
+    let (client, mut connection) = match db_config.connect(NoTls).await {
+        Ok(pair) => pair,
+        Err(error) => {
+            waiters.set_listening(Some(format!(
+                "the completion listener cannot connect: {error}"
+            )));
+            return Err(error.into());
+        }
+    };
+    let (notes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                    let at = Instant::now();
+                    if notes.send((note, at)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(error) = client
+        .batch_execute(&format!("LISTEN {COMPLETION_CHANNEL}"))
+        .await
+    {
+        waiters.set_listening(Some(format!("LISTEN failed: {error}")));
+        driver.abort();
+        return Err(error.into());
+    }
+    waiters.set_listening(None);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return Ok(client),
-            _ = ticker.tick() => {}
-        }
-        let pending = waiters.pending();
-        if pending.is_empty() {
-            continue;
-        }
-        for row in client.query(&query, &[&pending, &terminal]).await? {
-            waiters.finish(row.get(0), row.get(1));
+            () = stop.cancelled() => break,
+            note = received.recv() => match note {
+                Some((note, at)) => {
+                    let Some((id, state)) = note.payload().split_once(' ') else { continue };
+                    if let Ok(id) = id.parse::<Uuid>() {
+                        waiters.finish(id, state.to_owned(), at);
+                    }
+                }
+                None => {
+                    waiters.set_listening(Some("the completion listener's connection closed".into()));
+                    break;
+                }
+            }
         }
     }
+    driver.abort();
+    drop(client);
+    Ok(())
+}
+
+/// Open loop: one decision every `1/rate` s for `phase`, sent at its scheduled time whatever
+/// the earlier ones do (each on a connection of its own pool slot, so a slow reply does not
+/// delay the next send); latency from the scheduled time to the completion's NOTIFY.
+async fn open_loop_phase(
+    socket: &Path,
+    db_config: &tokio_postgres::Config,
+    rate: u32,
+    phase: Duration,
+) -> Result<Samples, BenchError> {
+    let waiters = Waiters::default();
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn(listen_completions(
+        db_config.clone(),
+        waiters.clone(),
+        stop.clone(),
+    ));
+    waiters.ready().await?;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let millis = u64::try_from(phase.as_millis()).unwrap_or(u64::MAX);
+    let count =
+        usize::try_from(millis.saturating_mul(u64::from(rate)).div_ceil(1000).max(1)).unwrap_or(1);
+    // Enough connections that each waits ~50 ms between its sends.
+    let slots = (rate as usize / 20).clamp(1, 64);
+    let started = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(slots);
+    for slot in 0..slots {
+        let socket = socket.to_owned();
+        let waiters = waiters.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&socket).await?;
+            let mut pending = Vec::new();
+            for index in (slot..count).step_by(slots) {
+                let scheduled = started + interval * to_u32(index);
+                tokio::time::sleep_until(scheduled.into()).await;
+                let execution_id = conn.submit(NOOP_POLICY).await?;
+                let waiters = waiters.clone();
+                pending.push(tokio::spawn(async move {
+                    let (state, at) = waiters.wait(execution_id).await?;
+                    if state != "completed" {
+                        return Err(BenchError::NotCompleted {
+                            execution_id,
+                            state,
+                        });
+                    }
+                    Ok(at.saturating_duration_since(scheduled))
+                }));
+            }
+            let mut latencies = Vec::with_capacity(pending.len());
+            for waiting in pending {
+                latencies.push(waiting.await.map_err(|e| {
+                    BenchError::DaemonExited(format!("an open-loop waiter failed: {e}"))
+                })??);
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let parts = join_all(tasks).await;
+    stop.cancel();
+    listener
+        .await
+        .map_err(|e| BenchError::DaemonExited(format!("listener task failed: {e}")))??;
+    let parts = parts?;
+    let elapsed = started.elapsed();
+    Ok(Samples::merge(parts, elapsed))
+}
+
+/// Transactions per second the bench database sees while the daemon has runs parked and
+/// nothing happens. Read from another database, so the reading is not counted; PostgreSQL
+/// flushes an idle backend's counters within 10 s, so the window starts after such a pause.
+async fn idle_transactions(
+    admin: &tokio_postgres::Client,
+    db_name: &str,
+    phase: Duration,
+) -> Result<f64, BenchError> {
+    let read = || async move {
+        let row = admin
+            .query_one(
+                "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+                &[&db_name],
+            )
+            .await?;
+        Ok::<i64, BenchError>(row.get(0))
+    };
+    tokio::time::sleep(STATS_FLUSH).await;
+    let window = phase.max(Duration::from_secs(10));
+    let before = read().await?;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    tokio::time::sleep(STATS_FLUSH).await;
+    let after = read().await?;
+    // The window is closed by the first read's time: the later pause only lets the counters
+    // of the window reach the view.
+    let measured = started.elapsed().saturating_sub(STATS_FLUSH);
+    Ok((after - before).max(0) as f64 / measured.as_secs_f64())
 }
 
 /// Sends `count` decisions for the gated playbook over `connections` connections.
@@ -624,7 +878,7 @@ async fn audit_rows(client: &tokio_postgres::Client) -> Result<i64, BenchError> 
 }
 
 /// One autocommitted single-row INSERT after another: each its own transaction and WAL flush.
-async fn baseline(client: &tokio_postgres::Client, phase: Duration) -> Result<f64, BenchError> {
+async fn baseline(client: &tokio_postgres::Client, phase: Duration) -> Result<Samples, BenchError> {
     client
         .batch_execute(
             "CREATE TABLE bench_baseline (id bigint PRIMARY KEY, event_type text NOT NULL, \
@@ -636,15 +890,63 @@ async fn baseline(client: &tokio_postgres::Client, phase: Duration) -> Result<f6
         .await?;
     let started = Instant::now();
     let mut rows: i64 = 0;
+    let mut latencies = Vec::new();
     while started.elapsed() < phase {
         rows += 1;
         let data = json!({"actor": "system", "row": rows});
+        let sent = Instant::now();
         client
             .execute(&insert, &[&rows, &"bench.baseline", &data])
             .await?;
+        latencies.push(sent.elapsed());
     }
+    let elapsed = started.elapsed();
     client.batch_execute("DROP TABLE bench_baseline").await?;
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    Ok(Samples { latencies, elapsed })
+}
+
+/// The same from `connections` connections at once (pgbench-style clients): rows/s in all.
+async fn baseline_many(
+    db_config: &tokio_postgres::Config,
+    connections: usize,
+    phase: Duration,
+) -> Result<f64, BenchError> {
+    let setup = connect(db_config).await?;
+    setup
+        .batch_execute(
+            "CREATE TABLE bench_baseline_many (id bigint PRIMARY KEY, event_type text NOT NULL, \
+             event_data jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(connect(db_config).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for (index, client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let insert = client
+                .prepare("INSERT INTO bench_baseline_many (id, event_type, event_data) VALUES ($1, $2, $3)")
+                .await?;
+            let mut latencies = Vec::new();
+            let mut id = i64::try_from(index).unwrap_or(0) << 40;
+            while started.elapsed() < phase {
+                id += 1;
+                let data = json!({"actor": "system", "row": id});
+                let sent = Instant::now();
+                client.execute(&insert, &[&id, &"bench.baseline", &data]).await?;
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let parts = join_all(tasks).await?;
+    let elapsed = started.elapsed();
+    setup
+        .batch_execute("DROP TABLE bench_baseline_many")
+        .await?;
+    Ok(Samples::merge(parts, elapsed).rate())
 }
 
 /// One connection to decisions.sock: a line out, a line back.
@@ -818,6 +1120,7 @@ listen = "127.0.0.1:0"
 [intake]
 allowed_uids = [{uid}]
 max_accepted_per_second = 1000000
+max_backlog = 1000000
 max_connections = 2048
 max_connections_per_uid = 2048
 [executor]
@@ -1029,6 +1332,22 @@ impl Table {
             .push((label.to_owned(), format!("{value:.0}"), unit, ratio));
     }
 
+    /// A ratio of two figures measured in this run (a target in issue #16).
+    fn ratio(&mut self, label: &str, value: f64) {
+        self.rows.push((
+            label.to_owned(),
+            format!("{value:.2}"),
+            "ratio",
+            String::new(),
+        ));
+    }
+
+    /// A figure without a baseline ratio.
+    fn plain(&mut self, label: &str, value: f64, unit: &'static str) {
+        self.rows
+            .push((label.to_owned(), format!("{value:.1}"), unit, String::new()));
+    }
+
     fn millis(&mut self, label: &str, value: f64) {
         self.rows
             .push((label.to_owned(), format!("{value:.2}"), "ms", String::new()));
@@ -1172,7 +1491,20 @@ const TERMINAL_STATES: [&str; 6] = [
     "timed_out",
     "rejected",
 ];
-const POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Clients of the many-connection baseline (issue #16 compares with 16).
+const BASELINE_CONNECTIONS: usize = 16;
+/// Channel of [`COMPLETION_TRIGGER`].
+const COMPLETION_CHANNEL: &str = "bench_completed";
+/// Added by the bench to its own database once the daemon has created the schema: a run that
+/// reaches a terminal state NOTIFYs its id and state at its COMMIT.
+const COMPLETION_TRIGGER: &str = "\
+    CREATE FUNCTION bench_notify_terminal() RETURNS trigger LANGUAGE plpgsql AS $$ \
+    BEGIN PERFORM pg_notify('bench_completed', NEW.execution_id::text || ' ' || NEW.state); RETURN NULL; END $$; \
+    CREATE TRIGGER bench_terminal AFTER UPDATE OF state ON playbook_executions FOR EACH ROW \
+    WHEN (NEW.state IN ('completed', 'rolled_back', 'safe_halted', 'cancelled', 'timed_out', 'rejected')) \
+    EXECUTE FUNCTION bench_notify_terminal();";
+/// How long PostgreSQL may keep an idle backend's statistics before they reach pg_stat_database.
+const STATS_FLUSH: Duration = Duration::from_secs(11);
 const READY_LIMIT: Duration = Duration::from_secs(60);
 const REPLY_LIMIT: Duration = Duration::from_secs(30);
 const STOP_LIMIT: Duration = Duration::from_secs(60);

@@ -182,6 +182,11 @@ pub struct IntakeConfig {
     /// Global storm cap: decisions accepted per second, across all bindings.
     #[serde(default = "default_max_accepted_per_second")]
     pub max_accepted_per_second: u32,
+    /// Admission control: accepted runs allowed to wait for an executor slot at once. A
+    /// decision that would exceed it gets a `busy` reply (audited, with the backlog size)
+    /// instead of a run that would start late.
+    #[serde(default = "default_max_backlog")]
+    pub max_backlog: usize,
     /// Ed25519 public keys (SPKI PEM files); when set, every decision must be signed by one.
     #[serde(default)]
     pub policy_keys: Vec<PathBuf>,
@@ -471,6 +476,12 @@ impl Config {
                 "expected a positive integer".into(),
             ));
         }
+        if self.intake.max_backlog == 0 {
+            return Err(invalid(
+                "intake.max_backlog",
+                "expected a positive integer".into(),
+            ));
+        }
         if self.intake.max_accepted_per_second == 0 {
             return Err(invalid(
                 "intake.max_accepted_per_second",
@@ -733,6 +744,9 @@ fn default_max_connections() -> usize {
 fn default_max_accepted_per_second() -> u32 {
     200
 }
+fn default_max_backlog() -> usize {
+    1024
+}
 fn default_step_timeout_seconds() -> u64 {
     60
 }
@@ -876,6 +890,7 @@ impl Default for IntakeConfig {
             idle_timeout_seconds: default_idle_timeout_seconds(),
             socket_group: None,
             max_accepted_per_second: default_max_accepted_per_second(),
+            max_backlog: default_max_backlog(),
             policy_keys: Vec::new(),
         }
     }

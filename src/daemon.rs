@@ -207,6 +207,8 @@ impl Daemon {
         }
 
         let tasks_shutdown = CancellationToken::new();
+        // LISTENs for changes made elsewhere (gates); its subscribers end when it stops.
+        let wakeups = crate::store::wakeups::spawn(pg.clone(), tasks_shutdown.clone());
         // The chain head kept outside the database: a cut found here stops the start (78).
         let anchor = Arc::new(Anchor::load(
             anchor_path(&config.paths.node_key),
@@ -271,6 +273,7 @@ impl Daemon {
         // Listed (and its freshness window counted by nonce retention) before any decision.
         fleet::first_beat(&fleet).await?;
         let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
+        approvals.follow(wakeups.subscribe());
         let executor = Executor::new(
             ExecutorParts {
                 store: store.clone(),
@@ -841,6 +844,7 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
         max_connections_per_uid: intake.max_connections_per_uid,
         idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
         max_accepted_per_second: intake.max_accepted_per_second,
+        max_backlog: intake.max_backlog,
         policy_keys,
     })
 }

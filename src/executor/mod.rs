@@ -19,7 +19,7 @@ pub mod state {
 }
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ struct Inner {
     global: Arc<Semaphore>,
     per_org: Mutex<HashMap<String, Arc<Semaphore>>>,
     active: Mutex<HashMap<Uuid, RunHandle>>,
+    /// Runs submitted here that have not yet had their first slot (see [`Executor::backlog`]).
+    backlog: AtomicUsize,
     /// Actions started in this process whose outcome is not recorded yet, by (run, step, phase):
     /// a count that keeps growing means the outcome cannot be recorded, and the action must not
     /// be started again and again (see `run::MAX_UNRECORDED_OUTCOMES`).
@@ -160,6 +162,7 @@ impl Executor {
                 global,
                 per_org: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
+                backlog: AtomicUsize::new(0),
                 owed: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -182,8 +185,9 @@ impl Executor {
             handle
         };
         let inner = self.inner.clone();
+        let waiting = Waiting::new(inner.clone());
         self.inner.tasks.spawn(async move {
-            if let Err(error) = inner.clone().drive(execution_id, handle).await {
+            if let Err(error) = inner.clone().drive(execution_id, handle, waiting).await {
                 match error {
                     RunError::ShuttingDown => {
                         tracing::info!(execution_id = %execution_id, "run paused for shutdown");
@@ -280,6 +284,13 @@ impl Executor {
             .is_ok()
     }
 
+    /// Accepted runs waiting to start: submitted, not yet holding a slot for the first time
+    /// (what intake's admission control bounds, `intake.max_backlog`). A run parked at a gate
+    /// has started and does not count.
+    pub fn backlog(&self) -> usize {
+        self.inner.backlog.load(Ordering::Acquire)
+    }
+
     /// Executions running in this process right now.
     pub fn running(&self) -> usize {
         lock(&self.inner.active).len()
@@ -287,7 +298,12 @@ impl Executor {
 }
 
 impl Inner {
-    async fn drive(self: Arc<Self>, id: Uuid, run: RunHandle) -> Result<(), RunError> {
+    async fn drive(
+        self: Arc<Self>,
+        id: Uuid,
+        run: RunHandle,
+        waiting: Waiting,
+    ) -> Result<(), RunError> {
         let record = match executions::load(&self.store, id, self.audit.node_id()).await {
             Ok(record) => record,
             Err(StoreError::Corrupt { what, detail }) => {
@@ -306,6 +322,7 @@ impl Inner {
             run.token.cancel();
         }
         let slot = self.acquire_slot(&record.org_id).await?;
+        drop(waiting);
         let mut runner = run::Runner::new(&self, record, playbook, run, slot);
         runner.run().await
     }
@@ -410,6 +427,24 @@ impl Inner {
                 reason: crate::store::audit::error_chain(&error),
             }),
         }
+    }
+}
+
+/// One run counted in the backlog until dropped (it got its slot, or its task ended).
+struct Waiting(Arc<Inner>);
+
+impl Waiting {
+    fn new(inner: Arc<Inner>) -> Waiting {
+        inner.backlog.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(crate::status::metrics::RUNS_BACKLOG).increment(1.0);
+        Waiting(inner)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.backlog.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(crate::status::metrics::RUNS_BACKLOG).decrement(1.0);
     }
 }
 

@@ -1,19 +1,23 @@
 //! One execution's life: steps in order, then (if needed) rollback in reverse order.
 //!
 //! Nothing here writes SQL: each transition is one call into `store` (one audit transaction).
+//! Records with no side effect between them share a transaction: a run's start is sent with its
+//! first step's start, a step's success (or skip) with the next step's start or the run's
+//! completion ([`Runner::defer`]). Anything else sends what is held first ([`Runner::flush`]), so
+//! the chain keeps the order things happened in.
 //! Every action (a step's attempt, an undo's attempt) runs only after `store` recorded its
 //! start; that transaction refuses the start while a SAFE-HALT is in force, and the run then
 //! waits for the halt to be cleared (or for a cancel, the deadline, or shutdown).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{ExecutionRecord, Inner, RunError, RunHandle, RunSlot};
+use super::{ExecutionRecord, Inner, OwedKey, RunError, RunHandle, RunSlot};
 use crate::actions::{ActionContext, ActionError, ActionOutput};
 use crate::approvals::{GateRequest, Verdict};
 use crate::registry::ActivePlaybook;
@@ -21,7 +25,7 @@ use crate::registry::model::{Rollback, Step};
 use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 use crate::safe_halt::Entered;
-use crate::store::audit::{Actor, AuditEvent};
+use crate::store::audit::{Actor, AuditEvent, Deferred};
 use crate::store::executions;
 use crate::store::halts::{ActiveHalt, HaltCause};
 use crate::store::model::{ErrorClass, RollbackCause, RunState, StepState, UndoState};
@@ -75,6 +79,9 @@ pub(super) struct Runner<'a> {
     deadline: Option<Instant>,
     /// None while parked at an approval gate.
     slot: Option<RunSlot>,
+    /// Records not sent yet, each with the action whose outcome it records: they go with the
+    /// next append, in its transaction.
+    deferred: Mutex<Vec<(Deferred, Option<OwedKey>)>>,
 }
 
 impl<'a> Runner<'a> {
@@ -98,10 +105,55 @@ impl<'a> Runner<'a> {
             run,
             deadline,
             slot: Some(slot),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
     pub(super) async fn run(&mut self) -> Result<(), RunError> {
+        let outcome = self.run_to_end().await;
+        // Stopped between a deferred record and the next append (shutdown, a database error):
+        // what is held did happen, so it is still written.
+        if let Err(error) = self.flush().await {
+            tracing::warn!(execution_id = %self.record.id,
+                error = %crate::store::audit::error_chain(&error), "held records not written");
+        }
+        outcome
+    }
+
+    /// Holds `record` to be sent with the next append; `owed` is settled once it commits.
+    fn defer(&self, record: Deferred, owed: Option<OwedKey>) {
+        super::lock(&self.deferred).push((record, owed));
+    }
+
+    fn take_deferred(&self) -> (Vec<Deferred>, Vec<OwedKey>) {
+        let held = std::mem::take(&mut *super::lock(&self.deferred));
+        let mut records = Vec::with_capacity(held.len());
+        let mut owed = Vec::new();
+        for (record, key) in held {
+            records.push(record);
+            owed.extend(key);
+        }
+        (records, owed)
+    }
+
+    fn settle_all(&self, owed: Vec<OwedKey>) {
+        for key in owed {
+            self.inner.settle(key);
+        }
+    }
+
+    /// Sends what is held, alone: before an append that cannot carry it, or before waiting.
+    async fn flush(&self) -> Result<(), RunError> {
+        let (records, owed) = self.take_deferred();
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.inner.audit.flush(records).await?;
+        self.settle_all(owed);
+        Ok(())
+    }
+
+    async fn run_to_end(&mut self) -> Result<(), RunError> {
         let cause = match self.record.state {
             RunState::RollingBack => match self.record.rollback_cause {
                 Some(cause) => cause,
@@ -116,8 +168,15 @@ impl<'a> Runner<'a> {
             },
             RunState::Pending | RunState::Running | RunState::AwaitingApproval => {
                 if self.record.state == RunState::Pending {
-                    self.set_state(RunState::Running, "execution.started")
-                        .await?;
+                    let event = AuditEvent::new("execution.started", Actor::System)
+                        .with("playbook", self.label());
+                    let started = executions::defer_state(
+                        &self.inner.audit,
+                        self.record.id,
+                        RunState::Running,
+                        event,
+                    );
+                    self.defer(started, None);
                 }
                 match self.forward().await? {
                     Forward::Completed => {
@@ -126,6 +185,7 @@ impl<'a> Runner<'a> {
                         return Ok(());
                     }
                     Forward::RollBack(cause, reason) => {
+                        self.flush().await?;
                         executions::begin_rollback(
                             &self.inner.audit,
                             self.record.id,
@@ -153,7 +213,9 @@ impl<'a> Runner<'a> {
 
     async fn set_state(&self, state: RunState, event_type: &'static str) -> Result<(), RunError> {
         let event = AuditEvent::new(event_type, Actor::System).with("playbook", self.label());
-        executions::set_state(&self.inner.audit, self.record.id, state, event).await?;
+        let (held, owed) = self.take_deferred();
+        executions::set_state_after(&self.inner.audit, held, self.record.id, state, event).await?;
+        self.settle_all(owed);
         if state.is_terminal() {
             metrics::counter!("playbookd_executions_total",
                 "state" => state.as_str(), "playbook" => self.playbook.playbook().id.clone())
@@ -193,8 +255,7 @@ impl<'a> Runner<'a> {
             match self.condition(step) {
                 Condition::Run => {}
                 Condition::Skip(reason) => {
-                    self.end_step(index, step, StepEnd::Skipped { reason })
-                        .await?;
+                    self.defer_end(index, step, StepEnd::Skipped { reason });
                     continue;
                 }
                 Condition::Fail(error) => return self.fail_step(index, step, error).await,
@@ -215,6 +276,7 @@ impl<'a> Runner<'a> {
     /// gate from opening during the halt).
     async fn interruption(&self) -> Result<Option<Forward>, RunError> {
         if self.inner.safe_halt.is_active() {
+            self.flush().await?;
             tracing::warn!(execution_id = %self.record.id, "SAFE-HALT active: the next step waits");
             tokio::select! {
                 () = self.inner.safe_halt.wait_clear() => {}
@@ -323,6 +385,8 @@ impl<'a> Runner<'a> {
                 .and_then(|a| a.expires)
                 .map_or(crate::approvals::DEFAULT_EXPIRY, |d| d.0),
         };
+        // Parked for as long as it takes: what happened before the gate is written first.
+        self.flush().await?;
         self.slot = None;
         let verdict = self.inner.approvals.gate(request, &self.run.token).await?;
         self.slot = Some(self.inner.acquire_slot(&self.record.org_id).await?);
@@ -410,7 +474,7 @@ impl<'a> Runner<'a> {
                     let end = StepEnd::Succeeded {
                         output: output.summary,
                     };
-                    self.end_step(index, step, end).await?;
+                    self.defer_end(index, step, end);
                     return Ok(None);
                 }
                 Invocation::ShuttingDown => return Err(RunError::ShuttingDown),
@@ -492,13 +556,16 @@ impl<'a> Runner<'a> {
     /// and tries again (or stops for a cancel, the deadline or shutdown).
     async fn start_step(&self, start: StepStart) -> Result<Start, RunError> {
         loop {
-            match steps::record_start(
+            let (held, owed) = self.take_deferred();
+            let outcome = steps::record_start_after(
                 &self.inner.audit,
+                held,
                 start.clone(),
                 self.inner.safe_halt.watch(),
             )
-            .await?
-            {
+            .await?;
+            self.settle_all(owed);
+            match outcome {
                 StartOutcome::Started => return Ok(Start::Started),
                 StartOutcome::Refused(halt) => {
                     self.wait_for_halt(&halt, &start.step_id, true).await;
@@ -597,7 +664,21 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Holds the end of a step after which nothing acts before the next record.
+    fn defer_end(&self, index: usize, step: &Step, end: StepEnd) {
+        let record = StepEndRecord {
+            execution_id: self.record.id,
+            index,
+            step_id: step.id.clone(),
+            action: step.action.clone(),
+            end,
+        };
+        let deferred = steps::defer_end(&self.inner.audit, record);
+        self.defer(deferred, Some((self.record.id, index, false)));
+    }
+
     async fn end_step(&self, index: usize, step: &Step, end: StepEnd) -> Result<(), RunError> {
+        self.flush().await?;
         let record = StepEndRecord {
             execution_id: self.record.id,
             index,
@@ -614,6 +695,7 @@ impl<'a> Runner<'a> {
     /// (interrupted by a crash), or stopped while it ran (cancelled, timed out). `Ok(false)`
     /// when the daemon entered SAFE-HALT.
     async fn roll_back(&self) -> Result<bool, RunError> {
+        self.flush().await?;
         let steps = steps::load(&self.inner.store, self.record.id).await?;
         let undone = undos::load(&self.inner.store, self.record.id).await?;
         let playbook = self.playbook.clone();

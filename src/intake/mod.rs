@@ -59,6 +59,13 @@ pub enum Reply {
         #[serde(skip_serializing_if = "Option::is_none")]
         execution_id: Option<Uuid>,
     },
+    /// Admission control: too many accepted runs wait to start (`intake.max_backlog`).
+    /// Nothing was recorded but this refusal; the same decision may be sent again.
+    Busy {
+        reason: String,
+        /// Accepted runs waiting to start when the decision arrived.
+        backlog: usize,
+    },
 }
 
 impl Reply {
@@ -83,6 +90,7 @@ impl Reply {
             Reply::Accepted { .. } => "accepted",
             Reply::NoAction { .. } => "no_action",
             Reply::Rejected { .. } => "rejected",
+            Reply::Busy { .. } => "busy",
         }
     }
 
@@ -90,6 +98,7 @@ impl Reply {
     fn reason_label(&self) -> &'static str {
         let reason = match self {
             Reply::Accepted { .. } => return "accepted",
+            Reply::Busy { .. } => return "backlog",
             Reply::NoAction { reason } | Reply::Rejected { reason, .. } => reason.as_str(),
         };
         const LABELS: [&str; 16] = [
@@ -136,6 +145,8 @@ pub struct IntakeSettings {
     /// Deadline for each request line, from the first byte waited for to its newline.
     pub idle_timeout: Duration,
     pub max_accepted_per_second: u32,
+    /// Accepted runs allowed to wait for an executor slot; beyond it, `busy`.
+    pub max_backlog: usize,
     pub policy_keys: Vec<VerifyingKey>,
 }
 
@@ -381,6 +392,17 @@ impl Intake {
         let inputs = &playbook.playbook().inputs;
         decision::check_subject(&decision.subject, inputs).map_err(Reply::rejected)?;
         decision::check_exec_arguments(decision, playbook.playbook()).map_err(Reply::rejected)?;
+        // Before storm control: a refused decision takes no cooldown or rate slot.
+        let backlog = self.inner.executor.backlog();
+        let limit = self.inner.settings.max_backlog;
+        if backlog >= limit {
+            return Err(Reply::Busy {
+                reason: format!(
+                    "busy: {backlog} accepted runs are waiting to start (intake.max_backlog = {limit}); nothing was recorded, retry later or escalate"
+                ),
+                backlog,
+            });
+        }
         let cooldown = CooldownKey::new(&binding, inputs, &decision.subject);
         self.inner
             .storm
@@ -499,12 +521,18 @@ impl Intake {
     }
 
     async fn record_refusal(&self, reply: &Reply, peer_uid: u32, decision: Option<&Decision>) {
-        let (Reply::NoAction { reason } | Reply::Rejected { reason, .. }) = reply else {
+        let (Reply::NoAction { reason }
+        | Reply::Rejected { reason, .. }
+        | Reply::Busy { reason, .. }) = reply
+        else {
             return;
         };
         let mut event = AuditEvent::new("decision.received", Actor::Uid(peer_uid))
             .with("status", reply.status())
             .with("reason", reason.as_str());
+        if let Reply::Busy { backlog, .. } = reply {
+            event = event.with("backlog", *backlog);
+        }
         if let Some(decision) = decision {
             event = event
                 .with("decision_id", decision.decision_id.as_str())

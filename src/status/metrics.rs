@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Counter, labels `status` (accepted|no_action|rejected) and `reason`.
+/// Counter, labels `status` (accepted|no_action|rejected|busy) and `reason`.
 pub const DECISIONS_TOTAL: &str = "playbookd_decisions_total";
 /// Counter of runs that reached a terminal state, labels `state` and `playbook`.
 pub const EXECUTIONS_TOTAL: &str = "playbookd_executions_total";
@@ -38,12 +38,16 @@ pub const DECISIONS_SUPPRESSED_TOTAL: &str = "playbookd_decisions_suppressed_tot
 /// `no_action: no active version`); 0 when every binding can run.
 pub const BINDINGS_WITHOUT_ACTIVE_PLAYBOOK: &str = "playbookd_bindings_without_active_playbook";
 
+/// Gauge of accepted runs waiting for an executor slot (bounded by `intake.max_backlog`:
+/// beyond it a decision gets `busy`).
+pub const RUNS_BACKLOG: &str = "playbookd_runs_backlog";
+
 /// Counter of used nonces deleted by retention (older than twice the widest freshness window).
 pub const NONCES_PRUNED_TOTAL: &str = "playbookd_nonces_pruned_total";
 
 /// Every metric name, for tests and documentation. Each exists from the start (at zero); the
 /// labelled ones with every label value known then (see [`install`]).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     DECISIONS_TOTAL,
     EXECUTIONS_TOTAL,
     STEP_DURATION_SECONDS,
@@ -57,6 +61,7 @@ pub const ALL: [&str; 14] = [
     HTTP_CIRCUIT_OPEN,
     DECISIONS_SUPPRESSED_TOTAL,
     BINDINGS_WITHOUT_ACTIVE_PLAYBOOK,
+    RUNS_BACKLOG,
     NONCES_PRUNED_TOTAL,
 ];
 
@@ -139,6 +144,7 @@ fn register_all_at_zero() {
     metrics::counter!(DECISIONS_SUPPRESSED_TOTAL).increment(0);
     metrics::counter!(NONCES_PRUNED_TOTAL).increment(0);
     metrics::gauge!(BINDINGS_WITHOUT_ACTIVE_PLAYBOOK).increment(0.0);
+    metrics::gauge!(RUNS_BACKLOG).increment(0.0);
 }
 
 /// Histograms (not summaries) so that Prometheus can aggregate them across nodes.
@@ -221,6 +227,11 @@ fn describe_all() {
         BINDINGS_WITHOUT_ACTIVE_PLAYBOOK,
         Unit::Count,
         "Bindings whose playbook has no active version: their decisions get no_action."
+    );
+    describe_gauge!(
+        RUNS_BACKLOG,
+        Unit::Count,
+        "Accepted runs waiting for an executor slot (intake.max_backlog bounds it: beyond, busy)."
     );
 }
 

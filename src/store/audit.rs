@@ -16,12 +16,18 @@
 //! so there is exactly one writer per chain and chains never fork. Callers send it an
 //! request ([`AuditHandle::append_with`]): an optional transactional effect (SQL that changes state) plus the audit event
 //! that describes it. Concurrent appends are batched into one transaction (group commit), each
-//! in its own savepoint so one caller's failed effect does not fail the others. A caller's
+//! effect in its own savepoint so one caller's failed effect does not fail the others. A caller's
 //! future resolves only after COMMIT: when it returns `Ok`, the change and its audit record are
 //! both durable; when it returns `Err`, the caller must not act.
+//!
+//! A batch costs few round trips: the savepoint commands travel in the same flight as the
+//! effect's first statement (nothing is awaited between them), effects run statements prepared
+//! once per connection ([`Tx`]), and the batch's audit rows are one INSERT (`unnest` of arrays)
+//! sent together with the last savepoint's release, then COMMIT.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,7 +35,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
@@ -103,9 +110,94 @@ impl AuditEvent {
 /// what it did (which may depend on what it found, e.g. a nonce already used) and a typed
 /// result for the caller, so nothing has to be re-read from the event's JSON.
 pub type Effect<T> = Box<
-    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>>
-        + Send,
+    dyn for<'t> FnOnce(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send,
 >;
+
+/// The transaction an effect runs in. Its `execute` and `query*` take SQL text like
+/// [`Transaction`]'s but reuse a statement prepared once per writer connection: an unnamed
+/// statement costs a round trip of its own on every call. Everything else of [`Transaction`] is
+/// reachable through `Deref` (a helper taking `&Transaction` still works, uncached).
+pub struct Tx<'t> {
+    transaction: &'t Transaction<'t>,
+    statements: &'t StatementCache,
+}
+
+impl<'t> std::ops::Deref for Tx<'t> {
+    type Target = Transaction<'t>;
+
+    fn deref(&self) -> &Transaction<'t> {
+        self.transaction
+    }
+}
+
+impl Tx<'_> {
+    /// The prepared statement for `sql`, prepared on first use by this connection.
+    pub async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement);
+        }
+        let statement = self.transaction.prepare(sql).await?;
+        self.statements.insert(sql, &statement);
+        Ok(statement)
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.transaction.execute(&statement, params).await
+    }
+
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.transaction.query(&statement, params).await
+    }
+
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.transaction.query_one(&statement, params).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.transaction.query_opt(&statement, params).await
+    }
+}
+
+/// Statements prepared on the writer's connection, by SQL text. Dropped with the connection
+/// (a statement belongs to its session). Bounded: SQL built at run time must not grow it.
+#[derive(Default)]
+pub struct StatementCache {
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl StatementCache {
+    fn get(&self, sql: &str) -> Option<Statement> {
+        let statements = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        statements.get(sql).cloned()
+    }
+
+    fn insert(&self, sql: &str, statement: &Statement) {
+        let mut statements = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if statements.len() < MAX_CACHED_STATEMENTS {
+            statements.insert(sql.to_owned(), statement.clone());
+        }
+    }
+}
 
 /// What the writer reports back once the batch holding an append has committed.
 #[derive(Debug, Clone)]
@@ -171,6 +263,18 @@ pub struct ChainHead {
     pub hash: [u8; 32],
 }
 
+/// An append prepared by [`AuditHandle::defer`], not sent yet.
+pub struct Deferred {
+    job: Box<dyn Job>,
+    response: oneshot::Receiver<Result<(Appended, ()), AppendError>>,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
 /// Cheap, cloneable handle to the audit writer task.
 #[derive(Clone)]
 pub struct AuditHandle {
@@ -202,17 +306,66 @@ impl AuditHandle {
         &self,
         effect: Effect<T>,
     ) -> Result<(Appended, T), AppendError> {
-        let (reply, response) = oneshot::channel();
-        let job = TypedJob {
-            effect: Some(effect),
-            value: None,
-            reply,
-        };
+        self.append_after(Vec::new(), effect).await
+    }
+
+    /// Prepares an append that is sent later, with the caller's next append ([`Self::append_after`])
+    /// or alone ([`Self::flush`]). For a record with no side effect after it (a step's end, a
+    /// run's start): it can share the next record's transaction, one COMMIT instead of two.
+    /// Nothing of it is written until it is sent; dropped unsent, it is never written.
+    pub fn defer(&self, effect: Effect<()>) -> Deferred {
+        let (job, response) = TypedJob::new(effect);
+        Deferred {
+            job: Box::new(job),
+            response,
+        }
+    }
+
+    /// Appends `before` (in order), then `effect`, in one transaction: each with its own
+    /// savepoint as usual, but each attempted only if everything before it succeeded.
+    /// Resolves after COMMIT; the first failure among `before` is returned as the outcome.
+    pub async fn append_after<T: Send + 'static>(
+        &self,
+        before: Vec<Deferred>,
+        effect: Effect<T>,
+    ) -> Result<(Appended, T), AppendError> {
+        let (job, response) = TypedJob::new(effect);
+        let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(before.len() + 1);
+        let mut earlier = Vec::with_capacity(before.len());
+        for deferred in before {
+            jobs.push(deferred.job);
+            earlier.push(deferred.response);
+        }
+        jobs.push(Box::new(job));
         self.sender
-            .send(Request { job: Box::new(job) })
+            .send(Request { jobs })
             .await
             .map_err(|_| AppendError::Stopped)?;
+        for response in earlier {
+            response.await.map_err(|_| AppendError::Stopped)??;
+        }
         response.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Sends deferred appends on their own, in one transaction. `Ok` once all have committed.
+    pub async fn flush(&self, deferred: Vec<Deferred>) -> Result<(), AppendError> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(deferred.len());
+        let mut responses = Vec::with_capacity(deferred.len());
+        for deferred in deferred {
+            jobs.push(deferred.job);
+            responses.push(deferred.response);
+        }
+        self.sender
+            .send(Request { jobs })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        for response in responses {
+            response.await.map_err(|_| AppendError::Stopped)??;
+        }
+        Ok(())
     }
 
     /// False while the writer has no working connection: nothing new may start.
@@ -450,17 +603,16 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 // ---------------------------------------------------------------------------------------------
 
+/// Appends sent together: one transaction, in order, and each only if the ones before it in
+/// the request succeeded (a later record may depend on an earlier one).
 struct Request {
-    job: Box<dyn Job>,
+    jobs: Vec<Box<dyn Job>>,
 }
 
 /// One caller's append with its result type erased, so one batch can carry many types.
 trait Job: Send {
     /// Runs the caller's effect in the batch's savepoint; keeps its typed result for `finish`.
-    fn apply<'t>(
-        &'t mut self,
-        tx: &'t Transaction<'t>,
-    ) -> BoxFuture<'t, Result<AuditEvent, StoreError>>;
+    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>>;
     /// Answers the caller once the batch's outcome is known.
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
 }
@@ -473,11 +625,26 @@ struct TypedJob<T> {
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
 }
 
+/// What [`TypedJob::new`] returns: the job, and where its answer arrives.
+type NewJob<T> = (
+    TypedJob<T>,
+    oneshot::Receiver<Result<(Appended, T), AppendError>>,
+);
+
+impl<T: Send + 'static> TypedJob<T> {
+    fn new(effect: Effect<T>) -> NewJob<T> {
+        let (reply, response) = oneshot::channel();
+        let job = TypedJob {
+            effect: Some(effect),
+            value: None,
+            reply,
+        };
+        (job, response)
+    }
+}
+
 impl<T: Send + 'static> Job for TypedJob<T> {
-    fn apply<'t>(
-        &'t mut self,
-        tx: &'t Transaction<'t>,
-    ) -> BoxFuture<'t, Result<AuditEvent, StoreError>> {
+    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>> {
         Box::pin(async move {
             let effect = self.effect.take().ok_or(StoreError::Corrupt {
                 what: "audit append",
@@ -506,6 +673,7 @@ impl<T: Send + 'static> Job for TypedJob<T> {
 /// The connection that holds the chain lock, and the chain head as of its last commit.
 struct ChainConnection {
     client: tokio_postgres::Client,
+    statements: StatementCache,
     head_seq: i64,
     head_hash: [u8; 32],
 }
@@ -569,6 +737,7 @@ impl ChainConnection {
         };
         Ok(ChainConnection {
             client,
+            statements: StatementCache::default(),
             head_seq,
             head_hash,
         })
@@ -644,14 +813,14 @@ impl Writer {
         if let Some(loss) = loss {
             // Nothing goes on top of a cut chain; the connection (and its lock) is kept so no
             // other writer takes the chain either.
-            for request in batch {
-                request.job.finish(Err(AppendError::chain_cut(&loss)));
+            for job in batch.into_iter().flat_map(|request| request.jobs) {
+                job.finish(Err(AppendError::chain_cut(&loss)));
             }
             return;
         }
         let Some(connection) = self.connection.as_mut() else {
-            for request in batch {
-                request.job.finish(Err(AppendError::Unavailable(None)));
+            for job in batch.into_iter().flat_map(|request| request.jobs) {
+                job.finish(Err(AppendError::Unavailable(None)));
             }
             return;
         };
@@ -731,9 +900,12 @@ impl Writer {
 /// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
 /// batch did not commit.
 ///
-/// Each append runs in its own savepoint, its effect *and* its audit row: whatever one caller's
-/// append does wrong (an effect refused by a constraint, a row the database will not take)
-/// rolls back that append alone and fails only its caller; its neighbours commit.
+/// Each effect runs in its own savepoint: whatever one caller's effect does wrong (refused by a
+/// constraint, or an error after it wrote) rolls back that effect alone and fails only its
+/// caller; its neighbours commit. The savepoint commands are not awaited on their own: each one
+/// (with the previous effect's release or rollback) goes out in the same flight as the next
+/// effect's first statement, and the last one with the batch's single audit INSERT. A failed
+/// savepoint command means the connection or transaction is broken: the whole batch fails.
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
@@ -742,49 +914,94 @@ async fn write_batch(
 ) -> Result<bool, StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
     let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
+    let mut not_attempted: Vec<Box<dyn Job>> = Vec::new();
     let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
 
     let outcome: Result<(), StoreError> = async {
-        let mut tx = connection.client.transaction().await?;
-        let insert = tx
-            .prepare(
-                "INSERT INTO playbook_audit_log (node_id, seq, prev_hash, hash, event_type, event_data, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .await?;
-        for mut request in batch {
-            let savepoint = tx.savepoint("append").await?;
-            let applied: Result<(AuditEvent, i64, [u8; 32]), StoreError> = async {
-                let event = request.job.apply(&savepoint).await?.into_storable();
-                let next_seq = seq + 1;
-                let created_at = now_micros();
-                let data = event.to_event_data();
-                let canonical =
-                    canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
-                let hash = chain_hash(&prev_hash, &canonical);
-                savepoint
-                    .execute(
-                        &insert,
-                        &[&node_id, &next_seq, &prev_hash.as_slice(), &hash.as_slice(), &event.event_type, &data, &created_at],
-                    )
-                    .await?;
-                Ok((event, next_seq, hash))
-            }
-            .await;
-            match applied {
-                Ok((event, next_seq, hash)) => {
-                    savepoint.commit().await?;
-                    (seq, prev_hash) = (next_seq, hash);
-                    staged.push(Staged { seq, hash, event, job: request.job });
+        let transaction = connection.client.transaction().await?;
+        let tx = Tx {
+            transaction: &transaction,
+            statements: &connection.statements,
+        };
+        // What closes the previous effect's savepoint, sent ahead of the next command.
+        let mut close = "";
+        let mut rows = AuditRows::with_capacity(batch.len());
+        for request in batch {
+            let mut earlier_failed = false;
+            for mut job in request.jobs {
+                if earlier_failed {
+                    not_attempted.push(job);
+                    continue;
                 }
-                Err(error) => {
-                    // A dead connection makes the rollback fail too, and the batch with it.
-                    savepoint.rollback().await?;
-                    refused.push((request.job, error));
+                let open = format!("{close}SAVEPOINT append");
+                let (opened, applied) =
+                    futures::join!(transaction.batch_execute(&open), job.apply(&tx));
+                opened?;
+                match applied {
+                    Ok(event) => {
+                        let event = event.into_storable();
+                        let next_seq = seq + 1;
+                        let created_at = now_micros();
+                        let data = event.to_event_data();
+                        let canonical =
+                            canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
+                        let hash = chain_hash(&prev_hash, &canonical);
+                        rows.push(
+                            next_seq,
+                            prev_hash,
+                            hash,
+                            event.event_type,
+                            data,
+                            created_at,
+                        );
+                        (seq, prev_hash) = (next_seq, hash);
+                        staged.push(Staged {
+                            seq,
+                            hash,
+                            event,
+                            job,
+                        });
+                        close = "RELEASE SAVEPOINT append; ";
+                    }
+                    Err(error) => {
+                        refused.push((job, error));
+                        earlier_failed = true;
+                        close = "ROLLBACK TO SAVEPOINT append; RELEASE SAVEPOINT append; ";
+                    }
                 }
             }
         }
-        tx.commit().await?;
+        // The close goes first (it is polled first): after a refused effect the transaction
+        // is usable again only once it has rolled back to the savepoint.
+        let (closed, inserted) = futures::join!(transaction.batch_execute(close), async {
+            if rows.seqs.is_empty() {
+                return Ok(0);
+            }
+            let insert = tx.statement(INSERT_ROWS).await?;
+            transaction
+                .execute(
+                    &insert,
+                    &[
+                        &node_id,
+                        &rows.seqs,
+                        &rows.prev_hashes,
+                        &rows.hashes,
+                        &rows.event_types,
+                        &rows.data,
+                        &rows.created_at,
+                    ],
+                )
+                .await
+        });
+        closed?;
+        let inserted = inserted?;
+        if inserted != rows.seqs.len() as u64 {
+            return Err(StoreError::Corrupt {
+                what: "audit batch",
+                detail: format!("{inserted} rows inserted for {} appends", rows.seqs.len()),
+            });
+        }
+        transaction.commit().await?;
         Ok(())
     }
     .await;
@@ -810,6 +1027,9 @@ async fn write_batch(
             for (job, error) in refused {
                 job.finish(Err(AppendError::Effect(error)));
             }
+            for job in not_attempted {
+                job.finish(Err(AppendError::Unavailable(None)));
+            }
             Ok(wants_checkpoint)
         }
         Err(error) => {
@@ -819,10 +1039,57 @@ async fn write_batch(
             for (job, _) in refused {
                 job.finish(Err(AppendError::Unavailable(None)));
             }
+            for job in not_attempted {
+                job.finish(Err(AppendError::Unavailable(None)));
+            }
             Err(error)
         }
     }
 }
+
+/// A batch's audit rows, column by column: one INSERT of `unnest`ed arrays.
+struct AuditRows {
+    seqs: Vec<i64>,
+    prev_hashes: Vec<Vec<u8>>,
+    hashes: Vec<Vec<u8>>,
+    event_types: Vec<&'static str>,
+    data: Vec<Value>,
+    created_at: Vec<OffsetDateTime>,
+}
+
+impl AuditRows {
+    fn with_capacity(n: usize) -> AuditRows {
+        AuditRows {
+            seqs: Vec::with_capacity(n),
+            prev_hashes: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(
+        &mut self,
+        seq: i64,
+        prev_hash: [u8; 32],
+        hash: [u8; 32],
+        event_type: &'static str,
+        data: Value,
+        created_at: OffsetDateTime,
+    ) {
+        self.seqs.push(seq);
+        self.prev_hashes.push(prev_hash.to_vec());
+        self.hashes.push(hash.to_vec());
+        self.event_types.push(event_type);
+        self.data.push(data);
+        self.created_at.push(created_at);
+    }
+}
+
+const INSERT_ROWS: &str = "INSERT INTO playbook_audit_log \
+        (node_id, seq, prev_hash, hash, event_type, event_data, created_at) \
+     SELECT $1, * FROM unnest($2::int8[], $3::bytea[], $4::bytea[], $5::text[], $6::jsonb[], $7::timestamptz[])";
 
 /// Formats an error with its whole source chain on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -841,6 +1108,8 @@ const QUEUE_DEPTH: usize = 4096;
 /// Appends committed in one transaction at most.
 const MAX_BATCH: usize = 256;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// Distinct statements the writer keeps prepared per connection.
+const MAX_CACHED_STATEMENTS: usize = 512;
 
 #[cfg(test)]
 mod tests {

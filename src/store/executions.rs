@@ -5,12 +5,12 @@
 //! Every function that changes a run acts as the audit writer's node and refuses a run of
 //! another node ([`StoreError::OtherNode`]): a host acts only for its own runs.
 
+use crate::store::audit::Tx;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
 use crate::store::{Store, StoreError, gates, nonces, transitions};
@@ -73,7 +73,7 @@ pub async fn admit(
                     return Err(StoreError::Halted(Box::new(halt)));
                 }
                 if !nonces::insert_unless_halted(tx, &new.nonce, new.execution_id, &node_id).await? {
-                    let halt = halts::active_in(tx, &node_id).await?.ok_or(StoreError::NotFound {
+                    let halt = halts::active_in(&**tx, &node_id).await?.ok_or(StoreError::NotFound {
                         what: "SAFE-HALT",
                         detail: "that refused the nonce (cleared meanwhile)".into(),
                     })?;
@@ -290,16 +290,35 @@ pub async fn set_state(
     to: RunState,
     event: AuditEvent,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
-    audit
-        .append_with(Box::new(move |tx| {
-            Box::pin(async move {
-                transition(tx, id, &node_id, to).await?;
-                Ok((event.execution(id).with("state", to.as_str()), ()))
-            })
-        }))
-        .await
-        .map(|_| ())
+    set_state_after(audit, Vec::new(), id, to, event).await
+}
+
+/// [`set_state`] in one transaction with `before` (records with no side effect since, e.g. the
+/// last step's end), after them; not attempted unless all of them committed.
+pub async fn set_state_after(
+    audit: &AuditHandle,
+    before: Vec<Deferred>,
+    id: Uuid,
+    to: RunState,
+    event: AuditEvent,
+) -> Result<(), AppendError> {
+    let effect = state_effect(audit.node_id().to_owned(), id, to, event);
+    audit.append_after(before, effect).await.map(|_| ())
+}
+
+/// [`set_state`], written with the caller's next append (see [`AuditHandle::defer`]): for a
+/// change with no side effect before the next record (a run's start before its first step's).
+pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Deferred {
+    audit.defer(state_effect(audit.node_id().to_owned(), id, to, event))
+}
+
+fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
+    Box::new(move |tx| {
+        Box::pin(async move {
+            transition(tx, id, &node_id, to).await?;
+            Ok((event.execution(id).with("state", to.as_str()), ()))
+        })
+    })
 }
 
 /// Marks run `id` as rolling back for `cause`, with the reason, and withdraws a gate still
@@ -385,7 +404,7 @@ pub async fn request_cancel(
 /// lists for `to`, only for this node's run, and exactly one row; otherwise the error says
 /// what the run's state (or owner) is.
 pub(crate) async fn transition(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     to: RunState,
@@ -402,7 +421,7 @@ pub(crate) async fn transition(
 /// in the same statement**. `Ok(Some(halt))` when a halt refused it; an error when the run may
 /// not start a step.
 pub(crate) async fn start_step(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     index: usize,
@@ -425,7 +444,7 @@ pub(crate) async fn start_step(
     if updated == 1 {
         return Ok(None);
     }
-    if let Some(halt) = halts::active_in(tx, node_id).await? {
+    if let Some(halt) = halts::active_in(&**tx, node_id).await? {
         return Ok(Some(halt));
     }
     Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
@@ -434,7 +453,7 @@ pub(crate) async fn start_step(
 /// The run's side of a gate opening: `awaiting_approval` at step `index`, guarded by the
 /// transition table and this node.
 pub(crate) async fn await_approval(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     index: usize,
@@ -451,7 +470,7 @@ pub(crate) async fn await_approval(
 /// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the
 /// run had already ended (or is not this node's): the halt is entered all the same.
 pub(crate) async fn mark_safe_halted(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     message: &str,
@@ -461,7 +480,7 @@ pub(crate) async fn mark_safe_halted(
 
 /// `UPDATE … SET state = to WHERE state = ANY(sources(to))` for this node's run; the row count.
 async fn guarded_update(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
     to: RunState,
@@ -486,12 +505,7 @@ async fn guarded_update(
 }
 
 /// Why a guarded change of run `id` matched no row.
-async fn explain_refusal(
-    tx: &Transaction<'_>,
-    id: Uuid,
-    node_id: &str,
-    to: &'static str,
-) -> StoreError {
+async fn explain_refusal(tx: &Tx<'_>, id: Uuid, node_id: &str, to: &'static str) -> StoreError {
     let row = match tx
         .query_opt(
             "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",

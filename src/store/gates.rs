@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::store::audit::Tx;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
@@ -261,7 +261,7 @@ pub async fn vote(
                 }
                 match vote {
                     Vote::Approve => {
-                        if let Some(halt) = halts::refuse_if_halted(tx, &node_id, &watch).await? {
+                        if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
                             return Err(StoreError::Halted(Box::new(halt)));
                         }
                     }
@@ -340,7 +340,7 @@ pub async fn pending(store: &Store, node_id: &str) -> Result<Vec<Value>, StoreEr
 }
 
 /// Withdraws the gates of run `id` still pending (the run stopped while they waited).
-pub(crate) async fn withdraw_pending(tx: &Transaction<'_>, id: Uuid) -> Result<u64, StoreError> {
+pub(crate) async fn withdraw_pending(tx: &Tx<'_>, id: Uuid) -> Result<u64, StoreError> {
     Ok(tx
         .execute(
             "UPDATE playbook_approval_gates SET state = $2, resolved_at = now() \
@@ -356,7 +356,7 @@ pub(crate) async fn withdraw_pending(tx: &Transaction<'_>, id: Uuid) -> Result<u
 
 /// Moves a pending gate to `to`; the number of rows changed (0 when it was no longer pending).
 async fn resolve_pending(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     index: i32,
     to: GateState,

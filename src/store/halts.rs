@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
 use crate::store::model::{HaltScope, RunState};
 use crate::store::{Store, StoreError, executions, undos};
 use crate::text;
@@ -37,14 +37,26 @@ pub struct ActiveHalt {
     /// Why, made storable; ends with how to clear it.
     pub message: String,
     pub entered_at: OffsetDateTime,
+    pub record: HaltRecord,
+}
+
+/// Where a halt is kept, which decides how an admin clears it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltRecord {
+    /// A row of `playbook_safe_halt_state` (or one about to be written): `ctl halt-resolve`.
+    Database,
+    /// The chain anchor: the database lost rows this node committed, so the halt cannot be
+    /// written there; only `audit accept-cut`, with the daemon stopped, clears it.
+    ChainAnchor,
 }
 
 impl ActiveHalt {
     /// The command that clears this halt: the node's, or the fleet's.
     pub fn clear_command(&self) -> &'static str {
-        match self.scope {
-            HaltScope::Node => CLEAR_COMMAND,
-            HaltScope::Fleet => CLEAR_FLEET_COMMAND,
+        match (self.record, self.scope) {
+            (HaltRecord::ChainAnchor, _) => crate::store::anchor::ACCEPT_COMMAND,
+            (HaltRecord::Database, HaltScope::Node) => CLEAR_COMMAND,
+            (HaltRecord::Database, HaltScope::Fleet) => CLEAR_FLEET_COMMAND,
         }
     }
 }
@@ -56,9 +68,12 @@ impl std::fmt::Display for ActiveHalt {
             HaltScope::Node => write!(f, "node `{}` is in SAFE-HALT since {since}", self.node_id),
             HaltScope::Fleet => write!(f, "the fleet is in SAFE-HALT since {since}"),
         }?;
-        match self.halt_id {
-            Some(id) => write!(f, " (halt {id})"),
-            None => f.write_str(" (not yet written to the database)"),
+        match (self.record, self.halt_id) {
+            (HaltRecord::ChainAnchor, _) => {
+                f.write_str(" (its audit chain was cut; the halt is kept in the chain anchor)")
+            }
+            (HaltRecord::Database, Some(id)) => write!(f, " (halt {id})"),
+            (HaltRecord::Database, None) => f.write_str(" (not yet written to the database)"),
         }
     }
 }
@@ -203,6 +218,7 @@ impl HaltCause {
             execution_id: Some(self.execution_id()),
             message: self.message(),
             entered_at: crate::store::audit::now_micros(),
+            record: HaltRecord::Database,
         }
     }
 }
@@ -241,6 +257,7 @@ pub async fn active_in<C: GenericClient>(
             execution_id: row.get(3),
             message: row.get(4),
             entered_at: row.get(5),
+            record: HaltRecord::Database,
         })
     })
     .transpose()
@@ -428,6 +445,7 @@ pub async fn fleet_in<C: GenericClient>(client: &C) -> Result<Option<ActiveHalt>
         execution_id: row.get(2),
         message: row.get(3),
         entered_at: row.get(4),
+        record: HaltRecord::Database,
     }))
 }
 
@@ -491,7 +509,7 @@ pub async fn enter_fleet(
                     )
                     .await?;
                 let joined = inserted.is_none();
-                let halt = fleet_in(tx).await?.ok_or_else(|| StoreError::NotFound {
+                let halt = fleet_in(&**tx).await?.ok_or_else(|| StoreError::NotFound {
                     what: "active fleet SAFE-HALT",
                     detail: "after inserting it".into(),
                 })?;
@@ -557,7 +575,7 @@ pub async fn resolve_fleet(
 /// Inserts this node's active halt, or finds the one already active (a second failed undo
 /// while halted joins the first halt).
 async fn insert_or_find(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     node_id: &str,
     execution_id: Option<Uuid>,
     rollback_id: Option<&str>,
@@ -591,5 +609,6 @@ async fn insert_or_find(
         execution_id: row.get(1),
         message: row.get(2),
         entered_at: row.get(3),
+        record: HaltRecord::Database,
     })
 }

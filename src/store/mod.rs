@@ -34,6 +34,7 @@ pub mod transitions;
 pub mod undos;
 pub mod verify;
 pub mod versions;
+pub mod wakeups;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! policy engine that resends a decision after a lost reply which execution its first attempt
 //! started.
 
-use tokio_postgres::Transaction;
+use crate::store::audit::Tx;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -42,7 +42,7 @@ pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, S
 /// active, read in the same statement: `Ok(false)` when a halt refused it.
 /// [`StoreError::Replay`] when the nonce was used before.
 pub async fn insert_unless_halted(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     nonce: &str,
     execution_id: Uuid,
     node_id: &str,

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Tx};
 use crate::store::executions::{self, index_from_db, index_to_db};
 use crate::store::halts::{ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -89,10 +89,22 @@ pub async fn record_start(
     start: StepStart,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
+    record_start_after(audit, Vec::new(), start, watch).await
+}
+
+/// [`record_start`] in the transaction of `before` (records with no side effect since, e.g. the
+/// previous step's end), after them: one COMMIT for both, and the start still durable before
+/// the action. Nothing starts unless all of `before` committed.
+pub async fn record_start_after(
+    audit: &AuditHandle,
+    before: Vec<Deferred>,
+    start: StepStart,
+    watch: &HaltWatch,
+) -> Result<StartOutcome, AppendError> {
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
     let (_, outcome) = audit
-        .append_with(Box::new(move |tx| {
+        .append_after(before, Box::new(move |tx| {
             Box::pin(async move {
                 // The halt known in memory (possibly not written yet), then the database's, read
                 // by the very statement that moves the run on.
@@ -199,26 +211,53 @@ pub struct StepEndRecord {
 /// and bounded first: no content can make this fail. A step that never started (skipped, or
 /// failed before its action: a denied gate, unrenderable parameters) gets its row here.
 pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
     audit
-        .append_with(Box::new(move |tx| {
-            Box::pin(async move {
-                let StepEndRecord { execution_id, index, step_id, action, end } = record;
-                let to = end.state();
-                let (output, class, error, reason) = match &end {
-                    StepEnd::Succeeded { output } => (Some(storable_output(output.clone())), None, None, None),
-                    StepEnd::Retrying { class, error, .. } | StepEnd::Failed { class, error } => {
-                        (None, Some(*class), Some(text::storable(error, text::MAX_FIELD_BYTES)), None)
-                    }
-                    StepEnd::Skipped { reason } => (None, None, None, Some(text::storable(reason, text::MAX_FIELD_BYTES))),
-                };
-                let finished = !matches!(end, StepEnd::Retrying { .. });
-                let sources = transitions::step_sources(to);
-                let open = transitions::open_run_states();
-                let written = if matches!(end, StepEnd::Failed { .. } | StepEnd::Skipped { .. }) {
-                    // A step may end before it ever started (its row is created here). Only for
-                    // this node's run, still open: checked in the same statement.
-                    tx.execute(
+        .append_with(end_effect(audit.node_id().to_owned(), record))
+        .await
+        .map(|_| ())
+}
+
+/// [`record_end`], written with the caller's next append (see [`AuditHandle::defer`]): for an end
+/// with no side effect before the next record (a success, a skip).
+pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
+    audit.defer(end_effect(audit.node_id().to_owned(), record))
+}
+
+fn end_effect(node_id: String, record: StepEndRecord) -> Effect<()> {
+    Box::new(move |tx| {
+        Box::pin(async move {
+            let StepEndRecord {
+                execution_id,
+                index,
+                step_id,
+                action,
+                end,
+            } = record;
+            let to = end.state();
+            let (output, class, error, reason) = match &end {
+                StepEnd::Succeeded { output } => {
+                    (Some(storable_output(output.clone())), None, None, None)
+                }
+                StepEnd::Retrying { class, error, .. } | StepEnd::Failed { class, error } => (
+                    None,
+                    Some(*class),
+                    Some(text::storable(error, text::MAX_FIELD_BYTES)),
+                    None,
+                ),
+                StepEnd::Skipped { reason } => (
+                    None,
+                    None,
+                    None,
+                    Some(text::storable(reason, text::MAX_FIELD_BYTES)),
+                ),
+            };
+            let finished = !matches!(end, StepEnd::Retrying { .. });
+            let sources = transitions::step_sources(to);
+            let open = transitions::open_run_states();
+            let written = if matches!(end, StepEnd::Failed { .. } | StepEnd::Skipped { .. }) {
+                // A step may end before it ever started (its row is created here). Only for
+                // this node's run, still open: checked in the same statement.
+                tx.execute(
                         "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
                             attempts, idempotency_key, skip_reason, output, error_class, error, finished_at) \
                          SELECT $1::uuid, $2::int4, $3::text, $4::text, $5::text, 0, $6::bytea, $7::text, \
@@ -248,11 +287,11 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                         ],
                     )
                     .await?
-                } else {
-                    // Success and a retry end an attempt whose start this node recorded (its
-                    // transaction checked the run's owner and state): the row exists, and its
-                    // state guards the change.
-                    tx.execute(
+            } else {
+                // Success and a retry end an attempt whose start this node recorded (its
+                // transaction checked the run's owner and state): the row exists, and its
+                // state guards the change.
+                tx.execute(
                         "UPDATE playbook_step_runs SET state = $3, output = $4, error_class = $5, error = $6, \
                             finished_at = CASE WHEN $7 THEN now() END \
                          WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)",
@@ -268,43 +307,41 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
                         ],
                     )
                     .await?
-                };
-                if written != 1 {
-                    // Not this node's run, or it ended; else the step's state refused it.
-                    require_open_run(tx, execution_id, &node_id).await?;
-                    return Err(step_refusal(tx, execution_id, index, to).await);
-                }
-                let mut event = AuditEvent::new(end.event_type(), Actor::System)
-                    .execution(execution_id)
-                    .with("step_id", step_id)
-                    .with("action", action);
-                if let Some(class) = class {
-                    event = event.with("error_class", class.as_str());
-                }
-                if let Some(error) = error {
-                    event = event.with("error", error);
-                }
-                if let Some(reason) = reason {
-                    event = event.with("reason", reason);
-                }
-                if let StepEnd::Retrying { delay_ms, .. } = end {
-                    event = event.with("retry_in_ms", delay_ms);
-                }
-                if let Some(output) = output {
-                    event = event.with("output_sha256", hex::encode(params_hash(&output)));
-                }
-                Ok((event, ()))
-            })
-        }))
-        .await
-        .map(|_| ())
+            };
+            if written != 1 {
+                // Not this node's run, or it ended; else the step's state refused it.
+                require_open_run(tx, execution_id, &node_id).await?;
+                return Err(step_refusal(tx, execution_id, index, to).await);
+            }
+            let mut event = AuditEvent::new(end.event_type(), Actor::System)
+                .execution(execution_id)
+                .with("step_id", step_id)
+                .with("action", action);
+            if let Some(class) = class {
+                event = event.with("error_class", class.as_str());
+            }
+            if let Some(error) = error {
+                event = event.with("error", error);
+            }
+            if let Some(reason) = reason {
+                event = event.with("reason", reason);
+            }
+            if let StepEnd::Retrying { delay_ms, .. } = end {
+                event = event.with("retry_in_ms", delay_ms);
+            }
+            if let Some(output) = output {
+                event = event.with("output_sha256", hex::encode(params_hash(&output)));
+            }
+            Ok((event, ()))
+        })
+    })
 }
 
 /// Marks step `index` of run `id` undone (`rolled_back`) or not (`rollback_failed`), guarded
 /// by the transition table; the number of rows changed (0 when the step is in no state the
 /// table allows that from).
 pub(crate) async fn mark_undone(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     index: usize,
     to: StepState,
@@ -385,7 +422,7 @@ pub(crate) fn refused_event(
 
 /// Refuses unless run `id` is this node's and has not ended.
 pub(crate) async fn require_open_run(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
 ) -> Result<RunState, StoreError> {
@@ -420,12 +457,7 @@ pub(crate) async fn require_open_run(
 }
 
 /// Why a guarded change of a step matched no row.
-pub(crate) async fn step_refusal(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: Uuid,
-    index: usize,
-    to: StepState,
-) -> StoreError {
+pub(crate) async fn step_refusal(tx: &Tx<'_>, id: Uuid, index: usize, to: StepState) -> StoreError {
     let found = tx
         .query_opt(
             "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = $2",

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx};
 use crate::store::executions::{index_from_db, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
@@ -59,7 +59,7 @@ pub async fn record_start(
     let (_, outcome) = audit
         .append_with(Box::new(move |tx| {
             Box::pin(async move {
-                if let Some(halt) = halts::refuse_if_halted(tx, &node_id, &watch).await? {
+                if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
                     let event = refused_event("rollback.step_start_refused", execution_id, &step_id, &halt);
                     return Ok((event, StartOutcome::Refused(halt)));
                 }
@@ -141,7 +141,7 @@ pub async fn record_end(
 /// transaction that enters SAFE-HALT for it. Never refuses on the step's state: the halt must
 /// be written whatever it finds.
 pub(crate) async fn record_failed(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     execution_id: Uuid,
     index: usize,
     error: &str,
@@ -164,11 +164,7 @@ pub(crate) async fn record_failed(
     Ok(())
 }
 
-async fn require_rolling_back(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: Uuid,
-    node_id: &str,
-) -> Result<(), StoreError> {
+async fn require_rolling_back(tx: &Tx<'_>, id: Uuid, node_id: &str) -> Result<(), StoreError> {
     let state = require_open_run(tx, id, node_id).await?;
     match state {
         RunState::RollingBack => Ok(()),

@@ -3,7 +3,8 @@
 //! resumes from what was verified and can be verified again (anti-rollback holds across
 //! restarts, and a resumed run is checked against the trust store of the day).
 
-use tokio_postgres::{GenericClient, Transaction};
+use crate::store::audit::Tx;
+use tokio_postgres::GenericClient;
 
 use crate::store::StoreError;
 
@@ -33,7 +34,7 @@ pub enum VersionConflict {
 /// before gets any signature it did not have yet: after a key rotation, or bytes recorded
 /// before signatures were kept). `Ok(Ok(true))` when the version is new.
 pub async fn check_and_record(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     new: &NewVersion,
 ) -> Result<Result<bool, VersionConflict>, StoreError> {
     let version = i64::from(new.version);

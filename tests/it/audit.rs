@@ -108,6 +108,109 @@ async fn a_failed_effect_refuses_only_its_own_append() {
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
 }
 
+/// One batch mixing effects that commit, an effect the database refuses (the transaction is
+/// aborted until its savepoint is rolled back) and an effect that fails after it wrote: only
+/// the failing callers are refused, their writes are gone, every other append commits.
+#[tokio::test]
+async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE scratch (k int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (handle, _stop) = writer(&db, "n1").await;
+
+    // Holds the writer in its first batch so that the 60 appends below queue up and are
+    // written as one batch.
+    let blocker = handle.append_with(Box::new(|tx| {
+        Box::pin(async move {
+            tx.execute("SELECT pg_sleep(0.3)", &[])
+                .await
+                .map_err(StoreError::Query)?;
+            Ok((AuditEvent::new("blocker", Actor::System), ()))
+        })
+    }));
+    let appends = (0..60i32).map(|k| {
+        let handle = handle.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            handle
+                .append_with(Box::new(move |tx| {
+                    Box::pin(async move {
+                        tx.execute("INSERT INTO scratch VALUES ($1)", &[&k])
+                            .await
+                            .map_err(StoreError::Query)?;
+                        if k % 7 == 3 {
+                            // Refused by the database after the row above was written.
+                            tx.execute("INSERT INTO scratch VALUES ($1)", &[&k])
+                                .await
+                                .map_err(StoreError::Query)?;
+                        }
+                        if k % 5 == 4 {
+                            // Refused by the effect itself, after it wrote.
+                            return Err(StoreError::Corrupt {
+                                what: "test effect",
+                                detail: format!("refused {k}"),
+                            });
+                        }
+                        Ok((AuditEvent::new("written", Actor::System).with("k", k), k))
+                    })
+                }))
+                .await
+        }
+    });
+    let (blocker, outcomes) = tokio::join!(blocker, futures::future::join_all(appends));
+    let blocker = blocker.expect("blocker").0;
+
+    let refused = |k: i32| k % 7 == 3 || k % 5 == 4;
+    let mut expected_rows = Vec::new();
+    let mut batch_seqs = Vec::new();
+    for (k, outcome) in (0..60).zip(outcomes) {
+        if refused(k) {
+            assert!(
+                matches!(outcome, Err(AppendError::Effect(_))),
+                "{k}: {outcome:?}"
+            );
+        } else {
+            let (appended, value) = outcome.unwrap_or_else(|e| panic!("{k}: {e:?}"));
+            assert_eq!(value, k);
+            assert_eq!(appended.event.data["k"], k);
+            batch_seqs.push(appended.seq);
+            expected_rows.push(k);
+        }
+    }
+    assert!(expected_rows.len() > 30 && expected_rows.len() < 60);
+    batch_seqs.sort_unstable();
+    let first = blocker.seq + 1;
+    assert_eq!(
+        batch_seqs,
+        (first..first + batch_seqs.len() as i64).collect::<Vec<_>>(),
+        "the committed appends follow the blocker without a gap"
+    );
+    let rows: Vec<i32> = client
+        .query("SELECT k FROM scratch ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows, expected_rows,
+        "a refused effect's writes are rolled back"
+    );
+    let events: i64 = client
+        .query_one(
+            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'written'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, expected_rows.len() as i64);
+    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
 #[tokio::test]
 async fn hostile_bytes_in_an_event_are_stored_escaped_beside_their_neighbours() {
     let db = TestDb::new().await;

@@ -662,7 +662,8 @@ async fn an_expired_gate_rolls_the_run_back() {
     wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
 
     // The parser's shortest expiry is a minute: move this gate's deadline into the past
-    // instead; the waiting run re-reads its gate at least every 5 s.
+    // instead, from another connection. The waiting run does not poll: it hears the change
+    // through LISTEN (migration V7), well before the minute is up and this test gives up.
     let moved = client
         .execute(
             "UPDATE playbook_approval_gates SET expires_at = now() - interval '1 second' \

@@ -79,6 +79,61 @@ async fn happy_path_runs_every_step_once_in_order() {
     daemon.stop().await;
 }
 
+/// Records with no side effect between them share a transaction (rows of one transaction
+/// share `xmin`): a noop-3 run commits 5 times, not 9, and every step's start still commits
+/// before (and apart from) its end.
+#[tokio::test]
+async fn a_noop_3_run_commits_five_transactions_with_each_start_before_its_action() {
+    let daemon = Running::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
+    let id = accepted_id(
+        &daemon
+            .send_decision(&decision("bench.noop", "run", json!({})))
+            .await,
+    );
+    assert_eq!(
+        daemon.wait_terminal(&id, Duration::from_secs(10)).await,
+        "completed"
+    );
+    let client = daemon.db.client().await;
+    let rows: Vec<(String, String, Option<String>)> = client
+        .query(
+            "SELECT event_type, xmin::text, event_data ->> 'step_id' FROM playbook_audit_log \
+             WHERE event_data ->> 'execution_id' = $1 ORDER BY seq",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut last_xmin = None;
+    for (event_type, xmin, step) in &rows {
+        let label = match step {
+            Some(step) => format!("{event_type}:{step}"),
+            None => event_type.clone(),
+        };
+        if last_xmin.as_ref() == Some(xmin) {
+            groups.last_mut().unwrap().push(label);
+        } else {
+            groups.push(vec![label]);
+            last_xmin = Some(xmin.clone());
+        }
+    }
+    assert_eq!(
+        groups,
+        [
+            vec!["decision.accepted"],
+            vec!["execution.started", "step.started:first"],
+            vec!["step.succeeded:first", "step.started:second"],
+            vec!["step.succeeded:second", "step.started:third"],
+            vec!["step.succeeded:third", "execution.completed"],
+        ],
+        "{rows:?}"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn a_failure_at_step_three_rolls_back_two_then_one() {
     let daemon = Running::start(

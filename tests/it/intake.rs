@@ -703,3 +703,85 @@ async fn every_reply_shape_matches_the_decision_schema() {
     }
     daemon.stop().await;
 }
+
+/// Admission control: with one run allowed at a time and one allowed to wait, a third decision
+/// gets `busy` with the backlog size, audited; nothing of it is recorded as a run, and its
+/// nonce stays unused (the same decision is accepted once the backlog has drained).
+#[tokio::test]
+async fn a_decision_beyond_the_backlog_bound_gets_busy_and_is_audited() {
+    const NAPS: &str = r#"
+id: naps
+version: 1
+name: A step that holds the only executor slot
+owners: {technical: a@example.org, operational: b@example.org}
+steps:
+  - {id: nap, action: exec, with: {command: /bin/sleep, args: ["1"]}, risk: low, rollback: none}
+"#;
+    let config = format!(
+        "{}\n[intake]\nmax_backlog = 1\n",
+        crate::harness::exec_config(&[], "max_concurrent_runs = 1", "")
+    );
+    let daemon = Running::start(&config, &[NAPS], &bindings(&[("p", "o", "naps")])).await;
+    let first = daemon.send_decision(&decision("p", "o", json!({}))).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    daemon
+        .wait_state(
+            first["execution_id"].as_str().unwrap(),
+            "running",
+            Duration::from_secs(5),
+        )
+        .await;
+    let second = daemon.send_decision(&decision("p", "o", json!({}))).await;
+    assert_eq!(second["status"], "accepted", "{second}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while daemon.executor.backlog() != 1 {
+        assert!(Instant::now() < deadline, "the second run never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let third = decision("p", "o", json!({}));
+    let busy = daemon.send_decision(&third).await;
+    assert_eq!(busy["status"], "busy", "{busy}");
+    assert_eq!(busy["backlog"], 1, "{busy}");
+    assert!(
+        busy["reason"]
+            .as_str()
+            .unwrap()
+            .contains("intake.max_backlog = 1"),
+        "{busy}"
+    );
+    let client = daemon.db.client().await;
+    let audited = client
+        .query_one(
+            "SELECT event_data FROM playbook_audit_log WHERE event_type = 'decision.received' \
+             AND event_data ->> 'nonce' = $1",
+            &[&third["nonce"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    let data: serde_json::Value = audited.get(0);
+    assert_eq!(data["status"], "busy", "{data}");
+    assert_eq!(data["backlog"], 1, "{data}");
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM playbook_executions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 2);
+    assert!(
+        playbookd::status::metrics::install()
+            .render()
+            .contains("playbookd_runs_backlog"),
+        "the backlog is reported as a metric"
+    );
+
+    // Once the backlog drains, the very same decision is accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.executor.backlog() != 0 {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = daemon.send_decision(&third).await;
+    assert_eq!(again["status"], "accepted", "{again}");
+    daemon.stop().await;
+}
