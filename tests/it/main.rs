@@ -25,6 +25,7 @@ mod documents;
 mod executor;
 mod failover;
 mod fleet;
+mod fleet_bench;
 mod halt;
 mod intake;
 mod registry;
