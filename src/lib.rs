@@ -38,6 +38,8 @@ pub mod ctl_client;
 pub mod daemon;
 pub mod executor;
 pub mod intake;
+pub mod merkle;
+pub mod note;
 pub mod redact;
 pub mod registry;
 pub mod safe_halt;
