@@ -19,6 +19,7 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod evidence;
 pub mod executions;
 pub mod gates;
 pub mod halts;
