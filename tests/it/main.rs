@@ -21,6 +21,7 @@ mod crash;
 mod daemon;
 mod decision_schema;
 mod documents;
+mod evidence;
 mod executor;
 mod halt;
 mod intake;
