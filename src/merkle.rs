@@ -117,7 +117,7 @@ impl Tree {
         self.levels.first().map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// RFC 6962 PROOF(old, D[size]): shows that the tree of the first `old` leaves is a prefix of
+    /// RFC 6962 `PROOF(old, D[size])`: shows that the tree of the first `old` leaves is a prefix of
     /// this one.
     pub fn consistency_proof(&self, old: u64) -> Result<Vec<Hash>, ProofError> {
         let size = self.size();
@@ -277,6 +277,7 @@ pub fn verify_consistency(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // sizes below 300
 mod tests {
     use super::*;
     use proptest::prelude::*;

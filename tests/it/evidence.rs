@@ -2,7 +2,7 @@
 //! `audit verify-bundle`, `audit checkpoint-text`), and cross-checks of the notes and proofs with
 //! an implementation nobody here wrote (Cloudflare's `signed_note` and `tlog_tiles` crates).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ impl Fixture {
         self.dir.path(&format!("{}.json", self.run_a))
     }
 
-    fn verify_bundle(&self, file: &PathBuf, key: &PathBuf) -> (Option<i32>, String, String) {
+    fn verify_bundle(&self, file: &Path, key: &Path) -> (Option<i32>, String, String) {
         verify_bundle(file, key)
     }
 
@@ -119,7 +119,7 @@ impl Fixture {
     }
 }
 
-fn verify_bundle(file: &PathBuf, key: &PathBuf) -> (Option<i32>, String, String) {
+fn verify_bundle(file: &Path, key: &Path) -> (Option<i32>, String, String) {
     let (status, stdout, stderr) = run_cli(
         &[
             "audit",
@@ -141,7 +141,7 @@ async fn append(handle: &AuditHandle, i: usize, run: Option<uuid::Uuid>) {
     handle.append(event).await.expect("append");
 }
 
-fn edit_bundle(path: &PathBuf, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn edit_bundle(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let mut bundle: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     edit(&mut bundle);
