@@ -151,8 +151,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute every chain (or one) and check its signed checkpoints.
-    /// Exit 0: intact; 2: a breach was found; 1: could not verify.
+    /// Recompute every chain (or one) and check its signed checkpoints (and the anchor).
+    /// Exit 0: intact; 2: a breach or cut was found; 3: intact but a pinned node key could
+    /// not be checked (no checkpoint yet); 1: could not verify; 78: the anchor does not decode.
     Verify {
         /// The daemon's configuration file (its `[database]` is used).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
@@ -164,6 +165,27 @@ pub enum AuditCommand {
         /// signed by one of the keys given. Repeatable.
         #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
         trusted_node_keys: Vec<PathBuf>,
+        /// The daemon's chain anchor (e.g. /var/lib/playbookd/chain-anchor.json, or a copy): an
+        /// external record of the head it committed and the last checkpoint it signed; a
+        /// database that lost either is reported as a cut.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
+        /// The daemon's log of signed checkpoints (`journalctl -u playbookd -o json`, or its
+        /// stderr lines): each `audit checkpoint signed` (node, seq, hash) the database no
+        /// longer holds is reported as a cut. Repeatable.
+        #[arg(long = "checkpoint-log", value_name = "FILE")]
+        checkpoint_logs: Vec<PathBuf>,
+    },
+    /// Acknowledge a cut the daemon found (it stopped appending): run with the daemon stopped,
+    /// as the daemon's user. The next start records the acknowledgment as its first audit
+    /// event (`audit.cut_accepted`, naming the lost seqs) and appends again.
+    AcceptCut {
+        /// The daemon's configuration file (its node id, node key directory and database).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Why the loss is accepted (kept in the anchor and in the audit event).
+        #[arg(long)]
+        reason: String,
     },
     /// Print the newest checkpoint as a C2SP tlog-checkpoint signed note (needs the node key:
     /// run as the daemon's user). Exit 2: the chain does not verify.
@@ -489,9 +511,24 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     config,
                     node,
                     trusted_node_keys,
+                    anchor,
+                    checkpoint_logs,
                 },
         } => runtime()?.block_on(async {
-            audit_cli::verify(&config, node.as_deref(), &trusted_node_keys).await?;
+            audit_cli::verify(
+                &config,
+                node.as_deref(),
+                &trusted_node_keys,
+                anchor.as_deref(),
+                &checkpoint_logs,
+            )
+            .await?;
+            Ok(())
+        }),
+        Command::Audit {
+            command: AuditCommand::AcceptCut { config, reason },
+        } => runtime()?.block_on(async {
+            audit_cli::accept_cut(&config, &reason).await?;
             Ok(())
         }),
         Command::Audit {

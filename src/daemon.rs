@@ -27,6 +27,7 @@ use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::{LoadSummary, Registry, RegistryError, RegistryPaths};
 use crate::safe_halt::SafeHalt;
 use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListener, StatusState};
+use crate::store::anchor::{Anchor, AnchorError, LossKind, RecordedCut, anchor_path};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
 use crate::store::migrate::SchemaError;
@@ -51,6 +52,8 @@ pub enum DaemonError {
     NodeKey(#[from] NodeKeyError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
     #[error(transparent)]
     Actions(#[from] ActionSetupError),
     #[error("unix socket")]
@@ -87,7 +90,12 @@ impl DaemonError {
             DaemonError::Config(_)
             | DaemonError::NodeKey(_)
             | DaemonError::Checkpoint(CheckpointError::ChainTruncated { .. })
-            | DaemonError::Audit(AuditStartError::ChainLocked { .. })
+            | DaemonError::Audit(
+                AuditStartError::ChainLocked { .. }
+                | AuditStartError::ChainCut { .. }
+                | AuditStartError::Anchor(_),
+            )
+            | DaemonError::Anchor(_)
             | DaemonError::Actions(_)
             | DaemonError::PolicyKey { .. }
             | DaemonError::Status(StatusError::Address { .. } | StatusError::Activated { .. })
@@ -100,7 +108,9 @@ impl DaemonError {
             DaemonError::Store(_)
             | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
             | DaemonError::Audit(AuditStartError::Store { .. })
-            | DaemonError::Checkpoint(CheckpointError::Store { .. })
+            | DaemonError::Checkpoint(
+                CheckpointError::Store { .. } | CheckpointError::Anchor { .. },
+            )
             | DaemonError::Socket(_)
             | DaemonError::Registry(_)
             | DaemonError::Schema(_)
@@ -194,10 +204,23 @@ impl Daemon {
         }
 
         let tasks_shutdown = CancellationToken::new();
-        let (audit, audit_task) =
-            audit::start_writer(pg, config.node_id.clone(), tasks_shutdown.clone()).await?;
+        // The chain head kept outside the database: a cut found here stops the start (78).
+        let anchor = Arc::new(Anchor::load(
+            anchor_path(&config.paths.node_key),
+            &config.node_id,
+        )?);
+        let (audit, audit_task, accepted_cut) = audit::start_writer_anchored(
+            pg,
+            config.node_id.clone(),
+            Some(anchor),
+            tasks_shutdown.clone(),
+        )
+        .await?;
         let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
         checkpointer.ensure_not_truncated().await?;
+        if let Some(cut) = accepted_cut {
+            record_accepted_cut(&audit, &cut).await?;
+        }
         audit
             .append(
                 AuditEvent::new("daemon.start", Actor::System)
@@ -226,6 +249,7 @@ impl Daemon {
         );
         let work_shutdown = CancellationToken::new();
         let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
+        safe_halt.follow_chain_loss();
         let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
         let executor = Executor::new(
             ExecutorParts {
@@ -685,6 +709,37 @@ fn refused_files(report: &ReloadReport) -> Vec<status::RefusedFile> {
             reason: refused.detail.clone(),
         })
         .collect()
+}
+
+/// The first append after an admin accepted a cut: names the lost seqs, who accepted and why.
+/// The anchor forgets the cut once this commits.
+async fn record_accepted_cut(audit: &AuditHandle, cut: &RecordedCut) -> Result<(), DaemonError> {
+    let Some(acceptance) = &cut.accepted else {
+        return Ok(());
+    };
+    let (kind, first, last) = match cut.loss.kind {
+        LossKind::Missing { first, last } => ("missing", first, last),
+        LossKind::Differs { seq } => ("differs", seq, cut.loss.committed.seq),
+    };
+    let event = AuditEvent::new("audit.cut_accepted", Actor::Uid(acceptance.uid))
+        .with("loss", kind)
+        .with("first_lost_seq", first)
+        .with("last_lost_seq", last)
+        .with("committed_seq", cut.loss.committed.seq)
+        .with("committed_hash", hex::encode(cut.loss.committed.hash))
+        .with("database_seq", cut.loss.database.seq)
+        .with("detected_at", audit::format_timestamp(cut.detected_at))
+        .with("accepted_at", audit::format_timestamp(acceptance.at))
+        .with("reason", acceptance.reason.clone());
+    let appended = audit.append(event).await.map_err(|error| {
+        DaemonError::Store(StoreError::Corrupt {
+            what: "audit log",
+            detail: audit::error_chain(&error),
+        })
+    })?;
+    tracing::warn!(seq = appended.seq, lost = %cut.loss.seqs(), uid = acceptance.uid,
+        "accepted chain cut recorded; appending resumes");
+    Ok(())
 }
 
 /// How long shutdown waits for queued audit appends before giving up.

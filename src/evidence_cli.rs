@@ -119,7 +119,7 @@ async fn signed_head(
     let pinned = BTreeSet::from([key.key_id().to_owned()]);
     let report = verify::verify_chain_with(client, node_id, Some(&pinned)).await?;
     if report.breach.is_some() {
-        return Err(EvidenceError::BrokenChain(report_line(&report)));
+        return Err(EvidenceError::BrokenChain(report_line(&report, false)));
     }
     let latest = evidence::latest_checkpoint(client, node_id)
         .await?

@@ -127,6 +127,44 @@ impl SafeHalt {
         }
     }
 
+    /// Enters SAFE-HALT in memory when the audit writer finds that the database lost rows this
+    /// node committed. That halt cannot be written to the cut database: the writer records it in
+    /// the chain anchor and refuses every append (so every decision and step) until an admin
+    /// stops the daemon and accepts the cut with `playbookd audit accept-cut`.
+    pub fn follow_chain_loss(&self) {
+        let mut losses = self.audit.watch_chain_loss();
+        let watch = self.watch.clone();
+        let node_id = self.audit.node_id().to_owned();
+        tokio::spawn(async move {
+            let Ok(loss) = losses.wait_for(Option::is_some).await else {
+                return;
+            };
+            let Some(loss) = loss.clone() else {
+                return;
+            };
+            let halt = ActiveHalt {
+                halt_id: None,
+                scope: HaltScope::Node,
+                node_id,
+                execution_id: None,
+                message: format!(
+                    "{loss}; the halt is kept in the chain anchor, not in the cut database; stop the \
+                     daemon and run `{}`",
+                    crate::store::anchor::ACCEPT_COMMAND
+                ),
+                entered_at: crate::store::audit::now_micros(),
+            };
+            if watch.set(halt.clone()) {
+                tracing::error!(node_id = %halt.node_id, missing_seqs = %loss.seqs(), error = %halt.message,
+                    priority = "critical",
+                    "SAFE-HALT entered: the audit chain was cut; every new decision, step and undo is refused \
+                     until an admin stops the daemon and runs `{}`", crate::store::anchor::ACCEPT_COMMAND);
+                systemd::notify_status(&status_line(&halt));
+                metrics::gauge!("playbookd_safe_halt_active").set(1.0);
+            }
+        });
+    }
+
     /// Clears this node's halt, with the admin's uid and reason, audited in the same
     /// transaction; fails unless exactly one active row of this node was cleared.
     pub async fn resolve(&self, admin_uid: u32, reason: &str) -> Result<i64, ResolveError> {

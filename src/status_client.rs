@@ -428,6 +428,12 @@ fn render_health(body: &Value) -> String {
         text(&body["playbooks"]),
         text(&body["bindings"])
     ));
+    if body["chain_cut"].is_object() {
+        out.push_str(&format!(
+            "SAFE-HALT: AUDIT CHAIN CUT: {}\n",
+            text(&body["chain_cut"]["message"])
+        ));
+    }
     let head = &body["chain_head"];
     if head.is_object() {
         out.push_str(&format!(

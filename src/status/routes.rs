@@ -156,6 +156,18 @@ async fn health(State(state): State<StatusState>) -> Response {
     if halt_active == Some(true) {
         reasons.push("SAFE-HALT active");
     }
+    // A cut chain's halt cannot be written to the cut database: it is known here only.
+    let chain_cut = state.audit.chain_loss().map(|loss| {
+        json!({
+            "message": format!("{loss}; stop the daemon and run `{}`", crate::store::anchor::ACCEPT_COMMAND),
+            "lost_seqs": loss.seqs(),
+            "database_seq": loss.database.seq,
+            "committed_seq": loss.committed.seq,
+        })
+    });
+    if chain_cut.is_some() {
+        reasons.push("SAFE-HALT active: the audit chain was cut");
+    }
     let ready = reasons.is_empty();
     // Not a reason to be unready (every other binding still runs), but said loudly: an engine
     // sending these decisions gets `no_action: no active version`.
@@ -193,6 +205,7 @@ async fn health(State(state): State<StatusState>) -> Response {
         "executions": counts,
         "chain_head": head,
         "safe_halt": halt.flatten(),
+        "chain_cut": chain_cut,
         "playbooks": runtime.playbooks.len(),
         "bindings": runtime.bindings,
     });

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
 use crate::store::{StoreError, connect_single};
 
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.
@@ -127,6 +128,13 @@ pub enum AppendError {
     Stopped,
 }
 
+impl AppendError {
+    /// The error a refused append gets while the chain is cut (see [`crate::store::anchor`]).
+    fn chain_cut(loss: &ChainLoss) -> AppendError {
+        AppendError::Unavailable(Some(StoreError::ChainCut(Box::new(loss.clone()))))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditStartError {
     #[error(
@@ -134,6 +142,18 @@ pub enum AuditStartError {
          give each daemon its own node_id"
     )]
     ChainLocked { node_id: String },
+    /// The database lost rows this node committed; the cut is recorded in the anchor file.
+    #[error(
+        "SAFE-HALT: {loss}: nothing is appended on top of it. Preserve the database as evidence, run \
+             `playbookd audit verify --anchor {anchor}`, then, with the daemon stopped, `{accept}`"
+    )]
+    ChainCut {
+        loss: Box<ChainLoss>,
+        anchor: String,
+        accept: &'static str,
+    },
+    #[error("cannot use the chain anchor")]
+    Anchor(#[source] crate::store::anchor::AnchorError),
     #[error("failed to open the audit chain of node `{node_id}`")]
     Store {
         node_id: String,
@@ -159,6 +179,11 @@ pub struct AuditHandle {
     node_id: Arc<str>,
     /// Updated by the writer after each COMMIT (and after reopening the chain), never before.
     head: watch::Receiver<ChainHead>,
+    /// Set when the database lost rows this node committed: from then on nothing is appended.
+    chain_loss: watch::Receiver<Option<ChainLoss>>,
+    anchor: Option<Arc<Anchor>>,
+    /// Notified after a commit holding an event that calls for a checkpoint at once.
+    checkpoint_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl AuditHandle {
@@ -203,7 +228,39 @@ impl AuditHandle {
     pub fn head(&self) -> ChainHead {
         *self.head.borrow()
     }
+
+    /// The rows the database lost, once the writer found that it did (it then appends nothing).
+    pub fn chain_loss(&self) -> Option<ChainLoss> {
+        self.chain_loss.borrow().clone()
+    }
+
+    /// A receiver that sees the chain loss when the writer finds one.
+    pub fn watch_chain_loss(&self) -> watch::Receiver<Option<ChainLoss>> {
+        self.chain_loss.clone()
+    }
+
+    /// The chain anchor the writer keeps, if the daemon gave it one.
+    pub fn anchor(&self) -> Option<&Arc<Anchor>> {
+        self.anchor.as_ref()
+    }
+
+    /// Resolves after a commit that calls for a checkpoint at once (SAFE-HALT entered or
+    /// cleared, an approval decided).
+    pub async fn checkpoint_wanted(&self) {
+        self.checkpoint_wanted.notified().await;
+    }
 }
+
+/// Events after whose commit a checkpoint is taken at once, so that the head covering them is
+/// signed and anchored before anything else happens: cutting them off is then detectable.
+/// `safe_halt.entered` also covers a failed rollback (its record is in the same transaction).
+pub const CHECKPOINT_NOW_EVENTS: &[&str] = &[
+    "safe_halt.entered",
+    "safe_halt.cleared",
+    "approval.vote",
+    "approval.expired",
+    "audit.cut_accepted",
+];
 
 /// Starts the writer for `node_id`: connects, takes the chain's advisory lock, loads the head.
 /// Fails if another daemon holds the chain. The task stops when `shutdown` fires and the
@@ -213,18 +270,72 @@ pub async fn start_writer(
     node_id: String,
     shutdown: CancellationToken,
 ) -> Result<(AuditHandle, tokio::task::JoinHandle<()>), AuditStartError> {
+    start_writer_anchored(pg, node_id, None, shutdown)
+        .await
+        .map(|(handle, task, _)| (handle, task))
+}
+
+/// What [`start_writer_anchored`] returns: the handle, the writer task, and the cut an admin
+/// accepted (if any), which the caller's first append must record.
+pub type AnchoredWriter = (
+    AuditHandle,
+    tokio::task::JoinHandle<()>,
+    Option<RecordedCut>,
+);
+
+/// Like [`start_writer`], checking the chain against `anchor` first (see
+/// [`crate::store::anchor`]): a database that lost rows this node committed is refused with
+/// [`AuditStartError::ChainCut`].
+pub async fn start_writer_anchored(
+    pg: tokio_postgres::Config,
+    node_id: String,
+    anchor: Option<Arc<Anchor>>,
+    shutdown: CancellationToken,
+) -> Result<AnchoredWriter, AuditStartError> {
     let connection = open_with_lock_grace(&pg, &node_id)
         .await
         .map_err(|error| error.into_start_error(&node_id))?;
+    let mut accepted = None;
+    if let Some(anchor) = &anchor {
+        let check = anchor
+            .check_open(&connection.client)
+            .await
+            .map_err(|source| AuditStartError::Store {
+                node_id: node_id.clone(),
+                source,
+            })?
+            .map_err(AuditStartError::Anchor)?;
+        match check {
+            OpenCheck::Intact => {}
+            OpenCheck::Accepted(cut) => accepted = Some(cut),
+            OpenCheck::Cut(loss) => {
+                tracing::error!(node_id = %node_id, missing_seqs = %loss.seqs(), priority = "critical",
+                    "SAFE-HALT: {loss}; nothing is appended on top of it");
+                return Err(AuditStartError::ChainCut {
+                    loss: Box::new(loss),
+                    anchor: anchor.path().display().to_string(),
+                    accept: crate::store::anchor::ACCEPT_COMMAND,
+                });
+            }
+        }
+    }
     let available = Arc::new(AtomicBool::new(true));
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let (head_sender, head) = watch::channel(connection.head());
+    if let Some(anchor) = &anchor {
+        tokio::spawn(anchor_heads(anchor.clone(), head_sender.subscribe()));
+    }
+    let (loss_sender, chain_loss) = watch::channel(None);
+    let checkpoint_wanted = Arc::new(tokio::sync::Notify::new());
     let writer = Writer {
         pg,
         node_id: node_id.clone(),
         connection: Some(connection),
         available: available.clone(),
         head: head_sender,
+        chain_loss: loss_sender,
+        anchor: anchor.clone(),
+        checkpoint_wanted: checkpoint_wanted.clone(),
     };
     let task = tokio::spawn(writer.run(receiver, shutdown));
     let handle = AuditHandle {
@@ -232,8 +343,29 @@ pub async fn start_writer(
         available,
         node_id: node_id.into(),
         head,
+        chain_loss,
+        anchor,
+        checkpoint_wanted,
     };
-    Ok((handle, task))
+    Ok((handle, task, accepted))
+}
+
+/// Writes each committed head to the anchor (rename, no fsync: see [`crate::store::anchor`]),
+/// off the writer's path: under load, heads that follow each other quickly coalesce into one
+/// write. Ends when the writer does.
+async fn anchor_heads(anchor: Arc<Anchor>, mut heads: watch::Receiver<ChainHead>) {
+    while heads.changed().await.is_ok() {
+        let head = *heads.borrow_and_update();
+        let anchor = anchor.clone();
+        match tokio::task::spawn_blocking(move || anchor.record_head(head, false)).await {
+            Ok(Ok(())) => {}
+            // The head stays in memory; the next commit or checkpoint writes it again.
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error_chain(&error), "chain anchor not updated");
+            }
+            Err(error) => tracing::warn!(error = %error, "chain anchor update did not run"),
+        }
+    }
 }
 
 /// Opens the chain, waiting briefly for its lock: after a crash, PostgreSQL may hold the dead
@@ -457,6 +589,9 @@ struct Writer {
     connection: Option<ChainConnection>,
     available: Arc<AtomicBool>,
     head: watch::Sender<ChainHead>,
+    chain_loss: watch::Sender<Option<ChainLoss>>,
+    anchor: Option<Arc<Anchor>>,
+    checkpoint_wanted: Arc<tokio::sync::Notify>,
 }
 
 struct Staged {
@@ -504,6 +639,16 @@ impl Writer {
             self.connection = None;
             self.reconnect().await;
         }
+        // After the reconnect: it is what finds a cut.
+        let loss = self.chain_loss.borrow().clone();
+        if let Some(loss) = loss {
+            // Nothing goes on top of a cut chain; the connection (and its lock) is kept so no
+            // other writer takes the chain either.
+            for request in batch {
+                request.job.finish(Err(AppendError::chain_cut(&loss)));
+            }
+            return;
+        }
         let Some(connection) = self.connection.as_mut() else {
             for request in batch {
                 request.job.finish(Err(AppendError::Unavailable(None)));
@@ -511,7 +656,12 @@ impl Writer {
             return;
         };
         match write_batch(connection, &self.node_id, &self.head, batch).await {
-            Ok(()) => self.available.store(true, Ordering::Release),
+            Ok(wants_checkpoint) => {
+                self.available.store(true, Ordering::Release);
+                if wants_checkpoint {
+                    self.checkpoint_wanted.notify_one();
+                }
+            }
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "audit batch failed; reconnecting before the next append");
                 self.connection = None;
@@ -520,10 +670,47 @@ impl Writer {
         }
     }
 
+    /// Stops appending for good: the database lost rows this node committed.
+    fn enter_cut(&mut self, loss: ChainLoss) {
+        tracing::error!(node_id = %self.node_id, missing_seqs = %loss.seqs(), priority = "critical",
+            "SAFE-HALT: {loss}; nothing is appended on top of it. Preserve the database as evidence; \
+             stop the daemon, then `{}`", crate::store::anchor::ACCEPT_COMMAND);
+        if let Some(anchor) = &self.anchor
+            && let Err(error) = anchor.record_cut(&loss)
+        {
+            tracing::error!(error = %error_chain(&error), "the cut is not recorded in the chain anchor; it holds in memory");
+        }
+        self.available.store(false, Ordering::Release);
+        self.chain_loss.send_replace(Some(loss));
+    }
+
     async fn reconnect(&mut self) {
         self.available.store(false, Ordering::Release);
         match ChainConnection::open(&self.pg, &self.node_id).await {
             Ok(connection) => {
+                // What this writer committed (and the last signed head) must still be there: a
+                // database that lost it (a cut, a failover to a lagging standby) is not appended to.
+                let mut committed = vec![*self.head.borrow()];
+                committed.extend(self.anchor.as_ref().and_then(|a| a.checkpoint_head()));
+                match crate::store::anchor::find_chain_loss(
+                    &connection.client,
+                    &self.node_id,
+                    &committed,
+                )
+                .await
+                {
+                    Ok(None) => {}
+                    Ok(Some(loss)) => {
+                        self.enter_cut(loss);
+                        self.connection = Some(connection);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error_chain(&error), "cannot compare the reopened chain; appends refused");
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                        return;
+                    }
+                }
                 tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
                 self.head.send_replace(connection.head());
                 self.connection = Some(connection);
@@ -552,7 +739,7 @@ async fn write_batch(
     node_id: &str,
     head: &watch::Sender<ChainHead>,
     batch: Vec<Request>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
     let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
     let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
@@ -609,6 +796,9 @@ async fn write_batch(
             // Before the replies: a caller that sees its append succeed also sees the new head.
             head.send_replace(connection.head());
             metrics::counter!("playbookd_audit_appends_total").increment(staged.len() as u64);
+            let wants_checkpoint = staged
+                .iter()
+                .any(|item| CHECKPOINT_NOW_EVENTS.contains(&item.event.event_type));
             for item in staged {
                 let appended = Appended {
                     seq: item.seq,
@@ -620,7 +810,7 @@ async fn write_batch(
             for (job, error) in refused {
                 job.finish(Err(AppendError::Effect(error)));
             }
-            Ok(())
+            Ok(wants_checkpoint)
         }
         Err(error) => {
             for item in staged {

@@ -29,6 +29,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::store::anchor::{AnchorError, AnchoredCheckpoint};
 use crate::store::audit::{AuditHandle, ChainHead, now_micros};
 use crate::store::{Store, StoreError};
 
@@ -337,6 +338,15 @@ pub enum CheckpointError {
         source: StoreError,
     },
     #[error(
+        "failed to record the audit checkpoint of node `{node_id}` at seq {seq} in the chain anchor"
+    )]
+    Anchor {
+        node_id: String,
+        seq: i64,
+        #[source]
+        source: AnchorError,
+    },
+    #[error(
         "the audit chain of node `{node_id}` ends at seq {head_seq} but a signed checkpoint covers seq \
          {checkpoint_seq}: its tail was cut off; appending would reuse signed seqs. \
          Run `playbookd audit verify` and preserve the database as evidence"
@@ -389,6 +399,10 @@ impl Checkpointer {
         if head.seq == 0 {
             return Ok(None);
         }
+        if let Some(loss) = self.audit.chain_loss() {
+            // Signing a head of a cut chain would vouch for the cut.
+            return Err(fail(StoreError::ChainCut(Box::new(loss))));
+        }
         if self
             .last_checkpoint_seq()
             .await?
@@ -417,6 +431,21 @@ impl Checkpointer {
         if inserted == 0 {
             // The periodic task and the shutdown call raced to the same head.
             return Ok(None);
+        }
+        // Durably, outside the database: what this node signed cannot be cut off unnoticed.
+        if let Some(anchor) = self.audit.anchor() {
+            anchor
+                .record_checkpoint(AnchoredCheckpoint {
+                    seq: checkpoint.seq,
+                    hash: checkpoint.hash,
+                    key_id: checkpoint.key_id.clone(),
+                    signature: checkpoint.signature.clone(),
+                })
+                .map_err(|source| CheckpointError::Anchor {
+                    node_id: node_id.to_owned(),
+                    seq: head.seq,
+                    source,
+                })?;
         }
         tracing::info!(
             node_id = %checkpoint.node_id,
@@ -447,8 +476,10 @@ impl Checkpointer {
         Ok(row.get(0))
     }
 
-    /// Checkpoints every `interval` until `shutdown` fires. A failure is logged and retried at
-    /// the next tick: a missing checkpoint weakens evidence but must not stop the daemon.
+    /// Checkpoints every `interval`, and at once after an event that calls for it (see
+    /// [`crate::store::audit::CHECKPOINT_NOW_EVENTS`]), until `shutdown` fires. A failure is
+    /// logged and retried at the next tick: a missing checkpoint weakens evidence but must not
+    /// stop the daemon.
     pub fn spawn(
         self,
         interval: Duration,
@@ -464,6 +495,11 @@ impl Checkpointer {
                     _ = ticks.tick() => {
                         if let Err(error) = self.checkpoint().await {
                             tracing::warn!(error = %crate::store::audit::error_chain(&error), "audit checkpoint failed");
+                        }
+                    }
+                    () = self.audit.checkpoint_wanted() => {
+                        if let Err(error) = self.checkpoint().await {
+                            tracing::warn!(error = %crate::store::audit::error_chain(&error), "immediate audit checkpoint failed");
                         }
                     }
                 }

@@ -17,6 +17,7 @@
 // A new state must fail to compile wherever something is decided about it.
 #![deny(clippy::wildcard_enum_match_arm)]
 
+pub mod anchor;
 pub mod audit;
 pub mod checkpoint;
 pub mod evidence;
@@ -101,6 +102,9 @@ pub enum StoreError {
     /// The nonce was used before (a unique violation).
     #[error("replay: this nonce has been used before")]
     Replay,
+    /// The database lost rows this node committed: nothing is appended on top of the cut.
+    #[error("{0}; an admin stops the daemon and runs `{cmd}`", cmd = anchor::ACCEPT_COMMAND)]
+    ChainCut(Box<anchor::ChainLoss>),
     /// A SAFE-HALT is in force; the change was refused inside its transaction.
     #[error("{0}; an admin clears it with `{cmd}`", cmd = halts::CLEAR_COMMAND)]
     Halted(Box<halts::ActiveHalt>),

@@ -79,6 +79,10 @@ pub struct ChainReport {
     pub last_seq: i64,
     /// Checkpoints stored for this node.
     pub checkpoints: u64,
+    /// Rows stored for this node, verified or not.
+    pub stored_rows: u64,
+    /// The highest seq stored (0 for none).
+    pub stored_last_seq: i64,
     /// The first problem found (lowest seq) and the seq it was found at.
     pub breach: Option<(i64, Breach)>,
 }
@@ -113,6 +117,13 @@ pub async fn verify_chain_with(
 ) -> Result<ChainReport, StoreError> {
     // Before the row stream opens: a second query on the same connection would wait behind it.
     let checkpoints = load_checkpoints(client, node_id).await?;
+    let stored = client
+        .query_one(
+            "SELECT count(*), coalesce(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
+            &[&node_id],
+        )
+        .await?;
+    let stored_rows: i64 = stored.get(0);
     let mut found: Vec<(i64, Breach)> = Vec::new();
     if let Some(breach) = checkpoints
         .iter()
@@ -126,6 +137,8 @@ pub async fn verify_chain_with(
         rows: 0,
         last_seq: 0,
         checkpoints: checkpoints.len() as u64,
+        stored_rows: u64::try_from(stored_rows).unwrap_or(0),
+        stored_last_seq: stored.get(1),
         breach: None,
     };
     let mut prev_hash = GENESIS_HASH;

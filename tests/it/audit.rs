@@ -400,7 +400,7 @@ async fn audit_verify_detects_a_tail_cut_after_a_checkpoint() {
 async fn audit_verify_detects_a_chain_deleted_whole() {
     assert_breach(
         "DELETE FROM playbook_audit_log",
-        "node n1: 0 rows, last seq 0, 2 checkpoints: BREACH at seq 1: truncated",
+        "node n1: 0 rows stored (last seq 0), none verified, 2 checkpoints: BREACH at seq 1: truncated",
     )
     .await;
 }
@@ -558,6 +558,17 @@ async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
         .unwrap();
     let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(78), "{stderr}");
+    // The chain anchor (outside the database) names the lost row before the database's own
+    // checkpoints are consulted.
+    let expected = format!(
+        "seq {head} is missing (the database ends at seq {}",
+        head - 1
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // Without the anchor (lost with the state directory), the checkpoint still catches it.
+    std::fs::remove_file(dir.path("chain-anchor.json")).unwrap();
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
     let expected = format!(
         "ends at seq {} but a signed checkpoint covers seq {head}",
         head - 1
@@ -672,10 +683,13 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
         stdout.trim(),
         format!("node node-a: {head} rows, last seq {head}, 1 checkpoints: ok")
     );
+    // node-b has no checkpoint: its rows verify, but the pinned key was not checked (exit 3).
     let (status, stdout, stderr) = verify("node-b");
-    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(status.code(), Some(3), "{stdout}{stderr}");
     assert!(
-        stdout.contains("4 rows, last seq 4, 0 checkpoints: ok"),
+        stdout.contains(
+            "4 rows, last seq 4, 0 checkpoints: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet"
+        ),
         "{stdout}"
     );
     // The Rust verifier agrees, and the Python one fails on what the Rust one fails on.

@@ -11,6 +11,7 @@ mod actions_net;
 mod actions_process;
 mod actions_support;
 mod actuator;
+mod anchor;
 mod api_conformance;
 mod audit;
 mod bench;

@@ -1,0 +1,470 @@
+//! The chain head lives outside the database too (issue 21): a database that lost rows this
+//! node committed — cut by whoever can write it, as a superuser here — is never appended to.
+//! The daemon finds the cut at the next writer reconnect and at the next start, names the
+//! missing seqs, and `audit verify --anchor` reports it; `audit accept-cut` is the way out.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::harness::{UNDO_FAILS, bindings, decision, exec_config, send_line};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn stop(daemon: &mut ChildDaemon) {
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+}
+
+/// The attack of issue 21, as a superuser: the append-only triggers disabled, every row and
+/// checkpoint of `node` above `keep` deleted.
+async fn cut_above(client: &tokio_postgres::Client, node: &str, keep: i64) {
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             ALTER TABLE audit_checkpoints DISABLE TRIGGER USER; \
+             DELETE FROM playbook_audit_log WHERE node_id = '{node}' AND seq > {keep}; \
+             DELETE FROM audit_checkpoints WHERE node_id = '{node}' AND seq > {keep}; \
+             ALTER TABLE playbook_audit_log ENABLE TRIGGER USER; \
+             ALTER TABLE audit_checkpoints ENABLE TRIGGER USER;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Sends `count` decisions nothing binds: each is audited (`no_action`) before its reply.
+async fn append_decisions(dir: &DaemonDir, count: usize) {
+    for _ in 0..count {
+        let reply = send_line(
+            &dir.path("run/decisions.sock"),
+            decision("unbound", "x", json!({})).to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(reply["status"], "no_action", "{reply}");
+    }
+}
+
+fn anchor(dir: &DaemonDir) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.path("chain-anchor.json")).unwrap()).unwrap()
+}
+
+fn verify(config: &Path, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(&args, &[])
+}
+
+fn serve_refused(config: &Path) -> String {
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    stderr
+}
+
+/// GET /v1/health of a child daemon, as JSON.
+fn health(daemon: &ChildDaemon) -> Value {
+    let endpoint = daemon.status_endpoint();
+    let addr = endpoint.to_string();
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+#[tokio::test]
+async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    // An early checkpoint: the first run's, at shutdown.
+    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    stop(&mut daemon);
+    let client = db.client().await;
+    let early = chain_head(&client, "node-a").await;
+
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    append_decisions(&dir, 3).await;
+    let committed = chain_head(&client, "node-a").await;
+    assert!(committed >= early + 4, "{early} {committed}");
+    // The anchor follows each commit (off the writer's path, so shortly after the reply).
+    let start = std::time::Instant::now();
+    while anchor(&dir)["head"]["seq"] != committed {
+        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cut_above(&client, "node-a", early).await;
+    // The writer is forced to reconnect: every other session of the database is killed.
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let missing = format!("seq {}..={committed} are missing", early + 1);
+    let start = std::time::Instant::now();
+    while !daemon.log_text().contains(&missing) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "no `{missing}`:\n{}",
+            daemon.log_text()
+        );
+        // Each decision needs an append: it is refused, and the writer reconnects for it.
+        let _ = send_line(
+            &dir.path("run/decisions.sock"),
+            decision("unbound", "x", json!({})).to_string().as_bytes(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.wait_for_log("SAFE-HALT entered: the audit chain was cut", LIMIT);
+    // Nothing went on top of the cut, whatever arrives.
+    let reply = send_line(
+        &dir.path("run/decisions.sock"),
+        decision("unbound", "x", json!({})).to_string().as_bytes(),
+    )
+    .await;
+    assert_ne!(reply["status"], "no_action", "{reply}");
+    assert_eq!(
+        chain_head(&client, "node-a").await,
+        early,
+        "{}",
+        daemon.log_text()
+    );
+    let cut = &anchor(&dir)["cut"];
+    assert_eq!(
+        cut["loss"],
+        json!({"kind": "missing", "first": early + 1, "last": committed})
+    );
+    let body = health(&daemon);
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(
+        body["chain_cut"]["lost_seqs"],
+        format!("{}..{committed}", early + 1),
+        "{body}"
+    );
+    let endpoint = daemon.status_endpoint().to_string();
+    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
+        "{stdout}"
+    );
+    stop(&mut daemon);
+    assert_eq!(
+        chain_head(&client, "node-a").await,
+        early,
+        "nothing appended at shutdown"
+    );
+
+    // The database alone looks intact; the anchor says otherwise.
+    let (status, stdout, stderr) = verify(&config, &[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let anchor_path = dir.path("chain-anchor.json");
+    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)) && stdout.contains(&missing),
+        "{stdout}"
+    );
+
+    // The halt survives the restart: the daemon refuses to start, naming the seqs and the fix.
+    let stderr = serve_refused(&config);
+    assert!(
+        stderr.contains(&missing) && stderr.contains("playbookd audit accept-cut"),
+        "{stderr}"
+    );
+
+    // The admin accepts the cut; the next start appends again, first of all the acknowledgment.
+    let (status, stdout, stderr) = run_cli(
+        &[
+            "audit",
+            "accept-cut",
+            "--config",
+            config.to_str().unwrap(),
+            "--reason",
+            "incident 42: database restored from the cut copy",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    let row = client
+        .query_one(
+            "SELECT event_type, event_data FROM playbook_audit_log WHERE node_id = 'node-a' AND seq = $1",
+            &[&(early + 1)],
+        )
+        .await
+        .unwrap();
+    let (event_type, data): (String, Value) = (row.get(0), row.get(1));
+    assert_eq!(event_type, "audit.cut_accepted");
+    assert_eq!(data["first_lost_seq"], early + 1, "{data}");
+    assert_eq!(data["last_lost_seq"], committed, "{data}");
+    assert!(
+        data["reason"].as_str().unwrap().contains("incident 42"),
+        "{data}"
+    );
+    stop(&mut daemon);
+    assert!(anchor(&dir)["cut"].is_null(), "{}", anchor(&dir));
+    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    append_decisions(&dir, 2).await;
+    stop(&mut daemon);
+    let client = db.client().await;
+    let committed = chain_head(&client, "node-a").await;
+    assert_eq!(anchor(&dir)["checkpoint"]["seq"], committed);
+
+    cut_above(&client, "node-a", 3).await;
+    let stderr = serve_refused(&config);
+    let missing = format!("seq 4..={committed} are missing");
+    assert!(stderr.contains(&missing), "{stderr}");
+    assert_eq!(chain_head(&client, "node-a").await, 3, "nothing appended");
+    assert_eq!(
+        anchor(&dir)["cut"]["loss"],
+        json!({"kind": "missing", "first": 4, "last": committed})
+    );
+    let anchor_path = dir.path("chain-anchor.json");
+    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("BREACH at seq 4: cut:"), "{stdout}");
+    // The log's copy of the shutdown checkpoint is an external anchor too.
+    let (status, stdout, _) = verify(&config, &[]);
+    assert!(
+        status.success(),
+        "the database alone looks intact: {stdout}"
+    );
+    let log = dir.path("daemon.log");
+    let (status, stdout, _) = verify(&config, &["--checkpoint-log", log.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "node node-a: 1 logged checkpoints (last seq {committed}): BREACH at seq 4: cut:"
+        )),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    stop(&mut daemon);
+    let client = db.client().await;
+    let head = chain_head(&client, "node-a").await;
+    // The last row replaced by one with another hash (as a lagging standby's own row would be).
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             UPDATE playbook_audit_log SET hash = sha256(hash) WHERE node_id = 'node-a' AND seq = {head}; \
+             ALTER TABLE playbook_audit_log ENABLE TRIGGER USER;"
+        ))
+        .await
+        .unwrap();
+    let stderr = serve_refused(&config);
+    assert!(
+        stderr.contains(&format!("the row at seq {head} differs")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let extra = format!(
+        "[audit]\ncheckpoint_interval_seconds = 3600\n{}",
+        exec_config(&[], "", "")
+    );
+    let config = dir.write_config(&db, "node-a", &extra);
+    dir.write_signed("playbooks/undo-fails-v1.yaml", UNDO_FAILS, true);
+    dir.write_signed(
+        "bindings.yaml",
+        &bindings(&[("halt", "now", "undo-fails")]),
+        true,
+    );
+    // The last checkpoint before the halt: the first run's shutdown.
+    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    stop(&mut daemon);
+    let client = db.client().await;
+    let early = chain_head(&client, "node-a").await;
+
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    let reply = send_line(
+        &dir.path("run/decisions.sock"),
+        decision("halt", "now", json!({})).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    daemon.wait_for_log("SAFE-HALT written", LIMIT);
+    // No periodic checkpoint is due for an hour: this one is the halt's own.
+    daemon.wait_for_log("audit checkpoint signed", LIMIT);
+    let halt_seq: i64 = client
+        .query_one(
+            "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'safe_halt.entered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let signed: i64 = client
+        .query_one(
+            "SELECT max(seq) FROM audit_checkpoints WHERE node_id = 'node-a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(signed >= halt_seq, "checkpoint {signed} < halt {halt_seq}");
+    let start = std::time::Instant::now();
+    while anchor(&dir)["checkpoint"]["seq"].as_i64() < Some(halt_seq) {
+        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A crash: no shutdown checkpoint. Then the rows after the last periodic checkpoint go.
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(LIMIT).expect("killed");
+    cut_above(&client, "node-a", early).await;
+    let stderr = serve_refused(&config);
+    assert!(
+        stderr.contains(&format!("seq {}..=", early + 1)) && stderr.contains("are missing"),
+        "{stderr}"
+    );
+    let anchor_path = dir.path("chain-anchor.json");
+    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_group_readable_anchor_stops_the_daemon_with_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    stop(&mut daemon);
+    let path = dir.path("chain-anchor.json");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = serve_refused(&config);
+    assert!(
+        stderr.contains("chain-anchor.json") && stderr.contains("0644"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, b"{\"format\": 1}").unwrap();
+    let stderr = serve_refused(&config);
+    assert!(stderr.contains("does not decode"), "{stderr}");
+}
+
+async fn signed(client: &tokio_postgres::Client, node: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM audit_checkpoints WHERE node_id = $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const GATED_NOOP: &str = r#"
+id: gated-noop
+version: 1
+name: One high-risk step behind a gate
+owners: {technical: a@example.org, operational: b@example.org}
+approval: {expires: 5m}
+steps:
+  - {id: act, action: noop, risk: high, rollback: none}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_decision_is_checkpointed_at_once() {
+    use crate::harness::Running;
+    let daemon = Running::start(
+        "[audit]\ncheckpoint_interval_seconds = 3600\n",
+        &[GATED_NOOP],
+        &bindings(&[("p", "o", "gated-noop")]),
+    )
+    .await;
+    let reply = daemon.send_decision(&decision("p", "o", json!({}))).await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let run = reply["execution_id"].as_str().unwrap().to_owned();
+    daemon.wait_event(&run, "approval.requested", LIMIT).await;
+    let client = daemon.db.client().await;
+    // No periodic checkpoint for an hour: nothing is signed while the run waits.
+    assert_eq!(signed(&client, "node-a").await, 0);
+    let approved = daemon
+        .control(
+            &json!({"verb": "approve", "execution_id": run, "step": "act", "reason": "checked"}),
+        )
+        .await;
+    assert_eq!(approved["gate_state"], "approved", "{approved}");
+    let vote: i64 = client
+        .query_one(
+            "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'approval.vote'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let start = std::time::Instant::now();
+    while signed(&client, "node-a").await < vote {
+        assert!(
+            start.elapsed() < LIMIT,
+            "no checkpoint covers the vote at seq {vote}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let anchored = &anchor(&daemon.dir)["checkpoint"]["seq"];
+    assert!(anchored.as_i64() >= Some(vote), "{anchored}");
+    daemon.stop().await;
+}
