@@ -190,6 +190,7 @@ pub enum AuditCommand {
     /// Print the newest checkpoint as a C2SP tlog-checkpoint signed note (needs the node key:
     /// run as the daemon's user). Exit 2: the chain does not verify.
     CheckpointText {
+        /// The daemon's configuration file (its `[database]` and `paths.node_key` are used).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Another node's chain in the same database (its key must be the configured one).
@@ -202,8 +203,10 @@ pub enum AuditCommand {
     /// Write one run's evidence bundle: its audit rows with inclusion proofs against a signed
     /// checkpoint note (needs the node key). Exit 2: the chain does not verify.
     Prove {
+        /// The daemon's configuration file (its `[database]` and `paths.node_key` are used).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// The execution id of the run.
         execution: uuid::Uuid,
         /// Write the bundle here (never overwritten) instead of standard output.
         #[arg(long, value_name = "FILE")]
@@ -212,6 +215,7 @@ pub enum AuditCommand {
     /// Check an evidence bundle offline against the node's public key.
     /// Exit 0: verified; 2: it does not verify (the reason is printed); 1: cannot read it.
     VerifyBundle {
+        /// The bundle `audit prove` wrote.
         file: PathBuf,
         /// The node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub).
         #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
