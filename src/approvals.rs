@@ -22,7 +22,7 @@ use crate::registry::model::RiskTier;
 use crate::store::audit::{AppendError, AuditHandle};
 pub use crate::store::gates::VoteOutcome;
 use crate::store::gates::{self, NewGate, NewVote};
-use crate::store::halts::{ActiveHalt, CLEAR_COMMAND, HaltWatch};
+use crate::store::halts::{ActiveHalt, HaltWatch};
 use crate::store::model::GateState;
 pub use crate::store::model::Vote;
 use crate::store::{Store, StoreError};
@@ -91,8 +91,9 @@ pub enum VoteError {
     OtherNode { execution_id: Uuid, owner: String },
     /// An approval during SAFE-HALT would fire the moment an admin clears it.
     #[error(
-        "safe_halt: {0}; approvals are refused until an admin clears it with `{CLEAR_COMMAND}` \
-         (a deny is still recorded)"
+        "safe_halt: {0}; approvals are refused until an admin clears it with `{cmd}` \
+         (a deny is still recorded)",
+        cmd = .0.clear_command()
     )]
     Halted(Box<ActiveHalt>),
     #[error(transparent)]

@@ -66,6 +66,26 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub actuator: ActuatorConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: this node's place among the daemons that share one database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How often this node writes its heartbeat row (and re-reads the fleet halt, prunes nonces).
+    #[serde(default = "default_heartbeat_interval_seconds")]
+    pub heartbeat_interval_seconds: u64,
+    /// A node whose heartbeat is older than this is shown as stale.
+    #[serde(default = "default_stale_after_seconds")]
+    pub stale_after_seconds: u64,
+    /// Whether this node's own failed rollback also halts every node of the fleet.
+    #[serde(default)]
+    pub halt_fleet_on_rollback_failure: bool,
+    /// Nonces deleted per statement by retention (at most `nonce_prune_batches` per heartbeat).
+    #[serde(default = "default_nonce_prune_batch")]
+    pub nonce_prune_batch: u32,
 }
 
 /// `[actuator]`: where the privileged helper listens, and whom it serves (`playbookd actuator`
@@ -405,6 +425,26 @@ impl Config {
             return Err(invalid(
                 "database.url",
                 "expected a PostgreSQL connection URL (postgres://…)".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.fleet.heartbeat_interval_seconds) {
+            return Err(invalid(
+                "fleet.heartbeat_interval_seconds",
+                "expected an integer from 1 to 300".into(),
+            ));
+        }
+        if self.fleet.stale_after_seconds <= self.fleet.heartbeat_interval_seconds
+            || self.fleet.stale_after_seconds > 86_400
+        {
+            return Err(invalid(
+                "fleet.stale_after_seconds",
+                "expected an integer above fleet.heartbeat_interval_seconds, at most 86400".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.fleet.nonce_prune_batch) {
+            return Err(invalid(
+                "fleet.nonce_prune_batch",
+                "expected an integer from 1 to 10000".into(),
             ));
         }
         if !(1..=86_400).contains(&self.intake.freshness_seconds) {
@@ -787,6 +827,30 @@ impl Default for PathsConfig {
             node_key: default_node_key(),
         }
     }
+}
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            heartbeat_interval_seconds: default_heartbeat_interval_seconds(),
+            stale_after_seconds: default_stale_after_seconds(),
+            halt_fleet_on_rollback_failure: false,
+            nonce_prune_batch: default_nonce_prune_batch(),
+        }
+    }
+}
+impl FleetConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_seconds)
+    }
+}
+fn default_heartbeat_interval_seconds() -> u64 {
+    5
+}
+fn default_stale_after_seconds() -> u64 {
+    30
+}
+fn default_nonce_prune_batch() -> u32 {
+    1000
 }
 impl Default for AuditConfig {
     fn default() -> Self {

@@ -66,9 +66,22 @@ pub enum CtlVerb {
         #[arg(long)]
         reason: String,
     },
-    /// Clear the active SAFE-HALT (admin).
+    /// Clear the active SAFE-HALT of this node, or with --fleet the fleet's (admin).
     HaltResolve {
+        /// Clear the fleet-wide halt instead of this node's own.
+        #[arg(long)]
+        fleet: bool,
         /// What was fixed; recorded in the audit log with your uid.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Halt every node of the fleet (admin): no node starts another step until an admin runs
+    /// `ctl halt-resolve --fleet`.
+    Halt {
+        /// Required: the whole fleet is halted (a node halts itself only when a rollback fails).
+        #[arg(long, required = true)]
+        fleet: bool,
+        /// Why; recorded in the audit log with your uid.
         #[arg(long)]
         reason: String,
     },
@@ -206,9 +219,17 @@ pub fn request(verb: &CtlVerb) -> WireRequest {
             reason: Some(reason.clone()),
             ..base("cancel")
         },
-        CtlVerb::HaltResolve { reason } => WireRequest {
+        CtlVerb::HaltResolve { fleet, reason } => WireRequest {
             reason: Some(reason.clone()),
-            ..base("halt-resolve")
+            ..base(if *fleet {
+                "halt-resolve-fleet"
+            } else {
+                "halt-resolve"
+            })
+        },
+        CtlVerb::Halt { reason, .. } => WireRequest {
+            reason: Some(reason.clone()),
+            ..base("halt-fleet")
         },
     }
 }
@@ -269,7 +290,16 @@ fn human(verb: &CtlVerb, reply: &Value) -> String {
         CtlVerb::Cancel { execution, .. } => {
             format!("cancel requested for {execution}: the run stops and rolls back\n")
         }
-        CtlVerb::HaltResolve { .. } => format!("SAFE-HALT {} cleared\n", text("halt_id")),
+        CtlVerb::HaltResolve { fleet: false, .. } => {
+            format!("SAFE-HALT {} cleared\n", text("halt_id"))
+        }
+        CtlVerb::HaltResolve { fleet: true, .. } => {
+            format!("fleet SAFE-HALT {} cleared\n", text("halt_id"))
+        }
+        CtlVerb::Halt { .. } => format!(
+            "fleet SAFE-HALT {} entered: no node starts another step until `playbookd ctl halt-resolve --fleet --reason …`\n",
+            text("halt_id")
+        ),
         CtlVerb::Reload => reload_text(reply),
     }
 }

@@ -22,6 +22,7 @@ use crate::control::{
     roles::Roles,
 };
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
+use crate::fleet::{self, FleetParts};
 use crate::intake::{Intake, IntakeParts, IntakeSettings};
 use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::{LoadSummary, Registry, RegistryError, RegistryPaths};
@@ -138,6 +139,8 @@ pub struct Daemon {
     /// Stops intake and executor first; unfinished runs stay resumable.
     work_shutdown: CancellationToken,
     safe_halt: SafeHalt,
+    /// Heartbeat, nonce retention and the fleet halt listener (spawned by `run_until_stopped`).
+    fleet: FleetParts,
     approvals: Approvals,
     executor: Executor,
     intake: Intake,
@@ -248,8 +251,25 @@ impl Daemon {
             "registry loaded"
         );
         let work_shutdown = CancellationToken::new();
-        let safe_halt = SafeHalt::load(&store, audit.clone()).await?;
+        let safe_halt = SafeHalt::load(
+            &store,
+            audit.clone(),
+            config.fleet.halt_fleet_on_rollback_failure,
+        )
+        .await?;
         safe_halt.follow_chain_loss();
+        let fleet = FleetParts {
+            store: store.clone(),
+            audit: audit.clone(),
+            safe_halt: safe_halt.clone(),
+            pg: config.postgres_config(),
+            heartbeat_interval: config.fleet.heartbeat_interval(),
+            freshness_seconds: config.intake.freshness_seconds,
+            prune_batch: config.fleet.nonce_prune_batch,
+            started_at: audit::now_micros(),
+        };
+        // Listed (and its freshness window counted by nonce retention) before any decision.
+        fleet::first_beat(&fleet).await?;
         let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
         let executor = Executor::new(
             ExecutorParts {
@@ -312,7 +332,8 @@ impl Daemon {
             loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
             ..RuntimeSnapshot::default()
         });
-        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver);
+        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver)
+            .with_stale_after(config.fleet.stale_after_seconds);
         Ok(Daemon {
             config,
             store,
@@ -323,6 +344,7 @@ impl Daemon {
             tasks_shutdown,
             work_shutdown,
             safe_halt,
+            fleet,
             approvals,
             executor,
             intake,
@@ -417,6 +439,7 @@ impl Daemon {
             self.config.audit.checkpoint_interval(),
             self.tasks_shutdown.clone(),
         );
+        fleet::spawn(self.fleet.clone(), self.tasks_shutdown.clone());
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has checked the schema and the role, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,
@@ -573,6 +596,12 @@ impl Daemon {
                 tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
             }
             Err(_) => tracing::warn!("final audit checkpoint timed out"),
+        }
+        if tokio::time::timeout(DRAIN_LIMIT, fleet::mark_stopped(&self.fleet))
+            .await
+            .is_err()
+        {
+            tracing::warn!("node stop not recorded: the database did not answer in time");
         }
         self.tasks_shutdown.cancel();
         if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)

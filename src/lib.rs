@@ -39,6 +39,7 @@ pub mod ctl_client;
 pub mod daemon;
 pub mod evidence_cli;
 pub mod executor;
+pub mod fleet;
 pub mod intake;
 pub mod merkle;
 pub mod note;

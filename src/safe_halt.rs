@@ -25,6 +25,8 @@ use crate::systemd;
 pub struct SafeHalt {
     watch: HaltWatch,
     audit: AuditHandle,
+    /// `fleet.halt_fleet_on_rollback_failure`: this node's own halt also halts the fleet.
+    halts_fleet: bool,
 }
 
 /// Why a halt could not be cleared.
@@ -39,6 +41,8 @@ pub enum ResolveError {
     NotWrittenYet { node_id: String },
     #[error("a reason is required to clear a SAFE-HALT")]
     NoReason,
+    #[error("no fleet SAFE-HALT is active")]
+    FleetNotActive,
     #[error("the audit log is unavailable; SAFE-HALT stays active")]
     Audit(#[source] AppendError),
 }
@@ -54,19 +58,31 @@ pub enum Entered {
 
 impl SafeHalt {
     /// Reads this node's active halt (if any) from the database: a halt survives restarts.
-    pub async fn load(store: &Store, audit: AuditHandle) -> Result<SafeHalt, StoreError> {
+    /// With `halts_fleet`, a halt this node enters also halts the fleet.
+    pub async fn load(
+        store: &Store,
+        audit: AuditHandle,
+        halts_fleet: bool,
+    ) -> Result<SafeHalt, StoreError> {
         let halt = halts::load_active(store, audit.node_id())
             .await?
             .filter(|halt| is_own(halt, audit.node_id()));
+        let fleet = halts::load_fleet(store).await?;
         metrics::gauge!("playbookd_safe_halt_active").set(if halt.is_some() { 1.0 } else { 0.0 });
         if let Some(halt) = &halt {
             tracing::error!(halt_id = ?halt.halt_id, error = %halt.message, priority = "critical",
                 "SAFE-HALT is active: nothing will run until an admin clears it with `{CLEAR_COMMAND}`");
             systemd::notify_status(&status_line(halt));
         }
+        let watch = HaltWatch::new(halt);
+        if let Some(fleet) = fleet {
+            watch.set_fleet(Some(fleet.clone()));
+            announce(&fleet, "fleet SAFE-HALT is active");
+        }
         Ok(SafeHalt {
-            watch: HaltWatch::new(halt),
+            watch,
             audit,
+            halts_fleet,
         })
     }
 
@@ -93,8 +109,78 @@ impl SafeHalt {
     /// Takes note of a halt found in the database (a start was refused by it). This node's own
     /// halt is kept in memory from then on; a fleet halt is re-read by whoever meets it.
     pub fn observe(&self, halt: ActiveHalt) {
-        if is_own(&halt, self.audit.node_id()) && self.watch.set(halt.clone()) {
-            announce(&halt, "SAFE-HALT found in the database");
+        match halt.scope {
+            HaltScope::Fleet => self.sync_fleet(Some(halt)),
+            HaltScope::Node => {
+                if is_own(&halt, self.audit.node_id()) && self.watch.set(halt.clone()) {
+                    announce(&halt, "SAFE-HALT found in the database");
+                }
+            }
+        }
+    }
+
+    /// Takes the fleet halt as the database has it now (`None`: none active): from a
+    /// `playbookd_halt` notification or the heartbeat's periodic re-read.
+    pub fn sync_fleet(&self, fleet: Option<ActiveHalt>) {
+        if !self.watch.set_fleet(fleet.clone()) {
+            return;
+        }
+        match &fleet {
+            Some(halt) => announce(halt, "fleet SAFE-HALT"),
+            None => {
+                tracing::warn!("fleet SAFE-HALT cleared");
+                if self.watch.own().is_none() {
+                    metrics::gauge!("playbookd_safe_halt_active").set(0.0);
+                    systemd::notify_status("ready: fleet SAFE-HALT cleared");
+                }
+            }
+        }
+    }
+
+    /// Halts every node of the fleet, for an admin with a reason.
+    pub async fn halt_fleet(
+        &self,
+        admin_uid: u32,
+        reason: &str,
+    ) -> Result<ActiveHalt, ResolveError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(ResolveError::NoReason);
+        }
+        let halt = halts::enter_fleet(
+            &self.audit,
+            halts::FleetHaltCause::Admin {
+                uid: admin_uid,
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+        .map_err(ResolveError::Audit)?;
+        self.sync_fleet(Some(halt.clone()));
+        Ok(halt)
+    }
+
+    /// Clears the fleet halt, for an admin with a reason; nodes' own halts stay.
+    pub async fn resolve_fleet(&self, admin_uid: u32, reason: &str) -> Result<i64, ResolveError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(ResolveError::NoReason);
+        }
+        match halts::resolve_fleet(&self.audit, admin_uid, reason).await {
+            Ok(halt_id) => {
+                tracing::warn!(halt_id, admin_uid, reason = %crate::text::storable(reason, 256),
+                    "fleet SAFE-HALT cleared");
+                self.sync_fleet(None);
+                Ok(halt_id)
+            }
+            Err(halts::ResolveError::FleetNotActive) => {
+                self.sync_fleet(None);
+                Err(ResolveError::FleetNotActive)
+            }
+            Err(halts::ResolveError::NotActive { node_id }) => {
+                Err(ResolveError::NotActive { node_id })
+            }
+            Err(halts::ResolveError::Audit(error)) => Err(ResolveError::Audit(error)),
         }
     }
 
@@ -106,6 +192,9 @@ impl SafeHalt {
         if self.watch.set(unwritten.clone()) {
             announce(&unwritten, "SAFE-HALT entered");
         }
+        if self.halts_fleet {
+            self.spread_to_fleet(&unwritten).await;
+        }
         match halts::enter(&self.audit, cause.clone()).await {
             Ok(halt) => {
                 self.watch.set(halt.clone());
@@ -115,7 +204,7 @@ impl SafeHalt {
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), priority = "critical",
                     "SAFE-HALT not written yet: it holds in memory (nothing starts) and is retried");
-                let halt = self.active().unwrap_or(unwritten);
+                let halt = self.watch.own().unwrap_or(unwritten);
                 tokio::spawn(persist_until_written(
                     self.audit.clone(),
                     self.watch.clone(),
@@ -124,6 +213,21 @@ impl SafeHalt {
                 ));
                 Entered::InMemoryOnly(halt)
             }
+        }
+    }
+
+    /// `fleet.halt_fleet_on_rollback_failure`: halts the fleet for this node's halt. Written
+    /// before the node's own row, so the other nodes stop as early as possible; if it cannot be
+    /// written the node's own halt still holds (and is retried), and the failure is logged.
+    async fn spread_to_fleet(&self, halt: &ActiveHalt) {
+        let cause = halts::FleetHaltCause::NodeHalt {
+            halt_id: halt.halt_id,
+            message: halt.message.clone(),
+        };
+        match halts::enter_fleet(&self.audit, cause).await {
+            Ok(fleet) => self.sync_fleet(Some(fleet)),
+            Err(error) => tracing::error!(error = %error_chain(&error), priority = "critical",
+                "this node's SAFE-HALT could not halt the fleet (fleet.halt_fleet_on_rollback_failure)"),
         }
     }
 
@@ -182,16 +286,18 @@ impl SafeHalt {
                 self.watch.clear();
                 Ok(halt_id)
             }
-            Err(halts::ResolveError::NotActive { .. }) => match self.active() {
-                Some(halt) if halt.halt_id.is_none() => {
-                    Err(ResolveError::NotWrittenYet { node_id })
+            Err(halts::ResolveError::NotActive { .. } | halts::ResolveError::FleetNotActive) => {
+                match self.watch.own() {
+                    Some(halt) if halt.halt_id.is_none() => {
+                        Err(ResolveError::NotWrittenYet { node_id })
+                    }
+                    Some(_) | None => {
+                        // The database has none (cleared elsewhere, or never written): memory follows it.
+                        self.watch.clear();
+                        Err(ResolveError::NotActive { node_id })
+                    }
                 }
-                Some(_) | None => {
-                    // The database has none (cleared elsewhere, or never written): memory follows it.
-                    self.watch.clear();
-                    Err(ResolveError::NotActive { node_id })
-                }
-            },
+            }
             Err(halts::ResolveError::Audit(error)) => Err(ResolveError::Audit(error)),
         }
     }
@@ -200,6 +306,12 @@ impl SafeHalt {
 /// `SAFE-HALT since <time>: <message>` (the message ends with how to clear it), one line.
 pub fn status_line(halt: &ActiveHalt) -> String {
     let message = halt.message.replace(['\n', '\r'], " ");
+    if halt.scope == HaltScope::Fleet {
+        return format!(
+            "fleet SAFE-HALT since {}: {message}",
+            format_timestamp(halt.entered_at)
+        );
+    }
     format!(
         "SAFE-HALT since {}: {message}",
         format_timestamp(halt.entered_at)
@@ -219,8 +331,15 @@ fn announce(halt: &ActiveHalt, what: &'static str) {
         execution_id = ?halt.execution_id,
         error = %halt.message,
         priority = "critical",
-        "{what}: every new decision, step and undo of node `{}` is refused until an admin clears it with `{CLEAR_COMMAND}`",
-        halt.node_id
+        "{what}: every new decision, step and undo of {} is refused until an admin clears it with `{}`",
+        match halt.scope {
+            HaltScope::Node => format!("node `{}`", halt.node_id),
+            HaltScope::Fleet => "every node".to_owned(),
+        },
+        match halt.scope {
+            HaltScope::Node => CLEAR_COMMAND,
+            HaltScope::Fleet => halts::CLEAR_FLEET_COMMAND,
+        }
     );
     systemd::notify_status(&status_line(halt));
     metrics::gauge!("playbookd_safe_halt_active").set(1.0);

@@ -69,6 +69,12 @@ pub enum StatusCommand {
     },
     /// The active SAFE-HALT, if any, and the halt history.
     Halt,
+    /// Every node of the fleet: heartbeat age, stale or not, runs in flight, halt, chain head.
+    Nodes {
+        /// Only this node.
+        #[arg(long, value_name = "NODE_ID")]
+        node: Option<String>,
+    },
     /// This node's audit chain.
     Audit {
         /// Show rows with a seq above this one (default 0: from the start).
@@ -331,6 +337,10 @@ async fn run_command(
             render_execution,
         ),
         Some(StatusCommand::Halt) => ("/v1/safe-halt".into(), render_halt),
+        Some(StatusCommand::Nodes { node: None }) => ("/v1/nodes".into(), render_nodes),
+        Some(StatusCommand::Nodes { node: Some(id) }) => {
+            (format!("/v1/nodes/{}", percent_encode(&id)), render_node)
+        }
         Some(StatusCommand::Audit { after, limit }) => {
             let query = query_string(&[
                 ("after", after.map(|a| a.to_string())),
@@ -604,6 +614,60 @@ fn render_halt(body: &Value) -> String {
         ));
     }
     out
+}
+
+fn node_row(n: &Value) -> Vec<String> {
+    let state = if n["stale"] == Value::Bool(true) {
+        if n["stopped_at"].is_null() {
+            "STALE"
+        } else {
+            "stopped"
+        }
+    } else {
+        "alive"
+    };
+    vec![
+        text(&n["node_id"]),
+        state.to_owned(),
+        format!(
+            "{:.1}s",
+            n["heartbeat_age_seconds"].as_f64().unwrap_or(f64::NAN)
+        ),
+        text(&n["version"]),
+        text(&n["runs_in_flight"]),
+        text(&n["safe_halt"]),
+        text(&n["chain_head"]["seq"]),
+        text(&n["last_checkpoint"]["seq"]),
+    ]
+}
+
+const NODE_HEADERS: [&str; 8] = [
+    "NODE",
+    "STATE",
+    "HEARTBEAT",
+    "VERSION",
+    "IN FLIGHT",
+    "HALT",
+    "HEAD",
+    "CHECKPOINT",
+];
+
+fn render_nodes(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(&body["nodes"]).map(node_row).collect();
+    let stale = items(&body["nodes"])
+        .filter(|n| n["stale"] == Value::Bool(true))
+        .count();
+    let mut out = table(&NODE_HEADERS, &rows);
+    out.push_str(&format!(
+        "{} nodes, {stale} stale (no heartbeat for {} s, or stopped)\n",
+        rows.len(),
+        text(&body["stale_after_seconds"])
+    ));
+    out
+}
+
+fn render_node(body: &Value) -> String {
+    table(&NODE_HEADERS, &[node_row(body)])
 }
 
 fn render_audit(body: &Value) -> String {

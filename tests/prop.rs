@@ -212,7 +212,10 @@ fn check_control(bytes: &[u8]) -> Result<bool, TestCaseError> {
             prop_assert!(text::check_operator_text(reason, 4096).is_ok());
         }
         Ok(
-            protocol::Request::Cancel { reason, .. } | protocol::Request::HaltResolve { reason },
+            protocol::Request::Cancel { reason, .. }
+            | protocol::Request::HaltResolve { reason }
+            | protocol::Request::HaltFleet { reason }
+            | protocol::Request::HaltResolveFleet { reason },
         ) => {
             prop_assert!(text::check_operator_text(reason, 4096).is_ok());
         }
@@ -1046,6 +1049,8 @@ fn control_line() -> impl Strategy<Value = Vec<u8>> {
             "deny",
             "cancel",
             "halt-resolve",
+            "halt-fleet",
+            "halt-resolve-fleet",
             "reload",
             "APPROVE",
             "halt_resolve",

@@ -25,7 +25,9 @@ use self::roles::{Grant, Peer, Role, Roles, Verb};
 use crate::approvals::{Approvals, Vote, VoteError};
 use crate::executor::{CancelError, Executor};
 use crate::safe_halt::{ResolveError, SafeHalt};
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, error_chain};
+use crate::store::audit::{
+    Actor, AppendError, AuditEvent, AuditHandle, error_chain, format_timestamp,
+};
 use crate::store::{Store, executions};
 use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
@@ -334,6 +336,8 @@ impl Control {
                 reason,
             } => self.cancel(*execution_id, peer, reason).await,
             Request::HaltResolve { reason } => self.halt_resolve(peer, reason).await,
+            Request::HaltFleet { reason } => self.halt_fleet(peer, reason).await,
+            Request::HaltResolveFleet { reason } => self.halt_resolve_fleet(peer, reason).await,
             Request::Reload => self.reload(peer).await,
         }
     }
@@ -425,11 +429,54 @@ impl Control {
         match self.inner.safe_halt.resolve(peer.uid, reason).await {
             Ok(halt_id) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!("cleared"))]),
             Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
-            Err(error @ (ResolveError::NotActive { .. } | ResolveError::NotWrittenYet { .. })) => {
-                Reply::Error(error.to_string())
-            }
+            Err(
+                error @ (ResolveError::NotActive { .. }
+                | ResolveError::NotWrittenYet { .. }
+                | ResolveError::FleetNotActive),
+            ) => Reply::Error(error.to_string()),
             Err(error @ ResolveError::Audit(_)) => {
                 tracing::error!(error = %error_chain(&error), "control.sock: SAFE-HALT not cleared");
+                Reply::Error(error.to_string())
+            }
+        }
+    }
+
+    async fn halt_fleet(&self, peer: &Peer, reason: &str) -> Reply {
+        match self.inner.safe_halt.halt_fleet(peer.uid, reason).await {
+            Ok(halt) => ok([
+                ("halt_id", json!(halt.halt_id)),
+                ("safe_halt", json!("fleet")),
+                ("entered_at", json!(format_timestamp(halt.entered_at))),
+            ]),
+            Err(ResolveError::NoReason) => {
+                Reply::Refused("a reason is required to halt the fleet".into())
+            }
+            Err(
+                error @ (ResolveError::NotActive { .. }
+                | ResolveError::NotWrittenYet { .. }
+                | ResolveError::FleetNotActive
+                | ResolveError::Audit(_)),
+            ) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: fleet SAFE-HALT not entered");
+                Reply::Error(format!("{error}: the fleet is NOT halted"))
+            }
+        }
+    }
+
+    async fn halt_resolve_fleet(&self, peer: &Peer, reason: &str) -> Reply {
+        match self.inner.safe_halt.resolve_fleet(peer.uid, reason).await {
+            Ok(halt_id) => ok([
+                ("halt_id", json!(halt_id)),
+                ("safe_halt", json!("fleet cleared")),
+            ]),
+            Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
+            Err(
+                error @ (ResolveError::NotActive { .. }
+                | ResolveError::NotWrittenYet { .. }
+                | ResolveError::FleetNotActive),
+            ) => Reply::Error(error.to_string()),
+            Err(error @ ResolveError::Audit(_)) => {
+                tracing::error!(error = %error_chain(&error), "control.sock: fleet SAFE-HALT not cleared");
                 Reply::Error(error.to_string())
             }
         }
@@ -536,7 +583,9 @@ fn describe(event: AuditEvent, request: &Request) -> AuditEvent {
         } => event
             .execution(*execution_id)
             .with("reason", reason.as_str()),
-        Request::HaltResolve { reason } => event.with("reason", reason.as_str()),
+        Request::HaltResolve { reason }
+        | Request::HaltFleet { reason }
+        | Request::HaltResolveFleet { reason } => event.with("reason", reason.as_str()),
     }
 }
 

@@ -51,6 +51,14 @@ pub enum Request {
     HaltResolve {
         reason: String,
     },
+    /// Halt every node of the fleet (reason required).
+    HaltFleet {
+        reason: String,
+    },
+    /// Clear the fleet halt (reason required).
+    HaltResolveFleet {
+        reason: String,
+    },
     Reload,
 }
 
@@ -62,6 +70,8 @@ impl Request {
             Request::Deny { .. } => Verb::Deny,
             Request::Cancel { .. } => Verb::Cancel,
             Request::HaltResolve { .. } => Verb::HaltResolve,
+            Request::HaltFleet { .. } => Verb::HaltFleet,
+            Request::HaltResolveFleet { .. } => Verb::HaltResolveFleet,
             Request::Reload => Verb::Reload,
         }
     }
@@ -71,7 +81,11 @@ impl Request {
             Request::Approve { execution_id, .. }
             | Request::Deny { execution_id, .. }
             | Request::Cancel { execution_id, .. } => Some(*execution_id),
-            Request::Pending | Request::HaltResolve { .. } | Request::Reload => None,
+            Request::Pending
+            | Request::HaltResolve { .. }
+            | Request::HaltFleet { .. }
+            | Request::HaltResolveFleet { .. }
+            | Request::Reload => None,
         }
     }
 }
@@ -95,7 +109,7 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
         malformed(
             None,
             format!(
-                "unknown verb `{}`: expected pending, approve, deny, cancel, halt-resolve or reload",
+                "unknown verb `{}`: expected pending, approve, deny, cancel, halt-resolve, halt-fleet, halt-resolve-fleet or reload",
                 echo(&wire.verb)
             ),
         )
@@ -105,7 +119,7 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
         Verb::Pending | Verb::Reload => (false, false, false),
         Verb::Approve | Verb::Deny => (true, true, true),
         Verb::Cancel => (true, false, true),
-        Verb::HaltResolve => (false, false, true),
+        Verb::HaltResolve | Verb::HaltFleet | Verb::HaltResolveFleet => (false, false, true),
     };
     for (name, present, taken) in [
         ("execution_id", wire.execution_id.is_some(), takes_execution),
@@ -173,6 +187,8 @@ pub fn decode(line: &[u8]) -> Result<Request, Malformed> {
             reason: reason()?,
         },
         Verb::HaltResolve => Request::HaltResolve { reason: reason()? },
+        Verb::HaltFleet => Request::HaltFleet { reason: reason()? },
+        Verb::HaltResolveFleet => Request::HaltResolveFleet { reason: reason()? },
     })
 }
 

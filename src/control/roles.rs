@@ -38,6 +38,10 @@ pub enum Verb {
     Deny,
     Cancel,
     HaltResolve,
+    /// Halt every node of the fleet.
+    HaltFleet,
+    /// Clear the fleet halt.
+    HaltResolveFleet,
     Reload,
 }
 
@@ -50,6 +54,8 @@ impl Verb {
             Verb::Deny => "deny",
             Verb::Cancel => "cancel",
             Verb::HaltResolve => "halt-resolve",
+            Verb::HaltFleet => "halt-fleet",
+            Verb::HaltResolveFleet => "halt-resolve-fleet",
             Verb::Reload => "reload",
         }
     }
@@ -62,6 +68,8 @@ impl Verb {
             Verb::Deny => "control.deny",
             Verb::Cancel => "control.cancel",
             Verb::HaltResolve => "control.halt_resolve",
+            Verb::HaltFleet => "control.halt_fleet",
+            Verb::HaltResolveFleet => "control.halt_resolve_fleet",
             Verb::Reload => "control.reload",
         }
     }
@@ -72,7 +80,9 @@ impl Verb {
             Verb::Pending => &[Role::Viewer, Role::Operator, Role::Approver, Role::Admin],
             Verb::Approve | Verb::Deny => &[Role::Approver, Role::Admin],
             Verb::Cancel => &[Role::Operator, Role::Admin],
-            Verb::HaltResolve | Verb::Reload => &[Role::Admin],
+            Verb::HaltResolve | Verb::HaltFleet | Verb::HaltResolveFleet | Verb::Reload => {
+                &[Role::Admin]
+            }
         }
     }
 
@@ -80,7 +90,11 @@ impl Verb {
     pub fn acts_on_execution(self) -> bool {
         match self {
             Verb::Approve | Verb::Deny | Verb::Cancel => true,
-            Verb::Pending | Verb::HaltResolve | Verb::Reload => false,
+            Verb::Pending
+            | Verb::HaltResolve
+            | Verb::HaltFleet
+            | Verb::HaltResolveFleet
+            | Verb::Reload => false,
         }
     }
 
@@ -91,6 +105,8 @@ impl Verb {
             Verb::Deny,
             Verb::Cancel,
             Verb::HaltResolve,
+            Verb::HaltFleet,
+            Verb::HaltResolveFleet,
             Verb::Reload,
         ]
         .into_iter()

@@ -26,7 +26,7 @@ use crate::safe_halt::SafeHalt;
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditHandle};
 use crate::store::executions::{self, AdmitError, BindingRecord, NewExecution};
-use crate::store::halts::{ActiveHalt, CLEAR_COMMAND};
+use crate::store::halts::ActiveHalt;
 use crate::store::model::Severity;
 use crate::store::nonces::{self, FirstUse};
 use crate::text;
@@ -580,7 +580,10 @@ fn count(reply: &Reply) {
 
 /// The refusal reason while a SAFE-HALT is in force: what, since when, and how it is cleared.
 fn halted_reason(halt: &ActiveHalt) -> String {
-    format!("safe_halt: {halt}; nothing new runs until an admin clears it with `{CLEAR_COMMAND}`")
+    format!(
+        "safe_halt: {halt}; nothing new runs until an admin clears it with `{}`",
+        halt.clear_command()
+    )
 }
 
 #[cfg(test)]

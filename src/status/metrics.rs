@@ -38,9 +38,12 @@ pub const DECISIONS_SUPPRESSED_TOTAL: &str = "playbookd_decisions_suppressed_tot
 /// `no_action: no active version`); 0 when every binding can run.
 pub const BINDINGS_WITHOUT_ACTIVE_PLAYBOOK: &str = "playbookd_bindings_without_active_playbook";
 
+/// Counter of used nonces deleted by retention (older than twice the widest freshness window).
+pub const NONCES_PRUNED_TOTAL: &str = "playbookd_nonces_pruned_total";
+
 /// Every metric name, for tests and documentation. Each exists from the start (at zero); the
 /// labelled ones with every label value known then (see [`install`]).
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     DECISIONS_TOTAL,
     EXECUTIONS_TOTAL,
     STEP_DURATION_SECONDS,
@@ -54,6 +57,7 @@ pub const ALL: [&str; 13] = [
     HTTP_CIRCUIT_OPEN,
     DECISIONS_SUPPRESSED_TOTAL,
     BINDINGS_WITHOUT_ACTIVE_PLAYBOOK,
+    NONCES_PRUNED_TOTAL,
 ];
 
 /// Installs the Prometheus recorder as the process-global `metrics` recorder (once), describes
@@ -133,6 +137,7 @@ fn register_all_at_zero() {
         metrics::counter!(REGISTRY_REJECTIONS_TOTAL, "reason" => reason).increment(0);
     }
     metrics::counter!(DECISIONS_SUPPRESSED_TOTAL).increment(0);
+    metrics::counter!(NONCES_PRUNED_TOTAL).increment(0);
     metrics::gauge!(BINDINGS_WITHOUT_ACTIVE_PLAYBOOK).increment(0.0);
 }
 
@@ -147,6 +152,11 @@ fn builder() -> Result<PrometheusBuilder, BuildError> {
 
 fn describe_all() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        NONCES_PRUNED_TOTAL,
+        Unit::Count,
+        "Used nonces deleted by retention: older than twice the widest freshness window of any node."
+    );
     describe_counter!(
         DECISIONS_TOTAL,
         Unit::Count,

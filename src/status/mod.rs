@@ -99,6 +99,9 @@ pub struct PlaybookSummary {
     pub signers: Vec<String>,
 }
 
+/// `fleet.stale_after_seconds` when none is given.
+const DEFAULT_STALE_AFTER_SECONDS: u64 = 30;
+
 /// Everything a handler may read. Cheap to clone (handles and an `Arc`-backed receiver).
 #[derive(Clone)]
 pub struct StatusState {
@@ -110,6 +113,8 @@ pub struct StatusState {
     pub runtime: watch::Receiver<RuntimeSnapshot>,
     /// Renders `/metrics`; the recorder is process-global (see [`metrics::install`]).
     pub metrics: PrometheusHandle,
+    /// `fleet.stale_after_seconds`: `/v1/nodes` marks older heartbeats stale.
+    pub stale_after_seconds: u64,
 }
 
 impl StatusState {
@@ -126,7 +131,14 @@ impl StatusState {
             version: env!("CARGO_PKG_VERSION"),
             runtime,
             metrics: metrics::install(),
+            stale_after_seconds: DEFAULT_STALE_AFTER_SECONDS,
         }
+    }
+
+    /// With `fleet.stale_after_seconds` from the configuration.
+    pub fn with_stale_after(mut self, seconds: u64) -> StatusState {
+        self.stale_after_seconds = seconds;
+        self
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Route {
 
 /// Every route the router serves; `router` is built from this list and nothing else, so the
 /// OpenAPI test that walks it covers the whole API.
-pub const ROUTES: [Route; 7] = [
+pub const ROUTES: [Route; 9] = [
     Route {
         path: "/v1/health",
         method_router: || get(health),
@@ -53,6 +53,14 @@ pub const ROUTES: [Route; 7] = [
     Route {
         path: "/v1/audit",
         method_router: || get(audit),
+    },
+    Route {
+        path: "/v1/nodes",
+        method_router: || get(nodes),
+    },
+    Route {
+        path: "/v1/nodes/{id}",
+        method_router: || get(node),
     },
     Route {
         path: "/metrics",
@@ -348,6 +356,81 @@ async fn audit(State(state): State<StatusState>, params: Params) -> Result<Respo
         _ => None,
     };
     Ok(Json(json!({"node_id": node_id, "rows": rows, "next_after": next_after})).into_response())
+}
+
+/// Every node of the fleet that ever reported, with its heartbeat and whether it is stale.
+async fn nodes(State(state): State<StatusState>) -> Result<Response, ApiError> {
+    let rows = store_call(crate::store::nodes::list(&state.store)).await?;
+    let stale_after = state.stale_after_seconds;
+    let nodes: Vec<_> = rows.iter().map(|row| node_json(row, stale_after)).collect();
+    Ok(Json(json!({
+        "stale_after_seconds": stale_after,
+        "nodes": nodes,
+    }))
+    .into_response())
+}
+
+async fn node(
+    State(state): State<StatusState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !crate::config::is_valid_node_id(&id) {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            detail: "path parameter `id`: expected a node id (1-64 characters of [A-Za-z0-9._-])"
+                .into(),
+        });
+    }
+    match store_call(crate::store::nodes::get(&state.store, &id)).await? {
+        Some(row) => Ok(Json(node_json(&row, state.stale_after_seconds)).into_response()),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: format!("no node `{id}` has reported a heartbeat"),
+        }),
+    }
+}
+
+/// A node as the API shows it (schemas/openapi.yaml `Node`).
+pub fn node_json(
+    row: &crate::store::nodes::NodeRow,
+    stale_after_seconds: u64,
+) -> serde_json::Value {
+    use crate::store::audit::format_timestamp;
+    json!({
+        "node_id": row.node_id,
+        "version": row.version,
+        "started_at": format_timestamp(row.started_at),
+        "heartbeat_at": format_timestamp(row.heartbeat_at),
+        "heartbeat_age_seconds": row.heartbeat_age_seconds.max(0.0),
+        "stale": row.is_stale(stale_after_seconds),
+        "stopped_at": row.stopped_at.map(format_timestamp),
+        "chain_head": {
+            "seq": row.chain_head_seq,
+            "hash": row.chain_head_hash.as_deref().map(hex::encode),
+        },
+        "last_checkpoint": row.last_checkpoint_seq.map(|seq| json!({
+            "seq": seq,
+            "at": row.last_checkpoint_at.map(format_timestamp),
+        })),
+        "runs_in_flight": row.runs_in_flight,
+        "safe_halt": row.halt.as_str(),
+    })
+}
+
+/// A store read bounded by [`QUERY_TIMEOUT`]; any failure is "database unavailable".
+async fn store_call<T>(
+    work: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::store::audit::error_chain(&error), "status query failed");
+            Err(ApiError::database())
+        }
+        Err(_) => Err(ApiError::database()),
+    }
 }
 
 async fn metrics(State(state): State<StatusState>) -> Response {

@@ -39,6 +39,16 @@ pub struct ActiveHalt {
     pub entered_at: OffsetDateTime,
 }
 
+impl ActiveHalt {
+    /// The command that clears this halt: the node's, or the fleet's.
+    pub fn clear_command(&self) -> &'static str {
+        match self.scope {
+            HaltScope::Node => CLEAR_COMMAND,
+            HaltScope::Fleet => CLEAR_FLEET_COMMAND,
+        }
+    }
+}
+
 impl std::fmt::Display for ActiveHalt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let since = format_timestamp(self.entered_at);
@@ -53,29 +63,43 @@ impl std::fmt::Display for ActiveHalt {
     }
 }
 
-/// The in-memory SAFE-HALT of this node: set before the row is written, cleared only after
-/// the row was cleared. Cloning is shallow.
+/// The in-memory SAFE-HALT of this node: its own halt (set before the row is written, cleared
+/// only after the row was cleared) and the fleet's (as last read from the database or announced
+/// on `playbookd_halt`). Cloning is shallow.
 #[derive(Clone)]
 pub struct HaltWatch {
     state: Arc<watch::Sender<Option<ActiveHalt>>>,
+    fleet: Arc<watch::Sender<Option<ActiveHalt>>>,
 }
 
 impl HaltWatch {
-    /// A watch holding `halt` (what was loaded at start).
+    /// A watch holding `halt` (what was loaded at start), with no fleet halt known yet.
     pub fn new(halt: Option<ActiveHalt>) -> HaltWatch {
         HaltWatch {
             state: Arc::new(watch::channel(halt).0),
+            fleet: Arc::new(watch::channel(None).0),
         }
     }
 
-    /// The halt in force, if any.
+    /// The halt in force, if any: this node's own first (it names what failed here), else the
+    /// fleet's.
     pub fn current(&self) -> Option<ActiveHalt> {
+        self.own().or_else(|| self.fleet.borrow().clone())
+    }
+
+    /// This node's own halt, if any.
+    pub fn own(&self) -> Option<ActiveHalt> {
         self.state.borrow().clone()
     }
 
-    /// Whether a halt is in force.
+    /// The fleet halt, as last known.
+    pub fn fleet(&self) -> Option<ActiveHalt> {
+        self.fleet.borrow().clone()
+    }
+
+    /// Whether a halt (own or fleet) is in force.
     pub fn is_active(&self) -> bool {
-        self.state.borrow().is_some()
+        self.state.borrow().is_some() || self.fleet.borrow().is_some()
     }
 
     /// Sets the halt. An active one is kept (the first cause stays visible), except that a
@@ -93,16 +117,37 @@ impl HaltWatch {
         })
     }
 
-    /// Clears the halt (after its row was cleared).
+    /// Replaces the known fleet halt with what the database says (`None`: cleared). Returns
+    /// whether anything changed.
+    pub fn set_fleet(&self, halt: Option<ActiveHalt>) -> bool {
+        self.fleet.send_if_modified(|current| {
+            let changed = current.as_ref().map(|h| h.halt_id) != halt.as_ref().map(|h| h.halt_id);
+            if changed {
+                *current = halt;
+            }
+            changed
+        })
+    }
+
+    /// Clears this node's own halt (after its row was cleared).
     pub fn clear(&self) {
         self.state.send_replace(None);
     }
 
-    /// Resolves once no halt is in force.
+    /// Resolves once no halt (own or fleet) is in force.
     pub async fn wait_clear(&self) {
-        let mut receiver = self.state.subscribe();
-        // An error means the sender is gone: nothing can change any more, so stop waiting.
-        let _ = receiver.wait_for(Option::is_none).await;
+        let mut own = self.state.subscribe();
+        let mut fleet = self.fleet.subscribe();
+        loop {
+            if own.borrow_and_update().is_none() && fleet.borrow_and_update().is_none() {
+                return;
+            }
+            // An error means a sender is gone: nothing can change any more, so stop waiting.
+            tokio::select! {
+                changed = own.changed() => if changed.is_err() { return },
+                changed = fleet.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }
 
@@ -167,6 +212,8 @@ impl HaltCause {
 pub enum ResolveError {
     #[error("no SAFE-HALT of node `{node_id}` is active in the database")]
     NotActive { node_id: String },
+    #[error("no fleet SAFE-HALT is active in the database")]
+    FleetNotActive,
     #[error("the audit log is unavailable; SAFE-HALT stays active")]
     Audit(#[source] AppendError),
 }
@@ -355,6 +402,151 @@ pub async fn resolve(
             AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::NotActive {
                 node_id: audit.node_id().to_owned(),
             },
+            other @ (AppendError::Effect(_)
+            | AppendError::Unavailable(_)
+            | AppendError::Stopped) => ResolveError::Audit(other),
+        })?;
+    Ok(cleared)
+}
+
+/// The command an admin runs to clear the fleet's SAFE-HALT.
+pub const CLEAR_FLEET_COMMAND: &str = "playbookd ctl halt-resolve --fleet --reason …";
+
+/// The active fleet halt, if any.
+pub async fn fleet_in<C: GenericClient>(client: &C) -> Result<Option<ActiveHalt>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT halt_id, node_id, execution_id, error_message, entered_at \
+             FROM playbook_safe_halt_state WHERE is_active AND scope = 'fleet'",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|row| ActiveHalt {
+        halt_id: Some(row.get(0)),
+        scope: HaltScope::Fleet,
+        node_id: row.get(1),
+        execution_id: row.get(2),
+        message: row.get(3),
+        entered_at: row.get(4),
+    }))
+}
+
+/// [`fleet_in`] through the pool.
+pub async fn load_fleet(store: &Store) -> Result<Option<ActiveHalt>, StoreError> {
+    let client = store.client().await?;
+    fleet_in(&**client).await
+}
+
+/// Who or what halts the fleet.
+#[derive(Debug, Clone)]
+pub enum FleetHaltCause {
+    /// An admin, on this node's control socket, with a reason.
+    Admin { uid: u32, reason: String },
+    /// This node's own halt (a failed rollback), with `fleet.halt_fleet_on_rollback_failure`.
+    NodeHalt {
+        halt_id: Option<i64>,
+        message: String,
+    },
+}
+
+/// Enters the fleet halt (or joins the active one), audited in this node's chain. Every node
+/// refuses its next step start from the commit on.
+pub async fn enter_fleet(
+    audit: &AuditHandle,
+    cause: FleetHaltCause,
+) -> Result<ActiveHalt, AppendError> {
+    let node_id = audit.node_id().to_owned();
+    let (_, halt) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let (actor, why) = match &cause {
+                    FleetHaltCause::Admin { uid, reason } => (
+                        Actor::Uid(*uid),
+                        format!(
+                            "fleet halted by an admin on node `{node_id}`: {}",
+                            text::storable(reason, text::MAX_FIELD_BYTES)
+                        ),
+                    ),
+                    FleetHaltCause::NodeHalt { halt_id, message } => (
+                        Actor::System,
+                        format!(
+                            "fleet halted by the SAFE-HALT of node `{node_id}` (halt {}): {}",
+                            halt_id
+                                .map_or_else(|| "not yet written".to_owned(), |id| id.to_string()),
+                            text::storable(message, text::MAX_FIELD_BYTES)
+                        ),
+                    ),
+                };
+                let message = format!(
+                    "{}; an admin clears it with `{CLEAR_FLEET_COMMAND}`",
+                    text::storable(&why, text::MAX_FIELD_BYTES)
+                );
+                let inserted = tx
+                    .query_opt(
+                        "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, \
+                            error_message, entered_at) VALUES (true, 'fleet', $1, $2, now()) \
+                         ON CONFLICT (scope) WHERE is_active AND scope = 'fleet' DO NOTHING \
+                         RETURNING halt_id",
+                        &[&node_id, &message],
+                    )
+                    .await?;
+                let joined = inserted.is_none();
+                let halt = fleet_in(tx).await?.ok_or_else(|| StoreError::NotFound {
+                    what: "active fleet SAFE-HALT",
+                    detail: "after inserting it".into(),
+                })?;
+                let event = AuditEvent::new("safe_halt.fleet_entered", actor)
+                    .with("halt_id", halt.halt_id)
+                    .with("joined_existing", joined)
+                    .with("error", halt.message.clone())
+                    .with("clear_with", CLEAR_FLEET_COMMAND)
+                    .with("entered_at", format_timestamp(halt.entered_at));
+                Ok((event, halt))
+            })
+        }))
+        .await?;
+    Ok(halt)
+}
+
+/// Clears the fleet halt, with the admin's uid and reason, audited in this node's chain. Nodes'
+/// own halts stay.
+pub async fn resolve_fleet(
+    audit: &AuditHandle,
+    admin_uid: u32,
+    reason: &str,
+) -> Result<i64, ResolveError> {
+    let node_id = audit.node_id().to_owned();
+    let reason = text::storable(reason, text::MAX_FIELD_BYTES);
+    let (_, cleared) = audit
+        .append_with(Box::new(move |tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .query(
+                        "UPDATE playbook_safe_halt_state \
+                         SET is_active = false, resolved_at = now(), resolved_by = $1, reason = $2 \
+                         WHERE scope = 'fleet' AND is_active RETURNING halt_id",
+                        &[&i64::from(admin_uid), &reason],
+                    )
+                    .await?;
+                let [row] = rows.as_slice() else {
+                    return Err(StoreError::NotFound {
+                        what: "active fleet SAFE-HALT",
+                        detail: format!("{} active fleet rows", rows.len()),
+                    });
+                };
+                let halt_id: i64 = row.get(0);
+                Ok((
+                    AuditEvent::new("safe_halt.fleet_cleared", Actor::Uid(admin_uid))
+                        .with("halt_id", halt_id)
+                        .with("node_id", node_id.as_str())
+                        .with("reason", reason),
+                    halt_id,
+                ))
+            })
+        }))
+        .await
+        .map_err(|error| match error {
+            AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::FleetNotActive,
             other @ (AppendError::Effect(_)
             | AppendError::Unavailable(_)
             | AppendError::Stopped) => ResolveError::Audit(other),

@@ -9,6 +9,7 @@
 //! | [`gates`] | `playbook_approval_gates`, `playbook_approvals` |
 //! | [`halts`] | `playbook_safe_halt_state` |
 //! | [`nonces`] | `playbook_nonces` |
+//! | [`nodes`] | `playbook_nodes` |
 //! | [`versions`] | `playbook_versions`, `playbook_version_signatures` |
 //!
 //! States are decoded once, here, into the enums of [`model`]; every state change is a guarded
@@ -26,6 +27,7 @@ pub mod gates;
 pub mod halts;
 pub mod migrate;
 pub mod model;
+pub mod nodes;
 pub mod nonces;
 pub mod privileges;
 pub mod steps;
@@ -106,7 +108,7 @@ pub enum StoreError {
     #[error("{0}; an admin stops the daemon and runs `{cmd}`", cmd = anchor::ACCEPT_COMMAND)]
     ChainCut(Box<anchor::ChainLoss>),
     /// A SAFE-HALT is in force; the change was refused inside its transaction.
-    #[error("{0}; an admin clears it with `{cmd}`", cmd = halts::CLEAR_COMMAND)]
+    #[error("{0}; an admin clears it with `{cmd}`", cmd = .0.clear_command())]
     Halted(Box<halts::ActiveHalt>),
 }
 

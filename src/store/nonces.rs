@@ -68,3 +68,26 @@ pub(crate) fn replay_or_query(error: tokio_postgres::Error) -> StoreError {
         StoreError::Query(error)
     }
 }
+
+/// Deletes at most `batch` nonces that can never be accepted again: used more than twice the
+/// widest freshness window of any node (or `window_seconds`, if wider) ago, so their decisions
+/// are refused as stale before the nonce table is read. Returns how many were deleted.
+///
+/// Runs through `playbook_prune_nonces` (migration V8), the only delete on this table the
+/// daemon's role may make.
+pub async fn prune(store: &Store, window_seconds: u64, batch: u32) -> Result<u64, StoreError> {
+    let window = i32::try_from(window_seconds).map_err(|_| StoreError::Corrupt {
+        what: "freshness window",
+        detail: format!("{window_seconds} s does not fit the database's integer"),
+    })?;
+    let batch = i32::try_from(batch).map_err(|_| StoreError::Corrupt {
+        what: "nonce prune batch",
+        detail: format!("{batch} does not fit the database's integer"),
+    })?;
+    let client = store.client().await?;
+    let row = client
+        .query_one("SELECT playbook_prune_nonces($1, $2)", &[&window, &batch])
+        .await?;
+    let pruned: i32 = row.get(0);
+    Ok(u64::try_from(pruned).unwrap_or(0))
+}

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::executions::{self, index_from_db, index_to_db};
-use crate::store::halts::{self, ActiveHalt, HaltWatch};
+use crate::store::halts::{ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
 use crate::store::{Store, StoreError, transitions};
 use crate::text;
@@ -376,7 +376,7 @@ pub(crate) fn refused_event(
         .with("step_id", step_id)
         .with("halt_scope", halt.scope.as_str())
         .with("halt_node_id", halt.node_id.as_str())
-        .with("clear_with", halts::CLEAR_COMMAND);
+        .with("clear_with", halt.clear_command());
     if let Some(id) = halt.halt_id {
         event = event.with("halt_id", id);
     }

@@ -412,7 +412,12 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
     let cancel = ["cancel", id_text.as_str(), "--reason", "not mine"];
     let reason = daemon.ctl(APPROVER_A, &cancel).await.refusal().to_owned();
     assert!(reason.contains("may not cancel"), "{reason}");
-    for admin_only in [&["halt-resolve", "--reason", "x"][..], &["reload"][..]] {
+    for admin_only in [
+        &["halt-resolve", "--reason", "x"][..],
+        &["halt", "--fleet", "--reason", "x"][..],
+        &["halt-resolve", "--fleet", "--reason", "x"][..],
+        &["reload"][..],
+    ] {
         let reason = daemon
             .ctl(APPROVER_A, admin_only)
             .await

@@ -611,8 +611,13 @@ async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return() {
     let files = Evidence::new();
+    // A slow heartbeat and no notification (below): the halt is known only in the database,
+    // so what stops the step is the check in its start transaction.
     let daemon = Running::start(
-        &exec_config(&[], "", ""),
+        &format!(
+            "{}\n[fleet]\nheartbeat_interval_seconds = 120\nstale_after_seconds = 300\n",
+            exec_config(&[], "", "")
+        ),
         &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
         &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
     )
@@ -620,6 +625,12 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
     let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
     daemon.wait_event(&run, "step.started", LIMIT).await;
     let client = daemon.db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE playbook_safe_halt_state DISABLE TRIGGER playbook_safe_halt_state_notify",
+        )
+        .await
+        .unwrap();
     client
         .execute(
             "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, error_message, entered_at) \
@@ -632,6 +643,10 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
 
     let refused = daemon.wait_event(&run, "step.start_refused", LIMIT).await;
     assert_eq!(refused["halt_scope"], "fleet");
+    assert_eq!(
+        refused["clear_with"],
+        "playbookd ctl halt-resolve --fleet --reason …"
+    );
     let reply = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert!(
         reply["reason"]
@@ -643,6 +658,13 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!files.exists("touched"), "the step ran during a fleet halt");
 
+    // Cleared with its notification, as `ctl halt-resolve --fleet` does.
+    client
+        .batch_execute(
+            "ALTER TABLE playbook_safe_halt_state ENABLE TRIGGER playbook_safe_halt_state_notify",
+        )
+        .await
+        .unwrap();
     client
         .execute(
             "UPDATE playbook_safe_halt_state SET is_active = false, resolved_at = now(), \

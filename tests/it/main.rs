@@ -24,6 +24,7 @@ mod decision_schema;
 mod documents;
 mod evidence;
 mod executor;
+mod fleet;
 mod halt;
 mod intake;
 mod registry;

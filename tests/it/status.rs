@@ -51,6 +51,19 @@ impl Server {
             StatusAddr::Tcp(addr) => Endpoint::Tcp(addr),
             StatusAddr::Unix(path) => Endpoint::Unix(path),
         };
+        // This node is listed in /v1/nodes, as a daemon's first heartbeat would make it.
+        playbookd::store::nodes::beat(
+            &store,
+            &playbookd::store::nodes::Heartbeat {
+                node_id: NODE,
+                version: "test",
+                started_at: now(),
+                head: audit.head(),
+                freshness_seconds: 300,
+            },
+        )
+        .await
+        .unwrap();
         let state = StatusState::new(store, audit.clone(), receiver);
         tokio::spawn(status::serve(listener, state, shutdown.clone()));
         Server {
@@ -217,7 +230,10 @@ pub(crate) async fn insert_halt_of(
 fn concrete_paths(execution: Uuid) -> Vec<String> {
     status::routes::ROUTES
         .iter()
-        .map(|route| route.path.replace("{id}", &execution.to_string()))
+        .map(|route| match route.path {
+            "/v1/nodes/{id}" => route.path.replace("{id}", NODE),
+            path => path.replace("{id}", &execution.to_string()),
+        })
         .collect()
 }
 

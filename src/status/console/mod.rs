@@ -45,12 +45,13 @@ use crate::status::cursor::Cursor;
 use crate::status::queries::RUN_STATES;
 
 /// Every console path the router serves (axum syntax), for tests that walk them all.
-pub const PAGES: [&str; 8] = [
+pub const PAGES: [&str; 9] = [
     "/ui",
     "/ui/",
     "/ui/runs/{id}",
     "/ui/approvals",
     "/ui/registry",
+    "/ui/nodes",
     "/ui/static/console.css",
     "/ui/static/console.js",
     "/ui/static/favicon.svg",
@@ -72,6 +73,7 @@ pub fn router() -> Router<StatusState> {
         .route("/ui/runs/{id}", get(run_page))
         .route("/ui/approvals", get(approvals_page))
         .route("/ui/registry", get(registry_page))
+        .route("/ui/nodes", get(nodes_page))
         .route("/ui/static/console.css", get(stylesheet))
         .route("/ui/static/console.js", get(script))
         .route("/ui/static/favicon.svg", get(favicon))
@@ -317,6 +319,54 @@ async fn registry_page(State(state): State<StatusState>) -> Response {
             .collect(),
     };
     render(StatusCode::OK, &page)
+}
+
+async fn nodes_page(State(state): State<StatusState>) -> Response {
+    let loaded = read(&state, |_| Box::pin(async { Ok(()) })).await;
+    let frame = match loaded {
+        Ok((frame, ())) => frame,
+        Err(error) => return error_page(&state, error).await,
+    };
+    let rows = match tokio::time::timeout(QUERY_TIMEOUT, crate::store::nodes::list(&state.store))
+        .await
+    {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::store::audit::error_chain(&error), "console: nodes not read");
+            return error_page(&state, PageError::Unavailable).await;
+        }
+        Err(_) => return error_page(&state, PageError::Unavailable).await,
+    };
+    let now = OffsetDateTime::now_utc();
+    let stale_after = state.stale_after_seconds;
+    let nodes = rows
+        .iter()
+        .map(|row| view::NodeLine {
+            node_id: row.node_id.clone(),
+            state: if row.stopped_at.is_some() {
+                "stopped"
+            } else if row.is_stale(stale_after) {
+                "stale"
+            } else {
+                "alive"
+            },
+            heartbeat: Stamp::new(row.heartbeat_at, now),
+            started: Stamp::new(row.started_at, now),
+            version: view::excerpt(&row.version, 64),
+            runs_in_flight: row.runs_in_flight,
+            halt: row.halt.as_str(),
+            chain_head_seq: row.chain_head_seq,
+            last_checkpoint_seq: row.last_checkpoint_seq,
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &view::NodesPage {
+            chrome: chrome(&state, "Nodes", "nodes", Some(&frame), now),
+            stale_after_seconds: stale_after,
+            nodes,
+        },
+    )
 }
 
 async fn unknown_page(State(state): State<StatusState>) -> Response {

@@ -200,6 +200,8 @@ pub struct CheckpointRef {
 #[derive(Debug, Clone)]
 pub struct ActiveHalt {
     pub halt_id: i64,
+    /// Whether every node is halted (`playbookd ctl halt --fleet`), not only `node_id`.
+    pub fleet: bool,
     pub node_id: String,
     pub execution_id: Option<Uuid>,
     /// The step whose undo failed (`rollback_id`).
@@ -227,7 +229,8 @@ pub async fn active_halts(
 ) -> Result<Vec<ActiveHalt>, ConsoleQueryError> {
     let rows = client
         .query(
-            "SELECT halt_id, node_id, execution_id, rollback_id, error_message, entered_at \
+            "SELECT halt_id, node_id, execution_id, rollback_id, error_message, entered_at, \
+                scope = 'fleet' \
              FROM playbook_safe_halt_state WHERE is_active ORDER BY entered_at, halt_id",
             &[],
         )
@@ -241,6 +244,7 @@ pub async fn active_halts(
             rollback_id: row.get(3),
             error_message: row.get(4),
             entered_at: row.get(5),
+            fleet: row.get(6),
         })
         .collect())
 }

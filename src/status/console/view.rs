@@ -41,6 +41,8 @@ impl Chrome {
 /// One active SAFE-HALT, as the banner shows it.
 pub struct HaltBanner {
     pub halt_id: i64,
+    /// The fleet halt: nothing runs on any node.
+    pub fleet: bool,
     pub node_id: String,
     pub since: Stamp,
     pub execution: Option<String>,
@@ -55,13 +57,15 @@ impl HaltBanner {
     pub fn new(halt: &ActiveHalt, now: OffsetDateTime) -> HaltBanner {
         HaltBanner {
             halt_id: halt.halt_id,
+            fleet: halt.fleet,
             node_id: halt.node_id.clone(),
             since: Stamp::new(halt.entered_at, now),
             execution: halt.execution_id.map(|id| id.to_string()),
             rollback_step: halt.rollback_id.clone(),
             error: excerpt(&halt.error_message, TEXT_EXCERPT),
             command: format!(
-                "playbookd ctl halt-resolve --reason {}",
+                "playbookd ctl halt-resolve{} --reason {}",
+                if halt.fleet { " --fleet" } else { "" },
                 shell_quote("<what was checked and why it is safe to act again>")
             ),
         }
@@ -518,6 +522,32 @@ impl EventLine {
             },
         }
     }
+}
+
+// ---- nodes ----
+
+/// `/ui/nodes`: every node of the fleet, by id, with its heartbeat.
+#[derive(Template)]
+#[template(path = "nodes.html")]
+pub struct NodesPage {
+    pub chrome: Chrome,
+    pub stale_after_seconds: u64,
+    pub nodes: Vec<NodeLine>,
+}
+
+/// One node as the console shows it.
+pub struct NodeLine {
+    pub node_id: String,
+    /// `alive`, `stale` or `stopped`.
+    pub state: &'static str,
+    pub heartbeat: Stamp,
+    pub started: Stamp,
+    pub version: String,
+    pub runs_in_flight: i64,
+    /// `none`, `node` or `fleet`.
+    pub halt: &'static str,
+    pub chain_head_seq: i64,
+    pub last_checkpoint_seq: Option<i64>,
 }
 
 // ---- approvals ----
