@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::store::audit::{AppendError, AuditHandle, error_chain, format_timestamp};
-use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause, HaltWatch};
+use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause, HaltRecord, HaltWatch};
 use crate::store::model::HaltScope;
 use crate::store::{Store, StoreError};
 use crate::systemd;
@@ -257,6 +257,7 @@ impl SafeHalt {
                     crate::store::anchor::ACCEPT_COMMAND
                 ),
                 entered_at: crate::store::audit::now_micros(),
+                record: HaltRecord::ChainAnchor,
             };
             if watch.set(halt.clone()) {
                 tracing::error!(node_id = %halt.node_id, missing_seqs = %loss.seqs(), error = %halt.message,
@@ -336,10 +337,7 @@ fn announce(halt: &ActiveHalt, what: &'static str) {
             HaltScope::Node => format!("node `{}`", halt.node_id),
             HaltScope::Fleet => "every node".to_owned(),
         },
-        match halt.scope {
-            HaltScope::Node => CLEAR_COMMAND,
-            HaltScope::Fleet => halts::CLEAR_FLEET_COMMAND,
-        }
+        halt.clear_command()
     );
     systemd::notify_status(&status_line(halt));
     metrics::gauge!("playbookd_safe_halt_active").set(1.0);

@@ -37,14 +37,26 @@ pub struct ActiveHalt {
     /// Why, made storable; ends with how to clear it.
     pub message: String,
     pub entered_at: OffsetDateTime,
+    pub record: HaltRecord,
+}
+
+/// Where a halt is kept, which decides how an admin clears it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltRecord {
+    /// A row of `playbook_safe_halt_state` (or one about to be written): `ctl halt-resolve`.
+    Database,
+    /// The chain anchor: the database lost rows this node committed, so the halt cannot be
+    /// written there; only `audit accept-cut`, with the daemon stopped, clears it.
+    ChainAnchor,
 }
 
 impl ActiveHalt {
     /// The command that clears this halt: the node's, or the fleet's.
     pub fn clear_command(&self) -> &'static str {
-        match self.scope {
-            HaltScope::Node => CLEAR_COMMAND,
-            HaltScope::Fleet => CLEAR_FLEET_COMMAND,
+        match (self.record, self.scope) {
+            (HaltRecord::ChainAnchor, _) => crate::store::anchor::ACCEPT_COMMAND,
+            (HaltRecord::Database, HaltScope::Node) => CLEAR_COMMAND,
+            (HaltRecord::Database, HaltScope::Fleet) => CLEAR_FLEET_COMMAND,
         }
     }
 }
@@ -56,9 +68,12 @@ impl std::fmt::Display for ActiveHalt {
             HaltScope::Node => write!(f, "node `{}` is in SAFE-HALT since {since}", self.node_id),
             HaltScope::Fleet => write!(f, "the fleet is in SAFE-HALT since {since}"),
         }?;
-        match self.halt_id {
-            Some(id) => write!(f, " (halt {id})"),
-            None => f.write_str(" (not yet written to the database)"),
+        match (self.record, self.halt_id) {
+            (HaltRecord::ChainAnchor, _) => {
+                f.write_str(" (its audit chain was cut; the halt is kept in the chain anchor)")
+            }
+            (HaltRecord::Database, Some(id)) => write!(f, " (halt {id})"),
+            (HaltRecord::Database, None) => f.write_str(" (not yet written to the database)"),
         }
     }
 }
@@ -203,6 +218,7 @@ impl HaltCause {
             execution_id: Some(self.execution_id()),
             message: self.message(),
             entered_at: crate::store::audit::now_micros(),
+            record: HaltRecord::Database,
         }
     }
 }
@@ -241,6 +257,7 @@ pub async fn active_in<C: GenericClient>(
             execution_id: row.get(3),
             message: row.get(4),
             entered_at: row.get(5),
+            record: HaltRecord::Database,
         })
     })
     .transpose()
@@ -428,6 +445,7 @@ pub async fn fleet_in<C: GenericClient>(client: &C) -> Result<Option<ActiveHalt>
         execution_id: row.get(2),
         message: row.get(3),
         entered_at: row.get(4),
+        record: HaltRecord::Database,
     }))
 }
 
@@ -591,5 +609,6 @@ async fn insert_or_find(
         execution_id: row.get(1),
         message: row.get(2),
         entered_at: row.get(3),
+        record: HaltRecord::Database,
     })
 }

@@ -155,6 +155,12 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     )
     .await;
     assert_ne!(reply["status"], "no_action", "{reply}");
+    // The refusal names the only way out of a cut halt, not `ctl halt-resolve` (which cannot clear it).
+    let reason = reply["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("playbookd audit accept-cut") && !reason.contains("halt-resolve"),
+        "{reply}"
+    );
     assert_eq!(
         chain_head(&client, "node-a").await,
         early,
