@@ -15,6 +15,7 @@ use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, OWNER_DATABASE_URL_ENV};
 use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
+use crate::evidence_cli::{self, EvidenceError};
 use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
 use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
 use crate::registry::{self, CheckedFile, RejectReason, playbook};
@@ -186,6 +187,40 @@ pub enum AuditCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Print the newest checkpoint as a C2SP tlog-checkpoint signed note (needs the node key:
+    /// run as the daemon's user). Exit 2: the chain does not verify.
+    CheckpointText {
+        /// The daemon's configuration file (its `[database]` and `paths.node_key` are used).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Another node's chain in the same database (its key must be the configured one).
+        #[arg(long, value_name = "NODE_ID")]
+        node: Option<String>,
+        /// Print the signed-note verifier key (`name+keyid+base64`) instead.
+        #[arg(long)]
+        vkey: bool,
+    },
+    /// Write one run's evidence bundle: its audit rows with inclusion proofs against a signed
+    /// checkpoint note (needs the node key). Exit 2: the chain does not verify.
+    Prove {
+        /// The daemon's configuration file (its `[database]` and `paths.node_key` are used).
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The execution id of the run.
+        execution: uuid::Uuid,
+        /// Write the bundle here (never overwritten) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check an evidence bundle offline against the node's public key.
+    /// Exit 0: verified; 2: it does not verify (the reason is printed); 1: cannot read it.
+    VerifyBundle {
+        /// The bundle `audit prove` wrote.
+        file: PathBuf,
+        /// The node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub).
+        #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
+        trusted_node_key: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +233,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] AuditCliError),
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
     #[error("{failed} of {total} files failed validation")]
     Invalid {
         failed: usize,
@@ -279,6 +316,7 @@ impl CliError {
             CliError::Activation(_) => ExitCode::from(EXIT_CONFIG),
             CliError::Runner(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
+            CliError::Evidence(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             // `migrate`: the roles named do not fit (missing, not the owner's, unsafe).
@@ -312,6 +350,7 @@ impl CliError {
             CliError::Ctl(CtlError::Output(error)) => error,
             CliError::Status(ClientError::Output(error)) => error,
             CliError::Audit(AuditCliError::Output(error)) => error,
+            CliError::Evidence(EvidenceError::Output(error)) => error,
             _ => return false,
         };
         output.is_closed_pipe()
@@ -496,6 +535,30 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             audit_cli::accept_cut(&config, &reason).await?;
             Ok(())
         }),
+        Command::Audit {
+            command: AuditCommand::CheckpointText { config, node, vkey },
+        } => runtime()?.block_on(async {
+            evidence_cli::checkpoint_text(&config, node.as_deref(), vkey).await?;
+            Ok(())
+        }),
+        Command::Audit {
+            command:
+                AuditCommand::Prove {
+                    config,
+                    execution,
+                    out,
+                },
+        } => runtime()?.block_on(async {
+            evidence_cli::prove(&config, execution, out.as_deref()).await?;
+            Ok(())
+        }),
+        Command::Audit {
+            command:
+                AuditCommand::VerifyBundle {
+                    file,
+                    trusted_node_key,
+                },
+        } => Ok(evidence_cli::verify_bundle(&file, &trusted_node_key)?),
     }
 }
 

@@ -234,6 +234,16 @@ impl NodeKey {
         }
     }
 
+    /// The public half (for signed-note key IDs).
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Signs the exact bytes of a C2SP checkpoint note text ([`crate::note`]).
+    pub fn sign_note_text(&self, text: &[u8]) -> Signature {
+        self.signing.sign(text)
+    }
+
     fn from_signing(signing: SigningKey) -> NodeKey {
         // An Ed25519 SPKI is 44 bytes of fixed structure: encoding it cannot fail.
         let public_der = signing

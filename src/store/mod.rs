@@ -21,6 +21,7 @@
 pub mod anchor;
 pub mod audit;
 pub mod checkpoint;
+pub mod evidence;
 pub mod executions;
 pub mod gates;
 pub mod halts;

@@ -22,6 +22,7 @@ mod crash;
 mod daemon;
 mod decision_schema;
 mod documents;
+mod evidence;
 mod executor;
 mod failover;
 mod fleet;

@@ -1,0 +1,265 @@
+//! `playbookd audit checkpoint-text`, `audit prove` and `audit verify-bundle`: the node's tree head
+//! as a C2SP signed checkpoint note, and offline evidence bundles of one run ([`crate::bundle`]).
+//!
+//! The note is signed here, from the rows, rather than stored: the tree head it states is a
+//! function of the chain up to the newest stored checkpoint, and it is signed only after that
+//! chain verified against that checkpoint under the same node key. It therefore says nothing the
+//! stored checkpoint signature did not already commit to, and existing checkpoints need no new
+//! column. Ed25519 is deterministic: the same head always yields the same note.
+//!
+//! Exit status: 0 done or verified; 2 the evidence does not hold (a chain breach, a bundle that
+//! fails a check); 1 the work could not be done (configuration, key, database, files).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+
+use crate::audit_cli::report_line;
+use crate::bundle::{self, BundleError};
+use crate::cli::{OutputError, write_stdout, write_stdout_line};
+use crate::config::{Config, ConfigError};
+use crate::merkle::{self, Tree};
+use crate::note::{self, TreeHead};
+use crate::store::checkpoint::{NodeKey, NodeKeyError};
+use crate::store::evidence::{self, LatestCheckpoint};
+use crate::store::{self, StoreError, verify};
+
+/// Exit status when the evidence does not hold.
+pub const EXIT_EVIDENCE_FAILED: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use the node key (signing a checkpoint note needs the daemon's own key)")]
+    NodeKey(#[source] NodeKeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no audit row names execution {0}")]
+    UnknownExecution(uuid::Uuid),
+    #[error(
+        "execution {execution_id} has audit rows on several nodes ({nodes}); refusing to guess"
+    )]
+    SeveralNodes {
+        execution_id: uuid::Uuid,
+        nodes: String,
+    },
+    #[error(
+        "node `{node_id}` has no signed checkpoint yet; the daemon signs one every \
+         [audit] checkpoint_interval_seconds and at shutdown"
+    )]
+    NoCheckpoint { node_id: String },
+    #[error(
+        "rows of execution {execution_id} go up to seq {last_seq}, after the newest checkpoint \
+         (seq {checkpoint_seq}); prove again after the next checkpoint"
+    )]
+    AfterCheckpoint {
+        execution_id: uuid::Uuid,
+        last_seq: u64,
+        checkpoint_seq: u64,
+    },
+    #[error("refusing to sign evidence over a damaged chain: {0}")]
+    BrokenChain(String),
+    #[error("failed to write {path} (an existing file is never overwritten)")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an Ed25519 public key (SubjectPublicKeyInfo PEM)")]
+    TrustedKey { path: PathBuf },
+    #[error("evidence bundle {path} does not verify: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: BundleError,
+    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+impl EvidenceError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            EvidenceError::BrokenChain(_) | EvidenceError::Bundle { .. } => {
+                ExitCode::from(EXIT_EVIDENCE_FAILED)
+            }
+            EvidenceError::Output(error) => error.exit_code(),
+            EvidenceError::Config(_)
+            | EvidenceError::NodeKey(_)
+            | EvidenceError::Store(_)
+            | EvidenceError::UnknownExecution(_)
+            | EvidenceError::SeveralNodes { .. }
+            | EvidenceError::NoCheckpoint { .. }
+            | EvidenceError::AfterCheckpoint { .. }
+            | EvidenceError::Write { .. }
+            | EvidenceError::Read { .. }
+            | EvidenceError::TrustedKey { .. } => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// The newest checkpoint of `node_id`, the tree it covers and its signed note, after the whole
+/// chain verified with the node key pinned.
+async fn signed_head(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    key: &NodeKey,
+) -> Result<(LatestCheckpoint, Tree, String), EvidenceError> {
+    let pinned = BTreeSet::from([key.key_id().to_owned()]);
+    let report = verify::verify_chain_with(client, node_id, Some(&pinned)).await?;
+    if report.breach.is_some() {
+        return Err(EvidenceError::BrokenChain(report_line(&report, false)));
+    }
+    let latest = evidence::latest_checkpoint(client, node_id)
+        .await?
+        .ok_or_else(|| EvidenceError::NoCheckpoint {
+            node_id: node_id.to_owned(),
+        })?;
+    let hashes = evidence::chain_hashes(client, node_id, latest.seq).await?;
+    if hashes.last() != Some(&latest.hash) {
+        return Err(EvidenceError::BrokenChain(format!(
+            "node {node_id}: the row at seq {} changed while proving",
+            latest.seq
+        )));
+    }
+    let tree = Tree::new(hashes.iter().map(|h| merkle::leaf_hash(h)).collect());
+    let head = TreeHead {
+        origin: note::origin(node_id),
+        size: tree.size(),
+        root: tree.root(),
+        chain_head: latest.hash,
+    };
+    let signed = note::signed_note(&head, &key.verifying_key(), |text| key.sign_note_text(text));
+    Ok((latest, tree, signed))
+}
+
+fn load_key(config: &Config) -> Result<NodeKey, EvidenceError> {
+    NodeKey::load(&config.paths.node_key).map_err(EvidenceError::NodeKey)
+}
+
+/// `audit checkpoint-text`: prints the signed note of the node's newest checkpoint, or with
+/// `vkey` the signed-note verifier key of the node key.
+pub async fn checkpoint_text(
+    config: &Path,
+    node: Option<&str>,
+    vkey: bool,
+) -> Result<(), EvidenceError> {
+    let config = Config::load(config)?;
+    let node_id = node.unwrap_or(&config.node_id);
+    let key = load_key(&config)?;
+    if vkey {
+        write_stdout_line(&note::verifier_key(
+            &note::origin(node_id),
+            &key.verifying_key(),
+        ))?;
+        return Ok(());
+    }
+    let client = store::connect_single(&config.postgres_config()).await?;
+    let (_, _, signed) = signed_head(&client, node_id, &key).await?;
+    write_stdout(&signed)?;
+    Ok(())
+}
+
+/// `audit prove EXECUTION [--out FILE]`: writes the run's evidence bundle.
+pub async fn prove(
+    config: &Path,
+    execution_id: uuid::Uuid,
+    out: Option<&Path>,
+) -> Result<(), EvidenceError> {
+    let config = Config::load(config)?;
+    let key = load_key(&config)?;
+    let client = store::connect_single(&config.postgres_config()).await?;
+    let mut nodes = evidence::execution_rows(&client, execution_id).await?;
+    let (node_id, rows) = match nodes.len() {
+        0 => return Err(EvidenceError::UnknownExecution(execution_id)),
+        1 => nodes.remove(0),
+        _ => {
+            return Err(EvidenceError::SeveralNodes {
+                execution_id,
+                nodes: nodes
+                    .iter()
+                    .map(|(node, _)| node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    };
+    let (latest, tree, signed) = signed_head(&client, &node_id, &key).await?;
+    let last_seq = rows.last().map_or(0, |row| row.seq);
+    if last_seq > latest.seq {
+        return Err(EvidenceError::AfterCheckpoint {
+            execution_id,
+            last_seq,
+            checkpoint_seq: latest.seq,
+        });
+    }
+    let bundle = bundle::build(&node_id, execution_id, &rows, &tree, signed).map_err(|e| {
+        EvidenceError::BrokenChain(format!("node {node_id}: cannot prove a row: {e}"))
+    })?;
+    // A Value of strings and numbers always serializes.
+    let json = serde_json::to_string_pretty(&bundle).unwrap_or_default() + "\n";
+    match out {
+        None => write_stdout(&json)?,
+        Some(path) => {
+            let write = |source| EvidenceError::Write {
+                path: path.to_owned(),
+                source,
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(write)?;
+            file.write_all(json.as_bytes()).map_err(write)?;
+            file.sync_all().map_err(write)?;
+            write_stdout_line(&format!(
+                "wrote {}: {} rows of execution {execution_id} on node {node_id}, \
+                 proved against checkpoint seq {}",
+                path.display(),
+                bundle.rows.len(),
+                latest.seq
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// `audit verify-bundle FILE --trusted-node-key PUBFILE`: no database, no configuration.
+pub fn verify_bundle(file: &Path, trusted_node_key: &Path) -> Result<(), EvidenceError> {
+    let pem = std::fs::read_to_string(trusted_node_key).map_err(|source| EvidenceError::Read {
+        path: trusted_node_key.to_owned(),
+        source,
+    })?;
+    let key = VerifyingKey::from_public_key_pem(&pem).map_err(|_| EvidenceError::TrustedKey {
+        path: trusted_node_key.to_owned(),
+    })?;
+    let json = std::fs::read(file).map_err(|source| EvidenceError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    let verified = bundle::verify(&json, &key).map_err(|source| EvidenceError::Bundle {
+        path: file.to_owned(),
+        source,
+    })?;
+    write_stdout_line(&format!(
+        "{}: ok: {} rows of execution {} are in node {}'s signed tree of {} rows (root {})",
+        file.display(),
+        verified.rows,
+        verified.execution_id,
+        verified.node_id,
+        verified.tree_size,
+        hex::encode(verified.root)
+    ))?;
+    Ok(())
+}

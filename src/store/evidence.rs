@@ -1,0 +1,115 @@
+//! Reads for evidence (`audit prove`, `audit checkpoint-text`): one run's audit rows, a node's
+//! chain hashes and its newest checkpoint. Read-only; the chain itself is checked by
+//! [`crate::store::verify`] before any of this is signed.
+
+use time::OffsetDateTime;
+
+use crate::bundle::AuditRow;
+use crate::merkle::Hash;
+use crate::store::StoreError;
+
+/// The newest stored checkpoint of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestCheckpoint {
+    pub seq: u64,
+    pub hash: Hash,
+    pub key_id: String,
+}
+
+/// A stored value that breaks the schema's own constraints.
+fn corrupt(detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: "audit evidence",
+        detail: detail.to_owned(),
+    }
+}
+
+fn to_hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| corrupt(what))
+}
+
+fn to_seq(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| corrupt("audit seq below 1"))
+}
+
+/// Every audit row that names `execution_id`, grouped by node, each group in seq order.
+pub async fn execution_rows(
+    client: &tokio_postgres::Client,
+    execution_id: uuid::Uuid,
+) -> Result<Vec<(String, Vec<AuditRow>)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT node_id, seq, prev_hash, hash, event_type, event_data, created_at \
+             FROM playbook_audit_log \
+             WHERE event_data ? 'execution_id' AND event_data ->> 'execution_id' = $1 \
+             ORDER BY node_id, seq",
+            &[&execution_id.to_string()],
+        )
+        .await?;
+    let mut nodes: Vec<(String, Vec<AuditRow>)> = Vec::new();
+    for row in rows {
+        let node_id: String = row.get(0);
+        let created_at: OffsetDateTime = row.get(6);
+        let audit_row = AuditRow {
+            seq: to_seq(row.get(1))?,
+            prev_hash: to_hash(row.get(2), "audit prev_hash of another length than 32")?,
+            hash: to_hash(row.get(3), "audit hash of another length than 32")?,
+            event_type: row.get(4),
+            event_data: row.get(5),
+            created_at,
+        };
+        match nodes.last_mut() {
+            Some((node, rows)) if *node == node_id => rows.push(audit_row),
+            _ => nodes.push((node_id, vec![audit_row])),
+        }
+    }
+    Ok(nodes)
+}
+
+/// The chain hashes of `node_id`'s rows 1..=`size`, in seq order; a gap is an error.
+pub async fn chain_hashes(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    size: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    let last = i64::try_from(size).map_err(|_| corrupt("tree size beyond i64"))?;
+    let rows = client
+        .query(
+            "SELECT seq, hash FROM playbook_audit_log WHERE node_id = $1 AND seq <= $2 ORDER BY seq",
+            &[&node_id, &last],
+        )
+        .await?;
+    let mut hashes = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        if to_seq(row.get(0))? != index as u64 + 1 {
+            return Err(corrupt("a gap in the audit chain"));
+        }
+        hashes.push(to_hash(row.get(1), "audit hash of another length than 32")?);
+    }
+    if hashes.len() as u64 != size {
+        return Err(corrupt("the audit chain ends before the checkpoint"));
+    }
+    Ok(hashes)
+}
+
+/// The newest checkpoint of `node_id`, if any.
+pub async fn latest_checkpoint(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+) -> Result<Option<LatestCheckpoint>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT seq, hash, key_id FROM audit_checkpoints WHERE node_id = $1 \
+             ORDER BY seq DESC LIMIT 1",
+            &[&node_id],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(LatestCheckpoint {
+            seq: to_seq(row.get(0))?,
+            hash: to_hash(row.get(1), "checkpoint hash of another length than 32")?,
+            key_id: row.get(2),
+        })
+    })
+    .transpose()
+}
