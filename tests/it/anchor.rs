@@ -3,7 +3,6 @@
 //! The daemon finds the cut at the next writer reconnect and at the next start, names the
 //! missing seqs, and `audit verify --anchor` reports it; `audit accept-cut` is the way out.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,28 +10,10 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::harness::{UNDO_FAILS, bindings, decision, exec_config, send_line};
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, audit_verify, chain_head, run_cli};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
-            &[&node],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn stop(daemon: &mut ChildDaemon) {
-    daemon.signal(Signal::SIGTERM);
-    let status = daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("daemon did not exit after SIGTERM");
-    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
-}
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// The attack of issue 21, as a superuser: the append-only triggers disabled, every row and
 /// checkpoint of `node` above `keep` deleted.
@@ -62,40 +43,10 @@ async fn append_decisions(dir: &DaemonDir, count: usize) {
     }
 }
 
-fn anchor(dir: &DaemonDir) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.path("chain-anchor.json")).unwrap()).unwrap()
-}
-
-fn verify(config: &Path, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    run_cli(&args, &[])
-}
-
 fn serve_refused(config: &Path) -> String {
     let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(78), "{stderr}");
     stderr
-}
-
-/// GET /v1/health of a child daemon, as JSON.
-fn health(daemon: &ChildDaemon) -> Value {
-    let endpoint = daemon.status_endpoint();
-    let addr = endpoint.to_string();
-    let addr = addr
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "GET /v1/health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
 #[tokio::test]
@@ -106,7 +57,7 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     // An early checkpoint: the first run's, at shutdown.
     let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
     let early = chain_head(&client, "node-a").await;
 
@@ -117,8 +68,8 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     assert!(committed >= early + 4, "{early} {committed}");
     // The anchor follows each commit (off the writer's path, so shortly after the reply).
     let start = std::time::Instant::now();
-    while anchor(&dir)["head"]["seq"] != committed {
-        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+    while dir.chain_anchor()["head"]["seq"] != committed {
+        assert!(start.elapsed() < LIMIT, "{}", dir.chain_anchor());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -167,12 +118,12 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         "{}",
         daemon.log_text()
     );
-    let cut = &anchor(&dir)["cut"];
+    let cut = &dir.chain_anchor()["cut"];
     assert_eq!(
         cut["loss"],
         json!({"kind": "missing", "first": early + 1, "last": committed})
     );
-    let body = health(&daemon);
+    let body = daemon.get_json("/v1/health");
     assert_eq!(body["ready"], false, "{body}");
     assert_eq!(
         body["chain_cut"]["lost_seqs"],
@@ -186,7 +137,7 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
         "{stdout}"
     );
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     assert_eq!(
         chain_head(&client, "node-a").await,
         early,
@@ -194,10 +145,10 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     );
 
     // The database alone looks intact; the anchor says otherwise.
-    let (status, stdout, stderr) = verify(&config, &[]);
+    let (status, stdout, stderr) = audit_verify(&config, &[]);
     assert!(status.success(), "{stdout}{stderr}");
     let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)) && stdout.contains(&missing),
@@ -241,9 +192,14 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         data["reason"].as_str().unwrap().contains("incident 42"),
         "{data}"
     );
-    stop(&mut daemon);
-    assert!(anchor(&dir)["cut"].is_null(), "{}", anchor(&dir));
-    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    daemon.stop_within(STOP_LIMIT);
+    assert!(
+        dir.chain_anchor()["cut"].is_null(),
+        "{}",
+        dir.chain_anchor()
+    );
+    let (status, stdout, stderr) =
+        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert!(status.success(), "{stdout}{stderr}");
 }
 
@@ -255,10 +211,10 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
     append_decisions(&dir, 2).await;
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
     let committed = chain_head(&client, "node-a").await;
-    assert_eq!(anchor(&dir)["checkpoint"]["seq"], committed);
+    assert_eq!(dir.chain_anchor()["checkpoint"]["seq"], committed);
 
     cut_above(&client, "node-a", 3).await;
     let stderr = serve_refused(&config);
@@ -266,21 +222,21 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     assert!(stderr.contains(&missing), "{stderr}");
     assert_eq!(chain_head(&client, "node-a").await, 3, "nothing appended");
     assert_eq!(
-        anchor(&dir)["cut"]["loss"],
+        dir.chain_anchor()["cut"]["loss"],
         json!({"kind": "missing", "first": 4, "last": committed})
     );
     let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("BREACH at seq 4: cut:"), "{stdout}");
     // The log's copy of the shutdown checkpoint is an external anchor too.
-    let (status, stdout, _) = verify(&config, &[]);
+    let (status, stdout, _) = audit_verify(&config, &[]);
     assert!(
         status.success(),
         "the database alone looks intact: {stdout}"
     );
     let log = dir.path("daemon.log");
-    let (status, stdout, _) = verify(&config, &["--checkpoint-log", log.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify(&config, &["--checkpoint-log", log.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(&format!(
@@ -297,7 +253,7 @@ async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
     let head = chain_head(&client, "node-a").await;
     // The last row replaced by one with another hash (as a lagging standby's own row would be).
@@ -334,7 +290,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
     // The last checkpoint before the halt: the first run's shutdown.
     let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
     let early = chain_head(&client, "node-a").await;
 
@@ -367,8 +323,8 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
         .get(0);
     assert!(signed >= halt_seq, "checkpoint {signed} < halt {halt_seq}");
     let start = std::time::Instant::now();
-    while anchor(&dir)["checkpoint"]["seq"].as_i64() < Some(halt_seq) {
-        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+    while dir.chain_anchor()["checkpoint"]["seq"].as_i64() < Some(halt_seq) {
+        assert!(start.elapsed() < LIMIT, "{}", dir.chain_anchor());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A crash: no shutdown checkpoint. Then the rows after the last periodic checkpoint go.
@@ -381,7 +337,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
         "{stderr}"
     );
     let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)),
@@ -397,7 +353,7 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     let config = dir.write_config(&db, "node-a", "");
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     let path = dir.path("chain-anchor.json");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let stderr = serve_refused(&config);
@@ -470,7 +426,7 @@ async fn an_approval_decision_is_checkpointed_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let anchored = &anchor(&daemon.dir)["checkpoint"]["seq"];
+    let anchored = &daemon.dir.chain_anchor()["checkpoint"]["seq"];
     assert!(anchored.as_i64() >= Some(vote), "{anchored}");
     daemon.stop().await;
 }

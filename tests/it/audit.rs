@@ -12,7 +12,7 @@ use playbookd::store::verify::{Breach, verify_chain};
 use playbookd::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, chain_head, run_cli};
 
 async fn writer(db: &TestDb, node: &str) -> (AuditHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
@@ -842,18 +842,6 @@ async fn verify_chain_reports_the_truncation_structurally() {
             }
         ))
     );
-}
-
-/// The last seq of a node's chain.
-async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
-            &[&node],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]

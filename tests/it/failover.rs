@@ -6,12 +6,10 @@
 //! with asynchronous replication and rows lost, the writer's off-database chain head (the
 //! anchor of issue #21) finds the gap: nothing is appended, SAFE-HALT names the missing seqs.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -19,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{NOOP_3, bindings, decision};
 use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
-use crate::helpers::{ChildDaemon, DaemonDir, run_cli};
+use crate::helpers::{ChildDaemon, DaemonDir, audit_verify, chain_head, run_cli};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const NODE: &str = "node-a";
+const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 /// A daemon directory for `url`, with noop-3 bound to (p, o).
 fn daemon_dir(url: &str) -> (DaemonDir, std::path::PathBuf) {
@@ -50,54 +49,6 @@ async fn try_send(socket: &Path, decision: &Value) -> Option<Value> {
         .await
         .ok()
         .flatten()
-}
-
-async fn chain_head(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
-            &[&NODE],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn anchor(dir: &DaemonDir) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.path("chain-anchor.json")).unwrap()).unwrap()
-}
-
-fn stop(daemon: &mut ChildDaemon) {
-    daemon.signal(Signal::SIGTERM);
-    let status = daemon
-        .wait_exit(Duration::from_secs(20))
-        .expect("daemon did not exit after SIGTERM");
-    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
-}
-
-/// GET `path` of a child daemon's status API, as JSON.
-fn get(daemon: &ChildDaemon, path: &str) -> Value {
-    let addr = daemon.status_endpoint().to_string();
-    let addr = addr
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
-}
-
-fn verify(config: &Path, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    run_cli(&args, &[])
 }
 
 /// Decisions from `senders` concurrent policy engines until `stop`; the accepted runs' ids.
@@ -214,20 +165,24 @@ async fn with_synchronous_replication_a_failover_loses_nothing_and_the_chain_ver
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let health = get(&daemon, "/v1/health");
+    let health = daemon.get_json("/v1/health");
     assert_eq!(health["ready"], true, "{health}");
     assert!(health["chain_cut"].is_null(), "{health}");
-    let halt = get(&daemon, "/v1/safe-halt");
+    let halt = daemon.get_json("/v1/safe-halt");
     assert!(halt["active"].is_null(), "{halt}");
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
 
     // The chain verifies on the promoted server, also against the daemon's anchor.
-    let (status, stdout, stderr) = verify(&config, &[]);
+    let (status, stdout, stderr) = audit_verify(&config, &[]);
     assert!(status.success(), "{stdout}{stderr}");
     let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, stderr) =
+        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert!(status.success(), "{stdout}{stderr}");
-    assert_eq!(anchor(&dir)["head"]["seq"], chain_head(&client).await);
+    assert_eq!(
+        dir.chain_anchor()["head"]["seq"],
+        chain_head(&client, NODE).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,11 +214,11 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
         );
     }
     let primary_client = primary.client(DATABASE).await;
-    let committed = chain_head(&primary_client).await;
+    let committed = chain_head(&primary_client, NODE).await;
     // The anchor holds what the daemon committed last (it follows each commit, off the writer's path).
     let start = Instant::now();
-    while anchor(&dir)["head"]["seq"] != committed {
-        assert!(start.elapsed() < LIMIT, "{}", anchor(&dir));
+    while dir.chain_anchor()["head"]["seq"] != committed {
+        assert!(start.elapsed() < LIMIT, "{}", dir.chain_anchor());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(primary_client);
@@ -273,7 +228,7 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
     standby.start();
     standby.promote();
     let client = standby.client(DATABASE).await;
-    let kept = chain_head(&client).await;
+    let kept = chain_head(&client, NODE).await;
     assert!(kept < committed, "no row was lost: {kept} {committed}");
 
     // The writer reconnects for the next append, to the promoted server, and finds the gap.
@@ -296,12 +251,17 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
         Some(&json!("rejected")),
         "{reply:?}"
     );
-    assert_eq!(chain_head(&client).await, kept, "{}", daemon.log_text());
     assert_eq!(
-        anchor(&dir)["cut"]["loss"],
+        chain_head(&client, NODE).await,
+        kept,
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        dir.chain_anchor()["cut"]["loss"],
         json!({"kind": "missing", "first": kept + 1, "last": committed})
     );
-    let health = get(&daemon, "/v1/health");
+    let health = daemon.get_json("/v1/health");
     assert_eq!(health["ready"], false, "{health}");
     assert_eq!(
         health["chain_cut"]["lost_seqs"],
@@ -315,18 +275,18 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
         stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
         "{stdout}"
     );
-    stop(&mut daemon);
+    daemon.stop_within(STOP_LIMIT);
     assert_eq!(
-        chain_head(&client).await,
+        chain_head(&client, NODE).await,
         kept,
         "nothing appended at shutdown"
     );
 
     // `audit verify --anchor` names the gap; the database alone cannot show it.
-    let (status, stdout, stderr) = verify(&config, &[]);
+    let (status, stdout, stderr) = audit_verify(&config, &[]);
     assert!(status.success(), "{stdout}{stderr}");
     let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(&format!("BREACH at seq {}: cut:", kept + 1)) && stdout.contains(&missing),
@@ -358,7 +318,8 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
         .unwrap()
         .get(0);
     assert_eq!(event_type, "audit.cut_accepted");
-    stop(&mut daemon);
-    let (status, stdout, stderr) = verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    daemon.stop_within(STOP_LIMIT);
+    let (status, stdout, stderr) =
+        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
     assert!(status.success(), "{stdout}{stderr}");
 }

@@ -237,6 +237,25 @@ async fn sweep_stale_databases_once() {
 }
 
 /// The `playbookd` binary under test.
+/// The last seq of `node`'s chain (0 when it has none).
+pub async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log WHERE node_id = $1",
+            &[&node],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `playbookd audit verify --config CONFIG EXTRA…`.
+pub fn audit_verify(config: &Path, extra: &[&str]) -> (ExitStatus, String, String) {
+    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(&args, &[])
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_playbookd"))
 }
@@ -304,6 +323,11 @@ impl DaemonDir {
             std::fs::write(&sig2, self.signer(AUTHORS[1]).sign(text.as_bytes())).expect("sign");
         }
         path
+    }
+
+    /// The daemon's chain anchor (`chain-anchor.json`), as JSON.
+    pub fn chain_anchor(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path("chain-anchor.json")).unwrap()).unwrap()
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -443,6 +467,35 @@ impl ChildDaemon {
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, signal).expect("kill");
+    }
+
+    /// SIGTERM, then the process must exit successfully within `limit`.
+    pub fn stop_within(&mut self, limit: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self
+            .wait_exit(limit)
+            .expect("daemon did not exit after SIGTERM");
+        assert!(status.success(), "exit {status}:\n{}", self.log_text());
+    }
+
+    /// GET `path` of the daemon's status API, as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.status_endpoint().to_string();
+        let addr = addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
     }
 
     /// Waits for the process to exit, at most `limit`.
