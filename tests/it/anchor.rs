@@ -426,7 +426,14 @@ async fn an_approval_decision_is_checkpointed_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let anchored = &daemon.dir.chain_anchor()["checkpoint"]["seq"];
-    assert!(anchored.as_i64() >= Some(vote), "{anchored}");
+    // The anchor file is written (and fsynced) right after the checkpoint row commits.
+    while daemon.dir.chain_anchor()["checkpoint"]["seq"].as_i64() < Some(vote) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the anchor never recorded a checkpoint covering seq {vote}: {}",
+            daemon.dir.chain_anchor()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.stop().await;
 }
