@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use playbookd::cli::status::{Endpoint, request};
 use playbookd::status::{self, RuntimeSnapshot, StatusAddr, StatusState};
-use playbookd::status_client::{Endpoint, request};
 use playbookd::store::{self, Store};
 use tokio_util::sync::CancellationToken;
 

@@ -66,7 +66,7 @@ async fn the_status_api_conforms_to_its_openapi_document() {
     // check still holds for it (the status code and the body are the documented ones).
     let client = db.client().await;
     crate::status::insert_halt_of(&client, "node-api", None, true).await;
-    let health = playbookd::status_client::request(&endpoint, "GET", "/v1/health")
+    let health = playbookd::cli::status::request(&endpoint, "GET", "/v1/health")
         .await
         .unwrap();
     assert_eq!(health.status, 503);

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use playbookd::cli::status::{Endpoint, HttpResponse, request};
 use playbookd::status::StatusAddr;
 use playbookd::status::console::{CONTENT_SECURITY_POLICY, PAGES};
-use playbookd::status_client::{Endpoint, HttpResponse, request};
 use serde_json::{Value, json};
 
 use crate::harness::{Running, decision};

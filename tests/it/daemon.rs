@@ -234,7 +234,7 @@ async fn sighup_reloads_the_registry_and_audits_the_counts() {
 
 #[tokio::test]
 async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_stay() {
-    use playbookd::status_client::request;
+    use playbookd::cli::status::request;
 
     let db = TestDb::new().await;
     let dir = DaemonDir::new();

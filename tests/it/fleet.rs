@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use playbookd::cli::status::{Endpoint, request};
 use playbookd::status::StatusAddr;
-use playbookd::status_client::{Endpoint, request};
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 

@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use playbookd::cli::status::{Endpoint, HttpResponse, request};
 use playbookd::status::{self, PlaybookSummary, RuntimeSnapshot, StatusAddr, StatusState};
-use playbookd::status_client::{Endpoint, HttpResponse, request};
 use playbookd::store::Store;
 use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
 use serde_json::{Value, json};

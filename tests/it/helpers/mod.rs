@@ -423,7 +423,7 @@ impl ChildDaemon {
 
     /// The status API's address, from the `status API listening on` log line (the listener's
     /// task may log it just after `playbookd ready`: waited for, briefly).
-    pub fn status_endpoint(&self) -> playbookd::status_client::Endpoint {
+    pub fn status_endpoint(&self) -> playbookd::cli::status::Endpoint {
         let start = Instant::now();
         while !self.log_text().contains("status API listening on ")
             && start.elapsed() < Duration::from_secs(5)
@@ -436,7 +436,7 @@ impl ChildDaemon {
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no status address in the log:\n{log}"));
-        playbookd::status_client::Endpoint::parse(&format!("http://{addr}")).unwrap()
+        playbookd::cli::status::Endpoint::parse(&format!("http://{addr}")).unwrap()
     }
 
     pub fn log_text(&self) -> String {

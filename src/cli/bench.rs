@@ -1509,7 +1509,7 @@ const READY_LIMIT: Duration = Duration::from_secs(60);
 const REPLY_LIMIT: Duration = Duration::from_secs(30);
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 
-const NOOP_3: &str = include_str!("../playbooks/noop-3.yaml");
+const NOOP_3: &str = include_str!("../../playbooks/noop-3.yaml");
 /// Its only step is `risk: high`: every run stops at the approval gate and waits there.
 const GATED: &str = "\
 id: bench-gated

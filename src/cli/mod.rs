@@ -1,26 +1,32 @@
 //! The `playbookd` command line: one verb per subcommand, each mapped to an exit code.
 
+pub mod audit;
+pub mod bench;
+pub mod ctl;
+pub mod documents;
+pub mod evidence;
+pub mod simulate;
+pub mod status;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use self::audit::AuditCliError;
+use self::bench::{BenchArgs, BenchError};
+use self::ctl::{CtlArgs, CtlError};
+use self::evidence::EvidenceError;
+use self::simulate::SimulateError;
+use self::status::{ClientError, StatusArgs};
 use crate::actions::exec_runner::{self, RunnerError};
 use crate::actions::limits::ActionLimits;
 use crate::activation::{Activated, ActivationError};
 use crate::actuator::{self, ActuatorError};
-use crate::audit_cli::{self, AuditCliError};
-use crate::bench::{self, BenchArgs, BenchError};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, OWNER_DATABASE_URL_ENV};
-use crate::ctl_client::{self, CtlArgs, CtlError};
 use crate::daemon::{Daemon, DaemonError, EXIT_CONFIG};
-use crate::evidence_cli::{self, EvidenceError};
-use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
-use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError, TrustedKeys};
-use crate::registry::{self, CheckedFile, RejectReason, playbook};
-use crate::simulate::{self, SimulateError};
-use crate::status_client::{self, ClientError, StatusArgs};
+use crate::registry::signature::{self, Algorithm, KeyError, Signer, TrustStoreError};
 use crate::store::{self, StoreError};
 use crate::systemd;
 
@@ -104,7 +110,7 @@ pub enum Command {
     /// Generate a signing key: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
     Keygen {
         /// `ed25519` or `rsa4096`.
-        #[arg(long, value_parser = parse_algorithm)]
+        #[arg(long, value_parser = documents::parse_algorithm)]
         algorithm: Algorithm,
         /// Path prefix of the two files written (never over an existing file).
         #[arg(long, value_name = "PREFIX")]
@@ -430,10 +436,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             })
         }
-        Command::Status(args) => Ok(status_client::run(args)?),
-        Command::Ctl(args) => Ok(ctl_client::run(args)?),
+        Command::Status(args) => Ok(status::run(args)?),
+        Command::Ctl(args) => Ok(ctl::run(args)?),
         Command::Bench(args) => Ok(bench::run(args)?),
-        Command::Validate { files } => validate(&files),
+        Command::Validate { files } => documents::validate(&files),
         Command::Simulate {
             decision,
             playbook,
@@ -442,7 +448,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             config,
         } => {
             if let Some(config) = config {
-                check_limits_offline(&playbook, &Config::load(&config)?)?;
+                documents::check_limits_offline(&playbook, &Config::load(&config)?)?;
             }
             let plan = simulate::plan(&decision, &playbook, require_approval)?;
             if json {
@@ -497,7 +503,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             ))?;
             Ok(())
         }
-        Command::Sign { key, second, files } => sign(&key, second, &files),
+        Command::Sign { key, second, files } => documents::sign(&key, second, &files),
         Command::Verify {
             trusted_keys,
             config,
@@ -507,7 +513,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 Some(path) => Some(ActionLimits::from_config(&Config::load(&path)?.actions)),
                 None => None,
             };
-            verify(&trusted_keys, limits.as_ref(), &files)
+            documents::verify(&trusted_keys, limits.as_ref(), &files)
         }
         Command::Audit {
             command:
@@ -519,7 +525,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     checkpoint_logs,
                 },
         } => runtime()?.block_on(async {
-            audit_cli::verify(
+            audit::verify(
                 &config,
                 node.as_deref(),
                 &trusted_node_keys,
@@ -532,13 +538,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit {
             command: AuditCommand::AcceptCut { config, reason },
         } => runtime()?.block_on(async {
-            audit_cli::accept_cut(&config, &reason).await?;
+            audit::accept_cut(&config, &reason).await?;
             Ok(())
         }),
         Command::Audit {
             command: AuditCommand::CheckpointText { config, node, vkey },
         } => runtime()?.block_on(async {
-            evidence_cli::checkpoint_text(&config, node.as_deref(), vkey).await?;
+            evidence::checkpoint_text(&config, node.as_deref(), vkey).await?;
             Ok(())
         }),
         Command::Audit {
@@ -549,7 +555,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     out,
                 },
         } => runtime()?.block_on(async {
-            evidence_cli::prove(&config, execution, out.as_deref()).await?;
+            evidence::prove(&config, execution, out.as_deref()).await?;
             Ok(())
         }),
         Command::Audit {
@@ -558,166 +564,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     file,
                     trusted_node_key,
                 },
-        } => Ok(evidence_cli::verify_bundle(&file, &trusted_node_key)?),
+        } => Ok(evidence::verify_bundle(&file, &trusted_node_key)?),
     }
-}
-
-/// `validate FILE…`: one line per file, `FILE: ok (…)` or `FILE: reason`.
-fn validate(files: &[PathBuf]) -> Result<(), CliError> {
-    let mut failed = 0;
-    let mut unreadable = false;
-    for file in files {
-        match playbook::load_document(file) {
-            Ok(document) => {
-                write_stdout_line(&format!("{}: ok ({})", file.display(), document.summary()))?;
-            }
-            Err(error) => {
-                failed += 1;
-                unreadable |= matches!(error, playbook::LoadError::Io(_));
-                write_stdout_line(&format!("{}: {error}", file.display()))?;
-            }
-        }
-    }
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(CliError::Invalid {
-            failed,
-            total: files.len(),
-            unreadable,
-        })
-    }
-}
-
-/// `simulate --config`: the configuration's limits, as the registry applies them at load.
-fn check_limits_offline(path: &std::path::Path, config: &Config) -> Result<(), CliError> {
-    let refused = |reason: String| SimulateError::Playbook {
-        path: path.display().to_string(),
-        reason,
-    };
-    let document = match playbook::load_document(path) {
-        Ok(document) => document,
-        Err(playbook::LoadError::Io(source)) => {
-            return Err(SimulateError::Unreadable {
-                path: path.display().to_string(),
-                source,
-            }
-            .into());
-        }
-        Err(error @ playbook::LoadError::Document(_)) => {
-            return Err(refused(error.to_string()).into());
-        }
-    };
-    if let playbook::Document::Playbook(playbook) = document {
-        let limits = ActionLimits::from_config(&config.actions);
-        registry::limits::check_playbook_limits(&playbook, &limits)
-            .map_err(|violation| refused(format!("the daemon would refuse it: {violation}")))?;
-    }
-    Ok(())
-}
-
-fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<(), CliError> {
-    // The registry's secure open, as for every file holding key material: a key in a
-    // directory others can write could be swapped for theirs between two signatures.
-    let pem = TrustedDir::parent_of(key)
-        .and_then(|dir| dir.read(key, DOCUMENT_LIMIT))
-        .map_err(KeyError::Open)?;
-    let pem = rsa::pkcs8::der::zeroize::Zeroizing::new(pem);
-    let pem = std::str::from_utf8(&pem).map_err(|_| KeyError::Malformed {
-        path: key.to_owned(),
-        detail: "not PEM text".into(),
-    })?;
-    let signer = Signer::load(pem, key)?;
-    let suffix = if second { ".sig.2" } else { ".sig" };
-    for file in files {
-        let bytes = std::fs::read(file).map_err(|source| CliError::ReadInput {
-            path: file.clone(),
-            source,
-        })?;
-        let sig_path = signature::with_suffix(file, suffix);
-        std::fs::write(&sig_path, signer.sign(&bytes)).map_err(|source| CliError::WriteOutput {
-            path: sig_path.clone(),
-            source,
-        })?;
-        write_stdout_line(&format!(
-            "{}: signed by {}",
-            sig_path.display(),
-            signer.key_id()
-        ))?;
-    }
-    Ok(())
-}
-
-fn verify(
-    trusted_keys: &std::path::Path,
-    limits: Option<&ActionLimits>,
-    files: &[PathBuf],
-) -> Result<(), CliError> {
-    let (keys, refused) = TrustedKeys::load(trusted_keys)?;
-    for refusal in &refused {
-        eprintln!(
-            "playbookd: warning: not trusted: {}",
-            store::audit::error_chain(&refusal.error)
-        );
-    }
-    if keys.is_empty() {
-        return Err(CliError::NoTrustedKeys(trusted_keys.to_owned()));
-    }
-    let mut failed = 0;
-    for file in files {
-        let outcome = TrustedDir::parent_of(file)
-            .map_err(|error| RejectReason::File(signature::FileError::Document(error)))
-            .and_then(|dir| registry::check_signed_file(&keys, limits, &dir, file));
-        match outcome {
-            Ok(checked) => {
-                let (what, verified) = match &checked {
-                    CheckedFile::Playbook(candidate) => (
-                        format!(
-                            "playbook {}@{}",
-                            candidate.playbook().id,
-                            candidate.playbook().version
-                        ),
-                        candidate.verified(),
-                    ),
-                    CheckedFile::Bindings(verified, bindings) => {
-                        (format!("bindings, {}", bindings.bindings.len()), verified)
-                    }
-                };
-                let signers: Vec<String> = verified
-                    .signatures()
-                    .iter()
-                    .map(|signature| format!("{} ({})", signature.key_id, signature.scheme))
-                    .collect();
-                write_stdout_line(&format!(
-                    "{}: OK ({what}), sha256 {}, signed by {}",
-                    file.display(),
-                    hex::encode(verified.sha256()),
-                    signers.join(" and ")
-                ))?;
-            }
-            Err(reason) => {
-                failed += 1;
-                write_stdout_line(&format!(
-                    "{}: REJECTED ({}): {}",
-                    file.display(),
-                    reason.label(),
-                    store::audit::error_chain(&reason)
-                ))?;
-            }
-        }
-    }
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(CliError::Unverified {
-            failed,
-            total: files.len(),
-        })
-    }
-}
-
-fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
-    Algorithm::parse(text).map_err(|error| error.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 
-use crate::audit_cli::report_line;
 use crate::bundle::{self, BundleError};
+use crate::cli::audit::report_line;
 use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::merkle::{self, Tree};
