@@ -20,8 +20,9 @@
 //!    decision-to-completed latency from each decision's scheduled send time;
 //! 5. memory and idle cost: `--parked` decisions for a playbook whose only step is `risk: high`,
 //!    so every run stops at its approval gate; the daemon's RSS once all of them wait, its peak
-//!    RSS, and the transactions per second its database sees while nothing happens
-//!    (`pg_stat_database` xact_commit + xact_rollback, read from another database).
+//!    RSS, and the transactions per second the daemon makes while nothing happens
+//!    (`pg_stat_database` xact_commit + xact_rollback, read from another database, with
+//!    autovacuum switched off on the bench database's tables so that only the daemon counts).
 //!
 //! Then the daemon gets SIGTERM, and the database and directory are removed, also when a
 //! phase fails. Nothing is mocked: a refused decision or a run that does not complete stops the
@@ -326,7 +327,7 @@ async fn phases(
     );
     table.plain(
         &format!(
-            "transactions/s, {} runs parked, nothing happening",
+            "daemon transactions/s, {} runs parked, nothing happening",
             plan.parked
         ),
         measured.parked_xacts_per_second,
@@ -423,7 +424,7 @@ async fn measure(
     let parked_rss_kib = daemon.memory_kib("VmRSS")?;
     let peak_rss_kib = daemon.memory_kib("VmHWM")?;
     eprintln!("bench: transactions while {} runs are parked", plan.parked);
-    let parked_xacts_per_second = idle_transactions(admin, db_name, plan.phase).await?;
+    let parked_xacts_per_second = idle_transactions(client, admin, db_name, plan.phase).await?;
     Ok(Measured {
         intake_one,
         intake_many,
@@ -703,6 +704,10 @@ async fn listen_completions(
 /// Open loop: one decision every `1/rate` s for `phase`, sent at its scheduled time whatever
 /// the earlier ones do (each on a connection of its own pool slot, so a slow reply does not
 /// delay the next send); latency from the scheduled time to the completion's NOTIFY.
+///
+/// The send times come from a thread that sleeps on the kernel's high-resolution timer: tokio's
+/// timer wheel has 1 ms ticks and wakes up to a tick late, which would add about 0.5 ms to
+/// every measured latency, as much as the daemon's whole budget at this rate.
 async fn open_loop_phase(
     socket: &Path,
     db_config: &tokio_postgres::Config,
@@ -723,17 +728,16 @@ async fn open_loop_phase(
         usize::try_from(millis.saturating_mul(u64::from(rate)).div_ceil(1000).max(1)).unwrap_or(1);
     // Enough connections that each waits ~50 ms between its sends.
     let slots = (rate as usize / 20).clamp(1, 64);
-    let started = Instant::now() + Duration::from_millis(100);
+    let mut senders = Vec::with_capacity(slots);
     let mut tasks = Vec::with_capacity(slots);
-    for slot in 0..slots {
-        let socket = socket.to_owned();
+    for _ in 0..slots {
+        let (send, mut scheduled_sends) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        senders.push(send);
+        let mut conn = Conn::open(socket).await?;
         let waiters = waiters.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&socket).await?;
             let mut pending = Vec::new();
-            for index in (slot..count).step_by(slots) {
-                let scheduled = started + interval * to_u32(index);
-                tokio::time::sleep_until(scheduled.into()).await;
+            while let Some(scheduled) = scheduled_sends.recv().await {
                 let execution_id = conn.submit(NOOP_POLICY).await?;
                 let waiters = waiters.clone();
                 pending.push(tokio::spawn(async move {
@@ -756,7 +760,20 @@ async fn open_loop_phase(
             Ok::<_, BenchError>(latencies)
         }));
     }
+    let started = Instant::now() + Duration::from_millis(100);
+    let ticker = std::thread::spawn(move || {
+        for index in 0..count {
+            let scheduled = started + interval * to_u32(index);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            // A slot that failed has dropped its receiver; its error is reported below.
+            let _ = senders[index % senders.len()].send(scheduled);
+        }
+    });
     let parts = join_all(tasks).await;
+    let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
     stop.cancel();
     listener
         .await
@@ -766,14 +783,41 @@ async fn open_loop_phase(
     Ok(Samples::merge(parts, elapsed))
 }
 
-/// Transactions per second the bench database sees while the daemon has runs parked and
-/// nothing happens. Read from another database, so the reading is not counted; PostgreSQL
-/// flushes an idle backend's counters within 10 s, so the window starts after such a pause.
+/// Transactions per second the daemon commits (or rolls back) while it has runs parked and
+/// nothing happens: `pg_stat_database` of the bench database, read from another database so
+/// the reading is not counted, with autovacuum switched off on the bench database's tables
+/// first (and any running worker waited out): autovacuum's transactions are counted there too,
+/// and the tables the parking phase just filled would otherwise be what the figure measures.
+/// The daemon is then the only client of that database. PostgreSQL flushes an idle backend's
+/// counters within 10 s, so the window starts after such a pause.
 async fn idle_transactions(
+    client: &tokio_postgres::Client,
     admin: &tokio_postgres::Client,
     db_name: &str,
     phase: Duration,
 ) -> Result<f64, BenchError> {
+    client.batch_execute(PAUSE_AUTOVACUUM).await?;
+    let started = Instant::now();
+    loop {
+        let workers: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE backend_type = 'autovacuum worker' AND datname = $1",
+                &[&db_name],
+            )
+            .await?
+            .get(0);
+        if workers == 0 {
+            break;
+        }
+        if started.elapsed() > AUTOVACUUM_LIMIT {
+            return Err(BenchError::Timeout {
+                what: format!("{workers} autovacuum workers still busy on the bench database"),
+                limit: AUTOVACUUM_LIMIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let read = || async move {
         let row = admin
             .query_one(
@@ -1503,6 +1547,17 @@ const COMPLETION_TRIGGER: &str = "\
     CREATE TRIGGER bench_terminal AFTER UPDATE OF state ON playbook_executions FOR EACH ROW \
     WHEN (NEW.state IN ('completed', 'rolled_back', 'safe_halted', 'cancelled', 'timed_out', 'rejected')) \
     EXECUTE FUNCTION bench_notify_terminal();";
+/// Switches autovacuum off on every table of the bench database (as the superuser that owns
+/// the run): its transactions would count as the daemon's in the idle window.
+const PAUSE_AUTOVACUUM: &str = "\
+    DO $$ DECLARE t regclass; BEGIN \
+    FOR t IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' LOOP \
+      EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)', t); \
+    END LOOP; END $$";
+/// How long the idle phase waits for running autovacuum workers to finish.
+const AUTOVACUUM_LIMIT: Duration = Duration::from_secs(120);
 /// How long PostgreSQL may keep an idle backend's statistics before they reach pg_stat_database.
 const STATS_FLUSH: Duration = Duration::from_secs(11);
 const READY_LIMIT: Duration = Duration::from_secs(60);
