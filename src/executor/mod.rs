@@ -172,6 +172,16 @@ impl Executor {
 
     /// Starts (or continues) one execution, unless it already runs here.
     pub fn submit(&self, execution_id: Uuid) {
+        self.spawn_run(execution_id, None);
+    }
+
+    /// Starts a run intake has just admitted, from the record its admitting transaction wrote:
+    /// nothing is read back before its first step (a `pending` run has no step rows yet).
+    pub fn submit_admitted(&self, record: ExecutionRecord) {
+        self.spawn_run(record.id, Some(record));
+    }
+
+    fn spawn_run(&self, execution_id: Uuid, admitted: Option<ExecutionRecord>) {
         let handle = {
             let mut active = lock(&self.inner.active);
             if active.contains_key(&execution_id) || self.inner.shutdown.is_cancelled() {
@@ -187,7 +197,11 @@ impl Executor {
         let inner = self.inner.clone();
         let waiting = Waiting::new(inner.clone());
         self.inner.tasks.spawn(async move {
-            if let Err(error) = inner.clone().drive(execution_id, handle, waiting).await {
+            let outcome = inner
+                .clone()
+                .drive(execution_id, admitted, handle, waiting)
+                .await;
+            if let Err(error) = outcome {
                 match error {
                     RunError::ShuttingDown => {
                         tracing::info!(execution_id = %execution_id, "run paused for shutdown");
@@ -301,10 +315,17 @@ impl Inner {
     async fn drive(
         self: Arc<Self>,
         id: Uuid,
+        admitted: Option<ExecutionRecord>,
         run: RunHandle,
         waiting: Waiting,
     ) -> Result<(), RunError> {
-        let record = match executions::load(&self.store, id, self.audit.node_id()).await {
+        let perf_t0 = std::time::Instant::now();
+        let fresh = admitted.is_some();
+        let loaded = match admitted {
+            Some(record) => Ok(record),
+            None => executions::load(&self.store, id, self.audit.node_id()).await,
+        };
+        let record = match loaded {
             Ok(record) => record,
             Err(StoreError::Corrupt { what, detail }) => {
                 // A row that does not decode cannot be continued (nor rolled back) safely.
@@ -321,10 +342,14 @@ impl Inner {
             run.cancel_requested.store(true, Ordering::SeqCst);
             run.token.cancel();
         }
+        let perf_load = perf_t0.elapsed().as_micros();
         let slot = self.acquire_slot(&record.org_id).await?;
         drop(waiting);
-        let mut runner = run::Runner::new(&self, record, playbook, run, slot);
-        runner.run().await
+        let perf_slot = perf_t0.elapsed().as_micros();
+        let mut runner = run::Runner::new(&self, record, playbook, run, slot, fresh);
+        let outcome = runner.run().await;
+        tracing::debug!(target: "perf", load_us = perf_load, slot_us = perf_slot, total_us = perf_t0.elapsed().as_micros(), "run");
+        outcome
     }
 
     /// Stops run `id` in SAFE-HALT because it cannot be continued safely.

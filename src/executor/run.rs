@@ -82,6 +82,9 @@ pub(super) struct Runner<'a> {
     /// Records not sent yet, each with the action whose outcome it records: they go with the
     /// next append, in its transaction.
     deferred: Mutex<Vec<(Deferred, Option<OwedKey>)>>,
+    /// Admitted by intake in this process just now: no step of it has been recorded, so its
+    /// steps are not read back.
+    fresh: bool,
 }
 
 impl<'a> Runner<'a> {
@@ -91,6 +94,7 @@ impl<'a> Runner<'a> {
         playbook: Arc<ActivePlaybook>,
         run: RunHandle,
         slot: RunSlot,
+        fresh: bool,
     ) -> Runner<'a> {
         let deadline = playbook.playbook().timeout.map(|timeout| {
             let elapsed =
@@ -106,6 +110,7 @@ impl<'a> Runner<'a> {
             deadline,
             slot: Some(slot),
             deferred: Mutex::new(Vec::new()),
+            fresh,
         }
     }
 
@@ -235,7 +240,15 @@ impl<'a> Runner<'a> {
     }
 
     async fn forward(&mut self) -> Result<Forward, RunError> {
-        let steps = steps::load(&self.inner.store, self.record.id).await?;
+        let perf_t0 = std::time::Instant::now();
+        // A run admitted just now has no step rows (each is written with or after the run's
+        // move to `running`, and the record says `pending`); any other is read back.
+        let steps = if self.fresh && self.record.state == RunState::Pending {
+            std::collections::HashMap::new()
+        } else {
+            steps::load(&self.inner.store, self.record.id).await?
+        };
+        tracing::debug!(target: "perf", us = perf_t0.elapsed().as_micros(), "steps_load");
         let playbook = self.playbook.clone();
         for (index, step) in playbook.playbook().steps.iter().enumerate() {
             let previous = steps.get(&index).copied();
@@ -557,6 +570,7 @@ impl<'a> Runner<'a> {
     async fn start_step(&self, start: StepStart) -> Result<Start, RunError> {
         loop {
             let (held, owed) = self.take_deferred();
+            let perf_t0 = std::time::Instant::now();
             let outcome = steps::record_start_after(
                 &self.inner.audit,
                 held,
@@ -564,6 +578,7 @@ impl<'a> Runner<'a> {
                 self.inner.safe_halt.watch(),
             )
             .await?;
+            tracing::debug!(target: "perf", us = perf_t0.elapsed().as_micros(), "start_step");
             self.settle_all(owed);
             match outcome {
                 StartOutcome::Started => return Ok(Start::Started),

@@ -303,16 +303,21 @@ impl Intake {
     /// and storm control: an engine that resends a decision after a lost reply must learn that
     /// its first attempt was accepted (and as which execution), not that a cooldown holds.
     async fn judge(&self, decision: &Decision, raw: &Value, peer_uid: u32) -> Reply {
+        let perf_t0 = std::time::Instant::now();
         if let Err(reply) = self.check_origin(decision, raw) {
             return reply;
         }
+        let perf_origin = perf_t0.elapsed().as_micros();
         if let Some(reply) = self.check_replay(decision).await {
             return reply;
         }
-        match self.evaluate(decision) {
+        let perf_replay = perf_t0.elapsed().as_micros();
+        let reply = match self.evaluate(decision) {
             Ok(bound) => self.accept(decision, bound, peer_uid).await,
             Err(reply) => reply,
-        }
+        };
+        tracing::debug!(target: "perf", origin_us = perf_origin, replay_us = perf_replay, total_us = perf_t0.elapsed().as_micros(), "intake");
+        reply
     }
 
     /// Signature (when policy keys are configured) and freshness.
@@ -476,8 +481,8 @@ impl Intake {
         };
         let outcome = executions::admit(&self.inner.audit, new, self.inner.safe_halt.watch()).await;
         match outcome {
-            Ok(()) => {
-                self.inner.executor.submit(execution_id);
+            Ok(record) => {
+                self.inner.executor.submit_admitted(record);
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
                     org_id = %decision.org_id, decision_id = %decision.decision_id,
                     ignored_subject_keys = %ignored.join(", "), "decision accepted");

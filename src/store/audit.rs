@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement, Transaction};
+use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
@@ -113,19 +113,21 @@ pub type Effect<T> = Box<
     dyn for<'t> FnOnce(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send,
 >;
 
-/// The transaction an effect runs in. Its `execute` and `query*` take SQL text like
-/// [`Transaction`]'s but reuse a statement prepared once per writer connection: an unnamed
-/// statement costs a round trip of its own on every call. Everything else of [`Transaction`] is
-/// reachable through `Deref` (a helper taking `&Transaction` still works, uncached).
+/// The transaction an effect runs in. Its `execute` and `query*` take SQL text like a
+/// client's but reuse a statement prepared once per writer connection: an unnamed statement
+/// costs a round trip of its own on every call. The writer's client is reachable through
+/// `Deref` (a helper taking a `GenericClient` still works, uncached); the writer opened the
+/// transaction on it (its BEGIN travels with the first effect's first statement, see
+/// [`write_batch`]), so whatever is sent through it is part of the batch's transaction.
 pub struct Tx<'t> {
-    transaction: &'t Transaction<'t>,
+    transaction: &'t Client,
     statements: &'t StatementCache,
 }
 
-impl<'t> std::ops::Deref for Tx<'t> {
-    type Target = Transaction<'t>;
+impl std::ops::Deref for Tx<'_> {
+    type Target = Client;
 
-    fn deref(&self) -> &Transaction<'t> {
+    fn deref(&self) -> &Client {
         self.transaction
     }
 }
@@ -338,7 +340,10 @@ impl AuditHandle {
         }
         jobs.push(Box::new(job));
         self.sender
-            .send(Request { jobs })
+            .send(Request {
+                jobs,
+                queued_at: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| AppendError::Stopped)?;
         for response in earlier {
@@ -359,7 +364,10 @@ impl AuditHandle {
             responses.push(deferred.response);
         }
         self.sender
-            .send(Request { jobs })
+            .send(Request {
+                jobs,
+                queued_at: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| AppendError::Stopped)?;
         for response in responses {
@@ -607,6 +615,7 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// the request succeeded (a later record may depend on an earlier one).
 struct Request {
     jobs: Vec<Box<dyn Job>>,
+    queued_at: std::time::Instant,
 }
 
 /// One caller's append with its result type erased, so one batch can carry many types.
@@ -735,9 +744,11 @@ impl ChainConnection {
                 (row.get(0), hash)
             }
         };
+        let statements = StatementCache::default();
+        statements.insert(INSERT_ROWS, &client.prepare(INSERT_ROWS).await?);
         Ok(ChainConnection {
             client,
-            statements: StatementCache::default(),
+            statements,
             head_seq,
             head_hash,
         })
@@ -898,14 +909,17 @@ impl Writer {
 }
 
 /// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
-/// batch did not commit.
+/// batch did not commit, and the caller drops the connection (which ends the transaction).
 ///
 /// Each effect runs in its own savepoint: whatever one caller's effect does wrong (refused by a
 /// constraint, or an error after it wrote) rolls back that effect alone and fails only its
-/// caller; its neighbours commit. The savepoint commands are not awaited on their own: each one
-/// (with the previous effect's release or rollback) goes out in the same flight as the next
-/// effect's first statement, and the last one with the batch's single audit INSERT. A failed
-/// savepoint command means the connection or transaction is broken: the whole batch fails.
+/// caller; its neighbours commit. The transaction and savepoint commands are not awaited on
+/// their own: BEGIN goes out in the same flight as the first effect's first statement, each
+/// savepoint (with the previous effect's release or rollback) with the next effect's first
+/// statement, and the last release with the batch's single audit INSERT and the COMMIT. A
+/// failed command means the connection or transaction is broken: the whole batch fails. If
+/// the INSERT fails, the transaction is aborted and the COMMIT sent behind it rolls back:
+/// nothing of the batch is committed, and the batch fails.
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
@@ -917,14 +931,26 @@ async fn write_batch(
     let mut not_attempted: Vec<Box<dyn Job>> = Vec::new();
     let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
 
+    let perf_t0 = std::time::Instant::now();
+    let perf_queue = batch
+        .iter()
+        .map(|r| perf_t0.saturating_duration_since(r.queued_at).as_micros())
+        .max()
+        .unwrap_or(0);
+    let perf_jobs: usize = batch.iter().map(|r| r.jobs.len()).sum();
+    let perf_requests = batch.len();
+    let mut perf_marks = [0u128; 4];
     let outcome: Result<(), StoreError> = async {
-        let transaction = connection.client.transaction().await?;
+        let transaction = &connection.client;
+        perf_marks[0] = perf_t0.elapsed().as_micros();
         let tx = Tx {
-            transaction: &transaction,
+            transaction,
             statements: &connection.statements,
         };
-        // What closes the previous effect's savepoint, sent ahead of the next command.
-        let mut close = "";
+        // What goes ahead of the next effect's savepoint: BEGIN for the first, then what closes
+        // the previous effect's savepoint.
+        let mut close = "BEGIN; ";
+        let mut begun = false;
         let mut rows = AuditRows::with_capacity(batch.len());
         for request in batch {
             let mut earlier_failed = false;
@@ -937,6 +963,7 @@ async fn write_batch(
                 let (opened, applied) =
                     futures::join!(transaction.batch_execute(&open), job.apply(&tx));
                 opened?;
+                begun = true;
                 match applied {
                     Ok(event) => {
                         let event = event.into_storable();
@@ -971,40 +998,62 @@ async fn write_batch(
                 }
             }
         }
-        // The close goes first (it is polled first): after a refused effect the transaction
-        // is usable again only once it has rolled back to the savepoint.
-        let (closed, inserted) = futures::join!(transaction.batch_execute(close), async {
-            if rows.seqs.is_empty() {
-                return Ok(0);
-            }
-            let insert = tx.statement(INSERT_ROWS).await?;
-            transaction
-                .execute(
-                    &insert,
-                    &[
-                        &node_id,
-                        &rows.seqs,
-                        &rows.prev_hashes,
-                        &rows.hashes,
-                        &rows.event_types,
-                        &rows.data,
-                        &rows.created_at,
-                    ],
-                )
-                .await
-        });
+        perf_marks[1] = perf_t0.elapsed().as_micros();
+        if !begun {
+            // No effect was attempted (cannot happen: a request has at least one job).
+            return Ok(());
+        }
+        // Prepared when the connection was opened: preparing it here could meet a transaction
+        // still aborted by a refused effect (its rollback to the savepoint is not sent yet).
+        let insert = tx.statement(INSERT_ROWS).await?;
+        // Sent in this order in one flight (each is polled, hence sent, in turn): the close
+        // first, since after a refused effect the transaction is usable again only once it has
+        // rolled back to the savepoint; then the INSERT; then COMMIT, which PostgreSQL turns
+        // into a ROLLBACK if anything before it failed.
+        let (closed, inserted, committed) = futures::join!(
+            transaction.batch_execute(close),
+            async {
+                if rows.seqs.is_empty() {
+                    return Ok(0);
+                }
+                transaction
+                    .execute(
+                        &insert,
+                        &[
+                            &node_id,
+                            &rows.seqs,
+                            &rows.prev_hashes,
+                            &rows.hashes,
+                            &rows.event_types,
+                            &rows.data,
+                            &rows.created_at,
+                        ],
+                    )
+                    .await
+            },
+            transaction.batch_execute("COMMIT"),
+        );
+        perf_marks[2] = perf_t0.elapsed().as_micros();
+        // Every statement of the transaction was awaited and any failure of one is seen here
+        // (an effect that swallowed an error leaves the transaction aborted, and the release
+        // after it fails): when both succeeded, the COMMIT behind them committed.
         closed?;
         let inserted = inserted?;
+        committed?;
         if inserted != rows.seqs.len() as u64 {
+            // Committed, but not what was sent: fail closed (the callers do not act; the
+            // writer reconnects and reloads the head from the database).
             return Err(StoreError::Corrupt {
                 what: "audit batch",
                 detail: format!("{inserted} rows inserted for {} appends", rows.seqs.len()),
             });
         }
-        transaction.commit().await?;
+        perf_marks[3] = perf_t0.elapsed().as_micros();
         Ok(())
     }
     .await;
+    tracing::debug!(target: "perf", queue_us = perf_queue, requests = perf_requests, jobs = perf_jobs,
+        begin_us = perf_marks[0], effects_us = perf_marks[1], insert_us = perf_marks[2], commit_us = perf_marks[3], "batch");
 
     match outcome {
         Ok(()) => {

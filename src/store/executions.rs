@@ -58,12 +58,13 @@ pub enum AdmitError {
 }
 
 /// Records the nonce, the run (`pending`) and `decision.accepted` in one transaction, unless a
-/// SAFE-HALT of this node (or the fleet) is in force, read inside that transaction.
+/// SAFE-HALT of this node (or the fleet) is in force, read inside that transaction. Returns the
+/// run as written, for the executor to start without reading it back.
 pub async fn admit(
     audit: &AuditHandle,
     new: NewExecution,
     watch: &HaltWatch,
-) -> Result<(), AdmitError> {
+) -> Result<ExecutionRecord, AdmitError> {
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
     let outcome = audit
@@ -85,11 +86,12 @@ pub async fn admit(
                     "require_approval": new.binding.require_approval,
                 });
                 let subject = Value::Object(new.subject.clone());
-                tx.execute(
+                let inserted = tx.query_one(
                     "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
                         playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
                         subject, requested_by_uid, binding, started_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), now())",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), now()) \
+                     RETURNING started_at",
                     &[
                         &new.execution_id, &node_id, &new.playbook_id, &i64::from(new.version),
                         &new.sha256.as_slice(), &RunState::Pending.as_str(), &new.nonce, &new.decision_id,
@@ -99,6 +101,29 @@ pub async fn admit(
                 )
                 .await
                 .map_err(nonces::replay_or_query)?;
+                // What was written, as [`load`] would read it back: the executor starts the run
+                // from it without reading the row again.
+                let record = ExecutionRecord {
+                    id: new.execution_id,
+                    node_id: node_id.clone(),
+                    playbook_id: new.playbook_id.clone(),
+                    version: new.version,
+                    sha256: new.sha256,
+                    state: RunState::Pending,
+                    org_id: new.org_id.clone(),
+                    subject: new.subject.clone(),
+                    decision: DecisionInfo {
+                        decision_id: new.decision_id.clone(),
+                        policy: new.policy.clone(),
+                        outcome: new.outcome.clone(),
+                        org_id: new.org_id.clone(),
+                        severity: new.severity,
+                    },
+                    started_at: inserted.get(0),
+                    rollback_cause: None,
+                    cancel_requested: false,
+                    binding: new.binding.clone(),
+                };
                 let subject_hash = crate::store::steps::params_hash(&subject);
                 let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
                     .execution(new.execution_id)
@@ -115,12 +140,12 @@ pub async fn admit(
                 } else {
                     event.with("ignored_subject_keys", new.ignored_subject_keys)
                 };
-                Ok((event, ()))
+                Ok((event, record))
             })
         }))
         .await;
     match outcome {
-        Ok(_) => Ok(()),
+        Ok((_, record)) => Ok(record),
         Err(AppendError::Effect(StoreError::Replay)) => Err(AdmitError::Replay),
         Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
         Err(other) => Err(AdmitError::Unavailable(other)),

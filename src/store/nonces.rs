@@ -24,14 +24,15 @@ pub struct FirstUse {
 /// The first use of `nonce` (in its canonical form, as stored), if any, on any node.
 pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
     let client = store.client().await?;
-    let row = client
-        .query_opt(
+    // On every decision's path: prepared once per pooled connection, not on each call.
+    let statement = client
+        .prepare_cached(
             "SELECT n.execution_id, e.policy_decision_id FROM playbook_nonces n \
              JOIN playbook_executions e ON e.execution_id = n.execution_id \
              WHERE n.nonce = $1",
-            &[&nonce],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&nonce]).await?;
     Ok(row.map(|row| FirstUse {
         execution_id: row.get(0),
         decision_id: row.get(1),
