@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::actions_net::NetNs;
 use crate::actions_support::{as_nobody_with_nothing, is_root};
-use crate::harness::{Running, bindings, decision};
+use crate::harness::{TestDaemon, bindings, decision};
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
 
 const CONTAIN: &str = r#"
@@ -277,7 +277,7 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
          \x20 - {{id: probe, action: exec, with: {{command: {}}}, risk: low, rollback: none}}\n",
         probe.display()
     );
-    let running = Running::start(
+    let running = TestDaemon::start(
         &format!(
             "[intake]\nallowed_uids = [0]\n[actions.exec]\nallowed_commands = [{:?}]\nrun_as = \"nobody\"\n",
             probe.display().to_string()

@@ -390,8 +390,8 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_decision_is_checkpointed_at_once() {
-    use crate::harness::Running;
-    let daemon = Running::start(
+    use crate::harness::TestDaemon;
+    let daemon = TestDaemon::start(
         "[audit]\ncheckpoint_interval_seconds = 3600\n",
         &[GATED_NOOP],
         &bindings(&[("p", "o", "gated-noop")]),

@@ -18,11 +18,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 use uuid::Uuid;
 
-use crate::harness::{bindings, decision};
+use crate::harness::{bindings, decision, try_send_line};
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
 
 /// Kills in the test; each kill is followed by a restart.
@@ -145,7 +143,10 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
             let mut replies = Vec::new();
             for fail in ["no", "fail"] {
                 let d = decision("crash", "run", json!({"fail": fail}));
-                replies.push((fail, send(&socket_for_sender, &d).await));
+                replies.push((
+                    fail,
+                    try_send_line(&socket_for_sender, d.to_string().as_bytes()).await,
+                ));
             }
             replies
         });
@@ -231,24 +232,6 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
         counts.do_raw > counts.do_distinct || counts.undo_raw > counts.undo_distinct,
         "no kill ever interrupted a side effect: the test did not exercise a re-run"
     );
-}
-
-/// Sends one decision; `None` when the connection broke before a reply (the daemon was killed).
-async fn send(socket: &Path, decision: &Value) -> Option<Value> {
-    let mut stream = UnixStream::connect(socket).await.ok()?;
-    let mut line = decision.to_string().into_bytes();
-    line.push(b'\n');
-    stream.write_all(&line).await.ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut reply = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
-        .await
-        .ok()?
-        .ok()?;
-    if read == 0 {
-        return None;
-    }
-    Some(serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}")))
 }
 
 async fn head_seq(client: &tokio_postgres::Client) -> i64 {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Evidence, NOOP_3, Running, UNDO_FAILS, bindings, decision, exec_config};
+use crate::harness::{Evidence, NOOP_3, TestDaemon, UNDO_FAILS, bindings, decision, exec_config};
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
@@ -57,7 +57,8 @@ allowed_commands = ["/bin/true", "/bin/false", "/bin/sleep"]
 
 #[tokio::test]
 async fn happy_path_runs_every_step_once_in_order() {
-    let daemon = Running::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
+    let daemon =
+        TestDaemon::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
     let reply = daemon
         .send_decision(&decision("bench.noop", "run", json!({})))
         .await;
@@ -84,7 +85,8 @@ async fn happy_path_runs_every_step_once_in_order() {
 /// before (and apart from) its end.
 #[tokio::test]
 async fn a_noop_3_run_commits_five_transactions_with_each_start_before_its_action() {
-    let daemon = Running::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
+    let daemon =
+        TestDaemon::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
     let id = accepted_id(
         &daemon
             .send_decision(&decision("bench.noop", "run", json!({})))
@@ -136,7 +138,7 @@ async fn a_noop_3_run_commits_five_transactions_with_each_start_before_its_actio
 
 #[tokio::test]
 async fn a_failure_at_step_three_rolls_back_two_then_one() {
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         EXEC_CONFIG,
         &[FAILS_AT_THREE],
         &bindings(&[("p", "o", "fails-at-three")]),
@@ -177,7 +179,7 @@ async fn a_failure_at_step_three_rolls_back_two_then_one() {
 
 #[tokio::test]
 async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         EXEC_CONFIG,
         &[UNDO_FAILS, NOOP_3],
         &bindings(&[("p", "o", "undo-fails"), ("bench.noop", "run", "noop-3")]),
@@ -244,7 +246,8 @@ async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
 
 #[tokio::test]
 async fn a_step_timeout_kills_the_child_within_a_second_of_the_deadline() {
-    let daemon = Running::start(EXEC_CONFIG, &[SLEEPS], &bindings(&[("p", "o", "sleeps")])).await;
+    let daemon =
+        TestDaemon::start(EXEC_CONFIG, &[SLEEPS], &bindings(&[("p", "o", "sleeps")])).await;
     let started = Instant::now();
     let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
     assert_eq!(
@@ -283,7 +286,7 @@ async fn a_step_timeout_kills_the_child_within_a_second_of_the_deadline() {
 #[tokio::test]
 async fn a_transient_error_is_retried_with_growing_delays() {
     let config = format!("{EXEC_CONFIG}transient_exit_codes = [1]\n");
-    let daemon = Running::start(&config, &[FLAKY], &bindings(&[("p", "o", "flaky")])).await;
+    let daemon = TestDaemon::start(&config, &[FLAKY], &bindings(&[("p", "o", "flaky")])).await;
     let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
     assert_eq!(
         daemon.wait_terminal(&id, Duration::from_secs(10)).await,
@@ -317,7 +320,7 @@ steps:
 
 #[tokio::test]
 async fn a_gate_near_expiry_is_escalated_before_it_expires() {
-    let daemon = Running::start("", &[GATED], &bindings(&[("p", "o", "gated")])).await;
+    let daemon = TestDaemon::start("", &[GATED], &bindings(&[("p", "o", "gated")])).await;
     let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
     let client = daemon.db.client().await;
     let started = Instant::now();
@@ -405,7 +408,7 @@ steps:
 "#,
         undo = undo.display()
     ));
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&undo], "", ""),
         &[&playbook, NOOP_3],
         &bindings(&[("p", "o", "hostile-undo"), ("bench.noop", "run", "noop-3")]),
@@ -473,7 +476,7 @@ steps:
 "#,
         evidence = evidence.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&evidence], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "nul-output")]),
@@ -527,7 +530,7 @@ steps:
     rollback: none
 "#,
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[&playbook],
         &bindings(&[("p", "o", "unevaluable")]),
@@ -579,7 +582,7 @@ steps:
 "#,
         counter = counter.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&counter], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "unrecordable")]),
@@ -644,7 +647,7 @@ steps:
 "#,
         slow = slow.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&slow], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "slow-create")]),
@@ -704,7 +707,7 @@ steps:
 "#,
         counter = counter.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&counter], "", ""),
         &[&files.playbook(&playbook)],
         &bindings(&[("p", "o", "unrecordable-undo")]),

@@ -9,7 +9,7 @@ use playbookd::status::StatusAddr;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use crate::harness::{Evidence, Running, bindings, decision, exec_config};
+use crate::harness::{Evidence, TestDaemon, bindings, decision, exec_config};
 use crate::helpers::TestDb;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -57,7 +57,7 @@ fn issued(at: time::OffsetDateTime) -> String {
 async fn a_pruned_nonce_replays_as_stale_and_one_inside_twice_the_window_as_replay() {
     // Window 2 s; heartbeat (and retention) every second.
     let config = "[fleet]\nheartbeat_interval_seconds = 1\nstale_after_seconds = 5\n[intake]\nfreshness_seconds = 2\n";
-    let daemon = Running::start(config, &[NOOP], &bindings(&[("p", "o", "one-noop")])).await;
+    let daemon = TestDaemon::start(config, &[NOOP], &bindings(&[("p", "o", "one-noop")])).await;
     // Issued 1.5 s in the future: fresh now, and fresh again until 3.5 s from now, so its nonce
     // must outlive the window itself (a cut-off at one window would let it replay at 2-3.5 s).
     let mut future = decision("p", "o", json!({}));
@@ -245,14 +245,14 @@ async fn a_role_without_delete_on_nonces_prunes_only_through_the_function() {
 
 // ---- nodes and the fleet halt ----
 
-fn endpoint(daemon: &Running) -> Endpoint {
+fn endpoint(daemon: &TestDaemon) -> Endpoint {
     match &daemon.status {
         StatusAddr::Tcp(address) => Endpoint::Tcp(*address),
         StatusAddr::Unix(path) => Endpoint::Unix(path.clone()),
     }
 }
 
-async fn get(daemon: &Running, path: &str) -> (u16, Value) {
+async fn get(daemon: &TestDaemon, path: &str) -> (u16, Value) {
     let response = request(&endpoint(daemon), "GET", path).await.unwrap();
     let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
     (response.status, body)
@@ -260,7 +260,7 @@ async fn get(daemon: &Running, path: &str) -> (u16, Value) {
 
 const FLEET_CONFIG: &str = "[fleet]\nheartbeat_interval_seconds = 1\nstale_after_seconds = 3\n";
 
-async fn start_nodes(db: &Arc<TestDb>, names: &[&str], extra: &str) -> Vec<Running> {
+async fn start_nodes(db: &Arc<TestDb>, names: &[&str], extra: &str) -> Vec<TestDaemon> {
     let files = Evidence::new();
     let texts = [files.playbook(NAP_THEN_NOOP), NOOP.to_owned()];
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -268,7 +268,16 @@ async fn start_nodes(db: &Arc<TestDb>, names: &[&str], extra: &str) -> Vec<Runni
     let config = format!("{}\n{FLEET_CONFIG}{extra}", exec_config(&[], "", ""));
     let mut nodes = Vec::new();
     for name in names {
-        nodes.push(Running::start_on(db.clone(), name, &config, &texts, &bound).await);
+        nodes.push(
+            TestDaemon::builder()
+                .on(db.clone())
+                .node(name)
+                .config(&config)
+                .playbooks(&texts)
+                .bindings(&bound)
+                .start()
+                .await,
+        );
     }
     nodes
 }
@@ -281,7 +290,7 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-async fn event_count(daemon: &Running, id: &str, event_type: &str) -> usize {
+async fn event_count(daemon: &TestDaemon, id: &str, event_type: &str) -> usize {
     daemon
         .events(id)
         .await
@@ -301,8 +310,22 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let bound = bindings(&[("p", "nap", "nap-then-noop")]);
     let config = format!("{}\n{slow}", exec_config(&[], "", ""));
-    let a = Running::start_on(db.clone(), "node-a", &config, &texts, &bound).await;
-    let b = Running::start_on(db.clone(), "node-b", &config, &texts, &bound).await;
+    let a = TestDaemon::builder()
+        .on(db.clone())
+        .node("node-a")
+        .config(&config)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start()
+        .await;
+    let b = TestDaemon::builder()
+        .on(db.clone())
+        .node("node-b")
+        .config(&config)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start()
+        .await;
 
     let no_reason = a
         .control(&json!({"verb": "halt-fleet", "reason": " "}))
@@ -583,9 +606,30 @@ async fn with_halt_fleet_on_rollback_failure_a_nodes_failed_undo_halts_every_nod
         exec_config(&[], "", "")
     );
     let plain = format!("{}\n{slow}", exec_config(&[], "", ""));
-    let a = Running::start_on(db.clone(), "node-a", &spreading, &texts, &bound).await;
-    let b = Running::start_on(db.clone(), "node-b", &plain, &texts, &bound).await;
-    let c = Running::start_on(db.clone(), "node-c", &plain, &texts, &bound).await;
+    let a = TestDaemon::builder()
+        .on(db.clone())
+        .node("node-a")
+        .config(&spreading)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start()
+        .await;
+    let b = TestDaemon::builder()
+        .on(db.clone())
+        .node("node-b")
+        .config(&plain)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start()
+        .await;
+    let c = TestDaemon::builder()
+        .on(db.clone())
+        .node("node-c")
+        .config(&plain)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start()
+        .await;
 
     // node-b's own failed undo stays on node-b (its key is off).
     let failing = accepted(&b.send_decision(&decision("halt", "now", json!({}))).await);

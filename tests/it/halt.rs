@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Evidence, Running, UNDO_FAILS, bindings, decision, exec_config};
+use crate::harness::{Evidence, TestDaemon, UNDO_FAILS, bindings, decision, exec_config};
 use crate::helpers::TestDb;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -24,7 +24,7 @@ fn accepted(reply: &Value) -> String {
 }
 
 /// Sends a decision for `undo-fails` and waits until the daemon is in SAFE-HALT because of it.
-async fn enter_halt(daemon: &Running) -> String {
+async fn enter_halt(daemon: &TestDaemon) -> String {
     let mut d = decision("halt", "now", json!({}));
     d["org_id"] = json!("other");
     let id = accepted(&daemon.send_decision(&d).await);
@@ -33,7 +33,7 @@ async fn enter_halt(daemon: &Running) -> String {
     id
 }
 
-async fn clear_halt(daemon: &Running) {
+async fn clear_halt(daemon: &TestDaemon) {
     let reply = daemon
         .control(&json!({"verb": "halt-resolve", "reason": "undone by hand"}))
         .await;
@@ -42,7 +42,7 @@ async fn clear_halt(daemon: &Running) {
 }
 
 /// How many `event_type` events the run has.
-async fn count(daemon: &Running, id: &str, event_type: &str) -> usize {
+async fn count(daemon: &TestDaemon, id: &str, event_type: &str) -> usize {
     daemon
         .events(id)
         .await
@@ -52,7 +52,7 @@ async fn count(daemon: &Running, id: &str, event_type: &str) -> usize {
 }
 
 /// Waits for the `nth` (1-based) `event_type` of the run.
-async fn wait_count(daemon: &Running, id: &str, event_type: &str, nth: usize) {
+async fn wait_count(daemon: &TestDaemon, id: &str, event_type: &str, nth: usize) {
     let start = std::time::Instant::now();
     while count(daemon, id, event_type).await < nth {
         assert!(
@@ -78,8 +78,8 @@ steps:
 "#;
 
 /// A run between its steps when the halt commits: its next step does not start.
-async fn start_between_steps(files: &Evidence) -> (Running, String) {
-    let daemon = Running::start(
+async fn start_between_steps(files: &Evidence) -> (TestDaemon, String) {
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
         &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
@@ -92,7 +92,7 @@ async fn start_between_steps(files: &Evidence) -> (Running, String) {
 }
 
 /// The run's first step has ended and its second has not started: it waits at the halt.
-async fn assert_waits_before_second_step(daemon: &Running, run: &str, files: &Evidence) {
+async fn assert_waits_before_second_step(daemon: &TestDaemon, run: &str, files: &Evidence) {
     daemon.wait_event(run, "step.succeeded", LIMIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!files.exists("touched"), "the step ran during SAFE-HALT");
@@ -165,7 +165,7 @@ steps:
 "#,
         flaky = flaky.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&flaky], "", "transient_exit_codes = [1]"),
         &[UNDO_FAILS, &files.playbook(&playbook)],
         &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "flaky-touch")]),
@@ -216,7 +216,7 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
     let files = Evidence::new();
     // One run at a time per org: the approved run waits for the slot the sleeper holds, and the
     // halt commits meanwhile (the halter runs in another org).
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "max_runs_per_org = 1", ""),
         &[UNDO_FAILS, SLEEPER, &files.playbook(GATED_TOUCH)],
         &bindings(&[
@@ -292,7 +292,7 @@ steps:
 async fn during_safe_halt_an_approval_is_refused_and_denied_or_expired_runs_undos_wait_for_the_clear()
  {
     let files = Evidence::new();
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[UNDO_FAILS, &files.playbook(PREPARED_GATE)],
         &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "prepared-gate")]),
@@ -393,7 +393,7 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollback_of_another_run_does_not_undo_anything_during_safe_halt() {
     let files = Evidence::new();
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[UNDO_FAILS, &files.playbook(TOUCH_THEN_SLEEP)],
         &bindings(&[
@@ -437,7 +437,7 @@ steps:
   - {id: act, action: noop, risk: high, rollback: none}
 "#;
 
-async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (Running, Running) {
+async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (TestDaemon, TestDaemon) {
     let db = Arc::new(TestDb::new().await);
     let texts: Vec<String> = playbooks.iter().map(|p| files.playbook(p)).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -446,15 +446,16 @@ async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (Running, Running) {
         ("p", "o", "touch-then-sleep"),
         ("p", "gated", "gated-noop"),
     ]);
-    let a = Running::start_on(
-        db.clone(),
-        "node-a",
-        &exec_config(&[], "", ""),
-        &texts,
-        &bound,
-    )
-    .await;
-    let b = Running::start_on(db, "node-b", &exec_config(&[], "", ""), &texts, &bound).await;
+    let node = |name: &str| {
+        TestDaemon::builder()
+            .on(db.clone())
+            .node(name)
+            .config(&exec_config(&[], "", ""))
+            .playbooks(&texts)
+            .bindings(&bound)
+    };
+    let a = node("node-a").start().await;
+    let b = node("node-b").start().await;
     (a, b)
 }
 
@@ -553,7 +554,7 @@ async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_of_acting() {
     let files = Evidence::new();
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[&files.playbook(GATED_TOUCH)],
         &bindings(&[("p", "gated", "gated-touch")]),
@@ -613,7 +614,7 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
     let files = Evidence::new();
     // A slow heartbeat and no notification (below): the halt is known only in the database,
     // so what stops the step is the check in its start transaction.
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &format!(
             "{}\n[fleet]\nheartbeat_interval_seconds = 120\nstale_after_seconds = 300\n",
             exec_config(&[], "", "")
@@ -684,7 +685,7 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halt_that_cannot_be_written_yet_still_stops_everything_and_is_written_later() {
     let files = Evidence::new();
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
         &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),

@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::harness::{NOOP_3, Running, bindings, decision};
+use crate::harness::{NOOP_3, TestDaemon, bindings, decision};
 
 const WITH_INPUTS: &str = r#"
 id: kill-pid
@@ -43,8 +43,8 @@ fn standard_bindings() -> String {
     text
 }
 
-async fn start() -> Running {
-    Running::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
+async fn start() -> TestDaemon {
+    TestDaemon::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
 }
 
 fn reason(reply: &serde_json::Value) -> &str {
@@ -204,7 +204,7 @@ async fn a_nonce_is_accepted_once_even_across_a_restart() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_sends_of_one_nonce_accept_exactly_one() {
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         "[intake]\nmax_accepted_per_second = 100000\n",
         &[NOOP_3],
         &standard_bindings(),
@@ -354,7 +354,7 @@ async fn a_peer_with_a_disallowed_uid_is_refused_and_audited() {
 #[tokio::test]
 async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
     // The test process is the daemon (same uid). With allowed_uids empty, it is refused.
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         "[intake]\nallowed_uids = []\n",
         &[NOOP_3],
         &standard_bindings(),
@@ -372,7 +372,7 @@ async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
     );
     daemon.stop().await;
     // Listed, it is served like any policy engine.
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &format!("[intake]\nallowed_uids = [{uid}]\n"),
         &[NOOP_3],
         &standard_bindings(),
@@ -616,7 +616,7 @@ async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of
     };
     let exposed = playbook("exposed", r#"["--name", "{{ subject.user }}"]"#);
     let operand = playbook("operand", r#"["--name", "--", "{{ subject.user }}"]"#);
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &format!(
             "[actions.exec]\nallowed_commands = [\"{}\"]\n",
             script.display()
@@ -721,7 +721,7 @@ steps:
         "{}\n[intake]\nmax_backlog = 1\n",
         crate::harness::exec_config(&[], "max_concurrent_runs = 1", "")
     );
-    let daemon = Running::start(&config, &[NAPS], &bindings(&[("p", "o", "naps")])).await;
+    let daemon = TestDaemon::start(&config, &[NAPS], &bindings(&[("p", "o", "naps")])).await;
     let first = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(first["status"], "accepted", "{first}");
     daemon

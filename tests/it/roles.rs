@@ -5,15 +5,32 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::harness::Running;
+use crate::harness::TestDaemon;
 use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
 
 const EVIDENCE: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
 
-/// A daemon ran and stopped on `db`: audit rows and a shutdown checkpoint exist.
+/// A daemon ran (as the runtime role) and stopped on `db`: audit rows and a shutdown
+/// checkpoint exist.
 async fn db_with_evidence() -> (std::sync::Arc<TestDb>, DaemonDir) {
-    let running = Running::start("", &[], "bindings: []\n").await;
+    let running = TestDaemon::start("", &[], "bindings: []\n").await;
     let db = running.db.clone();
+    // The suite's daemon is connected as the runtime role, and only as it: the refusals below
+    // are what the daemon itself would get.
+    let daemon_roles: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'playbookd'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(daemon_roles, vec![db.runtime.clone()]);
     running.stop().await;
     (db, DaemonDir::new())
 }

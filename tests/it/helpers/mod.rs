@@ -325,6 +325,15 @@ impl DaemonDir {
         path
     }
 
+    /// Makes the directory and `run/` reachable by other uids (tempdirs are 0700), for clients
+    /// such as `playbookd ctl` run under the uids a test gives roles to.
+    pub fn open_to_other_uids(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [self.dir.path().to_owned(), self.path("run")] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
     /// The daemon's chain anchor (`chain-anchor.json`), as JSON.
     pub fn chain_anchor(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.path("chain-anchor.json")).unwrap()).unwrap()
