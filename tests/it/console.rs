@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestDaemon, UNDO_FAILS, decision};
 use crate::helpers::binary;
+use crate::helpers::query_value;
 
 /// `one` and `two` succeed and are undone by `noop`; `three` fails: the rollback runs two, one.
 /// Its subject carries a note, where the hostile strings go.
@@ -364,14 +365,12 @@ async fn wait_for_state(daemon: &TestDaemon, id: &str, want: &str) {
     let client = daemon.db.client().await;
     let id: uuid::Uuid = id.parse().unwrap();
     for _ in 0..400 {
-        let state: String = client
-            .query_one(
-                "SELECT state FROM playbook_executions WHERE execution_id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let state: String = query_value(
+            &client,
+            "SELECT state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await;
         if state == want {
             return;
         }

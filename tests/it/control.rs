@@ -22,6 +22,7 @@ use crate::harness::{
     TestDaemon, TestDaemonBuilder, bindings, decision, run_state, send_line, wait_run_state,
 };
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+use crate::helpers::{query_column, query_value};
 
 const NODE: &str = "node-ctl";
 /// `users`: the group owning control.sock in these tests, and every client's primary group.
@@ -78,6 +79,17 @@ fn ctl_daemon(risk: &str) -> TestDaemonBuilder {
         .playbooks(&[&playbook_yaml(risk)])
         .bindings(&bindings(&[("test.ctl", "run", "ctl-test")]))
         .open_to_other_uids()
+}
+
+/// `playbookd ctl` against a test daemon's control.sock.
+trait CtlClient {
+    async fn ctl(&self, uid: u32, args: &[&str]) -> Ctl;
+}
+
+impl CtlClient for TestDaemon {
+    async fn ctl(&self, uid: u32, args: &[&str]) -> Ctl {
+        ctl(&self.control_socket(), uid, args).await
+    }
 }
 
 /// A decision for `ctl-test`.
@@ -231,7 +243,7 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
     ];
 
     // A viewer sees the context of what waits...
-    let pending = ctl(&daemon.control_socket(), VIEWER, &["pending"]).await;
+    let pending = daemon.ctl(VIEWER, &["pending"]).await;
     let gates = pending.ok()["pending"].as_array().unwrap();
     assert_eq!(gates.len(), 1, "{pending:?}");
     let gate = &gates[0];
@@ -245,25 +257,16 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
     assert_eq!(gate["required"], 2);
 
     // ...but may not act on it; nor may an operator approve, nor an approver cancel.
-    let reason = ctl(&daemon.control_socket(), VIEWER, &approve)
-        .await
-        .refusal()
-        .to_owned();
+    let reason = daemon.ctl(VIEWER, &approve).await.refusal().to_owned();
     assert!(
         reason.contains("uid 2004") && reason.contains("viewer"),
         "{reason}"
     );
     assert!(reason.contains("approver or admin"), "{reason}");
-    let reason = ctl(&daemon.control_socket(), OPERATOR, &approve)
-        .await
-        .refusal()
-        .to_owned();
+    let reason = daemon.ctl(OPERATOR, &approve).await.refusal().to_owned();
     assert!(reason.contains("operator"), "{reason}");
     let cancel = ["cancel", id_text.as_str(), "--reason", "not mine"];
-    let reason = ctl(&daemon.control_socket(), APPROVER_A, &cancel)
-        .await
-        .refusal()
-        .to_owned();
+    let reason = daemon.ctl(APPROVER_A, &cancel).await.refusal().to_owned();
     assert!(reason.contains("may not cancel"), "{reason}");
     for admin_only in [
         &["halt-resolve", "--reason", "x"][..],
@@ -271,7 +274,8 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
         &["halt-resolve", "--fleet", "--reason", "x"][..],
         &["reload"][..],
     ] {
-        let reason = ctl(&daemon.control_socket(), APPROVER_A, admin_only)
+        let reason = daemon
+            .ctl(APPROVER_A, admin_only)
             .await
             .refusal()
             .to_owned();
@@ -280,7 +284,8 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
 
     // An approver limited to another org is refused for this org's execution, and sees
     // nothing pending.
-    let reason = ctl(&daemon.control_socket(), GLOBEX_APPROVER, &approve)
+    let reason = daemon
+        .ctl(GLOBEX_APPROVER, &approve)
         .await
         .refusal()
         .to_owned();
@@ -288,16 +293,12 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
         reason.contains("globex") && reason.contains("`acme`"),
         "{reason}"
     );
-    let scoped = ctl(&daemon.control_socket(), GLOBEX_APPROVER, &["pending"]).await;
+    let scoped = daemon.ctl(GLOBEX_APPROVER, &["pending"]).await;
     assert_eq!(scoped.ok()["pending"], json!([]));
 
     // None of that changed anything.
     assert_eq!(run_state(&client, id).await, "awaiting_approval");
-    let votes: i64 = client
-        .query_one("SELECT count(*) FROM playbook_approvals", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let votes: i64 = query_value(&client, "SELECT count(*) FROM playbook_approvals", &[]).await;
     assert_eq!(votes, 0);
 
     // A client outside the socket's group cannot even connect.
@@ -328,22 +329,20 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
     }
 
     // The operator may cancel: the run stops and rolls back.
-    let cancelled = ctl(
-        &daemon.control_socket(),
-        OPERATOR,
-        &["cancel", id_text.as_str(), "--reason", "false positive"],
-    )
-    .await;
+    let cancelled = daemon
+        .ctl(
+            OPERATOR,
+            &["cancel", id_text.as_str(), "--reason", "false positive"],
+        )
+        .await;
     cancelled.ok();
     wait_run_state(&client, id, "cancelled", Duration::from_secs(20)).await;
     // A cancelled run leaves no gate waiting, and its gate takes no more votes.
     assert_eq!(
-        ctl(&daemon.control_socket(), VIEWER, &["pending"])
-            .await
-            .ok()["pending"],
+        daemon.ctl(VIEWER, &["pending"]).await.ok()["pending"],
         json!([])
     );
-    let late = ctl(&daemon.control_socket(), APPROVER_A, &approve).await;
+    let late = daemon.ctl(APPROVER_A, &approve).await;
     assert_eq!(late.reply["status"], "error", "{late:?}");
     daemon.stop().await;
 }
@@ -356,80 +355,74 @@ async fn a_critical_step_needs_two_different_approvers() {
     wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
     let id_text = id.to_string();
 
-    let reason = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &["approve", &id_text, "contain", "--reason", " "],
-    )
-    .await
-    .refusal()
-    .to_owned();
+    let reason = daemon
+        .ctl(
+            APPROVER_A,
+            &["approve", &id_text, "contain", "--reason", " "],
+        )
+        .await
+        .refusal()
+        .to_owned();
     assert!(reason.contains("reason is required"), "{reason}");
 
-    let first = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &[
-            "approve",
-            &id_text,
-            "contain",
-            "--reason",
-            "confirmed on the host",
-        ],
-    )
-    .await;
+    let first = daemon
+        .ctl(
+            APPROVER_A,
+            &[
+                "approve",
+                &id_text,
+                "contain",
+                "--reason",
+                "confirmed on the host",
+            ],
+        )
+        .await;
     let first = first.ok();
     assert_eq!(first["gate_state"], "pending");
     assert_eq!(first["approvals"], 1);
     assert_eq!(first["required"], 2);
 
     // The same person twice is not dual control.
-    let reason = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &["approve", &id_text, "contain", "--reason", "really sure"],
-    )
-    .await
-    .refusal()
-    .to_owned();
+    let reason = daemon
+        .ctl(
+            APPROVER_A,
+            &["approve", &id_text, "contain", "--reason", "really sure"],
+        )
+        .await
+        .refusal()
+        .to_owned();
     assert!(reason.contains("already voted"), "{reason}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
-    let second = ctl(
-        &daemon.control_socket(),
-        APPROVER_B,
-        &[
-            "approve",
-            &id_text,
-            "contain",
-            "--reason",
-            "second pair of eyes",
-        ],
-    )
-    .await;
+    let second = daemon
+        .ctl(
+            APPROVER_B,
+            &[
+                "approve",
+                &id_text,
+                "contain",
+                "--reason",
+                "second pair of eyes",
+            ],
+        )
+        .await;
     assert_eq!(second.ok()["gate_state"], "approved");
     wait_run_state(&client, id, "completed", Duration::from_secs(20)).await;
 
-    let voters: Vec<i64> = client
-        .query(
-            "SELECT approver_uid FROM playbook_approvals WHERE execution_id = $1 ORDER BY created_at",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let voters: Vec<i64> = query_column(
+        &client,
+        "SELECT approver_uid FROM playbook_approvals WHERE execution_id = $1 ORDER BY created_at",
+        &[&id],
+    )
+    .await;
     assert_eq!(voters, [i64::from(APPROVER_A), i64::from(APPROVER_B)]);
-    let step: String = client
-        .query_one(
-            "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'contain'",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let step: String = query_value(
+        &client,
+        "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'contain'",
+        &[&id],
+    )
+    .await;
     assert_eq!(step, "succeeded");
     daemon.stop().await;
 }
@@ -442,23 +435,20 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
     wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
     let id_text = id.to_string();
 
-    let reason = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &["deny", &id_text, "contain", "--reason", ""],
-    )
-    .await
-    .refusal()
-    .to_owned();
+    let reason = daemon
+        .ctl(APPROVER_A, &["deny", &id_text, "contain", "--reason", ""])
+        .await
+        .refusal()
+        .to_owned();
     assert!(reason.contains("reason is required"), "{reason}");
     assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
-    let denied = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &["deny", &id_text, "contain", "--reason", "wrong host"],
-    )
-    .await;
+    let denied = daemon
+        .ctl(
+            APPROVER_A,
+            &["deny", &id_text, "contain", "--reason", "wrong host"],
+        )
+        .await;
     assert_eq!(denied.ok()["gate_state"], "denied");
     wait_run_state(&client, id, "rejected", Duration::from_secs(20)).await;
 
@@ -497,17 +487,15 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
     );
     // Nothing is left waiting, and a late vote finds no gate.
     assert_eq!(
-        ctl(&daemon.control_socket(), VIEWER, &["pending"])
-            .await
-            .ok()["pending"],
+        daemon.ctl(VIEWER, &["pending"]).await.ok()["pending"],
         json!([])
     );
-    let late = ctl(
-        &daemon.control_socket(),
-        APPROVER_B,
-        &["approve", &id_text, "contain", "--reason", "late"],
-    )
-    .await;
+    let late = daemon
+        .ctl(
+            APPROVER_B,
+            &["approve", &id_text, "contain", "--reason", "late"],
+        )
+        .await;
     assert_eq!(late.code, Some(1), "{late:?}");
     assert_eq!(late.reply["status"], "error");
     daemon.stop().await;
@@ -544,22 +532,20 @@ async fn an_expired_gate_rolls_the_run_back() {
     let expired = position("approval.expired").expect("expiry audited");
     let undone = position("rollback.step_succeeded").expect("undo audited");
     assert!(expired < undone, "{kinds:?}");
-    let gate: String = client
-        .query_one(
-            "SELECT state FROM playbook_approval_gates WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(gate, "expired");
-
-    let late = ctl(
-        &daemon.control_socket(),
-        APPROVER_A,
-        &["approve", &id.to_string(), "contain", "--reason", "late"],
+    let gate: String = query_value(
+        &client,
+        "SELECT state FROM playbook_approval_gates WHERE execution_id = $1",
+        &[&id],
     )
     .await;
+    assert_eq!(gate, "expired");
+
+    let late = daemon
+        .ctl(
+            APPROVER_A,
+            &["approve", &id.to_string(), "contain", "--reason", "late"],
+        )
+        .await;
     assert_eq!(late.code, Some(1), "{late:?}");
     assert!(
         late.reply["reason"]
@@ -592,40 +578,32 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         "{refused}"
     );
 
-    let reason = ctl(
-        &daemon.control_socket(),
-        OPERATOR,
-        &["halt-resolve", "--reason", "fixed"],
-    )
-    .await
-    .refusal()
-    .to_owned();
-    assert!(reason.contains("admin"), "{reason}");
-    let reason = ctl(
-        &daemon.control_socket(),
-        ADMIN,
-        &["halt-resolve", "--reason", ""],
-    )
-    .await
-    .refusal()
-    .to_owned();
-    assert!(reason.contains("reason is required"), "{reason}");
-    let still: bool = client
-        .query_one(
-            "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
-            &[],
-        )
+    let reason = daemon
+        .ctl(OPERATOR, &["halt-resolve", "--reason", "fixed"])
         .await
-        .unwrap()
-        .get(0);
-    assert!(still, "the halt was cleared without admin and reason");
-
-    let cleared = ctl(
-        &daemon.control_socket(),
-        ADMIN,
-        &["halt-resolve", "--reason", "restored the file by hand"],
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("admin"), "{reason}");
+    let reason = daemon
+        .ctl(ADMIN, &["halt-resolve", "--reason", ""])
+        .await
+        .refusal()
+        .to_owned();
+    assert!(reason.contains("reason is required"), "{reason}");
+    let still: bool = query_value(
+        &client,
+        "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
+        &[],
     )
     .await;
+    assert!(still, "the halt was cleared without admin and reason");
+
+    let cleared = daemon
+        .ctl(
+            ADMIN,
+            &["halt-resolve", "--reason", "restored the file by hand"],
+        )
+        .await;
     assert_eq!(cleared.ok()["safe_halt"], "cleared");
     let row = client
         .query_one(
@@ -648,12 +626,9 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         "{events:?}"
     );
 
-    let again = ctl(
-        &daemon.control_socket(),
-        ADMIN,
-        &["halt-resolve", "--reason", "again"],
-    )
-    .await;
+    let again = daemon
+        .ctl(ADMIN, &["halt-resolve", "--reason", "again"])
+        .await;
     assert_eq!(again.code, Some(1), "{again:?}");
     assert!(
         again.reply["reason"]
@@ -672,10 +647,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_is_for_admins_and_runs_the_daemons_reload() {
     let daemon = ctl_daemon("high").start().await;
-    let reason = ctl(&daemon.control_socket(), OPERATOR, &["reload"])
-        .await
-        .refusal()
-        .to_owned();
+    let reason = daemon.ctl(OPERATOR, &["reload"]).await.refusal().to_owned();
     assert!(reason.contains("admin"), "{reason}");
     let count_reloads = || async {
         daemon
@@ -686,7 +658,7 @@ async fn reload_is_for_admins_and_runs_the_daemons_reload() {
             .count()
     };
     assert_eq!(count_reloads().await, 0);
-    let reloaded = ctl(&daemon.control_socket(), ADMIN, &["reload"]).await;
+    let reloaded = daemon.ctl(ADMIN, &["reload"]).await;
     assert_eq!(reloaded.ok()["reload"], "done");
     assert_eq!(count_reloads().await, 1);
     daemon.stop().await;
@@ -815,10 +787,7 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
     let cancel = ["cancel", id_text.as_str(), "--reason", "duplicate incident"];
 
     // Without `staff`, uid 2007 is only a viewer (through `users`).
-    let reason = ctl(&daemon.control_socket(), 2007, &cancel)
-        .await
-        .refusal()
-        .to_owned();
+    let reason = daemon.ctl(2007, &cancel).await.refusal().to_owned();
     assert!(reason.contains("roles: viewer"), "{reason}");
 
     let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control_socket(), &["pending"]).await;
@@ -957,9 +926,7 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
     assert!(refused.refusal().contains("has no role"), "{refused:?}");
     for _ in 0..3 {
         let started = Instant::now();
-        ctl(&daemon.control_socket(), ADMIN, &["pending"])
-            .await
-            .ok();
+        daemon.ctl(ADMIN, &["pending"]).await.ok();
         eprintln!(
             "admin `ctl pending` beside 32 slow drips: {:?}",
             started.elapsed()
@@ -969,9 +936,7 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
             "{:?}",
             started.elapsed()
         );
-        ctl(&daemon.control_socket(), APPROVER_A, &["pending"])
-            .await
-            .ok();
+        daemon.ctl(APPROVER_A, &["pending"]).await.ok();
     }
     // Each of the 32 was refused at connect, with the reason and the setting that grants a role.
     let received = drip.received().await;
@@ -1049,7 +1014,7 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
     )
     .await;
     // The general slots are full: an approver is told to retry, admins get in.
-    let approver = ctl(&daemon.control_socket(), APPROVER_A, &["pending"]).await;
+    let approver = daemon.ctl(APPROVER_A, &["pending"]).await;
     let reason = approver.reply["reason"]
         .as_str()
         .unwrap_or_default()
@@ -1058,10 +1023,8 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
         reason.starts_with("busy") && reason.contains("(control.max_connections)"),
         "{approver:?}"
     );
-    ctl(&daemon.control_socket(), ADMIN, &["pending"])
-        .await
-        .ok();
-    ctl(&daemon.control_socket(), 0, &["pending"]).await.ok();
+    daemon.ctl(ADMIN, &["pending"]).await.ok();
+    daemon.ctl(0, &["pending"]).await.ok();
     let mut held = 0;
     let mut busy = 0;
     for drip in drips {
@@ -1081,7 +1044,7 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
     // approver is served again.
     let started = Instant::now();
     loop {
-        let approver = ctl(&daemon.control_socket(), APPROVER_A, &["pending"]).await;
+        let approver = daemon.ctl(APPROVER_A, &["pending"]).await;
         if approver.code == Some(0) {
             break;
         }

@@ -17,11 +17,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::{bindings, decision, try_send_line};
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::helpers::audit_cli;
+use crate::helpers::query_value;
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb};
 
 /// Kills in the test; each kill is followed by a restart.
 const KILLS: usize = 130;
@@ -203,10 +205,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
 
     let counts = check_effects(&client, &effects).await;
 
-    let (status, stdout, stderr) = run_cli(
-        &["audit", "verify", "--config", config.to_str().unwrap()],
-        &[],
-    );
+    let (status, stdout, stderr) = audit_cli("verify", &config, &[]);
     assert!(status.success(), "audit verify failed:\n{stdout}\n{stderr}");
 
     // Shown with --nocapture: the figures the report quotes.
@@ -235,11 +234,12 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
 }
 
 async fn head_seq(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT COALESCE(max(seq), 0) FROM playbook_audit_log", &[])
-        .await
-        .unwrap()
-        .get(0)
+    query_value(
+        &client,
+        "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log",
+        &[],
+    )
+    .await
 }
 
 /// Polls (about every millisecond) for an audit row past `baseline` of this type and step.

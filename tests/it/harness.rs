@@ -107,6 +107,32 @@ impl TestDaemonBuilder {
         self
     }
 
+    /// Starts one daemon per node id in `nodes`, in that order, all on this builder's database
+    /// (a fresh one unless [`Self::on`] set it).
+    pub async fn start_nodes<const N: usize>(self, nodes: [&str; N]) -> [TestDaemon; N] {
+        assert!(
+            self.documents.is_none(),
+            "documents are written once, for one daemon"
+        );
+        let db = match self.db {
+            Some(db) => db,
+            None => Arc::new(TestDb::new().await),
+        };
+        let mut started = Vec::with_capacity(N);
+        for node in nodes {
+            let builder = TestDaemonBuilder {
+                db: Some(db.clone()),
+                setup: self.setup.clone(),
+                documents: None,
+                open_to_other_uids: self.open_to_other_uids,
+            };
+            started.push(builder.node(node).start().await);
+        }
+        started
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one daemon per node"))
+    }
+
     pub async fn start(self) -> TestDaemon {
         let db = match self.db {
             Some(db) => db,
@@ -149,6 +175,26 @@ impl TestDaemon {
             .bindings(bindings)
             .start()
             .await
+    }
+
+    /// A fresh database with `config` and one playbook, bound to (policy `p`, outcome `o`).
+    pub async fn bound(config: &str, playbook: &str) -> TestDaemon {
+        let id = parse_playbook(playbook.as_bytes())
+            .expect("playbook parses")
+            .id;
+        TestDaemon::start(config, &[playbook], &bindings(&[("p", "o", &id)])).await
+    }
+
+    /// Sends a fresh decision for (`p`, `o`), which must be accepted; returns the execution id.
+    pub async fn decide_p_o(&self) -> String {
+        accepted_id(&self.send_decision(&decision("p", "o", json!({}))).await)
+    }
+
+    /// Like [`Self::decide_p_o`], then waits for the run to end, in `want`.
+    pub async fn decide_p_o_ending(&self, want: &str, limit: Duration) -> String {
+        let id = self.decide_p_o().await;
+        assert_eq!(self.wait_terminal(&id, limit).await, want, "run {id}");
+        id
     }
 
     async fn boot(db: Arc<TestDb>, dir: DaemonDir, setup: Setup) -> TestDaemon {
@@ -237,9 +283,9 @@ impl TestDaemon {
 
     /// Sends `decision`, which must be accepted, and returns the execution id.
     pub async fn accepted(&self, decision: &Value) -> uuid::Uuid {
-        let reply = self.send_decision(decision).await;
-        assert_eq!(reply["status"], "accepted", "{reply}");
-        reply["execution_id"].as_str().unwrap().parse().unwrap()
+        accepted_id(&self.send_decision(decision).await)
+            .parse()
+            .unwrap()
     }
 
     /// The run's state as stored.
@@ -263,19 +309,20 @@ impl TestDaemon {
         execution_id: impl std::fmt::Display,
         limit: Duration,
     ) -> String {
-        let client = self.db.client().await;
-        let start = std::time::Instant::now();
-        loop {
-            let state = run_state(&client, &execution_id).await;
-            if TERMINAL.contains(&state.as_str()) {
-                return state;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "execution still {state} after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_run_terminal(&self.db.client().await, execution_id, limit).await
+    }
+
+    /// How many `event_type` events the run has.
+    pub async fn count_events(
+        &self,
+        execution_id: impl std::fmt::Display,
+        event_type: &str,
+    ) -> usize {
+        self.events(execution_id)
+            .await
+            .iter()
+            .filter(|(kind, _)| kind == event_type)
+            .count()
     }
 
     /// Waits until an audit event of `event_type` exists for the run.
@@ -374,6 +421,32 @@ pub async fn wait_run_state(
     }
 }
 
+/// Waits until the execution reaches a terminal state and returns it.
+pub async fn wait_run_terminal(
+    client: &tokio_postgres::Client,
+    execution_id: impl std::fmt::Display,
+    limit: Duration,
+) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let state = run_state(client, &execution_id).await;
+        if TERMINAL.contains(&state.as_str()) {
+            return state;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "execution still {state} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The execution id of a reply that must be `accepted`.
+pub fn accepted_id(reply: &Value) -> String {
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    reply["execution_id"].as_str().unwrap().to_owned()
+}
+
 /// The states a run ends in.
 pub const TERMINAL: [&str; 6] = [
     "completed",
@@ -425,6 +498,15 @@ impl Evidence {
         path
     }
 
+    /// A daemon running `playbook` bound to (p, o), with `SCRIPT` in it replaced by the path of
+    /// the executable script `name` (`body`), which is allowlisted, and `FILES` by this
+    /// directory.
+    pub async fn daemon_with_script(&self, name: &str, body: &str, playbook: &str) -> TestDaemon {
+        let script = self.script(name, body);
+        let playbook = playbook.replace("SCRIPT", &script.display().to_string());
+        TestDaemon::bound(&exec_config(&[&script], "", ""), &self.playbook(&playbook)).await
+    }
+
     /// Replaces `FILES` in a playbook with this test's directory.
     pub fn playbook(&self, text: &str) -> String {
         text.replace("FILES", &self.dir.path().display().to_string())
@@ -451,13 +533,13 @@ pub async fn try_send_line(socket: &std::path::Path, line: &[u8]) -> Option<Valu
     (!reply.is_empty()).then(|| parse_reply(&reply))
 }
 
-/// One line out, one line back (within 10 s).
+/// One line out, one line back (within 15 s: a reply may wait for a database failover).
 async fn exchange(stream: &mut UnixStream, line: &[u8]) -> Result<String, String> {
     stream.write_all(line).await.map_err(|e| e.to_string())?;
     stream.write_all(b"\n").await.map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
     let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
+    tokio::time::timeout(Duration::from_secs(15), reader.read_line(&mut reply))
         .await
         .map_err(|_| "no reply in time".to_owned())?
         .map_err(|e| e.to_string())?;
@@ -509,6 +591,17 @@ steps:
     retry: {attempts: 1, backoff: 100ms}
     rollback: {action: exec, with: {command: /bin/false}}
   - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
+"#;
+
+/// One high-risk step behind a gate.
+pub const GATED_NOOP: &str = r#"
+id: gated-noop
+version: 1
+name: One high-risk step behind a gate
+owners: {technical: a@example.org, operational: b@example.org}
+approval: {expires: 5m}
+steps:
+  - {id: act, action: noop, risk: high, rollback: none}
 "#;
 
 /// Configuration allowing the commands the tests' playbooks use (`true`, `false`, `sleep`,

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::harness::{NOOP_3, TestDaemon, bindings, decision};
+use crate::helpers::query_value;
 
 const WITH_INPUTS: &str = r#"
 id: kill-pid
@@ -158,14 +159,12 @@ async fn bindings_decide_what_runs() {
     assert_eq!(reply["playbook"], "kill-pid@2");
 
     let client = daemon.db.client().await;
-    let refusals: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.received'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let refusals: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.received'",
+        &[],
+    )
+    .await;
     assert_eq!(refusals, 5, "every refusal is audited");
     daemon.stop().await;
 }
@@ -504,11 +503,7 @@ async fn a_nonce_written_another_way_is_still_a_replay() {
     }
     // What is stored under the UNIQUE constraint is the canonical form.
     let client = daemon.db.client().await;
-    let stored: String = client
-        .query_one("SELECT nonce FROM playbook_nonces", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: String = query_value(&client, "SELECT nonce FROM playbook_nonces", &[]).await;
     assert_eq!(stored, nonce.to_lowercase());
     daemon.stop().await;
 }
@@ -528,14 +523,12 @@ async fn the_cooldown_holds_when_extra_subject_keys_are_added() {
     assert_eq!(first["ignored_subject_keys"], json!(["note"]), "{first}");
     let client = daemon.db.client().await;
     let id: uuid::Uuid = first["execution_id"].as_str().unwrap().parse().unwrap();
-    let stored: serde_json::Value = client
-        .query_one(
-            "SELECT subject FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: serde_json::Value = query_value(
+        &client,
+        "SELECT subject FROM playbook_executions WHERE execution_id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(stored, json!({"host": "a"}));
     // Adding keys the playbook does not declare does not make another subject.
     for extra in [
@@ -721,7 +714,7 @@ steps:
         "{}\n[intake]\nmax_backlog = 1\n",
         crate::harness::exec_config(&[], "max_concurrent_runs = 1", "")
     );
-    let daemon = TestDaemon::start(&config, &[NAPS], &bindings(&[("p", "o", "naps")])).await;
+    let daemon = TestDaemon::bound(&config, NAPS).await;
     let first = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(first["status"], "accepted", "{first}");
     daemon
@@ -762,11 +755,7 @@ steps:
     let data: serde_json::Value = audited.get(0);
     assert_eq!(data["status"], "busy", "{data}");
     assert_eq!(data["backlog"], 1, "{data}");
-    let runs: i64 = client
-        .query_one("SELECT count(*) FROM playbook_executions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let runs: i64 = query_value(&client, "SELECT count(*) FROM playbook_executions", &[]).await;
     assert_eq!(runs, 2);
     assert!(
         playbookd::status::metrics::install()
