@@ -310,7 +310,7 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
 
 async fn signed(client: &tokio_postgres::Client, node: &str) -> i64 {
     query_value(
-        &client,
+        client,
         "SELECT COALESCE(max(seq), 0) FROM audit_checkpoints WHERE node_id = $1",
         &[&node],
     )

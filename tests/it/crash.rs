@@ -235,7 +235,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
 
 async fn head_seq(client: &tokio_postgres::Client) -> i64 {
     query_value(
-        &client,
+        client,
         "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log",
         &[],
     )

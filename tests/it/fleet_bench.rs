@@ -104,7 +104,7 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
     for (node, _, config, daemon) in &mut nodes {
         daemon.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(daemon.wait_exit(LIMIT).is_some_and(|s| s.success()));
-        let (status, stdout, stderr) = audit_cli("verify", &config, &["--node", node]);
+        let (status, stdout, stderr) = audit_cli("verify", config, &["--node", node]);
         assert!(status.success(), "{node}: {stdout}{stderr}");
         verified += 1;
     }

@@ -65,7 +65,7 @@ steps:
 
 /// A run between its steps when the halt commits: its next step does not start.
 async fn start_between_steps(files: &Evidence) -> (TestDaemon, String) {
-    let daemon = halting(&exec_config(&[], "", ""), &files, SLOW_TOUCH).await;
+    let daemon = halting(&exec_config(&[], "", ""), files, SLOW_TOUCH).await;
     let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.started", LIMIT).await;
     enter_halt(&daemon).await;

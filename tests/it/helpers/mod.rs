@@ -258,13 +258,9 @@ pub async fn query_column<T>(
 where
     T: for<'a> tokio_postgres::types::FromSql<'a>,
 {
-    client
-        .query(sql, params)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    let rows = client.query(sql, params).await;
+    let rows = rows.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter().map(|row| row.get(0)).collect()
 }
 
 /// The first column of the one row `sql` returns.
