@@ -84,18 +84,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
     }
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut actuator = start(
-        &binary(),
-        &["actuator"],
-        &config,
-        &dir.path("actuator.log"),
-        false,
-    );
-    wait_for_log(
-        &mut actuator,
-        &dir.path("actuator.log"),
-        "playbookd actuator ready",
-    );
+    let mut actuator = start_actuator(&config, &dir);
     let daemon_child = start(
         &binary(),
         &["serve"],
@@ -195,18 +184,7 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
         &bindings(&[("contain", "now", "contain-no-caps")]),
         true,
     );
-    let mut actuator = start(
-        &binary(),
-        &["actuator"],
-        &config,
-        &dir.path("actuator.log"),
-        false,
-    );
-    wait_for_log(
-        &mut actuator,
-        &dir.path("actuator.log"),
-        "playbookd actuator ready",
-    );
+    let mut actuator = start_actuator(&config, &dir);
     let mut daemon = ChildDaemon::serve(&config);
     let daemon_pid = daemon.child.id();
     let thread = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
@@ -334,6 +312,15 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
 
 /// Starts `playbookd VERB --config CONFIG`, as root or, with `drop`, as nobody with no
 /// capability at all (setpriv).
+/// `playbookd actuator --config CONFIG` (as this test's user), logging to `actuator.log` in
+/// `dir`, once it is ready.
+fn start_actuator(config: &Path, dir: &DaemonDir) -> Child {
+    let log = dir.path("actuator.log");
+    let mut actuator = start(&binary(), &["actuator"], config, &log, false);
+    wait_for_log(&mut actuator, &log, "playbookd actuator ready");
+    actuator
+}
+
 fn start(binary: &Path, verb: &[&str], config: &Path, log: &Path, drop: bool) -> Child {
     let log = std::fs::File::create(log).unwrap();
     let mut command = if drop {

@@ -53,17 +53,24 @@ fn serve_refused(config: &Path) -> String {
     stderr
 }
 
+/// A first run of the daemon in `dir`, stopped: its shutdown checkpoint is the early one.
+/// Returns a client and the head it left.
+async fn first_run(db: &TestDb, dir: &DaemonDir) -> (tokio_postgres::Client, i64) {
+    let mut daemon = ChildDaemon::start(&dir.path("playbookd.toml"), &dir.path("first.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    daemon.stop_within(STOP_LIMIT);
+    let client = db.client().await;
+    let early = chain_head(&client, "node-a").await;
+    (client, early)
+}
+
 #[tokio::test]
 async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     // An early checkpoint: the first run's, at shutdown.
-    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
-    daemon.stop_within(STOP_LIMIT);
-    let client = db.client().await;
-    let early = chain_head(&client, "node-a").await;
+    let (client, early) = first_run(&db, &dir).await;
 
     let mut daemon = ChildDaemon::serve(&config);
     append_decisions(&dir, 3).await;
@@ -244,11 +251,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
         true,
     );
     // The last checkpoint before the halt: the first run's shutdown.
-    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
-    daemon.stop_within(STOP_LIMIT);
-    let client = db.client().await;
-    let early = chain_head(&client, "node-a").await;
+    let (client, early) = first_run(&db, &dir).await;
 
     let mut daemon = ChildDaemon::serve(&config);
     let reply = send_line(
