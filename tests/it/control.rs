@@ -92,6 +92,17 @@ impl CtlClient for TestDaemon {
     }
 }
 
+/// A daemon whose `ctl-test` run (its gated step at `risk`) awaits approval: (daemon, a
+/// client, the execution id, the same as text).
+async fn awaiting_gate(risk: &str) -> (TestDaemon, tokio_postgres::Client, Uuid, String) {
+    let daemon = ctl_daemon(risk).start().await;
+    let client = daemon.db.client().await;
+    let id = daemon.accepted(&ctl_decision()).await;
+    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+    (daemon, client, id, id_text)
+}
+
 /// A decision for `ctl-test`.
 fn ctl_decision() -> Value {
     decision("test.ctl", "run", json!({}))
@@ -229,11 +240,7 @@ async fn wait_for_chain_lock_release(client: &tokio_postgres::Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_verb_is_checked_against_the_peers_role_and_org() {
-    let daemon = ctl_daemon("critical").start().await;
-    let client = daemon.db.client().await;
-    let id = daemon.accepted(&ctl_decision()).await;
-    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("critical").await;
     let approve = [
         "approve",
         id_text.as_str(),
@@ -349,11 +356,7 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_step_needs_two_different_approvers() {
-    let daemon = ctl_daemon("critical").start().await;
-    let client = daemon.db.client().await;
-    let id = daemon.accepted(&ctl_decision()).await;
-    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("critical").await;
 
     let reason = daemon
         .ctl(
@@ -429,11 +432,7 @@ async fn a_critical_step_needs_two_different_approvers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
-    let daemon = ctl_daemon("high").start().await;
-    let client = daemon.db.client().await;
-    let id = daemon.accepted(&ctl_decision()).await;
-    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("high").await;
 
     let reason = daemon
         .ctl(APPROVER_A, &["deny", &id_text, "contain", "--reason", ""])
@@ -779,11 +778,7 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
-    let daemon = ctl_daemon("high").start().await;
-    let client = daemon.db.client().await;
-    let id = daemon.accepted(&ctl_decision()).await;
-    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("high").await;
     let cancel = ["cancel", id_text.as_str(), "--reason", "duplicate incident"];
 
     // Without `staff`, uid 2007 is only a viewer (through `users`).
