@@ -638,34 +638,6 @@ const SECRET_KEY_PARTS: [&str; 9] = [
     "private_key",
 ];
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credential_keys_are_redacted_at_any_depth() {
-        let value = serde_json::json!({
-            "status": 200,
-            "headers": [{"Authorization": "Bearer abc"}],
-            "nested": {"webhook_secret": "s3cr3t", "ok": "visible"},
-        });
-        let text = bounded_json(value).to_string();
-        assert!(!text.contains("Bearer abc"), "{text}");
-        assert!(!text.contains("s3cr3t"), "{text}");
-        assert!(text.contains("visible"), "{text}");
-        assert!(text.contains("200"), "{text}");
-    }
-
-    #[test]
-    fn large_output_is_bounded() {
-        let value = serde_json::json!({"stdout": "é".repeat(10_000)});
-        let bounded = bounded_json(value);
-        assert_eq!(bounded["truncated"], true);
-        assert!(bounded["preview"].as_str().unwrap().len() <= OUTPUT_LIMIT);
-        assert!(bounded["bytes"].as_u64().unwrap() > 20_000);
-    }
-}
-
 /// The newest stored checkpoint note of `node_id` (or the one of exactly `size` rows), with its
 /// size.
 pub async fn checkpoint_note(
@@ -694,4 +666,32 @@ pub async fn checkpoint_note(
         }
     };
     Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_keys_are_redacted_at_any_depth() {
+        let value = serde_json::json!({
+            "status": 200,
+            "headers": [{"Authorization": "Bearer abc"}],
+            "nested": {"webhook_secret": "s3cr3t", "ok": "visible"},
+        });
+        let text = bounded_json(value).to_string();
+        assert!(!text.contains("Bearer abc"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("visible"), "{text}");
+        assert!(text.contains("200"), "{text}");
+    }
+
+    #[test]
+    fn large_output_is_bounded() {
+        let value = serde_json::json!({"stdout": "é".repeat(10_000)});
+        let bounded = bounded_json(value);
+        assert_eq!(bounded["truncated"], true);
+        assert!(bounded["preview"].as_str().unwrap().len() <= OUTPUT_LIMIT);
+        assert!(bounded["bytes"].as_u64().unwrap() > 20_000);
+    }
 }

@@ -499,9 +499,8 @@ async fn audit_proof(
         )
     })
     .await;
-    let (root, hash, proof) = match built {
-        Ok((root, hash, Ok(proof))) => (root, hash, proof),
-        _ => return Err(evidence_mismatch(&node_id, stored.seq)),
+    let Ok((root, hash, Ok(proof))) = built else {
+        return Err(evidence_mismatch(&node_id, stored.seq));
     };
     // Fail closed: a proof is only handed out against the note that signs this very tree.
     if signed.is_none_or(|head| head.size != stored.seq || head.root != root) {
