@@ -449,8 +449,7 @@ async fn audit_proof(
         let node_id = node_id.clone();
         tokio::time::timeout(QUERY_TIMEOUT, async move {
             let client = state.store.client().await?;
-            let Some(stored) = crate::store::evidence::latest_note(&client, &node_id, None).await?
-            else {
+            let Some(stored) = crate::store::evidence::latest_note(&client, &node_id).await? else {
                 return Ok(None);
             };
             if seq > stored.seq {

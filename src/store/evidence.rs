@@ -124,23 +124,22 @@ pub async fn latest_checkpoint(
     .transpose()
 }
 
-/// The newest stored note of `node_id` with a tree of at most `max_size` rows, if any.
+/// The newest stored note of `node_id`, if any.
 pub async fn latest_note(
     client: &tokio_postgres::Client,
     node_id: &str,
-    max_size: Option<u64>,
 ) -> Result<Option<StoredNote>, StoreError> {
-    let max = match max_size {
-        Some(size) => i64::try_from(size).unwrap_or(i64::MAX),
-        None => i64::MAX,
-    };
     let row = client
         .query_opt(
             "SELECT seq, note FROM audit_checkpoints \
-             WHERE node_id = $1 AND seq <= $2 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
-            &[&node_id, &max],
+             WHERE node_id = $1 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            &[&node_id],
         )
         .await?;
+    stored_note(row)
+}
+
+fn stored_note(row: Option<tokio_postgres::Row>) -> Result<Option<StoredNote>, StoreError> {
     row.map(|row| {
         Ok(StoredNote {
             seq: to_seq(row.get(0))?,
@@ -164,11 +163,5 @@ pub async fn first_note_covering(
             &[&node_id, &seq],
         )
         .await?;
-    row.map(|row| {
-        Ok(StoredNote {
-            seq: to_seq(row.get(0))?,
-            note: row.get(1),
-        })
-    })
-    .transpose()
+    stored_note(row)
 }

@@ -427,7 +427,7 @@ async fn without_the_database_the_banner_says_the_halt_state_is_unknown() {
 /// inclusion proof; both links answer (issue 24).
 #[tokio::test]
 async fn run_page_links_each_event_to_its_checkpoint_note_and_proof() {
-    let daemon = Running::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
+    let daemon = TestDaemon::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
     let reply = daemon
         .send_decision(&decision("p.rollback", "run", json!({"note": "evidence"})))
         .await;

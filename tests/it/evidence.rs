@@ -421,20 +421,8 @@ async fn stored_notes_sign_the_chain_root_and_bundles_prove_consistency_with_ear
         serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
     assert_eq!(bundle["checkpoint"], second.as_str());
     assert_eq!(bundle["consistency"][0]["checkpoint"], first.as_str());
-    let proof: Vec<tlog_tiles::Hash> = bundle["consistency"][0]["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            tlog_tiles::Hash(
-                BASE64
-                    .decode(h.as_str().unwrap())
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let proof: Vec<tlog_tiles::Hash> =
+        crate::helpers::tlog_hashes(&bundle["consistency"][0]["proof"]);
     let (_, old_root) = their_root(&first);
     tlog_tiles::check_tree(&proof, 14, root, 10, old_root)
         .expect("tlog_tiles accepts the consistency proof 10 -> 14");

@@ -439,20 +439,7 @@ async fn checkpoint_and_proof_routes_serve_the_stored_note_and_proofs_tlog_tiles
             .unwrap()
             .get(0);
         assert_eq!(body["hash"], hex::encode(&db_hash));
-        let proof: Vec<tlog_tiles::Hash> = body["inclusion_proof"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                tlog_tiles::Hash(
-                    BASE64
-                        .decode(h.as_str().unwrap())
-                        .unwrap()
-                        .try_into()
-                        .unwrap(),
-                )
-            })
-            .collect();
+        let proof: Vec<tlog_tiles::Hash> = crate::helpers::tlog_hashes(&body["inclusion_proof"]);
         let leaf = tlog_tiles::record_hash(&db_hash);
         assert_eq!(body["leaf_hash"], BASE64.encode(leaf.0));
         tlog_tiles::check_record(&proof, 7, root, seq - 1, leaf)
