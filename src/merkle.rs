@@ -131,6 +131,92 @@ impl Tree {
     }
 }
 
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first (one per
+/// set bit of the size), and the last chain hash appended. Appending a leaf costs one leaf hash
+/// and, amortized, one node hash; the root costs one node hash per set bit of the size, so a
+/// checkpoint never rebuilds the tree. Memory: at most 64 hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    peaks: Vec<Hash>,
+    /// The chain hash of leaf `size - 1` (the row at seq `size`); unused while empty.
+    last: Hash,
+}
+
+/// A leaf arrived out of order: the frontier is `size` leaves long, the leaf would be at `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("leaf {index} does not follow a tree of {size} leaves")]
+pub struct OutOfOrder {
+    pub size: u64,
+    pub index: u64,
+}
+
+impl Default for Frontier {
+    fn default() -> Self {
+        Frontier::new()
+    }
+}
+
+impl Frontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Frontier {
+        Frontier {
+            size: 0,
+            peaks: Vec::new(),
+            last: [0; 32],
+        }
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The chain hash of the last leaf (`None` while empty).
+    pub fn last(&self) -> Option<Hash> {
+        (self.size > 0).then_some(self.last)
+    }
+
+    /// Appends the chain hash of the row at seq `size + 1` (its leaf is `leaf_hash(chain_hash)`).
+    pub fn push(&mut self, chain_hash: &Hash) {
+        let mut hash = leaf_hash(chain_hash);
+        // Each trailing one bit of the size is a perfect subtree the new leaf completes.
+        let mut size = self.size;
+        while size & 1 == 1 {
+            let left = self.peaks.pop().unwrap_or_default();
+            hash = node_hash(&left, &hash);
+            size >>= 1;
+        }
+        self.peaks.push(hash);
+        self.size += 1;
+        self.last = *chain_hash;
+    }
+
+    /// Appends the chain hash of leaf `index`, refusing any other index than the next one.
+    pub fn push_at(&mut self, index: u64, chain_hash: &Hash) -> Result<(), OutOfOrder> {
+        if index != self.size {
+            return Err(OutOfOrder {
+                size: self.size,
+                index,
+            });
+        }
+        self.push(chain_hash);
+        Ok(())
+    }
+
+    /// RFC 6962 MTH of the leaves so far: the peaks folded from the right.
+    pub fn root(&self) -> Hash {
+        let mut peaks = self.peaks.iter().rev();
+        let Some(mut root) = peaks.next().copied() else {
+            return empty_root();
+        };
+        for left in peaks {
+            root = node_hash(left, &root);
+        }
+        root
+    }
+}
+
 /// RFC 6962 MTH of a slice of leaf hashes (recursive definition; used for consistency proofs).
 pub fn root_of(leaves: &[Hash]) -> Hash {
     match leaves.len() {
@@ -365,6 +451,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_frontier_root_equals_the_full_tree_root_at_every_size() {
+        let chain: Vec<Hash> = (0..300u32)
+            .map(|i| Sha256::digest(i.to_be_bytes()).into())
+            .collect();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), empty_root());
+        assert_eq!(frontier.last(), None);
+        for (index, hash) in chain.iter().enumerate() {
+            frontier.push_at(index as u64, hash).unwrap();
+            let leaves: Vec<Hash> = chain[..=index].iter().map(|h| leaf_hash(h)).collect();
+            assert_eq!(frontier.root(), root_of(&leaves), "size {}", index + 1);
+            assert_eq!(frontier.size(), index as u64 + 1);
+            assert_eq!(frontier.last(), Some(*hash));
+            assert!(frontier.peaks.len() <= 9);
+        }
+        assert_eq!(
+            frontier.push_at(7, &chain[0]),
+            Err(OutOfOrder {
+                size: 300,
+                index: 7
+            })
+        );
     }
 
     #[test]

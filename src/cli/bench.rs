@@ -297,6 +297,24 @@ async fn phases(
         &format!("  audit appends/s ÷ {BASELINE_CONNECTIONS}-connection INSERT+COMMIT rate"),
         appends / baseline_many,
     );
+    let merkle = merkle_cost();
+    table.micros(
+        "  Merkle work per audit row (frontier update)",
+        merkle.per_row_us,
+    );
+    table.micros(
+        &format!(
+            "  Merkle work per checkpoint (root + note signature), {} rows",
+            MERKLE_ROWS
+        ),
+        merkle.per_checkpoint_us,
+    );
+    // The writer does the per-row work after COMMIT, on its own task: the share of each
+    // append's time it takes bounds how much it can lower the audit rate.
+    table.percent(
+        "  Merkle work per row ÷ time per audit append",
+        100.0 * merkle.per_row_us * appends / 1e6,
+    );
     table.ratio(
         "  1-connection reply p50 ÷ INSERT+COMMIT latency p50",
         one.percentile(50) / baseline.percentile(50),
@@ -1392,6 +1410,16 @@ impl Table {
             .push((label.to_owned(), format!("{value:.1}"), unit, String::new()));
     }
 
+    fn micros(&mut self, label: &str, value: f64) {
+        self.rows
+            .push((label.to_owned(), format!("{value:.3}"), "µs", String::new()));
+    }
+
+    fn percent(&mut self, label: &str, value: f64) {
+        self.rows
+            .push((label.to_owned(), format!("{value:.4}"), "%", String::new()));
+    }
+
     fn millis(&mut self, label: &str, value: f64) {
         self.rows
             .push((label.to_owned(), format!("{value:.2}"), "ms", String::new()));
@@ -1432,6 +1460,52 @@ impl Table {
             );
         }
         out
+    }
+}
+
+/// Chain length the in-process Merkle measurement runs over.
+const MERKLE_ROWS: u64 = 1_000_000;
+
+struct MerkleCost {
+    per_row_us: f64,
+    per_checkpoint_us: f64,
+}
+
+/// The audit writer's Merkle work, measured in process with the daemon's own code: the frontier
+/// update each committed row costs ([`crate::merkle::Frontier::push`]) over a chain of
+/// [`MERKLE_ROWS`] rows, and what each checkpoint adds (the root from the frontier and the
+/// Ed25519 signature of the C2SP note).
+fn merkle_cost() -> MerkleCost {
+    use crate::merkle::{Frontier, Hash};
+    use ed25519_dalek::Signer;
+    let mut frontier = Frontier::new();
+    let mut hash: Hash = [7; 32];
+    let started = Instant::now();
+    for i in 0..MERKLE_ROWS {
+        hash[..8].copy_from_slice(&i.to_be_bytes());
+        frontier.push(&hash);
+    }
+    let per_row_us = started.elapsed().as_secs_f64() * 1e6 / MERKLE_ROWS as f64;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let verifying = key.verifying_key();
+    const CHECKPOINTS: u32 = 200;
+    let started = Instant::now();
+    let mut notes = 0;
+    for _ in 0..CHECKPOINTS {
+        let head = crate::note::TreeHead {
+            origin: crate::note::origin("bench"),
+            size: frontier.size(),
+            root: frontier.root(),
+            chain_head: hash,
+        };
+        notes += crate::note::signed_note(&head, &verifying, |text| key.sign(text)).len();
+    }
+    let per_checkpoint_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(CHECKPOINTS);
+    // Keeps the notes from being optimized away.
+    debug_assert!(notes > 0);
+    MerkleCost {
+        per_row_us,
+        per_checkpoint_us,
     }
 }
 

@@ -1,11 +1,13 @@
 //! `playbookd audit checkpoint-text`, `audit prove` and `audit verify-bundle`: the node's tree head
 //! as a C2SP signed checkpoint note, and offline evidence bundles of one run ([`crate::bundle`]).
 //!
-//! The note is signed here, from the rows, rather than stored: the tree head it states is a
-//! function of the chain up to the newest stored checkpoint, and it is signed only after that
-//! chain verified against that checkpoint under the same node key. It therefore says nothing the
-//! stored checkpoint signature did not already commit to, and existing checkpoints need no new
-//! column. Ed25519 is deterministic: the same head always yields the same note.
+//! Since migration V9 the daemon stores the signed note with each checkpoint; these commands use
+//! the stored note (after checking its signature, and for `prove` that its root is the root of the
+//! verified chain). For a checkpoint signed before V9 the note is signed here, from the rows: the
+//! tree head it states is a function of the chain up to that checkpoint, signed only after that
+//! chain verified against it under the same node key, so it says nothing the stored checkpoint
+//! signature did not already commit to. Ed25519 is deterministic: the same head always yields
+//! the same note.
 //!
 //! Exit status: 0 done or verified; 2 the evidence does not hold (a chain breach, a bundle that
 //! fails a check); 1 the work could not be done (configuration, key, database, files).
@@ -109,8 +111,8 @@ impl EvidenceError {
     }
 }
 
-/// The newest checkpoint of `node_id`, the tree it covers and its signed note, after the whole
-/// chain verified with the node key pinned.
+/// The newest checkpoint of `node_id`, the tree it covers and its signed note (stored, or signed
+/// now for a checkpoint from before V9), after the whole chain verified with the node key pinned.
 async fn signed_head(
     client: &tokio_postgres::Client,
     node_id: &str,
@@ -140,8 +142,30 @@ async fn signed_head(
         root: tree.root(),
         chain_head: latest.hash,
     };
-    let signed = note::signed_note(&head, &key.verifying_key(), |text| key.sign_note_text(text));
+    let signed = match &latest.note {
+        Some(stored) => {
+            let signed_head = checked_note(stored, node_id, key)?;
+            if signed_head != head {
+                return Err(EvidenceError::BrokenChain(format!(
+                    "node {node_id}: the stored note of checkpoint seq {} signs another tree than \
+                     the verified chain holds",
+                    latest.seq
+                )));
+            }
+            stored.clone()
+        }
+        None => note::signed_note(&head, &key.verifying_key(), |text| key.sign_note_text(text)),
+    };
     Ok((latest, tree, signed))
+}
+
+/// A stored note, checked under the node key: a note altered in the database is refused.
+fn checked_note(stored: &str, node_id: &str, key: &NodeKey) -> Result<TreeHead, EvidenceError> {
+    note::verify(stored, &note::origin(node_id), &key.verifying_key()).map_err(|error| {
+        EvidenceError::BrokenChain(format!(
+            "node {node_id}: a stored checkpoint note does not verify: {error}"
+        ))
+    })
 }
 
 fn load_key(config: &Config) -> Result<NodeKey, EvidenceError> {
@@ -166,6 +190,13 @@ pub async fn checkpoint_text(
         return Ok(());
     }
     let client = store::connect_single(&config.postgres_config()).await?;
+    let latest = evidence::latest_checkpoint(&client, node_id).await?;
+    if let Some(stored) = latest.and_then(|latest| latest.note) {
+        // As signed at the time; only its signature is checked, not the chain.
+        checked_note(&stored, node_id, &key)?;
+        write_stdout(&stored)?;
+        return Ok(());
+    }
     let (_, _, signed) = signed_head(&client, node_id, &key).await?;
     write_stdout(&signed)?;
     Ok(())
@@ -204,8 +235,23 @@ pub async fn prove(
             checkpoint_seq: latest.seq,
         });
     }
-    let bundle = bundle::build(&node_id, execution_id, &rows, &tree, signed).map_err(|e| {
+    let mut bundle = bundle::build(&node_id, execution_id, &rows, &tree, signed).map_err(|e| {
         EvidenceError::BrokenChain(format!("node {node_id}: cannot prove a row: {e}"))
+    })?;
+    // From the checkpoint that first covered the run's last row to this one: whoever saw that
+    // note (or a witness that cosigned it) can check that nothing it covered changed since.
+    if let Some(first) = evidence::first_note_covering(&client, &node_id, last_seq).await?
+        && first.seq < latest.seq
+    {
+        let step = bundle::consistency_step(&tree, first.seq, first.note).map_err(|e| {
+            EvidenceError::BrokenChain(format!("node {node_id}: cannot prove consistency: {e}"))
+        })?;
+        bundle.consistency.push(step);
+    }
+    // Checked before it is written: a stored earlier note that the chain does not extend (a
+    // fork) is found here, not by whoever receives the bundle.
+    bundle::verify_bundle(&bundle, &key.verifying_key()).map_err(|e| {
+        EvidenceError::BrokenChain(format!("node {node_id}: the bundle does not verify: {e}"))
     })?;
     // A Value of strings and numbers always serializes.
     let json = serde_json::to_string_pretty(&bundle).unwrap_or_default() + "\n";
@@ -252,8 +298,21 @@ pub fn verify_bundle(file: &Path, trusted_node_key: &Path) -> Result<(), Evidenc
         path: file.to_owned(),
         source,
     })?;
+    let extends = if verified.extends.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; it extends the earlier signed trees of {} rows",
+            verified
+                .extends
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     write_stdout_line(&format!(
-        "{}: ok: {} rows of execution {} are in node {}'s signed tree of {} rows (root {})",
+        "{}: ok: {} rows of execution {} are in node {}'s signed tree of {} rows (root {}){extends}",
         file.display(),
         verified.rows,
         verified.execution_id,

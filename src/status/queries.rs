@@ -638,6 +638,36 @@ const SECRET_KEY_PARTS: [&str; 9] = [
     "private_key",
 ];
 
+/// The newest stored checkpoint note of `node_id` (or the one of exactly `size` rows), with its
+/// size.
+pub async fn checkpoint_note(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    size: Option<i64>,
+) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
+    let row = match size {
+        Some(size) => {
+            client
+                .query_opt(
+                    "SELECT seq, note FROM audit_checkpoints \
+                     WHERE node_id = $1 AND seq = $2 AND note IS NOT NULL",
+                    &[&node_id, &size],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query_opt(
+                    "SELECT seq, note FROM audit_checkpoints \
+                     WHERE node_id = $1 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                    &[&node_id],
+                )
+                .await?
+        }
+    };
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

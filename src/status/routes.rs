@@ -29,7 +29,7 @@ pub struct Route {
 
 /// Every route the router serves; `router` is built from this list and nothing else, so the
 /// OpenAPI test that walks it covers the whole API.
-pub const ROUTES: [Route; 9] = [
+pub const ROUTES: [Route; 11] = [
     Route {
         path: "/v1/health",
         method_router: || get(health),
@@ -53,6 +53,14 @@ pub const ROUTES: [Route; 9] = [
     Route {
         path: "/v1/audit",
         method_router: || get(audit),
+    },
+    Route {
+        path: "/v1/audit/{node}/{seq}/proof",
+        method_router: || get(audit_proof),
+    },
+    Route {
+        path: "/v1/checkpoint",
+        method_router: || get(checkpoint),
     },
     Route {
         path: "/v1/nodes",
@@ -356,6 +364,174 @@ async fn audit(State(state): State<StatusState>, params: Params) -> Result<Respo
         _ => None,
     };
     Ok(Json(json!({"node_id": node_id, "rows": rows, "next_after": next_after})).into_response())
+}
+
+fn bad_node_id(name: &str, location: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        error: "bad_request",
+        detail: format!(
+            "{location} parameter `{name}`: expected a node id (1-64 characters of [A-Za-z0-9._-])"
+        ),
+    }
+}
+
+/// The newest stored checkpoint note of `node` (this daemon's node when omitted), or with `size`
+/// the note of the checkpoint of exactly that many rows, as `text/plain` in the C2SP signed-note
+/// form transparency logs serve: check it with the node's verifier key
+/// (`playbookd audit checkpoint-text --vkey`).
+async fn checkpoint(
+    State(state): State<StatusState>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::parse(params, &["node", "size"])?;
+    let node_id = match params.text("node")? {
+        Some(node) if crate::config::is_valid_node_id(node) => node.to_owned(),
+        Some(_) => return Err(bad_node_id("node", "query")),
+        None => state.audit.node_id().to_owned(),
+    };
+    let size = match params.text("size")? {
+        Some(_) => Some(params.integer("size", 1, i64::MAX, 1)?),
+        None => None,
+    };
+    let stored = {
+        let node_id = node_id.clone();
+        with_client(&state, |client| {
+            Box::pin(async move { queries::checkpoint_note(client, &node_id, size).await })
+        })
+        .await?
+    };
+    match stored {
+        Some((_, note)) => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            note,
+        )
+            .into_response()),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: match size {
+                Some(size) => {
+                    format!("node `{node_id}` has no stored checkpoint note of size {size}")
+                }
+                None => format!("node `{node_id}` has no stored checkpoint note yet"),
+            },
+        }),
+    }
+}
+
+/// The RFC 6962 inclusion proof of row `seq` of `node`'s chain against the newest stored
+/// checkpoint note. Cost: one read of the chain hashes up to the checkpoint (32 bytes a row) and
+/// one tree build, off the async workers; see README for figures.
+async fn audit_proof(
+    State(state): State<StatusState>,
+    Path((node_id, seq)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    if !crate::config::is_valid_node_id(&node_id) {
+        return Err(bad_node_id("node", "path"));
+    }
+    let seq = match seq.parse::<u64>() {
+        Ok(seq) if seq >= 1 && i64::try_from(seq).is_ok() => seq,
+        _ => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                error: "bad_request",
+                detail: "path parameter `seq`: expected an integer of at least 1".into(),
+            });
+        }
+    };
+    let loaded = {
+        let node_id = node_id.clone();
+        tokio::time::timeout(QUERY_TIMEOUT, async move {
+            let client = state.store.client().await?;
+            let Some(stored) = crate::store::evidence::latest_note(&client, &node_id).await? else {
+                return Ok(None);
+            };
+            if seq > stored.seq {
+                return Ok(Some((stored, Vec::new())));
+            }
+            let hashes =
+                crate::store::evidence::chain_hashes(&client, &node_id, stored.seq).await?;
+            Ok::<_, crate::store::StoreError>(Some((stored, hashes)))
+        })
+        .await
+    };
+    let (stored, hashes) = match loaded {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                error: "not_found",
+                detail: format!("node `{node_id}` has no stored checkpoint note yet"),
+            });
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::store::audit::error_chain(&error), "audit proof query failed");
+            return Err(ApiError::database());
+        }
+        Err(_) => return Err(ApiError::database()),
+    };
+    if seq > stored.seq {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            detail: format!(
+                "seq {seq} of node `{node_id}` is beyond its newest checkpoint (size {}); ask again after the next one",
+                stored.seq
+            ),
+        });
+    }
+    let signed = crate::note::parse_unverified(&stored.note).ok();
+    let built = tokio::task::spawn_blocking(move || {
+        let tree =
+            crate::merkle::Tree::new(hashes.iter().map(|h| crate::merkle::leaf_hash(h)).collect());
+        let proof = tree.inclusion_proof(seq - 1);
+        (
+            tree.root(),
+            hashes[usize::try_from(seq - 1).unwrap_or_default()],
+            proof,
+        )
+    })
+    .await;
+    let Ok((root, hash, Ok(proof))) = built else {
+        return Err(evidence_mismatch(&node_id, stored.seq));
+    };
+    // Fail closed: a proof is only handed out against the note that signs this very tree.
+    if signed.is_none_or(|head| head.size != stored.seq || head.root != root) {
+        return Err(evidence_mismatch(&node_id, stored.seq));
+    }
+    Ok(Json(json!({
+        "node_id": node_id,
+        "seq": seq,
+        "hash": hex::encode(hash),
+        "leaf_index": seq - 1,
+        "leaf_hash": BASE64.encode(crate::merkle::leaf_hash(&hash)),
+        "tree_size": stored.seq,
+        "inclusion_proof": proof.iter().map(|h| BASE64.encode(h)).collect::<Vec<_>>(),
+        "checkpoint": stored.note,
+    }))
+    .into_response())
+}
+
+fn evidence_mismatch(node_id: &str, size: u64) -> ApiError {
+    tracing::error!(
+        node_id,
+        size,
+        "the stored audit chain does not match its signed checkpoint note"
+    );
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        error: "evidence_mismatch",
+        detail: format!(
+            "the stored chain of node `{node_id}` does not match its checkpoint note of size {size}; \
+             run `playbookd audit verify`"
+        ),
+    }
 }
 
 /// Every node of the fleet that ever reported, with its heartbeat and whether it is stale.

@@ -39,6 +39,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
+use crate::merkle::{self, Frontier};
 use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
 use crate::store::{StoreError, connect_single};
 
@@ -265,6 +266,69 @@ pub struct ChainHead {
     pub hash: [u8; 32],
 }
 
+/// The committed chain head with the RFC 6962 root of the tree over rows 1..=`head.seq`: what a
+/// checkpoint note signs ([`crate::note`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MerkleHead {
+    pub head: ChainHead,
+    pub root: merkle::Hash,
+}
+
+/// The writer's Merkle frontier, shared with the checkpointer. `None` while the stored chain it
+/// was seeded from had a gap or a row out of order: no tree head is then signed.
+type SharedFrontier = Arc<Mutex<Option<Frontier>>>;
+
+fn lock_frontier(tree: &Mutex<Option<Frontier>>) -> std::sync::MutexGuard<'_, Option<Frontier>> {
+    // Only pushes run under this lock; none can leave the frontier half-updated.
+    tree.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// True when `frontier` covers exactly the chain up to `head`.
+fn frontier_matches(frontier: &Frontier, head: ChainHead) -> bool {
+    u64::try_from(head.seq).is_ok_and(|seq| seq == frontier.size())
+        && frontier.last().unwrap_or(GENESIS_HASH) == head.hash
+}
+
+/// Builds the frontier of `node_id`'s stored chain up to `head` from its chain hashes, streamed
+/// in seq order (32 bytes a row; nothing but the frontier is kept). `Ok(None)` when the stored
+/// rows do not form the chain 1..=`head.seq` ending at `head.hash`.
+async fn seed_frontier(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    head: ChainHead,
+) -> Result<Option<Frontier>, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    let params: [&(dyn ToSql + Sync); 2] = [&node_id, &head.seq];
+    let rows = client
+        .query_raw(
+            "SELECT seq, hash FROM playbook_audit_log WHERE node_id = $1 AND seq <= $2 ORDER BY seq",
+            params,
+        )
+        .await?;
+    futures::pin_mut!(rows);
+    let mut frontier = Frontier::new();
+    while let Some(row) = rows.try_next().await? {
+        let seq: i64 = row.get(0);
+        let hash: Vec<u8> = row.get(1);
+        let (Ok(index), Ok(hash)) = (
+            u64::try_from(seq - 1),
+            <merkle::Hash>::try_from(hash.as_slice()),
+        ) else {
+            return Ok(None);
+        };
+        if frontier.push_at(index, &hash).is_err() {
+            tracing::error!(
+                node_id,
+                seq,
+                "the audit chain has a gap before seq {seq}: checkpoints carry no tree head until it is resolved"
+            );
+            return Ok(None);
+        }
+    }
+    Ok(frontier_matches(&frontier, head).then_some(frontier))
+}
+
 /// An append prepared by [`AuditHandle::defer`], not sent yet.
 pub struct Deferred {
     job: Box<dyn Job>,
@@ -290,6 +354,8 @@ pub struct AuditHandle {
     anchor: Option<Arc<Anchor>>,
     /// Notified after a commit holding an event that calls for a checkpoint at once.
     checkpoint_wanted: Arc<tokio::sync::Notify>,
+    /// Updated by the writer after each COMMIT, before `head`.
+    tree: SharedFrontier,
 }
 
 impl AuditHandle {
@@ -390,6 +456,20 @@ impl AuditHandle {
         *self.head.borrow()
     }
 
+    /// The committed head and the Merkle root over the chain up to it, read together; `None`
+    /// when the stored chain has a gap (the tree would not match the seqs).
+    pub fn merkle_head(&self) -> Option<MerkleHead> {
+        let tree = lock_frontier(&self.tree);
+        let frontier = tree.as_ref()?;
+        Some(MerkleHead {
+            head: ChainHead {
+                seq: i64::try_from(frontier.size()).ok()?,
+                hash: frontier.last().unwrap_or(GENESIS_HASH),
+            },
+            root: frontier.root(),
+        })
+    }
+
     /// The rows the database lost, once the writer found that it did (it then appends nothing).
     pub fn chain_loss(&self) -> Option<ChainLoss> {
         self.chain_loss.borrow().clone()
@@ -480,6 +560,13 @@ pub async fn start_writer_anchored(
             }
         }
     }
+    let frontier = seed_frontier(&connection.client, &node_id, connection.head())
+        .await
+        .map_err(|source| AuditStartError::Store {
+            node_id: node_id.clone(),
+            source: source.into(),
+        })?;
+    let tree: SharedFrontier = Arc::new(Mutex::new(frontier));
     let available = Arc::new(AtomicBool::new(true));
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let (head_sender, head) = watch::channel(connection.head());
@@ -497,6 +584,7 @@ pub async fn start_writer_anchored(
         chain_loss: loss_sender,
         anchor: anchor.clone(),
         checkpoint_wanted: checkpoint_wanted.clone(),
+        tree: tree.clone(),
     };
     let task = tokio::spawn(writer.run(receiver, shutdown));
     let handle = AuditHandle {
@@ -507,6 +595,7 @@ pub async fn start_writer_anchored(
         chain_loss,
         anchor,
         checkpoint_wanted,
+        tree,
     };
     Ok((handle, task, accepted))
 }
@@ -772,6 +861,7 @@ struct Writer {
     chain_loss: watch::Sender<Option<ChainLoss>>,
     anchor: Option<Arc<Anchor>>,
     checkpoint_wanted: Arc<tokio::sync::Notify>,
+    tree: SharedFrontier,
 }
 
 struct Staged {
@@ -835,7 +925,7 @@ impl Writer {
             }
             return;
         };
-        match write_batch(connection, &self.node_id, &self.head, batch).await {
+        match write_batch(connection, &self.node_id, &self.head, &self.tree, batch).await {
             Ok(wants_checkpoint) => {
                 self.available.store(true, Ordering::Release);
                 if wants_checkpoint {
@@ -891,6 +981,22 @@ impl Writer {
                         return;
                     }
                 }
+                let current = lock_frontier(&self.tree)
+                    .as_ref()
+                    .is_some_and(|frontier| frontier_matches(frontier, connection.head()));
+                if !current {
+                    // A commit whose acknowledgement was lost, or a cut accepted meanwhile: the
+                    // frontier follows the stored chain again before anything is appended.
+                    match seed_frontier(&connection.client, &self.node_id, connection.head()).await
+                    {
+                        Ok(frontier) => *lock_frontier(&self.tree) = frontier,
+                        Err(error) => {
+                            tracing::warn!(error = %error_chain(&error), "cannot reload the audit chain's Merkle frontier; appends refused");
+                            tokio::time::sleep(RECONNECT_PAUSE).await;
+                            return;
+                        }
+                    }
+                }
                 tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
                 self.head.send_replace(connection.head());
                 self.connection = Some(connection);
@@ -924,6 +1030,7 @@ async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
     head: &watch::Sender<ChainHead>,
+    tree: &Mutex<Option<Frontier>>,
     batch: Vec<Request>,
 ) -> Result<bool, StoreError> {
     let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
@@ -1059,6 +1166,21 @@ async fn write_batch(
         Ok(()) => {
             connection.head_seq = seq;
             connection.head_hash = prev_hash;
+            {
+                // O(1) amortized per row; before the head, so a checkpoint that sees the new
+                // head also sees its tree.
+                let mut tree = lock_frontier(tree);
+                if let Some(frontier) = tree.as_mut() {
+                    for item in &staged {
+                        let index = u64::try_from(item.seq - 1).unwrap_or(u64::MAX);
+                        if let Err(error) = frontier.push_at(index, &item.hash) {
+                            tracing::error!(error = %error, "audit Merkle frontier out of step; checkpoints carry no tree head until the chain is reopened");
+                            *tree = None;
+                            break;
+                        }
+                    }
+                }
+            }
             // Before the replies: a caller that sees its append succeed also sees the new head.
             head.send_replace(connection.head());
             metrics::counter!("playbookd_audit_appends_total").increment(staged.len() as u64);

@@ -12,6 +12,11 @@
 //! copy that whoever can write to the database cannot reach. `playbookd audit verify` then
 //! proves that the chain still holds the signed hash at that seq, and still reaches it.
 //!
+//! Since migration V9 each checkpoint also stores its C2SP signed note ([`crate::note`]): the
+//! same head with the RFC 6962 root of the tree over rows 1..=seq, which the audit writer keeps
+//! up to date incrementally ([`crate::merkle::Frontier`]): one leaf hash and, amortized, one node
+//! hash per committed row, and O(log n) per checkpoint. The chain is never re-read to sign.
+//!
 //! The node key lives at `paths.node_key` (PKCS#8 PEM). It is generated on first start, created
 //! 0600 and owned by the daemon; a key file that other users can read or that someone else owns
 //! is refused, because whoever holds the key can sign a shortened chain.
@@ -29,8 +34,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::note::{self, TreeHead};
 use crate::store::anchor::{AnchorError, AnchoredCheckpoint};
-use crate::store::audit::{AuditHandle, ChainHead, now_micros};
+use crate::store::audit::{AuditHandle, ChainHead, MerkleHead, now_micros};
 use crate::store::{Store, StoreError};
 
 /// Problems with the node key file. All of them need an operator: the daemon does not start.
@@ -231,7 +237,25 @@ impl NodeKey {
             key_id: self.key_id.clone(),
             public_key: self.public_der.clone(),
             signature: signature.to_bytes().to_vec(),
+            note: None,
         }
+    }
+
+    /// Signs `merkle` of `node_id`'s chain: the legacy checkpoint signature over the chain head
+    /// and the C2SP signed note over the tree head.
+    pub fn sign_merkle_head(&self, node_id: &str, merkle: MerkleHead) -> Checkpoint {
+        let mut checkpoint = self.sign_head(node_id, merkle.head);
+        let head = TreeHead {
+            origin: note::origin(node_id),
+            // A committed head's seq is never negative.
+            size: u64::try_from(merkle.head.seq).unwrap_or_default(),
+            root: merkle.root,
+            chain_head: merkle.head.hash,
+        };
+        checkpoint.note = Some(note::signed_note(&head, &self.verifying_key(), |text| {
+            self.sign_note_text(text)
+        }));
+        checkpoint
     }
 
     /// The public half (for signed-note key IDs).
@@ -271,6 +295,9 @@ pub struct Checkpoint {
     pub public_key: Vec<u8>,
     /// 64 bytes, Ed25519 over [`checkpoint_bytes`].
     pub signature: Vec<u8>,
+    /// The C2SP signed checkpoint note of the same head (`None` before V9, or while the stored
+    /// chain has a gap and no tree matches its seqs).
+    pub note: Option<String>,
 }
 
 /// The bytes a checkpoint signs: JCS of `{"hash": hex, "node_id": …, "seq": …}`.
@@ -389,7 +416,9 @@ impl Checkpointer {
     /// Signs the committed chain head if it moved past the newest stored checkpoint; returns
     /// the checkpoint written, or None when there was nothing new to sign.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let head = self.audit.head();
+        // The head and its tree are read together: the writer updates both under one lock.
+        let merkle = self.audit.merkle_head();
+        let head = merkle.map_or_else(|| self.audit.head(), |merkle| merkle.head);
         let node_id = self.audit.node_id();
         let fail = |source: StoreError| CheckpointError::Store {
             node_id: node_id.to_owned(),
@@ -411,11 +440,21 @@ impl Checkpointer {
             return Ok(None);
         }
         let client = self.store.client().await.map_err(fail)?;
-        let checkpoint = self.key.sign_head(node_id, head);
+        let checkpoint = match merkle {
+            Some(merkle) => self.key.sign_merkle_head(node_id, merkle),
+            None => {
+                tracing::warn!(
+                    node_id,
+                    seq = head.seq,
+                    "the stored audit chain has a gap: this checkpoint carries no signed tree head"
+                );
+                self.key.sign_head(node_id, head)
+            }
+        };
         let inserted = client
             .execute(
-                "INSERT INTO audit_checkpoints (node_id, seq, hash, key_id, signature, public_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (node_id, seq) DO NOTHING",
+                "INSERT INTO audit_checkpoints (node_id, seq, hash, key_id, signature, public_key, created_at, note) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (node_id, seq) DO NOTHING",
                 &[
                     &checkpoint.node_id,
                     &checkpoint.seq,
@@ -424,6 +463,7 @@ impl Checkpointer {
                     &checkpoint.signature,
                     &checkpoint.public_key,
                     &now_micros(),
+                    &checkpoint.note,
                 ],
             )
             .await

@@ -14,6 +14,15 @@ pub struct LatestCheckpoint {
     pub seq: u64,
     pub hash: Hash,
     pub key_id: String,
+    /// Its C2SP signed note, stored since migration V9.
+    pub note: Option<String>,
+}
+
+/// A stored checkpoint's signed note (since V9) and the size of the tree it signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNote {
+    pub seq: u64,
+    pub note: String,
 }
 
 /// A stored value that breaks the schema's own constraints.
@@ -99,7 +108,7 @@ pub async fn latest_checkpoint(
 ) -> Result<Option<LatestCheckpoint>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT seq, hash, key_id FROM audit_checkpoints WHERE node_id = $1 \
+            "SELECT seq, hash, key_id, note FROM audit_checkpoints WHERE node_id = $1 \
              ORDER BY seq DESC LIMIT 1",
             &[&node_id],
         )
@@ -109,7 +118,50 @@ pub async fn latest_checkpoint(
             seq: to_seq(row.get(0))?,
             hash: to_hash(row.get(1), "checkpoint hash of another length than 32")?,
             key_id: row.get(2),
+            note: row.get(3),
         })
     })
     .transpose()
+}
+
+/// The newest stored note of `node_id`, if any.
+pub async fn latest_note(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+) -> Result<Option<StoredNote>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT seq, note FROM audit_checkpoints \
+             WHERE node_id = $1 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            &[&node_id],
+        )
+        .await?;
+    stored_note(row)
+}
+
+fn stored_note(row: Option<tokio_postgres::Row>) -> Result<Option<StoredNote>, StoreError> {
+    row.map(|row| {
+        Ok(StoredNote {
+            seq: to_seq(row.get(0))?,
+            note: row.get(1),
+        })
+    })
+    .transpose()
+}
+
+/// The first stored note of `node_id` whose tree covers seq `seq` (its size is at least `seq`).
+pub async fn first_note_covering(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    seq: u64,
+) -> Result<Option<StoredNote>, StoreError> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let row = client
+        .query_opt(
+            "SELECT seq, note FROM audit_checkpoints \
+             WHERE node_id = $1 AND seq >= $2 AND note IS NOT NULL ORDER BY seq LIMIT 1",
+            &[&node_id, &seq],
+        )
+        .await?;
+    stored_note(row)
 }

@@ -55,6 +55,9 @@ fn bench_prints_every_row_with_a_positive_number() {
         "decision-to-completed p99",
         "audit appends/s during the runs phase",
         "audit appends/s ÷ 16-connection INSERT+COMMIT rate",
+        "Merkle work per audit row (frontier update)",
+        "Merkle work per checkpoint (root + note signature), 1000000 rows",
+        "Merkle work per row ÷ time per audit append",
         "1-connection reply p50 ÷ INSERT+COMMIT latency p50",
         "open loop: completed runs/s, noop-3, 100 offered/s",
         "open loop decision-to-completed p50",
@@ -77,6 +80,11 @@ fn bench_prints_every_row_with_a_positive_number() {
     // Each run appends several audit rows (accepted, every step, completed), so the audit rate
     // must exceed the completed-run rate.
     let rate = |name: &str| rows.iter().find(|(l, _)| l.starts_with(name)).unwrap().1;
+    // Issue 24: the Merkle work may lower the audit rate by at most 5 %.
+    assert!(
+        rate("Merkle work per row ÷") < 5.0,
+        "Merkle work takes 5 % or more of an append:\n{stdout}"
+    );
     assert!(
         rate("audit appends/s") > rate("completed runs/s"),
         "audit appends/s below runs/s:\n{stdout}"

@@ -422,3 +422,58 @@ async fn without_the_database_the_banner_says_the_halt_state_is_unknown() {
     }
     shutdown.cancel();
 }
+
+/// A run page links each checkpointed event to its checkpoint's signed note and to its
+/// inclusion proof; both links answer (issue 24).
+#[tokio::test]
+async fn run_page_links_each_event_to_its_checkpoint_note_and_proof() {
+    let daemon = TestDaemon::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
+    let reply = daemon
+        .send_decision(&decision("p.rollback", "run", json!({"note": "evidence"})))
+        .await;
+    let id = reply["execution_id"].as_str().unwrap().to_owned();
+    daemon.wait_terminal(&id, Duration::from_secs(30)).await;
+    let endpoint = endpoint(&daemon);
+    // The checkpointer signs every second; wait until every event of the run is covered.
+    let mut html = String::new();
+    for _ in 0..40 {
+        let page = request(&endpoint, "GET", &format!("/ui/runs/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(page.status, 200);
+        html = String::from_utf8(page.body).unwrap();
+        if !html.contains("not yet checkpointed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!html.contains("not yet checkpointed"), "{html}");
+    let links = |class: &str| -> Vec<String> {
+        html.split(&format!("class=\"{class}\" href=\""))
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap().replace("&#38;", "&"))
+            .collect()
+    };
+    let notes = links("checkpoint-note");
+    let proofs = links("inclusion-proof");
+    let events = html.matches("<td class=\"evidence\">").count();
+    assert!(events >= 5, "{html}");
+    assert_eq!((notes.len(), proofs.len()), (events, events), "{html}");
+    for link in &notes {
+        assert!(
+            link.starts_with("/v1/checkpoint?node=node-a&size="),
+            "{link}"
+        );
+        let note = request(&endpoint, "GET", link).await.unwrap();
+        assert_eq!(note.status, 200, "{link}");
+        let text = String::from_utf8(note.body).unwrap();
+        assert!(text.starts_with("playbookd/node-a\n"), "{text}");
+    }
+    for link in &proofs {
+        let proof = request(&endpoint, "GET", link).await.unwrap();
+        assert_eq!(proof.status, 200, "{link}");
+        let body = proof.json().unwrap();
+        assert!(body["inclusion_proof"].is_array(), "{body}");
+    }
+    daemon.stop().await;
+}

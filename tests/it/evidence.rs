@@ -95,6 +95,17 @@ impl Fixture {
         self.dir.path(&format!("{}.json", self.run_a))
     }
 
+    /// Proves run A, expecting the checkpoint at `seq`, and returns the bundle's path.
+    fn bundle_a_at(&self, seq: u64) -> PathBuf {
+        let (status, stdout, stderr) = self.prove(self.run_a);
+        assert!(status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("checkpoint seq {seq}")),
+            "{stdout}"
+        );
+        self.dir.path(&format!("{}.json", self.run_a))
+    }
+
     fn verify_bundle(&self, file: &Path, key: &Path) -> (Option<i32>, String, String) {
         verify_bundle(file, key)
     }
@@ -319,4 +330,142 @@ fn consistency_proofs_verify_with_tlog_tiles() {
                 .unwrap_or_else(|e| panic!("{old} -> {new}: {e:?}"));
         }
     }
+}
+
+/// The note stored with each checkpoint (migration V9) signs the root of the whole chain, kept
+/// incrementally by the writer, also after a restart that seeds it from the stored hashes; a
+/// bundle proves consistency from the checkpoint that first covered the run, which tlog_tiles
+/// accepts; a changed proof is a forked tree and an earlier note by another key is named.
+#[tokio::test]
+async fn stored_notes_sign_the_chain_root_and_bundles_prove_consistency_with_earlier_ones() {
+    let fixture = Fixture::new().await;
+    let client = fixture.db.client().await;
+    let stored_note = |seq: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT note FROM audit_checkpoints WHERE node_id = 'n1' AND seq = $1",
+                    &[&seq],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+                .expect("a note is stored with the checkpoint")
+        }
+    };
+    let full_root = |size: i64| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "SELECT hash FROM playbook_audit_log WHERE node_id = 'n1' AND seq <= $1 ORDER BY seq",
+                    &[&size],
+                )
+                .await
+                .unwrap();
+            Tree::new(
+                rows.iter()
+                    .map(|row| merkle::leaf_hash(row.get::<_, &[u8]>(0)))
+                    .collect(),
+            )
+            .root()
+        }
+    };
+    let pem = std::fs::read_to_string(fixture.dir.path("node.pub")).unwrap();
+    let public = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem).unwrap();
+    let vkey = signed_note::new_ed25519_verifier_key("playbookd/n1", &public);
+    let verifiers = signed_note::VerifierList::new(vec![Box::new(
+        signed_note::StandardVerifier::new(&vkey).unwrap(),
+    )]);
+    let their_root = |text: &str| {
+        let note = signed_note::Note::from_bytes(text.as_bytes()).unwrap();
+        note.verify(&verifiers)
+            .expect("Cloudflare's signed_note verifies the stored note");
+        let checkpoint = tlog_tiles::Checkpoint::from_bytes(note.text()).unwrap();
+        (checkpoint.size(), *checkpoint.hash())
+    };
+
+    let first = stored_note(10).await;
+    assert_eq!(
+        fixture.checkpoint_text(&[]),
+        first,
+        "checkpoint-text prints the stored note"
+    );
+    let (size, root) = their_root(&first);
+    assert_eq!((size, root.0), (10, full_root(10).await));
+
+    // A second writer on the same chain seeds its frontier from the stored hashes.
+    fixture._stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = CancellationToken::new();
+    let (handle, _task) = audit::start_writer(fixture.db.config.clone(), "n1".into(), stop.clone())
+        .await
+        .expect("restart writer");
+    for i in 11..14 {
+        append(&handle, i, None).await;
+    }
+    let store = Store::connect(&fixture.db.config, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let key = NodeKey::load(&fixture.dir.path("node.key")).unwrap();
+    let checkpointer = Checkpointer::new(handle.clone(), store, Arc::new(key));
+    assert_eq!(checkpointer.checkpoint().await.unwrap().unwrap().seq, 14);
+    let second = stored_note(14).await;
+    let (size, root) = their_root(&second);
+    assert_eq!((size, root.0), (14, full_root(14).await));
+
+    // Run A's last row (seq 9) was first covered at 10: the bundle proves 10 -> 14.
+    let bundle_path = fixture.bundle_a_at(14);
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
+    assert_eq!(bundle["checkpoint"], second.as_str());
+    assert_eq!(bundle["consistency"][0]["checkpoint"], first.as_str());
+    let proof: Vec<tlog_tiles::Hash> =
+        crate::helpers::tlog_hashes(&bundle["consistency"][0]["proof"]);
+    let (_, old_root) = their_root(&first);
+    tlog_tiles::check_tree(&proof, 14, root, 10, old_root)
+        .expect("tlog_tiles accepts the consistency proof 10 -> 14");
+    let node_pub = fixture.dir.path("node.pub");
+    let (code, stdout, stderr) = fixture.verify_bundle(&bundle_path, &node_pub);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("signed tree of 14 rows")
+            && stdout.contains("extends the earlier signed trees of 10 rows"),
+        "{stdout}"
+    );
+
+    let forked = edit_bundle(&bundle_path, |b| {
+        b["consistency"][0]["proof"][0] = BASE64.encode([5u8; 32]).into();
+    });
+    let (code, _, stderr) = fixture.verify_bundle(&forked, &node_pub);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "forked tree: the checkpoint of 14 rows does not extend the earlier one of 10 rows"
+        ),
+        "{stderr}"
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = NodeKey::load_or_generate(&other_dir.path().join("node.key")).unwrap();
+    let head = playbookd::note::TreeHead {
+        origin: "playbookd/n1".into(),
+        size: 10,
+        root: old_root.0,
+        chain_head: [0; 32],
+    };
+    let foreign_note =
+        playbookd::note::signed_note(&head, &other.verifying_key(), |t| other.sign_note_text(t));
+    let foreign = edit_bundle(&bundle_path, |b| {
+        b["consistency"][0]["checkpoint"] = foreign_note.into();
+    });
+    let (code, _, stderr) = fixture.verify_bundle(&foreign, &node_pub);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "earlier checkpoint #0: the checkpoint carries no signature by the trusted key"
+        ),
+        "{stderr}"
+    );
+    stop.cancel();
 }

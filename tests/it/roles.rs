@@ -366,3 +366,71 @@ async fn an_install_owned_by_the_daemons_role_is_refused_until_the_documented_up
     let mut daemon = crate::helpers::ChildDaemon::start(&config, &dir.path("upgraded.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
 }
+
+/// V9 made the grant list data (`playbookd_runtime_grants`); the runtime role still holds
+/// exactly what V8's function granted: these table privileges, this one function, nothing else.
+#[tokio::test]
+async fn the_runtime_role_holds_exactly_the_listed_grants() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let tables: Vec<(String, String)> = client
+        .query(
+            "SELECT table_name::text, privilege_type::text FROM information_schema.role_table_grants \
+             WHERE grantee = $1 ORDER BY 1, 2",
+            &[&db.runtime],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut expected: Vec<(String, String)> = Vec::new();
+    let mut grant = |privileges: &[&str], tables: &[&str]| {
+        for table in tables {
+            for privilege in privileges {
+                expected.push(((*table).to_owned(), (*privilege).to_owned()));
+            }
+        }
+    };
+    grant(
+        &["INSERT", "SELECT"],
+        &["audit_checkpoints", "playbook_audit_log"],
+    );
+    grant(
+        &["INSERT", "SELECT"],
+        &[
+            "playbook_approvals",
+            "playbook_nonces",
+            "playbook_version_signatures",
+            "playbook_versions",
+        ],
+    );
+    grant(
+        &["INSERT", "SELECT", "UPDATE"],
+        &[
+            "playbook_approval_gates",
+            "playbook_executions",
+            "playbook_nodes",
+            "playbook_rollback_states",
+            "playbook_safe_halt_state",
+            "playbook_step_runs",
+        ],
+    );
+    grant(&["SELECT"], &["refinery_schema_history"]);
+    expected.sort();
+    assert_eq!(tables, expected);
+    let functions: Vec<String> = client
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'public' \
+             WHERE has_function_privilege($1, p.oid, 'EXECUTE') \
+               AND NOT has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1",
+            &[&db.runtime],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(functions, vec!["playbook_prune_nonces(integer,integer)"]);
+}

@@ -232,6 +232,7 @@ fn concrete_paths(execution: Uuid) -> Vec<String> {
         .iter()
         .map(|route| match route.path {
             "/v1/nodes/{id}" => route.path.replace("{id}", NODE),
+            "/v1/audit/{node}/{seq}/proof" => format!("/v1/audit/{NODE}/1/proof"),
             path => path.replace("{id}", &execution.to_string()),
         })
         .collect()
@@ -320,11 +321,167 @@ async fn every_path_refuses_writes_with_405_json_and_allow() {
     }
 }
 
+/// Appends `rows` events and signs a checkpoint over them with a fresh node key in `dir`;
+/// returns the key.
+async fn checkpointed(
+    server: &Server,
+    rows: usize,
+    dir: &std::path::Path,
+) -> playbookd::store::checkpoint::NodeKey {
+    use playbookd::store::checkpoint::{Checkpointer, NodeKey};
+    for i in 0..rows {
+        server
+            .audit
+            .append(AuditEvent::new("test.event", Actor::System).with("i", i))
+            .await
+            .unwrap();
+    }
+    let store = Store::connect(&server.db.config, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let key_path = dir.join("node.key");
+    let key = NodeKey::load_or_generate(&key_path).unwrap();
+    let checkpointer = Checkpointer::new(server.audit.clone(), store, std::sync::Arc::new(key));
+    checkpointer
+        .checkpoint()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    NodeKey::load(&key_path).unwrap()
+}
+
+#[tokio::test]
+async fn checkpoint_and_proof_routes_serve_the_stored_note_and_proofs_tlog_tiles_accepts() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    let server = Server::start().await;
+    let (status, body) = server.get("/v1/checkpoint").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, _) = server.get(&format!("/v1/audit/{NODE}/1/proof")).await;
+    assert_eq!(status, 404);
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = checkpointed(&server, 7, dir.path()).await;
+    server
+        .audit
+        .append(AuditEvent::new("test.after", Actor::System))
+        .await
+        .unwrap();
+    let client = server.db.client().await;
+    let stored: String = client
+        .query_one(
+            "SELECT note FROM audit_checkpoints WHERE node_id = $1 AND seq = 7",
+            &[&NODE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for path in [
+        "/v1/checkpoint".to_owned(),
+        format!("/v1/checkpoint?node={NODE}"),
+        format!("/v1/checkpoint?node={NODE}&size=7"),
+    ] {
+        let response = server.call("GET", &path).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(
+            String::from_utf8(response.body.clone()).unwrap(),
+            stored,
+            "{path}"
+        );
+    }
+    let origin = format!("playbookd/{NODE}");
+    let vkey = signed_note::new_ed25519_verifier_key(&origin, &key.verifying_key());
+    let verifiers = signed_note::VerifierList::new(vec![Box::new(
+        signed_note::StandardVerifier::new(&vkey).unwrap(),
+    )]);
+    let note = signed_note::Note::from_bytes(stored.as_bytes()).unwrap();
+    note.verify(&verifiers)
+        .expect("signed_note verifies the served note");
+    let checkpoint = tlog_tiles::Checkpoint::from_bytes(note.text()).unwrap();
+    assert_eq!(checkpoint.size(), 7);
+    let root = *checkpoint.hash();
+
+    let (status, body) = server
+        .get(&format!("/v1/checkpoint?node={NODE}&size=3"))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server.get("/v1/checkpoint?node=no%20such").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("`node`"),
+        "{body}"
+    );
+    let (status, body) = server.get("/v1/checkpoint?node=other-node").await;
+    assert_eq!(status, 404, "{body}");
+
+    for seq in 1..=7u64 {
+        let (status, body) = server.get(&format!("/v1/audit/{NODE}/{seq}/proof")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["checkpoint"], stored.as_str());
+        assert_eq!(
+            (body["tree_size"].as_u64(), body["leaf_index"].as_u64()),
+            (Some(7), Some(seq - 1))
+        );
+        let db_hash: Vec<u8> = client
+            .query_one(
+                "SELECT hash FROM playbook_audit_log WHERE node_id = $1 AND seq = $2",
+                &[&NODE, &i64::try_from(seq).unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(body["hash"], hex::encode(&db_hash));
+        let proof: Vec<tlog_tiles::Hash> = crate::helpers::tlog_hashes(&body["inclusion_proof"]);
+        let leaf = tlog_tiles::record_hash(&db_hash);
+        assert_eq!(body["leaf_hash"], BASE64.encode(leaf.0));
+        tlog_tiles::check_record(&proof, 7, root, seq - 1, leaf)
+            .unwrap_or_else(|e| panic!("tlog_tiles rejects the proof of seq {seq}: {e:?}"));
+    }
+    let (status, body) = server.get(&format!("/v1/audit/{NODE}/8/proof")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("beyond its newest checkpoint (size 7)"),
+        "{body}"
+    );
+    for bad in ["0", "x", "-1"] {
+        let (status, body) = server.get(&format!("/v1/audit/{NODE}/{bad}/proof")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // A stored hash rewritten under the signed note: no proof is handed out.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_audit_log DISABLE TRIGGER USER; \
+             UPDATE playbook_audit_log SET hash = sha256(hash) WHERE node_id = '{NODE}' AND seq = 3; \
+             ALTER TABLE playbook_audit_log ENABLE TRIGGER USER;"
+        ))
+        .await
+        .unwrap();
+    let (status, body) = server.get(&format!("/v1/audit/{NODE}/5/proof")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("evidence_mismatch")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn head_answers_every_path_without_a_body() {
     let server = Server::start().await;
     let client = server.db.client().await;
     let id = insert_execution(&client, now(), "completed", PLAYBOOK, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    checkpointed(&server, 1, dir.path()).await;
     for path in concrete_paths(id) {
         let response = server.call("HEAD", &path).await;
         assert_eq!(response.status, 200, "HEAD {path}");

@@ -194,6 +194,9 @@ pub struct CheckpointRef {
     pub seq: i64,
     pub key_id: String,
     pub created_at: OffsetDateTime,
+    /// True when the checkpoint stored its signed C2SP note (since V9): the status API serves it
+    /// and inclusion proofs against the newest one.
+    pub has_note: bool,
 }
 
 /// An active SAFE-HALT with what the banner shows about it.
@@ -413,10 +416,10 @@ pub async fn run_detail(
     let events = client
         .query(
             "SELECT a.node_id, a.seq, a.hash, a.event_type, a.event_data, a.created_at, \
-                    c.seq, c.key_id, c.created_at \
+                    c.seq, c.key_id, c.created_at, c.note IS NOT NULL \
              FROM playbook_audit_log a \
              LEFT JOIN LATERAL ( \
-                 SELECT seq, key_id, created_at FROM audit_checkpoints k \
+                 SELECT seq, key_id, created_at, note FROM audit_checkpoints k \
                  WHERE k.node_id = a.node_id AND k.seq >= a.seq ORDER BY k.seq LIMIT 1 \
              ) c ON true \
              WHERE a.event_data ? 'execution_id' AND a.event_data ->> 'execution_id' = $1 \
@@ -436,6 +439,7 @@ pub async fn run_detail(
                 seq,
                 key_id: row.get(7),
                 created_at: row.get(8),
+                has_note: row.get::<_, Option<bool>>(9).unwrap_or(false),
             }),
         })
         .collect();

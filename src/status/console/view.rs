@@ -493,6 +493,13 @@ pub struct CheckpointView {
     pub seq: i64,
     pub at: Stamp,
     pub key_id_prefix: String,
+    /// `/v1/checkpoint?node=…&size=…`: the checkpoint's signed note, when one was stored.
+    pub note_link: Option<String>,
+    /// `/v1/audit/NODE/SEQ/proof`: the event's inclusion proof (against the newest note).
+    pub proof_link: Option<String>,
+    /// How many trusted witnesses cosigned this checkpoint; `None` until witnesses exist
+    /// (task WITNESS fills it and the `witnesses` block of run.html).
+    pub witnesses: Option<u32>,
 }
 
 impl EventLine {
@@ -518,6 +525,14 @@ impl EventLine {
                     seq: c.seq,
                     at: Stamp::new(c.created_at, now),
                     key_id_prefix: c.key_id.chars().take(HASH_PREFIX).collect(),
+                    // Node ids are [A-Za-z0-9._-]: nothing in them needs escaping in a URL.
+                    note_link: c
+                        .has_note
+                        .then(|| format!("/v1/checkpoint?node={}&size={}", event.node_id, c.seq)),
+                    proof_link: c
+                        .has_note
+                        .then(|| format!("/v1/audit/{}/{}/proof", event.node_id, event.seq)),
+                    witnesses: None,
                 }),
             },
         }

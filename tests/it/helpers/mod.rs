@@ -720,3 +720,19 @@ impl Drop for OwnerRoleDb {
         drop_database_and_roles(self.role.clone(), vec![self.role.clone()]);
     }
 }
+
+/// A JSON array of base64 hashes (a proof from a bundle or the status API) as tlog_tiles hashes.
+pub fn tlog_hashes(proof: &serde_json::Value) -> Vec<tlog_tiles::Hash> {
+    use base64::Engine;
+    proof
+        .as_array()
+        .expect("a proof is an array")
+        .iter()
+        .map(|h| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(h.as_str().expect("a base64 string"))
+                .expect("base64");
+            tlog_tiles::Hash(bytes.try_into().expect("32 bytes"))
+        })
+        .collect()
+}
