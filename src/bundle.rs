@@ -81,6 +81,8 @@ pub struct Verified {
     pub rows: usize,
     pub tree_size: u64,
     pub root: Hash,
+    /// The bundle's checkpoint note, with any witness cosignature lines.
+    pub checkpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -115,6 +117,8 @@ pub enum BundleError {
     },
     #[error("row seq {seq} is the signed tree's last row but differs from the signed chain head")]
     ChainHeadMismatch { seq: u64 },
+    #[error("checkpoint cosignature: {0}")]
+    Cosignature(crate::cosignature::CosignatureError),
 }
 
 /// Builds the bundle of `rows` (one run, one node, seq order) against `tree`, whose head `note`
@@ -234,6 +238,7 @@ pub fn verify_bundle(bundle: &Bundle, trusted: &VerifyingKey) -> Result<Verified
         rows: bundle.rows.len(),
         tree_size: head.size,
         root: head.root,
+        checkpoint: bundle.checkpoint.clone(),
     })
 }
 
