@@ -12,8 +12,9 @@ CREATE TABLE audit_cosignatures (
     timestamp      bigint      NOT NULL CHECK (timestamp > 0),
     signature      bytea       NOT NULL CHECK (octet_length(signature) = 64),
     created_at     timestamptz NOT NULL,
-    PRIMARY KEY (node_id, checkpoint_seq, witness_name, key_id),
-    FOREIGN KEY (node_id, checkpoint_seq) REFERENCES audit_checkpoints (node_id, seq)
+    -- No foreign key to audit_checkpoints: V4 took REFERENCES on the evidence from everyone,
+    -- the owner included. The daemon stores a cosignature only for a checkpoint it just read.
+    PRIMARY KEY (node_id, checkpoint_seq, witness_name, key_id)
 );
 CREATE TRIGGER audit_cosignatures_no_update_delete
     BEFORE UPDATE OR DELETE ON audit_cosignatures

@@ -498,7 +498,10 @@ impl Config {
             if !matches!(witness.url.scheme(), "http" | "https") {
                 return Err(invalid(
                     "audit.witnesses.url",
-                    format!("witness `{}`: expected an http:// or https:// URL", witness.name),
+                    format!(
+                        "witness `{}`: expected an http:// or https:// URL",
+                        witness.name
+                    ),
                 ));
             }
             if !witness_names.insert(witness.name.as_str()) {

@@ -31,12 +31,12 @@ use crate::status::{self, RuntimeSnapshot, StatusAddr, StatusError, StatusListen
 use crate::store::anchor::{Anchor, AnchorError, LossKind, RecordedCut, anchor_path};
 use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError};
 use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
-use crate::witness::submit::Submitter;
 use crate::store::migrate::SchemaError;
 use crate::store::privileges::PrivilegeError;
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError};
+use crate::witness::submit::Submitter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

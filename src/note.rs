@@ -125,7 +125,7 @@ pub struct VerifierKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifierKeyError {
-    #[error("a verifier key has the form NAME+KEYID+BASE64 (got {0} `+`-separated fields)")]
+    #[error("a verifier key has the form NAME+KEYID+BASE64 (got {0} `+`-separated field(s))")]
     Shape(usize),
     #[error("the key name is empty or holds whitespace or `+`")]
     Name,
@@ -154,7 +154,13 @@ impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut typed = vec![self.key_type.byte()];
         typed.extend_from_slice(self.key.as_bytes());
-        write!(f, "{}+{:08x}+{}", self.name, self.id(), BASE64.encode(typed))
+        write!(
+            f,
+            "{}+{:08x}+{}",
+            self.name,
+            self.id(),
+            BASE64.encode(typed)
+        )
     }
 }
 
@@ -162,7 +168,8 @@ impl std::str::FromStr for VerifierKey {
     type Err = VerifierKeyError;
 
     fn from_str(text: &str) -> Result<VerifierKey, VerifierKeyError> {
-        let fields: Vec<&str> = text.split('+').collect();
+        // The base64 key may hold `+`; the name and the key ID may not.
+        let fields: Vec<&str> = text.splitn(3, '+').collect();
         let [name, id, key] = fields.as_slice() else {
             return Err(VerifierKeyError::Shape(fields.len()));
         };
@@ -281,7 +288,11 @@ pub fn signed_note(
     let signature = sign(text.as_bytes());
     format!(
         "{text}\n{}",
-        format_signature_line(&head.origin, key_id(&head.origin, key), &signature.to_bytes())
+        format_signature_line(
+            &head.origin,
+            key_id(&head.origin, key),
+            &signature.to_bytes()
+        )
     )
 }
 

@@ -193,8 +193,7 @@ pub async fn verify(
         }
         if witness_args.wanted() {
             let required = witness_args.require_witnesses;
-            match witnesses::count_stored(&client, node, &witness_args.witness_keys, required)
-                .await
+            match witnesses::count_stored(&client, node, &witness_args.witness_keys, required).await
             {
                 Ok(count) => {
                     write_stdout_line(&format!(

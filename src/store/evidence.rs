@@ -130,7 +130,9 @@ pub async fn tree_at(
             "the row at the checkpoint's seq no longer carries the signed hash",
         ));
     }
-    Ok(Tree::new(hashes.iter().map(|h| merkle::leaf_hash(h)).collect()))
+    Ok(Tree::new(
+        hashes.iter().map(|h| merkle::leaf_hash(h)).collect(),
+    ))
 }
 
 /// The tree head of `node_id`'s checkpoint over `tree`, whose last row has chain hash `chain_head`.

@@ -25,11 +25,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use self::protocol::{Refusal, Submission};
+use self::state::{StateError, StateFile};
 use crate::cosignature::Cosignature;
 use crate::note::{KeyType, VerifierKey};
 use crate::store::checkpoint::{NodeKey, NodeKeyError};
-use self::protocol::{Refusal, Submission};
-use self::state::{StateError, StateFile};
 
 /// A request larger than this is refused (413): a checkpoint note and 63 proof lines fit.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -231,8 +231,8 @@ async fn add_checkpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
         )
             .into_response(),
         Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (
                 status,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -86,7 +86,10 @@ impl StateFile {
         let stored: Stored =
             serde_json::from_slice(&bytes).map_err(|error| decode(error.to_string()))?;
         if stored.format != FORMAT {
-            return Err(decode(format!("format `{}`, expected `{FORMAT}`", stored.format)));
+            return Err(decode(format!(
+                "format `{}`, expected `{FORMAT}`",
+                stored.format
+            )));
         }
         let logs = stored
             .logs

@@ -65,7 +65,9 @@ impl SubmitError {
 /// What one submission did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
-    Cosigned { seq: u64 },
+    Cosigned {
+        seq: u64,
+    },
     /// No checkpoint yet, or this witness already cosigned the newest one.
     NothingNew,
 }
@@ -116,7 +118,11 @@ impl Submitter {
 
     /// Submits at start, after each checkpoint and every `retry` (a witness that was down gets
     /// the newest checkpoint later), until `shutdown`.
-    pub fn spawn(self, retry: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self,
+        retry: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(retry);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,7 +241,9 @@ impl Submitter {
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(SubmitError::Unreachable)?;
         match status {
-            200 => Ok(Answer::Cosigned(String::from_utf8_lossy(&body).into_owned())),
+            200 => Ok(Answer::Cosigned(
+                String::from_utf8_lossy(&body).into_owned(),
+            )),
             409 => std::str::from_utf8(&body)
                 .ok()
                 .and_then(|text| text.strip_suffix('\n'))

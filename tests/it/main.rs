@@ -37,3 +37,4 @@ mod status;
 mod store;
 mod systemd;
 mod validate;
+mod witness;

@@ -8,7 +8,11 @@ use tokio_postgres::error::SqlState;
 use crate::harness::Running;
 use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
 
-const EVIDENCE: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
+const EVIDENCE: [&str; 3] = [
+    "playbook_audit_log",
+    "audit_checkpoints",
+    "audit_cosignatures",
+];
 
 /// A daemon ran and stopped on `db`: audit rows and a shutdown checkpoint exist.
 async fn db_with_evidence() -> (std::sync::Arc<TestDb>, DaemonDir) {
