@@ -217,7 +217,7 @@ mod tests {
         // A note whose line names the trusted key but fails is malformed, not "0 cosigners".
         let note = format!("{altered}\n{}", cosig.line());
         assert!(matches!(
-            trusted_cosigners(&note, &[key.clone()]),
+            trusted_cosigners(&note, std::slice::from_ref(&key)),
             Err(CosignatureError::BadSignature { .. })
         ));
         // Untrusted lines are ignored.

@@ -298,12 +298,9 @@ pub async fn run(config: &Path) -> Result<(), WitnessError> {
     let witness = Witness::build(&config).await?;
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(WitnessError::Serve)?;
     tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return,
-            };
         tokio::select! {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
