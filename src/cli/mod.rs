@@ -768,6 +768,10 @@ mod tests {
                 &["exec-runner", "--daemon-user", "u"],
                 &["exec-runner", "--daemon-user", "u"],
             ),
+            (
+                &["witness", "--vkey", "--config", "c"],
+                &["witness", "--config", "c", "--vkey"],
+            ),
         ];
         for (before, after) in pairs {
             assert_eq!(parse(before), parse(after), "{before:?} vs {after:?}");
