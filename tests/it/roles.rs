@@ -77,8 +77,9 @@ async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_e
         }
         for sql in [
             format!("DELETE FROM {table}"),
-            format!("DELETE FROM {table} WHERE seq > 1"),
-            format!("UPDATE {table} SET seq = seq"),
+            // node_id: the column every evidence table has.
+            format!("DELETE FROM {table} WHERE node_id <> ''"),
+            format!("UPDATE {table} SET node_id = node_id"),
             format!("TRUNCATE {table}"),
             format!(
                 "CREATE TRIGGER sneak BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION playbook_refuse_transition()"
