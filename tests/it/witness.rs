@@ -87,7 +87,11 @@ fn signed(log: &SigningKey, tree: &Tree) -> String {
     note::signed_note(&head, &log.verifying_key(), |text| log.sign(text))
 }
 
-fn write_witness_config(dir: &Path, listen: &str, log: &SigningKey) -> std::path::PathBuf {
+fn write_witness_config(
+    dir: &Path,
+    listen: &str,
+    log: &ed25519_dalek::VerifyingKey,
+) -> std::path::PathBuf {
     let path = dir.join("witness.toml");
     std::fs::write(
         &path,
@@ -96,7 +100,7 @@ fn write_witness_config(dir: &Path, listen: &str, log: &SigningKey) -> std::path
              [[logs]]\norigin = \"{ORIGIN}\"\nvkey = \"{}\"\n",
             dir.join("witness.key").display(),
             dir.join("state.json").display(),
-            note::verifier_key(ORIGIN, &log.verifying_key())
+            note::verifier_key(ORIGIN, log)
         ),
     )
     .unwrap();
@@ -167,7 +171,7 @@ async fn the_witness_cosigns_a_consistent_checkpoint_and_refuses_rollback_fork_b
  {
     let dir = tempfile::tempdir().unwrap();
     let log = SigningKey::from_bytes(&[5; 32]);
-    let config = write_witness_config(dir.path(), "127.0.0.1:0", &log);
+    let config = write_witness_config(dir.path(), "127.0.0.1:0", &log.verifying_key());
     let witness = start_witness(&config).await;
 
     // First contact: old 0, no proof.
@@ -271,7 +275,7 @@ async fn the_witness_cosigns_a_consistent_checkpoint_and_refuses_rollback_fork_b
 async fn the_witness_command_refuses_a_readable_key_and_prints_its_vkey() {
     let dir = tempfile::tempdir().unwrap();
     let log = SigningKey::from_bytes(&[5; 32]);
-    let config = write_witness_config(dir.path(), "127.0.0.1:0", &log);
+    let config = write_witness_config(dir.path(), "127.0.0.1:0", &log.verifying_key());
     let config_arg = config.to_str().unwrap();
     let (status, stdout, stderr) = run_cli(&["witness", "--config", config_arg, "--vkey"], &[]);
     assert!(status.success(), "{stdout}{stderr}");
@@ -313,18 +317,11 @@ async fn a_daemon_with_a_witness_stores_cosignatures_and_verify_requires_them() 
     let node_key = NodeKey::load_or_generate(&dir.path("node.key")).unwrap();
     let witness_dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let witness_config = witness_dir.path().join("witness.toml");
-    std::fs::write(
-        &witness_config,
-        format!(
-            "name = \"witness.test/w1\"\nkey = \"{}\"\nstate = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [[logs]]\norigin = \"{ORIGIN}\"\nvkey = \"{}\"\n",
-            witness_dir.path().join("witness.key").display(),
-            witness_dir.path().join("state.json").display(),
-            note::verifier_key(ORIGIN, &node_key.verifying_key())
-        ),
-    )
-    .unwrap();
+    let witness_config = write_witness_config(
+        witness_dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &node_key.verifying_key(),
+    );
     let (status, witness_vkey, stderr) = run_cli(
         &[
             "witness",
@@ -414,18 +411,9 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
     checkpointer.checkpoint().await.unwrap().unwrap();
 
     let witness_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        witness_dir.path().join("witness.toml"),
-        format!(
-            "name = \"witness.test/w1\"\nkey = \"{}\"\nstate = \"{}\"\nlisten = \"127.0.0.1:0\"\n\
-             [[logs]]\norigin = \"{ORIGIN}\"\nvkey = \"{}\"\n",
-            witness_dir.path().join("witness.key").display(),
-            witness_dir.path().join("state.json").display(),
-            note::verifier_key(ORIGIN, &key.verifying_key())
-        ),
-    )
-    .unwrap();
-    let witness = start_witness(&witness_dir.path().join("witness.toml")).await;
+    let witness_config =
+        write_witness_config(witness_dir.path(), "127.0.0.1:0", &key.verifying_key());
+    let witness = start_witness(&witness_config).await;
     let endpoint: playbookd::config::WitnessEndpoint = toml::from_str(&format!(
         "name = \"witness.test/w1\"\nurl = \"{}\"\nvkey = \"{}\"\n",
         witness.url, witness.vkey
