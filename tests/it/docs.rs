@@ -8,7 +8,6 @@
 //!   from the parser itself: every table refuses unknown fields, and serde's refusal lists the
 //!   fields the table has, so a key added to src/config.rs without a line here fails this test.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,10 +60,8 @@ async fn walkthrough_page_runs_from_validate_to_completed_run_with_two_approvals
 
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
-    // The approvers (other uids) must reach control.sock through these directories.
-    for path in [dir.dir.path().to_owned(), dir.path("run")] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // The approvers (other uids) must reach control.sock.
+    dir.open_to_other_uids();
     let config = dir.write_config(
         &db,
         "node-walkthrough",
@@ -73,8 +70,7 @@ async fn walkthrough_page_runs_from_validate_to_completed_run_with_two_approvals
              approver = {{ uids = [{ALICE_UID}, {BOB_UID}] }}\n"
         ),
     );
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let mut daemon = ChildDaemon::serve(&config);
     let status_url = daemon.status_endpoint().to_string();
 
     let bin_dir = binary().parent().unwrap().to_owned();
