@@ -106,6 +106,8 @@ pub struct Verified {
     pub root: Hash,
     /// Sizes of the earlier checkpoints the tree was proved to extend.
     pub extends: Vec<u64>,
+    /// The bundle's checkpoint note, with any witness cosignature lines.
+    pub checkpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -159,6 +161,8 @@ pub enum BundleError {
         #[source]
         source: ProofError,
     },
+    #[error("checkpoint cosignature: {0}")]
+    Cosignature(crate::cosignature::CosignatureError),
 }
 
 /// The consistency proof from `tree`'s prefix of `old_note`'s size to the whole `tree`, with
@@ -323,6 +327,7 @@ pub fn verify_bundle(bundle: &Bundle, trusted: &VerifyingKey) -> Result<Verified
         tree_size: head.size,
         root: head.root,
         extends,
+        checkpoint: bundle.checkpoint.clone(),
     })
 }
 

@@ -146,6 +146,23 @@ pub struct AuditConfig {
     /// How often the chain head is signed when it moved (and once more at shutdown).
     #[serde(default = "default_checkpoint_interval_seconds")]
     pub checkpoint_interval_seconds: u64,
+    /// C2SP tlog-witnesses each new checkpoint is submitted to (`[[audit.witnesses]]`).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessEndpoint>,
+}
+
+/// One witness: where to submit (`<url>/add-checkpoint`) and the key its cosignatures must verify
+/// under (`playbookd witness --vkey` prints it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEndpoint {
+    /// The witness's key name; must be the name in `vkey`.
+    pub name: String,
+    /// The submission prefix, `http://` or `https://`.
+    #[serde(deserialize_with = "deserialize_url")]
+    pub url: reqwest::Url,
+    /// A cosignature/v1 verifier key (type 0x04): `name+keyid+base64`.
+    pub vkey: crate::note::VerifierKey,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,6 +474,42 @@ impl Config {
                 "intake.freshness_seconds",
                 "expected an integer from 1 to 86400".into(),
             ));
+        }
+        let mut witness_names = BTreeSet::new();
+        for witness in &self.audit.witnesses {
+            if witness.vkey.key_type != crate::note::KeyType::CosignatureV1 {
+                return Err(invalid(
+                    "audit.witnesses.vkey",
+                    format!(
+                        "witness `{}`: expected a cosignature/v1 key (type 0x04)",
+                        witness.name
+                    ),
+                ));
+            }
+            if witness.vkey.name != witness.name {
+                return Err(invalid(
+                    "audit.witnesses.name",
+                    format!(
+                        "`{}` is not the key name in its vkey (`{}`)",
+                        witness.name, witness.vkey.name
+                    ),
+                ));
+            }
+            if !matches!(witness.url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "audit.witnesses.url",
+                    format!(
+                        "witness `{}`: expected an http:// or https:// URL",
+                        witness.name
+                    ),
+                ));
+            }
+            if !witness_names.insert(witness.name.as_str()) {
+                return Err(invalid(
+                    "audit.witnesses.name",
+                    format!("witness `{}` is listed twice", witness.name),
+                ));
+            }
         }
         if self.intake.max_connections == 0 {
             return Err(invalid(
@@ -866,10 +919,18 @@ fn default_stale_after_seconds() -> u64 {
 fn default_nonce_prune_batch() -> u32 {
     1000
 }
+fn deserialize_url<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<reqwest::Url, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    reqwest::Url::parse(&text).map_err(serde::de::Error::custom)
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             checkpoint_interval_seconds: default_checkpoint_interval_seconds(),
+            witnesses: Vec::new(),
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::store::privileges::PrivilegeError;
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError};
+use crate::witness::submit::Submitter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -134,6 +135,8 @@ pub struct Daemon {
     /// Stops the audit writer, last, once everything else has drained.
     /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
     checkpointer: Checkpointer,
+    /// Submits each new checkpoint to the `[[audit.witnesses]]` (none configured: None).
+    witness_submitter: Option<Submitter>,
     /// Stops the audit writer and the checkpoint task, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
     /// Stops intake and executor first; unfinished runs stay resumable.
@@ -221,7 +224,18 @@ impl Daemon {
             tasks_shutdown.clone(),
         )
         .await?;
-        let checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key);
+        let mut checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key.clone());
+        let witness_submitter = (!config.audit.witnesses.is_empty()).then(|| {
+            Submitter::new(
+                config.audit.witnesses.clone(),
+                store.clone(),
+                node_key,
+                config.node_id.clone(),
+            )
+        });
+        if let Some(submitter) = &witness_submitter {
+            checkpointer = checkpointer.notify_on_checkpoint(submitter.wake_handle());
+        }
         checkpointer.ensure_not_truncated().await?;
         if let Some(cut) = accepted_cut {
             record_accepted_cut(&audit, &cut).await?;
@@ -344,6 +358,7 @@ impl Daemon {
             audit_task,
             registry,
             checkpointer,
+            witness_submitter,
             tasks_shutdown,
             work_shutdown,
             safe_halt,
@@ -442,6 +457,13 @@ impl Daemon {
             self.config.audit.checkpoint_interval(),
             self.tasks_shutdown.clone(),
         );
+        // Off the audit write path: a witness that is down only delays its cosignature.
+        if let Some(submitter) = self.witness_submitter.clone() {
+            submitter.spawn(
+                self.config.audit.checkpoint_interval(),
+                self.tasks_shutdown.clone(),
+            );
+        }
         fleet::spawn(self.fleet.clone(), self.tasks_shutdown.clone());
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has checked the schema and the role, opened

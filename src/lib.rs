@@ -29,6 +29,7 @@
 //! | [`safe_halt`] | this node's SAFE-HALT in memory and what operators are told about it |
 //! | [`fleet`] | heartbeats and fleet-wide halts shared through the database |
 //! | [`merkle`], [`note`], [`bundle`] | RFC 6962 trees and proofs, C2SP checkpoint notes, offline evidence bundles |
+//! | [`cosignature`], [`witness`] | C2SP witness cosignatures; `playbookd witness` and the daemon's submissions to witnesses |
 //! | [`status`] | the read-only HTTP API, Prometheus metrics and the operator console |
 //! | [`redact`], [`text`] | secrets kept out of what is shown; outside bytes made storable text in one place |
 //! | [`systemd`], [`daemon`] | journald and sd_notify; the wiring of all of the above |
@@ -43,6 +44,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cosignature;
 pub mod daemon;
 pub mod executor;
 pub mod fleet;
@@ -58,3 +60,4 @@ pub mod sys;
 pub mod systemd;
 pub mod text;
 pub mod unix_socket;
+pub mod witness;

@@ -63,9 +63,15 @@ pub fn origin(node_id: &str) -> String {
 
 /// signed-note key ID of an Ed25519 key: `SHA-256(name ‖ "\n" ‖ 0x01 ‖ key)[..4]`, big-endian.
 pub fn key_id(name: &str, key: &VerifyingKey) -> u32 {
+    typed_key_id(name, KeyType::Ed25519, key)
+}
+
+/// `SHA-256(name ‖ "\n" ‖ type byte ‖ key)[..4]`, big-endian: the key ID of every signed-note
+/// key type this project knows.
+pub fn typed_key_id(name: &str, key_type: KeyType, key: &VerifyingKey) -> u32 {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
-    hasher.update(b"\n\x01");
+    hasher.update([b'\n', key_type.byte()]);
     hasher.update(key.as_bytes());
     let digest = hasher.finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
@@ -73,9 +79,191 @@ pub fn key_id(name: &str, key: &VerifyingKey) -> u32 {
 
 /// The verifier key string standard tools take: `name+hex key ID+base64(0x01 ‖ key)`.
 pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
-    let mut typed = vec![0x01];
-    typed.extend_from_slice(key.as_bytes());
-    format!("{name}+{:08x}+{}", key_id(name, key), BASE64.encode(typed))
+    VerifierKey {
+        name: name.to_owned(),
+        key_type: KeyType::Ed25519,
+        key: *key,
+    }
+    .to_string()
+}
+
+/// The signed-note key types this project signs or checks, by their type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// 0x01: a plain Ed25519 note signature (<https://c2sp.org/signed-note>): log keys.
+    Ed25519,
+    /// 0x04: a timestamped Ed25519 `cosignature/v1` (<https://c2sp.org/tlog-cosignature>):
+    /// witness keys.
+    CosignatureV1,
+}
+
+impl KeyType {
+    pub fn byte(self) -> u8 {
+        match self {
+            KeyType::Ed25519 => 0x01,
+            KeyType::CosignatureV1 => 0x04,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<KeyType> {
+        match byte {
+            0x01 => Some(KeyType::Ed25519),
+            0x04 => Some(KeyType::CosignatureV1),
+            _ => None,
+        }
+    }
+}
+
+/// A signed-note verifier key (`name+hex key ID+base64(type ‖ public key)`), decoded and checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct VerifierKey {
+    pub name: String,
+    pub key_type: KeyType,
+    pub key: VerifyingKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifierKeyError {
+    #[error("a verifier key has the form NAME+KEYID+BASE64 (got {0} `+`-separated field(s))")]
+    Shape(usize),
+    #[error("the key name is empty or holds whitespace or `+`")]
+    Name,
+    #[error("the key ID is not 8 hex digits")]
+    KeyId,
+    #[error("the key is not base64")]
+    Base64,
+    #[error(
+        "key type 0x{0:02x} is not supported (0x01: Ed25519 signed note; 0x04: Ed25519 cosignature/v1)"
+    )]
+    Type(u8),
+    #[error("the key is not 32 bytes of a valid Ed25519 public key")]
+    Key,
+    #[error("the key ID does not match the name and key (a typo, or another key's ID)")]
+    KeyIdMismatch,
+}
+
+impl VerifierKey {
+    /// The key ID lines signed by this key carry.
+    pub fn id(&self) -> u32 {
+        typed_key_id(&self.name, self.key_type, &self.key)
+    }
+}
+
+impl std::fmt::Display for VerifierKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut typed = vec![self.key_type.byte()];
+        typed.extend_from_slice(self.key.as_bytes());
+        write!(
+            f,
+            "{}+{:08x}+{}",
+            self.name,
+            self.id(),
+            BASE64.encode(typed)
+        )
+    }
+}
+
+impl std::str::FromStr for VerifierKey {
+    type Err = VerifierKeyError;
+
+    fn from_str(text: &str) -> Result<VerifierKey, VerifierKeyError> {
+        // The base64 key may hold `+`; the name and the key ID may not.
+        let fields: Vec<&str> = text.splitn(3, '+').collect();
+        let [name, id, key] = fields.as_slice() else {
+            return Err(VerifierKeyError::Shape(fields.len()));
+        };
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(VerifierKeyError::Name);
+        }
+        if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(VerifierKeyError::KeyId);
+        }
+        let id = u32::from_str_radix(id, 16).map_err(|_| VerifierKeyError::KeyId)?;
+        let typed = BASE64.decode(key).map_err(|_| VerifierKeyError::Base64)?;
+        let (&type_byte, key) = typed.split_first().ok_or(VerifierKeyError::Key)?;
+        let key_type = KeyType::from_byte(type_byte).ok_or(VerifierKeyError::Type(type_byte))?;
+        let key = <[u8; 32]>::try_from(key)
+            .ok()
+            .and_then(|key| VerifyingKey::from_bytes(&key).ok())
+            .ok_or(VerifierKeyError::Key)?;
+        let parsed = VerifierKey {
+            name: (*name).to_owned(),
+            key_type,
+            key,
+        };
+        if parsed.id() != id {
+            return Err(VerifierKeyError::KeyIdMismatch);
+        }
+        Ok(parsed)
+    }
+}
+
+impl TryFrom<String> for VerifierKey {
+    type Error = VerifierKeyError;
+
+    fn try_from(text: String) -> Result<VerifierKey, VerifierKeyError> {
+        text.parse()
+    }
+}
+
+/// One signature line of a note: `— name base64(key ID ‖ signature)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLine<'a> {
+    pub name: &'a str,
+    pub key_id: u32,
+    /// The bytes after the key ID (their layout depends on the key type).
+    pub signature: Vec<u8>,
+}
+
+/// Splits a signed note into its text (ending with a newline) and its signature lines.
+pub fn split(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+    let (text, signatures) = (&note[..=split], &note[split + 2..]);
+    let lines = signatures
+        .strip_suffix('\n')
+        .ok_or(NoteError::Malformed(
+            "the last signature line has no newline",
+        ))?
+        .split('\n')
+        .map(signature_line)
+        .collect::<Result<Vec<_>, _>>()?;
+    if lines.len() > MAX_SIGNATURES {
+        return Err(NoteError::Malformed("more than 100 signature lines"));
+    }
+    Ok((text, lines))
+}
+
+/// Parses one signature line (without its newline).
+pub fn signature_line(line: &str) -> Result<SignatureLine<'_>, NoteError> {
+    let rest = line
+        .strip_prefix(SIGNATURE_PREFIX)
+        .ok_or(NoteError::Malformed(
+            "a signature line does not start with an em dash",
+        ))?;
+    let (name, blob) = rest
+        .split_once(' ')
+        .ok_or(NoteError::Malformed("a signature line has no key name"))?;
+    let blob = BASE64
+        .decode(blob)
+        .map_err(|_| NoteError::Malformed("a signature is not base64"))?;
+    if blob.len() < 5 {
+        return Err(NoteError::Malformed("a signature is shorter than 5 bytes"));
+    }
+    Ok(SignatureLine {
+        name,
+        key_id: u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]),
+        signature: blob[4..].to_vec(),
+    })
+}
+
+/// Formats a signature line, newline included.
+pub fn format_signature_line(name: &str, key_id: u32, signature: &[u8]) -> String {
+    let mut blob = key_id.to_be_bytes().to_vec();
+    blob.extend_from_slice(signature);
+    format!("{SIGNATURE_PREFIX}{name} {}\n", BASE64.encode(blob))
 }
 
 /// The checkpoint body (the note text), ending with a newline.
@@ -98,12 +286,13 @@ pub fn signed_note(
 ) -> String {
     let text = checkpoint_text(head);
     let signature = sign(text.as_bytes());
-    let mut blob = key_id(&head.origin, key).to_be_bytes().to_vec();
-    blob.extend_from_slice(&signature.to_bytes());
     format!(
-        "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-        head.origin,
-        BASE64.encode(blob)
+        "{text}\n{}",
+        format_signature_line(
+            &head.origin,
+            key_id(&head.origin, key),
+            &signature.to_bytes()
+        )
     )
 }
 
@@ -114,47 +303,19 @@ pub fn verify(
     expected_origin: &str,
     key: &VerifyingKey,
 ) -> Result<TreeHead, NoteError> {
-    let split = note
-        .rfind("\n\n")
-        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
-    let (text, signatures) = (&note[..=split], &note[split + 2..]);
-    if !signatures.ends_with('\n') {
-        return Err(NoteError::Malformed(
-            "the last signature line has no newline",
-        ));
-    }
-    let lines: Vec<&str> = signatures[..signatures.len() - 1].split('\n').collect();
-    if lines.len() > MAX_SIGNATURES {
-        return Err(NoteError::Malformed("more than 100 signature lines"));
-    }
+    let (text, lines) = split(note)?;
     let wanted_id = key_id(expected_origin, key);
     let mut signed = false;
     for line in lines {
-        let rest = line
-            .strip_prefix(SIGNATURE_PREFIX)
-            .ok_or(NoteError::Malformed(
-                "a signature line does not start with an em dash",
-            ))?;
-        let (name, blob) = rest
-            .split_once(' ')
-            .ok_or(NoteError::Malformed("a signature line has no key name"))?;
-        let blob = BASE64
-            .decode(blob)
-            .map_err(|_| NoteError::Malformed("a signature is not base64"))?;
-        if blob.len() < 5 {
-            return Err(NoteError::Malformed("a signature is shorter than 5 bytes"));
-        }
-        let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
-        if name != expected_origin || id != wanted_id {
+        if line.name != expected_origin || line.key_id != wanted_id {
             continue;
         }
-        let signature = Signature::from_slice(&blob[4..]).map_err(|_| NoteError::BadSignature {
-            key_name: name.to_owned(),
-        })?;
+        let bad = || NoteError::BadSignature {
+            key_name: line.name.to_owned(),
+        };
+        let signature = Signature::from_slice(&line.signature).map_err(|_| bad())?;
         key.verify_strict(text.as_bytes(), &signature)
-            .map_err(|_| NoteError::BadSignature {
-                key_name: name.to_owned(),
-            })?;
+            .map_err(|_| bad())?;
         signed = true;
     }
     if !signed {

@@ -4,12 +4,14 @@
 //!
 //! Exit status of `verify`: 0 when every chain is intact (and matches the anchor); 2 when a
 //! breach or a cut is found; 3 when the rows are intact but a pinned node key could not be
-//! checked (no checkpoint yet); 1 when the verification itself could not be done.
+//! checked (no checkpoint yet); 4 when fewer trusted witnesses than `--require-witnesses`
+//! cosigned a checkpoint; 1 when the verification itself could not be done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::cli::witnesses::{self, CountError, WitnessArgs};
 use crate::cli::{OutputError, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::store::anchor::{self, AcceptError, AnchorError, AnchorState, OwnerCheck};
@@ -59,6 +61,11 @@ pub enum AuditCliError {
     DaemonRunning { node_id: String },
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error("{0}")]
+    WitnessArgs(String),
+    /// Already reported on stdout.
+    #[error("{count} node(s) have fewer trusted witness cosignatures than required")]
+    TooFewWitnesses { count: usize },
 }
 
 impl AuditCliError {
@@ -68,6 +75,10 @@ impl AuditCliError {
         match self {
             AuditCliError::Breach { .. } => ExitCode::from(EXIT_BREACH),
             AuditCliError::NotChecked { .. } => ExitCode::from(EXIT_NOT_CHECKED),
+            AuditCliError::TooFewWitnesses { .. } => {
+                ExitCode::from(witnesses::EXIT_TOO_FEW_WITNESSES)
+            }
+            AuditCliError::WitnessArgs(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
             AuditCliError::Output(error) => error.exit_code(),
             AuditCliError::Anchor(_)
             | AuditCliError::Accept(AcceptError::Anchor(_))
@@ -98,7 +109,9 @@ pub async fn verify(
     trusted_node_keys: &[PathBuf],
     anchor: Option<&Path>,
     checkpoint_logs: &[PathBuf],
+    witness_args: &WitnessArgs,
 ) -> Result<(), AuditCliError> {
+    witness_args.check().map_err(AuditCliError::WitnessArgs)?;
     let config = Config::load(config)?;
     let mut logged: BTreeMap<String, Vec<ChainHead>> = BTreeMap::new();
     for path in checkpoint_logs {
@@ -167,14 +180,36 @@ pub async fn verify(
     }
     let mut breaches = 0;
     let mut not_checked = 0;
+    let mut too_few_witnesses = 0;
     for node in &nodes {
         let report = verify::verify_chain_with(&client, node, pinned.as_ref()).await?;
         let unchecked = pinned.is_some() && report.checkpoints == 0;
         write_stdout_line(&report_line(&report, unchecked))?;
         if report.breach.is_some() {
             breaches += 1;
+            continue;
         } else if unchecked {
             not_checked += 1;
+        }
+        if witness_args.wanted() {
+            let required = witness_args.require_witnesses;
+            match witnesses::count_stored(&client, node, &witness_args.witness_keys, required).await
+            {
+                Ok(count) => {
+                    write_stdout_line(&format!(
+                        "node {node}: witnesses: {}",
+                        count.line(required)
+                    ))?;
+                    if count.cosigners.len() < required {
+                        too_few_witnesses += 1;
+                    }
+                }
+                Err(CountError::Store(error)) => return Err(error.into()),
+                Err(CountError::Breach(breach)) => {
+                    write_stdout_line(&format!("node {node}: witnesses: BREACH: {breach}"))?;
+                    breaches += 1;
+                }
+            }
         }
     }
     if let Some((path, state)) = &anchored {
@@ -203,6 +238,11 @@ pub async fn verify(
     }
     if breaches > 0 {
         return Err(AuditCliError::Breach { count: breaches });
+    }
+    if too_few_witnesses > 0 {
+        return Err(AuditCliError::TooFewWitnesses {
+            count: too_few_witnesses,
+        });
     }
     if not_checked > 0 {
         return Err(AuditCliError::NotChecked { count: not_checked });

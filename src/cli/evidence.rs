@@ -22,9 +22,10 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 
 use crate::bundle::{self, BundleError};
 use crate::cli::audit::report_line;
+use crate::cli::witnesses::{self, WitnessArgs, WitnessCount};
 use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
-use crate::merkle::{self, Tree};
+use crate::merkle::Tree;
 use crate::note::{self, TreeHead};
 use crate::store::checkpoint::{NodeKey, NodeKeyError};
 use crate::store::evidence::{self, LatestCheckpoint};
@@ -88,6 +89,10 @@ pub enum EvidenceError {
     },
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error("{0}")]
+    WitnessArgs(String),
+    #[error("only {found} trusted witness(es) cosigned the checkpoint; {required} required")]
+    TooFewWitnesses { found: usize, required: usize },
 }
 
 impl EvidenceError {
@@ -97,6 +102,10 @@ impl EvidenceError {
                 ExitCode::from(EXIT_EVIDENCE_FAILED)
             }
             EvidenceError::Output(error) => error.exit_code(),
+            EvidenceError::TooFewWitnesses { .. } => {
+                ExitCode::from(witnesses::EXIT_TOO_FEW_WITNESSES)
+            }
+            EvidenceError::WitnessArgs(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
             EvidenceError::Config(_)
             | EvidenceError::NodeKey(_)
             | EvidenceError::Store(_)
@@ -128,21 +137,16 @@ async fn signed_head(
         .ok_or_else(|| EvidenceError::NoCheckpoint {
             node_id: node_id.to_owned(),
         })?;
-    let hashes = evidence::chain_hashes(client, node_id, latest.seq).await?;
-    if hashes.last() != Some(&latest.hash) {
-        return Err(EvidenceError::BrokenChain(format!(
-            "node {node_id}: the row at seq {} changed while proving",
-            latest.seq
-        )));
-    }
-    let tree = Tree::new(hashes.iter().map(|h| merkle::leaf_hash(h)).collect());
-    let head = TreeHead {
-        origin: note::origin(node_id),
-        size: tree.size(),
-        root: tree.root(),
-        chain_head: latest.hash,
-    };
-    let signed = match &latest.note {
+    let tree = evidence::tree_at(client, node_id, &latest)
+        .await
+        .map_err(|error| match error {
+            StoreError::Corrupt { detail, .. } => {
+                EvidenceError::BrokenChain(format!("node {node_id}: {detail}"))
+            }
+            other => EvidenceError::Store(other),
+        })?;
+    let head = evidence::tree_head(node_id, &tree, latest.hash);
+    let mut signed = match &latest.note {
         Some(stored) => {
             let signed_head = checked_note(stored, node_id, key)?;
             if signed_head != head {
@@ -156,6 +160,11 @@ async fn signed_head(
         }
         None => note::signed_note(&head, &key.verifying_key(), |text| key.sign_note_text(text)),
     };
+    // The witnesses' cosignatures, as extra signature lines: standard signed-note verifiers
+    // check the ones whose keys they trust and ignore the rest.
+    for (_, cosignature) in evidence::cosignatures(client, node_id, Some(latest.seq)).await? {
+        signed.push_str(&cosignature.line());
+    }
     Ok((latest, tree, signed))
 }
 
@@ -281,8 +290,14 @@ pub async fn prove(
     Ok(())
 }
 
-/// `audit verify-bundle FILE --trusted-node-key PUBFILE`: no database, no configuration.
-pub fn verify_bundle(file: &Path, trusted_node_key: &Path) -> Result<(), EvidenceError> {
+/// `audit verify-bundle FILE --trusted-node-key PUBFILE [--witness-key VKEY]... [--require-witnesses N]`:
+/// no database, no configuration.
+pub fn verify_bundle(
+    file: &Path,
+    trusted_node_key: &Path,
+    witness_args: &WitnessArgs,
+) -> Result<(), EvidenceError> {
+    witness_args.check().map_err(EvidenceError::WitnessArgs)?;
     let pem = std::fs::read_to_string(trusted_node_key).map_err(|source| EvidenceError::Read {
         path: trusted_node_key.to_owned(),
         source,
@@ -320,5 +335,28 @@ pub fn verify_bundle(file: &Path, trusted_node_key: &Path) -> Result<(), Evidenc
         verified.tree_size,
         hex::encode(verified.root)
     ))?;
+    if witness_args.wanted() {
+        let cosigners = witnesses::count_in_note(&verified.checkpoint, &witness_args.witness_keys)
+            .map_err(|source| EvidenceError::Bundle {
+                path: file.to_owned(),
+                source: BundleError::Cosignature(source),
+            })?;
+        let count = WitnessCount {
+            seq: Some(verified.tree_size),
+            cosigners,
+        };
+        let required = witness_args.require_witnesses;
+        write_stdout_line(&format!(
+            "{}: witnesses: {}",
+            file.display(),
+            count.line(required)
+        ))?;
+        if count.cosigners.len() < required {
+            return Err(EvidenceError::TooFewWitnesses {
+                found: count.cosigners.len(),
+                required,
+            });
+        }
+    }
     Ok(())
 }

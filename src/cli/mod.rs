@@ -7,6 +7,7 @@ pub mod documents;
 pub mod evidence;
 pub mod simulate;
 pub mod status;
+pub mod witnesses;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,6 +149,17 @@ pub enum Command {
     },
     /// Benchmark the real daemon over its sockets on a throwaway database, and print a table.
     Bench(BenchArgs),
+    /// Run a C2SP tlog-witness (c2sp.org/tlog-witness) for playbookd logs, e.g. on another host
+    /// or for another team: it cosigns a checkpoint only if it extends the last one it cosigned.
+    /// Exit 78: the configuration, key or state file must be fixed.
+    Witness {
+        /// The witness configuration (TOML: name, key, state, listen, [[logs]]).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the witness's verifier key (type 0x04) for the logs' [[audit.witnesses]] and exit.
+        #[arg(long)]
+        vkey: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -181,6 +193,8 @@ pub enum AuditCommand {
         /// longer holds is reported as a cut. Repeatable.
         #[arg(long = "checkpoint-log", value_name = "FILE")]
         checkpoint_logs: Vec<PathBuf>,
+        #[command(flatten)]
+        witnesses: witnesses::WitnessArgs,
     },
     /// Acknowledge a cut the daemon found (it stopped appending): run with the daemon stopped,
     /// as the daemon's user. The next start records the acknowledgment as its first audit
@@ -219,13 +233,16 @@ pub enum AuditCommand {
         out: Option<PathBuf>,
     },
     /// Check an evidence bundle offline against the node's public key.
-    /// Exit 0: verified; 2: it does not verify (the reason is printed); 1: cannot read it.
+    /// Exit 0: verified; 2: it does not verify (the reason is printed); 4: fewer trusted
+    /// witnesses than required cosigned its checkpoint; 1: cannot read it.
     VerifyBundle {
         /// The bundle `audit prove` wrote.
         file: PathBuf,
         /// The node public key (SPKI PEM, e.g. /var/lib/playbookd/node.pub).
         #[arg(long = "trusted-node-key", value_name = "PUBFILE")]
         trusted_node_key: PathBuf,
+        #[command(flatten)]
+        witnesses: witnesses::WitnessArgs,
     },
 }
 
@@ -241,6 +258,8 @@ pub enum CliError {
     Audit(#[from] AuditCliError),
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessError),
     #[error("{failed} of {total} files failed validation")]
     Invalid {
         failed: usize,
@@ -323,6 +342,7 @@ impl CliError {
             CliError::Runner(error) => error.exit_code(),
             CliError::Audit(error) => error.exit_code(),
             CliError::Evidence(error) => error.exit_code(),
+            CliError::Witness(error) => error.exit_code(),
             CliError::Ctl(error) => error.exit_code(),
             CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
             // `migrate`: the roles named do not fit (missing, not the owner's, unsafe).
@@ -523,6 +543,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     trusted_node_keys,
                     anchor,
                     checkpoint_logs,
+                    witnesses,
                 },
         } => runtime()?.block_on(async {
             audit::verify(
@@ -531,6 +552,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 &trusted_node_keys,
                 anchor.as_deref(),
                 &checkpoint_logs,
+                &witnesses,
             )
             .await?;
             Ok(())
@@ -563,8 +585,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 AuditCommand::VerifyBundle {
                     file,
                     trusted_node_key,
+                    witnesses,
                 },
-        } => Ok(evidence::verify_bundle(&file, &trusted_node_key)?),
+        } => Ok(evidence::verify_bundle(
+            &file,
+            &trusted_node_key,
+            &witnesses,
+        )?),
+        Command::Witness { config, vkey: true } => {
+            write_stdout_line(&crate::witness::verifier_key_of(&config)?.to_string())?;
+            Ok(())
+        }
+        Command::Witness {
+            config,
+            vkey: false,
+        } => runtime()?.block_on(async { Ok(crate::witness::run(&config).await?) }),
     }
 }
 
@@ -732,6 +767,10 @@ mod tests {
             (
                 &["exec-runner", "--daemon-user", "u"],
                 &["exec-runner", "--daemon-user", "u"],
+            ),
+            (
+                &["witness", "--vkey", "--config", "c"],
+                &["witness", "--config", "c", "--vkey"],
             ),
         ];
         for (before, after) in pairs {

@@ -164,6 +164,11 @@ fn describe_all() {
         "Used nonces deleted by retention: older than twice the widest freshness window of any node."
     );
     describe_counter!(
+        crate::witness::submit::SUBMISSIONS_METRIC,
+        Unit::Count,
+        "Checkpoint submissions to witnesses, by witness and result (cosigned, conflict, refused, unreachable, bad_cosignature, store_error)."
+    );
+    describe_counter!(
         DECISIONS_TOTAL,
         Unit::Count,
         "Decisions received, by reply status and reason."

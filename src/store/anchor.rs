@@ -339,36 +339,38 @@ pub fn read_anchor(path: &Path, check: OwnerCheck) -> Result<Option<AnchorState>
 /// Writes `state` to `path` through a temporary file and a rename; with `durable`, the file and
 /// its directory are fsynced as well.
 pub fn write_anchor(path: &Path, state: &AnchorState, durable: bool) -> Result<(), AnchorError> {
-    let fail = |source| AnchorError::Write {
+    replace_file(path, &encode(state), durable).map_err(|source| AnchorError::Write {
         path: path.to_owned(),
         source,
-    };
-    let bytes = encode(state);
+    })
+}
+
+/// Replaces `path` with `bytes` (mode 0600) through `<path>.tmp` and a rename, so a reader sees
+/// the old file or the new one, never a part; with `durable`, the file and its directory are
+/// fsynced before this returns (also used by the witness's state file).
+pub fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let temporary = path.with_extension("json.tmp");
     // A leftover temporary file (a crash between write and rename) is replaced.
     match std::fs::remove_file(&temporary) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(fail(source)),
+        Err(source) => return Err(source),
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(&temporary)
-        .map_err(fail)?;
-    file.write_all(&bytes).map_err(fail)?;
+        .open(&temporary)?;
+    file.write_all(bytes)?;
     if durable {
-        file.sync_all().map_err(fail)?;
+        file.sync_all()?;
     }
     drop(file);
-    std::fs::rename(&temporary, path).map_err(fail)?;
+    std::fs::rename(&temporary, path)?;
     if durable {
         let directory = path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(directory)
-            .and_then(|dir| dir.sync_all())
-            .map_err(fail)?;
+        std::fs::File::open(directory).and_then(|dir| dir.sync_all())?;
     }
     Ok(())
 }

@@ -391,11 +391,24 @@ pub struct Checkpointer {
     audit: AuditHandle,
     store: Store,
     key: Arc<NodeKey>,
+    /// Woken after each stored checkpoint (the witness submitter), if any.
+    stored: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Checkpointer {
     pub fn new(audit: AuditHandle, store: Store, key: Arc<NodeKey>) -> Checkpointer {
-        Checkpointer { audit, store, key }
+        Checkpointer {
+            audit,
+            store,
+            key,
+            stored: None,
+        }
+    }
+
+    /// Notifies `stored` after each checkpoint it stores.
+    pub fn notify_on_checkpoint(mut self, stored: Arc<tokio::sync::Notify>) -> Checkpointer {
+        self.stored = Some(stored);
+        self
     }
 
     /// Refuses a chain that ends before its newest checkpoint. Call before the first append.
@@ -495,6 +508,9 @@ impl Checkpointer {
             signature = %base64::engine::general_purpose::STANDARD.encode(&checkpoint.signature),
             "audit checkpoint signed"
         );
+        if let Some(stored) = &self.stored {
+            stored.notify_one();
+        }
         Ok(Some(checkpoint))
     }
 

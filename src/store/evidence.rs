@@ -1,11 +1,14 @@
-//! Reads for evidence (`audit prove`, `audit checkpoint-text`): one run's audit rows, a node's
-//! chain hashes and its newest checkpoint. Read-only; the chain itself is checked by
-//! [`crate::store::verify`] before any of this is signed.
+//! Reads for evidence (`audit prove`, `audit checkpoint-text`, witness submissions): one run's
+//! audit rows, a node's chain hashes, its newest checkpoint and the witness cosignatures stored
+//! beside checkpoints (`audit_cosignatures`, migration V10: the only write here, append-only).
+//! The chain itself is checked by [`crate::store::verify`] before any of this is signed.
 
 use time::OffsetDateTime;
 
 use crate::bundle::AuditRow;
-use crate::merkle::Hash;
+use crate::cosignature::Cosignature;
+use crate::merkle::{self, Hash, Tree};
+use crate::note::{self, TreeHead};
 use crate::store::StoreError;
 
 /// The newest stored checkpoint of a node.
@@ -164,4 +167,115 @@ pub async fn first_note_covering(
         )
         .await?;
     stored_note(row)
+}
+
+/// The Merkle tree of `node_id`'s rows up to `checkpoint`, after checking that the row at its
+/// seq still carries the signed hash.
+pub async fn tree_at(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    checkpoint: &LatestCheckpoint,
+) -> Result<Tree, StoreError> {
+    let hashes = chain_hashes(client, node_id, checkpoint.seq).await?;
+    if hashes.last() != Some(&checkpoint.hash) {
+        return Err(corrupt(
+            "the row at the checkpoint's seq no longer carries the signed hash",
+        ));
+    }
+    Ok(Tree::new(
+        hashes.iter().map(|h| merkle::leaf_hash(h)).collect(),
+    ))
+}
+
+/// The tree head of `node_id`'s checkpoint over `tree`, whose last row has chain hash `chain_head`.
+pub fn tree_head(node_id: &str, tree: &Tree, chain_head: Hash) -> TreeHead {
+    TreeHead {
+        origin: note::origin(node_id),
+        size: tree.size(),
+        root: tree.root(),
+        chain_head,
+    }
+}
+
+/// Stores a cosignature the caller verified; storing the same one twice is a no-op.
+pub async fn insert_cosignature(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    checkpoint_seq: u64,
+    cosignature: &Cosignature,
+) -> Result<(), StoreError> {
+    let seq = i64::try_from(checkpoint_seq).map_err(|_| corrupt("checkpoint seq beyond i64"))?;
+    let timestamp =
+        i64::try_from(cosignature.timestamp).map_err(|_| corrupt("timestamp beyond i64"))?;
+    client
+        .execute(
+            "INSERT INTO audit_cosignatures \
+             (node_id, checkpoint_seq, witness_name, key_id, timestamp, signature, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+            &[
+                &node_id,
+                &seq,
+                &cosignature.witness,
+                &format!("{:08x}", cosignature.key_id),
+                &timestamp,
+                &cosignature.signature.as_slice(),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every stored cosignature of `node_id`'s checkpoints, by checkpoint seq (newest first), or
+/// only those of `checkpoint_seq`.
+pub async fn cosignatures(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    checkpoint_seq: Option<u64>,
+) -> Result<Vec<(u64, Cosignature)>, StoreError> {
+    let only = checkpoint_seq
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| corrupt("checkpoint seq beyond i64"))?;
+    let rows = client
+        .query(
+            "SELECT checkpoint_seq, witness_name, key_id, timestamp, signature \
+             FROM audit_cosignatures WHERE node_id = $1 AND ($2::bigint IS NULL OR checkpoint_seq = $2) \
+             ORDER BY checkpoint_seq DESC, witness_name, key_id",
+            &[&node_id, &only],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let key_id: String = row.get(2);
+            let signature: Vec<u8> = row.get(4);
+            Ok((
+                to_seq(row.get(0))?,
+                Cosignature {
+                    witness: row.get(1),
+                    key_id: u32::from_str_radix(&key_id, 16)
+                        .map_err(|_| corrupt("cosignature key_id is not 8 hex digits"))?,
+                    timestamp: u64::try_from(row.get::<_, i64>(3))
+                        .map_err(|_| corrupt("negative cosignature timestamp"))?,
+                    signature: signature
+                        .try_into()
+                        .map_err(|_| corrupt("cosignature of another length than 64"))?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The newest checkpoint seq of `node_id` that `witness_name` cosigned, if any.
+pub async fn last_cosigned_seq(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    witness_name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT max(checkpoint_seq) FROM audit_cosignatures WHERE node_id = $1 AND witness_name = $2",
+            &[&node_id, &witness_name],
+        )
+        .await?;
+    row.get::<_, Option<i64>>(0).map(to_seq).transpose()
 }

@@ -21,7 +21,11 @@ pub enum PrivilegeError {
 }
 
 /// The tables whose rows are evidence: read and append only.
-pub const EVIDENCE_TABLES: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
+pub const EVIDENCE_TABLES: [&str; 3] = [
+    "playbook_audit_log",
+    "audit_checkpoints",
+    "audit_cosignatures",
+];
 
 /// Checks the connected role (see the module docs); returns its name when it is safe.
 pub async fn check_runtime_role(client: &tokio_postgres::Client) -> Result<String, PrivilegeError> {

@@ -38,3 +38,4 @@ mod status;
 mod store;
 mod systemd;
 mod validate;
+mod witness;

@@ -9,7 +9,11 @@ use crate::harness::TestDaemon;
 use crate::helpers::query_value;
 use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
 
-const EVIDENCE: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
+const EVIDENCE: [&str; 3] = [
+    "playbook_audit_log",
+    "audit_checkpoints",
+    "audit_cosignatures",
+];
 
 /// A daemon ran (as the runtime role) and stopped on `db`: audit rows and a shutdown
 /// checkpoint exist.
@@ -91,8 +95,9 @@ async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_e
         }
         for sql in [
             format!("DELETE FROM {table}"),
-            format!("DELETE FROM {table} WHERE seq > 1"),
-            format!("UPDATE {table} SET seq = seq"),
+            // node_id: the column every evidence table has.
+            format!("DELETE FROM {table} WHERE node_id <> ''"),
+            format!("UPDATE {table} SET node_id = node_id"),
             format!("TRUNCATE {table}"),
             format!(
                 "CREATE TRIGGER sneak BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION playbook_refuse_transition()"
@@ -394,7 +399,7 @@ async fn the_runtime_role_holds_exactly_the_listed_grants() {
     };
     grant(
         &["INSERT", "SELECT"],
-        &["audit_checkpoints", "playbook_audit_log"],
+        &["audit_checkpoints", "audit_cosignatures", "playbook_audit_log"],
     );
     grant(
         &["INSERT", "SELECT"],
