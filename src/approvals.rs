@@ -22,6 +22,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::redact::Audience;
 use crate::registry::model::RiskTier;
 use crate::store::audit::{AppendError, AuditHandle};
 pub use crate::store::gates::VoteOutcome;
@@ -269,7 +270,7 @@ impl Approvals {
             "playbook": request.playbook,
             "step_id": request.step_id,
             "action": request.action,
-            "params": crate::redact::redact(request.params.clone(), &APPROVAL_SECRET_KEY_PARTS),
+            "params": crate::redact::redact(request.params.clone(), Audience::Approvers),
             "risk": request.risk.as_str(),
             "undoable": request.undoable,
         });
@@ -384,7 +385,3 @@ fn classify_vote_error(error: AppendError, execution_id: Uuid, uid: u32) -> Vote
         }
     }
 }
-
-/// Parameters shown to approvers: anything that names a secret keeps its name, never a value
-/// (so `secret: NAME` of http.post stays readable).
-const APPROVAL_SECRET_KEY_PARTS: [&str; 3] = ["password", "token", "authorization"];
