@@ -106,6 +106,17 @@ pub enum VoteError {
     Audit(#[source] AppendError),
 }
 
+/// Why a gate could not be waited on. Approvals decide and never act, so this is their own
+/// error; the executor, which acts on the verdict, maps it to its own (the run stays
+/// resumable either way).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("database unavailable")]
+    Store(#[from] StoreError),
+    #[error("audit log unavailable; nothing further was done")]
+    Audit(#[from] AppendError),
+}
+
 /// Approval gates: opened by the executor, decided by votes on control.sock. Cloning is
 /// shallow.
 #[derive(Clone)]
@@ -136,7 +147,7 @@ impl Approvals {
         &self,
         request: GateRequest,
         interrupt: &CancellationToken,
-    ) -> Result<Verdict, crate::executor::RunError> {
+    ) -> Result<Verdict, GateError> {
         let index = request.step_index;
         let key = (request.execution_id, index);
         let notify = self.waiter(key);
