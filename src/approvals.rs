@@ -66,6 +66,7 @@ pub struct GateRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum Verdict {
     Approved,
     Denied(String),

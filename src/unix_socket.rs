@@ -153,6 +153,7 @@ pub struct Limits {
 
 /// What a listener decided about a peer at connect, from its kernel credentials alone and
 /// before reading a byte: a peer that may not use the socket never holds a slot.
+#[must_use]
 pub enum Admission<P> {
     /// Serve the connection; `privileged` peers may use the reserved slots.
     Serve { peer: P, privileged: bool },

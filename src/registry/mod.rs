@@ -439,6 +439,7 @@ pub fn check_bindings_file(
 
 /// A signed file that passed every check the registry applies without the database.
 #[derive(Debug)]
+#[must_use]
 pub enum CheckedFile {
     Playbook(Candidate),
     Bindings(VerifiedFile, BindingsFile),

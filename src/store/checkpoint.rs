@@ -262,6 +262,7 @@ impl NodeKey {
 
 /// A signed chain head, as stored in `audit_checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct Checkpoint {
     pub node_id: String,
     pub seq: i64,
