@@ -3,16 +3,33 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use playbookd::actions::ActionError;
+use playbookd::actions::{ActionError, ActionOutput};
 use playbookd::config::ActionsConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::actions_support::{ctx, run};
+use crate::actions_support::{Fails, assert_fails, run, within};
 
 fn config(commands: &[&str]) -> ActionsConfig {
     let mut config = ActionsConfig::default();
     config.exec.allowed_commands = commands.iter().map(PathBuf::from).collect();
     config
+}
+
+/// Runs `exec` with `params` under `config`, with `seconds` to finish.
+async fn exec(
+    config: &ActionsConfig,
+    params: Value,
+    seconds: u64,
+) -> Result<ActionOutput, ActionError> {
+    run(config, "exec", params, &within(seconds)).await
+}
+
+/// What the command printed on stdout (as summarised).
+fn stdout_text(output: &ActionOutput) -> String {
+    output.summary["stdout"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -26,35 +43,21 @@ async fn a_command_past_its_deadline_is_killed_with_its_group() {
     .unwrap();
     let pid_file = dir.path().join("grandchild.pid");
     let config = config(&["/bin/sleep", "/bin/sh"]);
-    let ctx = ctx(Duration::from_secs(1));
     let started = Instant::now();
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/sleep", "args": ["30"]}),
-        &ctx,
-    )
-    .await
-    .unwrap_err();
+    let result = exec(&config, json!({"command": "/bin/sleep", "args": ["30"]}), 1).await;
     let elapsed = started.elapsed();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("timed out")),
-        "{error}"
-    );
+    assert_fails(result, Fails::Transient, &["timed out"]);
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 
     // A grandchild in the same group dies too.
     let script = format!("/bin/sleep 30 & echo $! > {}; wait", pid_file.display());
-    let ctx = crate::actions_support::ctx(Duration::from_secs(1));
-    let error = run(
+    let result = exec(
         &config,
-        "exec",
         json!({"command": "/bin/sh", "args": ["-c", script]}),
-        &ctx,
+        1,
     )
-    .await
-    .unwrap_err();
-    assert!(error.is_transient(), "{error}");
+    .await;
+    assert_fails(result, Fails::Transient, &[]);
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -70,15 +73,8 @@ async fn a_command_past_its_deadline_is_killed_with_its_group() {
 
 #[tokio::test]
 async fn ten_megabytes_of_output_are_truncated_to_64_kib() {
-    let config = config(&["/usr/bin/head"]);
-    let output = run(
-        &config,
-        "exec",
-        json!({"command": "/usr/bin/head", "args": ["-c", "10485760", "/dev/zero"]}),
-        &ctx(Duration::from_secs(20)),
-    )
-    .await
-    .unwrap();
+    let params = json!({"command": "/usr/bin/head", "args": ["-c", "10485760", "/dev/zero"]});
+    let output = exec(&config(&["/usr/bin/head"]), params, 20).await.unwrap();
     let stdout = &output.summary["stdout"];
     assert_eq!(stdout["bytes"], 10_485_760);
     assert_eq!(stdout["truncated"], true);
@@ -88,7 +84,7 @@ async fn ten_megabytes_of_output_are_truncated_to_64_kib() {
 #[tokio::test]
 async fn the_environment_is_scrubbed_to_path_and_playbookd_variables() {
     let config = config(&["/usr/bin/env"]);
-    let ctx = ctx(Duration::from_secs(5));
+    let ctx = within(5);
     let output = run(&config, "exec", json!({"command": "/usr/bin/env"}), &ctx)
         .await
         .unwrap();
@@ -109,105 +105,71 @@ async fn the_environment_is_scrubbed_to_path_and_playbookd_variables() {
 
 #[tokio::test]
 async fn each_argument_stays_one_argument() {
-    let config = config(&["/usr/bin/printf"]);
-    let output = run(
-        &config,
-        "exec",
-        json!({"command": "/usr/bin/printf", "args": ["%s|", "a b", "$(id)", "c;d"]}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    let params = json!({"command": "/usr/bin/printf", "args": ["%s|", "a b", "$(id)", "c;d"]});
+    let output = exec(&config(&["/usr/bin/printf"]), params, 5)
+        .await
+        .unwrap();
     assert_eq!(output.summary["stdout"]["text"], "a b|$(id)|c;d|");
     assert_eq!(output.summary["exit_code"], 0);
 }
 
 #[tokio::test]
 async fn a_command_not_allowlisted_is_refused() {
-    let config = config(&["/bin/sleep"]);
-    let error = run(
-        &config,
-        "exec",
+    let result = exec(
+        &config(&["/bin/sleep"]),
         json!({"command": "/usr/bin/id"}),
-        &ctx(Duration::from_secs(5)),
+        5,
     )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("allowed_commands")),
-        "{error}"
-    );
+    .await;
+    assert_fails(result, Fails::Permanent, &["allowed_commands"]);
 }
 
 #[tokio::test]
 async fn exit_75_is_transient_and_other_failures_permanent() {
     let config = config(&["/bin/sh"]);
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/sh", "args": ["-c", "echo busy >&2; exit 75"]}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("75") && m.contains("busy")),
-        "{error}"
-    );
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/sh", "args": ["-c", "exit 3"]}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("status 3")),
-        "{error}"
-    );
+    for (script, class, says) in [
+        (
+            "echo busy >&2; exit 75",
+            Fails::Transient,
+            &["75", "busy"][..],
+        ),
+        ("exit 3", Fails::Permanent, &["status 3"][..]),
+    ] {
+        let result = exec(
+            &config,
+            json!({"command": "/bin/sh", "args": ["-c", script]}),
+            5,
+        )
+        .await;
+        assert_fails(result, class, says);
+    }
 }
 
 #[tokio::test]
 async fn cancel_kills_the_command() {
     let config = config(&["/bin/sleep"]);
-    let ctx = ctx(Duration::from_secs(30));
+    let ctx = within(30);
     let cancel = ctx.cancel.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     });
     let started = Instant::now();
-    let error = run(
+    let result = run(
         &config,
         "exec",
         json!({"command": "/bin/sleep", "args": ["30"]}),
         &ctx,
     )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("cancelled")),
-        "{error}"
-    );
+    .await;
+    assert_fails(result, Fails::Transient, &["cancelled"]);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]
 async fn a_child_runs_as_run_as_with_no_capability_and_no_new_privileges() {
-    let config = config(&["/bin/grep"]);
-    let output = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    let text = output.summary["stdout"]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let params = json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]});
+    let text = stdout_text(&exec(&config(&["/bin/grep"]), params, 5).await.unwrap());
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let field = |name: &str| {
         text.lines()
@@ -228,18 +190,8 @@ async fn a_child_runs_as_run_as_with_no_capability_and_no_new_privileges() {
 async fn run_as_the_daemons_own_uid_is_refused() {
     let mut config = config(&["/bin/true"]);
     config.exec.run_as = "root".into();
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/true"}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("daemon's own uid")),
-        "{error}"
-    );
+    let result = exec(&config, json!({"command": "/bin/true"}), 5).await;
+    assert_fails(result, Fails::Permanent, &["daemon's own uid"]);
 }
 
 /// Stands in for `playbookd-exec.socket` (`Accept=yes`): accepts one connection and starts
@@ -277,20 +229,11 @@ async fn through_the_exec_runner_a_child_runs_as_the_runners_user_with_nothing()
     let runner = accept_once(&socket, true);
     let mut config = config(&["/bin/grep"]);
     config.exec.runner_socket = Some(socket);
-    let output = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap();
+    let params = json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]});
+    let output = exec(&config, params, 10).await.unwrap();
     let finished = runner.join().unwrap();
     assert!(finished.status.success(), "{finished:?}");
-    let text = output.summary["stdout"]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let text = stdout_text(&output);
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     assert!(
         text.contains(&format!("Uid:\t{0}\t{0}", nobody.uid)),
@@ -313,15 +256,8 @@ async fn an_exec_runner_holding_capabilities_refuses_to_run_anything() {
     let runner = accept_once(&socket, false);
     let mut config = config(&["/bin/true"]);
     config.exec.runner_socket = Some(socket);
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/true"}),
-        &ctx(Duration::from_secs(10)),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.is_transient(), "{error}");
+    let result = exec(&config, json!({"command": "/bin/true"}), 10).await;
+    assert_fails(result, Fails::Transient, &[]);
     let finished = runner.join().unwrap();
     assert_eq!(finished.status.code(), Some(78), "{finished:?}");
     let stderr = String::from_utf8_lossy(&finished.stderr);
@@ -333,16 +269,10 @@ async fn without_the_exec_runner_an_exec_step_fails_transiently_naming_the_socke
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&["/bin/true"]);
     config.exec.runner_socket = Some(dir.path().join("absent.sock"));
-    let error = run(
-        &config,
-        "exec",
-        json!({"command": "/bin/true"}),
-        &ctx(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("exec runner unavailable") && m.contains("absent.sock")),
-        "{error}"
+    let result = exec(&config, json!({"command": "/bin/true"}), 5).await;
+    assert_fails(
+        result,
+        Fails::Transient,
+        &["exec runner unavailable", "absent.sock"],
     );
 }

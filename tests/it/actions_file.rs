@@ -10,7 +10,9 @@ use playbookd::config::ActionsConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::actions_support::{ActuatorSetup, TestActuator, ctx, is_root, must};
+use crate::actions_support::{
+    ActuatorSetup, Fails, TestActuator, assert_fails, ctx, is_root, must,
+};
 
 /// An actuator keeping its quarantine in `quarantine_dir`, allowed to act under `root`.
 fn actuator(quarantine_dir: &Path, root: &Path) -> TestActuator {
@@ -105,12 +107,7 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
     assert_eq!((meta.uid(), meta.gid()), owner);
     assert!(!copy.exists());
     let again = actuator
-        .run(
-            &config,
-            "file.restore",
-            json!({"path": path}),
-            &ctx(Duration::from_secs(10)),
-        )
+        .act(&config, "file.restore", json!({"path": path}))
         .await
         .unwrap();
     assert_eq!(again, restored);
@@ -154,18 +151,12 @@ async fn a_tampered_quarantined_copy_is_not_restored() {
     let copy = quarantine_dir.join(step.idempotency_key_hex());
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&copy, b"#!/bin/sh\nrm -rf /\n").unwrap();
-    let error = actuator
-        .run(
-            &config,
-            "file.restore",
-            json!({"path": path}),
-            &ctx(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("sha256")),
-        "{error}"
+    assert_fails(
+        actuator
+            .act(&config, "file.restore", json!({"path": path}))
+            .await,
+        Fails::Permanent,
+        &["sha256"],
     );
     assert!(!path.exists());
 }
@@ -194,12 +185,7 @@ async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
         (work.path().join("missing"), "does not exist"),
     ] {
         let error = actuator
-            .run(
-                &config,
-                "file.quarantine",
-                json!({"path": path}),
-                &ctx(Duration::from_secs(5)),
-            )
+            .act(&config, "file.quarantine", json!({"path": path}))
             .await
             .unwrap_err();
         assert!(
@@ -210,12 +196,7 @@ async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
     }
     assert!(target.exists() && link.exists());
     let error = actuator
-        .run(
-            &config,
-            "file.restore",
-            json!({"path": target}),
-            &ctx(Duration::from_secs(5)),
-        )
+        .act(&config, "file.restore", json!({"path": target}))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("nothing quarantined"), "{error}");
@@ -229,18 +210,16 @@ async fn a_file_outside_the_roots_is_refused_and_left_in_place() {
     let actuator = actuator(&work.path().join("q"), &granted);
     let outside = work.path().join("payload");
     std::fs::write(&outside, b"secret").unwrap();
-    let error = actuator
-        .run(
-            &ActionsConfig::default(),
-            "file.quarantine",
-            json!({"path": outside}),
-            &ctx(Duration::from_secs(5)),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("outside the file roots")),
-        "{error}"
+    assert_fails(
+        actuator
+            .act(
+                &ActionsConfig::default(),
+                "file.quarantine",
+                json!({"path": outside}),
+            )
+            .await,
+        Fails::Permanent,
+        &["outside the file roots"],
     );
     assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
 }

@@ -15,7 +15,7 @@ use playbookd::actions::{ActionError, Actions};
 use playbookd::config::ActionsConfig;
 use serde_json::json;
 
-use crate::actions_support::ctx;
+use crate::actions_support::{Fails, assert_fails, ctx};
 
 #[derive(Default)]
 struct Receiver {
@@ -77,6 +77,11 @@ async fn post_to(
         .map(|output| output.summary)
 }
 
+/// `{"url": "http://127.0.0.1:PORT/PATH"}`: the receiver's PATH.
+fn local(port: u16, path: &str) -> serde_json::Value {
+    json!({"url": format!("http://127.0.0.1:{port}/{path}")})
+}
+
 #[tokio::test]
 async fn the_idempotency_key_header_is_sent_to_an_allowlisted_loopback_receiver() {
     let (port, receiver) = start_receiver().await;
@@ -107,15 +112,10 @@ async fn the_idempotency_key_header_is_sent_to_an_allowlisted_loopback_receiver(
 async fn a_host_not_allowlisted_is_refused_without_a_request() {
     let (port, receiver) = start_receiver().await;
     let actions = Actions::from_config(&config(&["hooks.example.org"], &[])).unwrap();
-    let error = post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/ok")}),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("not in actions.http.allowed_hosts")),
-        "{error}"
+    assert_fails(
+        post_to(&actions, local(port, "ok")).await,
+        Fails::Permanent,
+        &["not in actions.http.allowed_hosts"],
     );
     assert!(receiver.headers.lock().unwrap().is_empty());
 }
@@ -125,15 +125,10 @@ async fn loopback_is_refused_unless_allowlisted_for_it() {
     let (port, receiver) = start_receiver().await;
     let actions = Actions::from_config(&config(&["127.0.0.1", "localhost"], &[])).unwrap();
     // Plain http needs the loopback allowlist.
-    let error = post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/ok")}),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("https only")),
-        "{error}"
+    assert_fails(
+        post_to(&actions, local(port, "ok")).await,
+        Fails::Permanent,
+        &["https only"],
     );
     // https to a loopback literal, or to a name that resolves to loopback: refused before connecting.
     for url in [
@@ -149,12 +144,7 @@ async fn loopback_is_refused_unless_allowlisted_for_it() {
     assert!(receiver.headers.lock().unwrap().is_empty());
     // The same request, allowlisted, goes through.
     let actions = Actions::from_config(&config(&["127.0.0.1"], &["127.0.0.1"])).unwrap();
-    post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/ok")}),
-    )
-    .await
-    .unwrap();
+    post_to(&actions, local(port, "ok")).await.unwrap();
     assert_eq!(receiver.headers.lock().unwrap().len(), 1);
 }
 
@@ -162,29 +152,19 @@ async fn loopback_is_refused_unless_allowlisted_for_it() {
 async fn a_redirect_is_refused_and_not_followed() {
     let (port, receiver) = start_receiver().await;
     let actions = Actions::from_config(&config(&["127.0.0.1"], &["127.0.0.1"])).unwrap();
-    let error = post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/redirect")}),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("redirect refused")),
-        "{error}"
+    assert_fails(
+        post_to(&actions, local(port, "redirect")).await,
+        Fails::Permanent,
+        &["redirect refused"],
     );
     assert!(
         receiver.headers.lock().unwrap().is_empty(),
         "the redirect was followed"
     );
-    let error = post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/missing")}),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("404")),
-        "{error}"
+    assert_fails(
+        post_to(&actions, local(port, "missing")).await,
+        Fails::Permanent,
+        &["404"],
     );
 }
 
@@ -281,19 +261,19 @@ async fn the_circuit_opens_after_consecutive_failures_and_recovers_after_the_res
     config.http.breaker_failures = 3;
     config.http.breaker_reset_seconds = 1;
     let actions = Actions::from_config(&config).unwrap();
-    let url = json!({"url": format!("http://127.0.0.1:{port}/flaky")});
+    let url = local(port, "flaky");
     receiver.failing.store(true, Ordering::SeqCst);
     for _ in 0..3 {
-        let error = post_to(&actions, url.clone()).await.unwrap_err();
-        assert!(
-            matches!(&error, ActionError::Transient(m) if m.contains("503")),
-            "{error}"
+        assert_fails(
+            post_to(&actions, url.clone()).await,
+            Fails::Transient,
+            &["503"],
         );
     }
-    let error = post_to(&actions, url.clone()).await.unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("circuit open")),
-        "{error}"
+    assert_fails(
+        post_to(&actions, url.clone()).await,
+        Fails::Transient,
+        &["circuit open"],
     );
     assert_eq!(
         receiver.flaky_hits.load(Ordering::SeqCst),
@@ -325,11 +305,6 @@ async fn a_connection_refused_is_transient() {
         .unwrap()
         .port();
     let actions = Actions::from_config(&config(&["127.0.0.1"], &["127.0.0.1"])).unwrap();
-    let error = post_to(
-        &actions,
-        json!({"url": format!("http://127.0.0.1:{port}/ok")}),
-    )
-    .await
-    .unwrap_err();
+    let error = post_to(&actions, local(port, "ok")).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
 }

@@ -152,9 +152,8 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
         "the namespace is not reachable before any block"
     );
 
-    let step = ctx(Duration::from_secs(10));
     let block = actuator
-        .run(&config, "net.block_ip", json!({"address": host}), &step)
+        .act(&config, "net.block_ip", json!({"address": host}))
         .await
         .unwrap();
     assert_eq!(block.summary["set"], "blocked_v4");
@@ -165,57 +164,30 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
     );
     // Blocking again is a success and changes nothing.
     actuator
-        .run(
-            &config,
-            "net.block_ip",
-            json!({"address": host}),
-            &ctx(Duration::from_secs(10)),
-        )
+        .act(&config, "net.block_ip", json!({"address": host}))
         .await
         .unwrap();
     assert!(!ns.reachable());
 
     let unblock = actuator
-        .run(
-            &config,
-            "net.unblock_ip",
-            json!({"address": host}),
-            &ctx(Duration::from_secs(10)),
-        )
+        .act(&config, "net.unblock_ip", json!({"address": host}))
         .await
         .unwrap();
     assert_eq!(unblock.summary["was_blocked"], true);
     assert!(ns.reachable(), "packets still dropped after unblock");
     let again = actuator
-        .run(
-            &config,
-            "net.unblock_ip",
-            json!({"address": host}),
-            &ctx(Duration::from_secs(10)),
-        )
+        .act(&config, "net.unblock_ip", json!({"address": host}))
         .await
         .unwrap();
     assert_eq!(again.summary["was_blocked"], false);
 
     // A timed block of a network; the element carries its timeout.
-    actuator
-        .run(
-            &config,
-            "net.block_ip",
-            json!({"address": "198.51.100.0/24", "timeout": "10m"}),
-            &ctx(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let timed = json!({"address": "198.51.100.0/24", "timeout": "10m"});
+    actuator.act(&config, "net.block_ip", timed).await.unwrap();
     let ruleset = ns.ruleset();
     assert!(ruleset.contains("198.51.100.0/24 timeout 10m"), "{ruleset}");
     actuator
-        .run(
-            &config,
-            "net.block_ip",
-            json!({"address": "2001:db8::1"}),
-            &ctx(Duration::from_secs(10)),
-        )
+        .act(&config, "net.block_ip", json!({"address": "2001:db8::1"}))
         .await
         .unwrap();
     assert!(ns.ruleset().contains("2001:db8::1"));
@@ -257,12 +229,7 @@ async fn loopback_never_block_and_malformed_addresses_are_refused() {
         ..ActuatorSetup::default()
     });
     let error = actuator
-        .run(
-            &config,
-            "net.block_ip",
-            json!({"address": "203.0.113.9"}),
-            &ctx(Duration::from_secs(5)),
-        )
+        .act(&config, "net.block_ip", json!({"address": "203.0.113.9"}))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("nft failed"), "{error}");

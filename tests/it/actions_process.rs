@@ -9,7 +9,8 @@ use playbookd::actions::ActionError;
 use playbookd::config::ActionsConfig;
 use serde_json::json;
 
-use crate::actions_support::{ActuatorSetup, TestActuator, ctx};
+use crate::actions_support::{ActuatorSetup, Fails, TestActuator, assert_fails, ctx};
+use crate::helpers::query_value;
 
 async fn kill(
     actuator: &TestActuator,
@@ -65,15 +66,14 @@ async fn a_pid_whose_start_time_changed_is_refused_by_the_actuator_and_left_alon
         reply.contains("\"refused\"") && reply.contains("pid reused"),
         "{reply}"
     );
-    let error = kill(
-        &actuator,
-        json!({"pid": pid, "signal": "KILL", "start_time": start + 1}),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("refused by the actuator") && m.contains("pid reused")),
-        "{error}"
+    assert_fails(
+        kill(
+            &actuator,
+            json!({"pid": pid, "signal": "KILL", "start_time": start + 1}),
+        )
+        .await,
+        Fails::Permanent,
+        &["refused by the actuator", "pid reused"],
     );
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -118,18 +118,12 @@ async fn the_daemons_postgresql_backend_is_refused() {
     let actuator = TestActuator::start(ActuatorSetup::default());
     let db = crate::helpers::TestDb::new().await;
     let client = db.client().await;
-    let backend: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let backend: i32 = query_value(&client, "SELECT pg_backend_pid()", &[]).await;
     let pid = u32::try_from(backend).unwrap();
-    let error = kill(&actuator, json!({"pid": pid, "signal": "KILL"}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("protected user postgres")),
-        "{error}"
+    assert_fails(
+        kill(&actuator, json!({"pid": pid, "signal": "KILL"})).await,
+        Fails::Permanent,
+        &["protected user postgres"],
     );
     // The backend still answers.
     client.query_one("SELECT 1", &[]).await.unwrap();
@@ -142,12 +136,10 @@ async fn a_peer_that_is_not_the_daemons_uid_is_refused() {
         ..ActuatorSetup::default()
     });
     let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let error = kill(&actuator, json!({"pid": child.id(), "signal": "KILL"}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Permanent(m) if m.contains("is not the daemon's uid")),
-        "{error}"
+    assert_fails(
+        kill(&actuator, json!({"pid": child.id(), "signal": "KILL"})).await,
+        Fails::Permanent,
+        &["is not the daemon's uid"],
     );
     assert!(child.try_wait().unwrap().is_none());
     child.kill().unwrap();
@@ -186,15 +178,14 @@ async fn without_an_actuator_process_kill_fails_transiently_naming_the_socket() 
     let socket = dir.path().join("absent.sock");
     let actions =
         playbookd::actions::Actions::with_actuator(&ActionsConfig::default(), &socket).unwrap();
-    let error = actions
-        .get("process.kill")
-        .unwrap()
-        .execute(&json!({"pid": 4242}), &ctx(Duration::from_secs(5)))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, ActionError::Transient(m) if m.contains("actuator unavailable") && m.contains("absent.sock")),
-        "{error}"
+    assert_fails(
+        actions
+            .get("process.kill")
+            .unwrap()
+            .execute(&json!({"pid": 4242}), &ctx(Duration::from_secs(5)))
+            .await,
+        Fails::Transient,
+        &["actuator unavailable", "absent.sock"],
     );
 }
 

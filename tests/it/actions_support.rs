@@ -20,6 +20,41 @@ pub fn ctx(within: Duration) -> ActionContext {
     }
 }
 
+/// A context with `seconds` until its deadline.
+pub fn within(seconds: u64) -> ActionContext {
+    ctx(Duration::from_secs(seconds))
+}
+
+/// How an action must fail.
+#[derive(Debug, Clone, Copy)]
+pub enum Fails {
+    Transient,
+    Permanent,
+}
+
+/// Asserts that `result` is a failure of `class` whose message contains every one of `says`,
+/// and returns the message.
+#[track_caller]
+pub fn assert_fails<T: std::fmt::Debug>(
+    result: Result<T, ActionError>,
+    class: Fails,
+    says: &[&str],
+) -> String {
+    let error = match result {
+        Ok(output) => panic!("expected a {class:?} failure saying {says:?}, got {output:?}"),
+        Err(error) => error,
+    };
+    let message = match (&error, class) {
+        (ActionError::Transient(m), Fails::Transient)
+        | (ActionError::Permanent(m), Fails::Permanent) => m.clone(),
+        _ => panic!("expected a {class:?} failure saying {says:?}, got {error}"),
+    };
+    for part in says {
+        assert!(message.contains(part), "expected {part:?} in: {error}");
+    }
+    message
+}
+
 pub async fn run(
     config: &ActionsConfig,
     action: &str,
@@ -165,6 +200,16 @@ impl TestActuator {
             .unwrap_or_else(|| panic!("action {action} is not registered"))
             .execute(&params, ctx)
             .await
+    }
+
+    /// Like [`TestActuator::run`], with a fresh context and 10 s to finish.
+    pub async fn act(
+        &self,
+        config: &ActionsConfig,
+        action: &str,
+        params: serde_json::Value,
+    ) -> Result<ActionOutput, ActionError> {
+        self.run(config, action, params, &within(10)).await
     }
 
     /// Sends one raw line and returns the raw reply line (the protocol without the daemon's

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::actions_net::NetNs;
 use crate::actions_support::{as_nobody_with_nothing, is_root};
-use crate::harness::{Running, bindings, decision};
+use crate::harness::{TestDaemon, accepted_id, bindings, decision, send_line, wait_run_terminal};
+use crate::helpers::query_value;
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
 
 const CONTAIN: &str = r#"
@@ -83,18 +84,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
     }
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut actuator = start(
-        &binary(),
-        &["actuator"],
-        &config,
-        &dir.path("actuator.log"),
-        false,
-    );
-    wait_for_log(
-        &mut actuator,
-        &dir.path("actuator.log"),
-        "playbookd actuator ready",
-    );
+    let mut actuator = start_actuator(&config, &dir);
     let daemon_child = start(
         &binary(),
         &["serve"],
@@ -194,20 +184,8 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
         &bindings(&[("contain", "now", "contain-no-caps")]),
         true,
     );
-    let mut actuator = start(
-        &binary(),
-        &["actuator"],
-        &config,
-        &dir.path("actuator.log"),
-        false,
-    );
-    wait_for_log(
-        &mut actuator,
-        &dir.path("actuator.log"),
-        "playbookd actuator ready",
-    );
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+    let mut actuator = start_actuator(&config, &dir);
+    let mut daemon = ChildDaemon::serve(&config);
     let daemon_pid = daemon.child.id();
     let thread = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
         .unwrap()
@@ -244,7 +222,7 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
             "now",
             json!({"pid": pid, "start_time": start_time, "address": "203.0.113.7"}),
         );
-        let execution = send_raw(&dir, &d);
+        let execution = send_raw(&dir, &d).await;
         assert_eq!(wait_terminal(&db, &execution).await, "rolled_back");
         let error = kill_error(&db, &execution).await;
         assert!(
@@ -277,7 +255,7 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
          \x20 - {{id: probe, action: exec, with: {{command: {}}}, risk: low, rollback: none}}\n",
         probe.display()
     );
-    let running = Running::start(
+    let running = TestDaemon::start(
         &format!(
             "[intake]\nallowed_uids = [0]\n[actions.exec]\nallowed_commands = [{:?}]\nrun_as = \"nobody\"\n",
             probe.display().to_string()
@@ -312,17 +290,12 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
             .await,
         "completed"
     );
-    let output: serde_json::Value = running
-        .db
-        .client()
-        .await
-        .query_one(
-            "SELECT output FROM playbook_step_runs WHERE execution_id = $1::text::uuid",
-            &[&execution],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let output: serde_json::Value = query_value(
+        &running.db.client().await,
+        "SELECT output FROM playbook_step_runs WHERE execution_id = $1::text::uuid",
+        &[&execution],
+    )
+    .await;
     let text = output["stdout"]["text"].as_str().unwrap().to_owned();
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert!(
@@ -339,6 +312,15 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
 
 /// Starts `playbookd VERB --config CONFIG`, as root or, with `drop`, as nobody with no
 /// capability at all (setpriv).
+/// `playbookd actuator --config CONFIG` (as this test's user), logging to `actuator.log` in
+/// `dir`, once it is ready.
+fn start_actuator(config: &Path, dir: &DaemonDir) -> Child {
+    let log = dir.path("actuator.log");
+    let mut actuator = start(&binary(), &["actuator"], config, &log, false);
+    wait_for_log(&mut actuator, &log, "playbookd actuator ready");
+    actuator
+}
+
 fn start(binary: &Path, verb: &[&str], config: &Path, log: &Path, drop: bool) -> Child {
     let log = std::fs::File::create(log).unwrap();
     let mut command = if drop {
@@ -386,55 +368,21 @@ async fn send(dir: &DaemonDir, victim: &Child, ns: &NetNs) -> uuid::Uuid {
         "now",
         json!({"pid": pid, "start_time": start_time, "address": ns.host.to_string()}),
     );
-    send_raw(dir, &d)
+    send_raw(dir, &d).await
 }
 
-fn send_raw(dir: &DaemonDir, decision: &serde_json::Value) -> uuid::Uuid {
-    use std::io::{BufRead, Write};
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(dir.path("run/decisions.sock")).unwrap();
-    stream
-        .write_all(format!("{decision}\n").as_bytes())
-        .unwrap();
-    let mut reply = String::new();
-    std::io::BufReader::new(&stream)
-        .read_line(&mut reply)
-        .unwrap();
-    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
-    reply["execution_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not accepted: {reply}"))
-        .parse()
-        .unwrap()
+/// Sends `decision` to the daemon in `dir`; it must be accepted.
+async fn send_raw(dir: &DaemonDir, decision: &serde_json::Value) -> uuid::Uuid {
+    let reply = send_line(
+        &dir.path("run/decisions.sock"),
+        decision.to_string().as_bytes(),
+    )
+    .await;
+    accepted_id(&reply).parse().unwrap()
 }
 
 async fn wait_terminal(db: &TestDb, execution: &uuid::Uuid) -> String {
-    let client = db.client().await;
-    let start = Instant::now();
-    loop {
-        let state: String = client
-            .query_one(
-                "SELECT state FROM playbook_executions WHERE execution_id = $1",
-                &[execution],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if [
-            "completed",
-            "rolled_back",
-            "safe_halted",
-            "cancelled",
-            "timed_out",
-            "rejected",
-        ]
-        .contains(&state.as_str())
-        {
-            return state;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "still {state}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_run_terminal(&db.client().await, execution, Duration::from_secs(60)).await
 }
 
 /// Why the `kill` step of `execution` failed.

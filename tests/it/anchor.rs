@@ -9,8 +9,12 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::{UNDO_FAILS, bindings, decision, exec_config, send_line};
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, audit_verify, chain_head, run_cli};
+use crate::harness::{GATED_NOOP, UNDO_FAILS, bindings, decision, exec_config, send_line};
+use crate::helpers::query_value;
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, audit_verify, chain_head, run_cli, serve_fresh,
+};
+use crate::helpers::{assert_cut_reported, audit_cli, audit_verify_anchor};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const STOP_LIMIT: Duration = Duration::from_secs(10);
@@ -49,20 +53,26 @@ fn serve_refused(config: &Path) -> String {
     stderr
 }
 
+/// A first run of the daemon in `dir`, stopped: its shutdown checkpoint is the early one.
+/// Returns a client and the head it left.
+async fn first_run(db: &TestDb, dir: &DaemonDir) -> (tokio_postgres::Client, i64) {
+    let mut daemon = ChildDaemon::start(&dir.path("playbookd.toml"), &dir.path("first.log"));
+    daemon.wait_for_log("playbookd ready", LIMIT);
+    daemon.stop_within(STOP_LIMIT);
+    let client = db.client().await;
+    let early = chain_head(&client, "node-a").await;
+    (client, early)
+}
+
 #[tokio::test]
 async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, "node-a", "");
     // An early checkpoint: the first run's, at shutdown.
-    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
-    daemon.stop_within(STOP_LIMIT);
-    let client = db.client().await;
-    let early = chain_head(&client, "node-a").await;
+    let (client, early) = first_run(&db, &dir).await;
 
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let mut daemon = ChildDaemon::serve(&config);
     append_decisions(&dir, 3).await;
     let committed = chain_head(&client, "node-a").await;
     assert!(committed >= early + 4, "{early} {committed}");
@@ -112,48 +122,14 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         reason.contains("playbookd audit accept-cut") && !reason.contains("halt-resolve"),
         "{reply}"
     );
-    assert_eq!(
-        chain_head(&client, "node-a").await,
-        early,
-        "{}",
-        daemon.log_text()
-    );
-    let cut = &dir.chain_anchor()["cut"];
-    assert_eq!(
-        cut["loss"],
-        json!({"kind": "missing", "first": early + 1, "last": committed})
-    );
-    let body = daemon.get_json("/v1/health");
-    assert_eq!(body["ready"], false, "{body}");
-    assert_eq!(
-        body["chain_cut"]["lost_seqs"],
-        format!("{}..{committed}", early + 1),
-        "{body}"
-    );
-    let endpoint = daemon.status_endpoint().to_string();
-    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
-    assert!(!status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
-        "{stdout}"
-    );
-    daemon.stop_within(STOP_LIMIT);
-    assert_eq!(
-        chain_head(&client, "node-a").await,
-        early,
-        "nothing appended at shutdown"
-    );
-
-    // The database alone looks intact; the anchor says otherwise.
-    let (status, stdout, stderr) = audit_verify(&config, &[]);
-    assert!(status.success(), "{stdout}{stderr}");
-    let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
-    assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)) && stdout.contains(&missing),
-        "{stdout}"
-    );
+    assert_cut_reported(
+        &mut daemon,
+        &dir,
+        &client,
+        ("node-a", early, committed),
+        STOP_LIMIT,
+    )
+    .await;
 
     // The halt survives the restart: the daemon refuses to start, naming the seqs and the fix.
     let stderr = serve_refused(&config);
@@ -163,16 +139,13 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
     );
 
     // The admin accepts the cut; the next start appends again, first of all the acknowledgment.
-    let (status, stdout, stderr) = run_cli(
+    let (status, stdout, stderr) = audit_cli(
+        "accept-cut",
+        &config,
         &[
-            "audit",
-            "accept-cut",
-            "--config",
-            config.to_str().unwrap(),
             "--reason",
             "incident 42: database restored from the cut copy",
         ],
-        &[],
     );
     assert!(status.success(), "{stdout}{stderr}");
     let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
@@ -198,18 +171,13 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         "{}",
         dir.chain_anchor()
     );
-    let (status, stdout, stderr) =
-        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, stderr) = audit_verify_anchor(&config, &dir);
     assert!(status.success(), "{stdout}{stderr}");
 }
 
 #[tokio::test]
 async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let (db, dir, config, mut daemon) = serve_fresh("node-a", "").await;
     append_decisions(&dir, 2).await;
     daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
@@ -225,8 +193,7 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
         dir.chain_anchor()["cut"]["loss"],
         json!({"kind": "missing", "first": 4, "last": committed})
     );
-    let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify_anchor(&config, &dir);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("BREACH at seq 4: cut:"), "{stdout}");
     // The log's copy of the shutdown checkpoint is an external anchor too.
@@ -248,11 +215,7 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
 
 #[tokio::test]
 async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let (db, _dir, config, mut daemon) = serve_fresh("node-a", "").await;
     daemon.stop_within(STOP_LIMIT);
     let client = db.client().await;
     let head = chain_head(&client, "node-a").await;
@@ -288,14 +251,9 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
         true,
     );
     // The last checkpoint before the halt: the first run's shutdown.
-    let mut daemon = ChildDaemon::start(&config, &dir.path("first.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
-    daemon.stop_within(STOP_LIMIT);
-    let client = db.client().await;
-    let early = chain_head(&client, "node-a").await;
+    let (client, early) = first_run(&db, &dir).await;
 
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let mut daemon = ChildDaemon::serve(&config);
     let reply = send_line(
         &dir.path("run/decisions.sock"),
         decision("halt", "now", json!({})).to_string().as_bytes(),
@@ -305,22 +263,13 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
     daemon.wait_for_log("SAFE-HALT written", LIMIT);
     // No periodic checkpoint is due for an hour: this one is the halt's own.
     daemon.wait_for_log("audit checkpoint signed", LIMIT);
-    let halt_seq: i64 = client
-        .query_one(
-            "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'safe_halt.entered'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let signed: i64 = client
-        .query_one(
-            "SELECT max(seq) FROM audit_checkpoints WHERE node_id = 'node-a'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let halt_seq: i64 = query_value(&client, "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'safe_halt.entered'", &[]).await;
+    let signed: i64 = query_value(
+        &client,
+        "SELECT max(seq) FROM audit_checkpoints WHERE node_id = 'node-a'",
+        &[],
+    )
+    .await;
     assert!(signed >= halt_seq, "checkpoint {signed} < halt {halt_seq}");
     let start = std::time::Instant::now();
     while dir.chain_anchor()["checkpoint"]["seq"].as_i64() < Some(halt_seq) {
@@ -336,8 +285,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
         stderr.contains(&format!("seq {}..=", early + 1)) && stderr.contains("are missing"),
         "{stderr}"
     );
-    let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, _) = audit_verify_anchor(&config, &dir);
     assert_eq!(status.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)),
@@ -348,11 +296,7 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
 #[tokio::test]
 async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let (_db, dir, config, mut daemon) = serve_fresh("node-a", "").await;
     daemon.stop_within(STOP_LIMIT);
     let path = dir.path("chain-anchor.json");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -368,35 +312,19 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
 }
 
 async fn signed(client: &tokio_postgres::Client, node: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT COALESCE(max(seq), 0) FROM audit_checkpoints WHERE node_id = $1",
-            &[&node],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    query_value(
+        client,
+        "SELECT COALESCE(max(seq), 0) FROM audit_checkpoints WHERE node_id = $1",
+        &[&node],
+    )
+    .await
 }
-
-const GATED_NOOP: &str = r#"
-id: gated-noop
-version: 1
-name: One high-risk step behind a gate
-owners: {technical: a@example.org, operational: b@example.org}
-approval: {expires: 5m}
-steps:
-  - {id: act, action: noop, risk: high, rollback: none}
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_decision_is_checkpointed_at_once() {
-    use crate::harness::Running;
-    let daemon = Running::start(
-        "[audit]\ncheckpoint_interval_seconds = 3600\n",
-        &[GATED_NOOP],
-        &bindings(&[("p", "o", "gated-noop")]),
-    )
-    .await;
+    use crate::harness::TestDaemon;
+    let daemon =
+        TestDaemon::bound("[audit]\ncheckpoint_interval_seconds = 3600\n", GATED_NOOP).await;
     let reply = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(reply["status"], "accepted", "{reply}");
     let run = reply["execution_id"].as_str().unwrap().to_owned();
@@ -410,14 +338,7 @@ async fn an_approval_decision_is_checkpointed_at_once() {
         )
         .await;
     assert_eq!(approved["gate_state"], "approved", "{approved}");
-    let vote: i64 = client
-        .query_one(
-            "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'approval.vote'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let vote: i64 = query_value(&client, "SELECT seq FROM playbook_audit_log WHERE node_id = 'node-a' AND event_type = 'approval.vote'", &[]).await;
     let start = std::time::Instant::now();
     while signed(&client, "node-a").await < vote {
         assert!(

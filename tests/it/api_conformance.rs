@@ -8,8 +8,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use std::time::Duration;
-
 use crate::harness::NOOP_3;
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb};
 
@@ -41,8 +39,7 @@ async fn the_status_api_conforms_to_its_openapi_document() {
         true,
     );
     let config = dir.write_config(&db, "node-api", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let daemon = ChildDaemon::serve(&config);
     // A few executions, so list and detail responses carry rows to check against the schemas.
     for _ in 0..3 {
         let decision = crate::harness::decision("bench.noop", "run", serde_json::json!({}));

@@ -12,7 +12,9 @@ use playbookd::store::verify::{Breach, verify_chain};
 use playbookd::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, chain_head, run_cli};
+use crate::helpers::audit_cli;
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, chain_head, run_cli, serve_fresh};
+use crate::helpers::{query_column, query_value};
 
 async fn writer(db: &TestDb, node: &str) -> (AuditHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
@@ -94,16 +96,12 @@ async fn a_failed_effect_refuses_only_its_own_append() {
     );
 
     let client = db.client().await;
-    let types: Vec<String> = client
-        .query(
-            "SELECT event_type FROM playbook_audit_log ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let types: Vec<String> = query_column(
+        &client,
+        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
+        &[],
+    )
+    .await;
     assert_eq!(types, ["fine"]);
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
 }
@@ -188,25 +186,17 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
         (first..first + batch_seqs.len() as i64).collect::<Vec<_>>(),
         "the committed appends follow the blocker without a gap"
     );
-    let rows: Vec<i32> = client
-        .query("SELECT k FROM scratch ORDER BY k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows: Vec<i32> = query_column(&client, "SELECT k FROM scratch ORDER BY k", &[]).await;
     assert_eq!(
         rows, expected_rows,
         "a refused effect's writes are rolled back"
     );
-    let events: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'written'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let events: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'written'",
+        &[],
+    )
+    .await;
     assert_eq!(events, expected_rows.len() as i64);
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
 }
@@ -301,14 +291,12 @@ async fn a_killed_connection_refuses_the_append_then_recovers() {
         );
     }
     let committed = outcomes.iter().filter(|o| o.is_ok()).count();
-    let rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'after.kill'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'after.kill'",
+        &[],
+    )
+    .await;
     assert_eq!(rows, i64::try_from(committed).unwrap(), "{outcomes:?}");
     assert!(committed >= 1, "the writer never recovered: {outcomes:?}");
     assert!(handle.is_available());
@@ -369,9 +357,7 @@ impl Fixture {
     }
 
     fn verify(&self, extra: &[&str]) -> (ExitStatus, String, String) {
-        let mut args = vec!["audit", "verify", "--config", self.config.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        run_cli(&args, &[])
+        audit_cli("verify", &self.config, extra)
     }
 }
 
@@ -403,119 +389,77 @@ async fn audit_verify_passes_an_untouched_chain_with_checkpoints() {
     assert!(stderr.contains("nobody"), "{stderr}");
 }
 
-#[tokio::test]
-async fn audit_verify_names_a_modified_row() {
-    assert_breach(
-        "UPDATE playbook_audit_log SET event_data = jsonb_set(event_data, '{i}', '99') WHERE seq = 4",
-        "BREACH at seq 4: modified",
-    )
-    .await;
+/// One test per tampering: `assert_breach(sql, expected)` under the test's own name.
+macro_rules! breach_tests {
+    ($($(#[doc = $doc:literal])* $name:ident: $sql:literal => $expected:literal;)*) => {$(
+        $(#[doc = $doc])*
+        #[tokio::test]
+        async fn $name() {
+            assert_breach($sql, $expected).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn audit_verify_names_a_row_whose_prev_hash_was_edited() {
-    assert_breach(
-        "UPDATE playbook_audit_log SET prev_hash = sha256('x') WHERE seq = 7",
-        "BREACH at seq 7: modified",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn audit_verify_names_a_deleted_row() {
-    assert_breach(
-        "DELETE FROM playbook_audit_log WHERE seq = 6",
-        "BREACH at seq 6: deleted",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn audit_verify_names_a_deleted_row_when_the_rest_was_renumbered() {
-    assert_breach(
+breach_tests! {
+    audit_verify_names_a_deleted_row_when_the_rest_was_renumbered:
         "DELETE FROM playbook_audit_log WHERE seq = 6; \
-         UPDATE playbook_audit_log SET seq = seq - 1 WHERE seq > 6",
-        "BREACH at seq 6: deleted",
-    )
-    .await;
-}
+         UPDATE playbook_audit_log SET seq = seq - 1 WHERE seq > 6"
+        => "BREACH at seq 6: deleted";
 
-#[tokio::test]
-async fn audit_verify_names_an_inserted_copy_of_a_row() {
-    // Shift seq 5.. up by one and put a copy of row 4 at 5.
-    assert_breach(
+    /// Shift seq 5.. up by one and put a copy of row 4 at 5.
+    audit_verify_names_an_inserted_copy_of_a_row:
         "UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq >= 5; \
          UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq >= 105; \
          INSERT INTO playbook_audit_log SELECT node_id, 5, prev_hash, hash, event_type, event_data, created_at \
-         FROM playbook_audit_log WHERE seq = 4",
-        "BREACH at seq 5: inserted",
-    )
-    .await;
-}
+         FROM playbook_audit_log WHERE seq = 4"
+        => "BREACH at seq 5: inserted";
 
-#[tokio::test]
-async fn audit_verify_names_an_inserted_forged_row() {
-    // A new row at 3 that links to row 2 but cannot produce a valid hash.
-    assert_breach(
+    /// A new row at 3 that links to row 2 but cannot produce a valid hash.
+    audit_verify_names_an_inserted_forged_row:
         "UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq >= 3; \
          UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq >= 103; \
          INSERT INTO playbook_audit_log SELECT node_id, 3, hash, sha256('forged'), 'test.event', '{\"i\": 2}', created_at \
-         FROM playbook_audit_log WHERE seq = 2",
-        "BREACH at seq 3: inserted",
-    )
-    .await;
-}
+         FROM playbook_audit_log WHERE seq = 2"
+        => "BREACH at seq 3: inserted";
 
-#[tokio::test]
-async fn audit_verify_names_swapped_rows() {
-    assert_breach(
+    audit_verify_names_swapped_rows:
         "UPDATE playbook_audit_log SET seq = 1000 WHERE seq = 3; \
          UPDATE playbook_audit_log SET seq = 3 WHERE seq = 4; \
-         UPDATE playbook_audit_log SET seq = 4 WHERE seq = 1000",
-        "BREACH at seq 3: reordered",
-    )
-    .await;
-}
+         UPDATE playbook_audit_log SET seq = 4 WHERE seq = 1000"
+        => "BREACH at seq 3: reordered";
 
-#[tokio::test]
-async fn audit_verify_names_a_row_moved_earlier() {
-    // Row 7 moved to seq 3; rows 3..6 shift up by one.
-    assert_breach(
+    /// Row 7 moved to seq 3; rows 3..6 shift up by one.
+    audit_verify_names_a_row_moved_earlier:
         "UPDATE playbook_audit_log SET seq = 1000 WHERE seq = 7; \
          UPDATE playbook_audit_log SET seq = seq + 100 WHERE seq BETWEEN 3 AND 6; \
          UPDATE playbook_audit_log SET seq = seq - 99 WHERE seq BETWEEN 103 AND 106; \
-         UPDATE playbook_audit_log SET seq = 3 WHERE seq = 1000",
-        "BREACH at seq 3: reordered",
-    )
-    .await;
-}
+         UPDATE playbook_audit_log SET seq = 3 WHERE seq = 1000"
+        => "BREACH at seq 3: reordered";
 
-#[tokio::test]
-async fn audit_verify_detects_a_tail_cut_after_a_checkpoint() {
-    assert_breach(
-        "DELETE FROM playbook_audit_log WHERE seq >= 8",
-        "BREACH at seq 8: truncated: a checkpoint covers seq 10 but the chain ends at seq 7",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn audit_verify_detects_a_chain_deleted_whole() {
-    assert_breach(
-        "DELETE FROM playbook_audit_log",
-        "node n1: 0 rows stored (last seq 0), none verified, 2 checkpoints: BREACH at seq 1: truncated",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn audit_verify_detects_a_forged_checkpoint_signature() {
-    assert_breach(
+    audit_verify_detects_a_forged_checkpoint_signature:
         "UPDATE audit_checkpoints SET signature = set_byte(signature, 0, get_byte(signature, 0) # 1) \
-         WHERE seq = 5",
-        "BREACH at seq 5: forged checkpoint: signature does not verify",
-    )
-    .await;
+         WHERE seq = 5"
+        => "BREACH at seq 5: forged checkpoint: signature does not verify";
+
+    audit_verify_names_a_modified_row:
+        "UPDATE playbook_audit_log SET event_data = jsonb_set(event_data, '{i}', '99') WHERE seq = 4"
+        => "BREACH at seq 4: modified";
+
+    audit_verify_names_a_row_whose_prev_hash_was_edited:
+        "UPDATE playbook_audit_log SET prev_hash = sha256('x') WHERE seq = 7"
+        => "BREACH at seq 7: modified";
+
+    audit_verify_names_a_deleted_row:
+        "DELETE FROM playbook_audit_log WHERE seq = 6"
+        => "BREACH at seq 6: deleted";
+
+    audit_verify_detects_a_tail_cut_after_a_checkpoint:
+        "DELETE FROM playbook_audit_log WHERE seq >= 8"
+        => "BREACH at seq 8: truncated: a checkpoint covers seq 10 but the chain ends at seq 7";
+
+    audit_verify_detects_a_chain_deleted_whole:
+        "DELETE FROM playbook_audit_log"
+        => "node n1: 0 rows stored (last seq 0), none verified, 2 checkpoints: BREACH at seq 1: truncated";
 }
 
 #[tokio::test]
@@ -593,11 +537,7 @@ fn stop(daemon: &mut ChildDaemon) {
 
 #[tokio::test]
 async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let (db, dir, config, mut daemon) = serve_fresh("node-a", "").await;
     stop(&mut daemon);
 
     let client = db.client().await;
@@ -624,16 +564,10 @@ async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
     let mode =
         std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(dir.path("node.key")).unwrap());
     assert_eq!(mode & 0o777, 0o600);
-    let (status, stdout, stderr) = run_cli(
-        &[
-            "audit",
-            "verify",
-            "--config",
-            config.to_str().unwrap(),
-            "--trusted-node-key",
-            dir.path("node.pub").to_str().unwrap(),
-        ],
-        &[],
+    let (status, stdout, stderr) = audit_cli(
+        "verify",
+        &config,
+        &["--trusted-node-key", dir.path("node.pub").to_str().unwrap()],
     );
     assert!(status.success(), "{stdout}{stderr}");
     assert_eq!(
@@ -644,11 +578,7 @@ async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
 
 #[tokio::test]
 async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let (db, dir, config, mut daemon) = serve_fresh("node-a", "").await;
     stop(&mut daemon);
     let client = db.client().await;
     let head = chain_head(&client, "node-a").await;
@@ -687,13 +617,12 @@ async fn a_running_daemon_checkpoints_periodically() {
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("audit checkpoint signed", Duration::from_secs(20));
     let client = db.client().await;
-    let seqs: Vec<i64> = client
-        .query("SELECT seq FROM audit_checkpoints ORDER BY seq", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let seqs: Vec<i64> = query_column(
+        &client,
+        "SELECT seq FROM audit_checkpoints ORDER BY seq",
+        &[],
+    )
+    .await;
     assert!(!seqs.is_empty(), "a checkpoint signed while running");
     let head = chain_head(&client, "node-a").await;
     assert!(
@@ -732,11 +661,7 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
         println!("SKIPPED: python3 is not installed");
         return;
     }
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let (db, dir, _config, mut daemon) = serve_fresh("node-a", "").await;
     stop(&mut daemon);
     // A second chain with data that exercises the canonical encoding: escapes, non-ASCII keys
     // (sorted by UTF-16 code unit), floats, big and negative numbers, nesting.

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Running, bindings, decision};
+use crate::harness::{TestDaemon, bindings, decision};
 
 /// The configuration every case is judged against.
 const LIMITS: &str = r#"
@@ -132,23 +132,26 @@ async fn each_config_bound_parameter_is_refused_at_load_and_its_binding_has_no_a
         "  - {id: run, action: exec, with: {command: /bin/true}, risk: low, rollback: none}\n",
     );
     // The quarantine dir is `<daemon dir>/quarantine`: the cases are written once it exists.
-    let running = Running::start_with(LIMITS, |dir| {
-        let quarantine = dir.path("quarantine").display().to_string();
-        let cases = cases(&quarantine);
-        let mut texts: Vec<String> = cases.iter().map(|c| playbook(c.id, &c.steps)).collect();
-        texts.push(good.clone());
-        let mut entries: Vec<(String, String, String)> = cases
-            .iter()
-            .map(|c| ("limits".to_owned(), c.id.to_owned(), c.id.to_owned()))
-            .collect();
-        entries.push(("limits".into(), "allowed".into(), "allowed".into()));
-        let refs: Vec<(&str, &str, &str)> = entries
-            .iter()
-            .map(|(p, o, b)| (p.as_str(), o.as_str(), b.as_str()))
-            .collect();
-        (texts, bindings(&refs))
-    })
-    .await;
+    let running = TestDaemon::builder()
+        .config(LIMITS)
+        .documents(move |dir| {
+            let quarantine = dir.path("quarantine").display().to_string();
+            let cases = cases(&quarantine);
+            let mut texts: Vec<String> = cases.iter().map(|c| playbook(c.id, &c.steps)).collect();
+            texts.push(good.clone());
+            let mut entries: Vec<(String, String, String)> = cases
+                .iter()
+                .map(|c| ("limits".to_owned(), c.id.to_owned(), c.id.to_owned()))
+                .collect();
+            entries.push(("limits".into(), "allowed".into(), "allowed".into()));
+            let refs: Vec<(&str, &str, &str)> = entries
+                .iter()
+                .map(|(p, o, b)| (p.as_str(), o.as_str(), b.as_str()))
+                .collect();
+            (texts, bindings(&refs))
+        })
+        .start()
+        .await;
     let quarantine = running.dir.path("quarantine").display().to_string();
     let cases = cases(&quarantine);
 
@@ -217,7 +220,7 @@ async fn each_config_bound_parameter_is_refused_at_load_and_its_binding_has_no_a
 #[tokio::test]
 async fn a_refused_playbook_is_counted_once_more_per_load() {
     let before = rejections("command_not_allowed");
-    let running = Running::start(
+    let running = TestDaemon::start(
         LIMITS,
         &[&playbook(
             "counted",

@@ -10,8 +10,9 @@ use playbookd::status::StatusAddr;
 use playbookd::status::console::{CONTENT_SECURITY_POLICY, PAGES};
 use serde_json::{Value, json};
 
-use crate::harness::{Running, decision};
+use crate::harness::{TestDaemon, UNDO_FAILS, decision};
 use crate::helpers::binary;
+use crate::helpers::query_value;
 
 /// `one` and `two` succeed and are undone by `noop`; `three` fails: the rollback runs two, one.
 /// Its subject carries a note, where the hostile strings go.
@@ -44,22 +45,6 @@ steps:
     rollback: none
 "#;
 
-/// The undo of `one` fails: SAFE-HALT.
-const UNDO_FAILS: &str = r#"
-id: undo-fails
-version: 1
-name: The undo of the first step fails
-owners: {technical: a@example.org, operational: b@example.org}
-steps:
-  - id: one
-    action: exec
-    with: {command: /bin/true}
-    risk: low
-    retry: {attempts: 1, backoff: 100ms}
-    rollback: {action: exec, with: {command: /bin/false}}
-  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
-"#;
-
 const CONFIG: &str = r#"
 [audit]
 checkpoint_interval_seconds = 1
@@ -85,7 +70,7 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
         chromium.exists(),
         "/usr/bin/chromium is missing: scripts/lib/install-test-tools.sh installs Debian's `chromium`"
     );
-    let daemon = Running::start(CONFIG, &[ROLLS_BACK, GATED, UNDO_FAILS], BINDINGS).await;
+    let daemon = TestDaemon::start(CONFIG, &[ROLLS_BACK, GATED, UNDO_FAILS], BINDINGS).await;
     let control = daemon.dir.path("run/control.sock");
     // `expected` is the exit status: 0, or 65 for a reload that refused a file.
     let ctl = |args: Vec<String>, expected: i32| {
@@ -230,7 +215,7 @@ async fn console_in_a_real_browser_shows_runs_gates_halt_and_escapes_everything(
 
 #[tokio::test]
 async fn every_console_page_refuses_writes_and_carries_the_policy() {
-    let daemon = Running::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
+    let daemon = TestDaemon::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
     let id = {
         let reply = daemon
             .send_decision(&decision(
@@ -306,7 +291,7 @@ async fn every_console_page_refuses_writes_and_carries_the_policy() {
 
 #[tokio::test]
 async fn runs_page_filters_and_pages_newest_first() {
-    let daemon = Running::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
+    let daemon = TestDaemon::start(CONFIG, &[ROLLS_BACK], BINDINGS).await;
     let mut ids = Vec::new();
     for i in 0..55 {
         let reply = daemon
@@ -359,7 +344,7 @@ async fn runs_page_filters_and_pages_newest_first() {
     daemon.stop().await;
 }
 
-fn endpoint(daemon: &Running) -> Endpoint {
+fn endpoint(daemon: &TestDaemon) -> Endpoint {
     match &daemon.status {
         StatusAddr::Tcp(address) => Endpoint::Tcp(*address),
         StatusAddr::Unix(path) => Endpoint::Unix(path.clone()),
@@ -376,18 +361,16 @@ fn assert_policy(response: &HttpResponse, what: &str) {
     assert_eq!(response.header("x-frame-options"), Some("DENY"), "{what}");
 }
 
-async fn wait_for_state(daemon: &Running, id: &str, want: &str) {
+async fn wait_for_state(daemon: &TestDaemon, id: &str, want: &str) {
     let client = daemon.db.client().await;
     let id: uuid::Uuid = id.parse().unwrap();
     for _ in 0..400 {
-        let state: String = client
-            .query_one(
-                "SELECT state FROM playbook_executions WHERE execution_id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let state: String = query_value(
+            &client,
+            "SELECT state FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await;
         if state == want {
             return;
         }

@@ -14,14 +14,15 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use playbookd::config::Config;
-use playbookd::daemon::{Daemon, DaemonError};
 use playbookd::registry::playbook::parse_playbook;
 
+use crate::harness::{
+    TestDaemon, TestDaemonBuilder, bindings, decision, run_state, send_line, wait_run_state,
+};
 use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+use crate::helpers::{query_column, query_value};
 
 const NODE: &str = "node-ctl";
 /// `users`: the group owning control.sock in these tests, and every client's primary group.
@@ -69,86 +70,42 @@ steps:
 
 // ---- fixtures ----
 
-/// A daemon running in this process, with `ctl-test` bound to (test.ctl, run).
-struct Running {
-    db: TestDb,
-    dir: DaemonDir,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), DaemonError>>>,
+/// A daemon with `ctl-test` (its gated step at `risk`) bound to (test.ctl, run), the roles
+/// above, and sockets the client uids can reach.
+fn ctl_daemon(risk: &str) -> TestDaemonBuilder {
+    TestDaemon::builder()
+        .node(NODE)
+        .config(CONTROL_CONFIG)
+        .playbooks(&[&playbook_yaml(risk)])
+        .bindings(&bindings(&[("test.ctl", "run", "ctl-test")]))
+        .open_to_other_uids()
 }
 
-impl Running {
-    async fn start(risk: &str) -> Running {
-        Running::start_with(risk, |_| async {}).await
-    }
+/// `playbookd ctl` against a test daemon's control.sock.
+trait CtlClient {
+    async fn ctl(&self, uid: u32, args: &[&str]) -> Ctl;
+}
 
-    /// Like `start`; `before` runs against the migrated database before the daemon builds.
-    async fn start_with<F, Fut>(risk: &str, before: F) -> Running
-    where
-        F: FnOnce(tokio_postgres::Client) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        let db = TestDb::new().await;
-        let dir = DaemonDir::new();
-        open_to_clients(&dir);
-        before(db.client().await).await;
-        let path = dir.write_config(&db, NODE, CONTROL_CONFIG);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let config = Config::parse(&path, &text, None).unwrap();
-        let yaml = playbook_yaml(risk);
-        dir.write_signed("playbooks/ctl-test.yaml", &yaml, true);
-        dir.write_signed(
-            "bindings.yaml",
-            "bindings:\n  - {policy: test.ctl, outcome: run, playbook: ctl-test}\n",
-            true,
-        );
-        let daemon = Daemon::build(config).await.unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(daemon.run_until_stopped(stop.clone()));
-        let running = Running {
-            db,
-            dir,
-            stop,
-            task: Some(task),
-        };
-        wait_for_socket(&running.control()).await;
-        running
-    }
-
-    fn control(&self) -> PathBuf {
-        self.dir.path("run/control.sock")
-    }
-
+impl CtlClient for TestDaemon {
     async fn ctl(&self, uid: u32, args: &[&str]) -> Ctl {
-        ctl(&self.control(), uid, args).await
-    }
-
-    /// Sends a decision for `ctl-test` and returns the accepted execution's id.
-    async fn decide(&self) -> Uuid {
-        let reply = send_decision(&self.dir.path("run/decisions.sock"), "acme").await;
-        assert_eq!(reply["status"], "accepted", "{reply}");
-        reply["execution_id"].as_str().unwrap().parse().unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
+        ctl(&self.control_socket(), uid, args).await
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// A daemon whose `ctl-test` run (its gated step at `risk`) awaits approval: (daemon, a
+/// client, the execution id, the same as text).
+async fn awaiting_gate(risk: &str) -> (TestDaemon, tokio_postgres::Client, Uuid, String) {
+    let daemon = ctl_daemon(risk).start().await;
+    let client = daemon.db.client().await;
+    let id = daemon.accepted(&ctl_decision()).await;
+    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id_text = id.to_string();
+    (daemon, client, id, id_text)
 }
 
-/// The sockets' directory must be reachable by the client uids (tempdirs are 0700).
-fn open_to_clients(dir: &DaemonDir) {
-    for path in [dir.dir.path().to_owned(), dir.path("run")] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+/// A decision for `ctl-test`.
+fn ctl_decision() -> Value {
+    decision("test.ctl", "run", json!({}))
 }
 
 /// Stores the version's bytes and both authors' signatures as the registry would, and returns
@@ -183,48 +140,6 @@ async fn store_version(client: &tokio_postgres::Client, dir: &DaemonDir, bytes: 
             .unwrap();
     }
     sha256
-}
-
-async fn send_decision(socket: &Path, org: &str) -> Value {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let decision = json!({
-        "decision_id": format!("d-{}", Uuid::new_v4()),
-        "nonce": Uuid::new_v4().simple().to_string(),
-        "issued_at": now,
-        "policy": "test.ctl",
-        "outcome": "run",
-        "org_id": org,
-        "severity": "high",
-        "subject": {},
-    });
-    exchange_raw(socket, &decision.to_string()).await
-}
-
-/// One line out, one line back, on a fresh connection (as root).
-async fn exchange_raw(socket: &Path, line: &str) -> Value {
-    let stream = UnixStream::connect(socket).await.unwrap();
-    let (read, mut write) = stream.into_split();
-    write
-        .write_all(format!("{line}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    BufReader::new(read).read_line(&mut reply).await.unwrap();
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
-}
-
-async fn wait_for_socket(path: &Path) {
-    let start = Instant::now();
-    while UnixStream::connect(path).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{} never accepted",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What `playbookd ctl --json …` printed and how it exited.
@@ -296,32 +211,6 @@ async fn ctl_with_staff_group(socket: &Path, args: &[&str]) -> (Option<i32>, Str
     )
 }
 
-async fn execution_state(client: &tokio_postgres::Client, id: Uuid) -> String {
-    client
-        .query_one(
-            "SELECT state FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn wait_for_state(client: &tokio_postgres::Client, id: Uuid, want: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let state = execution_state(client, id).await;
-        if state == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "execution {id} is `{state}`, not `{want}`, after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// PostgreSQL ends a killed client's session (and frees its audit-chain lock) only once it
 /// notices the closed connection; a daemon started before that refuses to start (exit 78).
 async fn wait_for_chain_lock_release(client: &tokio_postgres::Client) {
@@ -347,37 +236,11 @@ async fn wait_for_chain_lock_release(client: &tokio_postgres::Client) {
     }
 }
 
-/// (event_type, event_data) of every audit event, in order.
-async fn audit_events(client: &tokio_postgres::Client) -> Vec<(String, Value)> {
-    client
-        .query(
-            "SELECT event_type, event_data FROM playbook_audit_log ORDER BY node_id, seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
-}
-
-async fn events_of(client: &tokio_postgres::Client, id: Uuid) -> Vec<(String, Value)> {
-    audit_events(client)
-        .await
-        .into_iter()
-        .filter(|(_, data)| data["execution_id"] == id.to_string())
-        .collect()
-}
-
 // ---- tests ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_verb_is_checked_against_the_peers_role_and_org() {
-    let daemon = Running::start("critical").await;
-    let client = daemon.db.client().await;
-    let id = daemon.decide().await;
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("critical").await;
     let approve = [
         "approve",
         id_text.as_str(),
@@ -441,21 +304,18 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
     assert_eq!(scoped.ok()["pending"], json!([]));
 
     // None of that changed anything.
-    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
-    let votes: i64 = client
-        .query_one("SELECT count(*) FROM playbook_approvals", &[])
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(run_state(&client, id).await, "awaiting_approval");
+    let votes: i64 = query_value(&client, "SELECT count(*) FROM playbook_approvals", &[]).await;
     assert_eq!(votes, 0);
 
     // A client outside the socket's group cannot even connect.
-    let outsider = ctl_as(&daemon.control(), 2006, 65534, &["pending"]).await;
+    let outsider = ctl_as(&daemon.control_socket(), 2006, 65534, &["pending"]).await;
     assert_eq!(outsider.code, Some(1), "{outsider:?}");
     assert!(outsider.stderr.contains("cannot connect"), "{outsider:?}");
 
     // Every request was audited with the peer's uid and its result.
-    let refused: Vec<(String, String)> = audit_events(&client)
+    let refused: Vec<(String, String)> = daemon
+        .all_events()
         .await
         .into_iter()
         .filter(|(kind, data)| kind.starts_with("control.") && data["result"] == "refused")
@@ -483,7 +343,7 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
         )
         .await;
     cancelled.ok();
-    wait_for_state(&client, id, "cancelled", Duration::from_secs(20)).await;
+    wait_run_state(&client, id, "cancelled", Duration::from_secs(20)).await;
     // A cancelled run leaves no gate waiting, and its gate takes no more votes.
     assert_eq!(
         daemon.ctl(VIEWER, &["pending"]).await.ok()["pending"],
@@ -496,11 +356,7 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_step_needs_two_different_approvers() {
-    let daemon = Running::start("critical").await;
-    let client = daemon.db.client().await;
-    let id = daemon.decide().await;
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("critical").await;
 
     let reason = daemon
         .ctl(
@@ -540,7 +396,7 @@ async fn a_critical_step_needs_two_different_approvers() {
         .to_owned();
     assert!(reason.contains("already voted"), "{reason}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+    assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
     let second = daemon
         .ctl(
@@ -555,38 +411,28 @@ async fn a_critical_step_needs_two_different_approvers() {
         )
         .await;
     assert_eq!(second.ok()["gate_state"], "approved");
-    wait_for_state(&client, id, "completed", Duration::from_secs(20)).await;
+    wait_run_state(&client, id, "completed", Duration::from_secs(20)).await;
 
-    let voters: Vec<i64> = client
-        .query(
-            "SELECT approver_uid FROM playbook_approvals WHERE execution_id = $1 ORDER BY created_at",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let voters: Vec<i64> = query_column(
+        &client,
+        "SELECT approver_uid FROM playbook_approvals WHERE execution_id = $1 ORDER BY created_at",
+        &[&id],
+    )
+    .await;
     assert_eq!(voters, [i64::from(APPROVER_A), i64::from(APPROVER_B)]);
-    let step: String = client
-        .query_one(
-            "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'contain'",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let step: String = query_value(
+        &client,
+        "SELECT state FROM playbook_step_runs WHERE execution_id = $1 AND step_id = 'contain'",
+        &[&id],
+    )
+    .await;
     assert_eq!(step, "succeeded");
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
-    let daemon = Running::start("high").await;
-    let client = daemon.db.client().await;
-    let id = daemon.decide().await;
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("high").await;
 
     let reason = daemon
         .ctl(APPROVER_A, &["deny", &id_text, "contain", "--reason", ""])
@@ -594,7 +440,7 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
         .refusal()
         .to_owned();
     assert!(reason.contains("reason is required"), "{reason}");
-    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+    assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
     let denied = daemon
         .ctl(
@@ -603,9 +449,9 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
         )
         .await;
     assert_eq!(denied.ok()["gate_state"], "denied");
-    wait_for_state(&client, id, "rejected", Duration::from_secs(20)).await;
+    wait_run_state(&client, id, "rejected", Duration::from_secs(20)).await;
 
-    let events = events_of(&client, id).await;
+    let events = daemon.events(id).await;
     let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
     let position = |kind: &str| kinds.iter().position(|k| *k == kind);
     let vote = position("approval.vote").expect("vote audited");
@@ -656,10 +502,10 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_gate_rolls_the_run_back() {
-    let daemon = Running::start("high").await;
+    let daemon = ctl_daemon("high").start().await;
     let client = daemon.db.client().await;
-    let id = daemon.decide().await;
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    let id = daemon.accepted(&ctl_decision()).await;
+    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
 
     // The parser's shortest expiry is a minute: move this gate's deadline into the past
     // instead, from another connection. The waiting run does not poll: it hears the change
@@ -673,9 +519,10 @@ async fn an_expired_gate_rolls_the_run_back() {
         .await
         .unwrap();
     assert_eq!(moved, 1);
-    wait_for_state(&client, id, "rejected", Duration::from_secs(20)).await;
+    wait_run_state(&client, id, "rejected", Duration::from_secs(20)).await;
 
-    let kinds: Vec<String> = events_of(&client, id)
+    let kinds: Vec<String> = daemon
+        .events(id)
         .await
         .into_iter()
         .map(|(kind, _)| kind)
@@ -684,14 +531,12 @@ async fn an_expired_gate_rolls_the_run_back() {
     let expired = position("approval.expired").expect("expiry audited");
     let undone = position("rollback.step_succeeded").expect("undo audited");
     assert!(expired < undone, "{kinds:?}");
-    let gate: String = client
-        .query_one(
-            "SELECT state FROM playbook_approval_gates WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let gate: String = query_value(
+        &client,
+        "SELECT state FROM playbook_approval_gates WHERE execution_id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(gate, "expired");
 
     let late = daemon
@@ -713,20 +558,20 @@ async fn an_expired_gate_rolls_the_run_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halt_resolve_needs_an_admin_and_a_reason() {
-    let daemon = Running::start_with("high", |client| async move {
-        client
-            .execute(
-                "INSERT INTO playbook_safe_halt_state (is_active, node_id, error_message, entered_at) \
+    let db = std::sync::Arc::new(TestDb::new().await);
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO playbook_safe_halt_state (is_active, node_id, error_message, entered_at) \
                  VALUES (true, $1, 'rollback of step `x` failed: test', now())",
-                &[&NODE],
-            )
-            .await
-            .unwrap();
-    })
-    .await;
+            &[&NODE],
+        )
+        .await
+        .unwrap();
+    let daemon = ctl_daemon("high").on(db).start().await;
     let client = daemon.db.client().await;
     let decisions = daemon.dir.path("run/decisions.sock");
-    let refused = send_decision(&decisions, "acme").await;
+    let refused = send_line(&decisions, ctl_decision().to_string().as_bytes()).await;
     assert!(
         refused["reason"].as_str().unwrap().starts_with("safe_halt"),
         "{refused}"
@@ -744,14 +589,12 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         .refusal()
         .to_owned();
     assert!(reason.contains("reason is required"), "{reason}");
-    let still: bool = client
-        .query_one(
-            "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let still: bool = query_value(
+        &client,
+        "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
+        &[],
+    )
+    .await;
     assert!(still, "the halt was cleared without admin and reason");
 
     let cleared = daemon
@@ -774,7 +617,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         row.get::<_, Option<String>>(2).as_deref(),
         Some("restored the file by hand")
     );
-    let events = audit_events(&client).await;
+    let events = daemon.all_events().await;
     assert!(
         events.iter().any(|(kind, data)| kind == "safe_halt.cleared"
             && data["actor"] == "uid:2000"
@@ -794,7 +637,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         "{again:?}"
     );
     assert_eq!(
-        send_decision(&decisions, "acme").await["status"],
+        send_line(&decisions, ctl_decision().to_string().as_bytes()).await["status"],
         "accepted"
     );
     daemon.stop().await;
@@ -802,12 +645,12 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_is_for_admins_and_runs_the_daemons_reload() {
-    let daemon = Running::start("high").await;
-    let client = daemon.db.client().await;
+    let daemon = ctl_daemon("high").start().await;
     let reason = daemon.ctl(OPERATOR, &["reload"]).await.refusal().to_owned();
     assert!(reason.contains("admin"), "{reason}");
     let count_reloads = || async {
-        audit_events(&client)
+        daemon
+            .all_events()
             .await
             .iter()
             .filter(|(kind, _)| kind == "daemon.reload")
@@ -822,8 +665,8 @@ async fn reload_is_for_admins_and_runs_the_daemons_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_request_gets_a_reason_and_the_connection_keeps_serving() {
-    let daemon = Running::start("high").await;
-    let stream = UnixStream::connect(daemon.control()).await.unwrap();
+    let daemon = ctl_daemon("high").start().await;
+    let stream = UnixStream::connect(daemon.control_socket()).await.unwrap();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let long = format!(
@@ -864,7 +707,7 @@ async fn a_bad_request_gets_a_reason_and_the_connection_keeps_serving() {
 async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
-    open_to_clients(&dir);
+    dir.open_to_other_uids();
     let client = db.client().await;
     // The child cannot be handed a catalog: record the execution as the intake would have,
     // and let startup recovery pick it up from the stored, hash-checked playbook bytes.
@@ -889,7 +732,7 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
 
     let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
     first.wait_for_log("playbookd ready", Duration::from_secs(20));
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
+    wait_run_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
     let vote = ctl(
         &socket,
         APPROVER_A,
@@ -916,7 +759,7 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
     let pending = ctl(&socket, VIEWER, &["pending"]).await;
     let votes = &pending.ok()["pending"][0]["votes"];
     assert_eq!(votes, &json!([{"uid": APPROVER_A, "verdict": "approve"}]));
-    assert_eq!(execution_state(&client, id).await, "awaiting_approval");
+    assert_eq!(run_state(&client, id).await, "awaiting_approval");
     // ...and a second approver completes the gate; the resumed run continues.
     let second_vote = ctl(
         &socket,
@@ -925,7 +768,7 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
     )
     .await;
     assert_eq!(second_vote.ok()["gate_state"], "approved");
-    wait_for_state(&client, id, "completed", Duration::from_secs(30)).await;
+    wait_run_state(&client, id, "completed", Duration::from_secs(30)).await;
     second.signal(nix::sys::signal::Signal::SIGTERM);
     second
         .wait_exit(Duration::from_secs(10))
@@ -935,18 +778,14 @@ async fn a_vote_survives_a_daemon_kill_and_the_run_completes_after_the_second() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
-    let daemon = Running::start("high").await;
-    let client = daemon.db.client().await;
-    let id = daemon.decide().await;
-    wait_for_state(&client, id, "awaiting_approval", Duration::from_secs(20)).await;
-    let id_text = id.to_string();
+    let (daemon, client, id, id_text) = awaiting_gate("high").await;
     let cancel = ["cancel", id_text.as_str(), "--reason", "duplicate incident"];
 
     // Without `staff`, uid 2007 is only a viewer (through `users`).
     let reason = daemon.ctl(2007, &cancel).await.refusal().to_owned();
     assert!(reason.contains("roles: viewer"), "{reason}");
 
-    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &["pending"]).await;
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control_socket(), &["pending"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains(&format!(
@@ -960,7 +799,7 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
     );
 
     let (code, stdout, stderr) = ctl_with_staff_group(
-        &daemon.control(),
+        &daemon.control_socket(),
         &["approve", &id_text, "contain", "--reason", "x"],
     )
     .await;
@@ -970,14 +809,15 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
         "{stderr}"
     );
 
-    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control(), &cancel).await;
+    let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control_socket(), &cancel).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
         format!("cancel requested for {id_text}: the run stops and rolls back\n")
     );
-    wait_for_state(&client, id, "cancelled", Duration::from_secs(20)).await;
-    let cancel_event = audit_events(&client)
+    wait_run_state(&client, id, "cancelled", Duration::from_secs(20)).await;
+    let cancel_event = daemon
+        .all_events()
         .await
         .into_iter()
         .find(|(kind, data)| kind == "control.cancel" && data["result"] == "ok")
@@ -1062,12 +902,22 @@ const NO_ROLE_GID: u32 = 65534;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out() {
-    let daemon = Running::start("high").await;
+    let daemon = ctl_daemon("high").start().await;
     // Anyone may open the socket; what a peer may do is decided by its roles.
-    std::fs::set_permissions(daemon.control(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let drip = Drip::start(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, 32, 3.0).await;
+    std::fs::set_permissions(
+        daemon.control_socket(),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let drip = Drip::start(&daemon.control_socket(), NO_ROLE_UID, NO_ROLE_GID, 32, 3.0).await;
     // The real client, as that uid, is told why and exits 77 (refused).
-    let refused = ctl_as(&daemon.control(), NO_ROLE_UID, NO_ROLE_GID, &["pending"]).await;
+    let refused = ctl_as(
+        &daemon.control_socket(),
+        NO_ROLE_UID,
+        NO_ROLE_GID,
+        &["pending"],
+    )
+    .await;
     assert!(refused.refusal().contains("has no role"), "{refused:?}");
     for _ in 0..3 {
         let started = Instant::now();
@@ -1097,10 +947,10 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
         );
     }
     // Recorded, but not once per connection: one record per uid and interval, with a count.
-    let client = daemon.db.client().await;
     let started = Instant::now();
     let refusals = loop {
-        let recorded: Vec<Value> = audit_events(&client)
+        let recorded: Vec<Value> = daemon
+            .all_events()
             .await
             .into_iter()
             .filter(|(kind, data)| kind == "control.peer_refused" && data["actor"] == "uid:2006")
@@ -1122,10 +972,10 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
-    let daemon = Running::start("high").await;
+    let daemon = ctl_daemon("high").start().await;
     // The deadline is per line: a drip that sends a byte every 200 ms is closed after
     // control.idle_timeout_seconds (5 s) all the same, with the reason.
-    let drip = Drip::start(&daemon.control(), 3100, SOCKET_GID, 4, 7.0).await;
+    let drip = Drip::start(&daemon.control_socket(), 3100, SOCKET_GID, 4, 7.0).await;
     let started = Instant::now();
     let received = drip.received().await;
     assert!(started.elapsed() >= Duration::from_secs(5));
@@ -1143,7 +993,7 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
 
     // A viewer (any uid in `users`) asking for 6 connections holds 4; the others are told
     // `busy`, naming the per-uid setting.
-    let one_uid = Drip::start(&daemon.control(), 3000, SOCKET_GID, 6, 0.5).await;
+    let one_uid = Drip::start(&daemon.control_socket(), 3000, SOCKET_GID, 6, 0.5).await;
     let received = one_uid.received().await;
     let per_uid = received
         .iter()
@@ -1153,7 +1003,7 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
     assert_eq!(received.iter().filter(|text| text.is_empty()).count(), 4);
 
     // Four viewers ask for 4 each: 16 asked, 14 general slots (16 minus 2 kept for admins).
-    let socket = daemon.control();
+    let socket = daemon.control_socket();
     let drips = futures::future::join_all(
         (3001..3005).map(|uid| Drip::start(&socket, uid, SOCKET_GID, 4, 4.0)),
     )
@@ -1203,9 +1053,9 @@ async fn peers_with_a_role_hold_a_few_slots_each_and_admins_keep_a_reserve() {
 async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_lines_are_served() {
     const HOSTILE: usize = 100;
     const VALID: usize = 60;
-    let daemon = Running::start("high").await;
+    let daemon = ctl_daemon("high").start().await;
     let decisions = daemon.dir.path("run/decisions.sock");
-    let control = daemon.control();
+    let control = daemon.control_socket();
 
     // One hostile peer per socket, repeating a line whose field name is a NUL byte.
     let hostile = |socket: PathBuf, line: String| {
@@ -1239,14 +1089,14 @@ async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_li
     let valid_decisions = tokio::spawn(async move {
         let mut replies = Vec::new();
         for _ in 0..VALID {
-            replies.push(send_decision(&decisions, "acme").await);
+            replies.push(send_line(&decisions, ctl_decision().to_string().as_bytes()).await);
         }
         replies
     });
     let valid_control = tokio::spawn(async move {
         let mut replies = Vec::new();
         for _ in 0..VALID {
-            replies.push(exchange_raw(&control, r#"{"verb":"pending"}"#).await);
+            replies.push(send_line(&control, br#"{"verb":"pending"}"#).await);
         }
         replies
     });
@@ -1269,8 +1119,7 @@ async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_li
     }
 
     // Every hostile line is in the audit log as a refusal, its reason escaped.
-    let client = daemon.db.client().await;
-    let events = audit_events(&client).await;
+    let events = daemon.all_events().await;
     let refused_decisions = events
         .iter()
         .filter(|(kind, data)| {

@@ -17,13 +17,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::harness::{bindings, decision};
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::harness::{bindings, decision, try_send_line};
+use crate::helpers::audit_cli;
+use crate::helpers::query_value;
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb};
 
 /// Kills in the test; each kill is followed by a restart.
 const KILLS: usize = 130;
@@ -145,7 +145,10 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
             let mut replies = Vec::new();
             for fail in ["no", "fail"] {
                 let d = decision("crash", "run", json!({"fail": fail}));
-                replies.push((fail, send(&socket_for_sender, &d).await));
+                replies.push((
+                    fail,
+                    try_send_line(&socket_for_sender, d.to_string().as_bytes()).await,
+                ));
             }
             replies
         });
@@ -202,10 +205,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
 
     let counts = check_effects(&client, &effects).await;
 
-    let (status, stdout, stderr) = run_cli(
-        &["audit", "verify", "--config", config.to_str().unwrap()],
-        &[],
-    );
+    let (status, stdout, stderr) = audit_cli("verify", &config, &[]);
     assert!(status.success(), "audit verify failed:\n{stdout}\n{stderr}");
 
     // Shown with --nocapture: the figures the report quotes.
@@ -233,30 +233,13 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
     );
 }
 
-/// Sends one decision; `None` when the connection broke before a reply (the daemon was killed).
-async fn send(socket: &Path, decision: &Value) -> Option<Value> {
-    let mut stream = UnixStream::connect(socket).await.ok()?;
-    let mut line = decision.to_string().into_bytes();
-    line.push(b'\n');
-    stream.write_all(&line).await.ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut reply = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut reply))
-        .await
-        .ok()?
-        .ok()?;
-    if read == 0 {
-        return None;
-    }
-    Some(serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}")))
-}
-
 async fn head_seq(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT COALESCE(max(seq), 0) FROM playbook_audit_log", &[])
-        .await
-        .unwrap()
-        .get(0)
+    query_value(
+        client,
+        "SELECT COALESCE(max(seq), 0) FROM playbook_audit_log",
+        &[],
+    )
+    .await
 }
 
 /// Polls (about every millisecond) for an audit row past `baseline` of this type and step.

@@ -4,25 +4,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli, serve_fresh};
+use crate::helpers::{query_column, query_value};
 
 #[tokio::test]
 async fn serve_stays_up_and_exits_zero_on_sigterm() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let (db, _dir, _config, mut daemon) = serve_fresh("node-a", "").await;
 
     let client = db.client().await;
-    let tables: i64 = client
-        .query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'playbook_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tables: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'playbook_%'",
+        &[],
+    )
+    .await;
     assert!(
         tables >= 8,
         "expected the playbook_* tables, found {tables}"
@@ -41,16 +36,12 @@ async fn serve_stays_up_and_exits_zero_on_sigterm() {
     assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
     assert!(asked.elapsed() < Duration::from_secs(5));
 
-    let events: Vec<String> = client
-        .query(
-            "SELECT event_type FROM playbook_audit_log WHERE node_id = 'node-a' ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let events: Vec<String> = query_column(
+        &client,
+        "SELECT event_type FROM playbook_audit_log WHERE node_id = 'node-a' ORDER BY seq",
+        &[],
+    )
+    .await;
     // No bindings file in the directory: audited as such, and no bindings at all.
     assert_eq!(events, ["daemon.start", "bindings.rejected", "daemon.stop"]);
 }
@@ -238,17 +229,12 @@ async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
     );
     // The same file, private again, is accepted.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let _ready = ChildDaemon::serve(&config);
 }
 
 #[tokio::test]
 async fn sighup_reloads_the_registry_and_audits_the_counts() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let (db, dir, _config, mut daemon) = serve_fresh("node-a", "").await;
 
     dir.write_signed(
         "playbooks/hello.yaml",
@@ -260,24 +246,20 @@ async fn sighup_reloads_the_registry_and_audits_the_counts() {
     daemon.wait_for_log("registry reloaded", Duration::from_secs(10));
 
     let client = db.client().await;
-    let reload: serde_json::Value = client
-        .query_one(
-            "SELECT event_data FROM playbook_audit_log WHERE event_type = 'daemon.reload'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reload: serde_json::Value = query_value(
+        &client,
+        "SELECT event_data FROM playbook_audit_log WHERE event_type = 'daemon.reload'",
+        &[],
+    )
+    .await;
     assert_eq!(reload["loaded"], 1, "{reload}");
     assert_eq!(reload["rejected"], 1, "the missing bindings file: {reload}");
-    let versions: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_versions WHERE playbook_id = 'hello'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let versions: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM playbook_versions WHERE playbook_id = 'hello'",
+        &[],
+    )
+    .await;
     assert_eq!(versions, 1);
 }
 
@@ -296,8 +278,7 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
         true,
     );
     let config = dir.write_config(&db, "node-a", "");
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let daemon = ChildDaemon::serve(&config);
     let endpoint = daemon.status_endpoint();
 
     // A binding whose playbook has no active version: flagged by health and a metric, while

@@ -15,6 +15,7 @@ use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
 use playbookd::store::checkpoint::{Checkpointer, NodeKey};
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::audit_cli;
 use crate::helpers::{DaemonDir, TestDb, run_cli};
 
 /// Node `n1`: runs A (3 rows) and B (2 rows) interleaved with other events, a checkpoint at
@@ -76,17 +77,10 @@ impl Fixture {
 
     fn prove(&self, run: uuid::Uuid) -> (std::process::ExitStatus, String, String) {
         let out = self.dir.path(&format!("{run}.json"));
-        run_cli(
-            &[
-                "audit",
-                "prove",
-                "--config",
-                self.config.to_str().unwrap(),
-                &run.to_string(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
+        audit_cli(
+            "prove",
+            &self.config,
+            &[&run.to_string(), "--out", out.to_str().unwrap()],
         )
     }
 
@@ -106,14 +100,7 @@ impl Fixture {
     }
 
     fn checkpoint_text(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "audit",
-            "checkpoint-text",
-            "--config",
-            self.config.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (status, stdout, stderr) = run_cli(&args, &[]);
+        let (status, stdout, stderr) = audit_cli("checkpoint-text", &self.config, extra);
         assert!(status.success(), "{stdout}{stderr}");
         stdout
     }

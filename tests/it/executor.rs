@@ -4,15 +4,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Evidence, NOOP_3, Running, UNDO_FAILS, bindings, decision, exec_config};
+use crate::harness::{
+    Evidence, NOOP_3, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
+};
+use crate::helpers::{query_column, query_value};
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
-}
-
-fn accepted_id(reply: &Value) -> String {
-    assert_eq!(reply["status"], "accepted", "{reply}");
-    reply["execution_id"].as_str().unwrap().to_owned()
 }
 
 /// Steps `one`, `two` succeed (undone by `exec /bin/true`), `three` fails.
@@ -57,7 +55,8 @@ allowed_commands = ["/bin/true", "/bin/false", "/bin/sleep"]
 
 #[tokio::test]
 async fn happy_path_runs_every_step_once_in_order() {
-    let daemon = Running::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
+    let daemon =
+        TestDaemon::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
     let reply = daemon
         .send_decision(&decision("bench.noop", "run", json!({})))
         .await;
@@ -84,7 +83,8 @@ async fn happy_path_runs_every_step_once_in_order() {
 /// before (and apart from) its end.
 #[tokio::test]
 async fn a_noop_3_run_commits_five_transactions_with_each_start_before_its_action() {
-    let daemon = Running::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
+    let daemon =
+        TestDaemon::start("", &[NOOP_3], &bindings(&[("bench.noop", "run", "noop-3")])).await;
     let id = accepted_id(
         &daemon
             .send_decision(&decision("bench.noop", "run", json!({})))
@@ -136,17 +136,10 @@ async fn a_noop_3_run_commits_five_transactions_with_each_start_before_its_actio
 
 #[tokio::test]
 async fn a_failure_at_step_three_rolls_back_two_then_one() {
-    let daemon = Running::start(
-        EXEC_CONFIG,
-        &[FAILS_AT_THREE],
-        &bindings(&[("p", "o", "fails-at-three")]),
-    )
-    .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(10)).await,
-        "rolled_back"
-    );
+    let daemon = TestDaemon::bound(EXEC_CONFIG, FAILS_AT_THREE).await;
+    let id = daemon
+        .decide_p_o_ending("rolled_back", Duration::from_secs(10))
+        .await;
     let events = daemon.events(&id).await;
     let undone: Vec<_> = events
         .iter()
@@ -161,33 +154,22 @@ async fn a_failure_at_step_three_rolls_back_two_then_one() {
         .unwrap();
     assert!(failed < began);
     let client = daemon.db.client().await;
-    let states: Vec<String> = client
-        .query(
-            "SELECT state FROM playbook_step_runs WHERE execution_id = $1::text::uuid ORDER BY step_index",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let states: Vec<String> = query_column(&client, "SELECT state FROM playbook_step_runs WHERE execution_id = $1::text::uuid ORDER BY step_index", &[&id]).await;
     assert_eq!(states, ["rolled_back", "rolled_back", "failed"]);
     daemon.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         EXEC_CONFIG,
         &[UNDO_FAILS, NOOP_3],
         &bindings(&[("p", "o", "undo-fails"), ("bench.noop", "run", "noop-3")]),
     )
     .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
-        "safe_halted"
-    );
+    let id = daemon
+        .decide_p_o_ending("safe_halted", Duration::from_secs(20))
+        .await;
     assert!(daemon.safe_halt.is_active());
     let events = daemon.events(&id).await;
     assert!(
@@ -244,13 +226,11 @@ async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
 
 #[tokio::test]
 async fn a_step_timeout_kills_the_child_within_a_second_of_the_deadline() {
-    let daemon = Running::start(EXEC_CONFIG, &[SLEEPS], &bindings(&[("p", "o", "sleeps")])).await;
+    let daemon = TestDaemon::bound(EXEC_CONFIG, SLEEPS).await;
     let started = Instant::now();
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(10)).await,
-        "rolled_back"
-    );
+    let id = daemon
+        .decide_p_o_ending("rolled_back", Duration::from_secs(10))
+        .await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -283,12 +263,10 @@ async fn a_step_timeout_kills_the_child_within_a_second_of_the_deadline() {
 #[tokio::test]
 async fn a_transient_error_is_retried_with_growing_delays() {
     let config = format!("{EXEC_CONFIG}transient_exit_codes = [1]\n");
-    let daemon = Running::start(&config, &[FLAKY], &bindings(&[("p", "o", "flaky")])).await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(10)).await,
-        "rolled_back"
-    );
+    let daemon = TestDaemon::bound(&config, FLAKY).await;
+    let id = daemon
+        .decide_p_o_ending("rolled_back", Duration::from_secs(10))
+        .await;
     let events = daemon.events(&id).await;
     let delays: Vec<u64> = events
         .iter()
@@ -317,8 +295,8 @@ steps:
 
 #[tokio::test]
 async fn a_gate_near_expiry_is_escalated_before_it_expires() {
-    let daemon = Running::start("", &[GATED], &bindings(&[("p", "o", "gated")])).await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let daemon = TestDaemon::bound("", GATED).await;
+    let id = daemon.decide_p_o().await;
     let client = daemon.db.client().await;
     let started = Instant::now();
     while client
@@ -405,30 +383,26 @@ steps:
 "#,
         undo = undo.display()
     ));
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[&undo], "", ""),
         &[&playbook, NOOP_3],
         &bindings(&[("p", "o", "hostile-undo"), ("bench.noop", "run", "noop-3")]),
     )
     .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
-        "safe_halted"
-    );
+    let id = daemon
+        .decide_p_o_ending("safe_halted", Duration::from_secs(20))
+        .await;
     assert!(daemon.safe_halt.is_active());
     // One undo (its three attempts), never started again by the resume sweep.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(invocations(&files, "undos"), 3);
     let client = daemon.db.client().await;
-    let message: String = client
-        .query_one(
-            "SELECT error_message FROM playbook_safe_halt_state WHERE is_active",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let message: String = query_value(
+        &client,
+        "SELECT error_message FROM playbook_safe_halt_state WHERE is_active",
+        &[],
+    )
+    .await;
     assert!(
         message.contains("undo \\u{0} failed \\u{1b}[2J\\u{1b}]0;owned\\u{7} here"),
         "{message}"
@@ -437,14 +411,12 @@ steps:
         message.contains("playbookd ctl halt-resolve --reason"),
         "{message}"
     );
-    let undo_error: String = client
-        .query_one(
-            "SELECT error FROM playbook_rollback_states WHERE execution_id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let undo_error: String = query_value(
+        &client,
+        "SELECT error FROM playbook_rollback_states WHERE execution_id = $1::text::uuid",
+        &[&id],
+    )
+    .await;
     assert!(undo_error.contains("\\u{0}"), "{undo_error}");
     let refused = daemon
         .send_decision(&decision("bench.noop", "run", json!({})))
@@ -473,28 +445,18 @@ steps:
 "#,
         evidence = evidence.display()
     );
-    let daemon = Running::start(
+    let daemon = TestDaemon::bound(
         &exec_config(&[&evidence], "", ""),
-        &[&files.playbook(&playbook)],
-        &bindings(&[("p", "o", "nul-output")]),
+        &files.playbook(&playbook),
     )
     .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
-        "completed"
-    );
+    let id = daemon
+        .decide_p_o_ending("completed", Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(invocations(&files, "runs"), 1, "run once, never again");
     let client = daemon.db.client().await;
-    let output: Value = client
-        .query_one(
-            "SELECT output FROM playbook_step_runs WHERE execution_id = $1::text::uuid AND step_id = 'collect'",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let output: Value = query_value(&client, "SELECT output FROM playbook_step_runs WHERE execution_id = $1::text::uuid AND step_id = 'collect'", &[&id]).await;
     assert_eq!(
         output["stdout"]["text"], "pid\\u{0}1234\\u{0}cmdline\\u{1b}[31m",
         "{output}"
@@ -527,17 +489,10 @@ steps:
     rollback: none
 "#,
     );
-    let daemon = Running::start(
-        &exec_config(&[], "", ""),
-        &[&playbook],
-        &bindings(&[("p", "o", "unevaluable")]),
-    )
-    .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(20)).await,
-        "rolled_back"
-    );
+    let daemon = TestDaemon::bound(&exec_config(&[], "", ""), &playbook).await;
+    let id = daemon
+        .decide_p_o_ending("rolled_back", Duration::from_secs(20))
+        .await;
     assert!(
         !files.exists("destroyed"),
         "the step after the condition ran"
@@ -563,28 +518,24 @@ steps:
 #[tokio::test]
 async fn a_step_whose_outcome_cannot_be_recorded_is_not_run_again_and_again() {
     let files = Evidence::new();
-    let counter = files.script("counter", r#"echo x >> "$1""#);
-    let playbook = format!(
-        r#"
+    let daemon = files
+        .daemon_with_script(
+            "counter",
+            r#"echo x >> "$1""#,
+            r#"
 id: unrecordable
 version: 1
 name: Its success cannot be written
-owners: {{technical: a@example.org, operational: b@example.org}}
+owners: {technical: a@example.org, operational: b@example.org}
 steps:
   - id: stubborn
     action: exec
-    with: {{command: {counter}, args: [FILES/runs]}}
+    with: {command: SCRIPT, args: [FILES/runs]}
     risk: low
-    rollback: {{action: exec, with: {{command: {counter}, args: [FILES/undos]}}}}
+    rollback: {action: exec, with: {command: SCRIPT, args: [FILES/undos]}}
 "#,
-        counter = counter.display()
-    );
-    let daemon = Running::start(
-        &exec_config(&[&counter], "", ""),
-        &[&files.playbook(&playbook)],
-        &bindings(&[("p", "o", "unrecordable")]),
-    )
-    .await;
+        )
+        .await;
     // The database refuses to record this step's success (whatever the reason: here a
     // trigger); everything else is recorded.
     let client = daemon.db.client().await;
@@ -598,25 +549,21 @@ steps:
         )
         .await
         .unwrap();
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(30)).await,
-        "rolled_back"
-    );
+    let id = daemon
+        .decide_p_o_ending("rolled_back", Duration::from_secs(30))
+        .await;
     assert_eq!(
         invocations(&files, "runs"),
         3,
         "started three times without a recorded outcome, then no more"
     );
     assert_eq!(invocations(&files, "undos"), 1, "possibly done: undone");
-    let error: String = client
-        .query_one(
-            "SELECT error FROM playbook_step_runs WHERE execution_id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let error: String = query_value(
+        &client,
+        "SELECT error FROM playbook_step_runs WHERE execution_id = $1::text::uuid",
+        &[&id],
+    )
+    .await;
     assert!(
         error.contains("without its outcome being recorded"),
         "{error}"
@@ -644,13 +591,9 @@ steps:
 "#,
         slow = slow.display()
     );
-    let daemon = Running::start(
-        &exec_config(&[&slow], "", ""),
-        &[&files.playbook(&playbook)],
-        &bindings(&[("p", "o", "slow-create")]),
-    )
-    .await;
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let daemon =
+        TestDaemon::bound(&exec_config(&[&slow], "", ""), &files.playbook(&playbook)).await;
+    let id = daemon.decide_p_o().await;
     let start = Instant::now();
     while !files.exists("created") {
         assert!(start.elapsed() < Duration::from_secs(10), "never created");
@@ -687,29 +630,25 @@ steps:
 #[tokio::test]
 async fn an_undo_whose_outcome_cannot_be_recorded_ends_in_safe_halt_not_in_a_loop() {
     let files = Evidence::new();
-    let counter = files.script("counter", r#"echo x >> "$1""#);
-    let playbook = format!(
-        r#"
+    let daemon = files
+        .daemon_with_script(
+            "counter",
+            r#"echo x >> "$1""#,
+            r#"
 id: unrecordable-undo
 version: 1
 name: Its undo's success cannot be written
-owners: {{technical: a@example.org, operational: b@example.org}}
+owners: {technical: a@example.org, operational: b@example.org}
 steps:
   - id: one
     action: exec
-    with: {{command: /bin/true}}
+    with: {command: /bin/true}
     risk: low
-    rollback: {{action: exec, with: {{command: {counter}, args: [FILES/undos]}}}}
-  - {{id: two, action: exec, with: {{command: /bin/false}}, risk: low, rollback: none}}
+    rollback: {action: exec, with: {command: SCRIPT, args: [FILES/undos]}}
+  - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
 "#,
-        counter = counter.display()
-    );
-    let daemon = Running::start(
-        &exec_config(&[&counter], "", ""),
-        &[&files.playbook(&playbook)],
-        &bindings(&[("p", "o", "unrecordable-undo")]),
-    )
-    .await;
+        )
+        .await;
     let client = daemon.db.client().await;
     client
         .batch_execute(
@@ -721,11 +660,9 @@ steps:
         )
         .await
         .unwrap();
-    let id = accepted_id(&daemon.send_decision(&decision("p", "o", json!({}))).await);
-    assert_eq!(
-        daemon.wait_terminal(&id, Duration::from_secs(30)).await,
-        "safe_halted"
-    );
+    daemon
+        .decide_p_o_ending("safe_halted", Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(invocations(&files, "undos"), 3, "then never again");
     let halt = daemon.safe_halt.active().expect("halted");

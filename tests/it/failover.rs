@@ -10,14 +10,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{NOOP_3, bindings, decision};
+use crate::harness::{NOOP_3, bindings, decision, try_send_line};
 use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
-use crate::helpers::{ChildDaemon, DaemonDir, audit_verify, chain_head, run_cli};
+use crate::helpers::query_value;
+use crate::helpers::{ChildDaemon, DaemonDir, audit_verify, chain_head};
+use crate::helpers::{assert_cut_reported, audit_cli, audit_verify_anchor};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const NODE: &str = "node-a";
@@ -33,24 +33,6 @@ fn daemon_dir(url: &str) -> (DaemonDir, std::path::PathBuf) {
     (dir, config)
 }
 
-/// Sends one decision; None when the daemon did not answer (a failover may be under way).
-async fn try_send(socket: &Path, decision: &Value) -> Option<Value> {
-    let attempt = async {
-        let mut stream = UnixStream::connect(socket).await.ok()?;
-        stream
-            .write_all(format!("{decision}\n").as_bytes())
-            .await
-            .ok()?;
-        let mut reply = String::new();
-        BufReader::new(stream).read_line(&mut reply).await.ok()?;
-        serde_json::from_str(&reply).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(15), attempt)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// Decisions from `senders` concurrent policy engines until `stop`; the accepted runs' ids.
 fn load(
     socket: &Path,
@@ -63,7 +45,12 @@ fn load(
             let (socket, stop, accepted) = (socket.to_owned(), stop.clone(), accepted.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    match try_send(&socket, &decision("p", "o", json!({}))).await {
+                    match try_send_line(
+                        &socket,
+                        decision("p", "o", json!({})).to_string().as_bytes(),
+                    )
+                    .await
+                    {
                         Some(reply) if reply["status"] == "accepted" => accepted
                             .lock()
                             .unwrap()
@@ -91,6 +78,17 @@ async fn wait_accepted(accepted: &Mutex<Vec<String>>, count: usize, daemon: &Chi
     }
 }
 
+/// Sends a decision for (`policy`, `outcome`): the daemon must answer, with `status`.
+async fn assert_reply(socket: &Path, policy: &str, outcome: &str, status: &str) {
+    let line = decision(policy, outcome, json!({})).to_string();
+    let reply = try_send_line(socket, line.as_bytes()).await;
+    assert_eq!(
+        reply.as_ref().map(|r| &r["status"]),
+        Some(&json!(status)),
+        "{reply:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_synchronous_replication_a_failover_loses_nothing_and_the_chain_verifies() {
     let primary = Cluster::primary(&[("synchronous_commit", "on")]);
@@ -107,8 +105,7 @@ async fn with_synchronous_replication_a_failover_loses_nothing_and_the_chain_ver
         )
         .await;
     let (dir, config) = daemon_dir(&multi_host_url(&[&primary, &standby]));
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let mut daemon = ChildDaemon::serve(&config);
 
     let stop_load = CancellationToken::new();
     let (accepted, senders) = load(&dir.path("run/decisions.sock"), 3, &stop_load);
@@ -175,9 +172,7 @@ async fn with_synchronous_replication_a_failover_loses_nothing_and_the_chain_ver
     // The chain verifies on the promoted server, also against the daemon's anchor.
     let (status, stdout, stderr) = audit_verify(&config, &[]);
     assert!(status.success(), "{stdout}{stderr}");
-    let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, stderr) =
-        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, stderr) = audit_verify_anchor(&config, &dir);
     assert!(status.success(), "{stdout}{stderr}");
     assert_eq!(
         dir.chain_anchor()["head"]["seq"],
@@ -191,27 +186,16 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
     primary.create_playbookd_database().await;
     let standby = Cluster::standby_of(&primary, &[]);
     let (dir, config) = daemon_dir(&multi_host_url(&[&primary, &standby]));
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", LIMIT);
+    let mut daemon = ChildDaemon::serve(&config);
     let socket = dir.path("run/decisions.sock");
     for _ in 0..3 {
-        let reply = try_send(&socket, &decision("p", "o", json!({}))).await;
-        assert_eq!(
-            reply.as_ref().map(|r| &r["status"]),
-            Some(&json!("accepted")),
-            "{reply:?}"
-        );
+        assert_reply(&socket, "p", "o", "accepted").await;
     }
 
     // Replication stops (the standby is down), the primary goes on committing.
     standby.stop();
     for _ in 0..3 {
-        let reply = try_send(&socket, &decision("unbound", "x", json!({}))).await;
-        assert_eq!(
-            reply.as_ref().map(|r| &r["status"]),
-            Some(&json!("no_action")),
-            "{reply:?}"
-        );
+        assert_reply(&socket, "unbound", "x", "no_action").await;
     }
     let primary_client = primary.client(DATABASE).await;
     let committed = chain_head(&primary_client, NODE).await;
@@ -240,86 +224,55 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
             "no `{missing}`:\n{}",
             daemon.log_text()
         );
-        let _ = try_send(&socket, &decision("unbound", "x", json!({}))).await;
+        let _ = try_send_line(
+            &socket,
+            decision("unbound", "x", json!({})).to_string().as_bytes(),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     daemon.wait_for_log("SAFE-HALT entered: the audit chain was cut", LIMIT);
     // Nothing goes on top of the gap, whatever arrives.
-    let reply = try_send(&socket, &decision("p", "o", json!({}))).await;
+    let reply = try_send_line(
+        &socket,
+        decision("p", "o", json!({})).to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(
         reply.as_ref().map(|r| &r["status"]),
         Some(&json!("rejected")),
         "{reply:?}"
     );
-    assert_eq!(
-        chain_head(&client, NODE).await,
-        kept,
-        "{}",
-        daemon.log_text()
-    );
-    assert_eq!(
-        dir.chain_anchor()["cut"]["loss"],
-        json!({"kind": "missing", "first": kept + 1, "last": committed})
-    );
-    let health = daemon.get_json("/v1/health");
-    assert_eq!(health["ready"], false, "{health}");
-    assert_eq!(
-        health["chain_cut"]["lost_seqs"],
-        format!("{}..{committed}", kept + 1),
-        "{health}"
-    );
-    let endpoint = daemon.status_endpoint().to_string();
-    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
-    assert!(!status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
-        "{stdout}"
-    );
-    daemon.stop_within(STOP_LIMIT);
-    assert_eq!(
-        chain_head(&client, NODE).await,
-        kept,
-        "nothing appended at shutdown"
-    );
-
-    // `audit verify --anchor` names the gap; the database alone cannot show it.
-    let (status, stdout, stderr) = audit_verify(&config, &[]);
-    assert!(status.success(), "{stdout}{stderr}");
-    let anchor_path = dir.path("chain-anchor.json");
-    let (status, stdout, _) = audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
-    assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!("BREACH at seq {}: cut:", kept + 1)) && stdout.contains(&missing),
-        "{stdout}"
-    );
+    assert_cut_reported(
+        &mut daemon,
+        &dir,
+        &client,
+        (NODE, kept, committed),
+        STOP_LIMIT,
+    )
+    .await;
 
     // The operator's way out (README "Running a fleet"): accept the cut with a reason; the
     // next start appends again, first of all the acknowledgment, and the chain verifies.
-    let (status, stdout, stderr) = run_cli(
+    let (status, stdout, stderr) = audit_cli(
+        "accept-cut",
+        &config,
         &[
-            "audit",
-            "accept-cut",
-            "--config",
-            config.to_str().unwrap(),
             "--reason",
             "failover to a lagging standby; lost rows preserved from the old primary",
         ],
-        &[],
     );
     assert!(status.success(), "{stdout}{stderr}");
     let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
-    let event_type: String = client
-        .query_one(
-            "SELECT event_type FROM playbook_audit_log WHERE node_id = $1 AND seq = $2",
-            &[&NODE, &(kept + 1)],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let event_type: String = query_value(
+        &client,
+        "SELECT event_type FROM playbook_audit_log WHERE node_id = $1 AND seq = $2",
+        &[&NODE, &(kept + 1)],
+    )
+    .await;
     assert_eq!(event_type, "audit.cut_accepted");
     daemon.stop_within(STOP_LIMIT);
-    let (status, stdout, stderr) =
-        audit_verify(&config, &["--anchor", anchor_path.to_str().unwrap()]);
+    let (status, stdout, stderr) = audit_verify_anchor(&config, &dir);
     assert!(status.success(), "{stdout}{stderr}");
 }

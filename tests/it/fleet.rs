@@ -9,15 +9,13 @@ use playbookd::status::StatusAddr;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use crate::harness::{Evidence, Running, bindings, decision, exec_config};
+use crate::harness::{
+    Evidence, TestDaemon, TestDaemonBuilder, accepted_id, bindings, decision, exec_config,
+};
 use crate::helpers::TestDb;
+use crate::helpers::{query_column, query_value};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn accepted(reply: &Value) -> String {
-    assert_eq!(reply["status"], "accepted", "{reply}");
-    reply["execution_id"].as_str().unwrap().to_owned()
-}
 
 const NOOP: &str = r#"
 id: one-noop
@@ -57,7 +55,7 @@ fn issued(at: time::OffsetDateTime) -> String {
 async fn a_pruned_nonce_replays_as_stale_and_one_inside_twice_the_window_as_replay() {
     // Window 2 s; heartbeat (and retention) every second.
     let config = "[fleet]\nheartbeat_interval_seconds = 1\nstale_after_seconds = 5\n[intake]\nfreshness_seconds = 2\n";
-    let daemon = Running::start(config, &[NOOP], &bindings(&[("p", "o", "one-noop")])).await;
+    let daemon = TestDaemon::bound(config, NOOP).await;
     // Issued 1.5 s in the future: fresh now, and fresh again until 3.5 s from now, so its nonce
     // must outlive the window itself (a cut-off at one window would let it replay at 2-3.5 s).
     let mut future = decision("p", "o", json!({}));
@@ -66,7 +64,7 @@ async fn a_pruned_nonce_replays_as_stale_and_one_inside_twice_the_window_as_repl
     ));
     let nonce = future["nonce"].as_str().unwrap().to_owned();
     let sent = Instant::now();
-    accepted(&daemon.send_decision(&future).await);
+    accepted_id(&daemon.send_decision(&future).await);
 
     // After the window but inside twice the window: retention has run (every second) and must
     // have kept the nonce; the decision is still fresh, so it is a replay.
@@ -120,13 +118,12 @@ async fn retention_keeps_nonces_for_the_widest_window_of_any_node_and_deletes_in
     client.batch_execute(&insert(700, 5)).await.unwrap();
     client.batch_execute(&insert(100, 3)).await.unwrap();
     let remaining = || async {
-        let n: i64 = db
-            .client()
-            .await
-            .query_one("SELECT count(*) FROM playbook_nonces", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = query_value(
+            &db.client().await,
+            "SELECT count(*) FROM playbook_nonces",
+            &[],
+        )
+        .await;
         n
     };
     // Another node registered a one-hour window: nothing younger than two hours may go, even
@@ -139,11 +136,7 @@ async fn retention_keeps_nonces_for_the_widest_window_of_any_node_and_deletes_in
         )
         .await
         .unwrap();
-    let pruned: i32 = client
-        .query_one("SELECT playbook_prune_nonces(300, 100)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pruned: i32 = query_value(&client, "SELECT playbook_prune_nonces(300, 100)", &[]).await;
     assert_eq!(pruned, 0);
     assert_eq!(remaining().await, 8);
 
@@ -152,17 +145,9 @@ async fn retention_keeps_nonces_for_the_widest_window_of_any_node_and_deletes_in
         .await
         .unwrap();
     // Bounded: two per call.
-    let batch: i32 = client
-        .query_one("SELECT playbook_prune_nonces(300, 2)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let batch: i32 = query_value(&client, "SELECT playbook_prune_nonces(300, 2)", &[]).await;
     assert_eq!(batch, 2);
-    let rest: i32 = client
-        .query_one("SELECT playbook_prune_nonces(300, 100)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rest: i32 = query_value(&client, "SELECT playbook_prune_nonces(300, 100)", &[]).await;
     assert_eq!(rest, 3, "only the five older than 2 × 300 s go");
     assert_eq!(remaining().await, 3);
     // Nonsense arguments are refused, not clamped.
@@ -213,19 +198,9 @@ async fn a_role_without_delete_on_nonces_prunes_only_through_the_function() {
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
         "{refused:?}"
     );
-    let pruned: i32 = as_runtime
-        .query_one("SELECT playbook_prune_nonces(60, 100)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pruned: i32 = query_value(&as_runtime, "SELECT playbook_prune_nonces(60, 100)", &[]).await;
     assert_eq!(pruned, 1);
-    let left: Vec<String> = as_owner
-        .query("SELECT nonce FROM playbook_nonces", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<String> = query_column(&as_owner, "SELECT nonce FROM playbook_nonces", &[]).await;
     assert_eq!(left, ["new"]);
     drop(as_runtime);
     // Dropped with the owner role's database; the runtime role owns nothing.
@@ -245,14 +220,14 @@ async fn a_role_without_delete_on_nonces_prunes_only_through_the_function() {
 
 // ---- nodes and the fleet halt ----
 
-fn endpoint(daemon: &Running) -> Endpoint {
+fn endpoint(daemon: &TestDaemon) -> Endpoint {
     match &daemon.status {
         StatusAddr::Tcp(address) => Endpoint::Tcp(*address),
         StatusAddr::Unix(path) => Endpoint::Unix(path.clone()),
     }
 }
 
-async fn get(daemon: &Running, path: &str) -> (u16, Value) {
+async fn get(daemon: &TestDaemon, path: &str) -> (u16, Value) {
     let response = request(&endpoint(daemon), "GET", path).await.unwrap();
     let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
     (response.status, body)
@@ -260,17 +235,17 @@ async fn get(daemon: &Running, path: &str) -> (u16, Value) {
 
 const FLEET_CONFIG: &str = "[fleet]\nheartbeat_interval_seconds = 1\nstale_after_seconds = 3\n";
 
-async fn start_nodes(db: &Arc<TestDb>, names: &[&str], extra: &str) -> Vec<Running> {
+/// `nap-then-noop` bound to (p, nap) and `one-noop` to (p, o), heartbeats every second.
+fn fleet_node(extra: &str) -> TestDaemonBuilder {
     let files = Evidence::new();
-    let texts = [files.playbook(NAP_THEN_NOOP), NOOP.to_owned()];
-    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let bound = bindings(&[("p", "nap", "nap-then-noop"), ("p", "o", "one-noop")]);
-    let config = format!("{}\n{FLEET_CONFIG}{extra}", exec_config(&[], "", ""));
-    let mut nodes = Vec::new();
-    for name in names {
-        nodes.push(Running::start_on(db.clone(), name, &config, &texts, &bound).await);
-    }
-    nodes
+    TestDaemon::builder()
+        .config(&format!(
+            "{}\n{FLEET_CONFIG}{extra}",
+            exec_config(&[], "", "")
+        ))
+        .playbooks(&[&files.playbook(NAP_THEN_NOOP), NOOP])
+        .bindings(&bound)
 }
 
 async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -279,15 +254,6 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn event_count(daemon: &Running, id: &str, event_type: &str) -> usize {
-    daemon
-        .events(id)
-        .await
-        .iter()
-        .filter(|(kind, _)| kind == event_type)
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,8 +267,13 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let bound = bindings(&[("p", "nap", "nap-then-noop")]);
     let config = format!("{}\n{slow}", exec_config(&[], "", ""));
-    let a = Running::start_on(db.clone(), "node-a", &config, &texts, &bound).await;
-    let b = Running::start_on(db.clone(), "node-b", &config, &texts, &bound).await;
+    let [a, b] = TestDaemon::builder()
+        .on(db.clone())
+        .config(&config)
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start_nodes(["node-a", "node-b"])
+        .await;
 
     let no_reason = a
         .control(&json!({"verb": "halt-fleet", "reason": " "}))
@@ -366,7 +337,7 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
     )
     .await;
     eprintln!("node-a learned of the clear in {:?}", at.elapsed());
-    accepted(&a.send_decision(&decision("p", "nap", json!({}))).await);
+    accepted_id(&a.send_decision(&decision("p", "nap", json!({}))).await);
     // Both are in the audit chains of the nodes whose admins acted.
     let client = db.client().await;
     let events: Vec<(String, String)> = client
@@ -395,7 +366,12 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_on_one_database() {
     let db = Arc::new(TestDb::new().await);
-    let mut nodes = start_nodes(&db, &["node-a", "node-b", "node-c"], "").await;
+    let mut nodes = Vec::from(
+        fleet_node("")
+            .on(db.clone())
+            .start_nodes(["node-a", "node-b", "node-c"])
+            .await,
+    );
 
     // /v1/nodes on any node lists all three, alive, each with its own chain head.
     let (status, body) = get(&nodes[0], "/v1/nodes").await;
@@ -422,7 +398,7 @@ async fn three_daemons_on_one_database() {
     // A fleet halt stops all three before their next step.
     let mut runs = Vec::new();
     for node in &nodes {
-        let run = accepted(&node.send_decision(&decision("p", "nap", json!({}))).await);
+        let run = accepted_id(&node.send_decision(&decision("p", "nap", json!({}))).await);
         node.wait_event(&run, "step.started", LIMIT).await;
         runs.push(run);
     }
@@ -446,7 +422,7 @@ async fn three_daemons_on_one_database() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (node, run) in nodes.iter().zip(&runs) {
         assert_eq!(
-            event_count(node, run, "step.started").await,
+            node.count_events(run, "step.started").await,
             1,
             "{}",
             node.node
@@ -483,7 +459,7 @@ async fn three_daemons_on_one_database() {
         .await
         .unwrap();
     assert_eq!(halted_a, 1);
-    let on_b = accepted(&nodes[1].send_decision(&decision("p", "o", json!({}))).await);
+    let on_b = accepted_id(&nodes[1].send_decision(&decision("p", "o", json!({}))).await);
     nodes[1].wait_state(&on_b, "completed", LIMIT).await;
     let refused = nodes[0].send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(refused["status"], "rejected", "{refused}");
@@ -497,7 +473,7 @@ async fn three_daemons_on_one_database() {
     // node-a restarted: it finishes its own and touches none of the others'.
     let mut runs = Vec::new();
     for node in &nodes {
-        let run = accepted(&node.send_decision(&decision("p", "nap", json!({}))).await);
+        let run = accepted_id(&node.send_decision(&decision("p", "nap", json!({}))).await);
         node.wait_event(&run, "step.started", LIMIT).await;
         runs.push(run);
     }
@@ -583,12 +559,20 @@ async fn with_halt_fleet_on_rollback_failure_a_nodes_failed_undo_halts_every_nod
         exec_config(&[], "", "")
     );
     let plain = format!("{}\n{slow}", exec_config(&[], "", ""));
-    let a = Running::start_on(db.clone(), "node-a", &spreading, &texts, &bound).await;
-    let b = Running::start_on(db.clone(), "node-b", &plain, &texts, &bound).await;
-    let c = Running::start_on(db.clone(), "node-c", &plain, &texts, &bound).await;
+    let node = || {
+        TestDaemon::builder()
+            .on(db.clone())
+            .playbooks(&texts)
+            .bindings(&bound)
+    };
+    let a = node().config(&spreading).node("node-a").start().await;
+    let [b, c] = node()
+        .config(&plain)
+        .start_nodes(["node-b", "node-c"])
+        .await;
 
     // node-b's own failed undo stays on node-b (its key is off).
-    let failing = accepted(&b.send_decision(&decision("halt", "now", json!({}))).await);
+    let failing = accepted_id(&b.send_decision(&decision("halt", "now", json!({}))).await);
     b.wait_state(&failing, "safe_halted", LIMIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!a.safe_halt.is_active() && !c.safe_halt.is_active());
@@ -598,7 +582,7 @@ async fn with_halt_fleet_on_rollback_failure_a_nodes_failed_undo_halts_every_nod
     assert_eq!(clear["status"], "ok", "{clear}");
 
     // node-a's spreads to the whole fleet.
-    let failing = accepted(&a.send_decision(&decision("halt", "now", json!({}))).await);
+    let failing = accepted_id(&a.send_decision(&decision("halt", "now", json!({}))).await);
     a.wait_state(&failing, "safe_halted", LIMIT).await;
     for node in [&b, &c] {
         wait_until(
@@ -642,7 +626,7 @@ async fn with_halt_fleet_on_rollback_failure_a_nodes_failed_undo_halts_every_nod
         a.safe_halt.is_active(),
         "node-a's own halt went with the fleet's"
     );
-    accepted(&b.send_decision(&decision("p", "o", json!({}))).await);
+    accepted_id(&b.send_decision(&decision("p", "o", json!({}))).await);
     for node in [a, b, c] {
         node.stop().await;
     }

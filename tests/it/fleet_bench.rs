@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{NOOP_3, bindings, decision, send_line};
+use crate::helpers::audit_cli;
 use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
-use crate::helpers::{ChildDaemon, DaemonDir, run_cli};
+use crate::helpers::query_value;
+use crate::helpers::{ChildDaemon, DaemonDir};
 
 const NODES: usize = 20;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -67,14 +69,12 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
     let client = server.client(DATABASE).await;
     let total = i64::try_from(NODES * runs).unwrap();
     loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM playbook_executions WHERE state = 'completed'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let done: i64 = query_value(
+            &client,
+            "SELECT count(*) FROM playbook_executions WHERE state = 'completed'",
+            &[],
+        )
+        .await;
         if done == total {
             break;
         }
@@ -82,14 +82,12 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let connections: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'playbookd_rt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let connections: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'playbookd_rt'",
+        &[],
+    )
+    .await;
     let p99s = client
         .query(
             "SELECT node_id, percentile_cont(0.99) WITHIN GROUP \
@@ -106,17 +104,7 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
     for (node, _, config, daemon) in &mut nodes {
         daemon.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(daemon.wait_exit(LIMIT).is_some_and(|s| s.success()));
-        let (status, stdout, stderr) = run_cli(
-            &[
-                "audit",
-                "verify",
-                "--config",
-                config.to_str().unwrap(),
-                "--node",
-                node,
-            ],
-            &[],
-        );
+        let (status, stdout, stderr) = audit_cli("verify", config, &["--node", node]);
         assert!(status.success(), "{node}: {stdout}{stderr}");
         verified += 1;
     }

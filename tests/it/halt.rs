@@ -7,33 +7,29 @@
 //! Also: what votes and cancels do while halted, and two nodes on one database, each with its
 //! own halt and its own runs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Evidence, Running, UNDO_FAILS, bindings, decision, exec_config};
-use crate::helpers::TestDb;
+use crate::harness::{
+    Evidence, GATED_NOOP, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
+};
+use crate::helpers::query_column;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn accepted(reply: &Value) -> String {
-    assert_eq!(reply["status"], "accepted", "{reply}");
-    reply["execution_id"].as_str().unwrap().to_owned()
-}
-
 /// Sends a decision for `undo-fails` and waits until the daemon is in SAFE-HALT because of it.
-async fn enter_halt(daemon: &Running) -> String {
+async fn enter_halt(daemon: &TestDaemon) -> String {
     let mut d = decision("halt", "now", json!({}));
     d["org_id"] = json!("other");
-    let id = accepted(&daemon.send_decision(&d).await);
+    let id = accepted_id(&daemon.send_decision(&d).await);
     daemon.wait_state(&id, "safe_halted", LIMIT).await;
     assert!(daemon.safe_halt.is_active());
     id
 }
 
-async fn clear_halt(daemon: &Running) {
+async fn clear_halt(daemon: &TestDaemon) {
     let reply = daemon
         .control(&json!({"verb": "halt-resolve", "reason": "undone by hand"}))
         .await;
@@ -41,20 +37,10 @@ async fn clear_halt(daemon: &Running) {
     assert_eq!(reply["safe_halt"], "cleared");
 }
 
-/// How many `event_type` events the run has.
-async fn count(daemon: &Running, id: &str, event_type: &str) -> usize {
-    daemon
-        .events(id)
-        .await
-        .iter()
-        .filter(|(kind, _)| kind == event_type)
-        .count()
-}
-
 /// Waits for the `nth` (1-based) `event_type` of the run.
-async fn wait_count(daemon: &Running, id: &str, event_type: &str, nth: usize) {
+async fn wait_count(daemon: &TestDaemon, id: &str, event_type: &str, nth: usize) {
     let start = std::time::Instant::now();
-    while count(daemon, id, event_type).await < nth {
+    while daemon.count_events(id, event_type).await < nth {
         assert!(
             start.elapsed() < LIMIT,
             "fewer than {nth} `{event_type}` for {id}"
@@ -78,26 +64,39 @@ steps:
 "#;
 
 /// A run between its steps when the halt commits: its next step does not start.
-async fn start_between_steps(files: &Evidence) -> (Running, String) {
-    let daemon = Running::start(
-        &exec_config(&[], "", ""),
-        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
-    )
-    .await;
-    let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+async fn start_between_steps(files: &Evidence) -> (TestDaemon, String) {
+    let daemon = halting(&exec_config(&[], "", ""), files, SLOW_TOUCH).await;
+    let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.started", LIMIT).await;
     enter_halt(&daemon).await;
     (daemon, run)
 }
 
 /// The run's first step has ended and its second has not started: it waits at the halt.
-async fn assert_waits_before_second_step(daemon: &Running, run: &str, files: &Evidence) {
+async fn assert_waits_before_second_step(daemon: &TestDaemon, run: &str, files: &Evidence) {
     daemon.wait_event(run, "step.succeeded", LIMIT).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!files.exists("touched"), "the step ran during SAFE-HALT");
-    assert_eq!(count(daemon, run, "step.started").await, 1);
+    assert_eq!(daemon.count_events(run, "step.started").await, 1);
     assert_eq!(daemon.state(run).await, "running");
+}
+
+/// Clears the halt: the run then completes, and its step leaves `touched`.
+async fn clear_then_touched(daemon: &TestDaemon, files: &Evidence, run: &str) {
+    clear_halt(daemon).await;
+    daemon.wait_state(run, "completed", LIMIT).await;
+    assert!(files.exists("touched"));
+}
+
+/// A daemon that can be halted (`undo-fails` bound to (halt, now)) with `playbook` (FILES
+/// replaced by `files`' directory) bound to (p, o), under `config`.
+async fn halting(config: &str, files: &Evidence, playbook: &str) -> TestDaemon {
+    let text = files.playbook(playbook);
+    let id = playbookd::registry::playbook::parse_playbook(text.as_bytes())
+        .expect("playbook parses")
+        .id;
+    let bound = bindings(&[("halt", "now", "undo-fails"), ("p", "o", &id)]);
+    TestDaemon::start(config, &[UNDO_FAILS, &text], &bound).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,10 +113,8 @@ async fn a_second_run_between_steps_does_not_start_its_next_step_during_safe_hal
         "{reply}"
     );
 
-    clear_halt(&daemon).await;
-    daemon.wait_state(&run, "completed", LIMIT).await;
-    assert!(files.exists("touched"));
-    assert_eq!(count(&daemon, &run, "step.started").await, 2);
+    clear_then_touched(&daemon, &files, &run).await;
+    assert_eq!(daemon.count_events(&run, "step.started").await, 2);
     daemon.stop().await;
 }
 
@@ -134,9 +131,7 @@ async fn a_run_resumed_after_a_restart_does_not_act_during_safe_halt() {
     // The resumed run meets the halt again before the same step, and stops there.
     assert_waits_before_second_step(&daemon, &run, &files).await;
 
-    clear_halt(&daemon).await;
-    daemon.wait_state(&run, "completed", LIMIT).await;
-    assert!(files.exists("touched"));
+    clear_then_touched(&daemon, &files, &run).await;
     daemon.stop().await;
 }
 
@@ -165,13 +160,13 @@ steps:
 "#,
         flaky = flaky.display()
     );
-    let daemon = Running::start(
+    let daemon = halting(
         &exec_config(&[&flaky], "", "transient_exit_codes = [1]"),
-        &[UNDO_FAILS, &files.playbook(&playbook)],
-        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "flaky-touch")]),
+        &files,
+        &playbook,
     )
     .await;
-    let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.retry", LIMIT).await;
     enter_halt(&daemon).await;
     daemon
@@ -179,12 +174,10 @@ steps:
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!files.exists("touched"), "the retry ran during SAFE-HALT");
-    assert_eq!(count(&daemon, &run, "step.started").await, 1);
+    assert_eq!(daemon.count_events(&run, "step.started").await, 1);
 
-    clear_halt(&daemon).await;
-    daemon.wait_state(&run, "completed", LIMIT).await;
-    assert!(files.exists("touched"));
-    assert_eq!(count(&daemon, &run, "step.started").await, 2);
+    clear_then_touched(&daemon, &files, &run).await;
+    assert_eq!(daemon.count_events(&run, "step.started").await, 2);
     daemon.stop().await;
 }
 
@@ -216,7 +209,7 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
     let files = Evidence::new();
     // One run at a time per org: the approved run waits for the slot the sleeper holds, and the
     // halt commits meanwhile (the halter runs in another org).
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "max_runs_per_org = 1", ""),
         &[UNDO_FAILS, SLEEPER, &files.playbook(GATED_TOUCH)],
         &bindings(&[
@@ -226,13 +219,13 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
         ]),
     )
     .await;
-    let run = accepted(
+    let run = accepted_id(
         &daemon
             .send_decision(&decision("p", "gated", json!({})))
             .await,
     );
     daemon.wait_state(&run, "awaiting_approval", LIMIT).await;
-    let sleeper = accepted(
+    let sleeper = accepted_id(
         &daemon
             .send_decision(&decision("p", "sleep", json!({})))
             .await,
@@ -246,7 +239,7 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
     assert_eq!(approved["gate_state"], "approved", "{approved}");
     enter_halt(&daemon).await;
     assert!(
-        count(&daemon, &run, "step.started").await == 0,
+        daemon.count_events(&run, "step.started").await == 0,
         "the approved step started before the halt: the test did not wait where it meant to"
     );
 
@@ -260,9 +253,7 @@ async fn an_approved_gate_does_not_start_its_step_during_safe_halt() {
         "the approved step ran during SAFE-HALT"
     );
 
-    clear_halt(&daemon).await;
-    daemon.wait_state(&run, "completed", LIMIT).await;
-    assert!(files.exists("touched"));
+    clear_then_touched(&daemon, &files, &run).await;
     daemon.stop().await;
 }
 
@@ -292,23 +283,18 @@ steps:
 async fn during_safe_halt_an_approval_is_refused_and_denied_or_expired_runs_undos_wait_for_the_clear()
  {
     let files = Evidence::new();
-    let daemon = Running::start(
-        &exec_config(&[], "", ""),
-        &[UNDO_FAILS, &files.playbook(PREPARED_GATE)],
-        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "prepared-gate")]),
-    )
-    .await;
-    let first = accepted(
+    let daemon = halting(&exec_config(&[], "", ""), &files, PREPARED_GATE).await;
+    let first = accepted_id(
         &daemon
             .send_decision(&decision("p", "o", json!({"name": "first"})))
             .await,
     );
-    let second = accepted(
+    let second = accepted_id(
         &daemon
             .send_decision(&decision("p", "o", json!({"name": "second"})))
             .await,
     );
-    let third = accepted(
+    let third = accepted_id(
         &daemon
             .send_decision(&decision("p", "o", json!({"name": "third"})))
             .await,
@@ -393,16 +379,8 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollback_of_another_run_does_not_undo_anything_during_safe_halt() {
     let files = Evidence::new();
-    let daemon = Running::start(
-        &exec_config(&[], "", ""),
-        &[UNDO_FAILS, &files.playbook(TOUCH_THEN_SLEEP)],
-        &bindings(&[
-            ("halt", "now", "undo-fails"),
-            ("p", "o", "touch-then-sleep"),
-        ]),
-    )
-    .await;
-    let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let daemon = halting(&exec_config(&[], "", ""), &files, TOUCH_THEN_SLEEP).await;
+    let run = daemon.decide_p_o().await;
     wait_count(&daemon, &run, "step.started", 2).await;
     assert!(files.exists("touched"));
     enter_halt(&daemon).await;
@@ -427,18 +405,7 @@ async fn the_rollback_of_another_run_does_not_undo_anything_during_safe_halt() {
 
 // ---- two nodes on one database ----
 
-const GATED_NOOP: &str = r#"
-id: gated-noop
-version: 1
-name: One high-risk step behind a gate
-owners: {technical: a@example.org, operational: b@example.org}
-approval: {expires: 5m}
-steps:
-  - {id: act, action: noop, risk: high, rollback: none}
-"#;
-
-async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (Running, Running) {
-    let db = Arc::new(TestDb::new().await);
+async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (TestDaemon, TestDaemon) {
     let texts: Vec<String> = playbooks.iter().map(|p| files.playbook(p)).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let bound = bindings(&[
@@ -446,15 +413,12 @@ async fn two_nodes(files: &Evidence, playbooks: &[&str]) -> (Running, Running) {
         ("p", "o", "touch-then-sleep"),
         ("p", "gated", "gated-noop"),
     ]);
-    let a = Running::start_on(
-        db.clone(),
-        "node-a",
-        &exec_config(&[], "", ""),
-        &texts,
-        &bound,
-    )
-    .await;
-    let b = Running::start_on(db, "node-b", &exec_config(&[], "", ""), &texts, &bound).await;
+    let [a, b] = TestDaemon::builder()
+        .config(&exec_config(&[], "", ""))
+        .playbooks(&texts)
+        .bindings(&bound)
+        .start_nodes(["node-a", "node-b"])
+        .await;
     (a, b)
 }
 
@@ -464,7 +428,7 @@ async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
     let (a, b) = two_nodes(&files, &[UNDO_FAILS, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
     enter_halt(&a).await;
     assert!(!b.safe_halt.is_active(), "a halt on node-a halted node-b");
-    let on_b = accepted(&b.send_decision(&decision("p", "gated", json!({}))).await);
+    let on_b = accepted_id(&b.send_decision(&decision("p", "gated", json!({}))).await);
     b.wait_state(&on_b, "awaiting_approval", LIMIT).await;
 
     enter_halt(&b).await;
@@ -472,16 +436,12 @@ async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
     assert!(!a.safe_halt.is_active());
     assert!(b.safe_halt.is_active(), "clearing node-a cleared node-b");
     let client = a.db.client().await;
-    let active: Vec<String> = client
-        .query(
-            "SELECT node_id FROM playbook_safe_halt_state WHERE is_active",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let active: Vec<String> = query_column(
+        &client,
+        "SELECT node_id FROM playbook_safe_halt_state WHERE is_active",
+        &[],
+    )
+    .await;
     assert_eq!(active, ["node-b"]);
 
     // Each keeps its own across a restart, whatever the other cleared.
@@ -504,7 +464,7 @@ async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
 async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_nothing() {
     let files = Evidence::new();
     let (a, b) = two_nodes(&files, &[UNDO_FAILS, TOUCH_THEN_SLEEP, GATED_NOOP]).await;
-    let run = accepted(&a.send_decision(&decision("p", "o", json!({}))).await);
+    let run = accepted_id(&a.send_decision(&decision("p", "o", json!({}))).await);
     wait_count(&a, &run, "step.started", 2).await;
     assert!(files.exists("touched"));
 
@@ -516,7 +476,7 @@ async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_no
         cancel["reason"].as_str().unwrap().contains("node `node-a`"),
         "{cancel}"
     );
-    let gated = accepted(&a.send_decision(&decision("p", "gated", json!({}))).await);
+    let gated = accepted_id(&a.send_decision(&decision("p", "gated", json!({}))).await);
     a.wait_state(&gated, "awaiting_approval", LIMIT).await;
     let vote = b
         .control(&json!({"verb": "approve", "execution_id": gated, "step": "act", "reason": "wrong node"}))
@@ -553,13 +513,13 @@ async fn a_request_for_another_nodes_run_is_refused_naming_the_owner_and_runs_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_of_acting() {
     let files = Evidence::new();
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &exec_config(&[], "", ""),
         &[&files.playbook(GATED_TOUCH)],
         &bindings(&[("p", "gated", "gated-touch")]),
     )
     .await;
-    let run = accepted(
+    let run = accepted_id(
         &daemon
             .send_decision(&decision("p", "gated", json!({})))
             .await,
@@ -601,7 +561,7 @@ async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!files.exists("forged") && !files.exists("touched"));
-    assert_eq!(count(&daemon, &run, "step.started").await, 0);
+    assert_eq!(daemon.count_events(&run, "step.started").await, 0);
     daemon.stop().await;
 }
 
@@ -613,16 +573,16 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
     let files = Evidence::new();
     // A slow heartbeat and no notification (below): the halt is known only in the database,
     // so what stops the step is the check in its start transaction.
-    let daemon = Running::start(
+    let daemon = halting(
         &format!(
             "{}\n[fleet]\nheartbeat_interval_seconds = 120\nstale_after_seconds = 300\n",
             exec_config(&[], "", "")
         ),
-        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
+        &files,
+        SLOW_TOUCH,
     )
     .await;
-    let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.started", LIMIT).await;
     let client = daemon.db.client().await;
     client
@@ -684,12 +644,7 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halt_that_cannot_be_written_yet_still_stops_everything_and_is_written_later() {
     let files = Evidence::new();
-    let daemon = Running::start(
-        &exec_config(&[], "", ""),
-        &[UNDO_FAILS, &files.playbook(SLOW_TOUCH)],
-        &bindings(&[("halt", "now", "undo-fails"), ("p", "o", "slow-touch")]),
-    )
-    .await;
+    let daemon = halting(&exec_config(&[], "", ""), &files, SLOW_TOUCH).await;
     let client = daemon.db.client().await;
     client
         .batch_execute(
@@ -700,11 +655,11 @@ async fn a_halt_that_cannot_be_written_yet_still_stops_everything_and_is_written
         )
         .await
         .unwrap();
-    let run = accepted(&daemon.send_decision(&decision("p", "o", json!({}))).await);
+    let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.started", LIMIT).await;
     let mut d = decision("halt", "now", json!({}));
     d["org_id"] = json!("other");
-    let halter = accepted(&daemon.send_decision(&d).await);
+    let halter = accepted_id(&daemon.send_decision(&d).await);
     let start = std::time::Instant::now();
     while !daemon.safe_halt.is_active() {
         assert!(start.elapsed() < LIMIT, "no SAFE-HALT in memory");
@@ -737,8 +692,6 @@ async fn a_halt_that_cannot_be_written_yet_still_stops_everything_and_is_written
         "a step ran during the unwritten halt"
     );
 
-    clear_halt(&daemon).await;
-    daemon.wait_state(&run, "completed", LIMIT).await;
-    assert!(files.exists("touched"));
+    clear_then_touched(&daemon, &files, &run).await;
     daemon.stop().await;
 }

@@ -7,7 +7,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::harness::{NOOP_3, Running, bindings, decision};
+use crate::harness::{NOOP_3, TestDaemon, bindings, decision};
+use crate::helpers::query_value;
 
 const WITH_INPUTS: &str = r#"
 id: kill-pid
@@ -43,8 +44,8 @@ fn standard_bindings() -> String {
     text
 }
 
-async fn start() -> Running {
-    Running::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
+async fn start() -> TestDaemon {
+    TestDaemon::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
 }
 
 fn reason(reply: &serde_json::Value) -> &str {
@@ -158,14 +159,12 @@ async fn bindings_decide_what_runs() {
     assert_eq!(reply["playbook"], "kill-pid@2");
 
     let client = daemon.db.client().await;
-    let refusals: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.received'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let refusals: i64 = query_value(
+        &client,
+        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'decision.received'",
+        &[],
+    )
+    .await;
     assert_eq!(refusals, 5, "every refusal is audited");
     daemon.stop().await;
 }
@@ -204,7 +203,7 @@ async fn a_nonce_is_accepted_once_even_across_a_restart() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_sends_of_one_nonce_accept_exactly_one() {
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         "[intake]\nmax_accepted_per_second = 100000\n",
         &[NOOP_3],
         &standard_bindings(),
@@ -354,7 +353,7 @@ async fn a_peer_with_a_disallowed_uid_is_refused_and_audited() {
 #[tokio::test]
 async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
     // The test process is the daemon (same uid). With allowed_uids empty, it is refused.
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         "[intake]\nallowed_uids = []\n",
         &[NOOP_3],
         &standard_bindings(),
@@ -372,7 +371,7 @@ async fn the_daemons_own_uid_may_send_decisions_only_when_allowed() {
     );
     daemon.stop().await;
     // Listed, it is served like any policy engine.
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &format!("[intake]\nallowed_uids = [{uid}]\n"),
         &[NOOP_3],
         &standard_bindings(),
@@ -504,11 +503,7 @@ async fn a_nonce_written_another_way_is_still_a_replay() {
     }
     // What is stored under the UNIQUE constraint is the canonical form.
     let client = daemon.db.client().await;
-    let stored: String = client
-        .query_one("SELECT nonce FROM playbook_nonces", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: String = query_value(&client, "SELECT nonce FROM playbook_nonces", &[]).await;
     assert_eq!(stored, nonce.to_lowercase());
     daemon.stop().await;
 }
@@ -528,14 +523,12 @@ async fn the_cooldown_holds_when_extra_subject_keys_are_added() {
     assert_eq!(first["ignored_subject_keys"], json!(["note"]), "{first}");
     let client = daemon.db.client().await;
     let id: uuid::Uuid = first["execution_id"].as_str().unwrap().parse().unwrap();
-    let stored: serde_json::Value = client
-        .query_one(
-            "SELECT subject FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: serde_json::Value = query_value(
+        &client,
+        "SELECT subject FROM playbook_executions WHERE execution_id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(stored, json!({"host": "a"}));
     // Adding keys the playbook does not declare does not make another subject.
     for extra in [
@@ -616,7 +609,7 @@ async fn an_input_starting_with_a_dash_is_refused_unless_the_playbook_put_end_of
     };
     let exposed = playbook("exposed", r#"["--name", "{{ subject.user }}"]"#);
     let operand = playbook("operand", r#"["--name", "--", "{{ subject.user }}"]"#);
-    let daemon = Running::start(
+    let daemon = TestDaemon::start(
         &format!(
             "[actions.exec]\nallowed_commands = [\"{}\"]\n",
             script.display()
@@ -721,7 +714,7 @@ steps:
         "{}\n[intake]\nmax_backlog = 1\n",
         crate::harness::exec_config(&[], "max_concurrent_runs = 1", "")
     );
-    let daemon = Running::start(&config, &[NAPS], &bindings(&[("p", "o", "naps")])).await;
+    let daemon = TestDaemon::bound(&config, NAPS).await;
     let first = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(first["status"], "accepted", "{first}");
     daemon
@@ -762,11 +755,7 @@ steps:
     let data: serde_json::Value = audited.get(0);
     assert_eq!(data["status"], "busy", "{data}");
     assert_eq!(data["backlog"], 1, "{data}");
-    let runs: i64 = client
-        .query_one("SELECT count(*) FROM playbook_executions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let runs: i64 = query_value(&client, "SELECT count(*) FROM playbook_executions", &[]).await;
     assert_eq!(runs, 2);
     assert!(
         playbookd::status::metrics::install()

@@ -21,6 +21,7 @@ mod control;
 mod crash;
 mod daemon;
 mod decision_schema;
+mod docs;
 mod documents;
 mod evidence;
 mod executor;

@@ -14,6 +14,8 @@ use playbookd::store::audit::{self, AuditHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{DaemonDir, TestDb};
+use crate::helpers::{openssl, openssl_key_pair};
+use crate::helpers::{query_column, query_value};
 
 struct Fixture {
     db: TestDb,
@@ -73,18 +75,12 @@ impl Fixture {
     }
 
     async fn audit_events(&self, event_type: &str) -> Vec<serde_json::Value> {
-        self.db
-            .client()
-            .await
-            .query(
-                "SELECT event_data FROM playbook_audit_log WHERE event_type = $1 ORDER BY seq",
-                &[&event_type],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
+        query_column(
+            &self.db.client().await,
+            "SELECT event_data FROM playbook_audit_log WHERE event_type = $1 ORDER BY seq",
+            &[&event_type],
+        )
+        .await
     }
 }
 
@@ -191,14 +187,7 @@ async fn valid_playbooks_load_are_recorded_and_can_be_reloaded_pinned() {
     // The signature bytes are stored beside the version, and checked again on every resume:
     // against a trust store without the signers' keys, or with only one of two for a
     // critical playbook, the stored bytes are refused.
-    let stored: i64 = client
-        .query_one(
-            "SELECT count(*) FROM playbook_version_signatures WHERE playbook_id = 'crit' AND version = 2",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = query_value(&client, "SELECT count(*) FROM playbook_version_signatures WHERE playbook_id = 'crit' AND version = 2", &[]).await;
     assert_eq!(stored, 2);
     let untrusted = load_pinned(
         &client,
@@ -294,35 +283,12 @@ async fn rsa_2048_trusted_key_is_refused_naming_the_file_and_its_playbooks_rejec
     let f = Fixture::new().await;
     f.playbook("good", "good", 1, "low", false);
     let key = f.dir.path("weak.key");
-    let run = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {args:?}");
-    };
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
     let weak_pub = f.dir.path("trusted-keys/weak.pub");
-    run(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        weak_pub.to_str().unwrap(),
-    ]);
+    openssl_key_pair("RSA", Some("rsa_keygen_bits:2048"), &key, &weak_pub);
     let doc = f.dir.path("playbooks/bad.yaml");
     std::fs::write(&doc, playbook_text("bad", 1, "low")).unwrap();
     let sig = signature::with_suffix(&doc, ".sig");
-    run(&[
+    openssl(&[
         "dgst",
         "-sha256",
         "-sign",
@@ -465,14 +431,12 @@ async fn same_version_with_different_bytes_is_rejected_as_equivocation() {
     assert_only_rejection(&f, &summary, &registry, "bad.yaml", "equivocation").await;
     assert!(registry.active("bad").is_none());
     let client = f.db.client().await;
-    let stored: Vec<u8> = client
-        .query_one(
-            "SELECT sha256 FROM playbook_versions WHERE playbook_id = 'bad'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: Vec<u8> = query_value(
+        &client,
+        "SELECT sha256 FROM playbook_versions WHERE playbook_id = 'bad'",
+        &[],
+    )
+    .await;
     assert_eq!(stored, original.to_vec(), "the first recorded bytes stay");
 }
 
@@ -645,33 +609,17 @@ async fn one_rsa_key_trusted_as_plain_and_as_pss_never_makes_dual_control() {
     let f = Fixture::new().await;
     f.playbook("good", "good", 1, "low", false);
     let key = f.dir.path("keys/rsa.key");
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    };
     let k = key.to_str().unwrap();
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:4096",
-        "-out",
-        k,
-    ]);
     let plain = f.dir.path("trusted-keys/rsa.pub");
-    run(&["pkey", "-in", k, "-pubout", "-out", plain.to_str().unwrap()]);
+    openssl_key_pair("RSA", Some("rsa_keygen_bits:4096"), &key, &plain);
     std::fs::copy(&plain, f.dir.path("trusted-keys/rsa.pss.pub")).unwrap();
     let doc = f.dir.path("playbooks/crit.yaml");
     std::fs::write(&doc, playbook_text("crit", 1, "critical")).unwrap();
     let d = doc.to_str().unwrap();
     let sig = format!("{d}.sig");
     let sig2 = format!("{d}.sig.2");
-    run(&["dgst", "-sha256", "-sign", k, "-out", &sig, d]);
-    run(&[
+    openssl(&["dgst", "-sha256", "-sign", k, "-out", &sig, d]);
+    openssl(&[
         "dgst",
         "-sha256",
         "-sign",

@@ -5,26 +5,44 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::harness::Running;
+use crate::harness::TestDaemon;
+use crate::helpers::query_value;
 use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
 
 const EVIDENCE: [&str; 2] = ["playbook_audit_log", "audit_checkpoints"];
 
-/// A daemon ran and stopped on `db`: audit rows and a shutdown checkpoint exist.
+/// A daemon ran (as the runtime role) and stopped on `db`: audit rows and a shutdown
+/// checkpoint exist.
 async fn db_with_evidence() -> (std::sync::Arc<TestDb>, DaemonDir) {
-    let running = Running::start("", &[], "bindings: []\n").await;
+    let running = TestDaemon::start("", &[], "bindings: []\n").await;
     let db = running.db.clone();
+    // The suite's daemon is connected as the runtime role, and only as it: the refusals below
+    // are what the daemon itself would get.
+    let daemon_roles: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'playbookd'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(daemon_roles, vec![db.runtime.clone()]);
     running.stop().await;
     (db, DaemonDir::new())
 }
 
 async fn count(db: &TestDb, table: &str) -> i64 {
-    db.client()
-        .await
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
+    query_value(
+        &db.client().await,
+        &format!("SELECT count(*) FROM {table}"),
+        &[],
+    )
+    .await
 }
 
 /// Runs `sql` as the runtime role and returns the error PostgreSQL gave it (panics if it
@@ -99,14 +117,12 @@ async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_e
             ))
             .await;
         for privilege in ["DELETE", "UPDATE", "TRUNCATE", "TRIGGER"] {
-            let has: bool = runtime
-                .query_one(
-                    "SELECT has_table_privilege(current_user, $1, $2)",
-                    &[&table, &privilege],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let has: bool = query_value(
+                &runtime,
+                "SELECT has_table_privilege(current_user, $1, $2)",
+                &[&table, &privilege],
+            )
+            .await;
             assert!(
                 !has,
                 "the runtime role granted itself {privilege} on {table}"
@@ -238,16 +254,12 @@ async fn the_daemon_never_migrates_and_names_the_command_that_does() {
         stderr.contains("playbookd migrate --runtime-role"),
         "{stderr}"
     );
-    let tables: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tables: i64 = query_value(
+        &db.client().await,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        &[],
+    )
+    .await;
     assert_eq!(tables, 0, "serve created tables");
 }
 

@@ -8,18 +8,7 @@ use playbookd::registry::signature::{FileError, KeyId, SignatureError, TrustedKe
 use sha2::{Digest, Sha256};
 
 use crate::helpers::run_cli;
-
-fn openssl(args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use crate::helpers::{openssl, openssl_key_pair};
 
 fn openssl_ok(args: &[&str]) -> bool {
     Command::new("openssl")
@@ -81,21 +70,7 @@ fn openssl_key_id(pub_pem: &Path, out: &Path) -> String {
 fn openssl_ed25519_signature_verifies_and_ours_verifies_with_openssl() {
     let t = Setup::new();
     // openssl → us
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "ed25519",
-        "-out",
-        s(&t.path("o.key")),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        s(&t.path("o.key")),
-        "-pubout",
-        "-out",
-        s(&t.path("trusted/o.pub")),
-    ]);
+    openssl_key_pair("ed25519", None, &t.path("o.key"), &t.path("trusted/o.pub"));
     let doc = t.path("docs/a.yaml");
     std::fs::write(&doc, "id: a\nversion: 1\n").unwrap();
     openssl(&[
@@ -128,32 +103,24 @@ fn openssl_ed25519_signature_verifies_and_ours_verifies_with_openssl() {
     std::fs::write(&doc, "id: b\nversion: 1\n").unwrap();
     let (status, _, stderr) = run_cli(&["sign", "--key", s(&t.path("ours.key")), s(&doc)], &[]);
     assert!(status.success(), "{stderr}");
-    assert!(openssl_ok(&[
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        s(&t.path("ours.pub")),
-        "-rawin",
-        "-in",
-        s(&doc),
-        "-sigfile",
-        s(&t.path("docs/b.yaml.sig")),
-    ]));
+    let openssl_verifies = || {
+        openssl_ok(&[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            s(&t.path("ours.pub")),
+            "-rawin",
+            "-in",
+            s(&doc),
+            "-sigfile",
+            s(&t.path("docs/b.yaml.sig")),
+        ])
+    };
+    assert!(openssl_verifies());
     // openssl refuses it once a byte changes, as we do.
     std::fs::write(&doc, "id: b\nversion: 2\n").unwrap();
-    assert!(!openssl_ok(&[
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        s(&t.path("ours.pub")),
-        "-rawin",
-        "-in",
-        s(&doc),
-        "-sigfile",
-        s(&t.path("docs/b.yaml.sig")),
-    ]));
+    assert!(!openssl_verifies());
 }
 
 #[test]
@@ -446,23 +413,8 @@ fn verify_names_each_failing_file_and_exits_65() {
 #[test]
 fn rsa_2048_key_in_the_trust_dir_is_refused_naming_the_file() {
     let t = Setup::new();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        s(&t.path("w.key")),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        s(&t.path("w.key")),
-        "-pubout",
-        "-out",
-        s(&t.path("trusted/weak.pub")),
-    ]);
+    let bits = Some("rsa_keygen_bits:2048");
+    openssl_key_pair("RSA", bits, &t.path("w.key"), &t.path("trusted/weak.pub"));
     let (keys, refused) = TrustedKeys::load(&t.path("trusted")).unwrap();
     assert!(keys.is_empty());
     assert_eq!(refused.len(), 1);

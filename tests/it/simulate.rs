@@ -19,14 +19,17 @@ fn decision(severity: &str) -> String {
     .to_string()
 }
 
+/// The sample playbook every simulation here runs.
+const RANSOMWARE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/playbooks/contain-ransomware.yaml"
+);
+
 #[test]
 fn simulate_renders_every_step_and_executes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let decision = write(&dir, "d.json", &decision("high"));
-    let playbook = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/playbooks/contain-ransomware.yaml"
-    );
+    let playbook = RANSOMWARE;
     let (status, stdout, stderr) = run_cli(
         &["simulate", "--json", "--decision", &decision, playbook],
         &[],
@@ -50,10 +53,7 @@ fn simulate_renders_every_step_and_executes_nothing() {
 fn simulate_shows_a_skipped_step_and_refuses_a_bad_subject() {
     let dir = tempfile::tempdir().unwrap();
     let low = write(&dir, "low.json", &decision("low"));
-    let playbook = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/playbooks/contain-ransomware.yaml"
-    );
+    let playbook = RANSOMWARE;
     let (status, stdout, _) = run_cli(&["simulate", "--decision", &low, playbook], &[]);
     assert!(status.success());
     assert!(
@@ -71,10 +71,7 @@ fn simulate_shows_a_skipped_step_and_refuses_a_bad_subject() {
 fn simulate_exits_66_on_an_unreadable_file_and_65_on_an_invalid_one() {
     let dir = tempfile::tempdir().unwrap();
     let decision = write(&dir, "d.json", &decision("high"));
-    let playbook = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/playbooks/contain-ransomware.yaml"
-    );
+    let playbook = RANSOMWARE;
     let missing = dir.path().join("missing.json").display().to_string();
     let (status, _, stderr) = run_cli(&["simulate", "--decision", &missing, playbook], &[]);
     assert_eq!(status.code(), Some(66), "{stderr}");
@@ -95,10 +92,7 @@ fn simulate_into_a_closed_pipe_ends_quietly_without_a_panic() {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let decision = write(&dir, "d.json", &decision("high"));
-    let playbook = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/playbooks/contain-ransomware.yaml"
-    );
+    let playbook = RANSOMWARE;
     let mut child = Command::new(crate::helpers::binary())
         .args(["simulate", "--json", "--decision", &decision, playbook])
         .stdout(Stdio::piped())

@@ -951,8 +951,7 @@ async fn daemon_serves_status_and_never_echoes_its_database_password() {
     assert_ne!(text, with_password, "the config must carry the password");
     std::fs::write(&config, with_password).unwrap();
 
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let daemon = ChildDaemon::serve(&config);
     let endpoint = daemon.status_endpoint();
     let id = Uuid::new_v4();
     for path in concrete_paths(id) {
@@ -1120,8 +1119,7 @@ async fn a_fresh_daemon_shows_every_metric_at_zero() {
         "[actions.http]\nallowed_hosts = [\"hooks.example.org\"]\n",
     );
     // A process of its own: nothing emitted before, whatever other tests did.
-    let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
-    daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
+    let daemon = ChildDaemon::serve(&config);
     let response = request(&daemon.status_endpoint(), "GET", "/metrics")
         .await
         .unwrap();

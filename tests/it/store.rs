@@ -22,6 +22,7 @@ use playbookd::store::undos;
 use playbookd::store::versions::{self, NewVersion};
 use playbookd::text;
 
+use crate::helpers::query_value;
 use crate::helpers::{OwnerRoleDb, TestDb};
 
 const NODE: &str = "node-store";
@@ -396,14 +397,12 @@ async fn record_and_read_back(
             .unwrap();
         assert_eq!(row.get::<_, String>(0), halt.message);
         assert!(!row.get::<_, bool>(1));
-        let state: String = client
-            .query_one(
-                "SELECT state FROM playbook_executions WHERE execution_id = $1",
-                &[&execution],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let state: String = query_value(
+            &client,
+            "SELECT state FROM playbook_executions WHERE execution_id = $1",
+            &[&execution],
+        )
+        .await;
         assert_eq!(state, "safe_halted");
     }
     assert!(

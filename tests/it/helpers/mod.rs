@@ -249,11 +249,139 @@ pub async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
         .get(0)
 }
 
+/// The first column of every row `sql` returns.
+pub async fn query_column<T>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let rows = client.query(sql, params).await;
+    let rows = rows.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// The first column of the one row `sql` returns.
+pub async fn query_value<T>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query_one(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// `playbookd audit verify --config CONFIG EXTRA…`.
 pub fn audit_verify(config: &Path, extra: &[&str]) -> (ExitStatus, String, String) {
-    let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
+    audit_cli("verify", config, extra)
+}
+
+/// `playbookd audit verify --config CONFIG --anchor DIR/chain-anchor.json`.
+pub fn audit_verify_anchor(config: &Path, dir: &DaemonDir) -> (ExitStatus, String, String) {
+    let anchor = dir.path("chain-anchor.json");
+    audit_verify(config, &["--anchor", anchor.to_str().unwrap()])
+}
+
+/// What a running daemon halted by a cut of its chain (seqs after `kept` up to `committed`
+/// lost) shows everywhere: its anchor records the loss, /v1/health is not ready and names the
+/// seqs, `playbookd status` fails naming them; once stopped it has appended nothing, and
+/// `audit verify` passes on the database alone but reports the cut against the anchor.
+pub async fn assert_cut_reported(
+    daemon: &mut ChildDaemon,
+    dir: &DaemonDir,
+    client: &tokio_postgres::Client,
+    (node, kept, committed): (&str, i64, i64),
+    stop_limit: Duration,
+) {
+    let missing = format!("seq {}..={committed} are missing", kept + 1);
+    assert_eq!(
+        chain_head(client, node).await,
+        kept,
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        dir.chain_anchor()["cut"]["loss"],
+        serde_json::json!({"kind": "missing", "first": kept + 1, "last": committed})
+    );
+    let health = daemon.get_json("/v1/health");
+    assert_eq!(health["ready"], false, "{health}");
+    assert_eq!(
+        health["chain_cut"]["lost_seqs"],
+        format!("{}..{committed}", kept + 1),
+        "{health}"
+    );
+    let endpoint = daemon.status_endpoint().to_string();
+    let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
+        "{stdout}"
+    );
+    daemon.stop_within(stop_limit);
+    assert_eq!(
+        chain_head(client, node).await,
+        kept,
+        "nothing appended at shutdown"
+    );
+    let config = dir.path("playbookd.toml");
+    let (status, stdout, stderr) = audit_verify(&config, &[]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let (status, stdout, _) = audit_verify_anchor(&config, dir);
+    assert_eq!(status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("BREACH at seq {}: cut:", kept + 1)) && stdout.contains(&missing),
+        "{stdout}"
+    );
+}
+
+/// `playbookd audit VERB --config CONFIG EXTRA…`.
+pub fn audit_cli(verb: &str, config: &Path, extra: &[&str]) -> (ExitStatus, String, String) {
+    let mut args = vec!["audit", verb, "--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
     run_cli(&args, &[])
+}
+
+/// Runs `openssl ARGS…`, which must succeed: keys and signatures made by an implementation
+/// this project did not write.
+pub fn openssl(args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `openssl genpkey -algorithm ALGORITHM [-pkeyopt OPTION] -out KEY`, and the public half (PEM)
+/// at `public`.
+pub fn openssl_key_pair(algorithm: &str, option: Option<&str>, key: &Path, public: &Path) {
+    let key = key.to_str().unwrap();
+    let mut args = vec!["genpkey", "-algorithm", algorithm];
+    if let Some(option) = option {
+        args.extend(["-pkeyopt", option]);
+    }
+    args.extend(["-out", key]);
+    openssl(&args);
+    openssl(&[
+        "pkey",
+        "-in",
+        key,
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
 }
 
 pub fn binary() -> PathBuf {
@@ -273,6 +401,16 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, Stri
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A fresh database, and a directory with a config for `node` (`extra` appended), served by
+/// the real daemon (ready): (database, directory, config path, daemon).
+pub async fn serve_fresh(node: &str, extra: &str) -> (TestDb, DaemonDir, PathBuf, ChildDaemon) {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, node, extra);
+    let daemon = ChildDaemon::serve(&config);
+    (db, dir, config, daemon)
 }
 
 /// A directory holding a daemon's configuration, keys, playbooks and sockets.
@@ -323,6 +461,15 @@ impl DaemonDir {
             std::fs::write(&sig2, self.signer(AUTHORS[1]).sign(text.as_bytes())).expect("sign");
         }
         path
+    }
+
+    /// Makes the directory and `run/` reachable by other uids (tempdirs are 0700), for clients
+    /// such as `playbookd ctl` run under the uids a test gives roles to.
+    pub fn open_to_other_uids(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [self.dir.path().to_owned(), self.path("run")] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
 
     /// The daemon's chain anchor (`chain-anchor.json`), as JSON.
@@ -396,6 +543,15 @@ impl ChildDaemon {
     /// Starts `playbookd serve --config CONFIG`, logging to `LOG`.
     pub fn start(config: &Path, log: &Path) -> ChildDaemon {
         ChildDaemon::start_with_env(config, log, &[])
+    }
+
+    /// `playbookd serve --config CONFIG`, logging to `daemon.log` beside CONFIG, once it is
+    /// ready (within 30 s).
+    pub fn serve(config: &Path) -> ChildDaemon {
+        let log = config.with_file_name("daemon.log");
+        let mut daemon = ChildDaemon::start(config, &log);
+        daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
+        daemon
     }
 
     /// Like [`ChildDaemon::start`], with extra environment variables (`NOTIFY_SOCKET`, …).
