@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli, serve_fresh};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, http_get, run_cli, serve_fresh};
 use crate::helpers::{query_column, query_value};
 
 #[tokio::test]
@@ -149,17 +149,9 @@ async fn second_daemon_with_the_same_node_id_refuses_to_start() {
 
 /// GET `path` over the status API's Unix socket; the status line and body.
 fn get_over_unix(socket: &std::path::Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+    let stream = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    http_get(stream, "localhost", path)
 }
 
 #[tokio::test]
