@@ -22,6 +22,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::redact::Audience;
 use crate::registry::model::RiskTier;
 use crate::store::audit::{AppendError, AuditHandle};
 pub use crate::store::gates::VoteOutcome;
@@ -65,6 +66,7 @@ pub struct GateRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum Verdict {
     Approved,
     Denied(String),
@@ -105,6 +107,17 @@ pub enum VoteError {
     Audit(#[source] AppendError),
 }
 
+/// Why a gate could not be waited on. Approvals decide and never act, so this is their own
+/// error; the executor, which acts on the verdict, maps it to its own (the run stays
+/// resumable either way).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("database unavailable")]
+    Store(#[from] StoreError),
+    #[error("audit log unavailable; nothing further was done")]
+    Audit(#[from] AppendError),
+}
+
 /// Approval gates: opened by the executor, decided by votes on control.sock. Cloning is
 /// shallow.
 #[derive(Clone)]
@@ -135,7 +148,7 @@ impl Approvals {
         &self,
         request: GateRequest,
         interrupt: &CancellationToken,
-    ) -> Result<Verdict, crate::executor::RunError> {
+    ) -> Result<Verdict, GateError> {
         let index = request.step_index;
         let key = (request.execution_id, index);
         let notify = self.waiter(key);
@@ -269,7 +282,7 @@ impl Approvals {
             "playbook": request.playbook,
             "step_id": request.step_id,
             "action": request.action,
-            "params": crate::redact::redact(request.params.clone(), &APPROVAL_SECRET_KEY_PARTS),
+            "params": crate::redact::redact(request.params.clone(), Audience::Approvers),
             "risk": request.risk.as_str(),
             "undoable": request.undoable,
         });
@@ -384,7 +397,3 @@ fn classify_vote_error(error: AppendError, execution_id: Uuid, uid: u32) -> Vote
         }
     }
 }
-
-/// Parameters shown to approvers: anything that names a secret keeps its name, never a value
-/// (so `secret: NAME` of http.post stays readable).
-const APPROVAL_SECRET_KEY_PARTS: [&str; 3] = ["password", "token", "authorization"];

@@ -98,6 +98,7 @@ pub struct AuditRow {
 
 /// What a verified bundle shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct Verified {
     pub node_id: String,
     pub execution_id: uuid::Uuid,

@@ -103,12 +103,18 @@ impl DaemonError {
             | DaemonError::Status(StatusError::Address { .. } | StatusError::Activated { .. })
             | DaemonError::Activation(_)
             | DaemonError::ActivatedMismatch { .. } => ExitCode::from(EXIT_CONFIG),
-            DaemonError::Socket(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
+            DaemonError::Socket(error) | DaemonError::Status(StatusError::UnixSocket(error))
+                if error.is_config() =>
+            {
+                ExitCode::from(EXIT_CONFIG)
+            }
             DaemonError::Schema(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Privileges(PrivilegeError::Unsafe { .. }) => ExitCode::from(EXIT_CONFIG),
             DaemonError::Registry(error) if error.is_config() => ExitCode::from(EXIT_CONFIG),
             DaemonError::Store(_)
-            | DaemonError::Status(StatusError::Bind { .. } | StatusError::Serve(_))
+            | DaemonError::Status(
+                StatusError::Bind { .. } | StatusError::Serve(_) | StatusError::UnixSocket(_),
+            )
             | DaemonError::Audit(AuditStartError::Store { .. })
             | DaemonError::Checkpoint(
                 CheckpointError::Store { .. } | CheckpointError::Anchor { .. },

@@ -31,6 +31,7 @@ const CHAIN_HEAD: &str = "chain-head ";
 
 /// A signed tree head of one node's chain, as carried by a checkpoint note.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct TreeHead {
     pub origin: String,
     /// Number of leaves, i.e. the seq of the last row covered.

@@ -24,6 +24,7 @@ pub fn kill_process_group(pgid: u32, signal: Signal) -> io::Result<()> {
 
 /// What happened when a signal was sent to one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub enum SignalOutcome {
     Delivered,
     /// No such process (exited and reaped).

@@ -1,5 +1,6 @@
 //! Unix-socket plumbing shared by decisions.sock and control.sock: safe binding (a stale
-//! socket from a crash is replaced, a live one or a non-socket is not), permissions, peer
+//! socket from a crash is replaced, a live one or a non-socket is not; the status API's
+//! socket follows the same policy), permissions, peer
 //! credentials checked at connect, connection slots (per uid, with a reserve for privileged
 //! peers), and bounded NDJSON line reading with a deadline per line.
 
@@ -112,8 +113,11 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, BindError>
     Ok(listener)
 }
 
-/// A socket file left by a crashed daemon refuses connections: only then is it removed.
-fn remove_stale(path: &Path) -> Result<(), BindError> {
+/// The one stale-socket policy, for every socket the daemon binds (decisions, control, the
+/// status API): a socket file left by a crashed daemon refuses connections, and only then is
+/// it removed. A live one belongs to a running process (perhaps a second instance started by
+/// mistake) and is never unlinked; anything that is not a socket is never touched.
+pub fn remove_stale(path: &Path) -> Result<(), BindError> {
     let Ok(metadata) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
@@ -149,6 +153,7 @@ pub struct Limits {
 
 /// What a listener decided about a peer at connect, from its kernel credentials alone and
 /// before reading a byte: a peer that may not use the socket never holds a slot.
+#[must_use]
 pub enum Admission<P> {
     /// Serve the connection; `privileged` peers may use the reserved slots.
     Serve { peer: P, privileged: bool },

@@ -113,13 +113,8 @@ impl HttpSender {
     }
 
     fn check_url(&self, text: &str) -> Result<Target, ActionError> {
-        let url =
-            Url::parse(text).map_err(|e| ActionError::Permanent(format!("invalid url: {e}")))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ActionError::Permanent(
-                "url must not carry credentials (use `secret`)".into(),
-            ));
-        }
+        let url = params::http_url(text)
+            .map_err(|error| ActionError::Permanent(format!("url {error}")))?;
         // The same rule the registry applied at load; here on the rendered URL.
         let destination = limits::check_http_url(&url, &self.allowlists)
             .map_err(|refusal| ActionError::Permanent(refusal.to_string()))?;

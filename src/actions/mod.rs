@@ -23,6 +23,8 @@ mod params;
 pub mod process_kill;
 pub mod specs;
 
+pub use params::{UrlError, http_url};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use reqwest::Url;
 use serde_json::Value;
 
 use super::ActionError;
@@ -83,4 +84,41 @@ fn as_str<'a>(value: &'a Value, name: &str) -> Result<&'a str, ActionError> {
     value
         .as_str()
         .ok_or_else(|| ActionError::Permanent(format!("parameter `{name}` must be a string")))
+}
+
+/// Why a text is not a URL a step may send a request to. The messages never repeat the URL
+/// (a rendered one may carry decision data in its query); callers say which text it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("contains whitespace or a control character")]
+    Whitespace,
+    #[error("is not a URL ({0})")]
+    Syntax(String),
+    #[error("must be an http:// or https:// URL")]
+    Scheme,
+    #[error("has no host")]
+    NoHost,
+    #[error("must not carry credentials (use `secret`)")]
+    Credentials,
+}
+
+/// The one URL rule, for literal URLs at load and rendered ones at run time: parsed by the
+/// same parser the request uses, http or https, a host, no credentials (they would end up in
+/// logs and the audit trail). Whitespace and control characters are refused before parsing,
+/// because the parser would silently drop tabs and newlines and so change the destination.
+pub fn http_url(text: &str) -> Result<Url, UrlError> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UrlError::Whitespace);
+    }
+    let url = Url::parse(text).map_err(|error| UrlError::Syntax(error.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(UrlError::Scheme);
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(UrlError::NoHost);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(UrlError::Credentials);
+    }
+    Ok(url)
 }

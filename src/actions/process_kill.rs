@@ -63,7 +63,8 @@ fn signal_request(params: &Value) -> Result<SignalRequest, ActionError> {
     let signal_name = params::optional_string(params, "signal")?.unwrap_or("TERM");
     let signal = SignalName::parse(signal_name).ok_or_else(|| {
         ActionError::Permanent(format!(
-            "signal `{signal_name}` is not one of KILL, TERM, INT, HUP, STOP, QUIT, USR1, USR2"
+            "signal `{signal_name}` is not one of {}",
+            SignalName::names()
         ))
     })?;
     let executable = match params::optional_string(params, "executable")? {

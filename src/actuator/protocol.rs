@@ -58,19 +58,29 @@ pub enum SignalName {
 }
 
 impl SignalName {
+    /// Every signal a playbook may send, in the order error messages list them. The one list:
+    /// the validator, the action and the actuator all read it.
+    pub const ALL: [SignalName; 8] = [
+        SignalName::Kill,
+        SignalName::Term,
+        SignalName::Int,
+        SignalName::Hup,
+        SignalName::Stop,
+        SignalName::Quit,
+        SignalName::Usr1,
+        SignalName::Usr2,
+    ];
+
     /// Parses a name without the `SIG` prefix (`KILL`, `TERM`, …).
     pub fn parse(name: &str) -> Option<SignalName> {
-        Some(match name {
-            "KILL" => SignalName::Kill,
-            "TERM" => SignalName::Term,
-            "INT" => SignalName::Int,
-            "HUP" => SignalName::Hup,
-            "STOP" => SignalName::Stop,
-            "QUIT" => SignalName::Quit,
-            "USR1" => SignalName::Usr1,
-            "USR2" => SignalName::Usr2,
-            _ => return None,
-        })
+        SignalName::ALL
+            .into_iter()
+            .find(|signal| signal.as_str() == name)
+    }
+
+    /// The names of [`SignalName::ALL`], comma-separated, for error messages.
+    pub fn names() -> String {
+        SignalName::ALL.map(SignalName::as_str).join(", ")
     }
 
     /// The name without `SIG`.

@@ -200,9 +200,15 @@ pub async fn checkpoint_text(
     }
     let client = store::connect_single(&config.postgres_config()).await?;
     let latest = evidence::latest_checkpoint(&client, node_id).await?;
-    if let Some(stored) = latest.and_then(|latest| latest.note) {
-        // As signed at the time; only its signature is checked, not the chain.
-        checked_note(&stored, node_id, &key)?;
+    if let Some(latest) = latest
+        && let Some(mut stored) = latest.note
+    {
+        // As signed at the time; only its signature is checked (whether it verifies is what
+        // matters, not the tree head it states), not the chain.
+        let _: TreeHead = checked_note(&stored, node_id, &key)?;
+        for (_, cosignature) in evidence::cosignatures(&client, node_id, Some(latest.seq)).await? {
+            stored.push_str(&cosignature.line());
+        }
         write_stdout(&stored)?;
         return Ok(());
     }
@@ -259,9 +265,10 @@ pub async fn prove(
     }
     // Checked before it is written: a stored earlier note that the chain does not extend (a
     // fork) is found here, not by whoever receives the bundle.
-    bundle::verify_bundle(&bundle, &key.verifying_key()).map_err(|e| {
-        EvidenceError::BrokenChain(format!("node {node_id}: the bundle does not verify: {e}"))
-    })?;
+    let _: bundle::Verified =
+        bundle::verify_bundle(&bundle, &key.verifying_key()).map_err(|e| {
+            EvidenceError::BrokenChain(format!("node {node_id}: the bundle does not verify: {e}"))
+        })?;
     // A Value of strings and numbers always serializes.
     let json = serde_json::to_string_pretty(&bundle).unwrap_or_default() + "\n";
     match out {

@@ -163,6 +163,7 @@ fn groups_of_user(uid: u32, gid: u32) -> Option<BTreeSet<u32>> {
 
 /// What one peer may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct Grant {
     pub roles: BTreeSet<Role>,
     /// `None`: not restricted by org. `Some(orgs)`: only executions of these orgs.

@@ -33,7 +33,7 @@ pub use crate::store::model::{RollbackCause, RunState, StepState};
 pub use crate::store::steps::{params_hash, step_key, undo_key};
 
 use crate::actions::Actions;
-use crate::approvals::Approvals;
+use crate::approvals::{Approvals, GateError};
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
 use crate::store::audit::{AppendError, AuditHandle};
@@ -69,6 +69,15 @@ pub enum RunError {
     /// The run cannot be continued safely; SAFE-HALT was entered for it.
     #[error("execution stopped in SAFE-HALT: {0}")]
     Halted(String),
+}
+
+impl From<GateError> for RunError {
+    fn from(error: GateError) -> RunError {
+        match error {
+            GateError::Store(error) => RunError::Store(error),
+            GateError::Audit(error) => RunError::Audit(error),
+        }
+    }
 }
 
 #[derive(Clone)]

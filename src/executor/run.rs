@@ -368,11 +368,10 @@ impl<'a> Runner<'a> {
     }
 
     async fn pass_gate(&mut self, index: usize, step: &Step) -> Result<Option<Forward>, RunError> {
-        let Some(spec) = crate::actions::spec(&step.action) else {
+        let Some(risk) = crate::registry::playbook::effective_risk(step) else {
             let error = format!("action `{}` is not available", step.action);
             return Ok(Some(self.fail_step(index, step, error).await?));
         };
-        let risk = step.risk.unwrap_or(spec.default_risk);
         let Some(required) =
             crate::approvals::required_approvals(risk, self.record.binding.require_approval)
         else {

@@ -32,7 +32,7 @@ use crate::store::StoreError;
 use crate::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
 use crate::store::versions::{self, NewVersion, VersionConflict};
 use limits::LimitViolation;
-use model::{Binding, BindingsFile, Playbook, RiskTier};
+use model::{Binding, BindingsFile, Playbook};
 use playbook::DocumentError;
 use secure_open::{OpenError, TrustedDir};
 use signature::{FileError, KeyId, TrustStoreError, TrustedKeys, VerifiedFile};
@@ -439,6 +439,7 @@ pub fn check_bindings_file(
 
 /// A signed file that passed every check the registry applies without the database.
 #[derive(Debug)]
+#[must_use]
 pub enum CheckedFile {
     Playbook(Candidate),
     Bindings(VerifiedFile, BindingsFile),
@@ -480,11 +481,7 @@ fn check_verified_playbook(
     if let Some(limits) = limits {
         limits::check_playbook_limits(&playbook, limits).map_err(|e| refused(e.into()))?;
     }
-    let critical = playbook
-        .steps
-        .iter()
-        .any(|step| step.risk == Some(RiskTier::Critical));
-    if critical {
+    if playbook::has_critical_step(&playbook) {
         require_dual_control("a playbook with a critical step", &verified).map_err(refused)?;
     }
     Ok(Candidate { playbook, verified })
@@ -572,11 +569,7 @@ pub async fn load_pinned<C: GenericClient>(
             version,
         });
     }
-    let critical = playbook
-        .steps
-        .iter()
-        .any(|step| step.risk == Some(RiskTier::Critical));
-    if critical && signers.len() < 2 {
+    if playbook::has_critical_step(&playbook) && signers.len() < 2 {
         return Err(PinnedError::DualControl {
             id: id.to_owned(),
             version,

@@ -22,6 +22,7 @@ use super::template::{self, Reference, Segment};
 use super::when;
 use crate::actions::{self, ActionSpec, ParamKind, Undo};
 use crate::actuator::nft;
+use crate::actuator::protocol::SignalName;
 
 /// The largest document accepted, checked before any parsing.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -198,10 +199,20 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, DocumentError> {
     read_strict(bytes)
 }
 
-/// The risk tier a step runs at: its own, or its action's default.
+/// The risk tier a step runs at: its own, or its action's default; `None` for an action this
+/// build does not have. The one rule: the gate, dual control and the simulator all ask here.
 pub fn effective_risk(step: &Step) -> Option<RiskTier> {
     step.risk
         .or_else(|| actions::spec(&step.action).map(|spec| spec.default_risk))
+}
+
+/// True when a step runs at critical risk (its own tier or its action's default), so the
+/// playbook needs two signers.
+pub fn has_critical_step(playbook: &Playbook) -> bool {
+    playbook
+        .steps
+        .iter()
+        .any(|step| effective_risk(step) == Some(RiskTier::Critical))
 }
 
 /// Checks one parameter value that no template touched against its kind. Also usable by
@@ -229,13 +240,13 @@ pub fn check_literal(kind: ParamKind, value: &Value) -> Result<(), String> {
         ParamKind::Url => check_url(text()?),
         ParamKind::Signal => {
             let name = text()?;
-            if SIGNALS.contains(&name) {
-                Ok(())
-            } else {
-                Err(format!(
+            // The actuator's own list: a name it would refuse at run time is refused now.
+            match SignalName::parse(name) {
+                Some(_) => Ok(()),
+                None => Err(format!(
                     "`{name}` is not a known signal ({})",
-                    SIGNALS.join(", ")
-                ))
+                    SignalName::names()
+                )),
             }
         }
         ParamKind::Priority => {
@@ -270,10 +281,6 @@ pub fn check_literal(kind: ParamKind, value: &Value) -> Result<(), String> {
     }
 }
 
-/// Signal names `process.kill` accepts (without the `SIG` prefix).
-pub const SIGNALS: &[&str] = &[
-    "HUP", "INT", "QUIT", "KILL", "TERM", "STOP", "CONT", "USR1", "USR2",
-];
 /// Syslog priority names `notify` accepts.
 pub const PRIORITIES: &[&str] = &[
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
@@ -879,23 +886,11 @@ pub(crate) fn check_ip_or_cidr(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The rule `http.post` applies to the rendered URL, applied to a literal one now.
 fn check_url(text: &str) -> Result<(), String> {
-    let rest = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{text}` must be an http:// or https:// URL"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() {
-        return Err(format!("`{text}` has no host"));
-    }
-    // Credentials in a URL end up in logs and the audit trail; use a secret instead.
-    if host.contains('@') {
-        return Err(format!("`{text}` must not carry credentials"));
-    }
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{text}` contains whitespace"));
-    }
-    Ok(())
+    actions::http_url(text)
+        .map(drop)
+        .map_err(|error| format!("`{text}` {error}"))
 }
 
 /// True if the literal text before the first template already fixes the scheme and host.

@@ -561,6 +561,7 @@ impl Signature {
 /// A file whose exact bytes carry at least one valid signature by a trusted key.
 /// Only [`TrustedKeys::verify_signatures`] builds one.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct VerifiedFile {
     bytes: Vec<u8>,
     sha256: [u8; 32],

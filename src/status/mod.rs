@@ -154,6 +154,8 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for the status API")]
+    UnixSocket(#[from] crate::unix_socket::BindError),
     #[error("the status API server failed")]
     Serve(#[source] std::io::Error),
     #[error(
@@ -206,8 +208,10 @@ pub fn parse_listen(listen: &str) -> Result<StatusAddr, StatusError> {
         .map_err(|_| bad())
 }
 
-/// Binds `status.listen`. A stale Unix socket file left by a crash is replaced; any other
-/// file at that path is refused (never delete what is not ours).
+/// Binds `status.listen`. A Unix socket path follows [`crate::unix_socket::remove_stale`]: a
+/// stale socket left by a crash is replaced, a live one (another instance is serving) or a
+/// file that is not a socket is refused. Status binds before the chain lock, so this is what
+/// keeps a second daemon started by mistake from unlinking the first one's socket.
 pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
     match parse_listen(listen)? {
         StatusAddr::Tcp(addr) => TcpListener::bind(addr)
@@ -222,16 +226,7 @@ pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
                 address: format!("unix:{}", path.display()),
                 source,
             };
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return Err(bind_error(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "a file that is not a socket is in the way",
-                    )));
-                }
-                std::fs::remove_file(&path).map_err(bind_error)?;
-            }
+            crate::unix_socket::remove_stale(&path)?;
             let listener = UnixListener::bind(&path).map_err(bind_error)?;
             Ok(StatusListener::Unix { listener, path })
         }

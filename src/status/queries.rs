@@ -530,7 +530,7 @@ pub const RUN_STATES: [&str; 10] = [
 /// Replaces the value of any key that names a credential, at any depth, then caps the size:
 /// a value larger than [`OUTPUT_LIMIT`] bytes becomes `{"truncated": true, "bytes": N, "preview": "…"}`.
 pub fn bounded_json(value: Value) -> Value {
-    let value = crate::redact::redact(value, &SECRET_KEY_PARTS);
+    let value = crate::redact::redact(value, crate::redact::Audience::StatusReaders);
     let text = value.to_string();
     if text.len() <= OUTPUT_LIMIT {
         return value;
@@ -626,18 +626,6 @@ pub const OUTPUT_LIMIT: usize = 4096;
 /// Largest error or reason text returned as is (bytes).
 pub const TEXT_LIMIT: usize = 2048;
 const AUDIT_REFS_LIMIT: i64 = 1000;
-const SECRET_KEY_PARTS: [&str; 9] = [
-    "secret",
-    "password",
-    "passwd",
-    "token",
-    "authorization",
-    "api_key",
-    "apikey",
-    "credential",
-    "private_key",
-];
-
 /// The newest stored checkpoint note of `node_id` (or the one of exactly `size` rows), with its
 /// size.
 pub async fn checkpoint_note(

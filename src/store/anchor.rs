@@ -189,6 +189,7 @@ pub async fn database_head(
 
 /// The last checkpoint this node signed, as kept in the anchor.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct AnchoredCheckpoint {
     pub seq: i64,
     pub hash: [u8; 32],
@@ -280,6 +281,7 @@ pub enum AnchorError {
 /// Whether reading the anchor insists the caller owns it (the daemon does; `audit verify` run
 /// by an auditor reads it as evidence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub enum OwnerCheck {
     Daemon,
     Evidence,
@@ -387,6 +389,7 @@ pub struct Anchor {
 
 /// What the anchor says when the writer opens the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum OpenCheck {
     /// The database holds everything this node committed.
     Intact,

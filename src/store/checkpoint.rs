@@ -31,10 +31,10 @@ use base64::Engine;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::note::{self, TreeHead};
+use crate::registry::signature::KeyId;
 use crate::store::anchor::{AnchorError, AnchoredCheckpoint};
 use crate::store::audit::{AuditHandle, ChainHead, MerkleHead, now_micros};
 use crate::store::{Store, StoreError};
@@ -286,6 +286,7 @@ impl NodeKey {
 
 /// A signed chain head, as stored in `audit_checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct Checkpoint {
     pub node_id: String,
     pub seq: i64,
@@ -311,9 +312,9 @@ pub fn checkpoint_bytes(node_id: &str, seq: i64, hash: &[u8; 32]) -> Vec<u8> {
     serde_json_canonicalizer::to_vec(&head).unwrap_or_default()
 }
 
-/// Hex SHA-256 of a SubjectPublicKeyInfo DER.
+/// The key id of a SubjectPublicKeyInfo DER: the same [`KeyId`] rule as the playbook signers'.
 pub fn key_id_of(spki_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(spki_der))
+    KeyId::of_spki_der(spki_der).to_string()
 }
 
 /// Checks a stored checkpoint's signature under the public key stored with it.
@@ -572,6 +573,7 @@ fn public_path(key: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn head(seq: i64) -> ChainHead {
         ChainHead { seq, hash: [7; 32] }

@@ -219,6 +219,7 @@ pub struct NewVote {
 
 /// The gate after a vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub struct VoteOutcome {
     pub gate_state: GateState,
     pub approvals: i64,

@@ -71,6 +71,7 @@ impl std::fmt::Display for Breach {
 
 /// Outcome of verifying one node's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct ChainReport {
     pub node_id: String,
     /// Rows checked before the first bad row (all of them when the rows are intact).

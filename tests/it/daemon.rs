@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli, serve_fresh};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, http_get, run_cli, serve_fresh};
 use crate::helpers::{query_column, query_value};
 
 #[tokio::test]
@@ -145,6 +145,47 @@ async fn second_daemon_with_the_same_node_id_refuses_to_start() {
     assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("shared-node"), "{stderr}");
     assert!(stderr.contains("another playbookd"), "{stderr}");
+}
+
+/// GET `path` over the status API's Unix socket; the status line and body.
+fn get_over_unix(socket: &std::path::Path, path: &str) -> String {
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    http_get(stream, "localhost", path)
+}
+
+#[tokio::test]
+async fn a_second_daemon_started_by_mistake_leaves_the_first_ones_status_socket_working() {
+    let db = TestDb::new().await;
+    let dir = DaemonDir::new();
+    let config = dir.write_config(&db, "node-a", "");
+    let socket = dir.path("run/status.sock");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"unix:{}\"", socket.display()),
+    );
+    assert!(text.contains("unix:"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
+    first.wait_for_log("playbookd ready", Duration::from_secs(20));
+    first.wait_for_log("status API listening on unix:", Duration::from_secs(5));
+    let response = get_over_unix(&socket, "/v1/health");
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+
+    // The same configuration again: it must stop at the live status socket, not unlink it.
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        socket.exists(),
+        "the first daemon's status socket was unlinked:\n{stderr}"
+    );
+    let response = get_over_unix(&socket, "/v1/health");
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(
+        stderr.contains("another process is already serving on this socket"),
+        "{stderr}"
+    );
+    first.stop_within(Duration::from_secs(10));
 }
 
 #[tokio::test]

@@ -399,7 +399,11 @@ async fn the_runtime_role_holds_exactly_the_listed_grants() {
     };
     grant(
         &["INSERT", "SELECT"],
-        &["audit_checkpoints", "audit_cosignatures", "playbook_audit_log"],
+        &[
+            "audit_checkpoints",
+            "audit_cosignatures",
+            "playbook_audit_log",
+        ],
     );
     grant(
         &["INSERT", "SELECT"],

@@ -342,7 +342,7 @@ async fn checkpointed(
     let key_path = dir.join("node.key");
     let key = NodeKey::load_or_generate(&key_path).unwrap();
     let checkpointer = Checkpointer::new(server.audit.clone(), store, std::sync::Arc::new(key));
-    checkpointer
+    let _: playbookd::store::checkpoint::Checkpoint = checkpointer
         .checkpoint()
         .await
         .unwrap()

@@ -16,7 +16,7 @@ use playbookd::merkle::{Hash, Tree, leaf_hash};
 use playbookd::note::{self, TreeHead, VerifierKey};
 use playbookd::store::Store;
 use playbookd::store::audit::{self, Actor, AuditEvent};
-use playbookd::store::checkpoint::{Checkpointer, NodeKey};
+use playbookd::store::checkpoint::{Checkpoint, Checkpointer, NodeKey};
 use playbookd::witness::submit::{Submitted, Submitter, request_body};
 use playbookd::witness::{Witness, WitnessConfig};
 use tokio_util::sync::CancellationToken;
@@ -408,7 +408,7 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
         }
         handle.append(event).await.unwrap();
     }
-    checkpointer.checkpoint().await.unwrap().unwrap();
+    let _: Checkpoint = checkpointer.checkpoint().await.unwrap().unwrap();
 
     let witness_dir = tempfile::tempdir().unwrap();
     let witness_config =
@@ -434,7 +434,7 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
         .append(AuditEvent::new("test.event", Actor::System).execution(run))
         .await
         .unwrap();
-    checkpointer.checkpoint().await.unwrap().unwrap();
+    let _: Checkpoint = checkpointer.checkpoint().await.unwrap().unwrap();
     assert_eq!(
         submitter.submit(&endpoint).await.unwrap(),
         Submitted::Cosigned { seq: 7 }

@@ -131,9 +131,17 @@ fn literal_parameter_kinds_are_checked() {
         (K::Url, "ftp://example.org"),
         (K::Url, "https://"),
         (K::Url, "https://user:pw@example.org/"),
+        (K::Url, "https://user@example.org/"),
+        // The parser would drop the tab and newline; the URL checked must be the one sent.
+        (K::Url, "https://example.org/a\tb"),
+        (K::Url, "https://example.org/\n"),
+        (K::Url, "https://exa mple.org/"),
+        (K::Url, "example.org/path"),
         (K::AbsolutePath, "relative/path"),
         (K::AbsolutePath, "/var/../etc/shadow"),
         (K::Signal, "SIGKILL"),
+        // Listed by the validator once, but the actuator never sent it: a run would have failed.
+        (K::Signal, "CONT"),
         (K::Priority, "loud"),
         (K::Duration, "10 minutes"),
         (K::SecretName, "../../etc/shadow"),

@@ -139,6 +139,7 @@ pub struct GateRow {
 
 /// A vote's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub enum Verdict {
     Approve,
     Deny,

@@ -636,20 +636,13 @@ impl ChildDaemon {
 
     /// GET `path` of the daemon's status API, as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
         let addr = self.status_endpoint().to_string();
         let addr = addr
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let stream = std::net::TcpStream::connect(&addr).unwrap();
+        let response = http_get(stream, &addr, path);
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
     }
@@ -735,4 +728,20 @@ pub fn tlog_hashes(proof: &serde_json::Value) -> Vec<tlog_tiles::Hash> {
             tlog_tiles::Hash(bytes.try_into().expect("32 bytes"))
         })
         .collect()
+}
+
+/// One HTTP/1.0 GET of `path` over `stream` (TCP or a Unix socket); the whole response.
+pub fn http_get<S: std::io::Read + std::io::Write>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> String {
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
