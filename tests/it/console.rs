@@ -475,5 +475,28 @@ async fn run_page_links_each_event_to_its_checkpoint_note_and_proof() {
         let body = proof.json().unwrap();
         assert!(body["inclusion_proof"].is_array(), "{body}");
     }
+    // No witness has cosigned yet; once one cosigns the newest checkpoint, every event it
+    // covers says so.
+    assert!(!html.contains("cosigned by"), "{html}");
+    let client = daemon.db.client().await;
+    client
+        .execute(
+            "INSERT INTO audit_cosignatures \
+             (node_id, checkpoint_seq, witness_name, key_id, timestamp, signature, created_at) \
+             SELECT 'node-a', max(seq), 'witness.test/w1', '0000abcd', 1, $1, now() \
+             FROM audit_checkpoints WHERE node_id = 'node-a'",
+            &[&vec![7u8; 64]],
+        )
+        .await
+        .unwrap();
+    let page = request(&endpoint, "GET", &format!("/ui/runs/{id}"))
+        .await
+        .unwrap();
+    let html = String::from_utf8(page.body).unwrap();
+    assert_eq!(
+        html.matches("cosigned by 1 witness<").count(),
+        events,
+        "{html}"
+    );
     daemon.stop().await;
 }

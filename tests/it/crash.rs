@@ -162,7 +162,12 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
         for (fail, reply) in sender.await.unwrap() {
             // A reply cut by the kill is fine: the database says whether it was accepted.
             if let Some(reply) = reply {
-                assert_ne!(reply["status"], "rejected", "{reply}");
+                assert_ne!(
+                    reply["status"],
+                    "rejected",
+                    "{reply}\n{}",
+                    daemon.log_text()
+                );
                 if reply["status"] == "accepted" {
                     let id = reply["execution_id"].as_str().unwrap().parse().unwrap();
                     expected.insert(

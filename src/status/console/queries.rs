@@ -187,6 +187,10 @@ pub struct EventRow {
     pub created_at: OffsetDateTime,
     /// The first signed checkpoint of the same chain at or after `seq`, if one was taken.
     pub checkpoint: Option<CheckpointRef>,
+    /// How many witnesses cosigned a checkpoint of this chain at or after `seq` (each
+    /// cosignature was verified against the configured witness key before it was stored, and a
+    /// witness cosigns only a tree consistent with the one it saw before).
+    pub witnesses: i64,
 }
 
 /// A signed chain head that covers an event (its seq is at or after the event's).
@@ -417,7 +421,9 @@ pub async fn run_detail(
     let events = client
         .query(
             "SELECT a.node_id, a.seq, a.hash, a.event_type, a.event_data, a.created_at, \
-                    c.seq, c.key_id, c.created_at, c.note IS NOT NULL \
+                    c.seq, c.key_id, c.created_at, c.note IS NOT NULL, \
+                    (SELECT count(DISTINCT w.witness_name) FROM audit_cosignatures w \
+                     WHERE w.node_id = a.node_id AND w.checkpoint_seq >= a.seq) \
              FROM playbook_audit_log a \
              LEFT JOIN LATERAL ( \
                  SELECT seq, key_id, created_at, note FROM audit_checkpoints k \
@@ -442,6 +448,7 @@ pub async fn run_detail(
                 created_at: row.get(8),
                 has_note: row.get::<_, Option<bool>>(9).unwrap_or(false),
             }),
+            witnesses: row.get(10),
         })
         .collect();
 

@@ -497,8 +497,8 @@ pub struct CheckpointView {
     pub note_link: Option<String>,
     /// `/v1/audit/NODE/SEQ/proof`: the event's inclusion proof (against the newest note).
     pub proof_link: Option<String>,
-    /// How many trusted witnesses cosigned this checkpoint; `None` until witnesses exist
-    /// (task WITNESS fills it and the `witnesses` block of run.html).
+    /// How many of the configured witnesses cosigned a checkpoint covering the event; `None`
+    /// when none did.
     pub witnesses: Option<u32>,
 }
 
@@ -532,7 +532,7 @@ impl EventLine {
                     proof_link: c
                         .has_note
                         .then(|| format!("/v1/audit/{}/{}/proof", event.node_id, event.seq)),
-                    witnesses: None,
+                    witnesses: u32::try_from(event.witnesses).ok().filter(|n| *n > 0),
                 }),
             },
         }
