@@ -153,7 +153,7 @@ pub enum Command {
     /// or for another team: it cosigns a checkpoint only if it extends the last one it cosigned.
     /// Exit 78: the configuration, key or state file must be fixed.
     Witness {
-        /// The witness configuration (TOML: name, key, state, listen, [[logs]]).
+        /// The witness configuration (TOML: name, key, state, listen, `[[logs]]`).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Print the witness's verifier key (type 0x04) for the logs' [[audit.witnesses]] and exit.

@@ -119,7 +119,7 @@ pub type Effect<T> = Box<
 /// costs a round trip of its own on every call. The writer's client is reachable through
 /// `Deref` (a helper taking a `GenericClient` still works, uncached); the writer opened the
 /// transaction on it (its BEGIN travels with the first effect's first statement, see
-/// [`write_batch`]), so whatever is sent through it is part of the batch's transaction.
+/// `write_batch`), so whatever is sent through it is part of the batch's transaction.
 pub struct Tx<'t> {
     transaction: &'t Client,
     statements: &'t StatementCache,
