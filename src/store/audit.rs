@@ -24,6 +24,12 @@
 //! effect's first statement (nothing is awaited between them), effects run statements prepared
 //! once per connection ([`Tx`]), and the batch's audit rows are one INSERT (`unnest` of arrays)
 //! sent together with the last savepoint's release, then COMMIT.
+//!
+//! A batch of several requests is first written without savepoints, the effects of requests in
+//! different [`Scope`]s side by side (their statements pipelined on the one connection), so that
+//! the batch's outcome and chain order are those of running its requests one by one in batch
+//! order; if any effect fails there, that attempt is rolled back and the batch is written again
+//! the savepoint way above (effects are `Fn`, so they can run again).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +123,32 @@ impl AuditEvent {
 pub type Effect<T> = Box<
     dyn for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send + Sync,
 >;
+
+/// What an append's effect may change, so that the writer knows which effects it may run side
+/// by side in one transaction (see `write_pipelined`). Declaring a scope narrower than what the
+/// effect touches breaks the serial equivalence of batches: when in doubt, [`Scope::Global`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Nothing: the event only.
+    Event,
+    /// The rows of this run only (the run, its steps, gates, votes, undos and its nonce). The
+    /// effect may read rows that only [`Scope::Global`] effects change (the halts).
+    Execution(uuid::Uuid),
+    /// Anything: runs alone in its batch, after what was queued before it and before what
+    /// was queued after it.
+    Global,
+}
+
+impl Scope {
+    /// The scope of a request holding jobs of both scopes.
+    fn join(self, other: Scope) -> Scope {
+        match (self, other) {
+            (Scope::Event, scope) | (scope, Scope::Event) => scope,
+            (Scope::Execution(a), Scope::Execution(b)) if a == b => self,
+            _ => Scope::Global,
+        }
+    }
+}
 
 /// The transaction an effect runs in. Its `execute` and `query*` take SQL text like a
 /// client's but reuse a statement prepared once per writer connection: an unnamed statement
@@ -336,6 +368,7 @@ async fn seed_frontier(
 /// An append prepared by [`AuditHandle::defer`], not sent yet.
 pub struct Deferred {
     job: Box<dyn Job>,
+    scope: Scope,
     response: oneshot::Receiver<Result<(Appended, ()), AppendError>>,
 }
 
@@ -365,12 +398,13 @@ pub struct AuditHandle {
 impl AuditHandle {
     /// Appends one event with no other change. Resolves after COMMIT.
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
-        self.append_with(Box::new(move |_tx| {
+        let effect: Effect<()> = Box::new(move |_tx| {
             let event = event.clone();
             Box::pin(async move { Ok((event, ())) })
-        }))
-        .await
-        .map(|(appended, ())| appended)
+        });
+        self.append_after_in(Scope::Event, Vec::new(), effect)
+            .await
+            .map(|(appended, ())| appended)
     }
 
     /// Runs `effect` and appends the event it returns, atomically. Resolves after COMMIT with
@@ -382,14 +416,30 @@ impl AuditHandle {
         self.append_after(Vec::new(), effect).await
     }
 
+    /// [`Self::append_with`] for an effect that changes only what `scope` says: the writer may
+    /// run it side by side with effects of other scopes.
+    pub async fn append_in<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        effect: Effect<T>,
+    ) -> Result<(Appended, T), AppendError> {
+        self.append_after_in(scope, Vec::new(), effect).await
+    }
+
     /// Prepares an append that is sent later, with the caller's next append ([`Self::append_after`])
     /// or alone ([`Self::flush`]). For a record with no side effect after it (a step's end, a
     /// run's start): it can share the next record's transaction, one COMMIT instead of two.
     /// Nothing of it is written until it is sent; dropped unsent, it is never written.
     pub fn defer(&self, effect: Effect<()>) -> Deferred {
+        self.defer_in(Scope::Global, effect)
+    }
+
+    /// [`Self::defer`] for an effect that changes only what `scope` says.
+    pub fn defer_in(&self, scope: Scope, effect: Effect<()>) -> Deferred {
         let (job, response) = TypedJob::new(effect);
         Deferred {
             job: Box::new(job),
+            scope,
             response,
         }
     }
@@ -402,18 +452,31 @@ impl AuditHandle {
         before: Vec<Deferred>,
         effect: Effect<T>,
     ) -> Result<(Appended, T), AppendError> {
+        self.append_after_in(Scope::Global, before, effect).await
+    }
+
+    /// [`Self::append_after`] for an effect that changes only what `scope` says.
+    pub async fn append_after_in<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        before: Vec<Deferred>,
+        effect: Effect<T>,
+    ) -> Result<(Appended, T), AppendError> {
         let (job, response) = TypedJob::new(effect);
         let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(before.len() + 1);
         let mut earlier = Vec::with_capacity(before.len());
+        let mut request_scope = scope;
         for deferred in before {
             jobs.push(deferred.job);
             earlier.push(deferred.response);
+            request_scope = request_scope.join(deferred.scope);
         }
         jobs.push(Box::new(job));
         self.sender
             .send(Request {
                 jobs,
                 queued_at: std::time::Instant::now(),
+                scope: request_scope,
             })
             .await
             .map_err(|_| AppendError::Stopped)?;
@@ -430,14 +493,17 @@ impl AuditHandle {
         }
         let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(deferred.len());
         let mut responses = Vec::with_capacity(deferred.len());
+        let mut scope = Scope::Event;
         for deferred in deferred {
             jobs.push(deferred.job);
             responses.push(deferred.response);
+            scope = scope.join(deferred.scope);
         }
         self.sender
             .send(Request {
                 jobs,
                 queued_at: std::time::Instant::now(),
+                scope,
             })
             .await
             .map_err(|_| AppendError::Stopped)?;
@@ -710,6 +776,8 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 struct Request {
     jobs: Vec<Box<dyn Job>>,
     queued_at: std::time::Instant,
+    /// What its jobs may change, all together.
+    scope: Scope,
 }
 
 /// One caller's append with its result type erased, so one batch can carry many types.
@@ -1021,15 +1089,9 @@ impl Writer {
 /// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
 /// batch did not commit, and the caller drops the connection (which ends the transaction).
 ///
-/// Each effect runs in its own savepoint: whatever one caller's effect does wrong (refused by a
-/// constraint, or an error after it wrote) rolls back that effect alone and fails only its
-/// caller; its neighbours commit. The transaction and savepoint commands are not awaited on
-/// their own: BEGIN goes out in the same flight as the first effect's first statement, each
-/// savepoint (with the previous effect's release or rollback) with the next effect's first
-/// statement, and the last release with the batch's single audit INSERT and the COMMIT. A
-/// failed command means the connection or transaction is broken: the whole batch fails. If
-/// the INSERT fails, the transaction is aborted and the COMMIT sent behind it rolls back:
-/// nothing of the batch is committed, and the batch fails.
+/// A batch of several requests is first tried on the pipelined path ([`write_pipelined`]); if
+/// an effect fails there, that attempt is rolled back and the batch written again on the
+/// sequential path ([`write_sequential`]), where each effect has its own savepoint.
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
@@ -1037,37 +1099,260 @@ async fn write_batch(
     tree: &Mutex<Option<Frontier>>,
     batch: Vec<Request>,
 ) -> Result<bool, StoreError> {
-    let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
-    let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
-    let mut not_attempted: Vec<Box<dyn Job>> = Vec::new();
-    let (mut seq, mut prev_hash) = (connection.head_seq, connection.head_hash);
+    let perf = BatchPerf::new(&batch);
+    let mut sink = Sink {
+        connection,
+        node_id,
+        head,
+        tree,
+    };
+    if batch.len() < 2 {
+        return write_sequential(&mut sink, batch, perf).await;
+    }
+    match write_pipelined(&mut sink, batch, perf).await {
+        Pipelined::Done(outcome) => outcome,
+        Pipelined::Retry(batch, perf) => {
+            metrics::counter!("playbookd_audit_batch_retries_total").increment(1);
+            write_sequential(&mut sink, batch, perf).await
+        }
+    }
+}
 
-    let perf_t0 = std::time::Instant::now();
-    let perf_queue = batch
-        .iter()
-        .map(|r| perf_t0.saturating_duration_since(r.queued_at).as_micros())
-        .max()
-        .unwrap_or(0);
-    let perf_jobs: usize = batch.iter().map(|r| r.jobs.len()).sum();
-    let perf_requests = batch.len();
-    let mut perf_marks = [0u128; 4];
+/// Where a batch is written: the writer's connection, and what follows its chain's head.
+struct Sink<'a> {
+    connection: &'a mut ChainConnection,
+    node_id: &'a str,
+    head: &'a watch::Sender<ChainHead>,
+    tree: &'a Mutex<Option<Frontier>>,
+}
+
+/// What [`write_pipelined`] did with a batch.
+enum Pipelined {
+    /// Committed, or failed (every caller told): [`write_batch`]'s outcome.
+    Done(Result<bool, StoreError>),
+    /// An effect failed and the attempt was rolled back: nothing of it stands, write the batch
+    /// again (the requests in their order, their effects to be run again).
+    Retry(Vec<Request>, BatchPerf),
+}
+
+/// Writes a batch without savepoints, running the effects of requests in different
+/// [`Scope`]s side by side on the one connection: tokio-postgres sends the statements of
+/// futures polled together in one flight, so a batch costs about one round trip per statement
+/// depth instead of one per statement.
+///
+/// Serial equivalence: requests in one execution's scope run one after another in batch order
+/// (and a request's jobs in order); requests of different executions touch disjoint rows and
+/// read shared rows (halts) only, which only [`Scope::Global`] requests write, and a global
+/// request runs alone, after everything before it in the batch and before everything after it.
+/// So the outcome is the outcome of running the requests one by one in batch order, and the
+/// rows are chained in batch order. The connection executes one statement at a time, so
+/// "side by side" is an interleaving of statements, never two at once.
+///
+/// Any failed effect (an SQL error aborts the transaction for every effect in flight; a refusal
+/// in Rust leaves partial writes without a savepoint to undo them) means ROLLBACK and
+/// [`Pipelined::Retry`]. A failed BEGIN, ROLLBACK, INSERT or COMMIT fails the batch as on the
+/// sequential path.
+async fn write_pipelined(
+    sink: &mut Sink<'_>,
+    batch: Vec<Request>,
+    mut perf: BatchPerf,
+) -> Pipelined {
+    let segments = segments(batch);
+    let transaction = &sink.connection.client;
+    let tx = Tx {
+        transaction,
+        statements: &sink.connection.statements,
+    };
+    let failed = AtomicBool::new(false);
+    perf.mark(0);
+    // BEGIN is polled first, so it is sent ahead of the first effect's first statement.
+    let (begun, ran) = futures::join!(transaction.batch_execute("BEGIN"), async {
+        let mut ran: Vec<Ran> = Vec::new();
+        for segment in segments {
+            if failed.load(Ordering::Relaxed) {
+                ran.extend(segment.into_iter().flatten().map(Ran::not_attempted));
+                continue;
+            }
+            let groups = segment
+                .into_iter()
+                .map(|group| run_group(&tx, group, &failed));
+            ran.extend(
+                futures::future::join_all(groups)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        ran
+    });
+    perf.mark(1);
+    let mut ran = ran;
+    ran.sort_by_key(|r| r.index);
+    if let Err(error) = begun {
+        let jobs = ran.into_iter().flat_map(|r| r.jobs).map(|(job, _)| job);
+        fail_all(jobs);
+        perf.log("pipelined");
+        return Pipelined::Done(Err(error.into()));
+    }
+    if failed.load(Ordering::Relaxed) {
+        if let Err(error) = transaction.batch_execute("ROLLBACK").await {
+            let jobs = ran.into_iter().flat_map(|r| r.jobs).map(|(job, _)| job);
+            fail_all(jobs);
+            perf.log("pipelined");
+            return Pipelined::Done(Err(error.into()));
+        }
+        perf.log("pipelined_rolled_back");
+        let batch = ran
+            .into_iter()
+            .map(|r| Request {
+                jobs: r.jobs.into_iter().map(|(job, _)| job).collect(),
+                queued_at: r.queued_at,
+                scope: r.scope,
+            })
+            .collect();
+        return Pipelined::Retry(batch, perf.retried());
+    }
+    let mut chain = Chain::new(
+        sink.node_id,
+        sink.connection.head_seq,
+        sink.connection.head_hash,
+        ran.len(),
+    );
+    for (job, applied) in ran.into_iter().flat_map(|r| r.jobs) {
+        match applied {
+            Some(Ok(event)) => chain.push(event, job),
+            // Not reached: `failed` is set whenever an effect failed or was skipped.
+            Some(Err(_)) | None => chain.not_attempted.push(job),
+        }
+    }
+    let outcome = insert_and_commit(&tx, sink.node_id, &chain.rows, None).await;
+    perf.mark(2);
+    if outcome.is_ok() {
+        perf.mark(3);
+    }
+    perf.log("pipelined");
+    Pipelined::Done(settle(sink, outcome, chain, Vec::new()))
+}
+
+/// One request's jobs after a pipelined attempt, with where the request was in the batch.
+struct Ran {
+    index: usize,
+    queued_at: std::time::Instant,
+    scope: Scope,
+    jobs: Vec<(Box<dyn Job>, Attempt)>,
+}
+
+/// A job's outcome in a pipelined attempt; `None` when it was not attempted.
+type Attempt = Option<Result<AuditEvent, StoreError>>;
+
+impl Ran {
+    fn not_attempted((index, request): (usize, Request)) -> Ran {
+        Ran {
+            index,
+            queued_at: request.queued_at,
+            scope: request.scope,
+            jobs: request.jobs.into_iter().map(|job| (job, None)).collect(),
+        }
+    }
+}
+
+/// Runs one group's requests one after another (each request's jobs in order), stopping at the
+/// first failure here or in any other group (`failed`).
+async fn run_group(tx: &Tx<'_>, group: Vec<(usize, Request)>, failed: &AtomicBool) -> Vec<Ran> {
+    let mut ran = Vec::with_capacity(group.len());
+    for (index, request) in group {
+        let mut jobs = Vec::with_capacity(request.jobs.len());
+        for mut job in request.jobs {
+            if failed.load(Ordering::Relaxed) {
+                jobs.push((job, None));
+                continue;
+            }
+            let applied = job.apply(tx).await;
+            if applied.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            jobs.push((job, Some(applied)));
+        }
+        ran.push(Ran {
+            index,
+            queued_at: request.queued_at,
+            scope: request.scope,
+            jobs,
+        });
+    }
+    ran
+}
+
+/// The batch cut for [`write_pipelined`]: segments run one after another; the groups of a
+/// segment side by side; a group's requests one after another. A [`Scope::Global`] request is
+/// a segment of its own; requests of one execution share a group; an event-only request is a
+/// group of its own.
+fn segments(batch: Vec<Request>) -> Vec<Vec<Vec<(usize, Request)>>> {
+    let mut segments = Vec::new();
+    let mut current: Vec<Vec<(usize, Request)>> = Vec::new();
+    let mut by_execution: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for (index, request) in batch.into_iter().enumerate() {
+        match request.scope {
+            Scope::Global => {
+                if !current.is_empty() {
+                    segments.push(std::mem::take(&mut current));
+                    by_execution.clear();
+                }
+                segments.push(vec![vec![(index, request)]]);
+            }
+            Scope::Event => current.push(vec![(index, request)]),
+            Scope::Execution(id) => match by_execution.get(&id) {
+                Some(&group) => current[group].push((index, request)),
+                None => {
+                    by_execution.insert(id, current.len());
+                    current.push(vec![(index, request)]);
+                }
+            },
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    segments
+}
+
+/// Writes one batch in one transaction, each effect in its own savepoint: whatever one
+/// caller's effect does wrong (refused by a constraint, or an error after it wrote) rolls back
+/// that effect alone and fails only its caller; its neighbours commit. The transaction and
+/// savepoint commands are not awaited on their own: BEGIN goes out in the same flight as the
+/// first effect's first statement, each savepoint (with the previous effect's release or
+/// rollback) with the next effect's first statement, and the last release with the batch's
+/// single audit INSERT and the COMMIT. A failed command means the connection or transaction is
+/// broken: the whole batch fails. If the INSERT fails, the transaction is aborted and the
+/// COMMIT sent behind it rolls back: nothing of the batch is committed, and the batch fails.
+async fn write_sequential(
+    sink: &mut Sink<'_>,
+    batch: Vec<Request>,
+    mut perf: BatchPerf,
+) -> Result<bool, StoreError> {
+    let mut chain = Chain::new(
+        sink.node_id,
+        sink.connection.head_seq,
+        sink.connection.head_hash,
+        batch.len(),
+    );
+    let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
     let outcome: Result<(), StoreError> = async {
-        let transaction = &connection.client;
-        perf_marks[0] = perf_t0.elapsed().as_micros();
+        let transaction = &sink.connection.client;
+        perf.mark(0);
         let tx = Tx {
             transaction,
-            statements: &connection.statements,
+            statements: &sink.connection.statements,
         };
         // What goes ahead of the next effect's savepoint: BEGIN for the first, then what closes
         // the previous effect's savepoint.
         let mut close = "BEGIN; ";
         let mut begun = false;
-        let mut rows = AuditRows::with_capacity(batch.len());
         for request in batch {
             let mut earlier_failed = false;
             for mut job in request.jobs {
                 if earlier_failed {
-                    not_attempted.push(job);
+                    chain.not_attempted.push(job);
                     continue;
                 }
                 let open = format!("{close}SAVEPOINT append");
@@ -1077,28 +1362,7 @@ async fn write_batch(
                 begun = true;
                 match applied {
                     Ok(event) => {
-                        let event = event.into_storable();
-                        let next_seq = seq + 1;
-                        let created_at = now_micros();
-                        let data = event.to_event_data();
-                        let canonical =
-                            canonical_bytes(node_id, next_seq, event.event_type, &data, created_at);
-                        let hash = chain_hash(&prev_hash, &canonical);
-                        rows.push(
-                            next_seq,
-                            prev_hash,
-                            hash,
-                            event.event_type,
-                            data,
-                            created_at,
-                        );
-                        (seq, prev_hash) = (next_seq, hash);
-                        staged.push(Staged {
-                            seq,
-                            hash,
-                            event,
-                            job,
-                        });
+                        chain.push(event, job);
                         close = "RELEASE SAVEPOINT append; ";
                     }
                     Err(error) => {
@@ -1109,63 +1373,153 @@ async fn write_batch(
                 }
             }
         }
-        perf_marks[1] = perf_t0.elapsed().as_micros();
+        perf.mark(1);
         if !begun {
             // No effect was attempted (cannot happen: a request has at least one job).
             return Ok(());
         }
-        // Prepared when the connection was opened: preparing it here could meet a transaction
-        // still aborted by a refused effect (its rollback to the savepoint is not sent yet).
-        let insert = tx.statement(INSERT_ROWS).await?;
-        // Sent in this order in one flight (each is polled, hence sent, in turn): the close
-        // first, since after a refused effect the transaction is usable again only once it has
-        // rolled back to the savepoint; then the INSERT; then COMMIT, which PostgreSQL turns
-        // into a ROLLBACK if anything before it failed.
-        let (closed, inserted, committed) = futures::join!(
-            transaction.batch_execute(close),
-            async {
-                if rows.seqs.is_empty() {
-                    return Ok(0);
-                }
-                transaction
-                    .execute(
-                        &insert,
-                        &[
-                            &node_id,
-                            &rows.seqs,
-                            &rows.prev_hashes,
-                            &rows.hashes,
-                            &rows.event_types,
-                            &rows.data,
-                            &rows.created_at,
-                        ],
-                    )
-                    .await
-            },
-            transaction.batch_execute("COMMIT"),
-        );
-        perf_marks[2] = perf_t0.elapsed().as_micros();
-        // Every statement of the transaction was awaited and any failure of one is seen here
-        // (an effect that swallowed an error leaves the transaction aborted, and the release
-        // after it fails): when both succeeded, the COMMIT behind them committed.
-        closed?;
-        let inserted = inserted?;
+        let committed = insert_and_commit(&tx, sink.node_id, &chain.rows, Some(close)).await;
+        perf.mark(2);
         committed?;
-        if inserted != rows.seqs.len() as u64 {
-            // Committed, but not what was sent: fail closed (the callers do not act; the
-            // writer reconnects and reloads the head from the database).
-            return Err(StoreError::Corrupt {
-                what: "audit batch",
-                detail: format!("{inserted} rows inserted for {} appends", rows.seqs.len()),
-            });
-        }
-        perf_marks[3] = perf_t0.elapsed().as_micros();
+        perf.mark(3);
         Ok(())
     }
     .await;
-    tracing::debug!(target: "perf", queue_us = perf_queue, requests = perf_requests, jobs = perf_jobs,
-        begin_us = perf_marks[0], effects_us = perf_marks[1], insert_us = perf_marks[2], commit_us = perf_marks[3], "batch");
+    perf.log("sequential");
+    settle(sink, outcome, chain, refused)
+}
 
+/// Sends `close` (what ends the last savepoint, if any), the INSERT of `rows` and COMMIT in one
+/// flight, and checks that all of it succeeded: then the COMMIT committed.
+async fn insert_and_commit(
+    tx: &Tx<'_>,
+    node_id: &str,
+    rows: &AuditRows,
+    close: Option<&str>,
+) -> Result<(), StoreError> {
+    let transaction = tx.transaction;
+    // Prepared when the connection was opened: preparing it here could meet a transaction
+    // still aborted by a refused effect (its rollback to the savepoint is not sent yet).
+    let insert = tx.statement(INSERT_ROWS).await?;
+    // Sent in this order in one flight (each is polled, hence sent, in turn): the close
+    // first, since after a refused effect the transaction is usable again only once it has
+    // rolled back to the savepoint; then the INSERT; then COMMIT, which PostgreSQL turns
+    // into a ROLLBACK if anything before it failed.
+    let (closed, inserted, committed) = futures::join!(
+        async {
+            match close {
+                Some(close) => transaction.batch_execute(close).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            if rows.seqs.is_empty() {
+                return Ok(0);
+            }
+            transaction
+                .execute(
+                    &insert,
+                    &[
+                        &node_id,
+                        &rows.seqs,
+                        &rows.prev_hashes,
+                        &rows.hashes,
+                        &rows.event_types,
+                        &rows.data,
+                        &rows.created_at,
+                    ],
+                )
+                .await
+        },
+        transaction.batch_execute("COMMIT"),
+    );
+    // Every statement of the transaction was awaited and any failure of one is seen here
+    // (an effect that swallowed an error leaves the transaction aborted, and what follows it
+    // fails): when all succeeded, the COMMIT behind them committed.
+    closed?;
+    let inserted = inserted?;
+    committed?;
+    if inserted != rows.seqs.len() as u64 {
+        // Committed, but not what was sent: fail closed (the callers do not act; the
+        // writer reconnects and reloads the head from the database).
+        return Err(StoreError::Corrupt {
+            what: "audit batch",
+            detail: format!("{inserted} rows inserted for {} appends", rows.seqs.len()),
+        });
+    }
+    Ok(())
+}
+
+/// The rows of a batch being chained, in the order their effects are treated as having run.
+struct Chain<'a> {
+    node_id: &'a str,
+    seq: i64,
+    prev_hash: [u8; 32],
+    rows: AuditRows,
+    staged: Vec<Staged>,
+    /// Jobs not attempted because an earlier one of their request failed.
+    not_attempted: Vec<Box<dyn Job>>,
+}
+
+impl<'a> Chain<'a> {
+    fn new(node_id: &'a str, seq: i64, prev_hash: [u8; 32], capacity: usize) -> Chain<'a> {
+        Chain {
+            node_id,
+            seq,
+            prev_hash,
+            rows: AuditRows::with_capacity(capacity),
+            staged: Vec::with_capacity(capacity),
+            not_attempted: Vec::new(),
+        }
+    }
+
+    /// Chains `event` as the next row, for `job`.
+    fn push(&mut self, event: AuditEvent, job: Box<dyn Job>) {
+        let event = event.into_storable();
+        let seq = self.seq + 1;
+        let created_at = now_micros();
+        let data = event.to_event_data();
+        let canonical = canonical_bytes(self.node_id, seq, event.event_type, &data, created_at);
+        let hash = chain_hash(&self.prev_hash, &canonical);
+        self.rows.push(
+            seq,
+            self.prev_hash,
+            hash,
+            event.event_type,
+            data,
+            created_at,
+        );
+        (self.seq, self.prev_hash) = (seq, hash);
+        self.staged.push(Staged {
+            seq,
+            hash,
+            event,
+            job,
+        });
+    }
+}
+
+/// Answers every caller of a batch once its outcome is known, and on `Ok` moves the head and
+/// the Merkle frontier on (before the replies).
+fn settle(
+    sink: &mut Sink<'_>,
+    outcome: Result<(), StoreError>,
+    chain: Chain<'_>,
+    refused: Vec<(Box<dyn Job>, StoreError)>,
+) -> Result<bool, StoreError> {
+    let Chain {
+        seq,
+        prev_hash,
+        staged,
+        not_attempted,
+        ..
+    } = chain;
+    let Sink {
+        connection,
+        head,
+        tree,
+        ..
+    } = sink;
     match outcome {
         Ok(()) => {
             connection.head_seq = seq;
@@ -1202,23 +1556,69 @@ async fn write_batch(
             for (job, error) in refused {
                 job.finish(Err(AppendError::Effect(error)));
             }
-            for job in not_attempted {
-                job.finish(Err(AppendError::Unavailable(None)));
-            }
+            fail_all(not_attempted);
             Ok(wants_checkpoint)
         }
         Err(error) => {
-            for item in staged {
-                item.job.finish(Err(AppendError::Unavailable(None)));
-            }
-            for (job, _) in refused {
-                job.finish(Err(AppendError::Unavailable(None)));
-            }
-            for job in not_attempted {
-                job.finish(Err(AppendError::Unavailable(None)));
-            }
+            fail_all(staged.into_iter().map(|item| item.job));
+            fail_all(refused.into_iter().map(|(job, _)| job));
+            fail_all(not_attempted);
             Err(error)
         }
+    }
+}
+
+/// Tells each job's caller that nothing of it was recorded.
+fn fail_all(jobs: impl IntoIterator<Item = Box<dyn Job>>) {
+    for job in jobs {
+        job.finish(Err(AppendError::Unavailable(None)));
+    }
+}
+
+/// The timings of one batch, logged under target `perf` (`PLAYBOOKD_LOG=info,perf=debug`).
+struct BatchPerf {
+    t0: std::time::Instant,
+    queue_us: u128,
+    requests: usize,
+    jobs: usize,
+    marks: [u128; 4],
+    /// The rolled-back pipelined attempt's effects time, for a batch written again.
+    retried_us: u128,
+}
+
+impl BatchPerf {
+    fn new(batch: &[Request]) -> BatchPerf {
+        let t0 = std::time::Instant::now();
+        BatchPerf {
+            t0,
+            queue_us: batch
+                .iter()
+                .map(|r| t0.saturating_duration_since(r.queued_at).as_micros())
+                .max()
+                .unwrap_or(0),
+            requests: batch.len(),
+            jobs: batch.iter().map(|r| r.jobs.len()).sum(),
+            marks: [0; 4],
+            retried_us: 0,
+        }
+    }
+
+    fn mark(&mut self, which: usize) {
+        self.marks[which] = self.t0.elapsed().as_micros();
+    }
+
+    /// The timings for the batch's second attempt, measured from now.
+    fn retried(mut self) -> BatchPerf {
+        self.retried_us = self.t0.elapsed().as_micros();
+        self.t0 = std::time::Instant::now();
+        self.marks = [0; 4];
+        self
+    }
+
+    fn log(&self, path: &'static str) {
+        tracing::debug!(target: "perf", path, queue_us = self.queue_us, requests = self.requests, jobs = self.jobs,
+            retried_us = self.retried_us, begin_us = self.marks[0], effects_us = self.marks[1],
+            insert_us = self.marks[2], commit_us = self.marks[3], "batch");
     }
 }
 

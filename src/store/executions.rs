@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
 use crate::store::{Store, StoreError, gates, nonces, transitions};
@@ -67,8 +67,9 @@ pub async fn admit(
 ) -> Result<ExecutionRecord, AdmitError> {
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
+    let scope = Scope::Execution(new.execution_id);
     let outcome = audit
-        .append_with(Box::new(move |tx| {
+        .append_in(scope, Box::new(move |tx| {
     let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 if let Some(halt) = watch.current() {
@@ -329,13 +330,19 @@ pub async fn set_state_after(
     event: AuditEvent,
 ) -> Result<(), AppendError> {
     let effect = state_effect(audit.node_id().to_owned(), id, to, event);
-    audit.append_after(before, effect).await.map(|_| ())
+    audit
+        .append_after_in(Scope::Execution(id), before, effect)
+        .await
+        .map(|_| ())
 }
 
 /// [`set_state`], written with the caller's next append (see [`AuditHandle::defer`]): for a
 /// change with no side effect before the next record (a run's start before its first step's).
 pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Deferred {
-    audit.defer(state_effect(audit.node_id().to_owned(), id, to, event))
+    audit.defer_in(
+        Scope::Execution(id),
+        state_effect(audit.node_id().to_owned(), id, to, event),
+    )
 }
 
 fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
@@ -359,29 +366,32 @@ pub async fn begin_rollback(
     let node_id = audit.node_id().to_owned();
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
     audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, reason) = (node_id.clone(), reason.clone());
-            Box::pin(async move {
-                transition(tx, id, &node_id, RunState::RollingBack).await?;
-                tx.execute(
-                    "UPDATE playbook_executions SET rollback_cause = $2, \
+        .append_in(
+            Scope::Execution(id),
+            Box::new(move |tx| {
+                let (node_id, reason) = (node_id.clone(), reason.clone());
+                Box::pin(async move {
+                    transition(tx, id, &node_id, RunState::RollingBack).await?;
+                    tx.execute(
+                        "UPDATE playbook_executions SET rollback_cause = $2, \
                      end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
-                    &[&id, &cause.as_str(), &reason],
-                )
-                .await?;
-                // A gate still open (the run was cancelled or timed out while waiting) is
-                // withdrawn with the run: it must neither be listed as pending nor take votes.
-                let withdrawn = gates::withdraw_pending(tx, id).await?;
-                let mut event = AuditEvent::new("rollback.begin", Actor::System)
-                    .execution(id)
-                    .with("cause", cause.as_str())
-                    .with("reason", reason);
-                if withdrawn > 0 {
-                    event = event.with("approval_gates_withdrawn", withdrawn);
-                }
-                Ok((event, ()))
-            })
-        }))
+                        &[&id, &cause.as_str(), &reason],
+                    )
+                    .await?;
+                    // A gate still open (the run was cancelled or timed out while waiting) is
+                    // withdrawn with the run: it must neither be listed as pending nor take votes.
+                    let withdrawn = gates::withdraw_pending(tx, id).await?;
+                    let mut event = AuditEvent::new("rollback.begin", Actor::System)
+                        .execution(id)
+                        .with("cause", cause.as_str())
+                        .with("reason", reason);
+                    if withdrawn > 0 {
+                        event = event.with("approval_gates_withdrawn", withdrawn);
+                    }
+                    Ok((event, ()))
+                })
+            }),
+        )
         .await
         .map(|_| ())
 }
@@ -398,33 +408,36 @@ pub async fn request_cancel(
     let node_id = audit.node_id().to_owned();
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
     audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, reason) = (node_id.clone(), reason.clone());
-            Box::pin(async move {
-                let updated = tx
-                    .execute(
-                        "UPDATE playbook_executions SET cancel_requested_at = now(), \
+        .append_in(
+            Scope::Execution(id),
+            Box::new(move |tx| {
+                let (node_id, reason) = (node_id.clone(), reason.clone());
+                Box::pin(async move {
+                    let updated = tx
+                        .execute(
+                            "UPDATE playbook_executions SET cancel_requested_at = now(), \
                          end_reason = COALESCE(end_reason, $4), updated_at = now() \
                          WHERE execution_id = $1 AND node_id = $2 AND state = ANY($3)",
-                        &[
-                            &id,
-                            &node_id,
-                            &transitions::open_run_states(),
-                            &format!("cancelled by uid {uid}: {reason}"),
-                        ],
-                    )
-                    .await?;
-                if updated != 1 {
-                    return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
-                }
-                Ok((
-                    AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
-                        .execution(id)
-                        .with("reason", reason),
-                    (),
-                ))
-            })
-        }))
+                            &[
+                                &id,
+                                &node_id,
+                                &transitions::open_run_states(),
+                                &format!("cancelled by uid {uid}: {reason}"),
+                            ],
+                        )
+                        .await?;
+                    if updated != 1 {
+                        return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
+                    }
+                    Ok((
+                        AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
+                            .execution(id)
+                            .with("reason", reason),
+                        (),
+                    ))
+                })
+            }),
+        )
         .await
         .map(|_| ())
 }

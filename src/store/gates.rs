@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, format_timestamp};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
 use crate::store::executions::{self, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{GateState, Vote, decode_risk};
@@ -50,7 +50,7 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
     let context = crate::text::storable_json(context);
     let expires_ms = i64::try_from(expires_after.as_millis()).unwrap_or(i64::MAX);
     let (_, opened) = audit
-        .append_with(Box::new(move |tx| {
+        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
     let (step_id, node_id, context) = (step_id.clone(), node_id.clone(), context.clone());
             Box::pin(async move {
                 let index = index_to_db(step_index);
@@ -130,20 +130,23 @@ pub async fn expire(
     step_id: String,
 ) -> Result<bool, AppendError> {
     let (_, expired) = audit
-        .append_with(Box::new(move |tx| {
-            let step_id = step_id.clone();
-            Box::pin(async move {
-                let expired =
-                    resolve_pending(tx, id, index_to_db(index), GateState::Expired).await? == 1;
-                let mut event = AuditEvent::new("approval.expired", Actor::System)
-                    .execution(id)
-                    .with("step_id", step_id);
-                if !expired {
-                    event = event.with("already_resolved", true);
-                }
-                Ok((event, expired))
-            })
-        }))
+        .append_in(
+            Scope::Execution(id),
+            Box::new(move |tx| {
+                let step_id = step_id.clone();
+                Box::pin(async move {
+                    let expired =
+                        resolve_pending(tx, id, index_to_db(index), GateState::Expired).await? == 1;
+                    let mut event = AuditEvent::new("approval.expired", Actor::System)
+                        .execution(id)
+                        .with("step_id", step_id);
+                    if !expired {
+                        event = event.with("already_resolved", true);
+                    }
+                    Ok((event, expired))
+                })
+            }),
+        )
         .await?;
     Ok(expired)
 }
@@ -248,8 +251,9 @@ pub async fn vote(
 ) -> Result<VoteOutcome, AppendError> {
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
+    let scope = Scope::Execution(vote.execution_id);
     let (_, outcome) = audit
-        .append_with(Box::new(move |tx| {
+        .append_in(scope, Box::new(move |tx| {
     let (vote, node_id, watch) = (vote.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 let NewVote { execution_id, index, step_id, uid, vote, reason } = vote;

@@ -16,7 +16,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Tx};
+use crate::store::audit::{
+    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope, Tx,
+};
 use crate::store::executions::{self, index_from_db, index_to_db};
 use crate::store::halts::{ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -103,8 +105,9 @@ pub async fn record_start_after(
 ) -> Result<StartOutcome, AppendError> {
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
+    let scope = Scope::Execution(start.execution_id);
     let (_, outcome) = audit
-        .append_after(before, Box::new(move |tx| {
+        .append_after_in(scope, before, Box::new(move |tx| {
     let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 // The halt known in memory (possibly not written yet), then the database's, read
@@ -213,7 +216,10 @@ pub struct StepEndRecord {
 /// failed before its action: a denied gate, unrenderable parameters) gets its row here.
 pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<(), AppendError> {
     audit
-        .append_with(end_effect(audit.node_id().to_owned(), record))
+        .append_in(
+            Scope::Execution(record.execution_id),
+            end_effect(audit.node_id().to_owned(), record),
+        )
         .await
         .map(|_| ())
 }
@@ -221,7 +227,10 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
 /// [`record_end`], written with the caller's next append (see [`AuditHandle::defer`]): for an end
 /// with no side effect before the next record (a success, a skip).
 pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
-    audit.defer(end_effect(audit.node_id().to_owned(), record))
+    audit.defer_in(
+        Scope::Execution(record.execution_id),
+        end_effect(audit.node_id().to_owned(), record),
+    )
 }
 
 fn end_effect(node_id: String, record: StepEndRecord) -> Effect<()> {

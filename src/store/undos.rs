@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx};
+use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, Tx};
 use crate::store::executions::{index_from_db, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
@@ -57,7 +57,7 @@ pub async fn record_start(
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
     let (_, outcome) = audit
-        .append_with(Box::new(move |tx| {
+        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
     let (step_id, node_id, watch) = (step_id.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
@@ -102,7 +102,7 @@ pub async fn record_end(
 ) -> Result<(), AppendError> {
     let node_id = audit.node_id().to_owned();
     audit
-        .append_with(Box::new(move |tx| {
+        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
     let (step_id, node_id) = (step_id.clone(), node_id.clone());
             Box::pin(async move {
                 require_rolling_back(tx, execution_id, &node_id).await?;

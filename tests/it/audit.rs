@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use playbookd::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle};
+use playbookd::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle, Scope};
 use playbookd::store::checkpoint::{Checkpointer, NodeKey};
 use playbookd::store::verify::{Breach, verify_chain};
 use playbookd::store::{Store, StoreError};
@@ -31,6 +31,21 @@ async fn append_n(handle: &AuditHandle, n: usize) {
             .await
             .expect("append");
     }
+}
+
+/// An append that holds the writer in its batch for 0.3 s, so that the appends sent meanwhile
+/// queue up and are written as one batch.
+async fn hold_writer(handle: &AuditHandle) -> Result<(audit::Appended, ()), AppendError> {
+    handle
+        .append_with(Box::new(|tx| {
+            Box::pin(async move {
+                tx.execute("SELECT pg_sleep(0.3)", &[])
+                    .await
+                    .map_err(StoreError::Query)?;
+                Ok((AuditEvent::new("blocker", Actor::System), ()))
+            })
+        }))
+        .await
 }
 
 #[tokio::test]
@@ -121,14 +136,7 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
 
     // Holds the writer in its first batch so that the 60 appends below queue up and are
     // written as one batch.
-    let blocker = handle.append_with(Box::new(|tx| {
-        Box::pin(async move {
-            tx.execute("SELECT pg_sleep(0.3)", &[])
-                .await
-                .map_err(StoreError::Query)?;
-            Ok((AuditEvent::new("blocker", Actor::System), ()))
-        })
-    }));
+    let blocker = hold_writer(&handle);
     let appends = (0..60i32).map(|k| {
         let handle = handle.clone();
         async move {
@@ -199,6 +207,131 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
     .await;
     assert_eq!(events, expected_rows.len() as i64);
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
+/// The pipelined batch (issue #16): requests of different runs run side by side without
+/// savepoints, requests of one run one after another, a global request alone. Each effect
+/// records what it saw (how many rows of its run, or of all runs, were there before it): read
+/// back in chain order, that must be exactly what running the committed requests one by one in
+/// chain order would have seen. With `fail`, some effects fail (in the database, or in Rust
+/// after they wrote): the batch is rolled back and written again with savepoints, so only those
+/// callers are refused and none of their writes stands.
+async fn one_batch_is_a_serial_order(fail: bool) {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE scratch (k int PRIMARY KEY, run int NOT NULL)")
+        .await
+        .unwrap();
+    let (handle, _stop) = writer(&db, "n1").await;
+    let runs: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    let blocker = hold_writer(&handle);
+    let refused = move |k: i32| fail && (k % 7 == 3 || k % 11 == 4);
+    let appends = (0..60i32).map(|k| {
+        let handle = handle.clone();
+        let run = k % 5;
+        let scope = if k % 10 == 9 {
+            Scope::Global
+        } else {
+            Scope::Execution(runs[usize::try_from(run).unwrap()])
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let effect: audit::Effect<()> = Box::new(move |tx| {
+                Box::pin(async move {
+                    if scope == Scope::Global {
+                        let all: i64 = tx
+                            .query_one("SELECT count(*) FROM scratch", &[])
+                            .await
+                            .map_err(StoreError::Query)?
+                            .get(0);
+                        return Ok((
+                            AuditEvent::new("global", Actor::System).with("saw", all),
+                            (),
+                        ));
+                    }
+                    let before: i64 = tx
+                        .query_one("SELECT count(*) FROM scratch WHERE run = $1", &[&run])
+                        .await
+                        .map_err(StoreError::Query)?
+                        .get(0);
+                    tx.execute("INSERT INTO scratch VALUES ($1, $2)", &[&k, &run])
+                        .await
+                        .map_err(StoreError::Query)?;
+                    if fail && k % 7 == 3 {
+                        // Refused by the database after the row above was written.
+                        tx.execute("INSERT INTO scratch VALUES ($1, $2)", &[&k, &run])
+                            .await
+                            .map_err(StoreError::Query)?;
+                    }
+                    if fail && k % 11 == 4 {
+                        return Err(StoreError::Corrupt {
+                            what: "test effect",
+                            detail: format!("refused {k}"),
+                        });
+                    }
+                    let event = AuditEvent::new("written", Actor::System)
+                        .with("k", k)
+                        .with("run", run)
+                        .with("saw", before);
+                    Ok((event, ()))
+                })
+            });
+            handle.append_in(scope, effect).await
+        }
+    });
+    let (blocker, outcomes) = tokio::join!(blocker, futures::future::join_all(appends));
+    let blocker = blocker.expect("blocker").0;
+    let mut expected_rows = Vec::new();
+    for (k, outcome) in (0..60).zip(outcomes) {
+        if refused(k) && k % 10 != 9 {
+            assert!(
+                matches!(outcome, Err(AppendError::Effect(_))),
+                "{k}: {outcome:?}"
+            );
+        } else {
+            let (appended, ()) = outcome.unwrap_or_else(|e| panic!("{k}: {e:?}"));
+            assert!(appended.seq > blocker.seq);
+            if k % 10 != 9 {
+                expected_rows.push(k);
+            }
+        }
+    }
+    let rows: Vec<i32> = query_column(&client, "SELECT k FROM scratch ORDER BY k", &[]).await;
+    assert_eq!(rows, expected_rows, "exactly the committed effects' writes");
+    let events: Vec<serde_json::Value> = query_column(
+        &client,
+        "SELECT jsonb_build_object('type', event_type, 'data', event_data) \
+         FROM playbook_audit_log WHERE event_type IN ('written', 'global') ORDER BY seq",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        events.len(),
+        60 - (0..60).filter(|&k| refused(k) && k % 10 != 9).count()
+    );
+    let mut per_run = [0i64; 5];
+    for event in &events {
+        let saw = event["data"]["saw"].as_i64().unwrap();
+        if event["type"] == "global" {
+            assert_eq!(saw, per_run.iter().sum::<i64>(), "{events:?}");
+        } else {
+            let run = usize::try_from(event["data"]["run"].as_u64().unwrap()).unwrap();
+            assert_eq!(saw, per_run[run], "{events:?}");
+            per_run[run] += 1;
+        }
+    }
+    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
+#[tokio::test]
+async fn a_pipelined_batch_equals_a_serial_order_of_its_requests() {
+    one_batch_is_a_serial_order(false).await;
+}
+
+#[tokio::test]
+async fn a_failed_effect_in_a_pipelined_batch_rolls_back_and_refuses_only_its_caller() {
+    one_batch_is_a_serial_order(true).await;
 }
 
 #[tokio::test]
