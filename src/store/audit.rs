@@ -1111,10 +1111,8 @@ async fn write_batch(
     }
     match write_pipelined(&mut sink, batch, perf).await {
         Pipelined::Done(outcome) => outcome,
-        Pipelined::Retry(batch, perf) => {
-            metrics::counter!("playbookd_audit_batch_retries_total").increment(1);
-            write_sequential(&mut sink, batch, perf).await
-        }
+        // Logged under `perf` (path `pipelined_rolled_back`); not a metric of its own.
+        Pipelined::Retry(batch, perf) => write_sequential(&mut sink, batch, perf).await,
     }
 }
 
