@@ -895,6 +895,7 @@ async fn record_version(
     };
     let file = path.display().to_string();
     let effect: audit::Effect<Result<(), RejectReason>> = Box::new(move |tx| {
+        let (new, id, file, signers) = (new.clone(), id.clone(), file.clone(), signers.clone());
         Box::pin(async move {
             let verdict = versions::check_and_record(tx, &new)
                 .await?

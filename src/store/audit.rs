@@ -110,8 +110,12 @@ impl AuditEvent {
 /// SQL that changes state, run inside the audit transaction. It returns the event describing
 /// what it did (which may depend on what it found, e.g. a nonce already used) and a typed
 /// result for the caller, so nothing has to be re-read from the event's JSON.
+///
+/// `Fn`, not `FnOnce`: the writer may run an effect more than once (a batch whose attempt
+/// failed is rolled back and written again), so an effect clones what it captured on each
+/// call and must do nothing outside the transaction that cannot be repeated.
 pub type Effect<T> = Box<
-    dyn for<'t> FnOnce(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send,
+    dyn for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send + Sync,
 >;
 
 /// The transaction an effect runs in. Its `execute` and `query*` take SQL text like a
@@ -362,6 +366,7 @@ impl AuditHandle {
     /// Appends one event with no other change. Resolves after COMMIT.
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
         self.append_with(Box::new(move |_tx| {
+            let event = event.clone();
             Box::pin(async move { Ok((event, ())) })
         }))
         .await
@@ -709,15 +714,16 @@ struct Request {
 
 /// One caller's append with its result type erased, so one batch can carry many types.
 trait Job: Send {
-    /// Runs the caller's effect in the batch's savepoint; keeps its typed result for `finish`.
+    /// Runs the caller's effect in the batch's transaction; keeps its typed result for `finish`.
+    /// May be called again after an attempt was rolled back: the last call's result counts.
     fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>>;
     /// Answers the caller once the batch's outcome is known.
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
 }
 
 struct TypedJob<T> {
-    /// Taken by `apply`, which runs at most once.
-    effect: Option<Effect<T>>,
+    /// Run by each `apply`: the writer may apply a job again after rolling back an attempt.
+    effect: Effect<T>,
     /// Set by `apply` when the effect succeeded; handed over only after COMMIT.
     value: Option<T>,
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
@@ -733,7 +739,7 @@ impl<T: Send + 'static> TypedJob<T> {
     fn new(effect: Effect<T>) -> NewJob<T> {
         let (reply, response) = oneshot::channel();
         let job = TypedJob {
-            effect: Some(effect),
+            effect,
             value: None,
             reply,
         };
@@ -744,11 +750,9 @@ impl<T: Send + 'static> TypedJob<T> {
 impl<T: Send + 'static> Job for TypedJob<T> {
     fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>> {
         Box::pin(async move {
-            let effect = self.effect.take().ok_or(StoreError::Corrupt {
-                what: "audit append",
-                detail: "effect applied twice".into(),
-            })?;
-            let (event, value) = effect(tx).await?;
+            // A value from an attempt that was rolled back must not be handed over.
+            self.value = None;
+            let (event, value) = (self.effect)(tx).await?;
             self.value = Some(value);
             Ok(event)
         })

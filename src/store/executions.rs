@@ -69,6 +69,7 @@ pub async fn admit(
     let watch = watch.clone();
     let outcome = audit
         .append_with(Box::new(move |tx| {
+    let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 if let Some(halt) = watch.current() {
                     return Err(StoreError::Halted(Box::new(halt)));
@@ -336,6 +337,7 @@ pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEven
 
 fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
     Box::new(move |tx| {
+        let (node_id, event) = (node_id.clone(), event.clone());
         Box::pin(async move {
             transition(tx, id, &node_id, to).await?;
             Ok((event.execution(id).with("state", to.as_str()), ()))
@@ -355,6 +357,7 @@ pub async fn begin_rollback(
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
     audit
         .append_with(Box::new(move |tx| {
+            let (node_id, reason) = (node_id.clone(), reason.clone());
             Box::pin(async move {
                 transition(tx, id, &node_id, RunState::RollingBack).await?;
                 tx.execute(
@@ -393,6 +396,7 @@ pub async fn request_cancel(
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
     audit
         .append_with(Box::new(move |tx| {
+            let (node_id, reason) = (node_id.clone(), reason.clone());
             Box::pin(async move {
                 let updated = tx
                     .execute(

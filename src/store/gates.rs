@@ -38,30 +38,40 @@ pub struct NewGate {
 /// gate was opened now.
 pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendError> {
     let node_id = audit.node_id().to_owned();
-    let context = crate::text::storable_json(gate.context);
-    let expires_ms = i64::try_from(gate.expires_after.as_millis()).unwrap_or(i64::MAX);
+    let NewGate {
+        execution_id,
+        step_index,
+        step_id,
+        risk,
+        required,
+        context,
+        expires_after,
+    } = gate;
+    let context = crate::text::storable_json(context);
+    let expires_ms = i64::try_from(expires_after.as_millis()).unwrap_or(i64::MAX);
     let (_, opened) = audit
         .append_with(Box::new(move |tx| {
+    let (step_id, node_id, context) = (step_id.clone(), node_id.clone(), context.clone());
             Box::pin(async move {
-                let index = index_to_db(gate.step_index);
+                let index = index_to_db(step_index);
                 let opened = tx
                     .execute(
                         "INSERT INTO playbook_approval_gates (execution_id, step_index, risk, required, state, \
                             context, opened_at, expires_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, now(), now() + $7 * interval '1 millisecond') \
                          ON CONFLICT (execution_id, step_index) DO NOTHING",
-                        &[&gate.execution_id, &index, &gate.risk.as_str(), &i32::from(gate.required),
+                        &[&execution_id, &index, &risk.as_str(), &i32::from(required),
                           &GateState::Pending.as_str(), &context, &(expires_ms as f64)],
                     )
                     .await?
                     == 1;
-                executions::await_approval(tx, gate.execution_id, &node_id, gate.step_index).await?;
+                executions::await_approval(tx, execution_id, &node_id, step_index).await?;
                 let event_type = if opened { "approval.requested" } else { "approval.waiting" };
                 Ok((AuditEvent::new(event_type, Actor::System)
-                    .execution(gate.execution_id)
-                    .with("step_id", gate.step_id)
-                    .with("risk", gate.risk.as_str())
-                    .with("required", gate.required), opened))
+                    .execution(execution_id)
+                    .with("step_id", step_id)
+                    .with("risk", risk.as_str())
+                    .with("required", required), opened))
             })
         }))
         .await?;
@@ -121,6 +131,7 @@ pub async fn expire(
 ) -> Result<bool, AppendError> {
     let (_, expired) = audit
         .append_with(Box::new(move |tx| {
+            let step_id = step_id.clone();
             Box::pin(async move {
                 let expired =
                     resolve_pending(tx, id, index_to_db(index), GateState::Expired).await? == 1;
@@ -232,6 +243,7 @@ pub async fn vote(
     let watch = watch.clone();
     let (_, outcome) = audit
         .append_with(Box::new(move |tx| {
+    let (vote, node_id, watch) = (vote.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 let NewVote { execution_id, index, step_id, uid, vote, reason } = vote;
                 require_open_run(tx, execution_id, &node_id).await?;

@@ -290,6 +290,7 @@ pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, 
     let node_id = audit.node_id().to_owned();
     let (_, halt) = audit
         .append_with(Box::new(move |tx| {
+            let (cause, node_id) = (cause.clone(), node_id.clone());
             Box::pin(async move {
                 let message = cause.message();
                 let execution_id = cause.execution_id();
@@ -359,6 +360,7 @@ pub async fn enter_row_only(
     let message = text::storable(&halt.message, text::MAX_FIELD_BYTES);
     let (_, halt) = audit
         .append_with(Box::new(move |tx| {
+            let (node_id, message) = (node_id.clone(), message.clone());
             Box::pin(async move {
                 let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
                 let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
@@ -492,6 +494,7 @@ pub async fn enter_fleet(
     let node_id = audit.node_id().to_owned();
     let (_, halt) = audit
         .append_with(Box::new(move |tx| {
+            let (cause, node_id) = (cause.clone(), node_id.clone());
             Box::pin(async move {
                 let (actor, why) = match &cause {
                     FleetHaltCause::Admin { uid, reason } => (

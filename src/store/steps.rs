@@ -105,6 +105,7 @@ pub async fn record_start_after(
     let watch = watch.clone();
     let (_, outcome) = audit
         .append_after(before, Box::new(move |tx| {
+    let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 // The halt known in memory (possibly not written yet), then the database's, read
                 // by the very statement that moves the run on.
@@ -225,6 +226,7 @@ pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
 
 fn end_effect(node_id: String, record: StepEndRecord) -> Effect<()> {
     Box::new(move |tx| {
+        let (node_id, record) = (node_id.clone(), record.clone());
         Box::pin(async move {
             let StepEndRecord {
                 execution_id,

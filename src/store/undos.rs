@@ -58,6 +58,7 @@ pub async fn record_start(
     let watch = watch.clone();
     let (_, outcome) = audit
         .append_with(Box::new(move |tx| {
+    let (step_id, node_id, watch) = (step_id.clone(), node_id.clone(), watch.clone());
             Box::pin(async move {
                 if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
                     let event = refused_event("rollback.step_start_refused", execution_id, &step_id, &halt);
@@ -102,6 +103,7 @@ pub async fn record_end(
     let node_id = audit.node_id().to_owned();
     audit
         .append_with(Box::new(move |tx| {
+    let (step_id, node_id) = (step_id.clone(), node_id.clone());
             Box::pin(async move {
                 require_rolling_back(tx, execution_id, &node_id).await?;
                 let (state, event_type) = match end {

@@ -207,6 +207,7 @@ async fn hostile_bytes_in_an_event_are_stored_escaped_beside_their_neighbours() 
     let (handle, _stop) = writer(&db, "n1").await;
     let hostile_output = String::from_utf8_lossy(b"out\0put\x1b[2J\xff").into_owned();
     let hostile = handle.append_with(Box::new(move |_tx| {
+        let hostile_output = hostile_output.clone();
         Box::pin(async move {
             let event = AuditEvent::new("test.hostile", Actor::Uid(1000))
                 .with("\u{0}", 1)

@@ -450,6 +450,7 @@ async fn record_version(audit: &AuditHandle) {
     };
     audit
         .append_with(Box::new(move |tx| {
+            let new = new.clone();
             Box::pin(async move {
                 let recorded = versions::check_and_record(tx, &new).await?;
                 assert_eq!(recorded, Ok(true));
