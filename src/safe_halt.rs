@@ -143,10 +143,7 @@ impl SafeHalt {
         admin_uid: u32,
         reason: &str,
     ) -> Result<ActiveHalt, ResolveError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(ResolveError::NoReason);
-        }
+        let reason = required_reason(reason)?;
         let halt = halts::enter_fleet(
             &self.audit,
             halts::FleetHaltCause::Admin {
@@ -255,10 +252,7 @@ impl SafeHalt {
         admin_uid: u32,
         reason: &str,
     ) -> Result<i64, ResolveError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(ResolveError::NoReason);
-        }
+        let reason = required_reason(reason)?;
         let what = match scope {
             HaltScope::Node => "SAFE-HALT",
             HaltScope::Fleet => "fleet SAFE-HALT",
@@ -303,6 +297,15 @@ impl SafeHalt {
             HaltScope::Fleet => self.sync_fleet(None),
         }
     }
+}
+
+/// An admin's reason, trimmed; entering or clearing a halt by hand needs one.
+fn required_reason(reason: &str) -> Result<&str, ResolveError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ResolveError::NoReason);
+    }
+    Ok(reason)
 }
 
 /// `SAFE-HALT since <time>: <message>` (the message ends with how to clear it), one line.
