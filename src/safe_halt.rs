@@ -143,10 +143,7 @@ impl SafeHalt {
         admin_uid: u32,
         reason: &str,
     ) -> Result<ActiveHalt, ResolveError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(ResolveError::NoReason);
-        }
+        let reason = required_reason(reason)?;
         let halt = halts::enter_fleet(
             &self.audit,
             halts::FleetHaltCause::Admin {
@@ -158,30 +155,6 @@ impl SafeHalt {
         .map_err(ResolveError::Audit)?;
         self.sync_fleet(Some(halt.clone()));
         Ok(halt)
-    }
-
-    /// Clears the fleet halt, for an admin with a reason; nodes' own halts stay.
-    pub async fn resolve_fleet(&self, admin_uid: u32, reason: &str) -> Result<i64, ResolveError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(ResolveError::NoReason);
-        }
-        match halts::resolve_fleet(&self.audit, admin_uid, reason).await {
-            Ok(halt_id) => {
-                tracing::warn!(halt_id, admin_uid, reason = %crate::text::storable(reason, 256),
-                    "fleet SAFE-HALT cleared");
-                self.sync_fleet(None);
-                Ok(halt_id)
-            }
-            Err(halts::ResolveError::FleetNotActive) => {
-                self.sync_fleet(None);
-                Err(ResolveError::FleetNotActive)
-            }
-            Err(halts::ResolveError::NotActive { node_id }) => {
-                Err(ResolveError::NotActive { node_id })
-            }
-            Err(halts::ResolveError::Audit(error)) => Err(ResolveError::Audit(error)),
-        }
     }
 
     /// Enters SAFE-HALT for `cause`: in memory at once, then written with everything the cause
@@ -270,38 +243,69 @@ impl SafeHalt {
         });
     }
 
-    /// Clears this node's halt, with the admin's uid and reason, audited in the same
-    /// transaction; fails unless exactly one active row of this node was cleared.
-    pub async fn resolve(&self, admin_uid: u32, reason: &str) -> Result<i64, ResolveError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(ResolveError::NoReason);
-        }
-        let node_id = self.audit.node_id().to_owned();
-        match halts::resolve(&self.audit, admin_uid, reason).await {
+    /// Clears this node's halt (`scope` node) or the fleet's (nodes' own halts stay), for an
+    /// admin with a reason, audited in the same transaction; fails unless exactly one active row
+    /// of that scope was cleared. Memory follows the database either way.
+    pub async fn resolve(
+        &self,
+        scope: HaltScope,
+        admin_uid: u32,
+        reason: &str,
+    ) -> Result<i64, ResolveError> {
+        let reason = required_reason(reason)?;
+        let what = match scope {
+            HaltScope::Node => "SAFE-HALT",
+            HaltScope::Fleet => "fleet SAFE-HALT",
+        };
+        match halts::resolve(&self.audit, scope, admin_uid, reason).await {
             Ok(halt_id) => {
                 tracing::warn!(halt_id, admin_uid, reason = %crate::text::storable(reason, 256),
-                    "SAFE-HALT cleared");
-                metrics::gauge!("playbookd_safe_halt_active").set(0.0);
-                systemd::notify_status("ready: SAFE-HALT cleared");
-                self.watch.clear();
+                    "{what} cleared");
+                self.forget(scope);
                 Ok(halt_id)
             }
             Err(halts::ResolveError::NotActive { .. } | halts::ResolveError::FleetNotActive) => {
-                match self.watch.own() {
-                    Some(halt) if halt.halt_id.is_none() => {
+                let node_id = self.audit.node_id().to_owned();
+                match (scope, self.watch.own()) {
+                    (HaltScope::Node, Some(halt)) if halt.halt_id.is_none() => {
                         Err(ResolveError::NotWrittenYet { node_id })
                     }
-                    Some(_) | None => {
-                        // The database has none (cleared elsewhere, or never written): memory follows it.
+                    // The database has none (cleared elsewhere, or never written): memory
+                    // follows it.
+                    (HaltScope::Node, Some(_) | None) => {
                         self.watch.clear();
                         Err(ResolveError::NotActive { node_id })
+                    }
+                    (HaltScope::Fleet, _) => {
+                        self.sync_fleet(None);
+                        Err(ResolveError::FleetNotActive)
                     }
                 }
             }
             Err(halts::ResolveError::Audit(error)) => Err(ResolveError::Audit(error)),
         }
     }
+
+    /// Drops the halt of `scope` from memory, and says so, once its row was cleared.
+    fn forget(&self, scope: HaltScope) {
+        match scope {
+            HaltScope::Node => {
+                metrics::gauge!("playbookd_safe_halt_active").set(0.0);
+                systemd::notify_status("ready: SAFE-HALT cleared");
+                self.watch.clear();
+            }
+            HaltScope::Fleet => self.sync_fleet(None),
+        }
+    }
+}
+
+/// An admin's reason, trimmed; entering or clearing a halt by hand needs one.
+fn required_reason(reason: &str) -> Result<&str, ResolveError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ResolveError::NoReason);
+    }
+    Ok(reason)
 }
 
 /// `SAFE-HALT since <time>: <message>` (the message ends with how to clear it), one line.

@@ -48,6 +48,8 @@ use uuid::Uuid;
 
 use crate::config::DATABASE_URL_ENV;
 use crate::registry::signature::{self, Algorithm, KeyError, Signer};
+use crate::store::model::RunState;
+use crate::store::scratch::{OwnerLogin, ScratchDb};
 
 /// Server used when neither `--database-url` nor `PLAYBOOKD_TEST_DATABASE_URL` is given.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -158,60 +160,34 @@ impl Plan {
 
 async fn bench(plan: &Plan) -> Result<String, BenchError> {
     let admin_config: tokio_postgres::Config = plan.url.parse().map_err(|_| BenchError::BadUrl)?;
-    let name = format!("pbd_bench_{}", std::process::id());
-    // Two roles, as installed: the schema belongs to `_owner`, the daemon runs as `_rt`.
-    let owner = format!("{name}_owner");
-    let runtime = format!("{name}_rt");
+    // Two roles, as installed: the schema belongs to the owner, the daemon runs as the runtime role.
+    let scratch = ScratchDb::named(format!("pbd_bench_{}", std::process::id()));
     // Checked before anything is created: the daemon is given this URL.
-    let daemon_url = with_user(&with_database(&plan.url, &name)?, &runtime);
+    let daemon_url = with_user(&with_database(&plan.url, &scratch.name)?, &scratch.runtime);
     let admin = connect(&admin_config).await?;
     // A database or roles of these names can only be left over by a dead process that had our pid.
-    drop_throwaway(&admin, &name, &[&owner, &runtime]).await?;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {owner} NOLOGIN; CREATE ROLE {runtime} LOGIN"
-        ))
-        .await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
-        .await?;
+    scratch.drop_all(&admin).await?;
+    scratch.create(&admin, OwnerLogin::NoLogin).await?;
     let mut db_config = admin_config.clone();
-    db_config.dbname(&name);
+    db_config.dbname(&scratch.name);
     let migrated = async {
         let mut migrator = connect(&db_config).await?;
         let roles = crate::store::migrate::Roles {
-            owner: Some(&owner),
-            runtime: Some(&runtime),
+            owner: Some(&scratch.owner),
+            runtime: Some(&scratch.runtime),
         };
         crate::store::migrate::migrate_with_roles(&mut migrator, &roles).await?;
         Ok::<(), BenchError>(())
     }
     .await;
     let outcome = match migrated {
-        Ok(()) => phases(plan, &admin_config, &name, &daemon_url).await,
+        Ok(()) => phases(plan, &admin_config, &scratch.name, &daemon_url).await,
         Err(error) => Err(error),
     };
-    let dropped = drop_throwaway(&admin, &name, &[&owner, &runtime]).await;
+    let dropped = scratch.drop_all(&admin).await;
     let report = outcome?;
     dropped?;
     Ok(report)
-}
-
-/// Drops the bench's database, then its roles (a role cannot go while its database exists).
-async fn drop_throwaway(
-    admin: &tokio_postgres::Client,
-    name: &str,
-    roles: &[&str],
-) -> Result<(), BenchError> {
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await?;
-    for role in roles {
-        admin
-            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-            .await?;
-    }
-    Ok(())
 }
 
 async fn phases(
@@ -881,27 +857,18 @@ async fn wait_parked(
     count: usize,
     limit: Duration,
 ) -> Result<(), BenchError> {
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM playbook_executions \
-                 WHERE playbook_id = 'bench-gated' AND state = 'awaiting_approval'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if usize::try_from(waiting).unwrap_or(0) >= count {
-            return Ok(());
-        }
-        if started.elapsed() > limit {
-            return Err(BenchError::Timeout {
-                what: format!("{waiting} of {count} runs waiting for approval"),
-                limit,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let waiting = "SELECT count(*) FROM playbook_executions \
+                   WHERE playbook_id = 'bench-gated' AND state = 'awaiting_approval'";
+    let wait = CountWait {
+        every: Duration::from_millis(200),
+        limit,
+    };
+    wait.until(client, waiting, &[], |waiting| {
+        (usize::try_from(waiting).unwrap_or(0) >= count)
+            .then_some(())
+            .ok_or_else(|| format!("{waiting} of {count} runs waiting for approval"))
+    })
+    .await
 }
 
 /// Waits until no execution is left unfinished, so one phase's backlog does not run into the next.
@@ -909,26 +876,54 @@ async fn wait_all_terminal(
     client: &tokio_postgres::Client,
     limit: Duration,
 ) -> Result<(), BenchError> {
-    let terminal: Vec<&str> = TERMINAL_STATES.to_vec();
-    let started = Instant::now();
-    loop {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM playbook_executions WHERE NOT (state = ANY($1))",
-                &[&terminal],
-            )
-            .await?
-            .get(0);
-        if open == 0 {
-            return Ok(());
+    let terminal: Vec<&str> = RunState::ALL
+        .iter()
+        .filter(|state| state.is_terminal())
+        .map(|state| state.as_str())
+        .collect();
+    let open = "SELECT count(*) FROM playbook_executions WHERE NOT (state = ANY($1))";
+    let wait = CountWait {
+        every: Duration::from_millis(50),
+        limit,
+    };
+    wait.until(client, open, &[&terminal], |open| {
+        (open == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{open} executions unfinished"))
+    })
+    .await
+}
+
+/// Polls a `count(*)` query until a condition holds, or gives up after a limit.
+struct CountWait {
+    every: Duration,
+    limit: Duration,
+}
+
+impl CountWait {
+    /// Runs `query` every `self.every` until `done` accepts its count; `done` says what is still
+    /// missing otherwise, which is the error after `self.limit`.
+    async fn until(
+        &self,
+        client: &tokio_postgres::Client,
+        query: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        done: impl Fn(i64) -> Result<(), String>,
+    ) -> Result<(), BenchError> {
+        let started = Instant::now();
+        loop {
+            let count: i64 = client.query_one(query, params).await?.get(0);
+            let Err(missing) = done(count) else {
+                return Ok(());
+            };
+            if started.elapsed() > self.limit {
+                return Err(BenchError::Timeout {
+                    what: missing,
+                    limit: self.limit,
+                });
+            }
+            tokio::time::sleep(self.every).await;
         }
-        if started.elapsed() > limit {
-            return Err(BenchError::Timeout {
-                what: format!("{open} executions unfinished"),
-                limit,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1601,14 +1596,6 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 const NOOP_POLICY: &str = "bench.noop";
 const GATED_POLICY: &str = "bench.gated";
-const TERMINAL_STATES: [&str; 6] = [
-    "completed",
-    "rolled_back",
-    "safe_halted",
-    "cancelled",
-    "timed_out",
-    "rejected",
-];
 /// Clients of the many-connection baseline (issue #16 compares with 16).
 const BASELINE_CONNECTIONS: usize = 16;
 /// Channel of [`COMPLETION_TRIGGER`].

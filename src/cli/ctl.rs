@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::control::protocol::WireRequest;
+use crate::control::roles::Verb;
 
 /// Where control.sock is when neither `--socket` nor `--config` says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/playbookd/control.sock";
@@ -185,52 +186,40 @@ pub fn run(args: CtlArgs) -> Result<(), CtlError> {
     }
 }
 
-/// The request line for a verb.
+/// The request line for a verb: the wire verb (spelled by [`Verb::as_str`]) and the fields it
+/// takes. The execution id travels as typed: the daemon checks it, and records a malformed one.
 pub fn request(verb: &CtlVerb) -> WireRequest {
-    let base = |name: &str| WireRequest {
-        verb: name.to_owned(),
-        ..WireRequest::default()
-    };
-    match verb {
-        CtlVerb::Pending => base("pending"),
-        CtlVerb::Reload => base("reload"),
+    let (wire_verb, execution_id, step, reason) = match verb {
+        CtlVerb::Pending => (Verb::Pending, None, None, None),
+        CtlVerb::Reload => (Verb::Reload, None, None, None),
         CtlVerb::Approve {
             execution,
             step,
             reason,
-        } => WireRequest {
-            execution_id: Some(execution.clone()),
-            step: Some(step.clone()),
-            reason: Some(reason.clone()),
-            ..base("approve")
-        },
+        } => (Verb::Approve, Some(execution), Some(step), Some(reason)),
         CtlVerb::Deny {
             execution,
             step,
             reason,
-        } => WireRequest {
-            execution_id: Some(execution.clone()),
-            step: Some(step.clone()),
-            reason: Some(reason.clone()),
-            ..base("deny")
-        },
-        CtlVerb::Cancel { execution, reason } => WireRequest {
-            execution_id: Some(execution.clone()),
-            reason: Some(reason.clone()),
-            ..base("cancel")
-        },
-        CtlVerb::HaltResolve { fleet, reason } => WireRequest {
-            reason: Some(reason.clone()),
-            ..base(if *fleet {
-                "halt-resolve-fleet"
+        } => (Verb::Deny, Some(execution), Some(step), Some(reason)),
+        CtlVerb::Cancel { execution, reason } => {
+            (Verb::Cancel, Some(execution), None, Some(reason))
+        }
+        CtlVerb::HaltResolve { fleet, reason } => {
+            let verb = if *fleet {
+                Verb::HaltResolveFleet
             } else {
-                "halt-resolve"
-            })
-        },
-        CtlVerb::Halt { reason, .. } => WireRequest {
-            reason: Some(reason.clone()),
-            ..base("halt-fleet")
-        },
+                Verb::HaltResolve
+            };
+            (verb, None, None, Some(reason))
+        }
+        CtlVerb::Halt { reason, .. } => (Verb::HaltFleet, None, None, Some(reason)),
+    };
+    WireRequest {
+        verb: wire_verb.as_str().to_owned(),
+        execution_id: execution_id.cloned(),
+        step: step.cloned(),
+        reason: reason.cloned(),
     }
 }
 
@@ -391,3 +380,80 @@ fn pending_text(pending: Option<&Value>) -> String {
 const REPLY_LIMIT: Duration = Duration::from_secs(90);
 /// The longest reply read (a long pending list); the rest is cut off and fails to parse.
 const MAX_REPLY_BYTES: u64 = 16 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::{CtlVerb, request};
+    use crate::control::protocol::{self, Request};
+
+    /// What the client sends is what the server decodes: each command's request line, decoded
+    /// by control.sock's own decoder.
+    #[test]
+    fn every_command_decodes_as_the_request_it_means() {
+        let id = uuid::Uuid::new_v4();
+        let reason = || "why".to_owned();
+        let cases = [
+            (CtlVerb::Pending, Request::Pending),
+            (CtlVerb::Reload, Request::Reload),
+            (
+                CtlVerb::Approve {
+                    execution: id.to_string(),
+                    step: "kill".into(),
+                    reason: reason(),
+                },
+                Request::Approve {
+                    execution_id: id,
+                    step: "kill".into(),
+                    reason: reason(),
+                },
+            ),
+            (
+                CtlVerb::Deny {
+                    execution: id.to_string(),
+                    step: "kill".into(),
+                    reason: reason(),
+                },
+                Request::Deny {
+                    execution_id: id,
+                    step: "kill".into(),
+                    reason: reason(),
+                },
+            ),
+            (
+                CtlVerb::Cancel {
+                    execution: id.to_string(),
+                    reason: reason(),
+                },
+                Request::Cancel {
+                    execution_id: id,
+                    reason: reason(),
+                },
+            ),
+            (
+                CtlVerb::HaltResolve {
+                    fleet: false,
+                    reason: reason(),
+                },
+                Request::HaltResolve { reason: reason() },
+            ),
+            (
+                CtlVerb::HaltResolve {
+                    fleet: true,
+                    reason: reason(),
+                },
+                Request::HaltResolveFleet { reason: reason() },
+            ),
+            (
+                CtlVerb::Halt {
+                    fleet: true,
+                    reason: reason(),
+                },
+                Request::HaltFleet { reason: reason() },
+            ),
+        ];
+        for (command, expected) in cases {
+            let line = serde_json::to_vec(&request(&command)).expect("a request serializes");
+            assert_eq!(protocol::decode(&line), Ok(expected), "{command:?}");
+        }
+    }
+}

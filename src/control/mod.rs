@@ -28,6 +28,7 @@ use crate::safe_halt::{ResolveError, SafeHalt};
 use crate::store::audit::{
     Actor, AppendError, AuditEvent, AuditHandle, error_chain, format_timestamp,
 };
+use crate::store::model::HaltScope;
 use crate::store::{Store, executions};
 use crate::text;
 use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
@@ -335,9 +336,13 @@ impl Control {
                 execution_id,
                 reason,
             } => self.cancel(*execution_id, peer, reason).await,
-            Request::HaltResolve { reason } => self.halt_resolve(peer, reason).await,
+            Request::HaltResolve { reason } => {
+                self.halt_resolve(peer, reason, HaltScope::Node).await
+            }
             Request::HaltFleet { reason } => self.halt_fleet(peer, reason).await,
-            Request::HaltResolveFleet { reason } => self.halt_resolve_fleet(peer, reason).await,
+            Request::HaltResolveFleet { reason } => {
+                self.halt_resolve(peer, reason, HaltScope::Fleet).await
+            }
             Request::Reload => self.reload(peer).await,
         }
     }
@@ -425,9 +430,13 @@ impl Control {
         }
     }
 
-    async fn halt_resolve(&self, peer: &Peer, reason: &str) -> Reply {
-        match self.inner.safe_halt.resolve(peer.uid, reason).await {
-            Ok(halt_id) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!("cleared"))]),
+    async fn halt_resolve(&self, peer: &Peer, reason: &str, scope: HaltScope) -> Reply {
+        let (cleared, what) = match scope {
+            HaltScope::Node => ("cleared", "SAFE-HALT"),
+            HaltScope::Fleet => ("fleet cleared", "fleet SAFE-HALT"),
+        };
+        match self.inner.safe_halt.resolve(scope, peer.uid, reason).await {
+            Ok(halt_id) => ok([("halt_id", json!(halt_id)), ("safe_halt", json!(cleared))]),
             Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
             Err(
                 error @ (ResolveError::NotActive { .. }
@@ -435,7 +444,7 @@ impl Control {
                 | ResolveError::FleetNotActive),
             ) => Reply::Error(error.to_string()),
             Err(error @ ResolveError::Audit(_)) => {
-                tracing::error!(error = %error_chain(&error), "control.sock: SAFE-HALT not cleared");
+                tracing::error!(error = %error_chain(&error), "control.sock: {what} not cleared");
                 Reply::Error(error.to_string())
             }
         }
@@ -459,25 +468,6 @@ impl Control {
             ) => {
                 tracing::error!(error = %error_chain(&error), "control.sock: fleet SAFE-HALT not entered");
                 Reply::Error(format!("{error}: the fleet is NOT halted"))
-            }
-        }
-    }
-
-    async fn halt_resolve_fleet(&self, peer: &Peer, reason: &str) -> Reply {
-        match self.inner.safe_halt.resolve_fleet(peer.uid, reason).await {
-            Ok(halt_id) => ok([
-                ("halt_id", json!(halt_id)),
-                ("safe_halt", json!("fleet cleared")),
-            ]),
-            Err(error @ ResolveError::NoReason) => Reply::Refused(error.to_string()),
-            Err(
-                error @ (ResolveError::NotActive { .. }
-                | ResolveError::NotWrittenYet { .. }
-                | ResolveError::FleetNotActive),
-            ) => Reply::Error(error.to_string()),
-            Err(error @ ResolveError::Audit(_)) => {
-                tracing::error!(error = %error_chain(&error), "control.sock: fleet SAFE-HALT not cleared");
-                Reply::Error(error.to_string())
             }
         }
     }

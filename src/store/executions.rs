@@ -210,10 +210,7 @@ pub async fn load(store: &Store, id: Uuid, node_id: &str) -> Result<ExecutionRec
         )
         .await?
         .ok_or_else(|| not_found(id))?;
-    let owner: String = row.get(0);
-    if owner != node_id {
-        return Err(other_node(id, owner, node_id));
-    }
+    require_own(id, row.get(0), node_id)?;
     let sha: Vec<u8> = row.get(3);
     let version: i64 = row.get(2);
     let subject: Value = row.get(6);
@@ -222,7 +219,7 @@ pub async fn load(store: &Store, id: Uuid, node_id: &str) -> Result<ExecutionRec
     let org_id: String = row.get(5);
     Ok(ExecutionRecord {
         id,
-        node_id: owner,
+        node_id: node_id.to_owned(),
         playbook_id: row.get(1),
         version: u32::try_from(version).map_err(|_| StoreError::Corrupt {
             what: "playbook_version",
@@ -617,6 +614,16 @@ fn other_node(id: Uuid, owner: String, node_id: &str) -> StoreError {
         execution_id: id,
         owner,
         node_id: node_id.to_owned(),
+    }
+}
+
+/// Refuses unless run `id`, whose row names `owner`, is this node's (`node_id`): a node acts
+/// only on its own runs.
+pub(crate) fn require_own(id: Uuid, owner: String, node_id: &str) -> Result<(), StoreError> {
+    if owner == node_id {
+        Ok(())
+    } else {
+        Err(other_node(id, owner, node_id))
     }
 }
 

@@ -194,14 +194,7 @@ pub async fn find_pending(
         )
         .await?;
     if let Some(row) = owner {
-        let owner: String = row.get(0);
-        if owner != node_id {
-            return Err(StoreError::OtherNode {
-                execution_id: id,
-                owner,
-                node_id: node_id.to_owned(),
-            });
-        }
+        executions::require_own(id, row.get(0), node_id)?;
     }
     let row = client
         .query_opt(

@@ -378,16 +378,22 @@ pub async fn enter_row_only(
     Ok(halt)
 }
 
-/// Clears this node's active halt, with the admin's uid and reason, audited in the same
-/// transaction. Fails unless exactly one active row of this node was cleared (a fleet halt is
-/// not cleared here).
+/// Clears the active halt of `scope` (this node's own, or the fleet's: nodes' own halts stay),
+/// with the admin's uid and reason, audited in this node's chain in the same transaction. Fails
+/// unless exactly one active row of that scope was cleared.
 pub async fn resolve(
     audit: &AuditHandle,
+    scope: HaltScope,
     admin_uid: u32,
     reason: &str,
 ) -> Result<i64, ResolveError> {
     let node_id = audit.node_id().to_owned();
     let reason = text::storable(reason, text::MAX_FIELD_BYTES);
+    // The unique index of each scope allows at most one active row: this node's, or the fleet's.
+    let (what, event_type) = match scope {
+        HaltScope::Node => ("active SAFE-HALT of this node", "safe_halt.cleared"),
+        HaltScope::Fleet => ("active fleet SAFE-HALT", "safe_halt.fleet_cleared"),
+    };
     let (_, cleared) = audit
         .append_with(Box::new(move |tx| {
             let (node_id, reason) = (node_id.clone(), reason.clone());
@@ -395,21 +401,22 @@ pub async fn resolve(
                 let rows = tx
                     .query(
                         "UPDATE playbook_safe_halt_state \
-                         SET is_active = false, resolved_at = now(), resolved_by = $2, reason = $3 \
-                         WHERE node_id = $1 AND scope = 'node' AND is_active RETURNING halt_id",
-                        &[&node_id, &i64::from(admin_uid), &reason],
+                         SET is_active = false, resolved_at = now(), resolved_by = $3, reason = $4 \
+                         WHERE scope = $1 AND is_active AND (scope = 'fleet' OR node_id = $2) \
+                         RETURNING halt_id",
+                        &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
                     )
                     .await?;
                 let [row] = rows.as_slice() else {
                     // None (or, against the unique index, several): clear nothing.
                     return Err(StoreError::NotFound {
-                        what: "active SAFE-HALT of this node",
-                        detail: format!("{} active rows for node `{node_id}`", rows.len()),
+                        what,
+                        detail: format!("{} rows for node `{node_id}`", rows.len()),
                     });
                 };
                 let halt_id: i64 = row.get(0);
                 Ok((
-                    AuditEvent::new("safe_halt.cleared", Actor::Uid(admin_uid))
+                    AuditEvent::new(event_type, Actor::Uid(admin_uid))
                         .with("halt_id", halt_id)
                         .with("node_id", node_id.as_str())
                         .with("reason", reason),
@@ -418,13 +425,21 @@ pub async fn resolve(
             })
         }))
         .await
-        .map_err(|error| match error {
-            AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::NotActive {
-                node_id: audit.node_id().to_owned(),
-            },
-            other @ (AppendError::Effect(_)
-            | AppendError::Unavailable(_)
-            | AppendError::Stopped) => ResolveError::Audit(other),
+        .map_err(|error| match (error, scope) {
+            (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Node) => {
+                ResolveError::NotActive {
+                    node_id: audit.node_id().to_owned(),
+                }
+            }
+            (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Fleet) => {
+                ResolveError::FleetNotActive
+            }
+            (
+                other @ (AppendError::Effect(_)
+                | AppendError::Unavailable(_)
+                | AppendError::Stopped),
+                _,
+            ) => ResolveError::Audit(other),
         })?;
     Ok(cleared)
 }
@@ -528,53 +543,6 @@ pub async fn enter_fleet(
         }))
         .await?;
     Ok(halt)
-}
-
-/// Clears the fleet halt, with the admin's uid and reason, audited in this node's chain. Nodes'
-/// own halts stay.
-pub async fn resolve_fleet(
-    audit: &AuditHandle,
-    admin_uid: u32,
-    reason: &str,
-) -> Result<i64, ResolveError> {
-    let node_id = audit.node_id().to_owned();
-    let reason = text::storable(reason, text::MAX_FIELD_BYTES);
-    let (_, cleared) = audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, reason) = (node_id.clone(), reason.clone());
-            Box::pin(async move {
-                let rows = tx
-                    .query(
-                        "UPDATE playbook_safe_halt_state \
-                         SET is_active = false, resolved_at = now(), resolved_by = $1, reason = $2 \
-                         WHERE scope = 'fleet' AND is_active RETURNING halt_id",
-                        &[&i64::from(admin_uid), &reason],
-                    )
-                    .await?;
-                let [row] = rows.as_slice() else {
-                    return Err(StoreError::NotFound {
-                        what: "active fleet SAFE-HALT",
-                        detail: format!("{} active fleet rows", rows.len()),
-                    });
-                };
-                let halt_id: i64 = row.get(0);
-                Ok((
-                    AuditEvent::new("safe_halt.fleet_cleared", Actor::Uid(admin_uid))
-                        .with("halt_id", halt_id)
-                        .with("node_id", node_id.as_str())
-                        .with("reason", reason),
-                    halt_id,
-                ))
-            })
-        }))
-        .await
-        .map_err(|error| match error {
-            AppendError::Effect(StoreError::NotFound { .. }) => ResolveError::FleetNotActive,
-            other @ (AppendError::Effect(_)
-            | AppendError::Unavailable(_)
-            | AppendError::Stopped) => ResolveError::Audit(other),
-        })?;
-    Ok(cleared)
 }
 
 /// Inserts this node's active halt, or finds the one already active (a second failed undo

@@ -11,6 +11,7 @@
 //! | [`nonces`] | `playbook_nonces` |
 //! | [`nodes`] | `playbook_nodes` |
 //! | [`versions`] | `playbook_versions`, `playbook_version_signatures` |
+//! | [`scratch`] | a throwaway database with an install's two roles, for the bench and the tests |
 //!
 //! States are decoded once, here, into the enums of [`model`]; every state change is a guarded
 //! UPDATE from [`transitions`], made in one audit transaction with its event.
@@ -30,6 +31,7 @@ pub mod model;
 pub mod nodes;
 pub mod nonces;
 pub mod privileges;
+pub mod scratch;
 pub mod steps;
 pub mod transitions;
 pub mod undos;

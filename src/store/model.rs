@@ -66,6 +66,9 @@ macro_rules! db_enum {
     };
 }
 
+/// Stored enums declared outside this module (next to their table) use the same declaration.
+pub(crate) use db_enum;
+
 db_enum! {
     /// The state of a run (`playbook_executions.state`). Allowed changes: [`super::transitions`].
     RunState, "execution state" {

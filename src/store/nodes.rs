@@ -22,35 +22,14 @@ pub struct Heartbeat<'a> {
     pub freshness_seconds: u64,
 }
 
-/// A node's halt state, as the heartbeat last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeHalt {
-    None,
-    /// Its own SAFE-HALT.
-    Node,
-    /// The fleet's SAFE-HALT.
-    Fleet,
-}
-
-impl NodeHalt {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeHalt::None => "none",
-            NodeHalt::Node => "node",
-            NodeHalt::Fleet => "fleet",
-        }
-    }
-
-    fn decode(text: &str) -> Result<NodeHalt, StoreError> {
-        match text {
-            "none" => Ok(NodeHalt::None),
-            "node" => Ok(NodeHalt::Node),
-            "fleet" => Ok(NodeHalt::Fleet),
-            other => Err(StoreError::Corrupt {
-                what: "node halt state",
-                detail: format!("unknown value `{}`", crate::text::storable(other, 64)),
-            }),
-        }
+crate::store::model::db_enum! {
+    /// A node's halt state, as the heartbeat last saw it (`playbook_nodes.halt`).
+    NodeHalt, "node halt state" {
+        None => "none",
+        /// Its own SAFE-HALT.
+        Node => "node",
+        /// The fleet's SAFE-HALT.
+        Fleet => "fleet",
     }
 }
 

@@ -447,14 +447,7 @@ pub(crate) async fn require_open_run(
             what: "execution",
             detail: id.to_string(),
         })?;
-    let owner: String = row.get(0);
-    if owner != node_id {
-        return Err(StoreError::OtherNode {
-            execution_id: id,
-            owner,
-            node_id: node_id.to_owned(),
-        });
-    }
+    crate::store::executions::require_own(id, row.get(0), node_id)?;
     let state = RunState::decode(row.get(1))?;
     if state.is_terminal() {
         return Err(StoreError::Transition {

@@ -8,6 +8,7 @@ use crate::harness::{
     Evidence, NOOP_3, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
 };
 use crate::helpers::{query_column, query_value};
+use playbookd::store::model::HaltScope;
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(t, _)| t.as_str()).collect()
@@ -195,12 +196,16 @@ async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
     assert_eq!(refused["status"], "rejected", "{refused}");
 
     assert!(
-        daemon.safe_halt.resolve(0, "  ").await.is_err(),
+        daemon
+            .safe_halt
+            .resolve(HaltScope::Node, 0, "  ")
+            .await
+            .is_err(),
         "a reason is required"
     );
     daemon
         .safe_halt
-        .resolve(0, "undo done by hand")
+        .resolve(HaltScope::Node, 0, "undo done by hand")
         .await
         .unwrap();
     let reply = daemon

@@ -15,7 +15,9 @@ use playbookd::store::StoreError;
 use playbookd::store::audit::{self, AppendError, AuditEvent, AuditHandle};
 use playbookd::store::executions::{self, BindingRecord, NewExecution};
 use playbookd::store::halts::{self, HaltCause, HaltWatch};
-use playbookd::store::model::{ErrorClass, RollbackCause, RunState, Severity, StepState};
+use playbookd::store::model::{
+    ErrorClass, HaltScope, RollbackCause, RunState, Severity, StepState,
+};
 use playbookd::store::steps::{self, StartOutcome, StepEnd, StepEndRecord, StepStart};
 use playbookd::store::transitions::{RUN_TRANSITIONS, STEP_TRANSITIONS};
 use playbookd::store::undos;
@@ -339,7 +341,9 @@ async fn record_and_read_back(
     )
     .await
     .expect("a failed undo always enters SAFE-HALT");
-    halts::resolve(audit, 0, "case done").await.unwrap();
+    halts::resolve(audit, HaltScope::Node, 0, "case done")
+        .await
+        .unwrap();
 
     // A halt for a run that cannot be continued, with an arbitrary reason.
     let other = admit(audit, watch).await;
@@ -352,7 +356,9 @@ async fn record_and_read_back(
     )
     .await
     .expect("a halt is always entered");
-    halts::resolve(audit, 0, "case done").await.unwrap();
+    halts::resolve(audit, HaltScope::Node, 0, "case done")
+        .await
+        .unwrap();
 
     let client = db.client().await;
     let row = client

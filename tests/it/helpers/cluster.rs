@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use playbookd::store::scratch::{OwnerLogin, ScratchDb};
 use tokio_postgres::NoTls;
 
 /// The database and roles a cluster gets from [`Cluster::create_playbookd_database`].
@@ -238,17 +239,15 @@ impl Cluster {
     /// as the owner, with the runtime role granted its privileges (what the test harness's
     /// `TestDb::new` and `playbookd migrate --runtime-role` do).
     pub async fn create_playbookd_database(&self) {
-        let admin = self.client("postgres").await;
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {OWNER} LOGIN; CREATE ROLE {RUNTIME} LOGIN"
-            ))
+        let scratch = ScratchDb::named(DATABASE.into());
+        debug_assert_eq!(
+            (scratch.owner.as_str(), scratch.runtime.as_str()),
+            (OWNER, RUNTIME)
+        );
+        scratch
+            .create(&self.client("postgres").await, OwnerLogin::Login)
             .await
-            .expect("CREATE ROLE");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER}"))
-            .await
-            .expect("CREATE DATABASE");
+            .expect("create the database and its roles");
         let mut owner = self.admin_config(DATABASE);
         owner.user(OWNER);
         let (mut client, connection) = owner.connect(NoTls).await.expect("connect as the owner");

@@ -10,6 +10,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use playbookd::registry::signature::{self, Algorithm, Signer};
+use playbookd::store::scratch::{OwnerLogin, ScratchDb};
 use tokio_postgres::NoTls;
 
 /// The trusted authors every `DaemonDir` has keys for (`keys/NAME.key`, `trusted-keys/NAME.pub`).
@@ -45,25 +46,20 @@ impl TestDb {
     /// Creates `pbd_test_<pid>_<uuid>` owned by `<name>_owner`, and `<name>_rt` (not migrated).
     pub async fn empty() -> TestDb {
         sweep_stale_databases_once().await;
-        let name = format!(
+        let scratch = ScratchDb::named(format!(
             "pbd_test_{}_{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
-        );
-        let owner = format!("{name}_owner");
-        let runtime = format!("{name}_rt");
-        let admin = admin_client().await;
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {owner} LOGIN; CREATE ROLE {runtime} LOGIN"
-            ))
+        ));
+        scratch
+            .create(&admin_client().await, OwnerLogin::Login)
             .await
-            .expect("CREATE ROLE");
-        // A call of its own: CREATE DATABASE cannot run in the implicit transaction of a batch.
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
-            .await
-            .expect("CREATE DATABASE");
+            .expect("create the test database and its roles");
+        let ScratchDb {
+            name,
+            owner,
+            runtime,
+        } = scratch;
         let mut config = admin_config();
         config.dbname(&name);
         TestDb {
@@ -133,33 +129,26 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        drop_database_and_roles(
-            self.name.clone(),
-            vec![self.owner.clone(), self.runtime.clone()],
-        );
+        let scratch = ScratchDb {
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            runtime: self.runtime.clone(),
+        };
+        block_on_own_thread(async move {
+            let _ = scratch.drop_all(&admin_client().await).await;
+        });
     }
 }
 
-/// Drops a test's database, then its roles (a role cannot go while it owns a database or holds
-/// privileges in one). Runs outside any runtime guarantee (maybe during a panic): a thread of
-/// its own.
-fn drop_database_and_roles(name: String, roles: Vec<String>) {
+/// Runs `work` to its end on a runtime of its own in a thread of its own: what a `Drop` does
+/// runs outside any runtime guarantee (maybe during a panic).
+fn block_on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let admin = admin_client().await;
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-            for role in roles {
-                let _ = admin
-                    .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-                    .await;
-            }
-        });
+            .expect("runtime")
+            .block_on(work);
     })
     .join();
 }
@@ -710,7 +699,17 @@ impl OwnerRoleDb {
 
 impl Drop for OwnerRoleDb {
     fn drop(&mut self) {
-        drop_database_and_roles(self.role.clone(), vec![self.role.clone()]);
+        // One role that owns its database of the same name: dropped after the database.
+        let role = self.role.clone();
+        block_on_own_thread(async move {
+            let admin = admin_client().await;
+            for statement in [
+                format!("DROP DATABASE IF EXISTS {role} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {role}"),
+            ] {
+                let _ = admin.batch_execute(&statement).await;
+            }
+        });
     }
 }
 
