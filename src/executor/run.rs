@@ -773,12 +773,17 @@ impl<'a> Runner<'a> {
             );
             return self.enter_safe_halt(index, step, error).await;
         }
-        self.inner.owe(owed_key);
         let backoff = step.retry.map_or(DEFAULT_BACKOFF, |r| r.backoff.0);
         let key = steps::undo_key(self.record.id, &step.id);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
             self.start_undo(index, step).await?;
+            // Owed from the recorded start on, as for a step: an undo whose start could not be
+            // recorded (the audit writer unavailable, e.g. while a killed daemon's backend still
+            // holds the chain) never ran, and counting it halted the node for nothing.
+            if attempt == 1 {
+                self.inner.owe(owed_key);
+            }
             let outcome = match template::render(params, &self.template_context()) {
                 Ok(rendered) => self.invoke_undo(action, &rendered, step, key).await?,
                 Err(error) => Err(format!("parameters: {error}")),

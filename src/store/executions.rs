@@ -295,15 +295,14 @@ pub async fn resumable(store: &Store, node_id: &str) -> Result<Vec<Uuid>, StoreE
         .collect::<Vec<_>>()
         .join(", ");
     let client = store.client().await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT execution_id FROM playbook_executions \
-                 WHERE node_id = $1 AND state IN ({open}) ORDER BY started_at"
-            ),
-            &[&node_id],
-        )
+    // Run by the periodic sweep: prepared once per pooled connection, not parsed at every sweep.
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT execution_id FROM playbook_executions \
+             WHERE node_id = $1 AND state IN ({open}) ORDER BY started_at"
+        ))
         .await?;
+    let rows = client.query(&statement, &[&node_id]).await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 

@@ -447,24 +447,35 @@ pub async fn resolve(
 /// The command an admin runs to clear the fleet's SAFE-HALT.
 pub const CLEAR_FLEET_COMMAND: &str = "playbookd ctl halt-resolve --fleet --reason …";
 
+/// The columns [`fleet_from_row`] decodes, in order.
+pub const FLEET_COLUMNS: &str = "halt_id, node_id, execution_id, error_message, entered_at";
+
 /// The active fleet halt, if any.
 pub async fn fleet_in<C: GenericClient>(client: &C) -> Result<Option<ActiveHalt>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT halt_id, node_id, execution_id, error_message, entered_at \
-             FROM playbook_safe_halt_state WHERE is_active AND scope = 'fleet'",
+            &format!(
+                "SELECT {FLEET_COLUMNS} FROM playbook_safe_halt_state WHERE is_active AND scope = 'fleet'"
+            ),
             &[],
         )
         .await?;
-    Ok(row.map(|row| ActiveHalt {
-        halt_id: Some(row.get(0)),
+    Ok(row.and_then(|row| fleet_from_row(&row, 0)))
+}
+
+/// The fleet halt in [`FLEET_COLUMNS`] from column `first` of `row` on; `None` when those
+/// columns are NULL (no active fleet halt, in an outer join).
+pub fn fleet_from_row(row: &tokio_postgres::Row, first: usize) -> Option<ActiveHalt> {
+    let halt_id: Option<i64> = row.get(first);
+    Some(ActiveHalt {
+        halt_id: Some(halt_id?),
         scope: HaltScope::Fleet,
-        node_id: row.get(1),
-        execution_id: row.get(2),
-        message: row.get(3),
-        entered_at: row.get(4),
+        node_id: row.get(first + 1),
+        execution_id: row.get(first + 2),
+        message: row.get(first + 3),
+        entered_at: row.get(first + 4),
         record: HaltRecord::Database,
-    }))
+    })
 }
 
 /// [`fleet_in`] through the pool.

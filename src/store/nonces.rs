@@ -77,6 +77,17 @@ pub(crate) fn replay_or_query(error: tokio_postgres::Error) -> StoreError {
 /// Runs through `playbook_prune_nonces` (migration V8), the only delete on this table the
 /// daemon's role may make.
 pub async fn prune(store: &Store, window_seconds: u64, batch: u32) -> Result<u64, StoreError> {
+    let (window, batch) = prune_params(window_seconds, batch)?;
+    let client = store.client().await?;
+    let row = client
+        .query_one("SELECT playbook_prune_nonces($1, $2)", &[&window, &batch])
+        .await?;
+    let pruned: i32 = row.get(0);
+    Ok(u64::try_from(pruned).unwrap_or(0))
+}
+
+/// The arguments of `playbook_prune_nonces` as the database's integers.
+pub(crate) fn prune_params(window_seconds: u64, batch: u32) -> Result<(i32, i32), StoreError> {
     let window = i32::try_from(window_seconds).map_err(|_| StoreError::Corrupt {
         what: "freshness window",
         detail: format!("{window_seconds} s does not fit the database's integer"),
@@ -85,10 +96,5 @@ pub async fn prune(store: &Store, window_seconds: u64, batch: u32) -> Result<u64
         what: "nonce prune batch",
         detail: format!("{batch} does not fit the database's integer"),
     })?;
-    let client = store.client().await?;
-    let row = client
-        .query_one("SELECT playbook_prune_nonces($1, $2)", &[&window, &batch])
-        .await?;
-    let pruned: i32 = row.get(0);
-    Ok(u64::try_from(pruned).unwrap_or(0))
+    Ok((window, batch))
 }

@@ -29,6 +29,7 @@ mod failover;
 mod fleet;
 mod fleet_bench;
 mod halt;
+mod idle;
 mod intake;
 mod registry;
 mod roles;
