@@ -15,6 +15,12 @@ pub const DATABASE_URL_ENV: &str = "PLAYBOOKD_DATABASE_URL";
 /// The owner's URL for `playbookd migrate` only; `serve` never reads it (it never migrates).
 pub const OWNER_DATABASE_URL_ENV: &str = "PLAYBOOKD_OWNER_DATABASE_URL";
 
+/// Exit status for "the configuration (or what it points at) is wrong": EX_CONFIG from
+/// sysexits.h, which systemd's `RestartPreventExitStatus=78` keeps from restarting in a loop.
+/// It lives here, with the configuration, so that every subsystem can use it without importing
+/// the daemon that wires them together.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/playbookd/playbookd.toml";
 

@@ -16,7 +16,7 @@ use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
 use crate::activation::{self, Activated, ActivationError};
 use crate::approvals::Approvals;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::control::{
     Control, ControlParts, ControlSettings, KeptVersion, RefusedFile, ReloadReport, ReloadRequest,
     roles::Roles,
@@ -127,9 +127,6 @@ impl DaemonError {
         }
     }
 }
-
-/// Exit status for "the configuration (or what it points at) is wrong".
-pub const EXIT_CONFIG: u8 = 78;
 
 /// A daemon whose start-up checks have passed, ready to serve.
 pub struct Daemon {

@@ -221,7 +221,7 @@ fn unit_does_not_restart_on_the_daemons_config_exit_code() {
     for expected in [
         format!(
             "RestartPreventExitStatus={}",
-            playbookd::daemon::EXIT_CONFIG
+            playbookd::config::EXIT_CONFIG
         ),
         "Restart=always".into(),
         "Type=notify".into(),
