@@ -110,18 +110,7 @@ impl Activated {
 
     /// Takes the Unix listening socket named `name`, if systemd passed one.
     pub fn take_unix(&mut self, name: &str) -> Result<Option<StdUnixListener>, ActivationError> {
-        let Some(index) = self.index_of(name) else {
-            return Ok(None);
-        };
-        let Some(fds) = self.fds.as_mut() else {
-            return Ok(None);
-        };
-        fds.take_unix_listener(index)
-            .map_err(|source| ActivationError::WrongKind {
-                name: name.to_owned(),
-                kind: "Unix stream",
-                source,
-            })
+        self.take(name, "Unix stream", listenfd::ListenFd::take_unix_listener)
     }
 
     /// Takes the TCP listening socket named `name`, if systemd passed one.
@@ -129,18 +118,28 @@ impl Activated {
         &mut self,
         name: &str,
     ) -> Result<Option<std::net::TcpListener>, ActivationError> {
+        self.take(name, "TCP", listenfd::ListenFd::take_tcp_listener)
+    }
+
+    /// The socket named `name` as a `kind` listener (`take_listener` checks the kind), if
+    /// systemd passed one.
+    fn take<T>(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        take_listener: fn(&mut listenfd::ListenFd, usize) -> std::io::Result<Option<T>>,
+    ) -> Result<Option<T>, ActivationError> {
         let Some(index) = self.index_of(name) else {
             return Ok(None);
         };
         let Some(fds) = self.fds.as_mut() else {
             return Ok(None);
         };
-        fds.take_tcp_listener(index)
-            .map_err(|source| ActivationError::WrongKind {
-                name: name.to_owned(),
-                kind: "TCP",
-                source,
-            })
+        take_listener(fds, index).map_err(|source| ActivationError::WrongKind {
+            name: name.to_owned(),
+            kind,
+            source,
+        })
     }
 
     /// Names passed by systemd that nothing took (a socket unit wired to the wrong service).

@@ -16,7 +16,7 @@ use crate::actions::limits::ActionLimits;
 use crate::actions::{ActionSetupError, Actions};
 use crate::activation::{self, Activated, ActivationError};
 use crate::approvals::Approvals;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::control::{
     Control, ControlParts, ControlSettings, KeptVersion, RefusedFile, ReloadReport, ReloadRequest,
     roles::Roles,
@@ -128,50 +128,63 @@ impl DaemonError {
     }
 }
 
-/// Exit status for "the configuration (or what it points at) is wrong".
-pub const EXIT_CONFIG: u8 = 78;
-
 /// A daemon whose start-up checks have passed, ready to serve.
 pub struct Daemon {
     config: Config,
     store: Store,
-    audit: AuditHandle,
-    audit_task: tokio::task::JoinHandle<()>,
-    registry: Registry,
-    /// Stops the audit writer, last, once everything else has drained.
-    /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
-    checkpointer: Checkpointer,
-    /// Submits each new checkpoint to the `[[audit.witnesses]]` (none configured: None).
-    witness_submitter: Option<Submitter>,
+    chain: Chain,
+    work: Subsystems,
+    listeners: Listeners,
+    status_addr: StatusAddr,
+    status_state: StatusState,
+    /// Publishes what the status API shows about the registry; keep it current on every reload.
+    runtime: tokio::sync::watch::Sender<RuntimeSnapshot>,
     /// Stops the audit writer and the checkpoint task, last, once everything else has drained.
     tasks_shutdown: CancellationToken,
     /// Stops intake and executor first; unfinished runs stay resumable.
     work_shutdown: CancellationToken,
-    safe_halt: SafeHalt,
-    /// Heartbeat, nonce retention and the fleet halt listener (spawned by `run_until_stopped`).
-    fleet: FleetParts,
-    approvals: Approvals,
-    executor: Executor,
-    intake: Intake,
-    decision_listener: Option<UnixListener>,
-    /// The socket files this process bound (and removes at shutdown); sockets passed by systemd
-    /// belong to their socket units and stay.
-    bound_paths: Vec<std::path::PathBuf>,
-    control: Control,
-    /// Bound at build next to decisions.sock; served by `start_work`.
-    control_listener: Option<UnixListener>,
     /// `reload` requests from control.sock, run by the main loop like SIGHUP.
     reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     started: Instant,
     /// Bumped by the executor's loop, which must never stall; the
     /// watchdog stops pinging systemd when it goes quiet.
     heartbeat: Heartbeat,
-    /// Bound at build (so a bad address is a start-up error); served by `run_until_stopped`.
-    status_listener: Option<StatusListener>,
-    status_addr: StatusAddr,
-    status_state: StatusState,
-    /// Publishes what the status API shows about the registry; keep it current on every reload.
-    runtime: tokio::sync::watch::Sender<RuntimeSnapshot>,
+}
+
+/// The audit chain and what seals it: the writer, the checkpoints and the witnesses.
+struct Chain {
+    audit: AuditHandle,
+    /// The writer's task, awaited last, once everything else has drained.
+    audit_task: tokio::task::JoinHandle<()>,
+    /// Signs the chain head periodically (spawned by `run_until_stopped`) and at shutdown.
+    checkpointer: Checkpointer,
+    /// Submits each new checkpoint to the `[[audit.witnesses]]` (none configured: None).
+    witness_submitter: Option<Submitter>,
+}
+
+/// What decides and acts, wired to the chain: from the registry to the operators' socket.
+struct Subsystems {
+    registry: Registry,
+    safe_halt: SafeHalt,
+    /// Heartbeat, nonce retention and the fleet halt listener (spawned by `run_until_stopped`).
+    fleet: FleetParts,
+    approvals: Approvals,
+    executor: Executor,
+    intake: Intake,
+    control: Control,
+}
+
+/// The sockets bound (or taken from systemd) at build, so that a bad address is a start-up
+/// error; each is taken out when it starts being served.
+struct Listeners {
+    decisions: Option<UnixListener>,
+    /// Served by `start_work`, next to decisions.sock.
+    control: Option<UnixListener>,
+    /// Served by `run_until_stopped`.
+    status: Option<StatusListener>,
+    /// The socket files this process bound (and removes at shutdown); sockets passed by systemd
+    /// belong to their socket units and stay.
+    bound_paths: Vec<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -199,70 +212,16 @@ impl Daemon {
             None => status::bind(&config.status.listen).await?,
         };
         let status_addr = status_listener.local_addr()?;
-        let pg = config.postgres_config();
-        let store = Store::connect(
-            &pg,
-            config.database.pool_size,
-            config.database.connect_timeout(),
-        )
-        .await?;
-        // Before anything acts: the schema is the one this binary knows (the daemon never
-        // migrates; its role cannot), and the role cannot erase the evidence it writes.
-        {
-            let client = store.pool().get().await.map_err(StoreError::Pool)?;
-            let version = store::migrate::check_schema(&client).await?;
-            let role = store::privileges::check_runtime_role(&client).await?;
-            tracing::info!(version, role = %role, "schema current; the database role owns nothing and cannot alter the evidence");
-        }
-
+        let store = connect_checked(&config).await?;
         let tasks_shutdown = CancellationToken::new();
         // LISTENs for changes made elsewhere (gates); its subscribers end when it stops.
-        let wakeups = crate::store::wakeups::spawn(pg.clone(), tasks_shutdown.clone());
-        // The chain head kept outside the database: a cut found here stops the start (78).
-        let anchor = Arc::new(Anchor::load(
-            anchor_path(&config.paths.node_key),
-            &config.node_id,
-        )?);
-        let (audit, audit_task, accepted_cut) = audit::start_writer_anchored(
-            pg,
-            config.node_id.clone(),
-            Some(anchor),
-            tasks_shutdown.clone(),
-        )
-        .await?;
-        let mut checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key.clone());
-        let witness_submitter = (!config.audit.witnesses.is_empty()).then(|| {
-            Submitter::new(
-                config.audit.witnesses.clone(),
-                store.clone(),
-                node_key,
-                config.node_id.clone(),
-            )
-        });
-        if let Some(submitter) = &witness_submitter {
-            checkpointer = checkpointer.notify_on_checkpoint(submitter.wake_handle());
-        }
-        checkpointer.ensure_not_truncated().await?;
-        if let Some(cut) = accepted_cut {
-            record_accepted_cut(&audit, &cut).await?;
-        }
-        audit
-            .append(
-                AuditEvent::new("daemon.start", Actor::System)
-                    .with("version", env!("CARGO_PKG_VERSION"))
-                    .with("pid", std::process::id()),
-            )
-            .await
-            .map_err(|error| {
-                DaemonError::Store(StoreError::Corrupt {
-                    what: "audit log",
-                    detail: audit::error_chain(&error),
-                })
-            })?;
+        let wakeups =
+            crate::store::wakeups::spawn(config.postgres_config(), tasks_shutdown.clone());
+        let chain = Chain::open(&config, &store, node_key, &tasks_shutdown).await?;
         let (registry, summary) = Registry::load(
             RegistryPaths::from(&config.paths),
             Arc::new(ActionLimits::from_config(&config.actions)),
-            audit.clone(),
+            chain.audit.clone(),
         )
         .await
         .map_err(DaemonError::Registry)?;
@@ -273,81 +232,19 @@ impl Daemon {
             "registry loaded"
         );
         let work_shutdown = CancellationToken::new();
-        let safe_halt = SafeHalt::load(
+        let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
+        let work = Subsystems::wire(
+            &config,
             &store,
-            audit.clone(),
-            config.fleet.halt_fleet_on_rollback_failure,
+            &chain.audit,
+            registry,
+            &wakeups,
+            &work_shutdown,
+            reload_sender,
         )
         .await?;
-        safe_halt.follow_chain_loss();
-        let fleet = FleetParts {
-            store: store.clone(),
-            audit: audit.clone(),
-            safe_halt: safe_halt.clone(),
-            pg: config.postgres_config(),
-            heartbeat_interval: config.fleet.heartbeat_interval(),
-            freshness_seconds: config.intake.freshness_seconds,
-            prune_batch: config.fleet.nonce_prune_batch,
-            started_at: audit::now_micros(),
-        };
-        // Listed (and its freshness window counted by nonce retention) before any decision.
-        fleet::first_beat(&fleet).await?;
-        let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
-        approvals.follow(wakeups.subscribe());
-        let executor = Executor::new(
-            ExecutorParts {
-                store: store.clone(),
-                audit: audit.clone(),
-                actions: Actions::with_actuator(&config.actions, &config.actuator.socket)?,
-                registry: registry.clone(),
-                safe_halt: safe_halt.clone(),
-                approvals: approvals.clone(),
-                settings: executor_settings(&config),
-            },
-            work_shutdown.clone(),
-        );
-        let intake = Intake::new(IntakeParts {
-            settings: intake_settings(&config)?,
-            store: store.clone(),
-            audit: audit.clone(),
-            registry: registry.clone(),
-            safe_halt: safe_halt.clone(),
-            executor: executor.clone(),
-        });
-        let mut bound_paths = Vec::new();
-        let decision_listener = take_or_bind(
-            &mut activated,
-            activation::DECISIONS,
-            &config.paths.decision_socket,
-            config.intake.socket_group.as_deref(),
-            &mut bound_paths,
-        )?;
-        let control_listener = take_or_bind(
-            &mut activated,
-            activation::CONTROL,
-            &config.paths.control_socket,
-            config.control.socket_group.as_deref(),
-            &mut bound_paths,
-        )?;
-        for name in activated.untaken() {
-            tracing::warn!(name = %name, "systemd passed a socket the daemon does not use; check the socket units' FileDescriptorName=");
-        }
-        let (reload_sender, reload_requests) = tokio::sync::mpsc::channel(4);
-        let control = Control::new(ControlParts {
-            settings: ControlSettings {
-                idle_timeout: Duration::from_secs(config.control.idle_timeout_seconds),
-                max_connections: config.control.max_connections,
-                max_connections_per_uid: config.control.max_connections_per_uid,
-                admin_reserved_connections: config.control.admin_reserved_connections,
-            },
-            roles: Roles::from_config(&config.roles),
-            store: store.clone(),
-            audit: audit.clone(),
-            approvals: approvals.clone(),
-            executor: executor.clone(),
-            safe_halt: safe_halt.clone(),
-            reload: reload_sender,
-        });
+        let mut listeners = Listeners::take_or_bind(&config, &mut activated)?;
+        listeners.status = Some(status_listener);
         // Not loaded until `run_until_stopped` publishes the catalog; what this load refused is
         // kept from here on, until the next reload replaces it.
         let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot {
@@ -355,34 +252,22 @@ impl Daemon {
             loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
             ..RuntimeSnapshot::default()
         });
-        let status_state = StatusState::new(store.clone(), audit.clone(), runtime_receiver)
-            .with_stale_after(config.fleet.stale_after_seconds);
+        let status_state = StatusState::new(store.clone(), chain.audit.clone(), runtime_receiver)
+            .with_stale_after(config.fleet.stale_after_seconds.as_secs());
         Ok(Daemon {
             config,
             store,
-            audit,
-            audit_task,
-            registry,
-            checkpointer,
-            witness_submitter,
-            tasks_shutdown,
-            work_shutdown,
-            safe_halt,
-            fleet,
-            approvals,
-            executor,
-            intake,
-            decision_listener: Some(decision_listener),
-            bound_paths,
-            control,
-            control_listener: Some(control_listener),
-            reload_requests,
-            started: Instant::now(),
-            heartbeat: Heartbeat::new(),
-            status_listener: Some(status_listener),
+            chain,
+            work,
+            listeners,
             status_addr,
             status_state,
             runtime,
+            tasks_shutdown,
+            work_shutdown,
+            reload_requests,
+            started: Instant::now(),
+            heartbeat: Heartbeat::new(),
         })
     }
 
@@ -398,42 +283,44 @@ impl Daemon {
 
     /// The playbook registry, for the subsystems that run playbooks (cloning is shallow).
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.work.registry
     }
 
     pub fn executor(&self) -> &Executor {
-        &self.executor
+        &self.work.executor
     }
 
     pub fn approvals(&self) -> &Approvals {
-        &self.approvals
+        &self.work.approvals
     }
 
     pub fn safe_halt(&self) -> &SafeHalt {
-        &self.safe_halt
+        &self.work.safe_halt
     }
 
     pub fn audit(&self) -> &AuditHandle {
-        &self.audit
+        &self.chain.audit
     }
 
     /// Starts serving decisions and resumes unfinished executions.
     fn start_work(&mut self) {
-        if let Some(listener) = self.decision_listener.take() {
+        if let Some(listener) = self.listeners.decisions.take() {
             tokio::spawn(
-                self.intake
+                self.work
+                    .intake
                     .clone()
                     .serve(listener, self.work_shutdown.clone()),
             );
         }
-        if let Some(listener) = self.control_listener.take() {
+        if let Some(listener) = self.listeners.control.take() {
             tokio::spawn(
-                self.control
+                self.work
+                    .control
                     .clone()
                     .serve(listener, self.work_shutdown.clone()),
             );
         }
-        let executor = self.executor.clone();
+        let executor = self.work.executor.clone();
         let heartbeat = self.heartbeat.clone();
         tokio::spawn(async move {
             match executor.resume_all().await {
@@ -459,24 +346,24 @@ impl Daemon {
         let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
         self.publish_runtime(None);
         // Stops with `tasks_shutdown`; shutdown signs the final head itself.
-        self.checkpointer.clone().spawn(
-            self.config.audit.checkpoint_interval(),
+        self.chain.checkpointer.clone().spawn(
+            self.config.audit.checkpoint_interval_seconds.duration(),
             self.tasks_shutdown.clone(),
         );
         // Off the audit write path: a witness that is down only delays its cosignature.
-        if let Some(submitter) = self.witness_submitter.clone() {
+        if let Some(submitter) = self.chain.witness_submitter.clone() {
             submitter.spawn(
-                self.config.audit.checkpoint_interval(),
+                self.config.audit.checkpoint_interval_seconds.duration(),
                 self.tasks_shutdown.clone(),
             );
         }
-        fleet::spawn(self.fleet.clone(), self.tasks_shutdown.clone());
+        fleet::spawn(self.work.fleet.clone(), self.tasks_shutdown.clone());
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has checked the schema and the role, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,
         // status), so when systemd (and anything ordered After= us) hears READY, connections
         // are accepted. Anything that must be up before READY belongs in `build`.
-        let mut status_task = match self.status_listener.take() {
+        let mut status_task = match self.listeners.status.take() {
             Some(listener) => tokio::spawn(status::serve(
                 listener,
                 self.status_state.clone(),
@@ -537,7 +424,7 @@ impl Daemon {
         systemd::notify_reloading();
         tracing::info!("reload requested");
         let mut refused = None;
-        let (event, outcome) = match self.registry.reload().await {
+        let (event, outcome) = match self.work.registry.reload().await {
             Ok(summary) => {
                 let report = reload_report(&summary);
                 if report.is_clean() {
@@ -578,7 +465,7 @@ impl Daemon {
                 )
             }
         };
-        let recorded = self.audit.append(event).await;
+        let recorded = self.chain.audit.append(event).await;
         self.publish_runtime(refused);
         systemd::notify_ready(&self.status_line());
         match recorded {
@@ -598,16 +485,16 @@ impl Daemon {
         systemd::notify_stopping();
         tracing::info!("stopping");
         self.work_shutdown.cancel();
-        if !self.executor.drain(EXECUTOR_DRAIN_LIMIT).await {
+        if !self.work.executor.drain(EXECUTOR_DRAIN_LIMIT).await {
             tracing::warn!("some executions did not pause in time; they resume at the next start");
         }
-        for path in &self.bound_paths {
+        for path in &self.listeners.bound_paths {
             let _ = std::fs::remove_file(path);
         }
         let uptime = self.started.elapsed().as_secs();
         let stop_recorded = tokio::time::timeout(
             DRAIN_LIMIT,
-            self.audit.append(
+            self.chain.audit.append(
                 AuditEvent::new("daemon.stop", Actor::System).with("uptime_seconds", uptime),
             ),
         )
@@ -621,21 +508,21 @@ impl Daemon {
         }
         // After the last append: the signed head covers the whole run, so cutting off its
         // tail (up to and including `daemon.stop`) is detectable.
-        match tokio::time::timeout(DRAIN_LIMIT, self.checkpointer.checkpoint()).await {
+        match tokio::time::timeout(DRAIN_LIMIT, self.chain.checkpointer.checkpoint()).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 tracing::warn!(error = %audit::error_chain(&error), "final audit checkpoint failed");
             }
             Err(_) => tracing::warn!("final audit checkpoint timed out"),
         }
-        if tokio::time::timeout(DRAIN_LIMIT, fleet::mark_stopped(&self.fleet))
+        if tokio::time::timeout(DRAIN_LIMIT, fleet::mark_stopped(&self.work.fleet))
             .await
             .is_err()
         {
             tracing::warn!("node stop not recorded: the database did not answer in time");
         }
         self.tasks_shutdown.cancel();
-        if tokio::time::timeout(DRAIN_LIMIT, self.audit_task)
+        if tokio::time::timeout(DRAIN_LIMIT, self.chain.audit_task)
             .await
             .is_err()
         {
@@ -645,10 +532,10 @@ impl Daemon {
     }
 
     fn status_line(&self) -> String {
-        if let Some(halt) = self.safe_halt.active() {
+        if let Some(halt) = self.work.safe_halt.active() {
             return crate::safe_halt::status_line(&halt);
         }
-        let catalog = self.registry.catalog();
+        let catalog = self.work.registry.catalog();
         format!(
             "ready: {} playbooks, {} bindings",
             catalog.playbooks().count(),
@@ -659,7 +546,7 @@ impl Daemon {
     /// Tells the status API what the registry holds now; `refused` replaces the list of
     /// refused files after a (re)load, `None` keeps the one published before.
     fn publish_runtime(&self, refused: Option<Vec<status::RefusedFile>>) {
-        let catalog = self.registry.catalog();
+        let catalog = self.work.registry.catalog();
         status::metrics::register_playbooks(catalog.playbooks().map(|active| active.id()));
         let previous = self.runtime.borrow().clone();
         let (refused_files, loaded_at) = match refused {
@@ -791,15 +678,196 @@ async fn record_accepted_cut(audit: &AuditHandle, cut: &RecordedCut) -> Result<(
         .with("detected_at", audit::format_timestamp(cut.detected_at))
         .with("accepted_at", audit::format_timestamp(acceptance.at))
         .with("reason", acceptance.reason.clone());
-    let appended = audit.append(event).await.map_err(|error| {
-        DaemonError::Store(StoreError::Corrupt {
-            what: "audit log",
-            detail: audit::error_chain(&error),
-        })
-    })?;
+    let appended = audit.append(event).await.map_err(chain_unavailable)?;
     tracing::warn!(seq = appended.seq, lost = %cut.loss.seqs(), uid = acceptance.uid,
         "accepted chain cut recorded; appending resumes");
     Ok(())
+}
+
+/// The pool, once the database has shown that it is fit to serve: the schema is the one this
+/// binary knows (the daemon never migrates; its role cannot), and the role cannot erase the
+/// evidence it writes. Checked before anything acts.
+async fn connect_checked(config: &Config) -> Result<Store, DaemonError> {
+    let store = Store::connect(
+        &config.postgres_config(),
+        config.database.pool_size.usize(),
+        config.database.connect_timeout_seconds.duration(),
+    )
+    .await?;
+    let client = store.pool().get().await.map_err(StoreError::Pool)?;
+    let version = store::migrate::check_schema(&client).await?;
+    let role = store::privileges::check_runtime_role(&client).await?;
+    tracing::info!(version, role = %role, "schema current; the database role owns nothing and cannot alter the evidence");
+    drop(client);
+    Ok(store)
+}
+
+impl Chain {
+    /// Opens the chain against its anchor (a cut found here stops the start: 78), checks that
+    /// the signed head is still in the database, records an accepted cut and the start.
+    async fn open(
+        config: &Config,
+        store: &Store,
+        node_key: Arc<NodeKey>,
+        tasks_shutdown: &CancellationToken,
+    ) -> Result<Chain, DaemonError> {
+        // The chain head kept outside the database.
+        let anchor = Arc::new(Anchor::load(
+            anchor_path(&config.paths.node_key),
+            &config.node_id,
+        )?);
+        let (audit, audit_task, accepted_cut) = audit::start_writer_anchored(
+            config.postgres_config(),
+            config.node_id.clone(),
+            Some(anchor),
+            tasks_shutdown.clone(),
+        )
+        .await?;
+        let mut checkpointer = Checkpointer::new(audit.clone(), store.clone(), node_key.clone());
+        let witness_submitter = (!config.audit.witnesses.is_empty()).then(|| {
+            Submitter::new(
+                config.audit.witnesses.clone(),
+                store.clone(),
+                node_key,
+                config.node_id.clone(),
+            )
+        });
+        if let Some(submitter) = &witness_submitter {
+            checkpointer = checkpointer.notify_on_checkpoint(submitter.wake_handle());
+        }
+        checkpointer.ensure_not_truncated().await?;
+        if let Some(cut) = accepted_cut {
+            record_accepted_cut(&audit, &cut).await?;
+        }
+        audit
+            .append(
+                AuditEvent::new("daemon.start", Actor::System)
+                    .with("version", env!("CARGO_PKG_VERSION"))
+                    .with("pid", std::process::id()),
+            )
+            .await
+            .map_err(chain_unavailable)?;
+        Ok(Chain {
+            audit,
+            audit_task,
+            checkpointer,
+            witness_submitter,
+        })
+    }
+}
+
+/// An append refused at start: the chain cannot record, so the daemon does not start.
+fn chain_unavailable(error: crate::store::audit::AppendError) -> DaemonError {
+    DaemonError::Store(StoreError::Corrupt {
+        what: "audit log",
+        detail: audit::error_chain(&error),
+    })
+}
+
+impl Subsystems {
+    /// The halt state, this node's fleet row, then the deciders and actors in data-flow order
+    /// (approvals → executor → intake, control), each handed what it needs.
+    async fn wire(
+        config: &Config,
+        store: &Store,
+        audit: &AuditHandle,
+        registry: Registry,
+        wakeups: &tokio::sync::broadcast::Sender<crate::store::wakeups::Wakeup>,
+        work_shutdown: &CancellationToken,
+        reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    ) -> Result<Subsystems, DaemonError> {
+        let safe_halt = SafeHalt::load(
+            store,
+            audit.clone(),
+            config.fleet.halt_fleet_on_rollback_failure,
+        )
+        .await?;
+        safe_halt.follow_chain_loss();
+        let fleet = FleetParts {
+            store: store.clone(),
+            audit: audit.clone(),
+            safe_halt: safe_halt.clone(),
+            pg: config.postgres_config(),
+            heartbeat_interval: config.fleet.heartbeat_interval_seconds.duration(),
+            freshness_seconds: config.intake.freshness_seconds.as_secs(),
+            prune_batch: config.fleet.nonce_prune_batch.get(),
+            started_at: audit::now_micros(),
+        };
+        // Listed (and its freshness window counted by nonce retention) before any decision.
+        fleet::first_beat(&fleet).await?;
+        let approvals = Approvals::new(store.clone(), audit.clone(), safe_halt.watch().clone());
+        approvals.follow(wakeups.subscribe());
+        let executor = Executor::new(
+            ExecutorParts {
+                store: store.clone(),
+                audit: audit.clone(),
+                actions: Actions::with_actuator(&config.actions, &config.actuator.socket)?,
+                registry: registry.clone(),
+                safe_halt: safe_halt.clone(),
+                approvals: approvals.clone(),
+                settings: executor_settings(config),
+            },
+            work_shutdown.clone(),
+        );
+        let intake = Intake::new(IntakeParts {
+            settings: intake_settings(config)?,
+            store: store.clone(),
+            audit: audit.clone(),
+            registry: registry.clone(),
+            safe_halt: safe_halt.clone(),
+            executor: executor.clone(),
+        });
+        let control = Control::new(ControlParts {
+            settings: control_settings(config),
+            roles: Roles::from_config(&config.roles),
+            store: store.clone(),
+            audit: audit.clone(),
+            approvals: approvals.clone(),
+            executor: executor.clone(),
+            safe_halt: safe_halt.clone(),
+            reload,
+        });
+        Ok(Subsystems {
+            registry,
+            safe_halt,
+            fleet,
+            approvals,
+            executor,
+            intake,
+            control,
+        })
+    }
+}
+
+impl Listeners {
+    /// decisions.sock and control.sock, from systemd or bound here (the status listener is
+    /// bound first of all, before the database, and added by the caller).
+    fn take_or_bind(config: &Config, activated: &mut Activated) -> Result<Listeners, DaemonError> {
+        let mut bound_paths = Vec::new();
+        let decisions = take_or_bind(
+            activated,
+            activation::DECISIONS,
+            &config.paths.decision_socket,
+            config.intake.socket_group.as_deref(),
+            &mut bound_paths,
+        )?;
+        let control = take_or_bind(
+            activated,
+            activation::CONTROL,
+            &config.paths.control_socket,
+            config.control.socket_group.as_deref(),
+            &mut bound_paths,
+        )?;
+        for name in activated.untaken() {
+            tracing::warn!(name = %name, "systemd passed a socket the daemon does not use; check the socket units' FileDescriptorName=");
+        }
+        Ok(Listeners {
+            decisions: Some(decisions),
+            control: Some(control),
+            status: None,
+            bound_paths,
+        })
+    }
 }
 
 /// How long shutdown waits for queued audit appends before giving up.
@@ -846,15 +914,16 @@ fn take_or_bind(
 
 fn executor_settings(config: &Config) -> ExecutorSettings {
     let executor = &config.executor;
+    let max_concurrent_runs = executor.max_concurrent_runs.usize();
     ExecutorSettings {
-        max_concurrent_runs: executor.max_concurrent_runs,
+        max_concurrent_runs,
         max_runs_per_org: if executor.max_runs_per_org == 0 {
-            executor.max_concurrent_runs
+            max_concurrent_runs
         } else {
             executor.max_runs_per_org
         },
-        default_step_timeout: Duration::from_secs(executor.default_step_timeout_seconds),
-        resume_interval: Duration::from_secs(executor.resume_interval_seconds),
+        default_step_timeout: executor.default_step_timeout_seconds.duration(),
+        resume_interval: executor.resume_interval_seconds.duration(),
     }
 }
 
@@ -867,14 +936,24 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
         .collect::<Result<_, _>>()?;
     Ok(IntakeSettings {
         allowed_uids: intake.allowed_uids.clone(),
-        freshness_seconds: intake.freshness_seconds,
-        max_connections: intake.max_connections,
-        max_connections_per_uid: intake.max_connections_per_uid,
-        idle_timeout: Duration::from_secs(intake.idle_timeout_seconds),
-        max_accepted_per_second: intake.max_accepted_per_second,
-        max_backlog: intake.max_backlog,
+        freshness_seconds: intake.freshness_seconds.as_secs(),
+        max_connections: intake.max_connections.usize(),
+        max_connections_per_uid: intake.max_connections_per_uid.usize(),
+        idle_timeout: intake.idle_timeout_seconds.duration(),
+        max_accepted_per_second: intake.max_accepted_per_second.get(),
+        max_backlog: intake.max_backlog.usize(),
         policy_keys,
     })
+}
+
+fn control_settings(config: &Config) -> ControlSettings {
+    let control = &config.control;
+    ControlSettings {
+        idle_timeout: control.idle_timeout_seconds.duration(),
+        max_connections: control.max_connections.usize(),
+        max_connections_per_uid: control.max_connections_per_uid.usize(),
+        admin_reserved_connections: control.admin_reserved_connections,
+    }
 }
 
 /// Reads a policy engine's public key through the registry's secure open: whoever can replace

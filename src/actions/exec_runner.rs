@@ -78,7 +78,7 @@ pub enum RunnerError {
 impl RunnerError {
     /// Every one of these needs an operator: 78.
     pub fn exit_code(&self) -> std::process::ExitCode {
-        std::process::ExitCode::from(crate::daemon::EXIT_CONFIG)
+        std::process::ExitCode::from(crate::config::EXIT_CONFIG)
     }
 }
 

@@ -70,11 +70,11 @@ impl HttpSender {
     pub fn new(config: &HttpActionConfig) -> HttpSender {
         HttpSender {
             allowlists: HttpAllowlists::from_config(config),
-            connect_timeout: Duration::from_secs(config.connect_timeout_seconds),
-            timeout: Duration::from_secs(config.timeout_seconds),
+            connect_timeout: config.connect_timeout_seconds.duration(),
+            timeout: config.timeout_seconds.duration(),
             secrets_dir: config.secrets_dir.clone(),
             breakers: Breakers::new(
-                config.breaker_failures,
+                config.breaker_failures.get(),
                 Duration::from_secs(config.breaker_reset_seconds),
             ),
         }

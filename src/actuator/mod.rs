@@ -57,7 +57,7 @@ pub enum ActuatorError {
 impl ActuatorError {
     /// 78 (EX_CONFIG) when an operator must fix something; 1 otherwise.
     pub fn exit_code(&self) -> std::process::ExitCode {
-        use crate::daemon::EXIT_CONFIG;
+        use crate::config::EXIT_CONFIG;
         match self {
             ActuatorError::Config(_)
             | ActuatorError::UnknownUser { .. }

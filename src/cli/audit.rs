@@ -78,11 +78,11 @@ impl AuditCliError {
             AuditCliError::TooFewWitnesses { .. } => {
                 ExitCode::from(witnesses::EXIT_TOO_FEW_WITNESSES)
             }
-            AuditCliError::WitnessArgs(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            AuditCliError::WitnessArgs(_) => ExitCode::from(crate::config::EXIT_CONFIG),
             AuditCliError::Output(error) => error.exit_code(),
             AuditCliError::Anchor(_)
             | AuditCliError::Accept(AcceptError::Anchor(_))
-            | AuditCliError::AnchorNode { .. } => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            | AuditCliError::AnchorNode { .. } => ExitCode::from(crate::config::EXIT_CONFIG),
             AuditCliError::Config(_)
             | AuditCliError::TrustedKey(_)
             | AuditCliError::NoAnchor { .. }

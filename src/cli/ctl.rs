@@ -128,7 +128,7 @@ impl CtlError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CtlError::Refused(_) => ExitCode::from(EXIT_REFUSED),
-            CtlError::Config(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            CtlError::Config(_) => ExitCode::from(crate::config::EXIT_CONFIG),
             CtlError::Output(error) => error.exit_code(),
             CtlError::ReloadRefusedFiles => ExitCode::from(crate::cli::EXIT_DATAERR),
             CtlError::Connect { .. }

@@ -105,7 +105,7 @@ impl EvidenceError {
             EvidenceError::TooFewWitnesses { .. } => {
                 ExitCode::from(witnesses::EXIT_TOO_FEW_WITNESSES)
             }
-            EvidenceError::WitnessArgs(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            EvidenceError::WitnessArgs(_) => ExitCode::from(crate::config::EXIT_CONFIG),
             EvidenceError::Config(_)
             | EvidenceError::NodeKey(_)
             | EvidenceError::Store(_)

@@ -464,13 +464,18 @@ impl Inner {
     }
 }
 
+/// Gauge of accepted runs waiting for an executor slot (bounded by `intake.max_backlog`:
+/// beyond it a decision gets `busy`). Defined here, not in `status::metrics`, so that the
+/// executor does not import the status API that reads it.
+pub const RUNS_BACKLOG: &str = "playbookd_runs_backlog";
+
 /// One run counted in the backlog until dropped (it got its slot, or its task ended).
 struct Waiting(Arc<Inner>);
 
 impl Waiting {
     fn new(inner: Arc<Inner>) -> Waiting {
         inner.backlog.fetch_add(1, Ordering::AcqRel);
-        metrics::gauge!(crate::status::metrics::RUNS_BACKLOG).increment(1.0);
+        metrics::gauge!(RUNS_BACKLOG).increment(1.0);
         Waiting(inner)
     }
 }
@@ -478,7 +483,7 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.backlog.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(crate::status::metrics::RUNS_BACKLOG).decrement(1.0);
+        metrics::gauge!(RUNS_BACKLOG).decrement(1.0);
     }
 }
 

@@ -38,9 +38,8 @@ pub const DECISIONS_SUPPRESSED_TOTAL: &str = "playbookd_decisions_suppressed_tot
 /// `no_action: no active version`); 0 when every binding can run.
 pub const BINDINGS_WITHOUT_ACTIVE_PLAYBOOK: &str = "playbookd_bindings_without_active_playbook";
 
-/// Gauge of accepted runs waiting for an executor slot (bounded by `intake.max_backlog`:
-/// beyond it a decision gets `busy`).
-pub const RUNS_BACKLOG: &str = "playbookd_runs_backlog";
+/// The executor counts its backlog and so owns the gauge's name; listed here with the others.
+pub use crate::executor::RUNS_BACKLOG;
 
 /// Counter of used nonces deleted by retention (older than twice the widest freshness window).
 pub const NONCES_PRUNED_TOTAL: &str = "playbookd_nonces_pruned_total";

@@ -100,7 +100,7 @@ impl WitnessError {
             WitnessError::ReadConfig { .. }
             | WitnessError::Config { .. }
             | WitnessError::Key(_)
-            | WitnessError::State(_) => ExitCode::from(crate::daemon::EXIT_CONFIG),
+            | WitnessError::State(_) => ExitCode::from(crate::config::EXIT_CONFIG),
             WitnessError::Listen { .. } | WitnessError::Serve(_) => ExitCode::FAILURE,
         }
     }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use playbookd::actions::{ActionError, Actions};
-use playbookd::config::ActionsConfig;
+use playbookd::config::{ActionsConfig, Count, Seconds};
 use serde_json::json;
 
 use crate::actions_support::{Fails, assert_fails, ctx};
@@ -61,7 +61,7 @@ fn config(allowed: &[&str], loopback: &[&str]) -> ActionsConfig {
     let mut config = ActionsConfig::default();
     config.http.allowed_hosts = set(allowed);
     config.http.allowed_loopback = set(loopback);
-    config.http.timeout_seconds = 5;
+    config.http.timeout_seconds = Seconds::new(5);
     config
 }
 
@@ -258,7 +258,7 @@ async fn a_secret_is_sent_as_a_bearer_header_and_never_logged_or_returned() {
 async fn the_circuit_opens_after_consecutive_failures_and_recovers_after_the_reset_time() {
     let (port, receiver) = start_receiver().await;
     let mut config = config(&["127.0.0.1"], &["127.0.0.1"]);
-    config.http.breaker_failures = 3;
+    config.http.breaker_failures = Count::new(3);
     config.http.breaker_reset_seconds = 1;
     let actions = Actions::from_config(&config).unwrap();
     let url = local(port, "flaky");

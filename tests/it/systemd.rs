@@ -221,7 +221,7 @@ fn unit_does_not_restart_on_the_daemons_config_exit_code() {
     for expected in [
         format!(
             "RestartPreventExitStatus={}",
-            playbookd::daemon::EXIT_CONFIG
+            playbookd::config::EXIT_CONFIG
         ),
         "Restart=always".into(),
         "Type=notify".into(),
@@ -253,13 +253,13 @@ fn the_units_open_file_limit_covers_every_bounded_listener_at_its_default() {
             .unwrap();
     // Connections on each listener, refused ones drained for a moment, the database, three
     // pipes per running exec step, and a margin for files, journald and the listeners.
-    let needed = config.intake.max_connections
-        + config.control.max_connections
+    let needed = config.intake.max_connections.usize()
+        + config.control.max_connections.usize()
         + playbookd::status::MAX_CONNECTIONS
         + 2 * 64
-        + config.database.pool_size
+        + config.database.pool_size.usize()
         + 1
-        + 3 * config.executor.max_concurrent_runs
+        + 3 * config.executor.max_concurrent_runs.usize()
         + 256;
     assert!(
         needed <= limit,
