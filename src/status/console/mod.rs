@@ -9,13 +9,13 @@
 //! - A strict Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]): only this binary's own
 //!   stylesheet, script and icon load; no inline script or style; no other host. The pages
 //!   work with JavaScript off; the small script only updates ages and, on `#live`, reloads.
-//! - The SQL is in [`queries`] (SELECT only); secrets are redacted with src/redact.rs through
-//!   [`crate::status::queries::bounded_json`] before a template sees them.
+//! - The SQL is the status API's query layer, [`crate::status::queries`] (SELECT only); secrets
+//!   are redacted with src/redact.rs through [`crate::status::queries::bounded_json`] before a
+//!   template sees them.
 //!
 //! Routes ([`PAGES`]): `/ui/` (runs), `/ui/runs/{id}`, `/ui/approvals`, `/ui/registry`, and the
 //! assets under `/ui/static/`.
 
-pub mod queries;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -36,13 +36,13 @@ use uuid::Uuid;
 
 use crate::executor::state::RunState;
 use crate::status::StatusState;
-use crate::status::console::queries::{ConsoleQueryError, RunFilter};
 use crate::status::console::view::{
     ApprovalsPage, Chrome, ErrorPage, EventLine, FilterView, GateView, HaltBanner, RegistryPage,
     RunLine, RunPage, RunsPage, Stamp, StateOption, StepLine, UndoLine, VersionLine, WaitingView,
 };
 use crate::status::cursor::Cursor;
-use crate::status::queries::RUN_STATES;
+use crate::status::queries::{self, RUN_STATES, RunFilter};
+use crate::store::StoreError;
 
 /// Every console path the router serves (axum syntax), for tests that walk them all.
 pub const PAGES: [&str; 9] = [
@@ -90,13 +90,13 @@ enum PageError {
     Corrupt(String),
 }
 
-impl From<ConsoleQueryError> for PageError {
-    fn from(error: ConsoleQueryError) -> PageError {
+impl From<StoreError> for PageError {
+    fn from(error: StoreError) -> PageError {
         // Logged here, once, with the driver's chain; the page gets a fixed message.
         tracing::warn!(error = %crate::store::audit::error_chain(&error), "console query failed");
         match error {
-            ConsoleQueryError::Database(_) => PageError::Unavailable,
-            corrupt @ ConsoleQueryError::Corrupt { .. } => PageError::Corrupt(corrupt.to_string()),
+            corrupt @ StoreError::Corrupt { .. } => PageError::Corrupt(corrupt.to_string()),
+            _ => PageError::Unavailable,
         }
     }
 }
@@ -200,7 +200,7 @@ async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> R
         subject: view::json_excerpt(&detail.subject, JSON_EXCERPT),
         binding: view::json_excerpt(&detail.binding, JSON_EXCERPT),
         rollback_cause: detail.rollback_cause.clone().unwrap_or_default(),
-        playbook_sha256: hex::encode(detail.playbook_sha256),
+        playbook_sha256: hex::encode(summary.playbook_sha256),
         signers: detail.signer_key_ids.clone(),
         updated: Stamp::new(summary.updated_at, now),
         steps: detail
@@ -267,7 +267,7 @@ async fn approvals_page(State(state): State<StatusState>) -> Response {
 
 async fn registry_page(State(state): State<StatusState>) -> Response {
     let loaded = read(&state, |client| {
-        Box::pin(async move { Ok(crate::status::queries::known_versions(client).await?) })
+        Box::pin(async move { queries::known_versions(client).await })
     })
     .await;
     let (frame, known) = match loaded {
@@ -407,7 +407,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// connection, within [`QUERY_TIMEOUT`].
 async fn read<T>(
     state: &StatusState,
-    work: impl for<'c> FnOnce(&'c tokio_postgres::Client) -> BoxFuture<'c, Result<T, ConsoleQueryError>>,
+    work: impl for<'c> FnOnce(&'c tokio_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>,
 ) -> Result<(Frame, T), PageError> {
     let attempt = tokio::time::timeout(QUERY_TIMEOUT, async {
         let client = state.store.client().await.map_err(|error| {

@@ -11,10 +11,9 @@ use time::OffsetDateTime;
 
 use crate::executor::state::{RunState, StepState};
 use crate::registry::model::RiskTier;
-use crate::status::console::queries::{
-    ActiveHalt, EventRow, GateRow, GateState, RunSummary, StepRow, UndoRow, UndoState, Verdict,
-};
+use crate::status::queries::{ActiveHalt, EventRow, GateRow, RunSummary, StepRow, UndoRow};
 use crate::status::{BindingSummary, RefusedFile};
+use crate::store::model::{GateState, UndoState, Vote};
 
 /// What every page carries: title, navigation, the SAFE-HALT banner, the footer.
 pub struct Chrome {
@@ -179,13 +178,13 @@ impl Badge {
         }
     }
 
-    pub fn verdict(verdict: Verdict) -> Badge {
+    pub fn verdict(verdict: Vote) -> Badge {
         match verdict {
-            Verdict::Approve => Badge {
+            Vote::Approve => Badge {
                 text: "approve",
                 tone: GOOD,
             },
-            Verdict::Deny => Badge {
+            Vote::Deny => Badge {
                 text: "deny",
                 tone: BAD,
             },
@@ -433,7 +432,7 @@ impl GateView {
             approvals: gate
                 .votes
                 .iter()
-                .filter(|v| v.verdict == Verdict::Approve)
+                .filter(|v| v.verdict == Vote::Approve)
                 .count(),
             state: Badge::gate(gate.state),
             waiting: gate.state == GateState::Pending,
