@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
 use crate::status::cursor::Cursor;
+use crate::status::json;
 use crate::store::StoreError;
-use crate::store::audit::format_timestamp;
 use crate::store::model::{GateState, RunState, StepState, UndoState, Vote, decode_risk};
 
 /// An instant, serialized as RFC 3339 UTC with six fractional digits (as stored).
@@ -31,7 +31,7 @@ pub struct Timestamp(pub OffsetDateTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format_timestamp(self.0))
+        json::timestamp(&self.0, serializer)
     }
 }
 
@@ -78,13 +78,12 @@ pub struct KnownVersion {
 }
 
 /// One run: a row of `/v1/executions` and of the console's runs page.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub execution_id: Uuid,
     pub node_id: String,
-    pub playbook_id: String,
-    pub playbook_version: i64,
-    pub playbook_sha256: [u8; 32],
+    pub playbook: PinnedPlaybook,
+    #[serde(serialize_with = "json::text")]
     pub state: RunState,
     pub current_step: Option<i32>,
     pub policy: String,
@@ -92,10 +91,23 @@ pub struct RunSummary {
     pub org_id: String,
     pub severity: String,
     pub policy_decision_id: String,
+    #[serde(serialize_with = "json::bounded_opt")]
     pub end_reason: Option<String>,
+    #[serde(serialize_with = "json::timestamp")]
     pub started_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp")]
     pub updated_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub completed_at: Option<OffsetDateTime>,
+}
+
+/// The playbook version a run is pinned to.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinnedPlaybook {
+    pub id: String,
+    pub version: i64,
+    #[serde(serialize_with = "json::hex")]
+    pub sha256: [u8; 32],
 }
 
 /// Which runs to list, already checked by the handler (the API has no node filter).
@@ -114,103 +126,138 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-/// One page of runs, newest first.
-#[derive(Debug)]
+/// One page of runs, newest first (`/v1/executions`).
+#[derive(Debug, Serialize)]
 pub struct RunPage {
+    #[serde(rename = "executions")]
     pub runs: Vec<RunSummary>,
-    /// The position after the last row, when an older page exists.
+    /// The position after the last row, when an older page exists (the API's `next_cursor`,
+    /// to pass back as `cursor`).
+    #[serde(rename = "next_cursor", serialize_with = "json::cursor")]
     pub next: Option<Cursor>,
 }
 
 /// Everything about one run: `/v1/executions/{id}` and the console's run page.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct RunDetail {
+    #[serde(flatten)]
     pub summary: RunSummary,
     pub subject: Value,
     /// The uid of the policy engine's peer that sent the decision (SO_PEERCRED).
     pub requested_by_uid: i64,
     /// The binding that matched, as recorded at intake.
+    #[serde(skip)]
     pub binding: Value,
+    #[serde(skip)]
     pub rollback_cause: Option<String>,
     /// The signers of the pinned version; `None` if its version row is missing (the foreign
     /// key forbids it, so the page says so rather than showing no signer).
+    #[serde(skip)]
     pub signer_key_ids: Option<Vec<String>>,
     pub steps: Vec<StepRow>,
+    #[serde(rename = "approvals")]
     pub gates: Vec<GateRow>,
-    /// Undo records in the order they ran.
+    /// Undo records by step, the last step first (the console shows them in the order they
+    /// ran).
     pub rollback: Vec<UndoRow>,
+    /// Audit rows whose `event_data.execution_id` is this run, in chain order.
+    #[serde(rename = "audit")]
     pub events: Vec<EventRow>,
 }
 
 /// One step of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
     pub step_index: i32,
     pub step_id: String,
     pub action: String,
+    #[serde(serialize_with = "json::text")]
     pub state: StepState,
     pub attempts: i32,
+    #[serde(serialize_with = "json::hex_opt")]
     pub params_sha256: Option<Vec<u8>>,
     pub skip_reason: Option<String>,
     /// Redacted and bounded (see [`bounded_json`]).
     pub output: Option<Value>,
     pub error_class: Option<String>,
+    #[serde(serialize_with = "json::bounded_opt")]
     pub error: Option<String>,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub started_at: Option<OffsetDateTime>,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub finished_at: Option<OffsetDateTime>,
+    /// From start to finish, once both are known.
+    pub duration_ms: Option<i64>,
 }
 
 /// One approval gate with its votes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GateRow {
+    #[serde(skip)]
     pub execution_id: Uuid,
     pub step_index: i32,
     pub risk: RiskTier,
     pub required: i32,
+    #[serde(serialize_with = "json::text")]
     pub state: GateState,
     /// Redacted and bounded: step id, action, rendered parameters.
     pub context: Value,
+    #[serde(serialize_with = "json::timestamp")]
     pub opened_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp")]
     pub expires_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub resolved_at: Option<OffsetDateTime>,
     pub votes: Vec<VoteRow>,
 }
 
 /// One vote on a gate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct VoteRow {
     pub approver_uid: i64,
+    #[serde(serialize_with = "json::text")]
     pub verdict: Vote,
+    #[serde(serialize_with = "json::bounded")]
     pub reason: String,
+    #[serde(serialize_with = "json::timestamp")]
     pub created_at: OffsetDateTime,
 }
 
 /// One undo of the rollback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UndoRow {
     pub step_index: i32,
+    #[serde(serialize_with = "json::text")]
     pub state: UndoState,
     pub attempts: i32,
+    #[serde(serialize_with = "json::bounded_opt")]
     pub error: Option<String>,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub started_at: Option<OffsetDateTime>,
+    #[serde(serialize_with = "json::timestamp_opt")]
     pub finished_at: Option<OffsetDateTime>,
 }
 
-/// One audit event of a run, with its evidence.
-#[derive(Debug, Clone)]
+/// One audit event of a run, with its evidence (the API lists where it is, not the evidence).
+#[derive(Debug, Clone, Serialize)]
 pub struct EventRow {
     pub node_id: String,
     pub seq: i64,
+    #[serde(skip)]
     pub hash: Vec<u8>,
     pub event_type: String,
     /// The event's fields (actor, step_id, reason, …); never secret by construction.
+    #[serde(skip)]
     pub data: Value,
+    #[serde(serialize_with = "json::timestamp")]
     pub created_at: OffsetDateTime,
     /// The first signed checkpoint of the same chain at or after `seq`, if one was taken.
+    #[serde(skip)]
     pub checkpoint: Option<CheckpointRef>,
     /// How many witnesses cosigned a checkpoint of this chain at or after `seq` (each
     /// cosignature was verified against the configured witness key before it was stored, and a
     /// witness cosigns only a tree consistent with the one it saw before).
+    #[serde(skip)]
     pub witnesses: i64,
 }
 
@@ -489,6 +536,8 @@ async fn steps_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<StepRow>,
         .await?
         .iter()
         .map(|row| {
+            let started_at: Option<OffsetDateTime> = row.get(10);
+            let finished_at: Option<OffsetDateTime> = row.get(11);
             Ok(StepRow {
                 step_index: row.get(0),
                 step_id: row.get(1),
@@ -500,22 +549,22 @@ async fn steps_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<StepRow>,
                 output: row.get::<_, Option<Value>>(7).map(bounded_json),
                 error_class: row.get(8),
                 error: row.get(9),
-                started_at: row.get(10),
-                finished_at: row.get(11),
+                started_at,
+                finished_at,
+                duration_ms: started_at.zip(finished_at).map(|(start, end)| {
+                    i64::try_from((end - start).whole_milliseconds()).unwrap_or(i64::MAX)
+                }),
             })
         })
         .collect()
 }
 
-/// The undos of run `id` in the order they ran: an undo that never started (pending) comes
-/// last, and undos that share a start instant keep the reverse step order the rollback engine
-/// follows.
+/// The undos of run `id`, the last step first.
 async fn undos_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<UndoRow>, StoreError> {
     client
         .query(
             "SELECT step_index, state, attempts, error, started_at, finished_at \
-             FROM playbook_rollback_states WHERE execution_id = $1 \
-             ORDER BY started_at ASC NULLS LAST, step_index DESC",
+             FROM playbook_rollback_states WHERE execution_id = $1 ORDER BY step_index DESC",
             &[&id],
         )
         .await?
@@ -680,12 +729,14 @@ fn run_from_row(row: &Row) -> Result<RunSummary, StoreError> {
     Ok(RunSummary {
         execution_id: row.get("execution_id"),
         node_id: row.get("node_id"),
-        playbook_id: row.get("playbook_id"),
-        playbook_version: row.get("playbook_version"),
-        playbook_sha256: <[u8; 32]>::try_from(sha.as_slice()).map_err(|_| StoreError::Corrupt {
-            what: "playbook sha256",
-            detail: format!("`{}` is not 32 bytes", hex::encode(&sha)),
-        })?,
+        playbook: PinnedPlaybook {
+            id: row.get("playbook_id"),
+            version: row.get("playbook_version"),
+            sha256: <[u8; 32]>::try_from(sha.as_slice()).map_err(|_| StoreError::Corrupt {
+                what: "playbook sha256",
+                detail: format!("`{}` is not 32 bytes", hex::encode(&sha)),
+            })?,
+        },
         state: RunState::decode(row.get("state"))?,
         current_step: row.get("current_step"),
         policy: row.get("policy"),

@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use crate::status::StatusState;
 use crate::status::cursor::Cursor;
-use crate::status::json::{ExecutionDetail, ExecutionPage};
 use crate::status::queries::{self, RUN_STATES, RunFilter};
 use crate::store::StoreError;
 use crate::store::model::RunState;
@@ -318,7 +317,7 @@ async fn executions(
         Box::pin(async move { queries::runs(client, &filter).await })
     })
     .await?;
-    Ok(Json(ExecutionPage::from(page)).into_response())
+    Ok(Json(page).into_response())
 }
 
 async fn execution(
@@ -337,7 +336,7 @@ async fn execution(
     })
     .await?;
     match detail {
-        Some(detail) => Ok(Json(ExecutionDetail::from(detail)).into_response()),
+        Some(detail) => Ok(Json(detail).into_response()),
         None => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             error: "not_found",
@@ -643,13 +642,22 @@ async fn not_found() -> ApiError {
 
 /// Turns axum's bare 405 into our JSON error with `Allow`, and marks every response uncacheable.
 async fn finish_response(response: Response) -> Response {
-    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let mut refused = ApiError {
+    read_only(response, || {
+        ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             error: "method_not_allowed",
             detail: "the status API is read-only: use GET or HEAD".into(),
         }
-        .into_response();
+        .into_response()
+    })
+}
+
+/// The rule the API and the console share: anything but GET and HEAD is answered with
+/// `refusal()` (405, in the caller's format) and `Allow: GET, HEAD`, and no response is cached
+/// or content-sniffed.
+pub(crate) fn read_only(response: Response, refusal: impl FnOnce() -> Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let mut refused = refusal();
         refused
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -772,7 +780,9 @@ fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-fn is_playbook_id(id: &str) -> bool {
+/// A playbook id as the registry accepts it (`[a-z0-9][a-z0-9-]*`, at most 128 characters);
+/// the API and the console check their `playbook` filter with it.
+pub(crate) fn is_playbook_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     (1..=128).contains(&bytes.len())
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
