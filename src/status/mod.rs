@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod cursor;
+pub mod json;
 pub mod metrics;
 pub mod queries;
 pub mod routes;

@@ -1,9 +1,14 @@
-//! The status API's SQL, and the JSON shapes it returns.
+//! The status API's and the console's SQL: one query layer, both read through it.
 //!
 //! Every SELECT names its columns: only columns that are secret-free by design leave the
 //! database (never `SELECT *`, never `step_results`, idempotency keys or playbook bytes). Free-form
-//! JSON written by actions (step output, gate context) is redacted by key and bounded in size
-//! on the way out, in case an action author put a credential there anyway.
+//! JSON written by actions (step output, gate context, subject, binding) is redacted by key and
+//! bounded in size here, on the way out, in case an action author put a credential there anyway.
+//!
+//! Each query decodes its rows into the typed rows below at once (states and risks through
+//! [`crate::store::model`]); a value the schema does not allow is [`StoreError::Corrupt`],
+//! never shown as something it is not. The API serializes these rows ([`super::json`]); the
+//! console formats them ([`super::console::view`]).
 
 use std::collections::BTreeMap;
 
@@ -14,8 +19,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use crate::registry::model::RiskTier;
 use crate::status::cursor::Cursor;
-use crate::store::audit::format_timestamp;
+use crate::status::json;
+use crate::store::StoreError;
+use crate::store::model::{GateState, RunState, StepState, UndoState, Vote, decode_risk};
 
 /// An instant, serialized as RFC 3339 UTC with six fractional digits (as stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,124 +31,8 @@ pub struct Timestamp(pub OffsetDateTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format_timestamp(self.0))
+        json::timestamp(&self.0, serializer)
     }
-}
-
-/// The playbook version a run is pinned to.
-#[derive(Debug, Serialize)]
-pub struct PinnedPlaybook {
-    pub id: String,
-    pub version: i64,
-    pub sha256: String,
-}
-
-/// One row of `/v1/executions`.
-#[derive(Debug, Serialize)]
-pub struct ExecutionSummary {
-    pub execution_id: Uuid,
-    pub node_id: String,
-    pub playbook: PinnedPlaybook,
-    pub state: String,
-    pub current_step: Option<i32>,
-    pub policy: String,
-    pub outcome: String,
-    pub org_id: String,
-    pub severity: String,
-    pub policy_decision_id: String,
-    pub end_reason: Option<String>,
-    pub started_at: Timestamp,
-    pub updated_at: Timestamp,
-    pub completed_at: Option<Timestamp>,
-}
-
-/// `/v1/executions` filters, already checked by the route.
-#[derive(Debug, Default)]
-pub struct ExecutionFilter {
-    pub state: Option<String>,
-    pub playbook: Option<String>,
-    pub org: Option<String>,
-    pub since: Option<OffsetDateTime>,
-    pub until: Option<OffsetDateTime>,
-    pub cursor: Option<Cursor>,
-    pub limit: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ExecutionPage {
-    pub executions: Vec<ExecutionSummary>,
-    /// Pass back as `cursor` for the next (older) page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// `/v1/executions/{id}`.
-#[derive(Debug, Serialize)]
-pub struct ExecutionDetail {
-    #[serde(flatten)]
-    pub summary: ExecutionSummary,
-    pub subject: Value,
-    pub requested_by_uid: i64,
-    pub steps: Vec<StepRun>,
-    pub approvals: Vec<ApprovalGate>,
-    pub rollback: Vec<RollbackState>,
-    /// Audit rows whose `event_data.execution_id` is this run, in chain order.
-    pub audit: Vec<AuditRef>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StepRun {
-    pub step_index: i32,
-    pub step_id: String,
-    pub action: String,
-    pub state: String,
-    pub attempts: i32,
-    pub params_sha256: Option<String>,
-    pub skip_reason: Option<String>,
-    pub output: Option<Value>,
-    pub error_class: Option<String>,
-    pub error: Option<String>,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
-    pub duration_ms: Option<i64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApprovalGate {
-    pub step_index: i32,
-    pub risk: String,
-    pub required: i32,
-    pub state: String,
-    pub context: Value,
-    pub opened_at: Timestamp,
-    pub expires_at: Timestamp,
-    pub resolved_at: Option<Timestamp>,
-    pub votes: Vec<ApprovalVote>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApprovalVote {
-    pub approver_uid: i64,
-    pub verdict: String,
-    pub reason: String,
-    pub created_at: Timestamp,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RollbackState {
-    pub step_index: i32,
-    pub state: String,
-    pub attempts: i32,
-    pub error: Option<String>,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AuditRef {
-    pub node_id: String,
-    pub seq: i64,
-    pub event_type: String,
-    pub created_at: Timestamp,
 }
 
 /// One row of this node's audit chain.
@@ -185,10 +77,232 @@ pub struct KnownVersion {
     pub first_seen: Timestamp,
 }
 
+/// One run: a row of `/v1/executions` and of the console's runs page.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub execution_id: Uuid,
+    pub node_id: String,
+    pub playbook: PinnedPlaybook,
+    #[serde(serialize_with = "json::text")]
+    pub state: RunState,
+    pub current_step: Option<i32>,
+    pub policy: String,
+    pub outcome: String,
+    pub org_id: String,
+    pub severity: String,
+    pub policy_decision_id: String,
+    #[serde(serialize_with = "json::bounded_opt")]
+    pub end_reason: Option<String>,
+    #[serde(serialize_with = "json::timestamp")]
+    pub started_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp")]
+    pub updated_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// The playbook version a run is pinned to.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinnedPlaybook {
+    pub id: String,
+    pub version: i64,
+    #[serde(serialize_with = "json::hex")]
+    pub sha256: [u8; 32],
+}
+
+/// Which runs to list, already checked by the handler (the API has no node filter).
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub playbook: Option<String>,
+    pub org: Option<String>,
+    pub node: Option<String>,
+    /// Inclusive.
+    pub since: Option<OffsetDateTime>,
+    /// Exclusive.
+    pub until: Option<OffsetDateTime>,
+    /// Start strictly after this row, in (started_at DESC, execution_id DESC).
+    pub cursor: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// One page of runs, newest first (`/v1/executions`).
+#[derive(Debug, Serialize)]
+pub struct RunPage {
+    #[serde(rename = "executions")]
+    pub runs: Vec<RunSummary>,
+    /// The position after the last row, when an older page exists (the API's `next_cursor`,
+    /// to pass back as `cursor`).
+    #[serde(rename = "next_cursor", serialize_with = "json::cursor")]
+    pub next: Option<Cursor>,
+}
+
+/// Everything about one run: `/v1/executions/{id}` and the console's run page.
+#[derive(Debug, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub subject: Value,
+    /// The uid of the policy engine's peer that sent the decision (SO_PEERCRED).
+    pub requested_by_uid: i64,
+    /// The binding that matched, as recorded at intake.
+    #[serde(skip)]
+    pub binding: Value,
+    #[serde(skip)]
+    pub rollback_cause: Option<String>,
+    /// The signers of the pinned version; `None` if its version row is missing (the foreign
+    /// key forbids it, so the page says so rather than showing no signer).
+    #[serde(skip)]
+    pub signer_key_ids: Option<Vec<String>>,
+    pub steps: Vec<StepRow>,
+    #[serde(rename = "approvals")]
+    pub gates: Vec<GateRow>,
+    /// Undo records by step, the last step first (the console shows them in the order they
+    /// ran).
+    pub rollback: Vec<UndoRow>,
+    /// Audit rows whose `event_data.execution_id` is this run, in chain order.
+    #[serde(rename = "audit")]
+    pub events: Vec<EventRow>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub step_index: i32,
+    pub step_id: String,
+    pub action: String,
+    #[serde(serialize_with = "json::text")]
+    pub state: StepState,
+    pub attempts: i32,
+    #[serde(serialize_with = "json::hex_opt")]
+    pub params_sha256: Option<Vec<u8>>,
+    pub skip_reason: Option<String>,
+    /// Redacted and bounded (see [`bounded_json`]).
+    pub output: Option<Value>,
+    pub error_class: Option<String>,
+    #[serde(serialize_with = "json::bounded_opt")]
+    pub error: Option<String>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// From start to finish, once both are known.
+    pub duration_ms: Option<i64>,
+}
+
+/// One approval gate with its votes.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateRow {
+    #[serde(skip)]
+    pub execution_id: Uuid,
+    pub step_index: i32,
+    pub risk: RiskTier,
+    pub required: i32,
+    #[serde(serialize_with = "json::text")]
+    pub state: GateState,
+    /// Redacted and bounded: step id, action, rendered parameters.
+    pub context: Value,
+    #[serde(serialize_with = "json::timestamp")]
+    pub opened_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp")]
+    pub expires_at: OffsetDateTime,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub resolved_at: Option<OffsetDateTime>,
+    pub votes: Vec<VoteRow>,
+}
+
+/// One vote on a gate.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoteRow {
+    pub approver_uid: i64,
+    #[serde(serialize_with = "json::text")]
+    pub verdict: Vote,
+    #[serde(serialize_with = "json::bounded")]
+    pub reason: String,
+    #[serde(serialize_with = "json::timestamp")]
+    pub created_at: OffsetDateTime,
+}
+
+/// One undo of the rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct UndoRow {
+    pub step_index: i32,
+    #[serde(serialize_with = "json::text")]
+    pub state: UndoState,
+    pub attempts: i32,
+    #[serde(serialize_with = "json::bounded_opt")]
+    pub error: Option<String>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// One audit event of a run, with its evidence (the API lists where it is, not the evidence).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub node_id: String,
+    pub seq: i64,
+    #[serde(skip)]
+    pub hash: Vec<u8>,
+    pub event_type: String,
+    /// The event's fields (actor, step_id, reason, …); never secret by construction.
+    #[serde(skip)]
+    pub data: Value,
+    #[serde(serialize_with = "json::timestamp")]
+    pub created_at: OffsetDateTime,
+    /// The first signed checkpoint of the same chain at or after `seq`, if one was taken.
+    #[serde(skip)]
+    pub checkpoint: Option<CheckpointRef>,
+    /// How many witnesses cosigned a checkpoint of this chain at or after `seq` (each
+    /// cosignature was verified against the configured witness key before it was stored, and a
+    /// witness cosigns only a tree consistent with the one it saw before).
+    #[serde(skip)]
+    pub witnesses: i64,
+}
+
+/// A signed chain head that covers an event (its seq is at or after the event's).
+#[derive(Debug, Clone)]
+pub struct CheckpointRef {
+    pub seq: i64,
+    pub key_id: String,
+    pub created_at: OffsetDateTime,
+    /// True when the checkpoint stored its signed C2SP note (since V9): the status API serves it
+    /// and inclusion proofs against the newest one.
+    pub has_note: bool,
+}
+
+/// An active SAFE-HALT with what the banner shows about it.
+#[derive(Debug, Clone)]
+pub struct ActiveHalt {
+    pub halt_id: i64,
+    /// Whether every node is halted (`playbookd ctl halt --fleet`), not only `node_id`.
+    pub fleet: bool,
+    pub node_id: String,
+    pub execution_id: Option<Uuid>,
+    /// The step whose undo failed (`rollback_id`).
+    pub rollback_id: Option<String>,
+    pub error_message: String,
+    pub entered_at: OffsetDateTime,
+}
+
+/// A gate waiting now, with the run it belongs to.
+#[derive(Debug, Clone)]
+pub struct WaitingGate {
+    pub gate: GateRow,
+    pub playbook_id: String,
+    pub playbook_version: i64,
+    pub org_id: String,
+    pub node_id: String,
+    pub policy: String,
+    pub outcome: String,
+    pub severity: String,
+}
+
 /// Executions by state, every state present (0 when none).
 pub async fn count_by_state(
     client: &impl GenericClient,
-) -> Result<BTreeMap<String, i64>, tokio_postgres::Error> {
+) -> Result<BTreeMap<String, i64>, StoreError> {
     let mut counts: BTreeMap<String, i64> = RUN_STATES.iter().map(|s| ((*s).into(), 0)).collect();
     for row in client
         .query(
@@ -206,7 +320,7 @@ pub async fn count_by_state(
 pub async fn chain_head(
     client: &impl GenericClient,
     node_id: &str,
-) -> Result<Option<ChainHead>, tokio_postgres::Error> {
+) -> Result<Option<ChainHead>, StoreError> {
     let row = client
         .query_opt(
             "SELECT seq, hash FROM playbook_audit_log WHERE node_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -225,7 +339,7 @@ pub async fn chain_head(
 pub async fn active_halt(
     client: &impl GenericClient,
     node_id: &str,
-) -> Result<Option<SafeHalt>, tokio_postgres::Error> {
+) -> Result<Option<SafeHalt>, StoreError> {
     let row = client
         .query_opt(
             &format!(
@@ -243,7 +357,7 @@ pub async fn active_halt(
 pub async fn halt_history(
     client: &impl GenericClient,
     limit: i64,
-) -> Result<Vec<SafeHalt>, tokio_postgres::Error> {
+) -> Result<Vec<SafeHalt>, StoreError> {
     let rows = client
         .query(
             &format!(
@@ -256,9 +370,7 @@ pub async fn halt_history(
     Ok(rows.iter().map(halt_from_row).collect())
 }
 
-pub async fn known_versions(
-    client: &impl GenericClient,
-) -> Result<Vec<KnownVersion>, tokio_postgres::Error> {
+pub async fn known_versions(client: &impl GenericClient) -> Result<Vec<KnownVersion>, StoreError> {
     let rows = client
         .query(
             "SELECT playbook_id, version, sha256, signer_key_ids, first_seen \
@@ -278,21 +390,51 @@ pub async fn known_versions(
         .collect())
 }
 
-/// One page, newest first, strictly after `filter.cursor` in (started_at DESC, execution_id DESC).
-pub async fn list_executions(
-    client: &impl GenericClient,
-    filter: &ExecutionFilter,
-) -> Result<ExecutionPage, tokio_postgres::Error> {
+/// Every active SAFE-HALT, oldest first (one per node once halts are node-scoped).
+pub async fn active_halts(client: &impl GenericClient) -> Result<Vec<ActiveHalt>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT halt_id, node_id, execution_id, rollback_id, error_message, entered_at, \
+                scope = 'fleet' \
+             FROM playbook_safe_halt_state WHERE is_active ORDER BY entered_at, halt_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ActiveHalt {
+            halt_id: row.get(0),
+            node_id: row.get(1),
+            execution_id: row.get(2),
+            rollback_id: row.get(3),
+            error_message: row.get(4),
+            entered_at: row.get(5),
+            fleet: row.get(6),
+        })
+        .collect())
+}
+
+/// How many gates wait for a vote (for the navigation).
+pub async fn waiting_gate_count(client: &impl GenericClient) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM playbook_approval_gates WHERE state = 'pending'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// One page of runs, newest first, strictly after `filter.cursor`.
+pub async fn runs(client: &impl GenericClient, filter: &RunFilter) -> Result<RunPage, StoreError> {
     // Only the filters present go into the SQL, so the planner sees a plain predicate and can
     // use the matching (column, started_at DESC, execution_id DESC) index.
-    // One more than asked: its presence says whether there is a next page.
     let fetch = filter.limit + 1;
+    let state = filter.state.map(RunState::as_str);
+    let cursor = filter.cursor.map(|c| (c.started_at, c.execution_id));
     let mut conditions: Vec<String> = Vec::new();
     let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-    let cursor = filter
-        .cursor
-        .map(|cursor| (cursor.started_at, cursor.execution_id));
-    if let Some(state) = &filter.state {
+    if let Some(state) = &state {
         add_condition(&mut conditions, &mut params, "state = ?", &[state]);
     }
     if let Some(playbook) = &filter.playbook {
@@ -300,6 +442,9 @@ pub async fn list_executions(
     }
     if let Some(org) = &filter.org {
         add_condition(&mut conditions, &mut params, "org_id = ?", &[org]);
+    }
+    if let Some(node) = &filter.node {
+        add_condition(&mut conditions, &mut params, "node_id = ?", &[node]);
     }
     if let Some(since) = &filter.since {
         add_condition(&mut conditions, &mut params, "started_at >= ?", &[since]);
@@ -322,40 +467,42 @@ pub async fn list_executions(
         format!("WHERE {}", conditions.join(" AND "))
     };
     let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM playbook_executions {where_clause} \
+        "SELECT {RUN_COLUMNS} FROM playbook_executions e {where_clause} \
          ORDER BY started_at DESC, execution_id DESC LIMIT ${}",
         params.len()
     );
     let rows = client.query(&sql, &params).await?;
-    let mut executions: Vec<ExecutionSummary> = rows.iter().map(summary_from_row).collect();
-    let has_more = executions.len() > usize::try_from(filter.limit).unwrap_or(usize::MAX);
-    executions.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
-    let next_cursor = match executions.last() {
-        Some(last) if has_more => Some(
-            Cursor {
-                started_at: last.started_at.0,
-                execution_id: last.execution_id,
-            }
-            .encode(),
-        ),
+    let mut runs = rows
+        .iter()
+        .map(run_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
+    let has_more = runs.len() > limit;
+    runs.truncate(limit);
+    let next = match runs.last() {
+        Some(last) if has_more => Some(Cursor {
+            started_at: last.started_at,
+            execution_id: last.execution_id,
+        }),
         _ => None,
     };
-    Ok(ExecutionPage {
-        executions,
-        next_cursor,
-    })
+    Ok(RunPage { runs, next })
 }
 
 /// Everything about one run, or `None` when there is no such execution.
-pub async fn execution_detail(
+pub async fn run_detail(
     client: &impl GenericClient,
     id: Uuid,
-) -> Result<Option<ExecutionDetail>, tokio_postgres::Error> {
+) -> Result<Option<RunDetail>, StoreError> {
     let Some(row) = client
         .query_opt(
             &format!(
-                "SELECT {SUMMARY_COLUMNS}, subject, requested_by_uid \
-                 FROM playbook_executions WHERE execution_id = $1"
+                "SELECT {RUN_COLUMNS}, e.subject, e.requested_by_uid, e.binding, e.rollback_cause, \
+                        v.signer_key_ids \
+                 FROM playbook_executions e \
+                 LEFT JOIN playbook_versions v \
+                   ON v.playbook_id = e.playbook_id AND v.version = e.playbook_version \
+                 WHERE e.execution_id = $1"
             ),
             &[&id],
         )
@@ -363,11 +510,23 @@ pub async fn execution_detail(
     else {
         return Ok(None);
     };
-    let summary = summary_from_row(&row);
-    let subject: Value = row.get("subject");
-    let requested_by_uid: i64 = row.get("requested_by_uid");
+    Ok(Some(RunDetail {
+        summary: run_from_row(&row)?,
+        subject: bounded_json(row.get("subject")),
+        requested_by_uid: row.get("requested_by_uid"),
+        binding: bounded_json(row.get("binding")),
+        rollback_cause: row.get("rollback_cause"),
+        signer_key_ids: row.get("signer_key_ids"),
+        steps: steps_of(client, id).await?,
+        gates: gates_of(client, &[id], false).await?,
+        rollback: undos_of(client, id).await?,
+        events: events_of(client, id).await?,
+    }))
+}
 
-    let steps = client
+/// The steps of run `id`, in step order.
+async fn steps_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<StepRow>, StoreError> {
+    client
         .query(
             "SELECT step_index, step_id, action, state, attempts, params_sha256, skip_reason, output, \
                     error_class, error, started_at, finished_at \
@@ -379,67 +538,30 @@ pub async fn execution_detail(
         .map(|row| {
             let started_at: Option<OffsetDateTime> = row.get(10);
             let finished_at: Option<OffsetDateTime> = row.get(11);
-            StepRun {
+            Ok(StepRow {
                 step_index: row.get(0),
                 step_id: row.get(1),
                 action: row.get(2),
-                state: row.get(3),
+                state: StepState::decode(row.get(3))?,
                 attempts: row.get(4),
-                params_sha256: row.get::<_, Option<Vec<u8>>>(5).map(hex::encode),
+                params_sha256: row.get(5),
                 skip_reason: row.get(6),
                 output: row.get::<_, Option<Value>>(7).map(bounded_json),
                 error_class: row.get(8),
-                error: row.get::<_, Option<String>>(9).map(|e| bounded_text(&e)),
-                started_at: started_at.map(Timestamp),
-                finished_at: finished_at.map(Timestamp),
-                duration_ms: started_at
-                    .zip(finished_at)
-                    .map(|(start, end)| i64::try_from((end - start).whole_milliseconds()).unwrap_or(i64::MAX)),
-            }
+                error: row.get(9),
+                started_at,
+                finished_at,
+                duration_ms: started_at.zip(finished_at).map(|(start, end)| {
+                    i64::try_from((end - start).whole_milliseconds()).unwrap_or(i64::MAX)
+                }),
+            })
         })
-        .collect();
+        .collect()
+}
 
-    let mut votes: BTreeMap<i32, Vec<ApprovalVote>> = BTreeMap::new();
-    for row in client
-        .query(
-            "SELECT step_index, approver_uid, verdict, reason, created_at FROM playbook_approvals \
-             WHERE execution_id = $1 ORDER BY step_index, created_at, approver_uid",
-            &[&id],
-        )
-        .await?
-    {
-        votes.entry(row.get(0)).or_default().push(ApprovalVote {
-            approver_uid: row.get(1),
-            verdict: row.get(2),
-            reason: bounded_text(&row.get::<_, String>(3)),
-            created_at: Timestamp(row.get(4)),
-        });
-    }
-    let approvals = client
-        .query(
-            "SELECT step_index, risk, required, state, context, opened_at, expires_at, resolved_at \
-             FROM playbook_approval_gates WHERE execution_id = $1 ORDER BY step_index",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|row| {
-            let step_index: i32 = row.get(0);
-            ApprovalGate {
-                step_index,
-                risk: row.get(1),
-                required: row.get(2),
-                state: row.get(3),
-                context: bounded_json(row.get(4)),
-                opened_at: Timestamp(row.get(5)),
-                expires_at: Timestamp(row.get(6)),
-                resolved_at: row.get::<_, Option<OffsetDateTime>>(7).map(Timestamp),
-                votes: votes.remove(&step_index).unwrap_or_default(),
-            }
-        })
-        .collect();
-
-    let rollback = client
+/// The undos of run `id`, the last step first.
+async fn undos_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<UndoRow>, StoreError> {
+    client
         .query(
             "SELECT step_index, state, attempts, error, started_at, finished_at \
              FROM playbook_rollback_states WHERE execution_id = $1 ORDER BY step_index DESC",
@@ -447,43 +569,186 @@ pub async fn execution_detail(
         )
         .await?
         .iter()
-        .map(|row| RollbackState {
-            step_index: row.get(0),
-            state: row.get(1),
-            attempts: row.get(2),
-            error: row.get::<_, Option<String>>(3).map(|e| bounded_text(&e)),
-            started_at: row.get::<_, Option<OffsetDateTime>>(4).map(Timestamp),
-            finished_at: row.get::<_, Option<OffsetDateTime>>(5).map(Timestamp),
+        .map(|row| {
+            Ok(UndoRow {
+                step_index: row.get(0),
+                state: UndoState::decode(row.get(1))?,
+                attempts: row.get(2),
+                error: row.get(3),
+                started_at: row.get(4),
+                finished_at: row.get(5),
+            })
+        })
+        .collect()
+}
+
+/// The audit events of run `id` in chain order (at most [`EVENTS_LIMIT`]), each with the
+/// checkpoint and cosignatures that cover it.
+async fn events_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<EventRow>, StoreError> {
+    // `event_data ? 'execution_id'` matches the partial index's predicate, so it is used; the
+    // lateral join finds the first checkpoint of the same chain at or after each event through
+    // the checkpoints' primary key.
+    let rows = client
+        .query(
+            "SELECT a.node_id, a.seq, a.hash, a.event_type, a.event_data, a.created_at, \
+                    c.seq, c.key_id, c.created_at, c.note IS NOT NULL, \
+                    (SELECT count(DISTINCT w.witness_name) FROM audit_cosignatures w \
+                     WHERE w.node_id = a.node_id AND w.checkpoint_seq >= a.seq) \
+             FROM playbook_audit_log a \
+             LEFT JOIN LATERAL ( \
+                 SELECT seq, key_id, created_at, note FROM audit_checkpoints k \
+                 WHERE k.node_id = a.node_id AND k.seq >= a.seq ORDER BY k.seq LIMIT 1 \
+             ) c ON true \
+             WHERE a.event_data ? 'execution_id' AND a.event_data ->> 'execution_id' = $1 \
+             ORDER BY a.created_at, a.node_id, a.seq LIMIT $2",
+            &[&id.to_string(), &EVENTS_LIMIT],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| EventRow {
+            node_id: row.get(0),
+            seq: row.get(1),
+            hash: row.get(2),
+            event_type: row.get(3),
+            data: row.get(4),
+            created_at: row.get(5),
+            checkpoint: row.get::<_, Option<i64>>(6).map(|seq| CheckpointRef {
+                seq,
+                key_id: row.get(7),
+                created_at: row.get(8),
+                has_note: row.get::<_, Option<bool>>(9).unwrap_or(false),
+            }),
+            witnesses: row.get(10),
+        })
+        .collect())
+}
+
+/// Every gate waiting for a vote, the most critical first, then the soonest to expire.
+pub async fn waiting_gates(client: &impl GenericClient) -> Result<Vec<WaitingGate>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT g.execution_id, e.playbook_id, e.playbook_version, e.org_id, e.node_id, \
+                    e.policy, e.outcome, e.severity \
+             FROM playbook_approval_gates g JOIN playbook_executions e USING (execution_id) \
+             WHERE g.state = 'pending' LIMIT $1",
+            &[&WAITING_LIMIT],
+        )
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+    let runs: BTreeMap<Uuid, &Row> = rows.iter().map(|row| (row.get(0), row)).collect();
+    let gates = gates_of(client, &ids, true).await?;
+    let mut waiting: Vec<WaitingGate> = gates
+        .into_iter()
+        .filter_map(|gate| {
+            let run = runs.get(&gate.execution_id)?;
+            Some(WaitingGate {
+                playbook_id: run.get(1),
+                playbook_version: run.get(2),
+                org_id: run.get(3),
+                node_id: run.get(4),
+                policy: run.get(5),
+                outcome: run.get(6),
+                severity: run.get(7),
+                gate,
+            })
         })
         .collect();
+    waiting.sort_by(|a, b| {
+        b.gate
+            .risk
+            .cmp(&a.gate.risk)
+            .then(a.gate.expires_at.cmp(&b.gate.expires_at))
+            .then(a.gate.execution_id.cmp(&b.gate.execution_id))
+            .then(a.gate.step_index.cmp(&b.gate.step_index))
+    });
+    Ok(waiting)
+}
 
-    // `event_data ? 'execution_id'` matches the partial index's predicate, so it is used.
-    let audit = client
+/// The gates (with votes) of `executions`; only pending ones with `only_pending`.
+async fn gates_of(
+    client: &impl GenericClient,
+    executions: &[Uuid],
+    only_pending: bool,
+) -> Result<Vec<GateRow>, StoreError> {
+    if executions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut votes: BTreeMap<(Uuid, i32), Vec<VoteRow>> = BTreeMap::new();
+    for row in client
         .query(
-            "SELECT node_id, seq, event_type, created_at FROM playbook_audit_log \
-             WHERE event_data ? 'execution_id' AND event_data ->> 'execution_id' = $1 \
-             ORDER BY created_at, node_id, seq LIMIT $2",
-            &[&id.to_string(), &AUDIT_REFS_LIMIT],
+            "SELECT execution_id, step_index, approver_uid, verdict, reason, created_at \
+             FROM playbook_approvals WHERE execution_id = ANY($1) \
+             ORDER BY execution_id, step_index, created_at, approver_uid",
+            &[&executions],
+        )
+        .await?
+    {
+        let verdict = Vote::decode(row.get(3))?;
+        votes
+            .entry((row.get(0), row.get(1)))
+            .or_default()
+            .push(VoteRow {
+                approver_uid: row.get(2),
+                verdict,
+                reason: row.get(4),
+                created_at: row.get(5),
+            });
+    }
+    client
+        .query(
+            "SELECT execution_id, step_index, risk, required, state, context, opened_at, \
+                    expires_at, resolved_at \
+             FROM playbook_approval_gates \
+             WHERE execution_id = ANY($1) AND (NOT $2 OR state = 'pending') \
+             ORDER BY execution_id, step_index",
+            &[&executions, &only_pending],
         )
         .await?
         .iter()
-        .map(|row| AuditRef {
-            node_id: row.get(0),
-            seq: row.get(1),
-            event_type: row.get(2),
-            created_at: Timestamp(row.get(3)),
+        .map(|row| {
+            let key: (Uuid, i32) = (row.get(0), row.get(1));
+            Ok(GateRow {
+                execution_id: key.0,
+                step_index: key.1,
+                risk: decode_risk(row.get(2))?,
+                required: row.get(3),
+                state: GateState::decode(row.get(4))?,
+                context: bounded_json(row.get(5)),
+                opened_at: row.get(6),
+                expires_at: row.get(7),
+                resolved_at: row.get(8),
+                votes: votes.remove(&key).unwrap_or_default(),
+            })
         })
-        .collect();
+        .collect()
+}
 
-    Ok(Some(ExecutionDetail {
-        summary,
-        subject: bounded_json(subject),
-        requested_by_uid,
-        steps,
-        approvals,
-        rollback,
-        audit,
-    }))
+fn run_from_row(row: &Row) -> Result<RunSummary, StoreError> {
+    let sha: Vec<u8> = row.get("playbook_sha256");
+    Ok(RunSummary {
+        execution_id: row.get("execution_id"),
+        node_id: row.get("node_id"),
+        playbook: PinnedPlaybook {
+            id: row.get("playbook_id"),
+            version: row.get("playbook_version"),
+            sha256: <[u8; 32]>::try_from(sha.as_slice()).map_err(|_| StoreError::Corrupt {
+                what: "playbook sha256",
+                detail: format!("`{}` is not 32 bytes", hex::encode(&sha)),
+            })?,
+        },
+        state: RunState::decode(row.get("state"))?,
+        current_step: row.get("current_step"),
+        policy: row.get("policy"),
+        outcome: row.get("outcome"),
+        org_id: row.get("org_id"),
+        severity: row.get("severity"),
+        policy_decision_id: row.get("policy_decision_id"),
+        end_reason: row.get("end_reason"),
+        started_at: row.get("started_at"),
+        updated_at: row.get("updated_at"),
+        completed_at: row.get("completed_at"),
+    })
 }
 
 /// Rows of `node_id`'s chain with `seq > after`, in order.
@@ -492,7 +757,7 @@ pub async fn audit_rows(
     node_id: &str,
     after: i64,
     limit: i64,
-) -> Result<Vec<AuditRow>, tokio_postgres::Error> {
+) -> Result<Vec<AuditRow>, StoreError> {
     let rows = client
         .query(
             "SELECT seq, prev_hash, hash, event_type, event_data, created_at FROM playbook_audit_log \
@@ -527,6 +792,36 @@ pub const RUN_STATES: [&str; 10] = [
     "rejected",
 ];
 
+/// The newest stored checkpoint note of `node_id` (or the one of exactly `size` rows), with its
+/// size.
+pub async fn checkpoint_note(
+    client: &tokio_postgres::Client,
+    node_id: &str,
+    size: Option<i64>,
+) -> Result<Option<(i64, String)>, StoreError> {
+    let row = match size {
+        Some(size) => {
+            client
+                .query_opt(
+                    "SELECT seq, note FROM audit_checkpoints \
+                     WHERE node_id = $1 AND seq = $2 AND note IS NOT NULL",
+                    &[&node_id, &size],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query_opt(
+                    "SELECT seq, note FROM audit_checkpoints \
+                     WHERE node_id = $1 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                    &[&node_id],
+                )
+                .await?
+        }
+    };
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
 /// Replaces the value of any key that names a credential, at any depth, then caps the size:
 /// a value larger than [`OUTPUT_LIMIT`] bytes becomes `{"truncated": true, "bytes": N, "preview": "…"}`.
 pub fn bounded_json(value: Value) -> Value {
@@ -542,7 +837,7 @@ pub fn bounded_json(value: Value) -> Value {
     })
 }
 
-fn bounded_text(text: &str) -> String {
+pub(crate) fn bounded_text(text: &str) -> String {
     if text.len() <= TEXT_LIMIT {
         return text.to_owned();
     }
@@ -572,33 +867,6 @@ pub(crate) fn add_condition<'a>(
     conditions.push(text);
 }
 
-fn summary_from_row(row: &Row) -> ExecutionSummary {
-    ExecutionSummary {
-        execution_id: row.get("execution_id"),
-        node_id: row.get("node_id"),
-        playbook: PinnedPlaybook {
-            id: row.get("playbook_id"),
-            version: row.get("playbook_version"),
-            sha256: hex::encode(row.get::<_, Vec<u8>>("playbook_sha256")),
-        },
-        state: row.get("state"),
-        current_step: row.get("current_step"),
-        policy: row.get("policy"),
-        outcome: row.get("outcome"),
-        org_id: row.get("org_id"),
-        severity: row.get("severity"),
-        policy_decision_id: row.get("policy_decision_id"),
-        end_reason: row
-            .get::<_, Option<String>>("end_reason")
-            .map(|r| bounded_text(&r)),
-        started_at: Timestamp(row.get("started_at")),
-        updated_at: Timestamp(row.get("updated_at")),
-        completed_at: row
-            .get::<_, Option<OffsetDateTime>>("completed_at")
-            .map(Timestamp),
-    }
-}
-
 fn halt_from_row(row: &Row) -> SafeHalt {
     SafeHalt {
         halt_id: row.get("halt_id"),
@@ -616,45 +884,20 @@ fn halt_from_row(row: &Row) -> SafeHalt {
     }
 }
 
-const SUMMARY_COLUMNS: &str = "execution_id, node_id, playbook_id, playbook_version, playbook_sha256, \
-     state, current_step, policy, outcome, org_id, severity, policy_decision_id, end_reason, \
-     started_at, updated_at, completed_at";
 const HALT_COLUMNS: &str = "halt_id, is_active, node_id, execution_id, rollback_id, error_message, \
      entered_at, resolved_at, resolved_by, reason";
 /// Largest step output or gate context returned as is (bytes of JSON).
 pub const OUTPUT_LIMIT: usize = 4096;
 /// Largest error or reason text returned as is (bytes).
 pub const TEXT_LIMIT: usize = 2048;
-const AUDIT_REFS_LIMIT: i64 = 1000;
-/// The newest stored checkpoint note of `node_id` (or the one of exactly `size` rows), with its
-/// size.
-pub async fn checkpoint_note(
-    client: &tokio_postgres::Client,
-    node_id: &str,
-    size: Option<i64>,
-) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
-    let row = match size {
-        Some(size) => {
-            client
-                .query_opt(
-                    "SELECT seq, note FROM audit_checkpoints \
-                     WHERE node_id = $1 AND seq = $2 AND note IS NOT NULL",
-                    &[&node_id, &size],
-                )
-                .await?
-        }
-        None => {
-            client
-                .query_opt(
-                    "SELECT seq, note FROM audit_checkpoints \
-                     WHERE node_id = $1 AND note IS NOT NULL ORDER BY seq DESC LIMIT 1",
-                    &[&node_id],
-                )
-                .await?
-        }
-    };
-    Ok(row.map(|row| (row.get(0), row.get(1))))
-}
+/// Columns of [`RunSummary`], qualified so they also work in the joined detail query.
+const RUN_COLUMNS: &str = "e.execution_id, e.node_id, e.playbook_id, e.playbook_version, \
+     e.playbook_sha256, e.state, e.current_step, e.policy, e.outcome, e.org_id, e.severity, e.policy_decision_id, \
+     e.end_reason, e.started_at, e.updated_at, e.completed_at";
+/// The events shown for one run (a run has a few dozen; the page says when it is cut).
+pub const EVENTS_LIMIT: i64 = 1000;
+/// The waiting gates shown at once.
+pub const WAITING_LIMIT: i64 = 500;
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,9 @@ use uuid::Uuid;
 
 use crate::status::StatusState;
 use crate::status::cursor::Cursor;
-use crate::status::queries::{self, ExecutionFilter, RUN_STATES};
+use crate::status::queries::{self, RUN_STATES, RunFilter};
+use crate::store::StoreError;
+use crate::store::model::RunState;
 
 /// One route of the API: its path (axum syntax, as in the OpenAPI document) and its handler.
 pub struct Route {
@@ -126,11 +128,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(error: tokio_postgres::Error) -> ApiError {
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
         // Logged here, once, with the driver's chain; the client gets a fixed message.
         tracing::warn!(error = %crate::store::audit::error_chain(&error), "status query failed");
-        ApiError::database()
+        match error {
+            // A value the schema's CHECK constraints forbid: a newer schema, or a tampered row.
+            StoreError::Corrupt { .. } => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "corrupt_row",
+                detail: "the database holds a value this version does not know; see the log".into(),
+            },
+            _ => ApiError::database(),
+        }
     }
 }
 
@@ -258,15 +268,15 @@ async fn executions(
             "state", "playbook", "org", "since", "until", "limit", "cursor",
         ],
     )?;
-    let state_filter = params.text("state")?.map(str::to_owned);
-    if let Some(value) = &state_filter
-        && !RUN_STATES.contains(&value.as_str())
-    {
-        return Err(ApiError::bad_param(
-            "state",
-            &format!("expected one of {}", RUN_STATES.join(", ")),
-        ));
-    }
+    let state_filter = match params.text("state")? {
+        None => None,
+        Some(value) => Some(RunState::decode(value).map_err(|_| {
+            ApiError::bad_param(
+                "state",
+                &format!("expected one of {}", RUN_STATES.join(", ")),
+            )
+        })?),
+    };
     let playbook = params.text("playbook")?.map(str::to_owned);
     if let Some(value) = &playbook
         && !is_playbook_id(value)
@@ -293,17 +303,18 @@ async fn executions(
             )
         })?),
     };
-    let filter = ExecutionFilter {
+    let filter = RunFilter {
         state: state_filter,
         playbook,
         org,
+        node: None,
         since,
         until,
         cursor,
         limit: params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?,
     };
     let page = with_client(&state, |client| {
-        Box::pin(async move { queries::list_executions(client, &filter).await })
+        Box::pin(async move { queries::runs(client, &filter).await })
     })
     .await?;
     Ok(Json(page).into_response())
@@ -321,7 +332,7 @@ async fn execution(
         });
     };
     let detail = with_client(&state, |client| {
-        Box::pin(async move { queries::execution_detail(client, id).await })
+        Box::pin(async move { queries::run_detail(client, id).await })
     })
     .await?;
     match detail {
@@ -631,13 +642,22 @@ async fn not_found() -> ApiError {
 
 /// Turns axum's bare 405 into our JSON error with `Allow`, and marks every response uncacheable.
 async fn finish_response(response: Response) -> Response {
-    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let mut refused = ApiError {
+    read_only(response, || {
+        ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             error: "method_not_allowed",
             detail: "the status API is read-only: use GET or HEAD".into(),
         }
-        .into_response();
+        .into_response()
+    })
+}
+
+/// The rule the API and the console share: anything but GET and HEAD is answered with
+/// `refusal()` (405, in the caller's format) and `Allow: GET, HEAD`, and no response is cached
+/// or content-sniffed.
+pub(crate) fn read_only(response: Response, refusal: impl FnOnce() -> Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let mut refused = refusal();
         refused
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -659,7 +679,7 @@ async fn with_client<T>(
     state: &StatusState,
     work: impl for<'c> FnOnce(
         &'c tokio_postgres::Client,
-    ) -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+    ) -> futures::future::BoxFuture<'c, Result<T, StoreError>>,
 ) -> Result<T, ApiError> {
     let attempt = tokio::time::timeout(QUERY_TIMEOUT, async {
         let client = state.store.client().await.map_err(|error| {
@@ -760,7 +780,9 @@ fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-fn is_playbook_id(id: &str) -> bool {
+/// A playbook id as the registry accepts it (`[a-z0-9][a-z0-9-]*`, at most 128 characters);
+/// the API and the console check their `playbook` filter with it.
+pub(crate) fn is_playbook_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     (1..=128).contains(&bytes.len())
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())

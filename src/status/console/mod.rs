@@ -9,13 +9,13 @@
 //! - A strict Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]): only this binary's own
 //!   stylesheet, script and icon load; no inline script or style; no other host. The pages
 //!   work with JavaScript off; the small script only updates ages and, on `#live`, reloads.
-//! - The SQL is in [`queries`] (SELECT only); secrets are redacted with src/redact.rs through
-//!   [`crate::status::queries::bounded_json`] before a template sees them.
+//! - The SQL is the status API's query layer, [`crate::status::queries`] (SELECT only); secrets
+//!   are redacted with src/redact.rs through [`crate::status::queries::bounded_json`] before a
+//!   template sees them.
 //!
 //! Routes ([`PAGES`]): `/ui/` (runs), `/ui/runs/{id}`, `/ui/approvals`, `/ui/registry`, and the
 //! assets under `/ui/static/`.
 
-pub mod queries;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -36,13 +36,13 @@ use uuid::Uuid;
 
 use crate::executor::state::RunState;
 use crate::status::StatusState;
-use crate::status::console::queries::{ConsoleQueryError, RunFilter};
 use crate::status::console::view::{
     ApprovalsPage, Chrome, ErrorPage, EventLine, FilterView, GateView, HaltBanner, RegistryPage,
     RunLine, RunPage, RunsPage, Stamp, StateOption, StepLine, UndoLine, VersionLine, WaitingView,
 };
 use crate::status::cursor::Cursor;
-use crate::status::queries::RUN_STATES;
+use crate::status::queries::{self, RUN_STATES, RunFilter};
+use crate::store::StoreError;
 
 /// Every console path the router serves (axum syntax), for tests that walk them all.
 pub const PAGES: [&str; 9] = [
@@ -90,13 +90,13 @@ enum PageError {
     Corrupt(String),
 }
 
-impl From<ConsoleQueryError> for PageError {
-    fn from(error: ConsoleQueryError) -> PageError {
+impl From<StoreError> for PageError {
+    fn from(error: StoreError) -> PageError {
         // Logged here, once, with the driver's chain; the page gets a fixed message.
         tracing::warn!(error = %crate::store::audit::error_chain(&error), "console query failed");
         match error {
-            ConsoleQueryError::Database(_) => PageError::Unavailable,
-            corrupt @ ConsoleQueryError::Corrupt { .. } => PageError::Corrupt(corrupt.to_string()),
+            corrupt @ StoreError::Corrupt { .. } => PageError::Corrupt(corrupt.to_string()),
+            _ => PageError::Unavailable,
         }
     }
 }
@@ -158,13 +158,19 @@ async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> R
         Box::pin(async move { queries::run_detail(client, id).await })
     })
     .await;
-    let (frame, detail) = match loaded {
+    let (frame, mut detail) = match loaded {
         Ok((frame, Some(detail))) => (frame, detail),
         Ok((_, None)) => {
             return error_page(&state, PageError::NotFound(format!("no run {id}"))).await;
         }
         Err(error) => return error_page(&state, error).await,
     };
+    // Undos in the order they ran: one that never started (pending) last; undos that share a
+    // start instant keep the reverse step order the rollback engine follows (the stable sort
+    // keeps the query's order, last step first).
+    detail
+        .rollback
+        .sort_by_key(|undo| (undo.started_at.is_none(), undo.started_at));
     let now = OffsetDateTime::now_utc();
     let step_ids: BTreeMap<i32, &str> = detail
         .steps
@@ -200,7 +206,7 @@ async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> R
         subject: view::json_excerpt(&detail.subject, JSON_EXCERPT),
         binding: view::json_excerpt(&detail.binding, JSON_EXCERPT),
         rollback_cause: detail.rollback_cause.clone().unwrap_or_default(),
-        playbook_sha256: hex::encode(detail.playbook_sha256),
+        playbook_sha256: hex::encode(summary.playbook.sha256),
         signers: detail.signer_key_ids.clone(),
         updated: Stamp::new(summary.updated_at, now),
         steps: detail
@@ -267,7 +273,7 @@ async fn approvals_page(State(state): State<StatusState>) -> Response {
 
 async fn registry_page(State(state): State<StatusState>) -> Response {
     let loaded = read(&state, |client| {
-        Box::pin(async move { Ok(crate::status::queries::known_versions(client).await?) })
+        Box::pin(async move { queries::known_versions(client).await })
     })
     .await;
     let (frame, known) = match loaded {
@@ -407,7 +413,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// connection, within [`QUERY_TIMEOUT`].
 async fn read<T>(
     state: &StatusState,
-    work: impl for<'c> FnOnce(&'c tokio_postgres::Client) -> BoxFuture<'c, Result<T, ConsoleQueryError>>,
+    work: impl for<'c> FnOnce(&'c tokio_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>,
 ) -> Result<(Frame, T), PageError> {
     let attempt = tokio::time::timeout(QUERY_TIMEOUT, async {
         let client = state.store.client().await.map_err(|error| {
@@ -516,8 +522,8 @@ fn render(status: StatusCode, page: &impl Template) -> Response {
 /// Security headers on every console response, and 405 (any method but GET and HEAD) as a
 /// short text naming the allowed methods.
 async fn finish_response(response: Response) -> Response {
-    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let mut refused = (
+    let mut response = crate::status::routes::read_only(response, || {
+        (
             StatusCode::METHOD_NOT_ALLOWED,
             [(
                 header::CONTENT_TYPE,
@@ -525,23 +531,12 @@ async fn finish_response(response: Response) -> Response {
             )],
             "405 method not allowed: the console is read-only (GET and HEAD); act with `playbookd ctl`\n",
         )
-            .into_response();
-        refused
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        refused
-    } else {
-        response
-    };
+            .into_response()
+    });
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
@@ -595,7 +590,7 @@ fn parse_filter(params: Params) -> Result<(RunFilter, FilterView), PageError> {
         .transpose()?;
     let playbook = text("playbook");
     if let Some(id) = &playbook
-        && !is_playbook_id(id)
+        && !crate::status::routes::is_playbook_id(id)
     {
         return Err(bad(
             "playbook",
@@ -698,15 +693,6 @@ fn parse_instant(text: &str) -> Result<OffsetDateTime, ()> {
         .or_else(|_| PrimitiveDateTime::parse(text, &local_seconds))
         .map(PrimitiveDateTime::assume_utc)
         .map_err(|_| ())
-}
-
-fn is_playbook_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (1..=128).contains(&bytes.len())
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 const FILTER_PARAMS: [&str; 7] = [

@@ -11,10 +11,9 @@ use time::OffsetDateTime;
 
 use crate::executor::state::{RunState, StepState};
 use crate::registry::model::RiskTier;
-use crate::status::console::queries::{
-    ActiveHalt, EventRow, GateRow, GateState, RunSummary, StepRow, UndoRow, UndoState, Verdict,
-};
+use crate::status::queries::{ActiveHalt, EventRow, GateRow, RunSummary, StepRow, UndoRow};
 use crate::status::{BindingSummary, RefusedFile};
+use crate::store::model::{GateState, UndoState, Vote};
 
 /// What every page carries: title, navigation, the SAFE-HALT banner, the footer.
 pub struct Chrome {
@@ -179,13 +178,13 @@ impl Badge {
         }
     }
 
-    pub fn verdict(verdict: Verdict) -> Badge {
+    pub fn verdict(verdict: Vote) -> Badge {
         match verdict {
-            Verdict::Approve => Badge {
+            Vote::Approve => Badge {
                 text: "approve",
                 tone: GOOD,
             },
-            Verdict::Deny => Badge {
+            Vote::Deny => Badge {
                 text: "deny",
                 tone: BAD,
             },
@@ -249,8 +248,8 @@ impl RunLine {
             id: run.execution_id.to_string(),
             link: run_link(&run.execution_id.to_string()),
             state: Badge::run(run.state),
-            playbook: format!("{}@{}", run.playbook_id, run.playbook_version),
-            playbook_link: runs_link(&[("playbook", &run.playbook_id)]),
+            playbook: format!("{}@{}", run.playbook.id, run.playbook.version),
+            playbook_link: runs_link(&[("playbook", &run.playbook.id)]),
             org: run.org_id.clone(),
             node: run.node_id.clone(),
             decision: format!("{} → {}", run.policy, run.outcome),
@@ -433,7 +432,7 @@ impl GateView {
             approvals: gate
                 .votes
                 .iter()
-                .filter(|v| v.verdict == Verdict::Approve)
+                .filter(|v| v.verdict == Vote::Approve)
                 .count(),
             state: Badge::gate(gate.state),
             waiting: gate.state == GateState::Pending,
