@@ -385,14 +385,7 @@ mod tests {
     }
 
     fn bundle_of(rows: &[AuditRow], execution_id: uuid::Uuid, key: &SigningKey) -> (Bundle, Tree) {
-        let tree = Tree::new(rows.iter().map(|r| merkle::leaf_hash(&r.hash)).collect());
-        let head = TreeHead {
-            origin: note::origin("host-1"),
-            size: tree.size(),
-            root: tree.root(),
-            chain_head: rows.last().unwrap().hash,
-        };
-        let signed = note::signed_note(&head, &key.verifying_key(), |t| key.sign(t));
+        let (tree, signed) = signed_tree(rows, key);
         let run: Vec<AuditRow> = rows
             .iter()
             .filter(|r| r.event_data["execution_id"] == execution_id.to_string())
@@ -406,6 +399,11 @@ mod tests {
 
     /// The signed note of the tree over `rows`.
     fn note_over(rows: &[AuditRow], key: &SigningKey) -> String {
+        signed_tree(rows, key).1
+    }
+
+    /// The tree over `rows` and its signed note by `key` as node `host-1`.
+    fn signed_tree(rows: &[AuditRow], key: &SigningKey) -> (Tree, String) {
         let tree = Tree::new(rows.iter().map(|r| merkle::leaf_hash(&r.hash)).collect());
         let head = TreeHead {
             origin: note::origin("host-1"),
@@ -413,7 +411,8 @@ mod tests {
             root: tree.root(),
             chain_head: rows.last().unwrap().hash,
         };
-        note::signed_note(&head, &key.verifying_key(), |t| key.sign(t))
+        let signed = note::signed_note(&head, &key.verifying_key(), |t| key.sign(t));
+        (tree, signed)
     }
 
     #[test]

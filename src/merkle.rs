@@ -268,28 +268,7 @@ pub fn verify_inclusion(
     if index >= size {
         return Err(ProofError::IndexOutOfRange { index, size });
     }
-    let mut fn_ = index;
-    let mut sn = size - 1;
-    let mut r = *leaf;
-    for p in proof {
-        if sn == 0 {
-            return Err(ProofError::WrongLength);
-        }
-        if fn_ & 1 == 1 || fn_ == sn {
-            r = node_hash(p, &r);
-            while fn_ & 1 == 0 && fn_ != 0 {
-                fn_ >>= 1;
-                sn >>= 1;
-            }
-        } else {
-            r = node_hash(&r, p);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    if sn != 0 {
-        return Err(ProofError::WrongLength);
-    }
+    let r = walk_path(index, size - 1, *leaf, proof, |_| {})?;
     if r != *root {
         return Err(ProofError::RootMismatch);
     }
@@ -331,28 +310,9 @@ pub fn verify_consistency(
         fn_ >>= 1;
         sn >>= 1;
     }
+    // The old tree's root is rebuilt from the hashes that join from the left only.
     let mut fr = *first;
-    let mut sr = *first;
-    for c in rest {
-        if sn == 0 {
-            return Err(ProofError::WrongLength);
-        }
-        if fn_ & 1 == 1 || fn_ == sn {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            while fn_ & 1 == 0 && fn_ != 0 {
-                fn_ >>= 1;
-                sn >>= 1;
-            }
-        } else {
-            sr = node_hash(&sr, c);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    if sn != 0 {
-        return Err(ProofError::WrongLength);
-    }
+    let sr = walk_path(fn_, sn, *first, rest, |c| fr = node_hash(c, &fr))?;
     if fr != *old_root {
         return Err(ProofError::OldRootMismatch);
     }
@@ -360,6 +320,41 @@ pub fn verify_consistency(
         return Err(ProofError::RootMismatch);
     }
     Ok(())
+}
+
+/// The walk up the tree both verifications share (RFC 9162 §2.1.3.2 and §2.1.4.2): folds
+/// `proof` into `seed` from node `fn_` of a level whose last node is `sn`, and returns the root
+/// it reaches. `joins_from_left` sees each proof hash that joins from the left. The proof must
+/// end exactly at the root.
+fn walk_path(
+    mut fn_: u64,
+    mut sn: u64,
+    seed: Hash,
+    proof: &[Hash],
+    mut joins_from_left: impl FnMut(&Hash),
+) -> Result<Hash, ProofError> {
+    let mut r = seed;
+    for p in proof {
+        if sn == 0 {
+            return Err(ProofError::WrongLength);
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            joins_from_left(p);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        return Err(ProofError::WrongLength);
+    }
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -186,6 +186,19 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes `bytes` to a new file created with `mode` (less the umask) and syncs it. It never
+/// overwrites, nor follows a planted symlink to, an existing file (`O_EXCL`), and the mode is
+/// set at creation, so a private file is never readable by others, not even briefly.
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()
+}
+
 fn to_pid(pid: u32) -> io::Result<Pid> {
     i32::try_from(pid)
         .ok()

@@ -299,6 +299,11 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// The limit a check refused on (panics when it passed).
+    fn refused<T: std::fmt::Debug>(checked: Result<T, Refusal>) -> Limit {
+        checked.unwrap_err().limit
+    }
+
     #[test]
     fn a_command_must_be_listed_exactly() {
         let allowed = BTreeSet::from([PathBuf::from("/usr/bin/true")]);
@@ -319,18 +324,12 @@ mod tests {
         assert!(check_http_url(&url("https://HOOKS.example.org/x"), &allow).is_ok());
         let to_local = check_http_url(&url("http://127.1:8080/x"), &allow).unwrap();
         assert!(to_local.local && to_local.private);
-        assert_eq!(
-            check_http_url(&url("https://evil.example.org/"), &allow)
-                .unwrap_err()
-                .limit,
-            Limit::HttpHost
-        );
-        assert_eq!(
-            check_http_url(&url("http://hooks.example.org/"), &allow)
-                .unwrap_err()
-                .limit,
-            Limit::HttpScheme
-        );
+        for (text, limit) in [
+            ("https://evil.example.org/", Limit::HttpHost),
+            ("http://hooks.example.org/", Limit::HttpScheme),
+        ] {
+            assert_eq!(refused(check_http_url(&url(text), &allow)), limit, "{text}");
+        }
     }
 
     #[test]
@@ -340,7 +339,7 @@ mod tests {
         assert!(check_outside_quarantine(Path::new("/var/lib/playbookd/quarantined"), dir).is_ok());
         for inside in [dir.to_path_buf(), dir.join("abc")] {
             assert_eq!(
-                check_outside_quarantine(&inside, dir).unwrap_err().limit,
+                refused(check_outside_quarantine(&inside, dir)),
                 Limit::QuarantineDir
             );
         }
@@ -350,23 +349,16 @@ mod tests {
     fn loopback_and_never_block_networks_are_refused() {
         let never = [net("10.9.0.0/16")];
         assert!(check_network_target(&net("203.0.113.7/32"), &never).is_ok());
-        assert_eq!(
-            check_network_target(&net("127.0.0.2/32"), &never)
-                .unwrap_err()
-                .limit,
-            Limit::Loopback
-        );
-        assert_eq!(
-            check_network_target(&net("10.0.0.0/8"), &never)
-                .unwrap_err()
-                .limit,
-            Limit::NeverBlock
-        );
-        assert_eq!(
-            check_network_target(&net("10.9.1.1/32"), &never)
-                .unwrap_err()
-                .limit,
-            Limit::NeverBlock
-        );
+        for (target, limit) in [
+            ("127.0.0.2/32", Limit::Loopback),
+            ("10.0.0.0/8", Limit::NeverBlock),
+            ("10.9.1.1/32", Limit::NeverBlock),
+        ] {
+            assert_eq!(
+                refused(check_network_target(&net(target), &never)),
+                limit,
+                "{target}"
+            );
+        }
     }
 }

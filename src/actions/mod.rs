@@ -10,13 +10,10 @@ pub mod actuator_client;
 pub mod breaker;
 pub mod exec;
 pub mod exec_runner;
-pub mod file_quarantine;
-pub mod file_restore;
+pub mod file;
 pub mod http_post;
 pub mod limits;
-mod net;
-pub mod net_block_ip;
-pub mod net_unblock_ip;
+pub mod net;
 pub mod noop;
 pub mod notify;
 mod params;
@@ -34,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ActionsConfig;
 use crate::registry::model::RiskTier;
+use actuator_client::ActuatorAction;
 
 /// The future an action returns.
 pub type ActionFuture<'a> =
@@ -200,23 +198,36 @@ impl Actions {
         }
         let http = Arc::new(http_post::HttpSender::new(&config.http));
         let actuator = actuator_client::ActuatorClient::new(actuator_socket.to_owned());
-        let never_block = config.net.never_block.clone();
+        let never_block = Arc::<[ipnet::IpNet]>::from(config.net.never_block.as_slice());
         actions.insert(Arc::new(noop::Noop));
         actions.insert(Arc::new(exec::Exec::new(&config.exec)));
         actions.insert(Arc::new(http_post::HttpPost::new(Arc::clone(&http))));
         actions.insert(Arc::new(notify::Notify::new(http)));
-        actions.insert(Arc::new(file_quarantine::FileQuarantine::new(
-            actuator.clone(),
+        let by_actuator = |spec, request: actuator_client::RequestFn| {
+            ActuatorAction::new(spec, actuator.clone(), request)
+        };
+        actions.insert(Arc::new(by_actuator(
+            &specs::FILE_QUARANTINE,
+            file::quarantine_request,
         )));
-        actions.insert(Arc::new(file_restore::FileRestore::new(actuator.clone())));
-        actions.insert(Arc::new(process_kill::ProcessKill::new(actuator.clone())));
-        actions.insert(Arc::new(net_block_ip::NetBlockIp::new(
-            actuator.clone(),
-            never_block.clone(),
+        actions.insert(Arc::new(by_actuator(
+            &specs::FILE_RESTORE,
+            file::restore_request,
         )));
-        actions.insert(Arc::new(net_unblock_ip::NetUnblockIp::new(
+        actions.insert(Arc::new(by_actuator(
+            &specs::PROCESS_KILL,
+            process_kill::request,
+        )));
+        let blocked = Arc::clone(&never_block);
+        actions.insert(Arc::new(ActuatorAction::new(
+            &specs::NET_BLOCK_IP,
+            actuator.clone(),
+            move |params, _| net::block_request(params, &blocked),
+        )));
+        actions.insert(Arc::new(ActuatorAction::new(
+            &specs::NET_UNBLOCK_IP,
             actuator,
-            never_block,
+            move |params, _| net::unblock_request(params, &never_block),
         )));
         Ok(actions)
     }

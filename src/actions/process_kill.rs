@@ -7,39 +7,15 @@
 //! A pid could still be reused between the actuator's check and the signal; the window is a few
 //! microseconds and needs a full pid wrap-around inside it.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::actuator_client::{ActuatorClient, unexpected};
-use super::{Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, params};
-use crate::actuator::protocol::{Reply, Request, SignalName, SignalRequest};
+use super::{ActionContext, ActionError, params};
+use crate::actuator::protocol::{Request, SignalName, SignalRequest};
 use crate::sys;
 
-/// `process.kill`, a client of the actuator.
-pub struct ProcessKill {
-    actuator: ActuatorClient,
-}
-
-impl ProcessKill {
-    /// Sends its requests to `actuator`.
-    pub fn new(actuator: ActuatorClient) -> ProcessKill {
-        ProcessKill { actuator }
-    }
-
-    async fn run(&self, params: &Value, ctx: &ActionContext) -> Result<ActionOutput, ActionError> {
-        let request = signal_request(params)?;
-        match self.actuator.call(&Request::Signal(request), ctx).await? {
-            Reply::Signalled {
-                pid,
-                signal,
-                already_gone,
-            } => Ok(ActionOutput::new(if already_gone {
-                json!({"pid": pid, "already_gone": true})
-            } else {
-                json!({"pid": pid, "signal": signal.as_str(), "already_gone": false})
-            })),
-            other => Err(unexpected("signal", &other)),
-        }
-    }
+/// `process.kill`'s request.
+pub fn request(params: &Value, _ctx: &ActionContext) -> Result<Request, ActionError> {
+    signal_request(params).map(Request::Signal)
 }
 
 /// The typed request from the step's parameters; the daemon's own checks come first (the
@@ -77,14 +53,4 @@ fn signal_request(params: &Value) -> Result<SignalRequest, ActionError> {
         start_time: params::optional_u64(params, "start_time")?,
         executable,
     })
-}
-
-impl Action for ProcessKill {
-    fn spec(&self) -> &'static ActionSpec {
-        &super::specs::PROCESS_KILL
-    }
-
-    fn execute<'a>(&'a self, params: &'a Value, ctx: &'a ActionContext) -> ActionFuture<'a> {
-        Box::pin(self.run(params, ctx))
-    }
 }

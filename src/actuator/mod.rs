@@ -161,10 +161,7 @@ impl Actuator {
             Ok(Some(status)) => status,
             Ok(None) => return gone,
             Err(error) => {
-                return Reply::Failed {
-                    reason: format!("cannot read /proc/{pid}/status: {error}"),
-                    transient: true,
-                };
+                return Reply::transient(format!("cannot read /proc/{pid}/status: {error}"));
             }
         };
         if let Err(reason) = self.guard.check(pid, &status, daemon_pid) {
@@ -180,10 +177,9 @@ impl Actuator {
                 }
                 Ok(Some(_)) => {}
                 Err(error) => {
-                    return Reply::Failed {
-                        reason: format!("cannot read the start time of pid {pid}: {error}"),
-                        transient: true,
-                    };
+                    return Reply::transient(format!(
+                        "cannot read the start time of pid {pid}: {error}"
+                    ));
                 }
             }
         }
@@ -214,16 +210,12 @@ impl Actuator {
                 already_gone: false,
             },
             Ok(SignalOutcome::NoSuchProcess) => gone,
-            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => Reply::Failed {
-                reason: format!(
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                Reply::permanent(format!(
                     "not permitted to signal pid {pid} (the actuator needs CAP_KILL for other users' processes)"
-                ),
-                transient: false,
-            },
-            Err(error) => Reply::Failed {
-                reason: format!("cannot signal pid {pid}: {error}"),
-                transient: false,
-            },
+                ))
+            }
+            Err(error) => Reply::permanent(format!("cannot signal pid {pid}: {error}")),
         }
     }
 }
@@ -280,11 +272,7 @@ const PROTECTED_NAMES: [&str; 3] = ["systemd", "systemd-journal", "systemd-journ
 
 /// Serves the daemon on `listener` until `shutdown`, one task per connection.
 pub async fn serve(actuator: Arc<Actuator>, listener: UnixListener, shutdown: CancellationToken) {
-    let busy = Reply::Failed {
-        reason: "actuator busy".into(),
-        transient: true,
-    }
-    .to_line();
+    let busy = Reply::transient("actuator busy").to_line();
     let limits = unix_socket::Limits {
         max_connections: MAX_CONNECTIONS,
         // One peer is allowed at all (the daemon's uid): it may use every slot.
@@ -454,10 +442,7 @@ async fn blocking(
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(error)) => error.into_reply(),
-        Err(error) => Reply::Failed {
-            reason: format!("file task failed: {error}"),
-            transient: true,
-        },
+        Err(error) => Reply::transient(format!("file task failed: {error}")),
     }
 }
 

@@ -139,27 +139,14 @@ impl NftFailure {
     fn into_reply(self) -> Reply {
         match self {
             NftFailure::Failed(stderr) if stderr.contains("Operation not permitted") => {
-                Reply::Failed {
-                    reason: "nft: operation not permitted (the actuator needs CAP_NET_ADMIN)"
-                        .into(),
-                    transient: false,
-                }
+                Reply::permanent("nft: operation not permitted (the actuator needs CAP_NET_ADMIN)")
             }
             NftFailure::Failed(stderr) => {
                 let excerpt: String = stderr.trim().chars().take(512).collect();
-                Reply::Failed {
-                    reason: format!("nft failed: {excerpt}"),
-                    transient: false,
-                }
+                Reply::permanent(format!("nft failed: {excerpt}"))
             }
-            NftFailure::Other(reason) => Reply::Failed {
-                reason,
-                transient: false,
-            },
-            NftFailure::Transient(reason) => Reply::Failed {
-                reason,
-                transient: true,
-            },
+            NftFailure::Other(reason) => Reply::permanent(reason),
+            NftFailure::Transient(reason) => Reply::transient(reason),
         }
     }
 }

@@ -222,6 +222,22 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// A failure a retry will not mend.
+    pub fn permanent(reason: impl Into<String>) -> Reply {
+        Reply::Failed {
+            reason: reason.into(),
+            transient: false,
+        }
+    }
+
+    /// A failure a retry may mend.
+    pub fn transient(reason: impl Into<String>) -> Reply {
+        Reply::Failed {
+            reason: reason.into(),
+            transient: true,
+        }
+    }
+
     /// The reply as one line, newline included.
     pub fn to_line(&self) -> Vec<u8> {
         encode_line(self)

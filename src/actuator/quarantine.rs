@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -40,14 +40,8 @@ impl ActionError {
     pub fn into_reply(self) -> Reply {
         match self {
             ActionError::Refused(reason) => Reply::Refused { reason },
-            ActionError::Permanent(reason) => Reply::Failed {
-                reason,
-                transient: false,
-            },
-            ActionError::Transient(reason) => Reply::Failed {
-                reason,
-                transient: true,
-            },
+            ActionError::Permanent(reason) => Reply::permanent(reason),
+            ActionError::Transient(reason) => Reply::transient(reason),
         }
     }
 }
@@ -96,12 +90,7 @@ impl QuarantineStore {
     /// Moves `path` into quarantine under `key`. Repeating with the same key and path returns
     /// the same summary.
     pub fn quarantine(&self, path: &Path, key: &str) -> Result<Reply, ActionError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = self.ensure_dir()?;
-        check_target_path(path, &dir, &self.roots)?;
+        let (_guard, dir) = self.begin(path)?;
         let content = dir.join(key);
         let sidecar_path = sidecar_path(&dir, key);
         if let Some(existing) = read_sidecar(&sidecar_path)? {
@@ -147,12 +136,7 @@ impl QuarantineStore {
     /// Puts the file quarantined from `path` back, with its mode and owner, after checking its
     /// hash. Already restored (and unchanged) → the same summary.
     pub fn restore(&self, path: &Path) -> Result<Reply, ActionError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = self.ensure_dir()?;
-        check_target_path(path, &dir, &self.roots)?;
+        let (_guard, dir) = self.begin(path)?;
         let sidecars = list_sidecars(&dir)?;
         let mine = sidecars.iter().filter(|s| s.original_path == path);
         let quarantined = mine.clone().find(|s| {
@@ -218,6 +202,19 @@ impl QuarantineStore {
         sidecar.state = State::Quarantined;
         write_sidecar(dir, &sidecar)?;
         Ok(quarantine_summary(&sidecar, content))
+    }
+
+    /// What each operation does first: takes the lock (one operation at a time), checks the
+    /// directory, and checks that `path` is one the actuator may touch; returns the guard and
+    /// the directory's canonical path.
+    fn begin(&self, path: &Path) -> Result<(MutexGuard<'_, ()>, PathBuf), ActionError> {
+        let guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = self.ensure_dir()?;
+        check_target_path(path, &dir, &self.roots)?;
+        Ok((guard, dir))
     }
 
     /// Creates the directory 0700 if absent and returns its canonical path; refuses one that

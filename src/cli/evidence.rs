@@ -13,7 +13,6 @@
 //! fails a check); 1 the work could not be done (configuration, key, database, files).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -274,17 +273,13 @@ pub async fn prove(
     match out {
         None => write_stdout(&json)?,
         Some(path) => {
-            let write = |source| EvidenceError::Write {
-                path: path.to_owned(),
-                source,
-            };
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(write)?;
-            file.write_all(json.as_bytes()).map_err(write)?;
-            file.sync_all().map_err(write)?;
+            // 0o666 less the umask: what any tool would create; never over an existing file.
+            crate::sys::write_new_file(path, json.as_bytes(), 0o666).map_err(|source| {
+                EvidenceError::Write {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
             write_stdout_line(&format!(
                 "wrote {}: {} rows of execution {execution_id} on node {node_id}, \
                  proved against checkpoint seq {}",

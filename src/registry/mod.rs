@@ -650,7 +650,49 @@ async fn build_catalog(
 ) -> Result<(Catalog, LoadSummary), RegistryError> {
     let mut summary = LoadSummary::default();
     let (keys, refused) = TrustedKeys::load(&paths.trusted_keys)?;
-    for refusal in &refused {
+    audit_refused_keys(audit, &refused).await?;
+    summary.refused_keys = refused;
+    if keys.is_empty() {
+        return Err(RegistryError::NoTrustedKeys {
+            dir: paths.trusted_keys.clone(),
+        });
+    }
+
+    let candidates = check_playbook_files(paths, &keys, limits, audit, &mut summary).await?;
+    let checked = record_versions(audit, candidates).await;
+    let mut playbooks = activate_recorded(audit, checked, &mut summary).await?;
+    if let Some(previous) = previous {
+        keep_replaced_playbooks(previous, &keys, limits, audit, &mut playbooks, &mut summary)
+            .await?;
+    }
+    summary.rejections.sort_by(|a, b| a.file.cmp(&b.file));
+
+    let (bindings, bindings_origin) = load_bindings(
+        &keys,
+        &paths.bindings,
+        previous.and_then(|p| p.bindings_origin.as_ref()),
+        audit,
+        &mut summary,
+    )
+    .await?;
+    summary.bindings = bindings.len();
+    Ok((
+        Catalog {
+            playbooks,
+            bindings,
+            keys,
+            bindings_origin,
+        },
+        summary,
+    ))
+}
+
+/// Logs, counts and audits each key file the trust store refused (the others still load).
+async fn audit_refused_keys(
+    audit: &AuditHandle,
+    refused: &[signature::RefusedKey],
+) -> Result<(), RegistryError> {
+    for refusal in refused {
         let detail = audit::error_chain(&refusal.error);
         tracing::error!(file = %refusal.path.display(), reason = %detail, "trusted key refused");
         metrics::counter!(REJECTIONS_METRIC, "reason" => "trusted_key_refused").increment(1);
@@ -663,13 +705,18 @@ async fn build_catalog(
             .await
             .map_err(RegistryError::Audit)?;
     }
-    summary.refused_keys = refused;
-    if keys.is_empty() {
-        return Err(RegistryError::NoTrustedKeys {
-            dir: paths.trusted_keys.clone(),
-        });
-    }
+    Ok(())
+}
 
+/// The playbook files that verify and pass the checks, each with its path; the others are
+/// rejected (logged, counted, audited) here.
+async fn check_playbook_files(
+    paths: &RegistryPaths,
+    keys: &TrustedKeys,
+    limits: &ActionLimits,
+    audit: &AuditHandle,
+    summary: &mut LoadSummary,
+) -> Result<Vec<(PathBuf, Candidate)>, RegistryError> {
     let dir = TrustedDir::open(&paths.playbooks).map_err(|source| RegistryError::PlaybookDir {
         dir: paths.playbooks.clone(),
         source,
@@ -682,13 +729,23 @@ async fn build_catalog(
             .and_then(|verified| check_verified_playbook(verified, Some(limits)));
         match checked {
             Ok(candidate) => candidates.push((path, candidate)),
-            Err((playbook, reason)) => reject(audit, &mut summary, path, playbook, reason).await?,
+            Err((playbook, reason)) => {
+                reject(audit, summary, Document::Playbook, path, playbook, reason).await?;
+            }
         }
     }
-    // Per id, highest version first, so that a lower version in the same directory is judged
-    // against the higher one already recorded, the same way on the first load as after a
-    // restart. Different ids are checked concurrently so that the audit writer's group commit
-    // can batch them; the versions of one id go one after the other.
+    Ok(candidates)
+}
+
+/// Records each candidate's version (or finds it recorded), per id highest version first, so
+/// that a lower version in the same directory is judged against the higher one already
+/// recorded, the same way on the first load as after a restart. Different ids are checked
+/// concurrently so that the audit writer's group commit can batch them; the versions of one
+/// id go one after the other, and stop at the first that the database could not judge.
+async fn record_versions(
+    audit: &AuditHandle,
+    candidates: Vec<(PathBuf, Candidate)>,
+) -> Vec<VersionCheck> {
     let mut by_id: BTreeMap<String, Vec<(PathBuf, Candidate)>> = BTreeMap::new();
     for (path, candidate) in candidates {
         by_id
@@ -718,29 +775,29 @@ async fn build_catalog(
         .buffer_unordered(CONCURRENT_VERSION_CHECKS)
         .collect()
         .await;
+    checked.into_iter().flatten().collect()
+}
 
+/// The playbooks to run from what [`record_versions`] found: per id, the highest recorded
+/// version. A version the database refused is rejected; the first database error stops the
+/// load.
+async fn activate_recorded(
+    audit: &AuditHandle,
+    checked: Vec<VersionCheck>,
+    summary: &mut LoadSummary,
+) -> Result<BTreeMap<String, Arc<ActivePlaybook>>, RegistryError> {
     let mut playbooks: BTreeMap<String, Arc<ActivePlaybook>> = BTreeMap::new();
-    for (path, candidate, recorded) in checked.into_iter().flatten() {
+    for (path, candidate, recorded) in checked {
         match recorded? {
             Recorded::Yes => {
                 summary.loaded += 1;
-                let origin = Origin {
-                    file: path.clone(),
-                    signatures: candidate.verified.signature_files(),
-                };
-                let active = ActivePlaybook {
-                    sha256: candidate.verified.sha256(),
-                    signers: candidate.verified.signers(),
-                    bytes: candidate.verified.into_bytes().into(),
-                    playbook: candidate.playbook,
-                    origin: Some(origin),
-                };
                 tracing::info!(
                     file = %path.display(),
-                    playbook = %active.id(),
-                    version = active.version(),
+                    playbook = %candidate.playbook.id,
+                    version = candidate.playbook.version,
                     "playbook loaded"
                 );
+                let active = ActivePlaybook::loaded(path, candidate);
                 let newer = playbooks
                     .get(active.id())
                     .is_none_or(|current| current.version() < active.version());
@@ -758,34 +815,27 @@ async fn build_catalog(
             }
             Recorded::DatabaseRefused(reason) => {
                 let id = Some(candidate.playbook.id);
-                reject(audit, &mut summary, path, id, reason).await?;
+                reject(audit, summary, Document::Playbook, path, id, reason).await?;
             }
         }
     }
-    if let Some(previous) = previous {
-        keep_replaced_playbooks(previous, &keys, limits, audit, &mut playbooks, &mut summary)
-            .await?;
-    }
-    summary.rejections.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(playbooks)
+}
 
-    let (bindings, bindings_origin) = load_bindings(
-        &keys,
-        &paths.bindings,
-        previous.and_then(|p| p.bindings_origin.as_ref()),
-        audit,
-        &mut summary,
-    )
-    .await?;
-    summary.bindings = bindings.len();
-    Ok((
-        Catalog {
-            playbooks,
-            bindings,
-            keys,
-            bindings_origin,
-        },
-        summary,
-    ))
+impl ActivePlaybook {
+    /// The playbook of a candidate whose version is recorded, loaded from `path`.
+    fn loaded(path: PathBuf, candidate: Candidate) -> ActivePlaybook {
+        ActivePlaybook {
+            sha256: candidate.verified.sha256(),
+            signers: candidate.verified.signers(),
+            playbook: candidate.playbook,
+            origin: Some(Origin {
+                signatures: candidate.verified.signature_files(),
+                file: path,
+            }),
+            bytes: candidate.verified.into_bytes().into(),
+        }
+    }
 }
 
 /// A reload keeps the last verified version of a playbook whose replacement was refused (the
@@ -950,24 +1000,19 @@ async fn load_bindings(
     let (verified, parsed) = match checked {
         Ok(checked) => checked,
         Err(reason) => {
-            log_rejection(path, &reason);
-            audit
-                .append(rejected_event(
-                    "bindings.rejected",
-                    &path.display().to_string(),
-                    &reason,
-                ))
-                .await
-                .map_err(RegistryError::Audit)?;
             let file_gone = matches!(
                 reason,
                 RejectReason::File(FileError::Document(OpenError::Missing { .. }))
             );
-            summary.rejections.push(Rejection {
-                file: path.to_owned(),
-                playbook: None,
+            reject(
+                audit,
+                summary,
+                Document::Bindings,
+                path.to_owned(),
+                None,
                 reason,
-            });
+            )
+            .await?;
             let kept = previous
                 .filter(|_| !file_gone)
                 .and_then(|(origin, bytes)| recheck_bindings(keys, origin, bytes));
@@ -1032,10 +1077,27 @@ fn recheck_bindings(
     }
 }
 
-/// Logs, counts and audits one rejected playbook file.
+/// The kind of signed document a rejection is about, which names its audit event.
+#[derive(Debug, Clone, Copy)]
+enum Document {
+    Playbook,
+    Bindings,
+}
+
+impl Document {
+    fn rejected_event(self) -> &'static str {
+        match self {
+            Document::Playbook => "playbook.rejected",
+            Document::Bindings => "bindings.rejected",
+        }
+    }
+}
+
+/// Logs, counts and audits one rejected file.
 async fn reject(
     audit: &AuditHandle,
     summary: &mut LoadSummary,
+    document: Document,
     file: PathBuf,
     playbook: Option<String>,
     reason: RejectReason,
@@ -1043,7 +1105,7 @@ async fn reject(
     log_rejection(&file, &reason);
     audit
         .append(rejected_event(
-            "playbook.rejected",
+            document.rejected_event(),
             &file.display().to_string(),
             &reason,
         ))

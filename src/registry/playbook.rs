@@ -287,15 +287,51 @@ pub const PRIORITIES: &[&str] = &[
 ];
 
 // Bounds, each a guard against a typo turning into a run that never ends or hammers a host.
-const STEP_TIMEOUT_MIN: Duration = Duration::from_secs(1);
-const STEP_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
-const PLAYBOOK_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+const STEP_TIMEOUT: Bounds = Bounds::seconds(1, 3600);
+const PLAYBOOK_TIMEOUT: Bounds = Bounds::seconds(1, 24 * 3600);
 const RETRY_ATTEMPTS_MAX: u32 = 10;
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
-const APPROVAL_EXPIRES_MIN: Duration = Duration::from_secs(60);
-const APPROVAL_EXPIRES_MAX: Duration = Duration::from_secs(24 * 3600);
+const APPROVAL_EXPIRES: Bounds = Bounds::seconds(60, 24 * 3600);
 const COOLDOWN_MAX_SECONDS: u64 = 24 * 3600;
 const MAX_ID_LEN: usize = 64;
+
+/// The durations a field may take, inclusive.
+struct Bounds {
+    min: Duration,
+    max: Duration,
+}
+
+impl Bounds {
+    const fn seconds(min: u64, max: u64) -> Bounds {
+        Bounds {
+            min: Duration::from_secs(min),
+            max: Duration::from_secs(max),
+        }
+    }
+
+    /// `field` of `at` is refused under `rule` when `value` (if given) is out of bounds.
+    fn check(
+        &self,
+        at: &At<'_>,
+        field: &str,
+        rule: Rule,
+        value: Option<DurationSpec>,
+    ) -> Result<(), Invalid> {
+        match value {
+            Some(DurationSpec(value)) if value < self.min || value > self.max => Err(at.invalid(
+                field,
+                rule,
+                format!(
+                    "{} is outside {}..{}",
+                    human(value),
+                    human(self.min),
+                    human(self.max)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Reads one YAML document into `T` with every structural guard on.
 fn read_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DocumentError> {
@@ -435,24 +471,13 @@ fn validate_playbook(playbook: &Playbook) -> Result<(), Invalid> {
             ));
         }
     }
-    if let Some(timeout) = playbook.timeout
-        && (timeout.0 < STEP_TIMEOUT_MIN || timeout.0 > PLAYBOOK_TIMEOUT_MAX)
-    {
-        return Err(top.invalid(
-            "timeout",
-            Rule::TimeoutOutOfBounds,
-            format!("{} is outside 1s..24h", human(timeout.0)),
-        ));
-    }
-    if let Some(expires) = playbook.approval.and_then(|approval| approval.expires)
-        && (expires.0 < APPROVAL_EXPIRES_MIN || expires.0 > APPROVAL_EXPIRES_MAX)
-    {
-        return Err(top.invalid(
-            "approval.expires",
-            Rule::ApprovalOutOfBounds,
-            format!("{} is outside 1m..24h", human(expires.0)),
-        ));
-    }
+    PLAYBOOK_TIMEOUT.check(&top, "timeout", Rule::TimeoutOutOfBounds, playbook.timeout)?;
+    APPROVAL_EXPIRES.check(
+        &top,
+        "approval.expires",
+        Rule::ApprovalOutOfBounds,
+        playbook.approval.and_then(|approval| approval.expires),
+    )?;
     if playbook.steps.is_empty() {
         return Err(top.invalid("steps", Rule::NoSteps, "a playbook needs at least one step"));
     }
@@ -526,15 +551,7 @@ fn validate_step(step: &Step, inputs: &BTreeMap<String, InputSpec>) -> Result<()
     if let Some(text) = &step.when {
         check_when(&at, text, inputs)?;
     }
-    if let Some(timeout) = step.timeout
-        && (timeout.0 < STEP_TIMEOUT_MIN || timeout.0 > STEP_TIMEOUT_MAX)
-    {
-        return Err(at.invalid(
-            "timeout",
-            Rule::TimeoutOutOfBounds,
-            format!("{} is outside 1s..1h", human(timeout.0)),
-        ));
-    }
+    STEP_TIMEOUT.check(&at, "timeout", Rule::TimeoutOutOfBounds, step.timeout)?;
     if let Some(retry) = step.retry {
         if !(1..=RETRY_ATTEMPTS_MAX).contains(&retry.attempts) {
             return Err(at.invalid(

@@ -23,8 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
@@ -1002,20 +1000,10 @@ fn mgf1_sha256_xor(out: &mut [u8], seed: &[u8]) {
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let write_error = |source| KeyError::Write {
+    crate::sys::write_new_file(path, bytes, mode).map_err(|source| KeyError::Write {
         path: path.to_owned(),
         source,
-    };
-    // create_new: never overwrite (or follow a planted symlink to) an existing file; the mode
-    // is set at creation so the private key is never readable by others, not even briefly.
-    let mut file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(write_error)?;
-    file.write_all(bytes).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
+    })
 }
 
 /// The smallest RSA modulus trusted.

@@ -261,6 +261,31 @@ pub fn is_field_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// Calls `f` with the context of a test decision (`d-1` of org `acme`, policy
+/// `ransomware.burst`, outcome `contain`, `severity`, execution 7) about `subject`, an object.
+#[cfg(test)]
+pub(crate) fn with_test_context<T>(
+    subject: Value,
+    severity: &str,
+    f: impl FnOnce(&TemplateContext<'_>) -> T,
+) -> T {
+    let Value::Object(subject) = subject else {
+        panic!("subject must be an object")
+    };
+    let ctx = TemplateContext {
+        subject: &subject,
+        decision: DecisionFields {
+            decision_id: "d-1",
+            policy: "ransomware.burst",
+            outcome: "contain",
+            org_id: "acme",
+            severity,
+        },
+        execution_id: Uuid::from_u128(7),
+    };
+    f(&ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -268,21 +293,7 @@ mod tests {
     use super::*;
 
     fn with_ctx<T>(subject: Value, f: impl FnOnce(&TemplateContext<'_>) -> T) -> T {
-        let Value::Object(subject) = subject else {
-            panic!("subject must be an object")
-        };
-        let ctx = TemplateContext {
-            subject: &subject,
-            decision: DecisionFields {
-                decision_id: "d-1",
-                policy: "ransomware.burst",
-                outcome: "contain",
-                org_id: "acme",
-                severity: "high",
-            },
-            execution_id: Uuid::from_u128(7),
-        };
-        f(&ctx)
+        with_test_context(subject, "high", f)
     }
 
     #[test]

@@ -385,19 +385,25 @@ impl Parser {
     }
 
     fn or(&mut self, depth: usize) -> Result<Expr, WhenError> {
-        let mut left = self.and(depth)?;
-        while self.peek() == Some(&Token::Or) {
-            self.pos += 1;
-            left = Expr::Or(Box::new(left), Box::new(self.and(depth)?));
-        }
-        Ok(left)
+        self.chain(depth, &Token::Or, Self::and, Expr::Or)
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, WhenError> {
-        let mut left = self.unary(depth)?;
-        while self.peek() == Some(&Token::And) {
+        self.chain(depth, &Token::And, Self::unary, Expr::And)
+    }
+
+    /// `operand (op operand)*`, grouped to the left (`a or b or c` is `(a or b) or c`).
+    fn chain(
+        &mut self,
+        depth: usize,
+        op: &Token,
+        operand: fn(&mut Self, usize) -> Result<Expr, WhenError>,
+        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+    ) -> Result<Expr, WhenError> {
+        let mut left = operand(self, depth)?;
+        while self.peek() == Some(op) {
             self.pos += 1;
-            left = Expr::And(Box::new(left), Box::new(self.unary(depth)?));
+            left = join(Box::new(left), Box::new(operand(self, depth)?));
         }
         Ok(left)
     }
@@ -471,27 +477,12 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use uuid::Uuid;
 
     use super::*;
-    use crate::registry::template::DecisionFields;
+    use crate::registry::template::with_test_context;
 
     fn eval(text: &str, severity: &str, subject: Value) -> Result<bool, WhenError> {
-        let Value::Object(subject) = subject else {
-            panic!("subject must be an object")
-        };
-        let ctx = TemplateContext {
-            subject: &subject,
-            decision: DecisionFields {
-                decision_id: "d-1",
-                policy: "p",
-                outcome: "contain",
-                org_id: "acme",
-                severity,
-            },
-            execution_id: Uuid::nil(),
-        };
-        parse(text)?.eval(&ctx)
+        with_test_context(subject, severity, |ctx| parse(text)?.eval(ctx))
     }
 
     #[test]
