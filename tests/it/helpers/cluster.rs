@@ -238,30 +238,12 @@ impl Cluster {
     /// as the owner, with the runtime role granted its privileges (what the test harness's
     /// `TestDb::new` and `playbookd migrate --runtime-role` do).
     pub async fn create_playbookd_database(&self) {
-        let admin = self.client("postgres").await;
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {OWNER} LOGIN; CREATE ROLE {RUNTIME} LOGIN"
-            ))
-            .await
-            .expect("CREATE ROLE");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER}"))
-            .await
-            .expect("CREATE DATABASE");
+        super::create_install(&self.client("postgres").await, DATABASE, &[OWNER, RUNTIME]).await;
         let mut owner = self.admin_config(DATABASE);
         owner.user(OWNER);
-        let (mut client, connection) = owner.connect(NoTls).await.expect("connect as the owner");
+        let (client, connection) = owner.connect(NoTls).await.expect("connect as the owner");
         tokio::spawn(connection);
-        playbookd::store::migrate::migrate_with_roles(
-            &mut client,
-            &playbookd::store::migrate::Roles {
-                owner: None,
-                runtime: Some(RUNTIME),
-            },
-        )
-        .await
-        .expect("migrate as the owner role");
+        super::migrate_as_owner(client, RUNTIME).await;
     }
 
     /// `ALTER SYSTEM SET key = 'value'` and a reload: for settings that must come after the
