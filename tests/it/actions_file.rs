@@ -79,9 +79,8 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
 
     let step = ctx(Duration::from_secs(10));
     let quarantined = actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     assert_eq!(quarantined.summary["sha256"], expected_hash);
     assert!(!path.exists(), "the original is still there");
     let copy = quarantine_dir.join(step.idempotency_key_hex());
@@ -98,17 +97,15 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
 
     // Same key again: same summary, nothing changes.
     let again = actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     assert_eq!(again, quarantined);
 
     // The rollback runs with its own key and the same {path}.
     let rollback = ctx(Duration::from_secs(10));
     let restored = actuator
-        .run(&config, "file.restore", json!({"path": path}), &rollback)
-        .await
-        .unwrap();
+        .on_path(&config, "file.restore", &path, &rollback)
+        .await;
     assert_eq!(restored.summary["sha256"], expected_hash);
     assert_eq!(std::fs::read(&path).unwrap(), content);
     let meta = std::fs::metadata(&path).unwrap();
@@ -150,9 +147,8 @@ async fn a_tampered_quarantined_copy_is_not_restored() {
     std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
     let step = ctx(Duration::from_secs(10));
     actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     let copy = quarantine_dir.join(step.idempotency_key_hex());
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&copy, b"#!/bin/sh\nrm -rf /\n").unwrap();

@@ -197,6 +197,19 @@ impl TestActuator {
     }
 
     /// Runs one action through this actuator.
+    /// [`Self::run`] of a file action on `{"path": path}`, which must succeed.
+    pub async fn on_path(
+        &self,
+        config: &ActionsConfig,
+        action: &str,
+        path: &std::path::Path,
+        ctx: &ActionContext,
+    ) -> ActionOutput {
+        self.run(config, action, serde_json::json!({ "path": path }), ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{action} {}: {e}", path.display()))
+    }
+
     pub async fn run(
         &self,
         config: &ActionsConfig,

@@ -16,6 +16,13 @@ use crate::helpers::{
     count_events, query_column, serve_fresh, serve_refused,
 };
 
+/// Verifies `node`'s chain, which must hold no breach: how many rows it checked.
+async fn intact_rows(client: &tokio_postgres::Client, node: &str) -> u64 {
+    let report = verify_chain(client, node).await.unwrap();
+    assert_eq!(report.breach, None, "{report:?}");
+    report.rows
+}
+
 async fn writer(db: &TestDb, node: &str) -> (AuditHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
     let (handle, _task) = audit::start_writer(db.config.clone(), node.into(), shutdown.clone())
@@ -67,9 +74,7 @@ async fn sixty_four_concurrent_writers_make_one_valid_chain() {
         (1..=1280).collect::<Vec<i64>>(),
         "every seq exactly once"
     );
-    let report = verify_chain(&db.client().await, "n1").await.unwrap();
-    assert_eq!(report.breach, None);
-    assert_eq!(report.rows, 1280);
+    assert_eq!(intact_rows(&db.client().await, "n1").await, 1280);
 }
 
 #[tokio::test]
@@ -103,7 +108,7 @@ async fn a_failed_effect_refuses_only_its_own_append() {
     )
     .await;
     assert_eq!(types, ["fine"]);
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 /// One batch mixing effects that commit, an effect the database refuses (the transaction is
@@ -193,7 +198,7 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
     );
     let events = count_events(&client, "written").await;
     assert_eq!(events, expected_rows.len() as i64);
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 #[tokio::test]
@@ -230,9 +235,7 @@ async fn hostile_bytes_in_an_event_are_stored_escaped_beside_their_neighbours() 
     assert_eq!(data["output"], "out\\u{0}put\\u{1b}[2J\u{fffd}");
     assert_eq!(data["\\u{0}"], 1);
     assert_eq!(data["nested"]["k\\u{0}"][0], "\\u{202e}x");
-    let report = verify_chain(&client, "n1").await.unwrap();
-    assert_eq!(report.breach, None);
-    assert_eq!(report.rows, 3);
+    assert_eq!(intact_rows(&client, "n1").await, 3);
 }
 
 #[tokio::test]
@@ -290,7 +293,7 @@ async fn a_killed_connection_refuses_the_append_then_recovers() {
     assert_eq!(rows, i64::try_from(committed).unwrap(), "{outcomes:?}");
     assert!(committed >= 1, "the writer never recovered: {outcomes:?}");
     assert!(handle.is_available());
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,7 +693,7 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
     );
     // The Rust verifier agrees, and the Python one fails on what the Rust one fails on.
     let client = db.client().await;
-    assert_eq!(verify_chain(&client, "node-b").await.unwrap().breach, None);
+    intact_rows(&client, "node-b").await;
     let head = chain_head(&client, "node-a").await;
     client
         .batch_execute(&format!(

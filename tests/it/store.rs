@@ -22,7 +22,7 @@ use playbookd::store::undos;
 use playbookd::store::versions::{self, NewVersion};
 use playbookd::text;
 
-use crate::helpers::{OwnerRoleDb, TestDb, assert_contains};
+use crate::helpers::{OwnerRoleDb, TestDb, assert_contains, query_value};
 
 const NODE: &str = "node-store";
 const PLAYBOOK: &str = "id: store-test\nversion: 1\n";
@@ -345,14 +345,13 @@ async fn record_and_read_back(
     halts::resolve(audit, 0, "case done").await.unwrap();
 
     let client = db.client().await;
-    let row = client
-        .query_one(
-            "SELECT output FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 0",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, Value>(0), steps::storable_output(produced));
+    let output: Value = query_value(
+        &client,
+        "SELECT output FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 0",
+        &[&id],
+    )
+    .await;
+    assert_eq!(output, steps::storable_output(produced));
     let row = client
         .query_one(
             "SELECT error, error_class, state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 1",
@@ -366,15 +365,14 @@ async fn record_and_read_back(
     );
     assert_eq!(row.get::<_, String>(1), "transient");
     assert_eq!(row.get::<_, String>(2), StepState::Failed.as_str());
-    let row = client
-        .query_one(
-            "SELECT error FROM playbook_rollback_states WHERE execution_id = $1 AND step_index = 0",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    let undo_stored: String = query_value(
+        &client,
+        "SELECT error FROM playbook_rollback_states WHERE execution_id = $1 AND step_index = 0",
+        &[&id],
+    )
+    .await;
     assert_eq!(
-        row.get::<_, String>(0),
+        undo_stored,
         text::storable(&undo_error, text::MAX_FIELD_BYTES)
     );
     for (halt, execution) in [(&halt, id), (&unusable, other)] {
