@@ -8,6 +8,7 @@ use playbookd::config::ActionsConfig;
 use serde_json::{Value, json};
 
 use crate::actions_support::{Fails, assert_fails, run, within};
+use crate::helpers::assert_contains;
 
 fn config(commands: &[&str]) -> ActionsConfig {
     let mut config = ActionsConfig::default();
@@ -194,6 +195,24 @@ async fn run_as_the_daemons_own_uid_is_refused() {
     assert_fails(result, Fails::Permanent, &["daemon's own uid"]);
 }
 
+/// A configuration allowing `commands`, run through an exec runner ([`accept_once`]) on a
+/// socket in a directory of its own: (directory, configuration, the runner's thread).
+fn through_runner(
+    commands: &[&str],
+    unprivileged: bool,
+) -> (
+    tempfile::TempDir,
+    ActionsConfig,
+    std::thread::JoinHandle<std::process::Output>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("exec.sock");
+    let runner = accept_once(&socket, unprivileged);
+    let mut config = config(commands);
+    config.exec.runner_socket = Some(socket);
+    (dir, config, runner)
+}
+
 /// Stands in for `playbookd-exec.socket` (`Accept=yes`): accepts one connection and starts
 /// `playbookd exec-runner` on it, through `setpriv` as systemd would start the runner unit
 /// (as `nobody`, no capability, `no_new_privs`), or as it is when `unprivileged` is false.
@@ -224,44 +243,33 @@ fn accept_once(
 
 #[tokio::test]
 async fn through_the_exec_runner_a_child_runs_as_the_runners_user_with_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("exec.sock");
-    let runner = accept_once(&socket, true);
-    let mut config = config(&["/bin/grep"]);
-    config.exec.runner_socket = Some(socket);
+    let (_dir, config, runner) = through_runner(&["/bin/grep"], true);
     let params = json!({"command": "/bin/grep", "args": ["-E", "^(Uid|Cap[A-Za-z]+|NoNewPrivs):", "/proc/self/status"]});
     let output = exec(&config, params, 10).await.unwrap();
     let finished = runner.join().unwrap();
     assert!(finished.status.success(), "{finished:?}");
     let text = stdout_text(&output);
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    assert!(
-        text.contains(&format!("Uid:\t{0}\t{0}", nobody.uid)),
-        "{text}"
-    );
+    assert_contains(&text, &format!("Uid:\t{0}\t{0}", nobody.uid));
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert!(
             text.contains(&format!("{set}:\t0000000000000000")),
             "{set}: {text}"
         );
     }
-    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert_contains(&text, "NoNewPrivs:\t1");
     assert_eq!(output.summary["exit_code"], 0);
 }
 
 #[tokio::test]
 async fn an_exec_runner_holding_capabilities_refuses_to_run_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("exec.sock");
-    let runner = accept_once(&socket, false);
-    let mut config = config(&["/bin/true"]);
-    config.exec.runner_socket = Some(socket);
+    let (_dir, config, runner) = through_runner(&["/bin/true"], false);
     let result = exec(&config, json!({"command": "/bin/true"}), 10).await;
     assert_fails(result, Fails::Transient, &[]);
     let finished = runner.join().unwrap();
     assert_eq!(finished.status.code(), Some(78), "{finished:?}");
     let stderr = String::from_utf8_lossy(&finished.stderr);
-    assert!(stderr.contains("no capability"), "{stderr}");
+    assert_contains(&stderr, "no capability");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::actions_support::{
-    ActuatorSetup, Fails, TestActuator, assert_fails, ctx, is_root, must,
+    ActuatorSetup, Fails, TestActuator, assert_fails, ctx, is_root, must, root_for,
 };
 
 /// An actuator keeping its quarantine in `quarantine_dir`, allowed to act under `root`.
@@ -21,6 +21,15 @@ fn actuator(quarantine_dir: &Path, root: &Path) -> TestActuator {
         roots: vec![root.to_owned()],
         ..ActuatorSetup::default()
     })
+}
+
+/// A scratch directory, its quarantine `q` and an actuator for both, with the default actions
+/// configuration: (directory, quarantine, configuration, actuator).
+fn quarantine_in_tempdir() -> (tempfile::TempDir, PathBuf, ActionsConfig, TestActuator) {
+    let work = tempfile::tempdir().unwrap();
+    let quarantine_dir = work.path().join("q");
+    let actuator = actuator(&quarantine_dir, work.path());
+    (work, quarantine_dir, ActionsConfig::default(), actuator)
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -70,9 +79,8 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
 
     let step = ctx(Duration::from_secs(10));
     let quarantined = actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     assert_eq!(quarantined.summary["sha256"], expected_hash);
     assert!(!path.exists(), "the original is still there");
     let copy = quarantine_dir.join(step.idempotency_key_hex());
@@ -89,17 +97,15 @@ async fn round_trip(quarantine_dir: PathBuf, work: &Path) {
 
     // Same key again: same summary, nothing changes.
     let again = actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     assert_eq!(again, quarantined);
 
     // The rollback runs with its own key and the same {path}.
     let rollback = ctx(Duration::from_secs(10));
     let restored = actuator
-        .run(&config, "file.restore", json!({"path": path}), &rollback)
-        .await
-        .unwrap();
+        .on_path(&config, "file.restore", &path, &rollback)
+        .await;
     assert_eq!(restored.summary["sha256"], expected_hash);
     assert_eq!(std::fs::read(&path).unwrap(), content);
     let meta = std::fs::metadata(&path).unwrap();
@@ -121,8 +127,7 @@ async fn quarantine_and_restore_round_trip_on_one_filesystem() {
 
 #[tokio::test]
 async fn quarantine_and_restore_round_trip_across_two_filesystems() {
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    if !root_for("mounting a tmpfs") {
         return;
     }
     let tmpfs = Tmpfs::mount();
@@ -137,17 +142,13 @@ async fn quarantine_and_restore_round_trip_across_two_filesystems() {
 
 #[tokio::test]
 async fn a_tampered_quarantined_copy_is_not_restored() {
-    let work = tempfile::tempdir().unwrap();
-    let quarantine_dir = work.path().join("q");
-    let config = ActionsConfig::default();
-    let actuator = actuator(&quarantine_dir, work.path());
+    let (work, quarantine_dir, config, actuator) = quarantine_in_tempdir();
     let path = work.path().join("evil.sh");
     std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
     let step = ctx(Duration::from_secs(10));
     actuator
-        .run(&config, "file.quarantine", json!({"path": path}), &step)
-        .await
-        .unwrap();
+        .on_path(&config, "file.quarantine", &path, &step)
+        .await;
     let copy = quarantine_dir.join(step.idempotency_key_hex());
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&copy, b"#!/bin/sh\nrm -rf /\n").unwrap();
@@ -163,10 +164,7 @@ async fn a_tampered_quarantined_copy_is_not_restored() {
 
 #[tokio::test]
 async fn symlinks_directories_and_the_quarantine_itself_are_refused() {
-    let work = tempfile::tempdir().unwrap();
-    let quarantine_dir = work.path().join("q");
-    let config = ActionsConfig::default();
-    let actuator = actuator(&quarantine_dir, work.path());
+    let (work, quarantine_dir, config, actuator) = quarantine_in_tempdir();
     let target = work.path().join("target");
     std::fs::write(&target, b"x").unwrap();
     let link = work.path().join("link");

@@ -16,6 +16,7 @@ use playbookd::config::{ActionsConfig, Count, Seconds};
 use serde_json::json;
 
 use crate::actions_support::{Fails, assert_fails, ctx};
+use crate::helpers::assert_contains;
 
 #[derive(Default)]
 struct Receiver {
@@ -232,14 +233,10 @@ async fn a_secret_is_sent_as_a_bearer_header_and_never_logged_or_returned() {
     assert_eq!(receiver.headers.lock().unwrap().len(), 2);
 
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logged.contains("host contained") && logged.contains("playbookd::notify"),
-        "{logged}"
-    );
-    assert!(
-        logged.contains("execution_id") && logged.contains("org_id=acme"),
-        "{logged}"
-    );
+    assert_contains(&logged, "host contained");
+    assert_contains(&logged, "playbookd::notify");
+    assert_contains(&logged, "execution_id");
+    assert_contains(&logged, "org_id=acme");
     assert!(!logged.contains(SECRET), "the secret reached the logs");
 
     // A secret file others can read is refused, and named only by its name.

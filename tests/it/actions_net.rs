@@ -10,7 +10,8 @@ use playbookd::actions::ActionError;
 use playbookd::config::ActionsConfig;
 use serde_json::json;
 
-use crate::actions_support::{ActuatorSetup, TestActuator, ctx, is_root, must, run};
+use crate::actions_support::{ActuatorSetup, TestActuator, ctx, must, root_for, run};
+use crate::helpers::assert_contains;
 
 /// A namespace joined to the host by a veth pair: host side `.1`, namespace side `.2`.
 /// Deleted (with its veth pair) when dropped.
@@ -135,8 +136,7 @@ impl Drop for NetNs {
 
 #[tokio::test]
 async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
-    if !is_root() {
-        eprintln!("skipped: creating a network namespace needs root");
+    if !root_for("creating a network namespace") {
         return;
     }
     let ns = NetNs::create();
@@ -157,7 +157,7 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
         .await
         .unwrap();
     assert_eq!(block.summary["set"], "blocked_v4");
-    assert!(ns.ruleset().contains(&host), "{}", ns.ruleset());
+    assert_contains(&ns.ruleset(), &host);
     assert!(
         !ns.reachable(),
         "packets from a blocked address still arrive"
@@ -185,7 +185,7 @@ async fn a_blocked_address_is_dropped_and_passes_again_once_unblocked() {
     let timed = json!({"address": "198.51.100.0/24", "timeout": "10m"});
     actuator.act(&config, "net.block_ip", timed).await.unwrap();
     let ruleset = ns.ruleset();
-    assert!(ruleset.contains("198.51.100.0/24 timeout 10m"), "{ruleset}");
+    assert_contains(&ruleset, "198.51.100.0/24 timeout 10m");
     actuator
         .act(&config, "net.block_ip", json!({"address": "2001:db8::1"}))
         .await
@@ -270,5 +270,5 @@ async fn the_actuator_itself_refuses_loopback_and_never_block_addresses() {
             .to_string()
             .as_bytes(),
     );
-    assert!(reply.contains("\"blocked\""), "{reply}");
+    assert_contains(&reply, "\"blocked\"");
 }

@@ -10,7 +10,7 @@ use playbookd::config::ActionsConfig;
 use serde_json::json;
 
 use crate::actions_support::{ActuatorSetup, Fails, TestActuator, assert_fails, ctx};
-use crate::helpers::query_value;
+use crate::helpers::{assert_contains, query_value};
 
 async fn kill(
     actuator: &TestActuator,
@@ -27,6 +27,14 @@ async fn kill(
         .map(|output| output.summary)
 }
 
+/// A child that sleeps for 30 s: (child, pid, start time).
+fn sleeping_child() -> (std::process::Child, u32, u64) {
+    let child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    let start = playbookd::sys::process_start_time(pid).unwrap().unwrap();
+    (child, pid, start)
+}
+
 fn signal_line(pid: u32, start_time: Option<u64>) -> String {
     json!({"signal": {"pid": pid, "signal": "KILL", "start_time": start_time, "executable": null}})
         .to_string()
@@ -35,9 +43,7 @@ fn signal_line(pid: u32, start_time: Option<u64>) -> String {
 #[tokio::test]
 async fn a_spawned_child_is_killed_when_its_start_time_matches() {
     let actuator = TestActuator::start(ActuatorSetup::default());
-    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let pid = child.id();
-    let start = playbookd::sys::process_start_time(pid).unwrap().unwrap();
+    let (mut child, pid, start) = sleeping_child();
     let summary = kill(
         &actuator,
         json!({"pid": pid, "signal": "KILL", "start_time": start}),
@@ -58,14 +64,10 @@ async fn a_spawned_child_is_killed_when_its_start_time_matches() {
 #[tokio::test]
 async fn a_pid_whose_start_time_changed_is_refused_by_the_actuator_and_left_alone() {
     let actuator = TestActuator::start(ActuatorSetup::default());
-    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let pid = child.id();
-    let start = playbookd::sys::process_start_time(pid).unwrap().unwrap();
+    let (mut child, pid, start) = sleeping_child();
     let reply = actuator.raw(signal_line(pid, Some(start + 1)).as_bytes());
-    assert!(
-        reply.contains("\"refused\"") && reply.contains("pid reused"),
-        "{reply}"
-    );
+    assert_contains(&reply, "\"refused\"");
+    assert_contains(&reply, "pid reused");
     assert_fails(
         kill(
             &actuator,
@@ -144,11 +146,7 @@ async fn a_peer_that_is_not_the_daemons_uid_is_refused() {
     assert!(child.try_wait().unwrap().is_none());
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(
-        actuator.log_text().contains("refused a peer"),
-        "{}",
-        actuator.log_text()
-    );
+    assert_contains(&actuator.log_text(), "refused a peer");
 }
 
 #[tokio::test]
@@ -169,7 +167,7 @@ async fn malformed_and_unknown_requests_are_refused() {
     }
     let long = vec![b'x'; 20_000];
     let reply = actuator.raw(&long);
-    assert!(reply.contains("longer than"), "{reply}");
+    assert_contains(&reply, "longer than");
 }
 
 #[tokio::test]

@@ -73,6 +73,16 @@ pub fn is_root() -> bool {
     playbookd::sys::effective_uid() == 0
 }
 
+/// Whether a test that needs root for `what` (a mount, a namespace) can run here; when it
+/// cannot, it says it is skipped (and the caller returns).
+pub fn root_for(what: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: {what} needs root");
+    }
+    root
+}
+
 /// Runs a setup command the test needs (ip, mount); panics with its stderr on failure.
 pub fn must(argv: &[&str]) {
     let output = std::process::Command::new(argv[0])
@@ -187,6 +197,19 @@ impl TestActuator {
     }
 
     /// Runs one action through this actuator.
+    /// [`Self::run`] of a file action on `{"path": path}`, which must succeed.
+    pub async fn on_path(
+        &self,
+        config: &ActionsConfig,
+        action: &str,
+        path: &std::path::Path,
+        ctx: &ActionContext,
+    ) -> ActionOutput {
+        self.run(config, action, serde_json::json!({ "path": path }), ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{action} {}: {e}", path.display()))
+    }
+
     pub async fn run(
         &self,
         config: &ActionsConfig,

@@ -13,9 +13,10 @@ use serde_json::json;
 
 use crate::actions_net::NetNs;
 use crate::actions_support::{as_nobody_with_nothing, is_root};
-use crate::harness::{TestDaemon, accepted_id, bindings, decision, send_line, wait_run_terminal};
-use crate::helpers::query_value;
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+use crate::harness::{TestDaemon, accepted_id, bindings, decision, send_json, wait_run_terminal};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, binary, query_pairs, query_value,
+};
 
 const CONTAIN: &str = r#"
 id: contain-no-caps
@@ -53,11 +54,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
     dir.write_signed("playbooks/contain-no-caps.yaml", CONTAIN, true);
-    dir.write_signed(
-        "bindings.yaml",
-        &bindings(&[("contain", "now", "contain-no-caps")]),
-        true,
-    );
+    dir.write_bindings(&bindings(&[("contain", "now", "contain-no-caps")]));
     let nft: Vec<String> = ns.nft_command().iter().map(|a| format!("{a:?}")).collect();
     let config = dir.write_config(
         &db,
@@ -106,10 +103,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
             "{set} of the daemon is not empty:\n{status}"
         );
     }
-    assert!(
-        status.contains(&format!("Uid:\t{0}\t{0}", nobody.uid)),
-        "{status}"
-    );
+    assert_contains(&status, &format!("Uid:\t{0}\t{0}", nobody.uid));
     assert!(
         ns.reachable(),
         "the namespace is not reachable before the block"
@@ -133,11 +127,7 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
         !ns.reachable(),
         "packets from the blocked address still arrive"
     );
-    assert!(
-        ns.ruleset().contains(&ns.host.to_string()),
-        "{}",
-        ns.ruleset()
-    );
+    assert_contains(&ns.ruleset(), &ns.host.to_string());
 
     // 2. Without it: the same playbook rolls back, saying why; the victim lives.
     actuator.kill().unwrap();
@@ -146,10 +136,8 @@ async fn a_daemon_with_no_capability_acts_through_the_actuator_and_rolls_back_wi
     let execution = send(&dir, &victim, &ns).await;
     assert_eq!(wait_terminal(&db, &execution).await, "rolled_back");
     let error = kill_error(&db, &execution).await;
-    assert!(
-        error.contains("actuator unavailable") && error.contains("actuator.sock"),
-        "{error}"
-    );
+    assert_contains(&error, "actuator unavailable");
+    assert_contains(&error, "actuator.sock");
     assert!(
         victim.try_wait().unwrap().is_none(),
         "the victim was signalled without the actuator"
@@ -179,11 +167,7 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
     );
     let config = dir.write_config(&db, "node-protect", &actuator_config);
     dir.write_signed("playbooks/contain-no-caps.yaml", CONTAIN, true);
-    dir.write_signed(
-        "bindings.yaml",
-        &bindings(&[("contain", "now", "contain-no-caps")]),
-        true,
-    );
+    dir.write_bindings(&bindings(&[("contain", "now", "contain-no-caps")]));
     let mut actuator = start_actuator(&config, &dir);
     let mut daemon = ChildDaemon::serve(&config);
     let daemon_pid = daemon.child.id();
@@ -243,11 +227,7 @@ async fn process_kill_of_a_daemon_thread_the_actuator_or_its_database_backend_is
 #[tokio::test]
 async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision() {
     // World-readable script, outside the daemon's private directory.
-    let scripts = tempfile::Builder::new()
-        .prefix("pbd-probe-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let scripts = crate::helpers::tempdir_with_mode("pbd-probe-", 0o755);
     let probe = scripts.path().join("probe");
     let playbook = format!(
         "id: probe\nversion: 1\nname: Probe what a child can do\n\
@@ -304,9 +284,9 @@ async fn an_exec_child_gets_no_capability_no_node_key_and_cannot_send_a_decision
             "{set} not empty: {text}"
         );
     }
-    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
-    assert!(text.contains("KEY-REFUSED"), "{text}");
-    assert!(text.contains("DECISION-REFUSED"), "{text}");
+    assert_contains(&text, "NoNewPrivs:\t1");
+    assert_contains(&text, "KEY-REFUSED");
+    assert_contains(&text, "DECISION-REFUSED");
     running.stop().await;
 }
 
@@ -373,11 +353,7 @@ async fn send(dir: &DaemonDir, victim: &Child, ns: &NetNs) -> uuid::Uuid {
 
 /// Sends `decision` to the daemon in `dir`; it must be accepted.
 async fn send_raw(dir: &DaemonDir, decision: &serde_json::Value) -> uuid::Uuid {
-    let reply = send_line(
-        &dir.path("run/decisions.sock"),
-        decision.to_string().as_bytes(),
-    )
-    .await;
+    let reply = send_json(&dir.path("run/decisions.sock"), decision).await;
     accepted_id(&reply).parse().unwrap()
 }
 
@@ -396,17 +372,12 @@ async fn kill_error(db: &TestDb, execution: &uuid::Uuid) -> String {
 }
 
 async fn step_errors(db: &TestDb, execution: &uuid::Uuid) -> Vec<(String, Option<String>)> {
-    db.client()
-        .await
-        .query(
-            "SELECT step_id, error FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
-            &[execution],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
+    query_pairs(
+        &db.client().await,
+        "SELECT step_id, error FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
+        &[execution],
+    )
+    .await
 }
 
 #[test]
@@ -428,8 +399,6 @@ fn an_actuator_configured_with_an_unknown_protected_user_refuses_to_start_with_7
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("actuator.protected_users") && stderr.contains("pbd-no-such-user"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "actuator.protected_users");
+    assert_contains(&stderr, "pbd-no-such-user");
 }

@@ -3,18 +3,18 @@
 //! The daemon finds the cut at the next writer reconnect and at the next start, names the
 //! missing seqs, and `audit verify --anchor` reports it; `audit accept-cut` is the way out.
 
-use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::{GATED_NOOP, UNDO_FAILS, bindings, decision, exec_config, send_line};
-use crate::helpers::query_value;
-use crate::helpers::{
-    ChildDaemon, DaemonDir, TestDb, audit_verify, chain_head, run_cli, serve_fresh,
+use crate::harness::{
+    GATED_NOOP, UNDO_FAILS, bindings, decision, exec_config, poke_until_logged, send_json,
 };
-use crate::helpers::{assert_cut_reported, audit_cli, audit_verify_anchor};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, accept_cut, assert_contains, assert_cut_reported, audit_verify,
+    audit_verify_anchor, chain_head, configured, query_value, serve_fresh, serve_refused,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const STOP_LIMIT: Duration = Duration::from_secs(10);
@@ -38,19 +38,13 @@ async fn cut_above(client: &tokio_postgres::Client, node: &str, keep: i64) {
 /// Sends `count` decisions nothing binds: each is audited (`no_action`) before its reply.
 async fn append_decisions(dir: &DaemonDir, count: usize) {
     for _ in 0..count {
-        let reply = send_line(
+        let reply = send_json(
             &dir.path("run/decisions.sock"),
-            decision("unbound", "x", json!({})).to_string().as_bytes(),
+            &decision("unbound", "x", json!({})),
         )
         .await;
         assert_eq!(reply["status"], "no_action", "{reply}");
     }
-}
-
-fn serve_refused(config: &Path) -> String {
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    stderr
 }
 
 /// A first run of the daemon in `dir`, stopped: its shutdown checkpoint is the early one.
@@ -66,9 +60,7 @@ async fn first_run(db: &TestDb, dir: &DaemonDir) -> (tokio_postgres::Client, i64
 
 #[tokio::test]
 async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
+    let (db, dir, config) = configured("node-a", "").await;
     // An early checkpoint: the first run's, at shutdown.
     let (client, early) = first_run(&db, &dir).await;
 
@@ -93,26 +85,12 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
         .await
         .unwrap();
     let missing = format!("seq {}..={committed} are missing", early + 1);
-    let start = std::time::Instant::now();
-    while !daemon.log_text().contains(&missing) {
-        assert!(
-            start.elapsed() < LIMIT,
-            "no `{missing}`:\n{}",
-            daemon.log_text()
-        );
-        // Each decision needs an append: it is refused, and the writer reconnects for it.
-        let _ = send_line(
-            &dir.path("run/decisions.sock"),
-            decision("unbound", "x", json!({})).to_string().as_bytes(),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poke_until_logged(&daemon, &dir.path("run/decisions.sock"), &missing, LIMIT).await;
     daemon.wait_for_log("SAFE-HALT entered: the audit chain was cut", LIMIT);
     // Nothing went on top of the cut, whatever arrives.
-    let reply = send_line(
+    let reply = send_json(
         &dir.path("run/decisions.sock"),
-        decision("unbound", "x", json!({})).to_string().as_bytes(),
+        &decision("unbound", "x", json!({})),
     )
     .await;
     assert_ne!(reply["status"], "no_action", "{reply}");
@@ -133,21 +111,11 @@ async fn a_cut_while_the_daemon_runs_halts_it_at_the_next_writer_reconnect() {
 
     // The halt survives the restart: the daemon refuses to start, naming the seqs and the fix.
     let stderr = serve_refused(&config);
-    assert!(
-        stderr.contains(&missing) && stderr.contains("playbookd audit accept-cut"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, &missing);
+    assert_contains(&stderr, "playbookd audit accept-cut");
 
     // The admin accepts the cut; the next start appends again, first of all the acknowledgment.
-    let (status, stdout, stderr) = audit_cli(
-        "accept-cut",
-        &config,
-        &[
-            "--reason",
-            "incident 42: database restored from the cut copy",
-        ],
-    );
-    assert!(status.success(), "{stdout}{stderr}");
+    accept_cut(&config, "incident 42: database restored from the cut copy");
     let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
     let row = client
@@ -187,7 +155,7 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     cut_above(&client, "node-a", 3).await;
     let stderr = serve_refused(&config);
     let missing = format!("seq 4..={committed} are missing");
-    assert!(stderr.contains(&missing), "{stderr}");
+    assert_contains(&stderr, &missing);
     assert_eq!(chain_head(&client, "node-a").await, 3, "nothing appended");
     assert_eq!(
         dir.chain_anchor()["cut"]["loss"],
@@ -195,7 +163,7 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     );
     let (status, stdout, _) = audit_verify_anchor(&config, &dir);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains("BREACH at seq 4: cut:"), "{stdout}");
+    assert_contains(&stdout, "BREACH at seq 4: cut:");
     // The log's copy of the shutdown checkpoint is an external anchor too.
     let (status, stdout, _) = audit_verify(&config, &[]);
     assert!(
@@ -205,11 +173,9 @@ async fn a_cut_while_the_daemon_is_stopped_is_found_at_the_next_start() {
     let log = dir.path("daemon.log");
     let (status, stdout, _) = audit_verify(&config, &["--checkpoint-log", log.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!(
-            "node node-a: 1 logged checkpoints (last seq {committed}): BREACH at seq 4: cut:"
-        )),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        &format!("node node-a: 1 logged checkpoints (last seq {committed}): BREACH at seq 4: cut:"),
     );
 }
 
@@ -229,10 +195,7 @@ async fn a_rewritten_row_below_the_committed_head_is_a_cut_too() {
         .await
         .unwrap();
     let stderr = serve_refused(&config);
-    assert!(
-        stderr.contains(&format!("the row at seq {head} differs")),
-        "{stderr}"
-    );
+    assert_contains(&stderr, &format!("the row at seq {head} differs"));
 }
 
 #[tokio::test]
@@ -245,18 +208,14 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
     );
     let config = dir.write_config(&db, "node-a", &extra);
     dir.write_signed("playbooks/undo-fails-v1.yaml", UNDO_FAILS, true);
-    dir.write_signed(
-        "bindings.yaml",
-        &bindings(&[("halt", "now", "undo-fails")]),
-        true,
-    );
+    dir.write_bindings(&bindings(&[("halt", "now", "undo-fails")]));
     // The last checkpoint before the halt: the first run's shutdown.
     let (client, early) = first_run(&db, &dir).await;
 
     let mut daemon = ChildDaemon::serve(&config);
-    let reply = send_line(
+    let reply = send_json(
         &dir.path("run/decisions.sock"),
-        decision("halt", "now", json!({})).to_string().as_bytes(),
+        &decision("halt", "now", json!({})),
     )
     .await;
     assert_eq!(reply["status"], "accepted", "{reply}");
@@ -281,16 +240,11 @@ async fn a_safe_halt_checkpoint_covers_the_rows_after_the_last_periodic_one() {
     daemon.wait_exit(LIMIT).expect("killed");
     cut_above(&client, "node-a", early).await;
     let stderr = serve_refused(&config);
-    assert!(
-        stderr.contains(&format!("seq {}..=", early + 1)) && stderr.contains("are missing"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, &format!("seq {}..=", early + 1));
+    assert_contains(&stderr, "are missing");
     let (status, stdout, _) = audit_verify_anchor(&config, &dir);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!("BREACH at seq {}: cut:", early + 1)),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &format!("BREACH at seq {}: cut:", early + 1));
 }
 
 #[tokio::test]
@@ -301,14 +255,12 @@ async fn a_group_readable_anchor_stops_the_daemon_with_78() {
     let path = dir.path("chain-anchor.json");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let stderr = serve_refused(&config);
-    assert!(
-        stderr.contains("chain-anchor.json") && stderr.contains("0644"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "chain-anchor.json");
+    assert_contains(&stderr, "0644");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&path, b"{\"format\": 1}").unwrap();
     let stderr = serve_refused(&config);
-    assert!(stderr.contains("does not decode"), "{stderr}");
+    assert_contains(&stderr, "does not decode");
 }
 
 async fn signed(client: &tokio_postgres::Client, node: &str) -> i64 {

@@ -33,21 +33,17 @@ async fn the_status_api_conforms_to_its_openapi_document() {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
     dir.write_signed("playbooks/noop-3.yaml", NOOP_3, false);
-    dir.write_signed(
-        "bindings.yaml",
-        &crate::harness::bindings(&[("bench.noop", "run", "noop-3")]),
-        true,
-    );
+    dir.write_bindings(&crate::harness::bindings(&[(
+        "bench.noop",
+        "run",
+        "noop-3",
+    )]));
     let config = dir.write_config(&db, "node-api", "");
     let daemon = ChildDaemon::serve(&config);
     // A few executions, so list and detail responses carry rows to check against the schemas.
     for _ in 0..3 {
         let decision = crate::harness::decision("bench.noop", "run", serde_json::json!({}));
-        let reply = crate::harness::send_line(
-            &dir.path("run/decisions.sock"),
-            decision.to_string().as_bytes(),
-        )
-        .await;
+        let reply = crate::harness::send_json(&dir.path("run/decisions.sock"), &decision).await;
         assert_eq!(reply["status"], "accepted", "{reply}");
     }
     let endpoint = daemon.status_endpoint();

@@ -5,16 +5,23 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use playbookd::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle, Scope};
 use playbookd::store::checkpoint::{Checkpointer, NodeKey};
 use playbookd::store::verify::{Breach, verify_chain};
 use playbookd::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::audit_cli;
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, chain_head, run_cli, serve_fresh};
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, audit_cli, chain_head, configured,
+    count_events, query_column, serve_fresh, serve_refused,
+};
+
+/// Verifies `node`'s chain, which must hold no breach: how many rows it checked.
+async fn intact_rows(client: &tokio_postgres::Client, node: &str) -> u64 {
+    let report = verify_chain(client, node).await.unwrap();
+    assert_eq!(report.breach, None, "{report:?}");
+    report.rows
+}
 
 async fn writer(db: &TestDb, node: &str) -> (AuditHandle, CancellationToken) {
     let shutdown = CancellationToken::new();
@@ -82,9 +89,7 @@ async fn sixty_four_concurrent_writers_make_one_valid_chain() {
         (1..=1280).collect::<Vec<i64>>(),
         "every seq exactly once"
     );
-    let report = verify_chain(&db.client().await, "n1").await.unwrap();
-    assert_eq!(report.breach, None);
-    assert_eq!(report.rows, 1280);
+    assert_eq!(intact_rows(&db.client().await, "n1").await, 1280);
 }
 
 #[tokio::test]
@@ -118,7 +123,7 @@ async fn a_failed_effect_refuses_only_its_own_append() {
     )
     .await;
     assert_eq!(types, ["fine"]);
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 /// One batch mixing effects that commit, an effect the database refuses (the transaction is
@@ -199,14 +204,9 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
         rows, expected_rows,
         "a refused effect's writes are rolled back"
     );
-    let events: i64 = query_value(
-        &client,
-        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'written'",
-        &[],
-    )
-    .await;
+    let events = count_events(&client, "written").await;
     assert_eq!(events, expected_rows.len() as i64);
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 /// The pipelined batch (issue #16): requests of different runs run side by side without
@@ -369,9 +369,7 @@ async fn hostile_bytes_in_an_event_are_stored_escaped_beside_their_neighbours() 
     assert_eq!(data["output"], "out\\u{0}put\\u{1b}[2J\u{fffd}");
     assert_eq!(data["\\u{0}"], 1);
     assert_eq!(data["nested"]["k\\u{0}"][0], "\\u{202e}x");
-    let report = verify_chain(&client, "n1").await.unwrap();
-    assert_eq!(report.breach, None);
-    assert_eq!(report.rows, 3);
+    assert_eq!(intact_rows(&client, "n1").await, 3);
 }
 
 #[tokio::test]
@@ -425,16 +423,11 @@ async fn a_killed_connection_refuses_the_append_then_recovers() {
         );
     }
     let committed = outcomes.iter().filter(|o| o.is_ok()).count();
-    let rows: i64 = query_value(
-        &client,
-        "SELECT count(*) FROM playbook_audit_log WHERE event_type = 'after.kill'",
-        &[],
-    )
-    .await;
+    let rows = count_events(&client, "after.kill").await;
     assert_eq!(rows, i64::try_from(committed).unwrap(), "{outcomes:?}");
     assert!(committed >= 1, "the writer never recovered: {outcomes:?}");
     assert!(handle.is_available());
-    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+    intact_rows(&client, "n1").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,9 +442,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let db = TestDb::new().await;
-        let dir = DaemonDir::new();
-        let config = dir.write_config(&db, "n1", "");
+        let (db, dir, config) = configured("n1", "").await;
         let (handle, _stop) = writer(&db, "n1").await;
         let store = Store::connect(&db.config, 2, Duration::from_secs(5))
             .await
@@ -520,7 +511,7 @@ async fn audit_verify_passes_an_untouched_chain_with_checkpoints() {
     assert!(status.success(), "{stdout}");
     let (status, _, stderr) = fixture.verify(&["--node", "nobody"]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("nobody"), "{stderr}");
+    assert_contains(&stderr, "nobody");
 }
 
 /// One test per tampering: `assert_breach(sql, expected)` under the test's own name.
@@ -630,10 +621,7 @@ async fn audit_verify_detects_a_rehashed_chain_through_its_checkpoint() {
     fixture.tamper(&sql).await;
     let (status, stdout, _) = fixture.verify(&[]);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains("BREACH at seq 5: checkpoint mismatch"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "BREACH at seq 5: checkpoint mismatch");
 }
 
 #[tokio::test]
@@ -648,25 +636,18 @@ async fn audit_verify_pins_the_node_key() {
     let other = other_dir.path().join("node.pub");
     let (status, stdout, _) = fixture.verify(&["--trusted-node-key", other.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains("BREACH at seq 5: untrusted checkpoint key"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "BREACH at seq 5: untrusted checkpoint key");
 
     let (status, _, stderr) = fixture.verify(&["--trusted-node-key", "/nonexistent.pub"]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("/nonexistent.pub"), "{stderr}");
+    assert_contains(&stderr, "/nonexistent.pub");
 }
 
 // ---------------------------------------------------------------------------------------------
 // The daemon's own checkpoints.
 
 fn stop(daemon: &mut ChildDaemon) {
-    daemon.signal(Signal::SIGTERM);
-    let status = daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("daemon did not exit after SIGTERM");
-    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+    daemon.stop_within(Duration::from_secs(10));
 }
 
 #[tokio::test]
@@ -692,7 +673,7 @@ async fn a_stopped_daemon_leaves_a_shutdown_checkpoint_that_verifies() {
     // journald's independent copy carries the same signature.
     let logged = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &signature);
     let log = daemon.log_text();
-    assert!(log.contains("audit checkpoint signed"), "{log}");
+    assert_contains(&log, "audit checkpoint signed");
     assert!(log.contains(&logged), "signature not in the log:\n{log}");
 
     let mode =
@@ -723,31 +704,28 @@ async fn a_daemon_refuses_a_chain_cut_below_its_last_checkpoint() {
         ))
         .await
         .unwrap();
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
+    let stderr = serve_refused(&config);
     // The chain anchor (outside the database) names the lost row before the database's own
     // checkpoints are consulted.
     let expected = format!(
         "seq {head} is missing (the database ends at seq {}",
         head - 1
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert_contains(&stderr, &expected);
     // Without the anchor (lost with the state directory), the checkpoint still catches it.
     std::fs::remove_file(dir.path("chain-anchor.json")).unwrap();
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
+    let stderr = serve_refused(&config);
     let expected = format!(
         "ends at seq {} but a signed checkpoint covers seq {head}",
         head - 1
     );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert_contains(&stderr, &expected);
 }
 
 #[tokio::test]
 async fn a_running_daemon_checkpoints_periodically() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "[audit]\ncheckpoint_interval_seconds = 1\n");
+    let (db, dir, config) =
+        configured("node-a", "[audit]\ncheckpoint_interval_seconds = 1\n").await;
     let mut daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
     daemon.wait_for_log("audit checkpoint signed", Duration::from_secs(20));
     let client = db.client().await;
@@ -769,17 +747,12 @@ async fn a_running_daemon_checkpoints_periodically() {
 #[tokio::test]
 async fn a_group_readable_node_key_stops_the_daemon_with_78() {
     use std::os::unix::fs::PermissionsExt;
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
+    let (_db, dir, config) = configured("node-a", "").await;
     NodeKey::load_or_generate(&dir.path("node.key")).unwrap();
     std::fs::set_permissions(dir.path("node.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("node.key") && stderr.contains("0644"),
-        "{stderr}"
-    );
+    let stderr = serve_refused(&config);
+    assert_contains(&stderr, "node.key");
+    assert_contains(&stderr, "0644");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -848,15 +821,13 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
     // node-b has no checkpoint: its rows verify, but the pinned key was not checked (exit 3).
     let (status, stdout, stderr) = verify("node-b");
     assert_eq!(status.code(), Some(3), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(
-            "4 rows, last seq 4, 0 checkpoints: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet"
-        ),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        "4 rows, last seq 4, 0 checkpoints: rows ok; pinned node key NOT CHECKED: no checkpoint signed yet",
     );
     // The Rust verifier agrees, and the Python one fails on what the Rust one fails on.
     let client = db.client().await;
-    assert_eq!(verify_chain(&client, "node-b").await.unwrap().breach, None);
+    intact_rows(&client, "node-b").await;
     let head = chain_head(&client, "node-a").await;
     client
         .batch_execute(&format!(
@@ -869,13 +840,10 @@ async fn the_python_verifier_agrees_with_a_daemon_written_chain() {
         .unwrap();
     let (status, stdout, _) = verify("node-b");
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains("BREACH at seq 1: modified"), "{stdout}");
+    assert_contains(&stdout, "BREACH at seq 1: modified");
     let (status, stdout, _) = verify("node-a");
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!("BREACH at seq {head}: truncated")),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &format!("BREACH at seq {head}: truncated"));
 }
 
 #[tokio::test]
@@ -939,6 +907,6 @@ async fn the_daemons_role_may_only_read_and_append_the_evidence() {
     assert_eq!(outcome.len(), 4);
     for line in &outcome {
         // The privilege check, not the trigger ("append-only"), refuses each.
-        assert!(line.contains("permission denied"), "{line}");
+        assert_contains(line, "permission denied");
     }
 }

@@ -1,6 +1,6 @@
 //! `playbookd bench`: a short run of the real benchmark prints every row with a measured number.
 
-use crate::helpers::{TEST_DATABASE_URL_ENV, admin_config, run_cli, url_of};
+use crate::helpers::{TEST_DATABASE_URL_ENV, admin_config, assert_contains, run_cli, url_of};
 
 #[test]
 fn bench_prints_every_row_with_a_positive_number() {
@@ -104,8 +104,5 @@ fn bench_refuses_a_database_url_it_cannot_use() {
         &[],
     );
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("expected a postgres:// or postgresql:// URL"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "expected a postgres:// or postgresql:// URL");
 }

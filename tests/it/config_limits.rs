@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use crate::harness::{TestDaemon, bindings, decision};
+use crate::helpers::query_column;
 
 /// The configuration every case is judged against.
 const LIMITS: &str = r#"
@@ -157,14 +158,12 @@ async fn each_config_bound_parameter_is_refused_at_load_and_its_binding_has_no_a
 
     // Audited with the reason label and a detail naming the step, the parameter and the key.
     let client = running.db.client().await;
-    let rows = client
-        .query(
-            "SELECT event_data FROM playbook_audit_log WHERE event_type = 'playbook.rejected'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let events: Vec<serde_json::Value> = rows.iter().map(|row| row.get(0)).collect();
+    let events: Vec<serde_json::Value> = query_column(
+        &client,
+        "SELECT event_data FROM playbook_audit_log WHERE event_type = 'playbook.rejected'",
+        &[],
+    )
+    .await;
     for case in &cases {
         let file_suffix = format!("{}-v1.yaml", case.id);
         let event = events

@@ -11,8 +11,7 @@ use playbookd::status::console::{CONTENT_SECURITY_POLICY, PAGES};
 use serde_json::{Value, json};
 
 use crate::harness::{TestDaemon, UNDO_FAILS, decision};
-use crate::helpers::binary;
-use crate::helpers::query_value;
+use crate::helpers::{assert_contains, assert_lacks, binary, query_value};
 
 /// `one` and `two` succeed and are undone by `noop`; `three` fails: the rollback runs two, one.
 /// Its subject carries a note, where the hostile strings go.
@@ -254,11 +253,11 @@ async fn every_console_page_refuses_writes_and_carries_the_policy() {
         .await
         .unwrap();
     let html = String::from_utf8(page.body).unwrap();
-    assert!(
-        html.contains("&#60;script&#62;window.__pwned = 1; alert(1)&#60;/script&#62;"),
-        "{html}"
+    assert_contains(
+        &html,
+        "&#60;script&#62;window.__pwned = 1; alert(1)&#60;/script&#62;",
     );
-    assert!(!html.contains("<script>window"), "{html}");
+    assert_lacks(&html, "<script>window");
     assert_eq!(html.matches("<script").count(), 1, "{html}");
 
     // Errors are pages too, naming what was wrong.
@@ -447,7 +446,7 @@ async fn run_page_links_each_event_to_its_checkpoint_note_and_proof() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(!html.contains("not yet checkpointed"), "{html}");
+    assert_lacks(&html, "not yet checkpointed");
     let links = |class: &str| -> Vec<String> {
         html.split(&format!("class=\"{class}\" href=\""))
             .skip(1)
@@ -477,7 +476,7 @@ async fn run_page_links_each_event_to_its_checkpoint_note_and_proof() {
     }
     // No witness has cosigned yet; once one cosigns the newest checkpoint, every event it
     // covers says so.
-    assert!(!html.contains("cosigned by"), "{html}");
+    assert_lacks(&html, "cosigned by");
     let client = daemon.db.client().await;
     client
         .execute(

@@ -19,10 +19,12 @@ use uuid::Uuid;
 use playbookd::registry::playbook::parse_playbook;
 
 use crate::harness::{
-    TestDaemon, TestDaemonBuilder, bindings, decision, run_state, send_line, wait_run_state,
+    TestDaemon, TestDaemonBuilder, bindings, decision, run_state, send_json, send_line,
+    wait_run_state,
 };
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, binary, query_column, query_pairs, query_value,
+};
 
 const NODE: &str = "node-ctl";
 /// `users`: the group owning control.sock in these tests, and every client's primary group.
@@ -265,16 +267,14 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
 
     // ...but may not act on it; nor may an operator approve, nor an approver cancel.
     let reason = daemon.ctl(VIEWER, &approve).await.refusal().to_owned();
-    assert!(
-        reason.contains("uid 2004") && reason.contains("viewer"),
-        "{reason}"
-    );
-    assert!(reason.contains("approver or admin"), "{reason}");
+    assert_contains(&reason, "uid 2004");
+    assert_contains(&reason, "viewer");
+    assert_contains(&reason, "approver or admin");
     let reason = daemon.ctl(OPERATOR, &approve).await.refusal().to_owned();
-    assert!(reason.contains("operator"), "{reason}");
+    assert_contains(&reason, "operator");
     let cancel = ["cancel", id_text.as_str(), "--reason", "not mine"];
     let reason = daemon.ctl(APPROVER_A, &cancel).await.refusal().to_owned();
-    assert!(reason.contains("may not cancel"), "{reason}");
+    assert_contains(&reason, "may not cancel");
     for admin_only in [
         &["halt-resolve", "--reason", "x"][..],
         &["halt", "--fleet", "--reason", "x"][..],
@@ -286,7 +286,7 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
             .await
             .refusal()
             .to_owned();
-        assert!(reason.contains("admin"), "{reason}");
+        assert_contains(&reason, "admin");
     }
 
     // An approver limited to another org is refused for this org's execution, and sees
@@ -296,10 +296,8 @@ async fn each_verb_is_checked_against_the_peers_role_and_org() {
         .await
         .refusal()
         .to_owned();
-    assert!(
-        reason.contains("globex") && reason.contains("`acme`"),
-        "{reason}"
-    );
+    assert_contains(&reason, "globex");
+    assert_contains(&reason, "`acme`");
     let scoped = daemon.ctl(GLOBEX_APPROVER, &["pending"]).await;
     assert_eq!(scoped.ok()["pending"], json!([]));
 
@@ -366,7 +364,7 @@ async fn a_critical_step_needs_two_different_approvers() {
         .await
         .refusal()
         .to_owned();
-    assert!(reason.contains("reason is required"), "{reason}");
+    assert_contains(&reason, "reason is required");
 
     let first = daemon
         .ctl(
@@ -394,7 +392,7 @@ async fn a_critical_step_needs_two_different_approvers() {
         .await
         .refusal()
         .to_owned();
-    assert!(reason.contains("already voted"), "{reason}");
+    assert_contains(&reason, "already voted");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
@@ -439,7 +437,7 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
         .await
         .refusal()
         .to_owned();
-    assert!(reason.contains("reason is required"), "{reason}");
+    assert_contains(&reason, "reason is required");
     assert_eq!(run_state(&client, id).await, "awaiting_approval");
 
     let denied = daemon
@@ -467,16 +465,12 @@ async fn one_deny_rejects_the_step_and_rolls_the_run_back() {
     assert_eq!(data["actor"], "uid:2001");
     assert_eq!(data["reason"], "wrong host");
 
-    let steps: Vec<(String, String)> = client
-        .query(
-            "SELECT step_id, state FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let steps: Vec<(String, String)> = query_pairs(
+        &client,
+        "SELECT step_id, state FROM playbook_step_runs WHERE execution_id = $1 ORDER BY step_index",
+        &[&id],
+    )
+    .await;
     assert_eq!(
         steps,
         [
@@ -571,7 +565,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
     let daemon = ctl_daemon("high").on(db).start().await;
     let client = daemon.db.client().await;
     let decisions = daemon.dir.path("run/decisions.sock");
-    let refused = send_line(&decisions, ctl_decision().to_string().as_bytes()).await;
+    let refused = send_json(&decisions, &ctl_decision()).await;
     assert!(
         refused["reason"].as_str().unwrap().starts_with("safe_halt"),
         "{refused}"
@@ -582,13 +576,13 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         .await
         .refusal()
         .to_owned();
-    assert!(reason.contains("admin"), "{reason}");
+    assert_contains(&reason, "admin");
     let reason = daemon
         .ctl(ADMIN, &["halt-resolve", "--reason", ""])
         .await
         .refusal()
         .to_owned();
-    assert!(reason.contains("reason is required"), "{reason}");
+    assert_contains(&reason, "reason is required");
     let still: bool = query_value(
         &client,
         "SELECT count(*) = 1 FROM playbook_safe_halt_state WHERE is_active",
@@ -637,7 +631,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
         "{again:?}"
     );
     assert_eq!(
-        send_line(&decisions, ctl_decision().to_string().as_bytes()).await["status"],
+        send_json(&decisions, &ctl_decision()).await["status"],
         "accepted"
     );
     daemon.stop().await;
@@ -647,7 +641,7 @@ async fn halt_resolve_needs_an_admin_and_a_reason() {
 async fn reload_is_for_admins_and_runs_the_daemons_reload() {
     let daemon = ctl_daemon("high").start().await;
     let reason = daemon.ctl(OPERATOR, &["reload"]).await.refusal().to_owned();
-    assert!(reason.contains("admin"), "{reason}");
+    assert_contains(&reason, "admin");
     let count_reloads = || async {
         daemon
             .all_events()
@@ -783,20 +777,15 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
 
     // Without `staff`, uid 2007 is only a viewer (through `users`).
     let reason = daemon.ctl(2007, &cancel).await.refusal().to_owned();
-    assert!(reason.contains("roles: viewer"), "{reason}");
+    assert_contains(&reason, "roles: viewer");
 
     let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control_socket(), &["pending"]).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stdout.contains(&format!(
-            "{id_text} step contain: noop, risk high, 0/1 approvals"
-        )),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        &format!("{id_text} step contain: noop, risk high, 0/1 approvals"),
     );
-    assert!(
-        stdout.contains("org acme, playbook ctl-test@1, undoable false"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "org acme, playbook ctl-test@1, undoable false");
 
     let (code, stdout, stderr) = ctl_with_staff_group(
         &daemon.control_socket(),
@@ -804,10 +793,8 @@ async fn a_supplementary_group_grants_its_role_and_ctl_prints_for_people() {
     )
     .await;
     assert_eq!(code, Some(77), "{stdout}");
-    assert!(
-        stderr.contains("refused:") && stderr.contains("viewer, operator"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "refused:");
+    assert_contains(&stderr, "viewer, operator");
 
     let (code, stdout, stderr) = ctl_with_staff_group(&daemon.control_socket(), &cancel).await;
     assert_eq!(code, Some(0), "{stderr}");
@@ -941,10 +928,8 @@ async fn slow_drip_connections_from_a_uid_with_no_role_cannot_keep_an_admin_out(
             serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(reply["status"], "refused", "{reply}");
         let reason = reply["reason"].as_str().unwrap();
-        assert!(
-            reason.contains("uid 2006 has no role") && reason.contains("[roles]"),
-            "{reason}"
-        );
+        assert_contains(reason, "uid 2006 has no role");
+        assert_contains(reason, "[roles]");
     }
     // Recorded, but not once per connection: one record per uid and interval, with a count.
     let started = Instant::now();
@@ -1089,7 +1074,7 @@ async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_li
     let valid_decisions = tokio::spawn(async move {
         let mut replies = Vec::new();
         for _ in 0..VALID {
-            replies.push(send_line(&decisions, ctl_decision().to_string().as_bytes()).await);
+            replies.push(send_json(&decisions, &ctl_decision()).await);
         }
         replies
     });
@@ -1104,12 +1089,12 @@ async fn nul_field_names_on_both_sockets_are_refused_and_recorded_while_valid_li
     for reply in hostile_decisions.await.unwrap() {
         assert_eq!(reply["status"], "rejected", "{reply}");
         let reason = reply["reason"].as_str().unwrap();
-        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+        assert_contains(reason, "unknown field `\\u{0}`");
     }
     for reply in hostile_control.await.unwrap() {
         assert_eq!(reply["status"], "error", "{reply}");
         let reason = reply["reason"].as_str().unwrap();
-        assert!(reason.contains("unknown field `\\u{0}`"), "{reason}");
+        assert_contains(reason, "unknown field `\\u{0}`");
     }
     for reply in valid_decisions.await.unwrap() {
         assert_eq!(reply["status"], "accepted", "{reply}");

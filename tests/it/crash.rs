@@ -21,9 +21,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::{bindings, decision, try_send_line};
-use crate::helpers::audit_cli;
-use crate::helpers::query_value;
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb};
+use crate::helpers::{ChildDaemon, DaemonDir, TestDb, audit_cli, query_value};
 
 /// Kills in the test; each kill is followed by a restart.
 const KILLS: usize = 130;
@@ -101,11 +99,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
     let dir = DaemonDir::new();
     // exec children run as `nobody` (actions.exec.run_as): the counter and its effect files
     // live where they can reach them (not in the daemon's own directory).
-    let scratch = tempfile::Builder::new()
-        .prefix("pbd-crash-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let scratch = crate::helpers::tempdir_with_mode("pbd-crash-", 0o1777);
     let counter = scratch.path().join("counter");
     std::fs::write(&counter, COUNTER).unwrap();
     std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -114,11 +108,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
         .replace("COUNTER", &counter.display().to_string())
         .replace("EFFECTS", &effects.display().to_string());
     dir.write_signed("playbooks/counted-v1.yaml", &playbook, true);
-    dir.write_signed(
-        "bindings.yaml",
-        &bindings(&[("crash", "run", "counted")]),
-        true,
-    );
+    dir.write_bindings(&bindings(&[("crash", "run", "counted")]));
     let config = dir.write_config(
         &db,
         "node-crash",
@@ -189,8 +179,7 @@ async fn sigkill_at_every_step_boundary_loses_and_repeats_nothing() {
     daemon.wait_for_log("playbookd ready", Duration::from_secs(20));
     let executions = wait_all_terminal(&client, Duration::from_secs(60)).await;
     daemon.signal(Signal::SIGTERM);
-    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exit");
-    assert!(status.success(), "{}", daemon.log_text());
+    daemon.exits_cleanly_within(Duration::from_secs(10));
 
     for (id, want) in &expected {
         assert_eq!(

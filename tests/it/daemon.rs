@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, http_get, run_cli, serve_fresh};
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, configured, http_get, query_column,
+    query_value, run_cli, serve_fresh, serve_refused,
+};
 
 #[tokio::test]
 async fn serve_stays_up_and_exits_zero_on_sigterm() {
@@ -30,10 +32,7 @@ async fn serve_stays_up_and_exits_zero_on_sigterm() {
     );
     let asked = Instant::now();
     daemon.signal(Signal::SIGTERM);
-    let status = daemon
-        .wait_exit(Duration::from_secs(5))
-        .expect("daemon did not exit within 5 s of SIGTERM");
-    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+    daemon.exits_cleanly_within(Duration::from_secs(5));
     assert!(asked.elapsed() < Duration::from_secs(5));
 
     let events: Vec<String> = query_column(
@@ -62,8 +61,8 @@ async fn second_migrate_is_a_no_op() {
 
     let (status, stdout, stderr) = run_cli(&args, &env);
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains("applied V1__"), "{stdout}");
-    assert!(stdout.contains("applied V6__runtime_role"), "{stdout}");
+    assert_contains(&stdout, "applied V1__");
+    assert_contains(&stdout, "applied V6__runtime_role");
 
     let (status, stdout, stderr) = run_cli(&args, &env);
     assert!(status.success(), "{stderr}");
@@ -78,13 +77,10 @@ async fn second_migrate_is_a_no_op() {
 
 #[tokio::test]
 async fn unknown_config_key_exits_78_naming_the_key() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "[intake]\nallow_everyone = true\n");
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("allow_everyone"), "{stderr}");
-    assert!(stderr.contains(config.to_str().unwrap()), "{stderr}");
+    let (_db, _dir, config) = configured("node-a", "[intake]\nallow_everyone = true\n").await;
+    let stderr = serve_refused(&config);
+    assert_contains(&stderr, "allow_everyone");
+    assert_contains(&stderr, config.to_str().unwrap());
 }
 
 #[tokio::test]
@@ -110,7 +106,7 @@ async fn unreachable_database_exits_quickly_naming_host_and_port() {
     let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert_contains(&stderr, &format!("127.0.0.1:{port}"));
 }
 
 #[tokio::test]
@@ -128,23 +124,20 @@ async fn environment_database_url_overrides_the_file() {
         &[("PLAYBOOKD_DATABASE_URL", &db.owner_url())],
     );
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains("applied"), "{stdout}");
+    assert_contains(&stdout, "applied");
 }
 
 #[tokio::test]
 async fn second_daemon_with_the_same_node_id_refuses_to_start() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "shared-node", "");
+    let (db, dir, config) = configured("shared-node", "").await;
     let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
     first.wait_for_log("playbookd ready", Duration::from_secs(20));
 
     let other = DaemonDir::new();
     let config = other.write_config(&db, "shared-node", "");
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("shared-node"), "{stderr}");
-    assert!(stderr.contains("another playbookd"), "{stderr}");
+    let stderr = serve_refused(&config);
+    assert_contains(&stderr, "shared-node");
+    assert_contains(&stderr, "another playbookd");
 }
 
 /// GET `path` over the status API's Unix socket; the status line and body.
@@ -156,15 +149,13 @@ fn get_over_unix(socket: &std::path::Path, path: &str) -> String {
 
 #[tokio::test]
 async fn a_second_daemon_started_by_mistake_leaves_the_first_ones_status_socket_working() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-a", "");
+    let (_db, dir, config) = configured("node-a", "").await;
     let socket = dir.path("run/status.sock");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"unix:{}\"", socket.display()),
     );
-    assert!(text.contains("unix:"), "{text}");
+    assert_contains(&text, "unix:");
     std::fs::write(&config, text).unwrap();
     let mut first = ChildDaemon::start(&config, &dir.path("first.log"));
     first.wait_for_log("playbookd ready", Duration::from_secs(20));
@@ -181,10 +172,7 @@ async fn a_second_daemon_started_by_mistake_leaves_the_first_ones_status_socket_
     );
     let response = get_over_unix(&socket, "/v1/health");
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    assert!(
-        stderr.contains("another process is already serving on this socket"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "another process is already serving on this socket");
     first.stop_within(Duration::from_secs(10));
 }
 
@@ -194,9 +182,8 @@ async fn missing_trusted_keys_dir_exits_78_naming_it() {
     let dir = DaemonDir::new();
     std::fs::remove_dir_all(dir.path("trusted-keys")).unwrap();
     let config = dir.write_config(&db, "node-a", "");
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("trusted-keys"), "{stderr}");
+    let stderr = serve_refused(&config);
+    assert_contains(&stderr, "trusted-keys");
 }
 
 #[tokio::test]
@@ -213,12 +200,9 @@ async fn a_policy_key_others_can_write_is_refused_like_a_trusted_key() {
         "node-a",
         &format!("[intake]\npolicy_keys = [\"{}\"]\n", key.display()),
     );
-    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
-    assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("policy.pub") && stderr.contains("group- or world-writable"),
-        "{stderr}"
-    );
+    let stderr = serve_refused(&config);
+    assert_contains(&stderr, "policy.pub");
+    assert_contains(&stderr, "group- or world-writable");
     // The same file, private again, is accepted.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _ready = ChildDaemon::serve(&config);
@@ -264,11 +248,7 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
     let hello = "id: hello\nversion: 1\nname: Hello\nowners: {technical: a@example.org, operational: b@example.org}\n\
          steps:\n  - id: say\n    action: notify\n    with: {message: hi}\n    rollback: none\n";
     dir.write_signed("playbooks/hello.yaml", hello, false);
-    dir.write_signed(
-        "bindings.yaml",
-        "bindings:\n  - {policy: p, outcome: o, playbook: hello}\n  - {policy: p, outcome: x, playbook: ghost}\n",
-        true,
-    );
+    dir.write_bindings("bindings:\n  - {policy: p, outcome: o, playbook: hello}\n  - {policy: p, outcome: x, playbook: ghost}\n");
     let config = dir.write_config(&db, "node-a", "");
     let daemon = ChildDaemon::serve(&config);
     let endpoint = daemon.status_endpoint();
@@ -308,13 +288,11 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
     std::fs::remove_file(dir.path("bindings.yaml.sig.2")).unwrap();
     let (status, stdout, stderr) = run_cli(&["ctl", "reload", "--config", config_arg], &[]);
     assert_eq!(status.code(), Some(65), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("REFUSED") && stdout.contains("hello.yaml (equivocation)"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("bindings.yaml (dual_control)"), "{stdout}");
-    assert!(stdout.contains("KEPT playbook hello@1"), "{stdout}");
-    assert!(stdout.contains("KEPT bindings"), "{stdout}");
+    assert_contains(&stdout, "REFUSED");
+    assert_contains(&stdout, "hello.yaml (equivocation)");
+    assert_contains(&stdout, "bindings.yaml (dual_control)");
+    assert_contains(&stdout, "KEPT playbook hello@1");
+    assert_contains(&stdout, "KEPT bindings");
     let (status, json, _) = run_cli(&["ctl", "reload", "--json", "--config", config_arg], &[]);
     assert_eq!(status.code(), Some(65));
     let reply: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
@@ -322,10 +300,6 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
 
     // The kept versions still answer decisions.
     let decision = crate::harness::decision("p", "o", serde_json::json!({}));
-    let reply = crate::harness::send_line(
-        &dir.path("run/decisions.sock"),
-        decision.to_string().as_bytes(),
-    )
-    .await;
+    let reply = crate::harness::send_json(&dir.path("run/decisions.sock"), &decision).await;
     assert_eq!(reply["status"], "accepted", "{reply}");
 }

@@ -4,6 +4,8 @@
 //! formats, bounds the schema cannot express).
 
 use std::collections::BTreeSet;
+
+use crate::helpers::json_keys;
 use std::path::{Path, PathBuf};
 
 use playbookd::actions::{self, Undo};
@@ -300,12 +302,7 @@ fn the_schema_knows_every_action_its_parameters_and_its_undo() {
     assert_eq!(in_schema, names, "$defs.step action enum");
     for spec in actions::specs() {
         let with = &defs[format!("with.{}", spec.name)];
-        let properties: BTreeSet<&str> = with["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let properties = json_keys(&with["properties"]);
         let params: BTreeSet<&str> = spec.params.iter().map(|p| p.name).collect();
         assert_eq!(properties, params, "with.{} properties", spec.name);
         let required: BTreeSet<&str> = with["required"]

@@ -15,8 +15,7 @@ use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
 use playbookd::store::checkpoint::{Checkpointer, NodeKey};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::audit_cli;
-use crate::helpers::{DaemonDir, TestDb, run_cli};
+use crate::helpers::{DaemonDir, TestDb, assert_contains, audit_cli, configured, run_cli};
 
 /// Node `n1`: runs A (3 rows) and B (2 rows) interleaved with other events, a checkpoint at
 /// seq 10, then run C (1 row) after it.
@@ -31,9 +30,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let db = TestDb::new().await;
-        let dir = DaemonDir::new();
-        let config = dir.write_config(&db, "n1", "");
+        let (db, dir, config) = configured("n1", "").await;
         let stop = CancellationToken::new();
         let (handle, _task) = audit::start_writer(db.config.clone(), "n1".into(), stop.clone())
             .await
@@ -88,10 +85,8 @@ impl Fixture {
     fn bundle_a(&self) -> PathBuf {
         let (status, stdout, stderr) = self.prove(self.run_a);
         assert!(status.success(), "{stdout}{stderr}");
-        assert!(
-            stdout.contains("3 rows of execution") && stdout.contains("checkpoint seq 10"),
-            "{stdout}"
-        );
+        assert_contains(&stdout, "3 rows of execution");
+        assert_contains(&stdout, "checkpoint seq 10");
         self.dir.path(&format!("{}.json", self.run_a))
     }
 
@@ -99,10 +94,7 @@ impl Fixture {
     fn bundle_a_at(&self, seq: u64) -> PathBuf {
         let (status, stdout, stderr) = self.prove(self.run_a);
         assert!(status.success(), "{stdout}{stderr}");
-        assert!(
-            stdout.contains(&format!("checkpoint seq {seq}")),
-            "{stdout}"
-        );
+        assert_contains(&stdout, &format!("checkpoint seq {seq}"));
         self.dir.path(&format!("{}.json", self.run_a))
     }
 
@@ -154,12 +146,12 @@ async fn a_proved_run_verifies_offline_with_the_node_key() {
     let bundle = fixture.bundle_a();
     let (code, stdout, stderr) = fixture.verify_bundle(&bundle, &fixture.dir.path("node.pub"));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!(
+    assert_contains(
+        &stdout,
+        &format!(
             "ok: 3 rows of execution {} are in node n1's signed tree of 10 rows",
             fixture.run_a
-        )),
-        "{stdout}"
+        ),
     );
     // The database is not needed: drop it and verify again.
     let Fixture { db, dir, .. } = fixture;
@@ -177,25 +169,22 @@ async fn a_tampered_row_a_bad_proof_and_another_key_each_fail_naming_the_reason(
     let tampered = edit_bundle(&bundle, |b| b["rows"][1]["event_data"]["i"] = 99.into());
     let (code, stdout, stderr) = fixture.verify_bundle(&tampered, &node_pub);
     assert_eq!(code, Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("row seq 5 was tampered with"), "{stderr}");
+    assert_contains(&stderr, "row seq 5 was tampered with");
 
     let bad_proof = edit_bundle(&bundle, |b| {
         b["rows"][0]["inclusion_proof"][0] = BASE64.encode([7u8; 32]).into();
     });
     let (code, _, stderr) = fixture.verify_bundle(&bad_proof, &node_pub);
     assert_eq!(code, Some(2));
-    assert!(
-        stderr.contains("row seq 2: inclusion proof fails"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "row seq 2: inclusion proof fails");
 
     let other_dir = tempfile::tempdir().unwrap();
     NodeKey::load_or_generate(&other_dir.path().join("node.key")).unwrap();
     let (code, _, stderr) = fixture.verify_bundle(&bundle, &other_dir.path().join("node.pub"));
     assert_eq!(code, Some(2));
-    assert!(
-        stderr.contains("carries no signature by the trusted key `playbookd/n1`"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "carries no signature by the trusted key `playbookd/n1`",
     );
 
     let (code, _, stderr) = fixture.verify_bundle(&fixture.dir.path("missing.json"), &node_pub);
@@ -211,9 +200,9 @@ async fn prove_refuses_a_damaged_chain_and_rows_after_the_newest_checkpoint() {
     let fixture = Fixture::new().await;
     let (status, _, stderr) = fixture.prove(fixture.run_c);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("go up to seq 11, after the newest checkpoint (seq 10)"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "go up to seq 11, after the newest checkpoint (seq 10)",
     );
 
     fixture
@@ -230,11 +219,8 @@ async fn prove_refuses_a_damaged_chain_and_rows_after_the_newest_checkpoint() {
         .unwrap();
     let (status, stdout, stderr) = fixture.prove(fixture.run_a);
     assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
-    assert!(
-        stderr.contains("refusing to sign evidence over a damaged chain")
-            && stderr.contains("BREACH at seq 3: modified"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "refusing to sign evidence over a damaged chain");
+    assert_contains(&stderr, "BREACH at seq 3: modified");
     assert!(
         !fixture
             .dir
@@ -429,22 +415,17 @@ async fn stored_notes_sign_the_chain_root_and_bundles_prove_consistency_with_ear
     let node_pub = fixture.dir.path("node.pub");
     let (code, stdout, stderr) = fixture.verify_bundle(&bundle_path, &node_pub);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("signed tree of 14 rows")
-            && stdout.contains("extends the earlier signed trees of 10 rows"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "signed tree of 14 rows");
+    assert_contains(&stdout, "extends the earlier signed trees of 10 rows");
 
     let forked = edit_bundle(&bundle_path, |b| {
         b["consistency"][0]["proof"][0] = BASE64.encode([5u8; 32]).into();
     });
     let (code, _, stderr) = fixture.verify_bundle(&forked, &node_pub);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains(
-            "forked tree: the checkpoint of 14 rows does not extend the earlier one of 10 rows"
-        ),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "forked tree: the checkpoint of 14 rows does not extend the earlier one of 10 rows",
     );
     let other_dir = tempfile::tempdir().unwrap();
     let other = NodeKey::load_or_generate(&other_dir.path().join("node.key")).unwrap();
@@ -461,11 +442,9 @@ async fn stored_notes_sign_the_chain_root_and_bundles_prove_consistency_with_ear
     });
     let (code, _, stderr) = fixture.verify_bundle(&foreign, &node_pub);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains(
-            "earlier checkpoint #0: the checkpoint carries no signature by the trusted key"
-        ),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        "earlier checkpoint #0: the checkpoint carries no signature by the trusted key",
     );
     stop.cancel();
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::harness::{
     Evidence, NOOP_3, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
 };
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{assert_contains, query_column, query_pairs, query_value};
 use playbookd::store::model::HaltScope;
 
 fn types(events: &[(String, Value)]) -> Vec<&str> {
@@ -216,16 +216,13 @@ async fn a_failed_undo_enters_safe_halt_that_survives_restart_until_resolved() {
         daemon.wait_terminal(&id, Duration::from_secs(10)).await,
         "completed"
     );
-    let client = daemon.db.client().await;
-    let row = client
-        .query_one(
-            "SELECT resolved_by, reason FROM playbook_safe_halt_state WHERE NOT is_active",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 0);
-    assert_eq!(row.get::<_, String>(1), "undo done by hand");
+    let resolved: Vec<(i64, String)> = query_pairs(
+        &daemon.db.client().await,
+        "SELECT resolved_by, reason FROM playbook_safe_halt_state WHERE NOT is_active",
+        &[],
+    )
+    .await;
+    assert_eq!(resolved, [(0, "undo done by hand".to_owned())]);
     daemon.stop().await;
 }
 
@@ -355,6 +352,28 @@ async fn a_gate_near_expiry_is_escalated_before_it_expires() {
 
 // ---- hostile bytes, unevaluable conditions, unrecordable outcomes, cancels (#23, #20) ----
 
+/// A daemon running `playbook`, whose `SCRIPT` appends a line to the file it is given: one line
+/// per run ([`invocations`] counts them).
+async fn daemon_with_counter(files: &Evidence, playbook: &str) -> TestDaemon {
+    files
+        .daemon_with_script("counter", r#"echo x >> "$1""#, playbook)
+        .await
+}
+
+/// Makes the database refuse every UPDATE of `table` for which `condition` (on `NEW`) holds:
+/// an outcome the daemon cannot record, whatever the reason (here a trigger).
+async fn refuse_updates(client: &tokio_postgres::Client, table: &str, condition: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF {condition} THEN RAISE EXCEPTION 'not today'; END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_{table} BEFORE UPDATE ON {table} \
+               FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+        ))
+        .await
+        .unwrap();
+}
+
 /// Invocations a counting script recorded (one line each in `FILE`).
 fn invocations(files: &Evidence, name: &str) -> usize {
     std::fs::read_to_string(files.path(name))
@@ -408,21 +427,18 @@ steps:
         &[],
     )
     .await;
-    assert!(
-        message.contains("undo \\u{0} failed \\u{1b}[2J\\u{1b}]0;owned\\u{7} here"),
-        "{message}"
+    assert_contains(
+        &message,
+        "undo \\u{0} failed \\u{1b}[2J\\u{1b}]0;owned\\u{7} here",
     );
-    assert!(
-        message.contains("playbookd ctl halt-resolve --reason"),
-        "{message}"
-    );
+    assert_contains(&message, "playbookd ctl halt-resolve --reason");
     let undo_error: String = query_value(
         &client,
         "SELECT error FROM playbook_rollback_states WHERE execution_id = $1::text::uuid",
         &[&id],
     )
     .await;
-    assert!(undo_error.contains("\\u{0}"), "{undo_error}");
+    assert_contains(&undo_error, "\\u{0}");
     let refused = daemon
         .send_decision(&decision("bench.noop", "run", json!({})))
         .await;
@@ -523,11 +539,9 @@ steps:
 #[tokio::test]
 async fn a_step_whose_outcome_cannot_be_recorded_is_not_run_again_and_again() {
     let files = Evidence::new();
-    let daemon = files
-        .daemon_with_script(
-            "counter",
-            r#"echo x >> "$1""#,
-            r#"
+    let daemon = daemon_with_counter(
+        &files,
+        r#"
 id: unrecordable
 version: 1
 name: Its success cannot be written
@@ -539,21 +553,17 @@ steps:
     risk: low
     rollback: {action: exec, with: {command: SCRIPT, args: [FILES/undos]}}
 "#,
-        )
-        .await;
+    )
+    .await;
     // The database refuses to record this step's success (whatever the reason: here a
     // trigger); everything else is recorded.
     let client = daemon.db.client().await;
-    client
-        .batch_execute(
-            "CREATE FUNCTION refuse_stubborn() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.step_id = 'stubborn' AND NEW.state = 'succeeded' THEN \
-               RAISE EXCEPTION 'not today'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_stubborn BEFORE UPDATE ON playbook_step_runs \
-               FOR EACH ROW EXECUTE FUNCTION refuse_stubborn();",
-        )
-        .await
-        .unwrap();
+    refuse_updates(
+        &client,
+        "playbook_step_runs",
+        "NEW.step_id = 'stubborn' AND NEW.state = 'succeeded'",
+    )
+    .await;
     let id = daemon
         .decide_p_o_ending("rolled_back", Duration::from_secs(30))
         .await;
@@ -569,10 +579,7 @@ steps:
         &[&id],
     )
     .await;
-    assert!(
-        error.contains("without its outcome being recorded"),
-        "{error}"
-    );
+    assert_contains(&error, "without its outcome being recorded");
     daemon.stop().await;
 }
 
@@ -635,11 +642,9 @@ steps:
 #[tokio::test]
 async fn an_undo_whose_outcome_cannot_be_recorded_ends_in_safe_halt_not_in_a_loop() {
     let files = Evidence::new();
-    let daemon = files
-        .daemon_with_script(
-            "counter",
-            r#"echo x >> "$1""#,
-            r#"
+    let daemon = daemon_with_counter(
+        &files,
+        r#"
 id: unrecordable-undo
 version: 1
 name: Its undo's success cannot be written
@@ -652,29 +657,21 @@ steps:
     rollback: {action: exec, with: {command: SCRIPT, args: [FILES/undos]}}
   - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}
 "#,
-        )
-        .await;
+    )
+    .await;
     let client = daemon.db.client().await;
-    client
-        .batch_execute(
-            "CREATE FUNCTION refuse_undone() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.state = 'succeeded' THEN RAISE EXCEPTION 'not today'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_undone BEFORE UPDATE ON playbook_rollback_states \
-               FOR EACH ROW EXECUTE FUNCTION refuse_undone();",
-        )
-        .await
-        .unwrap();
+    refuse_updates(
+        &client,
+        "playbook_rollback_states",
+        "NEW.state = 'succeeded'",
+    )
+    .await;
     daemon
         .decide_p_o_ending("safe_halted", Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(invocations(&files, "undos"), 3, "then never again");
     let halt = daemon.safe_halt.active().expect("halted");
-    assert!(
-        halt.message.contains("without its outcome being recorded"),
-        "{}",
-        halt.message
-    );
+    assert_contains(&halt.message, "without its outcome being recorded");
     daemon.stop().await;
 }

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{NOOP_3, bindings, decision, try_send_line};
+use crate::harness::{NOOP_3, bindings, decision, poke_until_logged, try_send_line};
 use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
-use crate::helpers::query_value;
-use crate::helpers::{ChildDaemon, DaemonDir, audit_verify, chain_head};
-use crate::helpers::{assert_cut_reported, audit_cli, audit_verify_anchor};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, accept_cut, assert_cut_reported, audit_verify, audit_verify_anchor,
+    chain_head, query_value,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const NODE: &str = "node-a";
@@ -27,7 +28,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(20);
 fn daemon_dir(url: &str) -> (DaemonDir, std::path::PathBuf) {
     let dir = DaemonDir::new();
     dir.write_signed("playbooks/noop-3-v1.yaml", NOOP_3, true);
-    dir.write_signed("bindings.yaml", &bindings(&[("p", "o", "noop-3")]), true);
+    dir.write_bindings(&bindings(&[("p", "o", "noop-3")]));
     // Pace the resume sweep so runs cut by the failover go on soon after it.
     let config = dir.write_config_url(url, NODE, "[executor]\nresume_interval_seconds = 1\n");
     (dir, config)
@@ -217,20 +218,7 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
 
     // The writer reconnects for the next append, to the promoted server, and finds the gap.
     let missing = format!("seq {}..={committed} are missing", kept + 1);
-    let start = Instant::now();
-    while !daemon.log_text().contains(&missing) {
-        assert!(
-            start.elapsed() < LIMIT,
-            "no `{missing}`:\n{}",
-            daemon.log_text()
-        );
-        let _ = try_send_line(
-            &socket,
-            decision("unbound", "x", json!({})).to_string().as_bytes(),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poke_until_logged(&daemon, &socket, &missing, LIMIT).await;
     daemon.wait_for_log("SAFE-HALT entered: the audit chain was cut", LIMIT);
     // Nothing goes on top of the gap, whatever arrives.
     let reply = try_send_line(
@@ -254,15 +242,10 @@ async fn with_asynchronous_replication_rows_lost_in_a_failover_halt_the_daemon_a
 
     // The operator's way out (README "Running a fleet"): accept the cut with a reason; the
     // next start appends again, first of all the acknowledgment, and the chain verifies.
-    let (status, stdout, stderr) = audit_cli(
-        "accept-cut",
+    accept_cut(
         &config,
-        &[
-            "--reason",
-            "failover to a lagging standby; lost rows preserved from the old primary",
-        ],
+        "failover to a lagging standby; lost rows preserved from the old primary",
     );
-    assert!(status.success(), "{stdout}{stderr}");
     let mut daemon = ChildDaemon::start(&config, &dir.path("after.log"));
     daemon.wait_for_log("playbookd ready", LIMIT);
     let event_type: String = query_value(

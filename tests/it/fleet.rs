@@ -12,8 +12,9 @@ use time::format_description::well_known::Rfc3339;
 use crate::harness::{
     Evidence, TestDaemon, TestDaemonBuilder, accepted_id, bindings, decision, exec_config,
 };
-use crate::helpers::TestDb;
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{
+    TestDb, assert_contains, insert_halt, query_column, query_pairs, query_value,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -294,7 +295,7 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
         &[],
     );
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("fleet SAFE-HALT"), "{stdout}");
+    assert_contains(&stdout, "fleet SAFE-HALT");
     let at = Instant::now();
     wait_until(
         "node-b to learn of the fleet halt",
@@ -313,11 +314,8 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
     // The console of either node shows the fleet banner with the fleet's clear command.
     let page = request(&endpoint(&b), "GET", "/ui/").await.unwrap();
     let html = String::from_utf8(page.body).unwrap();
-    assert!(html.contains("FLEET SAFE-HALT"), "{html}");
-    assert!(
-        html.contains("playbookd ctl halt-resolve --fleet --reason"),
-        "{html}"
-    );
+    assert_contains(&html, "FLEET SAFE-HALT");
+    assert_contains(&html, "playbookd ctl halt-resolve --fleet --reason");
     // The fleet halt is not a node's halt: halt-resolve without --fleet clears nothing.
     let wrong = b
         .control(&json!({"verb": "halt-resolve", "reason": "x"}))
@@ -340,17 +338,13 @@ async fn a_fleet_halt_from_one_node_is_learned_by_the_others_within_a_second_and
     accepted_id(&a.send_decision(&decision("p", "nap", json!({}))).await);
     // Both are in the audit chains of the nodes whose admins acted.
     let client = db.client().await;
-    let events: Vec<(String, String)> = client
-        .query(
-            "SELECT node_id, event_type FROM playbook_audit_log \
+    let events: Vec<(String, String)> = query_pairs(
+        &client,
+        "SELECT node_id, event_type FROM playbook_audit_log \
              WHERE event_type LIKE 'safe_halt.fleet_%' ORDER BY created_at",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        &[],
+    )
+    .await;
     assert_eq!(
         events,
         [
@@ -448,17 +442,7 @@ async fn three_daemons_on_one_database() {
     }
 
     // Per-node halts stay isolated: node-a's own halt stops none of the others.
-    let halted_a = db
-        .client()
-        .await
-        .execute(
-            "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, error_message, entered_at) \
-             VALUES (true, 'node', 'node-a', 'test halt of node-a', now())",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(halted_a, 1);
+    insert_halt(&db.client().await, "node", "node-a", "test halt of node-a").await;
     let on_b = accepted_id(&nodes[1].send_decision(&decision("p", "o", json!({}))).await);
     nodes[1].wait_state(&on_b, "completed", LIMIT).await;
     let refused = nodes[0].send_decision(&decision("p", "o", json!({}))).await;
@@ -527,7 +511,7 @@ async fn three_daemons_on_one_database() {
     let (status, stdout, stderr) =
         crate::helpers::run_cli(&["status", "--url", &url, "nodes"], &[]);
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("3 nodes, 2 stale"), "{stdout}");
+    assert_contains(&stdout, "3 nodes, 2 stale");
     let line = |node: &str| stdout.lines().find(|l| l.starts_with(node)).unwrap_or("");
     assert!(line("node-a ").contains("alive"), "{stdout}");
     assert!(line("node-b ").contains("stopped"), "{stdout}");

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{NOOP_3, bindings, decision, send_line};
-use crate::helpers::audit_cli;
+use crate::harness::{NOOP_3, bindings, decision, send_json};
 use crate::helpers::cluster::{Cluster, DATABASE, multi_host_url};
-use crate::helpers::query_value;
-use crate::helpers::{ChildDaemon, DaemonDir};
+use crate::helpers::{ChildDaemon, DaemonDir, audit_cli, query_value};
 
 const NODES: usize = 20;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -36,7 +34,7 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
     for i in 0..NODES {
         let dir = DaemonDir::new();
         dir.write_signed("playbooks/noop-3-v1.yaml", NOOP_3, true);
-        dir.write_signed("bindings.yaml", &bindings(&[("p", "o", "noop-3")]), true);
+        dir.write_bindings(&bindings(&[("p", "o", "noop-3")]));
         let node = format!("node-{i:02}");
         let config = dir.write_config_url(&url, &node, "");
         let daemon = ChildDaemon::start(&config, &dir.path("daemon.log"));
@@ -53,11 +51,7 @@ async fn fleet_bench_twenty_daemons_on_one_server() {
             let socket = dir.path("run/decisions.sock");
             tokio::spawn(async move {
                 for _ in 0..runs {
-                    let reply = send_line(
-                        &socket,
-                        decision("p", "o", json!({})).to_string().as_bytes(),
-                    )
-                    .await;
+                    let reply = send_json(&socket, &decision("p", "o", json!({}))).await;
                     assert_eq!(reply["status"], "accepted", "{reply}");
                 }
             })

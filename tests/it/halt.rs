@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::harness::{
     Evidence, GATED_NOOP, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
 };
-use crate::helpers::query_column;
+use crate::helpers::{assert_contains, insert_halt, query_column};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -321,10 +321,8 @@ async fn during_safe_halt_an_approval_is_refused_and_denied_or_expired_runs_undo
         .await;
     assert_eq!(approve["status"], "refused", "{approve}");
     let reason = approve["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("safe_halt") && reason.contains("playbookd ctl halt-resolve"),
-        "{reason}"
-    );
+    assert_contains(reason, "safe_halt");
+    assert_contains(reason, "playbookd ctl halt-resolve");
     // A deny stops a run: recorded, and the run rolls back, but its undo (an action) waits.
     let deny = daemon
         .control(&json!({"verb": "deny", "execution_id": second, "step": "contain", "reason": "wrong host"}))
@@ -435,9 +433,9 @@ async fn each_node_has_its_own_safe_halt_and_clears_only_its_own() {
     clear_halt(&a).await;
     assert!(!a.safe_halt.is_active());
     assert!(b.safe_halt.is_active(), "clearing node-a cleared node-b");
-    let client = a.db.client().await;
+    // The database agrees: only node-b's halt is active.
     let active: Vec<String> = query_column(
-        &client,
+        &a.db.client().await,
         "SELECT node_id FROM playbook_safe_halt_state WHERE is_active",
         &[],
     )
@@ -554,11 +552,7 @@ async fn a_resumed_run_whose_stored_bytes_were_altered_enters_safe_halt_instead_
         "{}",
         halt.message
     );
-    assert!(
-        halt.message.contains("playbookd ctl halt-resolve"),
-        "{}",
-        halt.message
-    );
+    assert_contains(&halt.message, "playbookd ctl halt-resolve");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!files.exists("forged") && !files.exists("touched"));
     assert_eq!(daemon.count_events(&run, "step.started").await, 0);
@@ -591,14 +585,7 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
         )
         .await
         .unwrap();
-    client
-        .execute(
-            "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, error_message, entered_at) \
-             VALUES (true, 'fleet', 'node-admin', 'fleet halt for the test', now())",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_halt(&client, "fleet", "node-admin", "fleet halt for the test").await;
     assert!(!daemon.safe_halt.is_active(), "not known in memory");
 
     let refused = daemon.wait_event(&run, "step.start_refused", LIMIT).await;

@@ -203,7 +203,7 @@ impl TestDaemon {
         for text in &setup.playbooks {
             dir.write_signed(&playbook_file(text), text, true);
         }
-        dir.write_signed("bindings.yaml", &setup.bindings, true);
+        dir.write_bindings(&setup.bindings);
         let config = Config::load(&config_path).expect("config");
         let daemon = Daemon::build(config).await.expect("daemon builds");
         let socket = dir.path("run/decisions.sock");
@@ -270,7 +270,7 @@ impl TestDaemon {
     /// Sends one request to control.sock (as this test's uid, root: an admin by the default
     /// roles) and returns the parsed reply.
     pub async fn control(&self, request: &Value) -> Value {
-        send_line(&self.control_socket(), request.to_string().as_bytes()).await
+        send_json(&self.control_socket(), request).await
     }
 
     /// Sends one decision line on a new connection and returns the parsed reply.
@@ -279,7 +279,7 @@ impl TestDaemon {
     }
 
     pub async fn send_decision(&self, decision: &Value) -> Value {
-        self.send(decision.to_string().as_bytes()).await
+        send_json(&self.socket, decision).await
     }
 
     /// Sends `decision`, which must be accepted, and returns the execution id.
@@ -463,14 +463,9 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn new() -> Evidence {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("pbd-halt-")
-            .tempdir()
-            .unwrap();
         // exec children run as `actions.exec.run_as` (nobody), never as the daemon: they must
         // be able to leave their evidence here (sticky, like /tmp).
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let dir = crate::helpers::tempdir_with_mode("pbd-halt-", 0o1777);
         Evidence { dir }
     }
 
@@ -518,12 +513,43 @@ pub async fn send_line(socket: &std::path::Path, line: &[u8]) -> Value {
     parse_reply(&reply)
 }
 
+/// [`send_line`] of `message`'s JSON text: a decision or a control request.
+pub async fn send_json(socket: &std::path::Path, message: &Value) -> Value {
+    send_line(socket, message.to_string().as_bytes()).await
+}
+
 /// Like [`send_line`], for a daemon that may be gone (killed by the test): `None` when the
 /// connection breaks before a whole reply; a reply that is not JSON still fails the test.
 pub async fn try_send_line(socket: &std::path::Path, line: &[u8]) -> Option<Value> {
     let mut stream = UnixStream::connect(socket).await.ok()?;
     let reply = exchange(&mut stream, line).await.ok()?;
     (!reply.is_empty()).then(|| parse_reply(&reply))
+}
+
+/// Sends unbound decisions to `socket` until `daemon`'s log shows `needle`, or panics with the
+/// log after `limit`: each decision needs an append (it is refused), so the audit writer
+/// reconnects for it and checks the chain. Replies do not matter (nor their absence: the
+/// daemon may be reconnecting).
+pub async fn poke_until_logged(
+    daemon: &crate::helpers::ChildDaemon,
+    socket: &std::path::Path,
+    needle: &str,
+    limit: Duration,
+) {
+    let start = std::time::Instant::now();
+    while !daemon.log_text().contains(needle) {
+        assert!(
+            start.elapsed() < limit,
+            "no `{needle}`:\n{}",
+            daemon.log_text()
+        );
+        let _ = try_send_line(
+            socket,
+            decision("unbound", "x", json!({})).to_string().as_bytes(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One line out, one line back (within 15 s: a reply may wait for a database failover).

@@ -13,9 +13,7 @@ use playbookd::registry::{LoadSummary, Registry, RegistryPaths, load_pinned};
 use playbookd::store::audit::{self, AuditHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DaemonDir, TestDb};
-use crate::helpers::{openssl, openssl_key_pair};
-use crate::helpers::{query_column, query_value};
+use crate::helpers::{DaemonDir, TestDb, openssl, openssl_key_pair, query_column, query_value};
 
 struct Fixture {
     db: TestDb,
@@ -478,7 +476,7 @@ async fn bindings_need_two_distinct_signers() {
         "{rejected:?}"
     );
 
-    f.dir.write_signed("bindings.yaml", text, true);
+    f.dir.write_bindings(text);
     let summary = registry.reload().await.unwrap();
     assert_eq!(summary.bindings, 1);
     assert_eq!(registry.catalog().bindings()[0].playbook, "good");
@@ -558,7 +556,7 @@ async fn refused_bindings_keep_the_last_verified_ones_unless_the_file_is_gone() 
     let f = Fixture::new().await;
     f.playbook("good", "good", 1, "low", false);
     let text = "bindings:\n  - {policy: p, outcome: o, playbook: good}\n";
-    f.dir.write_signed("bindings.yaml", text, true);
+    f.dir.write_bindings(text);
     let (registry, _) = f.load().await;
     assert_eq!(registry.catalog().bindings().len(), 1);
 
@@ -587,11 +585,7 @@ async fn refused_bindings_keep_the_last_verified_ones_unless_the_file_is_gone() 
 async fn a_binding_without_an_active_playbook_is_reported() {
     let f = Fixture::new().await;
     f.playbook("good", "good", 1, "low", false);
-    f.dir.write_signed(
-        "bindings.yaml",
-        "bindings:\n  - {policy: p, outcome: o, playbook: good}\n  - {policy: p, outcome: x, playbook: missing}\n",
-        true,
-    );
+    f.dir.write_bindings("bindings:\n  - {policy: p, outcome: o, playbook: good}\n  - {policy: p, outcome: x, playbook: missing}\n");
     let (registry, _) = f.load().await;
     let catalog = registry.catalog();
     let unresolved: Vec<&str> = catalog

@@ -6,8 +6,9 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use crate::harness::TestDaemon;
-use crate::helpers::query_value;
-use crate::helpers::{DaemonDir, TestDb, connect, run_cli};
+use crate::helpers::{
+    DaemonDir, TestDb, assert_contains, connect, query_pairs, query_value, run_cli,
+};
 
 const EVIDENCE: [&str; 3] = [
     "playbook_audit_log",
@@ -143,6 +144,13 @@ async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_e
 }
 
 /// Runs `playbookd serve` connecting with `url` and returns (exit code, stderr).
+/// [`serve_as`], which must refuse to start (exit 78): its stderr.
+fn refused_as(db: &TestDb, dir: &DaemonDir, url: &str) -> String {
+    let (code, stderr) = serve_as(db, dir, url);
+    assert_eq!(code, Some(78), "{stderr}");
+    stderr
+}
+
 fn serve_as(db: &TestDb, dir: &DaemonDir, url: &str) -> (Option<i32>, String) {
     let config = dir.write_config(db, "node-a", "");
     let (status, _, stderr) = run_cli(
@@ -156,21 +164,14 @@ fn serve_as(db: &TestDb, dir: &DaemonDir, url: &str) -> (Option<i32>, String) {
 async fn the_daemon_refuses_to_start_as_a_superuser_with_the_fix_in_the_message() {
     let (db, dir) = db_with_evidence().await;
     let rows = count(&db, "playbook_audit_log").await;
-    let (code, stderr) = serve_as(&db, &dir, &db.admin_url());
-    assert_eq!(code, Some(78), "{stderr}");
-    assert!(
-        stderr.contains("refusing to run as database role `postgres`"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("it is a superuser"), "{stderr}");
+    let stderr = refused_as(&db, &dir, &db.admin_url());
+    assert_contains(&stderr, "refusing to run as database role `postgres`");
+    assert_contains(&stderr, "it is a superuser");
     assert!(
         !stderr.contains("it owns"),
         "a superuser is told that, not each consequence: {stderr}"
     );
-    assert!(
-        stderr.contains("playbookd migrate --runtime-role"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "playbookd migrate --runtime-role");
     // Nothing acted: not even a daemon.start row.
     assert_eq!(count(&db, "playbook_audit_log").await, rows);
 }
@@ -179,12 +180,8 @@ async fn the_daemon_refuses_to_start_as_a_superuser_with_the_fix_in_the_message(
 async fn the_daemon_refuses_to_start_as_the_owner_role_with_the_fix_in_the_message() {
     let (db, dir) = db_with_evidence().await;
     let rows = count(&db, "playbook_audit_log").await;
-    let (code, stderr) = serve_as(&db, &dir, &db.owner_url());
-    assert_eq!(code, Some(78), "{stderr}");
-    assert!(
-        stderr.contains(&format!("database role `{}`", db.owner)),
-        "{stderr}"
-    );
+    let stderr = refused_as(&db, &dir, &db.owner_url());
+    assert_contains(&stderr, &format!("database role `{}`", db.owner));
     let owned = stderr
         .split("it owns tables ")
         .nth(1)
@@ -194,11 +191,8 @@ async fn the_daemon_refuses_to_start_as_the_owner_role_with_the_fix_in_the_messa
         owned.contains("audit_checkpoints, ") && owned.contains("playbook_audit_log, "),
         "{stderr}"
     );
-    assert!(stderr.contains("it owns database"), "{stderr}");
-    assert!(
-        stderr.contains("playbookd migrate --runtime-role"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "it owns database");
+    assert_contains(&stderr, "playbookd migrate --runtime-role");
     assert_eq!(count(&db, "playbook_audit_log").await, rows);
 }
 
@@ -224,11 +218,9 @@ async fn the_daemon_refuses_a_role_that_may_delete_evidence_through_a_membership
     );
     admin.batch_execute(&cleanup).await.unwrap();
     assert_eq!(code, Some(78), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "its role {cleaner} may DELETE on audit_checkpoints"
-        )),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        &format!("its role {cleaner} may DELETE on audit_checkpoints"),
     );
     assert!(
         stderr.contains(&format!(
@@ -252,13 +244,9 @@ async fn the_daemon_refuses_a_role_that_may_delete_evidence_through_a_membership
 async fn the_daemon_never_migrates_and_names_the_command_that_does() {
     let db = TestDb::empty().await;
     let dir = DaemonDir::new();
-    let (code, stderr) = serve_as(&db, &dir, &db.url());
-    assert_eq!(code, Some(78), "{stderr}");
-    assert!(stderr.contains("no playbookd schema"), "{stderr}");
-    assert!(
-        stderr.contains("playbookd migrate --runtime-role"),
-        "{stderr}"
-    );
+    let stderr = refused_as(&db, &dir, &db.url());
+    assert_contains(&stderr, "no playbookd schema");
+    assert_contains(&stderr, "playbookd migrate --runtime-role");
     let tables: i64 = query_value(
         &db.client().await,
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
@@ -288,10 +276,7 @@ async fn migrate_refuses_to_make_the_owner_or_a_superuser_the_runtime_role() {
         &[("PLAYBOOKD_OWNER_DATABASE_URL", &owner_url)],
     );
     assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("CREATE ROLE pbd_no_such_role LOGIN"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "CREATE ROLE pbd_no_such_role LOGIN");
 }
 
 #[tokio::test]
@@ -320,7 +305,7 @@ async fn audit_verify_works_as_a_read_only_role() {
         .await
         .unwrap();
     assert!(status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("node-a"), "{stdout}");
+    assert_contains(&stdout, "node-a");
 }
 
 /// The upgrade README "Database roles" gives an operator of an install from before the two
@@ -343,12 +328,8 @@ async fn an_install_owned_by_the_daemons_role_is_refused_until_the_documented_up
     playbookd::store::migrate::migrate(&mut old).await.unwrap();
     drop(old);
     let dir = DaemonDir::new();
-    let (code, stderr) = serve_as(&db, &dir, &db.url());
-    assert_eq!(code, Some(78), "{stderr}");
-    assert!(
-        stderr.contains("it owns tables audit_checkpoints, "),
-        "{stderr}"
-    );
+    let stderr = refused_as(&db, &dir, &db.url());
+    assert_contains(&stderr, "it owns tables audit_checkpoints, ");
 
     // README: as a superuser, in the database (the owner role exists here already).
     admin_db
@@ -378,17 +359,13 @@ async fn an_install_owned_by_the_daemons_role_is_refused_until_the_documented_up
 async fn the_runtime_role_holds_exactly_the_listed_grants() {
     let db = TestDb::new().await;
     let client = db.client().await;
-    let tables: Vec<(String, String)> = client
-        .query(
-            "SELECT table_name::text, privilege_type::text FROM information_schema.role_table_grants \
+    let tables: Vec<(String, String)> = query_pairs(
+        &client,
+        "SELECT table_name::text, privilege_type::text FROM information_schema.role_table_grants \
              WHERE grantee = $1 ORDER BY 1, 2",
-            &[&db.runtime],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+        &[&db.runtime],
+    )
+    .await;
     let mut expected: Vec<(String, String)> = Vec::new();
     let mut grant = |privileges: &[&str], tables: &[&str]| {
         for table in tables {

@@ -7,8 +7,7 @@ use playbookd::registry::secure_open::TrustedDir;
 use playbookd::registry::signature::{FileError, KeyId, SignatureError, TrustedKeys};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::run_cli;
-use crate::helpers::{openssl, openssl_key_pair};
+use crate::helpers::{assert_contains, openssl, openssl_key_pair, run_cli};
 
 fn openssl_ok(args: &[&str]) -> bool {
     Command::new("openssl")
@@ -314,10 +313,7 @@ fn rsa_keys_verify_only_their_own_scheme_with_openssl_signatures() {
         &[],
     );
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!("{expected_id} (rsa-pkcs1v15-sha256)")),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &format!("{expected_id} (rsa-pkcs1v15-sha256)"));
 }
 
 /// A valid playbook with one low-risk step.
@@ -342,10 +338,8 @@ fn one_key_under_two_names_or_schemes_is_refused_naming_both_files() {
     assert_eq!(refused.len(), 2, "{refused:?}");
     for refusal in &refused {
         let message = refusal.error.to_string();
-        assert!(
-            message.contains("alice.pub") && message.contains("alice.pss.pub"),
-            "{message}"
-        );
+        assert_contains(&message, "alice.pub");
+        assert_contains(&message, "alice.pss.pub");
     }
     // The same key under another name (same encoding), beside an unrelated Ed25519 key.
     std::fs::rename(t.path("trusted/alice.pss.pub"), t.path("trusted/bob.pub")).unwrap();
@@ -374,7 +368,7 @@ fn one_key_under_two_names_or_schemes_is_refused_naming_both_files() {
         &[],
     );
     assert_eq!(status.code(), Some(65), "{stdout}{stderr}");
-    assert!(stderr.contains("same key as"), "{stderr}");
+    assert_contains(&stderr, "same key as");
 }
 
 #[test]
@@ -402,12 +396,9 @@ fn verify_names_each_failing_file_and_exits_65() {
         &[],
     );
     assert_eq!(status.code(), Some(65));
-    assert!(stdout.contains("good.yaml: OK (playbook a@1)"), "{stdout}");
-    assert!(stdout.contains("(ed25519)"), "{stdout}");
-    assert!(
-        stdout.contains("unsigned.yaml: REJECTED (signature_missing)"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "good.yaml: OK (playbook a@1)");
+    assert_contains(&stdout, "(ed25519)");
+    assert_contains(&stdout, "unsigned.yaml: REJECTED (signature_missing)");
 }
 
 #[test]
@@ -419,17 +410,15 @@ fn rsa_2048_key_in_the_trust_dir_is_refused_naming_the_file() {
     assert!(keys.is_empty());
     assert_eq!(refused.len(), 1);
     let message = refused[0].error.to_string();
-    assert!(
-        message.contains("weak.pub") && message.contains("2048"),
-        "{message}"
-    );
+    assert_contains(&message, "weak.pub");
+    assert_contains(&message, "2048");
 
     // And our signer refuses to sign with it.
     let doc = t.path("docs/a.yaml");
     std::fs::write(&doc, "x").unwrap();
     let (status, _, stderr) = run_cli(&["sign", "--key", s(&t.path("w.key")), s(&doc)], &[]);
     assert_eq!(status.code(), Some(65), "{stderr}");
-    assert!(stderr.contains("2048"), "{stderr}");
+    assert_contains(&stderr, "2048");
 }
 
 /// `verify` applies the registry's rules, not just the signatures: dual control for critical
@@ -471,6 +460,17 @@ fn verify_applies_every_rule_the_daemon_applies_and_names_the_one_that_failed() 
         args.push(s(doc));
         run_cli(&args, &[])
     };
+    // `verify` of one document, which must fail with 65 (or pass): its report.
+    let rejected = |doc: &Path| {
+        let (status, stdout, _) = verify(&[], doc);
+        assert_eq!(status.code(), Some(65), "{stdout}");
+        stdout
+    };
+    let verified = |doc: &Path| {
+        let (status, stdout, _) = verify(&[], doc);
+        assert!(status.success(), "{stdout}");
+        stdout
+    };
     let critical = t.path("docs/critical.yaml");
     std::fs::write(
         &critical,
@@ -478,24 +478,18 @@ fn verify_applies_every_rule_the_daemon_applies_and_names_the_one_that_failed() 
     )
     .unwrap();
     sign(&critical, false);
-    let (status, stdout, _) = verify(&[], &critical);
-    assert_eq!(status.code(), Some(65), "{stdout}");
-    assert!(
-        stdout.contains("critical.yaml: REJECTED (dual_control)")
-            && stdout.contains("two distinct trusted keys"),
-        "{stdout}"
-    );
+    let stdout = rejected(&critical);
+    assert_contains(&stdout, "critical.yaml: REJECTED (dual_control)");
+    assert_contains(&stdout, "two distinct trusted keys");
     // The same key twice is still one signer.
     std::fs::copy(
         format!("{}.sig", s(&critical)),
         format!("{}.sig.2", s(&critical)),
     )
     .unwrap();
-    let (status, stdout, _) = verify(&[], &critical);
-    assert_eq!(status.code(), Some(65), "{stdout}");
+    rejected(&critical);
     sign(&critical, true);
-    let (status, stdout, _) = verify(&[], &critical);
-    assert!(status.success(), "{stdout}");
+    let stdout = verified(&critical);
     assert!(stdout.contains(" and "), "two signers named: {stdout}");
 
     let bindings = t.path("docs/bindings.yaml");
@@ -505,25 +499,19 @@ fn verify_applies_every_rule_the_daemon_applies_and_names_the_one_that_failed() 
     )
     .unwrap();
     sign(&bindings, false);
-    let (status, stdout, _) = verify(&[], &bindings);
-    assert_eq!(status.code(), Some(65), "{stdout}");
-    assert!(
-        stdout.contains("bindings.yaml: REJECTED (dual_control)")
-            && stdout.contains("bindings file"),
-        "{stdout}"
-    );
+    let stdout = rejected(&bindings);
+    assert_contains(&stdout, "bindings.yaml: REJECTED (dual_control)");
+    assert_contains(&stdout, "bindings file");
     sign(&bindings, true);
-    let (status, stdout, _) = verify(&[], &bindings);
-    assert!(status.success(), "{stdout}");
-    assert!(stdout.contains("OK (bindings, 1)"), "{stdout}");
+    let stdout = verified(&bindings);
+    assert_contains(&stdout, "OK (bindings, 1)");
 
     // A signed file that is not a valid document.
     let broken = t.path("docs/broken.yaml");
     std::fs::write(&broken, "id: broken\n").unwrap();
     sign(&broken, false);
-    let (status, stdout, _) = verify(&[], &broken);
-    assert_eq!(status.code(), Some(65), "{stdout}");
-    assert!(stdout.contains("REJECTED (invalid_document)"), "{stdout}");
+    let stdout = rejected(&broken);
+    assert_contains(&stdout, "REJECTED (invalid_document)");
 
     // With --config: the configuration's limits, as the daemon applies them at load.
     let exec = t.path("docs/exec.yaml");
@@ -549,10 +537,7 @@ fn verify_applies_every_rule_the_daemon_applies_and_names_the_one_that_failed() 
     );
     let (status, stdout, _) = verify(&["--config", s(&config)], &exec);
     assert_eq!(status.code(), Some(65), "{stdout}");
-    assert!(
-        stdout.contains("REJECTED (command_not_allowed)")
-            && stdout.contains("step `one`, with.command")
-            && stdout.contains("actions.exec.allowed_commands"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "REJECTED (command_not_allowed)");
+    assert_contains(&stdout, "step `one`, with.command");
+    assert_contains(&stdout, "actions.exec.allowed_commands");
 }

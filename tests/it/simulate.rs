@@ -1,6 +1,6 @@
 //! `playbookd simulate`: the plan a decision would get, with nothing executed or written.
 
-use crate::helpers::run_cli;
+use crate::helpers::{assert_contains, assert_lacks, run_cli};
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
@@ -56,15 +56,12 @@ fn simulate_shows_a_skipped_step_and_refuses_a_bad_subject() {
     let playbook = RANSOMWARE;
     let (status, stdout, _) = run_cli(&["simulate", "--decision", &low, playbook], &[]);
     assert!(status.success());
-    assert!(
-        stdout.contains("skip: when `severity >= high` is false"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "skip: when `severity >= high` is false");
 
     let bad = write(&dir, "bad.json", &decision("high").replace("4242", "\"x\""));
     let (status, _, stderr) = run_cli(&["simulate", "--decision", &bad, playbook], &[]);
     assert!(!status.success());
-    assert!(stderr.contains("subject.pid"), "{stderr}");
+    assert_contains(&stderr, "subject.pid");
 }
 
 #[test]
@@ -75,7 +72,7 @@ fn simulate_exits_66_on_an_unreadable_file_and_65_on_an_invalid_one() {
     let missing = dir.path().join("missing.json").display().to_string();
     let (status, _, stderr) = run_cli(&["simulate", "--decision", &missing, playbook], &[]);
     assert_eq!(status.code(), Some(66), "{stderr}");
-    assert!(stderr.contains("cannot read"), "{stderr}");
+    assert_contains(&stderr, "cannot read");
     let missing_playbook = dir.path().join("missing.yaml").display().to_string();
     let (status, _, stderr) = run_cli(
         &["simulate", "--decision", &decision, &missing_playbook],
@@ -103,7 +100,7 @@ fn simulate_into_a_closed_pipe_ends_quietly_without_a_panic() {
     drop(child.stdout.take());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_lacks(&stderr, "panicked");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
 
@@ -136,9 +133,6 @@ fn simulate_with_a_config_refuses_what_the_daemon_would_refuse_at_load() {
         &[],
     );
     assert_eq!(status.code(), Some(65), "{stderr}");
-    assert!(
-        stderr.contains("step `run`, with.command")
-            && stderr.contains("actions.exec.allowed_commands"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "step `run`, with.command");
+    assert_contains(&stderr, "actions.exec.allowed_commands");
 }

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, run_cli};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, configured, json_keys, run_cli,
+};
 
 const NODE: &str = "node-s";
 const PLAYBOOK: &str = "contain-host";
@@ -926,13 +928,9 @@ fn openapi_documents_every_route_and_only_those() {
             .unwrap();
     let doc: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    let documented: HashSet<&str> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    let served: HashSet<&str> = status::routes::ROUTES.iter().map(|r| r.path).collect();
+    let documented = json_keys(&doc["paths"]);
+    let served: std::collections::BTreeSet<&str> =
+        status::routes::ROUTES.iter().map(|r| r.path).collect();
     assert_eq!(documented, served);
     for (path, item) in doc["paths"].as_object().unwrap() {
         let methods: Vec<&String> = item.as_object().unwrap().keys().collect();
@@ -1046,16 +1044,14 @@ async fn status_cli_prints_tables_and_json() {
 
     let (status, stdout, stderr) = cli(vec![]).await;
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains("ready: yes"), "{stdout}");
-    assert!(stdout.contains("rolled_back 1"), "{stdout}");
+    assert_contains(&stdout, "ready: yes");
+    assert_contains(&stdout, "rolled_back 1");
 
     let (status, stdout, stderr) = cli(vec!["executions", "--state", "rolled_back"]).await;
     assert!(status.success(), "{stderr}");
     assert!(stdout.starts_with("EXECUTION"), "{stdout}");
-    assert!(
-        stdout.contains(&id_text) && stdout.contains("contain-host@3"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &id_text);
+    assert_contains(&stdout, "contain-host@3");
 
     let (status, stdout, stderr) = cli(vec!["executions", "--json"]).await;
     assert!(status.success(), "{stderr}");
@@ -1064,40 +1060,32 @@ async fn status_cli_prints_tables_and_json() {
 
     let (status, stdout, stderr) = cli(vec!["execution", &id_text]).await;
     assert!(status.success(), "{stderr}");
-    assert!(
-        stdout.contains("step-0") && stdout.contains("exit status 3"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "step-0");
+    assert_contains(&stdout, "exit status 3");
 
     let (status, stdout, _) = cli(vec!["halt"]).await;
     assert!(status.success());
-    assert!(
-        stdout.contains("no active SAFE-HALT") && stdout.contains("fixed by hand"),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "no active SAFE-HALT");
+    assert_contains(&stdout, "fixed by hand");
 
     let (status, stdout, _) = cli(vec!["audit"]).await;
     assert!(status.success());
-    assert!(stdout.contains("execution.started"), "{stdout}");
+    assert_contains(&stdout, "execution.started");
 
     let (status, _, stderr) = cli(vec!["executions", "--state", "bogus"]).await;
     assert_eq!(status.code(), Some(1));
-    assert!(
-        stderr.contains("400") && stderr.contains("`state`"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "400");
+    assert_contains(&stderr, "`state`");
 
     server.runtime.send_replace(RuntimeSnapshot::default());
     let (status, stdout, _) = cli(vec![]).await;
     assert_eq!(status.code(), Some(1), "not ready is a failure for scripts");
-    assert!(stdout.contains("ready: NO"), "{stdout}");
+    assert_contains(&stdout, "ready: NO");
 }
 
 #[tokio::test]
 async fn daemon_serves_status_and_never_echoes_its_database_password() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-d", "");
+    let (db, _dir, config) = configured("node-d", "").await;
     // Same server and database, now with a password in the URL (trust auth ignores it).
     let text = std::fs::read_to_string(&config).unwrap();
     let with_password = text.replacen(

@@ -24,8 +24,7 @@ use playbookd::store::undos;
 use playbookd::store::versions::{self, NewVersion};
 use playbookd::text;
 
-use crate::helpers::query_value;
-use crate::helpers::{OwnerRoleDb, TestDb};
+use crate::helpers::{OwnerRoleDb, TestDb, assert_contains, query_value};
 
 const NODE: &str = "node-store";
 const PLAYBOOK: &str = "id: store-test\nversion: 1\n";
@@ -205,21 +204,12 @@ async fn illegal_transitions_are_refused_by_the_database_even_for_the_daemons_ro
     for line in &outcomes {
         assert!(line.contains("refused"), "{outcomes:#?}");
     }
-    assert!(
-        outcomes[0].contains("run state change completed -> running is not allowed"),
-        "{}",
-        outcomes[0]
+    assert_contains(
+        &outcomes[0],
+        "run state change completed -> running is not allowed",
     );
-    assert!(
-        outcomes[1].contains("run state completed is terminal"),
-        "{}",
-        outcomes[1]
-    );
-    assert!(
-        outcomes[2].contains("succeeded -> running"),
-        "{}",
-        outcomes[2]
-    );
+    assert_contains(&outcomes[1], "run state completed is terminal");
+    assert_contains(&outcomes[2], "succeeded -> running");
     // A legal change by hand is still possible (the trigger is not a blanket refusal).
     client
         .execute(
@@ -361,14 +351,13 @@ async fn record_and_read_back(
         .unwrap();
 
     let client = db.client().await;
-    let row = client
-        .query_one(
-            "SELECT output FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 0",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, Value>(0), steps::storable_output(produced));
+    let output: Value = query_value(
+        &client,
+        "SELECT output FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 0",
+        &[&id],
+    )
+    .await;
+    assert_eq!(output, steps::storable_output(produced));
     let row = client
         .query_one(
             "SELECT error, error_class, state FROM playbook_step_runs WHERE execution_id = $1 AND step_index = 1",
@@ -382,15 +371,14 @@ async fn record_and_read_back(
     );
     assert_eq!(row.get::<_, String>(1), "transient");
     assert_eq!(row.get::<_, String>(2), StepState::Failed.as_str());
-    let row = client
-        .query_one(
-            "SELECT error FROM playbook_rollback_states WHERE execution_id = $1 AND step_index = 0",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    let undo_stored: String = query_value(
+        &client,
+        "SELECT error FROM playbook_rollback_states WHERE execution_id = $1 AND step_index = 0",
+        &[&id],
+    )
+    .await;
     assert_eq!(
-        row.get::<_, String>(0),
+        undo_stored,
         text::storable(&undo_error, text::MAX_FIELD_BYTES)
     );
     for (halt, execution) in [(&halt, id), (&unusable, other)] {
@@ -403,13 +391,10 @@ async fn record_and_read_back(
             .unwrap();
         assert_eq!(row.get::<_, String>(0), halt.message);
         assert!(!row.get::<_, bool>(1));
-        let state: String = query_value(
-            &client,
-            "SELECT state FROM playbook_executions WHERE execution_id = $1",
-            &[&execution],
-        )
-        .await;
-        assert_eq!(state, "safe_halted");
+        assert_eq!(
+            crate::harness::run_state(&client, execution).await,
+            "safe_halted"
+        );
     }
     assert!(
         halt.message.contains("halt-resolve") && text::is_storable(&halt.message, 16 * 1024),

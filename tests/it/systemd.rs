@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, binary};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, assert_lacks, binary, configured,
+};
 
 // ---- installer and unit ---------------------------------------------------------------------
 
@@ -92,7 +94,7 @@ fn installer_into_destdir_lays_out_files_with_their_modes() {
     ] {
         assert!(output.contains(printed), "no `{printed}` in:\n{output}");
     }
-    assert!(!output.contains("systemctl enable"), "{output}");
+    assert_lacks(&output, "systemctl enable");
 
     // The installed default configuration is one the daemon accepts as it is.
     playbookd::config::Config::load(&at("/etc/playbookd/playbookd.toml"))
@@ -111,17 +113,15 @@ fn installer_run_twice_keeps_an_edited_config() {
         std::fs::read_to_string(&config).unwrap(),
         "node_id = \"edited\"\n"
     );
-    assert!(
-        output.contains("keeping the existing /etc/playbookd/playbookd.toml"),
-        "{output}"
+    assert_contains(
+        &output,
+        "keeping the existing /etc/playbookd/playbookd.toml",
     );
-    assert!(
-        output.contains(
-            "skipped (DESTDIR set): systemctl enable playbookd.socket playbookd-control.socket \
+    assert_contains(
+        &output,
+        "skipped (DESTDIR set): systemctl enable playbookd.socket playbookd-control.socket \
              playbookd-status.socket playbookd-actuator.socket playbookd-exec.socket \
-             playbookd-actuator.service playbookd.service"
-        ),
-        "{output}"
+             playbookd-actuator.service playbookd.service",
     );
 }
 
@@ -160,17 +160,17 @@ fn uninstall_keeps_config_and_data_unless_purged() {
     assert!(!at("usr/share/playbookd").exists());
     assert!(at("etc/playbookd/playbookd.toml").exists(), "{output}");
     assert!(at("var/lib/playbookd-actuator/quarantine").exists());
-    assert!(
-        output.contains("systemctl disable --now playbookd.socket playbookd-control.socket"),
-        "{output}"
+    assert_contains(
+        &output,
+        "systemctl disable --now playbookd.socket playbookd-control.socket",
     );
 
     let output = run_script("installer/uninstall.sh", root.path(), &["--purge"]);
     assert!(!at("etc/playbookd").exists(), "{output}");
     assert!(!at("var/lib/playbookd").exists(), "{output}");
     assert!(!at("var/lib/playbookd-actuator").exists(), "{output}");
-    assert!(output.contains("userdel playbookd-actuator"), "{output}");
-    assert!(output.contains("DROP DATABASE playbookd;"), "{output}");
+    assert_contains(&output, "userdel playbookd-actuator");
+    assert_contains(&output, "DROP DATABASE playbookd;");
 }
 
 #[test]
@@ -210,14 +210,18 @@ fn installed_units_pass_systemd_analyze_verify() {
     assert!(stderr.trim().is_empty(), "verify warned:\n{stderr}");
 }
 
+/// A unit file's lines, trimmed, without its comments.
+fn settings(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .collect()
+}
+
 #[test]
 fn unit_does_not_restart_on_the_daemons_config_exit_code() {
     let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
-    let settings: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .collect();
+    let settings = settings(&unit);
     for expected in [
         format!(
             "RestartPreventExitStatus={}",
@@ -281,11 +285,7 @@ fn daemon_unit_exposure_is_at_most_1_2_and_the_actuators_at_most_2() {
 #[test]
 fn daemon_unit_keeps_no_capability_and_no_netlink() {
     let unit = std::fs::read_to_string(source("systemd/playbookd.service")).unwrap();
-    let settings: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .collect();
+    let settings = settings(&unit);
     for expected in [
         "CapabilityBoundingSet=",
         "AmbientCapabilities=",
@@ -351,9 +351,7 @@ fn exposure(unit: &str) -> f64 {
 
 #[tokio::test]
 async fn ready_comes_after_startup_and_stopping_on_sigterm() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-notify", "");
+    let (db, dir, config) = configured("node-notify", "").await;
     let notify = NotifySocket::bind(&dir);
     let mut daemon = ChildDaemon::start_with_env(
         &config,
@@ -375,17 +373,12 @@ async fn ready_comes_after_startup_and_stopping_on_sigterm() {
 
     daemon.signal(Signal::SIGTERM);
     notify.wait_for(&mut daemon, "STOPPING=1", Duration::from_secs(5));
-    let status = daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("no exit after SIGTERM");
-    assert!(status.success(), "exit {status}:\n{}", daemon.log_text());
+    daemon.exits_cleanly_within(Duration::from_secs(10));
 }
 
 #[tokio::test]
 async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-watchdog", "");
+    let (db, dir, config) = configured("node-watchdog", "").await;
     let notify = NotifySocket::bind(&dir);
     let mut daemon = ChildDaemon::start_with_env(
         &config,
@@ -426,11 +419,7 @@ async fn watchdog_pings_while_alive_and_stops_when_the_database_is_gone() {
         "still pinging without a database: {after:?}\n{}",
         daemon.log_text()
     );
-    assert!(
-        daemon.log_text().contains("liveness check failed"),
-        "{}",
-        daemon.log_text()
-    );
+    assert_contains(&daemon.log_text(), "liveness check failed");
 }
 
 #[tokio::test]
@@ -451,11 +440,7 @@ async fn status_turns_to_safe_halt_when_a_rollback_fails() {
          \x20 - {id: two, action: exec, with: {command: /bin/false}, risk: low, rollback: none}\n",
         true,
     );
-    dir.write_signed(
-        "bindings.yaml",
-        "bindings:\n  - {policy: p, outcome: o, playbook: undo-fails}\n",
-        true,
-    );
+    dir.write_bindings("bindings:\n  - {policy: p, outcome: o, playbook: undo-fails}\n");
     let notify = NotifySocket::bind(&dir);
     let mut daemon = ChildDaemon::start_with_env(
         &config,
@@ -479,7 +464,7 @@ async fn status_turns_to_safe_halt_when_a_rollback_fails() {
     std::io::Write::write_all(&mut stream, format!("{decision}\n").as_bytes()).unwrap();
     let mut reply = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut reply).unwrap();
-    assert!(reply.contains("accepted"), "{reply}");
+    assert_contains(&reply, "accepted");
 
     let start = Instant::now();
     loop {
@@ -487,12 +472,9 @@ async fn status_turns_to_safe_halt_when_a_rollback_fails() {
         if let Some(status) = message.as_deref().and_then(|m| field(m, "STATUS"))
             && status.starts_with("SAFE-HALT since ")
         {
-            assert!(status.contains("rollback of step `one`"), "{status}");
+            assert_contains(status, "rollback of step `one`");
             // The status names the command that clears the halt.
-            assert!(
-                status.contains("playbookd ctl halt-resolve --reason"),
-                "{status}"
-            );
+            assert_contains(status, "playbookd ctl halt-resolve --reason");
             break;
         }
         assert!(
@@ -618,9 +600,7 @@ async fn journal_entries_carry_identifier_priority_and_run_fields() {
         nix::unistd::geteuid().is_root(),
         "this test needs root: it bind-mounts a stand-in journal over /run in a private mount namespace"
     );
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-journal", "");
+    let (_db, dir, config) = configured("node-journal", "").await;
     let fake_run = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(fake_run.path().join("systemd/journal")).unwrap();
     let journal = UnixDatagram::bind(fake_run.path().join("systemd/journal/socket")).unwrap();
@@ -718,11 +698,7 @@ async fn journal_entries_carry_identifier_priority_and_run_fields() {
         "fields must not carry a prefix: {ready:#?}"
     );
     // With a journal, nothing goes to stderr.
-    assert!(
-        !daemon.log_text().contains("playbookd ready"),
-        "{}",
-        daemon.log_text()
-    );
+    assert_lacks(&daemon.log_text(), "playbookd ready");
 }
 
 /// Moves the calling thread (and the processes it spawns) into a private mount namespace where
@@ -891,11 +867,7 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
         include_str!("../../playbooks/noop-3.yaml"),
         true,
     );
-    dir.write_signed(
-        "bindings.yaml",
-        "bindings:\n  - {policy: bench.noop, outcome: run, playbook: noop-3}\n",
-        true,
-    );
+    dir.write_bindings("bindings:\n  - {policy: bench.noop, outcome: run, playbook: noop-3}\n");
     let config = dir.write_config(&db, "node-activation", "[intake]\nallowed_uids = [0]\n");
     let launcher = SocketLauncher::bind(&dir);
     let decisions = dir.path("run/decisions.sock");
@@ -912,7 +884,7 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
         daemon.log_text()
     );
     let reply = send_line(&decisions, &noop_decision());
-    assert!(reply.contains("\"accepted\""), "{reply}");
+    assert_contains(&reply, "\"accepted\"");
     assert_eq!(
         inode(&decisions),
         before,
@@ -937,8 +909,7 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
 
     // A clean stop leaves the sockets to their owner.
     daemon.signal(Signal::SIGTERM);
-    let status = daemon.wait_exit(Duration::from_secs(15)).expect("exit");
-    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    daemon.exits_cleanly_within(Duration::from_secs(15));
     assert_eq!(
         inode(&decisions),
         before,
@@ -948,9 +919,7 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
 
 #[tokio::test]
 async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "node-mismatch", "");
+    let (_db, dir, config) = configured("node-mismatch", "").await;
     // The launcher binds run/decisions.sock; the configuration names another path.
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -961,10 +930,8 @@ async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both(
     let status = daemon.wait_exit(Duration::from_secs(30)).expect("exit");
     assert_eq!(status.code(), Some(78), "{}", daemon.log_text());
     let log = daemon.log_text();
-    assert!(
-        log.contains("run/decisions.sock") && log.contains("run/elsewhere.sock"),
-        "{log}"
-    );
+    assert_contains(&log, "run/decisions.sock");
+    assert_contains(&log, "run/elsewhere.sock");
 }
 
 fn noop_decision() -> String {
@@ -1029,8 +996,6 @@ async fn a_socket_group_the_daemon_cannot_use_is_exit_78_with_the_fix() {
     };
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(78), "{text}");
-    assert!(
-        text.contains("group `adm`") && text.contains("usermod -aG adm"),
-        "{text}"
-    );
+    assert_contains(&text, "group `adm`");
+    assert_contains(&text, "usermod -aG adm");
 }

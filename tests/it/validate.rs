@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::helpers::run_cli;
+use crate::helpers::{assert_contains, run_cli};
 
 fn path(relative: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,14 +17,11 @@ fn validate_accepts_samples_and_names_each_summary() {
     let bindings = path("playbooks/bindings.yaml");
     let (status, stdout, stderr) = run_cli(&["validate", &playbook, &bindings], &[]);
     assert!(status.success(), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(
-        stdout.contains(&format!("{playbook}: ok (contain-ransomware@1, 4 steps)")),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        &format!("{playbook}: ok (contain-ransomware@1, 4 steps)"),
     );
-    assert!(
-        stdout.contains(&format!("{bindings}: ok (bindings, 5 bindings)")),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &format!("{bindings}: ok (bindings, 5 bindings)"));
 }
 
 #[test]
@@ -39,24 +36,13 @@ fn validate_fails_with_the_reason_per_file_and_keeps_checking_the_rest() {
         Some(66),
         "stdout: {stdout}\nstderr: {stderr}"
     );
-    assert!(
-        stdout.contains(&format!(
-            "{bad}: step `block`, with.address: `net.block_ip` requires `address`"
-        )),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        &format!("{bad}: step `block`, with.address: `net.block_ip` requires `address`"),
     );
-    assert!(
-        stdout.contains(&format!("{good}: ok (noop-3@1, 3 steps)")),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!("{missing}: cannot read:")),
-        "{stdout}"
-    );
-    assert!(
-        stderr.contains("2 of 3 files failed validation"),
-        "{stderr}"
-    );
+    assert_contains(&stdout, &format!("{good}: ok (noop-3@1, 3 steps)"));
+    assert_contains(&stdout, &format!("{missing}: cannot read:"));
+    assert_contains(&stderr, "2 of 3 files failed validation");
 }
 
 #[test]
@@ -67,11 +53,9 @@ fn validate_refuses_an_oversized_file_without_parsing_it() {
     let big = big.to_string_lossy().into_owned();
     let (status, stdout, _) = run_cli(&["validate", &big], &[]);
     assert!(!status.success());
-    assert!(
-        stdout.contains(&format!(
-            "{big}: document is 10485760 bytes; the limit is 1048576"
-        )),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        &format!("{big}: document is 10485760 bytes; the limit is 1048576"),
     );
 }
 

@@ -21,7 +21,9 @@ use playbookd::witness::submit::{Submitted, Submitter, request_body};
 use playbookd::witness::{Witness, WitnessConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{ChildDaemon, DaemonDir, TestDb, audit_verify, run_cli};
+use crate::helpers::{
+    ChildDaemon, DaemonDir, TestDb, assert_contains, audit_verify, configured, run_cli,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const ORIGIN: &str = "playbookd/n1";
@@ -212,7 +214,7 @@ async fn the_witness_cosigns_a_consistent_checkpoint_and_refuses_rollback_fork_b
     let fork = tree(9, 1);
     let (status, _, text) = post(&witness.url, body(9, &[], &signed(&log, &fork))).await;
     assert_eq!(status, 422, "{text}");
-    assert!(text.contains("fork"), "{text}");
+    assert_contains(&text, "fork");
 
     // A consistency proof that does not verify (a forked 12 from the cosigned 9).
     let fork12 = tree(12, 1);
@@ -290,7 +292,7 @@ async fn the_witness_command_refuses_a_readable_key_and_prints_its_vkey() {
     .unwrap();
     let (status, _, stderr) = run_cli(&["witness", "--config", config_arg], &[]);
     assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("other users could read it"), "{stderr}");
+    assert_contains(&stderr, "other users could read it");
 }
 
 fn free_port() -> u16 {
@@ -349,7 +351,7 @@ async fn a_daemon_with_a_witness_stores_cosignatures_and_verify_requires_them() 
     let witness_args = ["--witness-key", &witness_vkey, "--require-witnesses", "1"];
     let (status, stdout, stderr) = audit_verify(&config, &witness_args);
     assert_eq!(status.code(), Some(4), "{stdout}{stderr}");
-    assert!(stdout.contains("TOO FEW WITNESSES: 1 required"), "{stdout}");
+    assert_contains(&stdout, "TOO FEW WITNESSES: 1 required");
     assert_eq!(cosignature_count(&db).await, 0);
 
     // The witness comes up: the next retry gets the newest checkpoint cosigned.
@@ -367,9 +369,9 @@ async fn a_daemon_with_a_witness_stores_cosignatures_and_verify_requires_them() 
     daemon.wait_for_log("checkpoint cosigned by witness", LIMIT);
     let (status, stdout, stderr) = audit_verify(&config, &witness_args);
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("cosigned by 1 trusted witness(es) (witness.test/w1): ok"),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        "cosigned by 1 trusted witness(es) (witness.test/w1): ok",
     );
     // Another witness's key is not this one's: 0 trusted cosigners.
     let stranger = VerifierKey {
@@ -388,9 +390,7 @@ async fn a_daemon_with_a_witness_stores_cosignatures_and_verify_requires_them() 
 
 #[tokio::test]
 async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
-    let db = TestDb::new().await;
-    let dir = DaemonDir::new();
-    let config = dir.write_config(&db, "n1", "");
+    let (db, dir, config) = configured("n1", "").await;
     let stop = CancellationToken::new();
     let (handle, _task) = audit::start_writer(db.config.clone(), "n1".into(), stop.clone())
         .await
@@ -476,9 +476,9 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
     let vkey = witness.vkey.to_string();
     let (status, stdout, stderr) = verify(&["--witness-key", &vkey, "--require-witnesses", "1"]);
     assert!(status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("checkpoint seq 7 cosigned by 1 trusted witness(es)"),
-        "{stdout}"
+    assert_contains(
+        &stdout,
+        "checkpoint seq 7 cosigned by 1 trusted witness(es)",
     );
     let (status, stdout, stderr) = verify(&["--require-witnesses", "1"]);
     assert_eq!(status.code(), Some(78), "{stdout}{stderr}");
@@ -491,10 +491,7 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
     let (status, stdout, stderr) =
         verify(&["--witness-key", &stranger, "--require-witnesses", "1"]);
     assert_eq!(status.code(), Some(4), "{stdout}{stderr}");
-    assert!(
-        stderr.contains("only 0 trusted witness(es) cosigned"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "only 0 trusted witness(es) cosigned");
 
     // A cosignature line altered in the bundle: a trusted key's line that fails is a failure.
     let line_start = checkpoint.find("\u{2014} witness.test/w1 ").unwrap();
@@ -513,6 +510,6 @@ async fn a_bundle_carries_the_cosignatures_and_verify_bundle_counts_them() {
     std::fs::write(&out, serde_json::to_vec(&edited).unwrap()).unwrap();
     let (status, stdout, stderr) = verify(&["--witness-key", &vkey]);
     assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("does not verify"), "{stderr}");
+    assert_contains(&stderr, "does not verify");
     stop.cancel();
 }

@@ -250,17 +250,9 @@ impl Cluster {
             .expect("create the database and its roles");
         let mut owner = self.admin_config(DATABASE);
         owner.user(OWNER);
-        let (mut client, connection) = owner.connect(NoTls).await.expect("connect as the owner");
+        let (client, connection) = owner.connect(NoTls).await.expect("connect as the owner");
         tokio::spawn(connection);
-        playbookd::store::migrate::migrate_with_roles(
-            &mut client,
-            &playbookd::store::migrate::Roles {
-                owner: None,
-                runtime: Some(RUNTIME),
-            },
-        )
-        .await
-        .expect("migrate as the owner role");
+        super::migrate_as_owner(client, RUNTIME).await;
     }
 
     /// `ALTER SYSTEM SET key = 'value'` and a reload: for settings that must come after the

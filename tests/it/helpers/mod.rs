@@ -45,12 +45,7 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `pbd_test_<pid>_<uuid>` owned by `<name>_owner`, and `<name>_rt` (not migrated).
     pub async fn empty() -> TestDb {
-        sweep_stale_databases_once().await;
-        let scratch = ScratchDb::named(format!(
-            "pbd_test_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
+        let scratch = ScratchDb::named(fresh_name().await);
         scratch
             .create(&admin_client().await, OwnerLogin::Login)
             .await
@@ -80,16 +75,7 @@ impl TestDb {
 
     /// Migrates as the owner and grants the runtime privileges.
     pub async fn migrate(&self) {
-        let mut client = connect(&self.owner_config()).await;
-        playbookd::store::migrate::migrate_with_roles(
-            &mut client,
-            &playbookd::store::migrate::Roles {
-                owner: None,
-                runtime: Some(&self.runtime),
-            },
-        )
-        .await
-        .expect("migrate as the owner role");
+        migrate_as_owner(connect(&self.owner_config()).await, &self.runtime).await;
     }
 
     /// A superuser client on this database.
@@ -140,6 +126,20 @@ impl Drop for TestDb {
     }
 }
 
+/// Applies the migrations through `owner` (a connection as the owner role) with the production
+/// migrator and grants `runtime` its privileges (what `playbookd migrate --runtime-role` does).
+pub async fn migrate_as_owner(mut owner: tokio_postgres::Client, runtime: &str) {
+    playbookd::store::migrate::migrate_with_roles(
+        &mut owner,
+        &playbookd::store::migrate::Roles {
+            owner: None,
+            runtime: Some(runtime),
+        },
+    )
+    .await
+    .expect("migrate as the owner role");
+}
+
 /// Runs `work` to its end on a runtime of its own in a thread of its own: what a `Drop` does
 /// runs outside any runtime guarantee (maybe during a panic).
 fn block_on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -179,6 +179,18 @@ pub fn url_of(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}@{host}:{port}/{db}")
 }
 
+/// A name for a test's database and roles that no other test (or run) uses:
+/// `pbd_test_<pid>_<uuid>`, the pid telling [`sweep_stale_databases_once`] whether the run is
+/// gone. The first call sweeps what earlier runs left.
+async fn fresh_name() -> String {
+    sweep_stale_databases_once().await;
+    format!(
+        "pbd_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// Drops databases left by earlier test runs whose process is gone (a crashed or killed run).
 async fn sweep_stale_databases_once() {
     static SWEPT: Once = Once::new();
@@ -188,38 +200,33 @@ async fn sweep_stale_databases_once() {
         return;
     }
     let admin = admin_client().await;
-    let rows = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'pbd\\_test\\_%'",
-            &[],
-        )
-        .await
-        .expect("list test databases");
-    for row in rows {
-        let name: String = row.get(0);
+    drop_stale(
+        &admin,
+        ("pg_database", "datname"),
+        "DATABASE",
+        " WITH (FORCE)",
+    )
+    .await;
+    // Then the roles of those tests (every database they had privileges in is gone).
+    drop_stale(&admin, ("pg_roles", "rolname"), "ROLE", "").await;
+}
+
+/// Drops each object of `catalog` (its name in `column`) that a test made (`pbd_test_<pid>_…`)
+/// whose process is gone: `DROP KIND IF EXISTS name OPTIONS`.
+async fn drop_stale(
+    admin: &tokio_postgres::Client,
+    (catalog, column): (&str, &str),
+    kind: &str,
+    options: &str,
+) {
+    let sql = format!("SELECT {column} FROM {catalog} WHERE {column} LIKE 'pbd\\_test\\_%'");
+    let names: Vec<String> = query_column(admin, &sql, &[]).await;
+    for name in names {
         let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
         let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-    }
-    // Then the roles of those tests (every database they had privileges in is gone).
-    let roles = admin
-        .query(
-            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'pbd\\_test\\_%'",
-            &[],
-        )
-        .await
-        .expect("list test roles");
-    for row in roles {
-        let role: String = row.get(0);
-        let pid = role.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let _ = admin
-                .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                .batch_execute(&format!("DROP {kind} IF EXISTS {name}{options}"))
                 .await;
         }
     }
@@ -238,6 +245,46 @@ pub async fn chain_head(client: &tokio_postgres::Client, node: &str) -> i64 {
         .get(0)
 }
 
+/// Asserts that `haystack` (a command's output, a log, a page) contains `needle`; the failure
+/// shows both, so that a changed message can be seen without rerunning.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str) {
+    assert!(
+        haystack.contains(needle),
+        "{needle:?} is not in:\n{haystack}"
+    );
+}
+
+/// Asserts that `haystack` does not contain `needle` (a secret, a refused step's output…).
+#[track_caller]
+pub fn assert_lacks(haystack: &str, needle: &str) {
+    assert!(!haystack.contains(needle), "{needle:?} is in:\n{haystack}");
+}
+
+/// Inserts one active halt of `scope` (`node` or `fleet`) recorded by `node`, straight into the
+/// database (as another node or an admin would): daemons learn of it from there.
+pub async fn insert_halt(client: &tokio_postgres::Client, scope: &str, node: &str, message: &str) {
+    let inserted = client
+        .execute(
+            "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, error_message, entered_at) \
+             VALUES (true, $1, $2, $3, now())",
+            &[&scope, &node, &message],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+}
+
+/// How many rows of `event_type` the audit log holds (all nodes).
+pub async fn count_events(client: &tokio_postgres::Client, event_type: &str) -> i64 {
+    query_value(
+        client,
+        "SELECT count(*) FROM playbook_audit_log WHERE event_type = $1",
+        &[&event_type],
+    )
+    .await
+}
+
 /// The first column of every row `sql` returns.
 pub async fn query_column<T>(
     client: &tokio_postgres::Client,
@@ -250,6 +297,28 @@ where
     let rows = client.query(sql, params).await;
     let rows = rows.unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// The first two columns of every row `sql` returns.
+pub async fn query_pairs<A, B>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<(A, B)>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let rows = client.query(sql, params).await;
+    let rows = rows.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+/// The keys of a JSON object (a schema's `properties`, an OpenAPI document's `paths`).
+pub fn json_keys(object: &serde_json::Value) -> std::collections::BTreeSet<&str> {
+    let object = object.as_object();
+    let object = object.unwrap_or_else(|| panic!("not a JSON object: {object:?}"));
+    object.keys().map(String::as_str).collect()
 }
 
 /// The first column of the one row `sql` returns.
@@ -311,10 +380,8 @@ pub async fn assert_cut_reported(
     let endpoint = daemon.status_endpoint().to_string();
     let (status, stdout, stderr) = run_cli(&["status", "--url", &endpoint], &[]);
     assert!(!status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("SAFE-HALT: AUDIT CHAIN CUT:") && stdout.contains(&missing),
-        "{stdout}"
-    );
+    assert_contains(&stdout, "SAFE-HALT: AUDIT CHAIN CUT:");
+    assert_contains(&stdout, &missing);
     daemon.stop_within(stop_limit);
     assert_eq!(
         chain_head(client, node).await,
@@ -326,10 +393,15 @@ pub async fn assert_cut_reported(
     assert!(status.success(), "{stdout}{stderr}");
     let (status, stdout, _) = audit_verify_anchor(&config, dir);
     assert_eq!(status.code(), Some(2), "{stdout}");
-    assert!(
-        stdout.contains(&format!("BREACH at seq {}: cut:", kept + 1)) && stdout.contains(&missing),
-        "{stdout}"
-    );
+    assert_contains(&stdout, &format!("BREACH at seq {}: cut:", kept + 1));
+    assert_contains(&stdout, &missing);
+}
+
+/// `playbookd audit accept-cut --config CONFIG --reason REASON`, which must succeed: the admin
+/// acknowledges a cut so that the daemon starts again.
+pub fn accept_cut(config: &Path, reason: &str) {
+    let (status, stdout, stderr) = audit_cli("accept-cut", config, &["--reason", reason]);
+    assert!(status.success(), "{stdout}{stderr}");
 }
 
 /// `playbookd audit VERB --config CONFIG EXTRA…`.
@@ -392,14 +464,38 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, Stri
     )
 }
 
-/// A fresh database, and a directory with a config for `node` (`extra` appended), served by
-/// the real daemon (ready): (database, directory, config path, daemon).
-pub async fn serve_fresh(node: &str, extra: &str) -> (TestDb, DaemonDir, PathBuf, ChildDaemon) {
+/// `playbookd serve --config CONFIG`, which must refuse to start with exit 78 (EX_CONFIG: a
+/// setup the operator must fix); its stderr, where the fix is named.
+pub fn serve_refused(config: &Path) -> String {
+    let (status, _, stderr) = run_cli(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    stderr
+}
+
+/// A fresh database, and a directory with a config for `node` (`extra` appended), not
+/// started: (database, directory, config path).
+pub async fn configured(node: &str, extra: &str) -> (TestDb, DaemonDir, PathBuf) {
     let db = TestDb::new().await;
     let dir = DaemonDir::new();
     let config = dir.write_config(&db, node, extra);
+    (db, dir, config)
+}
+
+/// A fresh database, and a directory with a config for `node` (`extra` appended), served by
+/// the real daemon (ready): (database, directory, config path, daemon).
+pub async fn serve_fresh(node: &str, extra: &str) -> (TestDb, DaemonDir, PathBuf, ChildDaemon) {
+    let (db, dir, config) = configured(node, extra).await;
     let daemon = ChildDaemon::serve(&config);
     (db, dir, config, daemon)
+}
+
+/// A temporary directory with permissions `mode` (tempdirs are 0700): for what exec children,
+/// which run as another uid (`nobody`), must reach.
+pub fn tempdir_with_mode(prefix: &str, mode: u32) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
 }
 
 /// A directory holding a daemon's configuration, keys, playbooks and sockets.
@@ -450,6 +546,11 @@ impl DaemonDir {
             std::fs::write(&sig2, self.signer(AUTHORS[1]).sign(text.as_bytes())).expect("sign");
         }
         path
+    }
+
+    /// Writes the bindings file, signed by both authors (bindings are always under dual control).
+    pub fn write_bindings(&self, text: &str) -> PathBuf {
+        self.write_signed("bindings.yaml", text, true)
     }
 
     /// Makes the directory and `run/` reachable by other uids (tempdirs are 0700), for clients
@@ -617,9 +718,14 @@ impl ChildDaemon {
     /// SIGTERM, then the process must exit successfully within `limit`.
     pub fn stop_within(&mut self, limit: Duration) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = self
-            .wait_exit(limit)
-            .expect("daemon did not exit after SIGTERM");
+        self.exits_cleanly_within(limit);
+    }
+
+    /// The process must exit successfully within `limit` (of a signal the test sent).
+    pub fn exits_cleanly_within(&mut self, limit: Duration) {
+        let status = self.wait_exit(limit).unwrap_or_else(|| {
+            panic!("daemon did not exit within {limit:?}:\n{}", self.log_text())
+        });
         assert!(status.success(), "exit {status}:\n{}", self.log_text());
     }
 
@@ -666,22 +772,15 @@ pub struct OwnerRoleDb {
 
 impl OwnerRoleDb {
     pub async fn new() -> OwnerRoleDb {
-        sweep_stale_databases_once().await;
-        let role = format!(
-            "pbd_test_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let role = fresh_name().await;
         let admin = admin_client().await;
         // Two calls: CREATE DATABASE cannot run in the implicit transaction of a batch.
-        admin
-            .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
-            .await
-            .expect("CREATE ROLE");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
-            .await
-            .expect("CREATE DATABASE");
+        for statement in [
+            format!("CREATE ROLE {role} LOGIN"),
+            format!("CREATE DATABASE {role} OWNER {role}"),
+        ] {
+            admin.batch_execute(&statement).await.expect(&statement);
+        }
         let mut config = admin_config();
         config.user(&role).dbname(&role);
         let db = OwnerRoleDb { role, config };
