@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{GATED_NOOP, bindings, decision, send_line};
+use crate::harness::{GATED_NOOP, bindings, decision, send_json};
 use crate::helpers::{DaemonDir, TestDb, query_value};
 
 /// Runs left waiting at their gate.
@@ -53,11 +53,7 @@ async fn parked_runs_make_no_periodic_queries_of_their_own() {
 
     let socket = dir.path("run/decisions.sock");
     for _ in 0..PARKED {
-        let reply = send_line(
-            &socket,
-            decision("p", "o", json!({})).to_string().as_bytes(),
-        )
-        .await;
+        let reply = send_json(&socket, &decision("p", "o", json!({}))).await;
         assert_eq!(reply["status"], "accepted", "{reply}");
     }
     let client = db.client().await;
