@@ -513,6 +513,31 @@ async fn unknown_paths_are_404_json() {
     assert_eq!(body["error"], "not_found");
 }
 
+/// A state this version does not know (a newer schema, or a row altered behind the daemon's back)
+/// is never shown as some default: the API answers 500 `corrupt_row`, as its document says.
+#[tokio::test]
+async fn a_row_with_an_unknown_state_is_500_corrupt_row_not_a_guess() {
+    let server = Server::start().await;
+    let client = server.db.client().await;
+    let id = insert_execution(&client, now(), "running", PLAYBOOK, "org-a").await;
+    // As the database's superuser: the CHECK constraint and the transition trigger are what
+    // normally keep such a value out.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE playbook_executions DROP CONSTRAINT playbook_executions_state_check; \
+             SET session_replication_role = replica; \
+             UPDATE playbook_executions SET state = 'paused_by_a_newer_version' WHERE execution_id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    for path in ["/v1/executions".to_owned(), format!("/v1/executions/{id}")] {
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, 500, "{path}: {body}");
+        assert_eq!(body["error"], "corrupt_row", "{path}: {body}");
+        assert_contains(body["detail"].as_str().unwrap(), "see the log");
+    }
+}
+
 #[tokio::test]
 async fn bad_query_parameters_are_400_naming_the_parameter() {
     let server = Server::start().await;
