@@ -395,23 +395,18 @@ impl Config {
                 "expected fewer than control.max_connections (others need a slot too)".into(),
             ));
         }
-        for scope in &self.roles.orgs {
-            if scope.orgs.is_empty() {
-                return Err(invalid(
-                    "roles.orgs.orgs",
-                    "each [[roles.orgs]] entry must list at least one org".into(),
-                ));
-            }
-            if scope.uids.is_empty() && scope.groups.is_empty() {
-                return Err(invalid(
-                    "roles.orgs",
-                    "each [[roles.orgs]] entry must name uids or groups".into(),
-                ));
-            }
-        }
+        self.roles
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         self.actions
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
+        self.check_paths()
+            .map_err(|(key, reason)| invalid(key, reason))
+    }
+
+    /// The single paths: each absolute (lists of paths are checked with their section).
+    fn check_paths(&self) -> Result<(), (&'static str, String)> {
         for (key, dir) in [
             ("paths.playbooks", &self.paths.playbooks),
             ("paths.trusted_keys", &self.paths.trusted_keys),
@@ -427,7 +422,7 @@ impl Config {
             ("actuator.socket", &self.actuator.socket),
         ] {
             if !dir.is_absolute() {
-                return Err(invalid(key, "expected an absolute path".into()));
+                return Err((key, "expected an absolute path".into()));
             }
         }
         Ok(())
@@ -475,6 +470,28 @@ impl Config {
             pg.application_name("playbookd");
         }
         pg
+    }
+}
+
+impl RolesConfig {
+    /// Each `[[roles.orgs]]` entry scopes someone to something: an entry naming no org or no
+    /// peer would silently scope nothing.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        for scope in &self.orgs {
+            if scope.orgs.is_empty() {
+                return Err((
+                    "roles.orgs.orgs",
+                    "each [[roles.orgs]] entry must list at least one org".into(),
+                ));
+            }
+            if scope.uids.is_empty() && scope.groups.is_empty() {
+                return Err((
+                    "roles.orgs",
+                    "each [[roles.orgs]] entry must name uids or groups".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
