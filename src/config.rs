@@ -93,7 +93,7 @@ pub struct ActuatorConfig {
     /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
     /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
     /// host whose database is elsewhere).
-    pub protected_users: Option<BTreeSet<String>>,
+    pub protected_users: Option<BTreeSet<UserName>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1330,6 +1330,11 @@ mod tests {
                 "{id:?}: {message}"
             );
         }
+        let message = parse("[actuator]\nprotected_users = [\"postgres\", \"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("actuator.protected_users"), "{message}");
+        assert!(message.contains("expected a user name"), "{message}");
         let config = parse(&format!("node_id = \"{}\"\n", "a.B_9-".repeat(10))).unwrap();
         assert_eq!(config.node_id.len(), 60);
     }

@@ -3,7 +3,8 @@
 //! Nothing here changes state: every handler reads PostgreSQL through the pool or the runtime
 //! snapshot the daemon publishes. Operators change things through control.sock, never here.
 //!
-//! - [`bind`] opens the listener (`host:port` or `unix:/path`) so a bad address fails at start.
+//! - [`bind`] opens the listener on `status.listen` (`host:port` or `unix:/path`, a
+//!   [`StatusAddr`] the configuration decoded, so a malformed address never reaches here).
 //! - [`serve`] answers until the shutdown token fires.
 //! - [`routes`]: the router, built from [`routes::ROUTES`] (also what the OpenAPI test checks).
 //! - [`queries`]: the SQL, selecting only columns that are secret-free by design.
