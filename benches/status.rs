@@ -180,7 +180,7 @@ async fn run(
         registry_loaded: true,
         ..RuntimeSnapshot::default()
     });
-    let listener = status::bind("127.0.0.1:0")
+    let listener = status::bind(&"127.0.0.1:0".parse().unwrap())
         .await
         .map_err(|e| e.to_string())?;
     let StatusAddr::Tcp(addr) = listener.local_addr().map_err(|e| e.to_string())? else {

@@ -5,7 +5,9 @@
 //! come from the environment (systemd `Environment=`/credentials) rather than a world-readable file.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -50,7 +52,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Names this host's audit chain; several daemons may share one database, one chain each.
-    pub node_id: String,
+    pub node_id: NodeId,
     pub database: DatabaseConfig,
     pub paths: PathsConfig,
     pub status: StatusConfig,
@@ -87,18 +89,18 @@ pub struct ActuatorConfig {
     /// not pass it one (`playbookd-actuator.socket`).
     pub socket: PathBuf,
     /// The only peer the actuator serves (SO_PEERCRED uid): the daemon's user.
-    pub daemon_user: String,
+    pub daemon_user: UserName,
     /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
     /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
     /// host whose database is elsewhere).
-    pub protected_users: Option<BTreeSet<String>>,
+    pub protected_users: Option<BTreeSet<UserName>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// libpq-style URL; never logged because it may carry a password.
-    pub url: String,
+    /// libpq-style URL, parsed; never logged because it may carry a password.
+    pub url: DatabaseUrl,
     /// Upper bound on pooled connections (the audit writer holds one more of its own).
     pub pool_size: Count<1, 256>,
     /// How long to wait for a connection before the operation fails (and nothing runs).
@@ -144,8 +146,8 @@ pub struct WitnessEndpoint {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
-    /// `host:port` (loopback by default) or `unix:/path/to/socket`.
-    pub listen: String,
+    /// `ip:port` (loopback by default) or `unix:/path/to/socket`.
+    pub listen: StatusAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,7 +211,7 @@ pub struct ExecActionConfig {
     /// switch user, i.e. run as root): never the daemon's own uid, so a child cannot read the
     /// node key, the daemon's files or reach its database role. Default `nobody`; the shipped
     /// configuration uses the dedicated `playbookd-exec`.
-    pub run_as: String,
+    pub run_as: UserName,
     /// The exec runner's socket (`playbookd-exec.socket`, `Accept=yes`): when set, systemd
     /// starts each child as the runner unit's user, so the daemon needs no privilege to switch.
     pub runner_socket: Option<PathBuf>,
@@ -348,17 +350,22 @@ impl Config {
             if key == "." {
                 parse_error(error.inner())
             } else {
+                // A secret-bearing value is located by its line number only, never quoted.
+                let quote_line = !SECRET_KEYS.contains(&key.as_str());
                 ConfigError::Invalid {
                     path: path.to_owned(),
+                    reason: describe_value_error(text, error.inner(), quote_line),
                     key,
-                    reason: describe_toml_error(text, error.inner()),
                 }
             }
         })?;
         if let Some(url) = env_url {
-            config.database.url = url.into_string().map_err(|_| ConfigError::DatabaseUrlEnv {
+            let url = url.into_string().map_err(|_| ConfigError::DatabaseUrlEnv {
                 reason: "not valid UTF-8".into(),
             })?;
+            config.database.url = url
+                .parse()
+                .map_err(|reason| ConfigError::DatabaseUrlEnv { reason })?;
         }
         config.check(path)?;
         Ok(config)
@@ -372,19 +379,6 @@ impl Config {
             key: key.to_owned(),
             reason,
         };
-        if !is_valid_node_id(&self.node_id) {
-            return Err(invalid(
-                "node_id",
-                "expected 1-64 characters of [A-Za-z0-9._-]".into(),
-            ));
-        }
-        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
-            // The URL may hold a password: say what is wrong, never echo it.
-            return Err(invalid(
-                "database.url",
-                "expected a PostgreSQL connection URL (postgres://…)".into(),
-            ));
-        }
         if self.fleet.stale_after_seconds.as_secs()
             <= self.fleet.heartbeat_interval_seconds.as_secs()
         {
@@ -401,29 +395,18 @@ impl Config {
                 "expected fewer than control.max_connections (others need a slot too)".into(),
             ));
         }
-        for scope in &self.roles.orgs {
-            if scope.orgs.is_empty() {
-                return Err(invalid(
-                    "roles.orgs.orgs",
-                    "each [[roles.orgs]] entry must list at least one org".into(),
-                ));
-            }
-            if scope.uids.is_empty() && scope.groups.is_empty() {
-                return Err(invalid(
-                    "roles.orgs",
-                    "each [[roles.orgs]] entry must name uids or groups".into(),
-                ));
-            }
-        }
+        self.roles
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         self.actions
             .check()
             .map_err(|(key, reason)| invalid(key, reason))?;
-        if self.actuator.daemon_user.is_empty() {
-            return Err(invalid(
-                "actions.exec.run_as",
-                "expected a user name (and actuator.daemon_user too)".into(),
-            ));
-        }
+        self.check_paths()
+            .map_err(|(key, reason)| invalid(key, reason))
+    }
+
+    /// The single paths: each absolute (lists of paths are checked with their section).
+    fn check_paths(&self) -> Result<(), (&'static str, String)> {
         for (key, dir) in [
             ("paths.playbooks", &self.paths.playbooks),
             ("paths.trusted_keys", &self.paths.trusted_keys),
@@ -439,7 +422,7 @@ impl Config {
             ("actuator.socket", &self.actuator.socket),
         ] {
             if !dir.is_absolute() {
-                return Err(invalid(key, "expected an absolute path".into()));
+                return Err((key, "expected an absolute path".into()));
             }
         }
         Ok(())
@@ -478,18 +461,37 @@ impl Config {
         Ok(())
     }
 
-    /// The database connection settings, parsed (checked in [`Config::parse`]).
+    /// The database connection settings: `database.url` (or its override) with the connect
+    /// timeout and, unless the URL names one, playbookd's application name.
     pub fn postgres_config(&self) -> tokio_postgres::Config {
-        let mut pg: tokio_postgres::Config = self
-            .database
-            .url
-            .parse()
-            .unwrap_or_else(|_| tokio_postgres::Config::new());
+        let mut pg = self.database.url.postgres().clone();
         pg.connect_timeout(self.database.connect_timeout_seconds.duration());
         if pg.get_application_name().is_none() {
             pg.application_name("playbookd");
         }
         pg
+    }
+}
+
+impl RolesConfig {
+    /// Each `[[roles.orgs]]` entry scopes someone to something: an entry naming no org or no
+    /// peer would silently scope nothing.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        for scope in &self.orgs {
+            if scope.orgs.is_empty() {
+                return Err((
+                    "roles.orgs.orgs",
+                    "each [[roles.orgs]] entry must list at least one org".into(),
+                ));
+            }
+            if scope.uids.is_empty() && scope.groups.is_empty() {
+                return Err((
+                    "roles.orgs",
+                    "each [[roles.orgs]] entry must name uids or groups".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -529,12 +531,6 @@ impl ActionsConfig {
             return Err((
                 "actions.exec.runner_socket",
                 "expected an absolute path".into(),
-            ));
-        }
-        if self.exec.run_as.is_empty() {
-            return Err((
-                "actions.exec.run_as",
-                "expected a user name (and actuator.daemon_user too)".into(),
             ));
         }
         match self.net.nft_command.first() {
@@ -627,8 +623,16 @@ impl<const MIN: u64, const MAX: u64> Count<MIN, MAX> {
     }
 }
 
+/// Keys whose value may carry a password: an error about them never quotes their line.
+const SECRET_KEYS: &[&str] = &["database.url"];
+
 /// One line: where (line and source text) and what (the parser's message, in plain words).
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    describe_value_error(text, error, true)
+}
+
+/// As [`describe_toml_error`], quoting the line's source text only when `quote_line`.
+fn describe_value_error(text: &str, error: &toml::de::Error, quote_line: bool) -> String {
     let message = error
         .message()
         .replace("expected u64", "expected a non-negative integer")
@@ -638,16 +642,205 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         return message;
     };
     let line_number = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    if !quote_line {
+        return format!("line {line_number}: {message}");
+    }
     let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
     format!("line {line_number} (`{line}`): {message}")
 }
 
-/// Node ids go into advisory-lock keys, audit rows and journald fields: keep them plain.
+/// `node_id`: 1-64 characters of `[A-Za-z0-9._-]`. Node ids go into advisory-lock keys, audit
+/// rows, checkpoint origins and journald fields: keep them plain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The rule of [`NodeId`], for ids that come from elsewhere (URLs of the status API, bundles).
 pub fn is_valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = String;
+
+    fn try_from(id: String) -> Result<Self, String> {
+        if !is_valid_node_id(&id) {
+            return Err("expected 1-64 characters of [A-Za-z0-9._-]".into());
+        }
+        Ok(NodeId(id))
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = String;
+
+    fn from_str(id: &str) -> Result<Self, String> {
+        NodeId::try_from(id.to_owned())
+    }
+}
+
+// The id is used where a `&str` is (SQL parameters, lock keys, log fields); deref keeps those
+// call sites as they were without letting an unchecked string become a `NodeId`.
+impl std::ops::Deref for NodeId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+/// A local user's name (`actuator.daemon_user`, `actions.exec.run_as`). Only its form is checked
+/// here; whether the user exists is checked where it is used (the actuator at start, `exec` per
+/// child), on the host that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("expected a user name".into());
+        }
+        Ok(UserName(name))
+    }
+}
+
+impl FromStr for UserName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        UserName::try_from(name.to_owned())
+    }
+}
+
+// As for `NodeId`: passed where a `&str` is (user lookups, messages).
+impl std::ops::Deref for UserName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `database.url` (or `PLAYBOOKD_DATABASE_URL`), parsed once. It may hold a password, so neither
+/// its `Debug` (the driver's, which redacts the password) nor a refusal ever shows the text.
+#[derive(Clone)]
+pub struct DatabaseUrl(tokio_postgres::Config);
+
+/// Why a database URL was refused; says what is wrong without echoing the URL.
+const DATABASE_URL_EXPECTED: &str = "expected a PostgreSQL connection URL (postgres://…)";
+
+impl DatabaseUrl {
+    /// The connection settings as written (see [`Config::postgres_config`] for what is added).
+    pub fn postgres(&self) -> &tokio_postgres::Config {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        url.parse()
+            .map(DatabaseUrl)
+            .map_err(|_| DATABASE_URL_EXPECTED.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.0).finish()
+    }
+}
+
+/// `status.listen`: `unix:/abs/path` or a numeric `ip:port` (no DNS: a name could resolve to a
+/// public address and expose the API).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StatusAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+const UNIX_PREFIX: &str = "unix:";
+
+impl FromStr for StatusAddr {
+    type Err = String;
+
+    fn from_str(listen: &str) -> Result<Self, String> {
+        let bad = || "expected host:port (e.g. 127.0.0.1:9470) or unix:/absolute/path".to_owned();
+        if let Some(path) = listen.strip_prefix(UNIX_PREFIX) {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(bad());
+            }
+            return Ok(StatusAddr::Unix(path));
+        }
+        listen
+            .parse::<SocketAddr>()
+            .map(StatusAddr::Tcp)
+            .map_err(|_| bad())
+    }
+}
+
+impl TryFrom<String> for StatusAddr {
+    type Error = String;
+
+    fn try_from(listen: String) -> Result<Self, String> {
+        listen.parse()
+    }
+}
+
+impl std::fmt::Display for StatusAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusAddr::Tcp(addr) => write!(f, "{addr}"),
+            StatusAddr::Unix(path) => write!(f, "{UNIX_PREFIX}{}", path.display()),
+        }
+    }
 }
 
 /// A witness's submission prefix: an `http://` or `https://` URL, refused otherwise.
@@ -673,8 +866,8 @@ impl Default for Config {
             node_id: nix::unistd::gethostname()
                 .ok()
                 .and_then(|name| name.into_string().ok())
-                .filter(|name| is_valid_node_id(name))
-                .unwrap_or_else(|| "localhost".into()),
+                .and_then(|name| NodeId::try_from(name).ok())
+                .unwrap_or_else(|| NodeId("localhost".into())),
             database: DatabaseConfig::default(),
             paths: PathsConfig::default(),
             status: StatusConfig::default(),
@@ -693,7 +886,15 @@ impl Default for Config {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            url: "postgres://playbookd@/playbookd?host=/run/postgresql".into(),
+            // postgres://playbookd@/playbookd?host=/run/postgresql (a host that starts with
+            // `/` is the directory of the server's Unix socket).
+            url: DatabaseUrl({
+                let mut pg = tokio_postgres::Config::new();
+                pg.user("playbookd")
+                    .dbname("playbookd")
+                    .host("/run/postgresql");
+                pg
+            }),
             pool_size: Count::new(8),
             connect_timeout_seconds: Seconds::new(5),
         }
@@ -736,7 +937,7 @@ impl Default for AuditConfig {
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
-            listen: "127.0.0.1:9470".into(),
+            listen: StatusAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9470))),
         }
     }
 }
@@ -783,7 +984,7 @@ impl Default for ExecActionConfig {
             allowed_commands: BTreeSet::new(),
             // EX_TEMPFAIL from sysexits.h: "temporary failure, try again later".
             transient_exit_codes: BTreeSet::from([75]),
-            run_as: "nobody".into(),
+            run_as: UserName("nobody".into()),
             runner_socket: None,
         }
     }
@@ -835,7 +1036,7 @@ impl Default for ActuatorConfig {
     fn default() -> Self {
         ActuatorConfig {
             socket: "/run/playbookd/actuator.sock".into(),
-            daemon_user: "playbookd".into(),
+            daemon_user: UserName("playbookd".into()),
             protected_users: None,
         }
     }
@@ -864,7 +1065,21 @@ mod tests {
     #[test]
     fn empty_file_takes_safe_defaults() {
         let config = parse("").unwrap();
-        assert_eq!(config.status.listen, "127.0.0.1:9470");
+        assert_eq!(
+            config.status.listen,
+            StatusAddr::Tcp("127.0.0.1:9470".parse().unwrap())
+        );
+        assert_eq!(config.actions.exec.run_as.as_str(), "nobody");
+        assert_eq!(config.actuator.daemon_user.as_str(), "playbookd");
+        // The default URL, built without parsing, is the one the documentation gives.
+        let documented: tokio_postgres::Config =
+            "postgres://playbookd@/playbookd?host=/run/postgresql"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            format!("{:?}", config.database.url.postgres()),
+            format!("{documented:?}")
+        );
         assert_eq!(
             config.intake.freshness_seconds.duration(),
             Duration::from_secs(300)
@@ -922,14 +1137,47 @@ mod tests {
             Some("postgres://b@h2/other".into()),
         )
         .unwrap();
-        assert_eq!(config.database.url, "postgres://b@h2/other");
+        let pg = config.postgres_config();
+        assert_eq!(pg.get_user(), Some("b"));
+        assert_eq!(pg.get_dbname(), Some("other"));
+        assert_eq!(
+            pg.get_hosts(),
+            &[tokio_postgres::config::Host::Tcp("h2".into())]
+        );
+    }
+
+    #[test]
+    fn bad_environment_database_url_is_refused_without_echoing_it() {
+        let message = Config::parse(
+            Path::new("/x.toml"),
+            "",
+            Some("nonsense://u:hunter2@@".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains(DATABASE_URL_ENV), "{message}");
+        assert!(message.contains("PostgreSQL connection URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn database_password_is_never_in_debug_output() {
+        let config = parse("[database]\nurl = \"postgres://u:hunter2@h/db\"\n").unwrap();
+        assert_eq!(
+            config.postgres_config().get_password(),
+            Some(&b"hunter2"[..])
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]
     fn bad_database_url_does_not_echo_the_password() {
         let error = parse("[database]\nurl = \"nonsense://u:hunter2@@\"\n").unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("database.url"), "{message}");
+        assert!(message.contains("key `database.url`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("PostgreSQL connection URL"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
     }
 
@@ -1019,6 +1267,76 @@ mod tests {
     #[test]
     fn node_id_with_spaces_is_rejected() {
         assert!(parse("node_id = \"a b\"\n").is_err());
+    }
+
+    #[test]
+    fn status_listen_takes_ip_port_and_unix_path() {
+        for (listen, expected) in [
+            (
+                "127.0.0.1:9470",
+                StatusAddr::Tcp("127.0.0.1:9470".parse().unwrap()),
+            ),
+            ("[::1]:0", StatusAddr::Tcp("[::1]:0".parse().unwrap())),
+            (
+                "unix:/run/playbookd/status.sock",
+                StatusAddr::Unix("/run/playbookd/status.sock".into()),
+            ),
+        ] {
+            let config = parse(&format!("[status]\nlisten = \"{listen}\"\n")).unwrap();
+            assert_eq!(config.status.listen, expected);
+            assert_eq!(config.status.listen.to_string(), listen);
+        }
+    }
+
+    /// Each typed string key refuses a bad value as the file is decoded, naming the key and
+    /// saying what was expected.
+    #[test]
+    fn each_typed_string_key_names_itself_and_the_reason() {
+        for (table, key, value, expected) in [
+            ("status", "listen", "localhost:9470", "expected host:port"),
+            (
+                "status",
+                "listen",
+                "unix:status.sock",
+                "unix:/absolute/path",
+            ),
+            ("status", "listen", "9470", "expected host:port"),
+            ("status", "listen", "", "expected host:port"),
+            (
+                "database",
+                "url",
+                "nonsense://",
+                "PostgreSQL connection URL",
+            ),
+            ("actuator", "daemon_user", "", "expected a user name"),
+            ("actions.exec", "run_as", "", "expected a user name"),
+        ] {
+            let message = parse(&format!("[{table}]\n{key} = \"{value}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(&format!("key `{table}.{key}`")),
+                "{table}.{key} = {value:?}: {message}"
+            );
+            assert!(message.contains(expected), "{table}.{key}: {message}");
+        }
+        for id in ["a b", "", &"x".repeat(65), "a/b"] {
+            let message = parse(&format!("node_id = \"{id}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("key `node_id`"), "{id:?}: {message}");
+            assert!(
+                message.contains("expected 1-64 characters of [A-Za-z0-9._-]"),
+                "{id:?}: {message}"
+            );
+        }
+        let message = parse("[actuator]\nprotected_users = [\"postgres\", \"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("actuator.protected_users"), "{message}");
+        assert!(message.contains("expected a user name"), "{message}");
+        let config = parse(&format!("node_id = \"{}\"\n", "a.B_9-".repeat(10))).unwrap();
+        assert_eq!(config.node_id.len(), 60);
     }
 
     /// Every bounded key refuses a value out of its bounds as the file is decoded, naming the

@@ -100,7 +100,7 @@ impl DaemonError {
             | DaemonError::Anchor(_)
             | DaemonError::Actions(_)
             | DaemonError::PolicyKey { .. }
-            | DaemonError::Status(StatusError::Address { .. } | StatusError::Activated { .. })
+            | DaemonError::Status(StatusError::Activated { .. })
             | DaemonError::Activation(_)
             | DaemonError::ActivatedMismatch { .. } => ExitCode::from(EXIT_CONFIG),
             DaemonError::Socket(error) | DaemonError::Status(StatusError::UnixSocket(error))
@@ -718,7 +718,7 @@ impl Chain {
         )?);
         let (audit, audit_task, accepted_cut) = audit::start_writer_anchored(
             config.postgres_config(),
-            config.node_id.clone(),
+            config.node_id.to_string(),
             Some(anchor),
             tasks_shutdown.clone(),
         )
@@ -729,7 +729,7 @@ impl Chain {
                 config.audit.witnesses.clone(),
                 store.clone(),
                 node_key,
-                config.node_id.clone(),
+                config.node_id.to_string(),
             )
         });
         if let Some(submitter) = &witness_submitter {

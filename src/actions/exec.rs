@@ -34,7 +34,7 @@ use tokio::process::Command;
 use super::{
     Action, ActionContext, ActionError, ActionFuture, ActionOutput, ActionSpec, limits, params,
 };
-use crate::config::ExecActionConfig;
+use crate::config::{ExecActionConfig, UserName};
 use crate::registry::template::{self, Reference, Segment, TemplateContext};
 use crate::sys;
 
@@ -43,7 +43,7 @@ pub struct Exec {
     allowed_commands: BTreeSet<PathBuf>,
     transient_exit_codes: BTreeSet<i32>,
     /// The user children run as (when the daemon starts them itself).
-    run_as: String,
+    run_as: UserName,
     /// The exec runner (`playbookd-exec.socket`); when set, children start there.
     runner_socket: Option<PathBuf>,
 }

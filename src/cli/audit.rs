@@ -392,7 +392,7 @@ pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError
         .get(0);
     if !locked {
         return Err(AuditCliError::DaemonRunning {
-            node_id: config.node_id,
+            node_id: config.node_id.into(),
         });
     }
     let uid = nix::unistd::getuid().as_raw();

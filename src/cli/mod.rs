@@ -60,7 +60,7 @@ pub enum Command {
     ExecRunner {
         /// The daemon's user: the only peer served.
         #[arg(long, default_value = "playbookd")]
-        daemon_user: String,
+        daemon_user: crate::config::UserName,
     },
     /// Operator client for control.sock: pending, approve, deny, cancel, halt-resolve, reload.
     Ctl(CtlArgs),

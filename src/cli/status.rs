@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use crate::status::{StatusAddr, parse_listen};
+use crate::status::StatusAddr;
 
 /// `playbookd status [OPTIONS] [COMMAND]`; without a command, the daemon's health.
 #[derive(Debug, Args)]
@@ -143,7 +143,7 @@ impl Endpoint {
             url: url.to_owned(),
         };
         if url.starts_with("unix:") {
-            return match parse_listen(url).map_err(|_| bad())? {
+            return match url.parse::<StatusAddr>().map_err(|_| bad())? {
                 StatusAddr::Unix(path) => Ok(Endpoint::Unix(path)),
                 StatusAddr::Tcp(_) => Err(bad()),
             };
@@ -163,14 +163,14 @@ impl Endpoint {
     }
 
     /// Where to reach a daemon that listens on `listen` (its `status.listen`).
-    pub fn from_listen(listen: &str) -> Result<Endpoint, ClientError> {
-        let bad = || ClientError::Address {
-            url: listen.to_owned(),
-        };
-        match parse_listen(listen).map_err(|_| bad())? {
-            StatusAddr::Unix(path) => Ok(Endpoint::Unix(path)),
-            StatusAddr::Tcp(addr) if addr.port() == 0 => Err(bad()),
-            StatusAddr::Tcp(mut addr) => {
+    pub fn from_listen(listen: &StatusAddr) -> Result<Endpoint, ClientError> {
+        match listen {
+            StatusAddr::Unix(path) => Ok(Endpoint::Unix(path.clone())),
+            StatusAddr::Tcp(addr) if addr.port() == 0 => Err(ClientError::Address {
+                url: listen.to_string(),
+            }),
+            StatusAddr::Tcp(addr) => {
+                let mut addr = *addr;
                 // A daemon listening on every address is reachable on loopback.
                 if addr.ip().is_unspecified() {
                     addr.set_ip(match addr.ip() {
@@ -752,10 +752,10 @@ mod tests {
     #[test]
     fn wildcard_listen_is_reached_on_loopback_and_port_zero_is_refused() {
         assert_eq!(
-            Endpoint::from_listen("0.0.0.0:9470").unwrap(),
+            Endpoint::from_listen(&"0.0.0.0:9470".parse().unwrap()).unwrap(),
             Endpoint::Tcp("127.0.0.1:9470".parse().unwrap())
         );
-        assert!(Endpoint::from_listen("127.0.0.1:0").is_err());
+        assert!(Endpoint::from_listen(&"127.0.0.1:0".parse().unwrap()).is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Nothing here changes state: every handler reads PostgreSQL through the pool or the runtime
 //! snapshot the daemon publishes. Operators change things through control.sock, never here.
 //!
-//! - [`bind`] opens the listener (`host:port` or `unix:/path`) so a bad address fails at start.
+//! - [`bind`] opens the listener on `status.listen` (`host:port` or `unix:/path`, a
+//!   [`StatusAddr`] the configuration decoded, so a malformed address never reaches here).
 //! - [`serve`] answers until the shutdown token fires.
 //! - [`routes`]: the router, built from [`routes::ROUTES`] (also what the OpenAPI test checks).
 //! - [`queries`]: the SQL, selecting only columns that are secret-free by design.
@@ -18,7 +19,6 @@ pub mod queries;
 pub mod routes;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -145,10 +145,6 @@ impl StatusState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error(
-        "invalid status.listen `{listen}`: expected host:port (e.g. 127.0.0.1:9470) or unix:/absolute/path"
-    )]
-    Address { listen: String },
     #[error("cannot listen for the status API on {address}")]
     Bind {
         address: String,
@@ -174,48 +170,17 @@ pub enum StatusListener {
     },
 }
 
-/// Where a status listener is (what `status.listen` resolved to).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for StatusAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StatusAddr::Tcp(addr) => write!(f, "{addr}"),
-            StatusAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-/// `status.listen` parsed: `unix:/abs/path` or a numeric `ip:port` (no DNS: a name could
-/// resolve to a public address and expose the API).
-pub fn parse_listen(listen: &str) -> Result<StatusAddr, StatusError> {
-    let bad = || StatusError::Address {
-        listen: listen.to_owned(),
-    };
-    if let Some(path) = listen.strip_prefix(UNIX_PREFIX) {
-        let path = PathBuf::from(path);
-        if !path.is_absolute() {
-            return Err(bad());
-        }
-        return Ok(StatusAddr::Unix(path));
-    }
-    listen
-        .parse::<SocketAddr>()
-        .map(StatusAddr::Tcp)
-        .map_err(|_| bad())
-}
+/// Where a status listener is: `status.listen` as the configuration decoded it, or the address
+/// actually bound (with the real port when `:0` was asked for).
+pub use crate::config::StatusAddr;
 
 /// Binds `status.listen`. A Unix socket path follows [`crate::unix_socket::remove_stale`]: a
 /// stale socket left by a crash is replaced, a live one (another instance is serving) or a
 /// file that is not a socket is refused. Status binds before the chain lock, so this is what
 /// keeps a second daemon started by mistake from unlinking the first one's socket.
-pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
-    match parse_listen(listen)? {
-        StatusAddr::Tcp(addr) => TcpListener::bind(addr)
+pub async fn bind(listen: &StatusAddr) -> Result<StatusListener, StatusError> {
+    match listen {
+        StatusAddr::Tcp(addr) => TcpListener::bind(*addr)
             .await
             .map(StatusListener::Tcp)
             .map_err(|source| StatusError::Bind {
@@ -227,9 +192,12 @@ pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
                 address: format!("unix:{}", path.display()),
                 source,
             };
-            crate::unix_socket::remove_stale(&path)?;
-            let listener = UnixListener::bind(&path).map_err(bind_error)?;
-            Ok(StatusListener::Unix { listener, path })
+            crate::unix_socket::remove_stale(path)?;
+            let listener = UnixListener::bind(path).map_err(bind_error)?;
+            Ok(StatusListener::Unix {
+                listener,
+                path: path.clone(),
+            })
         }
     }
 }
@@ -238,18 +206,17 @@ pub async fn bind(listen: &str) -> Result<StatusListener, StatusError> {
 /// listen where `status.listen` says, so the documented address stays true.
 pub fn from_activated(
     listener: std::net::TcpListener,
-    listen: &str,
+    listen: &StatusAddr,
 ) -> Result<StatusListener, StatusError> {
-    let configured = parse_listen(listen)?;
     let passed = listener.local_addr().map_err(StatusError::Serve)?;
-    let matches = match &configured {
+    let matches = match listen {
         StatusAddr::Tcp(addr) => *addr == passed || (addr.port() == 0 && addr.ip() == passed.ip()),
         StatusAddr::Unix(_) => false,
     };
     if !matches {
         return Err(StatusError::Activated {
             passed: passed.to_string(),
-            listen: listen.to_owned(),
+            listen: listen.to_string(),
         });
     }
     listener.set_nonblocking(true).map_err(StatusError::Serve)?;
@@ -492,35 +459,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a handler has before the request is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-const UNIX_PREFIX: &str = "unix:";
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listen_accepts_ip_port_and_unix_path() {
-        assert_eq!(
-            parse_listen("127.0.0.1:9470").unwrap(),
-            StatusAddr::Tcp("127.0.0.1:9470".parse().unwrap())
-        );
-        assert_eq!(
-            parse_listen("[::1]:0").unwrap(),
-            StatusAddr::Tcp("[::1]:0".parse().unwrap())
-        );
-        assert_eq!(
-            parse_listen("unix:/run/playbookd/status.sock").unwrap(),
-            StatusAddr::Unix("/run/playbookd/status.sock".into())
-        );
-    }
-
-    #[test]
-    fn listen_refuses_names_and_relative_paths() {
-        for listen in ["localhost:9470", "unix:status.sock", "9470", ""] {
-            let error = parse_listen(listen).unwrap_err().to_string();
-            assert!(error.contains("status.listen"), "{listen}: {error}");
-        }
-    }
 
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room() {

@@ -190,7 +190,7 @@ async fn a_child_runs_as_run_as_with_no_capability_and_no_new_privileges() {
 #[tokio::test]
 async fn run_as_the_daemons_own_uid_is_refused() {
     let mut config = config(&["/bin/true"]);
-    config.exec.run_as = "root".into();
+    config.exec.run_as = "root".parse().unwrap();
     let result = exec(&config, json!({"command": "/bin/true"}), 5).await;
     assert_fails(result, Fails::Permanent, &["daemon's own uid"]);
 }

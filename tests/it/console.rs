@@ -392,7 +392,7 @@ async fn without_the_database_the_banner_says_the_halt_state_is_unknown() {
         .await
         .unwrap();
     let (_runtime, receiver) = tokio::sync::watch::channel(RuntimeSnapshot::default());
-    let listener = status::bind("127.0.0.1:0").await.unwrap();
+    let listener = status::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
     let StatusAddr::Tcp(address) = listener.local_addr().unwrap() else {
         panic!("TCP listener expected");
     };

@@ -83,6 +83,53 @@ async fn unknown_config_key_exits_78_naming_the_key() {
     assert_contains(&stderr, config.to_str().unwrap());
 }
 
+/// Each typed value (`node_id`, `database.url`, `status.listen`, user names) is refused as the
+/// file is read, before anything is touched: exit 78, the key and the reason, and a database
+/// URL's password never in the message, from the file or from `PLAYBOOKD_DATABASE_URL`.
+#[test]
+fn a_malformed_value_exits_78_naming_its_key_and_never_the_password() {
+    let dir = DaemonDir::new();
+    for (text, key, reason) in [
+        ("node_id = \"a b\"\n", "node_id", "expected 1-64 characters"),
+        (
+            "[database]\nurl = \"nonsense://u:hunter2@h/db\"\n",
+            "database.url",
+            "PostgreSQL connection URL",
+        ),
+        (
+            "[status]\nlisten = \"localhost:9470\"\n",
+            "status.listen",
+            "expected host:port",
+        ),
+        (
+            "[actuator]\ndaemon_user = \"\"\n",
+            "actuator.daemon_user",
+            "expected a user name",
+        ),
+        (
+            "[actions.exec]\nrun_as = \"\"\n",
+            "actions.exec.run_as",
+            "expected a user name",
+        ),
+    ] {
+        let config = dir.path("malformed.toml");
+        std::fs::write(&config, text).unwrap();
+        let stderr = serve_refused(&config);
+        assert_contains(&stderr, &format!("key `{key}`"));
+        assert_contains(&stderr, reason);
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+    let config = dir.path("empty.toml");
+    std::fs::write(&config, "").unwrap();
+    let (status, _, stderr) = run_cli(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("PLAYBOOKD_DATABASE_URL", "nonsense://u:hunter2@h/db")],
+    );
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert_contains(&stderr, "invalid PLAYBOOKD_DATABASE_URL");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
 #[tokio::test]
 async fn unreachable_database_exits_quickly_naming_host_and_port() {
     let dir = DaemonDir::new();

@@ -48,7 +48,7 @@ impl Server {
             .await
             .unwrap();
         let (runtime, receiver) = watch::channel(loaded_runtime());
-        let listener = status::bind(listen).await.unwrap();
+        let listener = status::bind(&listen.parse().unwrap()).await.unwrap();
         let endpoint = match listener.local_addr().unwrap() {
             StatusAddr::Tcp(addr) => Endpoint::Tcp(addr),
             StatusAddr::Unix(path) => Endpoint::Unix(path),
