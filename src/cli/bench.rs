@@ -1671,22 +1671,26 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced_and_the_rest_kept() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "pbd_bench_1").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/pbd_bench_1"
-        );
-        assert_eq!(
-            with_database("postgresql://u:p@h/db?sslmode=disable", "x").unwrap(),
-            "postgresql://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://playbookd@/playbookd?host=/run/postgresql", "x").unwrap(),
-            "postgres://playbookd@/x?host=/run/postgresql"
-        );
-        assert_eq!(
-            with_database("postgres://h:5432", "x").unwrap(),
-            "postgres://h:5432/x"
-        );
+        for (url, name, expected) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "pbd_bench_1",
+                "postgres://postgres@127.0.0.1:5432/pbd_bench_1",
+            ),
+            (
+                "postgresql://u:p@h/db?sslmode=disable",
+                "x",
+                "postgresql://u:p@h/x?sslmode=disable",
+            ),
+            (
+                "postgres://playbookd@/playbookd?host=/run/postgresql",
+                "x",
+                "postgres://playbookd@/x?host=/run/postgresql",
+            ),
+            ("postgres://h:5432", "x", "postgres://h:5432/x"),
+        ] {
+            assert_eq!(with_database(url, name).unwrap(), expected, "{url}");
+        }
         assert!(matches!(
             with_database("host=/tmp dbname=x", "y"),
             Err(BenchError::BadUrl)

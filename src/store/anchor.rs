@@ -814,16 +814,10 @@ mod tests {
         write_anchor(&path, &state(), false).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let error = read_anchor(&path, OwnerCheck::Daemon).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                AnchorError::Private {
-                    fault: PrivateFault::Exposed { mode: 0o640 },
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        let AnchorError::Private { fault, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*fault, PrivateFault::Exposed { mode: 0o640 });
         // An auditor reading it as evidence does not need to own it.
         assert!(read_anchor(&path, OwnerCheck::Evidence).unwrap().is_some());
     }

@@ -637,16 +637,10 @@ mod tests {
         NodeKey::load_or_generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let error = NodeKey::load_or_generate(&path).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                NodeKeyError::Private {
-                    fault: PrivateFault::Exposed { mode: 0o640 },
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        let NodeKeyError::Private { fault, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*fault, PrivateFault::Exposed { mode: 0o640 });
         assert!(error.to_string().contains("chmod 600"), "{error}");
     }
 
