@@ -171,7 +171,9 @@ pub fn open_private_file(path: &Path) -> io::Result<File> {
 /// is a regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PrivateFault {
-    #[error("has mode {mode:04o}: only its owner may read or write it; run `chmod 600` on it")]
+    #[error(
+        "has mode {mode:04o}: other users could read it (expected 0600 or stricter); run `chmod 600` on it"
+    )]
     Exposed { mode: u32 },
     #[error("belongs to uid {owner}, not to the daemon (uid {daemon})")]
     WrongOwner { owner: u32, daemon: u32 },
