@@ -110,8 +110,7 @@ struct Frame {
 type Params = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
 async fn runs_page(State(state): State<StatusState>, params: Params) -> Response {
-    let page = runs(&state, params).await;
-    or_error_page(&state, page).await
+    or_error_page(&state, runs(&state, params).await).await
 }
 
 async fn runs(state: &StatusState, params: Params) -> Result<Response, PageError> {
@@ -142,8 +141,7 @@ async fn runs(state: &StatusState, params: Params) -> Result<Response, PageError
 }
 
 async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
-    let page = run(&state, id).await;
-    or_error_page(&state, page).await
+    or_error_page(&state, run(&state, id).await).await
 }
 
 async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
@@ -232,8 +230,7 @@ async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
 }
 
 async fn approvals_page(State(state): State<StatusState>) -> Response {
-    let page = approvals(&state).await;
-    or_error_page(&state, page).await
+    or_error_page(&state, approvals(&state).await).await
 }
 
 async fn approvals(state: &StatusState) -> Result<Response, PageError> {
@@ -268,8 +265,7 @@ async fn approvals(state: &StatusState) -> Result<Response, PageError> {
 }
 
 async fn registry_page(State(state): State<StatusState>) -> Response {
-    let page = registry(&state).await;
-    or_error_page(&state, page).await
+    or_error_page(&state, registry(&state).await).await
 }
 
 async fn registry(state: &StatusState) -> Result<Response, PageError> {
@@ -325,8 +321,7 @@ async fn registry(state: &StatusState) -> Result<Response, PageError> {
 }
 
 async fn nodes_page(State(state): State<StatusState>) -> Response {
-    let page = nodes(&state).await;
-    or_error_page(&state, page).await
+    or_error_page(&state, nodes(&state).await).await
 }
 
 async fn nodes(state: &StatusState) -> Result<Response, PageError> {
