@@ -191,7 +191,7 @@ async fn run(
         StatusState::new(store, audit, receiver),
         shutdown.clone(),
     ));
-    let endpoint = Endpoint::Tcp(addr);
+    let endpoint = Endpoint(StatusAddr::Tcp(addr));
 
     let mut reports = Vec::new();
     reports.push(

@@ -618,20 +618,14 @@ fn reload_report(summary: &LoadSummary) -> ReloadReport {
         refused: summary
             .rejections
             .iter()
-            .map(|rejection| RefusedFile {
-                file: rejection.file.display().to_string(),
-                reason: rejection.reason.label().to_owned(),
-                detail: audit::error_chain(&rejection.reason),
+            .map(|rejection| {
+                RefusedFile::new(&rejection.file, rejection.reason.label(), &rejection.reason)
             })
             .collect(),
         refused_keys: summary
             .refused_keys
             .iter()
-            .map(|refusal| RefusedFile {
-                file: refusal.path.display().to_string(),
-                reason: "trusted_key_refused".to_owned(),
-                detail: audit::error_chain(&refusal.error),
-            })
+            .map(|refusal| RefusedFile::new(&refusal.path, "trusted_key_refused", &refusal.error))
             .collect(),
         kept: summary
             .kept

@@ -163,22 +163,38 @@ pub fn open_private_file(path: &Path) -> io::Result<File> {
             "not a regular file",
         ));
     }
-    if meta.uid() != effective_uid() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "not owned by the daemon's uid",
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "mode {:o} lets others read it (expected 0600)",
-                meta.mode() & 0o777
-            ),
-        ));
-    }
+    check_private(&meta).map_err(|fault| io::Error::new(io::ErrorKind::PermissionDenied, fault))?;
     Ok(file)
+}
+
+/// Why a file that holds a secret (node key, chain anchor, credentials) is refused although it
+/// is a regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PrivateFault {
+    #[error(
+        "has mode {mode:04o}: other users could read it (expected 0600 or stricter); run `chmod 600` on it"
+    )]
+    Exposed { mode: u32 },
+    #[error("belongs to uid {owner}, not to the daemon (uid {daemon})")]
+    WrongOwner { owner: u32, daemon: u32 },
+}
+
+/// The one rule for a secret file, checked on the metadata of the open handle (so it applies to
+/// the bytes read, not to whatever a rename puts at the path later): no group or other
+/// permission bits, and owned by the daemon's effective uid.
+pub fn check_private(meta: &std::fs::Metadata) -> Result<(), PrivateFault> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFault::Exposed { mode });
+    }
+    let daemon = effective_uid();
+    if meta.uid() != daemon {
+        return Err(PrivateFault::WrongOwner {
+            owner: meta.uid(),
+            daemon,
+        });
+    }
+    Ok(())
 }
 
 /// Flushes a directory's entries (after a rename, create or unlink inside it) to disk.

@@ -503,14 +503,8 @@ async fn runs_phase(
 ) -> Result<RunsPhase, BenchError> {
     let counter = connect(db_config).await?;
     let audit_before = audit_rows(&counter).await?;
-    let waiters = Waiters::default();
-    let stop = CancellationToken::new();
-    let listener = tokio::spawn(listen_completions(
-        db_config.clone(),
-        waiters.clone(),
-        stop.clone(),
-    ));
-    waiters.ready().await?;
+    let completions = Completions::start(db_config).await?;
+    let waiters = completions.waiters.clone();
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -537,16 +531,48 @@ async fn runs_phase(
     }
     let parts = join_all(tasks).await;
     let elapsed = started.elapsed();
-    stop.cancel();
-    listener
-        .await
-        .map_err(|e| BenchError::DaemonExited(format!("listener task failed: {e}")))??;
+    completions.stop().await?;
     let parts = parts?;
     let audit_rows = audit_rows(&counter).await? - audit_before;
     Ok(RunsPhase {
         samples: Samples::merge(parts, elapsed),
         audit_rows,
     })
+}
+
+/// One phase's completion listener: the waiters it wakes, and how to stop it.
+struct Completions {
+    waiters: Waiters,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), BenchError>>,
+}
+
+impl Completions {
+    /// Starts [`listen_completions`] and returns once its LISTEN is in effect, so no completion
+    /// of the phase's first run is missed.
+    async fn start(db_config: &tokio_postgres::Config) -> Result<Completions, BenchError> {
+        let waiters = Waiters::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen_completions(
+            db_config.clone(),
+            waiters.clone(),
+            stop.clone(),
+        ));
+        waiters.ready().await?;
+        Ok(Completions {
+            waiters,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the listener; the error it ended with, if any.
+    async fn stop(self) -> Result<(), BenchError> {
+        self.stop.cancel();
+        self.task
+            .await
+            .map_err(|e| BenchError::DaemonExited(format!("listener task failed: {e}")))?
+    }
 }
 
 /// Executions the clients wait for, each with the channel that wakes its client; completions
@@ -708,14 +734,8 @@ async fn open_loop_phase(
     rate: u32,
     phase: Duration,
 ) -> Result<Samples, BenchError> {
-    let waiters = Waiters::default();
-    let stop = CancellationToken::new();
-    let listener = tokio::spawn(listen_completions(
-        db_config.clone(),
-        waiters.clone(),
-        stop.clone(),
-    ));
-    waiters.ready().await?;
+    let completions = Completions::start(db_config).await?;
+    let waiters = completions.waiters.clone();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let millis = u64::try_from(phase.as_millis()).unwrap_or(u64::MAX);
     let count =
@@ -768,10 +788,7 @@ async fn open_loop_phase(
     });
     let parts = join_all(tasks).await;
     let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
-    stop.cancel();
-    listener
-        .await
-        .map_err(|e| BenchError::DaemonExited(format!("listener task failed: {e}")))??;
+    completions.stop().await?;
     let parts = parts?;
     let elapsed = started.elapsed();
     Ok(Samples::merge(parts, elapsed))
@@ -1654,22 +1671,26 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced_and_the_rest_kept() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "pbd_bench_1").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/pbd_bench_1"
-        );
-        assert_eq!(
-            with_database("postgresql://u:p@h/db?sslmode=disable", "x").unwrap(),
-            "postgresql://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://playbookd@/playbookd?host=/run/postgresql", "x").unwrap(),
-            "postgres://playbookd@/x?host=/run/postgresql"
-        );
-        assert_eq!(
-            with_database("postgres://h:5432", "x").unwrap(),
-            "postgres://h:5432/x"
-        );
+        for (url, name, expected) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "pbd_bench_1",
+                "postgres://postgres@127.0.0.1:5432/pbd_bench_1",
+            ),
+            (
+                "postgresql://u:p@h/db?sslmode=disable",
+                "x",
+                "postgresql://u:p@h/x?sslmode=disable",
+            ),
+            (
+                "postgres://playbookd@/playbookd?host=/run/postgresql",
+                "x",
+                "postgres://playbookd@/x?host=/run/postgresql",
+            ),
+            ("postgres://h:5432", "x", "postgres://h:5432/x"),
+        ] {
+            assert_eq!(with_database(url, name).unwrap(), expected, "{url}");
+        }
         assert!(matches!(
             with_database("host=/tmp dbname=x", "y"),
             Err(BenchError::BadUrl)

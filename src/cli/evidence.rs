@@ -16,9 +16,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ed25519_dalek::VerifyingKey;
-use ed25519_dalek::pkcs8::DecodePublicKey;
-
 use crate::bundle::{self, BundleError};
 use crate::cli::audit::report_line;
 use crate::cli::witnesses::{self, WitnessArgs, WitnessCount};
@@ -26,7 +23,7 @@ use crate::cli::{OutputError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::merkle::Tree;
 use crate::note::{self, TreeHead};
-use crate::store::checkpoint::{NodeKey, NodeKeyError};
+use crate::store::checkpoint::{NodeKey, NodeKeyError, load_public_key};
 use crate::store::evidence::{self, LatestCheckpoint};
 use crate::store::{self, StoreError, verify};
 
@@ -78,8 +75,9 @@ pub enum EvidenceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not an Ed25519 public key (SubjectPublicKeyInfo PEM)")]
-    TrustedKey { path: PathBuf },
+    /// The same words as `audit verify --trusted-node-key`: one reader of the node's public key.
+    #[error(transparent)]
+    TrustedKey(NodeKeyError),
     #[error("evidence bundle {path} does not verify: {source}")]
     Bundle {
         path: PathBuf,
@@ -114,7 +112,7 @@ impl EvidenceError {
             | EvidenceError::AfterCheckpoint { .. }
             | EvidenceError::Write { .. }
             | EvidenceError::Read { .. }
-            | EvidenceError::TrustedKey { .. } => ExitCode::FAILURE,
+            | EvidenceError::TrustedKey(_) => ExitCode::FAILURE,
         }
     }
 }
@@ -300,13 +298,7 @@ pub fn verify_bundle(
     witness_args: &WitnessArgs,
 ) -> Result<(), EvidenceError> {
     witness_args.check().map_err(EvidenceError::WitnessArgs)?;
-    let pem = std::fs::read_to_string(trusted_node_key).map_err(|source| EvidenceError::Read {
-        path: trusted_node_key.to_owned(),
-        source,
-    })?;
-    let key = VerifyingKey::from_public_key_pem(&pem).map_err(|_| EvidenceError::TrustedKey {
-        path: trusted_node_key.to_owned(),
-    })?;
+    let key = load_public_key(trusted_node_key).map_err(EvidenceError::TrustedKey)?;
     let json = std::fs::read(file).map_err(|source| EvidenceError::Read {
         path: file.to_owned(),
         source,

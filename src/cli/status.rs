@@ -120,18 +120,16 @@ pub enum ClientError {
     Output(#[from] OutputError),
 }
 
-/// Where to send requests.
+/// Where to send requests: a status listener's address (the daemon's own type), shown as the
+/// URL `--url` takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
+pub struct Endpoint(pub StatusAddr);
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Tcp(addr) => write!(f, "http://{addr}"),
-            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        match &self.0 {
+            StatusAddr::Tcp(addr) => write!(f, "http://{addr}"),
+            unix @ StatusAddr::Unix(_) => unix.fmt(f),
         }
     }
 }
@@ -144,7 +142,7 @@ impl Endpoint {
         };
         if url.starts_with("unix:") {
             return match url.parse::<StatusAddr>().map_err(|_| bad())? {
-                StatusAddr::Unix(path) => Ok(Endpoint::Unix(path)),
+                unix @ StatusAddr::Unix(_) => Ok(Endpoint(unix)),
                 StatusAddr::Tcp(_) => Err(bad()),
             };
         }
@@ -154,18 +152,21 @@ impl Endpoint {
             .trim_end_matches('/');
         if let Some(port) = authority.strip_prefix("localhost:") {
             let port = port.parse().map_err(|_| bad())?;
-            return Ok(Endpoint::Tcp(SocketAddr::new(
+            return Ok(Endpoint(StatusAddr::Tcp(SocketAddr::new(
                 Ipv4Addr::LOCALHOST.into(),
                 port,
-            )));
+            ))));
         }
-        authority.parse().map(Endpoint::Tcp).map_err(|_| bad())
+        authority
+            .parse()
+            .map(|addr| Endpoint(StatusAddr::Tcp(addr)))
+            .map_err(|_| bad())
     }
 
     /// Where to reach a daemon that listens on `listen` (its `status.listen`).
     pub fn from_listen(listen: &StatusAddr) -> Result<Endpoint, ClientError> {
         match listen {
-            StatusAddr::Unix(path) => Ok(Endpoint::Unix(path.clone())),
+            unix @ StatusAddr::Unix(_) => Ok(Endpoint(unix.clone())),
             StatusAddr::Tcp(addr) if addr.port() == 0 => Err(ClientError::Address {
                 url: listen.to_string(),
             }),
@@ -178,7 +179,7 @@ impl Endpoint {
                         IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                     });
                 }
-                Ok(Endpoint::Tcp(addr))
+                Ok(Endpoint(StatusAddr::Tcp(addr)))
             }
         }
     }
@@ -233,14 +234,14 @@ async fn exchange(
         .map_err(|_| ClientError::Address {
             url: format!("{endpoint}{path_and_query}"),
         })?;
-    let response = match endpoint {
-        Endpoint::Tcp(addr) => {
+    let response = match &endpoint.0 {
+        StatusAddr::Tcp(addr) => {
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(connect_error)?;
             send(TokioIo::new(stream), request).await?
         }
-        Endpoint::Unix(path) => {
+        StatusAddr::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .map_err(connect_error)?;
@@ -735,15 +736,15 @@ mod tests {
     fn urls_parse_to_endpoints() {
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:9470").unwrap(),
-            Endpoint::Tcp("127.0.0.1:9470".parse().unwrap())
+            Endpoint(StatusAddr::Tcp("127.0.0.1:9470".parse().unwrap()))
         );
         assert_eq!(
             Endpoint::parse("http://localhost:80/").unwrap(),
-            Endpoint::Tcp("127.0.0.1:80".parse().unwrap())
+            Endpoint(StatusAddr::Tcp("127.0.0.1:80".parse().unwrap()))
         );
         assert_eq!(
             Endpoint::parse("unix:/run/s.sock").unwrap(),
-            Endpoint::Unix("/run/s.sock".into())
+            Endpoint(StatusAddr::Unix("/run/s.sock".into()))
         );
         assert!(Endpoint::parse("https://127.0.0.1:1").is_err());
         assert!(Endpoint::parse("http://example.org:80").is_err());
@@ -753,7 +754,7 @@ mod tests {
     fn wildcard_listen_is_reached_on_loopback_and_port_zero_is_refused() {
         assert_eq!(
             Endpoint::from_listen(&"0.0.0.0:9470".parse().unwrap()).unwrap(),
-            Endpoint::Tcp("127.0.0.1:9470".parse().unwrap())
+            Endpoint(StatusAddr::Tcp("127.0.0.1:9470".parse().unwrap()))
         );
         assert!(Endpoint::from_listen(&"127.0.0.1:0".parse().unwrap()).is_err());
     }

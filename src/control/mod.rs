@@ -86,6 +86,17 @@ pub struct RefusedFile {
     pub detail: String,
 }
 
+impl RefusedFile {
+    /// `file` refused for `error`, under the stable name `reason`.
+    pub fn new(file: &std::path::Path, reason: &str, error: &dyn std::error::Error) -> RefusedFile {
+        RefusedFile {
+            file: file.display().to_string(),
+            reason: reason.to_owned(),
+            detail: crate::store::audit::error_chain(error),
+        }
+    }
+}
+
 /// One version kept active.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeptVersion {

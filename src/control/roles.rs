@@ -321,10 +321,6 @@ mod tests {
 
     fn config() -> RolesConfig {
         RolesConfig {
-            admin: RoleMembers {
-                uids: BTreeSet::from([0]),
-                groups: BTreeSet::new(),
-            },
             approver: RoleMembers {
                 uids: BTreeSet::from([2001]),
                 groups: BTreeSet::from(["approvers".into(), "no-such-group".into()]),
@@ -333,12 +329,13 @@ mod tests {
                 uids: BTreeSet::from([2003]),
                 groups: BTreeSet::new(),
             },
-            viewer: RoleMembers::default(),
             orgs: vec![OrgScope {
                 uids: BTreeSet::new(),
                 groups: BTreeSet::from(["acme-soc".into()]),
                 orgs: BTreeSet::from(["acme".into()]),
             }],
+            // The default admin (root alone) and no viewer.
+            ..RolesConfig::default()
         }
     }
 

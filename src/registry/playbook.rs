@@ -425,9 +425,11 @@ fn classify(error: serde_saphyr::Error) -> DocumentError {
     }
 }
 
-/// Where a problem is, for messages: `step `kill`, with.pid`.
+/// Where a problem is, for messages (`step `kill`, with.pid`), and the inputs the templates
+/// checked there may name.
 struct At<'a> {
     step: Option<&'a str>,
+    inputs: &'a BTreeMap<String, InputSpec>,
 }
 
 impl At<'_> {
@@ -448,7 +450,10 @@ impl At<'_> {
 }
 
 fn validate_playbook(playbook: &Playbook) -> Result<(), Invalid> {
-    let top = At { step: None };
+    let top = At {
+        step: None,
+        inputs: &playbook.inputs,
+    };
     check_id(&playbook.id).map_err(|detail| top.invalid("id", Rule::BadId, detail))?;
     if playbook.version < 1 {
         return Err(top.invalid("version", Rule::BadVersion, "must be 1 or more"));
@@ -493,14 +498,15 @@ fn validate_playbook(playbook: &Playbook) -> Result<(), Invalid> {
                 format!("step id `{}` is used twice", step.id),
             ));
         }
-        validate_step(step, &playbook.inputs)?;
+        validate_step(step, &top)?;
     }
     Ok(())
 }
 
-fn validate_step(step: &Step, inputs: &BTreeMap<String, InputSpec>) -> Result<(), Invalid> {
+fn validate_step(step: &Step, top: &At<'_>) -> Result<(), Invalid> {
     let at = At {
         step: Some(&step.id),
+        inputs: top.inputs,
     };
     let spec = actions::spec(&step.action).ok_or_else(|| {
         at.invalid(
@@ -513,7 +519,7 @@ fn validate_step(step: &Step, inputs: &BTreeMap<String, InputSpec>) -> Result<()
             ),
         )
     })?;
-    check_params(&at, "with", spec, &step.params, inputs)?;
+    check_params(&at, "with", spec, &step.params)?;
 
     match (&step.rollback, spec.undo) {
         (Rollback::None, _) => {}
@@ -544,12 +550,12 @@ fn validate_step(step: &Step, inputs: &BTreeMap<String, InputSpec>) -> Result<()
                     ),
                 ));
             }
-            check_params(&at, "rollback.with", undo_spec, params, inputs)?;
+            check_params(&at, "rollback.with", undo_spec, params)?;
         }
     }
 
     if let Some(text) = &step.when {
-        check_when(&at, text, inputs)?;
+        check_when(&at, text)?;
     }
     STEP_TIMEOUT.check(&at, "timeout", Rule::TimeoutOutOfBounds, step.timeout)?;
     if let Some(retry) = step.retry {
@@ -576,7 +582,6 @@ fn check_params(
     field: &str,
     spec: &ActionSpec,
     params: &Value,
-    inputs: &BTreeMap<String, InputSpec>,
 ) -> Result<(), Invalid> {
     let Value::Object(params) = params else {
         return Err(at.invalid(
@@ -614,54 +619,36 @@ fn check_params(
                 ));
             }
             None => {}
-            Some(value) => check_param(at, &path, param.kind, value, inputs)?,
+            Some(value) => check_param(at, &path, param.kind, value)?,
         }
     }
     Ok(())
 }
 
 /// Checks one parameter: a literal by its kind, a template by what it names.
-fn check_param(
-    at: &At<'_>,
-    path: &str,
-    kind: ParamKind,
-    value: &Value,
-    inputs: &BTreeMap<String, InputSpec>,
-) -> Result<(), Invalid> {
+fn check_param(at: &At<'_>, path: &str, kind: ParamKind, value: &Value) -> Result<(), Invalid> {
     match (kind, value) {
         // A webhook body is free JSON: templates anywhere, each must resolve.
         (ParamKind::Json, _) => {
             let references = template::references(value)
                 .map_err(|e| at.invalid(path, Rule::BadTemplate, e.to_string()))?;
             for reference in references {
-                reference_type(at, path, &reference, inputs)?;
+                reference_type(at, path, &reference)?;
             }
             Ok(())
         }
         (ParamKind::StringList, Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
-                check_param(
-                    at,
-                    &format!("{path}[{index}]"),
-                    ParamKind::String,
-                    item,
-                    inputs,
-                )?;
+                check_param(at, &format!("{path}[{index}]"), ParamKind::String, item)?;
             }
             Ok(())
         }
-        (_, Value::String(text)) => check_string_param(at, path, kind, text, inputs),
+        (_, Value::String(text)) => check_string_param(at, path, kind, text),
         _ => check_literal(kind, value).map_err(|e| at.invalid(path, Rule::BadParamValue, e)),
     }
 }
 
-fn check_string_param(
-    at: &At<'_>,
-    path: &str,
-    kind: ParamKind,
-    text: &str,
-    inputs: &BTreeMap<String, InputSpec>,
-) -> Result<(), Invalid> {
+fn check_string_param(at: &At<'_>, path: &str, kind: ParamKind, text: &str) -> Result<(), Invalid> {
     let segments =
         template::segments(text).map_err(|e| at.invalid(path, Rule::BadTemplate, e.to_string()))?;
     let references: Vec<&Reference> = segments
@@ -685,7 +672,7 @@ fn check_string_param(
     }
     let mut types = Vec::new();
     for reference in &references {
-        types.push(reference_type(at, path, reference, inputs)?);
+        types.push(reference_type(at, path, reference)?);
     }
     if let [Segment::Template(reference)] = segments.as_slice() {
         // Standalone: the rendered value has the input's JSON type, which must fit the kind.
@@ -727,14 +714,9 @@ fn check_string_param(
 }
 
 /// The type a reference has at run time; a subject field must be a declared input.
-fn reference_type(
-    at: &At<'_>,
-    path: &str,
-    reference: &Reference,
-    inputs: &BTreeMap<String, InputSpec>,
-) -> Result<InputType, Invalid> {
+fn reference_type(at: &At<'_>, path: &str, reference: &Reference) -> Result<InputType, Invalid> {
     match reference {
-        Reference::Subject(name) => inputs.get(name).map(|input| input.kind).ok_or_else(|| {
+        Reference::Subject(name) => at.inputs.get(name).map(|input| input.kind).ok_or_else(|| {
             at.invalid(
                 path,
                 Rule::UnknownTemplateRef,
@@ -761,15 +743,11 @@ fn input_fits(kind: ParamKind, input: InputType) -> bool {
     }
 }
 
-fn check_when(
-    at: &At<'_>,
-    text: &str,
-    inputs: &BTreeMap<String, InputSpec>,
-) -> Result<(), Invalid> {
+fn check_when(at: &At<'_>, text: &str) -> Result<(), Invalid> {
     let expr = when::parse(text).map_err(|e| at.invalid("when", Rule::BadWhen, e.to_string()))?;
     for name in expr.names() {
         if let Reference::Subject(field) = name
-            && !inputs.contains_key(field)
+            && !at.inputs.contains_key(field)
         {
             return Err(at.invalid(
                 "when",
@@ -779,7 +757,7 @@ fn check_when(
         }
     }
     for (field, literal) in expr.subject_comparisons() {
-        let Some(input) = inputs.get(field) else {
+        let Some(input) = at.inputs.get(field) else {
             continue;
         };
         let fits = matches!(

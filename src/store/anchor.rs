@@ -25,7 +25,7 @@
 //! node knows it committed.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -35,6 +35,7 @@ use time::OffsetDateTime;
 
 use crate::store::StoreError;
 use crate::store::audit::{ChainHead, GENESIS_HASH, now_micros};
+use crate::sys::PrivateFault;
 
 /// The anchor's file name, in the node key's directory.
 pub const ANCHOR_FILE_NAME: &str = "chain-anchor.json";
@@ -255,16 +256,8 @@ pub enum AnchorError {
     },
     #[error("chain anchor {path} is not a regular file")]
     NotRegular { path: PathBuf },
-    #[error(
-        "chain anchor {path} has mode {mode:04o}: only its owner may read or write it; run `chmod 600 {path}`"
-    )]
-    Exposed { path: PathBuf, mode: u32 },
-    #[error("chain anchor {path} belongs to uid {owner}, not to the daemon (uid {daemon})")]
-    WrongOwner {
-        path: PathBuf,
-        owner: u32,
-        daemon: u32,
-    },
+    #[error("chain anchor {path} {fault}")]
+    Private { path: PathBuf, fault: PrivateFault },
     #[error(
         "chain anchor {path} does not decode ({detail}); check the chain with `playbookd audit verify`, \
          then move the file away to start over from the database's head"
@@ -309,21 +302,10 @@ pub fn read_anchor(path: &Path, check: OwnerCheck) -> Result<Option<AnchorState>
         });
     }
     if check == OwnerCheck::Daemon {
-        let mode = metadata.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(AnchorError::Exposed {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let daemon = nix::unistd::geteuid().as_raw();
-        if metadata.uid() != daemon {
-            return Err(AnchorError::WrongOwner {
-                path: path.to_owned(),
-                owner: metadata.uid(),
-                daemon,
-            });
-        }
+        crate::sys::check_private(&metadata).map_err(|fault| AnchorError::Private {
+            path: path.to_owned(),
+            fault,
+        })?;
     }
     let mut bytes = Vec::new();
     (&mut file)
@@ -760,6 +742,8 @@ fn decode(bytes: &[u8]) -> Result<AnchorState, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn state() -> AnchorState {
@@ -830,10 +814,10 @@ mod tests {
         write_anchor(&path, &state(), false).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let error = read_anchor(&path, OwnerCheck::Daemon).unwrap_err();
-        assert!(
-            matches!(error, AnchorError::Exposed { mode: 0o640, .. }),
-            "{error}"
-        );
+        let AnchorError::Private { fault, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*fault, PrivateFault::Exposed { mode: 0o640 });
         // An auditor reading it as evidence does not need to own it.
         assert!(read_anchor(&path, OwnerCheck::Evidence).unwrap().is_some());
     }

@@ -22,7 +22,7 @@
 //! is refused, because whoever holds the key can sign a shortened chain.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,7 @@ use crate::registry::signature::KeyId;
 use crate::store::anchor::{AnchorError, AnchoredCheckpoint};
 use crate::store::audit::{AuditHandle, ChainHead, MerkleHead, now_micros};
 use crate::store::{Store, StoreError};
+use crate::sys::PrivateFault;
 
 /// Problems with the node key file. All of them need an operator: the daemon does not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +57,8 @@ pub enum NodeKeyError {
     },
     #[error("node key {path} is not a regular file")]
     NotRegular { path: PathBuf },
-    #[error(
-        "node key {path} has mode {mode:04o}: other users could read it; run `chmod 600 {path}`"
-    )]
-    Exposed { path: PathBuf, mode: u32 },
-    #[error("node key {path} belongs to uid {owner}, not to the daemon (uid {daemon})")]
-    WrongOwner {
-        path: PathBuf,
-        owner: u32,
-        daemon: u32,
-    },
+    #[error("node key {path} {fault}")]
+    Private { path: PathBuf, fault: PrivateFault },
     #[error("node key {path} is not an Ed25519 PKCS#8 PEM private key")]
     Parse { path: PathBuf },
     #[error("{path} is not an Ed25519 public key (SubjectPublicKeyInfo PEM)")]
@@ -184,21 +177,10 @@ impl NodeKey {
                 path: path.to_owned(),
             });
         }
-        let mode = metadata.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(NodeKeyError::Exposed {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let daemon = nix::unistd::geteuid().as_raw();
-        if metadata.uid() != daemon {
-            return Err(NodeKeyError::WrongOwner {
-                path: path.to_owned(),
-                owner: metadata.uid(),
-                daemon,
-            });
-        }
+        crate::sys::check_private(&metadata).map_err(|fault| NodeKeyError::Private {
+            path: path.to_owned(),
+            fault,
+        })?;
         let mut pem = String::new();
         std::io::Read::read_to_string(&mut file, &mut pem).map_err(read)?;
         let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|_| NodeKeyError::Parse {
@@ -339,20 +321,26 @@ pub fn verify_checkpoint(
         .map_err(|_| SignatureFault::BadSignature)
 }
 
-/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) and returns its key id.
-pub fn load_public_key_id(path: &Path) -> Result<String, NodeKeyError> {
+/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM), as `playbookd` writes it beside the
+/// node key.
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, NodeKeyError> {
     let pem = std::fs::read_to_string(path).map_err(|source| NodeKeyError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let key = VerifyingKey::from_public_key_pem(&pem).map_err(|_| NodeKeyError::ParsePublic {
+    VerifyingKey::from_public_key_pem(&pem).map_err(|_| NodeKeyError::ParsePublic {
         path: path.to_owned(),
-    })?;
-    let der = key
-        .to_public_key_der()
-        .map_err(|_| NodeKeyError::ParsePublic {
-            path: path.to_owned(),
-        })?;
+    })
+}
+
+/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) and returns its key id.
+pub fn load_public_key_id(path: &Path) -> Result<String, NodeKeyError> {
+    let der =
+        load_public_key(path)?
+            .to_public_key_der()
+            .map_err(|_| NodeKeyError::ParsePublic {
+                path: path.to_owned(),
+            })?;
     Ok(key_id_of(der.as_bytes()))
 }
 
@@ -572,6 +560,8 @@ fn public_path(key: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use sha2::{Digest, Sha256};
 
@@ -647,10 +637,10 @@ mod tests {
         NodeKey::load_or_generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let error = NodeKey::load_or_generate(&path).unwrap_err();
-        assert!(
-            matches!(error, NodeKeyError::Exposed { mode: 0o640, .. }),
-            "{error}"
-        );
+        let NodeKeyError::Private { fault, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*fault, PrivateFault::Exposed { mode: 0o640 });
         assert!(error.to_string().contains("chmod 600"), "{error}");
     }
 

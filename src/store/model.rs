@@ -247,24 +247,27 @@ mod tests {
 
     #[test]
     fn every_variant_decodes_from_its_own_spelling() {
-        for state in RunState::ALL {
-            assert_eq!(RunState::decode(state.as_str()).unwrap(), *state);
+        // Every `db_enum!`, by one loop.
+        macro_rules! assert_round_trips {
+            ($($name:ident),+) => {
+                $(
+                    for value in $name::ALL {
+                        assert_eq!($name::decode(value.as_str()).unwrap(), *value);
+                    }
+                )+
+            };
         }
-        for state in StepState::ALL {
-            assert_eq!(StepState::decode(state.as_str()).unwrap(), *state);
-        }
-        for state in UndoState::ALL {
-            assert_eq!(UndoState::decode(state.as_str()).unwrap(), *state);
-        }
-        for state in GateState::ALL {
-            assert_eq!(GateState::decode(state.as_str()).unwrap(), *state);
-        }
-        for class in ErrorClass::ALL {
-            assert_eq!(ErrorClass::decode(class.as_str()).unwrap(), *class);
-        }
-        for severity in Severity::ALL {
-            assert_eq!(Severity::decode(severity.as_str()).unwrap(), *severity);
-        }
+        assert_round_trips!(
+            RunState,
+            StepState,
+            UndoState,
+            GateState,
+            Vote,
+            ErrorClass,
+            RollbackCause,
+            Severity,
+            HaltScope
+        );
         for risk in [
             RiskTier::Low,
             RiskTier::Moderate,

@@ -344,10 +344,7 @@ async fn runs_page_filters_and_pages_newest_first() {
 }
 
 fn endpoint(daemon: &TestDaemon) -> Endpoint {
-    match &daemon.status {
-        StatusAddr::Tcp(address) => Endpoint::Tcp(*address),
-        StatusAddr::Unix(path) => Endpoint::Unix(path.clone()),
-    }
+    Endpoint(daemon.status.clone())
 }
 
 fn assert_policy(response: &HttpResponse, what: &str) {
@@ -401,7 +398,7 @@ async fn without_the_database_the_banner_says_the_halt_state_is_unknown() {
         StatusState::new(store, writer, receiver),
         shutdown.clone(),
     ));
-    let endpoint = Endpoint::Tcp(address);
+    let endpoint = Endpoint(StatusAddr::Tcp(address));
     let fine = request(&endpoint, "GET", "/ui/").await.unwrap();
     assert_eq!(fine.status, 200);
     assert!(!String::from_utf8_lossy(&fine.body).contains("SAFE-HALT state unknown"));

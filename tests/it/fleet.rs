@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use playbookd::cli::status::{Endpoint, request};
-use playbookd::status::StatusAddr;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
@@ -222,10 +221,7 @@ async fn a_role_without_delete_on_nonces_prunes_only_through_the_function() {
 // ---- nodes and the fleet halt ----
 
 fn endpoint(daemon: &TestDaemon) -> Endpoint {
-    match &daemon.status {
-        StatusAddr::Tcp(address) => Endpoint::Tcp(*address),
-        StatusAddr::Unix(path) => Endpoint::Unix(path.clone()),
-    }
+    Endpoint(daemon.status.clone())
 }
 
 async fn get(daemon: &TestDaemon, path: &str) -> (u16, Value) {

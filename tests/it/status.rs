@@ -49,10 +49,7 @@ impl Server {
             .unwrap();
         let (runtime, receiver) = watch::channel(loaded_runtime());
         let listener = status::bind(&listen.parse().unwrap()).await.unwrap();
-        let endpoint = match listener.local_addr().unwrap() {
-            StatusAddr::Tcp(addr) => Endpoint::Tcp(addr),
-            StatusAddr::Unix(path) => Endpoint::Unix(path),
-        };
+        let endpoint = Endpoint(listener.local_addr().unwrap());
         // This node is listed in /v1/nodes, as a daemon's first heartbeat would make it.
         playbookd::store::nodes::beat(
             &store,
@@ -1211,7 +1208,7 @@ async fn five_thousand_idle_connections_leave_health_answering_within_a_second()
     const IDLE: usize = 5_000;
     raise_open_files(4 * IDLE as u64);
     let server = Server::start().await;
-    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+    let Endpoint(StatusAddr::Tcp(address)) = server.endpoint.clone() else {
         panic!("the test server listens on TCP");
     };
     let mut held = Vec::with_capacity(IDLE);
@@ -1250,7 +1247,7 @@ async fn five_thousand_idle_connections_leave_health_answering_within_a_second()
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start().await;
-    let Endpoint::Tcp(address) = server.endpoint.clone() else {
+    let Endpoint(StatusAddr::Tcp(address)) = server.endpoint.clone() else {
         panic!("the test server listens on TCP");
     };
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();

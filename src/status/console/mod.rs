@@ -110,19 +110,16 @@ struct Frame {
 type Params = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
 async fn runs_page(State(state): State<StatusState>, params: Params) -> Response {
-    let (filter, view) = match parse_filter(params) {
-        Ok(parsed) => parsed,
-        Err(error) => return error_page(&state, error).await,
-    };
+    or_error_page(&state, runs(&state, params).await).await
+}
+
+async fn runs(state: &StatusState, params: Params) -> Result<Response, PageError> {
+    let (filter, view) = parse_filter(params)?;
     let query = filter.clone();
-    let loaded = read(&state, move |client| {
+    let (frame, page) = read(state, move |client| {
         Box::pin(async move { queries::runs(client, &query).await })
     })
-    .await;
-    let (frame, page) = match loaded {
-        Ok(loaded) => loaded,
-        Err(error) => return error_page(&state, error).await,
-    };
+    .await?;
     let now = OffsetDateTime::now_utc();
     let filters = view.pairs();
     let older_link = page.next.map(|cursor| {
@@ -131,39 +128,35 @@ async fn runs_page(State(state): State<StatusState>, params: Params) -> Response
         pairs.push(("cursor", cursor.as_str()));
         view::runs_link(&pairs)
     });
-    render(
+    Ok(render(
         StatusCode::OK,
         &RunsPage {
-            chrome: chrome(&state, "Runs", "runs", Some(&frame), now),
+            chrome: chrome(state, "Runs", "runs", Some(&frame), now),
             newest_link: filter.cursor.map(|_| view::runs_link(&filters)),
             older_link,
             runs: page.runs.iter().map(|run| RunLine::new(run, now)).collect(),
             filter: view,
         },
-    )
+    ))
 }
 
 async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
+    or_error_page(&state, run(&state, id).await).await
+}
+
+async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
     let Ok(id) = Uuid::parse_str(&id) else {
-        return error_page(
-            &state,
-            PageError::BadParam {
-                name: "id".into(),
-                expected: "an execution id (UUID)".into(),
-            },
-        )
-        .await;
+        return Err(PageError::BadParam {
+            name: "id".into(),
+            expected: "an execution id (UUID)".into(),
+        });
     };
-    let loaded = read(&state, move |client| {
+    let (frame, detail) = read(state, move |client| {
         Box::pin(async move { queries::run_detail(client, id).await })
     })
-    .await;
-    let (frame, mut detail) = match loaded {
-        Ok((frame, Some(detail))) => (frame, detail),
-        Ok((_, None)) => {
-            return error_page(&state, PageError::NotFound(format!("no run {id}"))).await;
-        }
-        Err(error) => return error_page(&state, error).await,
+    .await?;
+    let Some(mut detail) = detail else {
+        return Err(PageError::NotFound(format!("no run {id}")));
     };
     // Undos in the order they ran: one that never started (pending) last; undos that share a
     // start instant keep the reverse step order the rollback engine follows (the stable sort
@@ -188,7 +181,7 @@ async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> R
         i64::try_from(detail.events.len()).unwrap_or(i64::MAX) >= queries::EVENTS_LIMIT;
     let page = RunPage {
         chrome: chrome(
-            &state,
+            state,
             &format!("Run {}", summary.execution_id),
             "",
             Some(&frame),
@@ -233,18 +226,18 @@ async fn run_page(State(state): State<StatusState>, Path(id): Path<String>) -> R
         events_cut,
         events_limit: queries::EVENTS_LIMIT,
     };
-    render(StatusCode::OK, &page)
+    Ok(render(StatusCode::OK, &page))
 }
 
 async fn approvals_page(State(state): State<StatusState>) -> Response {
-    let loaded = read(&state, |client| {
+    or_error_page(&state, approvals(&state).await).await
+}
+
+async fn approvals(state: &StatusState) -> Result<Response, PageError> {
+    let (frame, waiting) = read(state, |client| {
         Box::pin(async move { queries::waiting_gates(client).await })
     })
-    .await;
-    let (frame, waiting) = match loaded {
-        Ok(loaded) => loaded,
-        Err(error) => return error_page(&state, error).await,
-    };
+    .await?;
     let now = OffsetDateTime::now_utc();
     let gates = waiting
         .iter()
@@ -262,24 +255,24 @@ async fn approvals_page(State(state): State<StatusState>) -> Response {
             }
         })
         .collect();
-    render(
+    Ok(render(
         StatusCode::OK,
         &ApprovalsPage {
-            chrome: chrome(&state, "Approvals waiting", "approvals", Some(&frame), now),
+            chrome: chrome(state, "Approvals waiting", "approvals", Some(&frame), now),
             gates,
         },
-    )
+    ))
 }
 
 async fn registry_page(State(state): State<StatusState>) -> Response {
-    let loaded = read(&state, |client| {
+    or_error_page(&state, registry(&state).await).await
+}
+
+async fn registry(state: &StatusState) -> Result<Response, PageError> {
+    let (frame, known) = read(state, |client| {
         Box::pin(async move { queries::known_versions(client).await })
     })
-    .await;
-    let (frame, known) = match loaded {
-        Ok(loaded) => loaded,
-        Err(error) => return error_page(&state, error).await,
-    };
+    .await?;
     let runtime = state.runtime.borrow().clone();
     let now = OffsetDateTime::now_utc();
     let is_active = |id: &str, version: i64| {
@@ -289,7 +282,7 @@ async fn registry_page(State(state): State<StatusState>) -> Response {
             .any(|p| p.id == id && i64::try_from(p.version).is_ok_and(|v| v == version))
     };
     let page = RegistryPage {
-        chrome: chrome(&state, "Registry", "registry", Some(&frame), now),
+        chrome: chrome(state, "Registry", "registry", Some(&frame), now),
         loaded: runtime.registry_loaded,
         loaded_at: runtime.loaded_at.map(|at| Stamp::new(at.0, now)),
         active: runtime
@@ -324,24 +317,24 @@ async fn registry_page(State(state): State<StatusState>) -> Response {
             })
             .collect(),
     };
-    render(StatusCode::OK, &page)
+    Ok(render(StatusCode::OK, &page))
 }
 
 async fn nodes_page(State(state): State<StatusState>) -> Response {
-    let loaded = read(&state, |_| Box::pin(async { Ok(()) })).await;
-    let frame = match loaded {
-        Ok((frame, ())) => frame,
-        Err(error) => return error_page(&state, error).await,
-    };
+    or_error_page(&state, nodes(&state).await).await
+}
+
+async fn nodes(state: &StatusState) -> Result<Response, PageError> {
+    let (frame, ()) = read(state, |_| Box::pin(async { Ok(()) })).await?;
     let rows = match tokio::time::timeout(QUERY_TIMEOUT, crate::store::nodes::list(&state.store))
         .await
     {
         Ok(Ok(rows)) => rows,
         Ok(Err(error)) => {
             tracing::warn!(error = %crate::store::audit::error_chain(&error), "console: nodes not read");
-            return error_page(&state, PageError::Unavailable).await;
+            return Err(PageError::Unavailable);
         }
-        Err(_) => return error_page(&state, PageError::Unavailable).await,
+        Err(_) => return Err(PageError::Unavailable),
     };
     let now = OffsetDateTime::now_utc();
     let stale_after = state.stale_after_seconds;
@@ -365,14 +358,14 @@ async fn nodes_page(State(state): State<StatusState>) -> Response {
             last_checkpoint_seq: row.last_checkpoint_seq,
         })
         .collect();
-    render(
+    Ok(render(
         StatusCode::OK,
         &view::NodesPage {
-            chrome: chrome(&state, "Nodes", "nodes", Some(&frame), now),
+            chrome: chrome(state, "Nodes", "nodes", Some(&frame), now),
             stale_after_seconds: stale_after,
             nodes,
         },
-    )
+    ))
 }
 
 async fn unknown_page(State(state): State<StatusState>) -> Response {
@@ -407,6 +400,14 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A page, or the error page for why it could not be built.
+async fn or_error_page(state: &StatusState, page: Result<Response, PageError>) -> Response {
+    match page {
+        Ok(page) => page,
+        Err(error) => error_page(state, error).await,
+    }
 }
 
 /// Reads the halts and the waiting count, then the page's own rows, on one pooled
