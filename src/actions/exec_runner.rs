@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{Captured, Finished, run_captured};
+use super::child::{Captured, Finished, run_captured};
 use super::{ActionContext, ActionError};
 use crate::sys;
 use crate::unix_socket::{self, Line};

@@ -8,6 +8,7 @@
 
 pub mod actuator_client;
 pub mod breaker;
+pub mod child;
 pub mod exec;
 pub mod exec_runner;
 pub mod file;

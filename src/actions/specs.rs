@@ -69,7 +69,7 @@ const BLOCK_PARAMS: &[ParamSpec] = &[
 const UNBLOCK_PARAMS: &[ParamSpec] = &[required("address", IpOrCidr)];
 
 pub static NOOP: ActionSpec = action("noop", Low, By("noop"), &[]);
-pub static EXEC: ActionSpec = action(super::exec::NAME, High, PlaybookDefined, EXEC_PARAMS);
+pub static EXEC: ActionSpec = action("exec", High, PlaybookDefined, EXEC_PARAMS);
 pub static HTTP_POST: ActionSpec = action("http.post", Moderate, PlaybookDefined, HTTP_POST_PARAMS);
 pub static NOTIFY: ActionSpec = action("notify", Low, NotUndoable, NOTIFY_PARAMS);
 pub static FILE_QUARANTINE: ActionSpec =

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::actions::exec;
+use crate::actions::{exec, specs};
 use crate::registry::model::{InputSpec, InputType, Playbook, Rollback};
 use crate::registry::template::{DecisionFields, Reference, TemplateContext};
 use crate::text;
@@ -238,10 +238,10 @@ pub fn check_exec_arguments(decision: &Decision, playbook: &Playbook) -> Result<
     let ctx = decision.template_context();
     for step in &playbook.steps {
         let undo = match &step.rollback {
-            Rollback::Action { action, params } if action == exec::NAME => Some(params),
+            Rollback::Action { action, params } if action == specs::EXEC.name => Some(params),
             Rollback::Action { .. } | Rollback::None => None,
         };
-        let runs = (step.action == exec::NAME)
+        let runs = (step.action == specs::EXEC.name)
             .then_some(("", &step.params))
             .into_iter()
             .chain(undo.map(|params| (" (its undo)", params)));

@@ -293,7 +293,7 @@ const RETRY_ATTEMPTS_MAX: u32 = 10;
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
 const APPROVAL_EXPIRES: Bounds = Bounds::seconds(60, 24 * 3600);
 const COOLDOWN_MAX_SECONDS: u64 = 24 * 3600;
-const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 64;
 
 /// The durations a field may take, inclusive.
 struct Bounds {
@@ -838,7 +838,8 @@ fn validate_binding(binding: &Binding) -> Result<(), (&'static str, Rule, String
     Ok(())
 }
 
-/// Playbook and step ids: `[a-z0-9][a-z0-9-]*`, at most 64 characters.
+/// Playbook and step ids: `[a-z0-9][a-z0-9-]*`, at most [`MAX_ID_LEN`] characters. The one
+/// rule: the status API and the console check their `playbook` filter with [`is_id`].
 fn check_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();
     let well_formed = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -850,6 +851,11 @@ fn check_id(id: &str) -> Result<(), String> {
         return Err(format!("`{id}` is longer than {MAX_ID_LEN} characters"));
     }
     Ok(())
+}
+
+/// Whether `id` is a playbook or step id the registry accepts ([`check_id`]).
+pub fn is_id(id: &str) -> bool {
+    check_id(id).is_ok()
 }
 
 fn check_absolute_path(path: &str) -> Result<(), String> {

@@ -3,8 +3,7 @@
 //! and formats them itself.
 //!
 //! Free text a person or an action wrote (end reasons, errors, vote reasons) is bounded to
-//! [`TEXT_LIMIT`](super::queries::TEXT_LIMIT) bytes on the way out; JSON was bounded by the
-//! query layer.
+//! [`TEXT_LIMIT`] bytes on the way out; JSON was bounded by the query layer.
 
 use std::fmt::Display;
 
@@ -12,7 +11,6 @@ use serde::Serializer;
 use time::OffsetDateTime;
 
 use crate::status::cursor::Cursor;
-use crate::status::queries::bounded_text;
 use crate::store::audit::format_timestamp;
 
 /// A stored state or verdict in its stored spelling.
@@ -65,4 +63,22 @@ pub fn cursor<S: Serializer>(cursor: &Option<Cursor>, serializer: S) -> Result<S
         Some(cursor) => serializer.serialize_some(&cursor.encode()),
         None => serializer.serialize_none(),
     }
+}
+
+/// Largest error or reason text returned as is (bytes).
+pub const TEXT_LIMIT: usize = 2048;
+
+pub(crate) fn bounded_text(text: &str) -> String {
+    if text.len() <= TEXT_LIMIT {
+        return text.to_owned();
+    }
+    format!("{}… ({} bytes)", truncate(text, TEXT_LIMIT), text.len())
+}
+
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use futures::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -458,6 +460,28 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a handler has before the request is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The rule the API and the console share: anything but GET and HEAD is answered with
+/// `refusal()` (405, in the caller's format) and `Allow: GET, HEAD`, and no response is cached
+/// or content-sniffed.
+pub(crate) fn read_only(response: Response, refusal: impl FnOnce() -> Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let mut refused = refusal();
+        refused
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        refused
+    } else {
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
 
 #[cfg(test)]
 mod tests {

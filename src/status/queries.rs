@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
 use crate::status::cursor::Cursor;
-use crate::status::json;
+use crate::status::json::{self, bounded_text, truncate};
 use crate::store::StoreError;
 use crate::store::model::{GateState, RunState, StepState, UndoState, Vote, decode_risk};
 
@@ -837,21 +837,6 @@ pub fn bounded_json(value: Value) -> Value {
     })
 }
 
-pub(crate) fn bounded_text(text: &str) -> String {
-    if text.len() <= TEXT_LIMIT {
-        return text.to_owned();
-    }
-    format!("{}… ({} bytes)", truncate(text, TEXT_LIMIT), text.len())
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// Appends `condition` with each `?` numbered after the parameters already bound.
 pub(crate) fn add_condition<'a>(
     conditions: &mut Vec<String>,
@@ -888,8 +873,6 @@ const HALT_COLUMNS: &str = "halt_id, is_active, node_id, execution_id, rollback_
      entered_at, resolved_at, resolved_by, reason";
 /// Largest step output or gate context returned as is (bytes of JSON).
 pub const OUTPUT_LIMIT: usize = 4096;
-/// Largest error or reason text returned as is (bytes).
-pub const TEXT_LIMIT: usize = 2048;
 /// Columns of [`RunSummary`], qualified so they also work in the joined detail query.
 const RUN_COLUMNS: &str = "e.execution_id, e.node_id, e.playbook_id, e.playbook_version, \
      e.playbook_sha256, e.state, e.current_step, e.policy, e.outcome, e.org_id, e.severity, e.policy_decision_id, \

@@ -17,9 +17,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::status::StatusState;
 use crate::status::cursor::Cursor;
 use crate::status::queries::{self, RUN_STATES, RunFilter};
+use crate::status::{StatusState, read_only};
 use crate::store::StoreError;
 use crate::store::model::RunState;
 
@@ -279,11 +279,11 @@ async fn executions(
     };
     let playbook = params.text("playbook")?.map(str::to_owned);
     if let Some(value) = &playbook
-        && !is_playbook_id(value)
+        && !crate::registry::playbook::is_id(value)
     {
         return Err(ApiError::bad_param(
             "playbook",
-            "expected a playbook id ([a-z0-9][a-z0-9-]*, at most 128 characters)",
+            "expected a playbook id ([a-z0-9][a-z0-9-]*, at most 64 characters)",
         ));
     }
     let org = params.text("org")?.map(str::to_owned);
@@ -652,28 +652,6 @@ async fn finish_response(response: Response) -> Response {
     })
 }
 
-/// The rule the API and the console share: anything but GET and HEAD is answered with
-/// `refusal()` (405, in the caller's format) and `Allow: GET, HEAD`, and no response is cached
-/// or content-sniffed.
-pub(crate) fn read_only(response: Response, refusal: impl FnOnce() -> Response) -> Response {
-    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let mut refused = refusal();
-        refused
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        refused
-    } else {
-        response
-    };
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
-}
-
 /// Runs `work` on a pooled connection, bounded by [`QUERY_TIMEOUT`].
 async fn with_client<T>(
     state: &StatusState,
@@ -778,17 +756,6 @@ impl QueryParams {
 /// A parameter name echoed in an error: short and printable, so the error cannot be abused.
 fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(64).collect()
-}
-
-/// A playbook id as the registry accepts it (`[a-z0-9][a-z0-9-]*`, at most 128 characters);
-/// the API and the console check their `playbook` filter with it.
-pub(crate) fn is_playbook_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (1..=128).contains(&bytes.len())
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// `limit` when none is given.

@@ -523,7 +523,7 @@ fn render(status: StatusCode, page: &impl Template) -> Response {
 /// Security headers on every console response, and 405 (any method but GET and HEAD) as a
 /// short text naming the allowed methods.
 async fn finish_response(response: Response) -> Response {
-    let mut response = crate::status::routes::read_only(response, || {
+    let mut response = crate::status::read_only(response, || {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             [(
@@ -591,11 +591,11 @@ fn parse_filter(params: Params) -> Result<(RunFilter, FilterView), PageError> {
         .transpose()?;
     let playbook = text("playbook");
     if let Some(id) = &playbook
-        && !crate::status::routes::is_playbook_id(id)
+        && !crate::registry::playbook::is_id(id)
     {
         return Err(bad(
             "playbook",
-            "a playbook id ([a-z0-9][a-z0-9-]*, at most 128 characters)",
+            "a playbook id ([a-z0-9][a-z0-9-]*, at most 64 characters)",
         ));
     }
     let org = text("org");
