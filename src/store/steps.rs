@@ -113,8 +113,8 @@ pub async fn record_start_after(
             Box::new(move |tx| {
                 let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
                 Box::pin(async move {
-                    // The halt known in memory (possibly not written yet), then the database's, read
-                    // by the very statement that moves the run on and writes the step.
+                    // The halt known in memory (possibly not written yet), then the database's,
+                    // read by the very statement that moves the run on and writes the step.
                     let halted = match watch.current() {
                         Some(halt) => Some(halt),
                         None => start_run_and_step(tx, &start, &node_id).await?,
