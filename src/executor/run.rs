@@ -65,6 +65,14 @@ enum Invocation {
     ShuttingDown,
 }
 
+/// How one attempt of a step came out.
+enum Attempted {
+    /// The step is over: `None` goes on to the next step, `Some` ends the forward pass.
+    Over(Option<Forward>),
+    /// The action failed (not recorded yet): retried if the class and the budget allow.
+    Failed(ErrorClass, String),
+}
+
 /// Whether a start was recorded, or the run must stop going forward.
 enum Start {
     Started,
@@ -431,28 +439,11 @@ impl<'a> Runner<'a> {
         prior_attempts: i32,
     ) -> Result<Option<Forward>, RunError> {
         let max_attempts = step.retry.map_or(1, |r| r.attempts.max(1));
-        let started_before = u32::try_from(prior_attempts).unwrap_or(0);
-        let owed = self.inner.owed((self.record.id, index, false));
-        if owed >= MAX_UNRECORDED_OUTCOMES
-            || started_before >= max_attempts.saturating_add(MAX_RESTARTED_STARTS)
+        if let Some(stop) = self
+            .refuse_restart_loop(index, step, prior_attempts, max_attempts)
+            .await?
         {
-            // Started this often without its outcome being recorded: acting again could repeat
-            // forever. Fail closed: the run rolls back (the step counts as possibly done).
-            let error = format!(
-                "started {} times without its outcome being recorded; not run again",
-                owed.max(started_before)
-            );
-            self.end_step(
-                index,
-                step,
-                StepEnd::Failed {
-                    class: ErrorClass::Cancelled,
-                    error: error.clone(),
-                },
-            )
-            .await?;
-            let reason = format!("step `{}` failed: {error}", step.id);
-            return Ok(Some(Forward::RollBack(RollbackCause::Failed, reason)));
+            return Ok(Some(stop));
         }
         let params = match template::render(&step.params, &self.template_context()) {
             Ok(params) => params,
@@ -466,88 +457,13 @@ impl<'a> Runner<'a> {
         let backoff = step.retry.map_or(DEFAULT_BACKOFF, |r| r.backoff.0);
         let key = steps::step_key(self.record.id, &step.id);
         for (attempt_here, attempt) in (1..=max_attempts).zip(prior_attempts + 1..) {
-            let start = StepStart {
-                execution_id: self.record.id,
-                index,
-                step_id: step.id.clone(),
-                action: step.action.clone(),
-                attempt,
-                idempotency_key: key,
-                params_sha256: steps::params_hash(&params),
-            };
-            match self.start_step(start).await? {
-                Start::Started => {}
-                Start::Stop(stop) => return Ok(Some(stop)),
-            }
-            self.inner.owe((self.record.id, index, false));
-            let outcome = self.invoke(&step.action, &params, step, key).await;
-            let (class, error) = match outcome {
-                Invocation::Finished(Ok(output)) => {
-                    let end = StepEnd::Succeeded {
-                        output: output.summary,
-                    };
-                    self.defer_end(index, step, end);
-                    return Ok(None);
-                }
-                Invocation::ShuttingDown => return Err(RunError::ShuttingDown),
-                Invocation::Cancelled => {
-                    // The action was stopped while it ran: it may have acted, so the rollback
-                    // undoes this step too.
-                    self.end_step(
-                        index,
-                        step,
-                        StepEnd::Failed {
-                            class: ErrorClass::Cancelled,
-                            error: "cancelled while running".into(),
-                        },
-                    )
-                    .await?;
-                    return Ok(Some(Forward::RollBack(
-                        RollbackCause::Cancelled,
-                        "cancelled".into(),
-                    )));
-                }
-                Invocation::PlaybookTimeout => {
-                    let error = "playbook timeout exceeded".to_owned();
-                    self.end_step(
-                        index,
-                        step,
-                        StepEnd::Failed {
-                            class: ErrorClass::Timeout,
-                            error: error.clone(),
-                        },
-                    )
-                    .await?;
-                    return Ok(Some(Forward::RollBack(RollbackCause::TimedOut, error)));
-                }
-                Invocation::StepTimeout => (ErrorClass::Timeout, "step timed out".to_owned()),
-                Invocation::Finished(Err(ActionError::Transient(error))) => {
-                    (ErrorClass::Transient, error)
-                }
-                Invocation::Finished(Err(ActionError::Permanent(error))) => {
-                    (ErrorClass::Permanent, error)
-                }
+            let (class, error) = match self.attempt(index, step, &params, key, attempt).await? {
+                Attempted::Over(next) => return Ok(next),
+                Attempted::Failed(class, error) => (class, error),
             };
             if class.is_retryable() && attempt_here < max_attempts {
                 let delay = retry_delay(backoff, attempt_here);
-                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                self.end_step(
-                    index,
-                    step,
-                    StepEnd::Retrying {
-                        class,
-                        error,
-                        delay_ms,
-                    },
-                )
-                .await?;
-                metrics::counter!("playbookd_step_retries_total", "action" => step.action.clone())
-                    .increment(1);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = self.run.token.cancelled() => {}
-                }
-                if let Some(stop) = self.stopped()? {
+                if let Some(stop) = self.retry_after(index, step, class, error, delay).await? {
                     return Ok(Some(stop));
                 }
                 continue;
@@ -562,6 +478,155 @@ impl<'a> Runner<'a> {
             return Ok(Some(Forward::RollBack(RollbackCause::Failed, reason)));
         }
         Ok(None)
+    }
+
+    /// A step started this often without its outcome being recorded (in this process, or
+    /// across restarts beyond its attempt budget) is not started again: acting again could
+    /// repeat forever. Fails closed: the step fails (counting as possibly done) and the run
+    /// rolls back.
+    async fn refuse_restart_loop(
+        &self,
+        index: usize,
+        step: &Step,
+        prior_attempts: i32,
+        max_attempts: u32,
+    ) -> Result<Option<Forward>, RunError> {
+        let started_before = u32::try_from(prior_attempts).unwrap_or(0);
+        let owed = self.inner.owed((self.record.id, index, false));
+        if owed < MAX_UNRECORDED_OUTCOMES
+            && started_before < max_attempts.saturating_add(MAX_RESTARTED_STARTS)
+        {
+            return Ok(None);
+        }
+        let error = format!(
+            "started {} times without its outcome being recorded; not run again",
+            owed.max(started_before)
+        );
+        self.end_step(
+            index,
+            step,
+            StepEnd::Failed {
+                class: ErrorClass::Cancelled,
+                error: error.clone(),
+            },
+        )
+        .await?;
+        let reason = format!("step `{}` failed: {error}", step.id);
+        Ok(Some(Forward::RollBack(RollbackCause::Failed, reason)))
+    }
+
+    /// One attempt: records its start (the action runs only once that is durable), runs the
+    /// action, and records an outcome that ends the step; a failure that may be retried is
+    /// returned unrecorded.
+    async fn attempt(
+        &self,
+        index: usize,
+        step: &Step,
+        params: &Value,
+        key: [u8; 32],
+        attempt: i32,
+    ) -> Result<Attempted, RunError> {
+        let start = StepStart {
+            execution_id: self.record.id,
+            index,
+            step_id: step.id.clone(),
+            action: step.action.clone(),
+            attempt,
+            idempotency_key: key,
+            params_sha256: steps::params_hash(params),
+        };
+        match self.start_step(start).await? {
+            Start::Started => {}
+            Start::Stop(stop) => return Ok(Attempted::Over(Some(stop))),
+        }
+        self.inner.owe((self.record.id, index, false));
+        let outcome = self.invoke(&step.action, params, step, key).await;
+        self.conclude(index, step, outcome).await
+    }
+
+    /// What an invocation's outcome means for the step: success is held to go with the next
+    /// record; a cancel or the playbook deadline ends the step and the forward pass.
+    async fn conclude(
+        &self,
+        index: usize,
+        step: &Step,
+        outcome: Invocation,
+    ) -> Result<Attempted, RunError> {
+        let (class, error, cause, reason) = match outcome {
+            Invocation::Finished(Ok(output)) => {
+                let end = StepEnd::Succeeded {
+                    output: output.summary,
+                };
+                self.defer_end(index, step, end);
+                return Ok(Attempted::Over(None));
+            }
+            Invocation::ShuttingDown => return Err(RunError::ShuttingDown),
+            Invocation::StepTimeout => {
+                return Ok(Attempted::Failed(
+                    ErrorClass::Timeout,
+                    "step timed out".to_owned(),
+                ));
+            }
+            Invocation::Finished(Err(ActionError::Transient(error))) => {
+                return Ok(Attempted::Failed(ErrorClass::Transient, error));
+            }
+            Invocation::Finished(Err(ActionError::Permanent(error))) => {
+                return Ok(Attempted::Failed(ErrorClass::Permanent, error));
+            }
+            // The action was stopped while it ran: it may have acted, so the rollback undoes
+            // this step too.
+            Invocation::Cancelled => (
+                ErrorClass::Cancelled,
+                "cancelled while running",
+                RollbackCause::Cancelled,
+                "cancelled",
+            ),
+            Invocation::PlaybookTimeout => (
+                ErrorClass::Timeout,
+                "playbook timeout exceeded",
+                RollbackCause::TimedOut,
+                "playbook timeout exceeded",
+            ),
+        };
+        let end = StepEnd::Failed {
+            class,
+            error: error.to_owned(),
+        };
+        self.end_step(index, step, end).await?;
+        Ok(Attempted::Over(Some(Forward::RollBack(
+            cause,
+            reason.to_owned(),
+        ))))
+    }
+
+    /// Records a failed attempt that will be retried, then waits out `delay` (or a cancel);
+    /// a stop that came meanwhile ends the forward pass.
+    async fn retry_after(
+        &self,
+        index: usize,
+        step: &Step,
+        class: ErrorClass,
+        error: String,
+        delay: Duration,
+    ) -> Result<Option<Forward>, RunError> {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.end_step(
+            index,
+            step,
+            StepEnd::Retrying {
+                class,
+                error,
+                delay_ms,
+            },
+        )
+        .await?;
+        metrics::counter!("playbookd_step_retries_total", "action" => step.action.clone())
+            .increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.run.token.cancelled() => {}
+        }
+        self.stopped()
     }
 
     /// Records a step's start; while a SAFE-HALT refuses it, waits for the halt to be cleared

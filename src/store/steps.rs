@@ -20,7 +20,7 @@ use crate::store::audit::{
     Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope, Tx,
 };
 use crate::store::executions::{self, index_from_db, index_to_db};
-use crate::store::halts::{ActiveHalt, HaltWatch};
+use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
 use crate::store::{Store, StoreError, transitions};
 use crate::text;
@@ -107,57 +107,101 @@ pub async fn record_start_after(
     let watch = watch.clone();
     let scope = Scope::Execution(start.execution_id);
     let (_, outcome) = audit
-        .append_after_in(scope, before, Box::new(move |tx| {
-    let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
-            Box::pin(async move {
-                // The halt known in memory (possibly not written yet), then the database's, read
-                // by the very statement that moves the run on.
-                let halted = match watch.current() {
-                    Some(halt) => Some(halt),
-                    None => executions::start_step(tx, start.execution_id, &node_id, start.index).await?,
-                };
-                if let Some(halt) = halted {
-                    let event = refused_event("step.start_refused", start.execution_id, &start.step_id, &halt)
+        .append_after_in(
+            scope,
+            before,
+            Box::new(move |tx| {
+                let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
+                Box::pin(async move {
+                    // The halt known in memory (possibly not written yet), then the database's,
+                    // read by the very statement that moves the run on and writes the step.
+                    let halted = match watch.current() {
+                        Some(halt) => Some(halt),
+                        None => start_run_and_step(tx, &start, &node_id).await?,
+                    };
+                    if let Some(halt) = halted {
+                        let event = refused_event(
+                            "step.start_refused",
+                            start.execution_id,
+                            &start.step_id,
+                            &halt,
+                        )
                         .with("action", start.action)
                         .with("attempt", start.attempt);
-                    return Ok((event, StartOutcome::Refused(halt)));
-                }
-                let written = tx
-                    .execute(
-                        "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
-                            attempts, idempotency_key, params_sha256, started_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
-                         ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
-                            attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
-                            error = NULL, error_class = NULL, finished_at = NULL \
-                         WHERE playbook_step_runs.state = ANY($9)",
-                        &[
-                            &start.execution_id,
-                            &index_to_db(start.index),
-                            &start.step_id,
-                            &start.action,
-                            &StepState::Running.as_str(),
-                            &start.attempt,
-                            &start.idempotency_key.as_slice(),
-                            &start.params_sha256.as_slice(),
-                            &transitions::step_sources(StepState::Running),
-                        ],
-                    )
-                    .await?;
-                if written != 1 {
-                    return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
-                }
-                let event = AuditEvent::new("step.started", Actor::System)
-                    .execution(start.execution_id)
-                    .with("step_id", start.step_id)
-                    .with("action", start.action)
-                    .with("attempt", start.attempt)
-                    .with("params_sha256", hex::encode(start.params_sha256));
-                Ok((event, StartOutcome::Started))
-            })
-        }))
+                        return Ok((event, StartOutcome::Refused(halt)));
+                    }
+                    let event = AuditEvent::new("step.started", Actor::System)
+                        .execution(start.execution_id)
+                        .with("step_id", start.step_id)
+                        .with("action", start.action)
+                        .with("attempt", start.attempt)
+                        .with("params_sha256", hex::encode(start.params_sha256));
+                    Ok((event, StartOutcome::Started))
+                })
+            }),
+        )
         .await?;
     Ok(outcome)
+}
+
+/// The run `running` at the step and the step `running` at its attempt, in one statement (one
+/// round trip, one executor start in the writer's backend, where every statement of every run
+/// is executed one after the other). The run's change is guarded by the transition table, this
+/// node **and the absence of an active SAFE-HALT of this node or the fleet, read in the same
+/// statement**; the step is written only if the run moved, and only from a state the table
+/// allows. `Ok(Some(halt))` when a halt refused the start (nothing written); an error when the
+/// run may not start a step or the step may not start.
+async fn start_run_and_step(
+    tx: &Tx<'_>,
+    start: &StepStart,
+    node_id: &str,
+) -> Result<Option<ActiveHalt>, StoreError> {
+    let row = tx
+        .query_one(
+            "WITH run AS ( \
+                UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
+                WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
+                AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                                WHERE is_active AND (node_id = $2 OR scope = 'fleet')) \
+                RETURNING execution_id), \
+             step AS ( \
+                INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                    attempts, idempotency_key, params_sha256, started_at) \
+                SELECT execution_id, $4, $6, $7, $8, $9, $10, $11, now() FROM run \
+                ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+                    attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
+                    error = NULL, error_class = NULL, finished_at = NULL \
+                WHERE playbook_step_runs.state = ANY($12) \
+                RETURNING 1) \
+             SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM step)",
+            &[
+                &start.execution_id,
+                &node_id,
+                &RunState::Running.as_str(),
+                &index_to_db(start.index),
+                &transitions::run_sources(RunState::Running),
+                &start.step_id,
+                &start.action,
+                &StepState::Running.as_str(),
+                &start.attempt,
+                &start.idempotency_key.as_slice(),
+                &start.params_sha256.as_slice(),
+                &transitions::step_sources(StepState::Running),
+            ],
+        )
+        .await?;
+    let (run_moved, step_written): (i64, i64) = (row.get(0), row.get(1));
+    if run_moved != 1 {
+        if let Some(halt) = halts::active_in(&**tx, node_id).await? {
+            return Ok(Some(halt));
+        }
+        let to = RunState::Running.as_str();
+        return Err(executions::explain_refusal(tx, start.execution_id, node_id, to).await);
+    }
+    if step_written != 1 {
+        return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
+    }
+    Ok(None)
 }
 
 /// The end of one attempt.
