@@ -497,36 +497,17 @@ pub(crate) async fn transition(
     }
 }
 
-/// The run's side of a step start: `running` at step `index`, guarded by the transition table
-/// and this node, **and by the absence of an active SAFE-HALT of this node or the fleet, read
-/// in the same statement**. `Ok(Some(halt))` when a halt refused it; an error when the run may
-/// not start a step.
-pub(crate) async fn start_step(
+/// The run's side of a step start that matched no row ([`super::steps::record_start`] moves
+/// the run to `running` at the step, guarded by the transition table, this node **and the
+/// absence of an active SAFE-HALT of this node or the fleet**, in the statement that writes the
+/// step): the halt that refused it, or the error saying why the run may not start a step.
+pub(crate) async fn start_refusal(
     tx: &Tx<'_>,
     id: Uuid,
     node_id: &str,
-    index: usize,
-) -> Result<Option<halts::ActiveHalt>, StoreError> {
-    let updated = tx
-        .execute(
-            "UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
-             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
-             AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
-                             WHERE is_active AND (node_id = $2 OR scope = 'fleet'))",
-            &[
-                &id,
-                &node_id,
-                &RunState::Running.as_str(),
-                &index_to_db(index),
-                &transitions::run_sources(RunState::Running),
-            ],
-        )
-        .await?;
-    if updated == 1 {
-        return Ok(None);
-    }
+) -> Result<halts::ActiveHalt, StoreError> {
     if let Some(halt) = halts::active_in(&**tx, node_id).await? {
-        return Ok(Some(halt));
+        return Ok(halt);
     }
     Err(explain_refusal(tx, id, node_id, RunState::Running.as_str()).await)
 }

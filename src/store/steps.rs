@@ -107,58 +107,106 @@ pub async fn record_start_after(
     let watch = watch.clone();
     let scope = Scope::Execution(start.execution_id);
     let (_, outcome) = audit
-        .append_after_in(scope, before, Box::new(move |tx| {
-    let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
-            Box::pin(async move {
-                // The halt known in memory (possibly not written yet), then the database's, read
-                // by the very statement that moves the run on.
-                let halted = match watch.current() {
-                    Some(halt) => Some(halt),
-                    None => executions::start_step(tx, start.execution_id, &node_id, start.index).await?,
-                };
-                if let Some(halt) = halted {
-                    let event = refused_event("step.start_refused", start.execution_id, &start.step_id, &halt)
+        .append_after_in(
+            scope,
+            before,
+            Box::new(move |tx| {
+                let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
+                Box::pin(async move {
+                    // The halt known in memory (possibly not written yet), then the database's, read
+                    // by the very statement that moves the run on.
+                    let halted = match watch.current() {
+                        Some(halt) => Some(halt),
+                        None => {
+                            // The run's move and the step's row in one statement (one round trip);
+                            // the counts say which of them matched, so a refusal is explained as
+                            // when they were two.
+                            let row = tx
+                                .query_one(
+                                    START,
+                                    &[
+                                        &start.execution_id,
+                                        &node_id,
+                                        &RunState::Running.as_str(),
+                                        &index_to_db(start.index),
+                                        &transitions::run_sources(RunState::Running),
+                                        &start.step_id,
+                                        &start.action,
+                                        &StepState::Running.as_str(),
+                                        &start.attempt,
+                                        &start.idempotency_key.as_slice(),
+                                        &start.params_sha256.as_slice(),
+                                        &transitions::step_sources(StepState::Running),
+                                    ],
+                                )
+                                .await?;
+                            let (run, step): (i64, i64) = (row.get(0), row.get(1));
+                            if run != 1 {
+                                Some(
+                                    executions::start_refusal(tx, start.execution_id, &node_id)
+                                        .await?,
+                                )
+                            } else if step != 1 {
+                                return Err(step_refusal(
+                                    tx,
+                                    start.execution_id,
+                                    start.index,
+                                    StepState::Running,
+                                )
+                                .await);
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    if let Some(halt) = halted {
+                        let event = refused_event(
+                            "step.start_refused",
+                            start.execution_id,
+                            &start.step_id,
+                            &halt,
+                        )
                         .with("action", start.action)
                         .with("attempt", start.attempt);
-                    return Ok((event, StartOutcome::Refused(halt)));
-                }
-                let written = tx
-                    .execute(
-                        "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
-                            attempts, idempotency_key, params_sha256, started_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
-                         ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
-                            attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
-                            error = NULL, error_class = NULL, finished_at = NULL \
-                         WHERE playbook_step_runs.state = ANY($9)",
-                        &[
-                            &start.execution_id,
-                            &index_to_db(start.index),
-                            &start.step_id,
-                            &start.action,
-                            &StepState::Running.as_str(),
-                            &start.attempt,
-                            &start.idempotency_key.as_slice(),
-                            &start.params_sha256.as_slice(),
-                            &transitions::step_sources(StepState::Running),
-                        ],
-                    )
-                    .await?;
-                if written != 1 {
-                    return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
-                }
-                let event = AuditEvent::new("step.started", Actor::System)
-                    .execution(start.execution_id)
-                    .with("step_id", start.step_id)
-                    .with("action", start.action)
-                    .with("attempt", start.attempt)
-                    .with("params_sha256", hex::encode(start.params_sha256));
-                Ok((event, StartOutcome::Started))
-            })
-        }))
+                        return Ok((event, StartOutcome::Refused(halt)));
+                    }
+                    let event = AuditEvent::new("step.started", Actor::System)
+                        .execution(start.execution_id)
+                        .with("step_id", start.step_id)
+                        .with("action", start.action)
+                        .with("attempt", start.attempt)
+                        .with("params_sha256", hex::encode(start.params_sha256));
+                    Ok((event, StartOutcome::Started))
+                })
+            }),
+        )
         .await?;
     Ok(outcome)
 }
+
+/// A step's start: the run `running` at the step (guarded by the transition table, this node,
+/// and the absence of an active SAFE-HALT of this node or the fleet, read by this very
+/// statement), and, only if that matched, the step `running` with its attempt (guarded by the
+/// step's transition table). Returns how many rows each part changed. Every parameter is cast:
+/// in `INSERT … SELECT` they take no type from the target columns.
+const START: &str = "WITH run AS ( \
+        UPDATE playbook_executions SET state = $3::text, current_step = $4::int4, updated_at = now() \
+        WHERE execution_id = $1::uuid AND node_id = $2::text AND state = ANY($5::text[]) \
+        AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                        WHERE is_active AND (node_id = $2::text OR scope = 'fleet')) \
+        RETURNING execution_id), \
+    step AS ( \
+        INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+            attempts, idempotency_key, params_sha256, started_at) \
+        SELECT run.execution_id, $4::int4, $6::text, $7::text, $8::text, $9::int4, $10::bytea, \
+            $11::bytea, now() \
+        FROM run \
+        ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+            attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
+            error = NULL, error_class = NULL, finished_at = NULL \
+        WHERE playbook_step_runs.state = ANY($12::text[]) \
+        RETURNING 1) \
+    SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM step)";
 
 /// The end of one attempt.
 #[derive(Debug, Clone)]
