@@ -476,7 +476,8 @@ async fn a_replay_during_a_cooldown_is_a_replay_not_suppressed() {
 
 /// The admitting transaction reads the nonce's first use itself (no lookup before it): a
 /// replay must still be told so, and which execution, while a SAFE-HALT refuses everything
-/// new and the halt is known only to the database (refused inside that transaction).
+/// new, whether the halt is known only to the database (refused inside that transaction) or
+/// also in memory (refused before it).
 #[tokio::test]
 async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
     let daemon = start().await;
@@ -492,14 +493,15 @@ async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
         .await
         .unwrap();
     insert_halt(&client, "fleet", "node-admin", "fleet halt for the test").await;
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    assert_eq!(replay["execution_id"], first["execution_id"], "{replay}");
     let fresh = daemon
         .send_decision(&decision("bench.noop", "run", json!({})))
         .await;
     assert!(reason(&fresh).starts_with("safe_halt"), "{fresh}");
-    let replay = daemon.send_decision(&d).await;
-    assert!(reason(&replay).starts_with("replay"), "{replay}");
-    assert_eq!(replay["execution_id"], first["execution_id"], "{replay}");
-    // Again, now that the refused admission above has told the daemon of the halt.
+    // Again, now that the refused admission has told the daemon of the halt (refused before
+    // the admitting transaction).
     let again = daemon.send_decision(&d).await;
     assert!(reason(&again).starts_with("replay"), "{again}");
     assert_eq!(again["execution_id"], first["execution_id"], "{again}");
