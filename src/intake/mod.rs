@@ -302,22 +302,30 @@ impl Intake {
     /// The checks in order; the first that fails gives the reply. Replay comes before SAFE-HALT
     /// and storm control: an engine that resends a decision after a lost reply must learn that
     /// its first attempt was accepted (and as which execution), not that a cooldown holds.
+    ///
+    /// A fresh decision pays no separate nonce lookup: the admitting transaction inserts the
+    /// nonce only if it is unused and reads its first use when it is not, so a replay that
+    /// passes every later check is answered from there. A decision that some later check
+    /// refuses (or that the admitting transaction refuses for a SAFE-HALT or an unavailable
+    /// log) has its nonce looked up before that reply is given, so the order above holds for
+    /// every outcome.
     async fn judge(&self, decision: &Decision, raw: &Value, peer_uid: u32) -> Reply {
         let perf_t0 = std::time::Instant::now();
         if let Err(reply) = self.check_origin(decision, raw) {
             return reply;
         }
         let perf_origin = perf_t0.elapsed().as_micros();
-        if let Some(reply) = self.check_replay(decision).await {
-            return reply;
-        }
-        let perf_replay = perf_t0.elapsed().as_micros();
         let reply = match self.evaluate(decision) {
             Ok(bound) => self.accept(decision, bound, peer_uid).await,
-            Err(reply) => reply,
+            Err(reply) => self.unless_replay(decision, reply).await,
         };
-        tracing::debug!(target: "perf", origin_us = perf_origin, replay_us = perf_replay, total_us = perf_t0.elapsed().as_micros(), "intake");
+        tracing::debug!(target: "perf", origin_us = perf_origin, total_us = perf_t0.elapsed().as_micros(), "intake");
         reply
+    }
+
+    /// `refusal`, unless the nonce was used before (the replay reply) or cannot be checked.
+    async fn unless_replay(&self, decision: &Decision, refusal: Reply) -> Reply {
+        self.check_replay(decision).await.unwrap_or(refusal)
     }
 
     /// Signature (when policy keys are configured) and freshness.
@@ -452,10 +460,11 @@ impl Intake {
         let execution_id = Uuid::new_v4();
         let label = format!("{}@{}", playbook.playbook().id, playbook.version());
         let Ok(severity) = Severity::decode(&decision.severity) else {
-            return Reply::rejected(format!(
+            let refusal = Reply::rejected(format!(
                 "invalid decision: severity `{}` is not one of low, medium, moderate, high, critical",
                 decision.severity
             ));
+            return self.unless_replay(&decision, refusal).await;
         };
         let new = NewExecution {
             execution_id,
@@ -495,8 +504,10 @@ impl Intake {
             Err(error) => {
                 self.inner.storm.release(&cooldown);
                 match error {
-                    AdmitError::Replay => {
-                        // A concurrent duplicate: the winner has committed by now.
+                    AdmitError::Replay(Some(first)) => replay(&decision, Some(first)),
+                    AdmitError::Replay(None) => {
+                        // A unique violation (a nonce still on a run but pruned from the nonce
+                        // table): nothing could be read in that transaction.
                         let first = nonces::first_use(&self.inner.store, &decision.nonce)
                             .await
                             .ok()
@@ -505,13 +516,15 @@ impl Intake {
                     }
                     AdmitError::Halted(halt) => {
                         self.inner.safe_halt.observe(*halt.clone());
-                        Reply::rejected(halted_reason(&halt))
+                        self.unless_replay(&decision, Reply::rejected(halted_reason(&halt)))
+                            .await
                     }
                     AdmitError::Unavailable(error) => {
                         tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
-                        Reply::rejected(
+                        let refusal = Reply::rejected(
                             "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
-                        )
+                        );
+                        self.unless_replay(&decision, refusal).await
                     }
                 }
             }

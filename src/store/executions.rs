@@ -49,8 +49,9 @@ pub struct BindingRecord {
 /// Why a run was not admitted.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
+    /// With the first use when the admitting transaction read it.
     #[error("replay: this nonce has been used before")]
-    Replay,
+    Replay(Option<nonces::FirstUse>),
     #[error("{0}")]
     Halted(Box<halts::ActiveHalt>),
     #[error("the audit log is unavailable; nothing was admitted")]
@@ -69,90 +70,132 @@ pub async fn admit(
     let watch = watch.clone();
     let scope = Scope::Execution(new.execution_id);
     let outcome = audit
-        .append_in(scope, Box::new(move |tx| {
-    let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
-            Box::pin(async move {
-                if let Some(halt) = watch.current() {
-                    return Err(StoreError::Halted(Box::new(halt)));
-                }
-                if !nonces::insert_unless_halted(tx, &new.nonce, new.execution_id, &node_id).await? {
-                    let halt = halts::active_in(&**tx, &node_id).await?.ok_or(StoreError::NotFound {
-                        what: "SAFE-HALT",
-                        detail: "that refused the nonce (cleared meanwhile)".into(),
-                    })?;
-                    return Err(StoreError::Halted(Box::new(halt)));
-                }
-                let binding = json!({
-                    "policy": new.binding.policy, "outcome": new.binding.outcome,
-                    "org_id": new.binding.org_id, "playbook": new.binding.playbook,
-                    "require_approval": new.binding.require_approval,
-                });
-                let subject = Value::Object(new.subject.clone());
-                let inserted = tx.query_one(
-                    "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
-                        playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
-                        subject, requested_by_uid, binding, started_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), now()) \
-                     RETURNING started_at",
-                    &[
-                        &new.execution_id, &node_id, &new.playbook_id, &i64::from(new.version),
-                        &new.sha256.as_slice(), &RunState::Pending.as_str(), &new.nonce, &new.decision_id,
-                        &new.policy, &new.outcome, &new.org_id, &new.severity.as_str(), &subject,
-                        &i64::from(new.requested_by_uid), &binding,
-                    ],
-                )
-                .await
-                .map_err(nonces::replay_or_query)?;
-                // What was written, as [`load`] would read it back: the executor starts the run
-                // from it without reading the row again.
-                let record = ExecutionRecord {
-                    id: new.execution_id,
-                    node_id: node_id.clone(),
-                    playbook_id: new.playbook_id.clone(),
-                    version: new.version,
-                    sha256: new.sha256,
-                    state: RunState::Pending,
-                    org_id: new.org_id.clone(),
-                    subject: new.subject.clone(),
-                    decision: DecisionInfo {
-                        decision_id: new.decision_id.clone(),
-                        policy: new.policy.clone(),
-                        outcome: new.outcome.clone(),
+        .append_in(
+            scope,
+            Box::new(move |tx| {
+                let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
+                Box::pin(async move {
+                    if let Some(halt) = watch.current() {
+                        return Err(StoreError::Halted(Box::new(halt)));
+                    }
+                    let binding = json!({
+                        "policy": new.binding.policy, "outcome": new.binding.outcome,
+                        "org_id": new.binding.org_id, "playbook": new.binding.playbook,
+                        "require_approval": new.binding.require_approval,
+                    });
+                    let subject = Value::Object(new.subject.clone());
+                    // One statement, one round trip: the nonce and the run, or neither.
+                    let inserted = tx
+                        .query_opt(
+                            ADMIT,
+                            &[
+                                &new.execution_id,
+                                &node_id,
+                                &new.playbook_id,
+                                &i64::from(new.version),
+                                &new.sha256.as_slice(),
+                                &RunState::Pending.as_str(),
+                                &new.nonce,
+                                &new.decision_id,
+                                &new.policy,
+                                &new.outcome,
+                                &new.org_id,
+                                &new.severity.as_str(),
+                                &subject,
+                                &i64::from(new.requested_by_uid),
+                                &binding,
+                            ],
+                        )
+                        .await
+                        .map_err(nonces::replay_or_query)?;
+                    let Some(inserted) = inserted else {
+                        // The nonce was taken (a replay: that comes first, as in intake's order of
+                        // checks), or a SAFE-HALT refused it.
+                        if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
+                            return Err(StoreError::Replay(Some(first)));
+                        }
+                        let halt = halts::active_in(&**tx, &node_id).await?.ok_or(
+                            StoreError::NotFound {
+                                what: "SAFE-HALT or earlier use",
+                                detail: "that refused the nonce (cleared meanwhile)".into(),
+                            },
+                        )?;
+                        return Err(StoreError::Halted(Box::new(halt)));
+                    };
+                    // What was written, as [`load`] would read it back: the executor starts the run
+                    // from it without reading the row again.
+                    let record = ExecutionRecord {
+                        id: new.execution_id,
+                        node_id: node_id.clone(),
+                        playbook_id: new.playbook_id.clone(),
+                        version: new.version,
+                        sha256: new.sha256,
+                        state: RunState::Pending,
                         org_id: new.org_id.clone(),
-                        severity: new.severity,
-                    },
-                    started_at: inserted.get(0),
-                    rollback_cause: None,
-                    cancel_requested: false,
-                    binding: new.binding.clone(),
-                };
-                let subject_hash = crate::store::steps::params_hash(&subject);
-                let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
-                    .execution(new.execution_id)
-                    .with("decision_id", new.decision_id)
-                    .with("policy", new.policy)
-                    .with("outcome", new.outcome)
-                    .with("org_id", new.org_id)
-                    .with("nonce", new.nonce)
-                    .with("playbook", format!("{}@{}", new.playbook_id, new.version))
-                    .with("playbook_sha256", hex::encode(new.sha256))
-                    .with("subject_sha256", hex::encode(subject_hash));
-                let event = if new.ignored_subject_keys.is_empty() {
-                    event
-                } else {
-                    event.with("ignored_subject_keys", new.ignored_subject_keys)
-                };
-                Ok((event, record))
-            })
-        }))
+                        subject: new.subject.clone(),
+                        decision: DecisionInfo {
+                            decision_id: new.decision_id.clone(),
+                            policy: new.policy.clone(),
+                            outcome: new.outcome.clone(),
+                            org_id: new.org_id.clone(),
+                            severity: new.severity,
+                        },
+                        started_at: inserted.get(0),
+                        rollback_cause: None,
+                        cancel_requested: false,
+                        binding: new.binding.clone(),
+                    };
+                    let subject_hash = crate::store::steps::params_hash(&subject);
+                    let event =
+                        AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
+                            .execution(new.execution_id)
+                            .with("decision_id", new.decision_id)
+                            .with("policy", new.policy)
+                            .with("outcome", new.outcome)
+                            .with("org_id", new.org_id)
+                            .with("nonce", new.nonce)
+                            .with("playbook", format!("{}@{}", new.playbook_id, new.version))
+                            .with("playbook_sha256", hex::encode(new.sha256))
+                            .with("subject_sha256", hex::encode(subject_hash));
+                    let event = if new.ignored_subject_keys.is_empty() {
+                        event
+                    } else {
+                        event.with("ignored_subject_keys", new.ignored_subject_keys)
+                    };
+                    Ok((event, record))
+                })
+            }),
+        )
         .await;
     match outcome {
         Ok((_, record)) => Ok(record),
-        Err(AppendError::Effect(StoreError::Replay)) => Err(AdmitError::Replay),
+        Err(AppendError::Effect(StoreError::Replay(first))) => Err(AdmitError::Replay(first)),
         Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
         Err(other) => Err(AdmitError::Unavailable(other)),
     }
 }
+
+/// Records the nonce and the run in one statement, unless a SAFE-HALT of this node (or the
+/// fleet) is active or the nonce was used before: then neither is written and no row comes back.
+/// `ON CONFLICT DO NOTHING` waits for a concurrent transaction holding the same nonce and, if
+/// it committed, inserts nothing (no unique violation aborts the batch); the run's own UNIQUE
+/// nonce still raises one for a nonce pruned from `playbook_nonces` but not from the runs.
+/// Every parameter is cast: in `INSERT … SELECT` they take no type from the target columns.
+const ADMIT: &str = "WITH used AS ( \
+        INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
+        SELECT $7::text, now(), $1::uuid \
+        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
+                          WHERE is_active AND (node_id = $2::text OR scope = 'fleet')) \
+        ON CONFLICT (nonce) DO NOTHING \
+        RETURNING execution_id) \
+    INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+        playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
+        subject, requested_by_uid, binding, started_at, updated_at) \
+    SELECT used.execution_id, $2::text, $3::text, $4::int8, $5::bytea, $6::text, $7::text, \
+        $8::text, $9::text, $10::text, $11::text, $12::text, $13::jsonb, $14::int8, $15::jsonb, \
+        now(), now() \
+    FROM used \
+    RETURNING started_at";
 
 /// The stored row of one execution, decoded.
 #[derive(Debug, Clone)]

@@ -104,9 +104,10 @@ pub enum StoreError {
         owner: String,
         node_id: String,
     },
-    /// The nonce was used before (a unique violation).
+    /// The nonce was used before; with its first use when the refusing transaction read it
+    /// (`None` after a unique violation, which leaves nothing to read in that transaction).
     #[error("replay: this nonce has been used before")]
-    Replay,
+    Replay(Option<nonces::FirstUse>),
     /// The database lost rows this node committed: nothing is appended on top of the cut.
     #[error("{0}; an admin stops the daemon and runs `{cmd}`", cmd = anchor::ACCEPT_COMMAND)]
     ChainCut(Box<anchor::ChainLoss>),

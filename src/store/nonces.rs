@@ -13,6 +13,11 @@ use uuid::Uuid;
 
 use super::{Store, StoreError};
 
+/// A nonce's first use: the execution and the decision that used it.
+const FIRST_USE: &str = "SELECT n.execution_id, e.policy_decision_id FROM playbook_nonces n \
+     JOIN playbook_executions e ON e.execution_id = n.execution_id \
+     WHERE n.nonce = $1";
+
 /// The execution a nonce was first used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirstUse {
@@ -24,14 +29,8 @@ pub struct FirstUse {
 /// The first use of `nonce` (in its canonical form, as stored), if any, on any node.
 pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
     let client = store.client().await?;
-    // On every decision's path: prepared once per pooled connection, not on each call.
-    let statement = client
-        .prepare_cached(
-            "SELECT n.execution_id, e.policy_decision_id FROM playbook_nonces n \
-             JOIN playbook_executions e ON e.execution_id = n.execution_id \
-             WHERE n.nonce = $1",
-        )
-        .await?;
+    // Prepared once per pooled connection, not on each call.
+    let statement = client.prepare_cached(FIRST_USE).await?;
     let row = client.query_opt(&statement, &[&nonce]).await?;
     Ok(row.map(|row| FirstUse {
         execution_id: row.get(0),
@@ -39,32 +38,22 @@ pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, S
     }))
 }
 
-/// Records `nonce` as used by `execution_id` unless a SAFE-HALT of `node_id` (or the fleet) is
-/// active, read in the same statement: `Ok(false)` when a halt refused it.
-/// [`StoreError::Replay`] when the nonce was used before.
-pub async fn insert_unless_halted(
-    tx: &Tx<'_>,
-    nonce: &str,
-    execution_id: Uuid,
-    node_id: &str,
-) -> Result<bool, StoreError> {
-    let inserted = tx
-        .execute(
-            "INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
-             SELECT $1::text, now(), $2::uuid \
-             WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
-                               WHERE is_active AND (node_id = $3 OR scope = 'fleet'))",
-            &[&nonce, &execution_id, &node_id],
-        )
-        .await
-        .map_err(replay_or_query)?;
-    Ok(inserted == 1)
+/// The first use of `nonce` as the admitting transaction sees it: read by the effect that
+/// found the nonce taken, so that a replay learns its first execution without another round
+/// trip on the pool. A nonce whose use committed meanwhile is seen (each statement reads what
+/// committed before it started).
+pub(crate) async fn first_use_in(tx: &Tx<'_>, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
+    let row = tx.query_opt(FIRST_USE, &[&nonce]).await?;
+    Ok(row.map(|row| FirstUse {
+        execution_id: row.get(0),
+        decision_id: row.get(1),
+    }))
 }
 
 /// A unique violation on a nonce is a replay; anything else is a failed query.
 pub(crate) fn replay_or_query(error: tokio_postgres::Error) -> StoreError {
     if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        StoreError::Replay
+        StoreError::Replay(None)
     } else {
         StoreError::Query(error)
     }

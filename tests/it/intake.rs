@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::harness::{NOOP_3, TestDaemon, bindings, decision};
-use crate::helpers::{count_events, query_value};
+use crate::helpers::{count_events, insert_halt, query_value};
 
 const WITH_INPUTS: &str = r#"
 id: kill-pid
@@ -471,6 +471,42 @@ async fn a_replay_during_a_cooldown_is_a_replay_not_suppressed() {
         .send_decision(&decision("cool", "run", json!({"host": "a"})))
         .await;
     assert!(reason(&fresh).starts_with("suppressed"), "{fresh}");
+    daemon.stop().await;
+}
+
+/// The admitting transaction reads the nonce's first use itself (no lookup before it): a
+/// replay must still be told so, and which execution, while a SAFE-HALT refuses everything
+/// new, whether the halt is known only to the database (refused inside that transaction) or
+/// also in memory (refused before it).
+#[tokio::test]
+async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
+    let daemon = start().await;
+    let d = decision("bench.noop", "run", json!({}));
+    let first = daemon.send_decision(&d).await;
+    assert_eq!(first["status"], "accepted", "{first}");
+    let client = daemon.db.client().await;
+    // Known only in the database: no notification reaches the daemon.
+    client
+        .batch_execute(
+            "ALTER TABLE playbook_safe_halt_state DISABLE TRIGGER playbook_safe_halt_state_notify",
+        )
+        .await
+        .unwrap();
+    insert_halt(&client, "fleet", "node-admin", "fleet halt for the test").await;
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    assert_eq!(replay["execution_id"], first["execution_id"], "{replay}");
+    let fresh = daemon
+        .send_decision(&decision("bench.noop", "run", json!({})))
+        .await;
+    assert!(reason(&fresh).starts_with("safe_halt"), "{fresh}");
+    // Again, now that the refused admission has told the daemon of the halt (refused before
+    // the admitting transaction).
+    let again = daemon.send_decision(&d).await;
+    assert!(reason(&again).starts_with("replay"), "{again}");
+    assert_eq!(again["execution_id"], first["execution_id"], "{again}");
+    let runs: i64 = query_value(&client, "SELECT count(*) FROM playbook_executions", &[]).await;
+    assert_eq!(runs, 1, "nothing new was admitted during the halt");
     daemon.stop().await;
 }
 
