@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::harness::{
     Evidence, GATED_NOOP, TestDaemon, UNDO_FAILS, accepted_id, bindings, decision, exec_config,
 };
-use crate::helpers::{assert_contains, insert_halt, query_column};
+use crate::helpers::{assert_contains, insert_unnotified_fleet_halt, query_column};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -579,13 +579,7 @@ async fn a_fleet_wide_halt_in_the_database_is_enforced_at_the_point_of_no_return
     let run = daemon.decide_p_o().await;
     daemon.wait_event(&run, "step.started", LIMIT).await;
     let client = daemon.db.client().await;
-    client
-        .batch_execute(
-            "ALTER TABLE playbook_safe_halt_state DISABLE TRIGGER playbook_safe_halt_state_notify",
-        )
-        .await
-        .unwrap();
-    insert_halt(&client, "fleet", "node-admin", "fleet halt for the test").await;
+    insert_unnotified_fleet_halt(&client, "fleet halt for the test").await;
     assert!(!daemon.safe_halt.is_active(), "not known in memory");
 
     let refused = daemon.wait_event(&run, "step.start_refused", LIMIT).await;

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::harness::{NOOP_3, TestDaemon, bindings, decision};
-use crate::helpers::{count_events, insert_halt, query_value};
+use crate::helpers::{count_events, insert_unnotified_fleet_halt, query_value};
 
 const WITH_INPUTS: &str = r#"
 id: kill-pid
@@ -486,13 +486,7 @@ async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
     assert_eq!(first["status"], "accepted", "{first}");
     let client = daemon.db.client().await;
     // Known only in the database: no notification reaches the daemon.
-    client
-        .batch_execute(
-            "ALTER TABLE playbook_safe_halt_state DISABLE TRIGGER playbook_safe_halt_state_notify",
-        )
-        .await
-        .unwrap();
-    insert_halt(&client, "fleet", "node-admin", "fleet halt for the test").await;
+    insert_unnotified_fleet_halt(&client, "fleet halt for the test").await;
     let replay = daemon.send_decision(&d).await;
     assert!(reason(&replay).starts_with("replay"), "{replay}");
     assert_eq!(replay["execution_id"], first["execution_id"], "{replay}");

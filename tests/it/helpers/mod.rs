@@ -275,6 +275,18 @@ pub async fn insert_halt(client: &tokio_postgres::Client, scope: &str, node: &st
     assert_eq!(inserted, 1);
 }
 
+/// A fleet halt known only to the database: its notification trigger is disabled first, so no
+/// daemon hears of it until it reads the table itself.
+pub async fn insert_unnotified_fleet_halt(client: &tokio_postgres::Client, message: &str) {
+    client
+        .batch_execute(
+            "ALTER TABLE playbook_safe_halt_state DISABLE TRIGGER playbook_safe_halt_state_notify",
+        )
+        .await
+        .unwrap();
+    insert_halt(client, "fleet", "node-admin", message).await;
+}
+
 /// How many rows of `event_type` the audit log holds (all nodes).
 pub async fn count_events(client: &tokio_postgres::Client, event_type: &str) -> i64 {
     query_value(
