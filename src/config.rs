@@ -642,11 +642,19 @@ fn describe_value_error(text: &str, error: &toml::de::Error, quote_line: bool) -
         return message;
     };
     let line_number = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    if !quote_line {
+    let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
+    if !quote_line || may_hold_secret(line) {
         return format!("line {line_number}: {message}");
     }
-    let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
     format!("line {line_number} (`{line}`): {message}")
+}
+
+/// Whether a line may carry a credential, whichever key the error is about: an inline table
+/// (`database = { url = "postgres://u:PASSWORD@h/db", pool_size = 0 }`) puts a URL on the line
+/// of another key, and a syntax error has no key at all. Such a line is located, never quoted.
+fn may_hold_secret(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower.contains("://") || lower.contains("url") || lower.contains("password")
 }
 
 /// `node_id`: 1-64 characters of `[A-Za-z0-9._-]`. Node ids go into advisory-lock keys, audit
@@ -1179,6 +1187,23 @@ mod tests {
         assert!(message.contains("line 2"), "{message}");
         assert!(message.contains("PostgreSQL connection URL"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    /// The password's line is not quoted when the error is about another key on it (an inline
+    /// table) or when the line does not parse at all.
+    #[test]
+    fn an_error_beside_the_database_url_does_not_echo_the_password() {
+        for text in [
+            "database = { url = \"postgres://u:hunter2@h/db\", pool_size = 0 }\n",
+            "[database]\nurl = \"postgres://u:hunter2\\q@h/db\"\n",
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("line "), "{message}");
+        }
+        // Other lines are still quoted: the operator sees what was refused.
+        let message = parse("[database]\npool_size = 0\n").unwrap_err().to_string();
+        assert!(message.contains("`pool_size = 0`"), "{message}");
     }
 
     #[test]
