@@ -1202,7 +1202,9 @@ mod tests {
             assert!(message.contains("line "), "{message}");
         }
         // Other lines are still quoted: the operator sees what was refused.
-        let message = parse("[database]\npool_size = 0\n").unwrap_err().to_string();
+        let message = parse("[database]\npool_size = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("`pool_size = 0`"), "{message}");
     }
 

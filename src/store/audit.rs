@@ -72,6 +72,10 @@ pub struct AuditEvent {
     pub actor: Actor,
     pub execution_id: Option<uuid::Uuid>,
     pub data: Map<String, Value>,
+    /// A refusal because of a SAFE-HALT read in memory or in the database. Not stored: where
+    /// such an event stands in the chain says when the halt was seen, which only the writer's
+    /// savepoint path orders (see [`write_pipelined`]).
+    halt_refusal: bool,
 }
 
 impl AuditEvent {
@@ -81,7 +85,14 @@ impl AuditEvent {
             actor,
             execution_id: None,
             data: Map::new(),
+            halt_refusal: false,
         }
+    }
+
+    /// Marks the event as a refusal read from the SAFE-HALT state ([`AuditEvent::halt_refusal`]).
+    pub fn refused_by_halt(mut self) -> AuditEvent {
+        self.halt_refusal = true;
+        self
     }
 
     pub fn execution(mut self, id: uuid::Uuid) -> AuditEvent {
@@ -1147,7 +1158,9 @@ enum Pipelined {
 /// "side by side" is an interleaving of statements, never two at once.
 ///
 /// Any failed effect (an SQL error aborts the transaction for every effect in flight; a refusal
-/// in Rust leaves partial writes without a savepoint to undo them) means ROLLBACK and
+/// in Rust leaves partial writes without a savepoint to undo them), and any refusal by a
+/// SAFE-HALT (a halt read after another group's statement, in memory or by a statement seeing a
+/// newer snapshot, would be chained before what it followed), means ROLLBACK and
 /// [`Pipelined::Retry`]. A failed BEGIN, ROLLBACK, INSERT or COMMIT fails the batch as on the
 /// sequential path.
 async fn write_pipelined(
@@ -1266,7 +1279,10 @@ async fn run_group(tx: &Tx<'_>, group: Vec<(usize, Request)>, failed: &AtomicBoo
                 continue;
             }
             let applied = job.apply(tx).await;
-            if applied.is_err() {
+            // A halt refusal read after another group's statement may stand before it in the
+            // chain though it was seen later: a step shown started after a refusal, with no
+            // clear between them. Only one by one are the reads in chain order.
+            if applied.as_ref().map_or(true, |event| event.halt_refusal) {
                 failed.store(true, Ordering::Relaxed);
             }
             jobs.push((job, Some(applied)));

@@ -464,6 +464,7 @@ pub(crate) fn refused_event(
     halt: &ActiveHalt,
 ) -> AuditEvent {
     let mut event = AuditEvent::new(event_type, Actor::System)
+        .refused_by_halt()
         .execution(execution_id)
         .with("step_id", step_id)
         .with("halt_scope", halt.scope.as_str())

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use playbookd::store::audit::{self, Actor, AppendError, AuditEvent, AuditHandle, Scope};
@@ -332,6 +333,54 @@ async fn a_pipelined_batch_equals_a_serial_order_of_its_requests() {
 #[tokio::test]
 async fn a_failed_effect_in_a_pipelined_batch_rolls_back_and_refuses_only_its_caller() {
     one_batch_is_a_serial_order(true).await;
+}
+
+/// A SAFE-HALT refusal in a pipelined batch sends the whole batch to the savepoint path: read
+/// side by side, a halt seen by a later statement could be chained before a start that an
+/// earlier statement let through (a step shown started after a refusal, no clear between).
+/// The refused effect runs twice: once pipelined (rolled back), once one by one.
+#[tokio::test]
+async fn a_halt_refusal_in_a_pipelined_batch_is_written_one_by_one() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let (handle, _stop) = writer(&db, "n1").await;
+    let runs: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+    let calls: Arc<Vec<AtomicUsize>> = Arc::new((0..8).map(|_| AtomicUsize::new(0)).collect());
+    let blocker = hold_writer(&handle);
+    let appends = (0..8usize).map(|k| {
+        let (handle, calls, run) = (handle.clone(), calls.clone(), runs[k % 4]);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let effect: audit::Effect<()> = Box::new(move |_tx| {
+                let calls = calls.clone();
+                Box::pin(async move {
+                    calls[k].fetch_add(1, AtomicOrdering::SeqCst);
+                    let event = AuditEvent::new("step.started", Actor::System).execution(run);
+                    let event = if k == 5 {
+                        event.refused_by_halt()
+                    } else {
+                        event
+                    };
+                    Ok((event, ()))
+                })
+            });
+            handle.append_in(Scope::Execution(run), effect).await
+        }
+    });
+    let (blocker, outcomes) = tokio::join!(blocker, futures::future::join_all(appends));
+    blocker.expect("blocker");
+    for outcome in outcomes {
+        outcome.expect("every request commits");
+    }
+    let ran: Vec<usize> = calls
+        .iter()
+        .map(|c| c.load(AtomicOrdering::SeqCst))
+        .collect();
+    // The refused effect ran pipelined, then again one by one; effects the rolled-back attempt
+    // had not reached ran once, one by one.
+    assert_eq!(ran[5], 2, "{ran:?}");
+    assert!(ran.iter().all(|&n| (1..=2).contains(&n)), "{ran:?}");
+    assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
 }
 
 #[tokio::test]
