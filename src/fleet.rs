@@ -89,11 +89,15 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
     let mut relisten_at = tokio::time::Instant::now();
     loop {
         if link.is_none() && tokio::time::Instant::now() >= relisten_at {
-            match Link::open(&parts).await {
-                Ok(opened) => link = Some(opened),
-                Err(error) => {
+            match bounded(&parts, Link::open(&parts)).await {
+                Some(Ok(opened)) => link = Some(opened),
+                Some(Err(error)) => {
                     tracing::warn!(error = %error_chain(&error),
                         "SAFE-HALT listener cannot connect; the heartbeat goes through the pool meanwhile");
+                    relisten_at = tokio::time::Instant::now() + RELISTEN_DELAY;
+                }
+                None => {
+                    tracing::warn!("SAFE-HALT listener did not connect within a heartbeat interval; the heartbeat goes through the pool meanwhile");
                     relisten_at = tokio::time::Instant::now() + RELISTEN_DELAY;
                 }
             }
@@ -109,7 +113,7 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {
                 let lost = match &link {
-                    Some(link) => link.beat(&parts).await,
+                    Some(link) => bounded(&parts, link.beat(&parts)).await.unwrap_or_else(silent),
                     None => {
                         beat_through_pool(&parts).await;
                         false
@@ -125,7 +129,7 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
                     (Some(()), Some(open)) => {
                         // Several notifications may be queued; one re-read covers them all.
                         while open.notified.try_recv().is_ok() {}
-                        open.refresh(&parts).await
+                        bounded(&parts, open.refresh(&parts)).await.unwrap_or_else(silent)
                     }
                     (None, _) | (Some(()), None) => {
                         tracing::warn!("SAFE-HALT listener lost its connection; reconnecting");
@@ -140,6 +144,21 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
             () = tokio::time::sleep_until(relisten_at), if reconnecting => {}
         }
     }
+}
+
+/// `work` on the dedicated connection, given one heartbeat interval: `None` when it did not
+/// finish. A connection that went half-open (no reset after a failover) would otherwise hold
+/// this loop, and with it the heartbeat, nonce retention and the fleet-halt re-read, until TCP
+/// gives up, minutes to hours later.
+async fn bounded<T>(parts: &FleetParts, work: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(parts.heartbeat_interval, work).await.ok()
+}
+
+/// A beat or re-read that did not finish in time: the connection counts as lost (dropping
+/// the link stops its driver), and the pool takes the beat over until a new one is open.
+fn silent() -> bool {
+    tracing::warn!("SAFE-HALT listener did not answer within a heartbeat interval; reconnecting");
+    true
 }
 
 /// The dedicated connection: LISTENing on [`HALT_CHANNEL`], with [`nodes::PERIODIC`] prepared.
