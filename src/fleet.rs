@@ -97,7 +97,9 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
                     relisten_at = tokio::time::Instant::now() + RELISTEN_DELAY;
                 }
                 None => {
-                    tracing::warn!("SAFE-HALT listener did not connect within a heartbeat interval; the heartbeat goes through the pool meanwhile");
+                    tracing::warn!(
+                        "SAFE-HALT listener did not connect within a heartbeat interval; the heartbeat goes through the pool meanwhile"
+                    );
                     relisten_at = tokio::time::Instant::now() + RELISTEN_DELAY;
                 }
             }
@@ -151,7 +153,9 @@ async fn fleet_loop(parts: FleetParts, shutdown: CancellationToken) {
 /// this loop, and with it the heartbeat, nonce retention and the fleet-halt re-read, until TCP
 /// gives up, minutes to hours later.
 async fn bounded<T>(parts: &FleetParts, work: impl Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(parts.heartbeat_interval, work).await.ok()
+    tokio::time::timeout(parts.heartbeat_interval, work)
+        .await
+        .ok()
 }
 
 /// A beat or re-read that did not finish in time: the connection counts as lost (dropping
