@@ -853,7 +853,7 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `id` is a playbook or step id the registry accepts ([`check_id`]).
+/// Whether `id` is a playbook or step id the registry accepts (the rule of `check_id`).
 pub fn is_id(id: &str) -> bool {
     check_id(id).is_ok()
 }

@@ -89,7 +89,8 @@ impl AuditEvent {
         }
     }
 
-    /// Marks the event as a refusal read from the SAFE-HALT state ([`AuditEvent::halt_refusal`]).
+    /// Marks the event as a refusal read from the SAFE-HALT state: the writer then writes its
+    /// batch one request at a time (see `write_pipelined`).
     pub fn refused_by_halt(mut self) -> AuditEvent {
         self.halt_refusal = true;
         self
