@@ -315,17 +315,17 @@ impl Intake {
             return reply;
         }
         let perf_origin = perf_t0.elapsed().as_micros();
-        let reply = match self.evaluate(decision) {
+        let verdict = match self.evaluate(decision) {
             Ok(bound) => self.accept(decision, bound, peer_uid).await,
-            Err(reply) => self.unless_replay(decision, reply).await,
+            Err(refusal) => Err(refusal),
+        };
+        // Any refusal: unless the nonce was used before (the replay reply) or cannot be checked.
+        let reply = match verdict {
+            Ok(reply) => reply,
+            Err(refusal) => self.check_replay(decision).await.unwrap_or(refusal),
         };
         tracing::debug!(target: "perf", origin_us = perf_origin, total_us = perf_t0.elapsed().as_micros(), "intake");
         reply
-    }
-
-    /// `refusal`, unless the nonce was used before (the replay reply) or cannot be checked.
-    async fn unless_replay(&self, decision: &Decision, refusal: Reply) -> Reply {
-        self.check_replay(decision).await.unwrap_or(refusal)
     }
 
     /// Signature (when policy keys are configured) and freshness.
@@ -447,7 +447,15 @@ impl Intake {
     /// (templates and `when` name declared inputs only), and they were checked. Other keys are
     /// reported back (`ignored_subject_keys`) and in the journal, never stored, so a key the
     /// policy engine made up (a NUL byte included) cannot reach the execution row.
-    async fn accept(&self, decision: &Decision, bound: Bound, peer_uid: u32) -> Reply {
+    ///
+    /// `Ok` is the reply (accepted, or a replay the admitting transaction found); `Err` a
+    /// refusal that [`Intake::judge`] answers only once the nonce is known to be unused.
+    async fn accept(
+        &self,
+        decision: &Decision,
+        bound: Bound,
+        peer_uid: u32,
+    ) -> Result<Reply, Reply> {
         let Bound {
             binding,
             playbook,
@@ -460,11 +468,10 @@ impl Intake {
         let execution_id = Uuid::new_v4();
         let label = format!("{}@{}", playbook.playbook().id, playbook.version());
         let Ok(severity) = Severity::decode(&decision.severity) else {
-            let refusal = Reply::rejected(format!(
+            return Err(Reply::rejected(format!(
                 "invalid decision: severity `{}` is not one of low, medium, moderate, high, critical",
                 decision.severity
-            ));
-            return self.unless_replay(&decision, refusal).await;
+            )));
         };
         let new = NewExecution {
             execution_id,
@@ -495,16 +502,16 @@ impl Intake {
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
                     org_id = %decision.org_id, decision_id = %decision.decision_id,
                     ignored_subject_keys = %ignored.join(", "), "decision accepted");
-                Reply::Accepted {
+                Ok(Reply::Accepted {
                     execution_id,
                     playbook: label,
                     ignored_subject_keys: ignored,
-                }
+                })
             }
             Err(error) => {
                 self.inner.storm.release(&cooldown);
                 match error {
-                    AdmitError::Replay(Some(first)) => replay(&decision, Some(first)),
+                    AdmitError::Replay(Some(first)) => Ok(replay(&decision, Some(first))),
                     AdmitError::Replay(None) => {
                         // A unique violation (a nonce still on a run but pruned from the nonce
                         // table): nothing could be read in that transaction.
@@ -512,19 +519,17 @@ impl Intake {
                             .await
                             .ok()
                             .flatten();
-                        replay(&decision, first)
+                        Ok(replay(&decision, first))
                     }
                     AdmitError::Halted(halt) => {
                         self.inner.safe_halt.observe(*halt.clone());
-                        self.unless_replay(&decision, Reply::rejected(halted_reason(&halt)))
-                            .await
+                        Err(Reply::rejected(halted_reason(&halt)))
                     }
                     AdmitError::Unavailable(error) => {
                         tracing::error!(error = %crate::store::audit::error_chain(&error), "decision not recorded");
-                        let refusal = Reply::rejected(
+                        Err(Reply::rejected(
                             "audit log unavailable: nothing was started; retry the same line (/v1/health says when the database is back)",
-                        );
-                        self.unless_replay(&decision, refusal).await
+                        ))
                     }
                 }
             }
