@@ -26,16 +26,23 @@ pub struct FirstUse {
     pub decision_id: String,
 }
 
+impl FirstUse {
+    /// A row of [`FIRST_USE`].
+    fn from_row(row: &tokio_postgres::Row) -> FirstUse {
+        FirstUse {
+            execution_id: row.get(0),
+            decision_id: row.get(1),
+        }
+    }
+}
+
 /// The first use of `nonce` (in its canonical form, as stored), if any, on any node.
 pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
     let client = store.client().await?;
     // Prepared once per pooled connection, not on each call.
     let statement = client.prepare_cached(FIRST_USE).await?;
     let row = client.query_opt(&statement, &[&nonce]).await?;
-    Ok(row.map(|row| FirstUse {
-        execution_id: row.get(0),
-        decision_id: row.get(1),
-    }))
+    Ok(row.as_ref().map(FirstUse::from_row))
 }
 
 /// The first use of `nonce` as the admitting transaction sees it: read by the effect that
@@ -44,10 +51,7 @@ pub async fn first_use(store: &Store, nonce: &str) -> Result<Option<FirstUse>, S
 /// committed before it started).
 pub(crate) async fn first_use_in(tx: &Tx<'_>, nonce: &str) -> Result<Option<FirstUse>, StoreError> {
     let row = tx.query_opt(FIRST_USE, &[&nonce]).await?;
-    Ok(row.map(|row| FirstUse {
-        execution_id: row.get(0),
-        decision_id: row.get(1),
-    }))
+    Ok(row.as_ref().map(FirstUse::from_row))
 }
 
 /// A unique violation on a nonce is a replay; anything else is a failed query.
