@@ -350,11 +350,9 @@ impl Config {
             if key == "." {
                 parse_error(error.inner())
             } else {
-                // A secret-bearing value is located by its line number only, never quoted.
-                let quote_line = !SECRET_KEYS.contains(&key.as_str());
                 ConfigError::Invalid {
                     path: path.to_owned(),
-                    reason: describe_value_error(text, error.inner(), quote_line),
+                    reason: describe_toml_error(text, error.inner()),
                     key,
                 }
             }
@@ -623,16 +621,9 @@ impl<const MIN: u64, const MAX: u64> Count<MIN, MAX> {
     }
 }
 
-/// Keys whose value may carry a password: an error about them never quotes their line.
-const SECRET_KEYS: &[&str] = &["database.url"];
-
-/// One line: where (line and source text) and what (the parser's message, in plain words).
+/// One line: where (line and, unless it [may hold a secret](may_hold_secret), its source text)
+/// and what (the parser's message, in plain words).
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
-    describe_value_error(text, error, true)
-}
-
-/// As [`describe_toml_error`], quoting the line's source text only when `quote_line`.
-fn describe_value_error(text: &str, error: &toml::de::Error, quote_line: bool) -> String {
     let message = error
         .message()
         .replace("expected u64", "expected a non-negative integer")
@@ -643,18 +634,55 @@ fn describe_value_error(text: &str, error: &toml::de::Error, quote_line: bool) -
     };
     let line_number = text[..span.start.min(text.len())].matches('\n').count() + 1;
     let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
-    if !quote_line || may_hold_secret(line) {
+    if may_hold_secret(line) {
         return format!("line {line_number}: {message}");
     }
     format!("line {line_number} (`{line}`): {message}")
 }
 
-/// Whether a line may carry a credential, whichever key the error is about: an inline table
-/// (`database = { url = "postgres://u:PASSWORD@h/db", pool_size = 0 }`) puts a URL on the line
-/// of another key, and a syntax error has no key at all. Such a line is located, never quoted.
+/// Whether a line may carry a credential, whichever key the error is about: `database.url`'s
+/// own line, an inline table (`database = { url = "postgres://u:PASSWORD@h/db", pool_size = 0
+/// }`) that puts a URL on the line of another key, and a syntax error, which has no key at all.
+/// Such a line is located, never quoted.
 fn may_hold_secret(line: &str) -> bool {
     let lower = line.to_ascii_lowercase();
     lower.contains("://") || lower.contains("url") || lower.contains("password")
+}
+
+/// What every checked-text value of the configuration ([`NodeId`], [`UserName`]) offers
+/// beside its rule (its `TryFrom<String>`): parsing through that rule, and its text. It is used
+/// where a `&str` is (SQL parameters, lock keys, user lookups, log fields): `Deref` keeps those
+/// call sites as they were without letting an unchecked string become one.
+macro_rules! checked_text {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, String> {
+                $name::try_from(text.to_owned())
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
 /// `node_id`: 1-64 characters of `[A-Za-z0-9._-]`. Node ids go into advisory-lock keys, audit
@@ -663,11 +691,7 @@ fn may_hold_secret(line: &str) -> bool {
 #[serde(try_from = "String")]
 pub struct NodeId(String);
 
-impl NodeId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+checked_text!(NodeId);
 
 /// The rule of [`NodeId`], for ids that come from elsewhere (URLs of the status API, bundles).
 pub fn is_valid_node_id(id: &str) -> bool {
@@ -688,30 +712,6 @@ impl TryFrom<String> for NodeId {
     }
 }
 
-impl FromStr for NodeId {
-    type Err = String;
-
-    fn from_str(id: &str) -> Result<Self, String> {
-        NodeId::try_from(id.to_owned())
-    }
-}
-
-// The id is used where a `&str` is (SQL parameters, lock keys, log fields); deref keeps those
-// call sites as they were without letting an unchecked string become a `NodeId`.
-impl std::ops::Deref for NodeId {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 impl From<NodeId> for String {
     fn from(id: NodeId) -> String {
         id.0
@@ -725,11 +725,7 @@ impl From<NodeId> for String {
 #[serde(try_from = "String")]
 pub struct UserName(String);
 
-impl UserName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+checked_text!(UserName);
 
 impl TryFrom<String> for UserName {
     type Error = String;
@@ -739,29 +735,6 @@ impl TryFrom<String> for UserName {
             return Err("expected a user name".into());
         }
         Ok(UserName(name))
-    }
-}
-
-impl FromStr for UserName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        UserName::try_from(name.to_owned())
-    }
-}
-
-// As for `NodeId`: passed where a `&str` is (user lookups, messages).
-impl std::ops::Deref for UserName {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for UserName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
