@@ -1043,6 +1043,18 @@ mod tests {
         Config::parse(Path::new("/etc/playbookd/playbookd.toml"), text, None)
     }
 
+    /// The error for `[table]` holding `key = value` (`value` as TOML), which must name the key.
+    fn refusal_naming(table: &str, key: &str, value: &str) -> String {
+        let message = parse(&format!("[{table}]\n{key} = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&format!("key `{table}.{key}`")),
+            "{table}.{key} = {value}: {message}"
+        );
+        message
+    }
+
     #[test]
     fn empty_file_takes_safe_defaults() {
         let config = parse("").unwrap();
@@ -1311,13 +1323,7 @@ mod tests {
             ("actuator", "daemon_user", "", "expected a user name"),
             ("actions.exec", "run_as", "", "expected a user name"),
         ] {
-            let message = parse(&format!("[{table}]\n{key} = \"{value}\"\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                message.contains(&format!("key `{table}.{key}`")),
-                "{table}.{key} = {value:?}: {message}"
-            );
+            let message = refusal_naming(table, key, &format!("\"{value}\""));
             assert!(message.contains(expected), "{table}.{key}: {message}");
         }
         for id in ["a b", "", &"x".repeat(65), "a/b"] {
@@ -1402,13 +1408,7 @@ mod tests {
             ("actions.http", "timeout_seconds", "0", "positive integer"),
             ("actions.http", "breaker_failures", "0", "positive integer"),
         ] {
-            let message = parse(&format!("[{table}]\n{key} = {value}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                message.contains(&format!("key `{table}.{key}`")),
-                "{table}.{key}: {message}"
-            );
+            let message = refusal_naming(table, key, value);
             assert!(message.contains(expected), "{table}.{key}: {message}");
         }
     }
