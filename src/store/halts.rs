@@ -217,7 +217,7 @@ impl HaltCause {
             node_id: node_id.to_owned(),
             execution_id: Some(self.execution_id()),
             message: self.message(),
-            entered_at: crate::store::audit::now_micros(),
+            entered_at: crate::store::chain::now_micros(),
             record: HaltRecord::Database,
         }
     }

@@ -21,6 +21,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod chain;
 pub mod checkpoint;
 pub mod evidence;
 pub mod executions;

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Statement};
 
-use super::audit::ChainHead;
+use super::chain::ChainHead;
 use super::halts::ActiveHalt;
 use super::{Store, StoreError};
 
