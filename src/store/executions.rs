@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
-use crate::store::{Store, StoreError, gates, nonces, transitions};
+use crate::store::rows::{explain_refusal, index_to_db, not_found, require_own};
+use crate::store::{Store, StoreError, nonces, transitions};
 
 /// A run to admit: what intake decided, written with its nonce in one transaction.
 #[derive(Debug, Clone)]
@@ -181,11 +182,13 @@ pub async fn admit(
 /// it committed, inserts nothing (no unique violation aborts the batch); the run's own UNIQUE
 /// nonce still raises one for a nonce pruned from `playbook_nonces` but not from the runs.
 /// Every parameter is cast: in `INSERT … SELECT` they take no type from the target columns.
-const ADMIT: &str = "WITH used AS ( \
+const ADMIT: &str = concat!(
+    "WITH used AS ( \
         INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
         SELECT $7::text, now(), $1::uuid \
-        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
-                          WHERE is_active AND (node_id = $2::text OR scope = 'fleet')) \
+        WHERE NOT EXISTS (SELECT 1 FROM ",
+    halts::in_force!("$2::text"),
+    ") \
         ON CONFLICT (nonce) DO NOTHING \
         RETURNING execution_id) \
     INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
@@ -195,7 +198,8 @@ const ADMIT: &str = "WITH used AS ( \
         $8::text, $9::text, $10::text, $11::text, $12::text, $13::jsonb, $14::int8, $15::jsonb, \
         now(), now() \
     FROM used \
-    RETURNING started_at";
+    RETURNING started_at"
+);
 
 /// The stored row of one execution, decoded.
 #[derive(Debug, Clone)]
@@ -394,47 +398,6 @@ fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> E
     })
 }
 
-/// Marks run `id` as rolling back for `cause`, with the reason, and withdraws a gate still
-/// open, in one transaction.
-pub async fn begin_rollback(
-    audit: &AuditHandle,
-    id: Uuid,
-    cause: RollbackCause,
-    reason: String,
-) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
-    audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let (node_id, reason) = (node_id.clone(), reason.clone());
-                Box::pin(async move {
-                    transition(tx, id, &node_id, RunState::RollingBack).await?;
-                    tx.execute(
-                        "UPDATE playbook_executions SET rollback_cause = $2, \
-                     end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
-                        &[&id, &cause.as_str(), &reason],
-                    )
-                    .await?;
-                    // A gate still open (the run was cancelled or timed out while waiting) is
-                    // withdrawn with the run: it must neither be listed as pending nor take votes.
-                    let withdrawn = gates::withdraw_pending(tx, id).await?;
-                    let mut event = AuditEvent::new("rollback.begin", Actor::System)
-                        .execution(id)
-                        .with("cause", cause.as_str())
-                        .with("reason", reason);
-                    if withdrawn > 0 {
-                        event = event.with("approval_gates_withdrawn", withdrawn);
-                    }
-                    Ok((event, ()))
-                })
-            }),
-        )
-        .await
-        .map(|_| ())
-}
-
 /// Records a cancel request for run `id` of this node; the run's task then rolls it back.
 /// Refused for a run that has ended ([`StoreError::Transition`]), another node's run
 /// ([`StoreError::OtherNode`]) or none ([`StoreError::NotFound`]).
@@ -514,6 +477,25 @@ pub(crate) async fn await_approval(
     Ok(())
 }
 
+/// The run's side of a rollback's start: `rolling_back` for `cause`, guarded by the transition
+/// table and this node, with `reason` as its end reason unless one is set already.
+pub(crate) async fn mark_rolling_back(
+    tx: &Tx<'_>,
+    id: Uuid,
+    node_id: &str,
+    cause: RollbackCause,
+    reason: &str,
+) -> Result<(), StoreError> {
+    transition(tx, id, node_id, RunState::RollingBack).await?;
+    tx.execute(
+        "UPDATE playbook_executions SET rollback_cause = $2, \
+         end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
+        &[&id, &cause.as_str(), &reason],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Stops run `id` as `safe_halted` with `message` when its state allows it; `false` when the
 /// run had already ended (or is not this node's): the halt is entered all the same.
 pub(crate) async fn mark_safe_halted(
@@ -551,40 +533,6 @@ async fn guarded_update(
         .await?)
 }
 
-/// Why a guarded change of run `id` matched no row.
-pub(crate) async fn explain_refusal(
-    tx: &Tx<'_>,
-    id: Uuid,
-    node_id: &str,
-    to: &'static str,
-) -> StoreError {
-    let row = match tx
-        .query_opt(
-            "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-    {
-        Ok(row) => row,
-        Err(error) => return StoreError::Query(error),
-    };
-    match row {
-        None => not_found(id),
-        Some(row) => {
-            let owner: String = row.get(0);
-            if owner != node_id {
-                return other_node(id, owner, node_id);
-            }
-            StoreError::Transition {
-                what: "execution",
-                id: id.to_string(),
-                from: row.get(1),
-                to,
-            }
-        }
-    }
-}
-
 fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         what: "execution binding",
@@ -612,43 +560,5 @@ fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {
             .get("require_approval")
             .and_then(Value::as_bool)
             .ok_or_else(|| corrupt("`require_approval` is missing or not a boolean"))?,
-    })
-}
-
-fn not_found(id: Uuid) -> StoreError {
-    StoreError::NotFound {
-        what: "execution",
-        detail: id.to_string(),
-    }
-}
-
-fn other_node(id: Uuid, owner: String, node_id: &str) -> StoreError {
-    StoreError::OtherNode {
-        execution_id: id,
-        owner,
-        node_id: node_id.to_owned(),
-    }
-}
-
-/// Refuses unless run `id`, whose row names `owner`, is this node's (`node_id`): a node acts
-/// only on its own runs.
-pub(crate) fn require_own(id: Uuid, owner: String, node_id: &str) -> Result<(), StoreError> {
-    if owner == node_id {
-        Ok(())
-    } else {
-        Err(other_node(id, owner, node_id))
-    }
-}
-
-/// A step index as stored (`integer`).
-pub(crate) fn index_to_db(index: usize) -> i32 {
-    i32::try_from(index).unwrap_or(i32::MAX)
-}
-
-/// A stored step index; negative is corrupt.
-pub(crate) fn index_from_db(index: i32) -> Result<usize, StoreError> {
-    usize::try_from(index).map_err(|_| StoreError::Corrupt {
-        what: "step index",
-        detail: format!("negative index {index}"),
     })
 }

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
-use crate::store::executions::{self, index_to_db};
+use crate::store::executions;
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{GateState, Vote, decode_risk};
-use crate::store::steps::require_open_run;
+use crate::store::rows::{index_from_db, index_to_db, require_open_run, require_own};
 use crate::store::{Store, StoreError};
 
 /// A gate to open for a step.
@@ -194,7 +194,7 @@ pub async fn find_pending(
         )
         .await?;
     if let Some(row) = owner {
-        executions::require_own(id, row.get(0), node_id)?;
+        require_own(id, row.get(0), node_id)?;
     }
     let row = client
         .query_opt(
@@ -205,7 +205,7 @@ pub async fn find_pending(
         .await?;
     row.map(|row| {
         Ok(PendingGate {
-            index: executions::index_from_db(row.get(0))?,
+            index: index_from_db(row.get(0))?,
             risk: decode_risk(row.get(1))?,
             expired: row.get(2),
         })

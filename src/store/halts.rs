@@ -18,8 +18,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
-use crate::store::model::{HaltScope, RunState};
-use crate::store::{Store, StoreError, executions, undos};
+use crate::store::model::HaltScope;
+use crate::store::{Store, StoreError};
 use crate::text;
 
 /// The command an admin runs to clear a node's SAFE-HALT; every halt message names it.
@@ -182,7 +182,8 @@ pub enum HaltCause {
 }
 
 impl HaltCause {
-    fn execution_id(&self) -> Uuid {
+    /// The run the halt names.
+    pub(crate) fn execution_id(&self) -> Uuid {
         match self {
             HaltCause::FailedUndo { execution_id, .. }
             | HaltCause::UnusableRun { execution_id, .. } => *execution_id,
@@ -234,6 +235,21 @@ pub enum ResolveError {
     Audit(#[source] AppendError),
 }
 
+/// The halts in force for the node whose id is the SQL parameter `$node` (`"$1"`, `"$2::text"`):
+/// its own active halt, and the fleet's. The one place this rule is written: [`active_in`], the
+/// statements that admit a run and start a step, and the heartbeat embed it (a macro, so that
+/// their SQL stays static text).
+macro_rules! in_force {
+    ($node:literal) => {
+        concat!(
+            "playbook_safe_halt_state WHERE is_active AND (node_id = ",
+            $node,
+            " OR scope = 'fleet')"
+        )
+    };
+}
+pub(crate) use in_force;
+
 /// The halt in force for `node_id`: its own, or the fleet's. Read inside the transaction that
 /// is about to start an action.
 pub async fn active_in<C: GenericClient>(
@@ -242,10 +258,11 @@ pub async fn active_in<C: GenericClient>(
 ) -> Result<Option<ActiveHalt>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at \
-             FROM playbook_safe_halt_state \
-             WHERE is_active AND (node_id = $1 OR scope = 'fleet') \
-             ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1",
+            concat!(
+                "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at FROM ",
+                in_force!("$1"),
+                " ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
+            ),
             &[&node_id],
         )
         .await?;
@@ -282,75 +299,9 @@ pub(crate) async fn refuse_if_halted<C: GenericClient>(
     active_in(client, node_id).await
 }
 
-/// Enters SAFE-HALT in one transaction with everything `cause` implies: for a failed undo, the
-/// undo `failed`, its step `rollback_failed`, the run `safe_halted`; for an unusable run, the
-/// run `safe_halted` when its state allows it. Then the halt row (or the node's active one) and
-/// `safe_halt.entered`. Every text is storable, so content cannot make this fail.
-pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (cause, node_id) = (cause.clone(), node_id.clone());
-            Box::pin(async move {
-                let message = cause.message();
-                let execution_id = cause.execution_id();
-                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .execution(execution_id)
-                    .with("clear_with", CLEAR_COMMAND);
-                match &cause {
-                    HaltCause::FailedUndo {
-                        step_index,
-                        step_id,
-                        error,
-                        ..
-                    } => {
-                        let error = text::storable(error, text::MAX_FIELD_BYTES);
-                        undos::record_failed(tx, execution_id, *step_index, &error).await?;
-                        event = event.with("step_id", format!("{execution_id}:{step_id}"));
-                    }
-                    HaltCause::UnusableRun { .. } => {}
-                }
-                let marked =
-                    executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
-                if marked {
-                    // A gate of a stopped run must neither be listed as pending nor take votes.
-                    crate::store::gates::withdraw_pending(tx, execution_id).await?;
-                }
-                event = event.with(
-                    "execution_state",
-                    if marked {
-                        RunState::SafeHalted.as_str()
-                    } else {
-                        "unchanged"
-                    },
-                );
-                let rollback_id = match &cause {
-                    HaltCause::FailedUndo { step_id, .. } => {
-                        Some(format!("{execution_id}:{step_id}"))
-                    }
-                    HaltCause::UnusableRun { .. } => None,
-                };
-                let halt = insert_or_find(
-                    tx,
-                    &node_id,
-                    Some(execution_id),
-                    rollback_id.as_deref(),
-                    &message,
-                )
-                .await?;
-                let event = event
-                    .with("halt_id", halt.halt_id)
-                    .with("error", message)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                Ok((event, halt))
-            })
-        }))
-        .await?;
-    Ok(halt)
-}
-
-/// Writes only the halt row and its event: the fallback when [`enter`] keeps failing, so that
-/// a halt known in memory is persisted as soon as the database takes anything at all.
+/// Writes only the halt row and its event: the fallback when entering the whole halt
+/// (`joint::enter_safe_halt`) keeps failing, so that a halt known in memory is persisted as soon
+/// as the database takes anything at all.
 pub async fn enter_row_only(
     audit: &AuditHandle,
     halt: &ActiveHalt,
@@ -558,7 +509,7 @@ pub async fn enter_fleet(
 
 /// Inserts this node's active halt, or finds the one already active (a second failed undo
 /// while halted joins the first halt).
-async fn insert_or_find(
+pub(crate) async fn insert_or_find(
     tx: &Tx<'_>,
     node_id: &str,
     execution_id: Option<Uuid>,

@@ -1,18 +1,18 @@
 //! Undos (`playbook_rollback_states`): one row per step a rollback reached.
 //!
 //! An undo is an action too: [`record_start`] refuses while a SAFE-HALT is in force, exactly as
-//! a step's start does. A failed undo is recorded by [`super::halts::enter`], which enters the
-//! halt in the same transaction.
+//! a step's start does. A failed undo is recorded by [`super::joint::enter_safe_halt`], which enters
+//! the halt in the same transaction.
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, Tx};
-use crate::store::executions::{index_from_db, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
-use crate::store::steps::{self, StartOutcome, refused_event, require_open_run, step_refusal};
+use crate::store::rows::{index_from_db, index_to_db, require_open_run};
+use crate::store::steps::{self, StartOutcome, refused_event, step_refusal};
 use crate::store::{Store, StoreError};
 
 /// An undo's stored state.
