@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
-use crate::store::rows::{explain_refusal, index_to_db, not_found, require_own};
+use crate::store::rows::{as_node, explain_refusal, index_to_db, not_found, require_own};
 use crate::store::{Store, StoreError, nonces, transitions};
 
 /// A run to admit: what intake decided, written with its nonce in one transaction.
@@ -67,108 +67,100 @@ pub async fn admit(
     new: NewExecution,
     watch: &HaltWatch,
 ) -> Result<ExecutionRecord, AdmitError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
     let scope = Scope::Execution(new.execution_id);
-    let outcome = audit
-        .append_in(
-            scope,
-            Box::new(move |tx| {
-                let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
-                Box::pin(async move {
-                    if let Some(halt) = watch.current() {
-                        return Err(StoreError::Halted(Box::new(halt)));
-                    }
-                    let binding = json!({
-                        "policy": new.binding.policy, "outcome": new.binding.outcome,
-                        "org_id": new.binding.org_id, "playbook": new.binding.playbook,
-                        "require_approval": new.binding.require_approval,
-                    });
-                    let subject = Value::Object(new.subject.clone());
-                    // One statement, one round trip: the nonce and the run, or neither.
-                    let inserted = tx
-                        .query_opt(
-                            ADMIT,
-                            &[
-                                &new.execution_id,
-                                &node_id,
-                                &new.playbook_id,
-                                &i64::from(new.version),
-                                &new.sha256.as_slice(),
-                                &RunState::Pending.as_str(),
-                                &new.nonce,
-                                &new.decision_id,
-                                &new.policy,
-                                &new.outcome,
-                                &new.org_id,
-                                &new.severity.as_str(),
-                                &subject,
-                                &i64::from(new.requested_by_uid),
-                                &binding,
-                            ],
-                        )
-                        .await
-                        .map_err(nonces::replay_or_query)?;
-                    let Some(inserted) = inserted else {
-                        // The nonce was taken (a replay: that comes first, as in intake's order of
-                        // checks), or a SAFE-HALT refused it.
-                        if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
-                            return Err(StoreError::Replay(Some(first)));
-                        }
-                        let halt = halts::active_in(&**tx, &node_id).await?.ok_or(
-                            StoreError::NotFound {
-                                what: "SAFE-HALT or earlier use",
-                                detail: "that refused the nonce (cleared meanwhile)".into(),
-                            },
-                        )?;
-                        return Err(StoreError::Halted(Box::new(halt)));
-                    };
-                    // What was written, as [`load`] would read it back: the executor starts the run
-                    // from it without reading the row again.
-                    let record = ExecutionRecord {
-                        id: new.execution_id,
-                        node_id: node_id.clone(),
-                        playbook_id: new.playbook_id.clone(),
-                        version: new.version,
-                        sha256: new.sha256,
-                        state: RunState::Pending,
-                        org_id: new.org_id.clone(),
-                        subject: new.subject.clone(),
-                        decision: DecisionInfo {
-                            decision_id: new.decision_id.clone(),
-                            policy: new.policy.clone(),
-                            outcome: new.outcome.clone(),
-                            org_id: new.org_id.clone(),
-                            severity: new.severity,
-                        },
-                        started_at: inserted.get(0),
-                        rollback_cause: None,
-                        cancel_requested: false,
-                        binding: new.binding.clone(),
-                    };
-                    let subject_hash = crate::store::steps::params_hash(&subject);
-                    let event =
-                        AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
-                            .execution(new.execution_id)
-                            .with("decision_id", new.decision_id)
-                            .with("policy", new.policy)
-                            .with("outcome", new.outcome)
-                            .with("org_id", new.org_id)
-                            .with("nonce", new.nonce)
-                            .with("playbook", format!("{}@{}", new.playbook_id, new.version))
-                            .with("playbook_sha256", hex::encode(new.sha256))
-                            .with("subject_sha256", hex::encode(subject_hash));
-                    let event = if new.ignored_subject_keys.is_empty() {
-                        event
-                    } else {
-                        event.with("ignored_subject_keys", new.ignored_subject_keys)
-                    };
-                    Ok((event, record))
-                })
-            }),
-        )
-        .await;
-    match outcome {
+    let effect = as_node(audit, (new, watch.clone()), |tx, node_id, (new, watch)| {
+        Box::pin(async move {
+            if let Some(halt) = watch.current() {
+                return Err(StoreError::Halted(Box::new(halt)));
+            }
+            let binding = json!({
+                "policy": new.binding.policy, "outcome": new.binding.outcome,
+                "org_id": new.binding.org_id, "playbook": new.binding.playbook,
+                "require_approval": new.binding.require_approval,
+            });
+            let subject = Value::Object(new.subject.clone());
+            // One statement, one round trip: the nonce and the run, or neither.
+            let inserted = tx
+                .query_opt(
+                    ADMIT,
+                    &[
+                        &new.execution_id,
+                        &node_id,
+                        &new.playbook_id,
+                        &i64::from(new.version),
+                        &new.sha256.as_slice(),
+                        &RunState::Pending.as_str(),
+                        &new.nonce,
+                        &new.decision_id,
+                        &new.policy,
+                        &new.outcome,
+                        &new.org_id,
+                        &new.severity.as_str(),
+                        &subject,
+                        &i64::from(new.requested_by_uid),
+                        &binding,
+                    ],
+                )
+                .await
+                .map_err(nonces::replay_or_query)?;
+            let Some(inserted) = inserted else {
+                // The nonce was taken (a replay: that comes first, as in intake's order of
+                // checks), or a SAFE-HALT refused it.
+                if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
+                    return Err(StoreError::Replay(Some(first)));
+                }
+                let halt =
+                    halts::active_in(&**tx, &node_id)
+                        .await?
+                        .ok_or(StoreError::NotFound {
+                            what: "SAFE-HALT or earlier use",
+                            detail: "that refused the nonce (cleared meanwhile)".into(),
+                        })?;
+                return Err(StoreError::Halted(Box::new(halt)));
+            };
+            // What was written, as [`load`] would read it back: the executor starts the run
+            // from it without reading the row again.
+            let record = ExecutionRecord {
+                id: new.execution_id,
+                node_id: node_id.clone(),
+                playbook_id: new.playbook_id.clone(),
+                version: new.version,
+                sha256: new.sha256,
+                state: RunState::Pending,
+                org_id: new.org_id.clone(),
+                subject: new.subject.clone(),
+                decision: DecisionInfo {
+                    decision_id: new.decision_id.clone(),
+                    policy: new.policy.clone(),
+                    outcome: new.outcome.clone(),
+                    org_id: new.org_id.clone(),
+                    severity: new.severity,
+                },
+                started_at: inserted.get(0),
+                rollback_cause: None,
+                cancel_requested: false,
+                binding: new.binding.clone(),
+            };
+            let subject_hash = crate::store::steps::params_hash(&subject);
+            let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
+                .execution(new.execution_id)
+                .with("decision_id", new.decision_id)
+                .with("policy", new.policy)
+                .with("outcome", new.outcome)
+                .with("org_id", new.org_id)
+                .with("nonce", new.nonce)
+                .with("playbook", format!("{}@{}", new.playbook_id, new.version))
+                .with("playbook_sha256", hex::encode(new.sha256))
+                .with("subject_sha256", hex::encode(subject_hash));
+            let event = if new.ignored_subject_keys.is_empty() {
+                event
+            } else {
+                event.with("ignored_subject_keys", new.ignored_subject_keys)
+            };
+            Ok((event, record))
+        })
+    });
+    match audit.append_in(scope, effect).await {
         Ok((_, record)) => Ok(record),
         Err(AppendError::Effect(StoreError::Replay(first))) => Err(AdmitError::Replay(first)),
         Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
@@ -372,7 +364,7 @@ pub async fn set_state_after(
     to: RunState,
     event: AuditEvent,
 ) -> Result<(), AppendError> {
-    let effect = state_effect(audit.node_id().to_owned(), id, to, event);
+    let effect = state_effect(audit, id, to, event);
     audit
         .append_after_in(Scope::Execution(id), before, effect)
         .await
@@ -382,15 +374,11 @@ pub async fn set_state_after(
 /// [`set_state`], written with the caller's next append (see [`AuditHandle::defer`]): for a
 /// change with no side effect before the next record (a run's start before its first step's).
 pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Deferred {
-    audit.defer_in(
-        Scope::Execution(id),
-        state_effect(audit.node_id().to_owned(), id, to, event),
-    )
+    audit.defer_in(Scope::Execution(id), state_effect(audit, id, to, event))
 }
 
-fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
-    Box::new(move |tx| {
-        let (node_id, event) = (node_id.clone(), event.clone());
+fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
+    as_node(audit, event, move |tx, node_id, event| {
         Box::pin(async move {
             transition(tx, id, &node_id, to).await?;
             Ok((event.execution(id).with("state", to.as_str()), ()))
@@ -407,39 +395,35 @@ pub async fn request_cancel(
     uid: u32,
     reason: String,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
-    audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let (node_id, reason) = (node_id.clone(), reason.clone());
-                Box::pin(async move {
-                    let updated = tx
-                        .execute(
-                            "UPDATE playbook_executions SET cancel_requested_at = now(), \
+    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+        Box::pin(async move {
+            let updated = tx
+                .execute(
+                    "UPDATE playbook_executions SET cancel_requested_at = now(), \
                          end_reason = COALESCE(end_reason, $4), updated_at = now() \
                          WHERE execution_id = $1 AND node_id = $2 AND state = ANY($3)",
-                            &[
-                                &id,
-                                &node_id,
-                                &transitions::open_run_states(),
-                                &format!("cancelled by uid {uid}: {reason}"),
-                            ],
-                        )
-                        .await?;
-                    if updated != 1 {
-                        return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
-                    }
-                    Ok((
-                        AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
-                            .execution(id)
-                            .with("reason", reason),
-                        (),
-                    ))
-                })
-            }),
-        )
+                    &[
+                        &id,
+                        &node_id,
+                        &transitions::open_run_states(),
+                        &format!("cancelled by uid {uid}: {reason}"),
+                    ],
+                )
+                .await?;
+            if updated != 1 {
+                return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
+            }
+            Ok((
+                AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
+                    .execution(id)
+                    .with("reason", reason),
+                (),
+            ))
+        })
+    });
+    audit
+        .append_in(Scope::Execution(id), effect)
         .await
         .map(|_| ())
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
 use crate::store::model::HaltScope;
+use crate::store::rows::as_node;
 use crate::store::{Store, StoreError};
 use crate::text;
 
@@ -306,26 +307,23 @@ pub async fn enter_row_only(
     audit: &AuditHandle,
     halt: &ActiveHalt,
 ) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
     let execution_id = halt.execution_id;
     let message = text::storable(&halt.message, text::MAX_FIELD_BYTES);
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, message) = (node_id.clone(), message.clone());
-            Box::pin(async move {
-                let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
-                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .with("halt_id", halt.halt_id)
-                    .with("error", message)
-                    .with("clear_with", CLEAR_COMMAND)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                if let Some(id) = execution_id {
-                    event = event.execution(id);
-                }
-                Ok((event, halt))
-            })
-        }))
-        .await?;
+    let effect = as_node(audit, message, move |tx, node_id, message| {
+        Box::pin(async move {
+            let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
+            let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                .with("halt_id", halt.halt_id)
+                .with("error", message)
+                .with("clear_with", CLEAR_COMMAND)
+                .with("entered_at", format_timestamp(halt.entered_at));
+            if let Some(id) = execution_id {
+                event = event.execution(id);
+            }
+            Ok((event, halt))
+        })
+    });
+    let (_, halt) = audit.append_with(effect).await?;
     Ok(halt)
 }
 
@@ -338,43 +336,42 @@ pub async fn resolve(
     admin_uid: u32,
     reason: &str,
 ) -> Result<i64, ResolveError> {
-    let node_id = audit.node_id().to_owned();
     let reason = text::storable(reason, text::MAX_FIELD_BYTES);
     // The unique index of each scope allows at most one active row: this node's, or the fleet's.
     let (what, event_type) = match scope {
         HaltScope::Node => ("active SAFE-HALT of this node", "safe_halt.cleared"),
         HaltScope::Fleet => ("active fleet SAFE-HALT", "safe_halt.fleet_cleared"),
     };
-    let (_, cleared) = audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, reason) = (node_id.clone(), reason.clone());
-            Box::pin(async move {
-                let rows = tx
-                    .query(
-                        "UPDATE playbook_safe_halt_state \
+    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+        Box::pin(async move {
+            let rows = tx
+                .query(
+                    "UPDATE playbook_safe_halt_state \
                          SET is_active = false, resolved_at = now(), resolved_by = $3, reason = $4 \
                          WHERE scope = $1 AND is_active AND (scope = 'fleet' OR node_id = $2) \
                          RETURNING halt_id",
-                        &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
-                    )
-                    .await?;
-                let [row] = rows.as_slice() else {
-                    // None (or, against the unique index, several): clear nothing.
-                    return Err(StoreError::NotFound {
-                        what,
-                        detail: format!("{} rows for node `{node_id}`", rows.len()),
-                    });
-                };
-                let halt_id: i64 = row.get(0);
-                Ok((
-                    AuditEvent::new(event_type, Actor::Uid(admin_uid))
-                        .with("halt_id", halt_id)
-                        .with("node_id", node_id.as_str())
-                        .with("reason", reason),
-                    halt_id,
-                ))
-            })
-        }))
+                    &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
+                )
+                .await?;
+            let [row] = rows.as_slice() else {
+                // None (or, against the unique index, several): clear nothing.
+                return Err(StoreError::NotFound {
+                    what,
+                    detail: format!("{} rows for node `{node_id}`", rows.len()),
+                });
+            };
+            let halt_id: i64 = row.get(0);
+            Ok((
+                AuditEvent::new(event_type, Actor::Uid(admin_uid))
+                    .with("halt_id", halt_id)
+                    .with("node_id", node_id.as_str())
+                    .with("reason", reason),
+                halt_id,
+            ))
+        })
+    });
+    let (_, cleared) = audit
+        .append_with(effect)
         .await
         .map_err(|error| match (error, scope) {
             (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Node) => {
@@ -453,57 +450,53 @@ pub async fn enter_fleet(
     audit: &AuditHandle,
     cause: FleetHaltCause,
 ) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (cause, node_id) = (cause.clone(), node_id.clone());
-            Box::pin(async move {
-                let (actor, why) = match &cause {
-                    FleetHaltCause::Admin { uid, reason } => (
-                        Actor::Uid(*uid),
-                        format!(
-                            "fleet halted by an admin on node `{node_id}`: {}",
-                            text::storable(reason, text::MAX_FIELD_BYTES)
-                        ),
+    let effect = as_node(audit, cause, |tx, node_id, cause| {
+        Box::pin(async move {
+            let (actor, why) = match &cause {
+                FleetHaltCause::Admin { uid, reason } => (
+                    Actor::Uid(*uid),
+                    format!(
+                        "fleet halted by an admin on node `{node_id}`: {}",
+                        text::storable(reason, text::MAX_FIELD_BYTES)
                     ),
-                    FleetHaltCause::NodeHalt { halt_id, message } => (
-                        Actor::System,
-                        format!(
-                            "fleet halted by the SAFE-HALT of node `{node_id}` (halt {}): {}",
-                            halt_id
-                                .map_or_else(|| "not yet written".to_owned(), |id| id.to_string()),
-                            text::storable(message, text::MAX_FIELD_BYTES)
-                        ),
+                ),
+                FleetHaltCause::NodeHalt { halt_id, message } => (
+                    Actor::System,
+                    format!(
+                        "fleet halted by the SAFE-HALT of node `{node_id}` (halt {}): {}",
+                        halt_id.map_or_else(|| "not yet written".to_owned(), |id| id.to_string()),
+                        text::storable(message, text::MAX_FIELD_BYTES)
                     ),
-                };
-                let message = format!(
-                    "{}; an admin clears it with `{CLEAR_FLEET_COMMAND}`",
-                    text::storable(&why, text::MAX_FIELD_BYTES)
-                );
-                let inserted = tx
-                    .query_opt(
-                        "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, \
+                ),
+            };
+            let message = format!(
+                "{}; an admin clears it with `{CLEAR_FLEET_COMMAND}`",
+                text::storable(&why, text::MAX_FIELD_BYTES)
+            );
+            let inserted = tx
+                .query_opt(
+                    "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, \
                             error_message, entered_at) VALUES (true, 'fleet', $1, $2, now()) \
                          ON CONFLICT (scope) WHERE is_active AND scope = 'fleet' DO NOTHING \
                          RETURNING halt_id",
-                        &[&node_id, &message],
-                    )
-                    .await?;
-                let joined = inserted.is_none();
-                let halt = fleet_in(&**tx).await?.ok_or_else(|| StoreError::NotFound {
-                    what: "active fleet SAFE-HALT",
-                    detail: "after inserting it".into(),
-                })?;
-                let event = AuditEvent::new("safe_halt.fleet_entered", actor)
-                    .with("halt_id", halt.halt_id)
-                    .with("joined_existing", joined)
-                    .with("error", halt.message.clone())
-                    .with("clear_with", CLEAR_FLEET_COMMAND)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                Ok((event, halt))
-            })
-        }))
-        .await?;
+                    &[&node_id, &message],
+                )
+                .await?;
+            let joined = inserted.is_none();
+            let halt = fleet_in(&**tx).await?.ok_or_else(|| StoreError::NotFound {
+                what: "active fleet SAFE-HALT",
+                detail: "after inserting it".into(),
+            })?;
+            let event = AuditEvent::new("safe_halt.fleet_entered", actor)
+                .with("halt_id", halt.halt_id)
+                .with("joined_existing", joined)
+                .with("error", halt.message.clone())
+                .with("clear_with", CLEAR_FLEET_COMMAND)
+                .with("entered_at", format_timestamp(halt.entered_at));
+            Ok((event, halt))
+        })
+    });
+    let (_, halt) = audit.append_with(effect).await?;
     Ok(halt)
 }
 

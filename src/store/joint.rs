@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
 use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause};
 use crate::store::model::{RollbackCause, RunState};
+use crate::store::rows::as_node;
 use crate::store::{executions, gates, undos};
 use crate::text;
 
@@ -21,29 +22,25 @@ pub async fn begin_rollback(
     cause: RollbackCause,
     reason: String,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
     let reason = text::storable(&reason, text::MAX_FIELD_BYTES);
+    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+        Box::pin(async move {
+            executions::mark_rolling_back(tx, id, &node_id, cause, &reason).await?;
+            // A gate still open (the run was cancelled or timed out while waiting) is
+            // withdrawn with the run: it must neither be listed as pending nor take votes.
+            let withdrawn = gates::withdraw_pending(tx, id).await?;
+            let mut event = AuditEvent::new("rollback.begin", Actor::System)
+                .execution(id)
+                .with("cause", cause.as_str())
+                .with("reason", reason);
+            if withdrawn > 0 {
+                event = event.with("approval_gates_withdrawn", withdrawn);
+            }
+            Ok((event, ()))
+        })
+    });
     audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let (node_id, reason) = (node_id.clone(), reason.clone());
-                Box::pin(async move {
-                    executions::mark_rolling_back(tx, id, &node_id, cause, &reason).await?;
-                    // A gate still open (the run was cancelled or timed out while waiting) is
-                    // withdrawn with the run: it must neither be listed as pending nor take votes.
-                    let withdrawn = gates::withdraw_pending(tx, id).await?;
-                    let mut event = AuditEvent::new("rollback.begin", Actor::System)
-                        .execution(id)
-                        .with("cause", cause.as_str())
-                        .with("reason", reason);
-                    if withdrawn > 0 {
-                        event = event.with("approval_gates_withdrawn", withdrawn);
-                    }
-                    Ok((event, ()))
-                })
-            }),
-        )
+        .append_in(Scope::Execution(id), effect)
         .await
         .map(|_| ())
 }
@@ -56,64 +53,58 @@ pub async fn enter_safe_halt(
     audit: &AuditHandle,
     cause: HaltCause,
 ) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (cause, node_id) = (cause.clone(), node_id.clone());
-            Box::pin(async move {
-                let message = cause.message();
-                let execution_id = cause.execution_id();
-                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .execution(execution_id)
-                    .with("clear_with", CLEAR_COMMAND);
-                match &cause {
-                    HaltCause::FailedUndo {
-                        step_index,
-                        step_id,
-                        error,
-                        ..
-                    } => {
-                        let error = text::storable(error, text::MAX_FIELD_BYTES);
-                        undos::record_failed(tx, execution_id, *step_index, &error).await?;
-                        event = event.with("step_id", format!("{execution_id}:{step_id}"));
-                    }
-                    HaltCause::UnusableRun { .. } => {}
+    let effect = as_node(audit, cause, |tx, node_id, cause| {
+        Box::pin(async move {
+            let message = cause.message();
+            let execution_id = cause.execution_id();
+            let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                .execution(execution_id)
+                .with("clear_with", CLEAR_COMMAND);
+            match &cause {
+                HaltCause::FailedUndo {
+                    step_index,
+                    step_id,
+                    error,
+                    ..
+                } => {
+                    let error = text::storable(error, text::MAX_FIELD_BYTES);
+                    undos::record_failed(tx, execution_id, *step_index, &error).await?;
+                    event = event.with("step_id", format!("{execution_id}:{step_id}"));
                 }
-                let marked =
-                    executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
+                HaltCause::UnusableRun { .. } => {}
+            }
+            let marked = executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
+            if marked {
+                // A gate of a stopped run must neither be listed as pending nor take votes.
+                gates::withdraw_pending(tx, execution_id).await?;
+            }
+            event = event.with(
+                "execution_state",
                 if marked {
-                    // A gate of a stopped run must neither be listed as pending nor take votes.
-                    gates::withdraw_pending(tx, execution_id).await?;
-                }
-                event = event.with(
-                    "execution_state",
-                    if marked {
-                        RunState::SafeHalted.as_str()
-                    } else {
-                        "unchanged"
-                    },
-                );
-                let rollback_id = match &cause {
-                    HaltCause::FailedUndo { step_id, .. } => {
-                        Some(format!("{execution_id}:{step_id}"))
-                    }
-                    HaltCause::UnusableRun { .. } => None,
-                };
-                let halt = halts::insert_or_find(
-                    tx,
-                    &node_id,
-                    Some(execution_id),
-                    rollback_id.as_deref(),
-                    &message,
-                )
-                .await?;
-                let event = event
-                    .with("halt_id", halt.halt_id)
-                    .with("error", message)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                Ok((event, halt))
-            })
-        }))
-        .await?;
+                    RunState::SafeHalted.as_str()
+                } else {
+                    "unchanged"
+                },
+            );
+            let rollback_id = match &cause {
+                HaltCause::FailedUndo { step_id, .. } => Some(format!("{execution_id}:{step_id}")),
+                HaltCause::UnusableRun { .. } => None,
+            };
+            let halt = halts::insert_or_find(
+                tx,
+                &node_id,
+                Some(execution_id),
+                rollback_id.as_deref(),
+                &message,
+            )
+            .await?;
+            let event = event
+                .with("halt_id", halt.halt_id)
+                .with("error", message)
+                .with("entered_at", format_timestamp(halt.entered_at));
+            Ok((event, halt))
+        })
+    });
+    let (_, halt) = audit.append_with(effect).await?;
     Ok(halt)
 }

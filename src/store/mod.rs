@@ -13,12 +13,12 @@
 //! | [`versions`] | `playbook_versions`, `playbook_version_signatures` |
 //! | [`scratch`] | a throwaway database with an install's two roles, for the bench and the tests |
 //!
-//! The per-run modules stand in layers, and none imports one above it: [`rows`] at the bottom
-//! (the checks on a run's row and the step-index codec they all share), then [`halts`],
-//! [`steps`], [`executions`], [`undos`] and [`gates`], and [`joint`] on top, for the changes that
-//! by nature span several of them (a rollback's start, entering SAFE-HALT), each made through the
-//! owning modules' functions. [`chain`] holds the audit chain's head and clock, which the writer
-//! ([`audit`]) and the [`anchor`] both use.
+//! The per-run modules stand in layers, and none imports one above it: `rows` at the bottom
+//! (what they all share: the checks on a run's row, the step-index codec, an effect run as this
+//! node), then [`halts`], [`steps`], [`executions`], [`undos`] and [`gates`], and [`joint`] on
+//! top, for the changes that by nature span several of them (a rollback's start, entering
+//! SAFE-HALT), each made through the owning modules' functions. [`chain`] holds the audit chain's
+//! head and clock, which the writer ([`audit`]) and the [`anchor`] both use.
 //!
 //! States are decoded once, here, into the enums of [`model`]; every state change is a guarded
 //! UPDATE from [`transitions`], made in one audit transaction with its event.
@@ -40,7 +40,7 @@ pub mod model;
 pub mod nodes;
 pub mod nonces;
 pub mod privileges;
-pub mod rows;
+pub(crate) mod rows;
 pub mod scratch;
 pub mod steps;
 pub mod transitions;

@@ -1,12 +1,14 @@
-//! What every aggregate of a run checks on the run's row, written once: a node acts only on its
-//! own runs ([`require_own`], [`require_open_run`]), a guarded change that matched no row says
-//! why ([`explain_refusal`]), and a step index is stored as an `integer` ([`index_to_db`],
-//! [`index_from_db`]). These only read `playbook_executions`; [`super::executions`] writes it.
+//! What the modules of a run's rows share, written once: a node acts only on its own runs
+//! ([`require_own`], [`require_open_run`]), a guarded change that matched no row says why
+//! ([`explain_refusal`]), a step index is stored as an `integer` ([`index_to_db`],
+//! [`index_from_db`]), and each change is an effect run as this node ([`as_node`]). These only
+//! read `playbook_executions`; [`super::executions`] writes it.
 
+use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::store::StoreError;
-use crate::store::audit::Tx;
+use crate::store::audit::{AuditEvent, AuditHandle, Effect, Tx};
 use crate::store::model::RunState;
 
 /// Refuses unless run `id` is this node's and has not ended; its state when it has not.
@@ -92,4 +94,19 @@ pub(crate) fn index_from_db(index: i32) -> Result<usize, StoreError> {
         what: "step index",
         detail: format!("negative index {index}"),
     })
+}
+
+/// An effect ([`Effect`]) run as this node (`audit`'s): `body` gets the transaction, this node's
+/// id and a fresh clone of `captured` each time the writer runs it (it may run an effect more
+/// than once).
+pub(crate) fn as_node<C, T, F>(audit: &AuditHandle, captured: C, body: F) -> Effect<T>
+where
+    C: Clone + Send + Sync + 'static,
+    F: for<'t> Fn(&'t Tx<'t>, String, C) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let node_id = audit.node_id().to_owned();
+    Box::new(move |tx| body(tx, node_id.clone(), captured.clone()))
 }

@@ -21,7 +21,7 @@ use crate::store::audit::{
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
-use crate::store::rows::{explain_refusal, index_from_db, index_to_db, require_open_run};
+use crate::store::rows::{as_node, explain_refusal, index_from_db, index_to_db, require_open_run};
 use crate::store::{Store, StoreError, transitions};
 use crate::text;
 
@@ -103,44 +103,40 @@ pub async fn record_start_after(
     start: StepStart,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
     let scope = Scope::Execution(start.execution_id);
-    let (_, outcome) = audit
-        .append_after_in(
-            scope,
-            before,
-            Box::new(move |tx| {
-                let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
-                Box::pin(async move {
-                    // The halt known in memory (possibly not written yet), then the database's,
-                    // read by the very statement that moves the run on and writes the step.
-                    let halted = match watch.current() {
-                        Some(halt) => Some(halt),
-                        None => start_run_and_step(tx, &start, &node_id).await?,
-                    };
-                    if let Some(halt) = halted {
-                        let event = refused_event(
-                            "step.start_refused",
-                            start.execution_id,
-                            &start.step_id,
-                            &halt,
-                        )
-                        .with("action", start.action)
-                        .with("attempt", start.attempt);
-                        return Ok((event, StartOutcome::Refused(halt)));
-                    }
-                    let event = AuditEvent::new("step.started", Actor::System)
-                        .execution(start.execution_id)
-                        .with("step_id", start.step_id)
-                        .with("action", start.action)
-                        .with("attempt", start.attempt)
-                        .with("params_sha256", hex::encode(start.params_sha256));
-                    Ok((event, StartOutcome::Started))
-                })
-            }),
-        )
-        .await?;
+    let effect = as_node(
+        audit,
+        (start, watch.clone()),
+        |tx, node_id, (start, watch)| {
+            Box::pin(async move {
+                // The halt known in memory (possibly not written yet), then the database's,
+                // read by the very statement that moves the run on and writes the step.
+                let halted = match watch.current() {
+                    Some(halt) => Some(halt),
+                    None => start_run_and_step(tx, &start, &node_id).await?,
+                };
+                if let Some(halt) = halted {
+                    let event = refused_event(
+                        "step.start_refused",
+                        start.execution_id,
+                        &start.step_id,
+                        &halt,
+                    )
+                    .with("action", start.action)
+                    .with("attempt", start.attempt);
+                    return Ok((event, StartOutcome::Refused(halt)));
+                }
+                let event = AuditEvent::new("step.started", Actor::System)
+                    .execution(start.execution_id)
+                    .with("step_id", start.step_id)
+                    .with("action", start.action)
+                    .with("attempt", start.attempt)
+                    .with("params_sha256", hex::encode(start.params_sha256));
+                Ok((event, StartOutcome::Started))
+            })
+        },
+    );
+    let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
     Ok(outcome)
 }
 
@@ -265,7 +261,7 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
     audit
         .append_in(
             Scope::Execution(record.execution_id),
-            end_effect(audit.node_id().to_owned(), record),
+            end_effect(audit, record),
         )
         .await
         .map(|_| ())
@@ -276,13 +272,12 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
 pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
     audit.defer_in(
         Scope::Execution(record.execution_id),
-        end_effect(audit.node_id().to_owned(), record),
+        end_effect(audit, record),
     )
 }
 
-fn end_effect(node_id: String, record: StepEndRecord) -> Effect<()> {
-    Box::new(move |tx| {
-        let (node_id, record) = (node_id.clone(), record.clone());
+fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
+    as_node(audit, record, |tx, node_id, record| {
         Box::pin(async move {
             let StepEndRecord {
                 execution_id,
