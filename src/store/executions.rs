@@ -178,7 +178,7 @@ const ADMIT: &str = concat!(
     "WITH used AS ( \
         INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
         SELECT $7::text, now(), $1::uuid \
-        WHERE NOT EXISTS (SELECT 1 FROM ",
+        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
     halts::in_force!("$2::text"),
     ") \
         ON CONFLICT (nonce) DO NOTHING \

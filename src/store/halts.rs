@@ -236,17 +236,14 @@ pub enum ResolveError {
     Audit(#[source] AppendError),
 }
 
-/// The halts in force for the node whose id is the SQL parameter `$node` (`"$1"`, `"$2::text"`):
-/// its own active halt, and the fleet's. The one place this rule is written: [`active_in`], the
-/// statements that admit a run and start a step, and the heartbeat embed it (a macro, so that
+/// The condition on a `playbook_safe_halt_state` row that it is in force for the node whose id
+/// is the SQL parameter `$node` (`"$1"`, `"$2::text"`): active, and that node's own or the
+/// fleet's. The one place this rule is written: [`active_in`], [`resolve`], the statements that
+/// admit a run and start a step, the heartbeat and the status API embed it (a macro, so that
 /// their SQL stays static text).
 macro_rules! in_force {
     ($node:literal) => {
-        concat!(
-            "playbook_safe_halt_state WHERE is_active AND (node_id = ",
-            $node,
-            " OR scope = 'fleet')"
-        )
+        concat!("is_active AND (node_id = ", $node, " OR scope = 'fleet')")
     };
 }
 pub(crate) use in_force;
@@ -260,7 +257,8 @@ pub async fn active_in<C: GenericClient>(
     let row = client
         .query_opt(
             concat!(
-                "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at FROM ",
+                "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at \
+                 FROM playbook_safe_halt_state WHERE ",
                 in_force!("$1"),
                 " ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
             ),
@@ -346,10 +344,13 @@ pub async fn resolve(
         Box::pin(async move {
             let rows = tx
                 .query(
-                    "UPDATE playbook_safe_halt_state \
+                    concat!(
+                        "UPDATE playbook_safe_halt_state \
                          SET is_active = false, resolved_at = now(), resolved_by = $3, reason = $4 \
-                         WHERE scope = $1 AND is_active AND (scope = 'fleet' OR node_id = $2) \
-                         RETURNING halt_id",
+                         WHERE scope = $1 AND ",
+                        in_force!("$2"),
+                        " RETURNING halt_id"
+                    ),
                     &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
                 )
                 .await?;

@@ -79,7 +79,7 @@ macro_rules! upsert_beat {
             (SELECT count(*) FROM playbook_executions e WHERE e.node_id = $1 \
                AND e.state IN ('pending', 'running', 'awaiting_approval', 'rolling_back')), \
             COALESCE((SELECT CASE WHEN bool_or(scope = 'fleet') THEN 'fleet' ELSE 'node' END \
-               FROM ",
+               FROM playbook_safe_halt_state WHERE ",
         crate::store::halts::in_force!("$1"),
         " HAVING count(*) > 0), 'none'), \
             $6 \

@@ -158,7 +158,7 @@ async fn start_run_and_step(
                 "WITH run AS ( \
                 UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
                 WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
-                AND NOT EXISTS (SELECT 1 FROM ",
+                AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
                 halts::in_force!("$2"),
                 ") \
                 RETURNING execution_id), \
