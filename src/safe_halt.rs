@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::store::audit::{AppendError, AuditHandle, error_chain, format_timestamp};
 use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause, HaltRecord, HaltWatch};
 use crate::store::model::HaltScope;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, joint};
 use crate::systemd;
 
 /// This node's SAFE-HALT. Cloning is shallow.
@@ -168,7 +168,7 @@ impl SafeHalt {
         if self.halts_fleet {
             self.spread_to_fleet(&unwritten).await;
         }
-        match halts::enter(&self.audit, cause.clone()).await {
+        match joint::enter_safe_halt(&self.audit, cause.clone()).await {
             Ok(halt) => {
                 self.watch.set(halt.clone());
                 tracing::error!(halt_id = ?halt.halt_id, execution_id = ?halt.execution_id, "SAFE-HALT written");
@@ -361,7 +361,7 @@ async fn persist_until_written(
         tokio::time::sleep(PERSIST_RETRY).await;
         attempt = attempt.saturating_add(1);
         let written = if attempt <= FULL_RECORD_ATTEMPTS {
-            halts::enter(&audit, cause.clone()).await
+            joint::enter_safe_halt(&audit, cause.clone()).await
         } else {
             halts::enter_row_only(&audit, &halt).await
         };

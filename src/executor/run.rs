@@ -26,11 +26,11 @@ use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 use crate::safe_halt::Entered;
 use crate::store::audit::{Actor, AuditEvent, Deferred};
-use crate::store::executions;
 use crate::store::halts::{ActiveHalt, HaltCause};
 use crate::store::model::{ErrorClass, RollbackCause, RunState, StepState, UndoState};
 use crate::store::steps::{self, StartOutcome, StepEnd, StepEndRecord, StepRecord, StepStart};
 use crate::store::undos::{self, UndoEnd};
+use crate::store::{executions, joint};
 
 /// Undo actions get at least this many attempts before the daemon halts.
 const MIN_UNDO_ATTEMPTS: u32 = 3;
@@ -199,13 +199,8 @@ impl<'a> Runner<'a> {
                     }
                     Forward::RollBack(cause, reason) => {
                         self.flush().await?;
-                        executions::begin_rollback(
-                            &self.inner.audit,
-                            self.record.id,
-                            cause,
-                            reason,
-                        )
-                        .await?;
+                        joint::begin_rollback(&self.inner.audit, self.record.id, cause, reason)
+                            .await?;
                         cause
                     }
                 }

@@ -343,9 +343,9 @@ pub async fn active_halt(
     let row = client
         .query_opt(
             &format!(
-                "SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state \
-                 WHERE is_active AND (node_id = $1 OR scope = 'fleet') \
-                 ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
+                "SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state WHERE {} \
+                 ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1",
+                crate::store::halts::in_force!("$1")
             ),
             &[&node_id],
         )

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::store::StoreError;
-use crate::store::audit::{ChainHead, GENESIS_HASH, now_micros};
+use crate::store::chain::{ChainHead, GENESIS_HASH, now_micros};
 use crate::sys::PrivateFault;
 
 /// The anchor's file name, in the node key's directory.

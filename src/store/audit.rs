@@ -47,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::merkle::{self, Frontier};
 use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
+// The chain's head and clock are part of the writer's interface too.
+pub use crate::store::chain::{ChainHead, GENESIS_HASH, now_micros};
 use crate::store::{StoreError, connect_single};
 
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.
@@ -303,15 +305,6 @@ pub enum AuditStartError {
         #[source]
         source: StoreError,
     },
-}
-
-/// The last committed row of a chain: what a checkpoint signs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChainHead {
-    /// 0 for an empty chain.
-    pub seq: i64,
-    /// [`GENESIS_HASH`] for an empty chain.
-    pub hash: [u8; 32],
 }
 
 /// The committed chain head with the RFC 6962 root of the tree over rows 1..=`head.seq`: what a
@@ -764,13 +757,6 @@ pub fn format_timestamp(at: OffsetDateTime) -> String {
     )
 }
 
-/// Now, truncated to the microsecond precision PostgreSQL keeps.
-pub fn now_micros() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.microsecond() * 1_000)
-        .unwrap_or(now)
-}
-
 /// The advisory-lock key of a node's chain: the first 8 bytes of SHA-256("playbookd-chain:" ‖ id).
 pub fn chain_lock_key(node_id: &str) -> i64 {
     let digest = Sha256::digest(format!("playbookd-chain:{node_id}"));
@@ -778,8 +764,6 @@ pub fn chain_lock_key(node_id: &str) -> i64 {
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
 }
-
-pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 // ---------------------------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::note::{self, TreeHead};
 use crate::registry::signature::KeyId;
 use crate::store::anchor::{AnchorError, AnchoredCheckpoint};
-use crate::store::audit::{AuditHandle, ChainHead, MerkleHead, now_micros};
+use crate::store::audit::{AuditHandle, MerkleHead};
+use crate::store::chain::{ChainHead, now_micros};
 use crate::store::{Store, StoreError};
 use crate::sys::PrivateFault;
 

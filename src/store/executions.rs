@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
-use crate::store::{Store, StoreError, gates, nonces, transitions};
+use crate::store::rows::{as_node, explain_refusal, index_to_db, not_found, require_own};
+use crate::store::{Store, StoreError, nonces, transitions};
 
 /// A run to admit: what intake decided, written with its nonce in one transaction.
 #[derive(Debug, Clone)]
@@ -66,108 +67,100 @@ pub async fn admit(
     new: NewExecution,
     watch: &HaltWatch,
 ) -> Result<ExecutionRecord, AdmitError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
     let scope = Scope::Execution(new.execution_id);
-    let outcome = audit
-        .append_in(
-            scope,
-            Box::new(move |tx| {
-                let (new, node_id, watch) = (new.clone(), node_id.clone(), watch.clone());
-                Box::pin(async move {
-                    if let Some(halt) = watch.current() {
-                        return Err(StoreError::Halted(Box::new(halt)));
-                    }
-                    let binding = json!({
-                        "policy": new.binding.policy, "outcome": new.binding.outcome,
-                        "org_id": new.binding.org_id, "playbook": new.binding.playbook,
-                        "require_approval": new.binding.require_approval,
-                    });
-                    let subject = Value::Object(new.subject.clone());
-                    // One statement, one round trip: the nonce and the run, or neither.
-                    let inserted = tx
-                        .query_opt(
-                            ADMIT,
-                            &[
-                                &new.execution_id,
-                                &node_id,
-                                &new.playbook_id,
-                                &i64::from(new.version),
-                                &new.sha256.as_slice(),
-                                &RunState::Pending.as_str(),
-                                &new.nonce,
-                                &new.decision_id,
-                                &new.policy,
-                                &new.outcome,
-                                &new.org_id,
-                                &new.severity.as_str(),
-                                &subject,
-                                &i64::from(new.requested_by_uid),
-                                &binding,
-                            ],
-                        )
-                        .await
-                        .map_err(nonces::replay_or_query)?;
-                    let Some(inserted) = inserted else {
-                        // The nonce was taken (a replay: that comes first, as in intake's order of
-                        // checks), or a SAFE-HALT refused it.
-                        if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
-                            return Err(StoreError::Replay(Some(first)));
-                        }
-                        let halt = halts::active_in(&**tx, &node_id).await?.ok_or(
-                            StoreError::NotFound {
-                                what: "SAFE-HALT or earlier use",
-                                detail: "that refused the nonce (cleared meanwhile)".into(),
-                            },
-                        )?;
-                        return Err(StoreError::Halted(Box::new(halt)));
-                    };
-                    // What was written, as [`load`] would read it back: the executor starts the run
-                    // from it without reading the row again.
-                    let record = ExecutionRecord {
-                        id: new.execution_id,
-                        node_id: node_id.clone(),
-                        playbook_id: new.playbook_id.clone(),
-                        version: new.version,
-                        sha256: new.sha256,
-                        state: RunState::Pending,
-                        org_id: new.org_id.clone(),
-                        subject: new.subject.clone(),
-                        decision: DecisionInfo {
-                            decision_id: new.decision_id.clone(),
-                            policy: new.policy.clone(),
-                            outcome: new.outcome.clone(),
-                            org_id: new.org_id.clone(),
-                            severity: new.severity,
-                        },
-                        started_at: inserted.get(0),
-                        rollback_cause: None,
-                        cancel_requested: false,
-                        binding: new.binding.clone(),
-                    };
-                    let subject_hash = crate::store::steps::params_hash(&subject);
-                    let event =
-                        AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
-                            .execution(new.execution_id)
-                            .with("decision_id", new.decision_id)
-                            .with("policy", new.policy)
-                            .with("outcome", new.outcome)
-                            .with("org_id", new.org_id)
-                            .with("nonce", new.nonce)
-                            .with("playbook", format!("{}@{}", new.playbook_id, new.version))
-                            .with("playbook_sha256", hex::encode(new.sha256))
-                            .with("subject_sha256", hex::encode(subject_hash));
-                    let event = if new.ignored_subject_keys.is_empty() {
-                        event
-                    } else {
-                        event.with("ignored_subject_keys", new.ignored_subject_keys)
-                    };
-                    Ok((event, record))
-                })
-            }),
-        )
-        .await;
-    match outcome {
+    let effect = as_node(audit, (new, watch.clone()), |tx, node_id, (new, watch)| {
+        Box::pin(async move {
+            if let Some(halt) = watch.current() {
+                return Err(StoreError::Halted(Box::new(halt)));
+            }
+            let binding = json!({
+                "policy": new.binding.policy, "outcome": new.binding.outcome,
+                "org_id": new.binding.org_id, "playbook": new.binding.playbook,
+                "require_approval": new.binding.require_approval,
+            });
+            let subject = Value::Object(new.subject.clone());
+            // One statement, one round trip: the nonce and the run, or neither.
+            let inserted = tx
+                .query_opt(
+                    ADMIT,
+                    &[
+                        &new.execution_id,
+                        &node_id,
+                        &new.playbook_id,
+                        &i64::from(new.version),
+                        &new.sha256.as_slice(),
+                        &RunState::Pending.as_str(),
+                        &new.nonce,
+                        &new.decision_id,
+                        &new.policy,
+                        &new.outcome,
+                        &new.org_id,
+                        &new.severity.as_str(),
+                        &subject,
+                        &i64::from(new.requested_by_uid),
+                        &binding,
+                    ],
+                )
+                .await
+                .map_err(nonces::replay_or_query)?;
+            let Some(inserted) = inserted else {
+                // The nonce was taken (a replay: that comes first, as in intake's order of
+                // checks), or a SAFE-HALT refused it.
+                if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
+                    return Err(StoreError::Replay(Some(first)));
+                }
+                let halt =
+                    halts::active_in(&**tx, &node_id)
+                        .await?
+                        .ok_or(StoreError::NotFound {
+                            what: "SAFE-HALT or earlier use",
+                            detail: "that refused the nonce (cleared meanwhile)".into(),
+                        })?;
+                return Err(StoreError::Halted(Box::new(halt)));
+            };
+            // What was written, as [`load`] would read it back: the executor starts the run
+            // from it without reading the row again.
+            let record = ExecutionRecord {
+                id: new.execution_id,
+                node_id: node_id.clone(),
+                playbook_id: new.playbook_id.clone(),
+                version: new.version,
+                sha256: new.sha256,
+                state: RunState::Pending,
+                org_id: new.org_id.clone(),
+                subject: new.subject.clone(),
+                decision: DecisionInfo {
+                    decision_id: new.decision_id.clone(),
+                    policy: new.policy.clone(),
+                    outcome: new.outcome.clone(),
+                    org_id: new.org_id.clone(),
+                    severity: new.severity,
+                },
+                started_at: inserted.get(0),
+                rollback_cause: None,
+                cancel_requested: false,
+                binding: new.binding.clone(),
+            };
+            let subject_hash = crate::store::steps::params_hash(&subject);
+            let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
+                .execution(new.execution_id)
+                .with("decision_id", new.decision_id)
+                .with("policy", new.policy)
+                .with("outcome", new.outcome)
+                .with("org_id", new.org_id)
+                .with("nonce", new.nonce)
+                .with("playbook", format!("{}@{}", new.playbook_id, new.version))
+                .with("playbook_sha256", hex::encode(new.sha256))
+                .with("subject_sha256", hex::encode(subject_hash));
+            let event = if new.ignored_subject_keys.is_empty() {
+                event
+            } else {
+                event.with("ignored_subject_keys", new.ignored_subject_keys)
+            };
+            Ok((event, record))
+        })
+    });
+    match audit.append_in(scope, effect).await {
         Ok((_, record)) => Ok(record),
         Err(AppendError::Effect(StoreError::Replay(first))) => Err(AdmitError::Replay(first)),
         Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
@@ -181,11 +174,13 @@ pub async fn admit(
 /// it committed, inserts nothing (no unique violation aborts the batch); the run's own UNIQUE
 /// nonce still raises one for a nonce pruned from `playbook_nonces` but not from the runs.
 /// Every parameter is cast: in `INSERT … SELECT` they take no type from the target columns.
-const ADMIT: &str = "WITH used AS ( \
+const ADMIT: &str = concat!(
+    "WITH used AS ( \
         INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
         SELECT $7::text, now(), $1::uuid \
-        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
-                          WHERE is_active AND (node_id = $2::text OR scope = 'fleet')) \
+        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
+    halts::in_force!("$2::text"),
+    ") \
         ON CONFLICT (nonce) DO NOTHING \
         RETURNING execution_id) \
     INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
@@ -195,7 +190,8 @@ const ADMIT: &str = "WITH used AS ( \
         $8::text, $9::text, $10::text, $11::text, $12::text, $13::jsonb, $14::int8, $15::jsonb, \
         now(), now() \
     FROM used \
-    RETURNING started_at";
+    RETURNING started_at"
+);
 
 /// The stored row of one execution, decoded.
 #[derive(Debug, Clone)]
@@ -368,7 +364,7 @@ pub async fn set_state_after(
     to: RunState,
     event: AuditEvent,
 ) -> Result<(), AppendError> {
-    let effect = state_effect(audit.node_id().to_owned(), id, to, event);
+    let effect = state_effect(audit, id, to, event);
     audit
         .append_after_in(Scope::Execution(id), before, effect)
         .await
@@ -378,61 +374,16 @@ pub async fn set_state_after(
 /// [`set_state`], written with the caller's next append (see [`AuditHandle::defer`]): for a
 /// change with no side effect before the next record (a run's start before its first step's).
 pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Deferred {
-    audit.defer_in(
-        Scope::Execution(id),
-        state_effect(audit.node_id().to_owned(), id, to, event),
-    )
+    audit.defer_in(Scope::Execution(id), state_effect(audit, id, to, event))
 }
 
-fn state_effect(node_id: String, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
-    Box::new(move |tx| {
-        let (node_id, event) = (node_id.clone(), event.clone());
+fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
+    as_node(audit, event, move |tx, node_id, event| {
         Box::pin(async move {
             transition(tx, id, &node_id, to).await?;
             Ok((event.execution(id).with("state", to.as_str()), ()))
         })
     })
-}
-
-/// Marks run `id` as rolling back for `cause`, with the reason, and withdraws a gate still
-/// open, in one transaction.
-pub async fn begin_rollback(
-    audit: &AuditHandle,
-    id: Uuid,
-    cause: RollbackCause,
-    reason: String,
-) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
-    audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let (node_id, reason) = (node_id.clone(), reason.clone());
-                Box::pin(async move {
-                    transition(tx, id, &node_id, RunState::RollingBack).await?;
-                    tx.execute(
-                        "UPDATE playbook_executions SET rollback_cause = $2, \
-                     end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
-                        &[&id, &cause.as_str(), &reason],
-                    )
-                    .await?;
-                    // A gate still open (the run was cancelled or timed out while waiting) is
-                    // withdrawn with the run: it must neither be listed as pending nor take votes.
-                    let withdrawn = gates::withdraw_pending(tx, id).await?;
-                    let mut event = AuditEvent::new("rollback.begin", Actor::System)
-                        .execution(id)
-                        .with("cause", cause.as_str())
-                        .with("reason", reason);
-                    if withdrawn > 0 {
-                        event = event.with("approval_gates_withdrawn", withdrawn);
-                    }
-                    Ok((event, ()))
-                })
-            }),
-        )
-        .await
-        .map(|_| ())
 }
 
 /// Records a cancel request for run `id` of this node; the run's task then rolls it back.
@@ -444,39 +395,35 @@ pub async fn request_cancel(
     uid: u32,
     reason: String,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
-    audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let (node_id, reason) = (node_id.clone(), reason.clone());
-                Box::pin(async move {
-                    let updated = tx
-                        .execute(
-                            "UPDATE playbook_executions SET cancel_requested_at = now(), \
+    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+        Box::pin(async move {
+            let updated = tx
+                .execute(
+                    "UPDATE playbook_executions SET cancel_requested_at = now(), \
                          end_reason = COALESCE(end_reason, $4), updated_at = now() \
                          WHERE execution_id = $1 AND node_id = $2 AND state = ANY($3)",
-                            &[
-                                &id,
-                                &node_id,
-                                &transitions::open_run_states(),
-                                &format!("cancelled by uid {uid}: {reason}"),
-                            ],
-                        )
-                        .await?;
-                    if updated != 1 {
-                        return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
-                    }
-                    Ok((
-                        AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
-                            .execution(id)
-                            .with("reason", reason),
-                        (),
-                    ))
-                })
-            }),
-        )
+                    &[
+                        &id,
+                        &node_id,
+                        &transitions::open_run_states(),
+                        &format!("cancelled by uid {uid}: {reason}"),
+                    ],
+                )
+                .await?;
+            if updated != 1 {
+                return Err(explain_refusal(tx, id, &node_id, "cancel requested").await);
+            }
+            Ok((
+                AuditEvent::new("execution.cancel_requested", Actor::Uid(uid))
+                    .execution(id)
+                    .with("reason", reason),
+                (),
+            ))
+        })
+    });
+    audit
+        .append_in(Scope::Execution(id), effect)
         .await
         .map(|_| ())
 }
@@ -509,6 +456,25 @@ pub(crate) async fn await_approval(
     tx.execute(
         "UPDATE playbook_executions SET current_step = $2 WHERE execution_id = $1",
         &[&id, &index_to_db(index)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The run's side of a rollback's start: `rolling_back` for `cause`, guarded by the transition
+/// table and this node, with `reason` as its end reason unless one is set already.
+pub(crate) async fn mark_rolling_back(
+    tx: &Tx<'_>,
+    id: Uuid,
+    node_id: &str,
+    cause: RollbackCause,
+    reason: &str,
+) -> Result<(), StoreError> {
+    transition(tx, id, node_id, RunState::RollingBack).await?;
+    tx.execute(
+        "UPDATE playbook_executions SET rollback_cause = $2, \
+         end_reason = COALESCE(end_reason, $3) WHERE execution_id = $1",
+        &[&id, &cause.as_str(), &reason],
     )
     .await?;
     Ok(())
@@ -551,40 +517,6 @@ async fn guarded_update(
         .await?)
 }
 
-/// Why a guarded change of run `id` matched no row.
-pub(crate) async fn explain_refusal(
-    tx: &Tx<'_>,
-    id: Uuid,
-    node_id: &str,
-    to: &'static str,
-) -> StoreError {
-    let row = match tx
-        .query_opt(
-            "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await
-    {
-        Ok(row) => row,
-        Err(error) => return StoreError::Query(error),
-    };
-    match row {
-        None => not_found(id),
-        Some(row) => {
-            let owner: String = row.get(0);
-            if owner != node_id {
-                return other_node(id, owner, node_id);
-            }
-            StoreError::Transition {
-                what: "execution",
-                id: id.to_string(),
-                from: row.get(1),
-                to,
-            }
-        }
-    }
-}
-
 fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt {
         what: "execution binding",
@@ -612,43 +544,5 @@ fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {
             .get("require_approval")
             .and_then(Value::as_bool)
             .ok_or_else(|| corrupt("`require_approval` is missing or not a boolean"))?,
-    })
-}
-
-fn not_found(id: Uuid) -> StoreError {
-    StoreError::NotFound {
-        what: "execution",
-        detail: id.to_string(),
-    }
-}
-
-fn other_node(id: Uuid, owner: String, node_id: &str) -> StoreError {
-    StoreError::OtherNode {
-        execution_id: id,
-        owner,
-        node_id: node_id.to_owned(),
-    }
-}
-
-/// Refuses unless run `id`, whose row names `owner`, is this node's (`node_id`): a node acts
-/// only on its own runs.
-pub(crate) fn require_own(id: Uuid, owner: String, node_id: &str) -> Result<(), StoreError> {
-    if owner == node_id {
-        Ok(())
-    } else {
-        Err(other_node(id, owner, node_id))
-    }
-}
-
-/// A step index as stored (`integer`).
-pub(crate) fn index_to_db(index: usize) -> i32 {
-    i32::try_from(index).unwrap_or(i32::MAX)
-}
-
-/// A stored step index; negative is corrupt.
-pub(crate) fn index_from_db(index: i32) -> Result<usize, StoreError> {
-    usize::try_from(index).map_err(|_| StoreError::Corrupt {
-        what: "step index",
-        detail: format!("negative index {index}"),
     })
 }

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
-use crate::store::executions::{self, index_to_db};
+use crate::store::executions;
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{GateState, Vote, decode_risk};
-use crate::store::steps::require_open_run;
+use crate::store::rows::{as_node, index_from_db, index_to_db, require_open_run, require_own};
 use crate::store::{Store, StoreError};
 
 /// A gate to open for a step.
@@ -37,7 +37,6 @@ pub struct NewGate {
 /// `awaiting_approval`, with `approval.requested` (or `approval.waiting`). `Ok(true)` when the
 /// gate was opened now.
 pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendError> {
-    let node_id = audit.node_id().to_owned();
     let NewGate {
         execution_id,
         step_index,
@@ -49,9 +48,10 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
     } = gate;
     let context = crate::text::storable_json(context);
     let expires_ms = i64::try_from(expires_after.as_millis()).unwrap_or(i64::MAX);
-    let (_, opened) = audit
-        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
-    let (step_id, node_id, context) = (step_id.clone(), node_id.clone(), context.clone());
+    let effect = as_node(
+        audit,
+        (step_id, context),
+        move |tx, node_id, (step_id, context)| {
             Box::pin(async move {
                 let index = index_to_db(step_index);
                 let opened = tx
@@ -66,14 +66,24 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
                     .await?
                     == 1;
                 executions::await_approval(tx, execution_id, &node_id, step_index).await?;
-                let event_type = if opened { "approval.requested" } else { "approval.waiting" };
-                Ok((AuditEvent::new(event_type, Actor::System)
-                    .execution(execution_id)
-                    .with("step_id", step_id)
-                    .with("risk", risk.as_str())
-                    .with("required", required), opened))
+                let event_type = if opened {
+                    "approval.requested"
+                } else {
+                    "approval.waiting"
+                };
+                Ok((
+                    AuditEvent::new(event_type, Actor::System)
+                        .execution(execution_id)
+                        .with("step_id", step_id)
+                        .with("risk", risk.as_str())
+                        .with("required", required),
+                    opened,
+                ))
             })
-        }))
+        },
+    );
+    let (_, opened) = audit
+        .append_in(Scope::Execution(execution_id), effect)
         .await?;
     Ok(opened)
 }
@@ -194,7 +204,7 @@ pub async fn find_pending(
         )
         .await?;
     if let Some(row) = owner {
-        executions::require_own(id, row.get(0), node_id)?;
+        require_own(id, row.get(0), node_id)?;
     }
     let row = client
         .query_opt(
@@ -205,7 +215,7 @@ pub async fn find_pending(
         .await?;
     row.map(|row| {
         Ok(PendingGate {
-            index: executions::index_from_db(row.get(0))?,
+            index: index_from_db(row.get(0))?,
             risk: decode_risk(row.get(1))?,
             expired: row.get(2),
         })
@@ -242,14 +252,20 @@ pub async fn vote(
     vote: NewVote,
     watch: &HaltWatch,
 ) -> Result<VoteOutcome, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
     let scope = Scope::Execution(vote.execution_id);
-    let (_, outcome) = audit
-        .append_in(scope, Box::new(move |tx| {
-    let (vote, node_id, watch) = (vote.clone(), node_id.clone(), watch.clone());
+    let effect = as_node(
+        audit,
+        (vote, watch.clone()),
+        |tx, node_id, (vote, watch)| {
             Box::pin(async move {
-                let NewVote { execution_id, index, step_id, uid, vote, reason } = vote;
+                let NewVote {
+                    execution_id,
+                    index,
+                    step_id,
+                    uid,
+                    vote,
+                    reason,
+                } = vote;
                 require_open_run(tx, execution_id, &node_id).await?;
                 let index = index_to_db(index);
                 let gate = tx
@@ -271,7 +287,8 @@ pub async fn vote(
                 }
                 match vote {
                     Vote::Approve => {
-                        if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
+                        if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await?
+                        {
                             return Err(StoreError::Halted(Box::new(halt)));
                         }
                     }
@@ -304,7 +321,11 @@ pub async fn vote(
                     }
                     GateState::Pending | GateState::Expired | GateState::Cancelled => {}
                 }
-                let outcome = VoteOutcome { gate_state, approvals, required };
+                let outcome = VoteOutcome {
+                    gate_state,
+                    approvals,
+                    required,
+                };
                 let event = AuditEvent::new("approval.vote", Actor::Uid(uid))
                     .execution(execution_id)
                     .with("step_id", step_id)
@@ -315,8 +336,9 @@ pub async fn vote(
                     .with("required", required);
                 Ok((event, outcome))
             })
-        }))
-        .await?;
+        },
+    );
+    let (_, outcome) = audit.append_in(scope, effect).await?;
     Ok(outcome)
 }
 

@@ -18,8 +18,9 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
-use crate::store::model::{HaltScope, RunState};
-use crate::store::{Store, StoreError, executions, undos};
+use crate::store::model::HaltScope;
+use crate::store::rows::as_node;
+use crate::store::{Store, StoreError};
 use crate::text;
 
 /// The command an admin runs to clear a node's SAFE-HALT; every halt message names it.
@@ -182,7 +183,8 @@ pub enum HaltCause {
 }
 
 impl HaltCause {
-    fn execution_id(&self) -> Uuid {
+    /// The run the halt names.
+    pub(crate) fn execution_id(&self) -> Uuid {
         match self {
             HaltCause::FailedUndo { execution_id, .. }
             | HaltCause::UnusableRun { execution_id, .. } => *execution_id,
@@ -217,7 +219,7 @@ impl HaltCause {
             node_id: node_id.to_owned(),
             execution_id: Some(self.execution_id()),
             message: self.message(),
-            entered_at: crate::store::audit::now_micros(),
+            entered_at: crate::store::chain::now_micros(),
             record: HaltRecord::Database,
         }
     }
@@ -234,6 +236,18 @@ pub enum ResolveError {
     Audit(#[source] AppendError),
 }
 
+/// The condition on a `playbook_safe_halt_state` row that it is in force for the node whose id
+/// is the SQL parameter `$node` (`"$1"`, `"$2::text"`): active, and that node's own or the
+/// fleet's. The one place this rule is written: [`active_in`], [`resolve`], the statements that
+/// admit a run and start a step, the heartbeat and the status API embed it (a macro, so that
+/// their SQL stays static text).
+macro_rules! in_force {
+    ($node:literal) => {
+        concat!("is_active AND (node_id = ", $node, " OR scope = 'fleet')")
+    };
+}
+pub(crate) use in_force;
+
 /// The halt in force for `node_id`: its own, or the fleet's. Read inside the transaction that
 /// is about to start an action.
 pub async fn active_in<C: GenericClient>(
@@ -242,10 +256,12 @@ pub async fn active_in<C: GenericClient>(
 ) -> Result<Option<ActiveHalt>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at \
-             FROM playbook_safe_halt_state \
-             WHERE is_active AND (node_id = $1 OR scope = 'fleet') \
-             ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1",
+            concat!(
+                "SELECT halt_id, scope, node_id, execution_id, error_message, entered_at \
+                 FROM playbook_safe_halt_state WHERE ",
+                in_force!("$1"),
+                " ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
+            ),
             &[&node_id],
         )
         .await?;
@@ -282,99 +298,30 @@ pub(crate) async fn refuse_if_halted<C: GenericClient>(
     active_in(client, node_id).await
 }
 
-/// Enters SAFE-HALT in one transaction with everything `cause` implies: for a failed undo, the
-/// undo `failed`, its step `rollback_failed`, the run `safe_halted`; for an unusable run, the
-/// run `safe_halted` when its state allows it. Then the halt row (or the node's active one) and
-/// `safe_halt.entered`. Every text is storable, so content cannot make this fail.
-pub async fn enter(audit: &AuditHandle, cause: HaltCause) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (cause, node_id) = (cause.clone(), node_id.clone());
-            Box::pin(async move {
-                let message = cause.message();
-                let execution_id = cause.execution_id();
-                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .execution(execution_id)
-                    .with("clear_with", CLEAR_COMMAND);
-                match &cause {
-                    HaltCause::FailedUndo {
-                        step_index,
-                        step_id,
-                        error,
-                        ..
-                    } => {
-                        let error = text::storable(error, text::MAX_FIELD_BYTES);
-                        undos::record_failed(tx, execution_id, *step_index, &error).await?;
-                        event = event.with("step_id", format!("{execution_id}:{step_id}"));
-                    }
-                    HaltCause::UnusableRun { .. } => {}
-                }
-                let marked =
-                    executions::mark_safe_halted(tx, execution_id, &node_id, &message).await?;
-                if marked {
-                    // A gate of a stopped run must neither be listed as pending nor take votes.
-                    crate::store::gates::withdraw_pending(tx, execution_id).await?;
-                }
-                event = event.with(
-                    "execution_state",
-                    if marked {
-                        RunState::SafeHalted.as_str()
-                    } else {
-                        "unchanged"
-                    },
-                );
-                let rollback_id = match &cause {
-                    HaltCause::FailedUndo { step_id, .. } => {
-                        Some(format!("{execution_id}:{step_id}"))
-                    }
-                    HaltCause::UnusableRun { .. } => None,
-                };
-                let halt = insert_or_find(
-                    tx,
-                    &node_id,
-                    Some(execution_id),
-                    rollback_id.as_deref(),
-                    &message,
-                )
-                .await?;
-                let event = event
-                    .with("halt_id", halt.halt_id)
-                    .with("error", message)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                Ok((event, halt))
-            })
-        }))
-        .await?;
-    Ok(halt)
-}
-
-/// Writes only the halt row and its event: the fallback when [`enter`] keeps failing, so that
-/// a halt known in memory is persisted as soon as the database takes anything at all.
+/// Writes only the halt row and its event: the fallback when entering the whole halt
+/// (`joint::enter_safe_halt`) keeps failing, so that a halt known in memory is persisted as soon
+/// as the database takes anything at all.
 pub async fn enter_row_only(
     audit: &AuditHandle,
     halt: &ActiveHalt,
 ) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
     let execution_id = halt.execution_id;
     let message = text::storable(&halt.message, text::MAX_FIELD_BYTES);
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, message) = (node_id.clone(), message.clone());
-            Box::pin(async move {
-                let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
-                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                    .with("halt_id", halt.halt_id)
-                    .with("error", message)
-                    .with("clear_with", CLEAR_COMMAND)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                if let Some(id) = execution_id {
-                    event = event.execution(id);
-                }
-                Ok((event, halt))
-            })
-        }))
-        .await?;
+    let effect = as_node(audit, message, move |tx, node_id, message| {
+        Box::pin(async move {
+            let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
+            let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                .with("halt_id", halt.halt_id)
+                .with("error", message)
+                .with("clear_with", CLEAR_COMMAND)
+                .with("entered_at", format_timestamp(halt.entered_at));
+            if let Some(id) = execution_id {
+                event = event.execution(id);
+            }
+            Ok((event, halt))
+        })
+    });
+    let (_, halt) = audit.append_with(effect).await?;
     Ok(halt)
 }
 
@@ -387,43 +334,45 @@ pub async fn resolve(
     admin_uid: u32,
     reason: &str,
 ) -> Result<i64, ResolveError> {
-    let node_id = audit.node_id().to_owned();
     let reason = text::storable(reason, text::MAX_FIELD_BYTES);
     // The unique index of each scope allows at most one active row: this node's, or the fleet's.
     let (what, event_type) = match scope {
         HaltScope::Node => ("active SAFE-HALT of this node", "safe_halt.cleared"),
         HaltScope::Fleet => ("active fleet SAFE-HALT", "safe_halt.fleet_cleared"),
     };
-    let (_, cleared) = audit
-        .append_with(Box::new(move |tx| {
-            let (node_id, reason) = (node_id.clone(), reason.clone());
-            Box::pin(async move {
-                let rows = tx
-                    .query(
+    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+        Box::pin(async move {
+            let rows = tx
+                .query(
+                    concat!(
                         "UPDATE playbook_safe_halt_state \
                          SET is_active = false, resolved_at = now(), resolved_by = $3, reason = $4 \
-                         WHERE scope = $1 AND is_active AND (scope = 'fleet' OR node_id = $2) \
-                         RETURNING halt_id",
-                        &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
-                    )
-                    .await?;
-                let [row] = rows.as_slice() else {
-                    // None (or, against the unique index, several): clear nothing.
-                    return Err(StoreError::NotFound {
-                        what,
-                        detail: format!("{} rows for node `{node_id}`", rows.len()),
-                    });
-                };
-                let halt_id: i64 = row.get(0);
-                Ok((
-                    AuditEvent::new(event_type, Actor::Uid(admin_uid))
-                        .with("halt_id", halt_id)
-                        .with("node_id", node_id.as_str())
-                        .with("reason", reason),
-                    halt_id,
-                ))
-            })
-        }))
+                         WHERE scope = $1 AND ",
+                        in_force!("$2"),
+                        " RETURNING halt_id"
+                    ),
+                    &[&scope.as_str(), &node_id, &i64::from(admin_uid), &reason],
+                )
+                .await?;
+            let [row] = rows.as_slice() else {
+                // None (or, against the unique index, several): clear nothing.
+                return Err(StoreError::NotFound {
+                    what,
+                    detail: format!("{} rows for node `{node_id}`", rows.len()),
+                });
+            };
+            let halt_id: i64 = row.get(0);
+            Ok((
+                AuditEvent::new(event_type, Actor::Uid(admin_uid))
+                    .with("halt_id", halt_id)
+                    .with("node_id", node_id.as_str())
+                    .with("reason", reason),
+                halt_id,
+            ))
+        })
+    });
+    let (_, cleared) = audit
+        .append_with(effect)
         .await
         .map_err(|error| match (error, scope) {
             (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Node) => {
@@ -502,63 +451,59 @@ pub async fn enter_fleet(
     audit: &AuditHandle,
     cause: FleetHaltCause,
 ) -> Result<ActiveHalt, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let (_, halt) = audit
-        .append_with(Box::new(move |tx| {
-            let (cause, node_id) = (cause.clone(), node_id.clone());
-            Box::pin(async move {
-                let (actor, why) = match &cause {
-                    FleetHaltCause::Admin { uid, reason } => (
-                        Actor::Uid(*uid),
-                        format!(
-                            "fleet halted by an admin on node `{node_id}`: {}",
-                            text::storable(reason, text::MAX_FIELD_BYTES)
-                        ),
+    let effect = as_node(audit, cause, |tx, node_id, cause| {
+        Box::pin(async move {
+            let (actor, why) = match &cause {
+                FleetHaltCause::Admin { uid, reason } => (
+                    Actor::Uid(*uid),
+                    format!(
+                        "fleet halted by an admin on node `{node_id}`: {}",
+                        text::storable(reason, text::MAX_FIELD_BYTES)
                     ),
-                    FleetHaltCause::NodeHalt { halt_id, message } => (
-                        Actor::System,
-                        format!(
-                            "fleet halted by the SAFE-HALT of node `{node_id}` (halt {}): {}",
-                            halt_id
-                                .map_or_else(|| "not yet written".to_owned(), |id| id.to_string()),
-                            text::storable(message, text::MAX_FIELD_BYTES)
-                        ),
+                ),
+                FleetHaltCause::NodeHalt { halt_id, message } => (
+                    Actor::System,
+                    format!(
+                        "fleet halted by the SAFE-HALT of node `{node_id}` (halt {}): {}",
+                        halt_id.map_or_else(|| "not yet written".to_owned(), |id| id.to_string()),
+                        text::storable(message, text::MAX_FIELD_BYTES)
                     ),
-                };
-                let message = format!(
-                    "{}; an admin clears it with `{CLEAR_FLEET_COMMAND}`",
-                    text::storable(&why, text::MAX_FIELD_BYTES)
-                );
-                let inserted = tx
-                    .query_opt(
-                        "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, \
+                ),
+            };
+            let message = format!(
+                "{}; an admin clears it with `{CLEAR_FLEET_COMMAND}`",
+                text::storable(&why, text::MAX_FIELD_BYTES)
+            );
+            let inserted = tx
+                .query_opt(
+                    "INSERT INTO playbook_safe_halt_state (is_active, scope, node_id, \
                             error_message, entered_at) VALUES (true, 'fleet', $1, $2, now()) \
                          ON CONFLICT (scope) WHERE is_active AND scope = 'fleet' DO NOTHING \
                          RETURNING halt_id",
-                        &[&node_id, &message],
-                    )
-                    .await?;
-                let joined = inserted.is_none();
-                let halt = fleet_in(&**tx).await?.ok_or_else(|| StoreError::NotFound {
-                    what: "active fleet SAFE-HALT",
-                    detail: "after inserting it".into(),
-                })?;
-                let event = AuditEvent::new("safe_halt.fleet_entered", actor)
-                    .with("halt_id", halt.halt_id)
-                    .with("joined_existing", joined)
-                    .with("error", halt.message.clone())
-                    .with("clear_with", CLEAR_FLEET_COMMAND)
-                    .with("entered_at", format_timestamp(halt.entered_at));
-                Ok((event, halt))
-            })
-        }))
-        .await?;
+                    &[&node_id, &message],
+                )
+                .await?;
+            let joined = inserted.is_none();
+            let halt = fleet_in(&**tx).await?.ok_or_else(|| StoreError::NotFound {
+                what: "active fleet SAFE-HALT",
+                detail: "after inserting it".into(),
+            })?;
+            let event = AuditEvent::new("safe_halt.fleet_entered", actor)
+                .with("halt_id", halt.halt_id)
+                .with("joined_existing", joined)
+                .with("error", halt.message.clone())
+                .with("clear_with", CLEAR_FLEET_COMMAND)
+                .with("entered_at", format_timestamp(halt.entered_at));
+            Ok((event, halt))
+        })
+    });
+    let (_, halt) = audit.append_with(effect).await?;
     Ok(halt)
 }
 
 /// Inserts this node's active halt, or finds the one already active (a second failed undo
 /// while halted joins the first halt).
-async fn insert_or_find(
+pub(crate) async fn insert_or_find(
     tx: &Tx<'_>,
     node_id: &str,
     execution_id: Option<Uuid>,

@@ -13,6 +13,13 @@
 //! | [`versions`] | `playbook_versions`, `playbook_version_signatures` |
 //! | [`scratch`] | a throwaway database with an install's two roles, for the bench and the tests |
 //!
+//! The per-run modules stand in layers, and none imports one above it: `rows` at the bottom
+//! (what they all share: the checks on a run's row, the step-index codec, an effect run as this
+//! node), then [`halts`], [`steps`], [`executions`], [`undos`] and [`gates`], and [`joint`] on
+//! top, for the changes that by nature span several of them (a rollback's start, entering
+//! SAFE-HALT), each made through the owning modules' functions. [`chain`] holds the audit chain's
+//! head and clock, which the writer ([`audit`]) and the [`anchor`] both use.
+//!
 //! States are decoded once, here, into the enums of [`model`]; every state change is a guarded
 //! UPDATE from [`transitions`], made in one audit transaction with its event.
 
@@ -21,16 +28,19 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod chain;
 pub mod checkpoint;
 pub mod evidence;
 pub mod executions;
 pub mod gates;
 pub mod halts;
+pub mod joint;
 pub mod migrate;
 pub mod model;
 pub mod nodes;
 pub mod nonces;
 pub mod privileges;
+pub(crate) mod rows;
 pub mod scratch;
 pub mod steps;
 pub mod transitions;

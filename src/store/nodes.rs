@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Statement};
 
-use super::audit::ChainHead;
+use super::chain::ChainHead;
 use super::halts::ActiveHalt;
 use super::{Store, StoreError};
 
@@ -71,15 +71,17 @@ const COLUMNS: &str = "node_id, version, started_at, heartbeat_at, stopped_at, c
 /// `$6` freshness window. A macro so that [`PERIODIC`] can embed the same text.
 macro_rules! upsert_beat {
     () => {
+        concat!(
         "INSERT INTO playbook_nodes AS n (node_id, version, started_at, heartbeat_at, stopped_at, \
             chain_head_seq, chain_head_hash, last_checkpoint_seq, last_checkpoint_at, \
             runs_in_flight, halt, freshness_seconds) \
          SELECT $1, $2, $3, now(), NULL, $4, $5, cp.seq, cp.created_at, \
             (SELECT count(*) FROM playbook_executions e WHERE e.node_id = $1 \
                AND e.state IN ('pending', 'running', 'awaiting_approval', 'rolling_back')), \
-            COALESCE((SELECT CASE WHEN bool_or(h.scope = 'fleet') THEN 'fleet' ELSE 'node' END \
-               FROM playbook_safe_halt_state h \
-               WHERE h.is_active AND (h.node_id = $1 OR h.scope = 'fleet') HAVING count(*) > 0), 'none'), \
+            COALESCE((SELECT CASE WHEN bool_or(scope = 'fleet') THEN 'fleet' ELSE 'node' END \
+               FROM playbook_safe_halt_state WHERE ",
+        crate::store::halts::in_force!("$1"),
+        " HAVING count(*) > 0), 'none'), \
             $6 \
          FROM (SELECT NULL) AS one \
          LEFT JOIN LATERAL (SELECT c.seq, c.created_at FROM audit_checkpoints c \
@@ -92,6 +94,7 @@ macro_rules! upsert_beat {
             last_checkpoint_at = EXCLUDED.last_checkpoint_at, \
             runs_in_flight = EXCLUDED.runs_in_flight, halt = EXCLUDED.halt, \
             freshness_seconds = GREATEST(n.freshness_seconds, EXCLUDED.freshness_seconds)"
+        )
     };
 }
 

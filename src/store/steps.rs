@@ -19,9 +19,9 @@ use uuid::Uuid;
 use crate::store::audit::{
     Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope, Tx,
 };
-use crate::store::executions::{self, index_from_db, index_to_db};
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
+use crate::store::rows::{as_node, explain_refusal, index_from_db, index_to_db, require_open_run};
 use crate::store::{Store, StoreError, transitions};
 use crate::text;
 
@@ -103,44 +103,40 @@ pub async fn record_start_after(
     start: StepStart,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
     let scope = Scope::Execution(start.execution_id);
-    let (_, outcome) = audit
-        .append_after_in(
-            scope,
-            before,
-            Box::new(move |tx| {
-                let (start, node_id, watch) = (start.clone(), node_id.clone(), watch.clone());
-                Box::pin(async move {
-                    // The halt known in memory (possibly not written yet), then the database's,
-                    // read by the very statement that moves the run on and writes the step.
-                    let halted = match watch.current() {
-                        Some(halt) => Some(halt),
-                        None => start_run_and_step(tx, &start, &node_id).await?,
-                    };
-                    if let Some(halt) = halted {
-                        let event = refused_event(
-                            "step.start_refused",
-                            start.execution_id,
-                            &start.step_id,
-                            &halt,
-                        )
-                        .with("action", start.action)
-                        .with("attempt", start.attempt);
-                        return Ok((event, StartOutcome::Refused(halt)));
-                    }
-                    let event = AuditEvent::new("step.started", Actor::System)
-                        .execution(start.execution_id)
-                        .with("step_id", start.step_id)
-                        .with("action", start.action)
-                        .with("attempt", start.attempt)
-                        .with("params_sha256", hex::encode(start.params_sha256));
-                    Ok((event, StartOutcome::Started))
-                })
-            }),
-        )
-        .await?;
+    let effect = as_node(
+        audit,
+        (start, watch.clone()),
+        |tx, node_id, (start, watch)| {
+            Box::pin(async move {
+                // The halt known in memory (possibly not written yet), then the database's,
+                // read by the very statement that moves the run on and writes the step.
+                let halted = match watch.current() {
+                    Some(halt) => Some(halt),
+                    None => start_run_and_step(tx, &start, &node_id).await?,
+                };
+                if let Some(halt) = halted {
+                    let event = refused_event(
+                        "step.start_refused",
+                        start.execution_id,
+                        &start.step_id,
+                        &halt,
+                    )
+                    .with("action", start.action)
+                    .with("attempt", start.attempt);
+                    return Ok((event, StartOutcome::Refused(halt)));
+                }
+                let event = AuditEvent::new("step.started", Actor::System)
+                    .execution(start.execution_id)
+                    .with("step_id", start.step_id)
+                    .with("action", start.action)
+                    .with("attempt", start.attempt)
+                    .with("params_sha256", hex::encode(start.params_sha256));
+                Ok((event, StartOutcome::Started))
+            })
+        },
+    );
+    let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
     Ok(outcome)
 }
 
@@ -158,11 +154,13 @@ async fn start_run_and_step(
 ) -> Result<Option<ActiveHalt>, StoreError> {
     let row = tx
         .query_one(
-            "WITH run AS ( \
+            concat!(
+                "WITH run AS ( \
                 UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
                 WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
-                AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state \
-                                WHERE is_active AND (node_id = $2 OR scope = 'fleet')) \
+                AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
+                halts::in_force!("$2"),
+                ") \
                 RETURNING execution_id), \
              step AS ( \
                 INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
@@ -173,7 +171,8 @@ async fn start_run_and_step(
                     error = NULL, error_class = NULL, finished_at = NULL \
                 WHERE playbook_step_runs.state = ANY($12) \
                 RETURNING 1) \
-             SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM step)",
+             SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM step)"
+            ),
             &[
                 &start.execution_id,
                 &node_id,
@@ -196,7 +195,7 @@ async fn start_run_and_step(
             return Ok(Some(halt));
         }
         let to = RunState::Running.as_str();
-        return Err(executions::explain_refusal(tx, start.execution_id, node_id, to).await);
+        return Err(explain_refusal(tx, start.execution_id, node_id, to).await);
     }
     if step_written != 1 {
         return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
@@ -262,7 +261,7 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
     audit
         .append_in(
             Scope::Execution(record.execution_id),
-            end_effect(audit.node_id().to_owned(), record),
+            end_effect(audit, record),
         )
         .await
         .map(|_| ())
@@ -273,13 +272,12 @@ pub async fn record_end(audit: &AuditHandle, record: StepEndRecord) -> Result<()
 pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
     audit.defer_in(
         Scope::Execution(record.execution_id),
-        end_effect(audit.node_id().to_owned(), record),
+        end_effect(audit, record),
     )
 }
 
-fn end_effect(node_id: String, record: StepEndRecord) -> Effect<()> {
-    Box::new(move |tx| {
-        let (node_id, record) = (node_id.clone(), record.clone());
+fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
+    as_node(audit, record, |tx, node_id, record| {
         Box::pin(async move {
             let StepEndRecord {
                 execution_id,
@@ -474,35 +472,6 @@ pub(crate) fn refused_event(
         event = event.with("halt_id", id);
     }
     event
-}
-
-/// Refuses unless run `id` is this node's and has not ended.
-pub(crate) async fn require_open_run(
-    tx: &Tx<'_>,
-    id: Uuid,
-    node_id: &str,
-) -> Result<RunState, StoreError> {
-    let row = tx
-        .query_opt(
-            "SELECT node_id, state FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "execution",
-            detail: id.to_string(),
-        })?;
-    crate::store::executions::require_own(id, row.get(0), node_id)?;
-    let state = RunState::decode(row.get(1))?;
-    if state.is_terminal() {
-        return Err(StoreError::Transition {
-            what: "execution",
-            id: id.to_string(),
-            from: state.as_str().to_owned(),
-            to: "a step change",
-        });
-    }
-    Ok(state)
 }
 
 /// Why a guarded change of a step matched no row.

@@ -1,18 +1,18 @@
 //! Undos (`playbook_rollback_states`): one row per step a rollback reached.
 //!
 //! An undo is an action too: [`record_start`] refuses while a SAFE-HALT is in force, exactly as
-//! a step's start does. A failed undo is recorded by [`super::halts::enter`], which enters the
-//! halt in the same transaction.
+//! a step's start does. A failed undo is recorded by [`super::joint::enter_safe_halt`], which enters
+//! the halt in the same transaction.
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
 
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, Tx};
-use crate::store::executions::{index_from_db, index_to_db};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
-use crate::store::steps::{self, StartOutcome, refused_event, require_open_run, step_refusal};
+use crate::store::rows::{as_node, index_from_db, index_to_db, require_open_run};
+use crate::store::steps::{self, StartOutcome, refused_event, step_refusal};
 use crate::store::{Store, StoreError};
 
 /// An undo's stored state.
@@ -54,14 +54,14 @@ pub async fn record_start(
     step_id: String,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let node_id = audit.node_id().to_owned();
-    let watch = watch.clone();
-    let (_, outcome) = audit
-        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
-    let (step_id, node_id, watch) = (step_id.clone(), node_id.clone(), watch.clone());
+    let effect = as_node(
+        audit,
+        (step_id, watch.clone()),
+        move |tx, node_id, (step_id, watch)| {
             Box::pin(async move {
                 if let Some(halt) = halts::refuse_if_halted(&**tx, &node_id, &watch).await? {
-                    let event = refused_event("rollback.step_start_refused", execution_id, &step_id, &halt);
+                    let event =
+                        refused_event("rollback.step_start_refused", execution_id, &step_id, &halt);
                     return Ok((event, StartOutcome::Refused(halt)));
                 }
                 require_rolling_back(tx, execution_id, &node_id).await?;
@@ -78,7 +78,10 @@ pub async fn record_start(
                     .with("step_id", step_id);
                 Ok((event, StartOutcome::Started))
             })
-        }))
+        },
+    );
+    let (_, outcome) = audit
+        .append_in(Scope::Execution(execution_id), effect)
         .await?;
     Ok(outcome)
 }
@@ -100,41 +103,40 @@ pub async fn record_end(
     step_id: String,
     end: UndoEnd,
 ) -> Result<(), AppendError> {
-    let node_id = audit.node_id().to_owned();
-    audit
-        .append_in(Scope::Execution(execution_id), Box::new(move |tx| {
-    let (step_id, node_id) = (step_id.clone(), node_id.clone());
-            Box::pin(async move {
-                require_rolling_back(tx, execution_id, &node_id).await?;
-                let (state, event_type) = match end {
-                    UndoEnd::Succeeded => (UndoState::Succeeded, "rollback.step_succeeded"),
-                    UndoEnd::NotUndoable => (UndoState::NotUndoable, "rollback.step_not_undoable"),
-                };
-                tx.execute(
-                    "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, \
+    let effect = as_node(audit, step_id, move |tx, node_id, step_id| {
+        Box::pin(async move {
+            require_rolling_back(tx, execution_id, &node_id).await?;
+            let (state, event_type) = match end {
+                UndoEnd::Succeeded => (UndoState::Succeeded, "rollback.step_succeeded"),
+                UndoEnd::NotUndoable => (UndoState::NotUndoable, "rollback.step_not_undoable"),
+            };
+            tx.execute(
+                "INSERT INTO playbook_rollback_states (execution_id, step_index, state, attempts, \
                         started_at, finished_at) VALUES ($1, $2, $3, 0, now(), now()) \
                      ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
                         error = NULL, finished_at = now()",
-                    &[&execution_id, &index_to_db(index), &state.as_str()],
-                )
-                .await?;
-                match end {
-                    UndoEnd::Succeeded => {
-                        let to = StepState::RolledBack;
-                        if steps::mark_undone(tx, execution_id, index, to).await? != 1 {
-                            return Err(step_refusal(tx, execution_id, index, to).await);
-                        }
+                &[&execution_id, &index_to_db(index), &state.as_str()],
+            )
+            .await?;
+            match end {
+                UndoEnd::Succeeded => {
+                    let to = StepState::RolledBack;
+                    if steps::mark_undone(tx, execution_id, index, to).await? != 1 {
+                        return Err(step_refusal(tx, execution_id, index, to).await);
                     }
-                    UndoEnd::NotUndoable => {}
                 }
-                Ok((
-                    AuditEvent::new(event_type, Actor::System)
-                        .execution(execution_id)
-                        .with("step_id", step_id),
-                    (),
-                ))
-            })
-        }))
+                UndoEnd::NotUndoable => {}
+            }
+            Ok((
+                AuditEvent::new(event_type, Actor::System)
+                    .execution(execution_id)
+                    .with("step_id", step_id),
+                (),
+            ))
+        })
+    });
+    audit
+        .append_in(Scope::Execution(execution_id), effect)
         .await
         .map(|_| ())
 }

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 
 use crate::store::StoreError;
-use crate::store::audit::{GENESIS_HASH, canonical_bytes, chain_hash};
+use crate::store::audit::{canonical_bytes, chain_hash};
+use crate::store::chain::GENESIS_HASH;
 use crate::store::checkpoint::{SignatureFault, verify_checkpoint};
 
 /// What is wrong at the first bad seq of a chain.

@@ -15,6 +15,7 @@ use playbookd::store::StoreError;
 use playbookd::store::audit::{self, AppendError, AuditEvent, AuditHandle};
 use playbookd::store::executions::{self, BindingRecord, NewExecution};
 use playbookd::store::halts::{self, HaltCause, HaltWatch};
+use playbookd::store::joint;
 use playbookd::store::model::{
     ErrorClass, HaltScope, RollbackCause, RunState, Severity, StepState,
 };
@@ -313,14 +314,14 @@ async fn record_and_read_back(
     )
     .await
     .expect("a step's error is always recorded");
-    executions::begin_rollback(audit, id, RollbackCause::Failed, error.clone())
+    joint::begin_rollback(audit, id, RollbackCause::Failed, error.clone())
         .await
         .expect("the rollback reason is always recorded");
     let undo = undos::record_start(audit, id, 0, "s0".into(), watch)
         .await
         .unwrap();
     assert_eq!(undo, StartOutcome::Started);
-    let halt = halts::enter(
+    let halt = joint::enter_safe_halt(
         audit,
         HaltCause::FailedUndo {
             execution_id: id,
@@ -337,7 +338,7 @@ async fn record_and_read_back(
 
     // A halt for a run that cannot be continued, with an arbitrary reason.
     let other = admit(audit, watch).await;
-    let unusable = halts::enter(
+    let unusable = joint::enter_safe_halt(
         audit,
         HaltCause::UnusableRun {
             execution_id: other,
