@@ -2,10 +2,13 @@
 //!
 //! Every UPDATE that changes a run's or a step's state is guarded by
 //! `state = ANY(sources(target))` (computed from these tables) and its row count is checked
-//! inside the same audit transaction; migration V5 writes the same pairs into the WHEN clauses of
-//! the triggers on `playbook_executions` and `playbook_step_runs`, so the database refuses an
-//! illegal change whoever makes it. `tests/it/store.rs` tries every pair of states against those
-//! triggers and compares what the database allows with these tables.
+//! inside the same audit transaction; migration V11 writes the same pairs (with each non-terminal
+//! state's `(s, s)`) as the arguments of the triggers on `playbook_executions` and
+//! `playbook_step_runs`, whose function `playbook_guard_transition()` refuses any other change,
+//! so the database refuses an illegal change whoever makes it. (V5 had the pairs in the triggers'
+//! WHEN arrays, which PostgreSQL re-read from their stored text in every statement.)
+//! `tests/it/store.rs` tries every pair of states against those triggers and compares what the
+//! database allows with these tables.
 //!
 //! A pair `(s, s)` says "a state-preserving write is allowed in `s`" (a step started again
 //! with the same idempotency key, a gate re-opened after a restart); a state with no pair

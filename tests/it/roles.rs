@@ -101,7 +101,7 @@ async fn the_runtime_role_cannot_disable_triggers_grant_itself_delete_or_erase_e
             format!("UPDATE {table} SET node_id = node_id"),
             format!("TRUNCATE {table}"),
             format!(
-                "CREATE TRIGGER sneak BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION playbook_refuse_transition()"
+                "CREATE TRIGGER sneak BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION playbook_guard_transition()"
             ),
         ] {
             let error = refused(&runtime, &sql).await;

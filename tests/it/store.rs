@@ -31,9 +31,9 @@ const NODE: &str = "node-store";
 const PLAYBOOK: &str = "id: store-test\nversion: 1\n";
 
 /// Tries every change of state (and every same-state write) against the triggers of migration
-/// V5 and compares what the database allows with `src/store/transitions.rs`: a change is
-/// allowed exactly when the table lists it; a write that keeps the state is allowed exactly
-/// when the state is not terminal.
+/// V11 (the guard function that replaced V5's WHEN arrays) and compares what the database
+/// allows with `src/store/transitions.rs`: a change is allowed exactly when the table lists it;
+/// a write that keeps the state is allowed exactly when the state is not terminal.
 #[tokio::test]
 async fn the_databases_transition_rules_are_the_codes() {
     let db = TestDb::new().await;
@@ -113,7 +113,7 @@ async fn the_databases_transition_rules_are_the_codes() {
     }
     assert!(
         differences.is_empty(),
-        "migration V5 and src/store/transitions.rs differ: {differences:#?}"
+        "migration V11 and src/store/transitions.rs differ: {differences:#?}"
     );
 }
 
