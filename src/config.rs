@@ -1043,16 +1043,28 @@ mod tests {
         Config::parse(Path::new("/etc/playbookd/playbookd.toml"), text, None)
     }
 
-    /// The error for `[table]` holding `key = value` (`value` as TOML), which must name the key.
-    fn refusal_naming(table: &str, key: &str, value: &str) -> String {
-        let message = parse(&format!("[{table}]\n{key} = {value}\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains(&format!("key `{table}.{key}`")),
-            "{table}.{key} = {value}: {message}"
-        );
+    /// `text` read with `PLAYBOOKD_DATABASE_URL` set to `env_url`.
+    fn parse_with_env(text: &str, env_url: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/x.toml"), text, Some(env_url.into()))
+    }
+
+    /// Why `text` is refused, which must say each of `expected`.
+    fn refusal(text: &str, expected: &[&str]) -> String {
+        let message = parse(text).unwrap_err().to_string();
+        for part in expected {
+            assert!(message.contains(part), "{text:?}: {message}");
+        }
         message
+    }
+
+    /// The error for `table.key = value` (`value` as TOML), which must name the key and say
+    /// `expected`.
+    fn refusal_naming(dotted: &str, value: &str, expected: &str) {
+        let (table, key) = dotted.rsplit_once('.').unwrap();
+        refusal(
+            &format!("[{table}]\n{key} = {value}\n"),
+            &[&format!("key `{dotted}`"), expected],
+        );
     }
 
     #[test]
@@ -1084,50 +1096,42 @@ mod tests {
 
     #[test]
     fn unknown_top_level_key_is_rejected_by_name() {
-        let error = parse("node_id = \"a\"\nskip_signatures = true\n").unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("skip_signatures"), "{message}");
-        assert!(
-            message.contains("/etc/playbookd/playbookd.toml"),
-            "{message}"
+        refusal(
+            "node_id = \"a\"\nskip_signatures = true\n",
+            &["skip_signatures", "/etc/playbookd/playbookd.toml"],
         );
     }
 
     #[test]
     fn unknown_nested_key_is_rejected_by_name() {
-        let error = parse("[intake]\nfreshnes_seconds = 5\n").unwrap_err();
-        assert!(error.to_string().contains("freshnes_seconds"), "{error}");
+        refusal("[intake]\nfreshnes_seconds = 5\n", &["freshnes_seconds"]);
     }
 
     #[test]
     fn mistyped_value_names_what_was_expected() {
-        let error = parse("[intake]\nfreshness_seconds = \"soon\"\n").unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("freshness_seconds"), "{message}");
-        assert!(message.contains("integer"), "{message}");
+        let text = "[intake]\nfreshness_seconds = \"soon\"\n";
+        refusal(text, &["freshness_seconds", "integer"]);
     }
 
     #[test]
     fn relative_allowed_command_is_rejected() {
-        let error = parse("[actions.exec]\nallowed_commands = [\"sh\"]\n").unwrap_err();
-        assert!(
-            error.to_string().contains("actions.exec.allowed_commands"),
-            "{error}"
-        );
+        let text = "[actions.exec]\nallowed_commands = [\"sh\"]\n";
+        refusal(text, &["actions.exec.allowed_commands"]);
     }
 
     #[test]
     fn zero_freshness_window_is_rejected() {
-        let error = parse("[intake]\nfreshness_seconds = 0\n").unwrap_err();
-        assert!(error.to_string().contains("intake.freshness_seconds"));
+        refusal(
+            "[intake]\nfreshness_seconds = 0\n",
+            &["intake.freshness_seconds"],
+        );
     }
 
     #[test]
     fn environment_overrides_database_url() {
-        let config = Config::parse(
-            Path::new("/x.toml"),
+        let config = parse_with_env(
             "[database]\nurl = \"postgres://a@h1/db\"\n",
-            Some("postgres://b@h2/other".into()),
+            "postgres://b@h2/other",
         )
         .unwrap();
         let pg = config.postgres_config();
@@ -1141,15 +1145,12 @@ mod tests {
 
     #[test]
     fn bad_environment_database_url_is_refused_without_echoing_it() {
-        let message = Config::parse(
-            Path::new("/x.toml"),
-            "",
-            Some("nonsense://u:hunter2@@".into()),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(message.contains(DATABASE_URL_ENV), "{message}");
-        assert!(message.contains("PostgreSQL connection URL"), "{message}");
+        let message = parse_with_env("", "nonsense://u:hunter2@@")
+            .unwrap_err()
+            .to_string();
+        for expected in [DATABASE_URL_ENV, "PostgreSQL connection URL"] {
+            assert!(message.contains(expected), "{message}");
+        }
         assert!(!message.contains("hunter2"), "{message}");
     }
 
@@ -1166,11 +1167,10 @@ mod tests {
 
     #[test]
     fn bad_database_url_does_not_echo_the_password() {
-        let error = parse("[database]\nurl = \"nonsense://u:hunter2@@\"\n").unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("key `database.url`"), "{message}");
-        assert!(message.contains("line 2"), "{message}");
-        assert!(message.contains("PostgreSQL connection URL"), "{message}");
+        let message = refusal(
+            "[database]\nurl = \"nonsense://u:hunter2@@\"\n",
+            &["key `database.url`", "line 2", "PostgreSQL connection URL"],
+        );
         assert!(!message.contains("hunter2"), "{message}");
     }
 
@@ -1182,15 +1182,11 @@ mod tests {
             "database = { url = \"postgres://u:hunter2@h/db\", pool_size = 0 }\n",
             "[database]\nurl = \"postgres://u:hunter2\\q@h/db\"\n",
         ] {
-            let message = parse(text).unwrap_err().to_string();
+            let message = refusal(text, &["line "]);
             assert!(!message.contains("hunter2"), "{message}");
-            assert!(message.contains("line "), "{message}");
         }
         // Other lines are still quoted: the operator sees what was refused.
-        let message = parse("[database]\npool_size = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("`pool_size = 0`"), "{message}");
+        refusal("[database]\npool_size = 0\n", &["`pool_size = 0`"]);
     }
 
     #[test]
@@ -1210,8 +1206,10 @@ mod tests {
 
     #[test]
     fn loopback_host_must_also_be_allowlisted() {
-        let error = parse("[actions.http]\nallowed_loopback = [\"127.0.0.1\"]\n").unwrap_err();
-        assert!(error.to_string().contains("127.0.0.1"), "{error}");
+        refusal(
+            "[actions.http]\nallowed_loopback = [\"127.0.0.1\"]\n",
+            &["127.0.0.1"],
+        );
     }
 
     #[test]
@@ -1220,11 +1218,8 @@ mod tests {
             parse("[actions.net]\nnever_block = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
         assert_eq!(config.actions.net.never_block.len(), 2);
         assert!(parse("[actions.net]\nnever_block = [\"10.0.0\"]\n").is_err());
-        let error = parse("[actions.net]\nnft_command = [\"nft\"]\n").unwrap_err();
-        assert!(
-            error.to_string().contains("actions.net.nft_command"),
-            "{error}"
-        );
+        let text = "[actions.net]\nnft_command = [\"nft\"]\n";
+        refusal(text, &["actions.net.nft_command"]);
     }
 
     #[test]
@@ -1237,13 +1232,8 @@ mod tests {
                 .as_secs(),
             300
         );
-        let error = parse("[audit]\ncheckpoint_interval_seconds = 0\n").unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("audit.checkpoint_interval_seconds"),
-            "{error}"
-        );
+        let text = "[audit]\ncheckpoint_interval_seconds = 0\n";
+        refusal(text, &["audit.checkpoint_interval_seconds"]);
     }
 
     #[test]
@@ -1259,21 +1249,24 @@ mod tests {
             config.roles.orgs[0].orgs,
             BTreeSet::from(["acme".to_owned()])
         );
-        let error = parse("[[roles.orgs]]\nuids = [2001]\norgs = []\n").unwrap_err();
-        assert!(error.to_string().contains("roles.orgs.orgs"), "{error}");
-        let error = parse("[[roles.orgs]]\norgs = [\"acme\"]\n").unwrap_err();
-        assert!(error.to_string().contains("uids or groups"), "{error}");
-        let error = parse("[control]\nidle_timeout_seconds = 0\n").unwrap_err();
-        assert!(
-            error.to_string().contains("control.idle_timeout_seconds"),
-            "{error}"
-        );
+        for (text, expected) in [
+            (
+                "[[roles.orgs]]\nuids = [2001]\norgs = []\n",
+                "roles.orgs.orgs",
+            ),
+            ("[[roles.orgs]]\norgs = [\"acme\"]\n", "uids or groups"),
+            (
+                "[control]\nidle_timeout_seconds = 0\n",
+                "control.idle_timeout_seconds",
+            ),
+        ] {
+            refusal(text, &[expected]);
+        }
     }
 
     #[test]
     fn relative_node_key_path_is_rejected() {
-        let error = parse("[paths]\nnode_key = \"node.key\"\n").unwrap_err();
-        assert!(error.to_string().contains("paths.node_key"), "{error}");
+        refusal("[paths]\nnode_key = \"node.key\"\n", &["paths.node_key"]);
     }
 
     #[test]
@@ -1300,147 +1293,91 @@ mod tests {
         }
     }
 
-    /// Each typed string key refuses a bad value as the file is decoded, naming the key and
-    /// saying what was expected.
+    /// Every key whose value is checked as the file is decoded (a typed string, a bounded
+    /// number) refuses a bad value naming the key (dotted) and what was expected.
     #[test]
-    fn each_typed_string_key_names_itself_and_the_reason() {
-        for (table, key, value, expected) in [
-            ("status", "listen", "localhost:9470", "expected host:port"),
-            (
-                "status",
-                "listen",
-                "unix:status.sock",
-                "unix:/absolute/path",
-            ),
-            ("status", "listen", "9470", "expected host:port"),
-            ("status", "listen", "", "expected host:port"),
-            (
-                "database",
-                "url",
-                "nonsense://",
-                "PostgreSQL connection URL",
-            ),
-            ("actuator", "daemon_user", "", "expected a user name"),
-            ("actions.exec", "run_as", "", "expected a user name"),
-        ] {
-            let message = refusal_naming(table, key, &format!("\"{value}\""));
-            assert!(message.contains(expected), "{table}.{key}: {message}");
+    fn each_checked_key_names_itself_and_what_it_expected() {
+        // One refused value a line: the key, the value as TOML, what the refusal says.
+        #[rustfmt::skip]
+        let refused = [
+            ("status.listen", "\"localhost:9470\"", "expected host:port"),
+            ("status.listen", "\"unix:status.sock\"", "unix:/absolute/path"),
+            ("status.listen", "\"9470\"", "expected host:port"),
+            ("status.listen", "\"\"", "expected host:port"),
+            ("database.url", "\"nonsense://\"", "PostgreSQL connection URL"),
+            ("actuator.daemon_user", "\"\"", "expected a user name"),
+            ("actions.exec.run_as", "\"\"", "expected a user name"),
+            ("database.pool_size", "0", "from 1 to 256"),
+            ("database.pool_size", "257", "from 1 to 256"),
+            ("database.connect_timeout_seconds", "0", "positive integer"),
+            ("fleet.heartbeat_interval_seconds", "301", "from 1 to 300"),
+            ("fleet.stale_after_seconds", "86401", "from 1 to 86400"),
+            ("fleet.nonce_prune_batch", "10001", "from 1 to 10000"),
+            ("intake.freshness_seconds", "86401", "from 1 to 86400"),
+            ("intake.max_connections", "0", "positive integer"),
+            ("intake.max_connections_per_uid", "0", "positive integer"),
+            ("intake.idle_timeout_seconds", "0", "positive integer"),
+            ("intake.max_accepted_per_second", "0", "positive integer"),
+            ("intake.max_backlog", "0", "positive integer"),
+            ("executor.max_concurrent_runs", "0", "positive integer"),
+            ("executor.default_step_timeout_seconds", "3601", "from 1 to 3600"),
+            ("executor.resume_interval_seconds", "0", "positive integer"),
+            ("control.idle_timeout_seconds", "0", "positive integer"),
+            ("control.max_connections", "0", "positive integer"),
+            ("control.max_connections_per_uid", "0", "positive integer"),
+            ("audit.checkpoint_interval_seconds", "86401", "from 1 to 86400"),
+            ("actions.http.connect_timeout_seconds", "0", "positive integer"),
+            ("actions.http.timeout_seconds", "0", "positive integer"),
+            ("actions.http.breaker_failures", "0", "positive integer"),
+        ];
+        for (key, value, expected) in refused {
+            refusal_naming(key, value, expected);
         }
+    }
+
+    /// `node_id` (a top-level key) and each name of a list of user names are refused naming
+    /// the key and the reason too.
+    #[test]
+    fn node_id_and_protected_users_name_themselves_and_the_reason() {
         for id in ["a b", "", &"x".repeat(65), "a/b"] {
-            let message = parse(&format!("node_id = \"{id}\"\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(message.contains("key `node_id`"), "{id:?}: {message}");
-            assert!(
-                message.contains("expected 1-64 characters of [A-Za-z0-9._-]"),
-                "{id:?}: {message}"
+            refusal(
+                &format!("node_id = \"{id}\"\n"),
+                &[
+                    "key `node_id`",
+                    "expected 1-64 characters of [A-Za-z0-9._-]",
+                ],
             );
         }
-        let message = parse("[actuator]\nprotected_users = [\"postgres\", \"\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("actuator.protected_users"), "{message}");
-        assert!(message.contains("expected a user name"), "{message}");
+        refusal(
+            "[actuator]\nprotected_users = [\"postgres\", \"\"]\n",
+            &["actuator.protected_users", "expected a user name"],
+        );
         let config = parse(&format!("node_id = \"{}\"\n", "a.B_9-".repeat(10))).unwrap();
         assert_eq!(config.node_id.len(), 60);
     }
 
-    /// Every bounded key refuses a value out of its bounds as the file is decoded, naming the
-    /// key (dotted) and the bounds.
-    #[test]
-    fn each_bounded_key_names_itself_and_its_bounds() {
-        for (table, key, value, expected) in [
-            ("database", "pool_size", "0", "from 1 to 256"),
-            ("database", "pool_size", "257", "from 1 to 256"),
-            (
-                "database",
-                "connect_timeout_seconds",
-                "0",
-                "positive integer",
-            ),
-            (
-                "fleet",
-                "heartbeat_interval_seconds",
-                "301",
-                "from 1 to 300",
-            ),
-            ("fleet", "stale_after_seconds", "86401", "from 1 to 86400"),
-            ("fleet", "nonce_prune_batch", "10001", "from 1 to 10000"),
-            ("intake", "freshness_seconds", "86401", "from 1 to 86400"),
-            ("intake", "max_connections", "0", "positive integer"),
-            ("intake", "max_connections_per_uid", "0", "positive integer"),
-            ("intake", "idle_timeout_seconds", "0", "positive integer"),
-            ("intake", "max_accepted_per_second", "0", "positive integer"),
-            ("intake", "max_backlog", "0", "positive integer"),
-            ("executor", "max_concurrent_runs", "0", "positive integer"),
-            (
-                "executor",
-                "default_step_timeout_seconds",
-                "3601",
-                "from 1 to 3600",
-            ),
-            (
-                "executor",
-                "resume_interval_seconds",
-                "0",
-                "positive integer",
-            ),
-            ("control", "idle_timeout_seconds", "0", "positive integer"),
-            ("control", "max_connections", "0", "positive integer"),
-            (
-                "control",
-                "max_connections_per_uid",
-                "0",
-                "positive integer",
-            ),
-            (
-                "audit",
-                "checkpoint_interval_seconds",
-                "86401",
-                "from 1 to 86400",
-            ),
-            (
-                "actions.http",
-                "connect_timeout_seconds",
-                "0",
-                "positive integer",
-            ),
-            ("actions.http", "timeout_seconds", "0", "positive integer"),
-            ("actions.http", "breaker_failures", "0", "positive integer"),
-        ] {
-            let message = refusal_naming(table, key, value);
-            assert!(message.contains(expected), "{table}.{key}: {message}");
-        }
-    }
-
     #[test]
     fn a_count_beyond_u32_is_refused_by_name() {
-        let message = parse("[intake]\nmax_backlog = 5000000000\n")
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("intake.max_backlog"), "{message}");
-        assert!(message.contains("at most 4294967295"), "{message}");
+        refusal(
+            "[intake]\nmax_backlog = 5000000000\n",
+            &["intake.max_backlog", "at most 4294967295"],
+        );
     }
 
     #[test]
     fn stale_after_must_exceed_the_heartbeat_interval() {
-        let error = parse("[fleet]\nheartbeat_interval_seconds = 30\nstale_after_seconds = 30\n")
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("fleet.stale_after_seconds"),
-            "{error}"
+        refusal(
+            "[fleet]\nheartbeat_interval_seconds = 30\nstale_after_seconds = 30\n",
+            &["fleet.stale_after_seconds"],
         );
     }
 
     #[test]
     fn witness_url_other_than_http_is_refused_by_key() {
-        let error = parse(
+        refusal(
             "[[audit.witnesses]]\nname = \"w\"\nurl = \"ftp://w.example\"\n\
              vkey = \"w+00000000+AAAA\"\n",
-        )
-        .unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("audit.witnesses"), "{message}");
-        assert!(message.contains("url"), "{message}");
+            &["audit.witnesses", "url"],
+        );
     }
 }
