@@ -830,19 +830,18 @@ impl Listeners {
     /// bound first of all, before the database, and added by the caller).
     fn take_or_bind(config: &Config, activated: &mut Activated) -> Result<Listeners, DaemonError> {
         let mut bound_paths = Vec::new();
-        let decisions = take_or_bind(
-            activated,
+        let mut take = |name, path, group: &Option<String>| {
+            take_or_bind(activated, name, path, group.as_deref(), &mut bound_paths)
+        };
+        let decisions = take(
             activation::DECISIONS,
             &config.paths.decision_socket,
-            config.intake.socket_group.as_deref(),
-            &mut bound_paths,
+            &config.intake.socket_group,
         )?;
-        let control = take_or_bind(
-            activated,
+        let control = take(
             activation::CONTROL,
             &config.paths.control_socket,
-            config.control.socket_group.as_deref(),
-            &mut bound_paths,
+            &config.control.socket_group,
         )?;
         for name in activated.untaken() {
             tracing::warn!(name = %name, "systemd passed a socket the daemon does not use; check the socket units' FileDescriptorName=");
