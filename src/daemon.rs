@@ -344,10 +344,10 @@ impl Daemon {
         );
         // Off the audit write path: a witness that is down only delays its cosignature.
         if let Some(submitter) = self.chain.witness_submitter.clone() {
-            submitter.spawn(
+            tokio::spawn(submitter.run(
                 self.config.audit.checkpoint_interval_seconds.duration(),
                 self.tasks_shutdown.clone(),
-            );
+            ));
         }
         fleet::spawn(self.work.fleet.clone(), self.tasks_shutdown.clone());
         self.start_work();
