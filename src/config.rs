@@ -47,86 +47,100 @@ pub enum ConfigError {
     DatabaseUrlEnv { reason: String },
 }
 
-/// The whole configuration, as read from the file and checked.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Names this host's audit chain; several daemons may share one database, one chain each.
-    pub node_id: NodeId,
-    pub database: DatabaseConfig,
-    pub paths: PathsConfig,
-    pub status: StatusConfig,
-    pub intake: IntakeConfig,
-    pub executor: ExecutorConfig,
-    pub actions: ActionsConfig,
-    pub roles: RolesConfig,
-    pub audit: AuditConfig,
-    pub control: ControlConfig,
-    pub actuator: ActuatorConfig,
-    pub fleet: FleetConfig,
+/// Declares a table of the file (the file itself included) whose every key has a default: a
+/// missing key takes it (each table's `Default`, at the end of this file) and an unknown key is
+/// an error, so a misspelt key never passes for a default. Every such table goes through here,
+/// so none can drop either rule.
+macro_rules! config_table {
+    ($(#[$attr:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name { $($body)* }
+    };
 }
 
-/// `[fleet]`: this node's place among the daemons that share one database.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FleetConfig {
-    /// How often this node writes its heartbeat row (and re-reads the fleet halt, prunes nonces).
-    pub heartbeat_interval_seconds: Seconds<1, 300>,
-    /// A node whose heartbeat is older than this is shown as stale.
-    pub stale_after_seconds: Seconds<1, 86_400>,
-    /// Whether this node's own failed rollback also halts every node of the fleet.
-    pub halt_fleet_on_rollback_failure: bool,
-    /// Nonces deleted per statement by retention (at most `nonce_prune_batches` per heartbeat).
-    pub nonce_prune_batch: Count<1, 10_000>,
+config_table! {
+    /// The whole configuration, as read from the file and checked.
+    pub struct Config {
+        /// Names this host's audit chain; several daemons may share one database, one chain each.
+        pub node_id: NodeId,
+        pub database: DatabaseConfig,
+        pub paths: PathsConfig,
+        pub status: StatusConfig,
+        pub intake: IntakeConfig,
+        pub executor: ExecutorConfig,
+        pub actions: ActionsConfig,
+        pub roles: RolesConfig,
+        pub audit: AuditConfig,
+        pub control: ControlConfig,
+        pub actuator: ActuatorConfig,
+        pub fleet: FleetConfig,
+    }
 }
 
-/// `[actuator]`: where the privileged helper listens, and whom it serves (`playbookd actuator`
-/// reads this section; the daemon only reads `socket`, to reach it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ActuatorConfig {
-    /// The actuator's socket: the daemon connects here; the actuator binds it when systemd does
-    /// not pass it one (`playbookd-actuator.socket`).
-    pub socket: PathBuf,
-    /// The only peer the actuator serves (SO_PEERCRED uid): the daemon's user.
-    pub daemon_user: UserName,
-    /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
-    /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
-    /// host whose database is elsewhere).
-    pub protected_users: Option<BTreeSet<UserName>>,
+config_table! {
+    /// `[fleet]`: this node's place among the daemons that share one database.
+    pub struct FleetConfig {
+        /// How often this node writes its heartbeat row (and re-reads the fleet halt, prunes
+        /// nonces).
+        pub heartbeat_interval_seconds: Seconds<1, 300>,
+        /// A node whose heartbeat is older than this is shown as stale.
+        pub stale_after_seconds: Seconds<1, 86_400>,
+        /// Whether this node's own failed rollback also halts every node of the fleet.
+        pub halt_fleet_on_rollback_failure: bool,
+        /// Nonces deleted per statement by retention (at most `nonce_prune_batches` per heartbeat).
+        pub nonce_prune_batch: Count<1, 10_000>,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// libpq-style URL, parsed; never logged because it may carry a password.
-    pub url: DatabaseUrl,
-    /// Upper bound on pooled connections (the audit writer holds one more of its own).
-    pub pool_size: Count<1, 256>,
-    /// How long to wait for a connection before the operation fails (and nothing runs).
-    pub connect_timeout_seconds: Seconds<1>,
+config_table! {
+    /// `[actuator]`: where the privileged helper listens, and whom it serves (`playbookd actuator`
+    /// reads this section; the daemon only reads `socket`, to reach it).
+    pub struct ActuatorConfig {
+        /// The actuator's socket: the daemon connects here; the actuator binds it when systemd does
+        /// not pass it one (`playbookd-actuator.socket`).
+        pub socket: PathBuf,
+        /// The only peer the actuator serves (SO_PEERCRED uid): the daemon's user.
+        pub daemon_user: UserName,
+        /// Users whose processes are never signalled; each must exist. Unset: `postgres` (the
+        /// daemon's PostgreSQL server) when this host has that user, nothing otherwise (a fleet
+        /// host whose database is elsewhere).
+        pub protected_users: Option<BTreeSet<UserName>>,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PathsConfig {
-    pub playbooks: PathBuf,
-    pub trusted_keys: PathBuf,
-    pub bindings: PathBuf,
-    pub decision_socket: PathBuf,
-    pub control_socket: PathBuf,
-    /// The node's Ed25519 signing key (PKCS#8 PEM) for audit checkpoints; generated on first
-    /// start, refused when group- or world-accessible.
-    pub node_key: PathBuf,
+config_table! {
+    pub struct DatabaseConfig {
+        /// libpq-style URL, parsed; never logged because it may carry a password.
+        pub url: DatabaseUrl,
+        /// Upper bound on pooled connections (the audit writer holds one more of its own).
+        pub pool_size: Count<1, 256>,
+        /// How long to wait for a connection before the operation fails (and nothing runs).
+        pub connect_timeout_seconds: Seconds<1>,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// How often the chain head is signed when it moved (and once more at shutdown).
-    pub checkpoint_interval_seconds: Seconds<1, 86_400>,
-    /// C2SP tlog-witnesses each new checkpoint is submitted to (`[[audit.witnesses]]`).
-    pub witnesses: Vec<WitnessEndpoint>,
+config_table! {
+    pub struct PathsConfig {
+        pub playbooks: PathBuf,
+        pub trusted_keys: PathBuf,
+        pub bindings: PathBuf,
+        pub decision_socket: PathBuf,
+        pub control_socket: PathBuf,
+        /// The node's Ed25519 signing key (PKCS#8 PEM) for audit checkpoints; generated on first
+        /// start, refused when group- or world-accessible.
+        pub node_key: PathBuf,
+    }
+}
+
+config_table! {
+    pub struct AuditConfig {
+        /// How often the chain head is signed when it moved (and once more at shutdown).
+        pub checkpoint_interval_seconds: Seconds<1, 86_400>,
+        /// C2SP tlog-witnesses each new checkpoint is submitted to (`[[audit.witnesses]]`).
+        pub witnesses: Vec<WitnessEndpoint>,
+    }
 }
 
 /// One witness: where to submit (`<url>/add-checkpoint`) and the key its cosignatures must verify
@@ -143,162 +157,165 @@ pub struct WitnessEndpoint {
     pub vkey: crate::note::VerifierKey,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StatusConfig {
-    /// `ip:port` (loopback by default) or `unix:/path/to/socket`.
-    pub listen: StatusAddr,
+config_table! {
+    pub struct StatusConfig {
+        /// `ip:port` (loopback by default) or `unix:/path/to/socket`.
+        pub listen: StatusAddr,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IntakeConfig {
-    /// The only peers allowed on decisions.sock (SO_PEERCRED uid). The daemon's own uid is
-    /// not implicitly allowed: a program it runs must not be able to act as a policy engine.
-    pub allowed_uids: BTreeSet<u32>,
-    /// A decision is fresh while `|now - issued_at| <= freshness_seconds`.
-    pub freshness_seconds: Seconds<1, 86_400>,
-    /// Simultaneous connections on decisions.sock; more get `busy` and are closed.
-    pub max_connections: Count,
-    /// Simultaneous connections one uid may hold on decisions.sock.
-    pub max_connections_per_uid: Count,
-    /// Each request line must arrive complete within this many seconds (counted from when
-    /// the daemon starts waiting for it, not reset by each byte); otherwise the connection closes.
-    pub idle_timeout_seconds: Seconds<1>,
-    /// Group owning decisions.sock (mode 0660); the daemon's own group when unset.
-    pub socket_group: Option<String>,
-    /// Global storm cap: decisions accepted per second, across all bindings.
-    pub max_accepted_per_second: Count,
-    /// Admission control: accepted runs allowed to wait for an executor slot at once. A
-    /// decision that would exceed it gets a `busy` reply (audited, with the backlog size)
-    /// instead of a run that would start late.
-    pub max_backlog: Count,
-    /// Ed25519 public keys (SPKI PEM files); when set, every decision must be signed by one.
-    pub policy_keys: Vec<PathBuf>,
+config_table! {
+    pub struct IntakeConfig {
+        /// The only peers allowed on decisions.sock (SO_PEERCRED uid). The daemon's own uid is
+        /// not implicitly allowed: a program it runs must not be able to act as a policy engine.
+        pub allowed_uids: BTreeSet<u32>,
+        /// A decision is fresh while `|now - issued_at| <= freshness_seconds`.
+        pub freshness_seconds: Seconds<1, 86_400>,
+        /// Simultaneous connections on decisions.sock; more get `busy` and are closed.
+        pub max_connections: Count,
+        /// Simultaneous connections one uid may hold on decisions.sock.
+        pub max_connections_per_uid: Count,
+        /// Each request line must arrive complete within this many seconds (counted from when
+        /// the daemon starts waiting for it, not reset by each byte); otherwise the connection
+        /// closes.
+        pub idle_timeout_seconds: Seconds<1>,
+        /// Group owning decisions.sock (mode 0660); the daemon's own group when unset.
+        pub socket_group: Option<String>,
+        /// Global storm cap: decisions accepted per second, across all bindings.
+        pub max_accepted_per_second: Count,
+        /// Admission control: accepted runs allowed to wait for an executor slot at once. A
+        /// decision that would exceed it gets a `busy` reply (audited, with the backlog size)
+        /// instead of a run that would start late.
+        pub max_backlog: Count,
+        /// Ed25519 public keys (SPKI PEM files); when set, every decision must be signed by one.
+        pub policy_keys: Vec<PathBuf>,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExecutorConfig {
-    /// Executions running at once on this node.
-    pub max_concurrent_runs: Count,
-    /// Executions of one org running at once (0: same as `max_concurrent_runs`).
-    pub max_runs_per_org: usize,
-    /// Timeout of a step that sets none.
-    pub default_step_timeout_seconds: Seconds<1, 3600>,
-    /// How often unfinished executions not running here are picked up again.
-    pub resume_interval_seconds: Seconds<1>,
+config_table! {
+    pub struct ExecutorConfig {
+        /// Executions running at once on this node.
+        pub max_concurrent_runs: Count,
+        /// Executions of one org running at once (0: same as `max_concurrent_runs`).
+        pub max_runs_per_org: usize,
+        /// Timeout of a step that sets none.
+        pub default_step_timeout_seconds: Seconds<1, 3600>,
+        /// How often unfinished executions not running here are picked up again.
+        pub resume_interval_seconds: Seconds<1>,
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ActionsConfig {
-    pub exec: ExecActionConfig,
-    pub file: FileActionConfig,
-    pub http: HttpActionConfig,
-    pub net: NetActionConfig,
+config_table! {
+    #[derive(Default)]
+    pub struct ActionsConfig {
+        pub exec: ExecActionConfig,
+        pub file: FileActionConfig,
+        pub http: HttpActionConfig,
+        pub net: NetActionConfig,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExecActionConfig {
-    /// Absolute paths; nothing else may be executed.
-    pub allowed_commands: BTreeSet<PathBuf>,
-    /// Exit codes that mean "try again later" (a transient error); any other non-zero exit is
-    /// permanent. Default: `[75]` (EX_TEMPFAIL).
-    pub transient_exit_codes: BTreeSet<i32>,
-    /// The user `exec` children run as when the daemon starts them itself (it must be able to
-    /// switch user, i.e. run as root): never the daemon's own uid, so a child cannot read the
-    /// node key, the daemon's files or reach its database role. Default `nobody`; the shipped
-    /// configuration uses the dedicated `playbookd-exec`.
-    pub run_as: UserName,
-    /// The exec runner's socket (`playbookd-exec.socket`, `Accept=yes`): when set, systemd
-    /// starts each child as the runner unit's user, so the daemon needs no privilege to switch.
-    pub runner_socket: Option<PathBuf>,
+config_table! {
+    pub struct ExecActionConfig {
+        /// Absolute paths; nothing else may be executed.
+        pub allowed_commands: BTreeSet<PathBuf>,
+        /// Exit codes that mean "try again later" (a transient error); any other non-zero exit is
+        /// permanent. Default: `[75]` (EX_TEMPFAIL).
+        pub transient_exit_codes: BTreeSet<i32>,
+        /// The user `exec` children run as when the daemon starts them itself (it must be able to
+        /// switch user, i.e. run as root): never the daemon's own uid, so a child cannot read the
+        /// node key, the daemon's files or reach its database role. Default `nobody`; the shipped
+        /// configuration uses the dedicated `playbookd-exec`.
+        pub run_as: UserName,
+        /// The exec runner's socket (`playbookd-exec.socket`, `Accept=yes`): when set, systemd
+        /// starts each child as the runner unit's user, so the daemon needs no privilege to switch.
+        pub runner_socket: Option<PathBuf>,
+    }
 }
 
-/// `http.post` (and `notify`'s webhook): where the daemon may send requests, and how.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpActionConfig {
-    /// Destination host names (or IP literals) a request may go to; empty: none.
-    pub allowed_hosts: BTreeSet<String>,
-    /// Hosts (also in `allowed_hosts`) that may be reached over plain `http://` and may resolve
-    /// to loopback or other non-public addresses: a local receiver. Default: none.
-    pub allowed_loopback: BTreeSet<String>,
-    /// Hosts (also in `allowed_hosts`) that may resolve to private (RFC 1918, ULA) addresses,
-    /// still over https. Default: none.
-    pub allowed_private: BTreeSet<String>,
-    /// Time allowed to establish the TCP/TLS connection. Default 5.
-    pub connect_timeout_seconds: Seconds<1>,
-    /// Time allowed for the whole request (never beyond the step's deadline). Default 15.
-    pub timeout_seconds: Seconds<1>,
-    /// Where secrets named by `secret:` are read from when `$CREDENTIALS_DIRECTORY` (systemd
-    /// `LoadCredential=`) does not hold them; each file must be owned by the daemon's uid and
-    /// readable by it alone.
-    pub secrets_dir: PathBuf,
-    /// Consecutive failures (5xx, timeouts, connection errors) after which a destination's
-    /// circuit opens. Default 5.
-    pub breaker_failures: Count,
-    /// Seconds an open circuit waits before letting one trial request through. Default 30.
-    pub breaker_reset_seconds: u64,
+config_table! {
+    /// `http.post` (and `notify`'s webhook): where the daemon may send requests, and how.
+    pub struct HttpActionConfig {
+        /// Destination host names (or IP literals) a request may go to; empty: none.
+        pub allowed_hosts: BTreeSet<String>,
+        /// Hosts (also in `allowed_hosts`) that may be reached over plain `http://` and may resolve
+        /// to loopback or other non-public addresses: a local receiver. Default: none.
+        pub allowed_loopback: BTreeSet<String>,
+        /// Hosts (also in `allowed_hosts`) that may resolve to private (RFC 1918, ULA) addresses,
+        /// still over https. Default: none.
+        pub allowed_private: BTreeSet<String>,
+        /// Time allowed to establish the TCP/TLS connection. Default 5.
+        pub connect_timeout_seconds: Seconds<1>,
+        /// Time allowed for the whole request (never beyond the step's deadline). Default 15.
+        pub timeout_seconds: Seconds<1>,
+        /// Where secrets named by `secret:` are read from when `$CREDENTIALS_DIRECTORY` (systemd
+        /// `LoadCredential=`) does not hold them; each file must be owned by the daemon's uid and
+        /// readable by it alone.
+        pub secrets_dir: PathBuf,
+        /// Consecutive failures (5xx, timeouts, connection errors) after which a destination's
+        /// circuit opens. Default 5.
+        pub breaker_failures: Count,
+        /// Seconds an open circuit waits before letting one trial request through. Default 30.
+        pub breaker_reset_seconds: u64,
+    }
 }
 
-/// `net.block_ip` / `net.unblock_ip`: the nftables command and addresses never to block.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetActionConfig {
-    /// argv prefix that runs `nft` (no shell); the actions append `-f -` and write the script
-    /// on stdin. Default `["/usr/sbin/nft"]`. To act inside a network namespace:
-    /// `["/usr/sbin/ip", "netns", "exec", "NS", "/usr/sbin/nft"]`.
-    pub nft_command: Vec<String>,
-    /// Networks (CIDR) that must never be blocked, such as management networks; a request to
-    /// block an address or network overlapping one of them is refused. Loopback and
-    /// unspecified addresses are always refused.
-    pub never_block: Vec<ipnet::IpNet>,
+config_table! {
+    /// `net.block_ip` / `net.unblock_ip`: the nftables command and addresses never to block.
+    pub struct NetActionConfig {
+        /// argv prefix that runs `nft` (no shell); the actions append `-f -` and write the script
+        /// on stdin. Default `["/usr/sbin/nft"]`. To act inside a network namespace:
+        /// `["/usr/sbin/ip", "netns", "exec", "NS", "/usr/sbin/nft"]`.
+        pub nft_command: Vec<String>,
+        /// Networks (CIDR) that must never be blocked, such as management networks; a request to
+        /// block an address or network overlapping one of them is refused. Loopback and
+        /// unspecified addresses are always refused.
+        pub never_block: Vec<ipnet::IpNet>,
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileActionConfig {
-    /// Where the actuator keeps quarantined files (mode 0700, owned by the actuator's user).
-    pub quarantine_dir: PathBuf,
-    /// Directories under which the actuator may quarantine and restore files; nothing outside
-    /// them (default: none). Each must also be writable in the actuator's unit (a drop-in).
-    pub roots: Vec<PathBuf>,
+config_table! {
+    pub struct FileActionConfig {
+        /// Where the actuator keeps quarantined files (mode 0700, owned by the actuator's user).
+        pub quarantine_dir: PathBuf,
+        /// Directories under which the actuator may quarantine and restore files; nothing outside
+        /// them (default: none). Each must also be writable in the actuator's unit (a drop-in).
+        pub roots: Vec<PathBuf>,
+    }
 }
 
-/// control.sock: the operators' socket (approve, deny, cancel, halt-resolve, reload).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ControlConfig {
-    /// Group owning control.sock (mode 0660); the daemon's own group when unset. Only members
-    /// can connect at all; what each may do is still decided by `[roles]`.
-    pub socket_group: Option<String>,
-    /// Each request line must arrive complete within this many seconds (counted from when
-    /// the daemon starts waiting for it, not reset by each byte); otherwise the connection closes.
-    pub idle_timeout_seconds: Seconds<1>,
-    /// Simultaneous connections on control.sock; more are refused with a reason.
-    pub max_connections: Count,
-    /// Simultaneous connections one uid may hold on control.sock.
-    pub max_connections_per_uid: Count,
-    /// Slots of `max_connections` that only admins may take, so that no flood of other peers
-    /// can keep an admin from clearing a SAFE-HALT.
-    pub admin_reserved_connections: usize,
+config_table! {
+    /// control.sock: the operators' socket (approve, deny, cancel, halt-resolve, reload).
+    pub struct ControlConfig {
+        /// Group owning control.sock (mode 0660); the daemon's own group when unset. Only members
+        /// can connect at all; what each may do is still decided by `[roles]`.
+        pub socket_group: Option<String>,
+        /// Each request line must arrive complete within this many seconds (counted from when
+        /// the daemon starts waiting for it, not reset by each byte); otherwise the connection
+        /// closes.
+        pub idle_timeout_seconds: Seconds<1>,
+        /// Simultaneous connections on control.sock; more are refused with a reason.
+        pub max_connections: Count,
+        /// Simultaneous connections one uid may hold on control.sock.
+        pub max_connections_per_uid: Count,
+        /// Slots of `max_connections` that only admins may take, so that no flood of other peers
+        /// can keep an admin from clearing a SAFE-HALT.
+        pub admin_reserved_connections: usize,
+    }
 }
 
-/// Who may do what on control.sock, by peer uid or group name.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RolesConfig {
-    pub admin: RoleMembers,
-    pub approver: RoleMembers,
-    pub operator: RoleMembers,
-    pub viewer: RoleMembers,
-    /// Org scopes (`[[roles.orgs]]`): a peer matched by one or more entries may approve, deny
-    /// or cancel only executions of the orgs those entries list; a peer matched by none is not
-    /// restricted by org.
-    pub orgs: Vec<OrgScope>,
+config_table! {
+    /// Who may do what on control.sock, by peer uid or group name.
+    pub struct RolesConfig {
+        pub admin: RoleMembers,
+        pub approver: RoleMembers,
+        pub operator: RoleMembers,
+        pub viewer: RoleMembers,
+        /// Org scopes (`[[roles.orgs]]`): a peer matched by one or more entries may approve, deny
+        /// or cancel only executions of the orgs those entries list; a peer matched by none is not
+        /// restricted by org.
+        pub orgs: Vec<OrgScope>,
+    }
 }
 
 /// One `[[roles.orgs]]` entry: these uids and groups act only on these orgs.
@@ -312,11 +329,12 @@ pub struct OrgScope {
     pub orgs: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoleMembers {
-    pub uids: BTreeSet<u32>,
-    pub groups: BTreeSet<String>,
+config_table! {
+    #[derive(Default)]
+    pub struct RoleMembers {
+        pub uids: BTreeSet<u32>,
+        pub groups: BTreeSet<String>,
+    }
 }
 
 impl Config {
