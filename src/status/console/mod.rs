@@ -163,7 +163,7 @@ async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
     // keeps the query's order, last step first).
     detail
         .rollback
-        .sort_by_key(|undo| (undo.started_at.is_none(), undo.started_at));
+        .sort_by_key(|undo| (undo.outcome.started_at.is_none(), undo.outcome.started_at));
     let now = OffsetDateTime::now_utc();
     let step_ids: BTreeMap<i32, &str> = detail
         .steps
