@@ -18,8 +18,7 @@ use crate::activation::{self, Activated, ActivationError};
 use crate::approvals::Approvals;
 use crate::config::{Config, ConfigError, EXIT_CONFIG};
 use crate::control::{
-    Control, ControlParts, ControlSettings, KeptVersion, RefusedFile, ReloadReport, ReloadRequest,
-    roles::Roles,
+    Control, ControlParts, KeptVersion, RefusedFile, ReloadReport, ReloadRequest, roles::Roles,
 };
 use crate::executor::{Executor, ExecutorParts, ExecutorSettings};
 use crate::fleet::{self, FleetParts};
@@ -35,7 +34,7 @@ use crate::store::migrate::SchemaError;
 use crate::store::privileges::PrivilegeError;
 use crate::store::{self, Store, StoreError};
 use crate::systemd::{self, Heartbeat, Liveness};
-use crate::unix_socket::{self, BindError};
+use crate::unix_socket::{self, BindError, Limits, SocketSettings};
 use crate::witness::submit::Submitter;
 
 #[derive(Debug, thiserror::Error)]
@@ -304,21 +303,14 @@ impl Daemon {
 
     /// Starts serving decisions and resumes unfinished executions.
     fn start_work(&mut self) {
+        let shutdown = &self.work_shutdown;
         if let Some(listener) = self.listeners.decisions.take() {
-            tokio::spawn(
-                self.work
-                    .intake
-                    .clone()
-                    .serve(listener, self.work_shutdown.clone()),
-            );
+            let intake = self.work.intake.clone();
+            tokio::spawn(unix_socket::serve(intake, listener, shutdown.clone()));
         }
         if let Some(listener) = self.listeners.control.take() {
-            tokio::spawn(
-                self.work
-                    .control
-                    .clone()
-                    .serve(listener, self.work_shutdown.clone()),
-            );
+            let control = self.work.control.clone();
+            tokio::spawn(unix_socket::serve(control, listener, shutdown.clone()));
         }
         let executor = self.work.executor.clone();
         let heartbeat = self.heartbeat.clone();
@@ -352,10 +344,10 @@ impl Daemon {
         );
         // Off the audit write path: a witness that is down only delays its cosignature.
         if let Some(submitter) = self.chain.witness_submitter.clone() {
-            submitter.spawn(
+            tokio::spawn(submitter.run(
                 self.config.audit.checkpoint_interval_seconds.duration(),
                 self.tasks_shutdown.clone(),
-            );
+            ));
         }
         fleet::spawn(self.work.fleet.clone(), self.tasks_shutdown.clone());
         self.start_work();
@@ -838,19 +830,18 @@ impl Listeners {
     /// bound first of all, before the database, and added by the caller).
     fn take_or_bind(config: &Config, activated: &mut Activated) -> Result<Listeners, DaemonError> {
         let mut bound_paths = Vec::new();
-        let decisions = take_or_bind(
-            activated,
+        let mut take = |name, path, group: &Option<String>| {
+            take_or_bind(activated, name, path, group.as_deref(), &mut bound_paths)
+        };
+        let decisions = take(
             activation::DECISIONS,
             &config.paths.decision_socket,
-            config.intake.socket_group.as_deref(),
-            &mut bound_paths,
+            &config.intake.socket_group,
         )?;
-        let control = take_or_bind(
-            activated,
+        let control = take(
             activation::CONTROL,
             &config.paths.control_socket,
-            config.control.socket_group.as_deref(),
-            &mut bound_paths,
+            &config.control.socket_group,
         )?;
         for name in activated.untaken() {
             tracing::warn!(name = %name, "systemd passed a socket the daemon does not use; check the socket units' FileDescriptorName=");
@@ -931,22 +922,29 @@ fn intake_settings(config: &Config) -> Result<IntakeSettings, DaemonError> {
     Ok(IntakeSettings {
         allowed_uids: intake.allowed_uids.clone(),
         freshness_seconds: intake.freshness_seconds.as_secs(),
-        max_connections: intake.max_connections.usize(),
-        max_connections_per_uid: intake.max_connections_per_uid.usize(),
-        idle_timeout: intake.idle_timeout_seconds.duration(),
+        socket: SocketSettings {
+            limits: Limits {
+                max_connections: intake.max_connections.usize(),
+                max_per_uid: intake.max_connections_per_uid.usize(),
+                reserved_for_privileged: 0,
+            },
+            line_deadline: intake.idle_timeout_seconds.duration(),
+        },
         max_accepted_per_second: intake.max_accepted_per_second.get(),
         max_backlog: intake.max_backlog.usize(),
         policy_keys,
     })
 }
 
-fn control_settings(config: &Config) -> ControlSettings {
+fn control_settings(config: &Config) -> SocketSettings {
     let control = &config.control;
-    ControlSettings {
-        idle_timeout: control.idle_timeout_seconds.duration(),
-        max_connections: control.max_connections.usize(),
-        max_connections_per_uid: control.max_connections_per_uid.usize(),
-        admin_reserved_connections: control.admin_reserved_connections,
+    SocketSettings {
+        limits: Limits {
+            max_connections: control.max_connections.usize(),
+            max_per_uid: control.max_connections_per_uid.usize(),
+            reserved_for_privileged: control.admin_reserved_connections,
+        },
+        line_deadline: control.idle_timeout_seconds.duration(),
     }
 }
 

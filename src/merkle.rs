@@ -369,6 +369,40 @@ mod tests {
             .collect()
     }
 
+    /// One flipped bit: bit `bit` of byte `byte` of a hash (in a proof, of the hash at `which`).
+    #[derive(Debug, Clone, Copy)]
+    struct Flip {
+        which: prop::sample::Index,
+        bit: u8,
+        byte: usize,
+    }
+
+    impl Flip {
+        fn any() -> impl Strategy<Value = Flip> {
+            (any::<prop::sample::Index>(), 0u8..8, 0usize..32).prop_map(|(which, bit, byte)| Flip {
+                which,
+                bit,
+                byte,
+            })
+        }
+
+        fn hash(self, mut hash: Hash) -> Hash {
+            hash[self.byte] ^= 1 << self.bit;
+            hash
+        }
+
+        /// `proof` with one of its hashes flipped; `None` for an empty proof.
+        fn proof(self, proof: &[Hash]) -> Option<Vec<Hash>> {
+            if proof.is_empty() {
+                return None;
+            }
+            let mut flipped = proof.to_vec();
+            let i = self.which.index(flipped.len());
+            flipped[i] = self.hash(flipped[i]);
+            Some(flipped)
+        }
+    }
+
     #[test]
     fn known_answers_of_rfc6962_hashing() {
         // SHA-256 of the empty string, and of 0x00 (the leaf hash of an empty leaf): the values
@@ -500,9 +534,7 @@ mod tests {
         fn a_changed_inclusion_proof_fails(
             size in 1u64..300,
             index_seed in any::<u64>(),
-            which in any::<prop::sample::Index>(),
-            bit in 0u8..8,
-            byte in 0usize..32,
+            flip in Flip::any(),
             wrong in 1u64..300,
         ) {
             let all = leaves(size as usize);
@@ -513,16 +545,9 @@ mod tests {
             let leaf = all[index as usize];
             prop_assert_eq!(verify_inclusion(&leaf, index, size, &proof, &root), Ok(()));
 
-            let mut bad_leaf = leaf;
-            bad_leaf[byte] ^= 1 << bit;
-            prop_assert!(verify_inclusion(&bad_leaf, index, size, &proof, &root).is_err());
-            let mut bad_root = root;
-            bad_root[byte] ^= 1 << bit;
-            prop_assert!(verify_inclusion(&leaf, index, size, &proof, &bad_root).is_err());
-            if !proof.is_empty() {
-                let mut bad_proof = proof.clone();
-                let i = which.index(bad_proof.len());
-                bad_proof[i][byte] ^= 1 << bit;
+            prop_assert!(verify_inclusion(&flip.hash(leaf), index, size, &proof, &root).is_err());
+            prop_assert!(verify_inclusion(&leaf, index, size, &proof, &flip.hash(root)).is_err());
+            if let Some(bad_proof) = flip.proof(&proof) {
                 prop_assert!(verify_inclusion(&leaf, index, size, &bad_proof, &root).is_err());
                 let mut short = proof.clone();
                 short.pop();
@@ -543,9 +568,7 @@ mod tests {
         fn a_changed_consistency_proof_fails(
             new in 2u64..300,
             old_seed in any::<u64>(),
-            which in any::<prop::sample::Index>(),
-            bit in 0u8..8,
-            byte in 0usize..32,
+            flip in Flip::any(),
         ) {
             let all = leaves(new as usize);
             let tree = Tree::new(all.clone());
@@ -555,16 +578,10 @@ mod tests {
             let proof = tree.consistency_proof(old).unwrap();
             prop_assert_eq!(verify_consistency(old, new, &old_root, &new_root, &proof), Ok(()));
 
-            let mut bad = old_root;
-            bad[byte] ^= 1 << bit;
-            prop_assert!(verify_consistency(old, new, &bad, &new_root, &proof).is_err());
-            let mut bad = new_root;
-            bad[byte] ^= 1 << bit;
-            prop_assert!(verify_consistency(old, new, &old_root, &bad, &proof).is_err());
-            if !proof.is_empty() {
-                let mut bad_proof = proof.clone();
-                let i = which.index(bad_proof.len());
-                bad_proof[i][byte] ^= 1 << bit;
+            let (bad_old, bad_new) = (flip.hash(old_root), flip.hash(new_root));
+            prop_assert!(verify_consistency(old, new, &bad_old, &new_root, &proof).is_err());
+            prop_assert!(verify_consistency(old, new, &old_root, &bad_new, &proof).is_err());
+            if let Some(bad_proof) = flip.proof(&proof) {
                 prop_assert!(verify_consistency(old, new, &old_root, &new_root, &bad_proof).is_err());
             }
             // A fork: the same old size with a different last leaf.

@@ -28,6 +28,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::store::StoreError;
+
 /// Environment variable holding the log filter (`info` by default; tracing-subscriber syntax).
 pub const LOG_FILTER_ENV: &str = "PLAYBOOKD_LOG";
 
@@ -181,10 +183,9 @@ pub struct Liveness {
 pub enum LivenessError {
     #[error("database did not answer SELECT 1 within {bound:?}")]
     DatabaseTimeout { bound: Duration },
-    #[error("no database connection for the liveness check")]
-    DatabasePool(#[source] deadpool_postgres::PoolError),
-    #[error("database liveness query failed")]
-    DatabaseQuery(#[source] tokio_postgres::Error),
+    /// No pooled connection, or `SELECT 1` failed: the store's own errors.
+    #[error("database liveness check failed")]
+    Database(#[source] StoreError),
     #[error("executor loop silent for {age:?} (limit {limit:?})")]
     ExecutorStalled { age: Duration, limit: Duration },
 }
@@ -212,18 +213,16 @@ impl Liveness {
             });
         }
         let probe = async {
-            let client = self.pool.get().await.map_err(LivenessError::DatabasePool)?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(LivenessError::DatabaseQuery)?;
-            Ok(())
+            let client = self.pool.get().await.map_err(StoreError::Pool)?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, StoreError>(())
         };
         tokio::time::timeout(self.database_bound, probe)
             .await
             .map_err(|_| LivenessError::DatabaseTimeout {
                 bound: self.database_bound,
             })?
+            .map_err(LivenessError::Database)
     }
 }
 

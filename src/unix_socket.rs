@@ -2,7 +2,8 @@
 //! socket from a crash is replaced, a live one or a non-socket is not; the status API's
 //! socket follows the same policy), permissions, peer
 //! credentials checked at connect, connection slots (per uid, with a reserve for privileged
-//! peers), and bounded NDJSON line reading with a deadline per line.
+//! peers), bounded NDJSON line reading with a deadline per line, and the one server loop
+//! ([`serve`]) both sockets run around their [`LineService`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +18,8 @@ use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+use crate::store::audit::{AuditEvent, AuditHandle, error_chain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -136,6 +139,97 @@ pub fn remove_stale(path: &Path) -> Result<(), BindError> {
             source,
         }),
     }
+}
+
+/// A service on one of the daemon's NDJSON sockets (decisions.sock, control.sock): who may
+/// connect, and the reply to each request line. [`serve`] is the server loop around it.
+pub trait LineService: Clone + Send + Sync + 'static {
+    /// What [`LineService::admit`] learned about a peer, handed to each reply.
+    type Peer: Send + Sync + 'static;
+    /// The longest request line, newline excluded.
+    const MAX_LINE_BYTES: usize;
+    /// What each line must hold, named when a blank one arrives (`JSON decision`).
+    const LINE_HOLDS: &'static str;
+    /// The setting that bounds each line's time, named when a line does not complete in time.
+    const LINE_DEADLINE_KEY: &'static str;
+
+    /// The socket's connection slots and line deadline.
+    fn socket(&self) -> SocketSettings;
+    /// Judges a peer from its kernel credentials at connect, before it holds a slot.
+    fn admit(&self, credentials: UCred) -> Admission<Self::Peer>;
+    /// The reply line for an admitted peer that found no free slot.
+    fn busy(&self, busy: Busy) -> Vec<u8>;
+    /// The reply line to one complete, non-blank request line.
+    fn answer(&self, line: &[u8], peer: &Self::Peer) -> impl Future<Output = Vec<u8>> + Send;
+    /// The reply line to a line that is no request (blank, too long, incomplete); `reason`
+    /// says what was wrong with it.
+    fn malformed(&self, reason: String, peer: &Self::Peer) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Serves `service` on `listener` until `shutdown`: [`accept_loop`] with the service's limits
+/// and admission, then [`answer_lines`] on each connection, in a task of its own.
+pub async fn serve<S: LineService>(
+    service: S,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) {
+    let (gate, busy) = (service.clone(), service.clone());
+    let stop = shutdown.clone();
+    accept_loop(
+        listener,
+        service.socket().limits,
+        shutdown,
+        move |credentials| gate.admit(credentials),
+        move |why| busy.busy(why),
+        move |stream, peer| connection(service.clone(), stream, peer, stop.clone()),
+    )
+    .await;
+}
+
+/// One connection of [`serve`]: each line answered in order, every malformed line answered
+/// with its reason.
+async fn connection<S: LineService>(
+    service: S,
+    stream: UnixStream,
+    peer: S::Peer,
+    shutdown: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let deadline = service.socket().line_deadline;
+    let (service, peer) = (&service, &peer);
+    answer_lines(
+        read,
+        write,
+        S::MAX_LINE_BYTES,
+        deadline,
+        &shutdown,
+        |request| async move {
+            let reason = match request {
+                Request::Line(line) => return service.answer(&line, peer).await,
+                Request::Blank => {
+                    format!("malformed: empty line; send one {} per line", S::LINE_HOLDS)
+                }
+                Request::TooLong => {
+                    format!("malformed: line longer than {} bytes", S::MAX_LINE_BYTES)
+                }
+                Request::Incomplete => format!(
+                    "malformed: line not complete within {} s ({}); connection closed",
+                    deadline.as_secs(),
+                    S::LINE_DEADLINE_KEY
+                ),
+            };
+            service.malformed(reason, peer).await
+        },
+    )
+    .await;
+}
+
+/// The settings of one of the daemon's NDJSON sockets (`[intake]`, `[control]`), resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketSettings {
+    pub limits: Limits,
+    /// Deadline for each request line, from the first byte waited for to its newline.
+    pub line_deadline: Duration,
 }
 
 /// How many connections a listener holds, and for whom.
@@ -351,6 +445,21 @@ pub struct RefusalThrottle {
 }
 
 impl RefusalThrottle {
+    /// Counts one refusal of `uid` and, unless one was recorded less than the interval ago,
+    /// appends `event(refusals)` to the audit log in a task of its own: the refused peer gets
+    /// its reason at once, and an append that fails is logged.
+    pub fn record(&self, uid: u32, audit: &AuditHandle, event: impl FnOnce(u64) -> AuditEvent) {
+        let Some(refusals) = self.count(uid) else {
+            return;
+        };
+        let (audit, event) = (audit.clone(), event(refusals));
+        tokio::spawn(async move {
+            if let Err(error) = audit.append(event).await {
+                tracing::warn!(error = %error_chain(&error), "peer refusal not recorded in the audit log");
+            }
+        });
+    }
+
     /// Counts one refusal of `uid`; returns how many refusals (this one included) to record
     /// now, or `None` when a record for this uid was written less than the interval ago.
     pub fn count(&self, uid: u32) -> Option<u64> {

@@ -389,18 +389,16 @@ async fn measure(
     wait_all_terminal(client, drain_limit).await?;
 
     eprintln!("bench: end-to-end runs, {} in flight", plan.concurrency);
-    let runs = runs_phase(
-        &setup.socket,
-        &setup.db_config,
-        plan.concurrency,
-        plan.phase,
-    )
-    .await?;
+    let audit_before = audit_rows(client).await?;
+    let samples = runs_phase(setup, plan.concurrency, plan.phase).await?;
+    let runs = RunsPhase {
+        samples,
+        audit_rows: audit_rows(client).await? - audit_before,
+    };
     wait_all_terminal(client, drain_limit).await?;
 
     eprintln!("bench: open loop, {} decisions/s offered", plan.open_rate);
-    let open_loop =
-        open_loop_phase(&setup.socket, &setup.db_config, plan.open_rate, plan.phase).await?;
+    let open_loop = open_loop_phase(setup, plan.open_rate, plan.phase).await?;
     wait_all_terminal(client, drain_limit).await?;
     let completed_total: i64 = client
         .query_one(
@@ -470,23 +468,12 @@ async fn intake_phase(
     phase: Duration,
     policy: &'static str,
 ) -> Result<Samples, BenchError> {
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let socket = socket.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&socket).await?;
-            let mut latencies = Vec::new();
-            while started.elapsed() < phase {
-                let sent = Instant::now();
-                conn.submit(policy).await?;
-                latencies.push(sent.elapsed());
-            }
-            Ok::<_, BenchError>(latencies)
-        }));
-    }
-    let parts = join_all(tasks).await?;
-    Ok(Samples::merge(parts, started.elapsed()))
+    closed_loop(socket, connections, phase, move |mut conn| async move {
+        let sent = Instant::now();
+        conn.submit(policy).await?;
+        Ok((conn, sent.elapsed()))
+    })
+    .await
 }
 
 /// What the end-to-end phase measured.
@@ -495,49 +482,73 @@ struct RunsPhase {
     audit_rows: i64,
 }
 
+/// `concurrency` clients, each sending its next decision when the previous run has completed.
 async fn runs_phase(
-    socket: &Path,
-    db_config: &tokio_postgres::Config,
+    setup: &Setup,
     concurrency: usize,
     phase: Duration,
-) -> Result<RunsPhase, BenchError> {
-    let counter = connect(db_config).await?;
-    let audit_before = audit_rows(&counter).await?;
-    let completions = Completions::start(db_config).await?;
-    let waiters = completions.waiters.clone();
+) -> Result<Samples, BenchError> {
+    with_completions(&setup.db_config, |waiters| {
+        closed_loop(&setup.socket, concurrency, phase, move |mut conn| {
+            let waiters = waiters.clone();
+            async move {
+                let sent = Instant::now();
+                let execution_id = conn.submit(NOOP_POLICY).await?;
+                let at = waiters.completed(execution_id).await?;
+                Ok((conn, at.saturating_duration_since(sent)))
+            }
+        })
+    })
+    .await
+}
 
+/// Runs `phase` with a completion listener ([`Completions`]) started before it and stopped
+/// after it, whatever the phase returned.
+async fn with_completions<T, Fut>(
+    db_config: &tokio_postgres::Config,
+    phase: impl FnOnce(Waiters) -> Fut,
+) -> Result<T, BenchError>
+where
+    Fut: Future<Output = Result<T, BenchError>>,
+{
+    let completions = Completions::start(db_config).await?;
+    let result = phase(completions.waiters.clone()).await;
+    completions.stop().await?;
+    result
+}
+
+/// The closed loop both phases above run: `clients` connections, each doing one `round` (send
+/// a decision, wait for what the phase measures, return the latency) after the other until
+/// `phase` has passed.
+async fn closed_loop<F, Fut>(
+    socket: &Path,
+    clients: usize,
+    phase: Duration,
+    round: F,
+) -> Result<Samples, BenchError>
+where
+    F: Fn(Conn) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(Conn, Duration), BenchError>> + Send + 'static,
+{
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
         let socket = socket.to_owned();
-        let waiters = waiters.clone();
+        let round = round.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&socket).await?;
             let mut latencies = Vec::new();
             while started.elapsed() < phase {
-                let sent = Instant::now();
-                let execution_id = conn.submit(NOOP_POLICY).await?;
-                let (state, at) = waiters.wait(execution_id).await?;
-                if state != "completed" {
-                    return Err(BenchError::NotCompleted {
-                        execution_id,
-                        state,
-                    });
-                }
-                latencies.push(at.saturating_duration_since(sent));
+                let (next, latency) = round(conn).await?;
+                conn = next;
+                latencies.push(latency);
             }
             Ok::<_, BenchError>(latencies)
         }));
     }
     let parts = join_all(tasks).await;
     let elapsed = started.elapsed();
-    completions.stop().await?;
-    let parts = parts?;
-    let audit_rows = audit_rows(&counter).await? - audit_before;
-    Ok(RunsPhase {
-        samples: Samples::merge(parts, elapsed),
-        audit_rows,
-    })
+    Ok(Samples::merge(parts?, elapsed))
 }
 
 /// One phase's completion listener: the waiters it wakes, and how to stop it.
@@ -592,6 +603,19 @@ struct WaiterState {
 }
 
 impl Waiters {
+    /// Waits until `execution_id` is terminal; when its COMMIT was heard, or an error when it
+    /// ended in another state than `completed` (a measured run must have run to its end).
+    async fn completed(&self, execution_id: Uuid) -> Result<Instant, BenchError> {
+        let (state, at) = self.wait(execution_id).await?;
+        if state != "completed" {
+            return Err(BenchError::NotCompleted {
+                execution_id,
+                state,
+            });
+        }
+        Ok(at)
+    }
+
     /// Waits until `execution_id` is terminal; its state and when its COMMIT was heard.
     async fn wait(&self, execution_id: Uuid) -> Result<(String, Instant), BenchError> {
         let rx = {
@@ -728,14 +752,22 @@ async fn listen_completions(
 /// The send times come from a thread that sleeps on the kernel's high-resolution timer: tokio's
 /// timer wheel has 1 ms ticks and wakes up to a tick late, which would add about 0.5 ms to
 /// every measured latency, as much as the daemon's whole budget at this rate.
-async fn open_loop_phase(
+async fn open_loop_phase(setup: &Setup, rate: u32, phase: Duration) -> Result<Samples, BenchError> {
+    let (parts, started) = with_completions(&setup.db_config, |waiters| async move {
+        open_loop(&setup.socket, waiters, rate, phase).await
+    })
+    .await?;
+    Ok(Samples::merge(parts, started.elapsed()))
+}
+
+/// [`open_loop_phase`] while its completion listener runs: the latencies by slot, and when the
+/// first send was scheduled.
+async fn open_loop(
     socket: &Path,
-    db_config: &tokio_postgres::Config,
+    waiters: Waiters,
     rate: u32,
     phase: Duration,
-) -> Result<Samples, BenchError> {
-    let completions = Completions::start(db_config).await?;
-    let waiters = completions.waiters.clone();
+) -> Result<(Vec<Vec<Duration>>, Instant), BenchError> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let millis = u64::try_from(phase.as_millis()).unwrap_or(u64::MAX);
     let count =
@@ -755,14 +787,8 @@ async fn open_loop_phase(
                 let execution_id = conn.submit(NOOP_POLICY).await?;
                 let waiters = waiters.clone();
                 pending.push(tokio::spawn(async move {
-                    let (state, at) = waiters.wait(execution_id).await?;
-                    if state != "completed" {
-                        return Err(BenchError::NotCompleted {
-                            execution_id,
-                            state,
-                        });
-                    }
-                    Ok(at.saturating_duration_since(scheduled))
+                    let at = waiters.completed(execution_id).await?;
+                    Ok::<_, BenchError>(at.saturating_duration_since(scheduled))
                 }));
             }
             let mut latencies = Vec::with_capacity(pending.len());
@@ -788,10 +814,7 @@ async fn open_loop_phase(
     });
     let parts = join_all(tasks).await;
     let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
-    completions.stop().await?;
-    let parts = parts?;
-    let elapsed = started.elapsed();
-    Ok(Samples::merge(parts, elapsed))
+    Ok((parts?, started))
 }
 
 /// Transactions per second the daemon commits (or rolls back) while it has runs parked and
@@ -1175,7 +1198,6 @@ impl BenchDir {
                 &signers[1].sign(text.as_bytes()),
             )?;
         }
-        let p = |relative: &str| self.path.join(relative).display().to_string();
         let config = format!(
             r#"# Written by `playbookd bench`; the database URL comes from {DATABASE_URL_ENV}.
 node_id = "bench"
@@ -1183,12 +1205,12 @@ node_id = "bench"
 url = "postgres://bench@127.0.0.1/overridden"
 pool_size = 16
 [paths]
-playbooks = "{playbooks}"
-trusted_keys = "{keys}"
-bindings = "{bindings}"
-decision_socket = "{decisions}"
-control_socket = "{control}"
-node_key = "{node_key}"
+playbooks = "{dir}/playbooks"
+trusted_keys = "{dir}/trusted-keys"
+bindings = "{dir}/bindings.yaml"
+decision_socket = "{dir}/run/decisions.sock"
+control_socket = "{dir}/run/control.sock"
+node_key = "{dir}/node.key"
 [status]
 listen = "127.0.0.1:0"
 [intake]
@@ -1200,16 +1222,10 @@ max_connections_per_uid = 2048
 [executor]
 max_concurrent_runs = {runs}
 [actions.file]
-quarantine_dir = "{quarantine}"
+quarantine_dir = "{dir}/quarantine"
 [control]
 "#,
-            playbooks = p("playbooks"),
-            keys = p("trusted-keys"),
-            bindings = p("bindings.yaml"),
-            decisions = p("run/decisions.sock"),
-            control = p("run/control.sock"),
-            node_key = p("node.key"),
-            quarantine = p("quarantine"),
+            dir = self.path.display(),
             // The bench drives decisions.sock from this process: it is the policy engine.
             uid = nix::unistd::geteuid().as_raw(),
             // Every parked run holds an executor slot while it waits at its gate.

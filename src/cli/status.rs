@@ -506,19 +506,33 @@ fn render_executions(body: &Value) -> String {
 }
 
 fn render_execution(body: &Value) -> String {
+    let [
+        execution,
+        state,
+        org,
+        policy,
+        outcome,
+        severity,
+        started,
+        completed,
+    ] = texts(
+        body,
+        [
+            "execution_id",
+            "state",
+            "org_id",
+            "policy",
+            "outcome",
+            "severity",
+            "started_at",
+            "completed_at",
+        ],
+    );
+    let [id, version, sha256] = texts(&body["playbook"], ["id", "version", "sha256"]);
     let mut out = format!(
-        "execution {}  state {}\nplaybook {}@{} sha256 {}\norg {}  policy {} → {}  severity {}\nstarted {}  completed {}\n",
-        text(&body["execution_id"]),
-        text(&body["state"]),
-        text(&body["playbook"]["id"]),
-        text(&body["playbook"]["version"]),
-        text(&body["playbook"]["sha256"]),
-        text(&body["org_id"]),
-        text(&body["policy"]),
-        text(&body["outcome"]),
-        text(&body["severity"]),
-        text(&body["started_at"]),
-        text(&body["completed_at"]),
+        "execution {execution}  state {state}\nplaybook {id}@{version} sha256 {sha256}\n\
+         org {org}  policy {policy} → {outcome}  severity {severity}\n\
+         started {started}  completed {completed}\n",
     );
     if !body["end_reason"].is_null() {
         out.push_str(&format!("end reason: {}\n", text(&body["end_reason"])));
@@ -531,16 +545,21 @@ fn render_execution(body: &Value) -> String {
             } else {
                 text(&s["skip_reason"])
             };
-            vec![
-                text(&s["step_index"]),
-                text(&s["step_id"]),
-                text(&s["action"]),
-                text(&s["state"]),
-                text(&s["attempts"]),
-                text(&s["started_at"]),
-                text(&s["duration_ms"]),
-                note,
-            ]
+            let mut row = texts(
+                s,
+                [
+                    "step_index",
+                    "step_id",
+                    "action",
+                    "state",
+                    "attempts",
+                    "started_at",
+                    "duration_ms",
+                ],
+            )
+            .to_vec();
+            row.push(note);
+            row
         })
         .collect();
     out.push_str(&table(
@@ -550,30 +569,23 @@ fn render_execution(body: &Value) -> String {
         &steps,
     ));
     for gate in items(&body["approvals"]) {
+        let [step, state, risk, required, expires] = texts(
+            gate,
+            ["step_index", "state", "risk", "required", "expires_at"],
+        );
         out.push_str(&format!(
-            "approval gate step {}: {} (risk {}, {} required, expires {})\n",
-            text(&gate["step_index"]),
-            text(&gate["state"]),
-            text(&gate["risk"]),
-            text(&gate["required"]),
-            text(&gate["expires_at"])
+            "approval gate step {step}: {state} (risk {risk}, {required} required, expires {expires})\n"
         ));
         for vote in items(&gate["votes"]) {
-            out.push_str(&format!(
-                "  uid {} {}: {}\n",
-                text(&vote["approver_uid"]),
-                text(&vote["verdict"]),
-                text(&vote["reason"])
-            ));
+            let [uid, verdict, reason] = texts(vote, ["approver_uid", "verdict", "reason"]);
+            out.push_str(&format!("  uid {uid} {verdict}: {reason}\n"));
         }
     }
     for rollback in items(&body["rollback"]) {
+        let [step, state, attempts, error] =
+            texts(rollback, ["step_index", "state", "attempts", "error"]);
         out.push_str(&format!(
-            "rollback step {}: {} ({} attempts) {}\n",
-            text(&rollback["step_index"]),
-            text(&rollback["state"]),
-            text(&rollback["attempts"]),
-            text(&rollback["error"])
+            "rollback step {step}: {state} ({attempts} attempts) {error}\n"
         ));
     }
     let seqs: Vec<String> = items(&body["audit"])
@@ -598,14 +610,18 @@ fn render_halt(body: &Value) -> String {
     };
     let rows: Vec<Vec<String>> = items(&body["history"])
         .map(|h| {
-            vec![
-                text(&h["halt_id"]),
-                text(&h["node_id"]),
-                text(&h["entered_at"]),
-                text(&h["resolved_at"]),
-                text(&h["resolved_by"]),
-                text(&h["reason"]),
-            ]
+            texts(
+                h,
+                [
+                    "halt_id",
+                    "node_id",
+                    "entered_at",
+                    "resolved_at",
+                    "resolved_by",
+                    "reason",
+                ],
+            )
+            .to_vec()
         })
         .collect();
     if !rows.is_empty() {
@@ -701,6 +717,11 @@ fn text(value: &Value) -> String {
         Value::String(s) => s.chars().filter(|c| !c.is_control()).collect(),
         other => other.to_string(),
     }
+}
+
+/// The fields `keys` of a JSON object, each as [`text`].
+fn texts<const N: usize>(value: &Value, keys: [&str; N]) -> [String; N] {
+    keys.map(|key| text(&value[key]))
 }
 
 /// Left-aligned columns separated by two spaces.

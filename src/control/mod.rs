@@ -15,9 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use tokio::net::unix::UCred;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::protocol::{MAX_LINE_BYTES, Reply, Request};
@@ -31,20 +29,7 @@ use crate::store::audit::{
 use crate::store::model::HaltScope;
 use crate::store::{Store, executions};
 use crate::text;
-use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle};
-
-/// `[control]` settings, resolved.
-#[derive(Debug, Clone)]
-pub struct ControlSettings {
-    /// Deadline for each request line, from the first byte waited for to its newline.
-    pub idle_timeout: Duration,
-    /// Connections held at once, the admins' reserve included.
-    pub max_connections: usize,
-    /// Connections one uid may hold at once.
-    pub max_connections_per_uid: usize,
-    /// Slots of `max_connections` only admins may take.
-    pub admin_reserved_connections: usize,
-}
+use crate::unix_socket::{Admission, Busy, LineService, RefusalThrottle, SocketSettings};
 
 /// A `reload` asked for on control.sock, handed to the daemon's main loop (which owns what a
 /// reload swaps); the loop answers on `reply` with what the reload did or why it failed.
@@ -107,7 +92,8 @@ pub struct KeptVersion {
 
 /// Everything the control server needs from the rest of the daemon.
 pub struct ControlParts {
-    pub settings: ControlSettings,
+    /// `[control]`: the slots (admins' reserve included) and the line deadline.
+    pub settings: SocketSettings,
     pub roles: Roles,
     pub store: Store,
     pub audit: AuditHandle,
@@ -123,7 +109,7 @@ pub struct Control {
 }
 
 struct Inner {
-    settings: ControlSettings,
+    settings: SocketSettings,
     roles: Roles,
     store: Store,
     audit: AuditHandle,
@@ -151,33 +137,20 @@ impl Control {
             }),
         }
     }
+}
 
-    /// Accepts connections until `shutdown`; each is served by its own task. The peer's roles
-    /// are looked up at connect: a uid with no role is refused before it can hold a slot, each
-    /// uid holds at most `max_connections_per_uid`, and `admin_reserved_connections` of the
-    /// `max_connections` slots are kept for admins.
-    pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let settings = &self.inner.settings;
-        let limits = Limits {
-            max_connections: settings.max_connections,
-            max_per_uid: settings.max_connections_per_uid,
-            reserved_for_privileged: settings.admin_reserved_connections,
-        };
-        let stop = shutdown.clone();
-        let gate = self.clone();
-        unix_socket::accept_loop(
-            listener,
-            limits,
-            shutdown,
-            move |credentials| gate.admit(credentials),
-            |busy| Reply::Error(busy_reason(busy)).to_line(),
-            move |stream, (peer, grant)| {
-                let control = self.clone();
-                let stop = stop.clone();
-                async move { control.connection(stream, peer, grant, stop).await }
-            },
-        )
-        .await;
+/// control.sock, served by [`crate::unix_socket::serve`]. The peer's roles are looked up at
+/// connect: a uid with no role is refused before it can hold a slot, each uid holds at most
+/// `max_connections_per_uid`, and `admin_reserved_connections` of the `max_connections` slots
+/// are kept for admins.
+impl LineService for Control {
+    type Peer = (Peer, Grant);
+    const MAX_LINE_BYTES: usize = MAX_LINE_BYTES;
+    const LINE_HOLDS: &'static str = "JSON request";
+    const LINE_DEADLINE_KEY: &'static str = "control.idle_timeout_seconds";
+
+    fn socket(&self) -> SocketSettings {
+        self.inner.settings
     }
 
     /// Looks the peer's roles up from its credentials; no role, no connection.
@@ -195,60 +168,32 @@ impl Control {
             "{peer} has no role on control.sock: an admin grants one in [roles] of playbookd.toml (then restart playbookd)"
         ));
         tracing::warn!(uid = peer.uid, "control.sock: peer with no role refused");
-        if let Some(refusals) = self.inner.peer_refusals.count(peer.uid) {
-            let audit = self.inner.audit.clone();
-            let event = AuditEvent::new("control.peer_refused", Actor::Uid(peer.uid))
-                .with("gids", peer.gids.iter().copied().collect::<Vec<u32>>())
-                .with("refusals", refusals);
-            tokio::spawn(async move {
-                if let Err(error) = audit.append(event).await {
-                    log_unrecorded(&error);
-                }
+        self.inner
+            .peer_refusals
+            .record(peer.uid, &self.inner.audit, |refusals| {
+                AuditEvent::new("control.peer_refused", Actor::Uid(peer.uid))
+                    .with("gids", peer.gids.iter().copied().collect::<Vec<u32>>())
+                    .with("refusals", refusals)
             });
-        }
         Admission::Refuse(reply.to_line())
     }
 
-    async fn connection(
-        &self,
-        stream: UnixStream,
-        peer: Peer,
-        grant: Grant,
-        shutdown: CancellationToken,
-    ) {
-        let (read, write) = stream.into_split();
-        let (peer, grant) = (&peer, &grant);
-        let deadline = self.inner.settings.idle_timeout;
-        unix_socket::answer_lines(
-            read,
-            write,
-            MAX_LINE_BYTES,
-            deadline,
-            &shutdown,
-            |line| async move {
-                let malformed = match line {
-                    unix_socket::Request::Line(line) => {
-                        return self.handle(&line, peer, grant).await.to_line();
-                    }
-                    unix_socket::Request::Blank => {
-                        "malformed: empty line; send one JSON request per line".to_owned()
-                    }
-                    unix_socket::Request::TooLong => {
-                        format!("malformed: line longer than {MAX_LINE_BYTES} bytes")
-                    }
-                    unix_socket::Request::Incomplete => format!(
-                        "malformed: line not complete within {} s (control.idle_timeout_seconds); connection closed",
-                        deadline.as_secs()
-                    ),
-                };
-                let reply = Reply::Error(malformed);
-                self.record(None, None, peer, &reply).await;
-                reply.to_line()
-            },
-        )
-        .await;
+    fn busy(&self, busy: Busy) -> Vec<u8> {
+        Reply::Error(busy_reason(busy)).to_line()
     }
 
+    async fn answer(&self, line: &[u8], (peer, grant): &(Peer, Grant)) -> Vec<u8> {
+        self.handle(line, peer, grant).await.to_line()
+    }
+
+    async fn malformed(&self, reason: String, (peer, _): &(Peer, Grant)) -> Vec<u8> {
+        let reply = Reply::Error(reason);
+        self.record(None, None, peer, &reply).await;
+        reply.to_line()
+    }
+}
+
+impl Control {
     /// Decodes, authorizes, carries out and audits one request line from `peer`.
     pub async fn handle(&self, line: &[u8], peer: &Peer, grant: &Grant) -> Reply {
         let request = match protocol::decode(line) {

@@ -740,29 +740,26 @@ impl<'a> Runner<'a> {
 
     /// Holds the end of a step after which nothing acts before the next record.
     fn defer_end(&self, index: usize, step: &Step, end: StepEnd) {
-        let record = StepEndRecord {
-            execution_id: self.record.id,
-            index,
-            step_id: step.id.clone(),
-            action: step.action.clone(),
-            end,
-        };
-        let deferred = steps::defer_end(&self.inner.audit, record);
+        let deferred = steps::defer_end(&self.inner.audit, self.step_end(index, step, end));
         self.defer(deferred, Some((self.record.id, index, false)));
     }
 
     async fn end_step(&self, index: usize, step: &Step, end: StepEnd) -> Result<(), RunError> {
         self.flush().await?;
-        let record = StepEndRecord {
+        steps::record_end(&self.inner.audit, self.step_end(index, step, end)).await?;
+        self.inner.settle((self.record.id, index, false));
+        Ok(())
+    }
+
+    /// The record of how step `index` of this run ended.
+    fn step_end(&self, index: usize, step: &Step, end: StepEnd) -> StepEndRecord {
+        StepEndRecord {
             execution_id: self.record.id,
             index,
             step_id: step.id.clone(),
             action: step.action.clone(),
             end,
-        };
-        steps::record_end(&self.inner.audit, record).await?;
-        self.inner.settle((self.record.id, index, false));
-        Ok(())
+        }
     }
 
     /// Undoes, in reverse order, every step that may have acted: succeeded, still `running`
@@ -789,14 +786,7 @@ impl<'a> Runner<'a> {
                 None => 0,
             };
             let Rollback::Action { action, params } = &step.rollback else {
-                undos::record_end(
-                    &self.inner.audit,
-                    self.record.id,
-                    index,
-                    step.id.clone(),
-                    UndoEnd::NotUndoable,
-                )
-                .await?;
+                self.end_undo(index, step, UndoEnd::NotUndoable).await?;
                 continue;
             };
             if !self
@@ -850,14 +840,7 @@ impl<'a> Runner<'a> {
             };
             match outcome {
                 Ok(()) => {
-                    undos::record_end(
-                        &self.inner.audit,
-                        self.record.id,
-                        index,
-                        step.id.clone(),
-                        UndoEnd::Succeeded,
-                    )
-                    .await?;
+                    self.end_undo(index, step, UndoEnd::Succeeded).await?;
                     self.inner.settle(owed_key);
                     return Ok(true);
                 }
@@ -893,6 +876,18 @@ impl<'a> Runner<'a> {
                 StartOutcome::Refused(halt) => self.wait_for_halt(&halt, &step.id, false).await,
             }
         }
+    }
+
+    async fn end_undo(&self, index: usize, step: &Step, end: UndoEnd) -> Result<(), RunError> {
+        undos::record_end(
+            &self.inner.audit,
+            self.record.id,
+            index,
+            step.id.clone(),
+            end,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn invoke_undo(

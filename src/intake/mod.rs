@@ -6,15 +6,12 @@ pub mod decision;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::net::unix::UCred;
-use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::decision::Decision;
@@ -30,7 +27,7 @@ use crate::store::halts::ActiveHalt;
 use crate::store::model::Severity;
 use crate::store::nonces::{self, FirstUse};
 use crate::text;
-use crate::unix_socket::{self, Admission, Busy, Limits, RefusalThrottle, Request};
+use crate::unix_socket::{Admission, Busy, LineService, RefusalThrottle, SocketSettings};
 
 /// Longest accepted line, newline excluded.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -139,11 +136,8 @@ pub struct IntakeSettings {
     /// The only peers that may send decisions (SO_PEERCRED uid).
     pub allowed_uids: BTreeSet<u32>,
     pub freshness_seconds: u64,
-    pub max_connections: usize,
-    /// Connections one uid may hold at once.
-    pub max_connections_per_uid: usize,
-    /// Deadline for each request line, from the first byte waited for to its newline.
-    pub idle_timeout: Duration,
+    /// decisions.sock's slots (no reserve) and line deadline.
+    pub socket: SocketSettings,
     pub max_accepted_per_second: u32,
     /// Accepted runs allowed to wait for an executor slot; beyond it, `busy`.
     pub max_backlog: usize,
@@ -193,31 +187,18 @@ impl Intake {
             }),
         }
     }
+}
 
-    /// Accepts connections until `shutdown`; each connection is served by its own task. A peer
-    /// whose uid is not in `intake.allowed_uids` is refused at connect, before it holds a slot.
-    pub async fn serve(self, listener: UnixListener, shutdown: CancellationToken) {
-        let settings = &self.inner.settings;
-        let limits = Limits {
-            max_connections: settings.max_connections,
-            max_per_uid: settings.max_connections_per_uid,
-            reserved_for_privileged: 0,
-        };
-        let stop = shutdown.clone();
-        let gate = self.clone();
-        unix_socket::accept_loop(
-            listener,
-            limits,
-            shutdown,
-            move |credentials| gate.admit(credentials),
-            |busy| Reply::rejected(busy_reason(busy)).to_line(),
-            move |stream, uid| {
-                let intake = self.clone();
-                let stop = stop.clone();
-                async move { intake.connection(stream, uid, stop).await }
-            },
-        )
-        .await;
+/// decisions.sock, served by [`crate::unix_socket::serve`]: one decision per line, from the peers of
+/// `intake.allowed_uids` only.
+impl LineService for Intake {
+    type Peer = u32;
+    const MAX_LINE_BYTES: usize = MAX_LINE_BYTES;
+    const LINE_HOLDS: &'static str = "JSON decision";
+    const LINE_DEADLINE_KEY: &'static str = "intake.idle_timeout_seconds";
+
+    fn socket(&self) -> SocketSettings {
+        self.inner.settings.socket
     }
 
     /// Admits a peer whose uid is in `intake.allowed_uids`. The daemon's own uid is not
@@ -237,54 +218,30 @@ impl Intake {
         tracing::warn!(uid, gid, "decision peer refused");
         metrics::counter!("playbookd_decisions_total", "status" => "rejected", "reason" => "peer")
             .increment(1);
-        if let Some(refusals) = self.inner.peer_refusals.count(uid) {
-            let audit = self.inner.audit.clone();
-            tokio::spawn(async move {
-                let event = AuditEvent::new("decision.peer_refused", Actor::Uid(uid))
+        self.inner
+            .peer_refusals
+            .record(uid, &self.inner.audit, |refusals| {
+                AuditEvent::new("decision.peer_refused", Actor::Uid(uid))
                     .with("gid", gid)
-                    .with("refusals", refusals);
-                if let Err(error) = audit.append(event).await {
-                    tracing::warn!(error = %error, "peer refusal not recorded");
-                }
+                    .with("refusals", refusals)
             });
-        }
         Admission::Refuse(Reply::rejected(reason).to_line())
     }
 
-    async fn connection(&self, stream: UnixStream, uid: u32, shutdown: CancellationToken) {
-        let (read, write) = stream.into_split();
-        let deadline = self.inner.settings.idle_timeout;
-        unix_socket::answer_lines(
-            read,
-            write,
-            MAX_LINE_BYTES,
-            deadline,
-            &shutdown,
-            |request| async move {
-                let reply = match request {
-                    Request::Line(line) => self.handle(&line, uid).await,
-                    Request::Blank => {
-                        let reason = "malformed: empty line; send one JSON decision per line";
-                        self.refuse(reason.to_owned(), uid, None).await
-                    }
-                    Request::TooLong => {
-                        let reason = format!("malformed: line longer than {MAX_LINE_BYTES} bytes");
-                        self.refuse(reason, uid, None).await
-                    }
-                    Request::Incomplete => {
-                        let reason = format!(
-                            "malformed: line not complete within {} s (intake.idle_timeout_seconds); connection closed",
-                            deadline.as_secs()
-                        );
-                        self.refuse(reason, uid, None).await
-                    }
-                };
-                reply.to_line()
-            },
-        )
-        .await;
+    fn busy(&self, busy: Busy) -> Vec<u8> {
+        Reply::rejected(busy_reason(busy)).to_line()
     }
 
+    async fn answer(&self, line: &[u8], uid: &u32) -> Vec<u8> {
+        self.handle(line, *uid).await.to_line()
+    }
+
+    async fn malformed(&self, reason: String, uid: &u32) -> Vec<u8> {
+        self.refuse(reason, *uid, None).await.to_line()
+    }
+}
+
+impl Intake {
     /// Processes one line and returns its reply; every outcome is audited.
     pub async fn handle(&self, line: &[u8], peer_uid: u32) -> Reply {
         let (decision, raw) = match decision::decode(line) {

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
 use crate::status::cursor::Cursor;
-use crate::status::json::{self, bounded_text, truncate};
+use crate::status::json::{self, truncate};
 use crate::store::StoreError;
 use crate::store::model::{GateState, RunState, StepState, UndoState, Vote, decode_risk};
 
@@ -53,13 +53,15 @@ pub struct ChainHead {
     pub hash: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SafeHalt {
     pub halt_id: i64,
     pub is_active: bool,
     pub node_id: String,
     pub execution_id: Option<Uuid>,
+    /// The step whose undo failed.
     pub rollback_id: Option<String>,
+    #[serde(serialize_with = "json::bounded")]
     pub error_message: String,
     pub entered_at: Timestamp,
     pub resolved_at: Option<Timestamp>,
@@ -165,6 +167,17 @@ pub struct RunDetail {
     pub events: Vec<EventRow>,
 }
 
+/// When a step or an undo ran and how its last attempt failed, as the API shows both.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    #[serde(serialize_with = "json::bounded_opt")]
+    pub error: Option<String>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(serialize_with = "json::timestamp_opt")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
 /// One step of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
@@ -180,12 +193,9 @@ pub struct StepRow {
     /// Redacted and bounded (see [`bounded_json`]).
     pub output: Option<Value>,
     pub error_class: Option<String>,
-    #[serde(serialize_with = "json::bounded_opt")]
-    pub error: Option<String>,
-    #[serde(serialize_with = "json::timestamp_opt")]
-    pub started_at: Option<OffsetDateTime>,
-    #[serde(serialize_with = "json::timestamp_opt")]
-    pub finished_at: Option<OffsetDateTime>,
+    /// `error`, `started_at`, `finished_at`.
+    #[serde(flatten)]
+    pub outcome: Outcome,
     /// From start to finish, once both are known.
     pub duration_ms: Option<i64>,
 }
@@ -230,12 +240,9 @@ pub struct UndoRow {
     #[serde(serialize_with = "json::text")]
     pub state: UndoState,
     pub attempts: i32,
-    #[serde(serialize_with = "json::bounded_opt")]
-    pub error: Option<String>,
-    #[serde(serialize_with = "json::timestamp_opt")]
-    pub started_at: Option<OffsetDateTime>,
-    #[serde(serialize_with = "json::timestamp_opt")]
-    pub finished_at: Option<OffsetDateTime>,
+    /// `error`, `started_at`, `finished_at`.
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
 /// One audit event of a run, with its evidence (the API lists where it is, not the evidence).
@@ -275,15 +282,9 @@ pub struct CheckpointRef {
 /// An active SAFE-HALT with what the banner shows about it.
 #[derive(Debug, Clone)]
 pub struct ActiveHalt {
-    pub halt_id: i64,
-    /// Whether every node is halted (`playbookd ctl halt --fleet`), not only `node_id`.
+    pub halt: SafeHalt,
+    /// Whether every node is halted (`playbookd ctl halt --fleet`), not only `halt.node_id`.
     pub fleet: bool,
-    pub node_id: String,
-    pub execution_id: Option<Uuid>,
-    /// The step whose undo failed (`rollback_id`).
-    pub rollback_id: Option<String>,
-    pub error_message: String,
-    pub entered_at: OffsetDateTime,
 }
 
 /// A gate waiting now, with the run it belongs to.
@@ -340,17 +341,17 @@ pub async fn active_halt(
     client: &impl GenericClient,
     node_id: &str,
 ) -> Result<Option<SafeHalt>, StoreError> {
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state WHERE {} \
-                 ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1",
-                crate::store::halts::in_force!("$1")
-            ),
-            &[&node_id],
-        )
-        .await?;
-    Ok(row.as_ref().map(halt_from_row))
+    let rows = halt_rows(
+        client,
+        concat!(
+            "WHERE ",
+            crate::store::halts::in_force!("$1"),
+            " ORDER BY scope = 'fleet' DESC, entered_at LIMIT 1"
+        ),
+        &[&node_id],
+    )
+    .await?;
+    Ok(rows.first().map(halt_from_row))
 }
 
 /// The newest `limit` halts, active or resolved.
@@ -358,15 +359,12 @@ pub async fn halt_history(
     client: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<SafeHalt>, StoreError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {HALT_COLUMNS} FROM playbook_safe_halt_state \
-                 ORDER BY entered_at DESC, halt_id DESC LIMIT $1"
-            ),
-            &[&limit],
-        )
-        .await?;
+    let rows = halt_rows(
+        client,
+        "ORDER BY entered_at DESC, halt_id DESC LIMIT $1",
+        &[&limit],
+    )
+    .await?;
     Ok(rows.iter().map(halt_from_row).collect())
 }
 
@@ -381,35 +379,23 @@ pub async fn known_versions(client: &impl GenericClient) -> Result<Vec<KnownVers
     Ok(rows
         .iter()
         .map(|row| KnownVersion {
-            id: row.get(0),
-            version: row.get(1),
-            sha256: hex::encode(row.get::<_, Vec<u8>>(2)),
-            signer_key_ids: row.get(3),
-            first_seen: Timestamp(row.get(4)),
+            id: row.get("playbook_id"),
+            version: row.get("version"),
+            sha256: hex::encode(row.get::<_, Vec<u8>>("sha256")),
+            signer_key_ids: row.get("signer_key_ids"),
+            first_seen: Timestamp(row.get("first_seen")),
         })
         .collect())
 }
 
 /// Every active SAFE-HALT, oldest first (one per node once halts are node-scoped).
 pub async fn active_halts(client: &impl GenericClient) -> Result<Vec<ActiveHalt>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT halt_id, node_id, execution_id, rollback_id, error_message, entered_at, \
-                scope = 'fleet' \
-             FROM playbook_safe_halt_state WHERE is_active ORDER BY entered_at, halt_id",
-            &[],
-        )
-        .await?;
+    let rows = halt_rows(client, "WHERE is_active ORDER BY entered_at, halt_id", &[]).await?;
     Ok(rows
         .iter()
         .map(|row| ActiveHalt {
-            halt_id: row.get(0),
-            node_id: row.get(1),
-            execution_id: row.get(2),
-            rollback_id: row.get(3),
-            error_message: row.get(4),
-            entered_at: row.get(5),
-            fleet: row.get(6),
+            halt: halt_from_row(row),
+            fleet: row.get("fleet"),
         })
         .collect())
 }
@@ -548,9 +534,11 @@ async fn steps_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<StepRow>,
                 skip_reason: row.get(6),
                 output: row.get::<_, Option<Value>>(7).map(bounded_json),
                 error_class: row.get(8),
-                error: row.get(9),
-                started_at,
-                finished_at,
+                outcome: Outcome {
+                    error: row.get(9),
+                    started_at,
+                    finished_at,
+                },
                 duration_ms: started_at.zip(finished_at).map(|(start, end)| {
                     i64::try_from((end - start).whole_milliseconds()).unwrap_or(i64::MAX)
                 }),
@@ -574,9 +562,11 @@ async fn undos_of(client: &impl GenericClient, id: Uuid) -> Result<Vec<UndoRow>,
                 step_index: row.get(0),
                 state: UndoState::decode(row.get(1))?,
                 attempts: row.get(2),
-                error: row.get(3),
-                started_at: row.get(4),
-                finished_at: row.get(5),
+                outcome: Outcome {
+                    error: row.get(3),
+                    started_at: row.get(4),
+                    finished_at: row.get(5),
+                },
             })
         })
         .collect()
@@ -852,6 +842,19 @@ pub(crate) fn add_condition<'a>(
     conditions.push(text);
 }
 
+/// The halt rows `tail` (a WHERE and ORDER BY clause with `params`) selects, with the
+/// [`halt_from_row`] columns and `fleet`.
+async fn halt_rows(
+    client: &impl GenericClient,
+    tail: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let sql = format!(
+        "SELECT {HALT_COLUMNS}, scope = 'fleet' AS fleet FROM playbook_safe_halt_state {tail}"
+    );
+    Ok(client.query(&sql, params).await?)
+}
+
 fn halt_from_row(row: &Row) -> SafeHalt {
     SafeHalt {
         halt_id: row.get("halt_id"),
@@ -859,7 +862,7 @@ fn halt_from_row(row: &Row) -> SafeHalt {
         node_id: row.get("node_id"),
         execution_id: row.get("execution_id"),
         rollback_id: row.get("rollback_id"),
-        error_message: bounded_text(&row.get::<_, String>("error_message")),
+        error_message: row.get("error_message"),
         entered_at: Timestamp(row.get("entered_at")),
         resolved_at: row
             .get::<_, Option<OffsetDateTime>>("resolved_at")

@@ -117,27 +117,21 @@ impl Submitter {
     }
 
     /// Submits at start, after each checkpoint and every `retry` (a witness that was down gets
-    /// the newest checkpoint later), until `shutdown`.
-    pub fn spawn(
-        self,
-        retry: Duration,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(retry);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = ticks.tick() => {}
-                    () = self.wake.notified() => {}
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = self.submit_all() => {}
-                }
+    /// the newest checkpoint later), until `shutdown`. The daemon runs it in a task of its own.
+    pub async fn run(self, retry: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(retry);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+                () = self.wake.notified() => {}
             }
-        })
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.submit_all() => {}
+            }
+        }
     }
 
     /// Submits the newest checkpoint to every witness, concurrently; logs and counts each result.

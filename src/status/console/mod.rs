@@ -152,7 +152,7 @@ async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
         });
     };
     let (frame, detail) = read(state, move |client| {
-        Box::pin(async move { queries::run_detail(client, id).await })
+        Box::pin(queries::run_detail(client, id))
     })
     .await?;
     let Some(mut detail) = detail else {
@@ -163,7 +163,7 @@ async fn run(state: &StatusState, id: String) -> Result<Response, PageError> {
     // keeps the query's order, last step first).
     detail
         .rollback
-        .sort_by_key(|undo| (undo.started_at.is_none(), undo.started_at));
+        .sort_by_key(|undo| (undo.outcome.started_at.is_none(), undo.outcome.started_at));
     let now = OffsetDateTime::now_utc();
     let step_ids: BTreeMap<i32, &str> = detail
         .steps
@@ -234,10 +234,7 @@ async fn approvals_page(State(state): State<StatusState>) -> Response {
 }
 
 async fn approvals(state: &StatusState) -> Result<Response, PageError> {
-    let (frame, waiting) = read(state, |client| {
-        Box::pin(async move { queries::waiting_gates(client).await })
-    })
-    .await?;
+    let (frame, waiting) = read(state, |client| Box::pin(queries::waiting_gates(client))).await?;
     let now = OffsetDateTime::now_utc();
     let gates = waiting
         .iter()
@@ -269,10 +266,7 @@ async fn registry_page(State(state): State<StatusState>) -> Response {
 }
 
 async fn registry(state: &StatusState) -> Result<Response, PageError> {
-    let (frame, known) = read(state, |client| {
-        Box::pin(async move { queries::known_versions(client).await })
-    })
-    .await?;
+    let (frame, known) = read(state, |client| Box::pin(queries::known_versions(client))).await?;
     let runtime = state.runtime.borrow().clone();
     let now = OffsetDateTime::now_utc();
     let is_active = |id: &str, version: i64| {
@@ -605,24 +599,18 @@ fn parse_filter(params: Params) -> Result<(RunFilter, FilterView), PageError> {
             return Err(bad(name, "at most 256 characters"));
         }
     }
-    let since = text("since")
-        .map(|t| parse_instant(&t))
-        .transpose()
-        .map_err(|()| {
-            bad(
-                "since",
-                "a UTC time such as 2026-01-31T12:00 or 2026-01-31T12:00:00Z",
-            )
-        })?;
-    let until = text("until")
-        .map(|t| parse_instant(&t))
-        .transpose()
-        .map_err(|()| {
-            bad(
-                "until",
-                "a UTC time such as 2026-01-31T12:00 or 2026-01-31T12:00:00Z",
-            )
-        })?;
+    let instant = |name: &str| {
+        text(name)
+            .map(|t| parse_instant(&t))
+            .transpose()
+            .map_err(|()| {
+                bad(
+                    name,
+                    "a UTC time such as 2026-01-31T12:00 or 2026-01-31T12:00:00Z",
+                )
+            })
+    };
+    let (since, until) = (instant("since")?, instant("until")?);
     if let (Some(since), Some(until)) = (since, until)
         && since > until
     {

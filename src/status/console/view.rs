@@ -53,18 +53,19 @@ pub struct HaltBanner {
 }
 
 impl HaltBanner {
-    pub fn new(halt: &ActiveHalt, now: OffsetDateTime) -> HaltBanner {
+    pub fn new(active: &ActiveHalt, now: OffsetDateTime) -> HaltBanner {
+        let halt = &active.halt;
         HaltBanner {
             halt_id: halt.halt_id,
-            fleet: halt.fleet,
+            fleet: active.fleet,
             node_id: halt.node_id.clone(),
-            since: Stamp::new(halt.entered_at, now),
+            since: Stamp::new(halt.entered_at.0, now),
             execution: halt.execution_id.map(|id| id.to_string()),
             rollback_step: halt.rollback_id.clone(),
             error: excerpt(&halt.error_message, TEXT_EXCERPT),
             command: format!(
                 "playbookd ctl halt-resolve{} --reason {}",
-                if halt.fleet { " --fleet" } else { "" },
+                if active.fleet { " --fleet" } else { "" },
                 shell_quote("<what was checked and why it is safe to act again>")
             ),
         }
@@ -318,12 +319,13 @@ impl StepLine {
             id: step.step_id.clone(),
             action: step.action.clone(),
             state: Badge::step(step.state),
-            started: Stamp::maybe(step.started_at, now),
-            finished: Stamp::maybe(step.finished_at, now),
-            duration: duration_between(step.started_at, step.finished_at),
+            started: Stamp::maybe(step.outcome.started_at, now),
+            finished: Stamp::maybe(step.outcome.finished_at, now),
+            duration: duration_between(step.outcome.started_at, step.outcome.finished_at),
             attempts: step.attempts,
             error_class: step.error_class.clone().unwrap_or_default(),
             error: step
+                .outcome
                 .error
                 .as_deref()
                 .map(|e| excerpt(e, TEXT_EXCERPT))
@@ -363,10 +365,11 @@ impl UndoLine {
             step_id,
             state: Badge::undo(undo.state),
             attempts: undo.attempts,
-            started: Stamp::maybe(undo.started_at, now),
-            finished: Stamp::maybe(undo.finished_at, now),
-            duration: duration_between(undo.started_at, undo.finished_at),
+            started: Stamp::maybe(undo.outcome.started_at, now),
+            finished: Stamp::maybe(undo.outcome.finished_at, now),
+            duration: duration_between(undo.outcome.started_at, undo.outcome.finished_at),
             error: undo
+                .outcome
                 .error
                 .as_deref()
                 .map(|e| excerpt(e, TEXT_EXCERPT))
