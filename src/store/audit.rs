@@ -1386,8 +1386,8 @@ async fn run_request(
     }
     let order = RequestOrder::new(jobs.len());
     let turns: Vec<Tx<'_>> = (0..jobs.len()).map(|job| tx.in_turn(&order, job)).collect();
-    // `join_all` polls its futures in order: each job's first statement is sent before the
-    // next job's.
+    // `join_all` first polls its futures in order, so each job's first statement is sent
+    // before the next job's (were it otherwise, `order` would see it).
     let applied = futures::future::join_all(
         jobs.iter_mut()
             .zip(&turns)
