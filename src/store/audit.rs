@@ -1375,7 +1375,9 @@ async fn run_group(tx: &Tx<'_>, group: Vec<(usize, Request)>, failed: &AtomicBoo
 /// their statements reach the server in the request's order (checked per statement by
 /// [`RequestOrder`]: a job that sends again after a later job did breaks it), and any failure
 /// (a later job would not have been attempted) or a broken order sets `failed`, so the attempt
-/// is rolled back and written the savepoint way.
+/// is rolled back and written the savepoint way. A job whose statement is not prepared yet on
+/// this connection sends it only after the prepare's round trip, behind the later jobs' cached
+/// ones: the first such request after a (re)connect is written the savepoint way.
 async fn run_request(
     tx: &Tx<'_>,
     mut jobs: Vec<Box<dyn Job>>,
