@@ -1250,8 +1250,9 @@ enum Pipelined {
 /// request ran though they should not have), a request whose statements went out of order,
 /// and any refusal by a SAFE-HALT (a halt read after another group's statement, in memory or
 /// by a statement seeing a newer snapshot, would be chained before what it followed), means
-/// ROLLBACK and [`Pipelined::Retry`]. A failed BEGIN, ROLLBACK, INSERT or COMMIT fails the batch as on the
-/// sequential path.
+/// ROLLBACK and [`Pipelined::Retry`], except for a batch of one job that failed: it ran alone,
+/// as it would the savepoint way, and its refusal is answered at once. A failed BEGIN,
+/// ROLLBACK, INSERT or COMMIT fails the batch as on the sequential path.
 async fn write_pipelined(
     sink: &mut Sink<'_>,
     batch: Vec<Request>,
@@ -1297,6 +1298,17 @@ async fn write_pipelined(
             fail_all(jobs);
             perf.log("pipelined");
             return Pipelined::Done(Err(error.into()));
+        }
+        // A batch of one job that failed (a replayed nonce, a refused transition) ran alone in
+        // its transaction, as the savepoint way would run it: its refusal is its answer, and
+        // nothing is written.
+        if let [only] = ran.as_mut_slice()
+            && matches!(only.jobs.as_slice(), [(_, Some(Err(_)))])
+            && let Some((job, Some(Err(error)))) = only.jobs.pop()
+        {
+            job.finish(Err(AppendError::Effect(error)));
+            perf.log("pipelined_refused");
+            return Pipelined::Done(Ok(false));
         }
         perf.log("pipelined_rolled_back");
         let batch = ran

@@ -436,6 +436,17 @@ async fn the_jobs_of_one_request_reach_the_database_in_order() {
         matches!(outcome, Err(AppendError::Effect(_))),
         "{outcome:?}"
     );
+    let entries = log.take();
+    let starts = entries.iter().filter(|e| *e == "start 21").count();
+    assert_eq!(starts, 1, "{entries:?}");
+
+    // A lone job refused after its insert is refused once: nothing to write again.
+    let outcome = handle.append_in(run, log.job(30, false, true)).await;
+    assert!(
+        matches!(outcome, Err(AppendError::Effect(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(log.take(), ["start 30", "end 30"]);
 
     let rows: Vec<i32> = query_column(&client, "SELECT k FROM scratch ORDER BY k", &[]).await;
     assert_eq!(rows, [0, 1, 2, 3, 10, 11]);
