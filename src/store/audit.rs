@@ -25,14 +25,16 @@
 //! once per connection ([`Tx`]), and the batch's audit rows are one INSERT (`unnest` of arrays)
 //! sent together with the last savepoint's release, then COMMIT.
 //!
-//! A batch of several requests is first written without savepoints, the effects of requests in
-//! different [`Scope`]s side by side (their statements pipelined on the one connection), so that
-//! the batch's outcome and chain order are those of running its requests one by one in batch
-//! order; if any effect fails there, that attempt is rolled back and the batch is written again
-//! the savepoint way above (effects are `Fn`, so they can run again).
+//! A batch (even of one request) is first written without savepoints, the effects of requests
+//! in different [`Scope`]s side by side and the jobs of one request side by side too (their
+//! statements pipelined on the one connection, a request's reaching the server in its order),
+//! so that the batch's outcome and chain order are those of running its requests one by one in
+//! batch order, each request's jobs one by one; if any effect fails there, that attempt is
+//! rolled back and the batch is written again the savepoint way above (effects are `Fn`, so
+//! they can run again).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -170,20 +172,55 @@ impl Scope {
 /// `Deref` (a helper taking a `GenericClient` still works, uncached); the writer opened the
 /// transaction on it (its BEGIN travels with the first effect's first statement, see
 /// `write_batch`), so whatever is sent through it is part of the batch's transaction.
+///
+/// The jobs of one request run side by side (see `run_request`): each statement sent through
+/// `execute` or `query*` first checks that no later job of the request sent one before it.
+/// Statements sent through the client itself are not seen one by one: reaching for it from
+/// any job but the request's last sends the batch the savepoint way.
 pub struct Tx<'t> {
     transaction: &'t Client,
     statements: &'t StatementCache,
+    /// This job's place in its request, when the request's jobs run side by side.
+    turn: Option<Turn<'t>>,
 }
 
 impl std::ops::Deref for Tx<'_> {
     type Target = Client;
 
     fn deref(&self) -> &Client {
+        if let Some(turn) = &self.turn {
+            turn.raw();
+        }
         self.transaction
     }
 }
 
-impl Tx<'_> {
+impl<'t> Tx<'t> {
+    fn new(transaction: &'t Client, statements: &'t StatementCache) -> Tx<'t> {
+        Tx {
+            transaction,
+            statements,
+            turn: None,
+        }
+    }
+
+    /// The same transaction, for job `job` of a request whose jobs run side by side.
+    fn in_turn(&self, order: &'t RequestOrder, job: usize) -> Tx<'t> {
+        Tx {
+            transaction: self.transaction,
+            statements: self.statements,
+            turn: Some(Turn { order, job }),
+        }
+    }
+
+    /// Called just before a statement is sent (nothing is awaited in between, so the
+    /// statements reach the server in the order of these calls).
+    fn sending(&self) {
+        if let Some(turn) = &self.turn {
+            turn.sending();
+        }
+    }
+
     /// The prepared statement for `sql`, prepared on first use by this connection.
     pub async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
@@ -200,6 +237,7 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
         let statement = self.statement(sql).await?;
+        self.sending();
         self.transaction.execute(&statement, params).await
     }
 
@@ -209,6 +247,7 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let statement = self.statement(sql).await?;
+        self.sending();
         self.transaction.query(&statement, params).await
     }
 
@@ -218,6 +257,7 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
         let statement = self.statement(sql).await?;
+        self.sending();
         self.transaction.query_one(&statement, params).await
     }
 
@@ -227,7 +267,54 @@ impl Tx<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
         let statement = self.statement(sql).await?;
+        self.sending();
         self.transaction.query_opt(&statement, params).await
+    }
+}
+
+/// A job's place among the jobs of its request when they run side by side (see `run_request`).
+#[derive(Clone, Copy)]
+struct Turn<'t> {
+    order: &'t RequestOrder,
+    job: usize,
+}
+
+impl Turn<'_> {
+    /// This job sends a statement now: out of order if a later job of the request sent one
+    /// already (its effect then did not run after this one's, as the request says).
+    fn sending(&self) {
+        if self.order.latest.fetch_max(self.job, Ordering::Relaxed) > self.job {
+            self.order.broken.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// This job reaches for the client itself, whose statements are not seen one by one: in
+    /// order only if no later job can send anything after them, i.e. for the request's last.
+    fn raw(&self) {
+        if self.job + 1 < self.order.jobs {
+            self.order.broken.store(true, Ordering::Relaxed);
+        }
+        self.sending();
+    }
+}
+
+/// The order guard of one request whose jobs run side by side: their statements must reach
+/// the server job by job, in the request's order.
+struct RequestOrder {
+    jobs: usize,
+    /// The latest job (by its place in the request) that sent a statement.
+    latest: AtomicUsize,
+    /// Set when a statement went out after a later job's: the attempt must not stand.
+    broken: AtomicBool,
+}
+
+impl RequestOrder {
+    fn new(jobs: usize) -> RequestOrder {
+        RequestOrder {
+            jobs,
+            latest: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+        }
     }
 }
 
@@ -1085,9 +1172,11 @@ impl Writer {
 /// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
 /// batch did not commit, and the caller drops the connection (which ends the transaction).
 ///
-/// A batch of several requests is first tried on the pipelined path ([`write_pipelined`]); if
-/// an effect fails there, that attempt is rolled back and the batch written again on the
-/// sequential path ([`write_sequential`]), where each effect has its own savepoint.
+/// A batch is first tried on the pipelined path ([`write_pipelined`]), even a batch of one
+/// request (what a lightly loaded writer sees): its jobs' statements then go out together and
+/// no savepoint is sent. If an effect fails there, that attempt is rolled back and the batch
+/// written again on the sequential path ([`write_sequential`]), where each effect has its own
+/// savepoint.
 async fn write_batch(
     connection: &mut ChainConnection,
     node_id: &str,
@@ -1102,9 +1191,6 @@ async fn write_batch(
         head,
         tree,
     };
-    if batch.len() < 2 {
-        return write_sequential(&mut sink, batch, perf).await;
-    }
     match write_pipelined(&mut sink, batch, perf).await {
         Pipelined::Done(outcome) => outcome,
         // Logged under `perf` (path `pipelined_rolled_back`); not a metric of its own.
@@ -1135,7 +1221,8 @@ enum Pipelined {
 /// depth instead of one per statement.
 ///
 /// Serial equivalence: requests in one execution's scope run one after another in batch order
-/// (and a request's jobs in order); requests of different executions touch disjoint rows and
+/// (a request's jobs side by side, their statements reaching the server in the request's
+/// order: see [`run_request`]); requests of different executions touch disjoint rows and
 /// read shared rows (halts) only, which only [`Scope::Global`] requests write, and a global
 /// request runs alone, after everything before it in the batch and before everything after it.
 /// So the outcome is the outcome of running the requests one by one in batch order, and the
@@ -1143,11 +1230,13 @@ enum Pipelined {
 /// "side by side" is an interleaving of statements, never two at once.
 ///
 /// Any failed effect (an SQL error aborts the transaction for every effect in flight; a refusal
-/// in Rust leaves partial writes without a savepoint to undo them), and any refusal by a
-/// SAFE-HALT (a halt read after another group's statement, in memory or by a statement seeing a
-/// newer snapshot, would be chained before what it followed), means ROLLBACK and
-/// [`Pipelined::Retry`]. A failed BEGIN, ROLLBACK, INSERT or COMMIT fails the batch as on the
-/// sequential path.
+/// in Rust leaves partial writes without a savepoint to undo them, and the later jobs of its
+/// request ran though they should not have), a request whose statements went out of order,
+/// and any refusal by a SAFE-HALT (a halt read after another group's statement, in memory or
+/// by a statement seeing a newer snapshot, would be chained before what it followed), means
+/// ROLLBACK and [`Pipelined::Retry`], except for a batch of one job that failed: it ran alone,
+/// as it would the savepoint way, and its refusal is answered at once. A failed BEGIN,
+/// ROLLBACK, INSERT or COMMIT fails the batch as on the sequential path.
 async fn write_pipelined(
     sink: &mut Sink<'_>,
     batch: Vec<Request>,
@@ -1155,10 +1244,7 @@ async fn write_pipelined(
 ) -> Pipelined {
     let segments = segments(batch);
     let transaction = &sink.connection.client;
-    let tx = Tx {
-        transaction,
-        statements: &sink.connection.statements,
-    };
+    let tx = Tx::new(transaction, &sink.connection.statements);
     let failed = AtomicBool::new(false);
     perf.mark(0);
     // BEGIN is polled first, so it is sent ahead of the first effect's first statement.
@@ -1196,6 +1282,17 @@ async fn write_pipelined(
             fail_all(jobs);
             perf.log("pipelined");
             return Pipelined::Done(Err(error.into()));
+        }
+        // A batch of one job that failed (a replayed nonce, a refused transition) ran alone in
+        // its transaction, as the savepoint way would run it: its refusal is its answer, and
+        // nothing is written.
+        if let [only] = ran.as_mut_slice()
+            && matches!(only.jobs.as_slice(), [(_, Some(Err(_)))])
+            && let Some((job, Some(Err(error)))) = only.jobs.pop()
+        {
+            job.finish(Err(AppendError::Effect(error)));
+            perf.log("pipelined_refused");
+            return Pipelined::Done(Ok(false));
         }
         perf.log("pipelined_rolled_back");
         let batch = ran
@@ -1252,34 +1349,61 @@ impl Ran {
     }
 }
 
-/// Runs one group's requests one after another (each request's jobs in order), stopping at the
-/// first failure here or in any other group (`failed`).
+/// Runs one group's requests one after another, stopping at the first failure here or in any
+/// other group (`failed`).
 async fn run_group(tx: &Tx<'_>, group: Vec<(usize, Request)>, failed: &AtomicBool) -> Vec<Ran> {
     let mut ran = Vec::with_capacity(group.len());
     for (index, request) in group {
-        let mut jobs = Vec::with_capacity(request.jobs.len());
-        for mut job in request.jobs {
-            if failed.load(Ordering::Relaxed) {
-                jobs.push((job, None));
-                continue;
-            }
-            let applied = job.apply(tx).await;
-            // A halt refusal read after another group's statement may stand before it in the
-            // chain though it was seen later: a step shown started after a refusal, with no
-            // clear between them. Only one by one are the reads in chain order.
-            if applied.as_ref().map_or(true, |event| event.halt_refusal) {
-                failed.store(true, Ordering::Relaxed);
-            }
-            jobs.push((job, Some(applied)));
-        }
         ran.push(Ran {
             index,
             queued_at: request.queued_at,
             scope: request.scope,
-            jobs,
+            jobs: run_request(tx, request.jobs, failed).await,
         });
     }
     ran
+}
+
+/// Runs one request's jobs side by side: their first statements go out in one flight, in the
+/// request's order, so a request of several records (a step's end and the next start) costs
+/// the round trips of its longest job, not their sum. Each job's effect is started before the
+/// previous one's outcome is known; what makes that equal to running them one after another:
+/// their statements reach the server in the request's order (checked per statement by
+/// [`RequestOrder`]: a job that sends again after a later job did breaks it), and any failure
+/// (a later job would not have been attempted) or a broken order sets `failed`, so the attempt
+/// is rolled back and written the savepoint way. A job whose statement is not prepared yet on
+/// this connection sends it only after the prepare's round trip, behind the later jobs' cached
+/// ones: the first such request after a (re)connect is written the savepoint way.
+async fn run_request(
+    tx: &Tx<'_>,
+    mut jobs: Vec<Box<dyn Job>>,
+    failed: &AtomicBool,
+) -> Vec<(Box<dyn Job>, Attempt)> {
+    if failed.load(Ordering::Relaxed) {
+        return jobs.into_iter().map(|job| (job, None)).collect();
+    }
+    let order = RequestOrder::new(jobs.len());
+    let turns: Vec<Tx<'_>> = (0..jobs.len()).map(|job| tx.in_turn(&order, job)).collect();
+    // `join_all` first polls its futures in order, so each job's first statement is sent
+    // before the next job's (were it otherwise, `order` would see it).
+    let applied = futures::future::join_all(
+        jobs.iter_mut()
+            .zip(&turns)
+            .map(|(job, turn)| job.apply(turn)),
+    )
+    .await;
+    // A halt refusal read after another group's statement may stand before it in the chain
+    // though it was seen later: a step shown started after a refusal, with no clear between
+    // them. Only one by one are the reads in chain order.
+    let refused = applied
+        .iter()
+        .any(|applied| applied.as_ref().map_or(true, |event| event.halt_refusal));
+    if refused || order.broken.load(Ordering::Relaxed) {
+        failed.store(true, Ordering::Relaxed);
+    }
+    jobs.into_iter()
+        .zip(applied.into_iter().map(Some))
+        .collect()
 }
 
 /// The batch cut for [`write_pipelined`]: segments run one after another; the groups of a
@@ -1339,10 +1463,7 @@ async fn write_sequential(
     let outcome: Result<(), StoreError> = async {
         let transaction = &sink.connection.client;
         perf.mark(0);
-        let tx = Tx {
-            transaction,
-            statements: &sink.connection.statements,
-        };
+        let tx = Tx::new(transaction, &sink.connection.statements);
         // What goes ahead of the next effect's savepoint: BEGIN for the first, then what closes
         // the previous effect's savepoint.
         let mut close = "BEGIN; ";

@@ -41,6 +41,29 @@ async fn append_n(handle: &AuditHandle, n: usize) {
     }
 }
 
+/// A client of `db` with a table `scratch (columns)` for effects to write, and a writer for
+/// node `n1`.
+async fn scratch_writer(
+    db: &TestDb,
+    columns: &str,
+) -> (tokio_postgres::Client, AuditHandle, CancellationToken) {
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("CREATE TABLE scratch ({columns})"))
+        .await
+        .unwrap();
+    let (handle, stop) = writer(db, "n1").await;
+    (client, handle, stop)
+}
+
+/// What a test effect returns to refuse its append `k` after it wrote.
+fn refused_after_writing(k: i32) -> StoreError {
+    StoreError::Corrupt {
+        what: "test effect",
+        detail: format!("refused {k}"),
+    }
+}
+
 /// An append that holds the writer in its batch for 0.3 s, so that the appends sent meanwhile
 /// queue up and are written as one batch.
 async fn hold_writer(handle: &AuditHandle) -> Result<(audit::Appended, ()), AppendError> {
@@ -133,12 +156,7 @@ async fn a_failed_effect_refuses_only_its_own_append() {
 #[tokio::test]
 async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
     let db = TestDb::new().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE scratch (k int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let (handle, _stop) = writer(&db, "n1").await;
+    let (client, handle, _stop) = scratch_writer(&db, "k int PRIMARY KEY").await;
 
     // Holds the writer in its first batch so that the 60 appends below queue up and are
     // written as one batch.
@@ -161,10 +179,7 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
                         }
                         if k % 5 == 4 {
                             // Refused by the effect itself, after it wrote.
-                            return Err(StoreError::Corrupt {
-                                what: "test effect",
-                                detail: format!("refused {k}"),
-                            });
+                            return Err(refused_after_writing(k));
                         }
                         Ok((AuditEvent::new("written", Actor::System).with("k", k), k))
                     })
@@ -219,12 +234,7 @@ async fn failing_effects_in_one_batch_lose_none_of_the_other_appends() {
 /// callers are refused and none of their writes stands.
 async fn one_batch_is_a_serial_order(fail: bool) {
     let db = TestDb::new().await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE scratch (k int PRIMARY KEY, run int NOT NULL)")
-        .await
-        .unwrap();
-    let (handle, _stop) = writer(&db, "n1").await;
+    let (client, handle, _stop) = scratch_writer(&db, "k int PRIMARY KEY, run int NOT NULL").await;
     let runs: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
     let blocker = hold_writer(&handle);
     let refused = move |k: i32| fail && (k % 7 == 3 || k % 11 == 4);
@@ -266,10 +276,7 @@ async fn one_batch_is_a_serial_order(fail: bool) {
                             .map_err(StoreError::Query)?;
                     }
                     if fail && k % 11 == 4 {
-                        return Err(StoreError::Corrupt {
-                            what: "test effect",
-                            detail: format!("refused {k}"),
-                        });
+                        return Err(refused_after_writing(k));
                     }
                     let event = AuditEvent::new("written", Actor::System)
                         .with("k", k)
@@ -381,6 +388,131 @@ async fn a_halt_refusal_in_a_pipelined_batch_is_written_one_by_one() {
     assert_eq!(ran[5], 2, "{ran:?}");
     assert!(ran.iter().all(|&n| (1..=2).contains(&n)), "{ran:?}");
     assert_eq!(verify_chain(&client, "n1").await.unwrap().breach, None);
+}
+
+/// Issue #16: the jobs of one request (a step's end and the next start) run side by side, their
+/// first statements sent in one flight, and the outcome is that of running them one after
+/// another: each sees what the jobs before it wrote. A job that sends a statement after a later
+/// job's is out of order (it might see that job's writes): the request is written again the
+/// savepoint way. A job refused after its writes takes the later jobs' writes with it.
+#[tokio::test]
+async fn the_jobs_of_one_request_reach_the_database_in_order() {
+    let db = TestDb::new().await;
+    let (client, handle, _stop) = scratch_writer(&db, "k int PRIMARY KEY").await;
+    let run = Scope::Execution(uuid::Uuid::new_v4());
+    let log = JobLog::default();
+
+    // Four jobs of one statement: all started before the first one's statement came back, each
+    // run once (no second attempt).
+    let before = (0..3).map(|k| handle.defer_in(run, log.job(k, false, false)));
+    handle
+        .append_after_in(run, before.collect(), log.job(3, false, false))
+        .await
+        .expect("the request commits");
+    let entries = log.take();
+    assert_eq!(
+        entries[..4],
+        ["start 0", "start 1", "start 2", "start 3"],
+        "{entries:?}"
+    );
+    assert_eq!(entries.len(), 8, "{entries:?}");
+
+    // Job 10's second statement would follow job 11's insert: written again one by one.
+    let first = handle.defer_in(run, log.job(10, true, false));
+    handle
+        .append_after_in(run, vec![first], log.job(11, false, false))
+        .await
+        .expect("the request commits");
+    let entries = log.take();
+    let starts = entries.iter().filter(|e| *e == "start 10").count();
+    assert_eq!(starts, 2, "{entries:?}");
+
+    // Job 20 is refused after its insert; job 21 ran beside it, but nothing of either stands.
+    let first = handle.defer_in(run, log.job(20, false, true));
+    let outcome = handle
+        .append_after_in(run, vec![first], log.job(21, false, false))
+        .await;
+    assert!(
+        matches!(outcome, Err(AppendError::Effect(_))),
+        "{outcome:?}"
+    );
+    let entries = log.take();
+    let starts = entries.iter().filter(|e| *e == "start 21").count();
+    assert_eq!(starts, 1, "{entries:?}");
+
+    // A lone job refused after its insert is refused once: nothing to write again.
+    let outcome = handle.append_in(run, log.job(30, false, true)).await;
+    assert!(
+        matches!(outcome, Err(AppendError::Effect(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(log.take(), ["start 30", "end 30"]);
+
+    let rows: Vec<i32> = query_column(&client, "SELECT k FROM scratch ORDER BY k", &[]).await;
+    assert_eq!(rows, [0, 1, 2, 3, 10, 11]);
+    let events: Vec<serde_json::Value> = query_column(
+        &client,
+        "SELECT event_data - 'actor' FROM playbook_audit_log WHERE event_type = 'written' ORDER BY seq",
+        &[],
+    )
+    .await;
+    let expected = serde_json::json!([
+        {"k": 0, "saw": 0}, {"k": 1, "saw": 1}, {"k": 2, "saw": 2}, {"k": 3, "saw": 3},
+        {"k": 10, "saw": 4, "after": 5}, {"k": 11, "saw": 5},
+    ]);
+    assert_eq!(serde_json::Value::from(events), expected);
+    intact_rows(&client, "n1").await;
+}
+
+/// Effects for [`the_jobs_of_one_request_reach_the_database_in_order`], logging when each starts
+/// and ends.
+#[derive(Clone, Default)]
+struct JobLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl JobLog {
+    /// Inserts `k` into `scratch`, recording how many rows it saw before (and, with
+    /// `count_again`, after, in a second statement); with `refuse`, fails after writing.
+    fn job(&self, k: i32, count_again: bool, refuse: bool) -> audit::Effect<()> {
+        let log = self.clone();
+        Box::new(move |tx| {
+            let log = log.clone();
+            Box::pin(async move {
+                log.push(format!("start {k}"));
+                let saw: i64 = tx
+                    .query_one(
+                        "INSERT INTO scratch VALUES ($1) RETURNING (SELECT count(*) FROM scratch)",
+                        &[&k],
+                    )
+                    .await
+                    .map_err(StoreError::Query)?
+                    .get(0);
+                let mut event = AuditEvent::new("written", Actor::System)
+                    .with("k", k)
+                    .with("saw", saw);
+                if count_again {
+                    let after: i64 = tx
+                        .query_one("SELECT count(*) FROM scratch", &[])
+                        .await
+                        .map_err(StoreError::Query)?
+                        .get(0);
+                    event = event.with("after", after);
+                }
+                log.push(format!("end {k}"));
+                if refuse {
+                    return Err(refused_after_writing(k));
+                }
+                Ok((event, ()))
+            })
+        })
+    }
+
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
 }
 
 #[tokio::test]
