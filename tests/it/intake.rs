@@ -515,6 +515,11 @@ async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
     assert_eq!(again["execution_id"], first["execution_id"], "{again}");
     let runs: i64 = query_value(&client, "SELECT count(*) FROM playbook_executions", &[]).await;
     assert_eq!(runs, 1, "nothing new was admitted during the halt");
+    // Each refusal is recorded as one `decision.received`, and none of the refused runs' own
+    // records (sent behind their admission) was written: only the first run's.
+    assert_eq!(count_events(&client, "decision.received").await, 3);
+    assert_eq!(count_events(&client, "decision.accepted").await, 1);
+    assert_eq!(count_events(&client, "execution.started").await, 1);
     daemon.stop().await;
 }
 
