@@ -181,7 +181,7 @@ impl Executor {
 
     /// Starts (or continues) one execution, unless it already runs here.
     pub fn submit(&self, execution_id: Uuid) {
-        self.spawn_run(execution_id, None, None);
+        self.spawn_run(execution_id, None);
     }
 
     /// Starts a run intake is admitting: `admission` (not sent yet) goes ahead of the run's
@@ -198,23 +198,23 @@ impl Executor {
         admission: Deferred,
         admitted: oneshot::Receiver<bool>,
     ) {
-        self.spawn_run(record.id, Some((record, admission)), Some(admitted));
+        let admitting = Admitting {
+            record,
+            admission,
+            admitted,
+        };
+        self.spawn_run(admitting.record.id, Some(admitting));
     }
 
-    fn spawn_run(
-        &self,
-        execution_id: Uuid,
-        admitting: Option<(ExecutionRecord, Deferred)>,
-        admitted: Option<oneshot::Receiver<bool>>,
-    ) {
+    fn spawn_run(&self, execution_id: Uuid, admitting: Option<Admitting>) {
         let handle = {
             let mut active = lock(&self.inner.active);
             if active.contains_key(&execution_id) || self.inner.shutdown.is_cancelled() {
-                if let Some((_, admission)) = admitting {
+                if let Some(admitting) = admitting {
                     // Not run here now (it is resumed later), but admitted all the same.
                     let audit = self.inner.audit.clone();
                     tokio::spawn(async move {
-                        let _ = audit.flush(vec![admission]).await;
+                        let _ = audit.flush(vec![admitting.admission]).await;
                     });
                 }
                 return;
@@ -234,16 +234,7 @@ impl Executor {
                 .drive(execution_id, admitting, handle, waiting)
                 .await;
             if let Err(error) = outcome {
-                // A refused admission (a replay, a SAFE-HALT): intake answers and records it.
-                let refused = match admitted {
-                    Some(admitted) => admitted.await == Ok(false),
-                    None => false,
-                };
-                if refused {
-                    tracing::debug!(execution_id = %execution_id, "admission refused; the run never started");
-                } else {
-                    log_stop(execution_id, error);
-                }
+                log_stop(execution_id, error);
             }
             lock(&inner.active).remove(&execution_id);
         });
@@ -340,6 +331,26 @@ impl Executor {
     }
 }
 
+/// A run intake is admitting ([`Executor::submit_admitting`]).
+struct Admitting {
+    record: ExecutionRecord,
+    /// Not sent yet: it goes ahead of the run's first records.
+    admission: Deferred,
+    /// Whether the admission committed, once intake knows.
+    admitted: oneshot::Receiver<bool>,
+}
+
+/// True when intake was told that the admission it awaits was refused (a replay, a SAFE-HALT):
+/// intake answers and records that, and the run's records sent behind it were not attempted.
+/// Waits for intake to know; call only once the admission was sent or dropped. False when
+/// intake went away without saying.
+async fn admission_refused(admitted: &mut Option<oneshot::Receiver<bool>>) -> bool {
+    match admitted.take() {
+        Some(admitted) => admitted.await == Ok(false),
+        None => false,
+    }
+}
+
 /// Logs why a run's task stopped without finishing.
 fn log_stop(execution_id: Uuid, error: RunError) {
     match error {
@@ -361,16 +372,21 @@ impl Inner {
     async fn drive(
         self: Arc<Self>,
         id: Uuid,
-        admitting: Option<(ExecutionRecord, Deferred)>,
+        admitting: Option<Admitting>,
         run: RunHandle,
         waiting: Waiting,
     ) -> Result<(), RunError> {
         let perf_t0 = std::time::Instant::now();
         let fresh = admitting.is_some();
-        let (loaded, mut admission) = match admitting {
-            Some((record, admission)) => (Ok(record), Some(admission)),
+        let (loaded, mut admission, mut admitted) = match admitting {
+            Some(admitting) => (
+                Ok(admitting.record),
+                Some(admitting.admission),
+                Some(admitting.admitted),
+            ),
             None => (
                 executions::load(&self.store, id, self.audit.node_id()).await,
+                None,
                 None,
             ),
         };
@@ -390,6 +406,9 @@ impl Inner {
             Ok(playbook) => playbook,
             Err(error) => {
                 self.send_alone(admission.take()).await?;
+                if admission_refused(&mut admitted).await {
+                    return Ok(());
+                }
                 return Err(error);
             }
         };
@@ -402,7 +421,11 @@ impl Inner {
             Some(slot) => slot,
             None => {
                 // No waiting for a slot with the admission held: intake's reply waits for it.
+                // Nor for a run whose admission is refused.
                 self.send_alone(admission.take()).await?;
+                if admission_refused(&mut admitted).await {
+                    return Ok(());
+                }
                 self.acquire_slot(&record.org_id).await?
             }
         };
@@ -411,6 +434,11 @@ impl Inner {
         let mut runner = run::Runner::new(&self, record, playbook, run, slot, fresh, admission);
         let outcome = runner.run().await;
         tracing::debug!(target: "perf", load_us = perf_load, slot_us = perf_slot, total_us = perf_t0.elapsed().as_micros(), "run");
+        // The runner sent (or dropped) the admission with its first records.
+        if outcome.is_err() && admission_refused(&mut admitted).await {
+            tracing::debug!(execution_id = %id, "admission refused; the run never started");
+            return Ok(());
+        }
         outcome
     }
 

@@ -819,13 +819,26 @@ async fn a_busy_executor_still_answers_a_decision_at_once() {
         .await;
     // The only slot is taken for 5 s: the second run waits for it, its admission does not.
     let sent = Instant::now();
-    let second = daemon.accepted(&decision("p", "o", json!({}))).await;
+    let d = decision("p", "o", json!({}));
+    let second = daemon.accepted(&d).await;
     assert!(
         sent.elapsed() < Duration::from_secs(3),
         "answered after {:?}",
         sent.elapsed()
     );
     assert_eq!(daemon.state(second).await, "pending");
+    // A replay is answered as promptly, and its run's task does not wait for a slot either.
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    while daemon.executor.backlog() != 1 {
+        assert!(
+            sent.elapsed() < Duration::from_secs(3),
+            "backlog {} after {:?}",
+            daemon.executor.backlog(),
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     daemon
         .wait_state(second, "completed", Duration::from_secs(20))
         .await;
