@@ -402,14 +402,16 @@ impl Inner {
         if record.state.is_terminal() {
             return Ok(());
         }
-        let playbook = match self.pinned_playbook(&record).await {
-            Ok(playbook) => playbook,
-            Err(error) => {
+        let playbook = match self.active_version(&record) {
+            Some(playbook) => playbook,
+            None => {
+                // Read from the database (another version was activated meanwhile): the
+                // admission, which intake's reply waits for, goes first, alone.
                 self.send_alone(admission.take()).await?;
                 if admission_refused(&mut admitted).await {
                     return Ok(());
                 }
-                return Err(error);
+                self.pinned_playbook(&record).await?
             }
         };
         if record.cancel_requested {
@@ -518,6 +520,14 @@ impl Inner {
             .clone()
     }
 
+    /// The version the run started with, if it is still the active one (nothing to read).
+    fn active_version(&self, record: &ExecutionRecord) -> Option<Arc<ActivePlaybook>> {
+        self.registry
+            .catalog()
+            .active(&record.playbook_id)
+            .filter(|active| active.sha256() == record.sha256)
+    }
+
     /// The exact version the run started with: from the catalog when it is still active,
     /// otherwise from the bytes stored when it was accepted, verified again against today's
     /// trust store. Stored bytes that no longer verify run nothing: SAFE-HALT, naming the
@@ -526,12 +536,10 @@ impl Inner {
         &self,
         record: &ExecutionRecord,
     ) -> Result<Arc<ActivePlaybook>, RunError> {
-        let catalog = self.registry.catalog();
-        if let Some(active) = catalog.active(&record.playbook_id)
-            && active.sha256() == record.sha256
-        {
+        if let Some(active) = self.active_version(record) {
             return Ok(active);
         }
+        let catalog = self.registry.catalog();
         let client = self.store.client().await?;
         let loaded = crate::registry::load_pinned(
             &**client,
