@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -36,7 +36,7 @@ use crate::actions::Actions;
 use crate::approvals::{Approvals, GateError};
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::audit::{AppendError, AuditHandle};
+use crate::store::audit::{AppendError, AuditHandle, Deferred};
 use crate::store::halts::HaltCause;
 use crate::store::{Store, StoreError, executions};
 
@@ -184,16 +184,39 @@ impl Executor {
         self.spawn_run(execution_id, None);
     }
 
-    /// Starts a run intake has just admitted, from the record its admitting transaction wrote:
-    /// nothing is read back before its first step (a `pending` run has no step rows yet).
-    pub fn submit_admitted(&self, record: ExecutionRecord) {
-        self.spawn_run(record.id, Some(record));
+    /// Starts a run intake is admitting: `admission` (not sent yet) goes ahead of the run's
+    /// first records, in the transaction of its first step's start (one COMMIT for the
+    /// admission, the run's move to `running` and that start), or alone, at once, whenever the
+    /// run cannot start its first step at once (no free slot, a gate, a SAFE-HALT, an early
+    /// stop), so intake's reply, which waits for the admission's COMMIT, is never held up by
+    /// the run. Nothing is read back before the first step (a `pending` run has no step rows
+    /// yet). `admitted` says whether the admission committed: when it did not, the run's
+    /// records were not attempted and the task ends quietly.
+    pub fn submit_admitting(
+        &self,
+        record: ExecutionRecord,
+        admission: Deferred,
+        admitted: oneshot::Receiver<bool>,
+    ) {
+        let admitting = Admitting {
+            record,
+            admission,
+            admitted,
+        };
+        self.spawn_run(admitting.record.id, Some(admitting));
     }
 
-    fn spawn_run(&self, execution_id: Uuid, admitted: Option<ExecutionRecord>) {
+    fn spawn_run(&self, execution_id: Uuid, admitting: Option<Admitting>) {
         let handle = {
             let mut active = lock(&self.inner.active);
             if active.contains_key(&execution_id) || self.inner.shutdown.is_cancelled() {
+                if let Some(admitting) = admitting {
+                    // Not run here now (it is resumed later), but admitted all the same.
+                    let audit = self.inner.audit.clone();
+                    tokio::spawn(async move {
+                        let _ = audit.flush(vec![admitting.admission]).await;
+                    });
+                }
                 return;
             }
             let handle = RunHandle {
@@ -208,22 +231,10 @@ impl Executor {
         self.inner.tasks.spawn(async move {
             let outcome = inner
                 .clone()
-                .drive(execution_id, admitted, handle, waiting)
+                .drive(execution_id, admitting, handle, waiting)
                 .await;
             if let Err(error) = outcome {
-                match error {
-                    RunError::ShuttingDown => {
-                        tracing::info!(execution_id = %execution_id, "run paused for shutdown");
-                    }
-                    other @ (RunError::Store(_)
-                    | RunError::Audit(_)
-                    | RunError::Pinned { .. }
-                    | RunError::Halted(_)) => tracing::error!(
-                        execution_id = %execution_id,
-                        error = %crate::store::audit::error_chain(&other),
-                        "run stopped; it stays resumable"
-                    ),
-                }
+                log_stop(execution_id, error);
             }
             lock(&inner.active).remove(&execution_id);
         });
@@ -320,19 +331,64 @@ impl Executor {
     }
 }
 
+/// A run intake is admitting ([`Executor::submit_admitting`]).
+struct Admitting {
+    record: ExecutionRecord,
+    /// Not sent yet: it goes ahead of the run's first records.
+    admission: Deferred,
+    /// Whether the admission committed, once intake knows.
+    admitted: oneshot::Receiver<bool>,
+}
+
+/// True when intake was told that the admission it awaits was refused (a replay, a SAFE-HALT):
+/// intake answers and records that, and the run's records sent behind it were not attempted.
+/// Waits for intake to know; call only once the admission was sent or dropped. False when
+/// intake went away without saying.
+async fn admission_refused(admitted: &mut Option<oneshot::Receiver<bool>>) -> bool {
+    match admitted.take() {
+        Some(admitted) => admitted.await == Ok(false),
+        None => false,
+    }
+}
+
+/// Logs why a run's task stopped without finishing.
+fn log_stop(execution_id: Uuid, error: RunError) {
+    match error {
+        RunError::ShuttingDown => {
+            tracing::info!(execution_id = %execution_id, "run paused for shutdown");
+        }
+        other @ (RunError::Store(_)
+        | RunError::Audit(_)
+        | RunError::Pinned { .. }
+        | RunError::Halted(_)) => tracing::error!(
+            execution_id = %execution_id,
+            error = %crate::store::audit::error_chain(&other),
+            "run stopped; it stays resumable"
+        ),
+    }
+}
+
 impl Inner {
     async fn drive(
         self: Arc<Self>,
         id: Uuid,
-        admitted: Option<ExecutionRecord>,
+        admitting: Option<Admitting>,
         run: RunHandle,
         waiting: Waiting,
     ) -> Result<(), RunError> {
         let perf_t0 = std::time::Instant::now();
-        let fresh = admitted.is_some();
-        let loaded = match admitted {
-            Some(record) => Ok(record),
-            None => executions::load(&self.store, id, self.audit.node_id()).await,
+        let fresh = admitting.is_some();
+        let (loaded, mut admission, mut admitted) = match admitting {
+            Some(admitting) => (
+                Ok(admitting.record),
+                Some(admitting.admission),
+                Some(admitting.admitted),
+            ),
+            None => (
+                executions::load(&self.store, id, self.audit.node_id()).await,
+                None,
+                None,
+            ),
         };
         let record = match loaded {
             Ok(record) => record,
@@ -346,18 +402,45 @@ impl Inner {
         if record.state.is_terminal() {
             return Ok(());
         }
-        let playbook = self.pinned_playbook(&record).await?;
+        let playbook = match self.active_version(&record) {
+            Some(playbook) => playbook,
+            None => {
+                // Read from the database (another version was activated meanwhile): the
+                // admission, which intake's reply waits for, goes first, alone.
+                self.send_alone(admission.take()).await?;
+                if admission_refused(&mut admitted).await {
+                    return Ok(());
+                }
+                self.pinned_playbook(&record).await?
+            }
+        };
         if record.cancel_requested {
             run.cancel_requested.store(true, Ordering::SeqCst);
             run.token.cancel();
         }
         let perf_load = perf_t0.elapsed().as_micros();
-        let slot = self.acquire_slot(&record.org_id).await?;
+        let slot = match self.try_slot(&record.org_id) {
+            Some(slot) => slot,
+            None => {
+                // No waiting for a slot with the admission held: intake's reply waits for it.
+                // Nor for a run whose admission is refused.
+                self.send_alone(admission.take()).await?;
+                if admission_refused(&mut admitted).await {
+                    return Ok(());
+                }
+                self.acquire_slot(&record.org_id).await?
+            }
+        };
         drop(waiting);
         let perf_slot = perf_t0.elapsed().as_micros();
-        let mut runner = run::Runner::new(&self, record, playbook, run, slot, fresh);
+        let mut runner = run::Runner::new(&self, record, playbook, run, slot, fresh, admission);
         let outcome = runner.run().await;
         tracing::debug!(target: "perf", load_us = perf_load, slot_us = perf_slot, total_us = perf_t0.elapsed().as_micros(), "run");
+        // The runner sent (or dropped) the admission with its first records.
+        if outcome.is_err() && admission_refused(&mut admitted).await {
+            tracing::debug!(execution_id = %id, "admission refused; the run never started");
+            return Ok(());
+        }
         outcome
     }
 
@@ -392,6 +475,24 @@ impl Inner {
         lock(&self.owed).remove(&key);
     }
 
+    /// Sends a run's admission on its own (its outcome goes to intake, not waited for here).
+    async fn send_alone(&self, admission: Option<Deferred>) -> Result<(), RunError> {
+        if let Some(admission) = admission {
+            self.audit.flush(vec![admission]).await?;
+        }
+        Ok(())
+    }
+
+    /// A place among the runs allowed at once, if one is free now (see [`Self::acquire_slot`]).
+    fn try_slot(&self, org: &str) -> Option<RunSlot> {
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        let org = self.org_semaphore(org).try_acquire_owned().ok()?;
+        Some(RunSlot {
+            _global: global,
+            _org: org,
+        })
+    }
+
     /// A place among the runs allowed at once, globally and for `org`. A run gives it back
     /// while it waits for approval, so parked runs never starve the others.
     async fn acquire_slot(&self, org: &str) -> Result<RunSlot, RunError> {
@@ -419,6 +520,14 @@ impl Inner {
             .clone()
     }
 
+    /// The version the run started with, if it is still the active one (nothing to read).
+    fn active_version(&self, record: &ExecutionRecord) -> Option<Arc<ActivePlaybook>> {
+        self.registry
+            .catalog()
+            .active(&record.playbook_id)
+            .filter(|active| active.sha256() == record.sha256)
+    }
+
     /// The exact version the run started with: from the catalog when it is still active,
     /// otherwise from the bytes stored when it was accepted, verified again against today's
     /// trust store. Stored bytes that no longer verify run nothing: SAFE-HALT, naming the
@@ -427,12 +536,10 @@ impl Inner {
         &self,
         record: &ExecutionRecord,
     ) -> Result<Arc<ActivePlaybook>, RunError> {
-        let catalog = self.registry.catalog();
-        if let Some(active) = catalog.active(&record.playbook_id)
-            && active.sha256() == record.sha256
-        {
+        if let Some(active) = self.active_version(record) {
             return Ok(active);
         }
+        let catalog = self.registry.catalog();
         let client = self.store.client().await?;
         let loaded = crate::registry::load_pinned(
             &**client,

@@ -103,6 +103,7 @@ impl<'a> Runner<'a> {
         run: RunHandle,
         slot: RunSlot,
         fresh: bool,
+        admission: Option<Deferred>,
     ) -> Runner<'a> {
         let deadline = playbook.playbook().timeout.map(|timeout| {
             let elapsed =
@@ -117,7 +118,9 @@ impl<'a> Runner<'a> {
             run,
             deadline,
             slot: Some(slot),
-            deferred: Mutex::new(Vec::new()),
+            // The admission goes first, with the run's first records (see
+            // [`super::Executor::submit_admitting`]).
+            deferred: Mutex::new(admission.map(|a| (a, None)).into_iter().collect()),
             fresh,
         }
     }

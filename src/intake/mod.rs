@@ -452,10 +452,21 @@ impl Intake {
             },
             ignored_subject_keys: ignored.clone(),
         };
-        let outcome = executions::admit(&self.inner.audit, new, self.inner.safe_halt.watch()).await;
+        // The executor sends the admission with the run's first records (one COMMIT), or alone
+        // when the run cannot start at once; the reply waits for that COMMIT either way.
+        let executions::Admission {
+            record,
+            deferred,
+            admitted,
+        } = executions::prepare_admit(&self.inner.audit, new, self.inner.safe_halt.watch());
+        let (committed, run_admitted) = tokio::sync::oneshot::channel();
+        self.inner
+            .executor
+            .submit_admitting(record, deferred, run_admitted);
+        let outcome = admitted.outcome().await;
+        let _ = committed.send(outcome.is_ok());
         match outcome {
-            Ok(record) => {
-                self.inner.executor.submit_admitted(record);
+            Ok(()) => {
                 tracing::info!(execution_id = %execution_id, playbook_id = %playbook.playbook().id,
                     org_id = %decision.org_id, decision_id = %decision.decision_id,
                     ignored_subject_keys = %ignored.join(", "), "decision accepted");

@@ -461,7 +461,9 @@ async fn seed_frontier(
 pub struct Deferred {
     job: Box<dyn Job>,
     scope: Scope,
-    response: oneshot::Receiver<Result<(Appended, ()), AppendError>>,
+    /// `None` for an append whose outcome is answered to its own caller
+    /// ([`AuditHandle::defer_answered_in`]): whoever sends it does not wait for it.
+    response: Option<oneshot::Receiver<Result<(Appended, ()), AppendError>>>,
 }
 
 impl std::fmt::Debug for Deferred {
@@ -532,8 +534,28 @@ impl AuditHandle {
         Deferred {
             job: Box::new(job),
             scope,
-            response,
+            response: Some(response),
         }
+    }
+
+    /// [`Self::defer_in`] for an append whose outcome goes to the returned receiver, not to
+    /// whoever sends it: one caller prepares it and awaits its COMMIT (or refusal), another
+    /// sends it ahead of its own records, in their transaction ([`Self::append_after_in`],
+    /// [`Self::flush`], which then do not wait for it). Its later records are attempted only
+    /// if it succeeded, as for any deferred append. Dropped unsent, it is never written and
+    /// the receiver sees the sender gone.
+    pub fn defer_answered_in<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        effect: Effect<T>,
+    ) -> (Deferred, Answer<T>) {
+        let (job, response) = TypedJob::new(effect);
+        let deferred = Deferred {
+            job: Box::new(job),
+            scope,
+            response: None,
+        };
+        (deferred, response)
     }
 
     /// Appends `before` (in order), then `effect`, in one transaction: each with its own
@@ -560,7 +582,7 @@ impl AuditHandle {
         let mut request_scope = scope;
         for deferred in before {
             jobs.push(deferred.job);
-            earlier.push(deferred.response);
+            earlier.extend(deferred.response);
             request_scope = request_scope.join(deferred.scope);
         }
         jobs.push(Box::new(job));
@@ -588,7 +610,7 @@ impl AuditHandle {
         let mut scope = Scope::Event;
         for deferred in deferred {
             jobs.push(deferred.job);
-            responses.push(deferred.response);
+            responses.extend(deferred.response);
             scope = scope.join(deferred.scope);
         }
         self.sender
@@ -880,11 +902,11 @@ struct TypedJob<T> {
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
 }
 
+/// Where an append's answer arrives: after COMMIT, or its refusal.
+pub type Answer<T> = oneshot::Receiver<Result<(Appended, T), AppendError>>;
+
 /// What [`TypedJob::new`] returns: the job, and where its answer arrives.
-type NewJob<T> = (
-    TypedJob<T>,
-    oneshot::Receiver<Result<(Appended, T), AppendError>>,
-);
+type NewJob<T> = (TypedJob<T>, Answer<T>);
 
 impl<T: Send + 'static> TypedJob<T> {
     fn new(effect: Effect<T>) -> NewJob<T> {
@@ -1283,14 +1305,20 @@ async fn write_pipelined(
             perf.log("pipelined");
             return Pipelined::Done(Err(error.into()));
         }
-        // A batch of one job that failed (a replayed nonce, a refused transition) ran alone in
-        // its transaction, as the savepoint way would run it: its refusal is its answer, and
-        // nothing is written.
+        // A batch of one request whose first job failed (a replayed nonce, a refused
+        // transition), its statements all sent before any later job's: it ran alone in its
+        // transaction, as the savepoint way would run it, and nothing after it changed what it
+        // saw. Its refusal is its answer, none of the later jobs is attempted, and nothing is
+        // written (a replayed decision that carries its run's first records costs one attempt).
         if let [only] = ran.as_mut_slice()
-            && matches!(only.jobs.as_slice(), [(_, Some(Err(_)))])
-            && let Some((job, Some(Err(error)))) = only.jobs.pop()
+            && !only.broken
+            && matches!(only.jobs.first(), Some((_, Some(Err(_)))))
         {
-            job.finish(Err(AppendError::Effect(error)));
+            let mut jobs = std::mem::take(&mut only.jobs).into_iter();
+            if let Some((job, Some(Err(error)))) = jobs.next() {
+                job.finish(Err(AppendError::Effect(error)));
+            }
+            fail_all(jobs.map(|(job, _)| job));
             perf.log("pipelined_refused");
             return Pipelined::Done(Ok(false));
         }
@@ -1333,6 +1361,8 @@ struct Ran {
     queued_at: std::time::Instant,
     scope: Scope,
     jobs: Vec<(Box<dyn Job>, Attempt)>,
+    /// A job's statement went out after a later job's (see [`RequestOrder`]).
+    broken: bool,
 }
 
 /// A job's outcome in a pipelined attempt; `None` when it was not attempted.
@@ -1345,6 +1375,7 @@ impl Ran {
             queued_at: request.queued_at,
             scope: request.scope,
             jobs: request.jobs.into_iter().map(|job| (job, None)).collect(),
+            broken: false,
         }
     }
 }
@@ -1354,11 +1385,13 @@ impl Ran {
 async fn run_group(tx: &Tx<'_>, group: Vec<(usize, Request)>, failed: &AtomicBool) -> Vec<Ran> {
     let mut ran = Vec::with_capacity(group.len());
     for (index, request) in group {
+        let (jobs, broken) = run_request(tx, request.jobs, failed).await;
         ran.push(Ran {
             index,
             queued_at: request.queued_at,
             scope: request.scope,
-            jobs: run_request(tx, request.jobs, failed).await,
+            jobs,
+            broken,
         });
     }
     ran
@@ -1378,9 +1411,9 @@ async fn run_request(
     tx: &Tx<'_>,
     mut jobs: Vec<Box<dyn Job>>,
     failed: &AtomicBool,
-) -> Vec<(Box<dyn Job>, Attempt)> {
+) -> (Vec<(Box<dyn Job>, Attempt)>, bool) {
     if failed.load(Ordering::Relaxed) {
-        return jobs.into_iter().map(|job| (job, None)).collect();
+        return (jobs.into_iter().map(|job| (job, None)).collect(), false);
     }
     let order = RequestOrder::new(jobs.len());
     let turns: Vec<Tx<'_>> = (0..jobs.len()).map(|job| tx.in_turn(&order, job)).collect();
@@ -1398,12 +1431,15 @@ async fn run_request(
     let refused = applied
         .iter()
         .any(|applied| applied.as_ref().map_or(true, |event| event.halt_refusal));
-    if refused || order.broken.load(Ordering::Relaxed) {
+    let broken = order.broken.load(Ordering::Relaxed);
+    if refused || broken {
         failed.store(true, Ordering::Relaxed);
     }
-    jobs.into_iter()
+    let jobs = jobs
+        .into_iter()
         .zip(applied.into_iter().map(Some))
-        .collect()
+        .collect();
+    (jobs, broken)
 }
 
 /// The batch cut for [`write_pipelined`]: segments run one after another; the groups of a

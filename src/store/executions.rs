@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope};
+use crate::store::audit::{
+    Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope,
+};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
 use crate::store::rows::{as_node, explain_refusal, index_to_db, not_found, require_own};
@@ -67,6 +69,50 @@ pub async fn admit(
     new: NewExecution,
     watch: &HaltWatch,
 ) -> Result<ExecutionRecord, AdmitError> {
+    let Admission {
+        record,
+        deferred,
+        admitted,
+    } = prepare_admit(audit, new, watch);
+    audit
+        .flush(vec![deferred])
+        .await
+        .map_err(AdmitError::Unavailable)?;
+    admitted.outcome().await?;
+    Ok(record)
+}
+
+/// An admission ([`admit`]) prepared, not sent yet: the executor sends it ahead of the run's
+/// first records, in their transaction, while intake awaits its outcome.
+pub struct Admission {
+    /// The run as the admission writes it (see [`execution_record`]).
+    pub record: ExecutionRecord,
+    /// The admission's append: its later records are attempted only if it succeeds. Dropped
+    /// unsent, nothing is admitted and [`Admitted::outcome`] says the log is unavailable.
+    pub deferred: Deferred,
+    /// Where its outcome arrives, after the COMMIT that holds it (or its refusal).
+    pub admitted: Admitted,
+}
+
+/// The outcome of an [`Admission`], answered to whoever awaits it, not to whoever sends it.
+pub struct Admitted(Answer<()>);
+
+impl Admitted {
+    /// `Ok` once the admission has committed; its refusal (a replay, a SAFE-HALT) or
+    /// [`AdmitError::Unavailable`] when nothing of it was written.
+    pub async fn outcome(self) -> Result<(), AdmitError> {
+        match self.0.await.unwrap_or(Err(AppendError::Stopped)) {
+            Ok(_) => Ok(()),
+            Err(AppendError::Effect(StoreError::Replay(first))) => Err(AdmitError::Replay(first)),
+            Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
+            Err(other) => Err(AdmitError::Unavailable(other)),
+        }
+    }
+}
+
+/// Prepares the admission of `new` ([`admit`]) without sending it.
+pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) -> Admission {
+    let record = execution_record(&new, audit.node_id(), crate::store::audit::now_micros());
     let scope = Scope::Execution(new.execution_id);
     let effect = as_node(audit, (new, watch.clone()), |tx, node_id, (new, watch)| {
         Box::pin(async move {
@@ -103,7 +149,7 @@ pub async fn admit(
                 )
                 .await
                 .map_err(nonces::replay_or_query)?;
-            let Some(inserted) = inserted else {
+            if inserted.is_none() {
                 // The nonce was taken (a replay: that comes first, as in intake's order of
                 // checks), or a SAFE-HALT refused it.
                 if let Some(first) = nonces::first_use_in(tx, &new.nonce).await? {
@@ -117,30 +163,7 @@ pub async fn admit(
                             detail: "that refused the nonce (cleared meanwhile)".into(),
                         })?;
                 return Err(StoreError::Halted(Box::new(halt)));
-            };
-            // What was written, as [`load`] would read it back: the executor starts the run
-            // from it without reading the row again.
-            let record = ExecutionRecord {
-                id: new.execution_id,
-                node_id: node_id.clone(),
-                playbook_id: new.playbook_id.clone(),
-                version: new.version,
-                sha256: new.sha256,
-                state: RunState::Pending,
-                org_id: new.org_id.clone(),
-                subject: new.subject.clone(),
-                decision: DecisionInfo {
-                    decision_id: new.decision_id.clone(),
-                    policy: new.policy.clone(),
-                    outcome: new.outcome.clone(),
-                    org_id: new.org_id.clone(),
-                    severity: new.severity,
-                },
-                started_at: inserted.get(0),
-                rollback_cause: None,
-                cancel_requested: false,
-                binding: new.binding.clone(),
-            };
+            }
             let subject_hash = crate::store::steps::params_hash(&subject);
             let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
                 .execution(new.execution_id)
@@ -157,14 +180,46 @@ pub async fn admit(
             } else {
                 event.with("ignored_subject_keys", new.ignored_subject_keys)
             };
-            Ok((event, record))
+            Ok((event, ()))
         })
     });
-    match audit.append_in(scope, effect).await {
-        Ok((_, record)) => Ok(record),
-        Err(AppendError::Effect(StoreError::Replay(first))) => Err(AdmitError::Replay(first)),
-        Err(AppendError::Effect(StoreError::Halted(halt))) => Err(AdmitError::Halted(halt)),
-        Err(other) => Err(AdmitError::Unavailable(other)),
+    let (deferred, answer) = audit.defer_answered_in(scope, effect);
+    Admission {
+        record,
+        deferred,
+        admitted: Admitted(answer),
+    }
+}
+
+/// The run `new` as its admission writes it for node `node_id`, as [`load`] would read it back
+/// but for `started_at`: the database stamps the row with its transaction's time, which the
+/// caller cannot know before the COMMIT; `started_at` (taken before the admission is sent, so
+/// not later than the stored one) makes the run's deadline count from no later than that.
+pub fn execution_record(
+    new: &NewExecution,
+    node_id: &str,
+    started_at: OffsetDateTime,
+) -> ExecutionRecord {
+    ExecutionRecord {
+        id: new.execution_id,
+        node_id: node_id.to_owned(),
+        playbook_id: new.playbook_id.clone(),
+        version: new.version,
+        sha256: new.sha256,
+        state: RunState::Pending,
+        org_id: new.org_id.clone(),
+        subject: new.subject.clone(),
+        decision: DecisionInfo {
+            decision_id: new.decision_id.clone(),
+            policy: new.policy.clone(),
+            outcome: new.outcome.clone(),
+            org_id: new.org_id.clone(),
+            severity: new.severity,
+        },
+        started_at,
+        rollback_cause: None,
+        cancel_requested: false,
+        binding: new.binding.clone(),
     }
 }
 

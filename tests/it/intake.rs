@@ -48,6 +48,20 @@ async fn start() -> TestDaemon {
     TestDaemon::start("", &[NOOP_3, WITH_INPUTS, COOL_HOST], &standard_bindings()).await
 }
 
+/// A playbook whose one step holds its executor slot for `seconds`.
+fn naps(seconds: u32) -> String {
+    format!(
+        r#"
+id: naps
+version: 1
+name: A step that holds the only executor slot
+owners: {{technical: a@example.org, operational: b@example.org}}
+steps:
+  - {{id: nap, action: exec, with: {{command: /bin/sleep, args: ["{seconds}"]}}, risk: low, timeout: 30s, rollback: none}}
+"#
+    )
+}
+
 fn reason(reply: &serde_json::Value) -> &str {
     reply["reason"].as_str().unwrap_or_default()
 }
@@ -501,6 +515,11 @@ async fn a_replay_during_a_safe_halt_is_a_replay_naming_the_first_execution() {
     assert_eq!(again["execution_id"], first["execution_id"], "{again}");
     let runs: i64 = query_value(&client, "SELECT count(*) FROM playbook_executions", &[]).await;
     assert_eq!(runs, 1, "nothing new was admitted during the halt");
+    // Each refusal is recorded as one `decision.received`, and none of the refused runs' own
+    // records (sent behind their admission) was written: only the first run's.
+    assert_eq!(count_events(&client, "decision.received").await, 3);
+    assert_eq!(count_events(&client, "decision.accepted").await, 1);
+    assert_eq!(count_events(&client, "execution.started").await, 1);
     daemon.stop().await;
 }
 
@@ -725,19 +744,11 @@ async fn every_reply_shape_matches_the_decision_schema() {
 /// nonce stays unused (the same decision is accepted once the backlog has drained).
 #[tokio::test]
 async fn a_decision_beyond_the_backlog_bound_gets_busy_and_is_audited() {
-    const NAPS: &str = r#"
-id: naps
-version: 1
-name: A step that holds the only executor slot
-owners: {technical: a@example.org, operational: b@example.org}
-steps:
-  - {id: nap, action: exec, with: {command: /bin/sleep, args: ["1"]}, risk: low, rollback: none}
-"#;
     let config = format!(
         "{}\n[intake]\nmax_backlog = 1\n",
         crate::harness::exec_config(&[], "max_concurrent_runs = 1", "")
     );
-    let daemon = TestDaemon::bound(&config, NAPS).await;
+    let daemon = TestDaemon::bound(&config, &naps(1)).await;
     let first = daemon.send_decision(&decision("p", "o", json!({}))).await;
     assert_eq!(first["status"], "accepted", "{first}");
     daemon
@@ -795,5 +806,41 @@ steps:
     }
     let again = daemon.send_decision(&third).await;
     assert_eq!(again["status"], "accepted", "{again}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_executor_still_answers_a_decision_at_once() {
+    let config = crate::harness::exec_config(&[], "max_concurrent_runs = 1", "");
+    let daemon = TestDaemon::bound(&config, &naps(5)).await;
+    let first = daemon.accepted(&decision("p", "o", json!({}))).await;
+    daemon
+        .wait_state(first, "running", Duration::from_secs(5))
+        .await;
+    // The only slot is taken for 5 s: the second run waits for it, its admission does not.
+    let sent = Instant::now();
+    let d = decision("p", "o", json!({}));
+    let second = daemon.accepted(&d).await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(daemon.state(second).await, "pending");
+    // A replay is answered as promptly, and its run's task does not wait for a slot either.
+    let replay = daemon.send_decision(&d).await;
+    assert!(reason(&replay).starts_with("replay"), "{replay}");
+    while daemon.executor.backlog() != 1 {
+        assert!(
+            sent.elapsed() < Duration::from_secs(3),
+            "backlog {} after {:?}",
+            daemon.executor.backlog(),
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon
+        .wait_state(second, "completed", Duration::from_secs(20))
+        .await;
     daemon.stop().await;
 }
