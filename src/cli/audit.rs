@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::cli::witnesses::{self, CountError, WitnessArgs};
 use crate::cli::{OutputError, write_stdout_line};
@@ -375,6 +376,9 @@ fn first_seq(loss: &anchor::ChainLoss) -> i64 {
     }
 }
 
+/// How long `accept-cut` waits for the chain's lock before it says the daemon is running.
+const STOPPED_DAEMON_GRACE: Duration = Duration::from_secs(5);
+
 /// Records an admin's acknowledgment of the cut in the daemon's anchor (the daemon stopped), so
 /// that the next start appends again, its first event naming the lost seqs.
 pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError> {
@@ -382,18 +386,28 @@ pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError
     let path = anchor::anchor_path(&config.paths.node_key);
     // The daemon must be stopped: it owns the anchor while it runs.
     let client = store::connect_single(&config.postgres_config()).await?;
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1)",
-            &[&chain_lock_key(&config.node_id)],
-        )
-        .await
-        .map_err(StoreError::from)?
-        .get(0);
-    if !locked {
-        return Err(AuditCliError::DaemonRunning {
-            node_id: config.node_id.into(),
-        });
+    // A daemon that has just exited still holds the lock until PostgreSQL has ended its
+    // session, which it does a moment later: only a lock held past that grace means a
+    // running daemon.
+    let deadline = tokio::time::Instant::now() + STOPPED_DAEMON_GRACE;
+    loop {
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&chain_lock_key(&config.node_id)],
+            )
+            .await
+            .map_err(StoreError::from)?
+            .get(0);
+        if locked {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AuditCliError::DaemonRunning {
+                node_id: config.node_id.into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let uid = nix::unistd::getuid().as_raw();
     let cut = anchor::accept_cut(&path, uid, reason)?;
