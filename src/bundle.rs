@@ -340,7 +340,7 @@ fn decode_hex(text: &str) -> Option<Hash> {
 mod tests {
     use super::*;
     use crate::note::TreeHead;
-    use crate::store::audit::GENESIS_HASH;
+    use crate::store::chain::GENESIS_HASH;
     use ed25519_dalek::{Signer, SigningKey};
     use std::time::Instant;
 

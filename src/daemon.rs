@@ -32,7 +32,7 @@ use crate::store::audit::{self, Actor, AuditEvent, AuditHandle, AuditStartError}
 use crate::store::checkpoint::{CheckpointError, Checkpointer, NodeKey, NodeKeyError};
 use crate::store::migrate::SchemaError;
 use crate::store::privileges::PrivilegeError;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Store, StoreError, chain};
 use crate::systemd::{self, Heartbeat, Liveness};
 use crate::unix_socket::{self, BindError, Limits, SocketSettings};
 use crate::witness::submit::Submitter;
@@ -248,7 +248,7 @@ impl Daemon {
         // kept from here on, until the next reload replaces it.
         let (runtime, runtime_receiver) = tokio::sync::watch::channel(RuntimeSnapshot {
             refused_files: refused_files(&reload_report(&summary)),
-            loaded_at: Some(status::queries::Timestamp(audit::now_micros())),
+            loaded_at: Some(status::queries::Timestamp(chain::now_micros())),
             ..RuntimeSnapshot::default()
         });
         let status_state = StatusState::new(store.clone(), chain.audit.clone(), runtime_receiver)
@@ -542,7 +542,7 @@ impl Daemon {
         status::metrics::register_playbooks(catalog.playbooks().map(|active| active.id()));
         let previous = self.runtime.borrow().clone();
         let (refused_files, loaded_at) = match refused {
-            Some(files) => (files, Some(status::queries::Timestamp(audit::now_micros()))),
+            Some(files) => (files, Some(status::queries::Timestamp(chain::now_micros()))),
             None => (previous.refused_files, previous.loaded_at),
         };
         let playbooks = catalog
@@ -777,7 +777,7 @@ impl Subsystems {
             heartbeat_interval: config.fleet.heartbeat_interval_seconds.duration(),
             freshness_seconds: config.intake.freshness_seconds.as_secs(),
             prune_batch: config.fleet.nonce_prune_batch.get(),
-            started_at: audit::now_micros(),
+            started_at: chain::now_micros(),
         };
         // Listed (and its freshness window counted by nonce retention) before any decision.
         fleet::first_beat(&fleet).await?;

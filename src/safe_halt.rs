@@ -229,7 +229,7 @@ impl SafeHalt {
                      daemon and run `{}`",
                     crate::store::anchor::ACCEPT_COMMAND
                 ),
-                entered_at: crate::store::audit::now_micros(),
+                entered_at: crate::store::chain::now_micros(),
                 record: HaltRecord::ChainAnchor,
             };
             if watch.set(halt.clone()) {

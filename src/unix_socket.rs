@@ -462,7 +462,7 @@ impl RefusalThrottle {
 
     /// Counts one refusal of `uid`; returns how many refusals (this one included) to record
     /// now, or `None` when a record for this uid was written less than the interval ago.
-    pub fn count(&self, uid: u32) -> Option<u64> {
+    fn count(&self, uid: u32) -> Option<u64> {
         let now = Instant::now();
         let mut seen = lock(&self.seen);
         if seen.len() > 10_000 {

@@ -49,8 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::merkle::{self, Frontier};
 use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
-// The chain's head and clock are part of the writer's interface too.
-pub use crate::store::chain::{ChainHead, GENESIS_HASH, now_micros};
+use crate::store::chain::{ChainHead, GENESIS_HASH, now_micros};
 use crate::store::{StoreError, connect_single};
 
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.

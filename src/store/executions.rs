@@ -112,7 +112,7 @@ impl Admitted {
 
 /// Prepares the admission of `new` ([`admit`]) without sending it.
 pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) -> Admission {
-    let record = execution_record(&new, audit.node_id(), crate::store::audit::now_micros());
+    let record = execution_record(&new, audit.node_id(), crate::store::chain::now_micros());
     let scope = Scope::Execution(new.execution_id);
     let effect = as_node(audit, (new, watch.clone()), |tx, node_id, (new, watch)| {
         Box::pin(async move {

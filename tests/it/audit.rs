@@ -781,7 +781,7 @@ async fn audit_verify_detects_a_rehashed_chain_through_its_checkpoint() {
         )
         .await
         .unwrap();
-    let mut prev = audit::GENESIS_HASH;
+    let mut prev = playbookd::store::chain::GENESIS_HASH;
     let mut sql = String::new();
     for row in rows {
         let seq: i64 = row.get(0);

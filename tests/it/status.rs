@@ -115,7 +115,7 @@ fn loaded_runtime() -> RuntimeSnapshot {
 // ---- SQL fixtures: what intake and the executor will write, inserted directly. ----
 
 fn now() -> OffsetDateTime {
-    audit::now_micros()
+    playbookd::store::chain::now_micros()
 }
 
 async fn insert_version(client: &tokio_postgres::Client, id: &str, version: i64) {
