@@ -156,6 +156,9 @@ impl Approvals {
         let mut escalated = false;
         loop {
             let status = gates::status(&self.store, request.execution_id, index).await?;
+            if let Some(waited) = status.waited_seconds {
+                metrics::histogram!("playbookd_approval_wait_seconds").record(waited.max(0.0));
+            }
             match status.state {
                 GateState::Approved => {
                     self.forget(key);

@@ -350,6 +350,7 @@ impl Daemon {
             ));
         }
         fleet::spawn(self.work.fleet.clone(), self.tasks_shutdown.clone());
+        status::metrics::spawn_upkeep(self.tasks_shutdown.clone());
         self.start_work();
         // READY=1 goes out here and nowhere earlier: `build` has checked the schema and the role, opened
         // the audit chain, loaded the registry and bound every socket (decisions, control,

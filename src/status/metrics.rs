@@ -96,6 +96,26 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// How often [`spawn_upkeep`] folds the histograms' recorded samples into their buckets.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_INTERVAL`] until
+/// `shutdown`. The recorder keeps every sample until then; without this a daemon that nobody
+/// scrapes would hold one sample per step and audit append for ever (a scrape folds them too).
+pub fn spawn_upkeep(shutdown: tokio_util::sync::CancellationToken) {
+    let handle = install();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => handle.run_upkeep(),
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
 /// Registers the per-playbook series of [`EXECUTIONS_TOTAL`] (one per terminal state) for
 /// playbooks that just became active. Existing values are kept.
 pub fn register_playbooks<'a>(ids: impl IntoIterator<Item = &'a str>) {

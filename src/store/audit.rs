@@ -899,6 +899,8 @@ struct TypedJob<T> {
     /// Set by `apply` when the effect succeeded; handed over only after COMMIT.
     value: Option<T>,
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
+    /// When the caller asked: `playbookd_audit_append_seconds` runs from here to the COMMIT.
+    requested_at: std::time::Instant,
 }
 
 /// Where an append's answer arrives: after COMMIT, or its refusal.
@@ -914,6 +916,7 @@ impl<T: Send + 'static> TypedJob<T> {
             effect,
             value: None,
             reply,
+            requested_at: std::time::Instant::now(),
         };
         (job, response)
     }
@@ -931,9 +934,18 @@ impl<T: Send + 'static> Job for TypedJob<T> {
     }
 
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>) {
-        let TypedJob { value, reply, .. } = *self;
+        let TypedJob {
+            value,
+            reply,
+            requested_at,
+            ..
+        } = *self;
         let answer = match (outcome, value) {
-            (Ok(appended), Some(value)) => Ok((appended, value)),
+            (Ok(appended), Some(value)) => {
+                metrics::histogram!("playbookd_audit_append_seconds")
+                    .record(requested_at.elapsed().as_secs_f64());
+                Ok((appended, value))
+            }
             // Committed without a value cannot happen (apply sets it before the row is
             // inserted); answer "not recorded" rather than invent one.
             (Ok(_), None) => Err(AppendError::Unavailable(None)),

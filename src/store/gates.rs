@@ -88,11 +88,13 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
     Ok(opened)
 }
 
-/// A gate's state and deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A gate's state and deadline, and how long it waited once resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GateStatus {
     pub state: GateState,
     pub expires_at: OffsetDateTime,
+    /// From opening to resolution, once resolved (`playbookd_approval_wait_seconds`).
+    pub waited_seconds: Option<f64>,
 }
 
 /// The state of the gate of step `index` of run `id`.
@@ -100,7 +102,7 @@ pub async fn status(store: &Store, id: Uuid, index: usize) -> Result<GateStatus,
     let client = store.client().await?;
     let row = client
         .query_opt(
-            "SELECT state, expires_at FROM playbook_approval_gates WHERE execution_id = $1 AND step_index = $2",
+            "SELECT state, expires_at, EXTRACT(EPOCH FROM resolved_at - opened_at)::float8 FROM playbook_approval_gates WHERE execution_id = $1 AND step_index = $2",
             &[&id, &index_to_db(index)],
         )
         .await?
@@ -111,6 +113,7 @@ pub async fn status(store: &Store, id: Uuid, index: usize) -> Result<GateStatus,
     Ok(GateStatus {
         state: GateState::decode(row.get(0))?,
         expires_at: row.get(1),
+        waited_seconds: row.get(2),
     })
 }
 

@@ -425,6 +425,24 @@ async fn a_critical_step_needs_two_different_approvers() {
     )
     .await;
     assert_eq!(step, "succeeded");
+
+    // The gate's wait (over 300 ms above) is observed when the run sees the verdict. The
+    // recorder is shared by this process's daemons, so the figures only ever grow.
+    let page = playbookd::cli::status::request(
+        &playbookd::cli::status::Endpoint(daemon.status.clone()),
+        "GET",
+        "/metrics",
+    )
+    .await
+    .unwrap();
+    let page = String::from_utf8_lossy(&page.body);
+    let waited: f64 = page
+        .lines()
+        .find_map(|line| line.strip_prefix("playbookd_approval_wait_seconds_sum "))
+        .unwrap_or_else(|| panic!("no approval wait sum:\n{page}"))
+        .parse()
+        .unwrap();
+    assert!(waited >= 0.3, "approval wait recorded: {page}");
     daemon.stop().await;
 }
 

@@ -314,11 +314,18 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
         "{body}"
     );
     let metrics = request(&endpoint, "GET", "/metrics").await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body);
     assert!(
-        String::from_utf8_lossy(&metrics.body)
-            .contains("playbookd_bindings_without_active_playbook 1"),
-        "{}",
-        String::from_utf8_lossy(&metrics.body)
+        metrics.contains("playbookd_bindings_without_active_playbook 1"),
+        "{metrics}"
+    );
+    // Its own process, so only this daemon's appends count: the start, the registry's records.
+    let append_count = sample(&metrics, "playbookd_audit_append_seconds_count");
+    assert!(append_count >= 1.0, "append latencies recorded: {metrics}");
+    assert_eq!(
+        append_count,
+        sample(&metrics, "playbookd_audit_appends_total"),
+        "one latency per committed row: {metrics}"
     );
 
     // A clean reload (options after the verb) exits 0.
@@ -349,4 +356,13 @@ async fn ctl_reload_lists_each_refused_file_exits_65_and_the_last_good_versions_
     let decision = crate::harness::decision("p", "o", serde_json::json!({}));
     let reply = crate::harness::send_json(&dir.path("run/decisions.sock"), &decision).await;
     assert_eq!(reply["status"], "accepted", "{reply}");
+}
+
+/// The value of the sample named `name` (no labels) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name}:\n{page}"))
+        .parse()
+        .unwrap()
 }
