@@ -196,16 +196,10 @@ pub async fn find_pending(
     step_id: &str,
     node_id: &str,
 ) -> Result<Option<PendingGate>, StoreError> {
-    let client = store.client().await?;
-    let owner = client
-        .query_opt(
-            "SELECT node_id FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await?;
-    if let Some(row) = owner {
-        require_own(id, row.get(0), node_id)?;
+    if let Some(run) = executions::scope(store, id).await? {
+        require_own(id, run.node_id, node_id)?;
     }
+    let client = store.client().await?;
     let row = client
         .query_opt(
             "SELECT step_index, risk, expires_at <= now() FROM playbook_approval_gates \
