@@ -62,6 +62,26 @@ pub fn storable_map(map: Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
+/// `value` as it is when its JSON text is at most `max_bytes` long; otherwise what stands for it:
+/// `{"truncated": true, "bytes": N, <head_key>: …}`, with N the text's length and the head
+/// `head(text, max_bytes)`. The one shape of a cut JSON value, stored or served.
+pub fn capped_json(
+    value: Value,
+    max_bytes: usize,
+    head_key: &str,
+    head: impl FnOnce(&str, usize) -> String,
+) -> Value {
+    let text = value.to_string();
+    if text.len() <= max_bytes {
+        return value;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "bytes": text.len(),
+        head_key: head(&text, max_bytes),
+    })
+}
+
 /// Whether `input` is already storable as it is (no escape, no cut needed).
 pub fn is_storable(input: &str, max_bytes: usize) -> bool {
     input.len() <= max_bytes && !input.chars().any(needs_escape)

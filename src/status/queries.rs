@@ -815,16 +815,12 @@ pub async fn checkpoint_note(
 /// Replaces the value of any key that names a credential, at any depth, then caps the size:
 /// a value larger than [`OUTPUT_LIMIT`] bytes becomes `{"truncated": true, "bytes": N, "preview": "…"}`.
 pub fn bounded_json(value: Value) -> Value {
-    let value = crate::redact::redact(value, crate::redact::Audience::StatusReaders);
-    let text = value.to_string();
-    if text.len() <= OUTPUT_LIMIT {
-        return value;
-    }
-    serde_json::json!({
-        "truncated": true,
-        "bytes": text.len(),
-        "preview": truncate(&text, OUTPUT_LIMIT),
-    })
+    crate::text::capped_json(
+        crate::redact::redact(value, crate::redact::Audience::StatusReaders),
+        OUTPUT_LIMIT,
+        "preview",
+        |text, max_bytes| truncate(text, max_bytes).to_owned(),
+    )
 }
 
 /// Appends `condition` with each `?` numbered after the parameters already bound.

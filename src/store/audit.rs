@@ -165,6 +165,22 @@ impl Scope {
     }
 }
 
+/// [`Tx`]'s `execute` and `query*`: each the client's method of that name, sent with the
+/// statement prepared once per connection, after the request's order guard has seen it.
+macro_rules! through_statement_cache {
+    ($($method:ident -> $output:ty;)+) => {$(
+        pub async fn $method(
+            &self,
+            sql: &str,
+            params: &[&(dyn ToSql + Sync)],
+        ) -> Result<$output, tokio_postgres::Error> {
+            let statement = self.statement(sql).await?;
+            self.sending();
+            self.transaction.$method(&statement, params).await
+        }
+    )+};
+}
+
 /// The transaction an effect runs in. Its `execute` and `query*` take SQL text like a
 /// client's but reuse a statement prepared once per writer connection: an unnamed statement
 /// costs a round trip of its own on every call. The writer's client is reachable through
@@ -230,44 +246,11 @@ impl<'t> Tx<'t> {
         Ok(statement)
     }
 
-    pub async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
-        self.sending();
-        self.transaction.execute(&statement, params).await
-    }
-
-    pub async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
-        self.sending();
-        self.transaction.query(&statement, params).await
-    }
-
-    pub async fn query_one(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
-        self.sending();
-        self.transaction.query_one(&statement, params).await
-    }
-
-    pub async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, tokio_postgres::Error> {
-        let statement = self.statement(sql).await?;
-        self.sending();
-        self.transaction.query_opt(&statement, params).await
+    through_statement_cache! {
+        execute -> u64;
+        query -> Vec<Row>;
+        query_one -> Row;
+        query_opt -> Option<Row>;
     }
 }
 

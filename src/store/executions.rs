@@ -15,7 +15,9 @@ use crate::store::audit::{
 };
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
-use crate::store::rows::{as_node, explain_refusal, index_to_db, not_found, require_own};
+use crate::store::rows::{
+    append_as_node, as_node, explain_refusal, index_to_db, not_found, require_own,
+};
 use crate::store::{Store, StoreError, nonces, transitions};
 
 /// A run to admit: what intake decided, written with its nonce in one transaction.
@@ -451,7 +453,8 @@ pub async fn request_cancel(
     reason: String,
 ) -> Result<(), AppendError> {
     let reason = crate::text::storable(&reason, crate::text::MAX_FIELD_BYTES);
-    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+    let scope = Scope::Execution(id);
+    append_as_node(audit, scope, reason, move |tx, node_id, reason| {
         Box::pin(async move {
             let updated = tx
                 .execute(
@@ -476,11 +479,8 @@ pub async fn request_cancel(
                 (),
             ))
         })
-    });
-    audit
-        .append_in(Scope::Execution(id), effect)
-        .await
-        .map(|_| ())
+    })
+    .await
 }
 
 /// The guarded UPDATE of a run's state: allowed only from the states the transition table

@@ -17,7 +17,9 @@ use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, fo
 use crate::store::executions;
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{GateState, Vote, decode_risk};
-use crate::store::rows::{as_node, index_from_db, index_to_db, require_open_run, require_own};
+use crate::store::rows::{
+    append_as_node, index_from_db, index_to_db, require_open_run, require_own,
+};
 use crate::store::{Store, StoreError};
 
 /// A gate to open for a step.
@@ -48,8 +50,9 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
     } = gate;
     let context = crate::text::storable_json(context);
     let expires_ms = i64::try_from(expires_after.as_millis()).unwrap_or(i64::MAX);
-    let effect = as_node(
+    append_as_node(
         audit,
+        Scope::Execution(execution_id),
         (step_id, context),
         move |tx, node_id, (step_id, context)| {
             Box::pin(async move {
@@ -81,11 +84,8 @@ pub async fn open(audit: &AuditHandle, gate: NewGate) -> Result<bool, AppendErro
                 ))
             })
         },
-    );
-    let (_, opened) = audit
-        .append_in(Scope::Execution(execution_id), effect)
-        .await?;
-    Ok(opened)
+    )
+    .await
 }
 
 /// A gate's state and deadline, and how long it waited once resolved.
@@ -199,16 +199,10 @@ pub async fn find_pending(
     step_id: &str,
     node_id: &str,
 ) -> Result<Option<PendingGate>, StoreError> {
-    let client = store.client().await?;
-    let owner = client
-        .query_opt(
-            "SELECT node_id FROM playbook_executions WHERE execution_id = $1",
-            &[&id],
-        )
-        .await?;
-    if let Some(row) = owner {
-        require_own(id, row.get(0), node_id)?;
+    if let Some(run) = executions::scope(store, id).await? {
+        require_own(id, run.node_id, node_id)?;
     }
+    let client = store.client().await?;
     let row = client
         .query_opt(
             "SELECT step_index, risk, expires_at <= now() FROM playbook_approval_gates \
@@ -256,8 +250,9 @@ pub async fn vote(
     watch: &HaltWatch,
 ) -> Result<VoteOutcome, AppendError> {
     let scope = Scope::Execution(vote.execution_id);
-    let effect = as_node(
+    append_as_node(
         audit,
+        scope,
         (vote, watch.clone()),
         |tx, node_id, (vote, watch)| {
             Box::pin(async move {
@@ -340,9 +335,8 @@ pub async fn vote(
                 Ok((event, outcome))
             })
         },
-    );
-    let (_, outcome) = audit.append_in(scope, effect).await?;
-    Ok(outcome)
+    )
+    .await
 }
 
 /// Every pending gate of `node_id`'s runs with its context and the votes so far, oldest first.

@@ -17,9 +17,11 @@ use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Tx, format_timestamp};
+use crate::store::audit::{
+    Actor, AppendError, AuditEvent, AuditHandle, Scope, Tx, format_timestamp,
+};
 use crate::store::model::HaltScope;
-use crate::store::rows::as_node;
+use crate::store::rows::append_as_node;
 use crate::store::{Store, StoreError};
 use crate::text;
 
@@ -307,22 +309,26 @@ pub async fn enter_row_only(
 ) -> Result<ActiveHalt, AppendError> {
     let execution_id = halt.execution_id;
     let message = text::storable(&halt.message, text::MAX_FIELD_BYTES);
-    let effect = as_node(audit, message, move |tx, node_id, message| {
-        Box::pin(async move {
-            let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
-            let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
-                .with("halt_id", halt.halt_id)
-                .with("error", message)
-                .with("clear_with", CLEAR_COMMAND)
-                .with("entered_at", format_timestamp(halt.entered_at));
-            if let Some(id) = execution_id {
-                event = event.execution(id);
-            }
-            Ok((event, halt))
-        })
-    });
-    let (_, halt) = audit.append_with(effect).await?;
-    Ok(halt)
+    append_as_node(
+        audit,
+        Scope::Global,
+        message,
+        move |tx, node_id, message| {
+            Box::pin(async move {
+                let halt = insert_or_find(tx, &node_id, execution_id, None, &message).await?;
+                let mut event = AuditEvent::new("safe_halt.entered", Actor::System)
+                    .with("halt_id", halt.halt_id)
+                    .with("error", message)
+                    .with("clear_with", CLEAR_COMMAND)
+                    .with("entered_at", format_timestamp(halt.entered_at));
+                if let Some(id) = execution_id {
+                    event = event.execution(id);
+                }
+                Ok((event, halt))
+            })
+        },
+    )
+    .await
 }
 
 /// Clears the active halt of `scope` (this node's own, or the fleet's: nodes' own halts stay),
@@ -340,7 +346,7 @@ pub async fn resolve(
         HaltScope::Node => ("active SAFE-HALT of this node", "safe_halt.cleared"),
         HaltScope::Fleet => ("active fleet SAFE-HALT", "safe_halt.fleet_cleared"),
     };
-    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+    append_as_node(audit, Scope::Global, reason, move |tx, node_id, reason| {
         Box::pin(async move {
             let rows = tx
                 .query(
@@ -370,27 +376,22 @@ pub async fn resolve(
                 halt_id,
             ))
         })
-    });
-    let (_, cleared) = audit
-        .append_with(effect)
-        .await
-        .map_err(|error| match (error, scope) {
-            (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Node) => {
-                ResolveError::NotActive {
-                    node_id: audit.node_id().to_owned(),
-                }
+    })
+    .await
+    .map_err(|error| match (error, scope) {
+        (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Node) => {
+            ResolveError::NotActive {
+                node_id: audit.node_id().to_owned(),
             }
-            (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Fleet) => {
-                ResolveError::FleetNotActive
-            }
-            (
-                other @ (AppendError::Effect(_)
-                | AppendError::Unavailable(_)
-                | AppendError::Stopped),
-                _,
-            ) => ResolveError::Audit(other),
-        })?;
-    Ok(cleared)
+        }
+        (AppendError::Effect(StoreError::NotFound { .. }), HaltScope::Fleet) => {
+            ResolveError::FleetNotActive
+        }
+        (
+            other @ (AppendError::Effect(_) | AppendError::Unavailable(_) | AppendError::Stopped),
+            _,
+        ) => ResolveError::Audit(other),
+    })
 }
 
 /// The command an admin runs to clear the fleet's SAFE-HALT.
@@ -451,7 +452,7 @@ pub async fn enter_fleet(
     audit: &AuditHandle,
     cause: FleetHaltCause,
 ) -> Result<ActiveHalt, AppendError> {
-    let effect = as_node(audit, cause, |tx, node_id, cause| {
+    append_as_node(audit, Scope::Global, cause, |tx, node_id, cause| {
         Box::pin(async move {
             let (actor, why) = match &cause {
                 FleetHaltCause::Admin { uid, reason } => (
@@ -496,9 +497,8 @@ pub async fn enter_fleet(
                 .with("entered_at", format_timestamp(halt.entered_at));
             Ok((event, halt))
         })
-    });
-    let (_, halt) = audit.append_with(effect).await?;
-    Ok(halt)
+    })
+    .await
 }
 
 /// Inserts this node's active halt, or finds the one already active (a second failed undo

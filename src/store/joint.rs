@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
 use crate::store::halts::{self, ActiveHalt, CLEAR_COMMAND, HaltCause};
 use crate::store::model::{RollbackCause, RunState};
-use crate::store::rows::as_node;
+use crate::store::rows::append_as_node;
 use crate::store::{executions, gates, undos};
 use crate::text;
 
@@ -23,7 +23,8 @@ pub async fn begin_rollback(
     reason: String,
 ) -> Result<(), AppendError> {
     let reason = text::storable(&reason, text::MAX_FIELD_BYTES);
-    let effect = as_node(audit, reason, move |tx, node_id, reason| {
+    let scope = Scope::Execution(id);
+    append_as_node(audit, scope, reason, move |tx, node_id, reason| {
         Box::pin(async move {
             executions::mark_rolling_back(tx, id, &node_id, cause, &reason).await?;
             // A gate still open (the run was cancelled or timed out while waiting) is
@@ -38,11 +39,8 @@ pub async fn begin_rollback(
             }
             Ok((event, ()))
         })
-    });
-    audit
-        .append_in(Scope::Execution(id), effect)
-        .await
-        .map(|_| ())
+    })
+    .await
 }
 
 /// Enters SAFE-HALT in one transaction with everything `cause` implies: for a failed undo, the
@@ -53,7 +51,7 @@ pub async fn enter_safe_halt(
     audit: &AuditHandle,
     cause: HaltCause,
 ) -> Result<ActiveHalt, AppendError> {
-    let effect = as_node(audit, cause, |tx, node_id, cause| {
+    append_as_node(audit, Scope::Global, cause, |tx, node_id, cause| {
         Box::pin(async move {
             let message = cause.message();
             let execution_id = cause.execution_id();
@@ -104,7 +102,6 @@ pub async fn enter_safe_halt(
                 .with("entered_at", format_timestamp(halt.entered_at));
             Ok((event, halt))
         })
-    });
-    let (_, halt) = audit.append_with(effect).await?;
-    Ok(halt)
+    })
+    .await
 }

@@ -1,14 +1,15 @@
 //! What the modules of a run's rows share, written once: a node acts only on its own runs
 //! ([`require_own`], [`require_open_run`]), a guarded change that matched no row says why
 //! ([`explain_refusal`]), a step index is stored as an `integer` ([`index_to_db`],
-//! [`index_from_db`]), and each change is an effect run as this node ([`as_node`]). These only
-//! read `playbook_executions`; [`super::executions`] writes it.
+//! [`index_from_db`]), and each change is an effect run as this node ([`as_node`]), most of
+//! them appended at once ([`append_as_node`]). These only read `playbook_executions`;
+//! [`super::executions`] writes it.
 
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::store::StoreError;
-use crate::store::audit::{AuditEvent, AuditHandle, Effect, Tx};
+use crate::store::audit::{AppendError, AuditEvent, AuditHandle, Effect, Scope, Tx};
 use crate::store::model::RunState;
 
 /// Refuses unless run `id` is this node's and has not ended; its state when it has not.
@@ -109,4 +110,26 @@ where
 {
     let node_id = audit.node_id().to_owned();
     Box::new(move |tx| body(tx, node_id.clone(), captured.clone()))
+}
+
+/// [`as_node`]'s effect appended in `scope` ([`AuditHandle::append_in`]): what `body` returned,
+/// once it committed.
+pub(crate) async fn append_as_node<C, T, F>(
+    audit: &AuditHandle,
+    scope: Scope,
+    captured: C,
+    body: F,
+) -> Result<T, AppendError>
+where
+    C: Clone + Send + Sync + 'static,
+    T: Send + 'static,
+    F: for<'t> Fn(&'t Tx<'t>, String, C) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let (_, result) = audit
+        .append_in(scope, as_node(audit, captured, body))
+        .await?;
+    Ok(result)
 }

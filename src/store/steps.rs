@@ -416,16 +416,12 @@ pub(crate) async fn mark_undone(
 /// A step's output as stored: every string made storable, then bounded to
 /// [`MAX_OUTPUT_BYTES`] of JSON (a larger one is replaced by its size and head).
 pub fn storable_output(output: Value) -> Value {
-    let output = text::storable_json(output);
-    let serialized = output.to_string();
-    if serialized.len() <= MAX_OUTPUT_BYTES {
-        return output;
-    }
-    serde_json::json!({
-        "truncated": true,
-        "bytes": serialized.len(),
-        "head": text::storable(&serialized, MAX_OUTPUT_BYTES),
-    })
+    text::capped_json(
+        text::storable_json(output),
+        MAX_OUTPUT_BYTES,
+        "head",
+        text::storable,
+    )
 }
 
 /// SHA-256(execution_id ‖ step_id): a step's idempotency key, the same on every attempt and

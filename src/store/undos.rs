@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, Tx};
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RunState, StepState, UndoState};
-use crate::store::rows::{as_node, index_from_db, index_to_db, require_open_run};
+use crate::store::rows::{append_as_node, index_from_db, index_to_db, require_open_run};
 use crate::store::steps::{self, StartOutcome, refused_event, step_refusal};
 use crate::store::{Store, StoreError};
 
@@ -54,8 +54,9 @@ pub async fn record_start(
     step_id: String,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let effect = as_node(
+    append_as_node(
         audit,
+        Scope::Execution(execution_id),
         (step_id, watch.clone()),
         move |tx, node_id, (step_id, watch)| {
             Box::pin(async move {
@@ -79,11 +80,8 @@ pub async fn record_start(
                 Ok((event, StartOutcome::Started))
             })
         },
-    );
-    let (_, outcome) = audit
-        .append_in(Scope::Execution(execution_id), effect)
-        .await?;
-    Ok(outcome)
+    )
+    .await
 }
 
 /// How an undo ended without failing (a failure enters SAFE-HALT instead).
@@ -103,7 +101,8 @@ pub async fn record_end(
     step_id: String,
     end: UndoEnd,
 ) -> Result<(), AppendError> {
-    let effect = as_node(audit, step_id, move |tx, node_id, step_id| {
+    let scope = Scope::Execution(execution_id);
+    append_as_node(audit, scope, step_id, move |tx, node_id, step_id| {
         Box::pin(async move {
             require_rolling_back(tx, execution_id, &node_id).await?;
             let (state, event_type) = match end {
@@ -134,11 +133,8 @@ pub async fn record_end(
                 (),
             ))
         })
-    });
-    audit
-        .append_in(Scope::Execution(execution_id), effect)
-        .await
-        .map(|_| ())
+    })
+    .await
 }
 
 /// Records a failed undo (with its storable error) and its step `rollback_failed`, inside the
