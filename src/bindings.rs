@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::registry::model::{Binding, InputSpec, InputType};
+use crate::registry::playbook::COOLDOWN_MAX_SECONDS;
 
 /// The binding for a decision, if any.
 pub fn find<'a>(
@@ -51,7 +52,31 @@ pub struct StormControl {
 struct StormState {
     window_start: Instant,
     accepted_in_window: u32,
+    /// When each (binding, subject) last ran, for bindings with a cooldown only: a binding
+    /// without one keeps no entry however many subjects it sees.
     last_run: HashMap<[u8; 32], Instant>,
+    /// The size at which entries past the longest cooldown allowed are next forgotten: twice
+    /// what was left the last time, so forgetting costs O(1) per admission whatever the load.
+    forget_at: usize,
+}
+
+/// The fewest entries [`StormState::last_run`] holds before old ones are looked for.
+const FORGET_AT_LEAST: usize = 4_096;
+
+impl StormState {
+    /// Forgets the runs no cooldown can still hold back (none is longer than a day, so the
+    /// outcome is that of keeping them all), once the map has doubled since the last time.
+    fn forget_expired(&mut self, now: Instant, longest: Duration) {
+        if self.last_run.len() < self.forget_at {
+            return;
+        }
+        self.last_run
+            .retain(|_, at| now.duration_since(*at) < longest);
+        if self.last_run.len() < self.last_run.capacity() / 4 {
+            self.last_run.shrink_to_fit();
+        }
+        self.forget_at = (self.last_run.len() * 2).max(FORGET_AT_LEAST);
+    }
 }
 
 impl StormControl {
@@ -62,6 +87,7 @@ impl StormControl {
                 window_start: Instant::now(),
                 accepted_in_window: 0,
                 last_run: HashMap::new(),
+                forget_at: FORGET_AT_LEAST,
             }),
         }
     }
@@ -74,10 +100,11 @@ impl StormControl {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cooldown) = binding
+        let cooldown = binding
             .cooldown_seconds
             .filter(|s| *s > 0)
-            .map(Duration::from_secs)
+            .map(Duration::from_secs);
+        if let Some(cooldown) = cooldown
             && let Some(last) = state.last_run.get(&key)
         {
             let since = now.duration_since(*last);
@@ -95,12 +122,9 @@ impl StormControl {
             return Err(Suppressed::RateLimit);
         }
         state.accepted_in_window += 1;
-        state.last_run.insert(key, now);
-        if state.last_run.len() > 100_000 {
-            // Bounded memory: forget entries older than a day (the longest cooldown allowed).
-            state
-                .last_run
-                .retain(|_, at| now.duration_since(*at) < Duration::from_secs(86_400));
+        if cooldown.is_some() {
+            state.last_run.insert(key, now);
+            state.forget_expired(now, Duration::from_secs(COOLDOWN_MAX_SECONDS));
         }
         Ok(())
     }
@@ -295,6 +319,51 @@ mod tests {
                 serde_json::json!({"address": "2001:db8::1", "path": "/srv/x", "user": "a"})
             )
         );
+    }
+
+    #[test]
+    fn only_bindings_with_a_cooldown_remember_subjects() {
+        let storm = StormControl::new(u32::MAX);
+        let without = binding(None, "x", None);
+        let with = binding(None, "y", Some(60));
+        let n = inputs(&[("n", InputType::Integer)]);
+        for i in 0..10_000 {
+            let subject = serde_json::json!({ "n": i });
+            assert_eq!(storm.admit(&without, &key(&without, &n, subject)), Ok(()));
+        }
+        let remembered = |storm: &StormControl| storm.state.lock().unwrap().last_run.len();
+        assert_eq!(remembered(&storm), 0);
+        // Within the day no entry may go: every one still holds its subject back.
+        for i in 0..10_000 {
+            let subject = serde_json::json!({ "n": i });
+            assert_eq!(storm.admit(&with, &key(&with, &n, subject)), Ok(()));
+        }
+        assert_eq!(remembered(&storm), 10_000);
+        let first = key(&with, &n, serde_json::json!({ "n": 0 }));
+        assert!(matches!(
+            storm.admit(&with, &first),
+            Err(Suppressed::Cooldown { .. })
+        ));
+    }
+
+    #[test]
+    fn runs_older_than_the_longest_cooldown_are_forgotten_once_the_map_has_doubled() {
+        let storm = StormControl::new(u32::MAX);
+        let mut state = storm.state.lock().unwrap();
+        let longest = Duration::from_secs(60);
+        let now = Instant::now();
+        let old = now.checked_sub(longest).unwrap();
+        let entry = |i: usize| -> [u8; 32] { Sha256::digest(i.to_le_bytes()).into() };
+        for i in 0..FORGET_AT_LEAST - 1 {
+            let at = if i % 2 == 0 { old } else { now };
+            state.last_run.insert(entry(i), at);
+        }
+        state.forget_expired(now, longest);
+        assert_eq!(state.last_run.len(), FORGET_AT_LEAST - 1, "not yet");
+        state.last_run.insert(entry(FORGET_AT_LEAST), now);
+        state.forget_expired(now, longest);
+        assert_eq!(state.last_run.len(), FORGET_AT_LEAST / 2);
+        assert_eq!(state.forget_at, FORGET_AT_LEAST);
     }
 
     #[test]

@@ -292,7 +292,8 @@ const PLAYBOOK_TIMEOUT: Bounds = Bounds::seconds(1, 24 * 3600);
 const RETRY_ATTEMPTS_MAX: u32 = 10;
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
 const APPROVAL_EXPIRES: Bounds = Bounds::seconds(60, 24 * 3600);
-const COOLDOWN_MAX_SECONDS: u64 = 24 * 3600;
+/// The longest `cooldown_seconds` a binding may ask for: one day.
+pub const COOLDOWN_MAX_SECONDS: u64 = 24 * 3600;
 pub const MAX_ID_LEN: usize = 64;
 
 /// The durations a field may take, inclusive.
