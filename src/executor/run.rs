@@ -2,8 +2,8 @@
 //!
 //! Nothing here writes SQL: each transition is one call into `store` (one audit transaction).
 //! Records with no side effect between them share a transaction: a run's start is sent with its
-//! first step's start, a step's success (or skip) with the next step's start or the run's
-//! completion ([`Runner::defer`]). Anything else sends what is held first ([`Runner::flush`]), so
+//! first step's start (and written by the same statement, [`Held::RunStart`]), a step's success
+//! (or skip) with the next step's start or the run's completion ([`Runner::defer`]). Anything else sends what is held first ([`Runner::flush`]), so
 //! the chain keeps the order things happened in.
 //! Every action (a step's attempt, an undo's attempt) runs only after `store` recorded its
 //! start; that transaction refuses the start while a SAFE-HALT is in force, and the run then
@@ -50,6 +50,15 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 /// tried again this often.
 const HALT_RECHECK: Duration = Duration::from_secs(5);
 
+/// A record held to go with the next append.
+enum Held {
+    /// Sent as it is; the action whose outcome it records (if any) is settled once it commits.
+    Record(Deferred, Option<OwedKey>),
+    /// The run's start (`pending -> running`): written by its first step's start when that is
+    /// the next record, else as a record of its own ([`executions::defer_state`]).
+    RunStart(AuditEvent),
+}
+
 /// Where the forward pass ended.
 enum Forward {
     Completed,
@@ -87,9 +96,8 @@ pub(super) struct Runner<'a> {
     deadline: Option<Instant>,
     /// None while parked at an approval gate.
     slot: Option<RunSlot>,
-    /// Records not sent yet, each with the action whose outcome it records: they go with the
-    /// next append, in its transaction.
-    deferred: Mutex<Vec<(Deferred, Option<OwedKey>)>>,
+    /// Records not sent yet: they go with the next append, in its transaction.
+    deferred: Mutex<Vec<Held>>,
     /// Admitted by intake in this process just now: no step of it has been recorded, so its
     /// steps are not read back.
     fresh: bool,
@@ -120,7 +128,12 @@ impl<'a> Runner<'a> {
             slot: Some(slot),
             // The admission goes first, with the run's first records (see
             // [`super::Executor::submit_admitting`]).
-            deferred: Mutex::new(admission.map(|a| (a, None)).into_iter().collect()),
+            deferred: Mutex::new(
+                admission
+                    .map(|a| Held::Record(a, None))
+                    .into_iter()
+                    .collect(),
+            ),
             fresh,
         }
     }
@@ -138,16 +151,47 @@ impl<'a> Runner<'a> {
 
     /// Holds `record` to be sent with the next append; `owed` is settled once it commits.
     fn defer(&self, record: Deferred, owed: Option<OwedKey>) {
-        super::lock(&self.deferred).push((record, owed));
+        super::lock(&self.deferred).push(Held::Record(record, owed));
     }
 
     fn take_deferred(&self) -> (Vec<Deferred>, Vec<OwedKey>) {
         let held = std::mem::take(&mut *super::lock(&self.deferred));
+        self.records(held)
+    }
+
+    /// [`Self::take_deferred`] for a step's start, with the run's start apart when it is the
+    /// last record held: the step's start then writes it ([`steps::record_first_start_after`]).
+    fn take_deferred_before_start(&self) -> (Vec<Deferred>, Vec<OwedKey>, Option<AuditEvent>) {
+        let mut held = std::mem::take(&mut *super::lock(&self.deferred));
+        let run_start = match held.pop() {
+            Some(Held::RunStart(started)) => Some(started),
+            Some(other) => {
+                held.push(other);
+                None
+            }
+            None => None,
+        };
+        let (records, owed) = self.records(held);
+        (records, owed, run_start)
+    }
+
+    /// What is held, as records to send, and the actions whose outcomes they record.
+    fn records(&self, held: Vec<Held>) -> (Vec<Deferred>, Vec<OwedKey>) {
         let mut records = Vec::with_capacity(held.len());
         let mut owed = Vec::new();
-        for (record, key) in held {
-            records.push(record);
-            owed.extend(key);
+        for held in held {
+            match held {
+                Held::Record(record, key) => {
+                    records.push(record);
+                    owed.extend(key);
+                }
+                Held::RunStart(started) => records.push(executions::defer_state(
+                    &self.inner.audit,
+                    self.record.id,
+                    RunState::Running,
+                    started,
+                )),
+            }
         }
         (records, owed)
     }
@@ -184,15 +228,9 @@ impl<'a> Runner<'a> {
             },
             RunState::Pending | RunState::Running | RunState::AwaitingApproval => {
                 if self.record.state == RunState::Pending {
-                    let event = AuditEvent::new("execution.started", Actor::System)
+                    let started = AuditEvent::new("execution.started", Actor::System)
                         .with("playbook", self.label());
-                    let started = executions::defer_state(
-                        &self.inner.audit,
-                        self.record.id,
-                        RunState::Running,
-                        event,
-                    );
-                    self.defer(started, None);
+                    super::lock(&self.deferred).push(Held::RunStart(started));
                 }
                 match self.forward().await? {
                     Forward::Completed => {
@@ -631,15 +669,17 @@ impl<'a> Runner<'a> {
     /// and tries again (or stops for a cancel, the deadline or shutdown).
     async fn start_step(&self, start: StepStart) -> Result<Start, RunError> {
         loop {
-            let (held, owed) = self.take_deferred();
+            let (held, owed, run_start) = self.take_deferred_before_start();
             let perf_t0 = std::time::Instant::now();
-            let outcome = steps::record_start_after(
-                &self.inner.audit,
-                held,
-                start.clone(),
-                self.inner.safe_halt.watch(),
-            )
-            .await?;
+            let audit = &self.inner.audit;
+            let watch = self.inner.safe_halt.watch();
+            let outcome = match run_start {
+                Some(started) => {
+                    steps::record_first_start_after(audit, held, started, start.clone(), watch)
+                        .await?
+                }
+                None => steps::record_start_after(audit, held, start.clone(), watch).await?,
+            };
             tracing::debug!(target: "perf", us = perf_t0.elapsed().as_micros(), "start_step");
             self.settle_all(owed);
             match outcome {

@@ -438,9 +438,14 @@ fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) 
     as_node(audit, event, move |tx, node_id, event| {
         Box::pin(async move {
             transition(tx, id, &node_id, to).await?;
-            Ok((event.execution(id).with("state", to.as_str()), ()))
+            Ok((state_event(event, id, to), ()))
         })
     })
+}
+
+/// `event` as the record of run `id` moving to `to` ([`set_state`]).
+pub(crate) fn state_event(event: AuditEvent, id: Uuid, to: RunState) -> AuditEvent {
+    event.execution(id).with("state", to.as_str())
 }
 
 /// Records a cancel request for run `id` of this node; the run's task then rolls it back.

@@ -11,9 +11,11 @@
 //! content.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::store::audit::{
@@ -22,7 +24,7 @@ use crate::store::audit::{
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
 use crate::store::rows::{as_node, explain_refusal, index_from_db, index_to_db, require_open_run};
-use crate::store::{Store, StoreError, transitions};
+use crate::store::{Store, StoreError, executions, transitions};
 use crate::text;
 
 /// A step's stored state.
@@ -115,29 +117,159 @@ pub async fn record_start_after(
                     Some(halt) => Some(halt),
                     None => start_run_and_step(tx, &start, &node_id).await?,
                 };
-                if let Some(halt) = halted {
-                    let event = refused_event(
-                        "step.start_refused",
-                        start.execution_id,
-                        &start.step_id,
-                        &halt,
-                    )
-                    .with("action", start.action)
-                    .with("attempt", start.attempt);
-                    return Ok((event, StartOutcome::Refused(halt)));
-                }
-                let event = AuditEvent::new("step.started", Actor::System)
-                    .execution(start.execution_id)
-                    .with("step_id", start.step_id)
-                    .with("action", start.action)
-                    .with("attempt", start.attempt)
-                    .with("params_sha256", hex::encode(start.params_sha256));
-                Ok((event, StartOutcome::Started))
+                Ok(start_event(start, halted))
             })
         },
     );
     let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
     Ok(outcome)
+}
+
+/// [`record_start_after`] for a run's first step, with the run's own start (`pending ->
+/// running`, recorded by `started` as [`executions::defer_state`] records it) between `before`
+/// and the step's record, both written by one statement: apart, the run's start is an UPDATE of
+/// the run's row of its own (its guard, its CHECKs, a new version in every index of the table)
+/// right before the step's start updates the row again. The records, changes and refusals are
+/// those of the two apart:
+/// - the run's start makes both changes (by the statement of [`record_start`], whose guard takes
+///   the run from the states [`executions::defer_state`] takes it from and refuses as it does),
+///   and the step's record only reports what that statement did: it fails only when the run's
+///   start failed, and is not attempted unless the run's start succeeded;
+/// - when a SAFE-HALT refuses the step, the run starts all the same (the UPDATE the run's start
+///   makes apart) and the step's record is `step.start_refused`.
+///
+/// A step row that refused `running` would fail the run's start too, where apart the run would
+/// start and its step's record fail; no step of a `pending` run is ever written.
+pub async fn record_first_start_after(
+    audit: &AuditHandle,
+    before: Vec<Deferred>,
+    started: AuditEvent,
+    start: StepStart,
+    watch: &HaltWatch,
+) -> Result<StartOutcome, AppendError> {
+    let scope = Scope::Execution(start.execution_id);
+    let handover = Handover::default();
+    let run_start = as_node(
+        audit,
+        (start.clone(), watch.clone(), started, handover.clone()),
+        |tx, node_id, (start, watch, started, handover)| {
+            Box::pin(async move {
+                // Before anything is awaited: the step's record, run beside this one, waits.
+                handover.hand(Handed::Running);
+                let halted = start_run_with_step(tx, &start, &watch, &node_id).await;
+                handover.hand(match &halted {
+                    Ok(None) => Handed::Started,
+                    Ok(Some(halt)) => Handed::Refused(halt.clone()),
+                    Err(_) => Handed::Failed,
+                });
+                halted?;
+                let event = executions::state_event(started, start.execution_id, RunState::Running);
+                Ok((event, ()))
+            })
+        },
+    );
+    let mut before = before;
+    before.push(audit.defer_in(scope, run_start));
+    let step_start = as_node(
+        audit,
+        (start, handover),
+        |_tx, _node_id, (start, handover)| {
+            Box::pin(async move { Ok(start_event(start, handover.taken().await?)) })
+        },
+    );
+    let (_, outcome) = audit.append_after_in(scope, before, step_start).await?;
+    Ok(outcome)
+}
+
+/// The run's start with its first step's ([`record_first_start_after`]): both in one statement,
+/// or, when a SAFE-HALT refuses the step, the run's start alone. `Ok(Some(halt))` when a halt
+/// refused the step.
+async fn start_run_with_step(
+    tx: &Tx<'_>,
+    start: &StepStart,
+    watch: &HaltWatch,
+    node_id: &str,
+) -> Result<Option<ActiveHalt>, StoreError> {
+    let halted = match watch.current() {
+        Some(halt) => Some(halt),
+        None => start_run_and_step(tx, start, node_id).await?,
+    };
+    if halted.is_some() {
+        executions::transition(tx, start.execution_id, node_id, RunState::Running).await?;
+    }
+    Ok(halted)
+}
+
+/// What the run's start did, for its first step's record ([`record_first_start_after`]): the
+/// two records' effects run in turn in every attempt of the batch (the writer polls a
+/// request's effects in order, and writes them one by one when it retries), so the step's
+/// always reads the run's of the same attempt.
+#[derive(Clone)]
+struct Handover(Arc<watch::Sender<Handed>>);
+
+#[derive(Clone)]
+enum Handed {
+    /// The run's start was not attempted: nor may the step's be.
+    NotAttempted,
+    Running,
+    Started,
+    Refused(ActiveHalt),
+    Failed,
+}
+
+impl Default for Handover {
+    fn default() -> Handover {
+        Handover(Arc::new(watch::channel(Handed::NotAttempted).0))
+    }
+}
+
+impl Handover {
+    fn hand(&self, handed: Handed) {
+        self.0.send_replace(handed);
+    }
+
+    /// Once the run's start is over: `None` when the step started, the halt that refused it, or
+    /// an error when the run's start failed (its error is the outcome: the batch is rolled back,
+    /// or the step's record is not attempted).
+    async fn taken(&self) -> Result<Option<ActiveHalt>, StoreError> {
+        let mut receiver = self.0.subscribe();
+        let handed = receiver
+            .wait_for(|handed| !matches!(handed, Handed::Running))
+            .await
+            .map(|handed| handed.clone());
+        match handed {
+            Ok(Handed::Started) => Ok(None),
+            Ok(Handed::Refused(halt)) => Ok(Some(halt)),
+            Ok(Handed::NotAttempted | Handed::Running | Handed::Failed) | Err(_) => {
+                Err(StoreError::NotFound {
+                    what: "run start",
+                    detail: "for this step's start (it failed or was not attempted)".into(),
+                })
+            }
+        }
+    }
+}
+
+/// The record of a step's start, or of its refusal by `halted`.
+fn start_event(start: StepStart, halted: Option<ActiveHalt>) -> (AuditEvent, StartOutcome) {
+    if let Some(halt) = halted {
+        let event = refused_event(
+            "step.start_refused",
+            start.execution_id,
+            &start.step_id,
+            &halt,
+        )
+        .with("action", start.action)
+        .with("attempt", start.attempt);
+        return (event, StartOutcome::Refused(halt));
+    }
+    let event = AuditEvent::new("step.started", Actor::System)
+        .execution(start.execution_id)
+        .with("step_id", start.step_id)
+        .with("action", start.action)
+        .with("attempt", start.attempt)
+        .with("params_sha256", hex::encode(start.params_sha256));
+    (event, StartOutcome::Started)
 }
 
 /// The run `running` at the step and the step `running` at its attempt, in one statement (one

@@ -237,6 +237,78 @@ async fn illegal_transitions_are_refused_by_the_database_even_for_the_daemons_ro
     shutdown.cancel();
 }
 
+/// A run's start written by its first step's start (`steps::record_first_start_after`: one
+/// UPDATE of the run instead of two) changes and records what the two records apart do
+/// (`executions::set_state`, then `steps::record_start`): when the step starts, when the run may
+/// not start, and when a SAFE-HALT refuses the step (known only to the database, or in memory
+/// too), the run then started all the same.
+#[tokio::test]
+async fn a_runs_start_written_with_its_first_steps_is_the_two_records_apart() {
+    let db = TestDb::new().await;
+    let shutdown = CancellationToken::new();
+    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let no_halt = HaltWatch::new(None);
+    record_version(&audit).await;
+    // Admitted before the halt below, which refuses admissions; a pair each: apart, together.
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        pairs.push([admit(&audit, &no_halt).await, admit(&audit, &no_halt).await]);
+    }
+    let [started, ended, halted, halted_in_memory] = [pairs[0], pairs[1], pairs[2], pairs[3]];
+
+    let written = both_ways(&audit, &client, &no_halt, started).await;
+    assert_eq!(written[0].1, written[1].1);
+    assert!(
+        matches!(written[1].0, Ok(StartOutcome::Started)),
+        "{written:?}"
+    );
+    let run = &written[1].1;
+    assert_eq!(event_types(run), ["execution.started", "step.started"]);
+    assert_eq!((run.state.as_str(), run.current_step), ("running", Some(0)));
+    assert_eq!(run.steps, [(0, "running".to_owned(), 1)]);
+
+    for id in ended {
+        client
+            .execute(
+                "UPDATE playbook_executions SET state = 'rolling_back' WHERE execution_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    let written = both_ways(&audit, &client, &no_halt, ended).await;
+    assert_eq!(written[0].1, written[1].1);
+    for (outcome, run) in &written {
+        assert!(
+            matches!(outcome, Err(AppendError::Effect(StoreError::Transition { from, .. })) if from == "rolling_back"),
+            "{outcome:?}"
+        );
+        assert!(run.events.is_empty() && run.steps.is_empty(), "{run:?}");
+    }
+
+    crate::helpers::insert_unnotified_fleet_halt(&client, "fleet halt for the test").await;
+    let in_memory = HaltWatch::new(halts::active_in(&client, NODE).await.unwrap());
+    for (watch, pair) in [(&no_halt, halted), (&in_memory, halted_in_memory)] {
+        let written = both_ways(&audit, &client, watch, pair).await;
+        assert_eq!(written[0].1, written[1].1);
+        assert!(
+            matches!(written[1].0, Ok(StartOutcome::Refused(_))),
+            "{written:?}"
+        );
+        let run = &written[1].1;
+        assert_eq!(
+            event_types(run),
+            ["execution.started", "step.start_refused"]
+        );
+        assert_eq!((run.state.as_str(), run.current_step), ("running", None));
+        assert!(run.steps.is_empty(), "{run:?}");
+    }
+    shutdown.cancel();
+}
+
 #[test]
 fn arbitrary_bytes_in_everything_a_step_produces_are_stored_and_read_back() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -479,6 +551,98 @@ async fn admit(audit: &AuditHandle, watch: &HaltWatch) -> Uuid {
     .await
     .unwrap();
     id
+}
+
+/// The start of run `id` with its first step `s0`: the run's start and the step's as two records
+/// apart, or `together` as one request whose one statement writes both.
+async fn first_start(
+    audit: &AuditHandle,
+    watch: &HaltWatch,
+    id: Uuid,
+    together: bool,
+) -> Result<StartOutcome, AppendError> {
+    let started = AuditEvent::new("execution.started", audit::Actor::System);
+    let start = StepStart {
+        execution_id: id,
+        index: 0,
+        step_id: "s0".into(),
+        action: "exec".into(),
+        attempt: 1,
+        idempotency_key: steps::step_key(id, "s0"),
+        params_sha256: [0; 32],
+    };
+    if together {
+        return steps::record_first_start_after(audit, Vec::new(), started, start, watch).await;
+    }
+    executions::set_state(audit, id, RunState::Running, started).await?;
+    steps::record_start(audit, start, watch).await
+}
+
+/// The first start of `pair[0]` apart and of `pair[1]` together ([`first_start`]), each with
+/// what its run then holds.
+async fn both_ways(
+    audit: &AuditHandle,
+    client: &tokio_postgres::Client,
+    watch: &HaltWatch,
+    pair: [Uuid; 2],
+) -> Vec<(Result<StartOutcome, AppendError>, RunWritten)> {
+    let mut written = Vec::new();
+    for (id, together) in pair.into_iter().zip([false, true]) {
+        let outcome = first_start(audit, watch, id, together).await;
+        written.push((outcome, run_written(client, id).await));
+    }
+    written
+}
+
+fn event_types(run: &RunWritten) -> Vec<&str> {
+    run.events.iter().map(|(kind, _)| kind.as_str()).collect()
+}
+
+/// What run `id` holds after its admission, with its id left out.
+#[derive(Debug, PartialEq)]
+struct RunWritten {
+    state: String,
+    current_step: Option<i32>,
+    /// (index, state, attempts)
+    steps: Vec<(i32, String, i32)>,
+    /// The records after `decision.accepted`, in chain order, without `execution_id`.
+    events: Vec<(String, Value)>,
+}
+
+async fn run_written(client: &tokio_postgres::Client, id: Uuid) -> RunWritten {
+    let run = client
+        .query_one(
+            "SELECT state, current_step FROM playbook_executions WHERE execution_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let steps = client
+        .query(
+            "SELECT step_index, state, attempts FROM playbook_step_runs WHERE execution_id = $1 \
+             ORDER BY step_index",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let events = client
+        .query(
+            "SELECT event_type, event_data - 'execution_id' FROM playbook_audit_log \
+             WHERE event_data ->> 'execution_id' = $1 AND event_type <> 'decision.accepted' \
+             ORDER BY seq",
+            &[&id.to_string()],
+        )
+        .await
+        .unwrap();
+    RunWritten {
+        state: run.get(0),
+        current_step: run.get(1),
+        steps: steps
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect(),
+        events: events.iter().map(|row| (row.get(0), row.get(1))).collect(),
+    }
 }
 
 async fn started(audit: &AuditHandle, id: Uuid) {
