@@ -166,7 +166,7 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
                         })?;
                 return Err(StoreError::Halted(Box::new(halt)));
             }
-            let subject_hash = crate::store::steps::params_hash(&subject);
+            let subject_hash = crate::store::rows::params_hash(&subject);
             let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
                 .execution(new.execution_id)
                 .with("decision_id", new.decision_id)

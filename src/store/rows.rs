@@ -2,7 +2,8 @@
 //! ([`require_own`], [`require_open_run`]), a guarded change that matched no row says why
 //! ([`explain_refusal`]), a step index is stored as an `integer` ([`index_to_db`],
 //! [`index_from_db`]), and each change is an effect run as this node ([`as_node`]), most of
-//! them appended at once ([`append_as_node`]). These only read `playbook_executions`;
+//! them appended at once ([`append_as_node`]), and a JSON value is hashed one way
+//! ([`params_hash`]). These only read `playbook_executions`;
 //! [`super::executions`] writes it.
 
 use futures::future::BoxFuture;
@@ -132,4 +133,13 @@ where
         .append_in(scope, as_node(audit, captured, body))
         .await?;
     Ok(result)
+}
+
+/// SHA-256 of the RFC 8785 bytes of a JSON value (rendered parameters, outputs, subjects): proves
+/// what was used without storing it.
+pub fn params_hash(params: &serde_json::Value) -> [u8; 32] {
+    use sha2::Digest;
+    // JCS cannot fail on a Value (no NaN or infinity can be in one).
+    let canonical = serde_json_canonicalizer::to_vec(params).unwrap_or_default();
+    sha2::Sha256::digest(&canonical).into()
 }

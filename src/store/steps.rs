@@ -23,6 +23,7 @@ use crate::store::audit::{
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
+pub use crate::store::rows::params_hash;
 use crate::store::rows::{as_node, explain_refusal, index_from_db, index_to_db, require_open_run};
 use crate::store::{Store, StoreError, executions, transitions};
 use crate::text;
@@ -572,14 +573,6 @@ pub fn undo_key(execution_id: Uuid, step_id: &str) -> [u8; 32] {
     hasher.update(step_id.as_bytes());
     hasher.update(b"\0rollback");
     hasher.finalize().into()
-}
-
-/// SHA-256 of the RFC 8785 bytes of a JSON value (rendered parameters, outputs, subjects): proves
-/// what was used without storing it.
-pub fn params_hash(params: &Value) -> [u8; 32] {
-    // JCS cannot fail on a Value (no NaN or infinity can be in one).
-    let canonical = serde_json_canonicalizer::to_vec(params).unwrap_or_default();
-    Sha256::digest(&canonical).into()
 }
 
 /// The event that records a start refused by a SAFE-HALT.
