@@ -3,8 +3,9 @@
 //! Nothing here writes SQL: each transition is one call into `store` (one audit transaction).
 //! Records with no side effect between them share a transaction: a run's start is sent with its
 //! first step's start (and written by the same statement, [`Held::RunStart`]), a step's success
-//! (or skip) with the next step's start or the run's completion ([`Runner::defer`]). Anything else sends what is held first ([`Runner::flush`]), so
-//! the chain keeps the order things happened in.
+//! (or skip) with the next step's start or the run's completion ([`Runner::defer`]). Anything
+//! else sends what is held first ([`Runner::flush`]), so the chain keeps the order things
+//! happened in.
 //! Every action (a step's attempt, an undo's attempt) runs only after `store` recorded its
 //! start; that transaction refuses the start while a SAFE-HALT is in force, and the run then
 //! waits for the halt to be cleared (or for a cancel, the deadline, or shutdown).

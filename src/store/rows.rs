@@ -1,10 +1,12 @@
-//! What the modules of a run's rows share, written once: a node acts only on its own runs
-//! ([`require_own`], [`require_open_run`]), a guarded change that matched no row says why
-//! ([`explain_refusal`]), a step index is stored as an `integer` ([`index_to_db`],
-//! [`index_from_db`]), and each change is an effect run as this node ([`as_node`]), most of
-//! them appended at once ([`append_as_node`]), and a JSON value is hashed one way
-//! ([`params_hash`]). These only read `playbook_executions`;
-//! [`super::executions`] writes it.
+//! What the modules of a run's rows share, written once:
+//! - a node acts only on its own runs ([`require_own`], [`require_open_run`]);
+//! - a guarded change that matched no row says why ([`explain_refusal`]);
+//! - a step index is stored as an `integer` ([`index_to_db`], [`index_from_db`]);
+//! - each change is an effect run as this node ([`as_node`]), most of them appended at once
+//!   ([`append_as_node`]);
+//! - a JSON value (parameters, outputs, subjects) is hashed one way ([`params_hash`]).
+//!
+//! These only read `playbook_executions`; [`super::executions`] writes it.
 
 use futures::future::BoxFuture;
 use uuid::Uuid;

@@ -112,12 +112,7 @@ pub async fn record_start_after(
         (start, watch.clone()),
         |tx, node_id, (start, watch)| {
             Box::pin(async move {
-                // The halt known in memory (possibly not written yet), then the database's,
-                // read by the very statement that moves the run on and writes the step.
-                let halted = match watch.current() {
-                    Some(halt) => Some(halt),
-                    None => start_run_and_step(tx, &start, &node_id).await?,
-                };
+                let halted = start_unless_halted(tx, &start, &watch, &node_id).await?;
                 Ok(start_event(start, halted))
             })
         },
@@ -191,14 +186,27 @@ async fn start_run_with_step(
     watch: &HaltWatch,
     node_id: &str,
 ) -> Result<Option<ActiveHalt>, StoreError> {
-    let halted = match watch.current() {
-        Some(halt) => Some(halt),
-        None => start_run_and_step(tx, start, node_id).await?,
-    };
+    let halted = start_unless_halted(tx, start, watch, node_id).await?;
     if halted.is_some() {
         executions::transition(tx, start.execution_id, node_id, RunState::Running).await?;
     }
     Ok(halted)
+}
+
+/// The run on to the step and the step `running` ([`start_run_and_step`]), unless a SAFE-HALT
+/// refuses it: the halt known in memory (possibly not written yet), then the database's, read
+/// by the very statement that moves the run on and writes the step. `Ok(Some(halt))` when one
+/// refused it.
+async fn start_unless_halted(
+    tx: &Tx<'_>,
+    start: &StepStart,
+    watch: &HaltWatch,
+    node_id: &str,
+) -> Result<Option<ActiveHalt>, StoreError> {
+    match watch.current() {
+        Some(halt) => Ok(Some(halt)),
+        None => start_run_and_step(tx, start, node_id).await,
+    }
 }
 
 /// What the run's start did, for its first step's record ([`record_first_start_after`]): the
