@@ -5,6 +5,8 @@
 #
 #   benches/sql/guard.sh [ROUNDS]        (default 3; needs initdb, postgres, psql, valgrind)
 #   PGBENCH_SECONDS=10 benches/sql/guard.sh   also times pgbench -M prepared -c 1 (runs/s)
+#   BEFORE=12 BEFORE_SCRIPT=old.pgbench benches/sql/guard.sh   the statements of an earlier
+#       version of the daemon (e.g. `git show REV:benches/sql/noop3_writer.pgbench`) as "before"
 #
 # Instructions: a single-user backend (no client, no network) under valgrind --tool=callgrind
 # runs the statements, PREPAREd once and EXECUTEd per run as the writer does, for 10 and for 50
@@ -20,6 +22,7 @@ pgbench_seconds=${PGBENCH_SECONDS:-0}
 here=$(cd "$(dirname "$0")" && pwd)
 migrations=$(cd "$here/../../migrations" && pwd)
 script=$here/noop3_writer.pgbench
+before_script=$(realpath "${BEFORE_SCRIPT:-$script}")
 work=$(mktemp -d /tmp/pbd-guard.XXXXXX)
 port=${PORT:-54329}
 
@@ -50,7 +53,7 @@ migration_files() {
 # The pgbench script as plain SQL for a single-user backend: each statement that uses :id
 # PREPAREd once, then N runs of EXECUTEs with distinct ids (SALT keeps rounds apart).
 single_user_sql() {
-    local n=$1 salt=$2
+    local n=$1 salt=$2 script=$3
     grep -v -e '\\gset' -e '^--' "$script" | awk -v n="$n" -v salt="$salt" '
         { lines[NR] = $0 }
         END {
@@ -77,7 +80,7 @@ single_user() {
 instructions() {
     local db=$1 n=$2 salt=$3
     local input=$work/input.$db.$n.$salt.sql out=$work/callgrind.$db.$n.$salt
-    single_user_sql "$n" "$salt" >"$input"
+    single_user_sql "$n" "$salt" "$(script_of "$db")" >"$input"
     chmod a+r "$input"
     single_user "CREATE DATABASE measured TEMPLATE $db"
     as_pg valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -89,6 +92,9 @@ instructions() {
     fi
     grep -E '^(summary|totals):' "$out" | head -1 | awk '{ print $2 }'
 }
+
+# The statements run against database $1.
+script_of() { if [ "$1" = before ]; then echo "$before_script"; else echo "$script"; fi; }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -105,7 +111,7 @@ for db in before after; do
         -c "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
             VALUES ('bench', 1, sha256('bench'), ARRAY['k'], 'bench', now())"
 done
-echo "before: V$before, after: V$newest; $rounds rounds, alternating"
+echo "before: V$before with $before_script, after: V$newest with $script; $rounds rounds, alternating"
 
 server_stop
 
@@ -127,7 +133,7 @@ if [ "$pgbench_seconds" -gt 0 ]; then
         for db in before after; do
             sql -d $db -c VACUUM
             tps=$(pgbench -n -M prepared -c 1 -T "$pgbench_seconds" -h "$work" -p "$port" -U postgres \
-                -f "$script" $db 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+                -f "$(script_of $db)" $db 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
             echo "$tps" >>"$work/tps.$db"
             echo "round $round $db: $tps runs/s"
         done

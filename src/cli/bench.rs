@@ -14,8 +14,9 @@
 //! 3. end-to-end: `--concurrency` clients each send a decision for the 3-step `noop-3` playbook
 //!    and wait until its execution is `completed` before sending the next; completed runs/s,
 //!    decision-to-completed latency measured by the client (send → the completion's NOTIFY,
-//!    from a trigger the bench adds to its own database: no polling), and audit rows appended
-//!    per second;
+//!    from a trigger the bench adds to its own database: no polling), audit rows appended
+//!    per second, and the CPU the daemon, the audit writer's backend, the other backends and
+//!    the bench itself took meanwhile (`/proc`, when PostgreSQL runs on this machine);
 //! 4. open loop: decisions offered at a fixed `--open-rate` (100/s) whatever the replies do,
 //!    decision-to-completed latency from each decision's scheduled send time;
 //! 5. memory and idle cost: `--parked` decisions for a playbook whose only step is `risk: high`,
@@ -50,6 +51,8 @@ use crate::config::DATABASE_URL_ENV;
 use crate::registry::signature::{self, Algorithm, KeyError, Signer};
 use crate::store::model::RunState;
 use crate::store::scratch::{OwnerLogin, ScratchDb};
+
+mod cpu;
 
 /// Server used when neither `--database-url` nor `PLAYBOOKD_TEST_DATABASE_URL` is given.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -273,6 +276,9 @@ async fn phases(
         &format!("  audit appends/s ÷ {BASELINE_CONNECTIONS}-connection INSERT+COMMIT rate"),
         appends / baseline_many,
     );
+    if let Some(cpu) = &runs.cpu {
+        table.cpu(cpu);
+    }
     let merkle = merkle_cost();
     table.micros(
         "  Merkle work per audit row (frontier update)",
@@ -390,10 +396,16 @@ async fn measure(
 
     eprintln!("bench: end-to-end runs, {} in flight", plan.concurrency);
     let audit_before = audit_rows(client).await?;
+    let processes = cpu::Processes::find(admin, db_name, BENCH_NODE, daemon.pid()).await?;
+    let cpu_before = cpu::Snapshot::take(&processes);
     let samples = runs_phase(setup, plan.concurrency, plan.phase).await?;
+    let cpu_after = cpu::Snapshot::take(&processes);
     let runs = RunsPhase {
         samples,
         audit_rows: audit_rows(client).await? - audit_before,
+        cpu: cpu_before
+            .zip(cpu_after)
+            .and_then(|(before, after)| cpu::Shares::between(&before, &after, &processes)),
     };
     wait_all_terminal(client, drain_limit).await?;
 
@@ -480,6 +492,8 @@ async fn intake_phase(
 struct RunsPhase {
     samples: Samples,
     audit_rows: i64,
+    /// `None` where `/proc` could not be read.
+    cpu: Option<cpu::Shares>,
 }
 
 /// `concurrency` clients, each sending its next decision when the previous run has completed.
@@ -1200,7 +1214,7 @@ impl BenchDir {
         }
         let config = format!(
             r#"# Written by `playbookd bench`; the database URL comes from {DATABASE_URL_ENV}.
-node_id = "bench"
+node_id = "{BENCH_NODE}"
 [database]
 url = "postgres://bench@127.0.0.1/overridden"
 pool_size = 16
@@ -1315,6 +1329,10 @@ impl ChildDaemon {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(BenchError::NotReady(limit))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A line of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
@@ -1436,6 +1454,35 @@ impl Table {
     fn plain(&mut self, label: &str, value: f64, unit: &'static str) {
         self.rows
             .push((label.to_owned(), format!("{value:.1}"), unit, String::new()));
+    }
+
+    /// The CPU of the runs phase, in cores, by process.
+    fn cpu(&mut self, cpu: &cpu::Shares) {
+        let busy = format!("  CPU busy during the runs phase, of {} cores", cpu.cores);
+        let figures = [
+            (busy.as_str(), Some(cpu.busy)),
+            ("    daemon (playbookd serve)", Some(cpu.daemon)),
+            ("    audit writer's PostgreSQL backend", cpu.writer),
+            ("    the bench database's other backends", cpu.backends),
+            ("    PostgreSQL background processes", cpu.background),
+            ("    bench client (this process)", Some(cpu.bench)),
+        ];
+        for (label, value) in figures {
+            self.rows.push(match value {
+                Some(value) => (
+                    label.to_owned(),
+                    format!("{value:.2}"),
+                    "cores",
+                    String::new(),
+                ),
+                None => (
+                    label.to_owned(),
+                    "n/a".into(),
+                    "",
+                    "server not on this machine".into(),
+                ),
+            });
+        }
     }
 
     fn micros(&mut self, label: &str, value: f64) {
@@ -1628,6 +1675,8 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 const NOOP_POLICY: &str = "bench.noop";
+/// The daemon's node id.
+const BENCH_NODE: &str = "bench";
 const GATED_POLICY: &str = "bench.gated";
 /// Clients of the many-connection baseline (issue #16 compares with 16).
 const BASELINE_CONNECTIONS: usize = 16;

@@ -139,6 +139,48 @@ pub type Effect<T> = Box<
     dyn for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<(AuditEvent, T), StoreError>> + Send + Sync,
 >;
 
+/// An [`Effect`] whose statement changes what several records describe (a run's start and its
+/// first step's start, see `steps::record_first_start_after`): it returns them all, in the
+/// order they happened, and the writer chains them in that order, in the effect's place.
+pub type RecordsEffect<T> = Box<
+    dyn for<'t> Fn(&'t Tx<'t>) -> BoxFuture<'t, Result<(Records, T), StoreError>> + Send + Sync,
+>;
+
+/// The events one effect records, in the order they happened: chained one after another in
+/// its transaction. Its caller is answered with the last one's row.
+#[derive(Debug, Clone)]
+pub struct Records {
+    earlier: Vec<AuditEvent>,
+    last: AuditEvent,
+}
+
+impl Records {
+    /// `earlier`, then `last`.
+    pub fn after(earlier: impl IntoIterator<Item = AuditEvent>, last: AuditEvent) -> Records {
+        Records {
+            earlier: earlier.into_iter().collect(),
+            last,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.earlier.len() + 1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &AuditEvent> {
+        self.earlier.iter().chain(std::iter::once(&self.last))
+    }
+}
+
+impl From<AuditEvent> for Records {
+    fn from(last: AuditEvent) -> Records {
+        Records {
+            earlier: Vec::new(),
+            last,
+        }
+    }
+}
+
 /// What an append's effect may change, so that the writer knows which effects it may run side
 /// by side in one transaction (see `write_pipelined`). Declaring a scope narrower than what the
 /// effect touches breaks the serial equivalence of batches: when in doubt, [`Scope::Global`].
@@ -512,7 +554,7 @@ impl AuditHandle {
 
     /// [`Self::defer`] for an effect that changes only what `scope` says.
     pub fn defer_in(&self, scope: Scope, effect: Effect<()>) -> Deferred {
-        let (job, response) = TypedJob::new(effect);
+        let (job, response) = TypedJob::new(Body::One(effect));
         Deferred {
             job: Box::new(job),
             scope,
@@ -531,13 +573,25 @@ impl AuditHandle {
         scope: Scope,
         effect: Effect<T>,
     ) -> (Deferred, Answer<T>) {
-        let (job, response) = TypedJob::new(effect);
+        let (job, response) = TypedJob::new(Body::One(effect));
         let deferred = Deferred {
             job: Box::new(job),
             scope,
             response: None,
         };
         (deferred, response)
+    }
+
+    /// [`Self::append_after_in`] for an effect that makes several records: answered with the
+    /// last one's row.
+    pub async fn append_records_after_in<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        before: Vec<Deferred>,
+        effect: RecordsEffect<T>,
+    ) -> Result<(Appended, T), AppendError> {
+        self.send_after(scope, before, TypedJob::new(Body::Records(effect)))
+            .await
     }
 
     /// Appends `before` (in order), then `effect`, in one transaction: each with its own
@@ -558,7 +612,17 @@ impl AuditHandle {
         before: Vec<Deferred>,
         effect: Effect<T>,
     ) -> Result<(Appended, T), AppendError> {
-        let (job, response) = TypedJob::new(effect);
+        self.send_after(scope, before, TypedJob::new(Body::One(effect)))
+            .await
+    }
+
+    /// Sends `before` and then `job` as one request, and waits for their outcomes.
+    async fn send_after<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        before: Vec<Deferred>,
+        (job, response): NewJob<T>,
+    ) -> Result<(Appended, T), AppendError> {
         let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(before.len() + 1);
         let mut earlier = Vec::with_capacity(before.len());
         let mut request_scope = scope;
@@ -871,16 +935,24 @@ struct Request {
 trait Job: Send {
     /// Runs the caller's effect in the batch's transaction; keeps its typed result for `finish`.
     /// May be called again after an attempt was rolled back: the last call's result counts.
-    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>>;
+    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<Records, StoreError>>;
     /// Answers the caller once the batch's outcome is known.
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
 }
 
+/// A job's effect: one record or several.
+enum Body<T> {
+    One(Effect<T>),
+    Records(RecordsEffect<T>),
+}
+
 struct TypedJob<T> {
     /// Run by each `apply`: the writer may apply a job again after rolling back an attempt.
-    effect: Effect<T>,
+    body: Body<T>,
     /// Set by `apply` when the effect succeeded; handed over only after COMMIT.
     value: Option<T>,
+    /// How many rows the last `apply` recorded.
+    rows: usize,
     reply: oneshot::Sender<Result<(Appended, T), AppendError>>,
     /// When the caller asked: `playbookd_audit_append_seconds` runs from here to the COMMIT.
     requested_at: std::time::Instant,
@@ -893,11 +965,12 @@ pub type Answer<T> = oneshot::Receiver<Result<(Appended, T), AppendError>>;
 type NewJob<T> = (TypedJob<T>, Answer<T>);
 
 impl<T: Send + 'static> TypedJob<T> {
-    fn new(effect: Effect<T>) -> NewJob<T> {
+    fn new(body: Body<T>) -> NewJob<T> {
         let (reply, response) = oneshot::channel();
         let job = TypedJob {
-            effect,
+            body,
             value: None,
+            rows: 0,
             reply,
             requested_at: std::time::Instant::now(),
         };
@@ -906,27 +979,39 @@ impl<T: Send + 'static> TypedJob<T> {
 }
 
 impl<T: Send + 'static> Job for TypedJob<T> {
-    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<AuditEvent, StoreError>> {
+    fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<Records, StoreError>> {
         Box::pin(async move {
             // A value from an attempt that was rolled back must not be handed over.
             self.value = None;
-            let (event, value) = (self.effect)(tx).await?;
+            let (records, value) = match &self.body {
+                Body::One(effect) => {
+                    let (event, value) = effect(tx).await?;
+                    (Records::from(event), value)
+                }
+                Body::Records(effect) => effect(tx).await?,
+            };
             self.value = Some(value);
-            Ok(event)
+            self.rows = records.len();
+            Ok(records)
         })
     }
 
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>) {
         let TypedJob {
             value,
+            rows,
             reply,
             requested_at,
             ..
         } = *self;
         let answer = match (outcome, value) {
             (Ok(appended), Some(value)) => {
-                metrics::histogram!("playbookd_audit_append_seconds")
-                    .record(requested_at.elapsed().as_secs_f64());
+                // One sample per row, as `playbookd_audit_appends_total` counts them.
+                let waited = requested_at.elapsed().as_secs_f64();
+                let histogram = metrics::histogram!("playbookd_audit_append_seconds");
+                for _ in 0..rows {
+                    histogram.record(waited);
+                }
                 Ok((appended, value))
             }
             // Committed without a value cannot happen (apply sets it before the row is
@@ -1039,7 +1124,8 @@ struct Staged {
     seq: i64,
     hash: [u8; 32],
     event: AuditEvent,
-    job: Box<dyn Job>,
+    /// The job whose caller this row answers: `None` for a job's earlier records.
+    job: Option<Box<dyn Job>>,
 }
 
 impl Writer {
@@ -1335,7 +1421,7 @@ async fn write_pipelined(
     );
     for (job, applied) in ran.into_iter().flat_map(|r| r.jobs) {
         match applied {
-            Some(Ok(event)) => chain.push(event, job),
+            Some(Ok(records)) => chain.push(records, job),
             // Not reached: `failed` is set whenever an effect failed or was skipped.
             Some(Err(_)) | None => chain.not_attempted.push(job),
         }
@@ -1360,7 +1446,7 @@ struct Ran {
 }
 
 /// A job's outcome in a pipelined attempt; `None` when it was not attempted.
-type Attempt = Option<Result<AuditEvent, StoreError>>;
+type Attempt = Option<Result<Records, StoreError>>;
 
 impl Ran {
     fn not_attempted((index, request): (usize, Request)) -> Ran {
@@ -1422,9 +1508,11 @@ async fn run_request(
     // A halt refusal read after another group's statement may stand before it in the chain
     // though it was seen later: a step shown started after a refusal, with no clear between
     // them. Only one by one are the reads in chain order.
-    let refused = applied
-        .iter()
-        .any(|applied| applied.as_ref().map_or(true, |event| event.halt_refusal));
+    let refused = applied.iter().any(|applied| {
+        applied
+            .as_ref()
+            .map_or(true, |records| records.iter().any(|e| e.halt_refusal))
+    });
     let broken = order.broken.load(Ordering::Relaxed);
     if refused || broken {
         failed.store(true, Ordering::Relaxed);
@@ -1511,8 +1599,8 @@ async fn write_sequential(
                 opened?;
                 begun = true;
                 match applied {
-                    Ok(event) => {
-                        chain.push(event, job);
+                    Ok(records) => {
+                        chain.push(records, job);
                         close = "RELEASE SAVEPOINT append; ";
                     }
                     Err(error) => {
@@ -1623,8 +1711,15 @@ impl<'a> Chain<'a> {
         }
     }
 
-    /// Chains `event` as the next row, for `job`.
-    fn push(&mut self, event: AuditEvent, job: Box<dyn Job>) {
+    /// Chains `records` as the next rows, for `job`.
+    fn push(&mut self, records: Records, job: Box<dyn Job>) {
+        for earlier in records.earlier {
+            self.push_row(earlier, None);
+        }
+        self.push_row(records.last, Some(job));
+    }
+
+    fn push_row(&mut self, event: AuditEvent, job: Option<Box<dyn Job>>) {
         let event = event.into_storable();
         let seq = self.seq + 1;
         let created_at = now_micros();
@@ -1696,12 +1791,14 @@ fn settle(
                 .iter()
                 .any(|item| CHECKPOINT_NOW_EVENTS.contains(&item.event.event_type));
             for item in staged {
-                let appended = Appended {
-                    seq: item.seq,
-                    hash: item.hash,
-                    event: item.event,
-                };
-                item.job.finish(Ok(appended));
+                if let Some(job) = item.job {
+                    let appended = Appended {
+                        seq: item.seq,
+                        hash: item.hash,
+                        event: item.event,
+                    };
+                    job.finish(Ok(appended));
+                }
             }
             for (job, error) in refused {
                 job.finish(Err(AppendError::Effect(error)));
@@ -1710,7 +1807,7 @@ fn settle(
             Ok(wants_checkpoint)
         }
         Err(error) => {
-            fail_all(staged.into_iter().map(|item| item.job));
+            fail_all(staged.into_iter().filter_map(|item| item.job));
             fail_all(refused.into_iter().map(|(job, _)| job));
             fail_all(not_attempted);
             Err(error)

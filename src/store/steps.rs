@@ -11,15 +11,14 @@
 //! content.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::store::audit::{
-    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope, Tx,
+    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Records, RecordsEffect, Scope,
+    Tx,
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -106,19 +105,7 @@ pub async fn record_start_after(
     start: StepStart,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let scope = Scope::Execution(start.execution_id);
-    let effect = as_node(
-        audit,
-        (start, watch.clone()),
-        |tx, node_id, (start, watch)| {
-            Box::pin(async move {
-                let halted = start_unless_halted(tx, &start, &watch, &node_id).await?;
-                Ok(start_event(start, halted))
-            })
-        },
-    );
-    let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
-    Ok(outcome)
+    send_start(audit, before, None, start, watch).await
 }
 
 /// [`record_start_after`] for a run's first step, with the run's own start (`pending ->
@@ -129,8 +116,7 @@ pub async fn record_start_after(
 /// those of the two apart:
 /// - the run's start makes both changes (by the statement of [`record_start`], whose guard takes
 ///   the run from the states [`executions::defer_state`] takes it from and refuses as it does),
-///   and the step's record only reports what that statement did: it fails only when the run's
-///   start failed, and is not attempted unless the run's start succeeded;
+///   and the step's record is written only with it: when the run may not start, nothing is;
 /// - when a SAFE-HALT refuses the step, the run starts all the same (the UPDATE the run's start
 ///   makes apart) and the step's record is `step.start_refused`.
 ///
@@ -143,54 +129,45 @@ pub async fn record_first_start_after(
     start: StepStart,
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
-    let scope = Scope::Execution(start.execution_id);
-    let handover = Handover::default();
-    let run_start = as_node(
-        audit,
-        (start.clone(), watch.clone(), started, handover.clone()),
-        |tx, node_id, (start, watch, started, handover)| {
-            Box::pin(async move {
-                // Before anything is awaited: the step's record, run beside this one, waits.
-                handover.hand(Handed::Running);
-                let halted = start_run_with_step(tx, &start, &watch, &node_id).await;
-                handover.hand(match &halted {
-                    Ok(None) => Handed::Started,
-                    Ok(Some(halt)) => Handed::Refused(halt.clone()),
-                    Err(_) => Handed::Failed,
-                });
-                halted?;
-                let event = executions::state_event(started, start.execution_id, RunState::Running);
-                Ok((event, ()))
-            })
-        },
-    );
-    let mut before = before;
-    before.push(audit.defer_in(scope, run_start));
-    let step_start = as_node(
-        audit,
-        (start, handover),
-        |_tx, _node_id, (start, handover)| {
-            Box::pin(async move { Ok(start_event(start, handover.taken().await?)) })
-        },
-    );
-    let (_, outcome) = audit.append_after_in(scope, before, step_start).await?;
-    Ok(outcome)
+    send_start(audit, before, Some(started), start, watch).await
 }
 
-/// The run's start with its first step's ([`record_first_start_after`]): both in one statement,
-/// or, when a SAFE-HALT refuses the step, the run's start alone. `Ok(Some(halt))` when a halt
-/// refused the step.
-async fn start_run_with_step(
-    tx: &Tx<'_>,
-    start: &StepStart,
+/// Sends the start's record (with the run's start, recorded by `run_start`, when given) after
+/// `before`, as one request.
+async fn send_start(
+    audit: &AuditHandle,
+    before: Vec<Deferred>,
+    run_start: Option<AuditEvent>,
+    start: StepStart,
     watch: &HaltWatch,
-    node_id: &str,
-) -> Result<Option<ActiveHalt>, StoreError> {
-    let halted = start_unless_halted(tx, start, watch, node_id).await?;
-    if halted.is_some() {
-        executions::transition(tx, start.execution_id, node_id, RunState::Running).await?;
-    }
-    Ok(halted)
+) -> Result<StartOutcome, AppendError> {
+    let scope = Scope::Execution(start.execution_id);
+    let node_id = audit.node_id().to_owned();
+    let watch = watch.clone();
+    let effect: RecordsEffect<StartOutcome> = Box::new(move |tx| {
+        let (node_id, run_start, start, watch) = (
+            node_id.clone(),
+            run_start.clone(),
+            start.clone(),
+            watch.clone(),
+        );
+        Box::pin(async move {
+            let id = start.execution_id;
+            let halted = start_unless_halted(tx, &start, &watch, &node_id).await?;
+            let (event, outcome) = start_event(start, halted.clone());
+            let Some(run_started) = run_start else {
+                return Ok((event.into(), outcome));
+            };
+            if halted.is_some() {
+                // The step refused: the run starts all the same, on its own.
+                executions::transition(tx, id, &node_id, RunState::Running).await?;
+            }
+            let run_started = executions::state_event(run_started, id, RunState::Running);
+            Ok((Records::after([run_started], event), outcome))
+        })
+    });
+    let (_, outcome) = audit.append_records_after_in(scope, before, effect).await?;
+    Ok(outcome)
 }
 
 /// The run on to the step and the step `running` ([`start_run_and_step`]), unless a SAFE-HALT
@@ -206,56 +183,6 @@ async fn start_unless_halted(
     match watch.current() {
         Some(halt) => Ok(Some(halt)),
         None => start_run_and_step(tx, start, node_id).await,
-    }
-}
-
-/// What the run's start did, for its first step's record ([`record_first_start_after`]): the
-/// two records' effects run in turn in every attempt of the batch (the writer polls a
-/// request's effects in order, and writes them one by one when it retries), so the step's
-/// always reads the run's of the same attempt.
-#[derive(Clone)]
-struct Handover(Arc<watch::Sender<Handed>>);
-
-#[derive(Clone)]
-enum Handed {
-    /// The run's start was not attempted: nor may the step's be.
-    NotAttempted,
-    Running,
-    Started,
-    Refused(ActiveHalt),
-    Failed,
-}
-
-impl Default for Handover {
-    fn default() -> Handover {
-        Handover(Arc::new(watch::channel(Handed::NotAttempted).0))
-    }
-}
-
-impl Handover {
-    fn hand(&self, handed: Handed) {
-        self.0.send_replace(handed);
-    }
-
-    /// Once the run's start is over: `None` when the step started, the halt that refused it, or
-    /// an error when the run's start failed (its error is the outcome: the batch is rolled back,
-    /// or the step's record is not attempted).
-    async fn taken(&self) -> Result<Option<ActiveHalt>, StoreError> {
-        let mut receiver = self.0.subscribe();
-        let handed = receiver
-            .wait_for(|handed| !matches!(handed, Handed::Running))
-            .await
-            .map(|handed| handed.clone());
-        match handed {
-            Ok(Handed::Started) => Ok(None),
-            Ok(Handed::Refused(halt)) => Ok(Some(halt)),
-            Ok(Handed::NotAttempted | Handed::Running | Handed::Failed) | Err(_) => {
-                Err(StoreError::NotFound {
-                    what: "run start",
-                    detail: "for this step's start (it failed or was not attempted)".into(),
-                })
-            }
-        }
     }
 }
 

@@ -876,6 +876,9 @@ async fn socket_activated_daemon_serves_the_passed_sockets_and_answers_a_decisio
     let mut daemon = launcher.start(&config, &dir.path("daemon-1.log"));
     daemon.wait_for_log("playbookd ready", Duration::from_secs(30));
     let status_port = launcher.status.local_addr().unwrap().port();
+    // Logged by the status task, which may first run after `ready` is logged (the socket is
+    // bound before either: it was passed).
+    daemon.wait_for_log("status API listening on", Duration::from_secs(10));
     assert!(
         daemon
             .log_text()
