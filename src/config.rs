@@ -114,7 +114,7 @@ config_table! {
     pub struct DatabaseConfig {
         /// libpq-style URL, parsed; never logged because it may carry a password.
         pub url: DatabaseUrl,
-        /// Upper bound on pooled connections (the audit writer holds one more of its own).
+        /// Upper bound on pooled connections (the audit writer holds two more of its own).
         pub pool_size: Count<1, 256>,
         /// How long to wait for a connection before the operation fails (and nothing runs).
         pub connect_timeout_seconds: Seconds<1>,

@@ -1462,7 +1462,8 @@ impl Table {
         let figures = [
             (busy.as_str(), Some(cpu.busy)),
             ("    daemon (playbookd serve)", Some(cpu.daemon)),
-            ("    audit writer's PostgreSQL backend", cpu.writer),
+            ("    audit writer's chain connection's backend", cpu.writer),
+            ("    audit writer's spare connection's backend", cpu.spare),
             ("    the bench database's other backends", cpu.backends),
             ("    PostgreSQL background processes", cpu.background),
             ("    bench client (this process)", Some(cpu.bench)),

@@ -32,8 +32,12 @@
 //! batch order, each request's jobs one by one; if any effect fails there, that attempt is
 //! rolled back and the batch is written again the savepoint way above (effects are `Fn`, so
 //! they can run again).
+//!
+//! While a batch's COMMIT is in flight, the next batch's effects run on a second connection of
+//! the writer, when none of its requests can see what the committing batch changed; it commits
+//! only after that batch committed, and fails with it (see `Writer::run`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -810,6 +814,7 @@ pub async fn start_writer_anchored(
         pg,
         node_id: node_id.clone(),
         connection: Some(connection),
+        spare: None,
         available: available.clone(),
         head: head_sender,
         chain_loss: loss_sender,
@@ -1112,6 +1117,9 @@ struct Writer {
     node_id: String,
     /// None after a failure: the next batch reconnects, relocks and reloads the head first.
     connection: Option<ChainConnection>,
+    /// The second connection, opened with the chain connection (none while it cannot be):
+    /// see [`Writer::run`].
+    spare: Option<Spare>,
     available: Arc<AtomicBool>,
     head: watch::Sender<ChainHead>,
     chain_loss: watch::Sender<Option<ChainLoss>>,
@@ -1129,42 +1137,93 @@ struct Staged {
 }
 
 impl Writer {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Request>, shutdown: CancellationToken) {
-        let mut closing = false;
+    /// Writes batches until shutdown, then what is still queued. A batch's effects run and its
+    /// rows are chained first ([`prepare`]); then its INSERT and COMMIT are sent ([`commit`]).
+    /// While that COMMIT is in flight (the server flushing its WAL, the writer waiting), the
+    /// next batch's effects run on the other connection ([`Spare`]), its rows chained on the
+    /// committing batch's, and it commits only after that batch committed; when that one
+    /// failed, so does the next (its connection is dropped, which rolls it back).
+    ///
+    /// This is the outcome of writing them one after the other because the next batch holds
+    /// only requests that may not see what the committing one changed ([`Open::may_overlap`]):
+    /// none of an execution the committing batch changes, and no [`Scope::Global`] request on
+    /// either side (a global change, e.g. a SAFE-HALT, is seen by everything after it). Its
+    /// effects start after the committing batch's have all run, so a SAFE-HALT read in memory
+    /// or in the database is read in chain order; a row the committing batch locked (a nonce
+    /// used twice) makes the next one's statement wait for the COMMIT, then see its outcome.
+    async fn run(mut self, receiver: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+        let node_id = self.node_id.clone();
+        let mut queue = Queue {
+            receiver,
+            held: VecDeque::new(),
+            closing: false,
+        };
+        self.open_spare().await;
+        let mut open: Option<Box<Open<'_>>> = None;
         loop {
-            let first = if closing {
-                match receiver.try_recv() {
-                    Ok(request) => request,
-                    Err(_) => break,
-                }
-            } else {
-                tokio::select! {
-                    request = receiver.recv() => match request {
-                        Some(request) => request,
-                        None => break,
-                    },
-                    () = shutdown.cancelled() => { closing = true; continue; }
-                }
+            let Some(current) = open.take() else {
+                let Some(batch) = queue.next(&shutdown).await else {
+                    break;
+                };
+                open = self.prepare_first(&node_id, batch).await;
+                continue;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            self.commit_batch(batch).await;
+            let next = if self.can_overlap(current.side.other()) {
+                queue.independent_of(&current)
+            } else {
+                None
+            };
+            open = self.commit_with(&node_id, current, next).await;
         }
     }
 
-    async fn commit_batch(&mut self, batch: Vec<Request>) {
+    /// The connection on `side`.
+    fn link(&self, side: Side) -> Option<Link<'_>> {
+        match side {
+            Side::Chain => self.connection.as_ref().map(|c| Link {
+                client: &c.client,
+                statements: &c.statements,
+            }),
+            Side::Spare => self.spare.as_ref().map(|s| Link {
+                client: &s.client,
+                statements: &s.statements,
+            }),
+        }
+    }
+
+    /// Whether a batch may be written on `side` while the other side commits.
+    fn can_overlap(&self, side: Side) -> bool {
+        self.link(side).is_some_and(|link| !link.client.is_closed())
+    }
+
+    /// Opens the spare connection. Without it the writer writes one batch at a time.
+    async fn open_spare(&mut self) {
+        match Spare::open(&self.pg).await {
+            Ok(spare) => self.spare = Some(spare),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "audit writer: no second connection; batches are written one at a time");
+            }
+        }
+    }
+
+    /// Runs `batch`'s effects on the chain connection (reopened first if it was lost): the open
+    /// batch, or `None` when nothing is left to commit (its callers are answered).
+    async fn prepare_first<'n>(
+        &mut self,
+        node_id: &'n str,
+        batch: Vec<Request>,
+    ) -> Option<Box<Open<'n>>> {
         if self
             .connection
             .as_ref()
             .is_none_or(|c| c.client.is_closed())
         {
             self.connection = None;
+            self.spare = None;
             self.reconnect().await;
+            if self.connection.is_some() {
+                self.open_spare().await;
+            }
         }
         // After the reconnect: it is what finds a cut.
         let loss = self.chain_loss.borrow().clone();
@@ -1174,27 +1233,121 @@ impl Writer {
             for job in batch.into_iter().flat_map(|request| request.jobs) {
                 job.finish(Err(AppendError::chain_cut(&loss)));
             }
-            return;
+            return None;
         }
-        let Some(connection) = self.connection.as_mut() else {
-            for job in batch.into_iter().flat_map(|request| request.jobs) {
-                job.finish(Err(AppendError::Unavailable(None)));
-            }
-            return;
+        let Some(connection) = self.connection.as_ref() else {
+            fail_all(batch.into_iter().flat_map(|request| request.jobs));
+            return None;
         };
-        match write_batch(connection, &self.node_id, &self.head, &self.tree, batch).await {
+        let head = (connection.head_seq, connection.head_hash);
+        let link = Link {
+            client: &connection.client,
+            statements: &connection.statements,
+        };
+        let prepared = prepare(link, Side::Chain, node_id, head, batch).await;
+        self.after_prepare(prepared)
+    }
+
+    /// Commits `current`; meanwhile, when `next` is given, runs its effects on the other
+    /// connection, chained on `current`'s rows (see [`Writer::run`]). The next open batch.
+    async fn commit_with<'n>(
+        &mut self,
+        node_id: &'n str,
+        current: Box<Open<'n>>,
+        next: Option<Vec<Request>>,
+    ) -> Option<Box<Open<'n>>> {
+        let side = current.side;
+        let head = current.chain.head();
+        let (committed, prepared) = match (self.link(side), self.link(side.other()), next) {
+            (Some(link), Some(other), Some(batch)) => {
+                let (committed, prepared) = futures::join!(
+                    commit(link, node_id, current),
+                    prepare(other, side.other(), node_id, head, batch)
+                );
+                (committed, Some(prepared))
+            }
+            (Some(link), _, next) => {
+                // `next` is taken only when the other connection is there.
+                fail_all(next.into_iter().flatten().flat_map(|request| request.jobs));
+                (commit(link, node_id, current).await, None)
+            }
+            (None, _, next) => {
+                // Not reached: a connection is dropped only with every batch on it answered.
+                current.fail();
+                fail_all(next.into_iter().flatten().flat_map(|request| request.jobs));
+                return None;
+            }
+        };
+        let committed = self.settle(committed);
+        match prepared? {
+            Prepared::Open(open) if committed => Some(open),
+            Prepared::Open(open) => {
+                // Chained on rows that are not there; its transaction ended with its
+                // connection, dropped with the failure.
+                open.fail();
+                None
+            }
+            done @ Prepared::Done(_) => self.after_prepare(done),
+        }
+    }
+
+    /// What a [`prepare`] left: the open batch, or nothing left to commit.
+    fn after_prepare<'n>(&mut self, prepared: Prepared<'n>) -> Option<Box<Open<'n>>> {
+        match prepared {
+            Prepared::Open(open) => Some(open),
+            Prepared::Done(Ok(())) => None,
+            Prepared::Done(Err(error)) => {
+                self.failed(&error);
+                None
+            }
+        }
+    }
+
+    /// Moves the head on after a batch committed and answers its callers ([`settle`]);
+    /// whether it committed.
+    fn settle(&mut self, committed: Committed<'_>) -> bool {
+        let Committed {
+            outcome,
+            chain,
+            refused,
+        } = committed;
+        let Some(connection) = self.connection.as_mut() else {
+            // Not reached: the chain connection is dropped only with every batch answered.
+            let error = StoreError::Corrupt {
+                what: "audit writer",
+                detail: "a batch committed without the chain connection".into(),
+            };
+            settle_failed(chain, refused);
+            self.failed(&error);
+            return false;
+        };
+        let mut sink = Sink {
+            connection,
+            head: &self.head,
+            tree: &self.tree,
+        };
+        match settle(&mut sink, outcome, chain, refused) {
             Ok(wants_checkpoint) => {
                 self.available.store(true, Ordering::Release);
                 if wants_checkpoint {
                     self.checkpoint_wanted.notify_one();
                 }
+                true
             }
             Err(error) => {
-                tracing::error!(error = %error_chain(&error), "audit batch failed; reconnecting before the next append");
-                self.connection = None;
-                self.available.store(false, Ordering::Release);
+                self.failed(&error);
+                false
             }
         }
+    }
+
+    /// After a failed batch: both connections are dropped (a batch open on either ends with
+    /// it), and the next batch reconnects first.
+    fn failed(&mut self, error: &StoreError) {
+        tracing::error!(error = %error_chain(error), "audit batch failed; reconnecting before the next append");
+        self.connection = None;
+        self.spare = None;
+        self.available.store(false, Ordering::Release);
     }
 
     /// Stops appending for good: the database lost rows this node committed.
@@ -1271,53 +1424,256 @@ impl Writer {
     }
 }
 
-/// Writes one batch in one transaction. On `Err`, every caller in the batch has been told the
-/// batch did not commit, and the caller drops the connection (which ends the transaction).
-///
-/// A batch is first tried on the pipelined path ([`write_pipelined`]), even a batch of one
-/// request (what a lightly loaded writer sees): its jobs' statements then go out together and
-/// no savepoint is sent. If an effect fails there, that attempt is rolled back and the batch
-/// written again on the sequential path ([`write_sequential`]), where each effect has its own
-/// savepoint.
-async fn write_batch(
-    connection: &mut ChainConnection,
-    node_id: &str,
-    head: &watch::Sender<ChainHead>,
-    tree: &Mutex<Option<Frontier>>,
-    batch: Vec<Request>,
-) -> Result<bool, StoreError> {
-    let perf = BatchPerf::new(&batch);
-    let mut sink = Sink {
-        connection,
-        node_id,
-        head,
-        tree,
-    };
-    match write_pipelined(&mut sink, batch, perf).await {
-        Pipelined::Done(outcome) => outcome,
-        // Logged under `perf` (path `pipelined_rolled_back`); not a metric of its own.
-        Pipelined::Retry(batch, perf) => write_sequential(&mut sink, batch, perf).await,
+/// The requests the writer has not written yet: those it took from its channel and held
+/// back, first, then the channel's.
+struct Queue {
+    receiver: mpsc::Receiver<Request>,
+    held: VecDeque<Request>,
+    /// Shutting down: what is queued is still written, nothing is waited for.
+    closing: bool,
+}
+
+impl Queue {
+    /// The next batch, waiting for its first request; `None` once shut down and drained.
+    async fn next(&mut self, shutdown: &CancellationToken) -> Option<Vec<Request>> {
+        let first = match self.held.pop_front() {
+            Some(request) => request,
+            None => loop {
+                if self.closing {
+                    break self.receiver.try_recv().ok()?;
+                }
+                tokio::select! {
+                    request = self.receiver.recv() => break request?,
+                    () = shutdown.cancelled() => self.closing = true,
+                }
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.waiting() {
+                Some(request) => batch.push(request),
+                None => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// A batch of the requests waiting now that may be written while `open` commits
+    /// ([`Open::may_overlap`]), in their order: it stops at the first that may not, which is
+    /// held back with what follows it. `None` when the first may not, or nothing waits.
+    fn independent_of(&mut self, open: &Open<'_>) -> Option<Vec<Request>> {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(request) = self.waiting() else { break };
+            if !open.may_overlap(&request) {
+                self.held.push_front(request);
+                break;
+            }
+            batch.push(request);
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn waiting(&mut self) -> Option<Request> {
+        self.held
+            .pop_front()
+            .or_else(|| self.receiver.try_recv().ok())
     }
 }
 
-/// Where a batch is written: the writer's connection, and what follows its chain's head.
+/// The writer's second connection. It holds no lock: what it writes commits only right after
+/// a batch of the chain connection committed (see [`Writer::run`]), while that connection
+/// holds the chain lock, and a failure on either drops both.
+struct Spare {
+    client: tokio_postgres::Client,
+    statements: StatementCache,
+}
+
+impl Spare {
+    async fn open(pg: &tokio_postgres::Config) -> Result<Spare, StoreError> {
+        // Told apart from the chain connection in `pg_stat_activity`.
+        let mut pg = pg.clone();
+        let name = pg.get_application_name().unwrap_or("playbookd");
+        pg.application_name(format!("{name} {SPARE_APPLICATION_SUFFIX}"));
+        let client = connect_single(&pg).await?;
+        let statements = StatementCache::default();
+        // As the chain connection's: never prepared inside a batch (see `insert_and_commit`).
+        statements.insert(INSERT_ROWS, &client.prepare(INSERT_ROWS).await?);
+        Ok(Spare { client, statements })
+    }
+}
+
+/// What the spare connection's application name ends with (after the configured one's).
+pub const SPARE_APPLICATION_SUFFIX: &str = "audit spare";
+
+/// Which of the writer's connections a batch is written on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Chain,
+    Spare,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Chain => Side::Spare,
+            Side::Spare => Side::Chain,
+        }
+    }
+}
+
+/// A connection a batch is written on, with its prepared statements.
+#[derive(Clone, Copy)]
+struct Link<'c> {
+    client: &'c Client,
+    statements: &'c StatementCache,
+}
+
+/// A batch whose effects ran and whose rows are chained, its transaction open on `side`: what
+/// [`commit`] sends next.
+struct Open<'n> {
+    side: Side,
+    chain: Chain<'n>,
+    /// Jobs whose effects failed (the savepoint path), answered with their error.
+    refused: Vec<(Box<dyn Job>, StoreError)>,
+    /// What ends the last savepoint (the savepoint path): sent before the INSERT.
+    close: Option<&'static str>,
+    perf: BatchPerf,
+    path: &'static str,
+    /// The executions its requests may change; `global` when one may change anything.
+    executions: HashSet<uuid::Uuid>,
+    global: bool,
+}
+
+impl Open<'_> {
+    /// Whether `request` may be written while this batch commits: neither is global and it
+    /// changes none of this batch's executions (so it reads nothing this batch changed).
+    fn may_overlap(&self, request: &Request) -> bool {
+        if self.global {
+            return false;
+        }
+        match request.scope {
+            Scope::Event => true,
+            Scope::Execution(id) => !self.executions.contains(&id),
+            Scope::Global => false,
+        }
+    }
+
+    /// Tells every caller that nothing of the batch was recorded.
+    fn fail(self) {
+        settle_failed(self.chain, self.refused);
+    }
+}
+
+/// What [`prepare`] made of a batch.
+enum Prepared<'n> {
+    Open(Box<Open<'n>>),
+    /// Nothing to commit: every caller was answered (`Err`: the connection failed).
+    Done(Result<(), StoreError>),
+}
+
+/// A batch's commit: its outcome, and what [`settle`] answers.
+struct Committed<'n> {
+    outcome: Result<(), StoreError>,
+    chain: Chain<'n>,
+    refused: Vec<(Box<dyn Job>, StoreError)>,
+}
+
+/// Runs a batch's effects on `link` in a transaction left open, and chains its rows on `head`
+/// (seq and hash): first the pipelined way ([`prepare_pipelined`]), even for one request (what
+/// a lightly loaded writer sees), its jobs' statements going out together and no savepoint
+/// sent; if an effect fails there, that attempt is rolled back and the batch run again the
+/// savepoint way ([`prepare_sequential`]), each effect in its own savepoint.
+async fn prepare<'n>(
+    link: Link<'_>,
+    side: Side,
+    node_id: &'n str,
+    head: (i64, [u8; 32]),
+    batch: Vec<Request>,
+) -> Prepared<'n> {
+    let perf = BatchPerf::new(&batch);
+    let mut executions = HashSet::new();
+    let mut global = false;
+    for request in &batch {
+        match request.scope {
+            Scope::Event => {}
+            Scope::Execution(id) => {
+                executions.insert(id);
+            }
+            Scope::Global => global = true,
+        }
+    }
+    let open = |chain, refused, close, perf, path| {
+        Prepared::Open(Box::new(Open {
+            side,
+            chain,
+            refused,
+            close,
+            perf,
+            path,
+            executions,
+            global,
+        }))
+    };
+    match prepare_pipelined(link, node_id, head, batch, perf).await {
+        Pipelined::Chained(chain, perf) => open(*chain, Vec::new(), None, perf, "pipelined"),
+        Pipelined::Done(outcome) => Prepared::Done(outcome),
+        // Logged under `perf` (path `pipelined_rolled_back`); not a metric of its own.
+        Pipelined::Retry(batch, perf) => {
+            match prepare_sequential(link, node_id, head, batch, perf).await {
+                Ok(Sequential::Chained(chain, refused, close, perf)) => {
+                    open(*chain, refused, Some(close), perf, "sequential")
+                }
+                Ok(Sequential::Empty) => Prepared::Done(Ok(())),
+                Err(error) => Prepared::Done(Err(error)),
+            }
+        }
+    }
+}
+
+/// Sends an open batch's INSERT and COMMIT on `link` ([`insert_and_commit`]).
+async fn commit<'n>(link: Link<'_>, node_id: &str, open: Box<Open<'n>>) -> Committed<'n> {
+    let Open {
+        chain,
+        refused,
+        close,
+        mut perf,
+        path,
+        ..
+    } = *open;
+    let tx = Tx::new(link.client, link.statements);
+    let outcome = insert_and_commit(&tx, node_id, &chain.rows, close).await;
+    perf.mark(2);
+    if outcome.is_ok() {
+        perf.mark(3);
+    }
+    perf.log(path);
+    Committed {
+        outcome,
+        chain,
+        refused,
+    }
+}
+
+/// Where a batch's outcome goes: the chain connection's head, and what follows it.
 struct Sink<'a> {
     connection: &'a mut ChainConnection,
-    node_id: &'a str,
     head: &'a watch::Sender<ChainHead>,
     tree: &'a Mutex<Option<Frontier>>,
 }
 
-/// What [`write_pipelined`] did with a batch.
-enum Pipelined {
-    /// Committed, or failed (every caller told): [`write_batch`]'s outcome.
-    Done(Result<bool, StoreError>),
-    /// An effect failed and the attempt was rolled back: nothing of it stands, write the batch
+/// What [`prepare_pipelined`] did with a batch.
+enum Pipelined<'n> {
+    /// Every effect ran: the rows, to be committed.
+    Chained(Box<Chain<'n>>, BatchPerf),
+    /// Nothing to commit: every caller was answered (`Err`: the connection failed).
+    Done(Result<(), StoreError>),
+    /// An effect failed and the attempt was rolled back: nothing of it stands, run the batch
     /// again (the requests in their order, their effects to be run again).
     Retry(Vec<Request>, BatchPerf),
 }
 
-/// Writes a batch without savepoints, running the effects of requests in different
+/// Runs a batch's effects without savepoints, the effects of requests in different
 /// [`Scope`]s side by side on the one connection: tokio-postgres sends the statements of
 /// futures polled together in one flight, so a batch costs about one round trip per statement
 /// depth instead of one per statement.
@@ -1337,16 +1693,18 @@ enum Pipelined {
 /// and any refusal by a SAFE-HALT (a halt read after another group's statement, in memory or
 /// by a statement seeing a newer snapshot, would be chained before what it followed), means
 /// ROLLBACK and [`Pipelined::Retry`], except for a batch of one job that failed: it ran alone,
-/// as it would the savepoint way, and its refusal is answered at once. A failed BEGIN,
-/// ROLLBACK, INSERT or COMMIT fails the batch as on the sequential path.
-async fn write_pipelined(
-    sink: &mut Sink<'_>,
+/// as it would the savepoint way, and its refusal is answered at once. A failed BEGIN or
+/// ROLLBACK fails the batch as on the sequential path.
+async fn prepare_pipelined<'n>(
+    link: Link<'_>,
+    node_id: &'n str,
+    head: (i64, [u8; 32]),
     batch: Vec<Request>,
     mut perf: BatchPerf,
-) -> Pipelined {
+) -> Pipelined<'n> {
     let segments = segments(batch);
-    let transaction = &sink.connection.client;
-    let tx = Tx::new(transaction, &sink.connection.statements);
+    let transaction = link.client;
+    let tx = Tx::new(transaction, link.statements);
     let failed = AtomicBool::new(false);
     perf.mark(0);
     // BEGIN is polled first, so it is sent ahead of the first effect's first statement.
@@ -1400,7 +1758,7 @@ async fn write_pipelined(
             }
             fail_all(jobs.map(|(job, _)| job));
             perf.log("pipelined_refused");
-            return Pipelined::Done(Ok(false));
+            return Pipelined::Done(Ok(()));
         }
         perf.log("pipelined_rolled_back");
         let batch = ran
@@ -1413,12 +1771,7 @@ async fn write_pipelined(
             .collect();
         return Pipelined::Retry(batch, perf.retried());
     }
-    let mut chain = Chain::new(
-        sink.node_id,
-        sink.connection.head_seq,
-        sink.connection.head_hash,
-        ran.len(),
-    );
+    let mut chain = Chain::new(node_id, head.0, head.1, ran.len());
     for (job, applied) in ran.into_iter().flat_map(|r| r.jobs) {
         match applied {
             Some(Ok(records)) => chain.push(records, job),
@@ -1426,13 +1779,7 @@ async fn write_pipelined(
             Some(Err(_)) | None => chain.not_attempted.push(job),
         }
     }
-    let outcome = insert_and_commit(&tx, sink.node_id, &chain.rows, None).await;
-    perf.mark(2);
-    if outcome.is_ok() {
-        perf.mark(3);
-    }
-    perf.log("pipelined");
-    Pipelined::Done(settle(sink, outcome, chain, Vec::new()))
+    Pipelined::Chained(Box::new(chain), perf)
 }
 
 /// One request's jobs after a pipelined attempt, with where the request was in the batch.
@@ -1557,74 +1904,83 @@ fn segments(batch: Vec<Request>) -> Vec<Vec<Vec<(usize, Request)>>> {
     segments
 }
 
-/// Writes one batch in one transaction, each effect in its own savepoint: whatever one
-/// caller's effect does wrong (refused by a constraint, or an error after it wrote) rolls back
-/// that effect alone and fails only its caller; its neighbours commit. The transaction and
+/// What [`prepare_sequential`] made of a batch.
+enum Sequential<'n> {
+    /// The rows, the failed jobs and what ends the last savepoint.
+    Chained(
+        Box<Chain<'n>>,
+        Vec<(Box<dyn Job>, StoreError)>,
+        &'static str,
+        BatchPerf,
+    ),
+    /// No effect was attempted (cannot happen: a request has at least one job).
+    Empty,
+}
+
+/// Runs a batch's effects in one transaction, each in its own savepoint: whatever one caller's
+/// effect does wrong (refused by a constraint, or an error after it wrote) rolls back that
+/// effect alone and fails only its caller; its neighbours commit. The transaction and
 /// savepoint commands are not awaited on their own: BEGIN goes out in the same flight as the
 /// first effect's first statement, each savepoint (with the previous effect's release or
 /// rollback) with the next effect's first statement, and the last release with the batch's
-/// single audit INSERT and the COMMIT. A failed command means the connection or transaction is
-/// broken: the whole batch fails. If the INSERT fails, the transaction is aborted and the
-/// COMMIT sent behind it rolls back: nothing of the batch is committed, and the batch fails.
-async fn write_sequential(
-    sink: &mut Sink<'_>,
+/// single audit INSERT and the COMMIT ([`commit`]). A failed command means the connection or
+/// transaction is broken: the whole batch fails, every caller told.
+async fn prepare_sequential<'n>(
+    link: Link<'_>,
+    node_id: &'n str,
+    head: (i64, [u8; 32]),
     batch: Vec<Request>,
     mut perf: BatchPerf,
-) -> Result<bool, StoreError> {
-    let mut chain = Chain::new(
-        sink.node_id,
-        sink.connection.head_seq,
-        sink.connection.head_hash,
-        batch.len(),
-    );
+) -> Result<Sequential<'n>, StoreError> {
+    let jobs = batch.iter().map(|request| request.jobs.len()).sum();
+    let mut chain = Chain::new(node_id, head.0, head.1, jobs);
     let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
-    let outcome: Result<(), StoreError> = async {
-        let transaction = &sink.connection.client;
-        perf.mark(0);
-        let tx = Tx::new(transaction, &sink.connection.statements);
-        // What goes ahead of the next effect's savepoint: BEGIN for the first, then what closes
-        // the previous effect's savepoint.
-        let mut close = "BEGIN; ";
-        let mut begun = false;
-        for request in batch {
-            let mut earlier_failed = false;
-            for mut job in request.jobs {
-                if earlier_failed {
-                    chain.not_attempted.push(job);
-                    continue;
+    let transaction = link.client;
+    perf.mark(0);
+    let tx = Tx::new(transaction, link.statements);
+    // What goes ahead of the next effect's savepoint: BEGIN for the first, then what closes
+    // the previous effect's savepoint.
+    let mut close = "BEGIN; ";
+    let mut begun = false;
+    let mut jobs = batch.into_iter().map(|request| request.jobs);
+    while let Some(request) = jobs.next() {
+        let mut earlier_failed = false;
+        let mut request = request.into_iter();
+        while let Some(mut job) = request.next() {
+            if earlier_failed {
+                chain.not_attempted.push(job);
+                continue;
+            }
+            let open = format!("{close}SAVEPOINT append");
+            let (opened, applied) =
+                futures::join!(transaction.batch_execute(&open), job.apply(&tx));
+            if let Err(error) = opened {
+                // Every caller told: those chained, refused, this one and those not reached.
+                let unreached = request.chain(jobs.by_ref().flatten());
+                fail_all(std::iter::once(job).chain(unreached));
+                perf.log("sequential");
+                settle_failed(chain, refused);
+                return Err(error.into());
+            }
+            begun = true;
+            match applied {
+                Ok(records) => {
+                    chain.push(records, job);
+                    close = "RELEASE SAVEPOINT append; ";
                 }
-                let open = format!("{close}SAVEPOINT append");
-                let (opened, applied) =
-                    futures::join!(transaction.batch_execute(&open), job.apply(&tx));
-                opened?;
-                begun = true;
-                match applied {
-                    Ok(records) => {
-                        chain.push(records, job);
-                        close = "RELEASE SAVEPOINT append; ";
-                    }
-                    Err(error) => {
-                        refused.push((job, error));
-                        earlier_failed = true;
-                        close = "ROLLBACK TO SAVEPOINT append; RELEASE SAVEPOINT append; ";
-                    }
+                Err(error) => {
+                    refused.push((job, error));
+                    earlier_failed = true;
+                    close = "ROLLBACK TO SAVEPOINT append; RELEASE SAVEPOINT append; ";
                 }
             }
         }
-        perf.mark(1);
-        if !begun {
-            // No effect was attempted (cannot happen: a request has at least one job).
-            return Ok(());
-        }
-        let committed = insert_and_commit(&tx, sink.node_id, &chain.rows, Some(close)).await;
-        perf.mark(2);
-        committed?;
-        perf.mark(3);
-        Ok(())
     }
-    .await;
-    perf.log("sequential");
-    settle(sink, outcome, chain, refused)
+    perf.mark(1);
+    if !begun {
+        return Ok(Sequential::Empty);
+    }
+    Ok(Sequential::Chained(Box::new(chain), refused, close, perf))
 }
 
 /// Sends `close` (what ends the last savepoint, if any), the INSERT of `rows` and COMMIT in one
@@ -1709,6 +2065,11 @@ impl<'a> Chain<'a> {
             staged: Vec::with_capacity(capacity),
             not_attempted: Vec::new(),
         }
+    }
+
+    /// The seq and hash of the last row chained (the head it started on when none was).
+    fn head(&self) -> (i64, [u8; 32]) {
+        (self.seq, self.prev_hash)
     }
 
     /// Chains `records` as the next rows, for `job`.
@@ -1807,12 +2168,25 @@ fn settle(
             Ok(wants_checkpoint)
         }
         Err(error) => {
-            fail_all(staged.into_iter().filter_map(|item| item.job));
-            fail_all(refused.into_iter().map(|(job, _)| job));
-            fail_all(not_attempted);
+            fail_staged(staged, refused, not_attempted);
             Err(error)
         }
     }
+}
+
+/// Tells every caller of a batch that did not commit that nothing of it was recorded.
+fn settle_failed(chain: Chain<'_>, refused: Vec<(Box<dyn Job>, StoreError)>) {
+    fail_staged(chain.staged, refused, chain.not_attempted);
+}
+
+fn fail_staged(
+    staged: Vec<Staged>,
+    refused: Vec<(Box<dyn Job>, StoreError)>,
+    not_attempted: Vec<Box<dyn Job>>,
+) {
+    fail_all(staged.into_iter().filter_map(|item| item.job));
+    fail_all(refused.into_iter().map(|(job, _)| job));
+    fail_all(not_attempted);
 }
 
 /// Tells each job's caller that nothing of it was recorded.

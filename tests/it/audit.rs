@@ -576,6 +576,140 @@ async fn update_delete_and_truncate_are_refused_even_for_the_owner() {
     }
 }
 
+/// Issue #16: while a batch commits, the writer runs the next batch's effects on its second
+/// connection, chained on the committing batch's rows: only requests that cannot see what the
+/// committing batch changed (other executions, nothing global), and the next batch commits only
+/// after it. A deferred trigger makes the first batch's COMMIT take 0.3 s; the effects report
+/// whether they saw its row. `fail` makes that COMMIT fail instead: the batch written meanwhile
+/// fails with it, nothing of either is recorded, and the writer goes on.
+async fn a_batch_written_while_another_commits(fail: bool) {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let at_commit = if fail {
+        "RAISE EXCEPTION 'refused at commit'"
+    } else {
+        "PERFORM pg_sleep(0.3)"
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION test_at_commit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN {at_commit}; RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER test_at_commit AFTER INSERT ON playbook_audit_log \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                 WHEN (NEW.event_type = 'test.slow_commit') EXECUTE FUNCTION test_at_commit()"
+        ))
+        .await
+        .unwrap();
+    let (handle, _stop) = writer(&db, "n1").await;
+    let first = uuid::Uuid::new_v4();
+    // Its effect takes 0.15 s: the requests below queue up meanwhile, for the next batch.
+    let slow = handle.append_in(
+        Scope::Execution(first),
+        Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute("SELECT pg_sleep(0.15)", &[])
+                    .await
+                    .map_err(StoreError::Query)?;
+                Ok((
+                    AuditEvent::new("test.slow_commit", Actor::System).execution(first),
+                    0,
+                ))
+            })
+        }),
+    );
+    // Whether the slow batch's row was visible to each effect: 8 other runs, then the slow
+    // one's run again, then a global request.
+    let sees_slow_row = |scope: Scope, id: uuid::Uuid| {
+        let handle = handle.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let effect: audit::Effect<i64> = Box::new(move |tx| {
+                Box::pin(async move {
+                    let seen: i64 = tx
+                        .query_one(
+                            "SELECT count(*) FROM playbook_audit_log \
+                             WHERE event_type = 'test.slow_commit'",
+                            &[],
+                        )
+                        .await
+                        .map_err(StoreError::Query)?
+                        .get(0);
+                    let event = AuditEvent::new("test.after", Actor::System).execution(id);
+                    Ok((event.with("saw", seen), seen))
+                })
+            });
+            handle.append_in(scope, effect).await.map(|(_, seen)| seen)
+        }
+    };
+    let others: Vec<uuid::Uuid> = (0..8).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut after: Vec<_> = others
+        .iter()
+        .map(|&id| sees_slow_row(Scope::Execution(id), id))
+        .collect();
+    after.push(sees_slow_row(Scope::Execution(first), first));
+    after.push(sees_slow_row(Scope::Global, uuid::Uuid::new_v4()));
+    let (slow, after) = tokio::join!(slow, futures::future::join_all(after));
+    let (others_saw, rest) = after.split_at(8);
+    if fail {
+        assert!(slow.is_err(), "{slow:?}");
+        // Written while the failed batch committed: failed with it, none of it recorded.
+        for outcome in others_saw {
+            assert!(outcome.is_err(), "{outcome:?}");
+        }
+        let recorded: i64 = client
+            .query_one(
+                "SELECT count(*) FROM playbook_audit_log \
+                 WHERE event_type IN ('test.slow_commit', 'test.after')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        // What was queued after them is written once the writer has reconnected.
+        for outcome in rest {
+            assert_eq!(outcome.as_ref().ok(), Some(&0), "{rest:?}");
+        }
+        assert_eq!(
+            recorded, 2,
+            "only the two requests written after the failure"
+        );
+    } else {
+        slow.expect("the slow batch commits");
+        // Run while the slow batch committed: its row was not visible yet.
+        for outcome in others_saw {
+            assert_eq!(outcome.as_ref().ok(), Some(&0), "{others_saw:?}");
+        }
+        // The slow batch's run, and the global request, only after it committed.
+        for outcome in rest {
+            assert_eq!(outcome.as_ref().ok(), Some(&1), "{rest:?}");
+        }
+        let order: Vec<String> = query_column(
+            &client,
+            "SELECT event_type FROM playbook_audit_log WHERE node_id = 'n1' ORDER BY seq",
+            &[],
+        )
+        .await;
+        assert_eq!(order.len(), 11, "{order:?}");
+        assert_eq!(order[0], "test.slow_commit", "{order:?}");
+    }
+    let rows = intact_rows(&client, "n1").await;
+    handle
+        .append(AuditEvent::new("test.event", Actor::System))
+        .await
+        .expect("the writer goes on");
+    assert_eq!(intact_rows(&client, "n1").await, rows + 1);
+}
+
+#[tokio::test]
+async fn a_batch_runs_while_another_commits_and_commits_after_it() {
+    a_batch_written_while_another_commits(false).await;
+}
+
+#[tokio::test]
+async fn a_batch_run_while_another_commits_fails_with_it() {
+    a_batch_written_while_another_commits(true).await;
+}
+
 #[tokio::test]
 async fn a_killed_connection_refuses_the_append_then_recovers() {
     let db = TestDb::new().await;

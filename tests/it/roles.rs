@@ -28,7 +28,7 @@ async fn db_with_evidence() -> (std::sync::Arc<TestDb>, DaemonDir) {
         .await
         .query(
             "SELECT DISTINCT usename::text FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'playbookd'",
+             WHERE datname = current_database() AND application_name LIKE 'playbookd%'",
             &[],
         )
         .await

@@ -255,14 +255,15 @@ fn the_units_open_file_limit_covers_every_bounded_listener_at_its_default() {
     let config =
         playbookd::config::Config::parse(Path::new("/etc/playbookd/playbookd.toml"), "", None)
             .unwrap();
-    // Connections on each listener, refused ones drained for a moment, the database, three
-    // pipes per running exec step, and a margin for files, journald and the listeners.
+    // Connections on each listener, refused ones drained for a moment, the database (the pool
+    // and the audit writer's two), three pipes per running exec step, and a margin for files,
+    // journald and the listeners.
     let needed = config.intake.max_connections.usize()
         + config.control.max_connections.usize()
         + playbookd::status::MAX_CONNECTIONS
         + 2 * 64
         + config.database.pool_size.usize()
-        + 1
+        + 2
         + 3 * config.executor.max_concurrent_runs.usize()
         + 256;
     assert!(

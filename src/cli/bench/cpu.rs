@@ -12,8 +12,10 @@ pub(super) struct Processes {
 }
 
 struct Postgres {
-    /// The backend of the audit writer's connection (the one holding the chain lock).
+    /// The backend of the audit writer's chain connection (the one holding the chain lock).
     writer: u32,
+    /// The backend of the audit writer's spare connection, if it has one.
+    spare: Option<u32>,
     /// The bench database's other backends: the daemon's pool, the bench's own connections.
     backends: Vec<u32>,
     /// Processes of no database: WAL writer, checkpointer, background writer, launchers.
@@ -42,9 +44,9 @@ impl Processes {
             .map(|row| row.get(0));
         let rows = admin
             .query(
-                "SELECT pid, datname IS NULL FROM pg_stat_activity \
-                 WHERE datname = $1 OR datname IS NULL",
-                &[&db_name],
+                "SELECT pid, datname IS NULL, application_name LIKE '% ' || $2 \
+                 FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
+                &[&db_name, &crate::store::audit::SPARE_APPLICATION_SUFFIX],
             )
             .await?;
         let pid = |pid: i32| u32::try_from(pid).ok();
@@ -52,20 +54,23 @@ impl Processes {
             .and_then(pid)
             .filter(|&writer| is_postgres(writer))
             .map(|writer| {
+                let mut spare = None;
                 let mut backends = Vec::new();
                 let mut background = Vec::new();
                 for row in &rows {
                     let Some(found) = pid(row.get(0)) else {
                         continue;
                     };
-                    match row.get::<_, bool>(1) {
+                    match (row.get::<_, bool>(1), row.get::<_, bool>(2)) {
                         _ if found == writer => {}
-                        true => background.push(found),
-                        false => backends.push(found),
+                        (true, _) => background.push(found),
+                        (false, true) => spare = Some(found),
+                        (false, false) => backends.push(found),
                     }
                 }
                 Postgres {
                     writer,
+                    spare,
                     backends,
                     background,
                 }
@@ -80,6 +85,7 @@ impl Processes {
     fn pids(&self) -> impl Iterator<Item = u32> + '_ {
         let postgres = self.postgres.iter().flat_map(|pg| {
             std::iter::once(pg.writer)
+                .chain(pg.spare)
                 .chain(pg.backends.iter().copied())
                 .chain(pg.background.iter().copied())
         });
@@ -149,6 +155,7 @@ pub(super) struct Shares {
     pub(super) daemon: f64,
     pub(super) bench: f64,
     pub(super) writer: Option<f64>,
+    pub(super) spare: Option<f64>,
     pub(super) backends: Option<f64>,
     pub(super) background: Option<f64>,
 }
@@ -180,6 +187,7 @@ impl Shares {
             daemon: used(&mut std::iter::once(processes.daemon)),
             bench: used(&mut std::iter::once(processes.bench)),
             writer: postgres.map(|pg| used(&mut std::iter::once(pg.writer))),
+            spare: postgres.map(|pg| used(&mut pg.spare.into_iter())),
             backends: postgres.map(|pg| used(&mut pg.backends.iter().copied())),
             background: postgres.map(|pg| used(&mut pg.background.iter().copied())),
         })
