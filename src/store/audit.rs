@@ -81,7 +81,7 @@ pub struct AuditEvent {
     pub data: Map<String, Value>,
     /// A refusal because of a SAFE-HALT read in memory or in the database. Not stored: where
     /// such an event stands in the chain says when the halt was seen, which only the writer's
-    /// savepoint path orders (see [`write_pipelined`]).
+    /// savepoint path orders (see [`prepare_pipelined`]).
     halt_refusal: bool,
 }
 
@@ -97,7 +97,7 @@ impl AuditEvent {
     }
 
     /// Marks the event as a refusal read from the SAFE-HALT state: the writer then writes its
-    /// batch one request at a time (see `write_pipelined`).
+    /// batch one request at a time (see `prepare_pipelined`).
     pub fn refused_by_halt(mut self) -> AuditEvent {
         self.halt_refusal = true;
         self
@@ -186,7 +186,7 @@ impl From<AuditEvent> for Records {
 }
 
 /// What an append's effect may change, so that the writer knows which effects it may run side
-/// by side in one transaction (see `write_pipelined`). Declaring a scope narrower than what the
+/// by side in one transaction (see `prepare_pipelined`). Declaring a scope narrower than what the
 /// effect touches breaks the serial equivalence of batches: when in doubt, [`Scope::Global`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -232,7 +232,7 @@ macro_rules! through_statement_cache {
 /// costs a round trip of its own on every call. The writer's client is reachable through
 /// `Deref` (a helper taking a `GenericClient` still works, uncached); the writer opened the
 /// transaction on it (its BEGIN travels with the first effect's first statement, see
-/// `write_batch`), so whatever is sent through it is part of the batch's transaction.
+/// `prepare_pipelined`), so whatever is sent through it is part of the batch's transaction.
 ///
 /// The jobs of one request run side by side (see `run_request`): each statement sent through
 /// `execute` or `query*` first checks that no later job of the request sent one before it.
@@ -1871,7 +1871,7 @@ async fn run_request(
     (jobs, broken)
 }
 
-/// The batch cut for [`write_pipelined`]: segments run one after another; the groups of a
+/// The batch cut for [`prepare_pipelined`]: segments run one after another; the groups of a
 /// segment side by side; a group's requests one after another. A [`Scope::Global`] request is
 /// a segment of its own; requests of one execution share a group; an event-only request is a
 /// group of its own.
