@@ -154,11 +154,12 @@ async fn send_start(
         Box::pin(async move {
             let id = start.execution_id;
             let halted = start_unless_halted(tx, &start, &watch, &node_id).await?;
-            let (event, outcome) = start_event(start, halted.clone());
+            let step_refused = halted.is_some();
+            let (event, outcome) = start_event(start, halted);
             let Some(run_started) = run_start else {
                 return Ok((event.into(), outcome));
             };
-            if halted.is_some() {
+            if step_refused {
                 // The step refused: the run starts all the same, on its own.
                 executions::transition(tx, id, &node_id, RunState::Running).await?;
             }
