@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::redact::Audience;
 use crate::registry::model::RiskTier;
-use crate::store::audit::{AppendError, AuditHandle};
+use crate::store::audit::{AppendError, AuditHandle, Unavailable};
 pub use crate::store::gates::VoteOutcome;
 use crate::store::gates::{self, NewGate, NewVote};
 use crate::store::halts::{ActiveHalt, HaltWatch};
@@ -107,17 +107,6 @@ pub enum VoteError {
     Audit(#[source] AppendError),
 }
 
-/// Why a gate could not be waited on. Approvals decide and never act, so this is their own
-/// error; the executor, which acts on the verdict, maps it to its own (the run stays
-/// resumable either way).
-#[derive(Debug, thiserror::Error)]
-pub enum GateError {
-    #[error("database unavailable")]
-    Store(#[from] StoreError),
-    #[error("audit log unavailable; nothing further was done")]
-    Audit(#[from] AppendError),
-}
-
 /// Approval gates: opened by the executor, decided by votes on control.sock. Cloning is
 /// shallow.
 #[derive(Clone)]
@@ -148,7 +137,7 @@ impl Approvals {
         &self,
         request: GateRequest,
         interrupt: &CancellationToken,
-    ) -> Result<Verdict, GateError> {
+    ) -> Result<Verdict, Unavailable> {
         let index = request.step_index;
         let key = (request.execution_id, index);
         let notify = self.waiter(key);

@@ -8,14 +8,17 @@ fn main() -> ExitCode {
     let cli = playbookd::cli::Cli::parse();
     match playbookd::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader went away (`| head`): nothing to report and nobody to report it to.
-        Err(error) if error.is_closed_output() => error.exit_code(),
         Err(error) => {
-            eprintln!(
-                "playbookd: {}",
-                playbookd::store::audit::error_chain(&error)
-            );
-            error.exit_code()
+            let code = error.exit_code();
+            // 0 after an error: the reader went away (`| head`), nothing to report and nobody
+            // to report it to.
+            if code != ExitCode::SUCCESS {
+                eprintln!(
+                    "playbookd: {}",
+                    playbookd::store::audit::error_chain(&error)
+                );
+            }
+            code
         }
     }
 }

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::witnesses::{self, CountError, WitnessArgs};
-use crate::cli::{OutputError, write_stdout_line};
-use crate::config::{Config, ConfigError};
+use crate::cli::{OutputError, VerbError, write_stdout_line};
+use crate::config::Config;
 use crate::store::anchor::{self, AcceptError, AnchorError, AnchorState, OwnerCheck};
 use crate::store::audit::{chain_lock_key, format_timestamp};
 use crate::store::chain::ChainHead;
@@ -24,8 +24,6 @@ use crate::store::{self, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditCliError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("cannot use --trusted-node-key")]
     TrustedKey(#[source] NodeKeyError),
     #[error("cannot use --anchor")]
@@ -70,10 +68,10 @@ pub enum AuditCliError {
     TooFewWitnesses { count: usize },
 }
 
-impl AuditCliError {
+impl VerbError for AuditCliError {
     /// 2 for a breach (the evidence is damaged), 3 when a pinned key could not be checked, 78
     /// when the anchor file must be fixed, 1 when verification could not run.
-    pub fn exit_code(&self) -> ExitCode {
+    fn exit_code(&self) -> ExitCode {
         match self {
             AuditCliError::Breach { .. } => ExitCode::from(EXIT_BREACH),
             AuditCliError::NotChecked { .. } => ExitCode::from(EXIT_NOT_CHECKED),
@@ -85,8 +83,7 @@ impl AuditCliError {
             AuditCliError::Anchor(_)
             | AuditCliError::Accept(AcceptError::Anchor(_))
             | AuditCliError::AnchorNode { .. } => ExitCode::from(crate::config::EXIT_CONFIG),
-            AuditCliError::Config(_)
-            | AuditCliError::TrustedKey(_)
+            AuditCliError::TrustedKey(_)
             | AuditCliError::NoAnchor { .. }
             | AuditCliError::CheckpointLog { .. }
             | AuditCliError::Store(_)
@@ -106,7 +103,7 @@ pub const EXIT_NOT_CHECKED: u8 = 3;
 /// Verifies the chains and prints one line per node on stdout; with `anchor`, one more line
 /// comparing the anchor's node with what the database holds.
 pub async fn verify(
-    config: &Path,
+    config: &Config,
     node: Option<&str>,
     trusted_node_keys: &[PathBuf],
     anchor: Option<&Path>,
@@ -114,7 +111,6 @@ pub async fn verify(
     witness_args: &WitnessArgs,
 ) -> Result<(), AuditCliError> {
     witness_args.check().map_err(AuditCliError::WitnessArgs)?;
-    let config = Config::load(config)?;
     let mut logged: BTreeMap<String, Vec<ChainHead>> = BTreeMap::new();
     for path in checkpoint_logs {
         let text = std::fs::read(path).map_err(|source| AuditCliError::CheckpointLog {
@@ -382,8 +378,7 @@ const STOPPED_DAEMON_GRACE: Duration = Duration::from_secs(5);
 
 /// Records an admin's acknowledgment of the cut in the daemon's anchor (the daemon stopped), so
 /// that the next start appends again, its first event naming the lost seqs.
-pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError> {
-    let config = Config::load(config)?;
+pub async fn accept_cut(config: &Config, reason: &str) -> Result<(), AuditCliError> {
     let path = anchor::anchor_path(&config.paths.node_key);
     // The daemon must be stopped: it owns the anchor while it runs.
     let client = store::connect_single(&config.postgres_config()).await?;
@@ -405,7 +400,7 @@ pub async fn accept_cut(config: &Path, reason: &str) -> Result<(), AuditCliError
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(AuditCliError::DaemonRunning {
-                node_id: config.node_id.into(),
+                node_id: config.node_id.clone().into(),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::cli::{OutputError, write_stdout, write_stdout_line};
+use crate::cli::{OutputError, VerbError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError};
 use crate::control::protocol::WireRequest;
 use crate::control::roles::Verb;
@@ -122,10 +122,10 @@ pub enum CtlError {
     ReloadRefusedFiles,
 }
 
-impl CtlError {
+impl VerbError for CtlError {
     /// 77 (EX_NOPERM) when the daemon refused, 65 (EX_DATAERR) when a reload refused files,
     /// 78 for a bad config, 1 otherwise.
-    pub fn exit_code(&self) -> ExitCode {
+    fn exit_code(&self) -> ExitCode {
         match self {
             CtlError::Refused(_) => ExitCode::from(EXIT_REFUSED),
             CtlError::Config(_) => ExitCode::from(crate::config::EXIT_CONFIG),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::simulate::SimulateError;
-use super::{CliError, write_stdout_line};
+use super::{CliError, Failure, write_stdout_line};
 use crate::actions::limits::ActionLimits;
 use crate::config::Config;
 use crate::registry::secure_open::{DOCUMENT_LIMIT, TrustedDir};
@@ -28,15 +28,26 @@ pub fn validate(files: &[PathBuf]) -> Result<(), CliError> {
             }
         }
     }
+    all_passed("validation", failed, files, unreadable)
+}
+
+/// `Ok` when no file failed `check`.
+fn all_passed(
+    check: &'static str,
+    failed: usize,
+    files: &[PathBuf],
+    unreadable: bool,
+) -> Result<(), CliError> {
     if failed == 0 {
-        Ok(())
-    } else {
-        Err(CliError::Invalid {
-            failed,
-            total: files.len(),
-            unreadable,
-        })
+        return Ok(());
     }
+    Err(Failure::FilesFailed {
+        check,
+        failed,
+        total: files.len(),
+        unreadable,
+    }
+    .into())
 }
 
 /// `simulate --config`: the configuration's limits, as the registry applies them at load.
@@ -81,12 +92,12 @@ pub fn sign(key: &std::path::Path, second: bool, files: &[PathBuf]) -> Result<()
     let signer = Signer::load(pem, key)?;
     let suffix = if second { ".sig.2" } else { ".sig" };
     for file in files {
-        let bytes = std::fs::read(file).map_err(|source| CliError::ReadInput {
+        let bytes = std::fs::read(file).map_err(|source| Failure::ReadInput {
             path: file.clone(),
             source,
         })?;
         let sig_path = signature::with_suffix(file, suffix);
-        std::fs::write(&sig_path, signer.sign(&bytes)).map_err(|source| CliError::WriteOutput {
+        std::fs::write(&sig_path, signer.sign(&bytes)).map_err(|source| Failure::WriteOutput {
             path: sig_path.clone(),
             source,
         })?;
@@ -113,7 +124,7 @@ pub fn verify(
         );
     }
     if keys.is_empty() {
-        return Err(CliError::NoTrustedKeys(trusted_keys.to_owned()));
+        return Err(Failure::NoTrustedKeys(trusted_keys.to_owned()).into());
     }
     let mut failed = 0;
     for file in files {
@@ -158,14 +169,7 @@ pub fn verify(
             }
         }
     }
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(CliError::Unverified {
-            failed,
-            total: files.len(),
-        })
-    }
+    all_passed("verification", failed, files, false)
 }
 
 /// clap's parser for `--algorithm`.

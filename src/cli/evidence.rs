@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use crate::bundle::{self, BundleError};
 use crate::cli::audit::report_line;
 use crate::cli::witnesses::{self, WitnessArgs, WitnessCount};
-use crate::cli::{OutputError, write_stdout, write_stdout_line};
-use crate::config::{Config, ConfigError};
+use crate::cli::{OutputError, VerbError, write_stdout, write_stdout_line};
+use crate::config::Config;
 use crate::merkle::Tree;
 use crate::note::{self, TreeHead};
 use crate::store::checkpoint::{NodeKey, NodeKeyError, load_public_key};
@@ -32,8 +32,6 @@ pub const EXIT_EVIDENCE_FAILED: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("cannot use the node key (signing a checkpoint note needs the daemon's own key)")]
     NodeKey(#[source] NodeKeyError),
     #[error(transparent)]
@@ -92,8 +90,8 @@ pub enum EvidenceError {
     TooFewWitnesses { found: usize, required: usize },
 }
 
-impl EvidenceError {
-    pub fn exit_code(&self) -> ExitCode {
+impl VerbError for EvidenceError {
+    fn exit_code(&self) -> ExitCode {
         match self {
             EvidenceError::BrokenChain(_) | EvidenceError::Bundle { .. } => {
                 ExitCode::from(EXIT_EVIDENCE_FAILED)
@@ -103,8 +101,7 @@ impl EvidenceError {
                 ExitCode::from(witnesses::EXIT_TOO_FEW_WITNESSES)
             }
             EvidenceError::WitnessArgs(_) => ExitCode::from(crate::config::EXIT_CONFIG),
-            EvidenceError::Config(_)
-            | EvidenceError::NodeKey(_)
+            EvidenceError::NodeKey(_)
             | EvidenceError::Store(_)
             | EvidenceError::UnknownExecution(_)
             | EvidenceError::SeveralNodes { .. }
@@ -181,13 +178,12 @@ fn load_key(config: &Config) -> Result<NodeKey, EvidenceError> {
 /// `audit checkpoint-text`: prints the signed note of the node's newest checkpoint, or with
 /// `vkey` the signed-note verifier key of the node key.
 pub async fn checkpoint_text(
-    config: &Path,
+    config: &Config,
     node: Option<&str>,
     vkey: bool,
 ) -> Result<(), EvidenceError> {
-    let config = Config::load(config)?;
     let node_id = node.unwrap_or(&config.node_id);
-    let key = load_key(&config)?;
+    let key = load_key(config)?;
     if vkey {
         write_stdout_line(&note::verifier_key(
             &note::origin(node_id),
@@ -216,12 +212,11 @@ pub async fn checkpoint_text(
 
 /// `audit prove EXECUTION [--out FILE]`: writes the run's evidence bundle.
 pub async fn prove(
-    config: &Path,
+    config: &Config,
     execution_id: uuid::Uuid,
     out: Option<&Path>,
 ) -> Result<(), EvidenceError> {
-    let config = Config::load(config)?;
-    let key = load_key(&config)?;
+    let key = load_key(config)?;
     let client = store::connect_single(&config.postgres_config()).await?;
     let mut nodes = evidence::execution_rows(&client, execution_id).await?;
     let (node_id, rows) = match nodes.len() {

@@ -15,12 +15,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use self::audit::AuditCliError;
 use self::bench::{BenchArgs, BenchError};
-use self::ctl::{CtlArgs, CtlError};
-use self::evidence::EvidenceError;
-use self::simulate::SimulateError;
-use self::status::{ClientError, StatusArgs};
+use self::ctl::CtlArgs;
+use self::status::StatusArgs;
 use crate::actions::exec_runner::{self, RunnerError};
 use crate::actions::limits::ActionLimits;
 use crate::activation::{Activated, ActivationError};
@@ -247,37 +244,67 @@ pub enum AuditCommand {
     },
 }
 
+/// A verb's failure, and the exit status it ends the process with. Each tool's error says its
+/// own status, following one table:
+/// - 0: success;
+/// - 1: a failure a retry may fix (database, runtime);
+/// - 2: bad command line (clap);
+/// - 65 (EX_DATAERR): a file failed its checks (`verify`, `validate`, `simulate`), or a key
+///   is malformed, weak or of an unsupported algorithm (`sign`);
+/// - 66 (EX_NOINPUT): an input file or key could not be read;
+/// - 73 (EX_CANTCREAT): an output file could not be written (`keygen` never overwrites);
+/// - 74 (EX_IOERR): standard output failed (a reader that went away is not a failure: 0);
+/// - 78 (EX_CONFIG): the configuration, or the trusted-keys directory, must be fixed;
+///
+/// and the verbs' own (`audit verify` 2 and 3, `ctl` 77, …), documented with their errors.
+///
+/// Only a reader that went away (`| head`) ends a verb with 0 after an error: nothing to
+/// report, and nobody to report it to.
+pub trait VerbError: std::error::Error + Send + Sync + 'static {
+    fn exit_code(&self) -> ExitCode;
+}
+
+/// Whatever a verb failed with: its message (and sources) as it was, its exit status from
+/// [`VerbError`].
+#[derive(Debug)]
+pub struct CliError(Box<dyn VerbError>);
+
+impl<E: VerbError> From<E> for CliError {
+    fn from(error: E) -> CliError {
+        CliError(Box::new(error))
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        self.0.exit_code()
+    }
+}
+
+/// The failures of the verbs this module runs itself.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Daemon(#[from] DaemonError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Audit(#[from] AuditCliError),
-    #[error(transparent)]
-    Evidence(#[from] EvidenceError),
-    #[error(transparent)]
-    Witness(#[from] crate::witness::WitnessError),
-    #[error("{failed} of {total} files failed validation")]
-    Invalid {
+pub enum Failure {
+    /// `validate` or `verify`: each file's verdict is already on stdout.
+    #[error("{failed} of {total} file(s) failed {check}")]
+    FilesFailed {
+        check: &'static str,
         failed: usize,
         total: usize,
         /// At least one of them could not be read at all (exit 66 rather than 65).
         unreadable: bool,
     },
-    #[error("failed to start the async runtime")]
-    Runtime(#[source] std::io::Error),
-    #[error(transparent)]
-    Status(#[from] ClientError),
-    #[error(transparent)]
-    Simulate(#[from] SimulateError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(transparent)]
-    TrustStore(#[from] TrustStoreError),
     #[error("no usable trusted key in {0}")]
     NoTrustedKeys(PathBuf),
     #[error("failed to read {path}")]
@@ -292,97 +319,84 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{failed} of {total} file(s) failed verification")]
-    Unverified { failed: usize, total: usize },
-    #[error(transparent)]
-    Ctl(#[from] CtlError),
-    #[error(transparent)]
-    Bench(#[from] BenchError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    #[error(transparent)]
-    Actuator(#[from] ActuatorError),
-    #[error("socket activation")]
-    Activation(#[from] ActivationError),
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
+    #[error("failed to start the async runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("{OWNER_DATABASE_URL_ENV} is not a PostgreSQL URL")]
     OwnerUrl,
 }
 
-impl CliError {
-    /// The process exit status:
-    /// - 0: success;
-    /// - 1: a failure a retry may fix (database, runtime);
-    /// - 2: bad command line (clap);
-    /// - 65 (EX_DATAERR): a file failed its checks (`verify`, `validate`, `simulate`), or a key
-    ///   is malformed, weak or of an unsupported algorithm (`sign`);
-    /// - 66 (EX_NOINPUT): an input file or key could not be read;
-    /// - 73 (EX_CANTCREAT): an output file could not be written (`keygen` never overwrites);
-    /// - 74 (EX_IOERR): standard output failed (a reader that went away is not a failure: 0);
-    /// - 78 (EX_CONFIG): the configuration, or the trusted-keys directory, must be fixed.
-    pub fn exit_code(&self) -> ExitCode {
+impl VerbError for Failure {
+    fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Output(error) => error.exit_code(),
-            CliError::Invalid {
+            Failure::FilesFailed {
                 unreadable: true, ..
-            } => ExitCode::from(EXIT_NOINPUT),
-            CliError::Invalid {
+            }
+            | Failure::ReadInput { .. } => ExitCode::from(EXIT_NOINPUT),
+            Failure::FilesFailed {
                 unreadable: false, ..
             } => ExitCode::from(EXIT_DATAERR),
-            CliError::Simulate(SimulateError::Unreadable { .. }) => ExitCode::from(EXIT_NOINPUT),
-            CliError::Simulate(SimulateError::Decision { .. } | SimulateError::Playbook { .. }) => {
-                ExitCode::from(EXIT_DATAERR)
-            }
-            CliError::Config(_) | CliError::TrustStore(_) | CliError::NoTrustedKeys(_) => {
-                ExitCode::from(EXIT_CONFIG)
-            }
-            CliError::Daemon(error) => error.exit_code(),
-            CliError::Actuator(error) => error.exit_code(),
-            CliError::Activation(_) => ExitCode::from(EXIT_CONFIG),
-            CliError::Runner(error) => error.exit_code(),
-            CliError::Audit(error) => error.exit_code(),
-            CliError::Evidence(error) => error.exit_code(),
-            CliError::Witness(error) => error.exit_code(),
-            CliError::Ctl(error) => error.exit_code(),
-            CliError::Status(ClientError::Config(_)) => ExitCode::from(EXIT_CONFIG),
-            // `migrate`: the roles named do not fit (missing, not the owner's, unsafe).
-            CliError::Store(
-                StoreError::SetRole { .. }
-                | StoreError::NoSuchRole { .. }
-                | StoreError::Grant { .. },
-            )
-            | CliError::OwnerUrl => ExitCode::from(EXIT_CONFIG),
-            CliError::Store(_)
-            | CliError::Runtime(_)
-            | CliError::Status(_)
-            | CliError::Bench(_) => ExitCode::FAILURE,
-            CliError::Key(KeyError::Write { .. }) | CliError::WriteOutput { .. } => {
-                ExitCode::from(EXIT_CANTCREAT)
-            }
-            CliError::Key(KeyError::Open(_)) | CliError::ReadInput { .. } => {
-                ExitCode::from(EXIT_NOINPUT)
-            }
-            CliError::Key(_) | CliError::Unverified { .. } => ExitCode::from(EXIT_DATAERR),
+            Failure::NoTrustedKeys(_) | Failure::OwnerUrl => ExitCode::from(EXIT_CONFIG),
+            Failure::WriteOutput { .. } => ExitCode::from(EXIT_CANTCREAT),
+            Failure::Runtime(_) => ExitCode::FAILURE,
         }
     }
 }
 
-impl CliError {
-    /// True when the only problem is that whoever read our output went away (`| head`):
-    /// nothing to report, and nobody to report it to.
-    pub fn is_closed_output(&self) -> bool {
-        let output = match self {
-            CliError::Output(error) => error,
-            CliError::Ctl(CtlError::Output(error)) => error,
-            CliError::Status(ClientError::Output(error)) => error,
-            CliError::Audit(AuditCliError::Output(error)) => error,
-            CliError::Evidence(EvidenceError::Output(error)) => error,
-            _ => return false,
-        };
-        output.is_closed_pipe()
+/// Errors whose every case ends the process with one status.
+macro_rules! exit_always {
+    ($code:expr => $($error:ty),+) => {$(
+        impl VerbError for $error {
+            fn exit_code(&self) -> ExitCode {
+                $code
+            }
+        }
+    )+};
+}
+
+exit_always!(ExitCode::from(EXIT_CONFIG) => ConfigError, TrustStoreError, ActivationError);
+exit_always!(ExitCode::FAILURE => BenchError);
+
+/// `migrate`: 78 when the roles named do not fit (missing, not the owner's, unsafe), 1 when the
+/// database failed.
+impl VerbError for StoreError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            StoreError::SetRole { .. }
+            | StoreError::NoSuchRole { .. }
+            | StoreError::Grant { .. } => ExitCode::from(EXIT_CONFIG),
+            _ => ExitCode::FAILURE,
+        }
     }
 }
+
+/// `keygen` and `sign`.
+impl VerbError for KeyError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            KeyError::Write { .. } => ExitCode::from(EXIT_CANTCREAT),
+            KeyError::Open(_) => ExitCode::from(EXIT_NOINPUT),
+            _ => ExitCode::from(EXIT_DATAERR),
+        }
+    }
+}
+
+/// The errors of the daemon's own subsystems, which say their exit status themselves.
+macro_rules! exit_as_they_say {
+    ($($error:ty),+) => {$(
+        impl VerbError for $error {
+            fn exit_code(&self) -> ExitCode {
+                <$error>::exit_code(self)
+            }
+        }
+    )+};
+}
+
+exit_as_they_say!(
+    DaemonError,
+    ActuatorError,
+    RunnerError,
+    crate::witness::WitnessError
+);
 
 /// Standard output could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -394,9 +408,11 @@ impl OutputError {
     pub fn is_closed_pipe(&self) -> bool {
         self.0.kind() == std::io::ErrorKind::BrokenPipe
     }
+}
 
+impl VerbError for OutputError {
     /// 0 for a closed pipe (as `cat` or `grep` end when `head` has read enough), 74 otherwise.
-    pub fn exit_code(&self) -> ExitCode {
+    fn exit_code(&self) -> ExitCode {
         if self.is_closed_pipe() {
             ExitCode::SUCCESS
         } else {
@@ -487,7 +503,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let pg = match std::env::var(OWNER_DATABASE_URL_ENV) {
                 Ok(url) => url
                     .parse::<tokio_postgres::Config>()
-                    .map_err(|_| CliError::OwnerUrl)?,
+                    .map_err(|_| Failure::OwnerUrl)?,
                 Err(_) => Config::load(&config)?.postgres_config(),
             };
             let roles = store::migrate::Roles {
@@ -546,8 +562,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     checkpoint_logs,
                     witnesses,
                 },
-        } => runtime()?.block_on(async {
-            audit::verify(
+        } => with_config(&config, async |config| {
+            Ok(audit::verify(
                 &config,
                 node.as_deref(),
                 &trusted_node_keys,
@@ -555,20 +571,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 &checkpoint_logs,
                 &witnesses,
             )
-            .await?;
-            Ok(())
+            .await?)
         }),
         Command::Audit {
             command: AuditCommand::AcceptCut { config, reason },
-        } => runtime()?.block_on(async {
-            audit::accept_cut(&config, &reason).await?;
-            Ok(())
+        } => with_config(&config, async |config| {
+            Ok(audit::accept_cut(&config, &reason).await?)
         }),
         Command::Audit {
             command: AuditCommand::CheckpointText { config, node, vkey },
-        } => runtime()?.block_on(async {
-            evidence::checkpoint_text(&config, node.as_deref(), vkey).await?;
-            Ok(())
+        } => with_config(&config, async |config| {
+            Ok(evidence::checkpoint_text(&config, node.as_deref(), vkey).await?)
         }),
         Command::Audit {
             command:
@@ -577,9 +590,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     execution,
                     out,
                 },
-        } => runtime()?.block_on(async {
-            evidence::prove(&config, execution, out.as_deref()).await?;
-            Ok(())
+        } => with_config(&config, async |config| {
+            Ok(evidence::prove(&config, execution, out.as_deref()).await?)
         }),
         Command::Audit {
             command:
@@ -604,11 +616,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// Loads the configuration at `path`, then runs `verb` with it on a new runtime.
+fn with_config(
+    path: &std::path::Path,
+    verb: impl AsyncFnOnce(Config) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    runtime()?.block_on(verb(config))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(CliError::Runtime)
+        .map_err(Failure::Runtime)
 }
 
 #[cfg(test)]

@@ -28,6 +28,18 @@ pub enum SimulateError {
     Playbook { path: String, reason: String },
 }
 
+/// 66 when a file could not be read, 65 when it is invalid.
+impl crate::cli::VerbError for SimulateError {
+    fn exit_code(&self) -> std::process::ExitCode {
+        std::process::ExitCode::from(match self {
+            SimulateError::Unreadable { .. } => crate::cli::EXIT_NOINPUT,
+            SimulateError::Decision { .. } | SimulateError::Playbook { .. } => {
+                crate::cli::EXIT_DATAERR
+            }
+        })
+    }
+}
+
 /// The plan as JSON: one entry per step, in order.
 pub fn plan(
     decision_path: &Path,

@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::cli::{OutputError, write_stdout, write_stdout_line};
+use crate::cli::{OutputError, VerbError, write_stdout, write_stdout_line};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::status::StatusAddr;
 
@@ -118,6 +118,24 @@ pub enum ClientError {
     NotReady,
     #[error(transparent)]
     Output(#[from] OutputError),
+}
+
+impl VerbError for ClientError {
+    /// 78 for a bad configuration, standard output's own status, 1 otherwise.
+    fn exit_code(&self) -> std::process::ExitCode {
+        match self {
+            ClientError::Config(_) => std::process::ExitCode::from(crate::config::EXIT_CONFIG),
+            ClientError::Output(error) => error.exit_code(),
+            ClientError::Address { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Http(_)
+            | ClientError::Timeout(_)
+            | ClientError::Api { .. }
+            | ClientError::Decode(_)
+            | ClientError::Runtime(_)
+            | ClientError::NotReady => std::process::ExitCode::FAILURE,
+        }
+    }
 }
 
 /// Where to send requests: a status listener's address (the daemon's own type), shown as the

@@ -33,10 +33,10 @@ pub use crate::store::model::{RollbackCause, RunState, StepState};
 pub use crate::store::steps::{params_hash, step_key, undo_key};
 
 use crate::actions::Actions;
-use crate::approvals::{Approvals, GateError};
+use crate::approvals::Approvals;
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::audit::{AppendError, AuditHandle, Deferred};
+use crate::store::audit::{AppendError, AuditHandle, Deferred, Unavailable};
 use crate::store::halts::HaltCause;
 use crate::store::{Store, StoreError, executions};
 
@@ -54,10 +54,8 @@ pub struct ExecutorSettings {
 /// Why a task stopped without finishing; the execution stays resumable.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("database unavailable")]
-    Store(#[from] StoreError),
-    #[error("audit log unavailable; nothing further was done")]
-    Audit(#[from] AppendError),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     #[error("daemon shutting down; the run will resume at the next start")]
     ShuttingDown,
     #[error("pinned playbook {id}@{version} cannot be loaded: {reason}")]
@@ -71,12 +69,15 @@ pub enum RunError {
     Halted(String),
 }
 
-impl From<GateError> for RunError {
-    fn from(error: GateError) -> RunError {
-        match error {
-            GateError::Store(error) => RunError::Store(error),
-            GateError::Audit(error) => RunError::Audit(error),
-        }
+impl From<StoreError> for RunError {
+    fn from(error: StoreError) -> RunError {
+        RunError::Unavailable(Unavailable::Store(error))
+    }
+}
+
+impl From<AppendError> for RunError {
+    fn from(error: AppendError) -> RunError {
+        RunError::Unavailable(Unavailable::Audit(error))
     }
 }
 
@@ -357,14 +358,13 @@ fn log_stop(execution_id: Uuid, error: RunError) {
         RunError::ShuttingDown => {
             tracing::info!(execution_id = %execution_id, "run paused for shutdown");
         }
-        other @ (RunError::Store(_)
-        | RunError::Audit(_)
-        | RunError::Pinned { .. }
-        | RunError::Halted(_)) => tracing::error!(
-            execution_id = %execution_id,
-            error = %crate::store::audit::error_chain(&other),
-            "run stopped; it stays resumable"
-        ),
+        other @ (RunError::Unavailable(_) | RunError::Pinned { .. } | RunError::Halted(_)) => {
+            tracing::error!(
+                execution_id = %execution_id,
+                error = %crate::store::audit::error_chain(&other),
+                "run stopped; it stays resumable"
+            )
+        }
     }
 }
 
@@ -397,7 +397,7 @@ impl Inner {
                 let reason = format!("its stored {what} is invalid: {detail}");
                 return Err(self.halt_unusable(id, reason).await);
             }
-            Err(other) => return Err(RunError::Store(other)),
+            Err(other) => return Err(other.into()),
         };
         if record.state.is_terminal() {
             return Ok(());

@@ -395,6 +395,18 @@ impl AppendError {
     }
 }
 
+/// The database or the audit log failed: nothing further was done, what was committed stands,
+/// and the work that met it stays resumable.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// A read or a change outside the audit writer failed.
+    #[error("database unavailable")]
+    Store(#[from] StoreError),
+    /// The audit writer did not commit the record (nor the change that went with it).
+    #[error("audit log unavailable; nothing further was done")]
+    Audit(#[from] AppendError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditStartError {
     #[error(
@@ -430,9 +442,17 @@ pub struct MerkleHead {
     pub root: merkle::Hash,
 }
 
-/// The writer's Merkle frontier, shared with the checkpointer. `None` while the stored chain it
-/// was seeded from had a gap or a row out of order: no tree head is then signed.
-type SharedFrontier = Arc<Mutex<Option<Frontier>>>;
+/// What the writer publishes and every handle reads.
+struct Published {
+    /// False while the writer has no working connection.
+    available: AtomicBool,
+    anchor: Option<Arc<Anchor>>,
+    /// Notified after a commit holding an event that calls for a checkpoint at once.
+    checkpoint_wanted: tokio::sync::Notify,
+    /// The Merkle frontier, updated after each COMMIT, before the head. `None` while the stored
+    /// chain it was seeded from had a gap or a row out of order: no tree head is then signed.
+    tree: Mutex<Option<Frontier>>,
+}
 
 fn lock_frontier(tree: &Mutex<Option<Frontier>>) -> std::sync::MutexGuard<'_, Option<Frontier>> {
     // Only pushes run under this lock; none can leave the frontier half-updated.
@@ -504,17 +524,12 @@ impl std::fmt::Debug for Deferred {
 #[derive(Clone)]
 pub struct AuditHandle {
     sender: mpsc::Sender<Request>,
-    available: Arc<AtomicBool>,
     node_id: Arc<str>,
     /// Updated by the writer after each COMMIT (and after reopening the chain), never before.
     head: watch::Receiver<ChainHead>,
     /// Set when the database lost rows this node committed: from then on nothing is appended.
     chain_loss: watch::Receiver<Option<ChainLoss>>,
-    anchor: Option<Arc<Anchor>>,
-    /// Notified after a commit holding an event that calls for a checkpoint at once.
-    checkpoint_wanted: Arc<tokio::sync::Notify>,
-    /// Updated by the writer after each COMMIT, before `head`.
-    tree: SharedFrontier,
+    published: Arc<Published>,
 }
 
 impl AuditHandle {
@@ -535,7 +550,8 @@ impl AuditHandle {
         &self,
         effect: Effect<T>,
     ) -> Result<(Appended, T), AppendError> {
-        self.append_after(Vec::new(), effect).await
+        self.append_after_in(Scope::Global, Vec::new(), effect)
+            .await
     }
 
     /// [`Self::append_with`] for an effect that changes only what `scope` says: the writer may
@@ -548,7 +564,7 @@ impl AuditHandle {
         self.append_after_in(scope, Vec::new(), effect).await
     }
 
-    /// Prepares an append that is sent later, with the caller's next append ([`Self::append_after`])
+    /// Prepares an append that is sent later, with the caller's next append ([`Self::append_after_in`])
     /// or alone ([`Self::flush`]). For a record with no side effect after it (a step's end, a
     /// run's start): it can share the next record's transaction, one COMMIT instead of two.
     /// Nothing of it is written until it is sent; dropped unsent, it is never written.
@@ -586,37 +602,18 @@ impl AuditHandle {
         (deferred, response)
     }
 
-    /// [`Self::append_after_in`] for an effect that makes several records: answered with the
+    /// Appends `before` (in order), then `effect` (which changes only what `scope` says), in
+    /// one transaction: each with its own savepoint as usual, but each attempted only if
+    /// everything before it succeeded. Resolves after COMMIT; the first failure among `before`
+    /// is returned as the outcome. An effect that makes several records is answered with the
     /// last one's row.
-    pub async fn append_records_after_in<T: Send + 'static>(
-        &self,
-        scope: Scope,
-        before: Vec<Deferred>,
-        effect: RecordsEffect<T>,
-    ) -> Result<(Appended, T), AppendError> {
-        self.send_after(scope, before, TypedJob::new(Body::Records(effect)))
-            .await
-    }
-
-    /// Appends `before` (in order), then `effect`, in one transaction: each with its own
-    /// savepoint as usual, but each attempted only if everything before it succeeded.
-    /// Resolves after COMMIT; the first failure among `before` is returned as the outcome.
-    pub async fn append_after<T: Send + 'static>(
-        &self,
-        before: Vec<Deferred>,
-        effect: Effect<T>,
-    ) -> Result<(Appended, T), AppendError> {
-        self.append_after_in(Scope::Global, before, effect).await
-    }
-
-    /// [`Self::append_after`] for an effect that changes only what `scope` says.
     pub async fn append_after_in<T: Send + 'static>(
         &self,
         scope: Scope,
         before: Vec<Deferred>,
-        effect: Effect<T>,
+        effect: impl Into<Body<T>>,
     ) -> Result<(Appended, T), AppendError> {
-        self.send_after(scope, before, TypedJob::new(Body::One(effect)))
+        self.send_after(scope, before, TypedJob::new(effect.into()))
             .await
     }
 
@@ -679,7 +676,7 @@ impl AuditHandle {
 
     /// False while the writer has no working connection: nothing new may start.
     pub fn is_available(&self) -> bool {
-        self.available.load(Ordering::Acquire)
+        self.published.available.load(Ordering::Acquire)
     }
 
     pub fn node_id(&self) -> &str {
@@ -694,7 +691,7 @@ impl AuditHandle {
     /// The committed head and the Merkle root over the chain up to it, read together; `None`
     /// when the stored chain has a gap (the tree would not match the seqs).
     pub fn merkle_head(&self) -> Option<MerkleHead> {
-        let tree = lock_frontier(&self.tree);
+        let tree = lock_frontier(&self.published.tree);
         let frontier = tree.as_ref()?;
         Some(MerkleHead {
             head: ChainHead {
@@ -717,13 +714,13 @@ impl AuditHandle {
 
     /// The chain anchor the writer keeps, if the daemon gave it one.
     pub fn anchor(&self) -> Option<&Arc<Anchor>> {
-        self.anchor.as_ref()
+        self.published.anchor.as_ref()
     }
 
     /// Resolves after a commit that calls for a checkpoint at once (SAFE-HALT entered or
     /// cleared, an approval decided).
     pub async fn checkpoint_wanted(&self) {
-        self.checkpoint_wanted.notified().await;
+        self.published.checkpoint_wanted.notified().await;
     }
 }
 
@@ -801,37 +798,34 @@ pub async fn start_writer_anchored(
             node_id: node_id.clone(),
             source: source.into(),
         })?;
-    let tree: SharedFrontier = Arc::new(Mutex::new(frontier));
-    let available = Arc::new(AtomicBool::new(true));
+    let published = Arc::new(Published {
+        available: AtomicBool::new(true),
+        anchor,
+        checkpoint_wanted: tokio::sync::Notify::new(),
+        tree: Mutex::new(frontier),
+    });
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
     let (head_sender, head) = watch::channel(connection.head());
-    if let Some(anchor) = &anchor {
+    if let Some(anchor) = &published.anchor {
         tokio::spawn(anchor_heads(anchor.clone(), head_sender.subscribe()));
     }
     let (loss_sender, chain_loss) = watch::channel(None);
-    let checkpoint_wanted = Arc::new(tokio::sync::Notify::new());
     let writer = Writer {
         pg,
         node_id: node_id.clone(),
         connection: Some(connection),
         spare: None,
-        available: available.clone(),
         head: head_sender,
         chain_loss: loss_sender,
-        anchor: anchor.clone(),
-        checkpoint_wanted: checkpoint_wanted.clone(),
-        tree: tree.clone(),
+        published: published.clone(),
     };
     let task = tokio::spawn(writer.run(receiver, shutdown));
     let handle = AuditHandle {
         sender,
-        available,
         node_id: node_id.into(),
         head,
         chain_loss,
-        anchor,
-        checkpoint_wanted,
-        tree,
+        published,
     };
     Ok((handle, task, accepted))
 }
@@ -945,10 +939,22 @@ trait Job: Send {
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
 }
 
-/// A job's effect: one record or several.
-enum Body<T> {
+/// An append's effect: one record or several.
+pub enum Body<T> {
     One(Effect<T>),
     Records(RecordsEffect<T>),
+}
+
+impl<T> From<Effect<T>> for Body<T> {
+    fn from(effect: Effect<T>) -> Body<T> {
+        Body::One(effect)
+    }
+}
+
+impl<T> From<RecordsEffect<T>> for Body<T> {
+    fn from(effect: RecordsEffect<T>) -> Body<T> {
+        Body::Records(effect)
+    }
 }
 
 struct TypedJob<T> {
@@ -1117,12 +1123,9 @@ struct Writer {
     /// The second connection, opened with the chain connection (none while it cannot be):
     /// see [`Writer::run`].
     spare: Option<Spare>,
-    available: Arc<AtomicBool>,
     head: watch::Sender<ChainHead>,
     chain_loss: watch::Sender<Option<ChainLoss>>,
-    anchor: Option<Arc<Anchor>>,
-    checkpoint_wanted: Arc<tokio::sync::Notify>,
-    tree: SharedFrontier,
+    published: Arc<Published>,
 }
 
 struct Staged {
@@ -1236,12 +1239,15 @@ impl Writer {
             fail_all(batch.into_iter().flat_map(|request| request.jobs));
             return None;
         };
-        let head = (connection.head_seq, connection.head_hash);
+        let tip = Tip {
+            node_id,
+            head: connection.head(),
+        };
         let link = Link {
             client: &connection.client,
             statements: &connection.statements,
         };
-        let prepared = prepare(link, Side::Chain, node_id, head, batch).await;
+        let prepared = prepare(link, Side::Chain, tip, batch).await;
         self.after_prepare(prepared)
     }
 
@@ -1254,12 +1260,12 @@ impl Writer {
         next: Option<Vec<Request>>,
     ) -> Option<Box<Open<'n>>> {
         let side = current.side;
-        let head = current.chain.head();
+        let tip = current.chain.tip();
         let (committed, prepared) = match (self.link(side), self.link(side.other()), next) {
             (Some(link), Some(other), Some(batch)) => {
                 let (committed, prepared) = futures::join!(
                     commit(link, node_id, current),
-                    prepare(other, side.other(), node_id, head, batch)
+                    prepare(other, side.other(), tip, batch)
                 );
                 (committed, Some(prepared))
             }
@@ -1321,13 +1327,13 @@ impl Writer {
         let mut sink = Sink {
             connection,
             head: &self.head,
-            tree: &self.tree,
+            tree: &self.published.tree,
         };
         match settle(&mut sink, outcome, chain, refused) {
             Ok(wants_checkpoint) => {
-                self.available.store(true, Ordering::Release);
+                self.published.available.store(true, Ordering::Release);
                 if wants_checkpoint {
-                    self.checkpoint_wanted.notify_one();
+                    self.published.checkpoint_wanted.notify_one();
                 }
                 true
             }
@@ -1344,7 +1350,7 @@ impl Writer {
         tracing::error!(error = %error_chain(error), "audit batch failed; reconnecting before the next append");
         self.connection = None;
         self.spare = None;
-        self.available.store(false, Ordering::Release);
+        self.published.available.store(false, Ordering::Release);
     }
 
     /// Stops appending for good: the database lost rows this node committed.
@@ -1352,23 +1358,28 @@ impl Writer {
         tracing::error!(node_id = %self.node_id, missing_seqs = %loss.seqs(), priority = "critical",
             "SAFE-HALT: {loss}; nothing is appended on top of it. Preserve the database as evidence; \
              stop the daemon, then `{}`", crate::store::anchor::ACCEPT_COMMAND);
-        if let Some(anchor) = &self.anchor
+        if let Some(anchor) = &self.published.anchor
             && let Err(error) = anchor.record_cut(&loss)
         {
             tracing::error!(error = %error_chain(&error), "the cut is not recorded in the chain anchor; it holds in memory");
         }
-        self.available.store(false, Ordering::Release);
+        self.published.available.store(false, Ordering::Release);
         self.chain_loss.send_replace(Some(loss));
     }
 
     async fn reconnect(&mut self) {
-        self.available.store(false, Ordering::Release);
+        self.published.available.store(false, Ordering::Release);
         match ChainConnection::open(&self.pg, &self.node_id).await {
             Ok(connection) => {
                 // What this writer committed (and the last signed head) must still be there: a
                 // database that lost it (a cut, a failover to a lagging standby) is not appended to.
                 let mut committed = vec![*self.head.borrow()];
-                committed.extend(self.anchor.as_ref().and_then(|a| a.checkpoint_head()));
+                committed.extend(
+                    self.published
+                        .anchor
+                        .as_ref()
+                        .and_then(|a| a.checkpoint_head()),
+                );
                 match crate::store::anchor::find_chain_loss(
                     &connection.client,
                     &self.node_id,
@@ -1388,7 +1399,7 @@ impl Writer {
                         return;
                     }
                 }
-                let current = lock_frontier(&self.tree)
+                let current = lock_frontier(&self.published.tree)
                     .as_ref()
                     .is_some_and(|frontier| frontier_matches(frontier, connection.head()));
                 if !current {
@@ -1396,7 +1407,7 @@ impl Writer {
                     // frontier follows the stored chain again before anything is appended.
                     match seed_frontier(&connection.client, &self.node_id, connection.head()).await
                     {
-                        Ok(frontier) => *lock_frontier(&self.tree) = frontier,
+                        Ok(frontier) => *lock_frontier(&self.published.tree) = frontier,
                         Err(error) => {
                             tracing::warn!(error = %error_chain(&error), "cannot reload the audit chain's Merkle frontier; appends refused");
                             tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -1407,7 +1418,7 @@ impl Writer {
                 tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
                 self.head.send_replace(connection.head());
                 self.connection = Some(connection);
-                self.available.store(true, Ordering::Release);
+                self.published.available.store(true, Ordering::Release);
             }
             Err(OpenError::Locked) => {
                 tracing::error!(node_id = %self.node_id, "audit chain lock is held elsewhere; appends refused");
@@ -1576,16 +1587,15 @@ struct Committed<'n> {
     refused: Vec<(Box<dyn Job>, StoreError)>,
 }
 
-/// Runs a batch's effects on `link` in a transaction left open, and chains its rows on `head`
-/// (seq and hash): first the pipelined way ([`prepare_pipelined`]), even for one request (what
+/// Runs a batch's effects on `link` in a transaction left open, and chains its rows on `tip`:
+/// first the pipelined way ([`prepare_pipelined`]), even for one request (what
 /// a lightly loaded writer sees), its jobs' statements going out together and no savepoint
 /// sent; if an effect fails there, that attempt is rolled back and the batch run again the
 /// savepoint way ([`prepare_sequential`]), each effect in its own savepoint.
 async fn prepare<'n>(
     link: Link<'_>,
     side: Side,
-    node_id: &'n str,
-    head: (i64, [u8; 32]),
+    tip: Tip<'n>,
     batch: Vec<Request>,
 ) -> Prepared<'n> {
     let perf = BatchPerf::new(&batch);
@@ -1612,19 +1622,17 @@ async fn prepare<'n>(
             global,
         }))
     };
-    match prepare_pipelined(link, node_id, head, batch, perf).await {
+    match prepare_pipelined(link, tip, batch, perf).await {
         Pipelined::Chained(chain, perf) => open(*chain, Vec::new(), None, perf, "pipelined"),
         Pipelined::Done(outcome) => Prepared::Done(outcome),
         // Logged under `perf` (path `pipelined_rolled_back`); not a metric of its own.
-        Pipelined::Retry(batch, perf) => {
-            match prepare_sequential(link, node_id, head, batch, perf).await {
-                Ok(Sequential::Chained(chain, refused, close, perf)) => {
-                    open(*chain, refused, Some(close), perf, "sequential")
-                }
-                Ok(Sequential::Empty) => Prepared::Done(Ok(())),
-                Err(error) => Prepared::Done(Err(error)),
+        Pipelined::Retry(batch, perf) => match prepare_sequential(link, tip, batch, perf).await {
+            Ok(Sequential::Chained(chain, refused, close, perf)) => {
+                open(*chain, refused, Some(close), perf, "sequential")
             }
-        }
+            Ok(Sequential::Empty) => Prepared::Done(Ok(())),
+            Err(error) => Prepared::Done(Err(error)),
+        },
     }
 }
 
@@ -1694,8 +1702,7 @@ enum Pipelined<'n> {
 /// ROLLBACK fails the batch as on the sequential path.
 async fn prepare_pipelined<'n>(
     link: Link<'_>,
-    node_id: &'n str,
-    head: (i64, [u8; 32]),
+    tip: Tip<'n>,
     batch: Vec<Request>,
     mut perf: BatchPerf,
 ) -> Pipelined<'n> {
@@ -1768,7 +1775,7 @@ async fn prepare_pipelined<'n>(
             .collect();
         return Pipelined::Retry(batch, perf.retried());
     }
-    let mut chain = Chain::new(node_id, head.0, head.1, ran.len());
+    let mut chain = Chain::new(tip, ran.len());
     for (job, applied) in ran.into_iter().flat_map(|r| r.jobs) {
         match applied {
             Some(Ok(records)) => chain.push(records, job),
@@ -1924,13 +1931,12 @@ enum Sequential<'n> {
 /// transaction is broken: the whole batch fails, every caller told.
 async fn prepare_sequential<'n>(
     link: Link<'_>,
-    node_id: &'n str,
-    head: (i64, [u8; 32]),
+    tip: Tip<'n>,
     batch: Vec<Request>,
     mut perf: BatchPerf,
 ) -> Result<Sequential<'n>, StoreError> {
     let jobs = batch.iter().map(|request| request.jobs.len()).sum();
-    let mut chain = Chain::new(node_id, head.0, head.1, jobs);
+    let mut chain = Chain::new(tip, jobs);
     let mut refused: Vec<(Box<dyn Job>, StoreError)> = Vec::new();
     let transaction = link.client;
     perf.mark(0);
@@ -2041,11 +2047,17 @@ async fn insert_and_commit(
     Ok(())
 }
 
+/// Where a batch's rows are chained: on this node's chain, after `head`.
+#[derive(Clone, Copy)]
+struct Tip<'n> {
+    node_id: &'n str,
+    head: ChainHead,
+}
+
 /// The rows of a batch being chained, in the order their effects are treated as having run.
 struct Chain<'a> {
-    node_id: &'a str,
-    seq: i64,
-    prev_hash: [u8; 32],
+    /// Moves on with each row chained.
+    tip: Tip<'a>,
     rows: AuditRows,
     staged: Vec<Staged>,
     /// Jobs not attempted because an earlier one of their request failed.
@@ -2053,20 +2065,18 @@ struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
-    fn new(node_id: &'a str, seq: i64, prev_hash: [u8; 32], capacity: usize) -> Chain<'a> {
+    fn new(tip: Tip<'a>, capacity: usize) -> Chain<'a> {
         Chain {
-            node_id,
-            seq,
-            prev_hash,
+            tip,
             rows: AuditRows::with_capacity(capacity),
             staged: Vec::with_capacity(capacity),
             not_attempted: Vec::new(),
         }
     }
 
-    /// The seq and hash of the last row chained (the head it started on when none was).
-    fn head(&self) -> (i64, [u8; 32]) {
-        (self.seq, self.prev_hash)
+    /// The last row chained (the head it started on when none was).
+    fn tip(&self) -> Tip<'a> {
+        self.tip
     }
 
     /// Chains `records` as the next rows, for `job`.
@@ -2079,20 +2089,15 @@ impl<'a> Chain<'a> {
 
     fn push_row(&mut self, event: AuditEvent, job: Option<Box<dyn Job>>) {
         let event = event.into_storable();
-        let seq = self.seq + 1;
+        let Tip { node_id, head } = self.tip;
+        let seq = head.seq + 1;
         let created_at = now_micros();
         let data = event.to_event_data();
-        let canonical = canonical_bytes(self.node_id, seq, event.event_type, &data, created_at);
-        let hash = chain_hash(&self.prev_hash, &canonical);
-        self.rows.push(
-            seq,
-            self.prev_hash,
-            hash,
-            event.event_type,
-            data,
-            created_at,
-        );
-        (self.seq, self.prev_hash) = (seq, hash);
+        let canonical = canonical_bytes(node_id, seq, event.event_type, &data, created_at);
+        let hash = chain_hash(&head.hash, &canonical);
+        self.rows
+            .push(seq, head.hash, hash, event.event_type, data, created_at);
+        self.tip.head = ChainHead { seq, hash };
         self.staged.push(Staged {
             seq,
             hash,
@@ -2111,8 +2116,7 @@ fn settle(
     refused: Vec<(Box<dyn Job>, StoreError)>,
 ) -> Result<bool, StoreError> {
     let Chain {
-        seq,
-        prev_hash,
+        tip,
         staged,
         not_attempted,
         ..
@@ -2125,8 +2129,8 @@ fn settle(
     } = sink;
     match outcome {
         Ok(()) => {
-            connection.head_seq = seq;
-            connection.head_hash = prev_hash;
+            connection.head_seq = tip.head.seq;
+            connection.head_hash = tip.head.hash;
             {
                 // O(1) amortized per row; before the head, so a checkpoint that sees the new
                 // head also sees its tree.

@@ -167,7 +167,7 @@ async fn send_start(
             Ok((Records::after([run_started], event), outcome))
         })
     });
-    let (_, outcome) = audit.append_records_after_in(scope, before, effect).await?;
+    let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
     Ok(outcome)
 }
 

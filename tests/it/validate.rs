@@ -42,7 +42,7 @@ fn validate_fails_with_the_reason_per_file_and_keeps_checking_the_rest() {
     );
     assert_contains(&stdout, &format!("{good}: ok (noop-3@1, 3 steps)"));
     assert_contains(&stdout, &format!("{missing}: cannot read:"));
-    assert_contains(&stderr, "2 of 3 files failed validation");
+    assert_contains(&stderr, "2 of 3 file(s) failed validation");
 }
 
 #[test]
