@@ -23,19 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 migrations=$(cd "$here/../../migrations" && pwd)
 script=$here/noop3_writer.pgbench
 before_script=$(realpath "${BEFORE_SCRIPT:-$script}")
-work=$(mktemp -d /tmp/pbd-guard.XXXXXX)
-port=${PORT:-54329}
-
-as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-data=$work/data
-cleanup() {
-    as_pg pg_ctl -D "$data" stop -m immediate >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+. "$here/scratch.sh" guard 54329
 
 server_start() {
     as_pg pg_ctl -D "$data" -l "$work/server.log" -w \
@@ -96,7 +84,6 @@ instructions() {
 # The statements run against database $1.
 script_of() { if [ "$1" = before ]; then echo "$before_script"; else echo "$script"; fi; }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 as_pg initdb -D "$data" -A trust -U postgres --no-sync >/dev/null
 server_start
