@@ -321,6 +321,8 @@ pub enum Failure {
     },
     #[error("failed to start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("socket activation")]
+    Activation(#[source] ActivationError),
     #[error("{OWNER_DATABASE_URL_ENV} is not a PostgreSQL URL")]
     OwnerUrl,
 }
@@ -335,7 +337,9 @@ impl VerbError for Failure {
             Failure::FilesFailed {
                 unreadable: false, ..
             } => ExitCode::from(EXIT_DATAERR),
-            Failure::NoTrustedKeys(_) | Failure::OwnerUrl => ExitCode::from(EXIT_CONFIG),
+            Failure::NoTrustedKeys(_) | Failure::Activation(_) | Failure::OwnerUrl => {
+                ExitCode::from(EXIT_CONFIG)
+            }
             Failure::WriteOutput { .. } => ExitCode::from(EXIT_CANTCREAT),
             Failure::Runtime(_) => ExitCode::FAILURE,
         }
@@ -353,7 +357,7 @@ macro_rules! exit_always {
     )+};
 }
 
-exit_always!(ExitCode::from(EXIT_CONFIG) => ConfigError, TrustStoreError, ActivationError);
+exit_always!(ExitCode::from(EXIT_CONFIG) => ConfigError, TrustStoreError);
 exit_always!(ExitCode::FAILURE => BenchError);
 
 /// `migrate`: 78 when the roles named do not fit (missing, not the owner's, unsafe), 1 when the
@@ -454,7 +458,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             // Before any thread exists: reading LISTEN_FDS clears it from the environment.
-            let activated = Activated::from_env()?;
+            let activated = Activated::from_env().map_err(Failure::Activation)?;
             runtime()?.block_on(async {
                 let daemon = Daemon::build_activated(config, activated).await?;
                 daemon.run_until_stopped(CancellationToken::new()).await?;
@@ -467,7 +471,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }),
         Command::Actuator { config } => {
             let config = Config::load(&config)?;
-            let activated = Activated::from_env()?;
+            let activated = Activated::from_env().map_err(Failure::Activation)?;
             runtime()?.block_on(async {
                 actuator::run(config, activated).await?;
                 Ok(())

@@ -938,6 +938,34 @@ async fn a_passed_socket_at_another_path_than_configured_is_exit_78_naming_both(
     assert_contains(&log, "run/elsewhere.sock");
 }
 
+#[tokio::test]
+async fn socket_units_that_disagree_with_themselves_are_exit_78_saying_socket_activation() {
+    let (_db, dir, config) = configured("node-fdnames", "").await;
+    let log = dir.path("daemon.log");
+    // Two names for one descriptor: systemd's own variables contradict each other.
+    let status = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=decisions:control; \
+             exec \"$0\" serve --config \"$1\"",
+        )
+        .arg(binary())
+        .arg(&config)
+        .env_remove("PLAYBOOKD_DATABASE_URL")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .expect("run the daemon");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(78), "{text}");
+    assert_contains(
+        &text,
+        "playbookd: socket activation: LISTEN_FDNAMES names 2 descriptors but LISTEN_FDS says 1",
+    );
+}
+
 fn noop_decision() -> String {
     serde_json::json!({
         "decision_id": format!("d-{}", uuid::Uuid::new_v4().simple()),
