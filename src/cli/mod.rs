@@ -319,10 +319,10 @@ pub enum Failure {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to start the async runtime")]
-    Runtime(#[source] std::io::Error),
     #[error("socket activation")]
     Activation(#[source] ActivationError),
+    #[error("failed to start the async runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("{OWNER_DATABASE_URL_ENV} is not a PostgreSQL URL")]
     OwnerUrl,
 }
