@@ -359,6 +359,14 @@ impl StatementCache {
         statements.get(sql).cloned()
     }
 
+    /// A writer connection's cache, the audit INSERT already prepared: it is never prepared
+    /// inside a batch (see `insert_and_commit`).
+    async fn for_writer(client: &Client) -> Result<StatementCache, tokio_postgres::Error> {
+        let statements = StatementCache::default();
+        statements.insert(INSERT_ROWS, &client.prepare(INSERT_ROWS).await?);
+        Ok(statements)
+    }
+
     fn insert(&self, sql: &str, statement: &Statement) {
         let mut statements = self.statements.lock().unwrap_or_else(|e| e.into_inner());
         if statements.len() < MAX_CACHED_STATEMENTS {
@@ -792,7 +800,7 @@ pub async fn start_writer_anchored(
             }
         }
     }
-    let frontier = seed_frontier(&connection.client, &node_id, connection.head())
+    let frontier = seed_frontier(&connection.client, &node_id, connection.head)
         .await
         .map_err(|source| AuditStartError::Store {
             node_id: node_id.clone(),
@@ -805,7 +813,7 @@ pub async fn start_writer_anchored(
         tree: Mutex::new(frontier),
     });
     let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-    let (head_sender, head) = watch::channel(connection.head());
+    let (head_sender, head) = watch::channel(connection.head);
     if let Some(anchor) = &published.anchor {
         tokio::spawn(anchor_heads(anchor.clone(), head_sender.subscribe()));
     }
@@ -1036,8 +1044,7 @@ impl<T: Send + 'static> Job for TypedJob<T> {
 struct ChainConnection {
     client: tokio_postgres::Client,
     statements: StatementCache,
-    head_seq: i64,
-    head_hash: [u8; 32],
+    head: ChainHead,
 }
 
 enum OpenError {
@@ -1084,8 +1091,11 @@ impl ChainConnection {
                 &[&node_id],
             )
             .await?;
-        let (head_seq, head_hash) = match head {
-            None => (0, GENESIS_HASH),
+        let head = match head {
+            None => ChainHead {
+                seq: 0,
+                hash: GENESIS_HASH,
+            },
             Some(row) => {
                 let hash: Vec<u8> = row.get(1);
                 let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
@@ -1094,23 +1104,24 @@ impl ChainConnection {
                         detail: "hash is not 32 bytes".into(),
                     })
                 })?;
-                (row.get(0), hash)
+                ChainHead {
+                    seq: row.get(0),
+                    hash,
+                }
             }
         };
-        let statements = StatementCache::default();
-        statements.insert(INSERT_ROWS, &client.prepare(INSERT_ROWS).await?);
+        let statements = StatementCache::for_writer(&client).await?;
         Ok(ChainConnection {
             client,
             statements,
-            head_seq,
-            head_hash,
+            head,
         })
     }
 
-    fn head(&self) -> ChainHead {
-        ChainHead {
-            seq: self.head_seq,
-            hash: self.head_hash,
+    fn link(&self) -> Link<'_> {
+        Link {
+            client: &self.client,
+            statements: &self.statements,
         }
     }
 }
@@ -1180,14 +1191,8 @@ impl Writer {
     /// The connection on `side`.
     fn link(&self, side: Side) -> Option<Link<'_>> {
         match side {
-            Side::Chain => self.connection.as_ref().map(|c| Link {
-                client: &c.client,
-                statements: &c.statements,
-            }),
-            Side::Spare => self.spare.as_ref().map(|s| Link {
-                client: &s.client,
-                statements: &s.statements,
-            }),
+            Side::Chain => self.connection.as_ref().map(ChainConnection::link),
+            Side::Spare => self.spare.as_ref().map(Spare::link),
         }
     }
 
@@ -1241,13 +1246,9 @@ impl Writer {
         };
         let tip = Tip {
             node_id,
-            head: connection.head(),
+            head: connection.head,
         };
-        let link = Link {
-            client: &connection.client,
-            statements: &connection.statements,
-        };
-        let prepared = prepare(link, Side::Chain, tip, batch).await;
+        let prepared = prepare(connection.link(), Side::Chain, tip, batch).await;
         self.after_prepare(prepared)
     }
 
@@ -1401,12 +1402,11 @@ impl Writer {
                 }
                 let current = lock_frontier(&self.published.tree)
                     .as_ref()
-                    .is_some_and(|frontier| frontier_matches(frontier, connection.head()));
+                    .is_some_and(|frontier| frontier_matches(frontier, connection.head));
                 if !current {
                     // A commit whose acknowledgement was lost, or a cut accepted meanwhile: the
                     // frontier follows the stored chain again before anything is appended.
-                    match seed_frontier(&connection.client, &self.node_id, connection.head()).await
-                    {
+                    match seed_frontier(&connection.client, &self.node_id, connection.head).await {
                         Ok(frontier) => *lock_frontier(&self.published.tree) = frontier,
                         Err(error) => {
                             tracing::warn!(error = %error_chain(&error), "cannot reload the audit chain's Merkle frontier; appends refused");
@@ -1415,8 +1415,8 @@ impl Writer {
                         }
                     }
                 }
-                tracing::info!(node_id = %self.node_id, seq = connection.head_seq, "audit chain reopened");
-                self.head.send_replace(connection.head());
+                tracing::info!(node_id = %self.node_id, seq = connection.head.seq, "audit chain reopened");
+                self.head.send_replace(connection.head);
                 self.connection = Some(connection);
                 self.published.available.store(true, Ordering::Release);
             }
@@ -1504,10 +1504,15 @@ impl Spare {
         let name = pg.get_application_name().unwrap_or("playbookd");
         pg.application_name(format!("{name} {SPARE_APPLICATION_SUFFIX}"));
         let client = connect_single(&pg).await?;
-        let statements = StatementCache::default();
-        // As the chain connection's: never prepared inside a batch (see `insert_and_commit`).
-        statements.insert(INSERT_ROWS, &client.prepare(INSERT_ROWS).await?);
+        let statements = StatementCache::for_writer(&client).await?;
         Ok(Spare { client, statements })
+    }
+
+    fn link(&self) -> Link<'_> {
+        Link {
+            client: &self.client,
+            statements: &self.statements,
+        }
     }
 }
 
@@ -2129,8 +2134,7 @@ fn settle(
     } = sink;
     match outcome {
         Ok(()) => {
-            connection.head_seq = tip.head.seq;
-            connection.head_hash = tip.head.hash;
+            connection.head = tip.head;
             {
                 // O(1) amortized per row; before the head, so a checkpoint that sees the new
                 // head also sees its tree.
@@ -2147,7 +2151,7 @@ fn settle(
                 }
             }
             // Before the replies: a caller that sees its append succeed also sees the new head.
-            head.send_replace(connection.head());
+            head.send_replace(connection.head);
             metrics::counter!("playbookd_audit_appends_total").increment(staged.len() as u64);
             let wants_checkpoint = staged
                 .iter()
