@@ -27,8 +27,6 @@ migrations=$(cd "$here/../../migrations" && pwd)
 script=$here/noop3_writer.pgbench
 . "$here/scratch.sh" flights 54328
 
-sql() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
-
 # The writer's script in each shape: pipeline markers around what goes out in one flight.
 shape() {
     case $1 in
@@ -45,14 +43,8 @@ shape() {
 as_pg initdb -D "$data" -A trust -U postgres >/dev/null
 as_pg pg_ctl -D "$data" -l "$work/server.log" -w \
     -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c autovacuum=off" start >/dev/null
-sql -d postgres -c "CREATE DATABASE flights"
-for file in $(ls "$migrations" | sed -n 's/^V\([0-9]*\)__.*\.sql$/\1 &/p' | sort -n | awk '{ print $2 }'); do
-    sql -d flights -1 -f "$migrations/$file" >/dev/null
-done
-sql -d flights -c "CREATE SEQUENCE bench_audit_seq" \
-    -c "CREATE TABLE baseline (id bigserial PRIMARY KEY, at timestamptz NOT NULL)" \
-    -c "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
-        VALUES ('bench', 1, sha256('bench'), ARRAY['k'], 'bench', now())"
+bench_database flights
+sql -d flights -c "CREATE TABLE baseline (id bigserial PRIMARY KEY, at timestamptz NOT NULL)"
 shapes="baseline statements writer one-flight"
 for name in $shapes; do shape "$name" >"$work/$name.pgbench"; done
 chmod a+r "$work"/*.pgbench

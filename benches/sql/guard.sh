@@ -30,13 +30,6 @@ server_start() {
         -o "-p $port -k $work -c listen_addresses= -c autovacuum=off -c fsync=off" start >/dev/null
 }
 server_stop() { as_pg pg_ctl -D "$data" stop -m fast >/dev/null; }
-sql() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@"; }
-
-# Migrations in version order, the first N of them (all without N).
-migration_files() {
-    ls "$migrations" | sed -n 's/^V\([0-9]*\)__.*\.sql$/\1 &/p' | sort -n |
-        awk -v upto="${1:-999999}" '$1 <= upto { print $2 }'
-}
 
 # The pgbench script as plain SQL for a single-user backend: each statement that uses :id
 # PREPAREd once, then N runs of EXECUTEs with distinct ids (SALT keeps rounds apart).
@@ -84,20 +77,11 @@ instructions() {
 # The statements run against database $1.
 script_of() { if [ "$1" = before ]; then echo "$before_script"; else echo "$script"; fi; }
 
-
 as_pg initdb -D "$data" -A trust -U postgres --no-sync >/dev/null
 server_start
 newest=$(migration_files | tail -1 | sed 's/^V\([0-9]*\)__.*/\1/')
-for db in before after; do
-    sql -d postgres -c "CREATE DATABASE $db"
-    if [ $db = before ]; then upto=$before; else upto=$newest; fi
-    for file in $(migration_files "$upto"); do
-        sql -d $db -1 -f "$migrations/$file" >/dev/null
-    done
-    sql -d $db -c "CREATE SEQUENCE bench_audit_seq" \
-        -c "INSERT INTO playbook_versions (playbook_id, version, sha256, signer_key_ids, content, first_seen) \
-            VALUES ('bench', 1, sha256('bench'), ARRAY['k'], 'bench', now())"
-done
+bench_database before "$before"
+bench_database after "$newest"
 echo "before: V$before with $before_script, after: V$newest with $script; $rounds rounds, alternating"
 
 server_stop
