@@ -70,7 +70,7 @@ pgbench -n -M prepared -c 1 -T "$seconds" -r -h 127.0.0.1 -p "$port" -U postgres
         if (text ~ /^BEGIN/) kind = "BEGIN"
         else if (text ~ /^COMMIT/) kind = "COMMIT (WAL flush)"
         else if (text ~ /^INSERT INTO playbook_audit_log/) kind = "audit INSERT"
-        else if (text ~ /^WITH used AS/) kind = "admission (nonce + run)"
+        else if (text ~ /^WITH used AS/) kind = "admission (nonce, run, first step)"
         else if (text ~ /^WITH run AS/) kind = "run + step start"
         else if (text ~ /^UPDATE playbook_step_runs/) kind = "step end"
         else if (text ~ /^UPDATE playbook_executions/) kind = "run completion"

@@ -36,7 +36,8 @@ use crate::actions::Actions;
 use crate::approvals::Approvals;
 use crate::registry::{ActivePlaybook, Registry};
 use crate::safe_halt::SafeHalt;
-use crate::store::audit::{AppendError, AuditHandle, Deferred, Unavailable};
+use crate::store::audit::{AppendError, AuditHandle, Unavailable};
+use crate::store::executions::AdmissionAhead;
 use crate::store::halts::HaltCause;
 use crate::store::{Store, StoreError, executions};
 
@@ -196,7 +197,7 @@ impl Executor {
     pub fn submit_admitting(
         &self,
         record: ExecutionRecord,
-        admission: Deferred,
+        admission: AdmissionAhead,
         admitted: oneshot::Receiver<bool>,
     ) {
         let admitting = Admitting {
@@ -215,7 +216,7 @@ impl Executor {
                     // Not run here now (it is resumed later), but admitted all the same.
                     let audit = self.inner.audit.clone();
                     tokio::spawn(async move {
-                        let _ = audit.flush(vec![admitting.admission]).await;
+                        let _ = audit.flush(vec![admitting.admission.alone()]).await;
                     });
                 }
                 return;
@@ -336,7 +337,7 @@ impl Executor {
 struct Admitting {
     record: ExecutionRecord,
     /// Not sent yet: it goes ahead of the run's first records.
-    admission: Deferred,
+    admission: AdmissionAhead,
     /// Whether the admission committed, once intake knows.
     admitted: oneshot::Receiver<bool>,
 }
@@ -476,9 +477,9 @@ impl Inner {
     }
 
     /// Sends a run's admission on its own (its outcome goes to intake, not waited for here).
-    async fn send_alone(&self, admission: Option<Deferred>) -> Result<(), RunError> {
+    async fn send_alone(&self, admission: Option<AdmissionAhead>) -> Result<(), RunError> {
         if let Some(admission) = admission {
-            self.audit.flush(vec![admission]).await?;
+            self.audit.flush(vec![admission.alone()]).await?;
         }
         Ok(())
     }

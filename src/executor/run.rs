@@ -27,11 +27,12 @@ use crate::registry::template::{self, TemplateContext};
 use crate::registry::when;
 use crate::safe_halt::Entered;
 use crate::store::audit::{Actor, AuditEvent, Deferred};
+use crate::store::executions::{self, AdmissionAhead};
 use crate::store::halts::{ActiveHalt, HaltCause};
+use crate::store::joint;
 use crate::store::model::{ErrorClass, RollbackCause, RunState, StepState, UndoState};
 use crate::store::steps::{self, StartOutcome, StepEnd, StepEndRecord, StepRecord, StepStart};
 use crate::store::undos::{self, UndoEnd};
-use crate::store::{executions, joint};
 
 /// Undo actions get at least this many attempts before the daemon halts.
 const MIN_UNDO_ATTEMPTS: u32 = 3;
@@ -53,11 +54,24 @@ const HALT_RECHECK: Duration = Duration::from_secs(5);
 
 /// A record held to go with the next append.
 enum Held {
+    /// The run's admission, not sent yet: written with the run's start and its first step's
+    /// when those are the next records ([`steps::record_admission_and_first_start`]), else alone.
+    Admission(AdmissionAhead),
     /// Sent as it is; the action whose outcome it records (if any) is settled once it commits.
     Record(Deferred, Option<OwedKey>),
     /// The run's start (`pending -> running`): written by its first step's start when that is
     /// the next record, else as a record of its own ([`executions::defer_state`]).
     RunStart(AuditEvent),
+}
+
+/// What is held before a step's start, as [`Runner::take_deferred_before_start`] sorts it.
+enum BeforeStart {
+    /// The run's admission and start, nothing else.
+    Admission(AdmissionAhead, AuditEvent),
+    /// Records to send first, then the run's start.
+    RunStart(Vec<Deferred>, Vec<OwedKey>, AuditEvent),
+    /// Records to send first.
+    Records(Vec<Deferred>, Vec<OwedKey>),
 }
 
 /// Where the forward pass ended.
@@ -112,7 +126,7 @@ impl<'a> Runner<'a> {
         run: RunHandle,
         slot: RunSlot,
         fresh: bool,
-        admission: Option<Deferred>,
+        admission: Option<AdmissionAhead>,
     ) -> Runner<'a> {
         let deadline = playbook.playbook().timeout.map(|timeout| {
             let elapsed =
@@ -129,12 +143,7 @@ impl<'a> Runner<'a> {
             slot: Some(slot),
             // The admission goes first, with the run's first records (see
             // [`super::Executor::submit_admitting`]).
-            deferred: Mutex::new(
-                admission
-                    .map(|a| Held::Record(a, None))
-                    .into_iter()
-                    .collect(),
-            ),
+            deferred: Mutex::new(admission.map(Held::Admission).into_iter().collect()),
             fresh,
         }
     }
@@ -161,8 +170,10 @@ impl<'a> Runner<'a> {
     }
 
     /// [`Self::take_deferred`] for a step's start, with the run's start apart when it is the
-    /// last record held: the step's start then writes it ([`steps::record_first_start_after`]).
-    fn take_deferred_before_start(&self) -> (Vec<Deferred>, Vec<OwedKey>, Option<AuditEvent>) {
+    /// last record held (the step's start then writes it, [`steps::record_first_start_after`]),
+    /// and the run's admission apart too when it is the only other one (its statement then
+    /// writes all three, [`steps::record_admission_and_first_start`]).
+    fn take_deferred_before_start(&self) -> BeforeStart {
         let mut held = std::mem::take(&mut *super::lock(&self.deferred));
         let run_start = match held.pop() {
             Some(Held::RunStart(started)) => Some(started),
@@ -172,8 +183,17 @@ impl<'a> Runner<'a> {
             }
             None => None,
         };
+        if let Some(started) = run_start {
+            if let [Held::Admission(_)] = held.as_slice()
+                && let Some(Held::Admission(admission)) = held.pop()
+            {
+                return BeforeStart::Admission(admission, started);
+            }
+            let (records, owed) = self.records(held);
+            return BeforeStart::RunStart(records, owed, started);
+        }
         let (records, owed) = self.records(held);
-        (records, owed, run_start)
+        BeforeStart::Records(records, owed)
     }
 
     /// What is held, as records to send, and the actions whose outcomes they record.
@@ -182,6 +202,7 @@ impl<'a> Runner<'a> {
         let mut owed = Vec::new();
         for held in held {
             match held {
+                Held::Admission(admission) => records.push(admission.alone()),
                 Held::Record(record, key) => {
                     records.push(record);
                     owed.extend(key);
@@ -670,19 +691,34 @@ impl<'a> Runner<'a> {
     /// and tries again (or stops for a cancel, the deadline or shutdown).
     async fn start_step(&self, start: StepStart) -> Result<Start, RunError> {
         loop {
-            let (held, owed, run_start) = self.take_deferred_before_start();
             let perf_t0 = std::time::Instant::now();
             let audit = &self.inner.audit;
             let watch = self.inner.safe_halt.watch();
-            let outcome = match run_start {
-                Some(started) => {
-                    steps::record_first_start_after(audit, held, started, start.clone(), watch)
-                        .await?
+            let outcome = match self.take_deferred_before_start() {
+                BeforeStart::Admission(admission, started) => {
+                    steps::record_admission_and_first_start(
+                        audit,
+                        admission,
+                        started,
+                        start.clone(),
+                    )
+                    .await?
                 }
-                None => steps::record_start_after(audit, held, start.clone(), watch).await?,
+                BeforeStart::RunStart(held, owed, started) => {
+                    let outcome =
+                        steps::record_first_start_after(audit, held, started, start.clone(), watch)
+                            .await?;
+                    self.settle_all(owed);
+                    outcome
+                }
+                BeforeStart::Records(held, owed) => {
+                    let outcome =
+                        steps::record_start_after(audit, held, start.clone(), watch).await?;
+                    self.settle_all(owed);
+                    outcome
+                }
             };
             tracing::debug!(target: "perf", us = perf_t0.elapsed().as_micros(), "start_step");
-            self.settle_all(owed);
             match outcome {
                 StartOutcome::Started => return Ok(Start::Started),
                 StartOutcome::Refused(halt) => {

@@ -456,13 +456,13 @@ impl Intake {
         // when the run cannot start at once; the reply waits for that COMMIT either way.
         let executions::Admission {
             record,
-            deferred,
+            ahead,
             admitted,
         } = executions::prepare_admit(&self.inner.audit, new, self.inner.safe_halt.watch());
         let (committed, run_admitted) = tokio::sync::oneshot::channel();
         self.inner
             .executor
-            .submit_admitting(record, deferred, run_admitted);
+            .submit_admitting(record, ahead, run_admitted);
         let outcome = admitted.outcome().await;
         let _ = committed.send(outcome.is_ok());
         match outcome {

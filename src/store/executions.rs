@@ -5,18 +5,21 @@
 //! Every function that changes a run acts as the audit writer's node and refuses a run of
 //! another node ([`StoreError::OtherNode`]): a host acts only for its own runs.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::store::audit::Tx;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::store::audit::{
     Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope,
 };
 use crate::store::halts::{self, HaltWatch};
-use crate::store::model::{RollbackCause, RunState, Severity};
+use crate::store::model::{RollbackCause, RunState, Severity, StepState};
 use crate::store::rows::{
-    append_as_node, as_node, explain_refusal, index_to_db, not_found, require_own,
+    StepStart, append_as_node, as_node, explain_refusal, index_to_db, not_found, require_own,
 };
 use crate::store::{Store, StoreError, nonces, transitions};
 
@@ -73,11 +76,11 @@ pub async fn admit(
 ) -> Result<ExecutionRecord, AdmitError> {
     let Admission {
         record,
-        deferred,
+        ahead,
         admitted,
     } = prepare_admit(audit, new, watch);
     audit
-        .flush(vec![deferred])
+        .flush(vec![ahead.alone()])
         .await
         .map_err(AdmitError::Unavailable)?;
     admitted.outcome().await?;
@@ -89,11 +92,50 @@ pub async fn admit(
 pub struct Admission {
     /// The run as the admission writes it (see [`execution_record`]).
     pub record: ExecutionRecord,
-    /// The admission's append: its later records are attempted only if it succeeds. Dropped
-    /// unsent, nothing is admitted and [`Admitted::outcome`] says the log is unavailable.
-    pub deferred: Deferred,
+    /// The admission's append, to send alone or with the run's first step's start.
+    pub ahead: AdmissionAhead,
     /// Where its outcome arrives, after the COMMIT that holds it (or its refusal).
     pub admitted: Admitted,
+}
+
+/// An admission's append, not sent yet. Its later records are attempted only if it succeeds;
+/// dropped unsent, nothing is admitted and [`Admitted::outcome`] says the log is unavailable.
+///
+/// Sent [`alone`](Self::alone), it writes the run `pending`. Sent by
+/// [`steps::record_admission_and_first_start`](super::steps::record_admission_and_first_start)
+/// with the run's start and its first step's start right behind it, its one statement writes
+/// the nonce, the run `running` at that step, and the step `running`: the run is never written
+/// `pending` to be rewritten `running` by the next statement (a new version of the row in every
+/// index of the table, its transition guard and CHECKs: a tenth of the writer backend's work a
+/// noop-3 run, `benches/sql/guard.sh`). The nonce, the halt and the node are checked by the
+/// same statement either way; with the start, the step's record cannot meet a SAFE-HALT the
+/// admission did not meet (both are read once, by that statement).
+pub struct AdmissionAhead {
+    execution_id: Uuid,
+    deferred: Deferred,
+    /// Set (once, before the append is sent) when the first step's start is written with it;
+    /// read by the admission's effect, each time it runs.
+    first_step: Arc<OnceLock<StepStart>>,
+}
+
+impl AdmissionAhead {
+    /// The admission on its own: the run `pending`.
+    pub fn alone(self) -> Deferred {
+        self.deferred
+    }
+
+    /// The run this admission writes.
+    pub(crate) fn execution_id(&self) -> Uuid {
+        self.execution_id
+    }
+
+    /// The admission writing `start` too: only for a request that carries the records of the
+    /// run's start and of `start` right after it (see the type's documentation).
+    pub(crate) fn with_first_step(self, start: StepStart) -> Deferred {
+        // A fresh cell that nothing else has set: this cannot fail.
+        let _ = self.first_step.set(start);
+        self.deferred
+    }
 }
 
 /// The outcome of an [`Admission`], answered to whoever awaits it, not to whoever sends it.
@@ -116,39 +158,70 @@ impl Admitted {
 pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) -> Admission {
     let record = execution_record(&new, audit.node_id(), crate::store::chain::now_micros());
     let scope = Scope::Execution(new.execution_id);
-    let effect = as_node(audit, (new, watch.clone()), |tx, node_id, (new, watch)| {
+    let execution_id = new.execution_id;
+    let first_step = Arc::new(OnceLock::new());
+    let captured = (new, watch.clone(), first_step.clone());
+    let effect = as_node(audit, captured, |tx, node_id, (new, watch, first_step)| {
         Box::pin(async move {
             if let Some(halt) = watch.current() {
                 return Err(StoreError::Halted(Box::new(halt)));
             }
+            let first_step: Option<&StepStart> = first_step.get();
             let binding = json!({
                 "policy": new.binding.policy, "outcome": new.binding.outcome,
                 "org_id": new.binding.org_id, "playbook": new.binding.playbook,
                 "require_approval": new.binding.require_approval,
             });
             let subject = Value::Object(new.subject.clone());
-            // One statement, one round trip: the nonce and the run, or neither.
+            // One statement, one round trip: the nonce and the run (and its first step), or
+            // nothing.
+            let (state, current_step) = match first_step {
+                Some(start) => (RunState::Running, Some(index_to_db(start.index))),
+                None => (RunState::Pending, None),
+            };
+            let version = i64::from(new.version);
+            let requested_by_uid = i64::from(new.requested_by_uid);
+            let (sha256, state, severity) =
+                (new.sha256.as_slice(), state.as_str(), new.severity.as_str());
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                &new.execution_id,
+                &node_id,
+                &new.playbook_id,
+                &version,
+                &sha256,
+                &state,
+                &new.nonce,
+                &new.decision_id,
+                &new.policy,
+                &new.outcome,
+                &new.org_id,
+                &severity,
+                &subject,
+                &requested_by_uid,
+                &binding,
+                &current_step,
+            ];
+            // Bound out here, for `params` to borrow them.
+            let step_state = StepState::Running.as_str();
+            let (idempotency_key, params_sha256);
+            let sql = match first_step {
+                Some(start) => {
+                    idempotency_key = start.idempotency_key.as_slice();
+                    params_sha256 = start.params_sha256.as_slice();
+                    params.extend_from_slice(&[
+                        &start.step_id,
+                        &start.action,
+                        &step_state,
+                        &start.attempt,
+                        &idempotency_key,
+                        &params_sha256,
+                    ]);
+                    ADMIT_AND_START
+                }
+                None => ADMIT,
+            };
             let inserted = tx
-                .query_opt(
-                    ADMIT,
-                    &[
-                        &new.execution_id,
-                        &node_id,
-                        &new.playbook_id,
-                        &i64::from(new.version),
-                        &new.sha256.as_slice(),
-                        &RunState::Pending.as_str(),
-                        &new.nonce,
-                        &new.decision_id,
-                        &new.policy,
-                        &new.outcome,
-                        &new.org_id,
-                        &new.severity.as_str(),
-                        &subject,
-                        &i64::from(new.requested_by_uid),
-                        &binding,
-                    ],
-                )
+                .query_opt(sql, &params)
                 .await
                 .map_err(nonces::replay_or_query)?;
             if inserted.is_none() {
@@ -188,15 +261,21 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
     let (deferred, answer) = audit.defer_answered_in(scope, effect);
     Admission {
         record,
-        deferred,
+        ahead: AdmissionAhead {
+            execution_id,
+            deferred,
+            first_step,
+        },
         admitted: Admitted(answer),
     }
 }
 
-/// The run `new` as its admission writes it for node `node_id`, as [`load`] would read it back
-/// but for `started_at`: the database stamps the row with its transaction's time, which the
-/// caller cannot know before the COMMIT; `started_at` (taken before the admission is sent, so
-/// not later than the stored one) makes the run's deadline count from no later than that.
+/// The run `new` as its admission writes it for node `node_id` when sent alone (`pending`), as
+/// [`load`] would read it back but for `started_at`: the database stamps the row with its
+/// transaction's time, which the caller cannot know before the COMMIT; `started_at` (taken
+/// before the admission is sent, so not later than the stored one) makes the run's deadline
+/// count from no later than that. Sent with the run's first step's start
+/// ([`AdmissionAhead`]), the admission writes the run as that start leaves it.
 pub fn execution_record(
     new: &NewExecution,
     node_id: &str,
@@ -225,6 +304,36 @@ pub fn execution_record(
     }
 }
 
+/// The nonce, as [`ADMIT`] and [`ADMIT_AND_START`] write it (`used`), unless a SAFE-HALT of this
+/// node (or the fleet) is active or the nonce was used before.
+macro_rules! used_nonce {
+    () => {
+        concat!(
+            "WITH used AS ( \
+                INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
+                SELECT $7::text, now(), $1::uuid \
+                WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
+            halts::in_force!("$2::text"),
+            ") \
+                ON CONFLICT (nonce) DO NOTHING \
+                RETURNING execution_id)"
+        )
+    };
+}
+
+/// The run, written only with its nonce: `$6` its state, `$16` its current step.
+macro_rules! run_from_nonce {
+    () => {
+        "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
+            playbook_sha256, state, current_step, nonce, policy_decision_id, policy, outcome, \
+            org_id, severity, subject, requested_by_uid, binding, started_at, updated_at) \
+        SELECT used.execution_id, $2::text, $3::text, $4::int8, $5::bytea, $6::text, $16::int4, \
+            $7::text, $8::text, $9::text, $10::text, $11::text, $12::text, $13::jsonb, $14::int8, \
+            $15::jsonb, now(), now() \
+        FROM used"
+    };
+}
+
 /// Records the nonce and the run in one statement, unless a SAFE-HALT of this node (or the
 /// fleet) is active or the nonce was used before: then neither is written and no row comes back.
 /// `ON CONFLICT DO NOTHING` waits for a concurrent transaction holding the same nonce and, if
@@ -232,21 +341,25 @@ pub fn execution_record(
 /// nonce still raises one for a nonce pruned from `playbook_nonces` but not from the runs.
 /// Every parameter is cast: in `INSERT … SELECT` they take no type from the target columns.
 const ADMIT: &str = concat!(
-    "WITH used AS ( \
-        INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
-        SELECT $7::text, now(), $1::uuid \
-        WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
-    halts::in_force!("$2::text"),
-    ") \
-        ON CONFLICT (nonce) DO NOTHING \
-        RETURNING execution_id) \
-    INSERT INTO playbook_executions (execution_id, node_id, playbook_id, playbook_version, \
-        playbook_sha256, state, nonce, policy_decision_id, policy, outcome, org_id, severity, \
-        subject, requested_by_uid, binding, started_at, updated_at) \
-    SELECT used.execution_id, $2::text, $3::text, $4::int8, $5::bytea, $6::text, $7::text, \
-        $8::text, $9::text, $10::text, $11::text, $12::text, $13::jsonb, $14::int8, $15::jsonb, \
-        now(), now() \
-    FROM used \
+    used_nonce!(),
+    " ",
+    run_from_nonce!(),
+    " RETURNING started_at"
+);
+
+/// [`ADMIT`] with the run's first step (`$16` its index, `$17`–`$22` its row): the step is
+/// written only with the run, the run only with the nonce; no row comes back when nothing was
+/// written.
+const ADMIT_AND_START: &str = concat!(
+    used_nonce!(),
+    ", run AS (",
+    run_from_nonce!(),
+    " RETURNING execution_id) \
+    INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, attempts, \
+        idempotency_key, params_sha256, started_at) \
+    SELECT execution_id, $16::int4, $17::text, $18::text, $19::text, $20::int4, $21::bytea, \
+        $22::bytea, now() \
+    FROM run \
     RETURNING started_at"
 );
 

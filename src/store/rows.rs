@@ -4,7 +4,9 @@
 //! - a step index is stored as an `integer` ([`index_to_db`], [`index_from_db`]);
 //! - each change is an effect run as this node ([`as_node`]), most of them appended at once
 //!   ([`append_as_node`]);
-//! - a JSON value (parameters, outputs, subjects) is hashed one way ([`params_hash`]).
+//! - a JSON value (parameters, outputs, subjects) is hashed one way ([`params_hash`]);
+//! - what a step's start writes ([`StepStart`]), by a statement of [`super::steps`] or, for a
+//!   run's first step, by the run's admission ([`super::executions::AdmissionAhead`]).
 //!
 //! These only read `playbook_executions`; [`super::executions`] writes it.
 
@@ -14,6 +16,19 @@ use uuid::Uuid;
 use crate::store::StoreError;
 use crate::store::audit::{AppendError, AuditEvent, AuditHandle, Effect, Scope, Tx};
 use crate::store::model::RunState;
+
+/// What is written when a step (or an attempt of it) starts.
+#[derive(Debug, Clone)]
+pub struct StepStart {
+    pub execution_id: Uuid,
+    pub index: usize,
+    pub step_id: String,
+    pub action: String,
+    pub attempt: i32,
+    pub idempotency_key: [u8; 32],
+    /// SHA-256 of the rendered parameters (what ran, without storing secrets).
+    pub params_sha256: [u8; 32],
+}
 
 /// Refuses unless run `id` is this node's and has not ended; its state when it has not.
 pub(crate) async fn require_open_run(

@@ -22,7 +22,7 @@ use crate::store::audit::{
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
-pub use crate::store::rows::params_hash;
+pub use crate::store::rows::{StepStart, params_hash};
 use crate::store::rows::{as_node, explain_refusal, index_from_db, index_to_db, require_open_run};
 use crate::store::{Store, StoreError, executions, transitions};
 use crate::text;
@@ -60,19 +60,6 @@ pub async fn load(store: &Store, id: Uuid) -> Result<HashMap<usize, StepRecord>,
         );
     }
     Ok(steps)
-}
-
-/// What is written when a step (or an attempt of it) starts.
-#[derive(Debug, Clone)]
-pub struct StepStart {
-    pub execution_id: Uuid,
-    pub index: usize,
-    pub step_id: String,
-    pub action: String,
-    pub attempt: i32,
-    pub idempotency_key: [u8; 32],
-    /// SHA-256 of the rendered parameters (what ran, without storing secrets).
-    pub params_sha256: [u8; 32],
 }
 
 /// Whether an action may start.
@@ -130,6 +117,39 @@ pub async fn record_first_start_after(
     watch: &HaltWatch,
 ) -> Result<StartOutcome, AppendError> {
     send_start(audit, before, Some(started), start, watch).await
+}
+
+/// A run's admission, its start and its first step's start as one request whose one statement
+/// writes them all ([`executions::AdmissionAhead`]): the nonce, the run `running` at the step,
+/// the step `running`; then `decision.accepted`, `started` (as [`executions::defer_state`]
+/// records it) and `step.started`, as the admission sent ahead of
+/// [`record_first_start_after`] records them. The admission refuses for a SAFE-HALT (in memory
+/// or in the database, read by that statement) or a used nonce, and then nothing of the
+/// request is written: the records behind it are attempted only if it succeeded, so the start
+/// is `Started` whenever the request commits. The run and step are those of the admission.
+pub async fn record_admission_and_first_start(
+    audit: &AuditHandle,
+    admission: executions::AdmissionAhead,
+    started: AuditEvent,
+    start: StepStart,
+) -> Result<StartOutcome, AppendError> {
+    let id = admission.execution_id();
+    let start = StepStart {
+        execution_id: id,
+        ..start
+    };
+    let run_started = executions::state_event(started, id, RunState::Running);
+    let (step_started, _) = start_event(start.clone(), None);
+    let before = vec![admission.with_first_step(start)];
+    // Written by the admission's statement, just before this in the same transaction.
+    let effect: RecordsEffect<StartOutcome> = Box::new(move |_tx| {
+        let records = Records::after([run_started.clone()], step_started.clone());
+        Box::pin(async move { Ok((records, StartOutcome::Started)) })
+    });
+    let (_, outcome) = audit
+        .append_after_in(Scope::Execution(id), before, effect)
+        .await?;
+    Ok(outcome)
 }
 
 /// Sends the start's record (with the run's start, recorded by `run_start`, when given) after

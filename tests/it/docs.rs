@@ -7,6 +7,7 @@
 //! - docs/configuration.md names every key `Config` accepts, and nothing else. The keys are read
 //!   from the parser itself: every table refuses unknown fields, and serde's refusal lists the
 //!   fields the table has, so a key added to src/config.rs without a line here fails this test.
+//! - README.md's state-ownership checks print nothing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -199,5 +200,38 @@ fn configuration_reference_names_every_config_key_and_no_other() {
     assert!(
         missing.is_empty() && unknown.is_empty(),
         "docs/configuration.md is out of date: keys without a row {missing:?}; rows naming no key {unknown:?}"
+    );
+}
+
+/// The README's "State ownership" checks print nothing: each table is written by its owner
+/// module only (but for the multi-table statements the block names), no SQL naming the tables
+/// outside the store but for the readers it names, and the modules that decide states deny
+/// wildcard arms. The block is run as the README shows it, from the repository's root.
+#[test]
+fn readme_state_ownership_checks_print_nothing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let heading = "Checks (each prints nothing";
+    let after = &readme[readme.find(heading).expect("the README's checks")..];
+    let start = after
+        .find("```sh\n")
+        .expect("an sh block after the heading")
+        + "```sh\n".len();
+    let block = &after[start..start + after[start..].find("```").unwrap()];
+    assert!(block.contains("grep"), "{block}");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(block)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.is_empty(),
+        "the README's checks printed:\n{printed}"
     );
 }

@@ -520,37 +520,141 @@ async fn record_version(audit: &AuditHandle) {
 }
 
 async fn admit(audit: &AuditHandle, watch: &HaltWatch) -> Uuid {
-    let id = Uuid::new_v4();
+    let new = new_execution(Uuid::new_v4().simple().to_string());
+    let id = new.execution_id;
+    executions::admit(audit, new, watch).await.unwrap();
+    id
+}
+
+/// A run of the test playbook to admit with `nonce`.
+fn new_execution(nonce: String) -> NewExecution {
     let sha256: [u8; 32] = Sha256::digest(PLAYBOOK).into();
-    executions::admit(
-        audit,
-        NewExecution {
-            execution_id: id,
-            playbook_id: "store-test".into(),
-            version: 1,
-            sha256,
-            nonce: Uuid::new_v4().simple().to_string(),
-            decision_id: "d-1".into(),
+    NewExecution {
+        execution_id: Uuid::new_v4(),
+        playbook_id: "store-test".into(),
+        version: 1,
+        sha256,
+        nonce,
+        decision_id: "d-1".into(),
+        policy: "p".into(),
+        outcome: "o".into(),
+        org_id: "acme".into(),
+        severity: Severity::High,
+        subject: serde_json::Map::new(),
+        requested_by_uid: 0,
+        binding: BindingRecord {
             policy: "p".into(),
             outcome: "o".into(),
-            org_id: "acme".into(),
-            severity: Severity::High,
-            subject: serde_json::Map::new(),
-            requested_by_uid: 0,
-            binding: BindingRecord {
-                policy: "p".into(),
-                outcome: "o".into(),
-                org_id: None,
-                playbook: "store-test".into(),
-                require_approval: false,
-            },
-            ignored_subject_keys: Vec::new(),
+            org_id: None,
+            playbook: "store-test".into(),
+            require_approval: false,
         },
-        watch,
+        ignored_subject_keys: Vec::new(),
+    }
+}
+
+/// A run's admission written with its start and its first step's start
+/// (`steps::record_admission_and_first_start`: one statement, the run never `pending`) writes
+/// and records what the admission followed by `steps::record_first_start_after` does; a used
+/// nonce or a SAFE-HALT known only to the database refuses the admission, and nothing of the
+/// run is written.
+#[tokio::test]
+async fn a_runs_admission_written_with_its_first_steps_start_is_the_records_apart() {
+    let db = TestDb::new().await;
+    let shutdown = CancellationToken::new();
+    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let no_halt = HaltWatch::new(None);
+    record_version(&audit).await;
+    let started = || AuditEvent::new("execution.started", audit::Actor::System);
+
+    let apart = admit(&audit, &no_halt).await;
+    let outcome = steps::record_first_start_after(
+        &audit,
+        Vec::new(),
+        started(),
+        step_start(apart, 0),
+        &no_halt,
     )
     .await
     .unwrap();
-    id
+    assert_eq!(outcome, StartOutcome::Started);
+
+    let nonce = Uuid::new_v4().simple().to_string();
+    let executions::Admission {
+        record,
+        ahead,
+        admitted,
+    } = executions::prepare_admit(&audit, new_execution(nonce.clone()), &no_halt);
+    let together = record.id;
+    let outcome =
+        steps::record_admission_and_first_start(&audit, ahead, started(), step_start(together, 0))
+            .await
+            .unwrap();
+    assert_eq!(outcome, StartOutcome::Started);
+    admitted.outcome().await.unwrap();
+    let written = run_written(&client, together).await;
+    assert_eq!(written, run_written(&client, apart).await);
+    assert_eq!(
+        (written.state.as_str(), written.current_step),
+        ("running", Some(0))
+    );
+    assert_eq!(event_types(&written), ["execution.started", "step.started"]);
+    let first_event: String = query_value(
+        &client,
+        "SELECT event_type FROM playbook_audit_log WHERE event_data ->> 'execution_id' = $1 \
+         ORDER BY seq LIMIT 1",
+        &[&together.to_string()],
+    )
+    .await;
+    assert_eq!(first_event, "decision.accepted");
+
+    // The same nonce again: refused as a replay, nothing of the second run written.
+    let (admitted, written) = refused_with_first_start(&audit, &client, nonce).await;
+    assert!(
+        matches!(admitted, Err(executions::AdmitError::Replay(_))),
+        "{admitted:?}"
+    );
+    assert_eq!(written, 0);
+
+    // A SAFE-HALT the writer knows only from the database: nothing written either.
+    crate::helpers::insert_unnotified_fleet_halt(&client, "fleet halt for the test").await;
+    let nonce = Uuid::new_v4().simple().to_string();
+    let (admitted, written) = refused_with_first_start(&audit, &client, nonce).await;
+    assert!(
+        matches!(admitted, Err(executions::AdmitError::Halted(_))),
+        "{admitted:?}"
+    );
+    assert_eq!(written, 0);
+    shutdown.cancel();
+}
+
+/// A run admitted with `nonce` and its first step's start as one request
+/// (`steps::record_admission_and_first_start`), expected to be refused: the admission's outcome
+/// and the rows written for the run (its row, its steps, its nonce).
+async fn refused_with_first_start(
+    audit: &AuditHandle,
+    client: &tokio_postgres::Client,
+    nonce: String,
+) -> (Result<(), executions::AdmitError>, i64) {
+    let admission = executions::prepare_admit(audit, new_execution(nonce), &HaltWatch::new(None));
+    let id = admission.record.id;
+    let started = AuditEvent::new("execution.started", audit::Actor::System);
+    let refused =
+        steps::record_admission_and_first_start(audit, admission.ahead, started, step_start(id, 0))
+            .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let written = query_value(
+        client,
+        "SELECT (SELECT count(*) FROM playbook_executions WHERE execution_id = $1) \
+              + (SELECT count(*) FROM playbook_step_runs WHERE execution_id = $1) \
+              + (SELECT count(*) FROM playbook_nonces WHERE execution_id = $1)",
+        &[&id],
+    )
+    .await;
+    (admission.admitted.outcome().await, written)
 }
 
 /// The start of run `id` with its first step `s0`: the run's start and the step's as two records
@@ -657,23 +761,24 @@ async fn started(audit: &AuditHandle, id: Uuid) {
 }
 
 async fn start_step(audit: &AuditHandle, watch: &HaltWatch, id: Uuid, index: usize) {
-    let step_id = format!("s{index}");
-    let outcome = steps::record_start(
-        audit,
-        StepStart {
-            execution_id: id,
-            index,
-            step_id: step_id.clone(),
-            action: "exec".into(),
-            attempt: 1,
-            idempotency_key: steps::step_key(id, &step_id),
-            params_sha256: [0; 32],
-        },
-        watch,
-    )
-    .await
-    .unwrap();
+    let outcome = steps::record_start(audit, step_start(id, index), watch)
+        .await
+        .unwrap();
     assert_eq!(outcome, StartOutcome::Started);
+}
+
+/// The first attempt of step `s{index}` of run `id`.
+fn step_start(id: Uuid, index: usize) -> StepStart {
+    let step_id = format!("s{index}");
+    StepStart {
+        execution_id: id,
+        index,
+        idempotency_key: steps::step_key(id, &step_id),
+        step_id,
+        action: "exec".into(),
+        attempt: 1,
+        params_sha256: [0; 32],
+    }
 }
 
 async fn end_step(
