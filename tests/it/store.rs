@@ -244,14 +244,9 @@ async fn illegal_transitions_are_refused_by_the_database_even_for_the_daemons_ro
 /// too), the run then started all the same.
 #[tokio::test]
 async fn a_runs_start_written_with_its_first_steps_is_the_two_records_apart() {
-    let db = TestDb::new().await;
-    let shutdown = CancellationToken::new();
-    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
-        .await
-        .unwrap();
+    let (db, audit, shutdown) = writer_with_version().await;
     let client = db.client().await;
     let no_halt = HaltWatch::new(None);
-    record_version(&audit).await;
     // Admitted before the halt below, which refuses admissions; a pair each: apart, together.
     let mut pairs = Vec::new();
     for _ in 0..4 {
@@ -316,15 +311,8 @@ fn arbitrary_bytes_in_everything_a_step_produces_are_stored_and_read_back() {
         .enable_all()
         .build()
         .unwrap();
-    let (db, audit, watch, shutdown) = runtime.block_on(async {
-        let db = TestDb::new().await;
-        let shutdown = CancellationToken::new();
-        let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
-            .await
-            .unwrap();
-        record_version(&audit).await;
-        (db, audit, HaltWatch::new(None), shutdown)
-    });
+    let (db, audit, shutdown) = runtime.block_on(writer_with_version());
+    let watch = HaltWatch::new(None);
     let mut runner = TestRunner::new(Config {
         cases: 40,
         failure_persistence: None,
@@ -496,6 +484,18 @@ fn hostile_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A test database with this node's audit writer on it and the test playbook's version
+/// recorded; cancel the token to stop the writer.
+async fn writer_with_version() -> (TestDb, AuditHandle, CancellationToken) {
+    let db = TestDb::new().await;
+    let shutdown = CancellationToken::new();
+    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
+        .await
+        .unwrap();
+    record_version(&audit).await;
+    (db, audit, shutdown)
+}
+
 async fn record_version(audit: &AuditHandle) {
     let sha256: [u8; 32] = Sha256::digest(PLAYBOOK).into();
     let new = NewVersion {
@@ -560,14 +560,9 @@ fn new_execution(nonce: String) -> NewExecution {
 /// run is written.
 #[tokio::test]
 async fn a_runs_admission_written_with_its_first_steps_start_is_the_records_apart() {
-    let db = TestDb::new().await;
-    let shutdown = CancellationToken::new();
-    let (audit, _task) = audit::start_writer(db.config.clone(), NODE.into(), shutdown.clone())
-        .await
-        .unwrap();
+    let (db, audit, shutdown) = writer_with_version().await;
     let client = db.client().await;
     let no_halt = HaltWatch::new(None);
-    record_version(&audit).await;
     let started = || AuditEvent::new("execution.started", audit::Actor::System);
 
     let apart = admit(&audit, &no_halt).await;
