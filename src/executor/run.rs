@@ -694,31 +694,31 @@ impl<'a> Runner<'a> {
             let perf_t0 = std::time::Instant::now();
             let audit = &self.inner.audit;
             let watch = self.inner.safe_halt.watch();
-            let outcome = match self.take_deferred_before_start() {
+            let (outcome, owed) = match self.take_deferred_before_start() {
                 BeforeStart::Admission(admission, started) => {
-                    steps::record_admission_and_first_start(
+                    let outcome = steps::record_admission_and_first_start(
                         audit,
                         admission,
                         started,
                         start.clone(),
                     )
-                    .await?
+                    .await?;
+                    (outcome, Vec::new())
                 }
                 BeforeStart::RunStart(held, owed, started) => {
                     let outcome =
                         steps::record_first_start_after(audit, held, started, start.clone(), watch)
                             .await?;
-                    self.settle_all(owed);
-                    outcome
+                    (outcome, owed)
                 }
                 BeforeStart::Records(held, owed) => {
                     let outcome =
                         steps::record_start_after(audit, held, start.clone(), watch).await?;
-                    self.settle_all(owed);
-                    outcome
+                    (outcome, owed)
                 }
             };
             tracing::debug!(target: "perf", us = perf_t0.elapsed().as_micros(), "start_step");
+            self.settle_all(owed);
             match outcome {
                 StartOutcome::Started => return Ok(Start::Started),
                 StartOutcome::Refused(halt) => {
