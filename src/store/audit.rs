@@ -56,6 +56,10 @@ use crate::store::anchor::{Anchor, ChainLoss, OpenCheck, RecordedCut};
 use crate::store::chain::{ChainHead, GENESIS_HASH, now_micros};
 use crate::store::{StoreError, connect_single};
 
+mod together;
+use together::Together;
+pub use together::{Params, SetRow, TypedParams};
+
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
@@ -242,7 +246,9 @@ pub struct Tx<'t> {
     transaction: &'t Client,
     statements: &'t StatementCache,
     /// This job's place in its request, when the request's jobs run side by side.
-    turn: Option<Turn<'t>>,
+    turn: Option<Turn>,
+    /// Where rows of the requests side by side meet ([`Tx::query_set`]): in a pipelined attempt.
+    together: Option<&'t Together>,
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -262,15 +268,32 @@ impl<'t> Tx<'t> {
             transaction,
             statements,
             turn: None,
+            together: None,
+        }
+    }
+
+    /// A pipelined attempt's transaction: its requests' rows of one kind meet in `together`.
+    fn side_by_side(
+        transaction: &'t Client,
+        statements: &'t StatementCache,
+        together: &'t Together,
+    ) -> Tx<'t> {
+        Tx {
+            together: Some(together),
+            ..Tx::new(transaction, statements)
         }
     }
 
     /// The same transaction, for job `job` of a request whose jobs run side by side.
-    fn in_turn(&self, order: &'t RequestOrder, job: usize) -> Tx<'t> {
+    fn in_turn(&self, order: &Arc<RequestOrder>, job: usize) -> Tx<'t> {
         Tx {
             transaction: self.transaction,
             statements: self.statements,
-            turn: Some(Turn { order, job }),
+            turn: Some(Turn {
+                order: Arc::clone(order),
+                job,
+            }),
+            together: self.together,
         }
     }
 
@@ -301,13 +324,18 @@ impl<'t> Tx<'t> {
 }
 
 /// A job's place among the jobs of its request when they run side by side (see `run_request`).
-#[derive(Clone, Copy)]
-struct Turn<'t> {
-    order: &'t RequestOrder,
+#[derive(Clone)]
+struct Turn {
+    order: Arc<RequestOrder>,
     job: usize,
 }
 
-impl Turn<'_> {
+impl Turn {
+    /// Whether both are jobs of one request.
+    fn same_request(&self, other: &Turn) -> bool {
+        Arc::ptr_eq(&self.order, &other.order)
+    }
+
     /// This job sends a statement now: out of order if a later job of the request sent one
     /// already (its effect then did not run after this one's, as the request says).
     fn sending(&self) {
@@ -1713,7 +1741,8 @@ async fn prepare_pipelined<'n>(
 ) -> Pipelined<'n> {
     let segments = segments(batch);
     let transaction = link.client;
-    let tx = Tx::new(transaction, link.statements);
+    let together = Together::default();
+    let tx = Tx::side_by_side(transaction, link.statements, &together);
     let failed = AtomicBool::new(false);
     perf.mark(0);
     // BEGIN is polled first, so it is sent ahead of the first effect's first statement.
@@ -1851,7 +1880,7 @@ async fn run_request(
     if failed.load(Ordering::Relaxed) {
         return (jobs.into_iter().map(|job| (job, None)).collect(), false);
     }
-    let order = RequestOrder::new(jobs.len());
+    let order = Arc::new(RequestOrder::new(jobs.len()));
     let turns: Vec<Tx<'_>> = (0..jobs.len()).map(|job| tx.in_turn(&order, job)).collect();
     // `join_all` first polls its futures in order, so each job's first statement is sent
     // before the next job's (were it otherwise, `order` would see it).

@@ -10,11 +10,12 @@ use std::sync::{Arc, OnceLock};
 use crate::store::audit::Tx;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::store::audit::{
-    Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Scope,
+    Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Scope, SetRow,
+    TypedParams,
 };
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity, StepState};
@@ -665,6 +666,8 @@ pub(crate) async fn mark_safe_halted(
 }
 
 /// `UPDATE … SET state = to WHERE state = ANY(sources(to))` for this node's run; the row count.
+/// The changes of other runs written at the same moment share the statement
+/// ([`Tx::query_set`]).
 async fn guarded_update(
     tx: &Tx<'_>,
     id: Uuid,
@@ -672,22 +675,98 @@ async fn guarded_update(
     to: RunState,
     end_reason: Option<&str>,
 ) -> Result<u64, StoreError> {
-    Ok(tx
-        .execute(
-            "UPDATE playbook_executions SET state = $3, updated_at = now(), \
-             completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, \
-             end_reason = COALESCE($6, end_reason) \
-             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5)",
-            &[
-                &id,
-                &node_id,
-                &to.as_str(),
-                &to.is_terminal(),
-                &transitions::run_sources(to),
-                &end_reason,
-            ],
-        )
-        .await?)
+    let change = RunStateChange {
+        execution_id: id,
+        node_id: node_id.to_owned(),
+        to,
+        end_reason: end_reason.map(str::to_owned),
+    };
+    Ok(tx.query_set(change).await?.len() as u64)
+}
+
+/// The completion of each of `runs` (`store::set_row_statements`).
+pub(crate) fn completions(runs: &[Uuid], node_id: &str) -> Vec<RunStateChange> {
+    let completed = |&execution_id: &Uuid| RunStateChange {
+        execution_id,
+        node_id: node_id.to_owned(),
+        to: RunState::Completed,
+        end_reason: None,
+    };
+    runs.iter().map(completed).collect()
+}
+
+/// A row of [`guarded_update`]'s statement: one comes back when the run changed.
+pub(crate) struct RunStateChange {
+    execution_id: Uuid,
+    node_id: String,
+    to: RunState,
+    end_reason: Option<String>,
+}
+
+impl SetRow for RunStateChange {
+    const ONE: &'static str = "UPDATE playbook_executions SET state = $3, updated_at = now(), \
+            completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, \
+            end_reason = COALESCE($6, end_reason) \
+        WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
+        RETURNING 1::int8";
+
+    fn one(&self) -> Params {
+        vec![
+            Box::new(self.execution_id),
+            Box::new(self.node_id.clone()),
+            Box::new(self.to.as_str()),
+            Box::new(self.to.is_terminal()),
+            Box::new(transitions::run_sources(self.to)),
+            Box::new(self.end_reason.clone()),
+        ]
+    }
+
+    const MANY: &'static str = "UPDATE playbook_executions e SET state = v.state, \
+            updated_at = now(), \
+            completed_at = CASE WHEN v.terminal THEN now() ELSE e.completed_at END, \
+            end_reason = COALESCE(v.end_reason, e.end_reason) \
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[]) \
+            WITH ORDINALITY AS v(execution_id, node_id, state, terminal, sources, end_reason, i) \
+        WHERE e.execution_id = v.execution_id AND e.node_id = v.node_id \
+        AND e.state = ANY(v.sources::text[]) \
+        RETURNING v.i";
+
+    fn many(rows: &[Self]) -> TypedParams {
+        vec![
+            (
+                Box::new(rows.iter().map(|r| r.execution_id).collect::<Vec<_>>()),
+                Type::UUID_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.to.is_terminal()).collect::<Vec<_>>()),
+                Type::BOOL_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| transitions::sources_literal(&transitions::run_sources(r.to)))
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.end_reason.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+        ]
+    }
 }
 
 fn decode_binding(binding: &Value) -> Result<BindingRecord, StoreError> {

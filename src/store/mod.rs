@@ -71,6 +71,10 @@ pub enum StoreError {
     BuildPool(#[source] deadpool_postgres::BuildError),
     #[error("database query failed")]
     Query(#[from] tokio_postgres::Error),
+    /// A statement that wrote the rows of several requests at once failed
+    /// (`store::audit::SetRow`): each of them sees its error.
+    #[error("database query failed (a statement writing the rows of several requests)")]
+    QueryTogether(#[source] std::sync::Arc<tokio_postgres::Error>),
     #[error("failed to apply migrations")]
     Migrate(#[source] refinery::Error),
     #[error(
@@ -191,6 +195,32 @@ impl Store {
         client.simple_query("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// The statements that write the rows of several runs at once ([`audit::SetRow::MANY`]), with
+/// the parameters of `rows` of each: the rows of a step's end, of a step's start with its run,
+/// and of a run's change of state, for those `runs` and their first step. For the test that
+/// checks how they are planned (`tests/it/store.rs`).
+#[doc(hidden)]
+pub fn set_row_statements(
+    runs: &[uuid::Uuid],
+    node_id: &str,
+) -> Vec<(&'static str, audit::TypedParams)> {
+    use audit::SetRow;
+    vec![
+        (
+            steps::AttemptEnd::MANY,
+            steps::AttemptEnd::many(&steps::attempt_ends(runs)),
+        ),
+        (
+            steps::RunAndStepStart::MANY,
+            steps::RunAndStepStart::many(&steps::run_and_step_starts(runs, node_id)),
+        ),
+        (
+            executions::RunStateChange::MANY,
+            executions::RunStateChange::many(&executions::completions(runs, node_id)),
+        ),
+    ]
 }
 
 /// Opens one dedicated connection (not pooled), with a deadline, and drives it in the background.

@@ -16,9 +16,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use tokio_postgres::types::Type;
+
 use crate::store::audit::{
-    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Records, RecordsEffect, Scope,
-    Tx,
+    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Records, RecordsEffect,
+    Scope, SetRow, Tx, TypedParams,
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -231,8 +233,9 @@ fn start_event(start: StepStart, halted: Option<ActiveHalt>) -> (AuditEvent, Sta
 
 /// The run `running` at the step and the step `running` at its attempt, in one statement (one
 /// round trip, one executor start in the writer's backend, where every statement of every run
-/// is executed one after the other). The run's change is guarded by the transition table, this
-/// node **and the absence of an active SAFE-HALT of this node or the fleet, read in the same
+/// is executed one after the other; the starts of other runs written at the same moment share
+/// it, see [`Tx::query_set`]). The run's change is guarded by the transition table, this node
+/// **and the absence of an active SAFE-HALT of this node or the fleet, read in the same
 /// statement**; the step is written only if the run moved, and only from a state the table
 /// allows. `Ok(Some(halt))` when a halt refused the start (nothing written); an error when the
 /// run may not start a step or the step may not start.
@@ -241,55 +244,173 @@ async fn start_run_and_step(
     start: &StepStart,
     node_id: &str,
 ) -> Result<Option<ActiveHalt>, StoreError> {
-    let row = tx
-        .query_one(
-            concat!(
-                "WITH run AS ( \
-                UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
-                WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
-                AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
-                halts::in_force!("$2"),
-                ") \
-                RETURNING execution_id), \
-             step AS ( \
-                INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
-                    attempts, idempotency_key, params_sha256, started_at) \
-                SELECT execution_id, $4, $6, $7, $8, $9, $10, $11, now() FROM run \
-                ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
-                    attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
-                    error = NULL, error_class = NULL, finished_at = NULL \
-                WHERE playbook_step_runs.state = ANY($12) \
-                RETURNING 1) \
-             SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM step)"
-            ),
-            &[
-                &start.execution_id,
-                &node_id,
-                &RunState::Running.as_str(),
-                &index_to_db(start.index),
-                &transitions::run_sources(RunState::Running),
-                &start.step_id,
-                &start.action,
-                &StepState::Running.as_str(),
-                &start.attempt,
-                &start.idempotency_key.as_slice(),
-                &start.params_sha256.as_slice(),
-                &transitions::step_sources(StepState::Running),
-            ],
-        )
+    let rows = tx
+        .query_set(RunAndStepStart {
+            start: start.clone(),
+            node_id: node_id.to_owned(),
+        })
         .await?;
-    let (run_moved, step_written): (i64, i64) = (row.get(0), row.get(1));
-    if run_moved != 1 {
+    let step_written: Option<bool> = rows.first().map(|row| row.get(1));
+    let Some(step_written) = step_written else {
         if let Some(halt) = halts::active_in(&**tx, node_id).await? {
             return Ok(Some(halt));
         }
         let to = RunState::Running.as_str();
         return Err(explain_refusal(tx, start.execution_id, node_id, to).await);
-    }
-    if step_written != 1 {
+    };
+    if !step_written {
         return Err(step_refusal(tx, start.execution_id, start.index, StepState::Running).await);
     }
     Ok(None)
+}
+
+/// A row of [`start_run_and_step`]'s statement: one comes back for each run that moved, with
+/// whether its step was written.
+pub(crate) struct RunAndStepStart {
+    start: StepStart,
+    node_id: String,
+}
+
+impl SetRow for RunAndStepStart {
+    const ONE: &'static str = concat!(
+        "WITH run AS ( \
+            UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
+            WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
+            AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
+        halts::in_force!("$2"),
+        ") \
+            RETURNING execution_id), \
+         step AS ( \
+            INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                attempts, idempotency_key, params_sha256, started_at) \
+            SELECT execution_id, $4, $6, $7, $8, $9, $10, $11, now() FROM run \
+            ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+                attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
+                error = NULL, error_class = NULL, finished_at = NULL \
+            WHERE playbook_step_runs.state = ANY($12) \
+            RETURNING 1) \
+         SELECT 1::int8, EXISTS (SELECT 1 FROM step) FROM run"
+    );
+
+    fn one(&self) -> Params {
+        let start = &self.start;
+        vec![
+            Box::new(start.execution_id),
+            Box::new(self.node_id.clone()),
+            Box::new(RunState::Running.as_str()),
+            Box::new(index_to_db(start.index)),
+            Box::new(transitions::run_sources(RunState::Running)),
+            Box::new(start.step_id.clone()),
+            Box::new(start.action.clone()),
+            Box::new(StepState::Running.as_str()),
+            Box::new(start.attempt),
+            Box::new(start.idempotency_key.to_vec()),
+            Box::new(start.params_sha256.to_vec()),
+            Box::new(transitions::step_sources(StepState::Running)),
+        ]
+    }
+
+    const MANY: &'static str = concat!(
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], \
+            $5::text[], $6::int4[], $7::bytea[], $8::bytea[], $9::text[]) WITH ORDINALITY \
+            AS v(execution_id, node_id, step_index, step_id, action, attempts, idempotency_key, \
+                params_sha256, run_sources, i)), \
+         run AS ( \
+            UPDATE playbook_executions e SET state = $10, current_step = v.step_index, \
+                updated_at = now() \
+            FROM v \
+            WHERE e.execution_id = v.execution_id AND e.node_id = v.node_id \
+            AND e.state = ANY(v.run_sources::text[]) \
+            AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
+        halts::in_force!("v.node_id"),
+        ") \
+            RETURNING v.*), \
+         step AS ( \
+            INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                attempts, idempotency_key, params_sha256, started_at) \
+            SELECT execution_id, step_index, step_id, action, $11, attempts, idempotency_key, \
+                params_sha256, now() FROM run \
+            ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
+                attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
+                error = NULL, error_class = NULL, finished_at = NULL \
+            WHERE playbook_step_runs.state = ANY($12) \
+            RETURNING execution_id) \
+         SELECT run.i, EXISTS (SELECT 1 FROM step WHERE step.execution_id = run.execution_id) \
+         FROM run"
+    );
+
+    fn many(rows: &[Self]) -> TypedParams {
+        let run_sources =
+            transitions::sources_literal(&transitions::run_sources(RunState::Running));
+        vec![
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.start.execution_id)
+                        .collect::<Vec<_>>(),
+                ),
+                Type::UUID_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| index_to_db(r.start.index))
+                        .collect::<Vec<_>>(),
+                ),
+                Type::INT4_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.start.step_id.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.start.action.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.start.attempt).collect::<Vec<_>>()),
+                Type::INT4_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.start.idempotency_key.to_vec())
+                        .collect::<Vec<_>>(),
+                ),
+                Type::BYTEA_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.start.params_sha256.to_vec())
+                        .collect::<Vec<_>>(),
+                ),
+                Type::BYTEA_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|_| run_sources.clone()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (Box::new(RunState::Running.as_str()), Type::TEXT),
+            (Box::new(StepState::Running.as_str()), Type::TEXT),
+            (
+                Box::new(transitions::step_sources(StepState::Running)),
+                Type::TEXT_ARRAY,
+            ),
+        ]
+    }
 }
 
 /// The end of one attempt.
@@ -433,22 +554,16 @@ fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
                 // Success and a retry end an attempt whose start this node recorded (its
                 // transaction checked the run's owner and state): the row exists, and its
                 // state guards the change.
-                tx.execute(
-                        "UPDATE playbook_step_runs SET state = $3, output = $4, error_class = $5, error = $6, \
-                            finished_at = CASE WHEN $7 THEN now() END \
-                         WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)",
-                        &[
-                            &execution_id,
-                            &index_to_db(index),
-                            &to.as_str(),
-                            &output,
-                            &class.map(ErrorClass::as_str),
-                            &error,
-                            &finished,
-                            &sources,
-                        ],
-                    )
-                    .await?
+                let ended = AttemptEnd {
+                    execution_id,
+                    index: index_to_db(index),
+                    to,
+                    output: output.clone(),
+                    class,
+                    error: error.clone(),
+                    finished,
+                };
+                tx.query_set(ended).await?.len() as u64
             };
             if written != 1 {
                 // Not this node's run, or it ended; else the step's state refused it.
@@ -477,6 +592,124 @@ fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
             Ok((event, ()))
         })
     })
+}
+
+/// The successful end of the first step of each of `runs` (`store::set_row_statements`).
+pub(crate) fn attempt_ends(runs: &[Uuid]) -> Vec<AttemptEnd> {
+    let ended = |execution_id| AttemptEnd {
+        execution_id,
+        index: 0,
+        to: StepState::Succeeded,
+        output: Some(Value::Object(serde_json::Map::new())),
+        class: None,
+        error: None,
+        finished: true,
+    };
+    runs.iter().copied().map(ended).collect()
+}
+
+/// The start of the second step of each of `runs` (`store::set_row_statements`).
+pub(crate) fn run_and_step_starts(runs: &[Uuid], node_id: &str) -> Vec<RunAndStepStart> {
+    let started = |&execution_id: &Uuid| RunAndStepStart {
+        start: StepStart {
+            execution_id,
+            index: 1,
+            step_id: "s1".into(),
+            action: "noop".into(),
+            attempt: 1,
+            idempotency_key: step_key(execution_id, "s1"),
+            params_sha256: [0; 32],
+        },
+        node_id: node_id.to_owned(),
+    };
+    runs.iter().map(started).collect()
+}
+
+/// A row of the statement that ends an attempt whose step row exists (a success, a retry):
+/// one comes back when the step's state allowed it.
+pub(crate) struct AttemptEnd {
+    execution_id: Uuid,
+    index: i32,
+    to: StepState,
+    output: Option<Value>,
+    class: Option<ErrorClass>,
+    error: Option<String>,
+    finished: bool,
+}
+
+impl SetRow for AttemptEnd {
+    const ONE: &'static str = "UPDATE playbook_step_runs SET state = $3, output = $4, \
+            error_class = $5, error = $6, finished_at = CASE WHEN $7 THEN now() END \
+        WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8) \
+        RETURNING 1::int8";
+
+    fn one(&self) -> Params {
+        vec![
+            Box::new(self.execution_id),
+            Box::new(self.index),
+            Box::new(self.to.as_str()),
+            Box::new(self.output.clone()),
+            Box::new(self.class.map(ErrorClass::as_str)),
+            Box::new(self.error.clone()),
+            Box::new(self.finished),
+            Box::new(transitions::step_sources(self.to)),
+        ]
+    }
+
+    const MANY: &'static str = "UPDATE playbook_step_runs s SET state = v.state, \
+            output = v.output, error_class = v.error_class, error = v.error, \
+            finished_at = CASE WHEN v.finished THEN now() END \
+        FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[], $6::text[], \
+            $7::bool[], $8::text[]) WITH ORDINALITY \
+            AS v(execution_id, step_index, state, output, error_class, error, finished, sources, i) \
+        WHERE s.execution_id = v.execution_id AND s.step_index = v.step_index \
+        AND s.state = ANY(v.sources::text[]) \
+        RETURNING v.i";
+
+    fn many(rows: &[Self]) -> TypedParams {
+        vec![
+            (
+                Box::new(rows.iter().map(|r| r.execution_id).collect::<Vec<_>>()),
+                Type::UUID_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.index).collect::<Vec<_>>()),
+                Type::INT4_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.output.clone()).collect::<Vec<_>>()),
+                Type::JSONB_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| r.class.map(ErrorClass::as_str))
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>()),
+                Type::TEXT_ARRAY,
+            ),
+            (
+                Box::new(rows.iter().map(|r| r.finished).collect::<Vec<_>>()),
+                Type::BOOL_ARRAY,
+            ),
+            (
+                Box::new(
+                    rows.iter()
+                        .map(|r| transitions::sources_literal(&transitions::step_sources(r.to)))
+                        .collect::<Vec<_>>(),
+                ),
+                Type::TEXT_ARRAY,
+            ),
+        ]
+    }
 }
 
 /// Marks step `index` of run `id` undone (`rolled_back`) or not (`rollback_failed`), guarded

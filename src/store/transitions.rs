@@ -93,6 +93,13 @@ pub fn step_sources(to: StepState) -> Vec<&'static str> {
         .collect()
 }
 
+/// `sources` as a PostgreSQL array literal (`{a,b}`), for a statement whose rows each carry
+/// their own (`state = ANY(v.sources::text[])`); the states are lower-case words, nothing to
+/// quote.
+pub fn sources_literal(sources: &[&str]) -> String {
+    format!("{{{}}}", sources.join(","))
+}
+
 /// The stored spellings of every non-terminal run state.
 pub fn open_run_states() -> Vec<&'static str> {
     RunState::ALL

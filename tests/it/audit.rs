@@ -66,7 +66,9 @@ fn refused_after_writing(k: i32) -> StoreError {
 
 /// An append that holds the writer in its batch for 0.3 s, so that the appends sent meanwhile
 /// queue up and are written as one batch.
-async fn hold_writer(handle: &AuditHandle) -> Result<(audit::Appended, ()), AppendError> {
+pub(crate) async fn hold_writer(
+    handle: &AuditHandle,
+) -> Result<(audit::Appended, ()), AppendError> {
     handle
         .append_with(Box::new(|tx| {
             Box::pin(async move {

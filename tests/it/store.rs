@@ -794,3 +794,258 @@ async fn end_step(
     )
     .await
 }
+
+/// Issue #16: the rows that the runs of one batch write at the same moment (their steps' ends,
+/// their next steps' starts with the runs, the runs' completions) are one statement per kind
+/// (`audit::SetRow`): rows written by one statement share its transaction and command id
+/// (`xmin`, `cmin`). Each row keeps its own guard: in a batch where one step's end is refused,
+/// the attempt is rolled back and written one by one; the other ends commit, each by a
+/// statement of its own, and the refused one is answered with its transition error.
+#[tokio::test]
+async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded() {
+    let (db, audit, shutdown) = writer_with_version().await;
+    let client = db.client().await;
+    let no_halt = HaltWatch::new(None);
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let id = admit(&audit, &no_halt).await;
+        started(&audit, id).await;
+        start_step(&audit, &no_halt, id, 0).await;
+        runs.push(id);
+    }
+    let succeeded = || StepEnd::Succeeded { output: json!({}) };
+    let (audit, no_halt) = (&audit, &no_halt);
+
+    // Queued behind a held writer, so that each kind is one batch.
+    let ends = runs.iter().map(|&id| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end_step(audit, id, 0, succeeded()).await
+    });
+    let (held, ended) = tokio::join!(
+        crate::audit::hold_writer(audit),
+        futures::future::join_all(ends)
+    );
+    held.expect("blocker");
+    assert!(ended.iter().all(Result::is_ok), "{ended:?}");
+    let steps = written_by(&client, "playbook_step_runs", &runs, "step_index = 0").await;
+    assert!(
+        steps.iter().all(|(state, _)| state == "succeeded"),
+        "{steps:?}"
+    );
+    assert_eq!(distinct(&steps), 1, "six ends, one statement: {steps:?}");
+
+    let starts = runs.iter().map(|&id| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        steps::record_start(audit, step_start(id, 1), no_halt).await
+    });
+    let (held, outcomes) = tokio::join!(
+        crate::audit::hold_writer(audit),
+        futures::future::join_all(starts)
+    );
+    held.expect("blocker");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(StartOutcome::Started))),
+        "{outcomes:?}"
+    );
+    let steps = written_by(&client, "playbook_step_runs", &runs, "step_index = 1").await;
+    let moved = written_by(&client, "playbook_executions", &runs, "current_step = 1").await;
+    assert!(
+        steps.iter().all(|(state, _)| state == "running"),
+        "{steps:?}"
+    );
+    assert_eq!(moved.len(), 6, "{moved:?}");
+    assert_eq!(distinct(&steps), 1, "six starts, one statement: {steps:?}");
+    assert_eq!(
+        distinct(&moved),
+        1,
+        "six runs moved, one statement: {moved:?}"
+    );
+
+    // Run 5 ends a step that never started: refused by its own guard, alone.
+    let ends = runs.iter().enumerate().map(|(k, &id)| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end_step(audit, id, if k == 5 { 2 } else { 1 }, succeeded()).await
+    });
+    let (held, ended) = tokio::join!(
+        crate::audit::hold_writer(audit),
+        futures::future::join_all(ends)
+    );
+    held.expect("blocker");
+    assert!(ended[..5].iter().all(Result::is_ok), "{ended:?}");
+    assert!(
+        matches!(&ended[5], Err(AppendError::Effect(StoreError::Transition { from, .. })) if from == "(none)"),
+        "{ended:?}"
+    );
+    let steps = written_by(&client, "playbook_step_runs", &runs[..5], "step_index = 1").await;
+    assert!(
+        steps.iter().all(|(state, _)| state == "succeeded"),
+        "{steps:?}"
+    );
+    assert_eq!(distinct(&steps), 5, "written one by one: {steps:?}");
+    assert_eq!(
+        run_written(&client, runs[5]).await.steps,
+        [(0, "succeeded".to_owned(), 1), (1, "running".to_owned(), 1)]
+    );
+
+    let completions = runs[..5].iter().map(|&id| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        executions::set_state(
+            audit,
+            id,
+            RunState::Completed,
+            AuditEvent::new("execution.completed", audit::Actor::System),
+        )
+        .await
+    });
+    let (held, completed) = tokio::join!(
+        crate::audit::hold_writer(audit),
+        futures::future::join_all(completions)
+    );
+    held.expect("blocker");
+    assert!(completed.iter().all(Result::is_ok), "{completed:?}");
+    let runs_done = written_by(&client, "playbook_executions", &runs[..5], "true").await;
+    assert!(
+        runs_done.iter().all(|(state, _)| state == "completed"),
+        "{runs_done:?}"
+    );
+    assert_eq!(
+        distinct(&runs_done),
+        1,
+        "five completions, one statement: {runs_done:?}"
+    );
+    assert_eq!(
+        playbookd::store::verify::verify_chain(&client, NODE)
+            .await
+            .unwrap()
+            .breach,
+        None
+    );
+    shutdown.cancel();
+}
+
+/// The state and the writing statement (`xmin`, `cmin`) of the rows of `table` of `runs` that
+/// match `filter`.
+async fn written_by(
+    client: &tokio_postgres::Client,
+    table: &str,
+    runs: &[Uuid],
+    filter: &str,
+) -> Vec<(String, (String, String))> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT state, xmin::text, cmin::text FROM {table} \
+                 WHERE execution_id = ANY($1) AND {filter}"
+            ),
+            &[&runs],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect()
+}
+
+/// How many statements wrote `rows`.
+fn distinct(rows: &[(String, (String, String))]) -> usize {
+    let statements: std::collections::HashSet<_> = rows.iter().map(|(_, s)| s).collect();
+    statements.len()
+}
+
+/// The statements that write many runs' rows at once (sent unprepared, planned for their
+/// arrays each time) look each row up by its primary key, with many open runs of this node or
+/// few among many ended ones (a busy node, a quiet one): a plan that scanned the table, or this
+/// node's open runs by the partial index on them, would cost every batch in proportion to the
+/// runs stored or parked at gates.
+#[tokio::test]
+async fn the_statements_writing_many_runs_look_each_row_up_by_its_key() {
+    let (db, _audit, shutdown) = writer_with_version().await;
+    let client = db.client().await;
+    let sha256: [u8; 32] = Sha256::digest(PLAYBOOK).into();
+    client
+        .execute(
+            "INSERT INTO playbook_executions (execution_id, node_id, playbook_id, \
+                playbook_version, playbook_sha256, state, current_step, nonce, \
+                policy_decision_id, policy, outcome, org_id, severity, subject, \
+                requested_by_uid, binding, started_at, updated_at) \
+             SELECT gen_random_uuid(), $1, 'store-test', 1, $2, 'running', 0, 'n' || g, 'd', \
+                'p', 'o', 'acme', 'high', '{}', 0, '{}', now(), now() \
+             FROM generate_series(1, 5000) g",
+            &[&NODE, &sha256.as_slice()],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+                attempts, idempotency_key, params_sha256, started_at) \
+             SELECT execution_id, 0, 's0', 'exec', 'running', 1, sha256(nonce::bytea), \
+                sha256(''::bytea), now() FROM playbook_executions; \
+             ANALYZE",
+        )
+        .await
+        .unwrap();
+    let open = |nonces: &str| {
+        format!("SELECT execution_id FROM playbook_executions WHERE nonce IN ({nonces})")
+    };
+    let sixteen = "SELECT 'n' || g FROM generate_series(1, 16) g";
+    let runs: Vec<Uuid> = client
+        .query(&open(sixteen), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_plans_use_keys(&client, &runs, "5,000 open runs").await;
+    client
+        .batch_execute(
+            "UPDATE playbook_executions SET state = 'completed', completed_at = now() \
+             WHERE nonce NOT IN (SELECT 'n' || g FROM generate_series(1, 20) g); \
+             ANALYZE",
+        )
+        .await
+        .unwrap();
+    assert_plans_use_keys(&client, &runs, "20 open runs of 5,000").await;
+    shutdown.cancel();
+}
+
+/// Each statement of `store::set_row_statements` for `runs`, planned as the writer sends it:
+/// every scan of a run or step in its plan is a lookup by the primary key.
+async fn assert_plans_use_keys(client: &tokio_postgres::Client, runs: &[Uuid], when: &str) {
+    for (sql, params) in playbookd::store::set_row_statements(runs, NODE) {
+        let params: Vec<_> = params
+            .iter()
+            .map(|(param, ty)| {
+                (
+                    &**param as &(dyn tokio_postgres::types::ToSql + Sync),
+                    ty.clone(),
+                )
+            })
+            .collect();
+        let plan: Vec<String> = client
+            .query_typed(&format!("EXPLAIN (COSTS OFF) {sql}"), &params)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        let scans: Vec<&str> = plan
+            .lines()
+            .filter(|line| {
+                line.contains("Scan")
+                    && (line.contains(" on playbook_executions")
+                        || line.contains(" on playbook_step_runs"))
+            })
+            .collect();
+        assert!(!scans.is_empty(), "{when}: {sql}\n{plan}");
+        assert!(
+            scans
+                .iter()
+                .all(|line| line.contains("Index Scan using") && line.contains("_pkey on")),
+            "{when}: {sql}\n{plan}"
+        );
+    }
+}
