@@ -58,7 +58,7 @@ use crate::store::{StoreError, connect_single};
 
 mod together;
 use together::Together;
-pub use together::{Params, SetRow, TypedParams};
+pub use together::{Params, SetRow, TypedParams, column};
 
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::store::audit::{
     Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Scope, SetRow,
-    TypedParams,
+    TypedParams, column,
 };
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity, StepState};
@@ -733,38 +733,14 @@ impl SetRow for RunStateChange {
 
     fn many(rows: &[Self]) -> TypedParams {
         vec![
-            (
-                Box::new(rows.iter().map(|r| r.execution_id).collect::<Vec<_>>()),
-                Type::UUID_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.to.is_terminal()).collect::<Vec<_>>()),
-                Type::BOOL_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| transitions::sources_literal(&transitions::run_sources(r.to)))
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.end_reason.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
+            column(rows, Type::UUID_ARRAY, |r| r.execution_id),
+            column(rows, Type::TEXT_ARRAY, |r| r.node_id.clone()),
+            column(rows, Type::TEXT_ARRAY, |r| r.to.as_str()),
+            column(rows, Type::BOOL_ARRAY, |r| r.to.is_terminal()),
+            column(rows, Type::TEXT_ARRAY, |r| {
+                transitions::sources_literal(&transitions::run_sources(r.to))
+            }),
+            column(rows, Type::TEXT_ARRAY, |r| r.end_reason.clone()),
         ]
     }
 }

@@ -20,7 +20,7 @@ use tokio_postgres::types::Type;
 
 use crate::store::audit::{
     Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Records, RecordsEffect,
-    Scope, SetRow, Tx, TypedParams,
+    Scope, SetRow, Tx, TypedParams, column,
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -343,66 +343,17 @@ impl SetRow for RunAndStepStart {
         let run_sources =
             transitions::sources_literal(&transitions::run_sources(RunState::Running));
         vec![
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.start.execution_id)
-                        .collect::<Vec<_>>(),
-                ),
-                Type::UUID_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| index_to_db(r.start.index))
-                        .collect::<Vec<_>>(),
-                ),
-                Type::INT4_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.start.step_id.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.start.action.clone())
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.start.attempt).collect::<Vec<_>>()),
-                Type::INT4_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.start.idempotency_key.to_vec())
-                        .collect::<Vec<_>>(),
-                ),
-                Type::BYTEA_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.start.params_sha256.to_vec())
-                        .collect::<Vec<_>>(),
-                ),
-                Type::BYTEA_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|_| run_sources.clone()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
+            column(rows, Type::UUID_ARRAY, |r| r.start.execution_id),
+            column(rows, Type::TEXT_ARRAY, |r| r.node_id.clone()),
+            column(rows, Type::INT4_ARRAY, |r| index_to_db(r.start.index)),
+            column(rows, Type::TEXT_ARRAY, |r| r.start.step_id.clone()),
+            column(rows, Type::TEXT_ARRAY, |r| r.start.action.clone()),
+            column(rows, Type::INT4_ARRAY, |r| r.start.attempt),
+            column(rows, Type::BYTEA_ARRAY, |r| {
+                r.start.idempotency_key.to_vec()
+            }),
+            column(rows, Type::BYTEA_ARRAY, |r| r.start.params_sha256.to_vec()),
+            column(rows, Type::TEXT_ARRAY, |_| run_sources.clone()),
             (Box::new(RunState::Running.as_str()), Type::TEXT),
             (Box::new(StepState::Running.as_str()), Type::TEXT),
             (
@@ -668,46 +619,16 @@ impl SetRow for AttemptEnd {
 
     fn many(rows: &[Self]) -> TypedParams {
         vec![
-            (
-                Box::new(rows.iter().map(|r| r.execution_id).collect::<Vec<_>>()),
-                Type::UUID_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.index).collect::<Vec<_>>()),
-                Type::INT4_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.output.clone()).collect::<Vec<_>>()),
-                Type::JSONB_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| r.class.map(ErrorClass::as_str))
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>()),
-                Type::TEXT_ARRAY,
-            ),
-            (
-                Box::new(rows.iter().map(|r| r.finished).collect::<Vec<_>>()),
-                Type::BOOL_ARRAY,
-            ),
-            (
-                Box::new(
-                    rows.iter()
-                        .map(|r| transitions::sources_literal(&transitions::step_sources(r.to)))
-                        .collect::<Vec<_>>(),
-                ),
-                Type::TEXT_ARRAY,
-            ),
+            column(rows, Type::UUID_ARRAY, |r| r.execution_id),
+            column(rows, Type::INT4_ARRAY, |r| r.index),
+            column(rows, Type::TEXT_ARRAY, |r| r.to.as_str()),
+            column(rows, Type::JSONB_ARRAY, |r| r.output.clone()),
+            column(rows, Type::TEXT_ARRAY, |r| r.class.map(ErrorClass::as_str)),
+            column(rows, Type::TEXT_ARRAY, |r| r.error.clone()),
+            column(rows, Type::BOOL_ARRAY, |r| r.finished),
+            column(rows, Type::TEXT_ARRAY, |r| {
+                transitions::sources_literal(&transitions::step_sources(r.to))
+            }),
         ]
     }
 }

@@ -816,16 +816,11 @@ async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded
     let succeeded = || StepEnd::Succeeded { output: json!({}) };
     let (audit, no_halt) = (&audit, &no_halt);
 
-    // Queued behind a held writer, so that each kind is one batch.
-    let ends = runs.iter().map(|&id| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        end_step(audit, id, 0, succeeded()).await
-    });
-    let (held, ended) = tokio::join!(
-        crate::audit::hold_writer(audit),
-        futures::future::join_all(ends)
-    );
-    held.expect("blocker");
+    let ended = in_one_batch(
+        audit,
+        runs.iter().map(|&id| end_step(audit, id, 0, succeeded())),
+    )
+    .await;
     assert!(ended.iter().all(Result::is_ok), "{ended:?}");
     let steps = written_by(&client, "playbook_step_runs", &runs, "step_index = 0").await;
     assert!(
@@ -834,15 +829,12 @@ async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded
     );
     assert_eq!(distinct(&steps), 1, "six ends, one statement: {steps:?}");
 
-    let starts = runs.iter().map(|&id| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        steps::record_start(audit, step_start(id, 1), no_halt).await
-    });
-    let (held, outcomes) = tokio::join!(
-        crate::audit::hold_writer(audit),
-        futures::future::join_all(starts)
-    );
-    held.expect("blocker");
+    let outcomes = in_one_batch(
+        audit,
+        runs.iter()
+            .map(|&id| steps::record_start(audit, step_start(id, 1), no_halt)),
+    )
+    .await;
     assert!(
         outcomes
             .iter()
@@ -864,15 +856,13 @@ async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded
     );
 
     // Run 5 ends a step that never started: refused by its own guard, alone.
-    let ends = runs.iter().enumerate().map(|(k, &id)| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        end_step(audit, id, if k == 5 { 2 } else { 1 }, succeeded()).await
-    });
-    let (held, ended) = tokio::join!(
-        crate::audit::hold_writer(audit),
-        futures::future::join_all(ends)
-    );
-    held.expect("blocker");
+    let ended = in_one_batch(
+        audit,
+        runs.iter()
+            .enumerate()
+            .map(|(k, &id)| end_step(audit, id, if k == 5 { 2 } else { 1 }, succeeded())),
+    )
+    .await;
     assert!(ended[..5].iter().all(Result::is_ok), "{ended:?}");
     assert!(
         matches!(&ended[5], Err(AppendError::Effect(StoreError::Transition { from, .. })) if from == "(none)"),
@@ -889,21 +879,18 @@ async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded
         [(0, "succeeded".to_owned(), 1), (1, "running".to_owned(), 1)]
     );
 
-    let completions = runs[..5].iter().map(|&id| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        executions::set_state(
-            audit,
-            id,
-            RunState::Completed,
-            AuditEvent::new("execution.completed", audit::Actor::System),
-        )
-        .await
-    });
-    let (held, completed) = tokio::join!(
-        crate::audit::hold_writer(audit),
-        futures::future::join_all(completions)
-    );
-    held.expect("blocker");
+    let completed = in_one_batch(
+        audit,
+        runs[..5].iter().map(|&id| {
+            executions::set_state(
+                audit,
+                id,
+                RunState::Completed,
+                AuditEvent::new("execution.completed", audit::Actor::System),
+            )
+        }),
+    )
+    .await;
     assert!(completed.iter().all(Result::is_ok), "{completed:?}");
     let runs_done = written_by(&client, "playbook_executions", &runs[..5], "true").await;
     assert!(
@@ -923,6 +910,24 @@ async fn the_rows_a_batchs_runs_write_at_once_are_one_statement_each_row_guarded
         None
     );
     shutdown.cancel();
+}
+
+/// The outcomes of `appends`, sent while the writer is held by another append, so that they
+/// queue up and are written as one batch.
+async fn in_one_batch<F: std::future::Future>(
+    audit: &AuditHandle,
+    appends: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let appends = appends.into_iter().map(|append| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        append.await
+    });
+    let (held, outcomes) = tokio::join!(
+        crate::audit::hold_writer(audit),
+        futures::future::join_all(appends)
+    );
+    held.expect("blocker");
+    outcomes
 }
 
 /// The state and the writing statement (`xmin`, `cmin`) of the rows of `table` of `runs` that

@@ -23,8 +23,8 @@ use std::any::{Any, TypeId};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
-use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Row, Statement};
 
 use super::{Turn, Tx};
 use crate::store::StoreError;
@@ -34,6 +34,18 @@ pub type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// A statement's parameters with their types, for a statement sent unprepared.
 pub type TypedParams = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
+
+/// One array parameter of [`SetRow::MANY`]: `value` of each of `rows`, as PostgreSQL type `ty`.
+pub fn column<R, T>(
+    rows: &[R],
+    ty: Type,
+    value: impl Fn(&R) -> T,
+) -> (Box<dyn ToSql + Sync + Send>, Type)
+where
+    T: ToSql + Sync + Send + 'static,
+{
+    (Box::new(rows.iter().map(value).collect::<Vec<T>>()), ty)
+}
 
 /// One row of a kind that several requests may write at the same moment, and the two
 /// statements that write it: alone, and together with others of its kind.
@@ -65,6 +77,12 @@ pub trait SetRow: Send + Sync + 'static {
 /// A statement ready to send for a slot: [`SetRow::ONE`]'s or [`SetRow::MANY`]'s.
 enum Prepared {
     One(&'static str, Params),
+    Many(&'static str, TypedParams),
+}
+
+/// A slot's statement with its parameters, as it goes out: [`SetRow::ONE`]'s prepared.
+enum Ready {
+    One(Statement, Params),
     Many(&'static str, TypedParams),
 }
 
@@ -210,55 +228,46 @@ impl Tx<'_> {
     /// Sends each slot's statement, in the order the slots opened and in one flight, and
     /// answers its members with their rows.
     async fn send_round(&self, slots: Vec<Slot>) {
-        // `None`: rows not of the slot's kind (not reached), answered by no one.
-        let sends: Vec<Option<Prepared>> = slots
-            .iter()
-            .map(|slot| (slot.statement)(&*slot.rows))
-            .collect();
         // Prepared first: a prepare's round trip must not let a later slot's statement out
-        // before an earlier one's.
-        let mut statements = Vec::with_capacity(slots.len());
-        for send in &sends {
-            statements.push(match send {
-                Some(Prepared::One(sql, _)) => Some(self.statement(sql).await.map_err(Arc::new)),
-                Some(Prepared::Many(..)) | None => None,
+        // before an earlier one's. `None`: rows not of the slot's kind (not reached), answered
+        // by no one.
+        let mut ready = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            ready.push(match (slot.statement)(&*slot.rows) {
+                Some(Prepared::One(sql, params)) => Some(
+                    self.statement(sql)
+                        .await
+                        .map(|statement| Ready::One(statement, params))
+                        .map_err(Arc::new),
+                ),
+                Some(Prepared::Many(sql, params)) => Some(Ok(Ready::Many(sql, params))),
+                None => None,
             });
         }
-        let queries =
-            slots
-                .iter()
-                .zip(&sends)
-                .zip(&statements)
-                .map(|((slot, send), statement)| async move {
-                    let send = send.as_ref()?;
-                    if let Some(Err(error)) = statement {
-                        return Some(Err(Arc::clone(error)));
-                    }
-                    for member in &slot.members {
-                        if let Some(turn) = &member.turn {
-                            turn.sending();
-                        }
-                    }
-                    let rows = match (send, statement) {
-                        (Prepared::One(_, params), Some(Ok(statement))) => {
-                            let params: Vec<&(dyn ToSql + Sync)> = params
-                                .iter()
-                                .map(|param| &**param as &(dyn ToSql + Sync))
-                                .collect();
-                            self.transaction.query(statement, &params).await
-                        }
-                        (Prepared::Many(sql, params), _) => {
-                            let params: Vec<(&(dyn ToSql + Sync), Type)> = params
-                                .iter()
-                                .map(|(param, ty)| (&**param as &(dyn ToSql + Sync), ty.clone()))
-                                .collect();
-                            self.transaction.query_typed(sql, &params).await
-                        }
-                        // Not reached: a `One` was prepared above.
-                        (Prepared::One(..), _) => return None,
-                    };
-                    Some(rows.map_err(Arc::new))
-                });
+        let queries = slots.iter().zip(&ready).map(|(slot, ready)| async move {
+            let ready = match ready.as_ref()? {
+                Ok(ready) => ready,
+                Err(error) => return Some(Err(Arc::clone(error))),
+            };
+            for member in &slot.members {
+                if let Some(turn) = &member.turn {
+                    turn.sending();
+                }
+            }
+            let rows = match ready {
+                Ready::One(statement, params) => {
+                    self.transaction.query(statement, &refs(params)).await
+                }
+                Ready::Many(sql, params) => {
+                    let params: Vec<(&(dyn ToSql + Sync), Type)> = params
+                        .iter()
+                        .map(|(param, ty)| (&**param as &(dyn ToSql + Sync), ty.clone()))
+                        .collect();
+                    self.transaction.query_typed(sql, &params).await
+                }
+            };
+            Some(rows.map_err(Arc::new))
+        });
         // `join_all` polls in order: the statements go out in the slots' order.
         let outcomes = futures::future::join_all(queries).await;
         for (slot, outcome) in slots.into_iter().zip(outcomes) {
