@@ -428,7 +428,7 @@ async fn measure(
     let parked_rss_kib = daemon.memory_kib("VmRSS")?;
     let peak_rss_kib = daemon.memory_kib("VmHWM")?;
     eprintln!("bench: transactions while {} runs are parked", plan.parked);
-    let parked_xacts_per_second = idle_transactions(client, admin, db_name, plan.phase).await?;
+    let parked_xacts_per_second = idle_transactions(client, admin, db_name).await?;
     Ok(Measured {
         intake_one,
         intake_many,
@@ -842,7 +842,6 @@ async fn idle_transactions(
     client: &tokio_postgres::Client,
     admin: &tokio_postgres::Client,
     db_name: &str,
-    phase: Duration,
 ) -> Result<f64, BenchError> {
     client.batch_execute(PAUSE_AUTOVACUUM).await?;
     let started = Instant::now();
@@ -876,16 +875,15 @@ async fn idle_transactions(
         Ok::<i64, BenchError>(row.get(0))
     };
     tokio::time::sleep(STATS_SETTLE).await;
-    let window = phase.max(Duration::from_secs(10));
     let before = read().await?;
     let started = Instant::now();
-    tokio::time::sleep(window).await;
-    tokio::time::sleep(STATS_FLUSH).await;
+    tokio::time::sleep(IDLE_WINDOW).await;
     let after = read().await?;
-    // The window is closed by the first read's time: the later pause only lets the counters
-    // of the window reach the view.
-    let measured = started.elapsed().saturating_sub(STATS_FLUSH);
-    Ok((after - before).max(0) as f64 / measured.as_secs_f64())
+    // Both reads lag the daemon alike (an idle backend reports up to STATS_LAG late): the lag
+    // shifts the stretch whose transactions are counted but does not change its length, the
+    // time between the reads. Dividing by less overstates the rate: until stop 36 the bench
+    // counted about 21 s of transactions and divided by 10 s.
+    Ok((after - before).max(0) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Sends `count` decisions for the gated playbook over `connections` connections.
@@ -1703,7 +1701,10 @@ const PAUSE_AUTOVACUUM: &str = "\
 /// How long the idle phase waits for running autovacuum workers to finish.
 const AUTOVACUUM_LIMIT: Duration = Duration::from_secs(120);
 /// How long PostgreSQL may keep an idle backend's statistics before they reach pg_stat_database.
-const STATS_FLUSH: Duration = Duration::from_secs(11);
+const STATS_LAG: Duration = Duration::from_secs(10);
+/// How long the idle phase counts: twice [`STATS_LAG`], and a whole number of the idle
+/// daemon's periods (node heartbeat every 5 s, resume sweep every 10 s).
+const IDLE_WINDOW: Duration = Duration::from_secs(2 * STATS_LAG.as_secs());
 /// How long PostgreSQL 15 may keep a busy backend's statistics: it reports them within a
 /// second when it can, but while the shared entries are contended it retries every 10 s and
 /// forces them out only after 60 s (`PGSTAT_MAX_INTERVAL`). After the parking phase's thousands
