@@ -197,6 +197,10 @@ mod tests {
             .iter()
             .map(|m| i64::from(m.version()))
             .max();
-        assert_eq!(newest, Some(NEWEST_MIGRATION));
+        assert_eq!(
+            newest,
+            Some(NEWEST_MIGRATION),
+            "set store::migrate::NEWEST_MIGRATION to the newest migration's version"
+        );
     }
 }
