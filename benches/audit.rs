@@ -3,6 +3,10 @@
 //! - baseline: plain single-row `INSERT` + COMMIT per row on one connection, into a table shaped
 //!   like the audit log but with no chain, no trigger and no lock;
 //! - audit appends/s with 1 and with 64 concurrent writers (group commit batches the latter);
+//! - the latency of a lone request of two records, each changing a row, as a step's end with the
+//!   next step's start does: foreseen (written in one flight: BEGIN, the checked statements, the
+//!   audit INSERT and COMMIT together) and not (its effects, then the INSERT with COMMIT),
+//!   alternating request by request on one writer, so that both meet the same server;
 //! - `verify_chain` rows/s over everything appended.
 //!
 //! `cargo bench --bench audit [-- --quick]` (3 s per phase, 0.5 s with `--quick`; under
@@ -13,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle};
+use playbookd::store::audit::{self, Actor, AuditEvent, AuditHandle, Scope};
 use playbookd::store::verify::verify_chain;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +86,23 @@ async fn run(config: tokio_postgres::Config, phase: Duration) {
             rate / baseline
         );
     }
+    client
+        .batch_execute(
+            "CREATE TABLE bench_rows (k int PRIMARY KEY, v bigint NOT NULL); \
+             INSERT INTO bench_rows VALUES (1, 0), (2, 0)",
+        )
+        .await
+        .unwrap();
+    let (foreseen, ordinary) = lone_requests(&handle, phase).await;
+    let (foreseen, ordinary) = (percentiles(foreseen), percentiles(ordinary));
+    println!(
+        "lone request of 2 records, p50 / p90: one flight {:.3} / {:.3} ms, two flights {:.3} / {:.3} ms  ({:.2}x at p50)",
+        foreseen.0,
+        foreseen.1,
+        ordinary.0,
+        ordinary.1,
+        foreseen.0 / ordinary.0
+    );
     shutdown.cancel();
     writer.await.unwrap();
 
@@ -161,6 +182,78 @@ async fn appends(handle: &AuditHandle, writers: u32, phase: Duration) -> f64 {
         total += task.await.unwrap();
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One lone request after another for `phase`, alternately foreseen and not: the latency of
+/// each kind, in ms.
+async fn lone_requests(handle: &AuditHandle, phase: Duration) -> (Vec<f64>, Vec<f64>) {
+    let (mut foreseen, mut ordinary) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    let mut i: u64 = 0;
+    while started.elapsed() < phase {
+        let one_flight = i.is_multiple_of(2);
+        let sent = Instant::now();
+        let earlier = handle.defer_in(
+            Scope::Execution(uuid::Uuid::nil()),
+            row_change(1, one_flight),
+        );
+        handle
+            .append_after_in(
+                Scope::Execution(uuid::Uuid::nil()),
+                vec![earlier],
+                row_change(2, one_flight),
+            )
+            .await
+            .unwrap();
+        let ms = sent.elapsed().as_secs_f64() * 1e3;
+        if one_flight {
+            foreseen.push(ms);
+        } else {
+            ordinary.push(ms);
+        }
+        i += 1;
+    }
+    (foreseen, ordinary)
+}
+
+/// A record of row `k` of `bench_rows` changing, foreseen or not.
+fn row_change(k: i32, foreseen: bool) -> audit::Body<()> {
+    let effect: audit::Effect<()> = Box::new(move |tx| {
+        Box::pin(async move {
+            let changed = tx
+                .execute("UPDATE bench_rows SET v = v + 1 WHERE k = $1", &[&k])
+                .await
+                .map_err(playbookd::store::StoreError::Query)?;
+            assert_eq!(changed, 1);
+            Ok((AuditEvent::new("bench.row", Actor::System).with("k", k), ()))
+        })
+    });
+    let body = audit::Body::from(effect);
+    if !foreseen {
+        return body;
+    }
+    body.foreseen(Box::new(move || {
+        Some(audit::Foreseen {
+            records: AuditEvent::new("bench.row", Actor::System)
+                .with("k", k)
+                .into(),
+            value: (),
+            checked: vec![audit::Checked::new(
+                "WITH c AS (UPDATE bench_rows SET v = v + 1 WHERE k = $1 RETURNING 1) \
+                 SELECT playbook_expect(EXISTS (SELECT 1 FROM c), 'bench row')",
+                vec![Box::new(k)],
+            )],
+        })
+    }))
+}
+
+/// The p50 and p90 of `values`.
+fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let Some(last) = values.len().checked_sub(1) else {
+        return (f64::NAN, f64::NAN);
+    };
+    (values[last / 2], values[last * 9 / 10])
 }
 
 async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {

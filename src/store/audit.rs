@@ -36,6 +36,13 @@
 //! While a batch's COMMIT is in flight, the next batch's effects run on a second connection of
 //! the writer, when none of its requests can see what the committing batch changed; it commits
 //! only after that batch committed, and fails with it (see `Writer::run`).
+//!
+//! A lone request whose every append is foreseen ([`Body::foreseen`]: its records known before
+//! its statements run, and those statements raising unless they do what the records say) is
+//! written in one flight before any of that: BEGIN, the checked statements, the INSERT and
+//! COMMIT sent together (`write_in_one_flight`). Any surprise rolls that transaction back and
+//! the request is written as above. A run's records are foreseen (its admission, each step's
+//! start and end, its state changes), so a lone run costs one round trip per transaction.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,7 +65,7 @@ use crate::store::{StoreError, connect_single};
 
 mod together;
 use together::Together;
-pub use together::{Params, SetRow, TypedParams, column};
+pub use together::{Params, SetRow, TypedParams, column, refs};
 
 /// Who caused an event: a peer on one of the sockets, or the daemon itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -571,11 +578,19 @@ pub struct AuditHandle {
 impl AuditHandle {
     /// Appends one event with no other change. Resolves after COMMIT.
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
+        let foreseen = event.clone();
         let effect: Effect<()> = Box::new(move |_tx| {
             let event = event.clone();
             Box::pin(async move { Ok((event, ())) })
         });
-        self.append_after_in(Scope::Event, Vec::new(), effect)
+        let body = Body::from(effect).foreseen(Box::new(move || {
+            Some(Foreseen {
+                records: foreseen.clone().into(),
+                value: (),
+                checked: Vec::new(),
+            })
+        }));
+        self.append_after_in(Scope::Event, Vec::new(), body)
             .await
             .map(|(appended, ())| appended)
     }
@@ -595,7 +610,7 @@ impl AuditHandle {
     pub async fn append_in<T: Send + 'static>(
         &self,
         scope: Scope,
-        effect: Effect<T>,
+        effect: impl Into<Body<T>>,
     ) -> Result<(Appended, T), AppendError> {
         self.append_after_in(scope, Vec::new(), effect).await
     }
@@ -609,8 +624,8 @@ impl AuditHandle {
     }
 
     /// [`Self::defer`] for an effect that changes only what `scope` says.
-    pub fn defer_in(&self, scope: Scope, effect: Effect<()>) -> Deferred {
-        let (job, response) = TypedJob::new(Body::One(effect));
+    pub fn defer_in(&self, scope: Scope, effect: impl Into<Body<()>>) -> Deferred {
+        let (job, response) = TypedJob::new(effect.into());
         Deferred {
             job: Box::new(job),
             scope,
@@ -627,9 +642,9 @@ impl AuditHandle {
     pub fn defer_answered_in<T: Send + 'static>(
         &self,
         scope: Scope,
-        effect: Effect<T>,
+        effect: impl Into<Body<T>>,
     ) -> (Deferred, Answer<T>) {
-        let (job, response) = TypedJob::new(Body::One(effect));
+        let (job, response) = TypedJob::new(effect.into());
         let deferred = Deferred {
             job: Box::new(job),
             scope,
@@ -971,25 +986,104 @@ trait Job: Send {
     /// Runs the caller's effect in the batch's transaction; keeps its typed result for `finish`.
     /// May be called again after an attempt was rolled back: the last call's result counts.
     fn apply<'t>(&'t mut self, tx: &'t Tx<'t>) -> BoxFuture<'t, Result<Records, StoreError>>;
+    /// The records and checked statements of the effect's foreseen outcome ([`Body::foreseen`]),
+    /// keeping its typed result for `finish` as `apply` does; `None` when it has no foresight
+    /// or its foresight declines.
+    fn foresee(&mut self) -> Option<(Records, Vec<Checked>)>;
     /// Answers the caller once the batch's outcome is known.
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>);
 }
 
+/// An append: its effect, and what it will record when nothing unexpected happens, if that is
+/// known before it runs ([`Body::foreseen`]).
+pub struct Body<T> {
+    effect: Run<T>,
+    foresight: Option<Foresight<T>>,
+}
+
 /// An append's effect: one record or several.
-pub enum Body<T> {
+enum Run<T> {
     One(Effect<T>),
     Records(RecordsEffect<T>),
 }
 
+impl<T> Body<T> {
+    /// This append with `foresight`: what its effect records and returns when its statements do
+    /// what is expected of them, and those statements in a form that fails otherwise. The
+    /// writer may then send the append's statements, its audit rows and the COMMIT in one
+    /// flight ([`Foreseen`]); on any surprise that transaction rolls back and the effect runs
+    /// as usual. The foresight must build its records as the effect does when it succeeds (the
+    /// same functions, from the same captured values): a record that differs from the effect's
+    /// would be chained for what the effect did.
+    pub fn foreseen(self, foresight: Foresight<T>) -> Body<T> {
+        Body {
+            foresight: Some(foresight),
+            ..self
+        }
+    }
+}
+
 impl<T> From<Effect<T>> for Body<T> {
     fn from(effect: Effect<T>) -> Body<T> {
-        Body::One(effect)
+        Body {
+            effect: Run::One(effect),
+            foresight: None,
+        }
     }
 }
 
 impl<T> From<RecordsEffect<T>> for Body<T> {
     fn from(effect: RecordsEffect<T>) -> Body<T> {
-        Body::Records(effect)
+        Body {
+            effect: Run::Records(effect),
+            foresight: None,
+        }
+    }
+}
+
+/// What an append's effect does when nothing unexpected happens ([`Body::foreseen`]); `None`
+/// when that cannot be known before it runs (e.g. a SAFE-HALT known in memory would refuse it).
+/// Called by the writer each time it considers a one-flight write, so it reads what it depends
+/// on then, as the effect would.
+pub type Foresight<T> = Box<dyn Fn() -> Option<Foreseen<T>> + Send + Sync>;
+
+/// An effect's records and result, known before its statements run, and those statements.
+pub struct Foreseen<T> {
+    pub records: Records,
+    pub value: T,
+    /// Sent in order, in the append's transaction. Each must raise an error (`playbook_expect`,
+    /// migration V13) unless it did what `records` say, so that the COMMIT behind them commits
+    /// only what was foreseen.
+    pub checked: Vec<Checked>,
+}
+
+/// `$statement` (an UPDATE or INSERT of one row, without `RETURNING`) in the checked form of a
+/// one-flight write ([`Checked`]): raises, naming `$what`, unless it changed a row.
+macro_rules! checked_change {
+    ($statement:expr, $what:literal) => {
+        concat!(
+            "WITH changed AS (",
+            $statement,
+            " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM changed), '",
+            $what,
+            "')"
+        )
+    };
+}
+pub(crate) use checked_change;
+
+/// A statement that fails unless its outcome is the one foreseen ([`Foreseen::checked`]),
+/// with its parameters. Prepared once per writer connection.
+pub struct Checked {
+    sql: &'static str,
+    params: Params,
+}
+
+impl Checked {
+    /// `sql` must end in `playbook_expect(…)` on what it did (or otherwise raise on any
+    /// outcome but the foreseen one).
+    pub fn new(sql: &'static str, params: Params) -> Checked {
+        Checked { sql, params }
     }
 }
 
@@ -1030,17 +1124,29 @@ impl<T: Send + 'static> Job for TypedJob<T> {
         Box::pin(async move {
             // A value from an attempt that was rolled back must not be handed over.
             self.value = None;
-            let (records, value) = match &self.body {
-                Body::One(effect) => {
+            let (records, value) = match &self.body.effect {
+                Run::One(effect) => {
                     let (event, value) = effect(tx).await?;
                     (Records::from(event), value)
                 }
-                Body::Records(effect) => effect(tx).await?,
+                Run::Records(effect) => effect(tx).await?,
             };
             self.value = Some(value);
             self.rows = records.len();
             Ok(records)
         })
+    }
+
+    fn foresee(&mut self) -> Option<(Records, Vec<Checked>)> {
+        self.value = None;
+        let Foreseen {
+            records,
+            value,
+            checked,
+        } = (self.body.foresight.as_ref()?)()?;
+        self.value = Some(value);
+        self.rows = records.len();
+        Some((records, checked))
     }
 
     fn finish(self: Box<Self>, outcome: Result<Appended, AppendError>) {
@@ -1275,6 +1381,17 @@ impl Writer {
         let tip = Tip {
             node_id,
             head: connection.head,
+        };
+        let batch = if batch.len() <= ONE_FLIGHT_REQUESTS {
+            match write_in_one_flight(connection.link(), node_id, tip, batch).await {
+                OneFlight::Sent(committed) => {
+                    self.settle(*committed);
+                    return None;
+                }
+                OneFlight::Declined(batch) => batch,
+            }
+        } else {
+            batch
         };
         let prepared = prepare(connection.link(), Side::Chain, tip, batch).await;
         self.after_prepare(prepared)
@@ -2020,6 +2137,131 @@ async fn prepare_sequential<'n>(
     Ok(Sequential::Chained(Box::new(chain), refused, close, perf))
 }
 
+/// Requests a batch may hold to be written in one flight ([`write_in_one_flight`]): a lone
+/// request, what the writer sees when it is not busy. Under load a batch holds many, and the
+/// ordinary way overlaps one batch's COMMIT with the next one's effects instead.
+const ONE_FLIGHT_REQUESTS: usize = 1;
+
+/// What [`write_in_one_flight`] did with a batch.
+enum OneFlight<'n> {
+    /// Its flight was sent and answered: settle it. The outcome may be a failure: a connection
+    /// lost before the COMMIT's answer fails the batch as a failed COMMIT does.
+    Sent(Box<Committed<'n>>),
+    /// Not sent (a job without foresight, a statement not prepared), or rolled back by the
+    /// server (a check raised, a statement or the COMMIT refused): nothing of it stands.
+    Declined(Vec<Request>),
+}
+
+/// Writes a batch whose every job's outcome is foreseen ([`Body::foreseen`]) in one flight:
+/// BEGIN, each job's checked statements in batch order, the INSERT of the foreseen records
+/// chained on `tip`, and COMMIT, sent together and awaited together.
+///
+/// Why that commits only what the records say: the server executes the flight's statements in
+/// order, one at a time, as it would had each waited for the one before; a checked statement
+/// that did not do what its records say raises, which aborts the transaction, and PostgreSQL
+/// turns the COMMIT behind it into a ROLLBACK. So when every statement and the COMMIT succeeded,
+/// the effects and their records committed together, exactly as foreseen. When the server
+/// answered an error (a check, a constraint, the COMMIT itself), nothing committed: the batch
+/// is declined and written the ordinary way, where the effects' outcomes decide their records
+/// and refusals. A connection lost before the COMMIT's answer leaves it unknown whether the
+/// COMMIT committed; the batch fails as a failed COMMIT does, and the writer reopens the chain
+/// from what the database holds. Saves the ordinary way's second flight: a round trip, a wake-up
+/// of the writer and the server's wait between the two, per transaction.
+async fn write_in_one_flight<'n>(
+    link: Link<'_>,
+    node_id: &'n str,
+    tip: Tip<'n>,
+    mut batch: Vec<Request>,
+) -> OneFlight<'n> {
+    let mut perf = BatchPerf::new(&batch);
+    let jobs = batch.iter().map(|request| request.jobs.len()).sum();
+    let mut chain = Chain::new(tip, jobs);
+    let mut last_rows = Vec::with_capacity(jobs);
+    let mut checked = Vec::new();
+    for job in batch.iter_mut().flat_map(|request| request.jobs.iter_mut()) {
+        let Some((records, statements)) = job.foresee() else {
+            return OneFlight::Declined(batch);
+        };
+        last_rows.push(chain.push_foreseen(records));
+        checked.extend(statements);
+    }
+    let tx = Tx::new(link.client, link.statements);
+    let mut statements = Vec::with_capacity(checked.len());
+    for sql in checked
+        .iter()
+        .map(|checked| checked.sql)
+        .chain([INSERT_ROWS])
+    {
+        match tx.statement(sql).await {
+            Ok(statement) => statements.push(statement),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "a one-flight statement could not be prepared; written the ordinary way");
+                return OneFlight::Declined(batch);
+            }
+        }
+    }
+    let Some((insert, statements)) = statements.split_last() else {
+        // Not reached: the INSERT's statement was pushed last.
+        return OneFlight::Declined(batch);
+    };
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = checked
+        .iter()
+        .map(|checked| refs(&checked.params))
+        .collect();
+    let client = link.client;
+    let rows = chain.rows.insert_params(&node_id);
+    perf.mark(0);
+    // Polled, hence sent, in this order (see `insert_and_commit`).
+    let (begun, checks, inserted, committed) = futures::join!(
+        client.batch_execute("BEGIN"),
+        futures::future::join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|(statement, params)| client.execute(statement, params))
+        ),
+        client.execute(insert, &rows),
+        client.batch_execute("COMMIT"),
+    );
+    perf.mark(1);
+    perf.mark(2);
+    let outcome = match (begun, committed) {
+        // Without BEGIN the statements ran each in its own transaction: the batch fails, as
+        // a failed BEGIN does the ordinary way, and the writer reconnects.
+        (Err(error), _) => Err(StoreError::from(error)),
+        // The COMMIT's answer is lost: it may have committed.
+        (Ok(()), Err(error)) if error.as_db_error().is_none() => Err(StoreError::from(error)),
+        (Ok(()), committed) => {
+            let all_ran = checks.iter().all(Result::is_ok);
+            match (all_ran, inserted, committed) {
+                (true, Ok(n), Ok(())) if n == chain.rows.seqs.len() as u64 => Ok(()),
+                (true, Ok(n), Ok(())) => Err(StoreError::Corrupt {
+                    what: "audit batch",
+                    detail: format!("{n} rows inserted for {} appends", chain.rows.seqs.len()),
+                }),
+                // The server refused something: the COMMIT rolled back (or was refused).
+                (_, _, _) => {
+                    perf.log("one_flight_declined");
+                    return OneFlight::Declined(batch);
+                }
+            }
+        }
+    };
+    if outcome.is_ok() {
+        perf.mark(3);
+    }
+    perf.log("one_flight");
+    let jobs = batch.into_iter().flat_map(|request| request.jobs);
+    for (row, job) in last_rows.into_iter().zip(jobs) {
+        chain.answer(row, job);
+    }
+    OneFlight::Sent(Box::new(Committed {
+        outcome,
+        chain,
+        refused: Vec::new(),
+    }))
+}
+
 /// Sends `close` (what ends the last savepoint, if any), the INSERT of `rows` and COMMIT in one
 /// flight, and checks that all of it succeeded: then the COMMIT committed.
 async fn insert_and_commit(
@@ -2048,18 +2290,7 @@ async fn insert_and_commit(
                 return Ok(0);
             }
             transaction
-                .execute(
-                    &insert,
-                    &[
-                        &node_id,
-                        &rows.seqs,
-                        &rows.prev_hashes,
-                        &rows.hashes,
-                        &rows.event_types,
-                        &rows.data,
-                        &rows.created_at,
-                    ],
-                )
+                .execute(&insert, &rows.insert_params(&node_id))
                 .await
         },
         transaction.batch_execute("COMMIT"),
@@ -2111,6 +2342,25 @@ impl<'a> Chain<'a> {
     /// The last row chained (the head it started on when none was).
     fn tip(&self) -> Tip<'a> {
         self.tip
+    }
+
+    /// Chains `records` as the next rows, their job given later ([`Chain::answer`]): the place
+    /// of the last row.
+    fn push_foreseen(&mut self, records: Records) -> usize {
+        for earlier in records.earlier {
+            self.push_row(earlier, None);
+        }
+        self.push_row(records.last, None);
+        self.staged.len() - 1
+    }
+
+    /// Makes `job` the one answered with the row at `row` ([`Chain::push_foreseen`]).
+    fn answer(&mut self, row: usize, job: Box<dyn Job>) {
+        match self.staged.get_mut(row) {
+            Some(item) => item.job = Some(job),
+            // Not reached: `row` came from `push_foreseen`. Answered, never dropped.
+            None => self.not_attempted.push(job),
+        }
     }
 
     /// Chains `records` as the next rows, for `job`.
@@ -2314,6 +2564,21 @@ impl AuditRows {
         self.event_types.push(event_type);
         self.data.push(data);
         self.created_at.push(created_at);
+    }
+}
+
+impl AuditRows {
+    /// [`INSERT_ROWS`]'s parameters: these rows of node `node_id`.
+    fn insert_params<'a>(&'a self, node_id: &'a &str) -> [&'a (dyn ToSql + Sync); 7] {
+        [
+            node_id,
+            &self.seqs,
+            &self.prev_hashes,
+            &self.hashes,
+            &self.event_types,
+            &self.data,
+            &self.created_at,
+        ]
     }
 }
 

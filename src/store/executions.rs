@@ -10,12 +10,12 @@ use std::sync::{Arc, OnceLock};
 use crate::store::audit::Tx;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::store::audit::{
-    Actor, Answer, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Scope, SetRow,
-    TypedParams, column,
+    Actor, Answer, AppendError, AuditEvent, AuditHandle, Body, Checked, Deferred, Foreseen,
+    Foresight, Params, Scope, SetRow, TypedParams, column, refs,
 };
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity, StepState};
@@ -162,67 +162,43 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
     let execution_id = new.execution_id;
     let first_step = Arc::new(OnceLock::new());
     let captured = (new, watch.clone(), first_step.clone());
+    let foresight = {
+        let (node_id, (new, watch, first_step)) = (audit.node_id().to_owned(), captured.clone());
+        Box::new(move || {
+            // A halt known in memory refuses it: not foreseen, the effect says so.
+            if watch.current().is_some() {
+                return None;
+            }
+            let first_step: Option<&StepStart> = first_step.get();
+            let sql = match first_step {
+                Some(_) => ADMIT_AND_START_CHECKED,
+                None => ADMIT_CHECKED,
+            };
+            Some(Foreseen {
+                records: accepted_event(&new).into(),
+                value: (),
+                checked: vec![Checked::new(
+                    sql,
+                    admission_params(&new, &node_id, first_step),
+                )],
+            })
+        })
+    };
     let effect = as_node(audit, captured, |tx, node_id, (new, watch, first_step)| {
         Box::pin(async move {
             if let Some(halt) = watch.current() {
                 return Err(StoreError::Halted(Box::new(halt)));
             }
             let first_step: Option<&StepStart> = first_step.get();
-            let binding = json!({
-                "policy": new.binding.policy, "outcome": new.binding.outcome,
-                "org_id": new.binding.org_id, "playbook": new.binding.playbook,
-                "require_approval": new.binding.require_approval,
-            });
-            let subject = Value::Object(new.subject.clone());
-            // One statement, one round trip: the nonce and the run (and its first step), or
-            // nothing.
-            let (state, current_step) = match first_step {
-                Some(start) => (RunState::Running, Some(index_to_db(start.index))),
-                None => (RunState::Pending, None),
-            };
-            let version = i64::from(new.version);
-            let requested_by_uid = i64::from(new.requested_by_uid);
-            let (sha256, state, severity) =
-                (new.sha256.as_slice(), state.as_str(), new.severity.as_str());
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                &new.execution_id,
-                &node_id,
-                &new.playbook_id,
-                &version,
-                &sha256,
-                &state,
-                &new.nonce,
-                &new.decision_id,
-                &new.policy,
-                &new.outcome,
-                &new.org_id,
-                &severity,
-                &subject,
-                &requested_by_uid,
-                &binding,
-                &current_step,
-            ];
-            // Bound out here, for `params` to borrow them.
-            let step_state = StepState::Running.as_str();
-            let (idempotency_key, params_sha256);
             let sql = match first_step {
-                Some(start) => {
-                    idempotency_key = start.idempotency_key.as_slice();
-                    params_sha256 = start.params_sha256.as_slice();
-                    params.extend_from_slice(&[
-                        &start.step_id,
-                        &start.action,
-                        &step_state,
-                        &start.attempt,
-                        &idempotency_key,
-                        &params_sha256,
-                    ]);
-                    ADMIT_AND_START
-                }
+                Some(_) => ADMIT_AND_START,
                 None => ADMIT,
             };
+            // One statement, one round trip: the nonce and the run (and its first step), or
+            // nothing.
+            let params = admission_params(&new, &node_id, first_step);
             let inserted = tx
-                .query_opt(sql, &params)
+                .query_opt(sql, &refs(&params))
                 .await
                 .map_err(nonces::replay_or_query)?;
             if inserted.is_none() {
@@ -240,26 +216,10 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
                         })?;
                 return Err(StoreError::Halted(Box::new(halt)));
             }
-            let subject_hash = crate::store::rows::params_hash(&subject);
-            let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
-                .execution(new.execution_id)
-                .with("decision_id", new.decision_id)
-                .with("policy", new.policy)
-                .with("outcome", new.outcome)
-                .with("org_id", new.org_id)
-                .with("nonce", new.nonce)
-                .with("playbook", format!("{}@{}", new.playbook_id, new.version))
-                .with("playbook_sha256", hex::encode(new.sha256))
-                .with("subject_sha256", hex::encode(subject_hash));
-            let event = if new.ignored_subject_keys.is_empty() {
-                event
-            } else {
-                event.with("ignored_subject_keys", new.ignored_subject_keys)
-            };
-            Ok((event, ()))
+            Ok((accepted_event(&new), ()))
         })
     });
-    let (deferred, answer) = audit.defer_answered_in(scope, effect);
+    let (deferred, answer) = audit.defer_answered_in(scope, Body::from(effect).foreseen(foresight));
     Admission {
         record,
         ahead: AdmissionAhead {
@@ -268,6 +228,69 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
             first_step,
         },
         admitted: Admitted(answer),
+    }
+}
+
+/// [`ADMIT`]'s parameters for `new` on node `node_id`, and [`ADMIT_AND_START`]'s with
+/// `first_step`: the run `running` at that step, else `pending`.
+fn admission_params(new: &NewExecution, node_id: &str, first_step: Option<&StepStart>) -> Params {
+    let binding = json!({
+        "policy": new.binding.policy, "outcome": new.binding.outcome,
+        "org_id": new.binding.org_id, "playbook": new.binding.playbook,
+        "require_approval": new.binding.require_approval,
+    });
+    let (state, current_step) = match first_step {
+        Some(start) => (RunState::Running, Some(index_to_db(start.index))),
+        None => (RunState::Pending, None),
+    };
+    let mut params: Params = vec![
+        Box::new(new.execution_id),
+        Box::new(node_id.to_owned()),
+        Box::new(new.playbook_id.clone()),
+        Box::new(i64::from(new.version)),
+        Box::new(new.sha256.to_vec()),
+        Box::new(state.as_str()),
+        Box::new(new.nonce.clone()),
+        Box::new(new.decision_id.clone()),
+        Box::new(new.policy.clone()),
+        Box::new(new.outcome.clone()),
+        Box::new(new.org_id.clone()),
+        Box::new(new.severity.as_str()),
+        Box::new(Value::Object(new.subject.clone())),
+        Box::new(i64::from(new.requested_by_uid)),
+        Box::new(binding),
+        Box::new(current_step),
+    ];
+    if let Some(start) = first_step {
+        params.extend::<Params>(vec![
+            Box::new(start.step_id.clone()),
+            Box::new(start.action.clone()),
+            Box::new(StepState::Running.as_str()),
+            Box::new(start.attempt),
+            Box::new(start.idempotency_key.to_vec()),
+            Box::new(start.params_sha256.to_vec()),
+        ]);
+    }
+    params
+}
+
+/// `decision.accepted` for `new`: what its admission records.
+fn accepted_event(new: &NewExecution) -> AuditEvent {
+    let subject_hash = crate::store::rows::params_hash(&Value::Object(new.subject.clone()));
+    let event = AuditEvent::new("decision.accepted", Actor::Uid(new.requested_by_uid))
+        .execution(new.execution_id)
+        .with("decision_id", new.decision_id.clone())
+        .with("policy", new.policy.clone())
+        .with("outcome", new.outcome.clone())
+        .with("org_id", new.org_id.clone())
+        .with("nonce", new.nonce.clone())
+        .with("playbook", format!("{}@{}", new.playbook_id, new.version))
+        .with("playbook_sha256", hex::encode(new.sha256))
+        .with("subject_sha256", hex::encode(subject_hash));
+    if new.ignored_subject_keys.is_empty() {
+        event
+    } else {
+        event.with("ignored_subject_keys", new.ignored_subject_keys.clone())
     }
 }
 
@@ -348,20 +371,45 @@ const ADMIT: &str = concat!(
     " RETURNING started_at"
 );
 
-/// [`ADMIT`] with the run's first step (`$16` its index, `$17`–`$22` its row): the step is
-/// written only with the run, the run only with the nonce; no row comes back when nothing was
-/// written.
+/// The run's first step (`$16` its index, `$17`–`$22` its row), written only with the run.
+macro_rules! first_step_from_run {
+    () => {
+        "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
+            attempts, idempotency_key, params_sha256, started_at) \
+        SELECT execution_id, $16::int4, $17::text, $18::text, $19::text, $20::int4, $21::bytea, \
+            $22::bytea, now() \
+        FROM run"
+    };
+}
+
+/// [`ADMIT`] with the run's first step: the step is written only with the run, the run only
+/// with the nonce; no row comes back when nothing was written.
 const ADMIT_AND_START: &str = concat!(
     used_nonce!(),
     ", run AS (",
     run_from_nonce!(),
-    " RETURNING execution_id) \
-    INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, attempts, \
-        idempotency_key, params_sha256, started_at) \
-    SELECT execution_id, $16::int4, $17::text, $18::text, $19::text, $20::int4, $21::bytea, \
-        $22::bytea, now() \
-    FROM run \
-    RETURNING started_at"
+    " RETURNING execution_id) ",
+    first_step_from_run!(),
+    " RETURNING started_at"
+);
+
+/// [`ADMIT`] for a one-flight write: raises unless the run was written.
+const ADMIT_CHECKED: &str = concat!(
+    used_nonce!(),
+    ", run AS (",
+    run_from_nonce!(),
+    " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM run), 'the admission')"
+);
+
+/// [`ADMIT_AND_START`] for a one-flight write: raises unless the run and its step were written.
+const ADMIT_AND_START_CHECKED: &str = concat!(
+    used_nonce!(),
+    ", run AS (",
+    run_from_nonce!(),
+    " RETURNING execution_id), step AS (",
+    first_step_from_run!(),
+    " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM step), \
+        'the admission with its first step')"
 );
 
 /// The stored row of one execution, decoded.
@@ -548,13 +596,28 @@ pub fn defer_state(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEven
     audit.defer_in(Scope::Execution(id), state_effect(audit, id, to, event))
 }
 
-fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Effect<()> {
-    as_node(audit, event, move |tx, node_id, event| {
+fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) -> Body<()> {
+    let change = RunStateChange {
+        execution_id: id,
+        node_id: audit.node_id().to_owned(),
+        to,
+        end_reason: None,
+    };
+    let foreseen = state_event(event.clone(), id, to);
+    let foresight: Foresight<()> = Box::new(move || {
+        Some(Foreseen {
+            records: foreseen.clone().into(),
+            value: (),
+            checked: vec![Checked::new(RUN_STATE_CHANGE_CHECKED, change.one())],
+        })
+    });
+    let effect = as_node(audit, event, move |tx, node_id, event| {
         Box::pin(async move {
             transition(tx, id, &node_id, to).await?;
             Ok((state_event(event, id, to), ()))
         })
-    })
+    });
+    Body::from(effect).foreseen(foresight)
 }
 
 /// `event` as the record of run `id` moving to `to` ([`set_state`]).
@@ -703,12 +766,22 @@ pub(crate) struct RunStateChange {
     end_reason: Option<String>,
 }
 
-impl SetRow for RunStateChange {
-    const ONE: &'static str = "UPDATE playbook_executions SET state = $3, updated_at = now(), \
+/// [`RunStateChange`]'s statement for one row, without its `RETURNING`.
+macro_rules! run_state_change {
+    () => {
+        "UPDATE playbook_executions SET state = $3, updated_at = now(), \
             completed_at = CASE WHEN $4 THEN now() ELSE completed_at END, \
             end_reason = COALESCE($6, end_reason) \
-        WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
-        RETURNING 1::int8";
+        WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5)"
+    };
+}
+
+/// [`RunStateChange`]'s [`SetRow::ONE`] for a one-flight write: raises unless the run changed.
+const RUN_STATE_CHANGE_CHECKED: &str =
+    crate::store::audit::checked_change!(run_state_change!(), "the run state change");
+
+impl SetRow for RunStateChange {
+    const ONE: &'static str = concat!(run_state_change!(), " RETURNING 1::int8");
 
     fn one(&self) -> Params {
         vec![

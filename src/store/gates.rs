@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::registry::model::RiskTier;
-use crate::store::audit::{Actor, AppendError, AuditEvent, AuditHandle, Scope, format_timestamp};
+use crate::store::audit::{
+    Actor, AppendError, AuditEvent, AuditHandle, Effect, Scope, format_timestamp,
+};
 use crate::store::executions;
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{GateState, Vote, decode_risk};
@@ -142,25 +144,21 @@ pub async fn expire(
     index: usize,
     step_id: String,
 ) -> Result<bool, AppendError> {
-    let (_, expired) = audit
-        .append_in(
-            Scope::Execution(id),
-            Box::new(move |tx| {
-                let step_id = step_id.clone();
-                Box::pin(async move {
-                    let expired =
-                        resolve_pending(tx, id, index_to_db(index), GateState::Expired).await? == 1;
-                    let mut event = AuditEvent::new("approval.expired", Actor::System)
-                        .execution(id)
-                        .with("step_id", step_id);
-                    if !expired {
-                        event = event.with("already_resolved", true);
-                    }
-                    Ok((event, expired))
-                })
-            }),
-        )
-        .await?;
+    let effect: Effect<bool> = Box::new(move |tx| {
+        let step_id = step_id.clone();
+        Box::pin(async move {
+            let expired =
+                resolve_pending(tx, id, index_to_db(index), GateState::Expired).await? == 1;
+            let mut event = AuditEvent::new("approval.expired", Actor::System)
+                .execution(id)
+                .with("step_id", step_id);
+            if !expired {
+                event = event.with("already_resolved", true);
+            }
+            Ok((event, expired))
+        })
+    });
+    let (_, expired) = audit.append_in(Scope::Execution(id), effect).await?;
     Ok(expired)
 }
 

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use tokio_postgres::types::Type;
 
 use crate::store::audit::{
-    Actor, AppendError, AuditEvent, AuditHandle, Deferred, Effect, Params, Records, RecordsEffect,
-    Scope, SetRow, Tx, TypedParams, column,
+    Actor, AppendError, AuditEvent, AuditHandle, Body, Checked, Deferred, Foreseen, Foresight,
+    Params, Records, RecordsEffect, Scope, SetRow, Tx, TypedParams, column,
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -144,12 +144,21 @@ pub async fn record_admission_and_first_start(
     let (step_started, _) = start_event(start.clone(), None);
     let before = vec![admission.with_first_step(start)];
     // Written by the admission's statement, just before this in the same transaction.
+    let records = Records::after([run_started], step_started);
+    let foreseen = records.clone();
     let effect: RecordsEffect<StartOutcome> = Box::new(move |_tx| {
-        let records = Records::after([run_started.clone()], step_started.clone());
+        let records = records.clone();
         Box::pin(async move { Ok((records, StartOutcome::Started)) })
     });
+    let body = Body::from(effect).foreseen(Box::new(move || {
+        Some(Foreseen {
+            records: foreseen.clone(),
+            value: StartOutcome::Started,
+            checked: Vec::new(),
+        })
+    }));
     let (_, outcome) = audit
-        .append_after_in(Scope::Execution(id), before, effect)
+        .append_after_in(Scope::Execution(id), before, body)
         .await?;
     Ok(outcome)
 }
@@ -166,6 +175,12 @@ async fn send_start(
     let scope = Scope::Execution(start.execution_id);
     let node_id = audit.node_id().to_owned();
     let watch = watch.clone();
+    let foreseen = ForeseenStart {
+        node_id: node_id.clone(),
+        run_start: run_start.clone(),
+        start: start.clone(),
+        watch: watch.clone(),
+    };
     let effect: RecordsEffect<StartOutcome> = Box::new(move |tx| {
         let (node_id, run_start, start, watch) = (
             node_id.clone(),
@@ -189,8 +204,46 @@ async fn send_start(
             Ok((Records::after([run_started], event), outcome))
         })
     });
-    let (_, outcome) = audit.append_after_in(scope, before, effect).await?;
+    let foresight: Foresight<StartOutcome> = Box::new(move || {
+        // A halt known in memory refuses it: not foreseen, the effect records the refusal.
+        if foreseen.watch.current().is_some() {
+            return None;
+        }
+        let start = foreseen.start.clone();
+        let id = start.execution_id;
+        let row = RunAndStepStart {
+            start: start.clone(),
+            node_id: foreseen.node_id.clone(),
+        };
+        let (event, outcome) = start_event(start, None);
+        let records = match &foreseen.run_start {
+            Some(started) => Records::after(
+                [executions::state_event(
+                    started.clone(),
+                    id,
+                    RunState::Running,
+                )],
+                event,
+            ),
+            None => event.into(),
+        };
+        Some(Foreseen {
+            records,
+            value: outcome,
+            checked: vec![Checked::new(RUN_AND_STEP_START_CHECKED, row.one())],
+        })
+    });
+    let body = Body::from(effect).foreseen(foresight);
+    let (_, outcome) = audit.append_after_in(scope, before, body).await?;
     Ok(outcome)
+}
+
+/// What [`send_start`]'s foresight reads: its own copies of the effect's.
+struct ForeseenStart {
+    node_id: String,
+    run_start: Option<AuditEvent>,
+    start: StepStart,
+    watch: HaltWatch,
 }
 
 /// The run on to the step and the step `running` ([`start_run_and_step`]), unless a SAFE-HALT
@@ -271,14 +324,17 @@ pub(crate) struct RunAndStepStart {
     node_id: String,
 }
 
-impl SetRow for RunAndStepStart {
-    const ONE: &'static str = concat!(
-        "WITH run AS ( \
+/// [`RunAndStepStart`]'s statement for one row, but for its final `SELECT`: the run's change
+/// (`run`) and the step's (`step`).
+macro_rules! run_and_step_start {
+    () => {
+        concat!(
+            "WITH run AS ( \
             UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
             AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
-        halts::in_force!("$2"),
-        ") \
+            halts::in_force!("$2"),
+            ") \
             RETURNING execution_id), \
          step AS ( \
             INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
@@ -288,8 +344,23 @@ impl SetRow for RunAndStepStart {
                 attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
                 error = NULL, error_class = NULL, finished_at = NULL \
             WHERE playbook_step_runs.state = ANY($12) \
-            RETURNING 1) \
-         SELECT 1::int8, EXISTS (SELECT 1 FROM step) FROM run"
+            RETURNING 1)"
+        )
+    };
+}
+
+/// [`RunAndStepStart`]'s [`SetRow::ONE`] for a one-flight write: raises unless the run moved on
+/// and the step was written.
+const RUN_AND_STEP_START_CHECKED: &str = concat!(
+    run_and_step_start!(),
+    " SELECT playbook_expect(EXISTS (SELECT 1 FROM run) AND EXISTS (SELECT 1 FROM step), \
+        'the step start')"
+);
+
+impl SetRow for RunAndStepStart {
+    const ONE: &'static str = concat!(
+        run_and_step_start!(),
+        " SELECT 1::int8, EXISTS (SELECT 1 FROM step) FROM run"
     );
 
     fn one(&self) -> Params {
@@ -437,41 +508,127 @@ pub fn defer_end(audit: &AuditHandle, record: StepEndRecord) -> Deferred {
     )
 }
 
-fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
-    as_node(audit, record, |tx, node_id, record| {
+/// What an attempt's end writes, made storable and bounded once ([`record_end`]).
+#[derive(Clone)]
+struct Ended {
+    record: StepEndRecord,
+    to: StepState,
+    output: Option<Value>,
+    class: Option<ErrorClass>,
+    error: Option<String>,
+    reason: Option<String>,
+    /// Not a retry: the step's `finished_at` is set.
+    finished: bool,
+}
+
+impl Ended {
+    fn of(record: StepEndRecord) -> Ended {
+        let to = record.end.state();
+        let (output, class, error, reason) = match &record.end {
+            StepEnd::Succeeded { output } => {
+                (Some(storable_output(output.clone())), None, None, None)
+            }
+            StepEnd::Retrying { class, error, .. } | StepEnd::Failed { class, error } => (
+                None,
+                Some(*class),
+                Some(text::storable(error, text::MAX_FIELD_BYTES)),
+                None,
+            ),
+            StepEnd::Skipped { reason } => (
+                None,
+                None,
+                None,
+                Some(text::storable(reason, text::MAX_FIELD_BYTES)),
+            ),
+        };
+        let finished = !matches!(record.end, StepEnd::Retrying { .. });
+        Ended {
+            record,
+            to,
+            output,
+            class,
+            error,
+            reason,
+            finished,
+        }
+    }
+
+    /// The row of [`AttemptEnd`]'s statement: for an attempt whose step row exists (a success,
+    /// a retry); `None` for a failure or a skip, whose step may never have started.
+    fn attempt_end(&self) -> Option<AttemptEnd> {
+        match self.record.end {
+            StepEnd::Succeeded { .. } | StepEnd::Retrying { .. } => Some(AttemptEnd {
+                execution_id: self.record.execution_id,
+                index: index_to_db(self.record.index),
+                to: self.to,
+                output: self.output.clone(),
+                class: self.class,
+                error: self.error.clone(),
+                finished: self.finished,
+            }),
+            StepEnd::Failed { .. } | StepEnd::Skipped { .. } => None,
+        }
+    }
+
+    /// The attempt's end record.
+    fn event(&self) -> AuditEvent {
+        let record = &self.record;
+        let mut event = AuditEvent::new(record.end.event_type(), Actor::System)
+            .execution(record.execution_id)
+            .with("step_id", record.step_id.clone())
+            .with("action", record.action.clone());
+        if let Some(class) = self.class {
+            event = event.with("error_class", class.as_str());
+        }
+        if let Some(error) = &self.error {
+            event = event.with("error", error.clone());
+        }
+        if let Some(reason) = &self.reason {
+            event = event.with("reason", reason.clone());
+        }
+        if let StepEnd::Retrying { delay_ms, .. } = record.end {
+            event = event.with("retry_in_ms", delay_ms);
+        }
+        if let Some(output) = &self.output {
+            event = event.with("output_sha256", hex::encode(params_hash(output)));
+        }
+        event
+    }
+}
+
+fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Body<()> {
+    let ended = Ended::of(record);
+    // A success or a retry is foreseen: its row exists and its state guards the change.
+    let foresight: Option<Foresight<()>> = ended.attempt_end().map(|row| {
+        let event = ended.event();
+        let foresight: Foresight<()> = Box::new(move || {
+            Some(Foreseen {
+                records: event.clone().into(),
+                value: (),
+                checked: vec![Checked::new(ATTEMPT_END_CHECKED, row.one())],
+            })
+        });
+        foresight
+    });
+    let effect = as_node(audit, ended, |tx, node_id, ended| {
         Box::pin(async move {
             let StepEndRecord {
                 execution_id,
                 index,
-                step_id,
-                action,
-                end,
-            } = record;
-            let to = end.state();
-            let (output, class, error, reason) = match &end {
-                StepEnd::Succeeded { output } => {
-                    (Some(storable_output(output.clone())), None, None, None)
-                }
-                StepEnd::Retrying { class, error, .. } | StepEnd::Failed { class, error } => (
-                    None,
-                    Some(*class),
-                    Some(text::storable(error, text::MAX_FIELD_BYTES)),
-                    None,
-                ),
-                StepEnd::Skipped { reason } => (
-                    None,
-                    None,
-                    None,
-                    Some(text::storable(reason, text::MAX_FIELD_BYTES)),
-                ),
-            };
-            let finished = !matches!(end, StepEnd::Retrying { .. });
-            let sources = transitions::step_sources(to);
-            let open = transitions::open_run_states();
-            let written = if matches!(end, StepEnd::Failed { .. } | StepEnd::Skipped { .. }) {
+                ref step_id,
+                ref action,
+                ..
+            } = ended.record;
+            let to = ended.to;
+            let written = match ended.attempt_end() {
+                // Success and a retry end an attempt whose start this node recorded (its
+                // transaction checked the run's owner and state): the row exists, and its
+                // state guards the change.
+                Some(row) => tx.query_set(row).await?.len() as u64,
                 // A step may end before it ever started (its row is created here). Only for
                 // this node's run, still open: checked in the same statement.
-                tx.execute(
+                None => {
+                    tx.execute(
                         "INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
                             attempts, idempotency_key, skip_reason, output, error_class, error, finished_at) \
                          SELECT $1::uuid, $2::int4, $3::text, $4::text, $5::text, 0, $6::bytea, $7::text, \
@@ -486,63 +643,35 @@ fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Effect<()> {
                         &[
                             &execution_id,
                             &index_to_db(index),
-                            &step_id,
-                            &action,
+                            step_id,
+                            action,
                             &to.as_str(),
-                            &step_key(execution_id, &step_id).as_slice(),
-                            &reason,
-                            &output,
-                            &class.map(ErrorClass::as_str),
-                            &error,
-                            &finished,
-                            &sources,
+                            &step_key(execution_id, step_id).as_slice(),
+                            &ended.reason,
+                            &ended.output,
+                            &ended.class.map(ErrorClass::as_str),
+                            &ended.error,
+                            &ended.finished,
+                            &transitions::step_sources(to),
                             &node_id,
-                            &open,
+                            &transitions::open_run_states(),
                         ],
                     )
                     .await?
-            } else {
-                // Success and a retry end an attempt whose start this node recorded (its
-                // transaction checked the run's owner and state): the row exists, and its
-                // state guards the change.
-                let ended = AttemptEnd {
-                    execution_id,
-                    index: index_to_db(index),
-                    to,
-                    output: output.clone(),
-                    class,
-                    error: error.clone(),
-                    finished,
-                };
-                tx.query_set(ended).await?.len() as u64
+                }
             };
             if written != 1 {
                 // Not this node's run, or it ended; else the step's state refused it.
                 require_open_run(tx, execution_id, &node_id).await?;
                 return Err(step_refusal(tx, execution_id, index, to).await);
             }
-            let mut event = AuditEvent::new(end.event_type(), Actor::System)
-                .execution(execution_id)
-                .with("step_id", step_id)
-                .with("action", action);
-            if let Some(class) = class {
-                event = event.with("error_class", class.as_str());
-            }
-            if let Some(error) = error {
-                event = event.with("error", error);
-            }
-            if let Some(reason) = reason {
-                event = event.with("reason", reason);
-            }
-            if let StepEnd::Retrying { delay_ms, .. } = end {
-                event = event.with("retry_in_ms", delay_ms);
-            }
-            if let Some(output) = output {
-                event = event.with("output_sha256", hex::encode(params_hash(&output)));
-            }
-            Ok((event, ()))
+            Ok((ended.event(), ()))
         })
-    })
+    });
+    match foresight {
+        Some(foresight) => Body::from(effect).foreseen(foresight),
+        None => Body::from(effect),
+    }
 }
 
 /// The successful end of the first step of each of `runs` (`store::set_row_statements`).
@@ -588,11 +717,21 @@ pub(crate) struct AttemptEnd {
     finished: bool,
 }
 
-impl SetRow for AttemptEnd {
-    const ONE: &'static str = "UPDATE playbook_step_runs SET state = $3, output = $4, \
+/// [`AttemptEnd`]'s statement for one row, without its `RETURNING`.
+macro_rules! attempt_end {
+    () => {
+        "UPDATE playbook_step_runs SET state = $3, output = $4, \
             error_class = $5, error = $6, finished_at = CASE WHEN $7 THEN now() END \
-        WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8) \
-        RETURNING 1::int8";
+        WHERE execution_id = $1 AND step_index = $2 AND state = ANY($8)"
+    };
+}
+
+/// [`AttemptEnd`]'s [`SetRow::ONE`] for a one-flight write: raises unless the step changed.
+const ATTEMPT_END_CHECKED: &str =
+    crate::store::audit::checked_change!(attempt_end!(), "the step end");
+
+impl SetRow for AttemptEnd {
+    const ONE: &'static str = concat!(attempt_end!(), " RETURNING 1::int8");
 
     fn one(&self) -> Params {
         vec![

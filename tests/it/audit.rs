@@ -605,20 +605,18 @@ async fn a_batch_written_while_another_commits(fail: bool) {
     let (handle, _stop) = writer(&db, "n1").await;
     let first = uuid::Uuid::new_v4();
     // Its effect takes 0.15 s: the requests below queue up meanwhile, for the next batch.
-    let slow = handle.append_in(
-        Scope::Execution(first),
-        Box::new(move |tx| {
-            Box::pin(async move {
-                tx.execute("SELECT pg_sleep(0.15)", &[])
-                    .await
-                    .map_err(StoreError::Query)?;
-                Ok((
-                    AuditEvent::new("test.slow_commit", Actor::System).execution(first),
-                    0,
-                ))
-            })
-        }),
-    );
+    let slow_effect: audit::Effect<i32> = Box::new(move |tx| {
+        Box::pin(async move {
+            tx.execute("SELECT pg_sleep(0.15)", &[])
+                .await
+                .map_err(StoreError::Query)?;
+            Ok((
+                AuditEvent::new("test.slow_commit", Actor::System).execution(first),
+                0,
+            ))
+        })
+    });
+    let slow = handle.append_in(Scope::Execution(first), slow_effect);
     // Whether the slow batch's row was visible to each effect: 8 other runs, then the slow
     // one's run again, then a global request.
     let sees_slow_row = |scope: Scope, id: uuid::Uuid| {
@@ -1226,4 +1224,92 @@ async fn the_daemons_role_may_only_read_and_append_the_evidence() {
         // The privilege check, not the trigger ("append-only"), refuses each.
         assert_contains(line, "permission denied");
     }
+}
+
+/// An append whose effect is foreseen ([`audit::Body::foreseen`]), its checked statement
+/// writing `scratch` and raising unless `holds`; the effect itself records `test.effect` and
+/// counts its runs in `runs`.
+fn foreseen_append(holds: bool, runs: Arc<AtomicUsize>) -> audit::Body<&'static str> {
+    let effect: audit::Effect<&'static str> = Box::new(move |tx| {
+        let runs = runs.clone();
+        Box::pin(async move {
+            runs.fetch_add(1, AtomicOrdering::SeqCst);
+            tx.execute("INSERT INTO scratch (k) VALUES (2)", &[])
+                .await
+                .map_err(StoreError::Query)?;
+            Ok((AuditEvent::new("test.effect", Actor::System), "effect"))
+        })
+    });
+    audit::Body::from(effect).foreseen(Box::new(move || {
+        Some(audit::Foreseen {
+            records: AuditEvent::new("test.foreseen", Actor::System).into(),
+            value: "foreseen",
+            checked: vec![audit::Checked::new(
+                "WITH w AS (INSERT INTO scratch (k) VALUES (1) RETURNING 1) \
+                 SELECT playbook_expect($1::bool AND EXISTS (SELECT 1 FROM w), 'test')",
+                vec![Box::new(holds)],
+            )],
+        })
+    }))
+}
+
+/// A lone append whose foreseen statement does what its records say is written in one flight:
+/// its checked statement and its foreseen record commit, and its effect never runs.
+#[tokio::test]
+async fn a_lone_foreseen_append_commits_its_foreseen_record_without_running_its_effect() {
+    let db = TestDb::new().await;
+    let (client, handle, _stop) = scratch_writer(&db, "k int").await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (appended, value) = handle
+        .append_in(Scope::Event, foreseen_append(true, runs.clone()))
+        .await
+        .expect("commits");
+    assert_eq!(
+        (appended.event.event_type, value),
+        ("test.foreseen", "foreseen")
+    );
+    assert_eq!(runs.load(AtomicOrdering::SeqCst), 0, "the effect ran");
+    let written: Vec<i32> = query_column(&client, "SELECT k FROM scratch", &[]).await;
+    assert_eq!(written, [1]);
+    let types: Vec<String> = query_column(
+        &client,
+        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
+        &[],
+    )
+    .await;
+    assert_eq!(types, ["test.foreseen"]);
+    intact_rows(&client, "n1").await;
+}
+
+/// When a foreseen statement does not do what its records say, it raises: the one-flight
+/// transaction rolls back whole (its write and its record are gone) and the append is written
+/// the ordinary way, its effect deciding its record. The writer goes on.
+#[tokio::test]
+async fn a_foreseen_append_that_surprises_is_rolled_back_and_written_by_its_effect() {
+    let db = TestDb::new().await;
+    let (client, handle, _stop) = scratch_writer(&db, "k int").await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (appended, value) = handle
+        .append_in(Scope::Event, foreseen_append(false, runs.clone()))
+        .await
+        .expect("commits the ordinary way");
+    assert_eq!(
+        (appended.event.event_type, value),
+        ("test.effect", "effect")
+    );
+    assert_eq!(runs.load(AtomicOrdering::SeqCst), 1);
+    let written: Vec<i32> = query_column(&client, "SELECT k FROM scratch", &[]).await;
+    assert_eq!(written, [2], "the one-flight write was not rolled back");
+    handle
+        .append(AuditEvent::new("after", Actor::System))
+        .await
+        .expect("the writer goes on");
+    let types: Vec<String> = query_column(
+        &client,
+        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
+        &[],
+    )
+    .await;
+    assert_eq!(types, ["test.effect", "after"]);
+    intact_rows(&client, "n1").await;
 }

@@ -309,7 +309,7 @@ fn answer(members: Vec<Member>, outcome: Outcome) {
 }
 
 /// `params` as the client takes them.
-fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+pub fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
     params
         .iter()
         .map(|param| &**param as &(dyn ToSql + Sync))
