@@ -18,7 +18,7 @@ use crate::store::audit::{
     Foresight, Params, Scope, SetRow, TypedParams, column, refs,
 };
 use crate::store::halts::{self, HaltWatch};
-use crate::store::model::{RollbackCause, RunState, Severity, StepState};
+use crate::store::model::{RollbackCause, RunState, Severity};
 use crate::store::rows::{
     StepStart, append_as_node, as_node, explain_refusal, index_to_db, not_found, require_own,
 };
@@ -262,14 +262,7 @@ fn admission_params(new: &NewExecution, node_id: &str, first_step: Option<&StepS
         Box::new(current_step),
     ];
     if let Some(start) = first_step {
-        params.extend::<Params>(vec![
-            Box::new(start.step_id.clone()),
-            Box::new(start.action.clone()),
-            Box::new(StepState::Running.as_str()),
-            Box::new(start.attempt),
-            Box::new(start.idempotency_key.to_vec()),
-            Box::new(start.params_sha256.to_vec()),
-        ]);
+        params.extend(start.running_row());
     }
     params
 }

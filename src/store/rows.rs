@@ -14,8 +14,8 @@ use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::store::StoreError;
-use crate::store::audit::{AppendError, AuditEvent, AuditHandle, Effect, Scope, Tx};
-use crate::store::model::RunState;
+use crate::store::audit::{AppendError, AuditEvent, AuditHandle, Effect, Params, Scope, Tx};
+use crate::store::model::{RunState, StepState};
 
 /// What is written when a step (or an attempt of it) starts.
 #[derive(Debug, Clone)]
@@ -28,6 +28,22 @@ pub struct StepStart {
     pub idempotency_key: [u8; 32],
     /// SHA-256 of the rendered parameters (what ran, without storing secrets).
     pub params_sha256: [u8; 32],
+}
+
+impl StepStart {
+    /// The step's row as its start writes it, `running`: step id, action, state, attempt,
+    /// idempotency key, parameters' SHA-256, in that order (the admission's statement with its
+    /// first step and the start's own statement take them so).
+    pub(crate) fn running_row(&self) -> Params {
+        vec![
+            Box::new(self.step_id.clone()),
+            Box::new(self.action.clone()),
+            Box::new(StepState::Running.as_str()),
+            Box::new(self.attempt),
+            Box::new(self.idempotency_key.to_vec()),
+            Box::new(self.params_sha256.to_vec()),
+        ]
+    }
 }
 
 /// Refuses unless run `id` is this node's and has not ended; its state when it has not.

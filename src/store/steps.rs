@@ -365,20 +365,16 @@ impl SetRow for RunAndStepStart {
 
     fn one(&self) -> Params {
         let start = &self.start;
-        vec![
+        let mut params: Params = vec![
             Box::new(start.execution_id),
             Box::new(self.node_id.clone()),
             Box::new(RunState::Running.as_str()),
             Box::new(index_to_db(start.index)),
             Box::new(transitions::run_sources(RunState::Running)),
-            Box::new(start.step_id.clone()),
-            Box::new(start.action.clone()),
-            Box::new(StepState::Running.as_str()),
-            Box::new(start.attempt),
-            Box::new(start.idempotency_key.to_vec()),
-            Box::new(start.params_sha256.to_vec()),
-            Box::new(transitions::step_sources(StepState::Running)),
-        ]
+        ];
+        params.extend(start.running_row());
+        params.push(Box::new(transitions::step_sources(StepState::Running)));
+        params
     }
 
     const MANY: &'static str = concat!(
@@ -519,6 +515,8 @@ struct Ended {
     reason: Option<String>,
     /// Not a retry: the step's `finished_at` is set.
     finished: bool,
+    /// The attempt's end record, built once from the above.
+    event: AuditEvent,
 }
 
 impl Ended {
@@ -542,6 +540,7 @@ impl Ended {
             ),
         };
         let finished = !matches!(record.end, StepEnd::Retrying { .. });
+        let event = end_event(&record, class, error.as_deref(), reason.as_deref(), &output);
         Ended {
             record,
             to,
@@ -550,6 +549,7 @@ impl Ended {
             error,
             reason,
             finished,
+            event,
         }
     }
 
@@ -569,38 +569,43 @@ impl Ended {
             StepEnd::Failed { .. } | StepEnd::Skipped { .. } => None,
         }
     }
+}
 
-    /// The attempt's end record.
-    fn event(&self) -> AuditEvent {
-        let record = &self.record;
-        let mut event = AuditEvent::new(record.end.event_type(), Actor::System)
-            .execution(record.execution_id)
-            .with("step_id", record.step_id.clone())
-            .with("action", record.action.clone());
-        if let Some(class) = self.class {
-            event = event.with("error_class", class.as_str());
-        }
-        if let Some(error) = &self.error {
-            event = event.with("error", error.clone());
-        }
-        if let Some(reason) = &self.reason {
-            event = event.with("reason", reason.clone());
-        }
-        if let StepEnd::Retrying { delay_ms, .. } = record.end {
-            event = event.with("retry_in_ms", delay_ms);
-        }
-        if let Some(output) = &self.output {
-            event = event.with("output_sha256", hex::encode(params_hash(output)));
-        }
-        event
+/// The end record of `record`'s attempt, with its storable error, reason and output.
+fn end_event(
+    record: &StepEndRecord,
+    class: Option<ErrorClass>,
+    error: Option<&str>,
+    reason: Option<&str>,
+    output: &Option<Value>,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(record.end.event_type(), Actor::System)
+        .execution(record.execution_id)
+        .with("step_id", record.step_id.clone())
+        .with("action", record.action.clone());
+    if let Some(class) = class {
+        event = event.with("error_class", class.as_str());
     }
+    if let Some(error) = error {
+        event = event.with("error", error);
+    }
+    if let Some(reason) = reason {
+        event = event.with("reason", reason);
+    }
+    if let StepEnd::Retrying { delay_ms, .. } = record.end {
+        event = event.with("retry_in_ms", delay_ms);
+    }
+    if let Some(output) = output {
+        event = event.with("output_sha256", hex::encode(params_hash(output)));
+    }
+    event
 }
 
 fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Body<()> {
     let ended = Ended::of(record);
     // A success or a retry is foreseen: its row exists and its state guards the change.
     let foresight: Option<Foresight<()>> = ended.attempt_end().map(|row| {
-        let event = ended.event();
+        let event = ended.event.clone();
         let foresight: Foresight<()> = Box::new(move || {
             Some(Foreseen {
                 records: event.clone().into(),
@@ -665,7 +670,7 @@ fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Body<()> {
                 require_open_run(tx, execution_id, &node_id).await?;
                 return Err(step_refusal(tx, execution_id, index, to).await);
             }
-            Ok((ended.event(), ()))
+            Ok((ended.event, ()))
         })
     });
     match foresight {

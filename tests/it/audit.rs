@@ -56,6 +56,16 @@ async fn scratch_writer(
     (client, handle, stop)
 }
 
+/// The event types in the audit log, in chain order.
+async fn logged_event_types(client: &tokio_postgres::Client) -> Vec<String> {
+    query_column(
+        client,
+        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
+        &[],
+    )
+    .await
+}
+
 /// What a test effect returns to refuse its append `k` after it wrote.
 fn refused_after_writing(k: i32) -> StoreError {
     StoreError::Corrupt {
@@ -142,12 +152,7 @@ async fn a_failed_effect_refuses_only_its_own_append() {
     );
 
     let client = db.client().await;
-    let types: Vec<String> = query_column(
-        &client,
-        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
-        &[],
-    )
-    .await;
+    let types = logged_event_types(&client).await;
     assert_eq!(types, ["fine"]);
     intact_rows(&client, "n1").await;
 }
@@ -1271,12 +1276,7 @@ async fn a_lone_foreseen_append_commits_its_foreseen_record_without_running_its_
     assert_eq!(runs.load(AtomicOrdering::SeqCst), 0, "the effect ran");
     let written: Vec<i32> = query_column(&client, "SELECT k FROM scratch", &[]).await;
     assert_eq!(written, [1]);
-    let types: Vec<String> = query_column(
-        &client,
-        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
-        &[],
-    )
-    .await;
+    let types = logged_event_types(&client).await;
     assert_eq!(types, ["test.foreseen"]);
     intact_rows(&client, "n1").await;
 }
@@ -1304,12 +1304,7 @@ async fn a_foreseen_append_that_surprises_is_rolled_back_and_written_by_its_effe
         .append(AuditEvent::new("after", Actor::System))
         .await
         .expect("the writer goes on");
-    let types: Vec<String> = query_column(
-        &client,
-        "SELECT event_type FROM playbook_audit_log ORDER BY seq",
-        &[],
-    )
-    .await;
+    let types = logged_event_types(&client).await;
     assert_eq!(types, ["test.effect", "after"]);
     intact_rows(&client, "n1").await;
 }
