@@ -6,8 +6,12 @@
 #   statements  every statement its own round trip (pgbench's default);
 #   writer      as store::audit sends a batch today: BEGIN with the effects in one flight, then
 #               the audit INSERT with the COMMIT in a second (prepare_pipelined, then commit);
-#   one-flight  BEGIN, the effects, the INSERT and the COMMIT in one flight: the floor for a
-#               writer that knew a batch's records before its effects ran.
+#   one-flight  BEGIN, the effects, the INSERT and the COMMIT in one flight under one Sync (as
+#               pgbench's pipeline sends them; tokio-postgres cannot): the floor for a writer
+#               that knew a batch's records before its effects ran;
+#   one-statement  each transaction as one statement, its changes the WITH list of the audit
+#               INSERT, outside a transaction block (one_statement.py): as the writer sends a
+#               lone request since stop 38.
 # Each is reported beside a single-row INSERT+COMMIT on the same cluster (the bench's baseline).
 #
 #   benches/sql/flights.sh [ROUNDS]      (default 3; needs initdb, pg_ctl, psql, pgbench)
@@ -36,6 +40,7 @@ shape() {
         -e 's/^COMMIT;$/COMMIT;\n\\endpipeline/' "$script" ;;
     one-flight) sed -e 's/^BEGIN;$/\\startpipeline\nBEGIN;/' \
         -e 's/^COMMIT;$/COMMIT;\n\\endpipeline/' "$script" ;;
+    one-statement) python3 "$here/one_statement.py" "$script" ;;
     baseline) echo 'INSERT INTO baseline (at) VALUES (now());' ;;
     esac
 }
@@ -45,7 +50,7 @@ as_pg pg_ctl -D "$data" -l "$work/server.log" -w \
     -o "-p $port -k $work -c listen_addresses=127.0.0.1 -c autovacuum=off" start >/dev/null
 bench_database flights
 sql -d flights -c "CREATE TABLE baseline (id bigserial PRIMARY KEY, at timestamptz NOT NULL)"
-shapes="baseline statements writer one-flight"
+shapes="baseline statements writer one-flight one-statement"
 for name in $shapes; do shape "$name" >"$work/$name.pgbench"; done
 chmod a+r "$work"/*.pgbench
 echo "noop-3 as the writer sends it, 1 client over TCP to 127.0.0.1, ${seconds} s each, $rounds rounds"
@@ -85,9 +90,9 @@ pgbench -n -M prepared -c 1 -T "$seconds" -r -h 127.0.0.1 -p "$port" -U postgres
     }'
 
 base=$(median <"$work/latency.baseline")
-printf '%-11s %9s %11s\n' shape "ms/run" "÷ baseline"
-printf '%-11s %9.3f %11s\n' baseline "$base" "(1 row)"
-for name in statements writer one-flight; do
+printf '%-13s %9s %11s\n' shape "ms/run" "÷ baseline"
+printf '%-13s %9.3f %11s\n' baseline "$base" "(1 row)"
+for name in statements writer one-flight one-statement; do
     awk -v n="$name" -v l="$(median <"$work/latency.$name")" -v b="$base" \
-        'BEGIN { printf "%-11s %9.3f %10.1fx\n", n, l, l / b }'
+        'BEGIN { printf "%-13s %9.3f %10.1fx\n", n, l, l / b }'
 done

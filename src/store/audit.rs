@@ -39,8 +39,8 @@
 //!
 //! A lone request whose every append is foreseen ([`Body::foreseen`]: its records known before
 //! its statements run, and those statements raising unless they do what the records say) is
-//! written in one flight before any of that: BEGIN, the checked statements, the INSERT and
-//! COMMIT sent together (`write_in_one_flight`). Any surprise rolls that transaction back and
+//! written before any of that as one statement: the checked statements' changes and the INSERT
+//! of the records, its own transaction (`write_in_one_flight`). Any surprise rolls it back and
 //! the request is written as above. A run's records are foreseen (its admission, each step's
 //! start and end, its state changes), so a lone run costs one round trip per transaction.
 
@@ -1010,9 +1010,8 @@ enum Run<T> {
 impl<T> Body<T> {
     /// This append with `foresight`: what its effect records and returns when its statements do
     /// what is expected of them, and those statements in a form that fails otherwise. The
-    /// writer may then send the append's statements, its audit rows and the COMMIT in one
-    /// flight ([`Foreseen`]); on any surprise that transaction rolls back and the effect runs
-    /// as usual. The foresight must build its records as the effect does when it succeeds (the
+    /// writer may then write the append's changes and its audit rows as one statement
+    /// ([`Foreseen`]); on any surprise that statement rolls back and the effect runs as usual. The foresight must build its records as the effect does when it succeeds (the
     /// same functions, from the same captured values): a record that differs from the effect's
     /// would be chained for what the effect did.
     pub fn foreseen(self, foresight: Foresight<T>) -> Body<T> {
@@ -1051,38 +1050,49 @@ pub type Foresight<T> = Box<dyn Fn() -> Option<Foreseen<T>> + Send + Sync>;
 pub struct Foreseen<T> {
     pub records: Records,
     pub value: T,
-    /// Sent in order, in the append's transaction. Each must raise an error (`playbook_expect`,
-    /// migration V13) unless it did what `records` say, so that the COMMIT behind them commits
-    /// only what was foreseen.
+    /// Written with the records in one statement, which raises an error (`playbook_expect`,
+    /// migration V13) unless each did what `records` say, so that it commits only what was
+    /// foreseen.
     pub checked: Vec<Checked>,
 }
 
-/// `$statement` (an UPDATE or INSERT of one row, without `RETURNING`) in the checked form of a
-/// one-flight write ([`Checked`]): raises, naming `$what`, unless it changed a row.
+/// `$statement` (an UPDATE or INSERT of one row, without `RETURNING`) as a [`CheckedSql`]: its
+/// `WITH` list names it `$name`, and it holds, naming `$what`, only if it changed a row.
 macro_rules! checked_change {
-    ($statement:expr, $what:literal) => {
-        concat!(
-            "WITH changed AS (",
-            $statement,
-            " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM changed), '",
-            $what,
-            "')"
-        )
+    ($name:literal, $statement:expr, $what:literal) => {
+        $crate::store::audit::CheckedSql {
+            with: concat!($name, " AS (", $statement, " RETURNING 1)"),
+            expect: concat!("EXISTS (SELECT 1 FROM ", $name, ")"),
+            what: $what,
+        }
     };
 }
 pub(crate) use checked_change;
 
+/// The statement of a one-flight write in parts, so that a request's statements and its audit
+/// INSERT travel as one statement ([`write_in_one_flight`]).
+///
+/// `with` is a `WITH` list (`name AS (…), …`) whose data-modifying queries make the change; its
+/// names must differ from those of every other `CheckedSql` (a test lists them). `expect` is
+/// an SQL boolean over them that holds only if they did what the append's records say; when it
+/// does not, `playbook_expect` (migration V13) raises, naming `what`. Parameters are `$1`, `$2`…
+/// across `with` and `expect`; no other `$` may appear.
+#[derive(Debug)]
+pub struct CheckedSql {
+    pub with: &'static str,
+    pub expect: &'static str,
+    pub what: &'static str,
+}
+
 /// A statement that fails unless its outcome is the one foreseen ([`Foreseen::checked`]),
-/// with its parameters. Prepared once per writer connection.
+/// with its parameters.
 pub struct Checked {
-    sql: &'static str,
+    sql: &'static CheckedSql,
     params: Params,
 }
 
 impl Checked {
-    /// `sql` must end in `playbook_expect(…)` on what it did (or otherwise raise on any
-    /// outcome but the foreseen one).
-    pub fn new(sql: &'static str, params: Params) -> Checked {
+    pub fn new(sql: &'static CheckedSql, params: Params) -> Checked {
         Checked { sql, params }
     }
 }
@@ -2144,29 +2154,33 @@ const ONE_FLIGHT_REQUESTS: usize = 1;
 
 /// What [`write_in_one_flight`] did with a batch.
 enum OneFlight<'n> {
-    /// Its flight was sent and answered: settle it. The outcome may be a failure: a connection
-    /// lost before the COMMIT's answer fails the batch as a failed COMMIT does.
+    /// Its statement was sent and answered: settle it. The outcome may be a failure: a
+    /// connection lost before the answer fails the batch as a failed COMMIT does.
     Sent(Box<Committed<'n>>),
-    /// Not sent (a job without foresight, a statement not prepared), or rolled back by the
-    /// server (a check raised, a statement or the COMMIT refused): nothing of it stands.
+    /// Not sent (a job without foresight, the same change twice, a statement not prepared), or
+    /// rolled back by the server (a check raised, a constraint refused it): nothing of it
+    /// stands.
     Declined(Vec<Request>),
 }
 
-/// Writes a batch whose every job's outcome is foreseen ([`Body::foreseen`]) in one flight:
-/// BEGIN, each job's checked statements in batch order, the INSERT of the foreseen records
-/// chained on `tip`, and COMMIT, sent together and awaited together.
+/// Writes a batch whose every job's outcome is foreseen ([`Body::foreseen`]) as one statement
+/// ([`one_statement`]): the jobs' checked changes, in batch order, as the `WITH` list of the
+/// INSERT of the foreseen records chained on `tip`, which inserts them only if every check
+/// holds. Sent outside BEGIN … COMMIT, it is its own transaction, committed at its Sync: one
+/// message flight, one Sync, one answer.
 ///
-/// Why that commits only what the records say: the server executes the flight's statements in
-/// order, one at a time, as it would had each waited for the one before; a checked statement
-/// that did not do what its records say raises, which aborts the transaction, and PostgreSQL
-/// turns the COMMIT behind it into a ROLLBACK. So when every statement and the COMMIT succeeded,
-/// the effects and their records committed together, exactly as foreseen. When the server
-/// answered an error (a check, a constraint, the COMMIT itself), nothing committed: the batch
-/// is declined and written the ordinary way, where the effects' outcomes decide their records
-/// and refusals. A connection lost before the COMMIT's answer leaves it unknown whether the
-/// COMMIT committed; the batch fails as a failed COMMIT does, and the writer reopens the chain
-/// from what the database holds. Saves the ordinary way's second flight: a round trip, a wake-up
-/// of the writer and the server's wait between the two, per transaction.
+/// Why that commits only what the records say: PostgreSQL runs a statement whole or not at
+/// all; a check that does not hold raises, and the statement's transaction rolls back. The
+/// changes run on one snapshot, unlike statements one after the other; a change that would
+/// have read another's row finds it unchanged or already changed by this statement, and its
+/// check fails (each check asserts the change it foresaw), so what commits is what the
+/// records say. When the server answered an error (a check, a constraint, a name clash),
+/// nothing committed: the batch is declined and written the ordinary way, where the effects'
+/// outcomes decide their records and refusals. A connection lost before the answer leaves it
+/// unknown whether the statement committed; the batch fails as a failed COMMIT does, and the
+/// writer reopens the chain from what the database holds. Saves the ordinary way's second
+/// flight (a round trip, a wake-up of the writer and the server's wait between the two) and
+/// the server's work on BEGIN, COMMIT and a Sync per statement.
 async fn write_in_one_flight<'n>(
     link: Link<'_>,
     node_id: &'n str,
@@ -2185,67 +2199,39 @@ async fn write_in_one_flight<'n>(
         last_rows.push(chain.push_foreseen(records));
         checked.extend(statements);
     }
-    let tx = Tx::new(link.client, link.statements);
-    let mut statements = Vec::with_capacity(checked.len());
-    for sql in checked
-        .iter()
-        .map(|checked| checked.sql)
-        .chain([INSERT_ROWS])
-    {
-        match tx.statement(sql).await {
-            Ok(statement) => statements.push(statement),
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "a one-flight statement could not be prepared; written the ordinary way");
-                return OneFlight::Declined(batch);
-            }
-        }
-    }
-    let Some((insert, statements)) = statements.split_last() else {
-        // Not reached: the INSERT's statement was pushed last.
+    // The same change twice in one request: its `WITH` names would clash.
+    let Some(sql) = one_statement(&checked) else {
         return OneFlight::Declined(batch);
     };
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> = checked
+    let statement = match Tx::new(link.client, link.statements).statement(&sql).await {
+        Ok(statement) => statement,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "a one-flight statement could not be prepared; written the ordinary way");
+            return OneFlight::Declined(batch);
+        }
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = checked
         .iter()
-        .map(|checked| refs(&checked.params))
+        .flat_map(|checked| refs(&checked.params))
+        .chain(chain.rows.insert_params(&node_id))
         .collect();
-    let client = link.client;
-    let rows = chain.rows.insert_params(&node_id);
     perf.mark(0);
-    // Polled, hence sent, in this order (see `insert_and_commit`).
-    let (begun, checks, inserted, committed) = futures::join!(
-        client.batch_execute("BEGIN"),
-        futures::future::join_all(
-            statements
-                .iter()
-                .zip(&params)
-                .map(|(statement, params)| client.execute(statement, params))
-        ),
-        client.execute(insert, &rows),
-        client.batch_execute("COMMIT"),
-    );
+    let written = link.client.execute(&statement, &params).await;
     perf.mark(1);
     perf.mark(2);
-    let outcome = match (begun, committed) {
-        // Without BEGIN the statements ran each in its own transaction: the batch fails, as
-        // a failed BEGIN does the ordinary way, and the writer reconnects.
-        (Err(error), _) => Err(StoreError::from(error)),
-        // The COMMIT's answer is lost: it may have committed.
-        (Ok(()), Err(error)) if error.as_db_error().is_none() => Err(StoreError::from(error)),
-        (Ok(()), committed) => {
-            let all_ran = checks.iter().all(Result::is_ok);
-            match (all_ran, inserted, committed) {
-                (true, Ok(n), Ok(())) if n == chain.rows.seqs.len() as u64 => Ok(()),
-                (true, Ok(n), Ok(())) => Err(StoreError::Corrupt {
-                    what: "audit batch",
-                    detail: format!("{n} rows inserted for {} appends", chain.rows.seqs.len()),
-                }),
-                // The server refused something: the COMMIT rolled back (or was refused).
-                (_, _, _) => {
-                    perf.log("one_flight_declined");
-                    return OneFlight::Declined(batch);
-                }
-            }
+    let outcome = match written {
+        Ok(n) if n == chain.rows.seqs.len() as u64 => Ok(()),
+        Ok(n) => Err(StoreError::Corrupt {
+            what: "audit batch",
+            detail: format!("{n} rows inserted for {} appends", chain.rows.seqs.len()),
+        }),
+        // The server refused it: its transaction rolled back whole.
+        Err(error) if error.as_db_error().is_some() => {
+            perf.log("one_flight_declined");
+            return OneFlight::Declined(batch);
         }
+        // The answer is lost: it may have committed.
+        Err(error) => Err(StoreError::from(error)),
     };
     if outcome.is_ok() {
         perf.mark(3);
@@ -2260,6 +2246,78 @@ async fn write_in_one_flight<'n>(
         chain,
         refused: Vec::new(),
     }))
+}
+
+/// The one statement of a one-flight write: `checked`'s `WITH` lists in order, then the audit
+/// INSERT ([`INSERT_ROWS`]), which inserts only `WHERE` every check's `playbook_expect` holds;
+/// each part's parameters numbered after those of the parts before it, the INSERT's last.
+/// `None` when one [`CheckedSql`] comes twice (its names would clash), or when a part names a
+/// parameter beyond its own (it would read the next part's).
+fn one_statement(checked: &[Checked]) -> Option<String> {
+    for (at, part) in checked.iter().enumerate() {
+        if checked[..at]
+            .iter()
+            .any(|before| before.sql.with == part.sql.with)
+        {
+            return None;
+        }
+    }
+    let mut sql = String::with_capacity(
+        INSERT_ROWS.len()
+            + checked
+                .iter()
+                .map(|part| part.sql.with.len() + part.sql.expect.len() + 64)
+                .sum::<usize>(),
+    );
+    let mut offsets = Vec::with_capacity(checked.len());
+    let mut offset = 0;
+    for (at, part) in checked.iter().enumerate() {
+        sql.push_str(if at == 0 { "WITH " } else { ", " });
+        let named = push_renumbered(&mut sql, part.sql.with, offset);
+        if named > part.params.len() {
+            return None;
+        }
+        offsets.push(offset);
+        offset += part.params.len();
+    }
+    if !checked.is_empty() {
+        sql.push(' ');
+    }
+    push_renumbered(&mut sql, INSERT_ROWS, offset);
+    for (at, (part, offset)) in checked.iter().zip(offsets).enumerate() {
+        sql.push_str(if at == 0 { " WHERE " } else { " AND " });
+        sql.push_str("playbook_expect(");
+        if push_renumbered(&mut sql, part.sql.expect, offset) > part.params.len() {
+            return None;
+        }
+        sql.push_str(", '");
+        sql.push_str(&part.sql.what.replace('\'', "''"));
+        sql.push_str("')");
+    }
+    Some(sql)
+}
+
+/// Appends `sql` to `out` with each parameter `$n` written `$(n + offset)`; returns the highest
+/// `n` (0 for none).
+fn push_renumbered(out: &mut String, sql: &str, offset: usize) -> usize {
+    let mut highest = 0;
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => {
+                highest = highest.max(n);
+                out.push_str(&(n + offset).to_string());
+            }
+            // Not a parameter (`CheckedSql` allows none): left as it is.
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    highest
 }
 
 /// Sends `close` (what ends the last savepoint, if any), the INSERT of `rows` and COMMIT in one
@@ -2643,6 +2701,150 @@ mod tests {
     fn lock_keys_differ_per_node() {
         assert_ne!(chain_lock_key("a"), chain_lock_key("b"));
         assert_eq!(chain_lock_key("a"), chain_lock_key("a"));
+    }
+
+    #[test]
+    fn parameters_are_renumbered_after_an_offset() {
+        let mut out = String::new();
+        let highest = push_renumbered(&mut out, "a = $1 AND b = ANY($12) OR c = $3", 5);
+        assert_eq!(
+            (out.as_str(), highest),
+            ("a = $6 AND b = ANY($17) OR c = $8", 12)
+        );
+        let mut out = String::new();
+        assert_eq!(push_renumbered(&mut out, "no parameters", 5), 0);
+        assert_eq!(out, "no parameters");
+    }
+
+    fn dummy_params(n: usize) -> Params {
+        (0..n).map(|_| Box::new(0_i32) as _).collect()
+    }
+
+    /// The checked changes of the daemon, with the parameters their foresights give.
+    fn daemon_checked() -> [(&'static CheckedSql, usize); 5] {
+        use crate::store::{executions, steps};
+        [
+            (&executions::ADMIT_CHECKED, 16),
+            (&executions::ADMIT_AND_START_CHECKED, 22),
+            (&executions::RUN_STATE_CHANGE_CHECKED, 6),
+            (&steps::RUN_AND_STEP_START_CHECKED, 12),
+            (&steps::ATTEMPT_END_CHECKED, 8),
+        ]
+    }
+
+    /// The names a `WITH` list gives: each `name AS (` outside parentheses.
+    fn with_names(with: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let (mut depth, mut quoted, mut item) = (0, false, String::new());
+        for c in with.chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                '(' if !quoted => {
+                    if depth == 0 {
+                        let name = item.trim().trim_end_matches("AS").trim().to_owned();
+                        names.push(name.trim_start_matches(',').trim().to_owned());
+                        item.clear();
+                    }
+                    depth += 1;
+                }
+                ')' if !quoted => depth -= 1,
+                _ if depth == 0 => item.push(c),
+                _ => {}
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_daemons_checked_changes_fit_together_in_one_statement() {
+        let all = daemon_checked();
+        // Any two may go together but the two forms of the admission (one a request).
+        for (at, (one, _)) in all.iter().enumerate() {
+            for (other, _) in &all[at + 1..] {
+                if one.what.starts_with("the admission") && other.what.starts_with("the admission")
+                {
+                    continue;
+                }
+                let names = with_names(one.with);
+                let clash = with_names(other.with)
+                    .into_iter()
+                    .find(|n| names.contains(n));
+                assert_eq!(clash, None, "{} and {}", one.what, other.what);
+            }
+        }
+        let mut seen = HashSet::new();
+        for (sql, params) in all {
+            seen.extend(with_names(sql.with));
+            let mut out = String::new();
+            let highest = push_renumbered(&mut out, sql.with, 0)
+                .max(push_renumbered(&mut out, sql.expect, 0));
+            assert_eq!(highest, params, "{}", sql.what);
+            for text in [sql.with, sql.expect] {
+                assert!(
+                    text.match_indices('$')
+                        .all(|(at, _)| text[at + 1..].starts_with(|c: char| c.is_ascii_digit())),
+                    "{text}"
+                );
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "used",
+                "run",
+                "step",
+                "run_change",
+                "moved_run",
+                "started_step",
+                "step_end"
+            ]
+            .map(String::from)
+            .into()
+        );
+    }
+
+    #[test]
+    fn one_statement_chains_the_changes_then_inserts_where_every_check_holds() {
+        use crate::store::{executions, steps};
+        let checked = [
+            Checked::new(&steps::ATTEMPT_END_CHECKED, dummy_params(8)),
+            Checked::new(&steps::RUN_AND_STEP_START_CHECKED, dummy_params(12)),
+        ];
+        let sql = one_statement(&checked).expect("fits");
+        // The first part as it is, then the second's `$1`, `$3` and `$12` after the first's
+        // eight parameters.
+        let first = format!("WITH {}, moved_run AS (", steps::ATTEMPT_END_CHECKED.with);
+        assert!(sql.starts_with(&first), "{sql}");
+        assert!(
+            sql.contains(
+                "SET state = $11, current_step = $12, updated_at = now() WHERE execution_id = $9 "
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("WHERE playbook_step_runs.state = ANY($20)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(") INSERT INTO playbook_audit_log")
+                && sql.contains("SELECT $21, * FROM unnest($22::int8[]"),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(
+                " WHERE playbook_expect(EXISTS (SELECT 1 FROM step_end), 'the step end') \
+                 AND playbook_expect(EXISTS (SELECT 1 FROM moved_run) AND EXISTS (SELECT 1 FROM started_step), 'the step start')"
+            ),
+            "{sql}"
+        );
+        assert_eq!(one_statement(&[]).as_deref(), Some(INSERT_ROWS));
+        let twice = [
+            Checked::new(&executions::RUN_STATE_CHANGE_CHECKED, dummy_params(6)),
+            Checked::new(&executions::RUN_STATE_CHANGE_CHECKED, dummy_params(6)),
+        ];
+        assert_eq!(one_statement(&twice), None, "the same names twice");
+        let short = [Checked::new(&steps::ATTEMPT_END_CHECKED, dummy_params(7))];
+        assert_eq!(one_statement(&short), None, "a parameter beyond its own");
     }
 
     #[test]

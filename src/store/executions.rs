@@ -14,8 +14,8 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::store::audit::{
-    Actor, Answer, AppendError, AuditEvent, AuditHandle, Body, Checked, Deferred, Foreseen,
-    Foresight, Params, Scope, SetRow, TypedParams, column, refs,
+    Actor, Answer, AppendError, AuditEvent, AuditHandle, Body, Checked, CheckedSql, Deferred,
+    Foreseen, Foresight, Params, Scope, SetRow, TypedParams, column, refs,
 };
 use crate::store::halts::{self, HaltWatch};
 use crate::store::model::{RollbackCause, RunState, Severity};
@@ -171,8 +171,8 @@ pub fn prepare_admit(audit: &AuditHandle, new: NewExecution, watch: &HaltWatch) 
             }
             let first_step: Option<&StepStart> = first_step.get();
             let sql = match first_step {
-                Some(_) => ADMIT_AND_START_CHECKED,
-                None => ADMIT_CHECKED,
+                Some(_) => &ADMIT_AND_START_CHECKED,
+                None => &ADMIT_CHECKED,
             };
             Some(Foreseen {
                 records: accepted_event(&new).into(),
@@ -321,12 +321,12 @@ pub fn execution_record(
     }
 }
 
-/// The nonce, as [`ADMIT`] and [`ADMIT_AND_START`] write it (`used`), unless a SAFE-HALT of this
+/// The nonce, as [`ADMIT`] and [`ADMIT_AND_START`] write it (the `WITH` query `used`), unless a SAFE-HALT of this
 /// node (or the fleet) is active or the nonce was used before.
 macro_rules! used_nonce {
     () => {
         concat!(
-            "WITH used AS ( \
+            "used AS ( \
                 INSERT INTO playbook_nonces (nonce, used_at, execution_id) \
                 SELECT $7::text, now(), $1::uuid \
                 WHERE NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
@@ -358,6 +358,7 @@ macro_rules! run_from_nonce {
 /// nonce still raises one for a nonce pruned from `playbook_nonces` but not from the runs.
 /// Every parameter is cast: in `INSERT … SELECT` they take no type from the target columns.
 const ADMIT: &str = concat!(
+    "WITH ",
     used_nonce!(),
     " ",
     run_from_nonce!(),
@@ -378,6 +379,7 @@ macro_rules! first_step_from_run {
 /// [`ADMIT`] with the run's first step: the step is written only with the run, the run only
 /// with the nonce; no row comes back when nothing was written.
 const ADMIT_AND_START: &str = concat!(
+    "WITH ",
     used_nonce!(),
     ", run AS (",
     run_from_nonce!(),
@@ -386,24 +388,31 @@ const ADMIT_AND_START: &str = concat!(
     " RETURNING started_at"
 );
 
-/// [`ADMIT`] for a one-flight write: raises unless the run was written.
-const ADMIT_CHECKED: &str = concat!(
-    used_nonce!(),
-    ", run AS (",
-    run_from_nonce!(),
-    " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM run), 'the admission')"
-);
+/// [`ADMIT`] for a one-flight write: holds only if the run was written.
+pub(crate) const ADMIT_CHECKED: CheckedSql = CheckedSql {
+    with: concat!(
+        used_nonce!(),
+        ", run AS (",
+        run_from_nonce!(),
+        " RETURNING 1)"
+    ),
+    expect: "EXISTS (SELECT 1 FROM run)",
+    what: "the admission",
+};
 
-/// [`ADMIT_AND_START`] for a one-flight write: raises unless the run and its step were written.
-const ADMIT_AND_START_CHECKED: &str = concat!(
-    used_nonce!(),
-    ", run AS (",
-    run_from_nonce!(),
-    " RETURNING execution_id), step AS (",
-    first_step_from_run!(),
-    " RETURNING 1) SELECT playbook_expect(EXISTS (SELECT 1 FROM step), \
-        'the admission with its first step')"
-);
+/// [`ADMIT_AND_START`] for a one-flight write: holds only if the run and its step were written.
+pub(crate) const ADMIT_AND_START_CHECKED: CheckedSql = CheckedSql {
+    with: concat!(
+        used_nonce!(),
+        ", run AS (",
+        run_from_nonce!(),
+        " RETURNING execution_id), step AS (",
+        first_step_from_run!(),
+        " RETURNING 1)"
+    ),
+    expect: "EXISTS (SELECT 1 FROM step)",
+    what: "the admission with its first step",
+};
 
 /// The stored row of one execution, decoded.
 #[derive(Debug, Clone)]
@@ -601,7 +610,7 @@ fn state_effect(audit: &AuditHandle, id: Uuid, to: RunState, event: AuditEvent) 
         Some(Foreseen {
             records: foreseen.clone().into(),
             value: (),
-            checked: vec![Checked::new(RUN_STATE_CHANGE_CHECKED, change.one())],
+            checked: vec![Checked::new(&RUN_STATE_CHANGE_CHECKED, change.one())],
         })
     });
     let effect = as_node(audit, event, move |tx, node_id, event| {
@@ -769,9 +778,9 @@ macro_rules! run_state_change {
     };
 }
 
-/// [`RunStateChange`]'s [`SetRow::ONE`] for a one-flight write: raises unless the run changed.
-const RUN_STATE_CHANGE_CHECKED: &str =
-    crate::store::audit::checked_change!(run_state_change!(), "the run state change");
+/// [`RunStateChange`]'s [`SetRow::ONE`] for a one-flight write: holds only if the run changed.
+pub(crate) const RUN_STATE_CHANGE_CHECKED: CheckedSql =
+    crate::store::audit::checked_change!("run_change", run_state_change!(), "the run state change");
 
 impl SetRow for RunStateChange {
     const ONE: &'static str = concat!(run_state_change!(), " RETURNING 1::int8");

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use tokio_postgres::types::Type;
 
 use crate::store::audit::{
-    Actor, AppendError, AuditEvent, AuditHandle, Body, Checked, Deferred, Foreseen, Foresight,
-    Params, Records, RecordsEffect, Scope, SetRow, Tx, TypedParams, column,
+    Actor, AppendError, AuditEvent, AuditHandle, Body, Checked, CheckedSql, Deferred, Foreseen,
+    Foresight, Params, Records, RecordsEffect, Scope, SetRow, Tx, TypedParams, column,
 };
 use crate::store::halts::{self, ActiveHalt, HaltWatch};
 use crate::store::model::{ErrorClass, RunState, StepState};
@@ -230,7 +230,7 @@ async fn send_start(
         Some(Foreseen {
             records,
             value: outcome,
-            checked: vec![Checked::new(RUN_AND_STEP_START_CHECKED, row.one())],
+            checked: vec![Checked::new(&RUN_AND_STEP_START_CHECKED, row.one())],
         })
     });
     let body = Body::from(effect).foreseen(foresight);
@@ -329,17 +329,17 @@ pub(crate) struct RunAndStepStart {
 macro_rules! run_and_step_start {
     () => {
         concat!(
-            "WITH run AS ( \
+            "moved_run AS ( \
             UPDATE playbook_executions SET state = $3, current_step = $4, updated_at = now() \
             WHERE execution_id = $1 AND node_id = $2 AND state = ANY($5) \
             AND NOT EXISTS (SELECT 1 FROM playbook_safe_halt_state WHERE ",
             halts::in_force!("$2"),
             ") \
             RETURNING execution_id), \
-         step AS ( \
+         started_step AS ( \
             INSERT INTO playbook_step_runs (execution_id, step_index, step_id, action, state, \
                 attempts, idempotency_key, params_sha256, started_at) \
-            SELECT execution_id, $4, $6, $7, $8, $9, $10, $11, now() FROM run \
+            SELECT execution_id, $4, $6, $7, $8, $9, $10, $11, now() FROM moved_run \
             ON CONFLICT (execution_id, step_index) DO UPDATE SET state = EXCLUDED.state, \
                 attempts = EXCLUDED.attempts, params_sha256 = EXCLUDED.params_sha256, \
                 error = NULL, error_class = NULL, finished_at = NULL \
@@ -349,18 +349,19 @@ macro_rules! run_and_step_start {
     };
 }
 
-/// [`RunAndStepStart`]'s [`SetRow::ONE`] for a one-flight write: raises unless the run moved on
-/// and the step was written.
-const RUN_AND_STEP_START_CHECKED: &str = concat!(
-    run_and_step_start!(),
-    " SELECT playbook_expect(EXISTS (SELECT 1 FROM run) AND EXISTS (SELECT 1 FROM step), \
-        'the step start')"
-);
+/// [`RunAndStepStart`]'s [`SetRow::ONE`] for a one-flight write: holds only if the run moved
+/// on and the step was written.
+pub(crate) const RUN_AND_STEP_START_CHECKED: CheckedSql = CheckedSql {
+    with: run_and_step_start!(),
+    expect: "EXISTS (SELECT 1 FROM moved_run) AND EXISTS (SELECT 1 FROM started_step)",
+    what: "the step start",
+};
 
 impl SetRow for RunAndStepStart {
     const ONE: &'static str = concat!(
+        "WITH ",
         run_and_step_start!(),
-        " SELECT 1::int8, EXISTS (SELECT 1 FROM step) FROM run"
+        " SELECT 1::int8, EXISTS (SELECT 1 FROM started_step) FROM moved_run"
     );
 
     fn one(&self) -> Params {
@@ -610,7 +611,7 @@ fn end_effect(audit: &AuditHandle, record: StepEndRecord) -> Body<()> {
             Some(Foreseen {
                 records: event.clone().into(),
                 value: (),
-                checked: vec![Checked::new(ATTEMPT_END_CHECKED, row.one())],
+                checked: vec![Checked::new(&ATTEMPT_END_CHECKED, row.one())],
             })
         });
         foresight
@@ -731,9 +732,9 @@ macro_rules! attempt_end {
     };
 }
 
-/// [`AttemptEnd`]'s [`SetRow::ONE`] for a one-flight write: raises unless the step changed.
-const ATTEMPT_END_CHECKED: &str =
-    crate::store::audit::checked_change!(attempt_end!(), "the step end");
+/// [`AttemptEnd`]'s [`SetRow::ONE`] for a one-flight write: holds only if the step changed.
+pub(crate) const ATTEMPT_END_CHECKED: CheckedSql =
+    crate::store::audit::checked_change!("step_end", attempt_end!(), "the step end");
 
 impl SetRow for AttemptEnd {
     const ONE: &'static str = concat!(attempt_end!(), " RETURNING 1::int8");

@@ -1231,9 +1231,10 @@ async fn the_daemons_role_may_only_read_and_append_the_evidence() {
     }
 }
 
-/// An append whose effect is foreseen ([`audit::Body::foreseen`]), its checked statement
-/// writing `scratch` and raising unless `holds`; the effect itself records `test.effect` and
-/// counts its runs in `runs`.
+/// An append whose effect is foreseen ([`audit::Body::foreseen`]), its two checked changes
+/// writing 1 and 3 to `scratch`, the second holding only if `holds` (each with parameters, so
+/// that the second's are renumbered after the first's in the one statement); the effect itself
+/// writes 2, records `test.effect` and counts its runs in `runs`.
 fn foreseen_append(holds: bool, runs: Arc<AtomicUsize>) -> audit::Body<&'static str> {
     let effect: audit::Effect<&'static str> = Box::new(move |tx| {
         let runs = runs.clone();
@@ -1249,17 +1250,30 @@ fn foreseen_append(holds: bool, runs: Arc<AtomicUsize>) -> audit::Body<&'static 
         Some(audit::Foreseen {
             records: AuditEvent::new("test.foreseen", Actor::System).into(),
             value: "foreseen",
-            checked: vec![audit::Checked::new(
-                "WITH w AS (INSERT INTO scratch (k) VALUES (1) RETURNING 1) \
-                 SELECT playbook_expect($1::bool AND EXISTS (SELECT 1 FROM w), 'test')",
-                vec![Box::new(holds)],
-            )],
+            checked: vec![
+                audit::Checked::new(
+                    &audit::CheckedSql {
+                        with: "one AS (INSERT INTO scratch (k) VALUES ($1) RETURNING 1)",
+                        expect: "EXISTS (SELECT 1 FROM one)",
+                        what: "test one",
+                    },
+                    vec![Box::new(1_i32)],
+                ),
+                audit::Checked::new(
+                    &audit::CheckedSql {
+                        with: "other AS (INSERT INTO scratch (k) VALUES ($1) RETURNING 1)",
+                        expect: "$2::bool AND EXISTS (SELECT 1 FROM other)",
+                        what: "test other",
+                    },
+                    vec![Box::new(3_i32), Box::new(holds)],
+                ),
+            ],
         })
     }))
 }
 
-/// A lone append whose foreseen statement does what its records say is written in one flight:
-/// its checked statement and its foreseen record commit, and its effect never runs.
+/// A lone append whose foreseen changes do what its records say is written in one statement:
+/// its checked changes and its foreseen record commit, and its effect never runs.
 #[tokio::test]
 async fn a_lone_foreseen_append_commits_its_foreseen_record_without_running_its_effect() {
     let db = TestDb::new().await;
@@ -1274,16 +1288,16 @@ async fn a_lone_foreseen_append_commits_its_foreseen_record_without_running_its_
         ("test.foreseen", "foreseen")
     );
     assert_eq!(runs.load(AtomicOrdering::SeqCst), 0, "the effect ran");
-    let written: Vec<i32> = query_column(&client, "SELECT k FROM scratch", &[]).await;
-    assert_eq!(written, [1]);
+    let written: Vec<i32> = query_column(&client, "SELECT k FROM scratch ORDER BY k", &[]).await;
+    assert_eq!(written, [1, 3]);
     let types = logged_event_types(&client).await;
     assert_eq!(types, ["test.foreseen"]);
     intact_rows(&client, "n1").await;
 }
 
-/// When a foreseen statement does not do what its records say, it raises: the one-flight
-/// transaction rolls back whole (its write and its record are gone) and the append is written
-/// the ordinary way, its effect deciding its record. The writer goes on.
+/// When a foreseen change does not do what its records say, it raises: the one statement rolls
+/// back whole (both changes and the record are gone, the one that held too) and the append is
+/// written the ordinary way, its effect deciding its record. The writer goes on.
 #[tokio::test]
 async fn a_foreseen_append_that_surprises_is_rolled_back_and_written_by_its_effect() {
     let db = TestDb::new().await;

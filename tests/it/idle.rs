@@ -75,12 +75,12 @@ async fn parked_runs_make_no_periodic_queries_of_their_own() {
 }
 
 /// A decision with its noop-3 run, one at a time: on the audit writer's connection, one round
-/// trip for each of 4 transactions (BEGIN, the records' checked statements, their audit INSERT
-/// and COMMIT in one flight: `store::audit::write_in_one_flight`): the admission with the run's
-/// start and its first step's, the reply after that COMMIT; then each step's end with the next
-/// one's start, the last with the run's completion; 4 commits. The proxy may count a flight too
-/// many when the server answers BEGIN before the rest of the client's flight reached it, never
-/// one too few: the fewest of several runs is the cost. (Before one-flight writes: 8.)
+/// trip for each of 4 transactions (the records' checked changes and their audit INSERT as one
+/// statement: `store::audit::write_in_one_flight`): the admission with the run's start and its
+/// first step's, the reply after that commit; then each step's end with the next one's start,
+/// the last with the run's completion; 4 commits. The proxy may count a flight too many when
+/// the server answers part of a flight before the rest reached it, never one too few: the
+/// fewest of several runs is the cost. (Before one-flight writes: 8.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_with_its_noop_run_costs_four_round_trips_on_the_writers_connection() {
     let db = TestDb::new().await;
@@ -265,8 +265,9 @@ struct Counted<'a> {
 /// it), counting a flight for each read after the server spoke, and reading the messages: the
 /// untyped start-up messages (an SSL or GSS request first, answered with one byte, then the
 /// start-up packet), then typed messages, of which `Q` (simple query) and `E` (execute) are
-/// counted, a `Q` holding COMMIT as a commit, and a `P` (parse) of the audit INSERT marks the
-/// writer's connection.
+/// counted. A commit is a `Q` holding COMMIT, or the execution of the audit INSERT outside
+/// BEGIN … COMMIT (its own transaction, committed at its Sync). A `P` (parse) of the audit
+/// INSERT marks the writer's connection.
 async fn forward_counting(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
@@ -278,7 +279,11 @@ async fn forward_counting(
     let mut chunk = vec![0; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut started = false;
-    let mut last_parse = String::new();
+    // Prepared statements by name, the statement of the portal last bound, and whether a
+    // `Q` BEGIN opened a transaction block that no `Q` COMMIT or ROLLBACK closed yet.
+    let mut parsed: std::collections::HashMap<String, String> = Default::default();
+    let mut bound = String::new();
+    let mut in_block = false;
     loop {
         let n = from.read(&mut chunk).await?;
         if n == 0 {
@@ -305,21 +310,39 @@ async fn forward_counting(
                     .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
                 started = !matches!(code, Some(SSL_REQUEST | GSS_REQUEST));
             } else {
+                // Parse: name, query; Bind: portal, statement name (NUL-terminated).
+                let mut fields = body.split(|&b| b == 0).map(String::from_utf8_lossy);
                 match message[0] {
                     b'P' => {
-                        last_parse = printable(body);
-                        if last_parse.contains("INSERT INTO playbook_audit_log") {
+                        let name = fields.next().unwrap_or_default().into_owned();
+                        let query = fields.next().unwrap_or_default().into_owned();
+                        if query.contains("INSERT INTO playbook_audit_log") {
                             connection.writer.store(true, Ordering::SeqCst);
                         }
+                        parsed.insert(name, query);
+                    }
+                    b'B' => {
+                        let statement = fields.nth(1).unwrap_or_default();
+                        bound = parsed.get(statement.as_ref()).cloned().unwrap_or_default();
                     }
                     kind @ (b'Q' | b'E') => {
                         count.statements.fetch_add(1, Ordering::SeqCst);
                         let text = if kind == b'Q' {
                             format!("Q {}", printable(body))
                         } else {
-                            format!("E {last_parse}")
+                            format!("E {}", printable(bound.as_bytes()))
                         };
-                        if kind == b'Q' && text.contains("COMMIT") {
+                        let commits = if kind == b'Q' {
+                            let commits = text.contains("COMMIT");
+                            let ends = commits
+                                || (text.starts_with("Q ROLLBACK")
+                                    && !text.contains("ROLLBACK TO"));
+                            in_block = text.starts_with("Q BEGIN") || (in_block && !ends);
+                            commits
+                        } else {
+                            !in_block && bound.contains("INSERT INTO playbook_audit_log")
+                        };
+                        if commits {
                             connection.commits.fetch_add(1, Ordering::SeqCst);
                         }
                         count.seen.lock().unwrap().push(text);
