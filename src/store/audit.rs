@@ -1070,7 +1070,7 @@ macro_rules! checked_change {
 pub(crate) use checked_change;
 
 /// The statement of a one-flight write in parts, so that a request's statements and its audit
-/// INSERT travel as one statement ([`write_in_one_flight`]).
+/// INSERT travel as one statement (`write_in_one_flight`).
 ///
 /// `with` is a `WITH` list (`name AS (…), …`) whose data-modifying queries make the change; its
 /// names must differ from those of every other `CheckedSql` (a test lists them). `expect` is
@@ -2251,6 +2251,9 @@ async fn write_in_one_flight<'n>(
 /// The one statement of a one-flight write: `checked`'s `WITH` lists in order, then the audit
 /// INSERT ([`INSERT_ROWS`]), which inserts only `WHERE` every check's `playbook_expect` holds;
 /// each part's parameters numbered after those of the parts before it, the INSERT's last.
+/// The WHERE is evaluated: every job of the batch inserts at least one row ([`Records`] always
+/// holds its last event), and PostgreSQL runs the data-modifying `WITH` queries to completion
+/// whether or not the INSERT reads them.
 /// `None` when one [`CheckedSql`] comes twice (its names would clash), or when a part names a
 /// parameter beyond its own (it would read the next part's).
 fn one_statement(checked: &[Checked]) -> Option<String> {
