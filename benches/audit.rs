@@ -5,8 +5,8 @@
 //! - audit appends/s with 1 and with 64 concurrent writers (group commit batches the latter);
 //! - the latency of a lone request of two records, each changing a row, as a step's end with the
 //!   next step's start does: foreseen (written as one statement: the checked changes and the
-//!   audit INSERT, its own transaction) and not (BEGIN with its effects, then the INSERT with COMMIT),
-//!   alternating request by request on one writer, so that both meet the same server;
+//!   audit INSERT, its own transaction) and not (BEGIN with its effects, then the INSERT with
+//!   COMMIT), alternating request by request on one writer, so that both meet the same server;
 //! - `verify_chain` rows/s over everything appended.
 //!
 //! `cargo bench --bench audit [-- --quick]` (3 s per phase, 0.5 s with `--quick`; under

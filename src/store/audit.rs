@@ -1011,9 +1011,10 @@ impl<T> Body<T> {
     /// This append with `foresight`: what its effect records and returns when its statements do
     /// what is expected of them, and those statements in a form that fails otherwise. The
     /// writer may then write the append's changes and its audit rows as one statement
-    /// ([`Foreseen`]); on any surprise that statement rolls back and the effect runs as usual. The foresight must build its records as the effect does when it succeeds (the
-    /// same functions, from the same captured values): a record that differs from the effect's
-    /// would be chained for what the effect did.
+    /// ([`Foreseen`]); on any surprise that statement rolls back and the effect runs as usual.
+    /// The foresight must build its records as the effect does when it succeeds (the same
+    /// functions, from the same captured values): a record that differs from the effect's would
+    /// be chained for what the effect did.
     pub fn foreseen(self, foresight: Foresight<T>) -> Body<T> {
         Body {
             foresight: Some(foresight),
@@ -2199,7 +2200,7 @@ async fn write_in_one_flight<'n>(
         last_rows.push(chain.push_foreseen(records));
         checked.extend(statements);
     }
-    // The same change twice in one request: its `WITH` names would clash.
+    // Not as one statement (the same change twice, a part naming another's parameter).
     let Some(sql) = one_statement(&checked) else {
         return OneFlight::Declined(batch);
     };
@@ -2265,38 +2266,31 @@ fn one_statement(checked: &[Checked]) -> Option<String> {
             return None;
         }
     }
-    let mut sql = String::with_capacity(
-        INSERT_ROWS.len()
-            + checked
-                .iter()
-                .map(|part| part.sql.with.len() + part.sql.expect.len() + 64)
-                .sum::<usize>(),
-    );
-    let mut offsets = Vec::with_capacity(checked.len());
+    // The `WITH` list and the INSERT's WHERE, built part by part with the same numbering.
+    let (mut sql, mut checks) = (String::new(), String::new());
     let mut offset = 0;
     for (at, part) in checked.iter().enumerate() {
         sql.push_str(if at == 0 { "WITH " } else { ", " });
-        let named = push_renumbered(&mut sql, part.sql.with, offset);
+        checks.push_str(if at == 0 { " WHERE " } else { " AND " });
+        checks.push_str("playbook_expect(");
+        let named = push_renumbered(&mut sql, part.sql.with, offset).max(push_renumbered(
+            &mut checks,
+            part.sql.expect,
+            offset,
+        ));
         if named > part.params.len() {
             return None;
         }
-        offsets.push(offset);
+        checks.push_str(", '");
+        checks.push_str(&part.sql.what.replace('\'', "''"));
+        checks.push_str("')");
         offset += part.params.len();
     }
     if !checked.is_empty() {
         sql.push(' ');
     }
     push_renumbered(&mut sql, INSERT_ROWS, offset);
-    for (at, (part, offset)) in checked.iter().zip(offsets).enumerate() {
-        sql.push_str(if at == 0 { " WHERE " } else { " AND " });
-        sql.push_str("playbook_expect(");
-        if push_renumbered(&mut sql, part.sql.expect, offset) > part.params.len() {
-            return None;
-        }
-        sql.push_str(", '");
-        sql.push_str(&part.sql.what.replace('\'', "''"));
-        sql.push_str("')");
-    }
+    sql.push_str(&checks);
     Some(sql)
 }
 
