@@ -148,6 +148,8 @@ def pushes(stream, start, end):
 
 
 def open_loop(trips, notified, reported_p50):
+    if not any(trips.values()):
+        sys.exit("wire.py: no flight of the writer in the open loop's window")
     writer, own = max(trips.items(), key=lambda item: len(item[1]))
     runs, run = [], []
     for trip in own:
@@ -213,6 +215,11 @@ def main():
     port = int(os.environ.get("PGPORT", "5432"))
     captured = list(packets(capture, port))
     by_port = flights(captured)
+    if not by_port:
+        sys.exit(f"wire.py: {capture} holds no PostgreSQL flight on port {port}: is the server on "
+                 f"this machine's loopback, at that port (PGPORT)?")
+    if "phase seconds" not in values:
+        sys.exit(f"wire.py: {bench_output} is not a `playbookd bench` table (no 's per phase')")
     margin = 0.3
     phase = values["phase seconds"]
     for name, (start, end) in spans.items():
